@@ -1,0 +1,57 @@
+// The ObjectStore contract: the only thing store/ offers to the layers above.
+//
+// - Keys are '/'-separated strings such as `volumes/<id>/chunks/ab/<id>`; no leading '/'.
+// - put() stores a whole Buffer (never a stream) so that any layer may replay it.
+// - get() of a missing key throws VaultError ERR_STORE_NOT_FOUND; it never returns empty bytes.
+// - delete() of a missing key succeeds (idempotent); deleteMany() likewise.
+// - list(prefix) yields every object whose key starts with prefix, once each, in key order.
+// - A conditional put that loses throws ERR_STORE_PRECONDITION; it never overwrites.
+// - Each store maps its own failures to ERR_STORE_* codes (transient ones are retryable).
+// Decorators (retry, faulty) implement every method explicitly: no automatic pass-through.
+
+export interface StoredObject {
+  readonly body: Buffer;
+  /** Opaque version tag (S3 ETag, unquoted; fs: content hash). */
+  readonly etag: string;
+}
+
+export interface ObjectInfo {
+  readonly key: string;
+  readonly size: number;
+  readonly etag: string;
+  readonly lastModified: Date;
+}
+
+export interface PutOptions {
+  /** Create only: fail with ERR_STORE_PRECONDITION if the key exists (If-None-Match: *). */
+  readonly ifNoneMatch?: '*';
+  /** Replace only the version with this etag (If-Match). */
+  readonly ifMatch?: string;
+}
+
+export interface StoreProps {
+  /** A put replaces an object atomically: readers see the old or the new bytes, never a mix. */
+  readonly atomicReplace: boolean;
+  /** ifNoneMatch / ifMatch are honoured atomically. */
+  readonly conditionalPut: boolean;
+  /** How many requests are worth keeping in flight at once. */
+  readonly maxConcurrency: number;
+}
+
+export interface ObjectStore {
+  /** A secret-free description of the stack, e.g. `retry(s3(bucket/prefix))`. */
+  readonly name: string;
+  readonly props: StoreProps;
+  get(key: string): Promise<StoredObject>;
+  /** Returns info, or null when the object does not exist. */
+  head(key: string): Promise<ObjectInfo | null>;
+  put(key: string, body: Buffer, opts?: PutOptions): Promise<{ etag: string }>;
+  delete(key: string): Promise<void>;
+  deleteMany(keys: readonly string[]): Promise<void>;
+  list(prefix: string): AsyncIterable<ObjectInfo>;
+  close(): Promise<void>;
+  /** The store this one decorates, or null for a base store (tests reach a FaultyStore with it). */
+  unwrap(): ObjectStore | null;
+}
+
+export type StoreLayer = (inner: ObjectStore) => ObjectStore;

@@ -1,0 +1,61 @@
+// The Export interface: what nbd/ serves. nbd/ imports only this type from volume/.
+//
+// Contract: nbd/ validates every request before calling (range inside `size`, flags allowed by
+// `caps`, writes only when !caps.readOnly, lengths within the advertised maximum). An
+// implementation may therefore assert those facts and throw BugError if they are broken.
+// Errors are VaultError values; nbd/errno.ts maps them to NBD errors.
+
+export interface ExportCaps {
+  readonly readOnly: boolean;
+  readonly canFlush: boolean;
+  readonly canFua: boolean;
+  readonly canTrim: boolean;
+  readonly canZero: boolean;
+  readonly canFastZero: boolean;
+  readonly canCache: boolean;
+  /** Every connection to this export shares one instance and a flush from any of them
+   *  makes every acknowledged write durable: the NBD spec's condition for CAN_MULTI_CONN. */
+  readonly canMultiConn: boolean;
+}
+
+/** One extent of base:allocation block status. */
+export interface Extent {
+  readonly length: number;
+  /** NBD_STATE_HOLE: no storage is allocated for this range. */
+  readonly hole: boolean;
+  /** NBD_STATE_ZERO: this range reads as zeros. */
+  readonly zero: boolean;
+}
+
+export interface WriteOptions {
+  /** Force unit access: return only once this write is durable. */
+  readonly fua?: boolean;
+}
+
+export interface ZeroOptions extends WriteOptions {
+  /** NBD_CMD_FLAG_NO_HOLE: the range must stay allocated (write real zeros). */
+  readonly noHole?: boolean;
+  /** NBD_CMD_FLAG_FAST_ZERO: fail with ERR_NOT_SUPPORTED rather than be slow. */
+  readonly fastZero?: boolean;
+}
+
+export interface Export {
+  readonly name: string;
+  readonly description: string;
+  /** Size in bytes (< 2^53). May grow between connections (resize); fixed per connection. */
+  readonly size: number;
+  readonly caps: ExportCaps;
+
+  read(offset: number, length: number): Promise<Buffer>;
+  write(offset: number, data: Buffer, opts?: WriteOptions): Promise<void>;
+  /** Discard: the range may read back as anything afterwards; we make it read as zeros. */
+  trim(offset: number, length: number, opts?: WriteOptions): Promise<void>;
+  writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void>;
+  /** Durable: every write acknowledged before this call, on any connection, is in the store. */
+  flush(): Promise<void>;
+  /** Advisory prefetch into the read cache. */
+  cache(offset: number, length: number): Promise<void>;
+  /** Extents covering at least the first byte of [offset, offset+length); may cover less than
+   *  the whole range, never more than the export. */
+  blockStatus(offset: number, length: number): Promise<Extent[]>;
+}
