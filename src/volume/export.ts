@@ -59,3 +59,17 @@ export interface Export {
    *  the whole range, never more than the export. */
   blockStatus(offset: number, length: number): Promise<Extent[]>;
 }
+
+/** What the NBD server asks for exports by name. Implemented by the memory exports (tests) and
+ *  by the vault (volumes and `VOL@SNAP` snapshot exports). */
+export interface ExportProvider {
+  /** The name a client gets when it asks for the empty export name "". */
+  readonly defaultName: string;
+  list(): Promise<Array<{ name: string; description: string }>>;
+  /** The shared Export for `name` (every connection to one name gets the same instance), or
+   *  null when no such export exists. Each successful open is paired with one release(). */
+  open(name: string): Promise<Export | null>;
+  release(exp: Export): Promise<void>;
+  /** Shutdown: flush every open export and close it. */
+  closeAll(): Promise<void>;
+}
