@@ -1,0 +1,51 @@
+// The piscina worker behind createCodec(): runs sealObject/openObject off the main thread.
+// Inputs arrive transferred (the pool copied them into fresh ArrayBuffers); results go back
+// transferred (Piscina.move), so a 4 MiB chunk is never copied by structured clone. Errors come
+// back as records, because a VaultError's `code` does not survive structured cloning.
+import { move } from 'piscina';
+import { BugError, VaultError, type VaultErrorCode } from '../errors';
+import type { ObjectPlace } from './object-place';
+import { openObject } from './open-object';
+import { sealObject } from './seal-object';
+
+export interface WorkerSealTask {
+  key: Uint8Array;
+  plaintext: Uint8Array;
+  place: ObjectPlace;
+  zstdLevel: number;
+}
+
+export interface WorkerOpenTask {
+  key: Uint8Array;
+  sealed: Uint8Array;
+  place: ObjectPlace;
+}
+
+export interface WorkerErrorRecord {
+  errorCode: VaultErrorCode;
+  message: string;
+}
+
+/** The worker replies with the output bytes, or an error record. */
+export type WorkerReply = Uint8Array | WorkerErrorRecord;
+
+export function seal(task: WorkerSealTask): WorkerReply {
+  return runCatching(() => sealObject(task.key, task.plaintext, task.place, task.zstdLevel));
+}
+
+export function open(task: WorkerOpenTask): WorkerReply {
+  return runCatching(() => openObject(task.key, task.sealed, task.place));
+}
+
+function runCatching(work: () => Buffer): WorkerReply {
+  try {
+    return move(work()) as Uint8Array;
+  } catch (err) {
+    if (err instanceof VaultError) return { errorCode: err.code, message: err.message };
+    return { errorCode: 'ERR_BUG', message: `codec worker: ${err instanceof Error ? err.message : String(err)}` };
+  }
+}
+
+export function errorFromReply(record: WorkerErrorRecord): VaultError {
+  return record.errorCode === 'ERR_BUG' ? new BugError(record.message) : new VaultError(record.errorCode, record.message);
+}

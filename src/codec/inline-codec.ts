@@ -1,0 +1,25 @@
+// A Codec that runs on the calling thread: for tests, tools and small objects. A 4 MiB chunk
+// blocks the event loop for ~10 ms here; servers use createCodec() (worker-pool.ts).
+import type { SecretKey } from '../keys/secret-key';
+import type { Codec } from './codec';
+import { checkZstdLevel } from './codec-options';
+import type { ObjectPlace } from './object-place';
+import { openSync } from './open-object';
+import { sealSync } from './seal-object';
+
+export interface InlineCodecOptions {
+  zstdLevel?: number;
+}
+
+export function createInlineCodec(options: InlineCodecOptions = {}): Codec {
+  const zstdLevel = checkZstdLevel(options.zstdLevel);
+  return {
+    async seal(key: SecretKey, plaintext: Buffer, place: ObjectPlace): Promise<Buffer | null> {
+      return sealSync(key, plaintext, place, { zstdLevel });
+    },
+    async open(key: SecretKey, sealed: Buffer, place: ObjectPlace): Promise<Buffer> {
+      return openSync(key, sealed, place);
+    },
+    async close(): Promise<void> {},
+  };
+}

@@ -1,0 +1,66 @@
+// Seal: plaintext → [header ‖ XChaCha20-Poly1305(zstd(plaintext) or plaintext) ‖ tag].
+// Pure and synchronous (runs on whichever thread calls it). Guarantees: a fresh random 24-byte
+// nonce per object; the stored payload is compressed only if that makes it strictly smaller; the
+// output Buffer owns its own exactly-sized ArrayBuffer (safe to transfer between threads).
+import sodium from 'sodium-native';
+import { BugError } from '../errors';
+import type { SecretKey } from '../keys/secret-key';
+import { assertValidPlace, buildAssociatedData } from './associated-data';
+import { DEFAULT_ZSTD_LEVEL, FLAG_COMPRESSED, HEADER_BYTES, MAX_PLAINTEXT_BYTES, NONCE_BYTES, SEAL_OVERHEAD_BYTES } from './format';
+import { writeHeader } from './object-header';
+import type { ObjectPlace } from './object-place';
+import { scratchBuffer } from './scratch-buffer';
+import { isAllZero } from './zero-detect';
+import { compressBound, compressInto } from './zstd-contexts';
+
+export interface SealOptions {
+  /** zstd level, default 3. */
+  zstdLevel?: number;
+}
+
+/** Seals `plaintext`, or returns null for an all-zero chunk (the caller records a zero entry). */
+export function sealSync(key: SecretKey, plaintext: Buffer, place: ObjectPlace, options: SealOptions = {}): Buffer | null {
+  if (place.kind === 'chunk' && isAllZero(plaintext)) return null;
+  return sealObject(key.bytes, plaintext, place, options.zstdLevel ?? DEFAULT_ZSTD_LEVEL);
+}
+
+/**
+ * Always seals (no zero check). `nonce` is a test hook for the known-answer vectors; production
+ * code never passes it (a repeated nonce under one key breaks the AEAD).
+ */
+export function sealObject(keyBytes: Uint8Array, plaintext: Uint8Array, place: ObjectPlace, zstdLevel: number, nonce?: Uint8Array): Buffer {
+  assertValidPlace(place);
+  if (plaintext.length > MAX_PLAINTEXT_BYTES) throw new BugError(`cannot seal ${plaintext.length} bytes (max ${MAX_PLAINTEXT_BYTES})`);
+  const nonceBytes = nonce ?? randomNonce();
+  if (nonceBytes.length !== NONCE_BYTES) throw new BugError(`nonce must be ${NONCE_BYTES} bytes`);
+
+  const scratch = scratchBuffer(compressBound(plaintext.length));
+  const compressedLength = compressInto(scratch, plaintext, zstdLevel);
+  const compressed = compressedLength < plaintext.length;
+  const payload = compressed ? scratch.subarray(0, compressedLength) : plaintext;
+
+  const out = Buffer.allocUnsafeSlow(SEAL_OVERHEAD_BYTES + payload.length);
+  writeHeader(out, place.kind, compressed ? FLAG_COMPRESSED : 0, plaintext.length, nonceBytes);
+  out.set(payload, HEADER_BYTES);
+  const body = out.subarray(HEADER_BYTES); // payload then room for the tag; encrypted in place
+  sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
+    body,
+    body.subarray(0, payload.length),
+    buildAssociatedData(out, place),
+    null,
+    asBuffer(nonceBytes),
+    asBuffer(keyBytes),
+  );
+  return out;
+}
+
+function randomNonce(): Buffer {
+  const nonce = Buffer.allocUnsafe(NONCE_BYTES);
+  sodium.randombytes_buf(nonce);
+  return nonce;
+}
+
+/** A Buffer view of the same bytes (no copy): worker messages arrive as plain Uint8Arrays. */
+export function asBuffer(bytes: Uint8Array): Buffer {
+  return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
