@@ -1,0 +1,325 @@
+// FsStore: the embedded default store, objects as files under one directory.
+//
+// Layout. A key `a/b/name` is the file `ROOT/a/b/hh~/name`, where each segment is escaped (bytes
+// outside [A-Za-z0-9._-] become %XX, so no name contains '~') and `hh` is the first two hex digits
+// of sha256(name): at most 256 fan-out directories per key directory, whatever the ids look like,
+// so a 1 TiB volume's 262,144 chunks sit ~1,024 to a directory (5,000 keys: ~20). Names ending in
+// '~' are fan-out directories, names starting with '~' are temp files (crash leftovers, ignored by
+// list), any other directory is a key segment. So the keys `a/b` and `a/b/c` can coexist, as in S3.
+//
+// File format: 8-byte magic "NBDVOBJ1", 16-byte etag (sha256(body) truncated), then the body. The
+// etag is the content hash (32 hex chars, same scheme as MemoryStore); head/list read 24 bytes.
+//
+// Guarantees:
+// - put is atomic and durable on return: temp file, write, fsync, rename (or link), fsync of the
+//   directory (and of each directory it had to create). A crash leaves the old or the new object,
+//   never a mix, plus perhaps a `~tmp-*` file that list ignores.
+// - ifNoneMatch '*' uses link(temp, final), which fails with EEXIST if the key exists: atomic even
+//   across processes sharing the directory.
+// - ifMatch compares the current etag and renames under a per-key in-process lock (KeyMutex): atomic
+//   within one process; two processes doing ifMatch on one key are NOT serialised (use s3 for that).
+// - delete is idempotent; empty directories are left in place (removing them would race with puts).
+// - Errors: ENOENT on read → ERR_STORE_NOT_FOUND; EACCES/EPERM/EROFS → ERR_STORE_DENIED; a file with a
+//   bad header → ERR_STORE_IO; EMFILE/ENFILE/EAGAIN/EBUSY → ERR_STORE_TRANSIENT; others → ERR_STORE_IO.
+import { createHash, randomBytes } from 'node:crypto';
+import { promises as fsp, constants as fsc } from 'node:fs';
+import * as path from 'node:path';
+import { VaultError, isVaultError } from '../errors';
+import type { ObjectInfo, ObjectStore, PutOptions, StoredObject, StoreProps } from './object-store';
+import { checkKey, checkPrefix } from './keys';
+import { KeyMutex } from './key-mutex';
+import { compareKeys } from './memory-store';
+
+const MAGIC = Buffer.from('NBDVOBJ1', 'ascii');
+const ETAG_BYTES = 16;
+const HEADER_BYTES = MAGIC.length + ETAG_BYTES;
+
+export interface FsStoreOptions {
+  /** fsync files and directories (default true). Tests may turn it off for speed. */
+  readonly fsync?: boolean;
+  readonly maxConcurrency?: number;
+}
+
+export class FsStore implements ObjectStore {
+  readonly name: string;
+  readonly props: StoreProps;
+  readonly root: string;
+  private readonly fsync: boolean;
+  private readonly locks = new KeyMutex();
+
+  constructor(root: string, opts: FsStoreOptions = {}) {
+    if (typeof root !== 'string' || root === '') {
+      throw new VaultError('ERR_INVALID_ARGUMENT', 'fs store: empty directory path');
+    }
+    this.root = path.resolve(root);
+    this.name = `fs(${this.root})`;
+    this.fsync = opts.fsync ?? true;
+    this.props = { atomicReplace: true, conditionalPut: true, maxConcurrency: opts.maxConcurrency ?? 16 };
+  }
+
+  /** The file that holds `key` (tests and tools). */
+  pathOf(key: string): string {
+    checkKey(key);
+    const segs = key.split('/');
+    const last = segs.pop()!;
+    return path.join(this.root, ...segs.map(escapeSegment), fanoutDir(last), escapeSegment(last));
+  }
+
+  async get(key: string): Promise<StoredObject> {
+    const file = this.pathOf(key);
+    let data: Buffer;
+    try {
+      data = await fsp.readFile(file);
+    } catch (err) {
+      throw this.fsError(err, 'get', key);
+    }
+    const etag = this.parseHeader(data, key);
+    return { body: data.subarray(HEADER_BYTES), etag };
+  }
+
+  async head(key: string): Promise<ObjectInfo | null> {
+    const file = this.pathOf(key);
+    try {
+      return await this.readInfo(file, key);
+    } catch (err) {
+      if (isVaultError(err, 'ERR_STORE_NOT_FOUND')) return null;
+      throw err;
+    }
+  }
+
+  async put(key: string, body: Buffer, opts: PutOptions = {}): Promise<{ etag: string }> {
+    const file = this.pathOf(key);
+    const etagRaw = createHash('sha256').update(body).digest().subarray(0, ETAG_BYTES);
+    const etag = etagRaw.toString('hex');
+    const dir = path.dirname(file);
+    return this.locks.run(key, async () => {
+      let tmp: string | null = null;
+      try {
+        await this.ensureDir(dir);
+        tmp = await this.writeTemp(dir, etagRaw, body);
+        if (opts.ifNoneMatch === '*') {
+          try {
+            await fsp.link(tmp, file);
+          } catch (err) {
+            if ((err as NodeJS.ErrnoException).code === 'EEXIST') {
+              throw new VaultError('ERR_STORE_PRECONDITION', `${this.name}: ${key} already exists`);
+            }
+            throw err;
+          }
+          await fsp.unlink(tmp);
+          tmp = null;
+        } else {
+          if (opts.ifMatch !== undefined) {
+            const cur = await this.head(key);
+            if (!cur || cur.etag !== opts.ifMatch) {
+              throw new VaultError('ERR_STORE_PRECONDITION', `${this.name}: ${key} is not at etag ${opts.ifMatch}`);
+            }
+          }
+          await fsp.rename(tmp, file);
+          tmp = null;
+        }
+        await this.syncDir(dir);
+        return { etag };
+      } catch (err) {
+        throw this.fsError(err, 'put', key);
+      } finally {
+        if (tmp) await fsp.unlink(tmp).catch(() => undefined);
+      }
+    });
+  }
+
+  async delete(key: string): Promise<void> {
+    const file = this.pathOf(key);
+    await this.locks.run(key, async () => {
+      try {
+        await fsp.unlink(file);
+        await this.syncDir(path.dirname(file));
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+        throw this.fsError(err, 'delete', key);
+      }
+    });
+  }
+
+  async deleteMany(keys: readonly string[]): Promise<void> {
+    for (const k of keys) checkKey(k);
+    const queue = [...keys];
+    const worker = async (): Promise<void> => {
+      for (let k = queue.shift(); k !== undefined; k = queue.shift()) await this.delete(k);
+    };
+    await Promise.all(Array.from({ length: Math.min(this.props.maxConcurrency, queue.length) }, worker));
+  }
+
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    checkPrefix(prefix);
+    const segs = prefix.split('/');
+    const partial = segs.pop()!; // '' when prefix ends with '/' (or is '')
+    const base = segs.join('/');
+    const dir = path.join(this.root, ...segs.map(escapeSegment));
+    yield* this.walk(dir, base === '' ? '' : `${base}/`, partial);
+  }
+
+  async close(): Promise<void> {
+    // No handles are kept open between calls.
+  }
+
+  unwrap(): ObjectStore | null {
+    return null;
+  }
+
+  // ---- internals ----
+
+  /** Yields, in key order, every object under `dir` (whose keys start with `keyBase`) whose next
+   *  segment starts with `partial`. */
+  private async *walk(dir: string, keyBase: string, partial: string): AsyncGenerator<ObjectInfo> {
+    let names: string[];
+    try {
+      names = await fsp.readdir(dir);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ENOTDIR') return;
+      throw this.fsError(err, 'list', keyBase);
+    }
+    type Entry = { sortKey: string; seg: string; kind: 'file' | 'dir'; file: string };
+    const entries: Entry[] = [];
+    for (const n of names) {
+      if (n.startsWith('~')) continue; // temp file or other leftover
+      if (n.endsWith('~')) {
+        let files: string[];
+        try {
+          files = await fsp.readdir(path.join(dir, n));
+        } catch (err) {
+          const code = (err as NodeJS.ErrnoException).code;
+          if (code === 'ENOENT' || code === 'ENOTDIR') continue;
+          throw this.fsError(err, 'list', keyBase);
+        }
+        for (const f of files) {
+          if (f.startsWith('~')) continue;
+          const seg = unescapeSegment(f);
+          if (seg === null || !seg.startsWith(partial)) continue;
+          entries.push({ sortKey: seg, seg, kind: 'file', file: path.join(dir, n, f) });
+        }
+      } else {
+        const seg = unescapeSegment(n);
+        if (seg === null || !seg.startsWith(partial)) continue;
+        entries.push({ sortKey: `${seg}/`, seg, kind: 'dir', file: path.join(dir, n) });
+      }
+    }
+    entries.sort((a, b) => compareKeys(a.sortKey, b.sortKey));
+    for (const e of entries) {
+      const key = keyBase + e.seg;
+      if (e.kind === 'dir') {
+        yield* this.walk(e.file, `${key}/`, '');
+        continue;
+      }
+      try {
+        yield await this.readInfo(e.file, key);
+      } catch (err) {
+        if (isVaultError(err, 'ERR_STORE_NOT_FOUND')) continue; // deleted while listing
+        throw err;
+      }
+    }
+  }
+
+  private async readInfo(file: string, key: string): Promise<ObjectInfo> {
+    let fh: fsp.FileHandle | null = null;
+    try {
+      fh = await fsp.open(file, 'r');
+      const st = await fh.stat();
+      const hdr = Buffer.alloc(HEADER_BYTES);
+      const { bytesRead } = await fh.read(hdr, 0, HEADER_BYTES, 0);
+      const etag = this.parseHeader(hdr.subarray(0, bytesRead), key);
+      return { key, size: st.size - HEADER_BYTES, etag, lastModified: st.mtime };
+    } catch (err) {
+      throw this.fsError(err, 'head', key);
+    } finally {
+      await fh?.close().catch(() => undefined);
+    }
+  }
+
+  private parseHeader(data: Buffer, key: string): string {
+    if (data.length < HEADER_BYTES || !data.subarray(0, MAGIC.length).equals(MAGIC)) {
+      throw new VaultError('ERR_STORE_IO', `${this.name}: ${key}: not an object file (bad or short header)`);
+    }
+    return data.subarray(MAGIC.length, HEADER_BYTES).toString('hex');
+  }
+
+  private async writeTemp(dir: string, etagRaw: Buffer, body: Buffer): Promise<string> {
+    const tmp = path.join(dir, `~tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
+    const fh = await fsp.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o600);
+    try {
+      await fh.writev([MAGIC, etagRaw, body]);
+      if (this.fsync) await fh.sync();
+    } catch (err) {
+      await fh.close().catch(() => undefined);
+      await fsp.unlink(tmp).catch(() => undefined);
+      throw err;
+    }
+    await fh.close();
+    return tmp;
+  }
+
+  private async ensureDir(dir: string): Promise<void> {
+    const first = await fsp.mkdir(dir, { recursive: true });
+    if (first === undefined || !this.fsync) return;
+    // Make each new directory entry durable: fsync the parent of every directory we created.
+    let d = dir;
+    const created: string[] = [];
+    while (d.length >= first.length) {
+      created.push(d);
+      d = path.dirname(d);
+    }
+    for (const c of created) await this.syncDir(path.dirname(c));
+  }
+
+  private async syncDir(dir: string): Promise<void> {
+    if (!this.fsync) return;
+    const fh = await fsp.open(dir, 'r');
+    try {
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+  }
+
+  private fsError(err: unknown, op: string, key: string): VaultError {
+    if (err instanceof VaultError) return err;
+    const e = err as NodeJS.ErrnoException;
+    const what = `${this.name}: ${op} ${key}: ${e.code ?? ''} ${e.message ?? String(err)}`.replace(/\s+/g, ' ');
+    switch (e.code) {
+      case 'ENOENT':
+        if (op === 'put') return new VaultError('ERR_STORE_IO', what, { cause: err }); // a directory vanished
+        return new VaultError('ERR_STORE_NOT_FOUND', `${this.name}: no object ${key}`, { cause: err });
+      case 'EACCES':
+      case 'EPERM':
+      case 'EROFS':
+        return new VaultError('ERR_STORE_DENIED', `${what} (permission denied on ${this.root})`, { cause: err });
+      case 'EMFILE':
+      case 'ENFILE':
+      case 'EAGAIN':
+      case 'EBUSY':
+      case 'EINTR':
+        return new VaultError('ERR_STORE_TRANSIENT', what, { cause: err });
+      default:
+        return new VaultError('ERR_STORE_IO', what, { cause: err });
+    }
+  }
+}
+
+function fanoutDir(lastSegment: string): string {
+  return `${createHash('sha256').update(lastSegment).digest('hex').slice(0, 2)}~`;
+}
+
+function escapeSegment(seg: string): string {
+  let out = '';
+  for (const b of Buffer.from(seg, 'utf8')) {
+    const c = String.fromCharCode(b);
+    out += /[A-Za-z0-9._-]/.test(c) ? c : `%${b.toString(16).toUpperCase().padStart(2, '0')}`;
+  }
+  return out;
+}
+
+function unescapeSegment(name: string): string | null {
+  if (!/^(?:[A-Za-z0-9._-]|%[0-9A-F]{2})+$/.test(name)) return null; // not ours: ignore
+  return Buffer.from(name.replace(/%([0-9A-F]{2})/g, (_m, h: string) => String.fromCharCode(parseInt(h, 16))), 'latin1').toString('utf8');
+}

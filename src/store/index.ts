@@ -1,0 +1,8 @@
+// The public surface of store/: everything above store/ imports from here only.
+export type { ObjectStore, ObjectInfo, StoredObject, PutOptions, StoreProps, StoreLayer } from './object-store';
+export { MemoryStore } from './memory-store';
+export { FsStore, type FsStoreOptions } from './fs-store';
+export { S3Store, type S3StoreOptions } from './s3-store';
+export { RetryStore, RetriedStoreError, retryLayer, RETRY_DEFAULTS, type RetryPolicy, type RetryEvent } from './retry-store';
+export { composeStore, findLayer } from './compose';
+export { openStore, parseStoreUrl, type OpenStoreOptions, type StoreUrl } from './store-url';

@@ -1,0 +1,126 @@
+// openStore: a store URL → a ready store stack (base store wrapped in RetryStore by default).
+//
+// Accepted URLs (anything else is ERR_INVALID_ARGUMENT with a message naming the problem):
+//   /path, ./path, path          → FsStore (a plain path; relative to the working directory)
+//   file:///abs/path             → FsStore (host must be empty or localhost)
+//   memory://                    → a fresh MemoryStore private to this call
+//   memory://NAME                → the process-wide MemoryStore called NAME (shared by every open)
+//   s3://BUCKET[/PREFIX][?endpoint=URL&region=R&path_style=true|false]
+//                                → S3Store; credentials from the standard AWS chain, never the URL
+// Validation happens here, at construction: a bad URL fails at startup, never on first request.
+// The stack's `name` describes it without secrets, e.g. `retry(s3(bucket/prefix))`.
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { VaultError } from '../errors';
+import { composeStore } from './compose';
+import { FsStore, type FsStoreOptions } from './fs-store';
+import { MemoryStore } from './memory-store';
+import type { ObjectStore, StoreLayer } from './object-store';
+import { retryLayer, type RetryPolicy } from './retry-store';
+import { S3Store, type S3StoreOptions } from './s3-store';
+
+export interface OpenStoreOptions {
+  /** Retry policy, or false for no RetryStore (tests). Default: RETRY_DEFAULTS. */
+  readonly retry?: RetryPolicy | false;
+  /** Extra layers applied to the base store before RetryStore (e.g. a faulty layer in tests). */
+  readonly layers?: readonly StoreLayer[];
+  readonly fs?: FsStoreOptions;
+  /** S3 client settings beyond what the URL carries (timeouts, pool size, credentials for tests). */
+  readonly s3?: Omit<S3StoreOptions, 'bucket' | 'prefix' | 'endpoint' | 'region' | 'forcePathStyle'>;
+}
+
+export type StoreUrl =
+  | { readonly kind: 'fs'; readonly dir: string }
+  | { readonly kind: 'memory'; readonly storeName: string | null }
+  | { readonly kind: 's3'; readonly bucket: string; readonly prefix: string; readonly endpoint?: string; readonly region?: string; readonly forcePathStyle: boolean };
+
+export function openStore(url: string, opts: OpenStoreOptions = {}): ObjectStore {
+  const parsed = parseStoreUrl(url);
+  let base: ObjectStore;
+  switch (parsed.kind) {
+    case 'fs':
+      base = new FsStore(parsed.dir, opts.fs);
+      break;
+    case 'memory':
+      base = parsed.storeName === null ? new MemoryStore() : MemoryStore.named(parsed.storeName);
+      break;
+    case 's3':
+      base = new S3Store({
+        ...opts.s3,
+        bucket: parsed.bucket,
+        prefix: parsed.prefix,
+        endpoint: parsed.endpoint,
+        region: parsed.region,
+        forcePathStyle: parsed.forcePathStyle,
+      });
+      break;
+  }
+  const layers = [...(opts.layers ?? [])];
+  if (opts.retry !== false) layers.push(retryLayer(opts.retry ?? {}));
+  return composeStore(base, ...layers);
+}
+
+const S3_PARAMS = new Set(['endpoint', 'region', 'path_style']);
+const BUCKET_RE = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
+
+export function parseStoreUrl(url: string): StoreUrl {
+  const bad = (why: string): VaultError => new VaultError('ERR_INVALID_ARGUMENT', `invalid store URL ${JSON.stringify(redactUrl(url))}: ${why}`);
+  if (typeof url !== 'string' || url.trim() === '') throw bad('empty');
+  const scheme = /^([a-zA-Z][a-zA-Z0-9+.-]*):/.exec(url)?.[1]?.toLowerCase();
+  if (scheme === undefined || /^[a-zA-Z]:[\\/]/.test(url)) return { kind: 'fs', dir: path.resolve(url) };
+  if (!url.slice(scheme.length + 1).startsWith('//')) throw bad(`expected ${scheme}://…`);
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw bad('not a URL');
+  }
+  if (u.username || u.password) throw bad('credentials do not belong in a store URL (use the AWS environment or profile)');
+  switch (scheme) {
+    case 'file': {
+      if (u.hostname !== '' && u.hostname !== 'localhost') throw bad('file URLs must be file:///absolute/path');
+      if (u.search || u.hash) throw bad('file URLs take no query or fragment');
+      const dir = fileURLToPath(new URL(`file://${u.pathname}`));
+      if (dir === '/' || dir === '') throw bad('refusing to use / as a store directory');
+      return { kind: 'fs', dir };
+    }
+    case 'memory': {
+      if ((u.pathname !== '' && u.pathname !== '/') || u.search || u.hash) throw bad('use memory:// or memory://NAME');
+      return { kind: 'memory', storeName: u.hostname === '' ? null : u.hostname };
+    }
+    case 's3': {
+      const bucket = u.hostname;
+      if (!bucket) throw bad('missing bucket (s3://BUCKET/PREFIX)');
+      if (!BUCKET_RE.test(bucket) || bucket.includes('..')) throw bad(`bad bucket name ${JSON.stringify(bucket)}`);
+      if (u.port) throw bad('a port belongs in ?endpoint=, not after the bucket');
+      if (u.hash) throw bad('no fragment allowed');
+      let prefix = decodeURIComponent(u.pathname.replace(/^\/+/, ''));
+      if (prefix !== '' && !prefix.endsWith('/')) prefix += '/';
+      if (prefix.includes('//')) throw bad('empty segment in prefix');
+      for (const k of u.searchParams.keys()) if (!S3_PARAMS.has(k)) throw bad(`unknown parameter ${JSON.stringify(k)} (known: endpoint, region, path_style)`);
+      const endpoint = u.searchParams.get('endpoint') ?? undefined;
+      if (endpoint !== undefined) {
+        let e: URL;
+        try {
+          e = new URL(endpoint);
+        } catch {
+          throw bad('endpoint is not a URL');
+        }
+        if (e.protocol !== 'http:' && e.protocol !== 'https:') throw bad('endpoint must be http:// or https://');
+        if (e.username || e.password) throw bad('credentials do not belong in the endpoint');
+      }
+      const region = u.searchParams.get('region') ?? undefined;
+      if (region !== undefined && !/^[a-z0-9-]+$/.test(region)) throw bad(`bad region ${JSON.stringify(region)}`);
+      const ps = u.searchParams.get('path_style');
+      if (ps !== null && ps !== 'true' && ps !== 'false') throw bad('path_style must be true or false');
+      return { kind: 's3', bucket, prefix, endpoint, region, forcePathStyle: ps === 'true' };
+    }
+    default:
+      throw bad(`unknown scheme ${scheme}: (use a path, file://, memory:// or s3://)`);
+  }
+}
+
+/** The URL with anything that looks like a credential removed, for error messages. */
+function redactUrl(url: string): string {
+  return String(url).replace(/\/\/[^/@?#]*@/, '//[redacted]@');
+}
