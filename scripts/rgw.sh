@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# A throwaway one-node Ceph cluster (mon + memstore OSD) with a RADOS Gateway on 127.0.0.1, for the
+# S3 store tests. Nothing here is secret: auth is off inside the cluster, and the S3 keys below are
+# fixed test credentials for a loopback-only gateway whose data lives in memory.
+#
+#   scripts/rgw.sh start DIR PORT   start (or reuse a running one), create user and bucket, write DIR/s3.env
+#   scripts/rgw.sh stop DIR         kill the daemons started in DIR (pid files), keep DIR
+#   scripts/rgw.sh status DIR       exit 0 if the gateway in DIR answers HTTP
+#
+# Then: `. DIR/s3.env && node test/run.mjs store`. Progress goes to stderr.
+# Needs radosgw, ceph-mon, ceph-osd (scripts/install-test-deps.sh) and node_modules (for the bucket).
+set -euo pipefail
+
+ACCESS_KEY=NBDVAULTTESTACCESSKEY
+SECRET_KEY=nbd-vault-loopback-test-secret-not-a-real-one
+BUCKET=nbd-vault-test
+USER_ID=nbd-vault-test
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+say() { echo "rgw.sh: $*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+cmd=${1:-}; DIR=${2:-}
+[ -n "$cmd" ] && [ -n "$DIR" ] || die "usage: rgw.sh start DIR PORT | stop DIR | status DIR"
+mkdir -p "$DIR"; DIR="$(cd "$DIR" && pwd)"
+CONF="$DIR/ceph.conf"
+export CEPH_CONF="$CONF"
+
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+http_ok() { # any HTTP answer from the gateway counts
+  local port; port=$(cat "$DIR/port" 2>/dev/null) || return 1
+  node -e "require('http').get('http://127.0.0.1:$port/',r=>process.exit(0)).on('error',()=>process.exit(1)).setTimeout(2000,function(){this.destroy()})" 2>/dev/null
+}
+
+stop_all() {
+  local f p
+  for f in "$DIR"/run/client.rgw.*.pid "$DIR"/run/osd.*.pid "$DIR"/run/mon.*.pid; do
+    [ -f "$f" ] || continue
+    p=$(cat "$f"); kill "$p" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$p" 2>/dev/null || true
+    rm -f "$f"
+  done
+}
+
+write_conf() {
+  local port=$1 fsid=$2
+  cat > "$CONF" <<CONF
+[global]
+fsid = $fsid
+mon host = 127.0.0.1:6789
+mon initial members = a
+auth cluster required = none
+auth service required = none
+auth client required = none
+auth allow insecure global id reclaim = true
+ms bind msgr2 = false
+public network = 127.0.0.0/8
+cluster network = 127.0.0.0/8
+osd pool default size = 1
+osd pool default min size = 1
+osd pool default pg num = 8
+osd pool default pgp num = 8
+osd pool default pg autoscale mode = off
+mon allow pool size one = true
+mon warn on pool no redundancy = false
+mon max pg per osd = 1000
+osd objectstore = memstore
+memstore device bytes = 2147483648
+osd crush chooseleaf type = 0
+osd crush update on start = false
+run dir = $DIR/run
+pid file = $DIR/run/\$name.pid
+admin socket = $DIR/run/\$name.asok
+log file = $DIR/log/\$name.log
+mon data = $DIR/mon/\$name
+osd data = $DIR/osd/\$name
+keyring = $DIR/keyring
+[client.rgw.test]
+rgw frontends = beast endpoint=127.0.0.1:$port
+rgw data = $DIR/rgw
+rgw dns name = localhost
+CONF
+}
+
+wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
+  local secs=$1 what=$2; shift 2
+  for _ in $(seq $((secs * 5))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
+  say "timed out waiting for $what"; return 1
+}
+
+osd_up() { ceph --connect-timeout 5 osd stat 2>/dev/null | grep -q ' 1 up'; }
+
+start_once() {
+  local port=$1 fsid uuid
+  stop_all
+  rm -rf "$DIR/mon" "$DIR/osd" "$DIR/run" "$DIR/log" "$DIR/rgw" "$DIR/monmap" "$DIR/s3.env"
+  mkdir -p "$DIR/mon/mon.a" "$DIR/osd/osd.0" "$DIR/run" "$DIR/log" "$DIR/rgw"
+  : > "$DIR/keyring"
+  echo "$port" > "$DIR/port"
+  fsid=$(cat /proc/sys/kernel/random/uuid); uuid=$(cat /proc/sys/kernel/random/uuid)
+  write_conf "$port" "$fsid"
+  say "creating monitor (fsid $fsid)"
+  monmaptool --create --add a 127.0.0.1:6789 --fsid "$fsid" "$DIR/monmap" >/dev/null 2>&1
+  ceph-mon --mkfs -i a --monmap "$DIR/monmap" >/dev/null 2>&1
+  ceph-mon -i a
+  wait_for 30 "monitor" ceph --connect-timeout 5 mon stat || return 1
+  say "creating memstore OSD"
+  ceph osd new "$uuid" >/dev/null
+  ceph-osd -i 0 --mkfs --osd-uuid "$uuid" >/dev/null 2>&1
+  ceph osd crush add-bucket localhost host >/dev/null 2>&1
+  ceph osd crush move localhost root=default >/dev/null 2>&1
+  ceph osd crush add osd.0 1.0 host=localhost >/dev/null 2>&1
+  ceph-osd -i 0 2>>"$DIR/log/start.err"
+  wait_for 60 "OSD up" osd_up || return 1
+  say "starting radosgw on 127.0.0.1:$port"
+  radosgw -n client.rgw.test
+  wait_for 90 "radosgw HTTP" http_ok || return 1
+}
+
+write_env() {
+  local port; port=$(cat "$DIR/port")
+  say "ensuring user $USER_ID and bucket $BUCKET"
+  radosgw-admin user info --uid="$USER_ID" >/dev/null 2>&1 ||
+    radosgw-admin user create --uid="$USER_ID" --display-name="nbd-vault tests" \
+      --access-key="$ACCESS_KEY" --secret="$SECRET_KEY" >/dev/null
+  ( cd "$REPO" && AWS_ACCESS_KEY_ID=$ACCESS_KEY AWS_SECRET_ACCESS_KEY=$SECRET_KEY node --no-warnings -e "
+    const { S3Client, CreateBucketCommand } = require('@aws-sdk/client-s3');
+    const c = new S3Client({ endpoint: 'http://127.0.0.1:$port', region: 'us-east-1', forcePathStyle: true });
+    (async () => {
+      for (let i = 0; ; i++) {
+        try { await c.send(new CreateBucketCommand({ Bucket: '$BUCKET' })); return; }
+        catch (e) {
+          if (e.name === 'BucketAlreadyOwnedByYou' || e.name === 'BucketAlreadyExists') return;
+          if (i >= 20) { console.error('create bucket: ' + e.name); process.exit(1); }
+          await new Promise((r) => setTimeout(r, 500));
+        }
+      }
+    })();" )
+  cat > "$DIR/s3.env" <<ENV
+export NBD_VAULT_TEST_S3_URL='s3://$BUCKET/test?endpoint=http://127.0.0.1:$port&region=us-east-1&path_style=true'
+export AWS_ACCESS_KEY_ID=$ACCESS_KEY
+export AWS_SECRET_ACCESS_KEY=$SECRET_KEY
+ENV
+  say "ready: . $DIR/s3.env"
+}
+
+case "$cmd" in
+  start)
+    PORT=${3:-}; [ -n "$PORT" ] || die "usage: rgw.sh start DIR PORT"
+    if pid_alive "$DIR/run/client.rgw.test.pid" && [ "$(cat "$DIR/port" 2>/dev/null)" = "$PORT" ] && http_ok; then
+      say "already running in $DIR"
+      write_env; exit 0
+    fi
+    t0=$(date +%s)
+    if ! start_once "$PORT"; then
+      say "start failed (see $DIR/log), retrying once"
+      start_once "$PORT" || { stop_all; die "could not start RGW; logs in $DIR/log"; }
+    fi
+    write_env
+    say "started in $(( $(date +%s) - t0 )) s"
+    ;;
+  stop)
+    stop_all; say "stopped"
+    ;;
+  status)
+    http_ok
+    ;;
+  *) die "unknown command $cmd" ;;
+esac
