@@ -5,16 +5,20 @@ set -euo pipefail
 
 PACKAGES=(nbdkit libnbd-bin python3-libnbd qemu-utils qemu-system-x86 qemu-block-extra fio fuse3
   e2fsprogs busybox-static linux-image-amd64 kmod cpio zstd radosgw ceph-mon ceph-osd)
-# One probe per package: a binary (or file) that package provides.
-PROBES=(/usr/sbin/nbdkit /usr/bin/nbdinfo /usr/lib/python3/dist-packages/nbd.py /usr/bin/qemu-img
-  /usr/bin/qemu-system-x86_64 /usr/lib/x86_64-linux-gnu/qemu/block-curl.so /usr/bin/fio /usr/bin/fusermount3
-  /sbin/mkfs.ext4 /bin/busybox /boot/vmlinuz-* /sbin/modprobe /usr/bin/cpio /usr/bin/zstd /usr/bin/radosgw
-  /usr/bin/ceph-mon /usr/bin/ceph-osd)
+# One probe per package: a command (looked up on PATH plus the sbin directories) or an absolute file.
+PROBES=(nbdkit nbdinfo /usr/lib/python3/dist-packages/nbd.py qemu-img qemu-system-x86_64
+  /usr/lib/x86_64-linux-gnu/qemu/block-curl.so fio fusermount3 mkfs.ext4 busybox '/boot/vmlinuz-*' modprobe
+  cpio zstd radosgw ceph-mon ceph-osd)
+export PATH="$PATH:/usr/sbin:/sbin"
 
 missing=0
 for p in "${PROBES[@]}"; do
-  # shellcheck disable=SC2086 # the glob in /boot/vmlinuz-* must expand
-  if ! ls $p >/dev/null 2>&1; then echo "install-test-deps: missing $p" >&2; missing=1; fi
+  case "$p" in
+    /*) # shellcheck disable=SC2086 # the glob in /boot/vmlinuz-* must expand
+        ls $p >/dev/null 2>&1 && continue ;;
+    *) command -v "$p" >/dev/null 2>&1 && continue ;;
+  esac
+  echo "install-test-deps: missing $p" >&2; missing=1
 done
 if [ "$missing" = 0 ]; then
   echo "install-test-deps: all test packages present" >&2
