@@ -1,0 +1,57 @@
+// `nbd-vault keys init|passwd`: the master key file. Passphrases come from the environment
+// (NBD_VAULT_PASSPHRASE, and NBD_VAULT_NEW_PASSPHRASE for the new one in passwd) or a no-echo
+// prompt, never from argv. Output: one line naming the file and the public key id.
+import type { Command } from 'commander';
+import {
+  changePassphrase,
+  createMasterKey,
+  describeMasterKey,
+  NEW_PASSPHRASE_ENV,
+  PASSPHRASE_ENV,
+  readPassphrase,
+  resolveKeysDir,
+  type MasterKeyInfo,
+} from '../keys';
+
+const KEYS_OPTION_HELP = 'key directory (default: $NBD_VAULT_KEYS, else ./keys)';
+
+export function registerKeysCommands(program: Command): void {
+  const keys = program.command('keys').description('Manage the master key');
+
+  keys
+    .command('init')
+    .description('Create a new random master key (refuses to overwrite one)')
+    .option('--keys <dir>', KEYS_OPTION_HELP)
+    .option('--passphrase', `wrap the key with a passphrase (from $${PASSPHRASE_ENV} or a prompt)`)
+    .action(async (opts: { keys?: string; passphrase?: boolean }) => {
+      const dir = resolveKeysDir(opts.keys);
+      const passphrase = opts.passphrase
+        ? await readPassphrase({ envVar: PASSPHRASE_ENV, prompt: 'New passphrase: ', confirm: true })
+        : undefined;
+      const info = await createMasterKey(dir, { passphrase });
+      printInfo('created master key', info);
+      if (!info.passphraseProtected) process.stdout.write('keep a copy of this file safe: without it no volume can be read\n');
+    });
+
+  keys
+    .command('passwd')
+    .description('Change, add or remove the passphrase of the master key (the key itself is unchanged)')
+    .option('--keys <dir>', KEYS_OPTION_HELP)
+    .option('--remove', 'store the key without a passphrase (protected by file mode 0600 only)')
+    .action(async (opts: { keys?: string; remove?: boolean }) => {
+      const dir = resolveKeysDir(opts.keys);
+      const current = await describeMasterKey(dir);
+      const oldPassphrase = current.passphraseProtected
+        ? await readPassphrase({ envVar: PASSPHRASE_ENV, prompt: 'Current passphrase: ' })
+        : undefined;
+      const newPassphrase = opts.remove
+        ? undefined
+        : await readPassphrase({ envVar: NEW_PASSPHRASE_ENV, prompt: 'New passphrase: ', confirm: true });
+      const info = await changePassphrase(dir, oldPassphrase, newPassphrase);
+      printInfo(info.passphraseProtected ? 'passphrase set on master key' : 'passphrase removed from master key', info);
+    });
+}
+
+function printInfo(what: string, info: MasterKeyInfo): void {
+  process.stdout.write(`${what} ${info.keyId} at ${info.path}\n`);
+}
