@@ -1,0 +1,12 @@
+// seededRandom: a small deterministic PRNG (mulberry32) so fault-injection runs replay exactly.
+// Not for anything secret. Returns floats uniform in [0, 1).
+export function seededRandom(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
