@@ -1,0 +1,52 @@
+// Offset → chunk arithmetic. A volume is a sequence of CHUNK_SIZE chunks; the last may be short.
+
+export const CHUNK_SIZE = 4 * 1024 * 1024;
+
+/** One piece of a byte range that falls inside a single chunk. */
+export interface ChunkSpan {
+  readonly chunkIndex: number;
+  /** offset inside the chunk */
+  readonly chunkOffset: number;
+  readonly length: number;
+  /** offset of this piece inside the caller's range */
+  readonly rangeOffset: number;
+  /** length of this chunk (CHUNK_SIZE except for a short last chunk) */
+  readonly chunkLength: number;
+  /** the piece covers its whole chunk */
+  readonly whole: boolean;
+}
+
+export function chunkCount(volumeSize: number, chunkSize = CHUNK_SIZE): number {
+  return Math.ceil(volumeSize / chunkSize);
+}
+
+export function chunkLength(volumeSize: number, chunkIndex: number, chunkSize = CHUNK_SIZE): number {
+  return Math.min(chunkSize, volumeSize - chunkIndex * chunkSize);
+}
+
+/** Split [offset, offset+length) into per-chunk spans. Assumes the range lies inside the volume. */
+export function splitRange(offset: number, length: number, volumeSize: number, chunkSize = CHUNK_SIZE): ChunkSpan[] {
+  const spans: ChunkSpan[] = [];
+  let pos = offset;
+  const end = offset + length;
+  while (pos < end) {
+    const chunkIndex = Math.floor(pos / chunkSize);
+    const chunkStart = chunkIndex * chunkSize;
+    const len = chunkLength(volumeSize, chunkIndex, chunkSize);
+    const chunkOffset = pos - chunkStart;
+    const n = Math.min(end - pos, len - chunkOffset);
+    spans.push({ chunkIndex, chunkOffset, length: n, rangeOffset: pos - offset, chunkLength: len, whole: chunkOffset === 0 && n === len });
+    pos += n;
+  }
+  return spans;
+}
+
+export function isAllZero(buf: Buffer): boolean {
+  // Compare in 64 KiB slices against one static zero buffer: fast and allocation-free.
+  for (let off = 0; off < buf.length; off += ZEROS.length) {
+    const n = Math.min(ZEROS.length, buf.length - off);
+    if (buf.compare(ZEROS, 0, n, off, off + n) !== 0) return false;
+  }
+  return true;
+}
+const ZEROS = Buffer.alloc(64 * 1024);

@@ -1,0 +1,21 @@
+// Names of objects in a store. Names reveal nothing but random ids: never a volume name,
+// snapshot name or chunk offset (docs/FORMAT.md, "Object layout in the store").
+
+export const VAULT_KEY = 'vault';
+export const VOLUMES_PREFIX = 'volumes/';
+
+export const volumePrefix = (volumeIdHex: string) => `${VOLUMES_PREFIX}${volumeIdHex}/`;
+export const metaKey = (volumeIdHex: string) => `${volumePrefix(volumeIdHex)}meta`;
+export const rootKey = (volumeIdHex: string) => `${volumePrefix(volumeIdHex)}root`;
+export const pagePrefix = (volumeIdHex: string) => `${volumePrefix(volumeIdHex)}pages/`;
+export const pageKey = (volumeIdHex: string, pageIdHex: string) => `${pagePrefix(volumeIdHex)}${pageIdHex}`;
+export const chunkPrefix = (volumeIdHex: string) => `${volumePrefix(volumeIdHex)}chunks/`;
+export const chunkKey = (volumeIdHex: string, objectIdHex: string) => `${chunkPrefix(volumeIdHex)}${objectIdHex}`;
+export const snapshotPrefix = (volumeIdHex: string) => `${volumePrefix(volumeIdHex)}snapshots/`;
+export const snapshotKey = (volumeIdHex: string, snapshotIdHex: string) => `${snapshotPrefix(volumeIdHex)}${snapshotIdHex}`;
+
+/** The volume id of a key under volumes/, or null. */
+export function volumeIdOfKey(key: string): string | null {
+  const m = /^volumes\/([0-9a-f]{32})\//.exec(key);
+  return m ? m[1] : null;
+}

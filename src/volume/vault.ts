@@ -1,0 +1,295 @@
+// A vault: one store (bucket + prefix, or a directory) holding the public `vault` object and
+// any number of volumes. Knows the object layout (docs/FORMAT.md); opens VolumeEngines.
+//
+// - `vault` is public JSON (format, vault id, suites) plus a key check sealed with the master
+//   key, so a wrong master key is reported as such, not as corrupt data.
+// - `volumes/<id>/meta` is sealed with the master key (kind 'volume'): the volume's random key
+//   and its name. Deleting it is crypto-erase; re-keying the master key reseals only these.
+// - The root's sequence number is checked against local state (rollback detection).
+import { randomBytes } from 'node:crypto';
+import { VaultError, isVaultError } from '../errors';
+import type { Codec } from '../codec/codec';
+import type { ObjectPlace } from '../codec/object-place';
+import { SecretKey } from '../keys/secret-key';
+import { deriveSubkey, generateVolumeKey, unwrapVolumeKey, wrapVolumeKey } from '../keys';
+import type { ObjectStore } from '../store/object-store';
+import type { Logger } from '../util/log';
+import { CHUNK_SIZE } from './chunk-math';
+import { LocalState } from './local-state';
+import { Manifest, PAGE_ENTRIES } from './manifest';
+import { VAULT_KEY, VOLUMES_PREFIX, metaKey, volumeIdOfKey, volumePrefix, rootKey } from './object-keys';
+import { ROOT_FORMAT, type RootRecord } from './root-record';
+import { VolumeEngine, DEFAULT_ENGINE_OPTIONS, type EngineOptions } from './volume-engine';
+import { VolumeObjects } from './volume-objects';
+
+export const VAULT_FORMAT = 1;
+const KEY_CHECK_TEXT = Buffer.from('nbd-vault master key check v1');
+const VOLUME_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+export interface VolumeMeta {
+  readonly id: string;
+  readonly name: string;
+  readonly createdAt: string;
+}
+
+export interface VaultOptions {
+  readonly stateDir: string;
+  readonly acceptRollback?: boolean;
+  readonly logger: Logger;
+}
+
+export function checkVolumeName(name: string): void {
+  if (!VOLUME_NAME.test(name)) {
+    throw new VaultError('ERR_INVALID_ARGUMENT', `invalid volume name "${name}": use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit`);
+  }
+}
+
+export class Vault {
+  private readonly vaultIdBytes: Buffer;
+  private readonly state: LocalState;
+
+  private constructor(
+    readonly store: ObjectStore,
+    private readonly master: SecretKey,
+    readonly codec: Codec,
+    readonly vaultId: string,
+    private readonly opts: VaultOptions,
+  ) {
+    this.vaultIdBytes = Buffer.from(vaultId, 'hex');
+    this.state = new LocalState(opts.stateDir, vaultId);
+  }
+
+  /** `nbd-vault init`: write the public vault object; refuses a store that has one. */
+  static async create(store: ObjectStore, master: SecretKey, codec: Codec, opts: VaultOptions): Promise<Vault> {
+    if (await store.head(VAULT_KEY)) throw new VaultError('ERR_EXISTS', `${store.name} already holds a vault`);
+    const vaultId = randomBytes(16).toString('hex');
+    const vault = new Vault(store, master, codec, vaultId, opts);
+    const keyCheck = await codec.seal(master, KEY_CHECK_TEXT, vault.vaultPlace(1));
+    const doc = {
+      format: 'nbd-vault',
+      version: VAULT_FORMAT,
+      vaultId,
+      chunkSize: CHUNK_SIZE,
+      compression: 'zstd',
+      cipher: 'XChaCha20-Poly1305-IETF (libsodium)',
+      kdf: 'crypto_kdf_derive_from_key (BLAKE2b)',
+      keyCheck: keyCheck!.toString('base64'),
+      createdAt: new Date().toISOString(),
+    };
+    try {
+      await store.put(VAULT_KEY, Buffer.from(JSON.stringify(doc, null, 2) + '\n'), store.props.conditionalPut ? { ifNoneMatch: '*' } : undefined);
+    } catch (err) {
+      if (isVaultError(err, 'ERR_STORE_PRECONDITION')) throw new VaultError('ERR_EXISTS', `${store.name} already holds a vault`);
+      throw err;
+    }
+    return vault;
+  }
+
+  static async open(store: ObjectStore, master: SecretKey, codec: Codec, opts: VaultOptions): Promise<Vault> {
+    let body: Buffer;
+    try {
+      body = (await store.get(VAULT_KEY)).body;
+    } catch (err) {
+      if (isVaultError(err, 'ERR_STORE_NOT_FOUND')) throw new VaultError('ERR_NOT_FOUND', `${store.name} holds no vault (run \`nbd-vault init\`)`);
+      throw err;
+    }
+    let doc: any;
+    try {
+      doc = JSON.parse(body.toString('utf8'));
+    } catch {
+      throw new VaultError('ERR_CORRUPT', `the vault object in ${store.name} is not valid JSON`);
+    }
+    if (doc?.format !== 'nbd-vault' || typeof doc.vaultId !== 'string' || !/^[0-9a-f]{32}$/.test(doc.vaultId)) {
+      throw new VaultError('ERR_CORRUPT', `the vault object in ${store.name} is not an nbd-vault vault`);
+    }
+    if (doc.version !== VAULT_FORMAT) throw new VaultError('ERR_CORRUPT', `vault format ${doc.version} is not supported by this version (supports ${VAULT_FORMAT})`);
+    if (doc.chunkSize !== CHUNK_SIZE) throw new VaultError('ERR_CORRUPT', `vault chunk size ${doc.chunkSize} is not supported`);
+    const vault = new Vault(store, master, codec, doc.vaultId, opts);
+    try {
+      const check = await codec.open(master, Buffer.from(String(doc.keyCheck), 'base64'), vault.vaultPlace(1));
+      if (!check.equals(KEY_CHECK_TEXT)) throw new Error('mismatch');
+    } catch {
+      throw new VaultError('ERR_WRONG_KEY', `the master key does not belong to the vault in ${store.name} (wrong --keys directory?)`);
+    }
+    return vault;
+  }
+
+  private vaultPlace(index: number): ObjectPlace {
+    return { vaultId: this.vaultIdBytes, volumeId: Buffer.alloc(16), kind: 'volume', index, generation: 0 };
+  }
+
+  private metaPlace(volumeId: string): ObjectPlace {
+    return { vaultId: this.vaultIdBytes, volumeId: Buffer.from(volumeId, 'hex'), kind: 'volume', index: 0, generation: 0 };
+  }
+
+  // --- volumes ----------------------------------------------------------------------------
+
+  async listVolumes(): Promise<VolumeMeta[]> {
+    const ids: string[] = [];
+    for await (const info of this.store.list(VOLUMES_PREFIX)) {
+      const id = volumeIdOfKey(info.key);
+      if (id && info.key === metaKey(id)) ids.push(id);
+    }
+    const metas = await Promise.all(ids.map((id) => this.readMeta(id)));
+    return metas.sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  async findVolume(name: string): Promise<VolumeMeta> {
+    const found = (await this.listVolumes()).find((v) => v.name === name);
+    if (!found) throw new VaultError('ERR_NOT_FOUND', `no volume named "${name}"`);
+    return found;
+  }
+
+  private async readMeta(volumeId: string): Promise<VolumeMeta & { key: SecretKey }> {
+    const { body } = await this.store.get(metaKey(volumeId));
+    let doc: any;
+    try {
+      doc = JSON.parse(body.toString('utf8'));
+    } catch {
+      doc = null;
+    }
+    if (doc?.v !== 1 || typeof doc.wrappedKey !== 'string' || typeof doc.info !== 'string') {
+      throw new VaultError('ERR_CORRUPT', `metadata of volume ${volumeId} is malformed`);
+    }
+    const place = this.metaPlace(volumeId);
+    const key = unwrapVolumeKey(this.master, Buffer.from(doc.wrappedKey, 'base64'), place);
+    let info: any;
+    try {
+      const meta = deriveSubkey(key, 'meta');
+      info = JSON.parse((await this.codec.open(meta, Buffer.from(doc.info, 'base64'), place)).toString('utf8'));
+      meta.wipe();
+    } catch (err) {
+      throw new VaultError(isVaultError(err) ? err.code : 'ERR_CORRUPT', `metadata of volume ${volumeId} cannot be opened: ${(err as Error).message}`, { cause: err });
+    }
+    if (typeof info?.name !== 'string') throw new VaultError('ERR_CORRUPT', `metadata of volume ${volumeId} is malformed`);
+    return { id: volumeId, name: info.name, createdAt: String(info.createdAt), key };
+  }
+
+  /** The sealed metadata object of a volume: its key wrapped by the master key, and its
+   *  name sealed with the volume's own meta subkey. */
+  private async encodeMeta(id: string, key: SecretKey, info: { name: string; createdAt: string }): Promise<Buffer> {
+    const place = this.metaPlace(id);
+    const meta = deriveSubkey(key, 'meta');
+    const sealedInfo = await this.codec.seal(meta, Buffer.from(JSON.stringify(info)), place);
+    meta.wipe();
+    const doc = { v: 1, wrappedKey: wrapVolumeKey(this.master, key, place).toString('base64'), info: sealedInfo!.toString('base64') };
+    return Buffer.from(JSON.stringify(doc));
+  }
+
+  async createVolume(name: string, size: number): Promise<VolumeMeta> {
+    checkVolumeName(name);
+    if (!Number.isSafeInteger(size) || size <= 0) throw new VaultError('ERR_INVALID_ARGUMENT', 'volume size must be a positive number of bytes');
+    if ((await this.listVolumes()).some((v) => v.name === name)) throw new VaultError('ERR_EXISTS', `a volume named "${name}" exists already`);
+    const id = randomBytes(16).toString('hex');
+    const key = generateVolumeKey();
+    const createdAt = new Date().toISOString();
+    const create = this.store.props.conditionalPut ? { ifNoneMatch: '*' as const } : undefined;
+    await this.store.put(metaKey(id), await this.encodeMeta(id, key, { name, createdAt }), create);
+    const objects = this.volumeObjects({ id, name, createdAt }, key);
+    const root: RootRecord = {
+      v: ROOT_FORMAT,
+      volumeId: id,
+      seq: 1,
+      size,
+      chunkSize: CHUNK_SIZE,
+      pageEntries: PAGE_ENTRIES,
+      epoch: 1,
+      pages: new Array(Math.ceil(Math.ceil(size / CHUNK_SIZE) / PAGE_ENTRIES)).fill(null),
+      updatedAt: createdAt,
+    };
+    await objects.writeRoot(root, null);
+    await this.state.recordSeq(id, 1);
+    this.opts.logger.info({ volume: name, volumeId: id, size }, 'volume created');
+    return { id, name, createdAt };
+  }
+
+  private volumeObjects(meta: VolumeMeta, volumeKey: SecretKey): VolumeObjects {
+    const keys = { data: deriveSubkey(volumeKey, 'data'), manifest: deriveSubkey(volumeKey, 'manifest') };
+    return new VolumeObjects(this.store, this.codec, keys, this.vaultId, meta.id, meta.name);
+  }
+
+  /** The volume's objects and its current root, checked against rollback. */
+  async loadVolume(name: string): Promise<{ meta: VolumeMeta; objects: VolumeObjects; root: RootRecord; etag: string }> {
+    const found = await this.findVolume(name);
+    const { key, ...meta } = await this.readMeta(found.id);
+    const objects = this.volumeObjects(meta, key);
+    const { root, etag } = await objects.readRoot();
+    const highest = await this.state.highestSeq(meta.id);
+    if (root.seq < highest) {
+      if (!this.opts.acceptRollback) {
+        throw new VaultError('ERR_ROLLBACK', `the store holds root ${root.seq} of volume "${name}" but this machine has seen root ${highest}: the store may have been rolled back (use --accept-rollback to open it anyway)`);
+      }
+      this.opts.logger.warn({ volume: name, seq: root.seq, highestSeen: highest }, 'accepting an older root (--accept-rollback)');
+    }
+    if (root.seq !== highest) await this.state.recordSeq(meta.id, root.seq);
+    return { meta, objects, root, etag };
+  }
+
+  async openEngine(name: string, options: Partial<EngineOptions> = {}): Promise<VolumeEngine> {
+    const { meta, objects, root, etag } = await this.loadVolume(name);
+    const manifest = await VolumeEngine.loadManifest(objects, root);
+    const opts: EngineOptions = {
+      ...DEFAULT_ENGINE_OPTIONS,
+      ...options,
+      onRootCommitted: (seq) => this.state.recordSeq(meta.id, seq),
+    };
+    return new VolumeEngine(meta.name, `nbd-vault volume ${meta.name}`, objects, root, etag, manifest, opts, this.opts.logger);
+  }
+
+  async volumeInfo(name: string) {
+    const { meta, objects, root } = await this.loadVolume(name);
+    const manifest = await VolumeEngine.loadManifest(objects, root);
+    const usage = manifest.usage();
+    return {
+      name: meta.name,
+      id: meta.id,
+      createdAt: meta.createdAt,
+      size: root.size,
+      allocated: usage.allocatedChunks * CHUNK_SIZE,
+      storedBytes: usage.storedBytes,
+      chunks: manifest.chunkCount,
+      allocatedChunks: usage.allocatedChunks,
+      rootSeq: root.seq,
+      epoch: root.epoch,
+      updatedAt: root.updatedAt,
+    };
+  }
+
+  /** Grow (or with `force`, shrink) a volume that no server is serving. */
+  async resizeVolume(name: string, size: number, force: boolean): Promise<{ oldSize: number; newSize: number }> {
+    if (!Number.isSafeInteger(size) || size <= 0) throw new VaultError('ERR_INVALID_ARGUMENT', 'volume size must be a positive number of bytes');
+    const { objects, root } = await this.loadVolume(name);
+    if (size < root.size && !force) {
+      throw new VaultError('ERR_INVALID_ARGUMENT', `shrinking "${name}" from ${root.size} to ${size} bytes discards data; add --force to do it`);
+    }
+    const engine = await this.openEngine(name, { autoCommitMs: 0 });
+    try {
+      await engine.resize(size);
+    } finally {
+      await engine.close();
+    }
+    void objects;
+    return { oldSize: root.size, newSize: size };
+  }
+
+  /** Crypto-erase the volume (its sealed key goes first), then delete all of its objects. */
+  async deleteVolume(name: string, onProgress?: (done: number, total: number) => void): Promise<number> {
+    const meta = await this.findVolume(name);
+    await this.store.delete(metaKey(meta.id));
+    this.opts.logger.info({ volume: name, volumeId: meta.id }, 'volume key erased; deleting objects');
+    const keys: string[] = [];
+    for await (const info of this.store.list(volumePrefix(meta.id))) keys.push(info.key);
+    // The root last: a half-deleted volume without its meta is only garbage either way.
+    keys.sort((a, b) => (a === rootKey(meta.id) ? 1 : b === rootKey(meta.id) ? -1 : 0));
+    let done = 0;
+    for (let k = 0; k < keys.length; k += 1000) {
+      const batch = keys.slice(k, k + 1000);
+      await this.store.deleteMany(batch);
+      done += batch.length;
+      onProgress?.(done, keys.length);
+    }
+    return keys.length;
+  }
+}
+
+export { Manifest };

@@ -1,0 +1,511 @@
+// VolumeEngine: block-device semantics over sealed chunks — the Export that nbd/ serves for a
+// volume. One engine per open volume, shared by every connection (so CAN_MULTI_CONN is honest:
+// a flush from any connection uploads every dirty chunk and commits one root).
+//
+// Data path:  write → WriteCache (dirty, bounded) → uploader (sealed chunk objects, parallel)
+//             → Manifest in memory → commitRoot (pages, then root) = durable.
+//             read  → WriteCache → ReadCache → store (fetch + open), deduplicated per chunk.
+// Ordering (docs/FORMAT.md, "Write ordering"): chunks before the pages that name them, pages
+// before the root; an object is deleted only after a durable root no longer names it, and never
+// when an older epoch (a snapshot) may still name it.
+// Serialisation: writes to one chunk run under a per-chunk mutex; root commits run one at a time.
+import { VaultError, BugError, describeError } from '../errors';
+import type { Logger } from '../util/log';
+import type { Export, ExportCaps, Extent, WriteOptions, ZeroOptions } from './export';
+import { CHUNK_SIZE, chunkCount, chunkLength, splitRange, isAllZero, type ChunkSpan } from './chunk-math';
+import { Manifest, PAGE_ENTRIES, type Entry, type PageRef } from './manifest';
+import type { RootRecord } from './root-record';
+import { ROOT_FORMAT } from './root-record';
+import { KeyedMutex } from './keyed-mutex';
+import { ReadCache } from './read-cache';
+import { WriteCache, type DirtyChunk } from './write-cache';
+import type { VolumeObjects } from './volume-objects';
+import { chunkKey, pageKey } from './object-keys';
+
+export interface EngineOptions {
+  readonly dirtyLimitBytes: number;
+  readonly readCacheBytes: number;
+  readonly uploadConcurrency: number;
+  /** upload a partly written chunk once it has been idle this long */
+  readonly writebackDelayMs: number;
+  /** commit a root in the background this often when the manifest changed (0: only on flush) */
+  readonly autoCommitMs: number;
+  readonly readaheadChunks: number;
+  readonly readOnly: boolean;
+  /** called after every durable root, e.g. to record the sequence in local state */
+  readonly onRootCommitted?: (seq: number) => Promise<void>;
+}
+
+export const DEFAULT_ENGINE_OPTIONS: EngineOptions = {
+  dirtyLimitBytes: 256 * 2 ** 20,
+  readCacheBytes: 256 * 2 ** 20,
+  uploadConcurrency: 16,
+  writebackDelayMs: 1000,
+  autoCommitMs: 5000,
+  readaheadChunks: 4,
+  readOnly: false,
+};
+
+export class VolumeEngine implements Export {
+  readonly caps: ExportCaps;
+  private readonly manifest: Manifest;
+  private readonly readCache: ReadCache;
+  private readonly writeCache: WriteCache;
+  private readonly chunkLocks = new KeyedMutex<number>();
+  private readonly fetches = new Map<string, Promise<Buffer>>();
+  private uploadsInFlight = 0;
+  private readonly uploadWaiters = new Set<() => void>();
+  private flushWaiters = 0;
+  /** objects no longer referenced once the next root is durable */
+  private pendingDeletes: string[] = [];
+  private commitChain: Promise<unknown> = Promise.resolve();
+  private manifestChangedSinceCommit = false;
+  private epoch: number;
+  private seq: number;
+  private etag: string | null;
+  private sizeBytes: number;
+  private timer: NodeJS.Timeout | null = null;
+  private lastCommitMs = Date.now();
+  private lastReadChunk = -2;
+  private closed = false;
+
+  constructor(
+    readonly name: string,
+    readonly description: string,
+    private readonly objects: VolumeObjects,
+    root: RootRecord,
+    rootEtag: string | null,
+    manifest: Manifest,
+    private readonly opts: EngineOptions,
+    private readonly logger: Logger,
+  ) {
+    if (root.chunkSize !== CHUNK_SIZE) throw new VaultError('ERR_CORRUPT', `volume "${name}" uses chunk size ${root.chunkSize}, this build supports ${CHUNK_SIZE}`);
+    this.manifest = manifest;
+    this.epoch = root.epoch;
+    this.seq = root.seq;
+    this.etag = rootEtag;
+    this.sizeBytes = root.size;
+    this.readCache = new ReadCache(opts.readCacheBytes);
+    this.writeCache = new WriteCache(opts.dirtyLimitBytes);
+    const rw = !opts.readOnly;
+    this.caps = { readOnly: !rw, canFlush: rw, canFua: rw, canTrim: rw, canZero: rw, canFastZero: rw, canCache: true, canMultiConn: true };
+    if (rw) {
+      this.timer = setInterval(() => this.tick(), 100);
+      this.timer.unref();
+    }
+  }
+
+  /** Load a volume's manifest: the root, then every page it names (in parallel). */
+  static async loadManifest(objects: VolumeObjects, root: RootRecord): Promise<Manifest> {
+    const manifest = new Manifest(chunkCount(root.size, root.chunkSize), root.pages);
+    if (root.pageEntries !== PAGE_ENTRIES) throw new VaultError('ERR_CORRUPT', `unsupported page size ${root.pageEntries}`);
+    const todo = root.pages.map((ref, p) => ({ ref, p })).filter((x) => x.ref !== null);
+    let next = 0;
+    const worker = async () => {
+      while (next < todo.length) {
+        const { ref, p } = todo[next++];
+        manifest.decodePage(p, await objects.readPage(p, ref!));
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(16, todo.length) }, worker));
+    return manifest;
+  }
+
+  get size(): number {
+    return this.sizeBytes;
+  }
+
+  get currentSeq(): number {
+    return this.seq;
+  }
+
+  get currentEpoch(): number {
+    return this.epoch;
+  }
+
+  /** A consistent copy of the committed page list (for snapshots). */
+  get committedPages(): Array<PageRef | null> {
+    return [...this.manifest.pages];
+  }
+
+  usage() {
+    return this.manifest.usage();
+  }
+
+  // --- reads ------------------------------------------------------------------------------
+
+  async read(offset: number, length: number): Promise<Buffer> {
+    this.assertOpen();
+    const spans = splitRange(offset, length, this.sizeBytes);
+    if (spans.length === 1) {
+      const s = spans[0];
+      const data = await this.chunkContent(s.chunkIndex, true);
+      this.readahead(s.chunkIndex);
+      return data === null ? Buffer.alloc(s.length) : data.subarray(s.chunkOffset, s.chunkOffset + s.length);
+    }
+    const out = Buffer.allocUnsafe(length);
+    await Promise.all(
+      spans.map(async (s) => {
+        const data = await this.chunkContent(s.chunkIndex, false);
+        if (data === null) out.fill(0, s.rangeOffset, s.rangeOffset + s.length);
+        else data.copy(out, s.rangeOffset, s.chunkOffset, s.chunkOffset + s.length);
+      }),
+    );
+    this.readahead(spans[spans.length - 1].chunkIndex);
+    return out;
+  }
+
+  /**
+   * The current content of a chunk, or null when it is all zeros. With `stable`, the returned
+   * buffer will not change later (a dirty buffer is copied), so it may be handed to a socket.
+   */
+  private async chunkContent(i: number, stable: boolean): Promise<Buffer | null> {
+    const d = this.writeCache.get(i);
+    if (d) return d.data === null ? null : stable ? Buffer.from(d.data) : d.data;
+    const cached = this.readCache.get(i);
+    if (cached) return cached;
+    const entry = this.manifest.get(i);
+    if (entry.id === null) return null;
+    return this.fetchChunk(i, entry);
+  }
+
+  private fetchChunk(i: number, entry: Entry): Promise<Buffer> {
+    const key = entry.id!;
+    let p = this.fetches.get(key);
+    if (!p) {
+      p = this.objects
+        .readChunk(i, entry, chunkLength(this.sizeBytes, i))
+        .then((data) => {
+          // Cache only if nothing replaced the chunk while we fetched it.
+          if (this.manifest.get(i).id === key && !this.writeCache.get(i)) this.readCache.set(i, data);
+          return data;
+        })
+        .catch((err) => {
+          this.logger.error({ volume: this.name, chunk: i, offset: i * CHUNK_SIZE, err: describeError(err) }, 'chunk read failed');
+          throw new VaultError('ERR_IO', `volume "${this.name}": cannot read chunk ${i} (byte offset ${i * CHUNK_SIZE}): ${describeError(err)}`, { cause: err });
+        })
+        .finally(() => this.fetches.delete(key));
+      this.fetches.set(key, p);
+    }
+    return p;
+  }
+
+  private readahead(i: number): void {
+    const sequential = i === this.lastReadChunk + 1 || i === this.lastReadChunk;
+    this.lastReadChunk = i;
+    if (!sequential || this.opts.readaheadChunks <= 0) return;
+    const last = Math.min(chunkCount(this.sizeBytes) - 1, i + this.opts.readaheadChunks);
+    for (let j = i + 1; j <= last; j++) this.prefetch(j);
+  }
+
+  private prefetch(i: number): void {
+    if (this.writeCache.get(i) || this.readCache.has(i)) return;
+    const entry = this.manifest.get(i);
+    if (entry.id === null || this.fetches.has(entry.id)) return;
+    this.fetchChunk(i, entry).catch(() => {}); // logged in fetchChunk; a real read reports it
+  }
+
+  async cache(offset: number, length: number): Promise<void> {
+    this.assertOpen();
+    const spans = splitRange(offset, length, this.sizeBytes);
+    let next = 0;
+    const worker = async () => {
+      while (next < spans.length) await this.chunkContent(spans[next++].chunkIndex, false);
+    };
+    await Promise.all(Array.from({ length: Math.min(8, spans.length) }, worker));
+  }
+
+  async blockStatus(offset: number, length: number): Promise<Extent[]> {
+    this.assertOpen();
+    const extents: Extent[] = [];
+    const end = Math.min(this.sizeBytes, offset + length);
+    let pos = offset;
+    while (pos < end && extents.length < 1024) {
+      const i = Math.floor(pos / CHUNK_SIZE);
+      const chunkEnd = Math.min(end, (i + 1) * CHUNK_SIZE);
+      const d = this.writeCache.get(i);
+      const zero = d ? d.data === null : this.manifest.isZero(i);
+      const last = extents[extents.length - 1];
+      if (last && last.zero === zero) extents[extents.length - 1] = { length: last.length + chunkEnd - pos, hole: zero, zero };
+      else extents.push({ length: chunkEnd - pos, hole: zero, zero });
+      pos = chunkEnd;
+    }
+    return extents;
+  }
+
+  // --- writes -----------------------------------------------------------------------------
+
+  async write(offset: number, data: Buffer, opts: WriteOptions = {}): Promise<void> {
+    this.assertWritable();
+    await Promise.all(splitRange(offset, data.length, this.sizeBytes).map((s) => this.writeSpan(s, data.subarray(s.rangeOffset, s.rangeOffset + s.length))));
+    if (opts.fua) await this.flush();
+  }
+
+  async trim(offset: number, length: number, opts: WriteOptions = {}): Promise<void> {
+    await this.writeZeroes(offset, length, opts);
+  }
+
+  async writeZeroes(offset: number, length: number, opts: ZeroOptions = {}): Promise<void> {
+    this.assertWritable();
+    const spans = splitRange(offset, length, this.sizeBytes);
+    if (opts.fastZero) {
+      // Zeroing part of a chunk we would first have to download is not fast: say so up front.
+      for (const s of spans) {
+        if (!s.whole && !this.writeCache.get(s.chunkIndex) && !this.readCache.has(s.chunkIndex) && !this.manifest.isZero(s.chunkIndex)) {
+          throw new VaultError('ERR_NOT_SUPPORTED', 'fast zero is not possible: a partial chunk would need a read');
+        }
+      }
+    }
+    const work: Promise<void>[] = [];
+    for (const s of spans) {
+      // Fast path (a full-device TRIM of an empty volume): a chunk that is zero already,
+      // with no write pending or in progress, needs nothing at all.
+      if (!this.writeCache.get(s.chunkIndex) && !this.chunkLocks.isLocked(s.chunkIndex) && this.manifest.isZero(s.chunkIndex)) continue;
+      work.push(this.writeSpan(s, null));
+      if (work.length >= 256) await Promise.all(work.splice(0));
+    }
+    await Promise.all(work);
+    if (opts.fua) await this.flush();
+  }
+
+  /** Apply one span (data, or null for zeros) to its chunk, under the chunk's lock. */
+  private async writeSpan(s: ChunkSpan, data: Buffer | null): Promise<void> {
+    const i = s.chunkIndex;
+    if (!this.writeCache.get(i)) await this.writeCache.waitForRoom(s.chunkLength);
+    await this.chunkLocks.run(i, async () => {
+      this.assertWritable();
+      let content: Buffer | null;
+      if (s.whole) {
+        content = data === null ? null : Buffer.from(data);
+      } else {
+        const d = this.writeCache.get(i);
+        let base: Buffer | null;
+        if (d && !d.uploading) base = d.data; // ours to modify in place
+        else {
+          const current = await this.chunkContent(i, false);
+          base = current === null ? null : Buffer.from(current); // copy: caches and uploads are frozen
+        }
+        if (base === null && data === null) {
+          if (!d) return; // zeroing part of a zero chunk
+          content = null;
+        } else {
+          if (base === null) base = Buffer.alloc(s.chunkLength);
+          if (data === null) base.fill(0, s.chunkOffset, s.chunkOffset + s.length);
+          else data.copy(base, s.chunkOffset);
+          content = base;
+        }
+      }
+      this.readCache.delete(i);
+      this.writeCache.put(i, content, s.length, Date.now());
+    });
+    this.kick();
+  }
+
+  // --- upload and commit -------------------------------------------------------------------
+
+  private tick(): void {
+    this.kick();
+    if (this.opts.autoCommitMs > 0 && this.manifestChangedSinceCommit && Date.now() - this.lastCommitMs >= this.opts.autoCommitMs && this.flushWaiters === 0) {
+      this.lastCommitMs = Date.now();
+      this.commitRoot().catch((err) => this.logger.warn({ volume: this.name, err: describeError(err) }, 'background commit failed; will retry'));
+    }
+  }
+
+  /** Start uploads of the chunks that are due, up to the concurrency limit. */
+  private kick(): void {
+    if (this.closed && this.flushWaiters === 0) return;
+    const now = Date.now();
+    const pressure = this.writeCache.sizeBytes >= this.opts.dirtyLimitBytes / 2;
+    for (const [i, d] of this.writeCache.entries()) {
+      if (this.uploadsInFlight >= this.opts.uploadConcurrency) break;
+      if (d.uploading || d.error) continue;
+      const full = d.data === null || d.bytesWritten >= (d.data?.length ?? 0);
+      if (this.flushWaiters > 0 || pressure || full || now - d.lastWriteMs >= this.opts.writebackDelayMs) void this.upload(i, d);
+    }
+  }
+
+  private async upload(i: number, d: DirtyChunk): Promise<void> {
+    d.uploading = true;
+    this.uploadsInFlight++;
+    const data = d.data;
+    try {
+      const entry: Entry =
+        data === null || isAllZero(data) ? { id: null, epoch: this.epoch, storedSize: 0 } : await this.objects.writeChunk(i, data, this.epoch);
+      // From here to the end of this block nothing awaits: manifest, caches and the delete
+      // list change together.
+      if (i >= this.manifest.chunkCount) {
+        if (entry.id) this.pendingDeletes.push(chunkKey(this.objects.volumeId, entry.id));
+      } else {
+        const old = this.manifest.get(i);
+        this.manifest.set(i, { ...entry, epoch: this.epoch });
+        this.manifestChangedSinceCommit = true;
+        if (old.id !== null && old.epoch === this.epoch) this.pendingDeletes.push(chunkKey(this.objects.volumeId, old.id));
+      }
+      if (this.writeCache.settle(i, d) && data !== null && entry.id !== null) this.readCache.set(i, data);
+    } catch (err) {
+      d.error = err;
+      this.logger.error({ volume: this.name, chunk: i, err: describeError(err) }, 'chunk upload failed; kept in the write cache');
+    } finally {
+      d.uploading = false;
+      this.uploadsInFlight--;
+      for (const w of this.uploadWaiters) w();
+      this.kick();
+    }
+  }
+
+  /** Upload every chunk dirtied before this call; throws if one of them cannot be uploaded. */
+  private async drainDirty(): Promise<void> {
+    const mark = this.writeCache.writeCounter;
+    this.flushWaiters++;
+    try {
+      // Failed chunks get one fresh attempt per flush (the store's retry layer has already
+      // retried each attempt); if it fails again, the flush reports it.
+      for (const [, d] of this.writeCache.entries()) if (d.firstWrite <= mark) d.error = null;
+      for (;;) {
+        let pending = false;
+        for (const [i, d] of this.writeCache.entries()) {
+          if (d.firstWrite > mark) continue;
+          if (d.error && !d.uploading) {
+            throw new VaultError('ERR_IO', `volume "${this.name}": cannot store chunk ${i}: ${describeError(d.error)}`, { cause: d.error });
+          }
+          pending = true;
+        }
+        if (!pending) return;
+        this.kick();
+        await new Promise<void>((r) => {
+          const w = () => {
+            this.uploadWaiters.delete(w);
+            r();
+          };
+          this.uploadWaiters.add(w);
+        });
+      }
+    } finally {
+      this.flushWaiters--;
+    }
+  }
+
+  async flush(): Promise<void> {
+    this.assertOpen();
+    if (this.opts.readOnly) return;
+    await this.drainDirty();
+    await this.commitRoot();
+  }
+
+  /**
+   * Write the dirty manifest pages, then the root, one commit at a time. With `snapshot`, the
+   * epoch is bumped at the moment the manifest is captured, so the captured state is frozen:
+   * nothing it names is ever deleted by later writes. Returns the committed root.
+   */
+  commitRoot(snapshot = false): Promise<RootRecord> {
+    const run = this.commitChain.then(() => this.commitRootNow(snapshot));
+    this.commitChain = run.catch(() => {});
+    return run;
+  }
+
+  private async commitRootNow(snapshot: boolean): Promise<RootRecord> {
+    // Capture (synchronously): which pages to write and with what content.
+    const dirty = [...this.manifest.dirtyPages].sort((a, b) => a - b);
+    this.manifest.dirtyPages.clear();
+    const pageBytes = dirty.map((p) => (this.manifest.pageIsEmpty(p) ? null : this.manifest.encodePage(p)));
+    const deletes = this.pendingDeletes;
+    this.pendingDeletes = [];
+    const epochAtCapture = this.epoch;
+    const sizeAtCapture = this.sizeBytes;
+    const pages = [...this.manifest.pages];
+    this.manifestChangedSinceCommit = false;
+    if (snapshot) this.epoch++;
+    const oldPages: PageRef[] = [];
+    try {
+      const refs = await Promise.all(dirty.map((p, k) => (pageBytes[k] === null ? null : this.objects.writePage(p, pageBytes[k]!, epochAtCapture))));
+      dirty.forEach((p, k) => {
+        const old = pages[p];
+        if (old && old.epoch === epochAtCapture) oldPages.push(old);
+        pages[p] = refs[k];
+      });
+      const root: RootRecord = {
+        v: ROOT_FORMAT,
+        volumeId: this.objects.volumeId,
+        seq: this.seq + 1,
+        size: sizeAtCapture,
+        chunkSize: CHUNK_SIZE,
+        pageEntries: PAGE_ENTRIES,
+        epoch: this.epoch,
+        pages,
+        updatedAt: new Date().toISOString(),
+      };
+      this.etag = await this.objects.writeRoot(root, this.etag);
+      this.seq = root.seq;
+      this.lastCommitMs = Date.now();
+      // Pages may have changed while we wrote: adopt only the refs we wrote, keep later changes dirty.
+      dirty.forEach((p) => {
+        if (p < this.manifest.pageCount) this.manifest.pages[p] = pages[p];
+      });
+      await this.opts.onRootCommitted?.(root.seq);
+      this.logger.debug({ volume: this.name, seq: root.seq, pages: dirty.length, deletes: deletes.length }, 'root committed');
+      const doomed = [...deletes, ...oldPages.map((r) => pageKey(this.objects.volumeId, r.id))];
+      if (doomed.length > 0) {
+        this.objects.store.deleteMany(doomed).catch((err) => this.logger.warn({ volume: this.name, objects: doomed.length, err: describeError(err) }, 'deleting unreferenced objects failed; gc will remove them'));
+      }
+      return root;
+    } catch (err) {
+      // Nothing became durable: the same pages and deletes belong to the next commit.
+      for (const p of dirty) if (p < this.manifest.pageCount) this.manifest.dirtyPages.add(p);
+      this.pendingDeletes.unshift(...deletes);
+      this.manifestChangedSinceCommit = true;
+      throw err;
+    }
+  }
+
+  /**
+   * Change the volume's size (no client may be connected: sizes are fixed per connection).
+   * A short last chunk that grows is rewritten at full length; bytes cut off by a shrink are
+   * zeroed first, so a later grow shows zeros there, never old data.
+   */
+  async resize(newSize: number): Promise<void> {
+    this.assertWritable();
+    const oldSize = this.sizeBytes;
+    if (newSize === oldSize) return;
+    await this.drainDirty();
+    // The chunk that holds the smaller end changes length: carry its bytes over (truncated or
+    // zero-padded), since a stored chunk must have exactly its chunk's length.
+    const edge = chunkCount(Math.min(oldSize, newSize)) - 1;
+    let carried: Buffer | null = null;
+    if (edge >= 0 && chunkLength(oldSize, edge) !== chunkLength(newSize, edge)) carried = await this.chunkContent(edge, true);
+    const newCount = chunkCount(newSize);
+    this.writeCache.dropFrom(newCount);
+    for (let i = newCount; i < chunkCount(oldSize); i++) this.readCache.delete(i);
+    for (const { entry } of this.manifest.resize(newCount)) {
+      if (entry.id !== null && entry.epoch === this.epoch) this.pendingDeletes.push(chunkKey(this.objects.volumeId, entry.id));
+    }
+    this.sizeBytes = newSize;
+    this.manifestChangedSinceCommit = true;
+    if (carried !== null) {
+      const resized = Buffer.alloc(chunkLength(newSize, edge));
+      carried.copy(resized, 0, 0, Math.min(carried.length, resized.length));
+      this.readCache.delete(edge);
+      this.writeCache.put(edge, resized, resized.length, Date.now());
+    }
+    await this.flush();
+  }
+
+  /** Flush, stop background work. The engine serves nothing afterwards. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    if (!this.opts.readOnly) await this.flush();
+    this.closed = true;
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+  }
+
+  private assertOpen(): void {
+    if (this.closed) throw new VaultError('ERR_SHUTDOWN', `volume "${this.name}" is closed`);
+  }
+
+  private assertWritable(): void {
+    this.assertOpen();
+    if (this.opts.readOnly) throw new VaultError('ERR_READ_ONLY', `volume "${this.name}" is read-only`);
+  }
+}
+
+export { BugError };

@@ -1,0 +1,135 @@
+// Reading and writing the sealed objects of one volume: chunks, manifest pages, the root.
+// Knows names (object-keys.ts), places (associated data) and which subkey seals what; knows
+// nothing about caching or NBD. Every failure is a VaultError naming the volume and the object.
+import { VaultError, isVaultError } from '../errors';
+import type { Codec } from '../codec/codec';
+import type { ObjectPlace, ObjectKind } from '../codec/object-place';
+import type { SecretKey } from '../keys/secret-key';
+import type { ObjectStore } from '../store/object-store';
+import { chunkKey, pageKey, rootKey } from './object-keys';
+import { generationOfId, newObjectId, type Entry, type PageRef } from './manifest';
+import { decodeRoot, encodeRoot, type RootRecord } from './root-record';
+
+export interface VolumeKeys {
+  /** seals chunk objects */
+  readonly data: SecretKey;
+  /** seals pages, roots and snapshot records */
+  readonly manifest: SecretKey;
+}
+
+export class VolumeObjects {
+  private readonly vaultIdBytes: Buffer;
+  private readonly volumeIdBytes: Buffer;
+
+  constructor(
+    readonly store: ObjectStore,
+    readonly codec: Codec,
+    private readonly keys: VolumeKeys,
+    readonly vaultId: string,
+    readonly volumeId: string,
+    /** for messages only */
+    readonly volumeName: string,
+  ) {
+    this.vaultIdBytes = Buffer.from(vaultId, 'hex');
+    this.volumeIdBytes = Buffer.from(volumeId, 'hex');
+  }
+
+  place(kind: ObjectKind, index: number, generation: number): ObjectPlace {
+    return { vaultId: this.vaultIdBytes, volumeId: this.volumeIdBytes, kind, index, generation };
+  }
+
+  // --- chunks ---------------------------------------------------------------------------
+
+  /** Seal and store one chunk. Returns the new entry, or a zero entry for an all-zero chunk. */
+  async writeChunk(chunkIndex: number, data: Buffer, epoch: number): Promise<Entry> {
+    const id = newObjectId();
+    const sealed = await this.codec.seal(this.keys.data, data, this.place('chunk', chunkIndex, generationOfId(id)));
+    if (sealed === null) return { id: null, epoch, storedSize: 0 };
+    await this.store.put(chunkKey(this.volumeId, id), sealed);
+    return { id, epoch, storedSize: sealed.length };
+  }
+
+  async readChunk(chunkIndex: number, entry: Entry, expectedLength: number): Promise<Buffer> {
+    if (entry.id === null) return Buffer.alloc(expectedLength);
+    const key = chunkKey(this.volumeId, entry.id);
+    const what = `chunk ${chunkIndex} of volume "${this.volumeName}"`;
+    const { body } = await this.fetch(key, what);
+    let plain: Buffer;
+    try {
+      plain = await this.codec.open(this.keys.data, body, this.place('chunk', chunkIndex, generationOfId(entry.id)));
+    } catch (err) {
+      throw annotate(err, what);
+    }
+    if (plain.length !== expectedLength) {
+      throw new VaultError('ERR_CORRUPT', `${what} has ${plain.length} bytes, expected ${expectedLength}`);
+    }
+    return plain;
+  }
+
+  // --- manifest pages -------------------------------------------------------------------
+
+  async writePage(pageIndex: number, bytes: Buffer, epoch: number): Promise<PageRef> {
+    const id = newObjectId();
+    const sealed = await this.codec.seal(this.keys.manifest, bytes, this.place('page', pageIndex, generationOfId(id)));
+    if (sealed === null) throw new VaultError('ERR_BUG', 'codec returned no object for a manifest page');
+    await this.store.put(pageKey(this.volumeId, id), sealed);
+    return { id, epoch };
+  }
+
+  async readPage(pageIndex: number, ref: PageRef): Promise<Buffer> {
+    const what = `manifest page ${pageIndex} of volume "${this.volumeName}"`;
+    const { body } = await this.fetch(pageKey(this.volumeId, ref.id), what);
+    try {
+      return await this.codec.open(this.keys.manifest, body, this.place('page', pageIndex, generationOfId(ref.id)));
+    } catch (err) {
+      throw annotate(err, what);
+    }
+  }
+
+  // --- root -------------------------------------------------------------------------------
+
+  async readRoot(): Promise<{ root: RootRecord; etag: string }> {
+    const what = `root of volume "${this.volumeName}"`;
+    const { body, etag } = await this.fetch(rootKey(this.volumeId), what);
+    let plain: Buffer;
+    try {
+      plain = await this.codec.open(this.keys.manifest, body, this.place('root', 0, 0));
+    } catch (err) {
+      throw annotate(err, what);
+    }
+    return { root: decodeRoot(plain, this.volumeId), etag };
+  }
+
+  /** Replace the root. With `ifMatch` (the etag this writer last saw) where the store supports
+   *  conditional puts, so a second writer fails loudly instead of forking the volume. */
+  async writeRoot(root: RootRecord, previousEtag: string | null): Promise<string> {
+    const sealed = await this.codec.seal(this.keys.manifest, encodeRoot(root), this.place('root', 0, 0));
+    if (sealed === null) throw new VaultError('ERR_BUG', 'codec returned no object for a root');
+    const opts = !this.store.props.conditionalPut ? undefined : previousEtag === null ? { ifNoneMatch: '*' as const } : { ifMatch: previousEtag };
+    try {
+      const { etag } = await this.store.put(rootKey(this.volumeId), sealed, opts);
+      return etag;
+    } catch (err) {
+      if (isVaultError(err, 'ERR_STORE_PRECONDITION')) {
+        throw new VaultError('ERR_LEASE', `the root of volume "${this.volumeName}" was changed by another writer; refusing to overwrite it`, { cause: err });
+      }
+      throw err;
+    }
+  }
+
+  private async fetch(key: string, what: string) {
+    try {
+      return await this.store.get(key);
+    } catch (err) {
+      if (isVaultError(err, 'ERR_STORE_NOT_FOUND')) {
+        throw new VaultError('ERR_IO', `${what} is missing from the store (object ${key})`, { cause: err });
+      }
+      throw annotate(err, what);
+    }
+  }
+}
+
+function annotate(err: unknown, what: string): VaultError {
+  if (err instanceof VaultError) return new VaultError(err.code, `${what}: ${err.message}`, { cause: err });
+  return new VaultError('ERR_IO', `${what}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+}

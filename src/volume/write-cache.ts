@@ -1,0 +1,89 @@
+// The write-back cache: chunks written by clients and not yet uploaded, bounded in bytes.
+// A dirty chunk holds the whole chunk's new content (or null: the chunk is now all zero).
+// While a chunk is being uploaded its buffer is frozen: a writer replaces it with a modified
+// copy instead of changing it (copy-on-write), so the upload seals exactly what it captured.
+// When the cache is full, waitForRoom() blocks writers (backpressure); writes never fail for room.
+
+export interface DirtyChunk {
+  data: Buffer | null;
+  /** global write counter when the oldest write not covered by an upload was made */
+  readonly firstWrite: number;
+  /** bytes written into this chunk since it became dirty (to spot fully rewritten chunks) */
+  bytesWritten: number;
+  lastWriteMs: number;
+  uploading: boolean;
+  /** the last upload attempt failed; flush reports it */
+  error: unknown;
+}
+
+export class WriteCache {
+  private readonly map = new Map<number, DirtyChunk>();
+  private bytes = 0;
+  private waiters: Array<() => void> = [];
+  /** counts writes; a flush waits for every dirty chunk with firstWrite <= its mark */
+  writeCounter = 0;
+
+  constructor(readonly limitBytes: number) {}
+
+  get(chunkIndex: number): DirtyChunk | undefined {
+    return this.map.get(chunkIndex);
+  }
+
+  get size(): number {
+    return this.map.size;
+  }
+
+  get sizeBytes(): number {
+    return this.bytes;
+  }
+
+  entries(): IterableIterator<[number, DirtyChunk]> {
+    return this.map.entries();
+  }
+
+  /** Wait until `extra` more bytes fit (always admits one chunk into an empty cache). */
+  async waitForRoom(extra: number): Promise<void> {
+    while (this.bytes > 0 && this.bytes + extra > this.limitBytes) {
+      await new Promise<void>((r) => this.waiters.push(r));
+    }
+  }
+
+  /** Record new content for a chunk; returns the dirty record now in the cache. */
+  put(chunkIndex: number, data: Buffer | null, bytesWritten: number, nowMs: number): DirtyChunk {
+    const writeId = ++this.writeCounter;
+    const old = this.map.get(chunkIndex);
+    if (old && !old.uploading) {
+      this.bytes += (data?.length ?? 0) - (old.data?.length ?? 0);
+      old.data = data;
+      old.bytesWritten += bytesWritten;
+      old.lastWriteMs = nowMs;
+      old.error = null;
+      return old;
+    }
+    const fresh: DirtyChunk = { data, firstWrite: writeId, bytesWritten, lastWriteMs: nowMs, uploading: false, error: null };
+    this.bytes += (data?.length ?? 0) - (old?.data?.length ?? 0);
+    this.map.set(chunkIndex, fresh);
+    this.wake();
+    return fresh;
+  }
+
+  /** Drop `d` after its upload, unless a newer write replaced it meanwhile. */
+  settle(chunkIndex: number, d: DirtyChunk): boolean {
+    if (this.map.get(chunkIndex) !== d) return false;
+    this.map.delete(chunkIndex);
+    this.bytes -= d.data?.length ?? 0;
+    this.wake();
+    return true;
+  }
+
+  /** Drop every entry at or beyond chunkIndex (volume shrink). */
+  dropFrom(chunkIndex: number): void {
+    for (const [i, d] of this.map) if (i >= chunkIndex) this.settle(i, d);
+  }
+
+  private wake(): void {
+    const w = this.waiters;
+    this.waiters = [];
+    for (const r of w) r();
+  }
+}

@@ -1,0 +1,43 @@
+// A vault over a MemoryStore with an inline codec and a random master key, for volume/ tests.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { SecretKey } from '../../src/keys/secret-key';
+import { createInlineCodec } from '../../src/codec';
+import { MemoryStore } from '../../src/store/memory-store';
+import type { ObjectStore } from '../../src/store/object-store';
+import { Vault, type VaultOptions } from '../../src/volume/vault';
+import { createLogger } from '../../src/util/log';
+
+export const logger = createLogger(process.env.TEST_LOG_LEVEL ?? 'silent');
+
+export interface Fixture {
+  store: ObjectStore;
+  master: SecretKey;
+  vault: Vault;
+  stateDir: string;
+  reopen(opts?: Partial<VaultOptions>, store?: ObjectStore): Promise<Vault>;
+  cleanup(): void;
+}
+
+export async function makeVault(store: ObjectStore = new MemoryStore()): Promise<Fixture> {
+  const master = new SecretKey(randomBytes(32), 'master');
+  const stateDir = mkdtempSync(join(tmpdir(), 'nbd-vault-state-'));
+  const codec = createInlineCodec();
+  const vault = await Vault.create(store, master, codec, { stateDir, logger });
+  return {
+    store,
+    master,
+    vault,
+    stateDir,
+    reopen: (opts = {}, s = store) => Vault.open(s, master, codec, { stateDir, logger, ...opts }),
+    cleanup: () => rmSync(stateDir, { recursive: true, force: true }),
+  };
+}
+
+export async function countKeys(store: ObjectStore, prefix: string, part: string): Promise<number> {
+  let n = 0;
+  for await (const info of store.list(prefix)) if (info.key.includes(part)) n++;
+  return n;
+}
