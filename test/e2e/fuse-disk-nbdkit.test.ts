@@ -114,3 +114,35 @@ test('fuse-disk: attach reports which command failed', { timeout: 60_000 }, asyn
     return true;
   });
 });
+
+test('fuse-disk: detach cleans up a filesystem left mounted', { timeout: 90_000 }, async (t) => {
+  const skip = await skipReason();
+  if (skip) return t.skip(skip);
+  const work = await mkdtemp(join(tmpdir(), 'fuse-disk-left-'));
+  let server: NbdkitServer | undefined;
+  let disk: AttachedDisk | undefined;
+  const mnt = join(work, 'mnt');
+  t.after(async () => {
+    await unmount(mnt).catch(() => undefined);
+    await disk?.detach().catch(() => undefined);
+    await server?.stop().catch(() => undefined);
+    await rm(work, { recursive: true, force: true }).catch(() => undefined);
+  });
+  server = await startNbdkit(['memory', '64M']);
+  disk = await attachNbdAsFile(server.uri, join(work, 'fuse'));
+  await mkfsAndMount(disk.loopDevice, mnt);
+  await writeFile(join(mnt, 'kept.txt'), 'kept\n');
+  const { loopDevice, nbdfusePid, fuseDir } = disk;
+  await disk.detach(); // without unmount first
+  const { isMountPoint, mountPointsOf } = await import('../helpers/fuse-disk');
+  assert.equal(await isMountPoint(mnt), false, 'filesystem unmounted');
+  assert.equal(await isMountPoint(fuseDir), false, 'FUSE unmounted');
+  assert.deepEqual(await mountPointsOf(loopDevice), []);
+  assert.throws(() => process.kill(nbdfusePid, 0), /ESRCH/, 'nbdfuse exited');
+  // and the data reached the server
+  disk = await attachNbdAsFile(server.uri, join(work, 'fuse2'), { readOnly: true });
+  await mountDevice(disk.loopDevice, mnt, { readOnly: true });
+  assert.equal(await readFile(join(mnt, 'kept.txt'), 'utf8'), 'kept\n');
+  await unmount(mnt);
+  await disk.detach();
+});

@@ -310,6 +310,14 @@ export async function attachNbdAsFile(uri: string, dir: string, opts: AttachOpti
       // 2. Loop device. `losetup -d` on a busy device only sets autoclear; check it is gone.
       if (loopDevice) {
         const dev = loopDevice;
+        // A filesystem still mounted from it (a test that failed half-way): unmount it first,
+        // else the loop device stays busy and nbdfuse cannot go.
+        for (const m of await mountPointsOf(dev)) {
+          await unmount(m, 30_000).catch(async (e) => {
+            problems.push((e as Error).message);
+            await runCommand('umount', ['-l', m], { timeoutMs: 15_000 }).catch(() => undefined);
+          });
+        }
         let ok = false;
         let lastErr = '';
         for (let i = 0; i < 5 && !ok; i++) {
@@ -389,6 +397,23 @@ async function loopBackedBy(dev: string, file: string): Promise<boolean> {
     return backing === file || backing.startsWith(file);
   } catch {
     return false; // no loop/ directory: not attached
+  }
+}
+
+/** Mount points whose source is `device` (per /proc/self/mountinfo), deepest first. */
+export async function mountPointsOf(device: string): Promise<string[]> {
+  const unescaped = (s: string) => s.replace(/\\([0-7]{3})/g, (_, o) => String.fromCharCode(parseInt(o, 8)));
+  try {
+    const info = await readFile('/proc/self/mountinfo', 'utf8');
+    const out: string[] = [];
+    for (const line of info.split('\n')) {
+      const [left, right] = line.split(' - ');
+      if (!right) continue;
+      if (unescaped(right.split(' ')[1] ?? '') === device) out.push(unescaped(left.split(' ')[4]));
+    }
+    return out.sort((a, b) => b.length - a.length);
+  } catch {
+    return [];
   }
 }
 
