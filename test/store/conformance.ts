@@ -1,0 +1,184 @@
+// describeObjectStore: the one conformance suite every ObjectStore (base or decorated) must pass.
+//
+// makeStore() returns a fresh, empty store for each test (a new directory, memory map or S3 prefix);
+// the suite closes it after the test. `big` enables the >1,000-key cases (S3 pagination and
+// DeleteObjects batching); smaller stores run the same cases with fewer keys to stay fast.
+import { describe, it, afterEach } from 'node:test';
+import * as assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import type { ObjectStore } from '../../src/store';
+
+export interface ConformanceOptions {
+  /** Keys to use in the pagination/batch cases (S3: > 1,000). */
+  readonly manyKeys?: number;
+  /** Skip the whole suite with this message. */
+  readonly skip?: string;
+}
+
+export async function expectCode(p: Promise<unknown>, code: string): Promise<Error & { code: string }> {
+  try {
+    await p;
+  } catch (err) {
+    assert.equal((err as { code?: string }).code, code, `expected ${code}, got ${String(err)}`);
+    return err as Error & { code: string };
+  }
+  assert.fail(`expected ${code}, but it succeeded`);
+}
+
+async function collect(store: ObjectStore, prefix: string): Promise<string[]> {
+  const keys: string[] = [];
+  for await (const info of store.list(prefix)) keys.push(info.key);
+  return keys;
+}
+
+function byteOrder(a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a), Buffer.from(b));
+}
+
+async function inParallel<T>(items: readonly T[], width: number, fn: (x: T) => Promise<void>): Promise<void> {
+  const q = [...items];
+  await Promise.all(Array.from({ length: width }, async () => {
+    for (let x = q.shift(); x !== undefined; x = q.shift()) await fn(x);
+  }));
+}
+
+export function describeObjectStore(name: string, makeStore: () => Promise<ObjectStore>, opts: ConformanceOptions = {}): void {
+  const many = opts.manyKeys ?? 250;
+  describe(`ObjectStore conformance: ${name}`, { skip: opts.skip }, () => {
+    let store: ObjectStore | null = null;
+    const open = async (): Promise<ObjectStore> => (store = await makeStore());
+    afterEach(async () => {
+      if (store) await store.close();
+      store = null;
+    });
+
+    it('round-trips 0 bytes, 1 byte and 4 MiB, with a name', async () => {
+      const s = await open();
+      assert.equal(typeof s.name, 'string');
+      for (const size of [0, 1, 4 * 1024 * 1024]) {
+        const body = randomBytes(size);
+        const { etag } = await s.put(`obj/size-${size}`, body);
+        assert.ok(etag.length > 0 && !etag.includes('"'), 'etag is unquoted and non-empty');
+        const got = await s.get(`obj/size-${size}`);
+        assert.equal(got.body.length, size);
+        assert.ok(got.body.equals(body));
+        assert.equal(got.etag, etag);
+      }
+    });
+
+    it('get of a missing key is ERR_STORE_NOT_FOUND; head is null', async () => {
+      const s = await open();
+      await expectCode(s.get('missing/key'), 'ERR_STORE_NOT_FOUND');
+      assert.equal(await s.head('missing/key'), null);
+    });
+
+    it('head reports size and etag', async () => {
+      const s = await open();
+      const { etag } = await s.put('h/one', Buffer.from('12345'));
+      const info = await s.head('h/one');
+      assert.ok(info);
+      assert.equal(info.key, 'h/one');
+      assert.equal(info.size, 5);
+      assert.equal(info.etag, etag);
+      assert.ok(info.lastModified instanceof Date);
+    });
+
+    it('overwrites, and the etag changes with the content', async () => {
+      const s = await open();
+      const a = await s.put('ow/k', Buffer.from('first'));
+      const b = await s.put('ow/k', Buffer.from('second, longer'));
+      assert.notEqual(a.etag, b.etag);
+      assert.equal((await s.get('ow/k')).body.toString(), 'second, longer');
+      assert.equal((await s.head('ow/k'))?.size, 14);
+    });
+
+    it('delete is idempotent', async () => {
+      const s = await open();
+      await s.put('del/k', Buffer.from('x'));
+      await s.delete('del/k');
+      await s.delete('del/k');
+      await s.delete('del/never-existed');
+      assert.equal(await s.head('del/k'), null);
+    });
+
+    it(`deleteMany removes ${many} keys, tolerates missing ones, leaves others`, async () => {
+      const s = await open();
+      const keys = Array.from({ length: many }, (_, i) => `dm/k${String(i).padStart(5, '0')}`);
+      await inParallel(keys, 16, (k) => s.put(k, Buffer.from(k)).then(() => undefined));
+      await s.put('dm-keep/x', Buffer.from('keep'));
+      await s.deleteMany([...keys, 'dm/does-not-exist', 'dm/also-not']);
+      assert.deepEqual(await collect(s, 'dm/'), []);
+      assert.equal((await s.get('dm-keep/x')).body.toString(), 'keep');
+      await s.deleteMany([]);
+    });
+
+    it(`lists ${many} keys by prefix, in order, once each`, async () => {
+      const s = await open();
+      const keys = Array.from({ length: many }, (_, i) => `ls/a/${randomBytes(6).toString('hex')}-${i}`);
+      await inParallel(keys, 16, (k) => s.put(k, Buffer.from('v')).then(() => undefined));
+      await s.put('ls/b/other', Buffer.from('x'));
+      await s.put('ls/a', Buffer.from('x'));
+      await s.put('lsz', Buffer.from('x'));
+      const listed = await collect(s, 'ls/a/');
+      assert.equal(new Set(listed).size, listed.length, 'no duplicates');
+      assert.deepEqual(listed, [...keys].sort(byteOrder));
+      const all = await collect(s, 'ls');
+      assert.deepEqual(all, [...keys, 'ls/b/other', 'ls/a', 'lsz'].sort(byteOrder));
+      assert.deepEqual(await collect(s, 'ls/b'), ['ls/b/other']);
+      assert.deepEqual(await collect(s, 'nothing/'), []);
+      for await (const info of s.list('ls/b/')) {
+        assert.equal(info.size, 1);
+        assert.ok(info.etag.length > 0);
+      }
+    });
+
+    it('keys with nested paths and unusual characters round-trip and list in byte order', async () => {
+      const s = await open();
+      const keys = ['n/a', 'n/a/b', 'n/a/b/c/d/e', 'n/a!', 'n/a b', 'n/a~x', 'n/A', 'n/é', 'n/a-1', 'n/a.b', 'n/%41'];
+      for (const k of keys) await s.put(k, Buffer.from(k));
+      for (const k of keys) assert.equal((await s.get(k)).body.toString(), k);
+      assert.deepEqual(await collect(s, 'n/'), [...keys].sort(byteOrder));
+      assert.deepEqual(await collect(s, 'n/a/'), ['n/a/b', 'n/a/b/c/d/e']);
+    });
+
+    it('ifNoneMatch "*": creates once; 16 racing creators, exactly one wins', async (t) => {
+      const s = await open();
+      if (!s.props.conditionalPut) return t.skip('store has no conditional put');
+      await s.put('cond/once', Buffer.from('a'), { ifNoneMatch: '*' });
+      await expectCode(s.put('cond/once', Buffer.from('b'), { ifNoneMatch: '*' }), 'ERR_STORE_PRECONDITION');
+      assert.equal((await s.get('cond/once')).body.toString(), 'a');
+      const results = await Promise.allSettled(
+        Array.from({ length: 16 }, (_, i) => s.put('cond/race', Buffer.from(`writer-${i}`), { ifNoneMatch: '*' })),
+      );
+      const won = results.flatMap((r, i) => (r.status === 'fulfilled' ? [i] : []));
+      const lost = results.filter((r) => r.status === 'rejected') as PromiseRejectedResult[];
+      assert.equal(won.length, 1, 'exactly one creator wins');
+      assert.equal(lost.length, 15);
+      for (const r of lost) assert.equal((r.reason as { code?: string }).code, 'ERR_STORE_PRECONDITION', String(r.reason));
+      assert.equal((await s.get('cond/race')).body.toString(), `writer-${won[0]}`);
+    });
+
+    it('ifMatch: replaces at the right etag, refuses a wrong or missing one', async (t) => {
+      const s = await open();
+      if (!s.props.conditionalPut) return t.skip('store has no conditional put');
+      const v1 = await s.put('cond/root', Buffer.from('v1'));
+      const v2 = await s.put('cond/root', Buffer.from('v2'), { ifMatch: v1.etag });
+      assert.equal((await s.get('cond/root')).body.toString(), 'v2');
+      await expectCode(s.put('cond/root', Buffer.from('v3'), { ifMatch: v1.etag }), 'ERR_STORE_PRECONDITION');
+      await expectCode(s.put('cond/root', Buffer.from('v3'), { ifMatch: 'ffffffffffffffffffffffffffffffff' }), 'ERR_STORE_PRECONDITION');
+      assert.equal((await s.get('cond/root')).body.toString(), 'v2');
+      await expectCode(s.put('cond/absent', Buffer.from('x'), { ifMatch: v2.etag }), 'ERR_STORE_PRECONDITION');
+      assert.equal(await s.head('cond/absent'), null);
+      const info = await s.head('cond/root');
+      const v3 = await s.put('cond/root', Buffer.from('v3'), { ifMatch: info!.etag });
+      assert.equal((await s.get('cond/root')).etag, v3.etag);
+    });
+
+    it('rejects invalid keys with ERR_INVALID_ARGUMENT', async () => {
+      const s = await open();
+      for (const k of ['', '/abs', 'a//b', 'a/../b', 'a/./b', 'a\nb']) {
+        await expectCode(s.put(k, Buffer.from('x')), 'ERR_INVALID_ARGUMENT');
+      }
+    });
+  });
+}
