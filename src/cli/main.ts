@@ -4,6 +4,7 @@ import { Command, CommanderError } from 'commander';
 import { describeError, VaultError } from '../errors';
 import { registerServeCommand } from './serve-command';
 import { registerKeysCommands } from './keys-command';
+import { registerVaultCommands } from './vault-commands';
 
 export function buildProgram(): Command {
   const program = new Command('nbd-vault')
@@ -13,6 +14,7 @@ export function buildProgram(): Command {
     .exitOverride();
   registerServeCommand(program);
   registerKeysCommands(program);
+  registerVaultCommands(program);
   return program;
 }
 

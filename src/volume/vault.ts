@@ -249,6 +249,7 @@ export class Vault {
       storedBytes: usage.storedBytes,
       chunks: manifest.chunkCount,
       allocatedChunks: usage.allocatedChunks,
+      snapshots: 0,
       rootSeq: root.seq,
       epoch: root.epoch,
       updatedAt: root.updatedAt,

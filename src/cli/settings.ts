@@ -1,0 +1,116 @@
+// Every setting of the CLI in one table: its flag, its NBD_VAULT_* environment variable, its
+// config-file key and its default. Precedence: flag > environment > config file > default.
+// A config file (--config FILE or $NBD_VAULT_CONFIG) is JSON with the camelCase keys below;
+// an unknown key or a bad value fails at startup with a message naming it.
+import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { Option, type Command } from 'commander';
+import { VaultError } from '../errors';
+import { parseSize } from '../util/size';
+
+type Kind = 'string' | 'size' | 'int' | 'bool';
+
+interface SettingSpec {
+  readonly flag: string;
+  readonly kind: Kind;
+  readonly help: string;
+  readonly def: string | number | boolean | undefined;
+}
+
+export const SETTINGS = {
+  store: { flag: '--store <url>', kind: 'string', help: 'object store: a directory, file:///dir, s3://bucket/prefix?endpoint=…, memory://', def: './data' },
+  keys: { flag: '--keys <dir>', kind: 'string', help: 'directory holding the master key', def: './keys' },
+  state: { flag: '--state <dir>', kind: 'string', help: 'local state directory (rollback detection, admin socket)', def: './state' },
+  listen: { flag: '--listen <host:port>', kind: 'string', help: 'TCP address to serve NBD on', def: '127.0.0.1:10809' },
+  socket: { flag: '--socket <path>', kind: 'string', help: 'also serve NBD on this Unix socket', def: undefined },
+  maxConnections: { flag: '--max-connections <n>', kind: 'int', help: 'most NBD connections at once', def: 128 },
+  defaultVolume: { flag: '--default-volume <name>', kind: 'string', help: 'volume served under the empty export name', def: undefined },
+  dirtyLimit: { flag: '--dirty-limit <size>', kind: 'size', help: 'write-back cache limit per volume', def: '256M' },
+  readCache: { flag: '--read-cache <size>', kind: 'size', help: 'read cache (decoded chunks) per volume', def: '256M' },
+  uploadConcurrency: { flag: '--upload-concurrency <n>', kind: 'int', help: 'parallel chunk uploads per volume', def: 16 },
+  workers: { flag: '--workers <n>', kind: 'int', help: 'compression/encryption worker threads', def: availableParallelism() },
+  zstdLevel: { flag: '--zstd-level <n>', kind: 'int', help: 'zstd compression level', def: 3 },
+  acceptRollback: { flag: '--accept-rollback', kind: 'bool', help: 'open a volume whose root is older than this machine has seen', def: false },
+  logLevel: { flag: '--log-level <level>', kind: 'string', help: 'fatal, error, warn, info, debug or silent', def: 'info' },
+} as const satisfies Record<string, SettingSpec>;
+
+export type SettingName = keyof typeof SETTINGS;
+export type Settings = {
+  [K in SettingName]: (typeof SETTINGS)[K]['kind'] extends 'bool' ? boolean : (typeof SETTINGS)[K]['kind'] extends 'string' ? string : number;
+};
+
+export function envName(name: string): string {
+  return 'NBD_VAULT_' + name.replace(/[A-Z]/g, (c) => '_' + c).toUpperCase();
+}
+
+/** Add the flags of these settings (and --config) to a command. */
+export function addSettings(cmd: Command, names: readonly SettingName[]): Command {
+  cmd.addOption(new Option('--config <file>', 'JSON config file (default: $NBD_VAULT_CONFIG)'));
+  for (const n of names) {
+    const s: SettingSpec = SETTINGS[n];
+    const def = s.def === undefined || s.def === false ? '' : ` (default: ${s.def})`;
+    cmd.addOption(new Option(s.flag, `${s.help}${def}; env ${envName(n)}`));
+  }
+  return cmd;
+}
+
+/** Resolve settings for a parsed command: flag > env > config file > default, validated. */
+export function resolveSettings<N extends SettingName>(
+  opts: Record<string, unknown>,
+  names: readonly N[],
+  env: NodeJS.ProcessEnv = process.env,
+): Pick<Settings, N> & Partial<Settings> {
+  const configPath = (opts.config as string | undefined) ?? env.NBD_VAULT_CONFIG;
+  const file = configPath ? readConfigFile(configPath) : {};
+  const out: Record<string, unknown> = {};
+  for (const n of names) {
+    const s: SettingSpec = SETTINGS[n];
+    let raw: unknown;
+    let from: string;
+    if (opts[n] !== undefined) [raw, from] = [opts[n], `option ${s.flag.split(' ')[0]}`];
+    else if (env[envName(n)] !== undefined && env[envName(n)] !== '') [raw, from] = [env[envName(n)], `$${envName(n)}`];
+    else if (n in file) [raw, from] = [file[n], `"${n}" in ${configPath}`];
+    else [raw, from] = [s.def, 'default'];
+    out[n] = raw === undefined ? undefined : coerce(s.kind, raw, from);
+  }
+  return out as Pick<Settings, N>;
+}
+
+function readConfigFile(path: string): Record<string, unknown> {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(readFileSync(path, 'utf8'));
+  } catch (err: any) {
+    throw new VaultError('ERR_INVALID_ARGUMENT', `cannot read config file ${path}: ${err?.code === 'ENOENT' ? 'no such file' : err?.message}`);
+  }
+  if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw new VaultError('ERR_INVALID_ARGUMENT', `config file ${path} must hold a JSON object`);
+  for (const key of Object.keys(doc)) {
+    if (!(key in SETTINGS)) throw new VaultError('ERR_INVALID_ARGUMENT', `config file ${path}: unknown setting "${key}" (known: ${Object.keys(SETTINGS).join(', ')})`);
+  }
+  return doc as Record<string, unknown>;
+}
+
+function coerce(kind: Kind, raw: unknown, from: string): string | number | boolean {
+  const bad = (why: string) => new VaultError('ERR_INVALID_ARGUMENT', `${from}: ${why}`);
+  switch (kind) {
+    case 'string':
+      if (typeof raw !== 'string' || raw === '') throw bad('expected a non-empty string');
+      return raw;
+    case 'bool':
+      if (typeof raw === 'boolean') return raw;
+      if (raw === '1' || raw === 'true' || raw === 'yes') return true;
+      if (raw === '0' || raw === 'false' || raw === 'no') return false;
+      throw bad(`expected true or false, got ${JSON.stringify(raw)}`);
+    case 'int': {
+      const v = typeof raw === 'number' ? raw : /^\d+$/.test(String(raw)) ? Number(raw) : NaN;
+      if (!Number.isSafeInteger(v) || v < 0) throw bad(`expected a whole number, got ${JSON.stringify(raw)}`);
+      return v;
+    }
+    case 'size':
+      try {
+        return typeof raw === 'number' ? raw : parseSize(String(raw));
+      } catch (err) {
+        throw bad((err as Error).message);
+      }
+  }
+}

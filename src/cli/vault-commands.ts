@@ -1,0 +1,110 @@
+// `nbd-vault init` and `nbd-vault volume create|list|info|resize|delete`. Thin: resolve
+// settings, open the vault, call it, print. --json prints one JSON document on stdout.
+import type { Command } from 'commander';
+import { VaultError } from '../errors';
+import { formatSize, parseSize } from '../util/size';
+import { Progress } from './progress';
+import { addSettings, resolveSettings } from './settings';
+import { openVaultContext, VAULT_SETTINGS, type VaultContext, type VaultSettings } from './vault-context';
+
+async function withVault<T>(opts: Record<string, unknown>, fn: (ctx: VaultContext) => Promise<T>, create = false): Promise<T> {
+  const s = resolveSettings(opts, VAULT_SETTINGS) as VaultSettings;
+  const ctx = await openVaultContext({ ...s, logLevel: opts.logLevel === undefined && !process.env.NBD_VAULT_LOG_LEVEL ? 'warn' : s.logLevel }, { create });
+  try {
+    return await fn(ctx);
+  } finally {
+    await ctx.close();
+  }
+}
+
+function out(text: string): void {
+  process.stdout.write(text.endsWith('\n') ? text : text + '\n');
+}
+
+function sizeArg(text: string): number {
+  return parseSize(text);
+}
+
+export function registerVaultCommands(program: Command): void {
+  addSettings(
+    program.command('init').description('Create a vault in the store (refuses a store that holds one)'),
+    VAULT_SETTINGS,
+  ).action(async (opts) => {
+    await withVault(opts, async (ctx) => out(`created vault ${ctx.vault.vaultId} in ${ctx.store.name}`), true);
+  });
+
+  const volume = program.command('volume').description('Create, list, inspect, resize and delete volumes');
+
+  addSettings(volume.command('create <name>').description('Create an empty volume').requiredOption('--size <size>', 'size, e.g. 20G'), VAULT_SETTINGS)
+    .option('--json', 'print JSON')
+    .action(async (name: string, opts) => {
+      const size = sizeArg(opts.size);
+      await withVault(opts, async (ctx) => {
+        const meta = await ctx.vault.createVolume(name, size);
+        out(opts.json ? JSON.stringify({ name: meta.name, id: meta.id, size }) : `created volume ${meta.name} (${formatSize(size)})`);
+      });
+    });
+
+  addSettings(volume.command('list').description('List volumes: name, size, allocated, snapshots'), VAULT_SETTINGS)
+    .option('--json', 'print JSON')
+    .action(async (opts) => {
+      await withVault(opts, async (ctx) => {
+        const vols = await ctx.vault.listVolumes();
+        const infos = await Promise.all(vols.map((v) => ctx.vault.volumeInfo(v.name)));
+        if (opts.json) return out(JSON.stringify(infos, null, 2));
+        if (infos.length === 0) return out('no volumes');
+        const rows = [['NAME', 'SIZE', 'ALLOCATED', 'STORED', 'SNAPSHOTS'], ...infos.map((i) => [i.name, formatSize(i.size), formatSize(i.allocated), formatSize(i.storedBytes), String(i.snapshots)])];
+        const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
+        out(rows.map((r) => r.map((cell, c) => cell.padEnd(widths[c])).join('  ').trimEnd()).join('\n'));
+      });
+    });
+
+  addSettings(volume.command('info <name>').description('Show one volume'), VAULT_SETTINGS)
+    .option('--json', 'print JSON')
+    .action(async (name: string, opts) => {
+      await withVault(opts, async (ctx) => {
+        const i = await ctx.vault.volumeInfo(name);
+        if (opts.json) return out(JSON.stringify(i, null, 2));
+        out(
+          [
+            `name:       ${i.name}`,
+            `id:         ${i.id}`,
+            `size:       ${formatSize(i.size)} (${i.size} bytes)`,
+            `allocated:  ${formatSize(i.allocated)} in ${i.allocatedChunks} of ${i.chunks} chunks`,
+            `stored:     ${formatSize(i.storedBytes)} (compressed + encrypted)`,
+            `snapshots:  ${i.snapshots}`,
+            `root:       sequence ${i.rootSeq}, epoch ${i.epoch}, updated ${i.updatedAt}`,
+            `created:    ${i.createdAt}`,
+          ].join('\n'),
+        );
+      });
+    });
+
+  addSettings(volume.command('resize <name>').description('Grow a volume (shrinking needs --force)').requiredOption('--size <size>', 'new size'), VAULT_SETTINGS)
+    .option('--force', 'allow shrinking (discards the data past the new end)')
+    .action(async (name: string, opts) => {
+      const size = sizeArg(opts.size);
+      await withVault(opts, async (ctx) => {
+        const r = await ctx.vault.resizeVolume(name, size, Boolean(opts.force));
+        out(`resized volume ${name} from ${formatSize(r.oldSize)} to ${formatSize(r.newSize)}`);
+      });
+    });
+
+  addSettings(volume.command('delete <name>').description('Crypto-erase a volume (its key first), then delete its objects'), VAULT_SETTINGS)
+    .option('--yes', 'do not ask (required when stdin is not a terminal)')
+    .action(async (name: string, opts) => {
+      if (!opts.yes) {
+        if (!process.stdin.isTTY) throw new VaultError('ERR_INVALID_ARGUMENT', 'volume delete destroys data: add --yes');
+        const rl = (await import('node:readline/promises')).createInterface({ input: process.stdin, output: process.stderr });
+        const answer = await rl.question(`Delete volume "${name}" and all its snapshots for good? Type its name to confirm: `);
+        rl.close();
+        if (answer.trim() !== name) throw new VaultError('ERR_INVALID_ARGUMENT', 'not confirmed; nothing deleted');
+      }
+      await withVault(opts, async (ctx) => {
+        const bar = new Progress(`deleting ${name}`, 0, 'objects');
+        const n = await ctx.vault.deleteVolume(name, (done, total) => bar.update(done, total));
+        bar.done();
+        out(`deleted volume ${name} (${n} objects)`);
+      });
+    });
+}

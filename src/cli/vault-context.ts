@@ -1,0 +1,93 @@
+// Opening what a vault command needs, from resolved settings: the store stack, the master key
+// (asking for its passphrase if it has one), the codec and the Vault. One place, so every command
+// validates its settings the same way and fails at startup with one clear line.
+import { existsSync } from 'node:fs';
+import { createCodec } from '../codec';
+import type { Codec } from '../codec/codec';
+import { VaultError, isVaultError } from '../errors';
+import { createMasterKey, describeMasterKey, loadMasterKey, masterKeyPath, PASSPHRASE_ENV, readPassphrase } from '../keys';
+import type { SecretKey } from '../keys/secret-key';
+import { openStore } from '../store';
+import type { ObjectStore } from '../store/object-store';
+import { createLogger, setLogger, type Logger } from '../util/log';
+import { Vault } from '../volume/vault';
+import type { Settings } from './settings';
+
+export const VAULT_SETTINGS = ['store', 'keys', 'state', 'workers', 'zstdLevel', 'acceptRollback', 'logLevel'] as const;
+export type VaultSettings = Pick<Settings, (typeof VAULT_SETTINGS)[number]>;
+
+export interface VaultContext {
+  readonly store: ObjectStore;
+  readonly master: SecretKey;
+  readonly codec: Codec;
+  readonly vault: Vault;
+  readonly logger: Logger;
+  close(): Promise<void>;
+}
+
+export function makeLogger(level: string): Logger {
+  const logger = createLogger(level);
+  setLogger(logger);
+  return logger;
+}
+
+export async function loadMaster(keysDir: string): Promise<SecretKey> {
+  const info = await describeMasterKey(keysDir);
+  const passphrase = info.passphraseProtected ? await readPassphrase({ envVar: PASSPHRASE_ENV, prompt: 'Passphrase for the master key: ' }) : undefined;
+  return loadMasterKey(keysDir, { passphrase });
+}
+
+export interface OpenVaultOptions {
+  /** `init`: create the vault object instead of opening one. */
+  readonly create?: boolean;
+  /** first run of `serve`: create a key and a vault where there are none, and say so */
+  readonly firstRun?: boolean;
+}
+
+export async function openVaultContext(s: VaultSettings, opts: OpenVaultOptions = {}): Promise<VaultContext> {
+  const logger = makeLogger(s.logLevel);
+  const store = openStore(s.store);
+  logger.debug({ store: store.name }, 'store opened');
+  const codec = createCodec({ workers: s.workers, zstdLevel: s.zstdLevel });
+  let master: SecretKey | null = null;
+  try {
+    if (opts.firstRun && !existsSync(masterKeyPath(s.keys)) && !(await store.head('vault'))) {
+      const info = await createMasterKey(s.keys);
+      logger.warn({ path: info.path, keyId: info.keyId }, 'created a new master key: back up this file, without it no volume can be read');
+    }
+    master = await loadMaster(s.keys);
+    const vopts = { stateDir: s.state, acceptRollback: s.acceptRollback, logger };
+    let vault: Vault;
+    if (opts.create) vault = await Vault.create(store, master, codec, vopts);
+    else {
+      try {
+        vault = await Vault.open(store, master, codec, vopts);
+      } catch (err) {
+        if (!(opts.firstRun && isVaultError(err, 'ERR_NOT_FOUND'))) throw err;
+        vault = await Vault.create(store, master, codec, vopts);
+        logger.warn({ store: store.name, vaultId: vault.vaultId }, 'created a new vault');
+      }
+    }
+    const m = master;
+    return {
+      store,
+      master: m,
+      codec,
+      vault,
+      logger,
+      close: async () => {
+        m.wipe();
+        await codec.close();
+        await store.close();
+      },
+    };
+  } catch (err) {
+    master?.wipe();
+    await codec.close().catch(() => {});
+    await store.close().catch(() => {});
+    if (isVaultError(err, 'ERR_KEY_FILE') && !existsSync(masterKeyPath(s.keys))) {
+      throw new VaultError('ERR_KEY_FILE', `no master key in ${s.keys} (create one with \`nbd-vault keys init\`, or point --keys / $NBD_VAULT_KEYS at yours)`, { cause: err });
+    }
+    throw err;
+  }
+}

@@ -1,0 +1,63 @@
+// Serves a vault's volumes as NBD exports. One VolumeEngine per volume, opened on first use and
+// shared by every connection to it (multi-conn); engines stay open (warm caches) until closeAll,
+// which flushes each. Unknown names answer null (NBD_REP_ERR_UNKNOWN), other failures throw.
+import { isVaultError, describeError } from '../errors';
+import type { Logger } from '../util/log';
+import type { Export, ExportProvider } from './export';
+import type { EngineOptions, VolumeEngine } from './volume-engine';
+import type { Vault } from './vault';
+
+export class VaultExportProvider implements ExportProvider {
+  private readonly engines = new Map<string, Promise<VolumeEngine>>();
+  private closing = false;
+
+  constructor(
+    private readonly vault: Vault,
+    readonly defaultName: string,
+    private readonly engineOptions: Partial<EngineOptions>,
+    private readonly logger: Logger,
+  ) {}
+
+  async list(): Promise<Array<{ name: string; description: string }>> {
+    return (await this.vault.listVolumes()).map((v) => ({ name: v.name, description: `nbd-vault volume ${v.name}` }));
+  }
+
+  async open(name: string): Promise<Export | null> {
+    if (this.closing) return null;
+    const wanted = name === '' ? this.defaultName : name;
+    let p = this.engines.get(wanted);
+    if (!p) {
+      p = this.vault.openEngine(wanted, this.engineOptions);
+      this.engines.set(wanted, p);
+      p.then(
+        (e) => this.logger.info({ volume: wanted, size: e.size, seq: e.currentSeq }, 'volume opened'),
+        () => this.engines.delete(wanted),
+      );
+    }
+    try {
+      return await p;
+    } catch (err) {
+      if (isVaultError(err, 'ERR_NOT_FOUND')) return null;
+      this.logger.error({ volume: wanted, err: describeError(err) }, 'cannot open volume');
+      throw err;
+    }
+  }
+
+  async release(_exp: Export): Promise<void> {
+    // Engines stay open for the server's lifetime: warm caches, and one writer per volume.
+  }
+
+  async closeAll(): Promise<void> {
+    this.closing = true;
+    const results = await Promise.allSettled(
+      [...this.engines.entries()].map(async ([name, p]) => {
+        const engine = await p;
+        await engine.close();
+        this.logger.info({ volume: name, seq: engine.currentSeq }, 'volume flushed and closed');
+      }),
+    );
+    this.engines.clear();
+    const failed = results.filter((r) => r.status === 'rejected') as PromiseRejectedResult[];
+    if (failed.length > 0) throw failed[0].reason;
+  }
+}
