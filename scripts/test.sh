@@ -20,5 +20,4 @@ bash scripts/rgw.sh start "$RGW_DIR" "$RGW_PORT"
 
 # In this run nothing may skip for lack of a tool or a service.
 export NBD_VAULT_REQUIRE_S3=1 NBD_VAULT_REQUIRE_ALL=1
-npm run build --silent
-node test/run.mjs "$@"
+npm test -- "$@"
