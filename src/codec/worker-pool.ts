@@ -3,8 +3,12 @@
 // main thread does only the all-zero check and one copy of the input into a fresh ArrayBuffer that
 // is then transferred (the caller keeps its Buffer untouched); the result comes back transferred.
 // Objects below INLINE_BELOW_BYTES run on the calling thread: a round trip to a worker costs more.
+// At most TASKS_IN_FLIGHT_PER_WORKER × workers tasks are handed to piscina at once; the rest wait
+// here *uncopied*, so a burst of 32 chunks costs the event loop one copy at a time, not 32 at once
+// (~3 ms each), and queued work holds no second copy of its input.
 import path from 'node:path';
 import { Piscina } from 'piscina';
+import { VaultError } from '../errors';
 import type { SecretKey } from '../keys/secret-key';
 import type { Codec } from './codec';
 import { checkWorkerCount, checkZstdLevel } from './codec-options';
@@ -12,9 +16,11 @@ import { errorFromReply, type WorkerOpenTask, type WorkerReply, type WorkerSealT
 import type { ObjectPlace } from './object-place';
 import { openObject } from './open-object';
 import { asBuffer, sealObject } from './seal-object';
+import { Slots } from './slots';
 import { isAllZero } from './zero-detect';
 
 export const INLINE_BELOW_BYTES = 16 * 1024;
+const TASKS_IN_FLIGHT_PER_WORKER = 2;
 
 export interface CodecOptions {
   /** Worker threads; default os.availableParallelism(). */
@@ -32,26 +38,37 @@ export function createCodec(options: CodecOptions = {}): Codec {
     maxThreads: workers,
     idleTimeout: 60_000,
   });
+  const slots = new Slots(workers * TASKS_IN_FLIGHT_PER_WORKER);
   let closed = false;
 
-  async function run(name: 'seal' | 'open', task: WorkerSealTask | WorkerOpenTask, transferList: ArrayBuffer[]): Promise<Buffer> {
-    if (closed) throw new Error('codec is closed');
-    const reply: WorkerReply = await pool.run(task, { name, transferList });
-    if (ArrayBuffer.isView(reply)) return asBuffer(reply);
-    throw errorFromReply(reply);
+  async function run(name: 'seal' | 'open', makeTask: () => [WorkerSealTask | WorkerOpenTask, ArrayBuffer[]]): Promise<Buffer> {
+    await slots.acquire();
+    try {
+      if (closed) throw new VaultError('ERR_SHUTDOWN', 'the codec is closed');
+      const [task, transferList] = makeTask();
+      const reply: WorkerReply = await pool.run(task, { name, transferList });
+      if (ArrayBuffer.isView(reply)) return asBuffer(reply);
+      throw errorFromReply(reply);
+    } finally {
+      slots.release();
+    }
   }
 
   return {
     async seal(key: SecretKey, plaintext: Buffer, place: ObjectPlace): Promise<Buffer | null> {
       if (place.kind === 'chunk' && isAllZero(plaintext)) return null;
       if (plaintext.length < INLINE_BELOW_BYTES) return sealObject(key.bytes, plaintext, place, zstdLevel);
-      const task: WorkerSealTask = { key: ownCopy(key.bytes), plaintext: ownCopy(plaintext), place: placeCopy(place), zstdLevel };
-      return run('seal', task, [task.key.buffer as ArrayBuffer, task.plaintext.buffer as ArrayBuffer]);
+      return run('seal', () => {
+        const task: WorkerSealTask = { key: ownCopy(key.bytes), plaintext: ownCopy(plaintext), place: placeCopy(place), zstdLevel };
+        return [task, [task.key.buffer as ArrayBuffer, task.plaintext.buffer as ArrayBuffer]];
+      });
     },
     async open(key: SecretKey, sealed: Buffer, place: ObjectPlace): Promise<Buffer> {
       if (sealed.length < INLINE_BELOW_BYTES) return openObject(key.bytes, sealed, place);
-      const task: WorkerOpenTask = { key: ownCopy(key.bytes), sealed: ownCopy(sealed), place: placeCopy(place) };
-      return run('open', task, [task.key.buffer as ArrayBuffer, task.sealed.buffer as ArrayBuffer]);
+      return run('open', () => {
+        const task: WorkerOpenTask = { key: ownCopy(key.bytes), sealed: ownCopy(sealed), place: placeCopy(place) };
+        return [task, [task.key.buffer as ArrayBuffer, task.sealed.buffer as ArrayBuffer]];
+      });
     },
     async close(): Promise<void> {
       if (closed) return;
