@@ -1,0 +1,92 @@
+// FsStore specifics: fan-out, crash leftovers, file layout.
+import { after, describe, it } from 'node:test';
+import * as assert from 'node:assert/strict';
+import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { promises as fsp } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { FsStore } from '../../src/store';
+import { expectCode } from './conformance';
+
+const tmp = mkdtempSync(path.join(tmpdir(), 'nbdv-fs-'));
+after(() => rmSync(tmp, { recursive: true, force: true }));
+
+function maxEntriesPerDir(dir: string): { max: number; where: string } {
+  let best = { max: readdirSync(dir).length, where: dir };
+  for (const name of readdirSync(dir)) {
+    const p = path.join(dir, name);
+    if (statSync(p).isDirectory()) {
+      const sub = maxEntriesPerDir(p);
+      if (sub.max > best.max) best = sub;
+    }
+  }
+  return best;
+}
+
+describe('FsStore', () => {
+  it('fans out: 5,000 chunk keys leave no directory with more than a few hundred entries', async () => {
+    const store = new FsStore(path.join(tmp, 'fanout'), { fsync: false });
+    const keys = Array.from({ length: 5_000 }, () => `volumes/v1/chunks/${randomBytes(12).toString('hex')}`);
+    const q = [...keys];
+    await Promise.all(Array.from({ length: 16 }, async () => {
+      for (let k = q.shift(); k; k = q.shift()) await store.put(k, Buffer.from('c'));
+    }));
+    const { max, where } = maxEntriesPerDir(store.root);
+    assert.ok(max <= 300, `${where} has ${max} entries`);
+    const listed: string[] = [];
+    for await (const info of store.list('volumes/v1/chunks/')) listed.push(info.key);
+    assert.deepEqual(listed, [...keys].sort());
+  });
+
+  it('ignores crash leftovers (temp files) in list, and overwrites past them', async () => {
+    const store = new FsStore(path.join(tmp, 'leftovers'));
+    await store.put('volumes/v/chunks/aa', Buffer.from('one'));
+    const file = store.pathOf('volumes/v/chunks/aa');
+    writeFileSync(path.join(path.dirname(file), '~tmp-999-deadbeef0000'), 'half a chunk');
+    writeFileSync(path.join(store.root, '~tmp-1-x'), 'junk');
+    writeFileSync(path.join(store.root, 'volumes', 'not~an~object'), 'junk');
+    const listed: string[] = [];
+    for await (const info of store.list('')) listed.push(info.key);
+    assert.deepEqual(listed, ['volumes/v/chunks/aa']);
+    await store.put('volumes/v/chunks/aa', Buffer.from('two'));
+    assert.equal((await store.get('volumes/v/chunks/aa')).body.toString(), 'two');
+  });
+
+  it('a put leaves no temp file behind, also when it loses a condition', async () => {
+    const store = new FsStore(path.join(tmp, 'clean'));
+    await store.put('k', Buffer.from('a'), { ifNoneMatch: '*' });
+    await expectCode(store.put('k', Buffer.from('b'), { ifNoneMatch: '*' }), 'ERR_STORE_PRECONDITION');
+    await expectCode(store.put('k', Buffer.from('b'), { ifMatch: 'nope' }), 'ERR_STORE_PRECONDITION');
+    const dir = path.dirname(store.pathOf('k'));
+    assert.deepEqual(readdirSync(dir), ['k']);
+  });
+
+  it('a file without the object header is ERR_STORE_IO, not data', async () => {
+    const store = new FsStore(path.join(tmp, 'corrupt'));
+    await store.put('x/y', Buffer.from('good'));
+    await fsp.writeFile(store.pathOf('x/y'), 'garbage');
+    await expectCode(store.get('x/y'), 'ERR_STORE_IO');
+  });
+
+  it('an unwritable directory is ERR_STORE_DENIED', { skip: process.getuid?.() === 0 ? 'running as root: permissions are not enforced' : undefined }, async () => {
+    const dir = path.join(tmp, 'ro');
+    const store = new FsStore(dir);
+    await store.put('a', Buffer.from('x'));
+    await fsp.chmod(dir, 0o500);
+    try {
+      await expectCode(store.put('b/c', Buffer.from('x')), 'ERR_STORE_DENIED');
+    } finally {
+      await fsp.chmod(dir, 0o700);
+    }
+  });
+
+  it('two handles on one directory see each other and race ifNoneMatch safely', async () => {
+    const dir = path.join(tmp, 'shared');
+    const a = new FsStore(dir);
+    const b = new FsStore(dir);
+    const r = await Promise.allSettled([a.put('lease', Buffer.from('a'), { ifNoneMatch: '*' }), b.put('lease', Buffer.from('b'), { ifNoneMatch: '*' })]);
+    assert.equal(r.filter((x) => x.status === 'fulfilled').length, 1);
+    assert.equal((await a.get('lease')).etag, (await b.get('lease')).etag);
+  });
+});
