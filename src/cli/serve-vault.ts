@@ -1,0 +1,48 @@
+// `nbd-vault serve` over a vault: open (on a first run, create) the key, the vault and a default
+// volume, then serve every volume as an NBD export until SIGINT/SIGTERM, flushing all on the way
+// out. The server part is runServer() from serve-command.ts; this file only builds the provider.
+import { formatSize } from '../util/size';
+import { VaultExportProvider } from '../volume/vault-export-provider';
+import { resolveSettings, type SettingName } from './settings';
+import { openVaultContext, VAULT_SETTINGS, type VaultSettings } from './vault-context';
+import { parseListen, runServer } from './serve-command';
+
+export const SERVE_VAULT_SETTINGS: readonly SettingName[] = [
+  ...VAULT_SETTINGS,
+  'listen',
+  'socket',
+  'maxConnections',
+  'defaultVolume',
+  'dirtyLimit',
+  'readCache',
+  'uploadConcurrency',
+];
+
+const FIRST_VOLUME = { name: 'default', size: 10 * 2 ** 30 };
+
+export async function serveVault(opts: Record<string, unknown>, handshakeTimeoutMs: number): Promise<void> {
+  const s = resolveSettings(opts, SERVE_VAULT_SETTINGS);
+  const ctx = await openVaultContext(s as VaultSettings, { firstRun: true });
+  try {
+    let volumes = await ctx.vault.listVolumes();
+    if (volumes.length === 0) {
+      await ctx.vault.createVolume(FIRST_VOLUME.name, FIRST_VOLUME.size);
+      ctx.logger.warn({ volume: FIRST_VOLUME.name, size: FIRST_VOLUME.size }, `created volume "${FIRST_VOLUME.name}" (${formatSize(FIRST_VOLUME.size)}) in an empty vault`);
+      volumes = await ctx.vault.listVolumes();
+    }
+    const defaultName = s.defaultVolume ?? (volumes.some((v) => v.name === 'default') ? 'default' : volumes[0].name);
+    const provider = new VaultExportProvider(
+      ctx.vault,
+      defaultName,
+      { dirtyLimitBytes: s.dirtyLimit, readCacheBytes: s.readCache, uploadConcurrency: s.uploadConcurrency },
+      ctx.logger,
+    );
+    const listen = parseListen(s.listen!);
+    ctx.logger.info({ store: ctx.store.name, volumes: volumes.map((v) => v.name) }, 'vault opened');
+    const uri = `nbd://${listen.host.includes(':') ? `[${listen.host}]` : listen.host}:${listen.port}/${defaultName}`;
+    process.stdout.write(`serving ${volumes.length} volume(s) from ${ctx.store.name} at ${uri}\ntry: qemu-img info ${uri}\n`);
+    await runServer(provider, { listen, socket: s.socket, maxConnections: s.maxConnections!, handshakeTimeoutMs, logger: ctx.logger });
+  } finally {
+    await ctx.close();
+  }
+}

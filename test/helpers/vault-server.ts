@@ -1,0 +1,122 @@
+// Test helper: a real `nbd-vault` CLI and server as child processes, over a temp directory
+// (keys/, state/, and the store: data/ by default, or a fresh prefix in the test S3 bucket).
+//   const v = await makeTestVault({ s3: true });  await v.cli('volume', 'create', 'd', '--size', '1G');
+//   const srv = await v.serve();  ... nbd://127.0.0.1:${srv.port}/d ...  await srv.stop();
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { freeLoopbackPort, runCommand, type RunResult } from './fuse-disk';
+
+export const REPO = resolve(__dirname, '../../..');
+export const CLI = join(REPO, 'bin/nbd-vault.js');
+
+export interface TestVault {
+  readonly dir: string;
+  readonly storeUrl: string;
+  readonly env: NodeJS.ProcessEnv;
+  cli(...args: string[]): Promise<RunResult>;
+  /** like cli() but resolves with the result even when the exit code is not 0 */
+  cliResult(...args: string[]): Promise<RunResult>;
+  serve(extra?: string[]): Promise<VaultServer>;
+  cleanup(): void;
+}
+
+export interface VaultServer {
+  readonly port: number;
+  readonly process: ChildProcess;
+  uri(name: string): string;
+  /** SIGTERM and wait for the exit code (graceful: flushes everything). */
+  stop(): Promise<number | null>;
+  /** SIGKILL: a crash. */
+  kill(): Promise<void>;
+  readonly log: () => string;
+}
+
+/** The S3 URL of the test gateway, or null (callers skip unless NBD_VAULT_REQUIRE_S3=1). */
+export function testS3Url(): string | null {
+  return process.env.NBD_VAULT_TEST_S3_URL ?? null;
+}
+
+export function s3Required(): boolean {
+  return process.env.NBD_VAULT_REQUIRE_S3 === '1';
+}
+
+export async function makeTestVault(opts: { s3?: boolean; init?: boolean } = {}): Promise<TestVault> {
+  const dir = mkdtempSync(join(tmpdir(), 'nbd-vault-e2e-'));
+  let storeUrl = join(dir, 'data');
+  if (opts.s3) {
+    const base = testS3Url();
+    if (!base) throw new Error('NBD_VAULT_TEST_S3_URL is not set (run scripts/test.sh, or scripts/rgw.sh start)');
+    // a fresh prefix per test vault: s3://bucket/prefix?query → s3://bucket/prefix/<random>?query
+    const u = new URL(base);
+    u.pathname = `${u.pathname.replace(/\/$/, '')}/e2e-${randomBytes(6).toString('hex')}`;
+    storeUrl = u.toString();
+  }
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    NBD_VAULT_STORE: storeUrl,
+    NBD_VAULT_KEYS: join(dir, 'keys'),
+    NBD_VAULT_STATE: join(dir, 'state'),
+    NBD_VAULT_LOG_LEVEL: process.env.TEST_SERVER_LOG_LEVEL ?? 'info',
+    NBD_VAULT_WORKERS: '2',
+  };
+  const cliResult = (...args: string[]) => runCommand(process.execPath, [CLI, ...args], { env, cwd: dir, timeoutMs: 300_000, okCodes: [0, 1, 2] });
+  const cli = async (...args: string[]) => {
+    const r = await cliResult(...args);
+    if (r.code !== 0) throw new Error(`nbd-vault ${args.join(' ')} exited ${r.code}: ${r.stderr}`);
+    return r;
+  };
+  const vault: TestVault = {
+    dir,
+    storeUrl,
+    env,
+    cli,
+    cliResult,
+    serve: (extra = []) => startVaultServer(env, dir, extra),
+    cleanup: () => rmSync(dir, { recursive: true, force: true }),
+  };
+  if (opts.init !== false) {
+    await cli('keys', 'init');
+    await cli('init');
+  }
+  return vault;
+}
+
+export async function startVaultServer(env: NodeJS.ProcessEnv, cwd: string, extra: string[] = []): Promise<VaultServer> {
+  const port = await freeLoopbackPort();
+  const child = spawn(process.execPath, [CLI, 'serve', '--listen', `127.0.0.1:${port}`, ...extra], { env, cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  child.stdout!.on('data', (d) => (log += d));
+  child.stderr!.on('data', (d) => (log += d));
+  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  const started = Date.now();
+  while (!/"msg":"listening"/.test(log)) {
+    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`nbd-vault serve exited early:\n${log}`);
+    if (Date.now() - started > 60_000) {
+      child.kill('SIGKILL');
+      throw new Error(`nbd-vault serve did not start listening in 60 s:\n${log}`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return {
+    port,
+    process: child,
+    log: () => log,
+    uri: (name: string) => `nbd://127.0.0.1:${port}/${name}`,
+    async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 120_000);
+      const code = await exited;
+      clearTimeout(timer);
+      return code;
+    },
+    async kill() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill('SIGKILL');
+      await exited;
+    },
+  };
+}
