@@ -5,6 +5,7 @@ import { describeError, VaultError } from '../errors';
 import { registerServeCommand } from './serve-command';
 import { registerKeysCommands } from './keys-command';
 import { registerVaultCommands } from './vault-commands';
+import { registerSnapshotCommands } from './snapshot-commands';
 
 export function buildProgram(): Command {
   const program = new Command('nbd-vault')
@@ -15,6 +16,7 @@ export function buildProgram(): Command {
   registerServeCommand(program);
   registerKeysCommands(program);
   registerVaultCommands(program);
+  registerSnapshotCommands(program);
   return program;
 }
 

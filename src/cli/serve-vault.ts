@@ -6,6 +6,7 @@ import { VaultExportProvider } from '../volume/vault-export-provider';
 import { resolveSettings, type SettingName } from './settings';
 import { openVaultContext, VAULT_SETTINGS, type VaultSettings } from './vault-context';
 import { parseListen, runServer } from './serve-command';
+import { startAdminServer, type AdminRequest } from './admin-socket';
 
 export const SERVE_VAULT_SETTINGS: readonly SettingName[] = [
   ...VAULT_SETTINGS,
@@ -41,7 +42,21 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
     ctx.logger.info({ store: ctx.store.name, volumes: volumes.map((v) => v.name) }, 'vault opened');
     const uri = `nbd://${listen.host.includes(':') ? `[${listen.host}]` : listen.host}:${listen.port}/${defaultName}`;
     process.stdout.write(`serving ${volumes.length} volume(s) from ${ctx.store.name} at ${uri}\ntry: qemu-img info ${uri}\n`);
-    await runServer(provider, { listen, socket: s.socket, maxConnections: s.maxConnections!, handshakeTimeoutMs, logger: ctx.logger });
+    const admin = await startAdminServer(
+      s.state,
+      ctx.vault.vaultId,
+      async (req: AdminRequest) => {
+        if (req.op === 'ping') return { pid: process.pid, open: provider.openNames() };
+        if (req.op === 'snapshot') return provider.snapshot(req.volume, req.name);
+        throw new Error(`unknown admin request ${JSON.stringify((req as { op: unknown }).op)}`);
+      },
+      ctx.logger,
+    );
+    try {
+      await runServer(provider, { listen, socket: s.socket, maxConnections: s.maxConnections!, handshakeTimeoutMs, logger: ctx.logger });
+    } finally {
+      admin.close();
+    }
   } finally {
     await ctx.close();
   }

@@ -1,11 +1,12 @@
 // Serves a vault's volumes as NBD exports. One VolumeEngine per volume, opened on first use and
 // shared by every connection to it (multi-conn); engines stay open (warm caches) until closeAll,
 // which flushes each. Unknown names answer null (NBD_REP_ERR_UNKNOWN), other failures throw.
-import { isVaultError, describeError } from '../errors';
+import { VaultError, isVaultError, describeError } from '../errors';
 import type { Logger } from '../util/log';
 import type { Export, ExportProvider } from './export';
 import type { EngineOptions, VolumeEngine } from './volume-engine';
-import type { Vault } from './vault';
+import { splitExportName, type Vault } from './vault';
+import type { SnapshotRecord } from './snapshot-record';
 
 export class VaultExportProvider implements ExportProvider {
   private readonly engines = new Map<string, Promise<VolumeEngine>>();
@@ -18,8 +19,16 @@ export class VaultExportProvider implements ExportProvider {
     private readonly logger: Logger,
   ) {}
 
+  /** Every volume, and every snapshot as `VOL@SNAP` (read-only). */
   async list(): Promise<Array<{ name: string; description: string }>> {
-    return (await this.vault.listVolumes()).map((v) => ({ name: v.name, description: `nbd-vault volume ${v.name}` }));
+    const out: Array<{ name: string; description: string }> = [];
+    for (const v of await this.vault.listVolumes()) {
+      out.push({ name: v.name, description: `nbd-vault volume ${v.name}` });
+      for (const s of await this.vault.listSnapshots(v.name)) {
+        out.push({ name: `${v.name}@${s.name}`, description: `snapshot ${s.name} of ${v.name} (${s.createdAt}), read-only` });
+      }
+    }
+    return out;
   }
 
   async open(name: string): Promise<Export | null> {
@@ -27,7 +36,8 @@ export class VaultExportProvider implements ExportProvider {
     const wanted = name === '' ? this.defaultName : name;
     let p = this.engines.get(wanted);
     if (!p) {
-      p = this.vault.openEngine(wanted, this.engineOptions);
+      const [volume, snap] = splitExportName(wanted);
+      p = snap === null ? this.vault.openEngine(volume, this.engineOptions) : this.vault.openSnapshotEngine(volume, snap, this.engineOptions);
       this.engines.set(wanted, p);
       p.then(
         (e) => this.logger.info({ volume: wanted, size: e.size, seq: e.currentSeq }, 'volume opened'),
@@ -41,6 +51,19 @@ export class VaultExportProvider implements ExportProvider {
       this.logger.error({ volume: wanted, err: describeError(err) }, 'cannot open volume');
       throw err;
     }
+  }
+
+  /** Snapshot a served volume at one consistent point while its clients keep writing. */
+  async snapshot(volume: string, name: string): Promise<SnapshotRecord> {
+    if (splitExportName(volume)[1] !== null) throw new VaultError('ERR_INVALID_ARGUMENT', `cannot snapshot a snapshot ("${volume}")`);
+    const engine = (await this.open(volume)) as VolumeEngine | null;
+    if (!engine) throw new VaultError('ERR_NOT_FOUND', `no volume named "${volume}"`);
+    return engine.snapshot(name);
+  }
+
+  /** Names of the exports with an open engine (volumes being written through this server). */
+  openNames(): string[] {
+    return [...this.engines.keys()];
   }
 
   async release(_exp: Export): Promise<void> {

@@ -21,6 +21,8 @@ import { VAULT_KEY, VOLUMES_PREFIX, metaKey, volumeIdOfKey, volumePrefix, rootKe
 import { ROOT_FORMAT, type RootRecord } from './root-record';
 import { VolumeEngine, DEFAULT_ENGINE_OPTIONS, type EngineOptions } from './volume-engine';
 import { VolumeObjects } from './volume-objects';
+import { chunkKey, pageKey, snapshotKey } from './object-keys';
+import type { SnapshotRecord } from './snapshot-record';
 
 export const VAULT_FORMAT = 1;
 const KEY_CHECK_TEXT = Buffer.from('nbd-vault master key check v1');
@@ -249,7 +251,7 @@ export class Vault {
       storedBytes: usage.storedBytes,
       chunks: manifest.chunkCount,
       allocatedChunks: usage.allocatedChunks,
-      snapshots: 0,
+      snapshots: (await objects.listSnapshots()).length,
       rootSeq: root.seq,
       epoch: root.epoch,
       updatedAt: root.updatedAt,
@@ -273,6 +275,68 @@ export class Vault {
     return { oldSize: root.size, newSize: size };
   }
 
+  // --- snapshots ---------------------------------------------------------------------------
+
+  async listSnapshots(volumeName: string): Promise<SnapshotRecord[]> {
+    const { objects } = await this.loadVolume(volumeName);
+    return objects.listSnapshots();
+  }
+
+  private async findSnapshot(objects: VolumeObjects, volumeName: string, snapName: string): Promise<SnapshotRecord> {
+    const found = (await objects.listSnapshots()).find((s) => s.name === snapName);
+    if (!found) throw new VaultError('ERR_NOT_FOUND', `volume "${volumeName}" has no snapshot named "${snapName}"`);
+    return found;
+  }
+
+  /** Snapshot a volume that no server is serving (a server does it through its admin socket). */
+  async createSnapshot(volumeName: string, snapName: string): Promise<SnapshotRecord> {
+    const engine = await this.openEngine(volumeName, { autoCommitMs: 0 });
+    try {
+      return await engine.snapshot(snapName);
+    } finally {
+      await engine.close();
+    }
+  }
+
+  /** A read-only engine over a snapshot: the export `VOL@SNAP`. */
+  async openSnapshotEngine(volumeName: string, snapName: string, options: Partial<EngineOptions> = {}): Promise<VolumeEngine> {
+    const { meta, objects } = await this.loadVolume(volumeName);
+    const snap = await this.findSnapshot(objects, volumeName, snapName);
+    const root = snapshotAsRoot(snap);
+    const manifest = await VolumeEngine.loadManifest(objects, root);
+    const opts: EngineOptions = { ...DEFAULT_ENGINE_OPTIONS, ...options, readOnly: true };
+    return new VolumeEngine(`${meta.name}@${snap.name}`, `snapshot ${snap.name} of volume ${meta.name} (${snap.createdAt})`, objects, root, null, manifest, opts, this.opts.logger);
+  }
+
+  /** The manifest of a volume (live root) or of one of its snapshots: `name` or `name@snap`. */
+  async loadManifestOf(spec: string): Promise<{ manifest: Manifest; root: RootRecord; objects: VolumeObjects }> {
+    const [volumeName, snapName] = splitExportName(spec);
+    const { objects, root } = await this.loadVolume(volumeName);
+    const r = snapName === null ? root : snapshotAsRoot(await this.findSnapshot(objects, volumeName, snapName));
+    return { manifest: await VolumeEngine.loadManifest(objects, r), root: r, objects };
+  }
+
+  /**
+   * Delete a snapshot record, then the objects that only it named: those in neither the live
+   * root nor any other snapshot. Safe beside a running server: a server never re-references an
+   * old object, and never deletes an object of an older epoch itself.
+   */
+  async deleteSnapshot(volumeName: string, snapName: string): Promise<{ freedObjects: number }> {
+    const { objects, root } = await this.loadVolume(volumeName);
+    const snaps = await objects.listSnapshots();
+    const doomed = snaps.find((s) => s.name === snapName);
+    if (!doomed) throw new VaultError('ERR_NOT_FOUND', `volume "${volumeName}" has no snapshot named "${snapName}"`);
+    const keep = new Set<string>();
+    for (const r of [root, ...snaps.filter((s) => s !== doomed).map(snapshotAsRoot)]) {
+      for (const key of await referencedKeys(objects, r)) keep.add(key);
+    }
+    const candidates = (await referencedKeys(objects, snapshotAsRoot(doomed))).filter((k) => !keep.has(k));
+    await objects.deleteSnapshotRecord(doomed.id);
+    for (let k = 0; k < candidates.length; k += 1000) await this.store.deleteMany(candidates.slice(k, k + 1000));
+    this.opts.logger.info({ volume: volumeName, snapshot: snapName, freedObjects: candidates.length }, 'snapshot deleted');
+    return { freedObjects: candidates.length };
+  }
+
   /** Crypto-erase the volume (its sealed key goes first), then delete all of its objects. */
   async deleteVolume(name: string, onProgress?: (done: number, total: number) => void): Promise<number> {
     const meta = await this.findVolume(name);
@@ -294,3 +358,36 @@ export class Vault {
 }
 
 export { Manifest };
+
+/** `vol` → [vol, null]; `vol@snap` → [vol, snap]. */
+export function splitExportName(spec: string): [string, string | null] {
+  const at = spec.indexOf('@');
+  if (at < 0) return [spec, null];
+  return [spec.slice(0, at), spec.slice(at + 1)];
+}
+
+export function snapshotAsRoot(s: SnapshotRecord): RootRecord {
+  return {
+    v: ROOT_FORMAT,
+    volumeId: s.volumeId,
+    seq: s.rootSeq,
+    size: s.size,
+    chunkSize: s.chunkSize,
+    pageEntries: s.pageEntries,
+    epoch: s.epoch,
+    pages: s.pages,
+    updatedAt: s.createdAt,
+  };
+}
+
+/** Every object key a root (or snapshot) names: its pages and their non-zero chunks. */
+export async function referencedKeys(objects: VolumeObjects, root: RootRecord): Promise<string[]> {
+  const manifest = await VolumeEngine.loadManifest(objects, root);
+  const keys: string[] = [];
+  for (const p of root.pages) if (p) keys.push(pageKey(objects.volumeId, p.id));
+  for (let i = 0; i < manifest.chunkCount; i++) {
+    const e = manifest.get(i);
+    if (e.id !== null) keys.push(chunkKey(objects.volumeId, e.id));
+  }
+  return keys;
+}

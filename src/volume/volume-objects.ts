@@ -6,7 +6,8 @@ import type { Codec } from '../codec/codec';
 import type { ObjectPlace, ObjectKind } from '../codec/object-place';
 import type { SecretKey } from '../keys/secret-key';
 import type { ObjectStore } from '../store/object-store';
-import { chunkKey, pageKey, rootKey } from './object-keys';
+import { chunkKey, pageKey, rootKey, snapshotKey, snapshotPrefix } from './object-keys';
+import { decodeSnapshot, encodeSnapshot, type SnapshotRecord } from './snapshot-record';
 import { generationOfId, newObjectId, type Entry, type PageRef } from './manifest';
 import { decodeRoot, encodeRoot, type RootRecord } from './root-record';
 
@@ -115,6 +116,38 @@ export class VolumeObjects {
       }
       throw err;
     }
+  }
+
+  // --- snapshots ---------------------------------------------------------------------------
+
+  async writeSnapshot(record: SnapshotRecord): Promise<void> {
+    const sealed = await this.codec.seal(this.keys.manifest, encodeSnapshot(record), this.place('snapshot', 0, generationOfId(record.id)));
+    await this.store.put(snapshotKey(this.volumeId, record.id), sealed!, this.store.props.conditionalPut ? { ifNoneMatch: '*' } : undefined);
+  }
+
+  async readSnapshot(id: string): Promise<SnapshotRecord> {
+    const what = `snapshot ${id} of volume "${this.volumeName}"`;
+    const { body } = await this.fetch(snapshotKey(this.volumeId, id), what);
+    try {
+      return decodeSnapshot(await this.codec.open(this.keys.manifest, body, this.place('snapshot', 0, generationOfId(id))), this.volumeId, id);
+    } catch (err) {
+      throw annotate(err, what);
+    }
+  }
+
+  async listSnapshots(): Promise<SnapshotRecord[]> {
+    const ids: string[] = [];
+    const prefix = snapshotPrefix(this.volumeId);
+    for await (const info of this.store.list(prefix)) {
+      const id = info.key.slice(prefix.length);
+      if (/^[0-9a-f]{32}$/.test(id)) ids.push(id);
+    }
+    const records = await Promise.all(ids.map((id) => this.readSnapshot(id)));
+    return records.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.name.localeCompare(b.name));
+  }
+
+  async deleteSnapshotRecord(id: string): Promise<void> {
+    await this.store.delete(snapshotKey(this.volumeId, id));
   }
 
   private async fetch(key: string, what: string) {

@@ -1,0 +1,76 @@
+// The local admin socket of a running `nbd-vault serve`: <state>/admin.sock, mode 0600 (root or
+// the server's user only). CLI commands that must go through the server — a snapshot of a volume
+// it is writing — send one JSON line and read one JSON line back. Nothing secret crosses it.
+import { createServer, createConnection, type Server } from 'node:net';
+import { chmod, mkdir, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { VaultError, describeError, isVaultError, type VaultErrorCode } from '../errors';
+import type { Logger } from '../util/log';
+
+export type AdminRequest = { op: 'ping' } | { op: 'snapshot'; volume: string; name: string };
+export type AdminReply = { ok: true; vaultId: string; result: unknown } | { ok: false; vaultId: string; code: VaultErrorCode; message: string };
+
+export const adminSocketPath = (stateDir: string) => join(stateDir, 'admin.sock');
+const MAX_REQUEST_BYTES = 64 * 1024;
+
+export async function startAdminServer(stateDir: string, vaultId: string, handle: (req: AdminRequest) => Promise<unknown>, logger: Logger): Promise<Server> {
+  const path = adminSocketPath(stateDir);
+  await mkdir(stateDir, { recursive: true, mode: 0o700 });
+  if ((await adminRequest(stateDir, { op: 'ping' }).catch(() => null)) !== null) {
+    throw new VaultError('ERR_EXISTS', `another nbd-vault server is running with state directory ${stateDir}`);
+  }
+  await unlink(path).catch(() => {}); // a stale socket from a crash
+  const server = createServer((sock) => {
+    let buf = '';
+    sock.setEncoding('utf8');
+    sock.on('error', () => {});
+    sock.on('data', (d: string) => {
+      buf += d;
+      if (buf.length > MAX_REQUEST_BYTES) return sock.destroy();
+      const nl = buf.indexOf('\n');
+      if (nl < 0) return;
+      const line = buf.slice(0, nl);
+      sock.removeAllListeners('data');
+      void (async () => {
+        let reply: AdminReply;
+        try {
+          const req = JSON.parse(line) as AdminRequest;
+          logger.info({ op: req.op }, 'admin request');
+          reply = { ok: true, vaultId, result: await handle(req) };
+        } catch (err) {
+          reply = { ok: false, vaultId, code: isVaultError(err) ? err.code : 'ERR_INVALID_ARGUMENT', message: describeError(err) };
+        }
+        sock.end(JSON.stringify(reply) + '\n');
+      })();
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(path, () => resolve());
+  });
+  await chmod(path, 0o600);
+  return server;
+}
+
+/** Send one request; null when no server listens on this state directory. */
+export function adminRequest(stateDir: string, req: AdminRequest, timeoutMs = 600_000): Promise<AdminReply | null> {
+  return new Promise((resolve, reject) => {
+    const sock = createConnection(adminSocketPath(stateDir));
+    let buf = '';
+    sock.setEncoding('utf8');
+    sock.setTimeout(timeoutMs, () => sock.destroy(new Error('the server did not answer on its admin socket')));
+    sock.on('connect', () => sock.write(JSON.stringify(req) + '\n'));
+    sock.on('data', (d: string) => (buf += d));
+    sock.on('end', () => {
+      try {
+        resolve(JSON.parse(buf) as AdminReply);
+      } catch {
+        reject(new VaultError('ERR_IO', 'malformed reply on the admin socket'));
+      }
+    });
+    sock.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') resolve(null);
+      else reject(new VaultError('ERR_IO', `admin socket: ${err.message}`));
+    });
+  });
+}

@@ -1,0 +1,91 @@
+// `nbd-vault snapshot VOL [NAME]` (= snapshot create), `snapshot list VOL`, `snapshot delete VOL NAME`.
+// When a server is serving the vault with this state directory, create goes through its admin
+// socket (it flushes and freezes at one consistent point while clients keep writing); otherwise
+// the CLI works on the store directly.
+import type { Command } from 'commander';
+import { VaultError } from '../errors';
+import type { SnapshotRecord } from '../volume/snapshot-record';
+import { formatSize } from '../util/size';
+import { adminRequest } from './admin-socket';
+import { addSettings, resolveSettings } from './settings';
+import { openVaultContext, VAULT_SETTINGS, type VaultSettings } from './vault-context';
+
+function out(text: string): void {
+  process.stdout.write(text.endsWith('\n') ? text : text + '\n');
+}
+
+export function defaultSnapshotName(now = new Date()): string {
+  return now.toISOString().replace(/\.\d+Z$/, 'Z').replace(/:/g, '-');
+}
+
+async function createSnapshot(volume: string, name: string | undefined, opts: Record<string, unknown>): Promise<void> {
+  const s = resolveSettings(opts, VAULT_SETTINGS) as VaultSettings;
+  const snapName = name ?? defaultSnapshotName();
+  const ctx = await openVaultContext({ ...s, logLevel: opts.logLevel ? s.logLevel : 'warn' });
+  try {
+    const started = process.hrtime.bigint();
+    const reply = await adminRequest(s.state, { op: 'snapshot', volume, name: snapName });
+    let record: SnapshotRecord;
+    let via: string;
+    if (reply && reply.vaultId === ctx.vault.vaultId) {
+      if (!reply.ok) throw new VaultError(reply.code, reply.message);
+      record = reply.result as SnapshotRecord;
+      via = 'through the running server';
+    } else {
+      record = await ctx.vault.createSnapshot(volume, snapName);
+      via = 'on the store';
+    }
+    const ms = Number(process.hrtime.bigint() - started) / 1e6;
+    if (opts.json) out(JSON.stringify({ volume, name: record.name, createdAt: record.createdAt, size: record.size, ms: Math.round(ms) }));
+    else out(`created snapshot ${volume}@${record.name} (${formatSize(record.size)}) ${via} in ${ms.toFixed(0)} ms`);
+  } finally {
+    await ctx.close();
+  }
+}
+
+export function registerSnapshotCommands(program: Command): void {
+  const snap = addSettings(
+    program
+      .command('snapshot')
+      .description('Snapshot a volume (O(1): copies no chunk); also: snapshot create|list|delete')
+      .argument('[volume]', 'volume to snapshot')
+      .argument('[name]', 'snapshot name (default: the UTC time)')
+      .option('--json', 'print JSON'),
+    VAULT_SETTINGS,
+  ).action(async (volume: string | undefined, name: string | undefined, opts) => {
+    if (!volume) throw new VaultError('ERR_INVALID_ARGUMENT', 'which volume? usage: nbd-vault snapshot VOLUME [NAME]');
+    await createSnapshot(volume, name, opts);
+  });
+
+  addSettings(snap.command('create <volume> [name]').description('Snapshot a volume').option('--json', 'print JSON'), VAULT_SETTINGS).action(
+    async (volume: string, name: string | undefined, opts) => createSnapshot(volume, name, opts),
+  );
+
+  addSettings(snap.command('list <volume>').description("List a volume's snapshots").option('--json', 'print JSON'), VAULT_SETTINGS).action(
+    async (volume: string, opts) => {
+      const s = resolveSettings(opts, VAULT_SETTINGS) as VaultSettings;
+      const ctx = await openVaultContext({ ...s, logLevel: opts.logLevel ? s.logLevel : 'warn' });
+      try {
+        const snaps = await ctx.vault.listSnapshots(volume);
+        if (opts.json) return out(JSON.stringify(snaps.map((x) => ({ name: x.name, export: `${volume}@${x.name}`, createdAt: x.createdAt, size: x.size })), null, 2));
+        if (snaps.length === 0) return out(`volume ${volume} has no snapshots`);
+        for (const x of snaps) out(`${volume}@${x.name}  ${x.createdAt}  ${formatSize(x.size)}`);
+      } finally {
+        await ctx.close();
+      }
+    },
+  );
+
+  addSettings(snap.command('delete <volume> <name>').description('Delete a snapshot and the objects only it referenced'), VAULT_SETTINGS).action(
+    async (volume: string, name: string, opts) => {
+      const s = resolveSettings(opts, VAULT_SETTINGS) as VaultSettings;
+      const ctx = await openVaultContext({ ...s, logLevel: opts.logLevel ? s.logLevel : 'warn' });
+      try {
+        const r = await ctx.vault.deleteSnapshot(volume, name);
+        out(`deleted snapshot ${volume}@${name} (freed ${r.freedObjects} objects)`);
+      } finally {
+        await ctx.close();
+      }
+    },
+  );
+}
