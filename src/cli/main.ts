@@ -6,6 +6,7 @@ import { registerServeCommand } from './serve-command';
 import { registerKeysCommands } from './keys-command';
 import { registerVaultCommands } from './vault-commands';
 import { registerSnapshotCommands } from './snapshot-commands';
+import { registerDataCommands } from './data-commands';
 
 export function buildProgram(): Command {
   const program = new Command('nbd-vault')
@@ -17,6 +18,7 @@ export function buildProgram(): Command {
   registerKeysCommands(program);
   registerVaultCommands(program);
   registerSnapshotCommands(program);
+  registerDataCommands(program);
   return program;
 }
 

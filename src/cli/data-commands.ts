@@ -1,0 +1,233 @@
+// Commands that move or check data without an NBD client: export, import, verify, diff, gc.
+// Long work shows a progress bar on a terminal and stays quiet in pipes.
+import type { Command } from 'commander';
+import { open as openFile, stat } from 'node:fs/promises';
+import { VaultError } from '../errors';
+import { CHUNK_SIZE, chunkCount, chunkLength, isAllZero } from '../volume/chunk-math';
+import { diffManifests } from '../volume/manifest-diff';
+import { verifyManifest, type Damage } from '../volume/verify';
+import { collectGarbage } from '../volume/garbage-collector';
+import { splitExportName } from '../volume/vault';
+import type { VolumeEngine } from '../volume/volume-engine';
+import { formatSize } from '../util/size';
+import { adminRequest } from './admin-socket';
+import { Progress } from './progress';
+import { addSettings, resolveSettings } from './settings';
+import { openVaultContext, VAULT_SETTINGS, type VaultContext, type VaultSettings } from './vault-context';
+
+function out(text: string): void {
+  process.stdout.write(text.endsWith('\n') ? text : text + '\n');
+}
+
+async function withVault<T>(opts: Record<string, unknown>, fn: (ctx: VaultContext, s: VaultSettings) => Promise<T>): Promise<T> {
+  const s = resolveSettings(opts, VAULT_SETTINGS) as VaultSettings;
+  const ctx = await openVaultContext({ ...s, logLevel: opts.logLevel ? s.logLevel : 'warn' });
+  try {
+    return await fn(ctx, s);
+  } finally {
+    await ctx.close();
+  }
+}
+
+async function openForRead(ctx: VaultContext, spec: string): Promise<VolumeEngine> {
+  const [volume, snap] = splitExportName(spec);
+  return snap === null ? ctx.vault.openEngine(volume, { readOnly: true, readaheadChunks: 0 }) : ctx.vault.openSnapshotEngine(volume, snap, { readaheadChunks: 0 });
+}
+
+/** Run `work(i)` for i in [0, n) with at most `limit` in flight, in order of start. */
+async function forEachLimited(n: number, limit: number, work: (i: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (next < n) await work(next++);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, n) }, worker));
+}
+
+export function registerDataCommands(program: Command): void {
+  addSettings(
+    program
+      .command('export <source> <file>')
+      .description('Write VOL or VOL@SNAP to FILE (sparse) or - (stdout); rerun to restart'),
+    VAULT_SETTINGS,
+  ).action(async (source: string, file: string, opts) => {
+    await withVault(opts, async (ctx) => {
+      const engine = await openForRead(ctx, source);
+      const toStdout = file === '-';
+      const fh = toStdout ? null : await openFile(file, 'w');
+      const bar = new Progress(`export ${source}`, engine.size);
+      let done = 0;
+      try {
+        if (fh) await fh.truncate(engine.size); // holes where the volume is zero
+        const n = chunkCount(engine.size);
+        const extents = await engine.blockStatus(0, engine.size);
+        const zero = new Uint8Array(n);
+        let pos = 0;
+        for (const e of extents) {
+          if (e.zero) for (let i = pos / CHUNK_SIZE; i < (pos + e.length) / CHUNK_SIZE; i++) zero[i] = 1;
+          pos += e.length;
+        }
+        if (fh) {
+          await forEachLimited(n, 8, async (i) => {
+            const len = chunkLength(engine.size, i);
+            if (!zero[i]) {
+              const data = await engine.read(i * CHUNK_SIZE, len);
+              if (!isAllZero(data)) await fh.write(data, 0, len, i * CHUNK_SIZE);
+            }
+            bar.update((done += len));
+          });
+        } else {
+          // stdout is a stream: keep order, read ahead a few chunks
+          const ahead: Array<Promise<Buffer>> = [];
+          const fetch = (i: number) => {
+            const p = zero[i] ? Promise.resolve(Buffer.alloc(chunkLength(engine.size, i))) : engine.read(i * CHUNK_SIZE, chunkLength(engine.size, i));
+            p.catch(() => {}); // awaited in order below; a failure there is reported, not unhandled
+            return p;
+          };
+          for (let i = 0; i < Math.min(8, n); i++) ahead.push(fetch(i));
+          for (let i = 0; i < n; i++) {
+            const data = await ahead.shift()!;
+            if (i + 8 < n) ahead.push(fetch(i + 8));
+            if (!process.stdout.write(data)) await new Promise((r) => process.stdout.once('drain', r));
+            bar.update((done += data.length));
+          }
+        }
+      } finally {
+        bar.done();
+        await fh?.close();
+        await engine.close();
+      }
+      if (!toStdout) out(`exported ${source} (${formatSize(engine.size)}) to ${file}`);
+    });
+  });
+
+  addSettings(program.command('import <file> <volume>').description('Copy a raw image FILE into VOLUME (zero-aware); the volume must not be served'), VAULT_SETTINGS).action(
+    async (file: string, volume: string, opts) => {
+      await withVault(opts, async (ctx, s) => {
+        const ping = await adminRequest(s.state, { op: 'ping' });
+        if (ping && ping.vaultId === ctx.vault.vaultId) {
+          throw new VaultError('ERR_LEASE', `a server is serving this vault (state ${s.state}); import through it with nbdcopy or qemu-img convert, or stop it`);
+        }
+        const size = (await stat(file)).size;
+        const engine = await ctx.vault.openEngine(volume, { autoCommitMs: 0 });
+        const bar = new Progress(`import ${volume}`, size);
+        const fh = await openFile(file, 'r');
+        let done = 0;
+        let skipped = 0;
+        try {
+          if (size > engine.size) throw new VaultError('ERR_NO_SPACE', `${file} (${size} bytes) is larger than volume "${volume}" (${engine.size} bytes)`);
+          const extents = await engine.blockStatus(0, engine.size);
+          const volumeZero = new Uint8Array(chunkCount(engine.size));
+          let pos = 0;
+          for (const e of extents) {
+            if (e.zero) for (let i = pos / CHUNK_SIZE; i < (pos + e.length) / CHUNK_SIZE; i++) volumeZero[i] = 1;
+            pos += e.length;
+          }
+          await forEachLimited(chunkCount(size), 4, async (i) => {
+            const len = Math.min(CHUNK_SIZE, size - i * CHUNK_SIZE);
+            const buf = Buffer.allocUnsafe(len);
+            const { bytesRead } = await fh.read(buf, 0, len, i * CHUNK_SIZE);
+            if (bytesRead !== len) throw new VaultError('ERR_IO', `short read from ${file} at ${i * CHUNK_SIZE}`);
+            if (isAllZero(buf) && volumeZero[i]) skipped++;
+            else await engine.write(i * CHUNK_SIZE, buf);
+            bar.update((done += len));
+          });
+          await engine.flush();
+        } finally {
+          bar.done();
+          await fh.close();
+          await engine.close();
+        }
+        out(`imported ${formatSize(size)} from ${file} into ${volume} (${skipped} zero chunks skipped)`);
+      });
+    },
+  );
+
+  addSettings(
+    program
+      .command('verify [source]')
+      .description('Download and authenticate every object of VOL, VOL@SNAP or --all; exit 1 on damage')
+      .option('--all', 'every volume and every snapshot')
+      .option('--json', 'print JSON'),
+    VAULT_SETTINGS,
+  ).action(async (source: string | undefined, opts) => {
+    if (!source && !opts.all) throw new VaultError('ERR_INVALID_ARGUMENT', 'name a volume (VOL or VOL@SNAP) or use --all');
+    await withVault(opts, async (ctx) => {
+      const specs: string[] = [];
+      if (opts.all) {
+        for (const v of await ctx.vault.listVolumes()) {
+          specs.push(v.name);
+          for (const sn of await ctx.vault.listSnapshots(v.name)) specs.push(`${v.name}@${sn.name}`);
+        }
+      } else specs.push(source!);
+      const checked = new Map<string, string | null>();
+      const report: Array<{ source: string; chunks: number; damaged: Damage[]; error?: string }> = [];
+      for (const spec of specs) {
+        const bar = new Progress(`verify ${spec}`, 0, 'objects');
+        try {
+          const { manifest, root, objects } = await ctx.vault.loadManifestOf(spec);
+          const r = await verifyManifest(objects, manifest, root, { checked, onProgress: (d, t) => bar.update(d, t) });
+          report.push({ source: spec, chunks: r.chunks, damaged: r.damaged });
+        } catch (err) {
+          // the manifest itself (root, a page or a snapshot record) cannot be read
+          report.push({ source: spec, chunks: 0, damaged: [], error: (err as Error).message });
+        } finally {
+          bar.done();
+        }
+      }
+      const bad = report.filter((r) => r.error || r.damaged.length > 0);
+      if (opts.json) out(JSON.stringify({ ok: bad.length === 0, results: report }, null, 2));
+      else {
+        for (const r of report) {
+          if (r.error) out(`${r.source}: DAMAGED manifest: ${r.error}`);
+          else if (r.damaged.length === 0) out(`${r.source}: ok (${r.chunks} chunks)`);
+          else {
+            out(`${r.source}: DAMAGED ${r.damaged.length} of ${r.chunks} chunks`);
+            for (const d of r.damaged) out(`  bytes ${d.offset}-${d.offset + d.length - 1} (chunk ${d.chunk}): ${d.error}`);
+          }
+        }
+      }
+      if (bad.length > 0) process.exitCode = 1;
+    });
+  });
+
+  addSettings(
+    program
+      .command('diff <a> [b]')
+      .description('Changed byte ranges between VOL@A and VOL@B (or the live VOL), from the manifests alone')
+      .option('--json', 'print JSON'),
+    VAULT_SETTINGS,
+  ).action(async (a: string, b: string | undefined, opts) => {
+    await withVault(opts, async (ctx) => {
+      const [volA] = splitExportName(a);
+      const other = b ?? volA;
+      if (splitExportName(other)[0] !== volA) throw new VaultError('ERR_INVALID_ARGUMENT', 'diff compares two states of one volume');
+      const A = await ctx.vault.loadManifestOf(a);
+      const B = await ctx.vault.loadManifestOf(other);
+      const ranges = diffManifests(A.manifest, A.root.size, B.manifest, B.root.size);
+      const total = ranges.reduce((n, r) => n + r.length, 0);
+      if (opts.json) return out(JSON.stringify({ from: a, to: other, changedBytes: total, ranges }, null, 2));
+      for (const r of ranges) out(`${r.offset}\t${r.length}`);
+      process.stderr.write(`${ranges.length} ranges, ${formatSize(total)} changed between ${a} and ${other}\n`);
+    });
+  });
+
+  addSettings(
+    program
+      .command('gc')
+      .description('Remove objects that no root or snapshot references (never younger than --grace)')
+      .option('--dry-run', 'only report what would be removed')
+      .option('--grace <minutes>', 'keep unreferenced objects younger than this', '60')
+      .option('--json', 'print JSON'),
+    VAULT_SETTINGS,
+  ).action(async (opts) => {
+    const grace = Number(opts.grace);
+    if (!Number.isFinite(grace) || grace < 0) throw new VaultError('ERR_INVALID_ARGUMENT', '--grace wants a number of minutes');
+    await withVault(opts, async (ctx) => {
+      const bar = new Progress('gc', 0, 'objects');
+      const r = await collectGarbage(ctx.vault, { dryRun: Boolean(opts.dryRun), graceMs: grace * 60_000, onProgress: (d, t) => bar.update(d, t) }, ctx.logger);
+      bar.done();
+      if (opts.json) return out(JSON.stringify({ ...r, keys: undefined, dryRun: Boolean(opts.dryRun) }));
+      out(`${opts.dryRun ? 'would remove' : 'removed'} ${r.garbageObjects} unreferenced objects (${formatSize(r.garbageBytes)}) of ${r.scannedObjects}; ${r.tooYoung} unreferenced objects younger than ${grace} min kept`);
+    });
+  });
+}
