@@ -3,21 +3,12 @@
 // out. The server part is runServer() from serve-command.ts; this file only builds the provider.
 import { formatSize } from '../util/size';
 import { VaultExportProvider } from '../volume/vault-export-provider';
-import { resolveSettings, type SettingName } from './settings';
-import { openVaultContext, VAULT_SETTINGS, type VaultSettings } from './vault-context';
+import { resolveSettings, SERVE_VAULT_SETTINGS } from './settings';
+import { openVaultContext, type VaultSettings } from './vault-context';
 import { parseListen, runServer } from './serve-command';
 import { startAdminServer, type AdminRequest } from './admin-socket';
 
-export const SERVE_VAULT_SETTINGS: readonly SettingName[] = [
-  ...VAULT_SETTINGS,
-  'listen',
-  'socket',
-  'maxConnections',
-  'defaultVolume',
-  'dirtyLimit',
-  'readCache',
-  'uploadConcurrency',
-];
+export { SERVE_VAULT_SETTINGS };
 
 const FIRST_VOLUME = { name: 'default', size: 10 * 2 ** 30 };
 

@@ -35,6 +35,21 @@ export const SETTINGS = {
 } as const satisfies Record<string, SettingSpec>;
 
 export type SettingName = keyof typeof SETTINGS;
+
+/** What every command that opens a vault takes. */
+export const VAULT_SETTINGS = ['store', 'keys', 'state', 'workers', 'zstdLevel', 'acceptRollback', 'logLevel'] as const satisfies readonly SettingName[];
+
+/** What `serve` takes. */
+export const SERVE_VAULT_SETTINGS = [
+  ...VAULT_SETTINGS,
+  'listen',
+  'socket',
+  'maxConnections',
+  'defaultVolume',
+  'dirtyLimit',
+  'readCache',
+  'uploadConcurrency',
+] as const satisfies readonly SettingName[];
 export type Settings = {
   [K in SettingName]: (typeof SETTINGS)[K]['kind'] extends 'bool' ? boolean : (typeof SETTINGS)[K]['kind'] extends 'string' ? string : number;
 };

@@ -11,9 +11,9 @@ import { openStore } from '../store';
 import type { ObjectStore } from '../store/object-store';
 import { createLogger, setLogger, type Logger } from '../util/log';
 import { Vault } from '../volume/vault';
-import type { Settings } from './settings';
+import { VAULT_SETTINGS, type Settings } from './settings';
 
-export const VAULT_SETTINGS = ['store', 'keys', 'state', 'workers', 'zstdLevel', 'acceptRollback', 'logLevel'] as const;
+export { VAULT_SETTINGS };
 export type VaultSettings = Pick<Settings, (typeof VAULT_SETTINGS)[number]>;
 
 export interface VaultContext {

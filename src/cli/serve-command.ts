@@ -1,0 +1,87 @@
+// `nbd-vault serve`: parse options, build an ExportProvider, run the NBD server until SIGINT or
+// SIGTERM, then shut down gracefully (finish in-flight requests, flush every export) and exit 0.
+// runServer() is the reusable part: vault-backed exports call it with their own provider.
+import type { Command } from 'commander';
+import { VaultError } from '../errors';
+import { nbdUri, startNbdServer, type NbdServerHandle } from '../nbd';
+import { createLogger, setLogger, type Logger } from '../util/log';
+import type { ExportProvider } from '../volume/export';
+import { MemoryExportProvider, parseMemoryExportSpec, type MemoryExportSpec } from '../volume/memory-export';
+import { addSettings, resolveSettings, SERVE_VAULT_SETTINGS } from './settings';
+
+export interface ServeOptions {
+  readonly listen?: { host: string; port: number };
+  readonly socket?: string;
+  readonly maxConnections: number;
+  readonly handshakeTimeoutMs: number;
+  readonly logger: Logger;
+}
+
+/** Starts the server for `provider`, logs where it listens, waits for SIGINT/SIGTERM, then closes
+ *  it gracefully. Resolves when everything is flushed and closed. */
+export async function runServer(provider: ExportProvider, opts: ServeOptions): Promise<void> {
+  const server = await startNbdServer({
+    listen: opts.listen,
+    socket: opts.socket,
+    provider,
+    logger: opts.logger,
+    maxConnections: opts.maxConnections,
+    handshakeTimeoutMs: opts.handshakeTimeoutMs,
+  });
+  logListening(server, provider, opts.logger);
+  const signal = await new Promise<NodeJS.Signals>((resolve) => {
+    process.once('SIGINT', () => resolve('SIGINT'));
+    process.once('SIGTERM', () => resolve('SIGTERM'));
+  });
+  opts.logger.info({ signal }, 'signal received');
+  await server.close();
+  opts.logger.info('stopped');
+}
+
+function logListening(server: NbdServerHandle, provider: ExportProvider, logger: Logger): void {
+  for (const a of server.addresses()) {
+    logger.info({ ...a, uri: nbdUri(a, provider.defaultName), defaultExport: provider.defaultName }, 'listening');
+  }
+}
+
+export function parseListen(text: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(text);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || !(port >= 0 && port <= 65535)) throw new VaultError('ERR_INVALID_ARGUMENT', `--listen wants HOST:PORT, got "${text}"`);
+  return { host: m[1] ?? (m[2] || '127.0.0.1'), port };
+}
+
+function positiveInt(name: string) {
+  return (text: string): number => {
+    const n = Number(text);
+    if (!Number.isSafeInteger(n) || n <= 0) throw new VaultError('ERR_INVALID_ARGUMENT', `${name} wants a positive integer, got "${text}"`);
+    return n;
+  };
+}
+
+export function registerServeCommand(program: Command): void {
+  const cmd = program
+    .command('serve')
+    .description('Serve the vault\'s volumes (and VOL@SNAP snapshots, read-only) over NBD until SIGINT/SIGTERM; with --memory, serve in-memory exports instead')
+    .option('--memory <name=size>', 'serve an in-memory export instead of the vault (repeatable; first is the default; append :ro for read-only)', (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option('--handshake-timeout <seconds>', 'drop a client that has not finished negotiating by then', positiveInt('--handshake-timeout'), 30);
+  // listen, socket, max-connections, log-level and the vault settings: flag > env > config > default
+  addSettings(cmd, SERVE_VAULT_SETTINGS).action(async (o: { memory: string[]; handshakeTimeout: number } & Record<string, unknown>) => {
+    if (o.memory.length === 0) {
+      const { serveVault } = await import('./serve-vault'); // (serve-vault imports runServer from here)
+      return serveVault(o, o.handshakeTimeout * 1000);
+    }
+    const s = resolveSettings(o, ['listen', 'socket', 'maxConnections', 'logLevel'] as const);
+    const logger = createLogger(s.logLevel);
+    setLogger(logger);
+    const specs: MemoryExportSpec[] = o.memory.map(parseMemoryExportSpec);
+    const provider = new MemoryExportProvider(specs);
+    await runServer(provider, {
+      listen: parseListen(s.listen),
+      socket: s.socket,
+      maxConnections: positiveInt('--max-connections')(String(s.maxConnections)),
+      handshakeTimeoutMs: o.handshakeTimeout * 1000,
+      logger,
+    });
+  });
+}
