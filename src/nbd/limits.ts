@@ -1,0 +1,25 @@
+// Sizes and bounds this server advertises or enforces. Changing one changes what clients see
+// (BLOCK_SIZE info) or how much one client can make us hold, so they live in one place.
+
+export const MIB = 1024 * 1024;
+
+/** NBD_INFO_BLOCK_SIZE: any byte alignment works; 4 MiB matches the vault's chunk size. */
+export const MIN_BLOCK_SIZE = 1;
+export const PREFERRED_BLOCK_SIZE = 4 * MIB;
+/** Largest READ/WRITE payload accepted; larger writes are drained and refused. */
+export const MAX_PAYLOAD = 32 * MIB;
+
+/** An option payload over this is drained (not buffered) and answered NBD_REP_ERR_TOO_BIG. */
+export const MAX_OPTION_LENGTH = 64 * 1024;
+/** An option payload over this is not even drained: the client is disconnected. */
+export const MAX_OPTION_DRAIN = 16 * MIB;
+/** Options per handshake, as nbdkit: a client looping forever in negotiation is cut off. */
+export const MAX_OPTIONS = 32;
+/** Extents per BLOCK_STATUS reply. */
+export const MAX_EXTENTS = 1024;
+
+export const DEFAULT_MAX_IN_FLIGHT_BYTES = 64 * MIB;
+export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 30_000;
+export const DEFAULT_MAX_CONNECTIONS = 256;
+/** Graceful shutdown waits this long for in-flight requests before cutting connections. */
+export const DEFAULT_SHUTDOWN_GRACE_MS = 10_000;

@@ -1,0 +1,150 @@
+// Resumable parser for the transmission phase: fed socket chunks of any size, it yields whole
+// requests. States (STYLE.md §4): 'header' (collecting 28 bytes), 'payload' (collecting a WRITE
+// payload), 'discard' (skipping a WRITE payload too large to hold, to stay in sync — nbdkit's
+// skip_over_write_buffer). A state short of bytes simply waits for the next chunk.
+//
+// Guarantees: at most one payload (<= maxPayload bytes) is buffered by the reader itself; the
+// caller can stop parsing between requests (backpressure, DISC) and resume later without losing
+// bytes; a bad request magic means synchronisation is lost, and the reader stops for good.
+import { NBD_CMD_WRITE, NBD_REQUEST_MAGIC, NBD_REQUEST_SIZE } from './constants';
+
+export interface NbdRequest {
+  readonly flags: number;
+  readonly type: number;
+  /** The client's opaque 8-byte handle, copied (echoed in the reply). */
+  readonly handle: Buffer;
+  /** Byte offset; above 2^53 it is approximate but still larger than any export. */
+  readonly offset: number;
+  readonly length: number;
+  /** The WRITE payload (exactly `length` bytes), or null for other commands and dropped payloads. */
+  readonly payload: Buffer | null;
+  /** A WRITE whose payload exceeded maxPayload: the bytes were read and thrown away. */
+  readonly payloadDropped: boolean;
+}
+
+export type ReaderState = 'header' | 'payload' | 'discard' | 'desync';
+
+export type ReaderResult = 'need-more' | 'stopped' | 'desync';
+
+export class RequestReader {
+  private state: ReaderState = 'header';
+  private readonly header = Buffer.alloc(NBD_REQUEST_SIZE);
+  private headerFill = 0;
+  private current: Omit<NbdRequest, 'payload' | 'payloadDropped'> | null = null;
+  private payload: Buffer | null = null;
+  private payloadFill = 0;
+  private discardLeft = 0;
+  private pending: Buffer[] = [];
+
+  constructor(
+    private readonly maxPayload: number,
+    private readonly onRequest: (req: NbdRequest) => void,
+  ) {}
+
+  get readerState(): ReaderState {
+    return this.state;
+  }
+
+  /** Bytes received but not yet parsed (held while the caller has parsing stopped). */
+  get pendingBytes(): number {
+    let n = 0;
+    for (const b of this.pending) n += b.length;
+    return n;
+  }
+
+  push(chunk: Buffer): void {
+    if (chunk.length > 0 && this.state !== 'desync') this.pending.push(chunk);
+  }
+
+  /** Parses pending bytes, emitting requests, until they run out ('need-more'), `stop()` says
+   *  stop after a request ('stopped'), or a bad magic arrives ('desync'). */
+  run(stop: () => boolean): ReaderResult {
+    while (this.pending.length > 0) {
+      if (this.state === 'desync') return 'desync';
+      if (stop()) return 'stopped';
+      const chunk = this.pending[0];
+      const used = this.consume(chunk);
+      if (used >= chunk.length) this.pending.shift();
+      else this.pending[0] = chunk.subarray(used);
+    }
+    return this.state === 'desync' ? 'desync' : 'need-more';
+  }
+
+  /** Consumes a prefix of `chunk`; returns how many bytes it used (emitting at most one request). */
+  private consume(chunk: Buffer): number {
+    switch (this.state) {
+      case 'header':
+        return this.consumeHeader(chunk);
+      case 'payload': {
+        const n = Math.min(chunk.length, this.payload!.length - this.payloadFill);
+        chunk.copy(this.payload!, this.payloadFill, 0, n);
+        this.payloadFill += n;
+        if (this.payloadFill === this.payload!.length) this.finish(this.payload, false);
+        return n;
+      }
+      case 'discard': {
+        const n = Math.min(chunk.length, this.discardLeft);
+        this.discardLeft -= n;
+        if (this.discardLeft === 0) this.finish(null, true);
+        return n;
+      }
+      default:
+        return chunk.length;
+    }
+  }
+
+  private consumeHeader(chunk: Buffer): number {
+    let src: Buffer;
+    let used: number;
+    if (this.headerFill === 0 && chunk.length >= NBD_REQUEST_SIZE) {
+      src = chunk; // fast path: the whole header is in this chunk
+      used = NBD_REQUEST_SIZE;
+    } else {
+      const n = Math.min(chunk.length, NBD_REQUEST_SIZE - this.headerFill);
+      chunk.copy(this.header, this.headerFill, 0, n);
+      this.headerFill += n;
+      if (this.headerFill < NBD_REQUEST_SIZE) return n;
+      this.headerFill = 0;
+      src = this.header;
+      used = n;
+    }
+    if (src.readUInt32BE(0) !== NBD_REQUEST_MAGIC) {
+      this.state = 'desync';
+      this.pending = [];
+      return chunk.length;
+    }
+    const flags = src.readUInt16BE(4);
+    const type = src.readUInt16BE(6);
+    const handle = Buffer.from(src.subarray(8, 16));
+    const offset = src.readUInt32BE(16) * 0x1_0000_0000 + src.readUInt32BE(20);
+    const length = src.readUInt32BE(24);
+    this.current = { flags, type, handle, offset, length };
+    if (type !== NBD_CMD_WRITE || length === 0) {
+      this.finish(null, false);
+      return used;
+    }
+    if (length > this.maxPayload) {
+      this.state = 'discard';
+      this.discardLeft = length;
+      return used;
+    }
+    // Zero-copy when the whole payload already sits in this chunk (socket chunks are never reused).
+    const rest = chunk.length - used;
+    if (rest >= length) {
+      this.finish(chunk.subarray(used, used + length), false);
+      return used + length;
+    }
+    this.state = 'payload';
+    this.payload = Buffer.allocUnsafe(length);
+    this.payloadFill = 0;
+    return used;
+  }
+
+  private finish(payload: Buffer | null, payloadDropped: boolean): void {
+    const req: NbdRequest = { ...this.current!, payload, payloadDropped };
+    this.current = null;
+    this.payload = null;
+    this.state = 'header';
+    this.onRequest(req);
+  }
+}
