@@ -45,6 +45,15 @@ export function registerVaultCommands(program: Command): void {
       });
     });
 
+  addSettings(program.command('clone <snapshot> <name>').description('Create a writable volume from VOL@SNAP, sharing its chunks (O(1))'), VAULT_SETTINGS).action(
+    async (snapshot: string, name: string, opts) => {
+      await withVault(opts, async (ctx) => {
+        const meta = await ctx.vault.cloneVolume(snapshot, name);
+        out(`created volume ${meta.name} as a clone of ${snapshot}`);
+      });
+    },
+  );
+
   addSettings(volume.command('list').description('List volumes: name, size, allocated, snapshots'), VAULT_SETTINGS)
     .option('--json', 'print JSON')
     .action(async (opts) => {
@@ -73,6 +82,7 @@ export function registerVaultCommands(program: Command): void {
             `allocated:  ${formatSize(i.allocated)} in ${i.allocatedChunks} of ${i.chunks} chunks`,
             `stored:     ${formatSize(i.storedBytes)} (compressed + encrypted)`,
             `snapshots:  ${i.snapshots}`,
+            ...(i.origin ? [`clone of:   ${i.origin}`] : []),
             `root:       sequence ${i.rootSeq}, epoch ${i.epoch}, updated ${i.updatedAt}`,
             `created:    ${i.createdAt}`,
           ].join('\n'),

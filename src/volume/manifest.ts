@@ -2,6 +2,9 @@
 // An all-zero object id means "zero chunk, no object". Persisted as immutable pages of
 // PAGE_ENTRIES entries (docs/FORMAT.md, "Manifest pages"); the root lists the pages.
 //
+// Epoch 0 is reserved: in a clone, an entry or page ref of epoch 0 names an object of the origin
+// volume (never deleted by the clone). Volumes start at epoch 1.
+//
 // Epochs: every entry and page remembers the volume epoch it was written in. A snapshot freezes
 // the page list and bumps the epoch, so anything with epoch < current epoch may be referenced by
 // a snapshot and must not be deleted when overwritten (gc decides later).
@@ -135,6 +138,12 @@ export class Manifest {
     const last = Math.min(this.chunkCount, first + PAGE_ENTRIES);
     for (let i = first; i < last; i++) if (!this.isZero(i)) return false;
     return true;
+  }
+
+  /** Mark page p's entries as the origin's (epoch 0): a clone's page loaded from its origin. */
+  markOrigin(p: number): void {
+    const first = p * PAGE_ENTRIES;
+    this.epochs.fill(0, first, Math.min(this.chunkCount, first + PAGE_ENTRIES));
   }
 
   decodePage(p: number, buf: Buffer): void {

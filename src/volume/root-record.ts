@@ -17,6 +17,9 @@ export interface RootRecord {
   readonly epoch: number;
   readonly pages: Array<PageRef | null>;
   readonly updatedAt: string;
+  /** A clone's origin: entries and page refs of epoch 0 name objects of this volume, frozen by
+   *  this snapshot (which cannot be deleted while the clone exists). */
+  readonly origin?: { readonly volumeId: string; readonly snapshotId: string };
 }
 
 export function encodeRoot(root: RootRecord): Buffer {
@@ -35,7 +38,8 @@ export function decodeRoot(bytes: Buffer, volumeId: string): RootRecord {
     raw.size >= 0 && Number.isSafeInteger(raw.chunkSize) && raw.chunkSize > 0 && Number.isSafeInteger(raw.pageEntries) &&
     Number.isSafeInteger(raw.epoch) && Array.isArray(raw.pages) &&
     raw.pages.length === Math.ceil(Math.ceil(raw.size / raw.chunkSize) / raw.pageEntries) &&
-    raw.pages.every((p: unknown) => p === null || (Array.isArray(p) && typeof p[0] === 'string' && /^[0-9a-f]{32}$/.test(p[0]) && Number.isSafeInteger(p[1])));
+    raw.pages.every((p: unknown) => p === null || (Array.isArray(p) && typeof p[0] === 'string' && /^[0-9a-f]{32}$/.test(p[0]) && Number.isSafeInteger(p[1]))) &&
+    (raw.origin === undefined || (/^[0-9a-f]{32}$/.test(raw.origin?.volumeId) && /^[0-9a-f]{32}$/.test(raw.origin?.snapshotId)));
   if (!ok) throw new VaultError('ERR_CORRUPT', `root of volume ${volumeId} is malformed`);
   return { ...raw, pages: raw.pages.map((p: [string, number] | null) => (p ? { id: p[0], epoch: p[1] } : null)) };
 }

@@ -21,7 +21,6 @@ import { VAULT_KEY, VOLUMES_PREFIX, metaKey, volumeIdOfKey, volumePrefix, rootKe
 import { ROOT_FORMAT, type RootRecord } from './root-record';
 import { VolumeEngine, DEFAULT_ENGINE_OPTIONS, type EngineOptions } from './volume-engine';
 import { VolumeObjects } from './volume-objects';
-import { chunkKey, pageKey, snapshotKey } from './object-keys';
 import type { SnapshotRecord } from './snapshot-record';
 
 export const VAULT_FORMAT = 1;
@@ -205,6 +204,72 @@ export class Vault {
     return { id, name, createdAt };
   }
 
+  /** The objects of a clone's origin volume (which must still exist: it holds shared chunks). */
+  private async originObjects(cloneName: string, originId: string): Promise<VolumeObjects> {
+    let origin: VolumeMeta & { key: SecretKey };
+    try {
+      origin = await this.readMeta(originId);
+    } catch (err) {
+      throw new VaultError('ERR_IO', `the origin volume ${originId} of clone "${cloneName}" cannot be opened: ${(err as Error).message}`, { cause: err });
+    }
+    const { key, ...meta } = origin;
+    return this.volumeObjects(meta, key);
+  }
+
+  /** Names of the volumes cloned from `volumeId` (from any snapshot, or from `snapshotId`). */
+  async clonesOf(volumeId: string, snapshotId?: string): Promise<string[]> {
+    const names: string[] = [];
+    for (const v of await this.listVolumes()) {
+      if (v.id === volumeId) continue;
+      const { root } = await this.loadRootOnly(v);
+      if (root.origin?.volumeId === volumeId && (snapshotId === undefined || root.origin.snapshotId === snapshotId)) names.push(v.name);
+    }
+    return names;
+  }
+
+  private async loadRootOnly(v: VolumeMeta): Promise<{ root: RootRecord }> {
+    const { key, ...meta } = await this.readMeta(v.id);
+    return this.volumeObjects(meta, key).readRoot();
+  }
+
+  /**
+   * `clone VOL@SNAP NEW`: a writable volume that shares the snapshot's chunks, O(pages): its root
+   * names the snapshot's pages with epoch 0 ("the origin's"); nothing is copied. The clone reads
+   * shared chunks with the origin's keys and never deletes them; the snapshot cannot be deleted
+   * while the clone exists. A snapshot of a clone cannot be cloned again (one level of origin).
+   */
+  async cloneVolume(source: string, newName: string): Promise<VolumeMeta> {
+    const [volumeName, snapName] = splitExportName(source);
+    if (snapName === null) throw new VaultError('ERR_INVALID_ARGUMENT', `clone takes a snapshot, VOL@SNAP (got "${source}"): snapshot the volume first`);
+    checkVolumeName(newName);
+    const { meta: originMeta, objects, root: originRoot } = await this.loadVolume(volumeName);
+    if (originRoot.origin) throw new VaultError('ERR_NOT_SUPPORTED', `"${volumeName}" is itself a clone; clone its origin's snapshot instead`);
+    const snap = await this.findSnapshot(objects, volumeName, snapName);
+    if ((await this.listVolumes()).some((v) => v.name === newName)) throw new VaultError('ERR_EXISTS', `a volume named "${newName}" exists already`);
+    const id = randomBytes(16).toString('hex');
+    const key = generateVolumeKey();
+    const createdAt = new Date().toISOString();
+    const create = this.store.props.conditionalPut ? { ifNoneMatch: '*' as const } : undefined;
+    await this.store.put(metaKey(id), await this.encodeMeta(id, key, { name: newName, createdAt }), create);
+    const cloneObjects = this.volumeObjects({ id, name: newName, createdAt }, key);
+    const root: RootRecord = {
+      v: ROOT_FORMAT,
+      volumeId: id,
+      seq: 1,
+      size: snap.size,
+      chunkSize: snap.chunkSize,
+      pageEntries: snap.pageEntries,
+      epoch: 1,
+      pages: snap.pages.map((p) => (p ? { id: p.id, epoch: 0 } : null)),
+      updatedAt: createdAt,
+      origin: { volumeId: originMeta.id, snapshotId: snap.id },
+    };
+    await cloneObjects.writeRoot(root, null);
+    await this.state.recordSeq(id, 1);
+    this.opts.logger.info({ volume: newName, origin: source }, 'volume cloned');
+    return { id, name: newName, createdAt };
+  }
+
   private volumeObjects(meta: VolumeMeta, volumeKey: SecretKey): VolumeObjects {
     const keys = { data: deriveSubkey(volumeKey, 'data'), manifest: deriveSubkey(volumeKey, 'manifest') };
     return new VolumeObjects(this.store, this.codec, keys, this.vaultId, meta.id, meta.name);
@@ -216,6 +281,7 @@ export class Vault {
     const { key, ...meta } = await this.readMeta(found.id);
     const objects = this.volumeObjects(meta, key);
     const { root, etag } = await objects.readRoot();
+    if (root.origin) objects.origin = await this.originObjects(name, root.origin.volumeId);
     const highest = await this.state.highestSeq(meta.id);
     if (root.seq < highest) {
       if (!this.opts.acceptRollback) {
@@ -252,10 +318,21 @@ export class Vault {
       chunks: manifest.chunkCount,
       allocatedChunks: usage.allocatedChunks,
       snapshots: (await objects.listSnapshots()).length,
+      origin: root.origin ? await this.describeOrigin(root.origin) : null,
       rootSeq: root.seq,
       epoch: root.epoch,
       updatedAt: root.updatedAt,
     };
+  }
+
+  private async describeOrigin(origin: NonNullable<RootRecord['origin']>): Promise<string> {
+    try {
+      const { key, ...meta } = await this.readMeta(origin.volumeId);
+      const snap = await this.volumeObjects(meta, key).readSnapshot(origin.snapshotId);
+      return `${meta.name}@${snap.name}`;
+    } catch {
+      return `${origin.volumeId}@${origin.snapshotId} (unreadable)`;
+    }
   }
 
   /** Grow (or with `force`, shrink) a volume that no server is serving. */
@@ -326,11 +403,15 @@ export class Vault {
     const snaps = await objects.listSnapshots();
     const doomed = snaps.find((s) => s.name === snapName);
     if (!doomed) throw new VaultError('ERR_NOT_FOUND', `volume "${volumeName}" has no snapshot named "${snapName}"`);
+    const clones = await this.clonesOf(objects.volumeId, doomed.id);
+    if (clones.length > 0) throw new VaultError('ERR_EXISTS', `snapshot ${volumeName}@${snapName} has clones (${clones.join(', ')}): delete them first`);
     const keep = new Set<string>();
     for (const r of [root, ...snaps.filter((s) => s !== doomed).map(snapshotAsRoot)]) {
       for (const key of await referencedKeys(objects, r)) keep.add(key);
     }
-    const candidates = (await referencedKeys(objects, snapshotAsRoot(doomed))).filter((k) => !keep.has(k));
+    // Only this volume's own objects: a clone's snapshot also names its origin's chunks.
+    const own = volumePrefix(objects.volumeId);
+    const candidates = (await referencedKeys(objects, snapshotAsRoot(doomed))).filter((k) => k.startsWith(own) && !keep.has(k));
     await objects.deleteSnapshotRecord(doomed.id);
     for (let k = 0; k < candidates.length; k += 1000) await this.store.deleteMany(candidates.slice(k, k + 1000));
     this.opts.logger.info({ volume: volumeName, snapshot: snapName, freedObjects: candidates.length }, 'snapshot deleted');
@@ -340,6 +421,8 @@ export class Vault {
   /** Crypto-erase the volume (its sealed key goes first), then delete all of its objects. */
   async deleteVolume(name: string, onProgress?: (done: number, total: number) => void): Promise<number> {
     const meta = await this.findVolume(name);
+    const clones = await this.clonesOf(meta.id);
+    if (clones.length > 0) throw new VaultError('ERR_EXISTS', `volume "${name}" has clones that share its chunks (${clones.join(', ')}): delete them first`);
     await this.store.delete(metaKey(meta.id));
     this.opts.logger.info({ volume: name, volumeId: meta.id }, 'volume key erased; deleting objects');
     const keys: string[] = [];
@@ -384,10 +467,10 @@ export function snapshotAsRoot(s: SnapshotRecord): RootRecord {
 export async function referencedKeys(objects: VolumeObjects, root: RootRecord): Promise<string[]> {
   const manifest = await VolumeEngine.loadManifest(objects, root);
   const keys: string[] = [];
-  for (const p of root.pages) if (p) keys.push(pageKey(objects.volumeId, p.id));
+  for (const p of root.pages) if (p) keys.push(objects.pageKeyOf(p));
   for (let i = 0; i < manifest.chunkCount; i++) {
     const e = manifest.get(i);
-    if (e.id !== null) keys.push(chunkKey(objects.volumeId, e.id));
+    if (e.id !== null) keys.push(objects.chunkKeyOf(e));
   }
   return keys;
 }

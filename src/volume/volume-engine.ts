@@ -66,6 +66,7 @@ export class VolumeEngine implements Export {
   private seq: number;
   private etag: string | null;
   private sizeBytes: number;
+  private readonly origin: RootRecord['origin'];
   private timer: NodeJS.Timeout | null = null;
   private lastCommitMs = Date.now();
   private lastReadChunk = -2;
@@ -87,6 +88,7 @@ export class VolumeEngine implements Export {
     this.seq = root.seq;
     this.etag = rootEtag;
     this.sizeBytes = root.size;
+    this.origin = root.origin;
     this.readCache = new ReadCache(opts.readCacheBytes);
     this.writeCache = new WriteCache(opts.dirtyLimitBytes);
     const rw = !opts.readOnly;
@@ -107,6 +109,7 @@ export class VolumeEngine implements Export {
       while (next < todo.length) {
         const { ref, p } = todo[next++];
         manifest.decodePage(p, await objects.readPage(p, ref!));
+        if (ref!.epoch === 0 && objects.origin) manifest.markOrigin(p);
       }
     };
     await Promise.all(Array.from({ length: Math.min(16, todo.length) }, worker));
@@ -435,6 +438,7 @@ export class VolumeEngine implements Export {
         epoch: this.epoch,
         pages,
         updatedAt: new Date().toISOString(),
+        ...(this.origin ? { origin: this.origin } : {}),
       };
       this.etag = await this.objects.writeRoot(root, this.etag);
       this.seq = root.seq;

@@ -21,6 +21,8 @@ export interface VolumeKeys {
 export class VolumeObjects {
   private readonly vaultIdBytes: Buffer;
   private readonly volumeIdBytes: Buffer;
+  /** For a clone: the origin volume's objects, where entries and page refs of epoch 0 live. */
+  origin: VolumeObjects | null = null;
 
   constructor(
     readonly store: ObjectStore,
@@ -39,6 +41,15 @@ export class VolumeObjects {
     return { vaultId: this.vaultIdBytes, volumeId: this.volumeIdBytes, kind, index, generation };
   }
 
+  /** The store key of a chunk entry or page ref (the origin's for epoch 0 in a clone). */
+  chunkKeyOf(entry: Entry): string {
+    return chunkKey(entry.epoch === 0 && this.origin ? this.origin.volumeId : this.volumeId, entry.id!);
+  }
+
+  pageKeyOf(ref: PageRef): string {
+    return pageKey(ref.epoch === 0 && this.origin ? this.origin.volumeId : this.volumeId, ref.id);
+  }
+
   // --- chunks ---------------------------------------------------------------------------
 
   /** Seal and store one chunk. Returns the new entry, or a zero entry for an all-zero chunk. */
@@ -52,6 +63,7 @@ export class VolumeObjects {
 
   async readChunk(chunkIndex: number, entry: Entry, expectedLength: number): Promise<Buffer> {
     if (entry.id === null) return Buffer.alloc(expectedLength);
+    if (entry.epoch === 0 && this.origin) return this.origin.readChunk(chunkIndex, entry, expectedLength);
     const key = chunkKey(this.volumeId, entry.id);
     const what = `chunk ${chunkIndex} of volume "${this.volumeName}"`;
     const { body } = await this.fetch(key, what);
@@ -78,6 +90,7 @@ export class VolumeObjects {
   }
 
   async readPage(pageIndex: number, ref: PageRef): Promise<Buffer> {
+    if (ref.epoch === 0 && this.origin) return this.origin.readPage(pageIndex, ref);
     const what = `manifest page ${pageIndex} of volume "${this.volumeName}"`;
     const { body } = await this.fetch(pageKey(this.volumeId, ref.id), what);
     try {

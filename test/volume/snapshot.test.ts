@@ -76,3 +76,88 @@ test('snapshots list in creation order and survive a reopen; each reads its own 
     await s.close();
   }
 });
+
+test('a clone shares the snapshot chunks, diverges on its own, and pins its origin', async (t) => {
+  const store = new MemoryStore();
+  const f = await makeVault(store);
+  t.after(() => f.cleanup());
+  const origin = await f.vault.createVolume('base', 16 * MiB);
+  const e = await f.vault.openEngine('base');
+  const golden = randomBytes(16 * MiB);
+  await e.write(0, golden);
+  await e.snapshot('gold');
+  await e.write(0, randomBytes(CHUNK_SIZE)); // the origin moves on
+  await e.close();
+  const chunksBefore = await countKeys(store, 'volumes/', '/chunks/');
+
+  const clone = await f.vault.cloneVolume('base@gold', 'vm1');
+  assert.equal(await countKeys(store, `volumes/${clone.id}/`, '/chunks/'), 0, 'a clone copies no chunk');
+  const c = await f.vault.openEngine('vm1');
+  assert.ok((await c.read(0, 16 * MiB)).equals(golden), 'the clone starts as the snapshot');
+  const mine = randomBytes(4096);
+  await c.write(CHUNK_SIZE + 100, mine);
+  await c.trim(2 * CHUNK_SIZE, CHUNK_SIZE);
+  await c.flush();
+  await c.snapshot('c1');
+  await c.write(3 * CHUNK_SIZE, randomBytes(CHUNK_SIZE)); // overwrite a shared chunk
+  await c.close();
+  await new Promise((r) => setTimeout(r, 30));
+  assert.equal(await countKeys(store, 'volumes/', '/chunks/'), chunksBefore + 2, 'the clone never deletes shared chunks');
+
+  const c2 = await (await f.reopen()).openEngine('vm1');
+  const now = await c2.read(0, 16 * MiB);
+  assert.ok(now.subarray(0, CHUNK_SIZE).equals(golden.subarray(0, CHUNK_SIZE)));
+  assert.ok(now.subarray(CHUNK_SIZE + 100, CHUNK_SIZE + 100 + 4096).equals(mine));
+  assert.ok(now.subarray(2 * CHUNK_SIZE, 3 * CHUNK_SIZE).equals(Buffer.alloc(CHUNK_SIZE)));
+  await c2.close();
+  // the origin's snapshot and volume are pinned while the clone exists
+  await assert.rejects(f.vault.deleteSnapshot('base', 'gold'), (err: VaultError) => err.code === 'ERR_EXISTS');
+  await assert.rejects(f.vault.deleteVolume('base'), (err: VaultError) => err.code === 'ERR_EXISTS');
+  await assert.rejects(f.vault.cloneVolume('vm1@c1', 'vm2'), (err: VaultError) => err.code === 'ERR_NOT_SUPPORTED');
+  // deleting the clone's snapshot never frees the origin's chunks
+  await f.vault.deleteSnapshot('vm1', 'c1');
+  const base = await f.vault.openSnapshotEngine('base', 'gold');
+  assert.ok((await base.read(0, 16 * MiB)).equals(golden), 'the origin snapshot is intact');
+  await base.close();
+  const { collectGarbage } = await import('../../src/volume/garbage-collector');
+  const { logger } = await import('./vault-fixture');
+  const gc = await collectGarbage(f.vault, { dryRun: false, graceMs: 0 }, logger);
+  const c3 = await f.vault.openEngine('vm1', { readOnly: true });
+  assert.equal((await c3.read(0, 16 * MiB)).length, 16 * MiB, 'the clone still reads after gc');
+  await c3.close();
+  assert.ok(gc.garbageObjects >= 0);
+  await f.vault.deleteVolume('vm1');
+  await f.vault.deleteSnapshot('base', 'gold');
+  void origin;
+});
+
+test('gc removes unreferenced objects older than the grace period, and only those', async (t) => {
+  const store = new MemoryStore();
+  const f = await makeVault(store);
+  t.after(() => f.cleanup());
+  const meta = await f.vault.createVolume('g', 16 * MiB);
+  const e = await f.vault.openEngine('g');
+  const data = randomBytes(16 * MiB);
+  await e.write(0, data);
+  await e.snapshot('s');
+  await e.close();
+  // leftovers of a crash: an uploaded chunk no root names, and a whole volume without metadata
+  await store.put(`volumes/${meta.id}/chunks/${'ab'.repeat(16)}`, randomBytes(100));
+  await store.put(`volumes/${'cd'.repeat(16)}/chunks/${'ef'.repeat(16)}`, randomBytes(100));
+  const { collectGarbage } = await import('../../src/volume/garbage-collector');
+  const { logger } = await import('./vault-fixture');
+  const young = await collectGarbage(f.vault, { dryRun: false, graceMs: 3_600_000 }, logger);
+  assert.equal(young.deleted, 0, 'nothing younger than the grace period goes');
+  assert.equal(young.tooYoung, 2);
+  const dry = await collectGarbage(f.vault, { dryRun: true, graceMs: 0 }, logger);
+  assert.equal(dry.garbageObjects, 2);
+  assert.equal(dry.deleted, 0);
+  const real = await collectGarbage(f.vault, { dryRun: false, graceMs: 0 }, logger);
+  assert.equal(real.deleted, 2);
+  const check = await f.vault.openEngine('g', { readOnly: true });
+  assert.ok((await check.read(0, 16 * MiB)).equals(data), 'referenced data survives gc');
+  await check.close();
+  const snap = await f.vault.openSnapshotEngine('g', 's');
+  assert.ok((await snap.read(0, 16 * MiB)).equals(data));
+  await snap.close();
+});
