@@ -21,7 +21,7 @@ RUN npm run build && npm prune --omit=dev --no-audit --no-fund
 FROM node:20-bookworm-slim
 ENV NODE_ENV=production \
     NBD_VAULT_KEYS=/keys \
-    NBD_VAULT_DATA=/data \
+    NBD_VAULT_STORE=/data \
     NBD_VAULT_STATE=/state
 WORKDIR /app
 # Application files stay owned by root: the server user can read, not modify, them.
