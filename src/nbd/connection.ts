@@ -3,7 +3,7 @@
 // 'dead' (socket destroyed), never in a throw or an unhandled rejection.
 //
 // Transmission: requests run concurrently as they are parsed; each reply is written whole in one
-// synchronous burst (so replies never interleave), batched per event-loop turn with cork/uncork
+// synchronous burst (so replies never interleave), batched per tick with cork/uncork
 // (one writev). Backpressure: parsing stops and the socket is paused while this connection holds
 // more than maxInFlightBytes of request/reply data, more than MAX_IN_FLIGHT_REQUESTS requests, or
 // a socket write buffer above maxInFlightBytes; it resumes as requests finish or the socket drains.
@@ -231,15 +231,17 @@ export class NbdConnection {
 
   // ---- output ----
 
-  /** Writes one whole message. Corks until the next event-loop turn so that replies finished
-   *  in the same turn leave in a single writev. Output for a closed socket is dropped. */
+  /** Writes one whole message. Corks until the end of the current tick (process.nextTick), so
+   *  replies finished together leave in one writev; uncorking on setImmediate instead batched
+   *  more but halved sequential read throughput (measured with nbdcopy). Output for a closed
+   *  socket is dropped. */
   private write(bufs: Buffer[]): void {
     const s = this.socket;
     if (s.destroyed || s.writableEnded) return;
     if (!this.corked) {
       this.corked = true;
       s.cork();
-      setImmediate(() => {
+      process.nextTick(() => {
         this.corked = false;
         s.uncork();
       });
