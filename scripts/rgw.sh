@@ -46,10 +46,11 @@ stop_all() {
 
 write_conf() {
   local port=$1 fsid=$2
+  # $3: monitor port
   cat > "$CONF" <<CONF
 [global]
 fsid = $fsid
-mon host = 127.0.0.1:6789
+mon host = v1:127.0.0.1:$3
 mon initial members = a
 auth cluster required = none
 auth service required = none
@@ -100,9 +101,11 @@ start_once() {
   : > "$DIR/keyring"
   echo "$port" > "$DIR/port"
   fsid=$(cat /proc/sys/kernel/random/uuid); uuid=$(cat /proc/sys/kernel/random/uuid)
-  write_conf "$port" "$fsid"
-  say "creating monitor (fsid $fsid)"
-  monmaptool --create --add a 127.0.0.1:6789 --fsid "$fsid" "$DIR/monmap" >/dev/null 2>&1
+  # The monitor listens on PORT+1 (override: RGW_MON_PORT), so clusters on different PORTs coexist.
+  local mon_port=${RGW_MON_PORT:-$((port + 1))}
+  write_conf "$port" "$fsid" "$mon_port"
+  say "creating monitor on 127.0.0.1:$mon_port (fsid $fsid)"
+  monmaptool --create --addv a "[v1:127.0.0.1:$mon_port]" --fsid "$fsid" "$DIR/monmap" >/dev/null 2>&1
   ceph-mon --mkfs -i a --monmap "$DIR/monmap" >/dev/null 2>&1
   ceph-mon -i a
   wait_for 30 "monitor" ceph --connect-timeout 5 mon stat || return 1
