@@ -1,0 +1,15 @@
+// `npm run bench` entry: runs each benchmark script in turn (after the build) and prints their
+// figures. To add a benchmark, append its script to BENCHMARKS below.
+import { spawnSync } from 'node:child_process';
+
+const BENCHMARKS = [
+  { name: 'NBD frontend', script: 'bench/nbd-bench.mjs' },
+];
+
+let failed = 0;
+for (const b of BENCHMARKS) {
+  console.log(`\n=== ${b.name} (${b.script}) ===`);
+  const r = spawnSync(process.execPath, [b.script], { stdio: 'inherit' });
+  if (r.status !== 0) failed++;
+}
+process.exit(failed ? 1 : 0);
