@@ -3,90 +3,17 @@
 // and raw XChaCha20-Poly1305 (sodium-native, one thread).
 // The image: an ext4 filesystem built with mkfs.ext4 -d from files under /usr, ~60 % full.
 // Env: BENCH_IMAGE_MB (default 1024), BENCH_KEEP_IMAGE=1 to keep the temp directory.
-import { execFileSync } from 'node:child_process';
-import { copyFileSync, lstatSync, mkdirSync, mkdtempSync, openSync as openFd, readdirSync, readSync, closeSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import sodium from 'sodium-native';
 import { createCodec, type Codec, type ObjectPlace } from '../src/codec';
 import { SecretKey } from '../src/keys/secret-key';
+import { buildDiskImage, readChunks } from './disk-image';
+import { rawAead, zstdBench } from './physical-limits';
 
 const CHUNK_BYTES = 4 * 1024 * 1024;
 const MB = 1e6; // rates in MB/s (10^6), like zstd -b
 const imageMiB = Number(process.env.BENCH_IMAGE_MB ?? 1024);
-const FILL_RATIO = 0.6;
-
-function buildImage(dir: string): string {
-  const staging = path.join(dir, 'staging');
-  mkdirSync(staging);
-  const budget = imageMiB * 1024 * 1024 * FILL_RATIO;
-  let copied = 0;
-  const walk = (src: string, dst: string): void => {
-    let names: string[];
-    try {
-      names = readdirSync(src).sort();
-    } catch {
-      return;
-    }
-    for (const name of names) {
-      if (copied >= budget) return;
-      const from = path.join(src, name);
-      const to = path.join(dst, name);
-      try {
-        const st = lstatSync(from);
-        if (st.isDirectory()) {
-          mkdirSync(to);
-          walk(from, to);
-        } else if (st.isFile() && copied + st.size <= budget) {
-          copyFileSync(from, to);
-          copied += st.size;
-        }
-      } catch {
-        // unreadable: skip
-      }
-    }
-  };
-  for (const top of ['/usr/lib', '/usr/share', '/usr/bin', '/usr/include', '/usr/libexec', '/usr/sbin']) {
-    const to = path.join(staging, top.slice(1).replace('/', '_'));
-    mkdirSync(to);
-    walk(top, to);
-  }
-  const image = path.join(dir, 'disk.ext4');
-  execFileSync('mkfs.ext4', ['-q', '-F', '-d', staging, image, `${imageMiB}M`], { stdio: 'inherit' });
-  rmSync(staging, { recursive: true, force: true });
-  console.log(`image: ${imageMiB} MiB ext4, ${(copied / 2 ** 20).toFixed(0)} MiB of /usr files (${((100 * copied) / (imageMiB * 2 ** 20)).toFixed(0)} % full)`);
-  return image;
-}
-
-function readChunks(image: string): Buffer[] {
-  const fd = openFd(image, 'r');
-  const chunks: Buffer[] = [];
-  try {
-    for (;;) {
-      const chunk = Buffer.allocUnsafeSlow(CHUNK_BYTES);
-      const n = readSync(fd, chunk, 0, CHUNK_BYTES, null);
-      if (n === 0) break;
-      chunks.push(n === CHUNK_BYTES ? chunk : chunk.subarray(0, n));
-    }
-  } finally {
-    closeSync(fd);
-  }
-  return chunks;
-}
-
-/**
- * zstd -b3 over the image: [compress MB/s, decompress MB/s]. One thread: independent 4 MiB blocks,
- * like our chunks. Several threads: the whole image (zstd's own jobs), since zstd does not split a
- * 4 MiB block between threads — this is the multi-core compression rate the machine can reach.
- */
-function zstdBench(image: string, threads: number): [number, number] {
-  const blocks = threads === 1 ? [`-B${CHUNK_BYTES}`] : [];
-  const out = execFileSync('zstd', ['-b3', '-i5', `-T${threads}`, ...blocks, image], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-  const last = out.split(/\r|\n/).filter((l) => /MB\/s/.test(l)).pop() ?? '';
-  const rates = [...last.matchAll(/([\d.]+) MB\/s/g)].map((m) => Number(m[1]));
-  if (rates.length < 2) throw new Error(`cannot parse zstd -b output: ${last}`);
-  return [rates[0], rates[1]];
-}
 
 function timeIt(work: () => void): number {
   const start = process.hrtime.bigint();
@@ -98,17 +25,6 @@ async function timeAsync(work: () => Promise<void>): Promise<number> {
   const start = process.hrtime.bigint();
   await work();
   return Number(process.hrtime.bigint() - start) / 1e9;
-}
-
-function rawAead(chunks: Buffer[], key: Buffer): [number, number] {
-  const nonce = Buffer.alloc(24, 1);
-  const ad = Buffer.alloc(85);
-  const sealed = chunks.map((c) => Buffer.allocUnsafeSlow(c.length + 16));
-  const bytes = chunks.reduce((s, c) => s + c.length, 0);
-  const enc = timeIt(() => chunks.forEach((c, i) => sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(sealed[i], c, ad, null, nonce, key)));
-  const out = Buffer.allocUnsafeSlow(CHUNK_BYTES);
-  const dec = timeIt(() => sealed.forEach((s) => sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(out.subarray(0, s.length - 16), null, s, ad, nonce, key)));
-  return [bytes / enc / MB, bytes / dec / MB];
 }
 
 async function codecRates(codec: Codec, chunks: Buffer[], key: SecretKey): Promise<{ seal: number; open: number; storedBytes: number; zeroChunks: number }> {
@@ -132,7 +48,7 @@ async function codecRates(codec: Codec, chunks: Buffer[], key: SecretKey): Promi
 async function main(): Promise<void> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'nbd-vault-bench-'));
   try {
-    const image = buildImage(dir);
+    const image = buildDiskImage(dir, imageMiB);
     const chunks = readChunks(image);
     const bytes = chunks.reduce((s, c) => s + c.length, 0);
     const cores = os.availableParallelism();

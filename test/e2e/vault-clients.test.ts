@@ -84,7 +84,7 @@ for (const backend of ['fs', 's3'] as const) test(`qemu-img convert into a volum
   // fio's nbd engine: random writes with verification
   const fio = await runCommand(
     'fio',
-    ['--name=verify', '--ioengine=nbd', `--uri=${srv.uri('disk')}`, '--rw=randwrite', '--bs=4k', '--size=32M', '--io_size=8M', '--iodepth=16', '--verify=crc32c', '--do_verify=1', '--output-format=json'],
+    ['--name=verify', '--ioengine=nbd', `--uri=${srv.uri('disk')}`, '--rw=randwrite', '--bs=4k', '--size=32M', '--io_size=8M', '--iodepth=16', '--verify=crc32c', '--do_verify=1', '--verify_state_save=0', '--output-format=json'],
     { timeoutMs: 180_000 },
   );
   const job = JSON.parse(fio.stdout.slice(fio.stdout.indexOf('{'))).jobs[0];
