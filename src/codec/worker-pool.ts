@@ -59,8 +59,11 @@ export function createCodec(options: CodecOptions = {}): Codec {
       if (place.kind === 'chunk' && isAllZero(plaintext)) return null;
       if (plaintext.length < INLINE_BELOW_BYTES) return sealObject(key.bytes, plaintext, place, zstdLevel);
       return run('seal', () => {
-        const task: WorkerSealTask = { key: ownCopy(key.bytes), plaintext: ownCopy(plaintext), place: placeCopy(place), zstdLevel };
-        return [task, [task.key.buffer as ArrayBuffer, task.plaintext.buffer as ArrayBuffer]];
+        // A plaintext in shared memory is handed over as is (no copy): the caller guarantees it
+        // does not change until the seal completes (volume/ freezes buffers under upload).
+        const shared = plaintext.buffer instanceof SharedArrayBuffer;
+        const task: WorkerSealTask = { key: ownCopy(key.bytes), plaintext: shared ? plaintext : ownCopy(plaintext), place: placeCopy(place), zstdLevel };
+        return [task, shared ? [task.key.buffer as ArrayBuffer] : [task.key.buffer as ArrayBuffer, task.plaintext.buffer as ArrayBuffer]];
       });
     },
     async open(key: SecretKey, sealed: Buffer, place: ObjectPlace): Promise<Buffer> {

@@ -12,7 +12,7 @@
 import { VaultError, BugError, describeError } from '../errors';
 import type { Logger } from '../util/log';
 import type { Export, ExportCaps, Extent, WriteOptions, ZeroOptions } from './export';
-import { CHUNK_SIZE, chunkCount, chunkLength, splitRange, isAllZero, type ChunkSpan } from './chunk-math';
+import { CHUNK_SIZE, chunkCount, chunkLength, splitRange, type ChunkSpan } from './chunk-math';
 import { Manifest, PAGE_ENTRIES, type Entry, type PageRef } from './manifest';
 import type { RootRecord } from './root-record';
 import { ROOT_FORMAT } from './root-record';
@@ -281,20 +281,20 @@ export class VolumeEngine implements Export {
       this.assertWritable();
       let content: Buffer | null;
       if (s.whole) {
-        content = data === null ? null : Buffer.from(data);
+        content = data === null ? null : chunkBuffer(s.chunkLength, data);
       } else {
         const d = this.writeCache.get(i);
         let base: Buffer | null;
         if (d && !d.uploading) base = d.data; // ours to modify in place
         else {
           const current = await this.chunkContent(i, false);
-          base = current === null ? null : Buffer.from(current); // copy: caches and uploads are frozen
+          base = current === null ? null : chunkBuffer(s.chunkLength, current); // copy: caches and uploads are frozen
         }
         if (base === null && data === null) {
           if (!d) return; // zeroing part of a zero chunk
           content = null;
         } else {
-          if (base === null) base = Buffer.alloc(s.chunkLength);
+          if (base === null) base = chunkBuffer(s.chunkLength);
           if (data === null) base.fill(0, s.chunkOffset, s.chunkOffset + s.length);
           else data.copy(base, s.chunkOffset);
           content = base;
@@ -334,8 +334,8 @@ export class VolumeEngine implements Export {
     this.uploadsInFlight++;
     const data = d.data;
     try {
-      const entry: Entry =
-        data === null || isAllZero(data) ? { id: null, epoch: this.epoch, storedSize: 0 } : await this.objects.writeChunk(i, data, this.epoch);
+      // (an all-zero chunk comes back as a zero entry: the codec checks)
+      const entry: Entry = data === null ? { id: null, epoch: this.epoch, storedSize: 0 } : await this.objects.writeChunk(i, data, this.epoch);
       // From here to the end of this block nothing awaits: manifest, caches and the delete
       // list change together.
       if (i >= this.manifest.chunkCount) {
@@ -547,3 +547,13 @@ export class VolumeEngine implements Export {
 }
 
 export { BugError };
+
+/**
+ * A chunk's buffer, in shared memory: the codec's workers read it without a copy (it is frozen
+ * while an upload holds it). Zero-filled, or a copy of `from`.
+ */
+function chunkBuffer(length: number, from?: Buffer): Buffer {
+  const buf = Buffer.from(new SharedArrayBuffer(length));
+  if (from) from.copy(buf);
+  return buf;
+}
