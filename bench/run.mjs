@@ -4,6 +4,8 @@ import { spawnSync } from 'node:child_process';
 
 const BENCHMARKS = [
   { name: 'NBD frontend', script: 'bench/nbd-bench.mjs' },
+  { name: 'Codec', script: 'dist/bench/codec-bench.js' },
+  { name: 'Vault (volumes over the fs store and S3)', script: 'dist/bench/vault-bench.js' },
 ];
 
 let failed = 0;
