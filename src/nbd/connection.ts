@@ -77,7 +77,7 @@ export class NbdConnection {
     this.handshakeTimer.unref();
     this.write([encodeGreeting()]);
     this.handshake().catch((err) => {
-      if (err instanceof ProtocolViolation) this.die(err.message, 'warn');
+      if (err instanceof ProtocolViolation) this.die(err.message, 'warn', true);
       else this.die(`handshake failed: ${describeError(err)}`, isTerminal(this.state) ? 'debug' : 'error');
     });
   }
@@ -169,7 +169,7 @@ export class NbdConnection {
     if (!this.reader || isTerminal(this.state)) return;
     const result = this.reader.run(() => this.mustStopParsing());
     if (result === 'desync') {
-      this.die('bad request magic: lost synchronisation', 'warn');
+      this.die('bad request magic: lost synchronisation', 'warn', true);
       return;
     }
     const stop = result === 'stopped' || this.mustStopParsing();
@@ -277,13 +277,20 @@ export class NbdConnection {
     this.socket.end();
   }
 
-  /** Unrecoverable: drop the socket at once. */
-  private die(why: string, level: 'debug' | 'warn' | 'error'): void {
+  /** Unrecoverable: stop reading and drop the socket. With `flushFirst`, replies already
+   *  written (e.g. the ACKs before a 33rd option) still go out, then the socket closes. */
+  private die(why: string, level: 'debug' | 'warn' | 'error', flushFirst = false): void {
     if (isTerminal(this.state)) return;
     this.fsm.enter('dead', why);
     this.opts.logger[level]({ conn: this.id, why, remote: this.socket.remoteAddress }, 'connection dropped');
     this.teardown();
-    this.socket.destroy();
+    if (flushFirst && !this.socket.destroyed) {
+      this.socket.pause();
+      this.socket.end();
+      setTimeout(() => this.socket.destroy(), 2000).unref();
+    } else {
+      this.socket.destroy();
+    }
   }
 
   private teardown(): void {

@@ -17,7 +17,8 @@ export interface NbdServerProcessOptions {
   /** Anything else for `serve` (e.g. ['--max-connections', '4']). */
   readonly extraArgs?: readonly string[];
   readonly socketPath?: string;
-  readonly logLevel?: string;
+  /** info (default) or debug: the port is read from the info-level "listening" line. */
+  readonly logLevel?: 'info' | 'debug';
   readonly startTimeoutMs?: number;
 }
 
