@@ -22,8 +22,9 @@ export function transmissionFlags(caps: ExportCaps, structuredReplies: boolean):
   // Write-type features are meaningless on a read-only export (nbdkit hides them too).
   if (!caps.readOnly && caps.canTrim) flags |= NBD_FLAG_SEND_TRIM;
   if (!caps.readOnly && caps.canZero) {
-    flags |= NBD_FLAG_SEND_WRITE_ZEROES;
-    if (caps.canFastZero) flags |= NBD_FLAG_SEND_FAST_ZERO;
+    // FAST_ZERO is advertised whenever zeroing is (as nbdkit): an export that cannot zero fast
+    // answers FAST_ZERO requests with ENOTSUP at once (request-validation.ts), as the spec allows.
+    flags |= NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FAST_ZERO;
   }
   if (structuredReplies) flags |= NBD_FLAG_SEND_DF;
   if (caps.canMultiConn) flags |= NBD_FLAG_CAN_MULTI_CONN;
