@@ -50,10 +50,12 @@ export async function startNbdServerProcess(opts: NbdServerProcessOptions): Prom
     const timer = setTimeout(() => reject(new Error(`server did not start: ${stderr}`)), opts.startTimeoutMs ?? 15_000);
     child.stderr!.on('data', (d: Buffer) => {
       stderr += d.toString();
-      for (const line of stderr.split('\n')) {
+      const complete = stderr.slice(0, stderr.lastIndexOf('\n') + 1); // whole lines only
+      for (const line of complete.split('\n')) {
         if (!line.includes('"listening"') || !line.includes('"port"')) continue;
         clearTimeout(timer);
         resolvePort(JSON.parse(line).port);
+        return;
       }
     });
     void exit.then((code) => {

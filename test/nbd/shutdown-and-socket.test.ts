@@ -38,7 +38,7 @@ test('SIGINT with requests in flight: every request answered (0 or ESHUTDOWN), e
 
 test('SIGTERM on an idle server exits 0', async () => {
   const srv = await startNbdServerProcess({ memory: ['disk=1M'] });
-  assert.equal(await srv.stop('SIGTERM'), 0);
+  assert.equal(await srv.stop('SIGTERM'), 0, srv.log());
 });
 
 test('Unix socket: qemu-io writes and reads back over nbd+unix', async () => {
