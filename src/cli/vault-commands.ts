@@ -4,14 +4,23 @@ import type { Command } from 'commander';
 import { VaultError } from '../errors';
 import { formatSize, parseSize } from '../util/size';
 import { Progress } from './progress';
+import { adminRequest } from './admin-socket';
 import { addSettings, resolveSettings } from './settings';
 import { openVaultContext, VAULT_SETTINGS, type VaultContext, type VaultSettings } from './vault-context';
 
-async function withVault<T>(opts: Record<string, unknown>, fn: (ctx: VaultContext) => Promise<T>, create = false): Promise<T> {
+/** resize and delete change what a running server may be serving: refuse while one runs here. */
+async function refuseWhileServed(ctx: VaultContext, stateDir: string, what: string): Promise<void> {
+  const ping = await adminRequest(stateDir, { op: 'ping' });
+  if (ping && ping.vaultId === ctx.vault.vaultId) {
+    throw new VaultError('ERR_LEASE', `a server is serving this vault (state ${stateDir}): stop it before you ${what}`);
+  }
+}
+
+async function withVault<T>(opts: Record<string, unknown>, fn: (ctx: VaultContext, s: VaultSettings) => Promise<T>, create = false): Promise<T> {
   const s = resolveSettings(opts, VAULT_SETTINGS) as VaultSettings;
   const ctx = await openVaultContext({ ...s, logLevel: opts.logLevel === undefined && !process.env.NBD_VAULT_LOG_LEVEL ? 'warn' : s.logLevel }, { create });
   try {
-    return await fn(ctx);
+    return await fn(ctx, s);
   } finally {
     await ctx.close();
   }
@@ -94,7 +103,8 @@ export function registerVaultCommands(program: Command): void {
     .option('--force', 'allow shrinking (discards the data past the new end)')
     .action(async (name: string, opts) => {
       const size = sizeArg(opts.size);
-      await withVault(opts, async (ctx) => {
+      await withVault(opts, async (ctx, s) => {
+        await refuseWhileServed(ctx, s.state, 'resize a volume');
         const r = await ctx.vault.resizeVolume(name, size, Boolean(opts.force));
         out(`resized volume ${name} from ${formatSize(r.oldSize)} to ${formatSize(r.newSize)}`);
       });
@@ -110,7 +120,8 @@ export function registerVaultCommands(program: Command): void {
         rl.close();
         if (answer.trim() !== name) throw new VaultError('ERR_INVALID_ARGUMENT', 'not confirmed; nothing deleted');
       }
-      await withVault(opts, async (ctx) => {
+      await withVault(opts, async (ctx, s) => {
+        await refuseWhileServed(ctx, s.state, 'delete a volume');
         const bar = new Progress(`deleting ${name}`, 0, 'objects');
         const n = await ctx.vault.deleteVolume(name, (done, total) => bar.update(done, total));
         bar.done();

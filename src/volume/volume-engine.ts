@@ -346,7 +346,11 @@ export class VolumeEngine implements Export {
         this.manifestChangedSinceCommit = true;
         if (old.id !== null && old.epoch === this.epoch) this.pendingDeletes.push(chunkKey(this.objects.volumeId, old.id));
       }
-      if (this.writeCache.settle(i, d) && data !== null && entry.id !== null) this.readCache.set(i, data);
+      // Keep what was just written for readers, unless writes are streaming in (the cache is
+      // under pressure): an import would only push the read cache's working set out, and the
+      // memory of both caches would be in use at once.
+      const streaming = this.writeCache.sizeBytes >= this.opts.dirtyLimitBytes / 2;
+      if (this.writeCache.settle(i, d) && data !== null && entry.id !== null && !streaming) this.readCache.set(i, data);
     } catch (err) {
       d.error = err;
       this.logger.error({ volume: this.name, chunk: i, err: describeError(err) }, 'chunk upload failed; kept in the write cache');

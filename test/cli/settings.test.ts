@@ -1,0 +1,37 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { resolveSettings, envName } from '../../src/cli/settings';
+import { VaultError } from '../../src/errors';
+
+const dir = mkdtempSync(join(tmpdir(), 'nbd-vault-settings-'));
+const config = (doc: unknown) => {
+  const p = join(dir, `c${Math.random().toString(36).slice(2)}.json`);
+  writeFileSync(p, typeof doc === 'string' ? doc : JSON.stringify(doc));
+  return p;
+};
+
+test('flag > environment > config file > default', () => {
+  const file = config({ store: 'from-file', dirtyLimit: '1G', listen: '0.0.0.0:1' });
+  const env = { NBD_VAULT_STORE: 'from-env', NBD_VAULT_LISTEN: '127.0.0.1:2' };
+  const s = resolveSettings({ config: file, listen: '127.0.0.1:3' }, ['store', 'dirtyLimit', 'listen', 'readCache', 'acceptRollback'], env);
+  assert.equal(s.listen, '127.0.0.1:3', 'flag wins');
+  assert.equal(s.store, 'from-env', 'env beats the file');
+  assert.equal(s.dirtyLimit, 2 ** 30, 'the file beats the default, sizes parsed');
+  assert.equal(s.readCache, 256 * 2 ** 20, 'default');
+  assert.equal(s.acceptRollback, false);
+  assert.equal(envName('uploadConcurrency'), 'NBD_VAULT_UPLOAD_CONCURRENCY');
+});
+
+test('malformed configuration fails with a message naming the culprit', () => {
+  const fails = (fn: () => unknown, re: RegExp) => assert.throws(fn, (e: VaultError) => e.code === 'ERR_INVALID_ARGUMENT' && re.test(e.message));
+  fails(() => resolveSettings({ config: config({ stroe: 'x' }) }, ['store'], {}), /unknown setting "stroe"/);
+  fails(() => resolveSettings({ config: config('{not json') }, ['store'], {}), /cannot read config file/);
+  fails(() => resolveSettings({ config: config([1, 2]) }, ['store'], {}), /must hold a JSON object/);
+  fails(() => resolveSettings({ config: join(dir, 'missing.json') }, ['store'], {}), /no such file/);
+  fails(() => resolveSettings({}, ['dirtyLimit'], { NBD_VAULT_DIRTY_LIMIT: 'lots' }), /\$NBD_VAULT_DIRTY_LIMIT: not a size/);
+  fails(() => resolveSettings({ workers: 'two' }, ['workers'], {}), /option --workers: expected a whole number/);
+  fails(() => resolveSettings({ config: config({ acceptRollback: 'maybe' }) }, ['acceptRollback'], {}), /expected true or false/);
+});

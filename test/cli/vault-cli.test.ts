@@ -1,0 +1,92 @@
+// The CLI as scripts use it: exit codes, --json, messages, progress only on a terminal.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { readFileSync, writeFileSync, readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { makeTestVault } from '../helpers/vault-server';
+
+function files(dir: string): string[] {
+  return readdirSync(dir).flatMap((n) => (statSync(join(dir, n)).isDirectory() ? files(join(dir, n)) : [join(dir, n)]));
+}
+
+test('volume commands: JSON output, exit codes 0/1/2, clear messages', async (t) => {
+  const v = await makeTestVault();
+  t.after(() => v.cleanup());
+  const created = JSON.parse((await v.cli('volume', 'create', 'a', '--size', '1G', '--json')).stdout);
+  assert.equal(created.size, 2 ** 30);
+  const list = JSON.parse((await v.cli('volume', 'list', '--json')).stdout);
+  assert.deepEqual(list.map((x: any) => [x.name, x.size, x.allocated, x.snapshots]), [['a', 2 ** 30, 0, 0]]);
+  const dup = await v.cliResult('volume', 'create', 'a', '--size', '1G');
+  assert.equal(dup.code, 1);
+  assert.match(dup.stderr, /a volume named "a" exists already/);
+  const usage = await v.cliResult('volume', 'create', 'b');
+  assert.equal(usage.code, 2, 'a missing option is a usage error');
+  const badSize = await v.cliResult('volume', 'create', 'b', '--size', 'huge');
+  assert.equal(badSize.code, 2);
+  assert.match(badSize.stderr, /not a size: "huge"/);
+  const missing = await v.cliResult('volume', 'info', 'nope');
+  assert.equal(missing.code, 1);
+  assert.match(missing.stderr, /no volume named "nope"/);
+  const shrink = await v.cliResult('volume', 'resize', 'a', '--size', '512M');
+  assert.equal(shrink.code, 2);
+  assert.match(shrink.stderr, /add --force/);
+  await v.cli('volume', 'resize', 'a', '--size', '2G');
+  assert.equal(JSON.parse((await v.cli('volume', 'info', 'a', '--json')).stdout).size, 2 * 2 ** 30);
+  const noYes = await v.cliResult('volume', 'delete', 'a');
+  assert.equal(noYes.code, 2, 'delete without --yes in a pipe refuses');
+  assert.match(noYes.stderr, /add --yes/);
+});
+
+test('import, export, verify, diff and gc from the command line; quiet in pipes', async (t) => {
+  const v = await makeTestVault();
+  t.after(() => v.cleanup());
+  await v.cli('volume', 'create', 'd', '--size', '32M');
+  const img = Buffer.alloc(20 * 2 ** 20);
+  randomBytes(6 * 2 ** 20).copy(img, 2 ** 20);
+  writeFileSync(join(v.dir, 'in.img'), img);
+  const imp = await v.cli('import', join(v.dir, 'in.img'), 'd');
+  assert.match(imp.stdout, /imported 20 MiB .* into d \(\d+ zero chunks skipped\)/);
+  assert.doesNotMatch(imp.stderr, /\[#|%/, 'no progress bar when stderr is not a terminal');
+  await v.cli('snapshot', 'd', 'one');
+  await v.cli('export', 'd@one', join(v.dir, 'out.img'));
+  const out = readFileSync(join(v.dir, 'out.img'));
+  assert.equal(out.length, 32 * 2 ** 20);
+  assert.ok(out.subarray(0, img.length).equals(img) && out.subarray(img.length).every((b) => b === 0));
+  const diff0 = JSON.parse((await v.cli('diff', 'd@one', 'd', '--json')).stdout);
+  assert.equal(diff0.changedBytes, 0);
+
+  const ok = JSON.parse((await v.cli('verify', '--all', '--json')).stdout);
+  assert.equal(ok.ok, true);
+  // damage one chunk object on disk: verify names its byte range and exits 1
+  const victim = files(join(v.dir, 'data')).find((p) => p.includes('/chunks/'))!;
+  const bytes = readFileSync(victim);
+  bytes[bytes.length - 5] ^= 0x80;
+  writeFileSync(victim, bytes);
+  const bad = await v.cliResult('verify', 'd');
+  assert.equal(bad.code, 1);
+  assert.match(bad.stdout, /d: DAMAGED 1 of 2 chunks\n {2}bytes \d+-\d+ \(chunk \d\): .*authentication failed/);
+  const gc = await v.cli('gc', '--dry-run', '--grace', '0');
+  assert.match(gc.stdout, /would remove 0 unreferenced objects/);
+  const badGrace = await v.cliResult('gc', '--grace', 'soon');
+  assert.equal(badGrace.code, 2);
+});
+
+test('resize and delete refuse while a server serves the vault; snapshot goes through it', async (t) => {
+  const v = await makeTestVault();
+  t.after(() => v.cleanup());
+  await v.cli('volume', 'create', 'live', '--size', '64M');
+  const srv = await v.serve();
+  t.after(() => srv.kill());
+  const r = await v.cliResult('volume', 'resize', 'live', '--size', '128M');
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /a server is serving this vault/);
+  const d = await v.cliResult('volume', 'delete', 'live', '--yes');
+  assert.equal(d.code, 1);
+  const i = await v.cliResult('import', join(v.dir, 'nothing.img'), 'live');
+  assert.equal(i.code, 1);
+  const s = await v.cli('snapshot', 'live');
+  assert.match(s.stdout, /created snapshot live@\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ .* through the running server/);
+  assert.equal(await srv.stop(), 0);
+  await v.cli('volume', 'resize', 'live', '--size', '128M');
+});
