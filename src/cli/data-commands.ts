@@ -12,22 +12,10 @@ import type { VolumeEngine } from '../volume/volume-engine';
 import { formatSize } from '../util/size';
 import { adminRequest } from './admin-socket';
 import { Progress } from './progress';
-import { addSettings, resolveSettings } from './settings';
-import { openVaultContext, VAULT_SETTINGS, type VaultContext, type VaultSettings } from './vault-context';
+import { addSettings } from './settings';
+import { out, VAULT_SETTINGS, withVault, type VaultContext } from './vault-context';
 
-function out(text: string): void {
-  process.stdout.write(text.endsWith('\n') ? text : text + '\n');
-}
 
-async function withVault<T>(opts: Record<string, unknown>, fn: (ctx: VaultContext, s: VaultSettings) => Promise<T>): Promise<T> {
-  const s = resolveSettings(opts, VAULT_SETTINGS) as VaultSettings;
-  const ctx = await openVaultContext({ ...s, logLevel: opts.logLevel ? s.logLevel : 'warn' });
-  try {
-    return await fn(ctx, s);
-  } finally {
-    await ctx.close();
-  }
-}
 
 async function openForRead(ctx: VaultContext, spec: string): Promise<VolumeEngine> {
   const [volume, snap] = splitExportName(spec);

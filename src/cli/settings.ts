@@ -74,6 +74,8 @@ export function resolveSettings<N extends SettingName>(
   opts: Record<string, unknown>,
   names: readonly N[],
   env: NodeJS.ProcessEnv = process.env,
+  /** command-specific defaults (e.g. one-shot commands log at 'warn') */
+  defaults: Partial<Record<SettingName, string | number | boolean>> = {},
 ): Pick<Settings, N> & Partial<Settings> {
   const configPath = (opts.config as string | undefined) ?? env.NBD_VAULT_CONFIG;
   const file = configPath ? readConfigFile(configPath) : {};
@@ -85,7 +87,7 @@ export function resolveSettings<N extends SettingName>(
     if (opts[n] !== undefined) [raw, from] = [opts[n], `option ${s.flag.split(' ')[0]}`];
     else if (env[envName(n)] !== undefined && env[envName(n)] !== '') [raw, from] = [env[envName(n)], `$${envName(n)}`];
     else if (n in file) [raw, from] = [file[n], `"${n}" in ${configPath}`];
-    else [raw, from] = [s.def, 'default'];
+    else [raw, from] = [n in defaults ? defaults[n] : s.def, 'default'];
     out[n] = raw === undefined ? undefined : coerce(s.kind, raw, from);
   }
   return out as Pick<Settings, N>;

@@ -7,22 +7,17 @@ import { VaultError } from '../errors';
 import type { SnapshotRecord } from '../volume/snapshot-record';
 import { formatSize } from '../util/size';
 import { adminRequest } from './admin-socket';
-import { addSettings, resolveSettings } from './settings';
-import { openVaultContext, VAULT_SETTINGS, type VaultSettings } from './vault-context';
+import { addSettings } from './settings';
+import { out, VAULT_SETTINGS, withVault } from './vault-context';
 
-function out(text: string): void {
-  process.stdout.write(text.endsWith('\n') ? text : text + '\n');
-}
 
 export function defaultSnapshotName(now = new Date()): string {
   return now.toISOString().replace(/\.\d+Z$/, 'Z').replace(/:/g, '-');
 }
 
 async function createSnapshot(volume: string, name: string | undefined, opts: Record<string, unknown>): Promise<void> {
-  const s = resolveSettings(opts, VAULT_SETTINGS) as VaultSettings;
   const snapName = name ?? defaultSnapshotName();
-  const ctx = await openVaultContext({ ...s, logLevel: opts.logLevel ? s.logLevel : 'warn' });
-  try {
+  await withVault(opts, async (ctx, s) => {
     const started = process.hrtime.bigint();
     const reply = await adminRequest(s.state, { op: 'snapshot', volume, name: snapName });
     let record: SnapshotRecord;
@@ -38,9 +33,7 @@ async function createSnapshot(volume: string, name: string | undefined, opts: Re
     const ms = Number(process.hrtime.bigint() - started) / 1e6;
     if (opts.json) out(JSON.stringify({ volume, name: record.name, createdAt: record.createdAt, size: record.size, ms: Math.round(ms) }));
     else out(`created snapshot ${volume}@${record.name} (${formatSize(record.size)}) ${via} in ${ms.toFixed(0)} ms`);
-  } finally {
-    await ctx.close();
-  }
+  });
 }
 
 export function registerSnapshotCommands(program: Command): void {
@@ -62,30 +55,20 @@ export function registerSnapshotCommands(program: Command): void {
   );
 
   addSettings(snap.command('list <volume>').description("List a volume's snapshots").option('--json', 'print JSON'), VAULT_SETTINGS).action(
-    async (volume: string, opts) => {
-      const s = resolveSettings(opts, VAULT_SETTINGS) as VaultSettings;
-      const ctx = await openVaultContext({ ...s, logLevel: opts.logLevel ? s.logLevel : 'warn' });
-      try {
+    async (volume: string, opts) =>
+      withVault(opts, async (ctx) => {
         const snaps = await ctx.vault.listSnapshots(volume);
         if (opts.json) return out(JSON.stringify(snaps.map((x) => ({ name: x.name, export: `${volume}@${x.name}`, createdAt: x.createdAt, size: x.size })), null, 2));
         if (snaps.length === 0) return out(`volume ${volume} has no snapshots`);
         for (const x of snaps) out(`${volume}@${x.name}  ${x.createdAt}  ${formatSize(x.size)}`);
-      } finally {
-        await ctx.close();
-      }
-    },
+      }),
   );
 
   addSettings(snap.command('delete <volume> <name>').description('Delete a snapshot and the objects only it referenced'), VAULT_SETTINGS).action(
-    async (volume: string, name: string, opts) => {
-      const s = resolveSettings(opts, VAULT_SETTINGS) as VaultSettings;
-      const ctx = await openVaultContext({ ...s, logLevel: opts.logLevel ? s.logLevel : 'warn' });
-      try {
+    async (volume: string, name: string, opts) =>
+      withVault(opts, async (ctx) => {
         const r = await ctx.vault.deleteSnapshot(volume, name);
         out(`deleted snapshot ${volume}@${name} (freed ${r.freedObjects} objects)`);
-      } finally {
-        await ctx.close();
-      }
-    },
+      }),
   );
 }

@@ -5,8 +5,8 @@ import { VaultError } from '../errors';
 import { formatSize, parseSize } from '../util/size';
 import { Progress } from './progress';
 import { adminRequest } from './admin-socket';
-import { addSettings, resolveSettings } from './settings';
-import { openVaultContext, VAULT_SETTINGS, type VaultContext, type VaultSettings } from './vault-context';
+import { addSettings } from './settings';
+import { out, VAULT_SETTINGS, withVault, type VaultContext } from './vault-context';
 
 /** resize and delete change what a running server may be serving: refuse while one runs here. */
 async function refuseWhileServed(ctx: VaultContext, stateDir: string, what: string): Promise<void> {
@@ -16,19 +16,7 @@ async function refuseWhileServed(ctx: VaultContext, stateDir: string, what: stri
   }
 }
 
-async function withVault<T>(opts: Record<string, unknown>, fn: (ctx: VaultContext, s: VaultSettings) => Promise<T>, create = false): Promise<T> {
-  const s = resolveSettings(opts, VAULT_SETTINGS) as VaultSettings;
-  const ctx = await openVaultContext({ ...s, logLevel: opts.logLevel === undefined && !process.env.NBD_VAULT_LOG_LEVEL ? 'warn' : s.logLevel }, { create });
-  try {
-    return await fn(ctx, s);
-  } finally {
-    await ctx.close();
-  }
-}
 
-function out(text: string): void {
-  process.stdout.write(text.endsWith('\n') ? text : text + '\n');
-}
 
 function sizeArg(text: string): number {
   return parseSize(text);
@@ -39,7 +27,7 @@ export function registerVaultCommands(program: Command): void {
     program.command('init').description('Create a vault in the store (refuses a store that holds one)'),
     VAULT_SETTINGS,
   ).action(async (opts) => {
-    await withVault(opts, async (ctx) => out(`created vault ${ctx.vault.vaultId} in ${ctx.store.name}`), true);
+    await withVault(opts, async (ctx) => out(`created vault ${ctx.vault.vaultId} in ${ctx.store.name}`), { create: true });
   });
 
   const volume = program.command('volume').description('Create, list, inspect, resize and delete volumes');

@@ -11,7 +11,7 @@ import { openStore } from '../store';
 import type { ObjectStore } from '../store/object-store';
 import { createLogger, setLogger, type Logger } from '../util/log';
 import { Vault } from '../volume/vault';
-import { VAULT_SETTINGS, type Settings } from './settings';
+import { resolveSettings, VAULT_SETTINGS, type Settings } from './settings';
 
 export { VAULT_SETTINGS };
 export type VaultSettings = Pick<Settings, (typeof VAULT_SETTINGS)[number]>;
@@ -90,4 +90,22 @@ export async function openVaultContext(s: VaultSettings, opts: OpenVaultOptions 
     }
     throw err;
   }
+}
+
+/**
+ * Run a one-shot command against the vault: resolve the vault settings of a parsed command,
+ * open, run, close. One-shot commands log at 'warn' unless a level is set anywhere.
+ */
+export async function withVault<T>(opts: Record<string, unknown>, fn: (ctx: VaultContext, s: VaultSettings) => Promise<T>, open: OpenVaultOptions = {}): Promise<T> {
+  const s = resolveSettings(opts, VAULT_SETTINGS, process.env, { logLevel: 'warn' }) as VaultSettings;
+  const ctx = await openVaultContext(s, open);
+  try {
+    return await fn(ctx, s);
+  } finally {
+    await ctx.close();
+  }
+}
+
+export function out(text: string): void {
+  process.stdout.write(text.endsWith('\n') ? text : text + '\n');
 }

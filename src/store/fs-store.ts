@@ -16,7 +16,7 @@
 //   never a mix, plus perhaps a `~tmp-*` file that list ignores.
 // - ifNoneMatch '*' uses link(temp, final), which fails with EEXIST if the key exists: atomic even
 //   across processes sharing the directory.
-// - ifMatch compares the current etag and renames under a per-key in-process lock (KeyMutex): atomic
+// - ifMatch compares the current etag and renames under a per-key in-process lock (KeyedMutex): atomic
 //   within one process; two processes doing ifMatch on one key are NOT serialised (use s3 for that).
 // - delete is idempotent; empty directories are left in place (removing them would race with puts).
 // - Errors: ENOENT on read → ERR_STORE_NOT_FOUND; EACCES/EPERM/EROFS → ERR_STORE_DENIED; a file with a
@@ -27,7 +27,7 @@ import * as path from 'node:path';
 import { VaultError, isVaultError } from '../errors';
 import type { ObjectInfo, ObjectStore, PutOptions, StoredObject, StoreProps } from './object-store';
 import { checkKey, checkPrefix } from './keys';
-import { KeyMutex } from './key-mutex';
+import { KeyedMutex } from '../util/keyed-mutex';
 import { compareKeys } from './memory-store';
 
 const MAGIC = Buffer.from('NBDVOBJ1', 'ascii');
@@ -45,7 +45,7 @@ export class FsStore implements ObjectStore {
   readonly props: StoreProps;
   readonly root: string;
   private readonly fsync: boolean;
-  private readonly locks = new KeyMutex();
+  private readonly locks = new KeyedMutex<string>();
 
   constructor(root: string, opts: FsStoreOptions = {}) {
     if (typeof root !== 'string' || root === '') {

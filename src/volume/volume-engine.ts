@@ -16,7 +16,7 @@ import { CHUNK_SIZE, chunkCount, chunkLength, splitRange, type ChunkSpan } from 
 import { Manifest, PAGE_ENTRIES, type Entry, type PageRef } from './manifest';
 import type { RootRecord } from './root-record';
 import { ROOT_FORMAT } from './root-record';
-import { KeyedMutex } from './keyed-mutex';
+import { KeyedMutex } from '../util/keyed-mutex';
 import { ReadCache } from './read-cache';
 import { WriteCache, type DirtyChunk } from './write-cache';
 import type { VolumeObjects } from './volume-objects';

@@ -1,5 +1,7 @@
-// Serialises async work per key (here: per chunk), so read-modify-write of one chunk never
-// interleaves with another write to it. Work on different keys runs concurrently.
+// KeyedMutex: per-key mutual exclusion inside one process (a chunk index in volume/, an object key
+// in the fs store). run(key, fn) starts fn only after every earlier run() for the same key has
+// settled, in call order; different keys never wait for each other; a key's memory is released
+// when its queue drains. It does not protect against other processes.
 
 export class KeyedMutex<K> {
   private readonly tails = new Map<K, Promise<void>>();
