@@ -6,7 +6,7 @@ import { randomBytes, createHash } from 'node:crypto';
 import { readFileSync, writeFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { runCommand } from '../helpers/fuse-disk';
-import { makeTestVault, startVaultServer, s3Required, testS3Url } from '../helpers/vault-server';
+import { makeTestVault, startVaultServer, s3Available } from '../helpers/vault-server';
 
 const MiB = 2 ** 20;
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
@@ -44,10 +44,7 @@ test('first run: `serve` in an empty directory creates a key, a vault and a defa
 });
 
 for (const backend of ['fs', 's3'] as const) test(`qemu-img convert into a volume and back, nbdcopy, qemu-io and fio on the ${backend} store`, async (t) => {
-  if (backend === 's3' && !testS3Url()) {
-    if (s3Required()) assert.fail('NBD_VAULT_TEST_S3_URL is not set but NBD_VAULT_REQUIRE_S3=1');
-    return t.skip('no S3 gateway (run scripts/test.sh or scripts/rgw.sh start)');
-  }
+  if (backend === 's3' && !s3Available(t)) return;
   const v = await makeTestVault({ s3: backend === 's3' });
   t.after(() => v.cleanup());
   await v.cli('volume', 'create', 'disk', '--size', '64M');

@@ -6,7 +6,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { attachNbdAsFile, fuseLoopUnavailableReason, mkfsAndMount, mountDevice, runCommand, treeChecksum, unmount, waitFor } from '../helpers/fuse-disk';
-import { makeTestVault, s3Required, testS3Url } from '../helpers/vault-server';
+import { makeTestVault, s3Available } from '../helpers/vault-server';
 import { openStore } from '../../src/store';
 
 /** Chunk objects in the vault's store, counted through the store itself (fs or S3). */
@@ -22,10 +22,7 @@ export async function countChunkObjects(storeUrl: string): Promise<number> {
 }
 
 for (const backend of ['fs', 's3'] as const) test(`ext4 on a vault volume (${backend} store): files survive a restart, fstrim deletes chunk objects`, async (t) => {
-  if (backend === 's3' && !testS3Url()) {
-    if (s3Required()) assert.fail('NBD_VAULT_TEST_S3_URL is not set but NBD_VAULT_REQUIRE_S3=1');
-    return t.skip('no S3 gateway (run scripts/test.sh or scripts/rgw.sh start)');
-  }
+  if (backend === 's3' && !s3Available(t)) return;
   const unavailable = await fuseLoopUnavailableReason();
   if (unavailable) {
     if (process.env.NBD_VAULT_REQUIRE_ALL === '1') assert.fail(unavailable);

@@ -6,17 +6,14 @@ import { randomBytes, createHash } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { runCommand } from '../helpers/fuse-disk';
-import { makeTestVault, s3Required, testS3Url } from '../helpers/vault-server';
+import { makeTestVault, s3Available } from '../helpers/vault-server';
 import { openStore } from '../../src/store';
 
 const MiB = 2 ** 20;
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 test('a volume on S3 (RGW): qemu-img convert in and out, nbdcopy, restart, opaque object names', async (t) => {
-  if (!testS3Url()) {
-    if (s3Required()) assert.fail('NBD_VAULT_TEST_S3_URL is not set but NBD_VAULT_REQUIRE_S3=1');
-    return t.skip('no S3 gateway (run scripts/test.sh or scripts/rgw.sh start)');
-  }
+  if (!s3Available(t)) return;
   const v = await makeTestVault({ s3: true });
   t.after(() => v.cleanup());
   await v.cli('volume', 'create', 'vm-disk', '--size', '48M');

@@ -43,6 +43,14 @@ export function s3Required(): boolean {
   return process.env.NBD_VAULT_REQUIRE_S3 === '1';
 }
 
+/** For S3 tests: true when they can run; otherwise skips `t` (or fails it when S3 is required). */
+export function s3Available(t: { skip(message: string): void }): boolean {
+  if (testS3Url()) return true;
+  if (s3Required()) throw new Error('NBD_VAULT_TEST_S3_URL is not set but NBD_VAULT_REQUIRE_S3=1');
+  t.skip('no S3 gateway (run scripts/test.sh or scripts/rgw.sh start DIR PORT)');
+  return false;
+}
+
 export async function makeTestVault(opts: { s3?: boolean; init?: boolean } = {}): Promise<TestVault> {
   const dir = mkdtempSync(join(tmpdir(), 'nbd-vault-e2e-'));
   let storeUrl = join(dir, 'data');
