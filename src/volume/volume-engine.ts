@@ -17,6 +17,7 @@ import { Manifest, PAGE_ENTRIES, type Entry, type PageRef } from './manifest';
 import type { RootRecord } from './root-record';
 import { ROOT_FORMAT } from './root-record';
 import { KeyedMutex } from '../util/keyed-mutex';
+import { ChunkBufferPool } from './chunk-buffer-pool';
 import { ReadCache } from './read-cache';
 import { WriteCache, type DirtyChunk } from './write-cache';
 import type { VolumeObjects } from './volume-objects';
@@ -54,6 +55,7 @@ export class VolumeEngine implements Export {
   private readonly readCache: ReadCache;
   private readonly writeCache: WriteCache;
   private readonly chunkLocks = new KeyedMutex<number>();
+  private readonly buffers = new ChunkBufferPool(CHUNK_SIZE, 16);
   private readonly fetches = new Map<string, Promise<Buffer>>();
   private uploadsInFlight = 0;
   private readonly uploadWaiters = new Set<() => void>();
@@ -281,20 +283,20 @@ export class VolumeEngine implements Export {
       this.assertWritable();
       let content: Buffer | null;
       if (s.whole) {
-        content = data === null ? null : chunkBuffer(s.chunkLength, data);
+        content = data === null ? null : this.buffers.take(s.chunkLength, data);
       } else {
         const d = this.writeCache.get(i);
         let base: Buffer | null;
         if (d && !d.uploading) base = d.data; // ours to modify in place
         else {
           const current = await this.chunkContent(i, false);
-          base = current === null ? null : chunkBuffer(s.chunkLength, current); // copy: caches and uploads are frozen
+          base = current === null ? null : this.buffers.take(s.chunkLength, current); // copy: caches and uploads are frozen
         }
         if (base === null && data === null) {
           if (!d) return; // zeroing part of a zero chunk
           content = null;
         } else {
-          if (base === null) base = chunkBuffer(s.chunkLength);
+          if (base === null) base = this.buffers.take(s.chunkLength);
           if (data === null) base.fill(0, s.chunkOffset, s.chunkOffset + s.length);
           else data.copy(base, s.chunkOffset);
           content = base;
@@ -350,7 +352,9 @@ export class VolumeEngine implements Export {
       // under pressure): an import would only push the read cache's working set out, and the
       // memory of both caches would be in use at once.
       const streaming = this.writeCache.sizeBytes >= this.opts.dirtyLimitBytes / 2;
-      if (this.writeCache.settle(i, d) && data !== null && entry.id !== null && !streaming) this.readCache.set(i, data);
+      const settled = this.writeCache.settle(i, d);
+      if (settled && data !== null && entry.id !== null && !streaming) this.readCache.set(i, data);
+      else if (data !== null && this.writeCache.get(i)?.data !== data) this.buffers.give(data); // nobody holds it now
     } catch (err) {
       d.error = err;
       this.logger.error({ volume: this.name, chunk: i, err: describeError(err) }, 'chunk upload failed; kept in the write cache');
@@ -551,13 +555,3 @@ export class VolumeEngine implements Export {
 }
 
 export { BugError };
-
-/**
- * A chunk's buffer, in shared memory: the codec's workers read it without a copy (it is frozen
- * while an upload holds it). Zero-filled, or a copy of `from`.
- */
-function chunkBuffer(length: number, from?: Buffer): Buffer {
-  const buf = Buffer.from(new SharedArrayBuffer(length));
-  if (from) from.copy(buf);
-  return buf;
-}
