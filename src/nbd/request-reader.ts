@@ -16,11 +16,16 @@ export interface NbdRequest {
   /** Byte offset; above 2^53 it is approximate but still larger than any export. */
   readonly offset: number;
   readonly length: number;
-  /** The WRITE payload (exactly `length` bytes), or null for other commands and dropped payloads. */
-  readonly payload: Buffer | null;
+  /** The WRITE payload (exactly `length` bytes): one Buffer, or for a large payload that spans
+   *  socket chunks, the pieces of those chunks in order (no copy); null for other commands and
+   *  dropped payloads. */
+  readonly payload: Buffer | readonly Buffer[] | null;
   /** A WRITE whose payload exceeded maxPayload: the bytes were read and thrown away. */
   readonly payloadDropped: boolean;
 }
+
+/** Payloads at least this large are handed over as socket-chunk pieces rather than copied. */
+export const ZERO_COPY_PAYLOAD_BYTES = 128 * 1024;
 
 export type ReaderState = 'header' | 'payload' | 'discard' | 'desync';
 
@@ -32,6 +37,9 @@ export class RequestReader {
   private headerFill = 0;
   private current: Omit<NbdRequest, 'payload' | 'payloadDropped'> | null = null;
   private payload: Buffer | null = null;
+  /** a large payload collected as pieces of socket chunks instead of copied */
+  private parts: Buffer[] | null = null;
+  private payloadLength = 0;
   private payloadFill = 0;
   private discardLeft = 0;
   private pending: Buffer[] = [];
@@ -76,10 +84,11 @@ export class RequestReader {
       case 'header':
         return this.consumeHeader(chunk);
       case 'payload': {
-        const n = Math.min(chunk.length, this.payload!.length - this.payloadFill);
-        chunk.copy(this.payload!, this.payloadFill, 0, n);
+        const n = Math.min(chunk.length, this.payloadLength - this.payloadFill);
+        if (this.parts) this.parts.push(n === chunk.length ? chunk : chunk.subarray(0, n));
+        else chunk.copy(this.payload!, this.payloadFill, 0, n);
         this.payloadFill += n;
-        if (this.payloadFill === this.payload!.length) this.finish(this.payload, false);
+        if (this.payloadFill === this.payloadLength) this.finish(this.parts ?? this.payload, false);
         return n;
       }
       case 'discard': {
@@ -135,15 +144,25 @@ export class RequestReader {
       return used + length;
     }
     this.state = 'payload';
-    this.payload = Buffer.allocUnsafe(length);
+    this.payloadLength = length;
     this.payloadFill = 0;
+    // Large payloads keep the socket's chunks (Node never reuses them): no allocation, no copy.
+    // Small ones are copied, so a 4 KiB write does not pin two 64 KiB socket chunks.
+    if (length >= ZERO_COPY_PAYLOAD_BYTES) {
+      this.parts = [];
+      this.payload = null;
+    } else {
+      this.parts = null;
+      this.payload = Buffer.allocUnsafe(length);
+    }
     return used;
   }
 
-  private finish(payload: Buffer | null, payloadDropped: boolean): void {
+  private finish(payload: Buffer | readonly Buffer[] | null, payloadDropped: boolean): void {
     const req: NbdRequest = { ...this.current!, payload, payloadDropped };
     this.current = null;
     this.payload = null;
+    this.parts = null;
     this.state = 'header';
     this.onRequest(req);
   }

@@ -12,12 +12,13 @@ export class ChunkBufferPool {
 
   constructor(readonly chunkSize: number, readonly maxBuffers: number) {}
 
-  /** A buffer of `length` bytes: zero-filled, or a copy of `from`. */
-  take(length: number, from?: Buffer): Buffer {
+  /** A buffer of `length` bytes: zero-filled, a copy of `from`, or with `'overwrite'`, left as
+   *  it is because the caller fills every byte. */
+  take(length: number, from?: Buffer | 'overwrite'): Buffer {
     const pooled = length === this.chunkSize ? this.free.pop() : undefined;
     const buf = pooled ?? Buffer.from(new SharedArrayBuffer(length));
-    if (from) from.copy(buf, 0, 0, length);
-    else if (pooled) buf.fill(0);
+    if (Buffer.isBuffer(from)) from.copy(buf, 0, 0, length);
+    else if (pooled && from !== 'overwrite') buf.fill(0);
     return buf;
   }
 

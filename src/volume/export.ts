@@ -39,6 +39,38 @@ export interface ZeroOptions extends WriteOptions {
   readonly fastZero?: boolean;
 }
 
+/** A write's bytes: one Buffer, or consecutive pieces of it (nbd/ hands over the socket's own
+ *  chunks for large payloads instead of copying them into one Buffer). */
+export type WriteData = Buffer | readonly Buffer[];
+
+export function writeDataLength(data: WriteData): number {
+  if (Buffer.isBuffer(data)) return data.length;
+  let n = 0;
+  for (const part of data as readonly Buffer[]) n += part.length;
+  return n;
+}
+
+/** Copy `length` bytes of `data`, starting at `from`, into `dst` at `at`. */
+export function copyWriteData(data: WriteData, from: number, dst: Buffer, at: number, length: number): void {
+  if (Buffer.isBuffer(data)) {
+    data.copy(dst, at, from, from + length);
+    return;
+  }
+  let skip = from;
+  for (const part of data as readonly Buffer[]) {
+    if (length === 0) return;
+    if (skip >= part.length) {
+      skip -= part.length;
+      continue;
+    }
+    const n = Math.min(part.length - skip, length);
+    part.copy(dst, at, skip, skip + n);
+    at += n;
+    length -= n;
+    skip = 0;
+  }
+}
+
 export interface Export {
   readonly name: string;
   readonly description: string;
@@ -47,7 +79,8 @@ export interface Export {
   readonly caps: ExportCaps;
 
   read(offset: number, length: number): Promise<Buffer>;
-  write(offset: number, data: Buffer, opts?: WriteOptions): Promise<void>;
+  /** The export may not change `data`; it may keep references to it (nbd/ never reuses it). */
+  write(offset: number, data: WriteData, opts?: WriteOptions): Promise<void>;
   /** Discard: the range may read back as anything afterwards; we make it read as zeros. */
   trim(offset: number, length: number, opts?: WriteOptions): Promise<void>;
   writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void>;

@@ -9,7 +9,7 @@
 // Assumes nbd/ validated ranges (contract in export.ts); a broken range throws BugError.
 import { BugError, VaultError } from '../errors';
 import { parseSize } from '../util/size';
-import type { Export, ExportCaps, ExportProvider, Extent, WriteOptions, ZeroOptions } from './export';
+import type { Export, ExportCaps, ExportProvider, Extent, WriteData, WriteOptions, ZeroOptions } from './export';
 
 export const MEMORY_PAGE_SIZE = 64 * 1024;
 
@@ -60,7 +60,8 @@ export class MemoryExport implements Export {
     return out;
   }
 
-  async write(offset: number, data: Buffer, _opts?: WriteOptions): Promise<void> {
+  async write(offset: number, input: WriteData, _opts?: WriteOptions): Promise<void> {
+    const data = Buffer.isBuffer(input) ? input : Buffer.concat(input as readonly Buffer[]);
     this.checkWritable(offset, data.length);
     let at = 0;
     while (at < data.length) {

@@ -11,7 +11,7 @@
 // Serialisation: writes to one chunk run under a per-chunk mutex; root commits run one at a time.
 import { VaultError, BugError, describeError } from '../errors';
 import type { Logger } from '../util/log';
-import type { Export, ExportCaps, Extent, WriteOptions, ZeroOptions } from './export';
+import { copyWriteData, writeDataLength, type Export, type ExportCaps, type Extent, type WriteData, type WriteOptions, type ZeroOptions } from './export';
 import { CHUNK_SIZE, chunkCount, chunkLength, splitRange, type ChunkSpan } from './chunk-math';
 import { Manifest, PAGE_ENTRIES, type Entry, type PageRef } from './manifest';
 import type { RootRecord } from './root-record';
@@ -242,9 +242,9 @@ export class VolumeEngine implements Export {
 
   // --- writes -----------------------------------------------------------------------------
 
-  async write(offset: number, data: Buffer, opts: WriteOptions = {}): Promise<void> {
+  async write(offset: number, data: WriteData, opts: WriteOptions = {}): Promise<void> {
     this.assertWritable();
-    await Promise.all(splitRange(offset, data.length, this.sizeBytes).map((s) => this.writeSpan(s, data.subarray(s.rangeOffset, s.rangeOffset + s.length))));
+    await Promise.all(splitRange(offset, writeDataLength(data), this.sizeBytes).map((s) => this.writeSpan(s, data)));
     if (opts.fua) await this.flush();
   }
 
@@ -275,15 +275,20 @@ export class VolumeEngine implements Export {
     if (opts.fua) await this.flush();
   }
 
-  /** Apply one span (data, or null for zeros) to its chunk, under the chunk's lock. */
-  private async writeSpan(s: ChunkSpan, data: Buffer | null): Promise<void> {
+  /** Apply one span of a write (`data` holds the whole write; null: zeros) to its chunk, under
+   *  the chunk's lock. */
+  private async writeSpan(s: ChunkSpan, data: WriteData | null): Promise<void> {
     const i = s.chunkIndex;
     if (!this.writeCache.get(i)) await this.writeCache.waitForRoom(s.chunkLength);
     await this.chunkLocks.run(i, async () => {
       this.assertWritable();
       let content: Buffer | null;
       if (s.whole) {
-        content = data === null ? null : this.buffers.take(s.chunkLength, data);
+        if (data === null) content = null;
+        else {
+          content = this.buffers.take(s.chunkLength, 'overwrite');
+          copyWriteData(data, s.rangeOffset, content, 0, s.length);
+        }
       } else {
         const d = this.writeCache.get(i);
         let base: Buffer | null;
@@ -298,7 +303,7 @@ export class VolumeEngine implements Export {
         } else {
           if (base === null) base = this.buffers.take(s.chunkLength);
           if (data === null) base.fill(0, s.chunkOffset, s.chunkOffset + s.length);
-          else data.copy(base, s.chunkOffset);
+          else copyWriteData(data, s.rangeOffset, base, s.chunkOffset, s.length);
           content = base;
         }
       }

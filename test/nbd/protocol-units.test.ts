@@ -222,3 +222,15 @@ test('memory export: sparse pages, holes in block status, trim frees pages', asy
   assert.equal(await p.open('a'), await p.open('a'), 'one shared instance per name');
   assert.equal(await p.open('zz'), null);
 });
+
+test('request reader: a large payload that spans socket chunks comes as their pieces, in order', () => {
+  const { reader, got } = collect(32 * 1024 * 1024);
+  const payload = Buffer.alloc(300 * 1024);
+  for (let i = 0; i < payload.length; i++) payload[i] = (i * 7) & 0xff;
+  const stream = Buffer.concat([request(1, 0, 9, 4096, payload.length, payload), request(0, 0, 10, 0, 1)]);
+  for (let i = 0; i < stream.length; i += 65536) reader.push(stream.subarray(i, i + 65536));
+  assert.equal(reader.run(() => false), 'need-more');
+  assert.equal(got.length, 2);
+  assert.ok(Array.isArray(got[0].payload), 'pieces, not a copy');
+  assert.ok(Buffer.concat(got[0].payload as Buffer[]).equals(payload));
+});
