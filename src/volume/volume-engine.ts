@@ -39,13 +39,16 @@ export interface EngineOptions {
   readonly onRootCommitted?: (seq: number) => Promise<void>;
 }
 
+/** how many recent chunk reads the readahead remembers (several sequential streams at once) */
+const RECENT_READS = 16;
+
 export const DEFAULT_ENGINE_OPTIONS: EngineOptions = {
   dirtyLimitBytes: 256 * 2 ** 20,
   readCacheBytes: 256 * 2 ** 20,
   uploadConcurrency: 16,
   writebackDelayMs: 1000,
   autoCommitMs: 5000,
-  readaheadChunks: 4,
+  readaheadChunks: 8,
   readOnly: false,
 };
 
@@ -71,7 +74,9 @@ export class VolumeEngine implements Export {
   private readonly origin: RootRecord['origin'];
   private timer: NodeJS.Timeout | null = null;
   private lastCommitMs = Date.now();
-  private lastReadChunk = -2;
+  /** chunks recently read, newest last: several sequential readers (nbdcopy's connections, a
+   *  guest's threads) each keep their own stream going */
+  private readonly recentReads: number[] = [];
   private closed = false;
 
   constructor(
@@ -198,8 +203,14 @@ export class VolumeEngine implements Export {
   }
 
   private readahead(i: number): void {
-    const sequential = i === this.lastReadChunk + 1 || i === this.lastReadChunk;
-    this.lastReadChunk = i;
+    const recent = this.recentReads;
+    const sequential = recent.includes(i - 1) || recent.includes(i);
+    if (recent[recent.length - 1] !== i) {
+      const at = recent.indexOf(i);
+      if (at >= 0) recent.splice(at, 1);
+      recent.push(i);
+      if (recent.length > RECENT_READS) recent.shift();
+    }
     if (!sequential || this.opts.readaheadChunks <= 0) return;
     const last = Math.min(chunkCount(this.sizeBytes) - 1, i + this.opts.readaheadChunks);
     for (let j = i + 1; j <= last; j++) this.prefetch(j);
