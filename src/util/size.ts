@@ -15,7 +15,7 @@ export function formatSize(bytes: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
   let v = bytes;
   let i = 0;
-  while (v >= 1024 && i < units.length - 1 && v % 1 === 0) {
+  while (v >= 1024 && i < units.length - 1) {
     v /= 1024;
     i++;
   }

@@ -35,3 +35,16 @@ test('malformed configuration fails with a message naming the culprit', () => {
   fails(() => resolveSettings({ workers: 'two' }, ['workers'], {}), /option --workers: expected a whole number/);
   fails(() => resolveSettings({ config: config({ acceptRollback: 'maybe' }) }, ['acceptRollback'], {}), /expected true or false/);
 });
+
+test('sizes: parse binary units, print the largest unit that fits', async () => {
+  const { parseSize, formatSize } = await import('../../src/util/size');
+  assert.equal(parseSize('4096'), 4096);
+  assert.equal(parseSize('256M'), 256 * 2 ** 20);
+  assert.equal(parseSize('10G'), 10 * 2 ** 30);
+  assert.equal(parseSize('1TiB'), 2 ** 40);
+  assert.throws(() => parseSize('ten'), (e: VaultError) => e.code === 'ERR_INVALID_ARGUMENT');
+  assert.throws(() => parseSize('99999999P'), (e: VaultError) => e.code === 'ERR_INVALID_ARGUMENT');
+  assert.equal(formatSize(2 ** 30), '1 GiB');
+  assert.equal(formatSize(50_000_000), '47.7 MiB');
+  assert.equal(formatSize(0), '0 B');
+});
