@@ -61,6 +61,8 @@ export class VolumeEngine implements Export {
   private readonly buffers = new ChunkBufferPool(CHUNK_SIZE, 16);
   private readonly fetches = new Map<string, Promise<Buffer>>();
   private uploadsInFlight = 0;
+  private kicking = false;
+  private kickAgain = false;
   private readonly uploadWaiters = new Set<() => void>();
   private flushWaiters = 0;
   /** objects no longer referenced once the next root is durable */
@@ -334,16 +336,32 @@ export class VolumeEngine implements Export {
     }
   }
 
-  /** Start uploads of the chunks that are due, up to the concurrency limit. */
+  /**
+   * Start uploads of the chunks that are due, up to the concurrency limit. Not reentrant: an
+   * upload of a zero chunk finishes synchronously and kicks again, which here only asks for
+   * another pass (thousands of trimmed chunks must not become thousands of stack frames).
+   */
   private kick(): void {
     if (this.closed && this.flushWaiters === 0) return;
-    const now = Date.now();
-    const pressure = this.writeCache.sizeBytes >= this.opts.dirtyLimitBytes / 2;
-    for (const [i, d] of this.writeCache.entries()) {
-      if (this.uploadsInFlight >= this.opts.uploadConcurrency) break;
-      if (d.uploading || d.error) continue;
-      const full = d.data === null || d.bytesWritten >= (d.data?.length ?? 0);
-      if (this.flushWaiters > 0 || pressure || full || now - d.lastWriteMs >= this.opts.writebackDelayMs) void this.upload(i, d);
+    if (this.kicking) {
+      this.kickAgain = true;
+      return;
+    }
+    this.kicking = true;
+    try {
+      do {
+        this.kickAgain = false;
+        const now = Date.now();
+        const pressure = this.writeCache.sizeBytes >= this.opts.dirtyLimitBytes / 2;
+        for (const [i, d] of this.writeCache.entries()) {
+          if (this.uploadsInFlight >= this.opts.uploadConcurrency) break;
+          if (d.uploading || d.error) continue;
+          const full = d.data === null || d.bytesWritten >= (d.data?.length ?? 0);
+          if (this.flushWaiters > 0 || pressure || full || now - d.lastWriteMs >= this.opts.writebackDelayMs) void this.upload(i, d);
+        }
+      } while (this.kickAgain);
+    } finally {
+      this.kicking = false;
     }
   }
 
