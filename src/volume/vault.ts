@@ -7,7 +7,7 @@
 //   and its name. Deleting it is crypto-erase; re-keying the master key reseals only these.
 // - The root's sequence number is checked against local state (rollback detection).
 import { randomBytes } from 'node:crypto';
-import { VaultError, isVaultError } from '../errors';
+import { VaultError, describeError, isVaultError } from '../errors';
 import type { Codec } from '../codec/codec';
 import type { ObjectPlace } from '../codec/object-place';
 import { SecretKey } from '../keys/secret-key';
@@ -131,7 +131,15 @@ export class Vault {
       const id = volumeIdOfKey(info.key);
       if (id && info.key === metaKey(id)) ids.push(id);
     }
-    const metas = await Promise.all(ids.map((id) => this.readMeta(id)));
+    // One damaged metadata object must not hide every other volume: it is logged and skipped.
+    const results = await Promise.allSettled(ids.map((id) => this.readMeta(id)));
+    const metas: VolumeMeta[] = [];
+    results.forEach((r, k) => {
+      if (r.status === 'fulfilled') {
+        r.value.key.wipe();
+        metas.push({ id: r.value.id, name: r.value.name, createdAt: r.value.createdAt });
+      } else this.opts.logger.error({ volumeId: ids[k], err: describeError(r.reason) }, 'volume metadata cannot be read; volume skipped');
+    });
     return metas.sort((a, b) => a.name.localeCompare(b.name));
   }
 

@@ -274,3 +274,16 @@ test('volumes: create, list, names never in object keys, delete erases key then 
   assert.equal(await countKeys(store, `volumes/${beta.id}/`, ''), 0);
   assert.deepEqual((await f.vault.listVolumes()).map((v) => v.name), ['alpha']);
 });
+
+test('a damaged volume metadata object hides only that volume', async (t) => {
+  const store = new MemoryStore();
+  const f = await makeVault(store);
+  t.after(() => f.cleanup());
+  const a = await f.vault.createVolume('a', MiB);
+  await f.vault.createVolume('b', MiB);
+  const meta = await store.get(`volumes/${a.id}/meta`);
+  const bad = Buffer.from(meta.body.toString().replace(/"info":"(.)/, (_m, c) => `"info":"${c === 'A' ? 'B' : 'A'}`));
+  await store.put(`volumes/${a.id}/meta`, bad);
+  assert.deepEqual((await f.vault.listVolumes()).map((v) => v.name), ['b']);
+  await assert.rejects(f.vault.openEngine('a'), (err: VaultError) => err.code === 'ERR_NOT_FOUND');
+});
