@@ -3,7 +3,7 @@
 //   const v = await makeTestVault({ s3: true });  await v.cli('volume', 'create', 'd', '--size', '1G');
 //   const srv = await v.serve();  ... nbd://127.0.0.1:${srv.port}/d ...  await srv.stop();
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -20,7 +20,12 @@ export interface TestVault {
   /** like cli() but resolves with the result even when the exit code is not 0 */
   cliResult(...args: string[]): Promise<RunResult>;
   serve(extra?: string[]): Promise<VaultServer>;
-  cleanup(): void;
+  /**
+   * Never throws, never hangs, safe to run first among a test's after-hooks (node:test runs them
+   * in registration order, and stops at one that throws): lazily unmounts whatever is mounted
+   * under the directory, detaches its loop devices, kills the servers it started, removes it.
+   */
+  cleanup(): Promise<void>;
 }
 
 export interface VaultServer {
@@ -53,6 +58,7 @@ export function s3Available(t: { skip(message: string): void }): boolean {
 
 export async function makeTestVault(opts: { s3?: boolean; init?: boolean } = {}): Promise<TestVault> {
   const dir = mkdtempSync(join(tmpdir(), 'nbd-vault-e2e-'));
+  const servers: VaultServer[] = [];
   let storeUrl = join(dir, 'data');
   if (opts.s3) {
     const base = testS3Url();
@@ -82,8 +88,20 @@ export async function makeTestVault(opts: { s3?: boolean; init?: boolean } = {})
     env,
     cli,
     cliResult,
-    serve: (extra = []) => startVaultServer(env, dir, extra),
-    cleanup: () => rmSync(dir, { recursive: true, force: true }),
+    serve: async (extra = []) => {
+      const srv = await startVaultServer(env, dir, extra);
+      servers.push(srv);
+      return srv;
+    },
+    cleanup: async () => {
+      await releaseMountsUnder(dir);
+      for (const srv of servers) await srv.kill().catch(() => {});
+      try {
+        rmSync(dir, { recursive: true, force: true });
+      } catch (err) {
+        console.error(`cleanup of ${dir}: ${(err as Error).message}`);
+      }
+    },
   };
   if (opts.init !== false) {
     await cli('keys', 'init');
@@ -92,13 +110,45 @@ export async function makeTestVault(opts: { s3?: boolean; init?: boolean } = {})
   return vault;
 }
 
+/** Lazily unmount every mount under `dir` (deepest first) and detach loop devices backed by files
+ *  under it. Errors are ignored: this is last-resort cleanup. */
+async function releaseMountsUnder(dir: string): Promise<void> {
+  const mounts = readFileSync('/proc/self/mounts', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' ')[1]?.replace(/\\040/g, ' '))
+    .filter((m): m is string => !!m && m.startsWith(dir + '/'))
+    .sort((a, b) => b.length - a.length);
+  for (const m of mounts) await runCommand('umount', ['-l', m], { timeoutMs: 10_000 }).catch(() => {});
+  const loops = await runCommand('losetup', ['-a'], { timeoutMs: 10_000 }).catch(() => null);
+  for (const line of loops?.stdout.split('\n') ?? []) {
+    const m = /^(\/dev\/loop\d+):.*\((.*)\)$/.exec(line);
+    if (m && m[2].startsWith(dir + '/')) await runCommand('losetup', ['-d', m[1]], { timeoutMs: 10_000 }).catch(() => {});
+  }
+}
+
+/** Servers still running when the test process exits are killed with it. */
+const running = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const c of running) c.kill('SIGKILL');
+});
+
 export async function startVaultServer(env: NodeJS.ProcessEnv, cwd: string, extra: string[] = []): Promise<VaultServer> {
   const port = await freeLoopbackPort();
   const child = spawn(process.execPath, [CLI, 'serve', '--listen', `127.0.0.1:${port}`, ...extra], { env, cwd, stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
   child.stdout!.on('data', (d) => (log += d));
   child.stderr!.on('data', (d) => (log += d));
-  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  running.add(child);
+  const exited = new Promise<number | null>((r) =>
+    child.once('exit', (code) => {
+      running.delete(child);
+      r(code);
+    }),
+  );
+  // A forgotten server must not keep the test process alive (a hang in CI).
+  child.unref();
+  (child.stdout as unknown as { unref(): void }).unref();
+  (child.stderr as unknown as { unref(): void }).unref();
   const started = Date.now();
   while (!/"msg":"listening"/.test(log)) {
     if (child.exitCode !== null || child.signalCode !== null) throw new Error(`nbd-vault serve exited early:\n${log}`);
@@ -124,7 +174,9 @@ export async function startVaultServer(env: NodeJS.ProcessEnv, cwd: string, extr
     async kill() {
       if (child.exitCode !== null || child.signalCode !== null) return;
       child.kill('SIGKILL');
+      const keepAlive = setTimeout(() => {}, 30_000); // the child is unref'd: hold the loop open
       await exited;
+      clearTimeout(keepAlive);
     },
   };
 }
