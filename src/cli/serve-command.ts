@@ -15,6 +15,8 @@ export interface ServeOptions {
   readonly maxConnections: number;
   readonly handshakeTimeoutMs: number;
   readonly logger: Logger;
+  /** Called once the server listens, with the URI of the default export on each address. */
+  readonly onListening?: (uris: string[]) => void;
 }
 
 /** Starts the server for `provider`, logs where it listens, waits for SIGINT/SIGTERM, then closes
@@ -29,6 +31,7 @@ export async function runServer(provider: ExportProvider, opts: ServeOptions): P
     handshakeTimeoutMs: opts.handshakeTimeoutMs,
   });
   logListening(server, provider, opts.logger);
+  opts.onListening?.(server.addresses().map((a) => nbdUri(a, provider.defaultName)));
   const signal = await new Promise<NodeJS.Signals>((resolve) => {
     process.once('SIGINT', () => resolve('SIGINT'));
     process.once('SIGTERM', () => resolve('SIGTERM'));

@@ -31,8 +31,6 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
     );
     const listen = parseListen(s.listen!);
     ctx.logger.info({ store: ctx.store.name, volumes: volumes.map((v) => v.name) }, 'vault opened');
-    const uri = `nbd://${listen.host.includes(':') ? `[${listen.host}]` : listen.host}:${listen.port}/${defaultName}`;
-    process.stdout.write(`serving ${volumes.length} volume(s) from ${ctx.store.name} at ${uri}\ntry: qemu-img info ${uri}\n`);
     const admin = await startAdminServer(
       s.state,
       ctx.vault.vaultId,
@@ -44,7 +42,15 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
       ctx.logger,
     );
     try {
-      await runServer(provider, { listen, socket: s.socket, maxConnections: s.maxConnections!, handshakeTimeoutMs, logger: ctx.logger });
+      await runServer(provider, {
+        listen,
+        socket: s.socket,
+        maxConnections: s.maxConnections!,
+        handshakeTimeoutMs,
+        logger: ctx.logger,
+        // for people (stdout): where to point a client first
+        onListening: (uris) => process.stdout.write(`serving ${volumes.length} volume(s) from ${ctx.store.name} at ${uris[0]}\ntry: qemu-img info ${uris[0]}\n`),
+      });
     } finally {
       admin.close();
     }

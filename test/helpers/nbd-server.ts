@@ -4,6 +4,7 @@
 //   ... srv.uri('disk') ...   const code = await srv.stop();   // SIGTERM, graceful, expects 0
 // Also: runTool() — run a client tool with a timeout and collect its output.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { reapOnExit } from './child-reaper';
 import { resolve, join } from 'node:path';
 
 export const REPO_ROOT = resolve(__dirname, '../../..');
@@ -45,6 +46,7 @@ export async function startNbdServerProcess(opts: NbdServerProcessOptions): Prom
   let stderr = '';
   let exited = false;
   const exit = new Promise<number | null>((r) => child.once('exit', (code) => ((exited = true), r(code))));
+  reapOnExit(child);
   child.stdout!.resume();
   const port = await new Promise<number>((resolvePort, reject) => {
     const timer = setTimeout(() => reject(new Error(`server did not start: ${stderr}`)), opts.startTimeoutMs ?? 15_000);
@@ -73,7 +75,7 @@ export async function startNbdServerProcess(opts: NbdServerProcessOptions): Prom
     stop: async (signal = 'SIGTERM', timeoutMs = 20_000) => {
       if (exited) return exit;
       child.kill(signal);
-      const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+      const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs); // also holds the loop open
       const code = await exit;
       clearTimeout(timer);
       return code;

@@ -7,7 +7,8 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { freeLoopbackPort, runCommand, type RunResult } from './fuse-disk';
+import { runCommand, type RunResult } from './fuse-disk';
+import { reapOnExit } from './child-reaper';
 
 export const REPO = resolve(__dirname, '../../..');
 export const CLI = join(REPO, 'bin/nbd-vault.js');
@@ -126,31 +127,17 @@ async function releaseMountsUnder(dir: string): Promise<void> {
   }
 }
 
-/** Servers still running when the test process exits are killed with it. */
-const running = new Set<ChildProcess>();
-process.on('exit', () => {
-  for (const c of running) c.kill('SIGKILL');
-});
-
 export async function startVaultServer(env: NodeJS.ProcessEnv, cwd: string, extra: string[] = []): Promise<VaultServer> {
-  const port = await freeLoopbackPort();
-  const child = spawn(process.execPath, [CLI, 'serve', '--listen', `127.0.0.1:${port}`, ...extra], { env, cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+  // Port 0: the kernel picks a free port (no race with other tests); the log line tells which.
+  const child = spawn(process.execPath, [CLI, 'serve', '--listen', '127.0.0.1:0', ...extra], { env, cwd, stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
   child.stdout!.on('data', (d) => (log += d));
   child.stderr!.on('data', (d) => (log += d));
-  running.add(child);
-  const exited = new Promise<number | null>((r) =>
-    child.once('exit', (code) => {
-      running.delete(child);
-      r(code);
-    }),
-  );
-  // A forgotten server must not keep the test process alive (a hang in CI).
-  child.unref();
-  (child.stdout as unknown as { unref(): void }).unref();
-  (child.stderr as unknown as { unref(): void }).unref();
+  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  reapOnExit(child);
   const started = Date.now();
-  while (!/"msg":"listening"/.test(log)) {
+  let port = 0;
+  while (!(port = Number(/"port":(\d+)[^\n]*"msg":"listening"/.exec(log)?.[1] ?? 0))) {
     if (child.exitCode !== null || child.signalCode !== null) throw new Error(`nbd-vault serve exited early:\n${log}`);
     if (Date.now() - started > 60_000) {
       child.kill('SIGKILL');
