@@ -3,7 +3,7 @@
 // a root within seconds (background commits), and it never re-references an old object.
 // Objects of a volume whose metadata is gone (a crypto-erased, half-deleted volume) are garbage too.
 import type { Logger } from '../util/log';
-import { VOLUMES_PREFIX, metaKey, rootKey, snapshotPrefix, volumeIdOfKey } from './object-keys';
+import { VOLUMES_PREFIX, leaseKey, metaKey, rootKey, snapshotPrefix, volumeIdOfKey } from './object-keys';
 import type { Vault } from './vault';
 import { referencedKeys, snapshotAsRoot } from './vault';
 
@@ -45,7 +45,7 @@ export async function collectGarbage(vault: Vault, opts: GcOptions, logger: Logg
     if (id === null) continue;
     if (live.has(id)) {
       // a volume's own records are never garbage while the volume exists
-      if (info.key === metaKey(id) || info.key === rootKey(id) || info.key.startsWith(snapshotPrefix(id))) continue;
+      if (info.key === metaKey(id) || info.key === rootKey(id) || info.key === leaseKey(id) || info.key.startsWith(snapshotPrefix(id))) continue;
       if (keep.has(info.key)) continue;
     }
     if (now - info.lastModified.getTime() < opts.graceMs) {

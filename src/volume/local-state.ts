@@ -3,10 +3,34 @@
 // <stateDir>/<vaultId>/, written atomically. Losing it only loses rollback detection.
 import { mkdir, readFile, rename, writeFile, open } from 'node:fs/promises';
 import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
 import { VaultError } from '../errors';
 
 export class LocalState {
+  private instance: string | null = null;
+
   constructor(private readonly dir: string, private readonly vaultId: string) {}
+
+  /** This state directory's random instance id (created on first use): who holds a lease. */
+  async instanceId(): Promise<string> {
+    if (this.instance) return this.instance;
+    const path = join(this.dir, 'instance-id');
+    try {
+      const text = (await readFile(path, 'utf8')).trim();
+      if (/^[0-9a-f]{32}$/.test(text)) return (this.instance = text);
+    } catch (err: any) {
+      if (err?.code !== 'ENOENT') throw new VaultError('ERR_IO', `cannot read ${path}: ${err?.message ?? err}`);
+    }
+    await mkdir(this.dir, { recursive: true, mode: 0o700 });
+    const id = randomBytes(16).toString('hex');
+    try {
+      await writeFile(path, id + '\n', { flag: 'wx', mode: 0o600 });
+      return (this.instance = id);
+    } catch (err: any) {
+      if (err?.code === 'EEXIST') return this.instanceId(); // another process created it first
+      throw new VaultError('ERR_IO', `cannot write ${path}: ${err?.message ?? err}`);
+    }
+  }
 
   private file(volumeId: string): string {
     return join(this.dir, this.vaultId, `${volumeId}.json`);

@@ -7,6 +7,7 @@ export const VOLUMES_PREFIX = 'volumes/';
 export const volumePrefix = (volumeIdHex: string) => `${VOLUMES_PREFIX}${volumeIdHex}/`;
 export const metaKey = (volumeIdHex: string) => `${volumePrefix(volumeIdHex)}meta`;
 export const rootKey = (volumeIdHex: string) => `${volumePrefix(volumeIdHex)}root`;
+export const leaseKey = (volumeIdHex: string) => `${volumePrefix(volumeIdHex)}lease`;
 export const pagePrefix = (volumeIdHex: string) => `${volumePrefix(volumeIdHex)}pages/`;
 export const pageKey = (volumeIdHex: string, pageIdHex: string) => `${pagePrefix(volumeIdHex)}${pageIdHex}`;
 export const chunkPrefix = (volumeIdHex: string) => `${volumePrefix(volumeIdHex)}chunks/`;

@@ -17,7 +17,8 @@ import type { Logger } from '../util/log';
 import { CHUNK_SIZE } from './chunk-math';
 import { LocalState } from './local-state';
 import { Manifest, PAGE_ENTRIES } from './manifest';
-import { VAULT_KEY, VOLUMES_PREFIX, metaKey, volumeIdOfKey, volumePrefix, rootKey } from './object-keys';
+import { VAULT_KEY, VOLUMES_PREFIX, leaseKey, metaKey, volumeIdOfKey, volumePrefix, rootKey } from './object-keys';
+import { VolumeLease } from './volume-lease';
 import { ROOT_FORMAT, type RootRecord } from './root-record';
 import { VolumeEngine, DEFAULT_ENGINE_OPTIONS, type EngineOptions } from './volume-engine';
 import { VolumeObjects } from './volume-objects';
@@ -37,6 +38,10 @@ export interface VaultOptions {
   readonly stateDir: string;
   readonly acceptRollback?: boolean;
   readonly logger: Logger;
+  /** who writes, as other writers are told (e.g. 'nbd-vault serve') */
+  readonly leasePurpose?: string;
+  /** tests: shorter lease times */
+  readonly leaseTiming?: { ttlMs?: number; renewMs?: number };
 }
 
 export function checkVolumeName(name: string): void {
@@ -301,15 +306,46 @@ export class Vault {
     return { meta, objects, root, etag };
   }
 
+  /** A writable engine holds the volume's lease (see volume-lease.ts) until it is closed. */
   async openEngine(name: string, options: Partial<EngineOptions> = {}): Promise<VolumeEngine> {
-    const { meta, objects, root, etag } = await this.loadVolume(name);
-    const manifest = await VolumeEngine.loadManifest(objects, root);
-    const opts: EngineOptions = {
-      ...DEFAULT_ENGINE_OPTIONS,
-      ...options,
-      onRootCommitted: (seq) => this.state.recordSeq(meta.id, seq),
-    };
-    return new VolumeEngine(meta.name, `nbd-vault volume ${meta.name}`, objects, root, etag, manifest, opts, this.opts.logger);
+    const readOnly = options.readOnly ?? false;
+    const lease = readOnly ? undefined : await this.acquireLease(name, this.opts.leasePurpose ?? `nbd-vault (${process.argv.slice(2, 3).join(' ') || 'library'})`);
+    try {
+      // Read the root only under the lease: whatever the last writer committed is in it.
+      const { meta, objects, root, etag } = await this.loadVolume(name);
+      const manifest = await VolumeEngine.loadManifest(objects, root);
+      const opts: EngineOptions = {
+        ...DEFAULT_ENGINE_OPTIONS,
+        ...options,
+        lease,
+        onRootCommitted: (seq) => this.state.recordSeq(meta.id, seq),
+      };
+      return new VolumeEngine(meta.name, `nbd-vault volume ${meta.name}`, objects, root, etag, manifest, opts, this.opts.logger);
+    } catch (err) {
+      await lease?.release();
+      throw err;
+    }
+  }
+
+  private async acquireLease(name: string, purpose: string): Promise<VolumeLease> {
+    const found = await this.findVolume(name);
+    const { key, ...meta } = await this.readMeta(found.id);
+    const metaKey = deriveSubkey(key, 'meta');
+    key.wipe();
+    return VolumeLease.acquire(
+      {
+        store: this.store,
+        codec: this.codec,
+        key: metaKey,
+        place: { vaultId: this.vaultIdBytes, volumeId: Buffer.from(meta.id, 'hex'), kind: 'lease', index: 0, generation: 0 },
+        objectKey: leaseKey(meta.id),
+        volumeName: meta.name,
+        instance: await this.state.instanceId(),
+        logger: this.opts.logger,
+      },
+      purpose,
+      this.opts.leaseTiming,
+    );
   }
 
   async volumeInfo(name: string) {
@@ -431,10 +467,20 @@ export class Vault {
     const meta = await this.findVolume(name);
     const clones = await this.clonesOf(meta.id);
     if (clones.length > 0) throw new VaultError('ERR_EXISTS', `volume "${name}" has clones that share its chunks (${clones.join(', ')}): delete them first`);
+    // Nobody may be writing it: hold its lease throughout (released, i.e. deleted, last).
+    const lease = await this.acquireLease(name, 'nbd-vault volume delete');
+    try {
+      return await this.eraseVolume(name, meta, onProgress);
+    } finally {
+      await lease.release();
+    }
+  }
+
+  private async eraseVolume(name: string, meta: VolumeMeta, onProgress?: (done: number, total: number) => void): Promise<number> {
     await this.store.delete(metaKey(meta.id));
     this.opts.logger.info({ volume: name, volumeId: meta.id }, 'volume key erased; deleting objects');
     const keys: string[] = [];
-    for await (const info of this.store.list(volumePrefix(meta.id))) keys.push(info.key);
+    for await (const info of this.store.list(volumePrefix(meta.id))) if (info.key !== leaseKey(meta.id)) keys.push(info.key);
     // The root last: a half-deleted volume without its meta is only garbage either way.
     keys.sort((a, b) => (a === rootKey(meta.id) ? 1 : b === rootKey(meta.id) ? -1 : 0));
     let done = 0;

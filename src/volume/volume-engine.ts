@@ -17,6 +17,7 @@ import { Manifest, PAGE_ENTRIES, type Entry, type PageRef } from './manifest';
 import type { RootRecord } from './root-record';
 import { ROOT_FORMAT } from './root-record';
 import { KeyedMutex } from '../util/keyed-mutex';
+import type { VolumeLease } from './volume-lease';
 import { ChunkBufferPool } from './chunk-buffer-pool';
 import { ReadCache } from './read-cache';
 import { WriteCache, type DirtyChunk } from './write-cache';
@@ -37,6 +38,8 @@ export interface EngineOptions {
   readonly readOnly: boolean;
   /** called after every durable root, e.g. to record the sequence in local state */
   readonly onRootCommitted?: (seq: number) => Promise<void>;
+  /** the writer's lease (writable engines): writes stop if it is lost; released on close */
+  readonly lease?: VolumeLease;
 }
 
 /** how many recent chunk reads the readahead remembers (several sequential streams at once) */
@@ -451,6 +454,7 @@ export class VolumeEngine implements Export {
   }
 
   private async commitRootNow(snapshot: boolean): Promise<RootRecord> {
+    this.opts.lease?.check();
     // Capture (synchronously): which pages to write and with what content.
     const dirty = [...this.manifest.dirtyPages].sort((a, b) => a - b);
     this.manifest.dirtyPages.clear();
@@ -572,10 +576,11 @@ export class VolumeEngine implements Export {
   /** Flush, stop background work. The engine serves nothing afterwards. */
   async close(): Promise<void> {
     if (this.closed) return;
-    if (!this.opts.readOnly) await this.flush();
+    if (!this.opts.readOnly && !this.opts.lease?.lost) await this.flush();
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
+    await this.opts.lease?.release();
   }
 
   private assertOpen(): void {
@@ -585,6 +590,7 @@ export class VolumeEngine implements Export {
   private assertWritable(): void {
     this.assertOpen();
     if (this.opts.readOnly) throw new VaultError('ERR_READ_ONLY', `volume "${this.name}" is read-only`);
+    this.opts.lease?.check();
   }
 }
 

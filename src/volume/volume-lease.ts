@@ -1,0 +1,160 @@
+// The writer's lease on a volume: `volumes/<id>/lease`, so that two servers (or a server and a
+// CLI command) never write one volume at once — the shape DESIGN.md gives for several servers on
+// one bucket. Taken with a create-only put (If-None-Match: *), renewed with If-Match on the etag
+// we last wrote, released by deleting it. The root's own If-Match stays the last line of defence.
+//
+// - A lease that has expired (its holder stopped renewing) may be taken over, with If-Match on
+//   the stale etag, so exactly one contender wins.
+// - A lease held by this same instance (same state directory on this machine: a crashed earlier
+//   run) is taken over at once — the admin socket already guarantees one server per state dir.
+// - Sealed like every other object (kind 'lease', the volume's meta subkey): the store does not
+//   learn host names or pids.
+// - If a renewal fails because someone else holds the lease now, the lease is lost: the engine
+//   refuses further writes (ERR_LEASE) instead of forking the volume.
+import { hostname } from 'node:os';
+import { VaultError, describeError, isVaultError } from '../errors';
+import type { Codec } from '../codec/codec';
+import type { ObjectPlace } from '../codec/object-place';
+import type { SecretKey } from '../keys/secret-key';
+import type { ObjectStore } from '../store/object-store';
+import type { Logger } from '../util/log';
+
+export const LEASE_TTL_MS = 60_000;
+export const LEASE_RENEW_MS = 20_000;
+
+interface LeaseRecord {
+  readonly v: 1;
+  readonly instance: string;
+  readonly host: string;
+  readonly pid: number;
+  readonly purpose: string;
+  readonly expiresAt: number;
+}
+
+export interface LeaseContext {
+  readonly store: ObjectStore;
+  readonly codec: Codec;
+  readonly key: SecretKey;
+  readonly place: ObjectPlace;
+  readonly objectKey: string;
+  readonly volumeName: string;
+  /** this server's (or CLI's) instance id: random, kept in its state directory */
+  readonly instance: string;
+  readonly logger: Logger;
+  readonly now?: () => number;
+}
+
+export class VolumeLease {
+  private etag: string;
+  private timer: NodeJS.Timeout | null = null;
+  private lostError: VaultError | null = null;
+  private released = false;
+
+  private constructor(
+    private readonly ctx: LeaseContext,
+    etag: string,
+    private readonly purpose: string,
+    private readonly ttlMs: number,
+  ) {
+    this.etag = etag;
+  }
+
+  static async acquire(ctx: LeaseContext, purpose: string, opts: { ttlMs?: number; renewMs?: number } = {}): Promise<VolumeLease> {
+    const ttlMs = opts.ttlMs ?? LEASE_TTL_MS;
+    const now = ctx.now ?? Date.now;
+    const record = (): LeaseRecord => ({ v: 1, instance: ctx.instance, host: hostname(), pid: process.pid, purpose, expiresAt: now() + ttlMs });
+    const body = async () => (await ctx.codec.seal(ctx.key, Buffer.from(JSON.stringify(record())), ctx.place))!;
+    let etag: string;
+    try {
+      etag = (await ctx.store.put(ctx.objectKey, await body(), { ifNoneMatch: '*' })).etag;
+    } catch (err) {
+      if (!isVaultError(err, 'ERR_STORE_PRECONDITION')) throw err;
+      const current = await VolumeLease.read(ctx);
+      if (current === null) return VolumeLease.acquire(ctx, purpose, opts); // released meanwhile
+      const mine = current.record?.instance === ctx.instance;
+      const expired = !current.record || current.record.expiresAt < now();
+      if (!mine && !expired) {
+        const r = current.record!;
+        throw new VaultError(
+          'ERR_LEASE',
+          `volume "${ctx.volumeName}" is being written by ${r.purpose} (pid ${r.pid} on ${r.host}) until at least ${new Date(r.expiresAt).toISOString()}; stop it first`,
+        );
+      }
+      ctx.logger.warn({ volume: ctx.volumeName, previous: current.record ? { host: current.record.host, pid: current.record.pid, expired } : 'unreadable' }, 'taking over the volume lease');
+      try {
+        etag = (await ctx.store.put(ctx.objectKey, await body(), { ifMatch: current.etag })).etag;
+      } catch (err2) {
+        if (isVaultError(err2, 'ERR_STORE_PRECONDITION')) throw new VaultError('ERR_LEASE', `volume "${ctx.volumeName}": another writer took the lease first`);
+        throw err2;
+      }
+    }
+    const lease = new VolumeLease(ctx, etag, purpose, ttlMs);
+    lease.timer = setInterval(() => void lease.renew(), opts.renewMs ?? LEASE_RENEW_MS);
+    lease.timer.unref();
+    return lease;
+  }
+
+  /** The lease record now in the store (null: none; record null: unreadable). */
+  private static async read(ctx: LeaseContext): Promise<{ etag: string; record: LeaseRecord | null } | null> {
+    let obj;
+    try {
+      obj = await ctx.store.get(ctx.objectKey);
+    } catch (err) {
+      if (isVaultError(err, 'ERR_STORE_NOT_FOUND')) return null;
+      throw err;
+    }
+    try {
+      const record = JSON.parse((await ctx.codec.open(ctx.key, obj.body, ctx.place)).toString('utf8')) as LeaseRecord;
+      return { etag: obj.etag, record: record?.v === 1 ? record : null };
+    } catch {
+      return { etag: obj.etag, record: null };
+    }
+  }
+
+  /** Throws ERR_LEASE once the lease has been lost. */
+  check(): void {
+    if (this.lostError) throw this.lostError;
+  }
+
+  get lost(): boolean {
+    return this.lostError !== null;
+  }
+
+  async renew(): Promise<void> {
+    if (this.released || this.lostError) return;
+    const now = (this.ctx.now ?? Date.now)();
+    const record: LeaseRecord = { v: 1, instance: this.ctx.instance, host: hostname(), pid: process.pid, purpose: this.purpose, expiresAt: now + this.ttlMs };
+    try {
+      const sealed = (await this.ctx.codec.seal(this.ctx.key, Buffer.from(JSON.stringify(record)), this.ctx.place))!;
+      this.etag = (await this.ctx.store.put(this.ctx.objectKey, sealed, { ifMatch: this.etag })).etag;
+    } catch (err) {
+      if (isVaultError(err, 'ERR_STORE_PRECONDITION')) {
+        this.lostError = new VaultError('ERR_LEASE', `volume "${this.ctx.volumeName}": the writer's lease was taken by someone else; refusing to write`);
+        this.ctx.logger.error({ volume: this.ctx.volumeName }, 'volume lease lost: writes are refused from now on');
+        this.stopTimer();
+      } else {
+        // A transient failure: the lease is still ours until it expires; the next renewal retries.
+        this.ctx.logger.warn({ volume: this.ctx.volumeName, err: describeError(err) }, 'volume lease renewal failed; will retry');
+      }
+    }
+  }
+
+  async release(): Promise<void> {
+    if (this.released) return;
+    this.released = true;
+    this.stopTimer();
+    if (this.lostError) return;
+    try {
+      // Only our own lease: if someone took it over, it is theirs to release.
+      const current = await this.ctx.store.head(this.ctx.objectKey);
+      if (current && current.etag === this.etag) await this.ctx.store.delete(this.ctx.objectKey);
+    } catch (err) {
+      this.ctx.logger.warn({ volume: this.ctx.volumeName, err: describeError(err) }, 'volume lease not released; it expires by itself');
+    }
+  }
+
+  private stopTimer(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+  }
+}

@@ -1,0 +1,77 @@
+// The writer's lease: one writer per volume across servers and CLI commands sharing a store.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { createInlineCodec } from '../../src/codec';
+import { FsStore } from '../../src/store/fs-store';
+import { MemoryStore } from '../../src/store/memory-store';
+import type { ObjectStore } from '../../src/store/object-store';
+import { Vault, type VaultOptions } from '../../src/volume/vault';
+import { VaultError } from '../../src/errors';
+import { makeVault, logger, type Fixture } from './vault-fixture';
+
+const MiB = 2 ** 20;
+const isLease = (re?: RegExp) => (err: VaultError) => err.code === 'ERR_LEASE' && (!re || re.test(err.message));
+
+/** The same vault opened by another machine (another state directory: another instance id). */
+async function elsewhere(f: Fixture, t: { after(fn: () => void): void }, opts: Partial<VaultOptions> = {}, store: ObjectStore = f.store): Promise<Vault> {
+  const stateDir = mkdtempSync(join(tmpdir(), 'nbd-vault-other-'));
+  t.after(() => rmSync(stateDir, { recursive: true, force: true }));
+  return Vault.open(store, f.master, createInlineCodec(), { stateDir, logger, ...opts });
+}
+
+for (const kind of ['memory', 'fs'] as const) {
+  test(`${kind} store: a second writer elsewhere is refused until the first closes`, async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'nbd-vault-lease-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const f = await makeVault(kind === 'memory' ? new MemoryStore() : new FsStore(dir, { fsync: false }));
+    t.after(() => f.cleanup());
+    await f.vault.createVolume('v', 8 * MiB);
+    const a = await f.vault.openEngine('v');
+    const other = await elsewhere(f, t, {}, kind === 'fs' ? new FsStore(dir, { fsync: false }) : f.store);
+    await assert.rejects(other.openEngine('v'), isLease(/is being written by .* \(pid \d+ on .*\) until at least/));
+    await assert.rejects(other.createSnapshot('v', 's'), isLease());
+    await assert.rejects(other.resizeVolume('v', 16 * MiB, false), isLease());
+    await assert.rejects(other.deleteVolume('v'), isLease());
+    const ro = await other.openEngine('v', { readOnly: true }); // readers need no lease
+    await ro.close();
+    await a.write(0, randomBytes(4096));
+    await a.close(); // flushes, then releases the lease
+    const b = await other.openEngine('v');
+    await b.write(4096, randomBytes(4096));
+    await b.close();
+  });
+}
+
+test('the same instance takes its own lease over at once (a restart after a crash)', async (t) => {
+  const f = await makeVault();
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 8 * MiB);
+  const crashed = await f.vault.openEngine('v'); // never closed: its process "died"
+  const data = randomBytes(4096);
+  await crashed.write(0, data);
+  await crashed.flush();
+  const restarted = await (await f.reopen()).openEngine('v');
+  assert.ok((await restarted.read(0, 4096)).equals(data));
+  await restarted.write(0, randomBytes(4096));
+  await restarted.flush();
+  await restarted.close();
+});
+
+test('an expired lease is taken over; the old holder then finds it lost and refuses to write', async (t) => {
+  const f = await makeVault();
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 8 * MiB);
+  const slow = await (await f.reopen({ leaseTiming: { ttlMs: 50, renewMs: 3_600_000 } })).openEngine('v');
+  await new Promise((r) => setTimeout(r, 80)); // it stopped renewing: expired
+  const other = await elsewhere(f, t);
+  const b = await other.openEngine('v');
+  await (slow as any).opts.lease.renew(); // the old holder wakes up
+  await assert.rejects(slow.write(0, Buffer.alloc(10)), isLease(/taken by someone else/));
+  await assert.rejects(slow.flush(), isLease());
+  await b.write(0, randomBytes(100));
+  await b.close();
+});
