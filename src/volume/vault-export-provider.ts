@@ -1,6 +1,9 @@
 // Serves a vault's volumes as NBD exports. One VolumeEngine per volume, opened on first use and
-// shared by every connection to it (multi-conn); engines stay open (warm caches) until closeAll,
-// which flushes each. Unknown names answer null (NBD_REP_ERR_UNKNOWN), other failures throw.
+// shared by every connection to it (multi-conn). Volume engines stay open (warm caches, and the
+// volume's lease: this server is its writer) until closeAll, which flushes each. Snapshot engines
+// (VOL@SNAP, read-only) close when their last connection ends, so a deleted or re-created
+// snapshot is never served from a stale manifest. Unknown names answer null
+// (NBD_REP_ERR_UNKNOWN), other failures throw.
 import { VaultError, isVaultError, describeError } from '../errors';
 import type { Logger } from '../util/log';
 import type { Export, ExportProvider } from './export';
@@ -10,6 +13,8 @@ import type { SnapshotRecord } from './snapshot-record';
 
 export class VaultExportProvider implements ExportProvider {
   private readonly engines = new Map<string, Promise<VolumeEngine>>();
+  /** open connections per snapshot export */
+  private readonly snapshotRefs = new Map<string, number>();
   private closing = false;
 
   constructor(
@@ -45,7 +50,10 @@ export class VaultExportProvider implements ExportProvider {
       );
     }
     try {
-      return await p;
+      const engine = await p;
+      if (this.engines.get(wanted) !== p) return this.open(name); // released (closed) meanwhile
+      if (splitExportName(wanted)[1] !== null) this.snapshotRefs.set(wanted, (this.snapshotRefs.get(wanted) ?? 0) + 1);
+      return engine;
     } catch (err) {
       if (isVaultError(err, 'ERR_NOT_FOUND')) return null;
       this.logger.error({ volume: wanted, err: describeError(err) }, 'cannot open volume');
@@ -66,8 +74,17 @@ export class VaultExportProvider implements ExportProvider {
     return [...this.engines.keys()];
   }
 
-  async release(_exp: Export): Promise<void> {
-    // Engines stay open for the server's lifetime: warm caches, and one writer per volume.
+  async release(exp: Export): Promise<void> {
+    const refs = this.snapshotRefs.get(exp.name);
+    if (refs === undefined) return; // a volume: stays open
+    if (refs > 1) {
+      this.snapshotRefs.set(exp.name, refs - 1);
+      return;
+    }
+    this.snapshotRefs.delete(exp.name);
+    const p = this.engines.get(exp.name);
+    this.engines.delete(exp.name);
+    await (await p)?.close();
   }
 
   async closeAll(): Promise<void> {
