@@ -8,7 +8,7 @@
 // Throws ProtocolViolation where the stream cannot be trusted (the caller goes to 'dead').
 import type { Export, ExportProvider } from '../volume/export';
 import type { Logger } from '../util/log';
-import { describeError } from '../errors';
+import { describeError, isVaultError } from '../errors';
 import {
   BASE_ALLOCATION,
   IHAVEOPT,
@@ -106,6 +106,8 @@ class OptionHaggler {
   private structuredReplies = false;
   /** Resolved export name base:allocation was selected for by the last SET_META_CONTEXT. */
   private allocationFor: string | null = null;
+  /** why the last open failed, for the client's error reply (null: no such export) */
+  private openFailure: string | null = null;
 
   constructor(
     private readonly ctx: NegotiationContext,
@@ -192,7 +194,7 @@ class OptionHaggler {
     const { name, infos } = parsed.value;
     const exp = await this.open(name);
     if (!exp) {
-      this.reply(option, NBD_REP_ERR_UNKNOWN, `no export named "${name}"`);
+      this.reply(option, NBD_REP_ERR_UNKNOWN, this.openFailure ?? `no export named "${name}"`);
       return 'continue';
     }
     const flags = transmissionFlags(exp.caps, this.structuredReplies);
@@ -224,7 +226,7 @@ class OptionHaggler {
     const { name, queries } = parsed.value;
     const exp = await this.open(name);
     if (!exp) {
-      this.reply(option, NBD_REP_ERR_UNKNOWN, `no export named "${name}"`);
+      this.reply(option, NBD_REP_ERR_UNKNOWN, this.openFailure ?? `no export named "${name}"`);
       return 'continue';
     }
     const resolved = exp.name;
@@ -242,10 +244,15 @@ class OptionHaggler {
   /** provider.open with "" meaning the default export; errors become null + a warning. */
   private async open(name: string): Promise<Export | null> {
     const resolved = name === '' ? this.ctx.provider.defaultName : name;
+    this.openFailure = null;
     try {
       return await this.ctx.provider.open(resolved);
     } catch (err) {
       this.ctx.logger.warn({ exportName: resolved, err: describeError(err) }, 'export failed to open');
+      // The client learns why in general terms; the details (hosts, objects) stay in the log.
+      this.openFailure = isVaultError(err, 'ERR_LEASE')
+        ? `export "${resolved}" is being written by another server or command`
+        : `export "${resolved}" cannot be opened (see the server log)`;
       return null;
     }
   }

@@ -56,6 +56,7 @@ test('two servers on one bucket: the second cannot write a volume the first is s
   t.after(() => second.kill());
   const refused = await runCommand('qemu-img', ['info', second.uri('shared')], { okCodes: [0, 1] });
   assert.notEqual(refused.code, 0, 'the second server does not serve a volume another writer holds');
+  assert.match(refused.stderr, /is being written by another server or command/, 'the client is told why');
   assert.match(second.log(), /is being written by nbd-vault \(serve\)/);
   const snap = await runCommand(process.execPath, [CLI, 'snapshot', 'shared', 'x'], { env: otherEnv, okCodes: [0, 1] });
   assert.equal(snap.code, 1);
