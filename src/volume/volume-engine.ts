@@ -64,6 +64,8 @@ export class VolumeEngine implements Export {
   private readonly buffers = new ChunkBufferPool(CHUNK_SIZE, 16);
   private readonly fetches = new Map<string, Promise<Buffer>>();
   private uploadsInFlight = 0;
+  /** chunks with an upload in flight (the record being uploaded may have been replaced since) */
+  private readonly uploadingChunks = new Set<number>();
   private kicking = false;
   private kickAgain = false;
   private readonly uploadWaiters = new Set<() => void>();
@@ -358,7 +360,9 @@ export class VolumeEngine implements Export {
         const pressure = this.writeCache.sizeBytes >= this.opts.dirtyLimitBytes / 2;
         for (const [i, d] of this.writeCache.entries()) {
           if (this.uploadsInFlight >= this.opts.uploadConcurrency) break;
-          if (d.uploading || d.error) continue;
+          // One upload per chunk at a time: a newer record waits for the older one's upload,
+          // so their results reach the manifest in write order.
+          if (d.uploading || d.error || this.uploadingChunks.has(i)) continue;
           const full = d.data === null || d.bytesWritten >= (d.data?.length ?? 0);
           if (this.flushWaiters > 0 || pressure || full || now - d.lastWriteMs >= this.opts.writebackDelayMs) void this.upload(i, d);
         }
@@ -370,6 +374,7 @@ export class VolumeEngine implements Export {
 
   private async upload(i: number, d: DirtyChunk): Promise<void> {
     d.uploading = true;
+    this.uploadingChunks.add(i);
     this.uploadsInFlight++;
     const data = d.data;
     try {
@@ -397,6 +402,7 @@ export class VolumeEngine implements Export {
       this.logger.error({ volume: this.name, chunk: i, err: describeError(err) }, 'chunk upload failed; kept in the write cache');
     } finally {
       d.uploading = false;
+      this.uploadingChunks.delete(i);
       this.uploadsInFlight--;
       for (const w of this.uploadWaiters) w();
       this.kick();

@@ -60,7 +60,11 @@ export class WriteCache {
       old.error = null;
       return old;
     }
-    const fresh: DirtyChunk = { data, firstWrite: writeId, bytesWritten, lastWriteMs: nowMs, uploading: false, error: null };
+    // Replacing a record under upload (copy-on-write): the new record holds the old one's bytes
+    // too, and that upload may yet fail, so it inherits the old record's oldest write — a flush
+    // that had to wait for the old record waits for this one.
+    const firstWrite = old ? old.firstWrite : writeId;
+    const fresh: DirtyChunk = { data, firstWrite, bytesWritten, lastWriteMs: nowMs, uploading: false, error: null };
     this.bytes += (data?.length ?? 0) - (old?.data?.length ?? 0);
     this.map.set(chunkIndex, fresh);
     this.wake();
