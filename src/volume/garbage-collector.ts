@@ -25,7 +25,8 @@ export interface GcResult {
 
 export async function collectGarbage(vault: Vault, opts: GcOptions, logger: Logger): Promise<GcResult> {
   const now = opts.now ?? Date.now();
-  const volumes = await vault.listVolumes();
+  // Strict: a volume whose metadata cannot be read right now must not look like an erased one.
+  const volumes = await vault.listVolumes({ strict: true });
   const live = new Set(volumes.map((v) => v.id));
   const keep = new Set<string>();
   for (const v of volumes) {

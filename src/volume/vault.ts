@@ -130,7 +130,12 @@ export class Vault {
 
   // --- volumes ----------------------------------------------------------------------------
 
-  async listVolumes(): Promise<VolumeMeta[]> {
+  /**
+   * Every volume whose metadata opens. A damaged or unreadable metadata object is logged and
+   * skipped — unless `strict`, for callers that would otherwise take a skipped volume for a
+   * deleted one (gc, and the clone checks before deleting anything): they fail instead.
+   */
+  async listVolumes(opts: { strict?: boolean } = {}): Promise<VolumeMeta[]> {
     const ids: string[] = [];
     for await (const info of this.store.list(VOLUMES_PREFIX)) {
       const id = volumeIdOfKey(info.key);
@@ -143,6 +148,8 @@ export class Vault {
       if (r.status === 'fulfilled') {
         r.value.key.wipe();
         metas.push({ id: r.value.id, name: r.value.name, createdAt: r.value.createdAt });
+      } else if (opts.strict) {
+        throw new VaultError(isVaultError(r.reason) ? r.reason.code : 'ERR_IO', `the metadata of volume ${ids[k]} cannot be read, so nothing can be deleted safely: ${describeError(r.reason)}`, { cause: r.reason });
       } else this.opts.logger.error({ volumeId: ids[k], err: describeError(r.reason) }, 'volume metadata cannot be read; volume skipped');
     });
     return metas.sort((a, b) => a.name.localeCompare(b.name));
@@ -232,7 +239,7 @@ export class Vault {
   /** Names of the volumes cloned from `volumeId` (from any snapshot, or from `snapshotId`). */
   async clonesOf(volumeId: string, snapshotId?: string): Promise<string[]> {
     const names: string[] = [];
-    for (const v of await this.listVolumes()) {
+    for (const v of await this.listVolumes({ strict: true })) {
       if (v.id === volumeId) continue;
       const { root } = await this.loadRootOnly(v);
       if (root.origin?.volumeId === volumeId && (snapshotId === undefined || root.origin.snapshotId === snapshotId)) names.push(v.name);

@@ -161,3 +161,24 @@ test('gc removes unreferenced objects older than the grace period, and only thos
   assert.ok((await snap.read(0, 16 * MiB)).equals(data));
   await snap.close();
 });
+
+test('gc refuses to run while a volume\'s metadata cannot be read (it would look erased)', async (t) => {
+  const store = new MemoryStore();
+  const f = await makeVault(store);
+  t.after(() => f.cleanup());
+  const meta = await f.vault.createVolume('keep', 8 * MiB);
+  const e = await f.vault.openEngine('keep');
+  await e.write(0, randomBytes(CHUNK_SIZE));
+  await e.close();
+  const good = await store.get(`volumes/${meta.id}/meta`);
+  await store.put(`volumes/${meta.id}/meta`, Buffer.from('{"v":1,"wrappedKey":"AAAA","info":"AAAA"}'));
+  const { collectGarbage } = await import('../../src/volume/garbage-collector');
+  const { logger } = await import('./vault-fixture');
+  await assert.rejects(collectGarbage(f.vault, { dryRun: false, graceMs: 0 }, logger), /cannot be read, so nothing can be deleted safely/);
+  await store.put(`volumes/${meta.id}/meta`, good.body);
+  const r = await collectGarbage(f.vault, { dryRun: false, graceMs: 0 }, logger);
+  assert.equal(r.deleted, 0);
+  const again = await f.vault.openEngine('keep', { readOnly: true });
+  assert.equal((await again.read(0, CHUNK_SIZE)).some((b) => b !== 0), true, 'the volume survived');
+  await again.close();
+});
