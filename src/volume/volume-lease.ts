@@ -21,6 +21,17 @@ import type { Logger } from '../util/log';
 
 export const LEASE_TTL_MS = 60_000;
 export const LEASE_RENEW_MS = 20_000;
+/** a writer stops this long before its lease could expire, so it never writes without one */
+const EXPIRY_MARGIN_MS = 5_000;
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
 
 interface LeaseRecord {
   readonly v: 1;
@@ -57,6 +68,7 @@ export class VolumeLease {
     private readonly ttlMs: number,
   ) {
     this.etag = etag;
+    this.renewedAt = (ctx.now ?? Date.now)();
   }
 
   static async acquire(ctx: LeaseContext, purpose: string, opts: { ttlMs?: number; renewMs?: number } = {}): Promise<VolumeLease> {
@@ -71,7 +83,11 @@ export class VolumeLease {
       if (!isVaultError(err, 'ERR_STORE_PRECONDITION')) throw err;
       const current = await VolumeLease.read(ctx);
       if (current === null) return VolumeLease.acquire(ctx, purpose, opts); // released meanwhile
-      const mine = current.record?.instance === ctx.instance;
+      // "Mine": this state directory on this host, and the process that took it is gone (a
+      // restart after a crash) or is this very process. A live CLI command sharing the state
+      // directory is someone else.
+      const r0 = current.record;
+      const mine = r0 !== null && r0.instance === ctx.instance && r0.host === hostname() && (r0.pid === process.pid || !processAlive(r0.pid));
       const expired = !current.record || current.record.expiresAt < now();
       if (!mine && !expired) {
         const r = current.record!;
@@ -111,14 +127,22 @@ export class VolumeLease {
     }
   }
 
-  /** Throws ERR_LEASE once the lease has been lost. */
+  /** Throws ERR_LEASE once the lease has been lost — taken by another writer, or expired
+   *  because renewals kept failing (another writer may take it from then on). */
   check(): void {
     if (this.lostError) throw this.lostError;
+    const now = (this.ctx.now ?? Date.now)();
+    if (now > this.renewedAt + this.ttlMs - Math.min(EXPIRY_MARGIN_MS, this.ttlMs / 4)) {
+      throw new VaultError('ERR_LEASE', `volume "${this.ctx.volumeName}": the writer's lease could not be renewed for ${Math.round((now - this.renewedAt) / 1000)} s; refusing to write until it is`);
+    }
   }
 
   get lost(): boolean {
     return this.lostError !== null;
   }
+
+  /** when the last put of the lease succeeded */
+  private renewedAt: number;
 
   async renew(): Promise<void> {
     if (this.released || this.lostError) return;
@@ -127,8 +151,9 @@ export class VolumeLease {
     try {
       const sealed = (await this.ctx.codec.seal(this.ctx.key, Buffer.from(JSON.stringify(record)), this.ctx.place))!;
       this.etag = (await this.ctx.store.put(this.ctx.objectKey, sealed, { ifMatch: this.etag })).etag;
+      this.renewedAt = now;
     } catch (err) {
-      if (isVaultError(err, 'ERR_STORE_PRECONDITION')) {
+      if (isVaultError(err, 'ERR_STORE_PRECONDITION') || isVaultError(err, 'ERR_STORE_NOT_FOUND')) {
         this.lostError = new VaultError('ERR_LEASE', `volume "${this.ctx.volumeName}": the writer's lease was taken by someone else; refusing to write`);
         this.ctx.logger.error({ volume: this.ctx.volumeName }, 'volume lease lost: writes are refused from now on');
         this.stopTimer();

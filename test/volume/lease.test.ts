@@ -75,3 +75,25 @@ test('an expired lease is taken over; the old holder then finds it lost and refu
   await b.write(0, randomBytes(100));
   await b.close();
 });
+
+test('a writer whose lease renewals keep failing stops writing before the lease can expire', async (t) => {
+  let failLease = false;
+  class FlakyLease extends MemoryStore {
+    override async put(key: string, body: Buffer, opts?: import('../../src/store/object-store').PutOptions) {
+      if (failLease && key.endsWith('/lease')) throw new VaultError('ERR_STORE_TRANSIENT', 'injected: the store is unreachable');
+      return super.put(key, body, opts);
+    }
+  }
+  const f = await makeVault(new FlakyLease());
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 8 * MiB);
+  const e = await (await f.reopen({ leaseTiming: { ttlMs: 400, renewMs: 50 } })).openEngine('v');
+  await e.write(0, randomBytes(100));
+  failLease = true;
+  await new Promise((r) => setTimeout(r, 450));
+  await assert.rejects(e.write(0, randomBytes(100)), isLease(/could not be renewed/));
+  failLease = false;
+  await new Promise((r) => setTimeout(r, 120)); // a renewal gets through again
+  await e.write(0, randomBytes(100));
+  await e.close();
+});
