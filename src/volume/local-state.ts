@@ -4,10 +4,12 @@
 import { mkdir, readFile, rename, writeFile, open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { KeyedMutex } from '../util/keyed-mutex';
 import { VaultError } from '../errors';
 
 export class LocalState {
   private instance: string | null = null;
+  private readonly locks = new KeyedMutex<string>();
 
   constructor(private readonly dir: string, private readonly vaultId: string) {}
 
@@ -46,10 +48,24 @@ export class LocalState {
     }
   }
 
+  /** Remember `seq` if it is higher than what is recorded (never moves backwards). Serialised per
+   *  volume within the process; a unique temp file per write keeps concurrent writers apart. */
   async recordSeq(volumeId: string, seq: number): Promise<void> {
+    await this.locks.run(volumeId, async () => {
+      if ((await this.highestSeq(volumeId)) >= seq) return;
+      await this.writeSeq(volumeId, seq);
+    });
+  }
+
+  /** Accepting a rollback: from now on, the older root is the reference. */
+  async resetSeq(volumeId: string, seq: number): Promise<void> {
+    await this.locks.run(volumeId, () => this.writeSeq(volumeId, seq));
+  }
+
+  private async writeSeq(volumeId: string, seq: number): Promise<void> {
     const path = this.file(volumeId);
     await mkdir(join(this.dir, this.vaultId), { recursive: true, mode: 0o700 });
-    const tmp = `${path}.tmp-${process.pid}`;
+    const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
     await writeFile(tmp, JSON.stringify({ highestSeq: seq, updatedAt: new Date().toISOString() }));
     const fh = await open(tmp, 'r');
     try {

@@ -300,16 +300,18 @@ export class Vault {
     const found = await this.findVolume(name);
     const { key, ...meta } = await this.readMeta(found.id);
     const objects = this.volumeObjects(meta, key);
+    // What this machine had seen *before* this read: a commit racing it cannot cause a false alarm.
+    const highest = await this.state.highestSeq(meta.id);
     const { root, etag } = await objects.readRoot();
     if (root.origin) objects.origin = await this.originObjects(name, root.origin.volumeId);
-    const highest = await this.state.highestSeq(meta.id);
     if (root.seq < highest) {
       if (!this.opts.acceptRollback) {
         throw new VaultError('ERR_ROLLBACK', `the store holds root ${root.seq} of volume "${name}" but this machine has seen root ${highest}: the store may have been rolled back (use --accept-rollback to open it anyway)`);
       }
       this.opts.logger.warn({ volume: name, seq: root.seq, highestSeen: highest }, 'accepting an older root (--accept-rollback)');
+      await this.state.resetSeq(meta.id, root.seq);
     }
-    if (root.seq !== highest) await this.state.recordSeq(meta.id, root.seq);
+    if (root.seq > highest) await this.state.recordSeq(meta.id, root.seq);
     return { meta, objects, root, etag };
   }
 
