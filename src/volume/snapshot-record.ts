@@ -42,7 +42,9 @@ export function decodeSnapshot(bytes: Buffer, volumeId: string, id: string): Sna
   const ok =
     raw && raw.v === SNAPSHOT_FORMAT && raw.id === id && raw.volumeId === volumeId && typeof raw.name === 'string' &&
     Number.isSafeInteger(raw.epoch) && Number.isSafeInteger(raw.size) && Number.isSafeInteger(raw.chunkSize) && Array.isArray(raw.pages) &&
-    raw.pages.every((p: unknown) => p === null || (Array.isArray(p) && typeof p[0] === 'string' && /^[0-9a-f]{32}$/.test(p[0])));
+    Number.isSafeInteger(raw.pageEntries) && raw.pageEntries > 0 && raw.chunkSize > 0 && raw.size >= 0 &&
+    raw.pages.length === Math.ceil(Math.ceil(raw.size / raw.chunkSize) / raw.pageEntries) &&
+    raw.pages.every((p: unknown) => p === null || (Array.isArray(p) && typeof p[0] === 'string' && /^[0-9a-f]{32}$/.test(p[0]) && Number.isSafeInteger(p[1])));
   // The id inside must match the object's name: a record copied over another is refused.
   if (!ok) throw new VaultError('ERR_CORRUPT', `snapshot record ${id} of volume ${volumeId} is malformed or misplaced`);
   return { ...raw, pages: raw.pages.map((p: [string, number] | null) => (p ? { id: p[0], epoch: p[1] } : null)) };

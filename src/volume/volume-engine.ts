@@ -73,6 +73,7 @@ export class VolumeEngine implements Export {
   /** objects no longer referenced once the next root is durable */
   private pendingDeletes: string[] = [];
   private commitChain: Promise<unknown> = Promise.resolve();
+  private snapshotChain: Promise<unknown> = Promise.resolve();
   private manifestChangedSinceCommit = false;
   private epoch: number;
   private seq: number;
@@ -521,7 +522,14 @@ export class VolumeEngine implements Export {
    * capture belong to the next epoch. A crash between the root and the record only costs an
    * epoch (objects kept a little longer), never data. O(pages): no chunk is copied.
    */
-  async snapshot(name: string): Promise<SnapshotRecord> {
+  snapshot(name: string): Promise<SnapshotRecord> {
+    // One at a time: the name check below must see the previous snapshot's record.
+    const run = this.snapshotChain.then(() => this.snapshotNow(name));
+    this.snapshotChain = run.catch(() => {});
+    return run;
+  }
+
+  private async snapshotNow(name: string): Promise<SnapshotRecord> {
     this.assertWritable();
     checkSnapshotName(name);
     if ((await this.objects.listSnapshots()).some((x) => x.name === name)) {

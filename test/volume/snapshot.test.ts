@@ -182,3 +182,14 @@ test('gc refuses to run while a volume\'s metadata cannot be read (it would look
   assert.equal((await again.read(0, CHUNK_SIZE)).some((b) => b !== 0), true, 'the volume survived');
   await again.close();
 });
+
+test('two snapshots with one name at the same moment: exactly one is created', async (t) => {
+  const f = await makeVault();
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 8 * MiB);
+  const e = await f.vault.openEngine('v');
+  const results = await Promise.allSettled([e.snapshot('same'), e.snapshot('same')]);
+  assert.deepEqual(results.map((r) => r.status).sort(), ['fulfilled', 'rejected']);
+  assert.equal((await f.vault.listSnapshots('v')).length, 1);
+  await e.close();
+});
