@@ -22,6 +22,10 @@ import { validateRequest, type SessionFacts } from './request-validation';
 
 /** Requests in flight per connection, whatever their size (bounds floods of tiny requests). */
 const MAX_IN_FLIGHT_REQUESTS = 1024;
+/** drop a client whose socket has not drained our replies for this long */
+const WRITE_STALL_MS = 60_000;
+/** after a clean close, how long a client may take to read what we still send */
+const CLOSE_LINGER_MS = 30_000;
 /** Handshake input buffered before the socket is paused. */
 const HANDSHAKE_HIGH_WATER = 256 * 1024;
 
@@ -43,10 +47,13 @@ export class NbdConnection {
   private inFlightBytes = 0;
   private inFlightRequests = 0;
   private discReceived = false;
+  /** the client shut down its sending side (FIN) during transmission */
+  private clientEnded = false;
   private shuttingDown = false;
   private readPaused = false;
   private corked = false;
   private socketClosed = false;
+  private stallTimer: NodeJS.Timeout | null = null;
   private resolveDone!: () => void;
   /** Resolves once the socket is closed and the export released. */
   readonly done: Promise<void>;
@@ -90,9 +97,11 @@ export class NbdConnection {
     else if (this.state === 'transmission' && this.inFlightRequests === 0) this.finish('closed', 'server shutting down');
   }
 
-  /** Last resort after the grace period. */
+  /** Last resort after the grace period: drop the socket whatever state we are in (a closed
+   *  connection whose client stopped reading would otherwise never finish closing). */
   destroy(): void {
     this.die('shutdown grace period over', 'warn');
+    if (!this.socket.destroyed) this.socket.destroy();
   }
 
   // ---- handshake ----
@@ -202,7 +211,10 @@ export class NbdConnection {
         this.inFlightBytes -= bytes;
         this.inFlightRequests--;
         if (this.discReceived || this.shuttingDown || isTerminal(this.state)) this.maybeCloseAfterDrain('requests drained');
-        else this.pump();
+        else {
+          this.pump();
+          if (this.clientEnded) this.maybeCloseAfterDrain('client closed, requests drained');
+        }
       });
   }
 
@@ -223,7 +235,9 @@ export class NbdConnection {
   private maybeCloseAfterDrain(why: string): void {
     if (this.inFlightRequests > 0) return;
     if (!isTerminal(this.state)) {
-      if (this.discReceived || this.shuttingDown) this.finish('closed', why);
+      // After the client's FIN, with nothing in flight, every whole request has been parsed
+      // (backpressure is off): whatever is left is an incomplete request that can never finish.
+      if (this.discReceived || this.shuttingDown || this.clientEnded) this.finish('closed', why);
       return;
     }
     void this.releaseExport();
@@ -247,6 +261,16 @@ export class NbdConnection {
       });
     }
     for (const b of bufs) s.write(b);
+    // A client that stops reading its replies is dropped once nothing has drained for a while:
+    // its unread replies and the requests parked behind them are memory held on its behalf.
+    if (s.writableNeedDrain && !this.stallTimer) {
+      this.stallTimer = setTimeout(() => this.die('client stopped reading replies', 'warn'), WRITE_STALL_MS);
+      this.stallTimer.unref();
+      s.once('drain', () => {
+        if (this.stallTimer) clearTimeout(this.stallTimer);
+        this.stallTimer = null;
+      });
+    }
   }
 
   // ---- ending ----
@@ -254,10 +278,13 @@ export class NbdConnection {
   private onEnd(): void {
     // EOF from the client: nothing more will come. Mid-handshake or mid-request it is an abrupt
     // disconnect; otherwise a plain close once in-flight requests are done.
-    if (this.state === 'transmission' && this.reader?.readerState === 'header') {
-      this.discReceived = true;
+    // In transmission, requests that arrived before the FIN still get their replies (a client may
+    // shut down its sending side after pipelining): parse what is buffered, close once drained.
+    if (this.state === 'transmission' && this.reader) {
+      this.clientEnded = true;
+      this.pump();
       this.maybeCloseAfterDrain('client closed');
-      if (!isTerminal(this.state)) return;
+      return;
     }
     if (!isTerminal(this.state)) this.die('client disconnected', 'debug');
   }
@@ -275,6 +302,8 @@ export class NbdConnection {
     this.opts.logger.debug({ conn: this.id, why }, 'connection closed');
     this.teardown();
     this.socket.end();
+    // A client that never reads what we still have to send must not hold the socket forever.
+    setTimeout(() => this.socket.destroy(), CLOSE_LINGER_MS).unref();
   }
 
   /** Unrecoverable: stop reading and drop the socket. With `flushFirst`, replies already
@@ -294,6 +323,8 @@ export class NbdConnection {
   }
 
   private teardown(): void {
+    if (this.stallTimer) clearTimeout(this.stallTimer);
+    this.stallTimer = null;
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
     this.handshakeTimer = null;
     this.queue.fail(new Error('connection ended'));

@@ -87,13 +87,14 @@ export async function startNbdServer(opts: NbdServerOptions): Promise<NbdServerH
     });
   try {
     if (opts.listen) {
-      const tcp = net.createServer(onConnection);
+      // allowHalfOpen: a client that shuts down its sending side still gets every reply it asked for
+      const tcp = net.createServer({ allowHalfOpen: true }, onConnection);
       servers.push(tcp);
       await listenOn(tcp, { host: opts.listen.host, port: opts.listen.port });
     }
     if (opts.socket) {
       removeStaleSocket(opts.socket);
-      const unix = net.createServer(onConnection);
+      const unix = net.createServer({ allowHalfOpen: true }, onConnection);
       servers.push(unix);
       await listenOn(unix, { path: opts.socket });
     }

@@ -139,7 +139,11 @@ export class S3Store implements ObjectStore {
       );
       return { etag: unquote(res.ETag) };
     } catch (err) {
-      throw this.classify(err, 'put', key);
+      const e = this.classify(err, 'put', key);
+      // If-Match on a key that is gone: the version we expected is not there (the contract's
+      // PRECONDITION, as memory and fs say), not a missing object to read.
+      if (opts.ifMatch !== undefined && e.code === 'ERR_STORE_NOT_FOUND') throw new VaultError('ERR_STORE_PRECONDITION', `${this.name}: put ${key}: the object to replace is gone`, { cause: e });
+      throw e;
     }
   }
 

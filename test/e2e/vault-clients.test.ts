@@ -138,3 +138,27 @@ test('a flipped byte in a stored chunk fails that read with EIO; other chunks st
   assert.match(srv.log(), /chunk read failed/);
   await srv.stop();
 });
+
+test('a client that shuts down its sending side after pipelining reads still gets every reply', async (t) => {
+  const { Wire, greet, go, request, readSimpleReply } = await import('../nbd/raw-client');
+  const v = await makeTestVault();
+  t.after(() => v.cleanup());
+  await v.cli('volume', 'create', 'hc', '--size', '32M');
+  let srv = await v.serve();
+  t.after(() => srv.kill());
+  await runCommand('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5a 0 32M', srv.uri('hc')]);
+  assert.equal(await srv.stop(), 0);
+  srv = await v.serve(); // cold caches: every read goes to the store and the codec
+  const w = new Wire(srv.port);
+  await greet(w);
+  await go(w, 'hc');
+  for (let i = 0; i < 4; i++) w.sock.write(request(0, 0, i + 1, i * 8 * MiB, 4 * MiB));
+  w.sock.end(); // FIN: no more requests, but the four are owed replies
+  for (let i = 0; i < 4; i++) {
+    const r = await readSimpleReply(w, 4 * MiB);
+    assert.equal(r.error, 0);
+    assert.ok(r.data.every((b) => b === 0x5a), `reply ${r.handle} intact`);
+  }
+  assert.ok(await w.closedWithin(10_000), 'then the server closes');
+  assert.equal(await srv.stop(), 0);
+});
