@@ -22,6 +22,15 @@ export interface ServeOptions {
 /** Starts the server for `provider`, logs where it listens, waits for SIGINT/SIGTERM, then closes
  *  it gracefully. Resolves when everything is flushed and closed. */
 export async function runServer(provider: ExportProvider, opts: ServeOptions): Promise<void> {
+  // Handlers first: a signal that arrives while the server starts is kept, not fatal.
+  let signalled: NodeJS.Signals | null = null;
+  let wake = () => {};
+  const onSignal = (sig: NodeJS.Signals) => {
+    signalled = sig;
+    wake();
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
   const server = await startNbdServer({
     listen: opts.listen,
     socket: opts.socket,
@@ -32,10 +41,9 @@ export async function runServer(provider: ExportProvider, opts: ServeOptions): P
   });
   logListening(server, provider, opts.logger);
   opts.onListening?.(server.addresses().map((a) => nbdUri(a, provider.defaultName)));
-  const signal = await new Promise<NodeJS.Signals>((resolve) => {
-    process.once('SIGINT', () => resolve('SIGINT'));
-    process.once('SIGTERM', () => resolve('SIGTERM'));
-  });
+  const signal: NodeJS.Signals = signalled ?? (await new Promise<NodeJS.Signals>((resolve) => (wake = () => resolve(signalled!))));
+  process.removeListener('SIGINT', onSignal);
+  process.removeListener('SIGTERM', onSignal);
   opts.logger.info({ signal }, 'signal received');
   await server.close();
   opts.logger.info('stopped');
