@@ -39,8 +39,8 @@ export async function runServer(provider: ExportProvider, opts: ServeOptions): P
     maxConnections: opts.maxConnections,
     handshakeTimeoutMs: opts.handshakeTimeoutMs,
   });
-  logListening(server, provider, opts.logger);
   opts.onListening?.(server.addresses().map((a) => nbdUri(a, provider.defaultName)));
+  logListening(server, provider, opts.logger);
   const signal: NodeJS.Signals = signalled ?? (await new Promise<NodeJS.Signals>((resolve) => (wake = () => resolve(signalled!))));
   process.removeListener('SIGINT', onSignal);
   process.removeListener('SIGTERM', onSignal);

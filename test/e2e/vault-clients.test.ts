@@ -30,6 +30,8 @@ test('first run: `serve` in an empty directory creates a key, a vault and a defa
   const srv = await startVaultServer(v.env, v.dir);
   t.after(() => srv.kill());
   assert.match(srv.log(), /created a new master key/);
+  // stdout and stderr are separate pipes: the hint may arrive a moment after the log line
+  for (let k = 0; k < 100 && !/try: qemu-img info/.test(srv.log()); k++) await new Promise((r) => setTimeout(r, 20));
   assert.match(srv.log(), /try: qemu-img info nbd:\/\/127\.0\.0\.1:\d+\/default/);
   const info = await runCommand('qemu-img', ['info', '--output=json', srv.uri('default')]);
   assert.equal(JSON.parse(info.stdout)['virtual-size'], 10 * 2 ** 30);
