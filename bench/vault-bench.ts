@@ -7,7 +7,7 @@
 //   - a full-device TRIM of an empty 1 TiB volume;
 //   - snapshot time on a 1 GiB and a 1 TiB volume, and restore throughput from VOL@SNAP.
 // Env: BENCH_IMAGE_MB (default 1024). Prints a table; nothing is asserted.
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -145,7 +145,6 @@ async function main(): Promise<void> {
   const w = Math.max(...rows.map((r) => r[0].length));
   console.log(`\nnbd-vault, ${imageMiB} MiB ext4 image, ${os.availableParallelism()} cores\n`);
   for (const r of rows) console.log(`${r[0].padEnd(w)}  ${r[1].padStart(7)} ${r[2]}`);
-  void spawnSync;
 }
 
 main().catch((err) => {

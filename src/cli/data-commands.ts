@@ -3,7 +3,8 @@
 import type { Command } from 'commander';
 import { open as openFile, stat } from 'node:fs/promises';
 import { VaultError } from '../errors';
-import { CHUNK_SIZE, chunkCount, chunkLength, isAllZero } from '../volume/chunk-math';
+import { isAllZero } from '../codec';
+import { CHUNK_SIZE, chunkCount, chunkLength } from '../volume/chunk-math';
 import { diffManifests } from '../volume/manifest-diff';
 import { verifyManifest, type Damage } from '../volume/verify';
 import { collectGarbage } from '../volume/garbage-collector';
@@ -20,6 +21,19 @@ import { out, VAULT_SETTINGS, withVault, type VaultContext } from './vault-conte
 async function openForRead(ctx: VaultContext, spec: string): Promise<VolumeEngine> {
   const [volume, snap] = splitExportName(spec);
   return snap === null ? ctx.vault.openEngine(volume, { readOnly: true, readaheadChunks: 0 }) : ctx.vault.openSnapshotEngine(volume, snap, { readaheadChunks: 0 });
+}
+
+/** 1 for each chunk the volume knows to be all zeros (from block status: no chunk is read). */
+async function zeroChunks(engine: VolumeEngine): Promise<Uint8Array> {
+  const zero = new Uint8Array(chunkCount(engine.size));
+  // blockStatus may answer for less than the range asked: ask again from where it stopped
+  for (let pos = 0; pos < engine.size; ) {
+    for (const e of await engine.blockStatus(pos, engine.size - pos)) {
+      if (e.zero) for (let i = pos / CHUNK_SIZE; i < (pos + e.length) / CHUNK_SIZE; i++) zero[i] = 1;
+      pos += e.length;
+    }
+  }
+  return zero;
 }
 
 /** Run `work(i)` for i in [0, n) with at most `limit` in flight, in order of start. */
@@ -47,13 +61,7 @@ export function registerDataCommands(program: Command): void {
       try {
         if (fh) await fh.truncate(engine.size); // holes where the volume is zero
         const n = chunkCount(engine.size);
-        const extents = await engine.blockStatus(0, engine.size);
-        const zero = new Uint8Array(n);
-        let pos = 0;
-        for (const e of extents) {
-          if (e.zero) for (let i = pos / CHUNK_SIZE; i < (pos + e.length) / CHUNK_SIZE; i++) zero[i] = 1;
-          pos += e.length;
-        }
+        const zero = await zeroChunks(engine);
         if (fh) {
           await forEachLimited(n, 8, async (i) => {
             const len = chunkLength(engine.size, i);
@@ -103,13 +111,7 @@ export function registerDataCommands(program: Command): void {
         let skipped = 0;
         try {
           if (size > engine.size) throw new VaultError('ERR_NO_SPACE', `${file} (${size} bytes) is larger than volume "${volume}" (${engine.size} bytes)`);
-          const extents = await engine.blockStatus(0, engine.size);
-          const volumeZero = new Uint8Array(chunkCount(engine.size));
-          let pos = 0;
-          for (const e of extents) {
-            if (e.zero) for (let i = pos / CHUNK_SIZE; i < (pos + e.length) / CHUNK_SIZE; i++) volumeZero[i] = 1;
-            pos += e.length;
-          }
+          const volumeZero = await zeroChunks(engine);
           await forEachLimited(chunkCount(size), 4, async (i) => {
             const len = Math.min(CHUNK_SIZE, size - i * CHUNK_SIZE);
             const buf = Buffer.allocUnsafe(len);

@@ -40,13 +40,3 @@ export function splitRange(offset: number, length: number, volumeSize: number, c
   }
   return spans;
 }
-
-export function isAllZero(buf: Buffer): boolean {
-  // Compare in 64 KiB slices against one static zero buffer: fast and allocation-free.
-  for (let off = 0; off < buf.length; off += ZEROS.length) {
-    const n = Math.min(ZEROS.length, buf.length - off);
-    if (buf.compare(ZEROS, 0, n, off, off + n) !== 0) return false;
-  }
-  return true;
-}
-const ZEROS = Buffer.alloc(64 * 1024);

@@ -16,7 +16,7 @@ import type { ObjectStore } from '../store/object-store';
 import type { Logger } from '../util/log';
 import { CHUNK_SIZE } from './chunk-math';
 import { LocalState } from './local-state';
-import { Manifest, PAGE_ENTRIES } from './manifest';
+import { PAGE_ENTRIES, type Manifest } from './manifest';
 import { VAULT_KEY, VOLUMES_PREFIX, leaseKey, metaKey, volumeIdOfKey, volumePrefix, rootKey } from './object-keys';
 import { VolumeLease } from './volume-lease';
 import { ROOT_FORMAT, type RootRecord } from './root-record';
@@ -296,8 +296,8 @@ export class Vault {
   }
 
   /** The volume's objects and its current root, checked against rollback. */
-  async loadVolume(name: string): Promise<{ meta: VolumeMeta; objects: VolumeObjects; root: RootRecord; etag: string }> {
-    const found = await this.findVolume(name);
+  async loadVolume(name: string, found?: VolumeMeta): Promise<{ meta: VolumeMeta; objects: VolumeObjects; root: RootRecord; etag: string }> {
+    found ??= await this.findVolume(name);
     const { key, ...meta } = await this.readMeta(found.id);
     const objects = this.volumeObjects(meta, key);
     // What this machine had seen *before* this read: a commit racing it cannot cause a false alarm.
@@ -318,10 +318,11 @@ export class Vault {
   /** A writable engine holds the volume's lease (see volume-lease.ts) until it is closed. */
   async openEngine(name: string, options: Partial<EngineOptions> = {}): Promise<VolumeEngine> {
     const readOnly = options.readOnly ?? false;
-    const lease = readOnly ? undefined : await this.acquireLease(name, this.opts.leasePurpose ?? `nbd-vault (${process.argv.slice(2, 3).join(' ') || 'library'})`);
+    const found = await this.findVolume(name); // once: it unwraps every volume's metadata
+    const lease = readOnly ? undefined : await this.acquireLease(found, this.opts.leasePurpose ?? `nbd-vault (${process.argv.slice(2, 3).join(' ') || 'library'})`);
     try {
       // Read the root only under the lease: whatever the last writer committed is in it.
-      const { meta, objects, root, etag } = await this.loadVolume(name);
+      const { meta, objects, root, etag } = await this.loadVolume(name, found);
       const manifest = await VolumeEngine.loadManifest(objects, root);
       const opts: EngineOptions = {
         ...DEFAULT_ENGINE_OPTIONS,
@@ -336,8 +337,7 @@ export class Vault {
     }
   }
 
-  private async acquireLease(name: string, purpose: string): Promise<VolumeLease> {
-    const found = await this.findVolume(name);
+  private async acquireLease(found: VolumeMeta, purpose: string): Promise<VolumeLease> {
     const { key, ...meta } = await this.readMeta(found.id);
     const metaKey = deriveSubkey(key, 'meta');
     key.wipe();
@@ -391,18 +391,18 @@ export class Vault {
   /** Grow (or with `force`, shrink) a volume that no server is serving. */
   async resizeVolume(name: string, size: number, force: boolean): Promise<{ oldSize: number; newSize: number }> {
     if (!Number.isSafeInteger(size) || size <= 0) throw new VaultError('ERR_INVALID_ARGUMENT', 'volume size must be a positive number of bytes');
-    const { objects, root } = await this.loadVolume(name);
-    if (size < root.size && !force) {
-      throw new VaultError('ERR_INVALID_ARGUMENT', `shrinking "${name}" from ${root.size} to ${size} bytes discards data; add --force to do it`);
-    }
+    // The size is read under the writer's lease, from the engine: one load, and no writer between.
     const engine = await this.openEngine(name, { autoCommitMs: 0 });
+    const oldSize = engine.size;
     try {
+      if (size < oldSize && !force) {
+        throw new VaultError('ERR_INVALID_ARGUMENT', `shrinking "${name}" from ${oldSize} to ${size} bytes discards data; add --force to do it`);
+      }
       await engine.resize(size);
     } finally {
       await engine.close();
     }
-    void objects;
-    return { oldSize: root.size, newSize: size };
+    return { oldSize, newSize: size };
   }
 
   // --- snapshots ---------------------------------------------------------------------------
@@ -477,7 +477,7 @@ export class Vault {
     const clones = await this.clonesOf(meta.id);
     if (clones.length > 0) throw new VaultError('ERR_EXISTS', `volume "${name}" has clones that share its chunks (${clones.join(', ')}): delete them first`);
     // Nobody may be writing it: hold its lease throughout (released, i.e. deleted, last).
-    const lease = await this.acquireLease(name, 'nbd-vault volume delete');
+    const lease = await this.acquireLease(meta, 'nbd-vault volume delete');
     try {
       return await this.eraseVolume(name, meta, onProgress);
     } finally {
@@ -503,7 +503,6 @@ export class Vault {
   }
 }
 
-export { Manifest };
 
 /** `vol` → [vol, null]; `vol@snap` → [vol, snap]. */
 export function splitExportName(spec: string): [string, string | null] {

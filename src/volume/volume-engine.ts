@@ -9,7 +9,7 @@
 // before the root; an object is deleted only after a durable root no longer names it, and never
 // when an older epoch (a snapshot) may still name it.
 // Serialisation: writes to one chunk run under a per-chunk mutex; root commits run one at a time.
-import { VaultError, BugError, describeError } from '../errors';
+import { VaultError, describeError } from '../errors';
 import type { Logger } from '../util/log';
 import { copyWriteData, writeDataLength, type Export, type ExportCaps, type Extent, type WriteData, type WriteOptions, type ZeroOptions } from './export';
 import { CHUNK_SIZE, chunkCount, chunkLength, splitRange, type ChunkSpan } from './chunk-math';
@@ -608,4 +608,3 @@ export class VolumeEngine implements Export {
   }
 }
 
-export { BugError };
