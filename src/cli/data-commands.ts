@@ -121,13 +121,17 @@ export function registerDataCommands(program: Command): void {
             else await engine.write(i * CHUNK_SIZE, buf);
             bar.update((done += len));
           });
+          // The volume now holds the image: whatever an earlier content left past its end is
+          // not part of it (a restore of a smaller image must not keep old bytes there).
+          if (size < engine.size) await engine.trim(size, engine.size - size);
           await engine.flush();
         } finally {
           bar.done();
           await fh.close();
           await engine.close();
         }
-        out(`imported ${formatSize(size)} from ${file} into ${volume} (${skipped} zero chunks skipped)`);
+        const rest = size < engine.size ? `; the ${formatSize(engine.size - size)} past its end now read as zeros` : '';
+        out(`imported ${formatSize(size)} from ${file} into ${volume} (${skipped} zero chunks skipped${rest})`);
       });
     },
   );
@@ -218,6 +222,10 @@ export function registerDataCommands(program: Command): void {
       bar.done();
       if (opts.json) return out(JSON.stringify({ ...r, keys: undefined, dryRun: Boolean(opts.dryRun) }));
       out(`${opts.dryRun ? 'would remove' : 'removed'} ${r.garbageObjects} unreferenced objects (${formatSize(r.garbageBytes)}) of ${r.scannedObjects}; ${r.tooYoung} unreferenced objects younger than ${grace} min kept`);
+      if (r.heldByWriters > 0 || r.writingVolumes.length > 0) {
+        out(`kept ${r.heldByWriters} unreferenced objects that writers of ${r.writingVolumes.join(', ')} may still commit (they hold leases); a later gc takes what they leave`);
+      }
+      if (r.newVolumeObjects > 0) out(`kept ${r.newVolumeObjects} objects of volumes created while gc ran`);
     });
   });
 }

@@ -3,7 +3,8 @@
 // A config file (--config FILE or $NBD_VAULT_CONFIG) is JSON with the camelCase keys below;
 // an unknown key or a bad value fails at startup with a message naming it.
 import { readFileSync } from 'node:fs';
-import { availableParallelism } from 'node:os';
+import { availableParallelism, homedir } from 'node:os';
+import { join } from 'node:path';
 import { Option, type Command } from 'commander';
 import { VaultError } from '../errors';
 import { parseSize } from '../util/size';
@@ -17,10 +18,21 @@ interface SettingSpec {
   readonly def: string | number | boolean | undefined;
 }
 
+/**
+ * Where local state lives unless told: a fixed place per user, never the working directory —
+ * the highest root sequence seen per volume is what catches a store replaying an old root, and
+ * a command run from another directory must find it. Root: /var/lib/nbd-vault; others:
+ * $XDG_STATE_HOME/nbd-vault, else ~/.local/state/nbd-vault.
+ */
+export function defaultStateDir(env: NodeJS.ProcessEnv = process.env): string {
+  if (process.getuid?.() === 0) return '/var/lib/nbd-vault';
+  return join(env.XDG_STATE_HOME || join(homedir(), '.local', 'state'), 'nbd-vault');
+}
+
 export const SETTINGS = {
   store: { flag: '--store <url>', kind: 'string', help: 'object store: a directory, file:///dir, s3://bucket/prefix?endpoint=…, memory://', def: './data' },
   keys: { flag: '--keys <dir>', kind: 'string', help: 'directory holding the master key', def: './keys' },
-  state: { flag: '--state <dir>', kind: 'string', help: 'local state directory (rollback detection, admin socket)', def: './state' },
+  state: { flag: '--state <dir>', kind: 'string', help: 'local state directory (rollback detection, admin socket)', def: defaultStateDir() },
   listen: { flag: '--listen <host:port>', kind: 'string', help: 'TCP address to serve NBD on', def: '127.0.0.1:10809' },
   socket: { flag: '--socket <path>', kind: 'string', help: 'also serve NBD on this Unix socket', def: undefined },
   maxConnections: { flag: '--max-connections <n>', kind: 'int', help: 'most NBD connections at once', def: 128 },

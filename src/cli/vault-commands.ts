@@ -24,10 +24,20 @@ function sizeArg(text: string): number {
 
 export function registerVaultCommands(program: Command): void {
   addSettings(
-    program.command('init').description('Create a vault in the store (refuses a store that holds one)'),
+    program
+      .command('init')
+      .description('Create a vault in the store (refuses a store that holds one, or holds volumes)')
+      .option('--recover', 'rebuild a lost `vault` object for the volumes in the store (checked against their keys)')
+      .option('--vault-id <id>', 'with --recover: the vault id, when the volumes do not name it'),
     VAULT_SETTINGS,
   ).action(async (opts) => {
-    await withVault(opts, async (ctx) => out(`created vault ${ctx.vault.vaultId} in ${ctx.store.name}`), { create: true });
+    if (opts.vaultId !== undefined && !opts.recover) throw new VaultError('ERR_INVALID_ARGUMENT', '--vault-id goes with --recover');
+    const recover = opts.recover ? ((opts.vaultId as string | undefined) ?? true) : undefined;
+    await withVault(
+      opts,
+      async (ctx) => out(recover ? `rebuilt the vault object of vault ${ctx.vault.vaultId} in ${ctx.store.name}` : `created vault ${ctx.vault.vaultId} in ${ctx.store.name}`),
+      { create: true, recover },
+    );
   });
 
   const volume = program.command('volume').description('Create, list, inspect, resize and delete volumes');

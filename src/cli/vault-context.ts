@@ -10,7 +10,7 @@ import type { SecretKey } from '../keys/secret-key';
 import { openStore } from '../store';
 import type { ObjectStore } from '../store/object-store';
 import { createLogger, setLogger, type Logger } from '../util/log';
-import { Vault } from '../volume/vault';
+import { Vault, listVolumeIds, vaultIdsOfVolumes } from '../volume/vault';
 import { resolveSettings, VAULT_SETTINGS, type Settings } from './settings';
 
 export { VAULT_SETTINGS };
@@ -42,6 +42,9 @@ export interface OpenVaultOptions {
   readonly create?: boolean;
   /** first run of `serve`: create a key and a vault where there are none, and say so */
   readonly firstRun?: boolean;
+  /** `init --recover`: rebuild a lost `vault` object for the volumes in the store; true: the
+   *  vault id their metadata names, or this id */
+  readonly recover?: true | string;
 }
 
 export async function openVaultContext(s: VaultSettings, opts: OpenVaultOptions = {}): Promise<VaultContext> {
@@ -51,19 +54,23 @@ export async function openVaultContext(s: VaultSettings, opts: OpenVaultOptions 
   const codec = createCodec({ workers: s.workers, zstdLevel: s.zstdLevel });
   let master: SecretKey | null = null;
   try {
-    if (opts.firstRun && !existsSync(masterKeyPath(s.keys)) && !(await store.head('vault'))) {
+    // A store with volumes but no `vault` object is not a first run: it lost its vault object.
+    const fresh = async () => !(await store.head('vault')) && (await listVolumeIds(store)).length === 0;
+    if (opts.firstRun && !existsSync(masterKeyPath(s.keys)) && (await fresh())) {
       const info = await createMasterKey(s.keys);
       logger.warn({ path: info.path, keyId: info.keyId }, 'created a new master key: back up this file, without it no volume can be read');
     }
     master = await loadMaster(s.keys);
     const vopts = { stateDir: s.state, acceptRollback: s.acceptRollback, logger };
     let vault: Vault;
-    if (opts.create) vault = await Vault.create(store, master, codec, vopts);
+    if (opts.recover !== undefined) vault = await Vault.create(store, master, codec, { ...vopts, recoverVaultId: await recoverVaultId(store, opts.recover) });
+    else if (opts.create) vault = await Vault.create(store, master, codec, vopts);
     else {
       try {
         vault = await Vault.open(store, master, codec, vopts);
       } catch (err) {
         if (!(opts.firstRun && isVaultError(err, 'ERR_NOT_FOUND'))) throw err;
+        // (Vault.create refuses a store that holds volumes, with what to do)
         vault = await Vault.create(store, master, codec, vopts);
         logger.warn({ store: store.name, vaultId: vault.vaultId }, 'created a new vault');
       }
@@ -108,4 +115,15 @@ export async function withVault<T>(opts: Record<string, unknown>, fn: (ctx: Vaul
 
 export function out(text: string): void {
   process.stdout.write(text.endsWith('\n') ? text : text + '\n');
+}
+
+/** The vault id to rebuild: the one given, or the one the volumes' metadata names. */
+async function recoverVaultId(store: ObjectStore, given: true | string): Promise<string> {
+  if (given !== true) return given;
+  const ids = await vaultIdsOfVolumes(store);
+  if (ids.length === 1) return ids[0];
+  if (ids.length === 0) {
+    throw new VaultError('ERR_NOT_FOUND', `no volume in ${store.name} names its vault id (volumes made before nbd-vault recorded it); give it with --vault-id ID (a directory name in the server's --state directory)`);
+  }
+  throw new VaultError('ERR_INVALID_ARGUMENT', `the volumes in ${store.name} name several vault ids (${ids.join(', ')}); choose one with --vault-id`);
 }

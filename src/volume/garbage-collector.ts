@@ -1,11 +1,15 @@
-// gc: remove objects that no root and no snapshot names. Safe beside a running server because it
-// never removes an object younger than the grace period: a server's uploads become referenced by
-// a root within seconds (background commits), and it never re-references an old object.
-// Objects of a volume whose metadata is gone (a crypto-erased, half-deleted volume) are garbage too.
+// gc: remove objects that no root and no snapshot names. Safe beside running writers, whatever
+// their commits take: before reading anything else it reads each volume's lease, where a live
+// writer publishes the start of its oldest upload that no durable root names yet
+// (volume-lease.ts), and keeps every object of that volume from there on. The grace period on
+// top absorbs clock skew between writers, the store and this machine.
+// Objects of a volume whose metadata is gone (a crypto-erased, half-deleted volume) are garbage
+// too — unless the metadata appeared while gc ran (a volume created meanwhile).
 import type { Logger } from '../util/log';
-import { VOLUMES_PREFIX, leaseKey, metaKey, rootKey, snapshotPrefix, volumeIdOfKey } from './object-keys';
+import { VOLUMES_PREFIX, leaseKey, metaKey, rootKey, snapshotPrefix, volumeDeletingKey, volumeIdOfKey } from './object-keys';
 import type { Vault } from './vault';
 import { referencedKeys, snapshotAsRoot } from './vault';
+import { liveWriterHorizon } from './volume-lease';
 
 export interface GcOptions {
   readonly dryRun: boolean;
@@ -18,7 +22,14 @@ export interface GcResult {
   readonly scannedObjects: number;
   readonly garbageObjects: number;
   readonly garbageBytes: number;
+  /** unreferenced, but younger than the grace period */
   readonly tooYoung: number;
+  /** unreferenced, but a live writer may still name them (volumes with a held lease) */
+  readonly heldByWriters: number;
+  /** volumes whose writer holds a lease, by name */
+  readonly writingVolumes: string[];
+  /** objects of volumes created while gc ran */
+  readonly newVolumeObjects: number;
   readonly deleted: number;
   readonly keys: string[];
 }
@@ -29,42 +40,68 @@ export async function collectGarbage(vault: Vault, opts: GcOptions, logger: Logg
   const volumes = await vault.listVolumes({ strict: true });
   const live = new Set(volumes.map((v) => v.id));
   const keep = new Set<string>();
+  /** per volume: objects modified at or after this are kept (a live writer's uploads) */
+  const keepFrom = new Map<string, number>();
+  const writingVolumes: string[] = [];
   for (const v of volumes) {
-    const { objects, root } = await vault.loadVolume(v.name);
-    for (const k of await referencedKeys(objects, root)) keep.add(k);
-    for (const s of await objects.listSnapshots()) {
-      for (const k of await referencedKeys(objects, snapshotAsRoot(s))) keep.add(k);
+    try {
+      // The lease first: every upload its writer starts later is newer than what it says.
+      const horizon = liveWriterHorizon(await vault.readLease(v), now, opts.graceMs);
+      if (horizon !== null) {
+        keepFrom.set(v.id, horizon - opts.graceMs);
+        writingVolumes.push(v.name);
+      }
+      const { objects, root, snapshots } = await vault.loadVolume(v.name, v);
+      for (const k of await referencedKeys(objects, root)) keep.add(k);
+      for (const s of snapshots) {
+        for (const k of await referencedKeys(objects, snapshotAsRoot(s))) keep.add(k);
+      }
+    } catch (err) {
+      // deleted while gc ran: its objects are garbage like any erased volume's
+      if ((await vault.store.head(metaKey(v.id))) !== null) throw err;
+      keepFrom.delete(v.id);
     }
   }
-  const garbage: string[] = [];
+  const candidates: Array<{ key: string; size: number; volumeId: string }> = [];
   let scanned = 0;
-  let bytes = 0;
   let tooYoung = 0;
+  let heldByWriters = 0;
   for await (const info of vault.store.list(VOLUMES_PREFIX)) {
     scanned++;
     const id = volumeIdOfKey(info.key);
     if (id === null) continue;
     if (live.has(id)) {
       // a volume's own records are never garbage while the volume exists
-      if (info.key === metaKey(id) || info.key === rootKey(id) || info.key === leaseKey(id) || info.key.startsWith(snapshotPrefix(id))) continue;
+      if (info.key === metaKey(id) || info.key === rootKey(id) || info.key === leaseKey(id) || info.key === volumeDeletingKey(id) || info.key.startsWith(snapshotPrefix(id))) continue;
       if (keep.has(info.key)) continue;
+      if (info.lastModified.getTime() >= (keepFrom.get(id) ?? Infinity)) {
+        heldByWriters++;
+        continue;
+      }
     }
     if (now - info.lastModified.getTime() < opts.graceMs) {
       tooYoung++;
       continue;
     }
-    garbage.push(info.key);
-    bytes += info.size;
+    candidates.push({ key: info.key, size: info.size, volumeId: id });
   }
+  // A volume created after the listing above: its metadata is written before anything else.
+  const unknown = [...new Set(candidates.filter((c) => !live.has(c.volumeId)).map((c) => c.volumeId))];
+  const created = new Set<string>();
+  for (const id of unknown) if (await vault.store.head(metaKey(id))) created.add(id);
+  const garbage = candidates.filter((c) => !created.has(c.volumeId));
+  const newVolumeObjects = candidates.length - garbage.length;
+  const bytes = garbage.reduce((n, c) => n + c.size, 0);
+  const keys = garbage.map((c) => c.key);
   let deleted = 0;
   if (!opts.dryRun) {
-    for (let k = 0; k < garbage.length; k += 1000) {
-      const batch = garbage.slice(k, k + 1000);
+    for (let k = 0; k < keys.length; k += 1000) {
+      const batch = keys.slice(k, k + 1000);
       await vault.store.deleteMany(batch);
       deleted += batch.length;
-      opts.onProgress?.(deleted, garbage.length);
+      opts.onProgress?.(deleted, keys.length);
     }
   }
-  logger.info({ scanned, garbage: garbage.length, bytes, tooYoung, deleted, dryRun: opts.dryRun }, 'gc finished');
-  return { scannedObjects: scanned, garbageObjects: garbage.length, garbageBytes: bytes, tooYoung, deleted, keys: garbage };
+  logger.info({ scanned, garbage: keys.length, bytes, tooYoung, heldByWriters, writingVolumes, newVolumeObjects, deleted, dryRun: opts.dryRun }, 'gc finished');
+  return { scannedObjects: scanned, garbageObjects: keys.length, garbageBytes: bytes, tooYoung, heldByWriters, writingVolumes, newVolumeObjects, deleted, keys };
 }

@@ -1,6 +1,8 @@
 // Local, per-machine state: the highest root sequence seen per volume, so that a store that
 // serves an older root (rollback/replay) is noticed. One small JSON file per volume under
-// <stateDir>/<vaultId>/, written atomically. Losing it only loses rollback detection.
+// <stateDir>/<vaultId>/, written atomically (temp file, fsync, rename, directory fsync). Losing
+// it loses only the local half of rollback detection; the store's snapshot records still catch a
+// root older than a snapshot (vault.ts, loadVolume).
 import { mkdir, readFile, rename, writeFile, open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -74,5 +76,12 @@ export class LocalState {
       await fh.close();
     }
     await rename(tmp, path);
+    // the rename itself must survive a crash too
+    const dir = await open(join(this.dir, this.vaultId), 'r');
+    try {
+      await dir.sync();
+    } finally {
+      await dir.close();
+    }
   }
 }

@@ -14,6 +14,9 @@ export const chunkPrefix = (volumeIdHex: string) => `${volumePrefix(volumeIdHex)
 export const chunkKey = (volumeIdHex: string, objectIdHex: string) => `${chunkPrefix(volumeIdHex)}${objectIdHex}`;
 export const snapshotPrefix = (volumeIdHex: string) => `${volumePrefix(volumeIdHex)}snapshots/`;
 export const snapshotKey = (volumeIdHex: string, snapshotIdHex: string) => `${snapshotPrefix(volumeIdHex)}${snapshotIdHex}`;
+/** deletion marks: a snapshot or a volume whose deletion has begun (no new clone may name it) */
+export const snapshotDeletingKey = (volumeIdHex: string, snapshotIdHex: string) => `${snapshotKey(volumeIdHex, snapshotIdHex)}.deleting`;
+export const volumeDeletingKey = (volumeIdHex: string) => `${volumePrefix(volumeIdHex)}deleting`;
 
 /** The volume id of a key under volumes/, or null. */
 export function volumeIdOfKey(key: string): string | null {

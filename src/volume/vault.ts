@@ -18,7 +18,7 @@ import { CHUNK_SIZE } from './chunk-math';
 import { LocalState } from './local-state';
 import { PAGE_ENTRIES, type Manifest } from './manifest';
 import { VAULT_KEY, VOLUMES_PREFIX, leaseKey, metaKey, volumeIdOfKey, volumePrefix, rootKey } from './object-keys';
-import { VolumeLease } from './volume-lease';
+import { VolumeLease, type LeaseContext, type LeaseRecord } from './volume-lease';
 import { ROOT_FORMAT, type RootRecord } from './root-record';
 import { VolumeEngine, DEFAULT_ENGINE_OPTIONS, type EngineOptions } from './volume-engine';
 import { VolumeObjects } from './volume-objects';
@@ -65,11 +65,28 @@ export class Vault {
     this.state = new LocalState(opts.stateDir, vaultId);
   }
 
-  /** `nbd-vault init`: write the public vault object; refuses a store that has one. */
-  static async create(store: ObjectStore, master: SecretKey, codec: Codec, opts: VaultOptions): Promise<Vault> {
+  /**
+   * `nbd-vault init`: write the public vault object. Refuses a store that has one, and a store
+   * that holds volumes without one: a new vault there would hide them (its id differs, so none
+   * would open) and invite a guest to format an empty disk. `recoverVaultId` rebuilds the vault
+   * object of those volumes instead (`init --recover`), checked against their metadata.
+   */
+  static async create(store: ObjectStore, master: SecretKey, codec: Codec, opts: VaultOptions & { recoverVaultId?: string }): Promise<Vault> {
     if (await store.head(VAULT_KEY)) throw new VaultError('ERR_EXISTS', `${store.name} already holds a vault`);
-    const vaultId = randomBytes(16).toString('hex');
+    const volumeIds = await listVolumeIds(store);
+    if (volumeIds.length > 0 && opts.recoverVaultId === undefined) {
+      const hints = await vaultIdsOfVolumes(store, volumeIds);
+      throw new VaultError(
+        'ERR_EXISTS',
+        `${store.name} holds ${volumeIds.length} volume(s) but no \`vault\` object: it was deleted or cannot be read. Nothing was created. ` +
+          `Restore the \`vault\` object from a backup, or rebuild it with \`nbd-vault init --recover\`` +
+          (hints.length ? ` (the volumes name vault id ${hints.join(', ')})` : ' --vault-id ID (the vault id is a directory name in the server\'s --state directory)'),
+      );
+    }
+    const vaultId = opts.recoverVaultId ?? randomBytes(16).toString('hex');
+    if (!/^[0-9a-f]{32}$/.test(vaultId)) throw new VaultError('ERR_INVALID_ARGUMENT', `a vault id is 32 hex digits (got "${vaultId}")`);
     const vault = new Vault(store, master, codec, vaultId, opts);
+    if (opts.recoverVaultId !== undefined) await vault.checkRecovery(volumeIds);
     const keyCheck = await codec.seal(master, KEY_CHECK_TEXT, vault.vaultPlace(1));
     const doc = {
       format: 'nbd-vault',
@@ -120,6 +137,20 @@ export class Vault {
     return vault;
   }
 
+  /** Recovery: every volume's key must unwrap with this master key under this vault id. */
+  private async checkRecovery(volumeIds: string[]): Promise<void> {
+    if (volumeIds.length === 0) throw new VaultError('ERR_NOT_FOUND', `${this.store.name} holds no volumes: there is nothing to recover (use \`nbd-vault init\`)`);
+    const results = await Promise.allSettled(volumeIds.map((id) => this.readMeta(id)));
+    const opened = results.filter((r) => r.status === 'fulfilled').length;
+    for (const r of results) if (r.status === 'fulfilled') r.value.key.wipe();
+    if (opened === 0) {
+      const reason = results.find((r) => r.status === 'rejected') as PromiseRejectedResult;
+      throw new VaultError('ERR_WRONG_KEY', `no volume in ${this.store.name} opens with this master key and vault id ${this.vaultId}: ${describeError(reason.reason)}`);
+    }
+    if (opened < volumeIds.length) this.opts.logger.warn({ opened, volumes: volumeIds.length }, 'some volumes do not open with this key and vault id');
+    this.opts.logger.warn({ vaultId: this.vaultId, volumes: opened }, 'rebuilding the vault object');
+  }
+
   private vaultPlace(index: number): ObjectPlace {
     return { vaultId: this.vaultIdBytes, volumeId: Buffer.alloc(16), kind: 'volume', index, generation: 0 };
   }
@@ -136,11 +167,7 @@ export class Vault {
    * deleted one (gc, and the clone checks before deleting anything): they fail instead.
    */
   async listVolumes(opts: { strict?: boolean } = {}): Promise<VolumeMeta[]> {
-    const ids: string[] = [];
-    for await (const info of this.store.list(VOLUMES_PREFIX)) {
-      const id = volumeIdOfKey(info.key);
-      if (id && info.key === metaKey(id)) ids.push(id);
-    }
+    const ids = await listVolumeIds(this.store);
     // One damaged metadata object must not hide every other volume: it is logged and skipped.
     const results = await Promise.allSettled(ids.map((id) => this.readMeta(id)));
     const metas: VolumeMeta[] = [];
@@ -155,10 +182,13 @@ export class Vault {
     return metas.sort((a, b) => a.name.localeCompare(b.name));
   }
 
+  /** The volume called `name`. Two volumes of one name (two creates racing) are refused by name:
+   *  acting on either could be the wrong one. */
   async findVolume(name: string): Promise<VolumeMeta> {
-    const found = (await this.listVolumes()).find((v) => v.name === name);
-    if (!found) throw new VaultError('ERR_NOT_FOUND', `no volume named "${name}"`);
-    return found;
+    const found = (await this.listVolumes()).filter((v) => v.name === name);
+    if (found.length === 0) throw new VaultError('ERR_NOT_FOUND', `no volume named "${name}"`);
+    if (found.length > 1) throw new VaultError('ERR_EXISTS', `${found.length} volumes are named "${name}" (ids ${found.map((v) => v.id).join(', ')}); created concurrently? delete the unwanted one's objects under volumes/<id>/`);
+    return found[0];
   }
 
   private async readMeta(volumeId: string): Promise<VolumeMeta & { key: SecretKey }> {
@@ -193,7 +223,8 @@ export class Vault {
     const meta = deriveSubkey(key, 'meta');
     const sealedInfo = await this.codec.seal(meta, Buffer.from(JSON.stringify(info)), place);
     meta.wipe();
-    const doc = { v: 1, wrappedKey: wrapVolumeKey(this.master, key, place).toString('base64'), info: sealedInfo!.toString('base64') };
+    // vaultId in clear (it is public): what `init --recover` needs if the `vault` object is lost
+    const doc = { v: 1, vaultId: this.vaultId, wrappedKey: wrapVolumeKey(this.master, key, place).toString('base64'), info: sealedInfo!.toString('base64') };
     return Buffer.from(JSON.stringify(doc));
   }
 
@@ -241,7 +272,16 @@ export class Vault {
     const names: string[] = [];
     for (const v of await this.listVolumes({ strict: true })) {
       if (v.id === volumeId) continue;
-      const { root } = await this.loadRootOnly(v);
+      let root: RootRecord;
+      try {
+        ({ root } = await this.loadRootOnly(v));
+      } catch (err) {
+        // Deleted meanwhile (no meta), or still being created (no root yet: a clone checks for
+        // deletion marks after writing its root, so it withdraws by itself): not a clone now.
+        const [meta, rootObj] = await Promise.all([this.store.head(metaKey(v.id)), this.store.head(rootKey(v.id))]);
+        if (meta === null || rootObj === null) continue;
+        throw err;
+      }
       if (root.origin?.volumeId === volumeId && (snapshotId === undefined || root.origin.snapshotId === snapshotId)) names.push(v.name);
     }
     return names;
@@ -265,6 +305,7 @@ export class Vault {
     const { meta: originMeta, objects, root: originRoot } = await this.loadVolume(volumeName);
     if (originRoot.origin) throw new VaultError('ERR_NOT_SUPPORTED', `"${volumeName}" is itself a clone; clone its origin's snapshot instead`);
     const snap = await this.findSnapshot(objects, volumeName, snapName);
+    await this.assertClonable(objects, snap, source);
     if ((await this.listVolumes()).some((v) => v.name === newName)) throw new VaultError('ERR_EXISTS', `a volume named "${newName}" exists already`);
     const id = randomBytes(16).toString('hex');
     const key = generateVolumeKey();
@@ -285,9 +326,31 @@ export class Vault {
       origin: { volumeId: originMeta.id, snapshotId: snap.id },
     };
     await cloneObjects.writeRoot(root, null);
+    // The clone exists now and names the snapshot's objects. A deletion of the snapshot (or of
+    // the origin) that began before this point may not have seen it: look again, and if one
+    // did begin, withdraw the clone. Either the deleter sees the clone or the clone sees the
+    // deletion mark (each writes before it reads).
+    try {
+      await this.assertClonable(objects, snap, source);
+    } catch (err) {
+      await this.eraseVolume(newName, { id, name: newName, createdAt });
+      throw err;
+    }
     await this.state.recordSeq(id, 1);
     this.opts.logger.info({ volume: newName, origin: source }, 'volume cloned');
     return { id, name: newName, createdAt };
+  }
+
+  /** A snapshot may be cloned while it, and its volume, exist and are not being deleted. */
+  private async assertClonable(objects: VolumeObjects, snap: SnapshotRecord, source: string): Promise<void> {
+    const [volumeGone, volumeDeleting, snapGone, snapDeleting] = await Promise.all([
+      this.store.head(metaKey(objects.volumeId)).then((h) => h === null),
+      objects.isMarkedDeleting(null),
+      objects.snapshotExists(snap.id).then((e) => !e),
+      objects.isMarkedDeleting(snap.id),
+    ]);
+    if (volumeGone || volumeDeleting) throw new VaultError('ERR_NOT_FOUND', `cannot clone ${source}: its volume is being deleted`);
+    if (snapGone || snapDeleting) throw new VaultError('ERR_NOT_FOUND', `cannot clone ${source}: the snapshot is being deleted`);
   }
 
   private volumeObjects(meta: VolumeMeta, volumeKey: SecretKey): VolumeObjects {
@@ -295,24 +358,38 @@ export class Vault {
     return new VolumeObjects(this.store, this.codec, keys, this.vaultId, meta.id, meta.name);
   }
 
-  /** The volume's objects and its current root, checked against rollback. */
-  async loadVolume(name: string, found?: VolumeMeta): Promise<{ meta: VolumeMeta; objects: VolumeObjects; root: RootRecord; etag: string }> {
+  /**
+   * The volume's objects, its current root and its snapshots, checked against rollback twice:
+   * against the highest root this machine has seen (local state), and — with no local state at
+   * all — against the store's own snapshot records: every snapshot was taken from a root at
+   * least as new as its `rootSeq`, and bumped the epoch past its own. A root behind either is a
+   * replay. Accepted with --accept-rollback, the root's epoch is raised past every snapshot's,
+   * so its writer never deletes an object a snapshot names.
+   */
+  async loadVolume(name: string, found?: VolumeMeta): Promise<{ meta: VolumeMeta; objects: VolumeObjects; root: RootRecord; etag: string; snapshots: SnapshotRecord[] }> {
     found ??= await this.findVolume(name);
     const { key, ...meta } = await this.readMeta(found.id);
     const objects = this.volumeObjects(meta, key);
     // What this machine had seen *before* this read: a commit racing it cannot cause a false alarm.
     const highest = await this.state.highestSeq(meta.id);
-    const { root, etag } = await objects.readRoot();
+    let { root, etag } = await objects.readRoot();
+    const snapshots = await objects.listSnapshots();
     if (root.origin) objects.origin = await this.originObjects(name, root.origin.volumeId);
-    if (root.seq < highest) {
+    const newer = snapshots.filter((s) => s.rootSeq > root.seq || s.epoch >= root.epoch);
+    if (root.seq < highest || newer.length > 0) {
+      const why =
+        newer.length > 0
+          ? `its snapshot "${newer[0].name}" was taken from root ${newer[0].rootSeq} (epoch ${newer[0].epoch}), but the store's root is ${root.seq} (epoch ${root.epoch})`
+          : `this machine has seen root ${highest}, but the store's root is ${root.seq}`;
       if (!this.opts.acceptRollback) {
-        throw new VaultError('ERR_ROLLBACK', `the store holds root ${root.seq} of volume "${name}" but this machine has seen root ${highest}: the store may have been rolled back (use --accept-rollback to open it anyway)`);
+        throw new VaultError('ERR_ROLLBACK', `volume "${name}": ${why}: the store may have been rolled back or replayed an old root (use --accept-rollback to open it anyway)`);
       }
-      this.opts.logger.warn({ volume: name, seq: root.seq, highestSeen: highest }, 'accepting an older root (--accept-rollback)');
+      this.opts.logger.warn({ volume: name, seq: root.seq, highestSeen: highest, newerSnapshots: newer.length }, 'accepting an older root (--accept-rollback)');
       await this.state.resetSeq(meta.id, root.seq);
+      if (newer.length > 0) root = { ...root, epoch: Math.max(...snapshots.map((s) => s.epoch)) + 1 };
     }
     if (root.seq > highest) await this.state.recordSeq(meta.id, root.seq);
-    return { meta, objects, root, etag };
+    return { meta, objects, root, etag, snapshots };
   }
 
   /** A writable engine holds the volume's lease (see volume-lease.ts) until it is closed. */
@@ -337,24 +414,34 @@ export class Vault {
     }
   }
 
-  private async acquireLease(found: VolumeMeta, purpose: string): Promise<VolumeLease> {
+  private async leaseContext(found: VolumeMeta): Promise<LeaseContext> {
     const { key, ...meta } = await this.readMeta(found.id);
     const metaKey = deriveSubkey(key, 'meta');
     key.wipe();
-    return VolumeLease.acquire(
-      {
-        store: this.store,
-        codec: this.codec,
-        key: metaKey,
-        place: { vaultId: this.vaultIdBytes, volumeId: Buffer.from(meta.id, 'hex'), kind: 'lease', index: 0, generation: 0 },
-        objectKey: leaseKey(meta.id),
-        volumeName: meta.name,
-        instance: await this.state.instanceId(),
-        logger: this.opts.logger,
-      },
-      purpose,
-      this.opts.leaseTiming,
-    );
+    return {
+      store: this.store,
+      codec: this.codec,
+      key: metaKey,
+      place: { vaultId: this.vaultIdBytes, volumeId: Buffer.from(meta.id, 'hex'), kind: 'lease', index: 0, generation: 0 },
+      objectKey: leaseKey(meta.id),
+      volumeName: meta.name,
+      instance: await this.state.instanceId(),
+      logger: this.opts.logger,
+    };
+  }
+
+  private async acquireLease(found: VolumeMeta, purpose: string): Promise<VolumeLease> {
+    return VolumeLease.acquire(await this.leaseContext(found), purpose, this.opts.leaseTiming);
+  }
+
+  /** The volume's lease as it is in the store now (null: nobody holds it). */
+  async readLease(found: VolumeMeta): Promise<{ etag: string; record: LeaseRecord | null } | null> {
+    const ctx = await this.leaseContext(found);
+    try {
+      return await VolumeLease.read(ctx);
+    } finally {
+      ctx.key.wipe();
+    }
   }
 
   async volumeInfo(name: string) {
@@ -452,12 +539,19 @@ export class Vault {
    * old object, and never deletes an object of an older epoch itself.
    */
   async deleteSnapshot(volumeName: string, snapName: string): Promise<{ freedObjects: number }> {
-    const { objects, root } = await this.loadVolume(volumeName);
-    const snaps = await objects.listSnapshots();
+    const { objects, root, snapshots: snaps } = await this.loadVolume(volumeName);
     const doomed = snaps.find((s) => s.name === snapName);
     if (!doomed) throw new VaultError('ERR_NOT_FOUND', `volume "${volumeName}" has no snapshot named "${snapName}"`);
-    const clones = await this.clonesOf(objects.volumeId, doomed.id);
-    if (clones.length > 0) throw new VaultError('ERR_EXISTS', `snapshot ${volumeName}@${snapName} has clones (${clones.join(', ')}): delete them first`);
+    // Mark first, then look for clones: a clone made from here on sees the mark and withdraws.
+    await objects.markDeleting(doomed.id);
+    const clones = await this.clonesOf(objects.volumeId, doomed.id).catch(async (err) => {
+      await objects.unmarkDeleting(doomed.id);
+      throw err;
+    });
+    if (clones.length > 0) {
+      await objects.unmarkDeleting(doomed.id);
+      throw new VaultError('ERR_EXISTS', `snapshot ${volumeName}@${snapName} has clones (${clones.join(', ')}): delete them first`);
+    }
     const keep = new Set<string>();
     for (const r of [root, ...snaps.filter((s) => s !== doomed).map(snapshotAsRoot)]) {
       for (const key of await referencedKeys(objects, r)) keep.add(key);
@@ -467,6 +561,7 @@ export class Vault {
     const candidates = (await referencedKeys(objects, snapshotAsRoot(doomed))).filter((k) => k.startsWith(own) && !keep.has(k));
     await objects.deleteSnapshotRecord(doomed.id);
     for (let k = 0; k < candidates.length; k += 1000) await this.store.deleteMany(candidates.slice(k, k + 1000));
+    await objects.unmarkDeleting(doomed.id);
     this.opts.logger.info({ volume: volumeName, snapshot: snapName, freedObjects: candidates.length }, 'snapshot deleted');
     return { freedObjects: candidates.length };
   }
@@ -474,11 +569,24 @@ export class Vault {
   /** Crypto-erase the volume (its sealed key goes first), then delete all of its objects. */
   async deleteVolume(name: string, onProgress?: (done: number, total: number) => void): Promise<number> {
     const meta = await this.findVolume(name);
-    const clones = await this.clonesOf(meta.id);
-    if (clones.length > 0) throw new VaultError('ERR_EXISTS', `volume "${name}" has clones that share its chunks (${clones.join(', ')}): delete them first`);
     // Nobody may be writing it: hold its lease throughout (released, i.e. deleted, last).
     const lease = await this.acquireLease(meta, 'nbd-vault volume delete');
     try {
+      // Mark, then look for clones (see cloneVolume): a clone made after the look withdraws.
+      const { key, ...m } = await this.readMeta(meta.id);
+      const objects = this.volumeObjects(m, key);
+      await objects.markDeleting(null);
+      let clones: string[];
+      try {
+        clones = await this.clonesOf(meta.id);
+      } catch (err) {
+        await objects.unmarkDeleting(null);
+        throw err;
+      }
+      if (clones.length > 0) {
+        await objects.unmarkDeleting(null);
+        throw new VaultError('ERR_EXISTS', `volume "${name}" has clones that share its chunks (${clones.join(', ')}): delete them first`);
+      }
       return await this.eraseVolume(name, meta, onProgress);
     } finally {
       await lease.release();
@@ -535,4 +643,28 @@ export async function referencedKeys(objects: VolumeObjects, root: RootRecord): 
     if (e.id !== null) keys.push(objects.chunkKeyOf(e));
   }
   return keys;
+}
+
+/** Ids of the volumes in a store (those with a metadata object). */
+export async function listVolumeIds(store: ObjectStore): Promise<string[]> {
+  const ids: string[] = [];
+  for await (const info of store.list(VOLUMES_PREFIX)) {
+    const id = volumeIdOfKey(info.key);
+    if (id && info.key === metaKey(id)) ids.push(id);
+  }
+  return ids;
+}
+
+/** The vault ids that volumes' metadata names in clear (for `init --recover`). */
+export async function vaultIdsOfVolumes(store: ObjectStore, volumeIds?: string[]): Promise<string[]> {
+  const found = new Set<string>();
+  for (const id of volumeIds ?? (await listVolumeIds(store))) {
+    try {
+      const doc = JSON.parse((await store.get(metaKey(id))).body.toString('utf8'));
+      if (typeof doc?.vaultId === 'string' && /^[0-9a-f]{32}$/.test(doc.vaultId)) found.add(doc.vaultId);
+    } catch {
+      // unreadable metadata names nothing
+    }
+  }
+  return [...found];
 }

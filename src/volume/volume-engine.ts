@@ -9,7 +9,7 @@
 // before the root; an object is deleted only after a durable root no longer names it, and never
 // when an older epoch (a snapshot) may still name it.
 // Serialisation: writes to one chunk run under a per-chunk mutex; root commits run one at a time.
-import { VaultError, describeError } from '../errors';
+import { VaultError, describeError, isVaultError } from '../errors';
 import type { Logger } from '../util/log';
 import { copyWriteData, writeDataLength, type Export, type ExportCaps, type Extent, type WriteData, type WriteOptions, type ZeroOptions } from './export';
 import { CHUNK_SIZE, chunkCount, chunkLength, splitRange, type ChunkSpan } from './chunk-math';
@@ -44,6 +44,11 @@ export interface EngineOptions {
 
 /** how many recent chunk reads the readahead remembers (several sequential streams at once) */
 const RECENT_READS = 16;
+/** background retries of a failed chunk upload: exponential backoff between these bounds */
+const RETRY_MIN_MS = 500;
+const RETRY_MAX_MS = 30_000;
+/** how often a writer stalled on a full cache of failing uploads is reported */
+const STALL_LOG_MS = 10_000;
 
 export const DEFAULT_ENGINE_OPTIONS: EngineOptions = {
   dirtyLimitBytes: 256 * 2 ** 20,
@@ -86,6 +91,17 @@ export class VolumeEngine implements Export {
    *  guest's threads) each keep their own stream going */
   private readonly recentReads: number[] = [];
   private closed = false;
+  /** Uploads (chunks and pages) that no durable root names yet, by token → start time: what gc
+   *  must not take (the lease publishes the oldest). A chunk's token is 'done' once its entry is
+   *  in the manifest; a commit that captured it retires it when its root is durable. */
+  private readonly unreferenced = new Map<number, { startMs: number; done: boolean }>();
+  private uploadToken = 0;
+  /** A root put whose outcome is unknown (the store's retries ran out): if it landed, the store
+   *  holds exactly these bytes, and the next commit adopts it instead of failing If-Match. */
+  private uncertainRoot: { sealed: Buffer; seq: number; pageKeys: string[] } | null = null;
+  /** page objects of failed commits: garbage unless an uncertain root that names them landed */
+  private orphanPages: string[] = [];
+  private lastStallLogMs = 0;
 
   constructor(
     readonly name: string,
@@ -111,7 +127,15 @@ export class VolumeEngine implements Export {
     if (rw) {
       this.timer = setInterval(() => this.tick(), 100);
       this.timer.unref();
+      opts.lease?.reportPending(() => this.oldestUnreferencedMs());
     }
+  }
+
+  /** Start time (ms since the epoch) of the oldest upload no durable root names yet, or null. */
+  oldestUnreferencedMs(): number | null {
+    let oldest: number | null = null;
+    for (const { startMs } of this.unreferenced.values()) if (oldest === null || startMs < oldest) oldest = startMs;
+    return oldest;
   }
 
   /** Load a volume's manifest: the root, then every page it names (in parallel). */
@@ -336,10 +360,29 @@ export class VolumeEngine implements Export {
 
   private tick(): void {
     this.kick();
+    this.reportStall();
     if (this.opts.autoCommitMs > 0 && this.manifestChangedSinceCommit && Date.now() - this.lastCommitMs >= this.opts.autoCommitMs && this.flushWaiters === 0) {
       this.lastCommitMs = Date.now();
       this.commitRoot().catch((err) => this.logger.warn({ volume: this.name, err: describeError(err) }, 'background commit failed; will retry'));
     }
+  }
+
+  /** Writers waiting for room while uploads fail: the store is down. Said in the log, not hidden. */
+  private reportStall(): void {
+    if (this.writeCache.waiting === 0) return;
+    const now = Date.now();
+    if (now - this.lastStallLogMs < STALL_LOG_MS) return;
+    let failing = 0;
+    let lastError: unknown = null;
+    for (const [, d] of this.writeCache.entries()) {
+      if (d.error) {
+        failing++;
+        lastError = d.error;
+      }
+    }
+    if (failing === 0) return;
+    this.lastStallLogMs = now;
+    this.logger.warn({ volume: this.name, waitingWriters: this.writeCache.waiting, failingChunks: failing, dirtyBytes: this.writeCache.sizeBytes, err: describeError(lastError) }, 'writes are waiting: the write cache is full and uploads keep failing; retrying in the background');
   }
 
   /**
@@ -363,7 +406,12 @@ export class VolumeEngine implements Export {
           if (this.uploadsInFlight >= this.opts.uploadConcurrency) break;
           // One upload per chunk at a time: a newer record waits for the older one's upload,
           // so their results reach the manifest in write order.
-          if (d.uploading || d.error || this.uploadingChunks.has(i)) continue;
+          if (d.uploading || this.uploadingChunks.has(i)) continue;
+          if (d.error) {
+            // failed before: retried in the background with backoff (a flush retries at once)
+            if (now >= d.retryAtMs) void this.upload(i, d);
+            continue;
+          }
           const full = d.data === null || d.bytesWritten >= (d.data?.length ?? 0);
           if (this.flushWaiters > 0 || pressure || full || now - d.lastWriteMs >= this.opts.writebackDelayMs) void this.upload(i, d);
         }
@@ -378,9 +426,13 @@ export class VolumeEngine implements Export {
     this.uploadingChunks.add(i);
     this.uploadsInFlight++;
     const data = d.data;
+    const token = ++this.uploadToken;
+    this.unreferenced.set(token, { startMs: Date.now(), done: false });
     try {
       // (an all-zero chunk comes back as a zero entry: the codec checks)
       const entry: Entry = data === null ? { id: null, epoch: this.epoch, storedSize: 0 } : await this.objects.writeChunk(i, data, this.epoch);
+      if (entry.id === null) this.unreferenced.delete(token);
+      else this.unreferenced.get(token)!.done = true;
       // From here to the end of this block nothing awaits: manifest, caches and the delete
       // list change together.
       if (i >= this.manifest.chunkCount) {
@@ -399,8 +451,12 @@ export class VolumeEngine implements Export {
       if (settled && data !== null && entry.id !== null && !streaming) this.readCache.set(i, data);
       else if (data !== null && this.writeCache.get(i)?.data !== data) this.buffers.give(data); // nobody holds it now
     } catch (err) {
+      this.unreferenced.delete(token); // whatever reached the store is garbage: nothing will name it
       d.error = err;
-      this.logger.error({ volume: this.name, chunk: i, err: describeError(err) }, 'chunk upload failed; kept in the write cache');
+      d.failures++;
+      const backoff = Math.min(RETRY_MAX_MS, RETRY_MIN_MS * 2 ** Math.min(16, d.failures - 1));
+      d.retryAtMs = Date.now() + backoff / 2 + Math.random() * (backoff / 2);
+      this.logger.error({ volume: this.name, chunk: i, failures: d.failures, retryInMs: Math.round(d.retryAtMs - Date.now()), err: describeError(err) }, 'chunk upload failed; kept in the write cache and retried');
     } finally {
       d.uploading = false;
       this.uploadingChunks.delete(i);
@@ -417,7 +473,12 @@ export class VolumeEngine implements Export {
     try {
       // Failed chunks get one fresh attempt per flush (the store's retry layer has already
       // retried each attempt); if it fails again, the flush reports it.
-      for (const [, d] of this.writeCache.entries()) if (d.firstWrite <= mark) d.error = null;
+      for (const [, d] of this.writeCache.entries()) {
+        if (d.firstWrite <= mark && d.error) {
+          d.error = null;
+          d.retryAtMs = 0;
+        }
+      }
       for (;;) {
         let pending = false;
         for (const [i, d] of this.writeCache.entries()) {
@@ -445,8 +506,17 @@ export class VolumeEngine implements Export {
   async flush(): Promise<void> {
     this.assertOpen();
     if (this.opts.readOnly) return;
+    this.opts.lease?.check(); // a writer without its lease cannot promise anything is durable
     await this.drainDirty();
+    // A commit already running may hold our writes: wait for it. If it did, and nothing changed
+    // since, the root in the store is current and there is nothing to write.
+    await this.commitChain;
+    if (!this.hasUncommittedChanges()) return;
     await this.commitRoot();
+  }
+
+  private hasUncommittedChanges(): boolean {
+    return this.manifestChangedSinceCommit || this.manifest.dirtyPages.size > 0 || this.pendingDeletes.length > 0;
   }
 
   /**
@@ -473,9 +543,23 @@ export class VolumeEngine implements Export {
     const pages = [...this.manifest.pages];
     this.manifestChangedSinceCommit = false;
     if (snapshot) this.epoch++;
+    // chunk uploads this root will name; page uploads get their own tokens below
+    const captured = [...this.unreferenced].filter(([, u]) => u.done).map(([t]) => t);
+    const pageTokens: number[] = [];
+    const writtenPages: string[] = [];
     const oldPages: PageRef[] = [];
     try {
-      const refs = await Promise.all(dirty.map((p, k) => (pageBytes[k] === null ? null : this.objects.writePage(p, pageBytes[k]!, epochAtCapture))));
+      const refs = await Promise.all(
+        dirty.map(async (p, k) => {
+          if (pageBytes[k] === null) return null;
+          const token = ++this.uploadToken;
+          pageTokens.push(token);
+          this.unreferenced.set(token, { startMs: Date.now(), done: true });
+          const ref = await this.objects.writePage(p, pageBytes[k]!, epochAtCapture);
+          writtenPages.push(pageKey(this.objects.volumeId, ref.id));
+          return ref;
+        }),
+      );
       dirty.forEach((p, k) => {
         const old = pages[p];
         if (old && old.epoch === epochAtCapture) oldPages.push(old);
@@ -493,25 +577,68 @@ export class VolumeEngine implements Export {
         updatedAt: new Date().toISOString(),
         ...(this.origin ? { origin: this.origin } : {}),
       };
-      this.etag = await this.objects.writeRoot(root, this.etag);
-      this.seq = root.seq;
+      const committed = await this.putRoot(root, writtenPages);
+      this.seq = committed.seq;
       this.lastCommitMs = Date.now();
+      for (const t of [...captured, ...pageTokens]) this.unreferenced.delete(t);
       // Pages may have changed while we wrote: adopt only the refs we wrote, keep later changes dirty.
       dirty.forEach((p) => {
         if (p < this.manifest.pageCount) this.manifest.pages[p] = pages[p];
       });
-      await this.opts.onRootCommitted?.(root.seq);
-      this.logger.debug({ volume: this.name, seq: root.seq, pages: dirty.length, deletes: deletes.length }, 'root committed');
-      const doomed = [...deletes, ...oldPages.map((r) => pageKey(this.objects.volumeId, r.id))];
+      await this.opts.onRootCommitted?.(committed.seq);
+      this.logger.debug({ volume: this.name, seq: committed.seq, pages: dirty.length, deletes: deletes.length }, 'root committed');
+      const doomed = [...deletes, ...oldPages.map((r) => pageKey(this.objects.volumeId, r.id)), ...this.orphanPages];
+      this.orphanPages = [];
       if (doomed.length > 0) {
         this.objects.store.deleteMany(doomed).catch((err) => this.logger.warn({ volume: this.name, objects: doomed.length, err: describeError(err) }, 'deleting unreferenced objects failed; gc will remove them'));
       }
-      return root;
+      return committed;
     } catch (err) {
-      // Nothing became durable: the same pages and deletes belong to the next commit.
+      // Nothing became durable (or, for an uncertain root put, nothing we may count on): the same
+      // pages and deletes belong to the next commit; the pages written here are garbage unless
+      // the uncertain root landed (then the next commit adopts it and they go after that).
+      for (const t of pageTokens) this.unreferenced.delete(t);
+      if (this.uncertainRoot?.pageKeys !== writtenPages) this.orphanPages.push(...writtenPages);
       for (const p of dirty) if (p < this.manifest.pageCount) this.manifest.dirtyPages.add(p);
       this.pendingDeletes.unshift(...deletes);
       this.manifestChangedSinceCommit = true;
+      throw err;
+    }
+  }
+
+  /**
+   * Put the root with If-Match on the etag we last wrote. If a previous put's outcome was unknown
+   * (its reply was lost after every retry) and the store now holds exactly those bytes, that put
+   * landed: adopt it — its etag, its seq — and write this root after it. Anything else in the
+   * store is another writer's: refuse (ERR_LEASE).
+   */
+  private async putRoot(root: RootRecord, writtenPages: string[]): Promise<RootRecord> {
+    const sealed = await this.objects.sealRoot(root);
+    try {
+      this.etag = await this.objects.putRoot(sealed, this.etag);
+      // If-Match on the etag before an uncertain put succeeded: that put did not land
+      if (this.uncertainRoot) this.orphanPages.push(...this.uncertainRoot.pageKeys);
+      this.uncertainRoot = null;
+      return root;
+    } catch (err) {
+      const uncertain = this.uncertainRoot;
+      if (isVaultError(err, 'ERR_LEASE') && uncertain) {
+        const current = await this.objects.readRootBytes();
+        if (current && current.body.equals(uncertain.sealed)) {
+          this.logger.warn({ volume: this.name, seq: uncertain.seq }, 'a root put whose reply was lost had landed; adopting it');
+          this.etag = current.etag;
+          this.seq = uncertain.seq;
+          this.uncertainRoot = null;
+          await this.opts.onRootCommitted?.(uncertain.seq);
+          // its pages are replaced by this commit's (the same dirty pages, written again)
+          this.orphanPages.push(...uncertain.pageKeys);
+          return this.putRoot({ ...root, seq: uncertain.seq + 1 }, writtenPages);
+        }
+      }
+      if (!isVaultError(err, 'ERR_LEASE') && !isVaultError(err, 'ERR_STORE_PRECONDITION')) {
+        // outcome unknown: remember the bytes, the next commit finds out
+        this.uncertainRoot = { sealed, seq: root.seq, pageKeys: writtenPages };
+      }
       throw err;
     }
   }
@@ -588,13 +715,18 @@ export class VolumeEngine implements Export {
   }
 
   /** Flush, stop background work. The engine serves nothing afterwards. */
+  /** Flush, stop background work, release the lease — also when the flush fails (the error is
+   *  rethrown: what was not flushed is lost, and the caller must say so). */
   async close(): Promise<void> {
     if (this.closed) return;
-    if (!this.opts.readOnly && !this.opts.lease?.lost) await this.flush();
-    this.closed = true;
-    if (this.timer) clearInterval(this.timer);
-    this.timer = null;
-    await this.opts.lease?.release();
+    try {
+      if (!this.opts.readOnly && !this.opts.lease?.lost) await this.flush();
+    } finally {
+      this.closed = true;
+      if (this.timer) clearInterval(this.timer);
+      this.timer = null;
+      await this.opts.lease?.release();
+    }
   }
 
   private assertOpen(): void {

@@ -33,13 +33,18 @@ function processAlive(pid: number): boolean {
   }
 }
 
-interface LeaseRecord {
+export interface LeaseRecord {
   readonly v: 1;
   readonly instance: string;
   readonly host: string;
   readonly pid: number;
   readonly purpose: string;
   readonly expiresAt: number;
+  /** when the holder wrote this record (its clock) */
+  readonly writtenAt?: number;
+  /** start of the holder's oldest upload that no durable root names yet (null: none): gc keeps
+   *  everything of the volume from there on, however long the holder's commits take */
+  readonly pendingSince?: number | null;
 }
 
 export interface LeaseContext {
@@ -74,7 +79,7 @@ export class VolumeLease {
   static async acquire(ctx: LeaseContext, purpose: string, opts: { ttlMs?: number; renewMs?: number } = {}): Promise<VolumeLease> {
     const ttlMs = opts.ttlMs ?? LEASE_TTL_MS;
     const now = ctx.now ?? Date.now;
-    const record = (): LeaseRecord => ({ v: 1, instance: ctx.instance, host: hostname(), pid: process.pid, purpose, expiresAt: now() + ttlMs });
+    const record = (): LeaseRecord => ({ v: 1, instance: ctx.instance, host: hostname(), pid: process.pid, purpose, expiresAt: now() + ttlMs, writtenAt: now(), pendingSince: null });
     const body = async () => (await ctx.codec.seal(ctx.key, Buffer.from(JSON.stringify(record())), ctx.place))!;
     let etag: string;
     try {
@@ -111,7 +116,7 @@ export class VolumeLease {
   }
 
   /** The lease record now in the store (null: none; record null: unreadable). */
-  private static async read(ctx: LeaseContext): Promise<{ etag: string; record: LeaseRecord | null } | null> {
+  static async read(ctx: Pick<LeaseContext, 'store' | 'codec' | 'key' | 'place' | 'objectKey'>): Promise<{ etag: string; record: LeaseRecord | null } | null> {
     let obj;
     try {
       obj = await ctx.store.get(ctx.objectKey);
@@ -137,6 +142,14 @@ export class VolumeLease {
     }
   }
 
+  /** The engine tells the lease what gc must keep (see LeaseRecord.pendingSince), published with
+   *  every renewal. Uploads that start after a renewal are newer than its `writtenAt`. */
+  reportPending(source: () => number | null): void {
+    this.pendingSource = source;
+  }
+
+  private pendingSource: () => number | null = () => null;
+
   get lost(): boolean {
     return this.lostError !== null;
   }
@@ -145,9 +158,31 @@ export class VolumeLease {
   private renewedAt: number;
 
   async renew(): Promise<void> {
-    if (this.released || this.lostError) return;
+    // One renewal at a time: a slow one (store retries) overlapping the next would race it with
+    // If-Match on the same etag, and the loser would take the lease for lost.
+    if (this.released || this.lostError || this.renewing) return;
+    this.renewing = true;
+    try {
+      await this.renewNow();
+    } finally {
+      this.renewing = false;
+    }
+  }
+
+  private renewing = false;
+
+  private async renewNow(): Promise<void> {
     const now = (this.ctx.now ?? Date.now)();
-    const record: LeaseRecord = { v: 1, instance: this.ctx.instance, host: hostname(), pid: process.pid, purpose: this.purpose, expiresAt: now + this.ttlMs };
+    const record: LeaseRecord = {
+      v: 1,
+      instance: this.ctx.instance,
+      host: hostname(),
+      pid: process.pid,
+      purpose: this.purpose,
+      expiresAt: now + this.ttlMs,
+      writtenAt: now,
+      pendingSince: this.pendingSource(),
+    };
     try {
       const sealed = (await this.ctx.codec.seal(this.ctx.key, Buffer.from(JSON.stringify(record)), this.ctx.place))!;
       this.etag = (await this.ctx.store.put(this.ctx.objectKey, sealed, { ifMatch: this.etag })).etag;
@@ -182,4 +217,17 @@ export class VolumeLease {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
   }
+}
+
+/**
+ * What gc must keep of a volume whose lease it read: every object modified at or after the
+ * returned time (ms since the epoch, the holder's clock; the caller adds its grace for skew).
+ * -Infinity keeps everything (an unreadable or old-format record); null: no live writer.
+ */
+export function liveWriterHorizon(lease: { record: LeaseRecord | null } | null, nowMs: number, graceMs: number): number | null {
+  if (lease === null) return null;
+  const r = lease.record;
+  if (r === null || typeof r.writtenAt !== 'number') return -Infinity;
+  if (r.expiresAt + graceMs < nowMs) return null; // expired: its holder can no longer commit
+  return Math.min(r.writtenAt, r.pendingSince ?? r.writtenAt);
 }

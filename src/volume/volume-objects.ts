@@ -6,7 +6,7 @@ import type { Codec } from '../codec/codec';
 import type { ObjectPlace, ObjectKind } from '../codec/object-place';
 import type { SecretKey } from '../keys/secret-key';
 import type { ObjectStore } from '../store/object-store';
-import { chunkKey, pageKey, rootKey, snapshotKey, snapshotPrefix } from './object-keys';
+import { chunkKey, pageKey, rootKey, snapshotDeletingKey, snapshotKey, snapshotPrefix, volumeDeletingKey } from './object-keys';
 import { decodeSnapshot, encodeSnapshot, type SnapshotRecord } from './snapshot-record';
 import { generationOfId, newObjectId, type Entry, type PageRef } from './manifest';
 import { decodeRoot, encodeRoot, type RootRecord } from './root-record';
@@ -117,8 +117,26 @@ export class VolumeObjects {
   /** Replace the root. With `ifMatch` (the etag this writer last saw) where the store supports
    *  conditional puts, so a second writer fails loudly instead of forking the volume. */
   async writeRoot(root: RootRecord, previousEtag: string | null): Promise<string> {
+    return this.putRoot(await this.sealRoot(root), previousEtag);
+  }
+
+  async sealRoot(root: RootRecord): Promise<Buffer> {
     const sealed = await this.codec.seal(this.keys.manifest, encodeRoot(root), this.place('root', 0, 0));
     if (sealed === null) throw new VaultError('ERR_BUG', 'codec returned no object for a root');
+    return sealed;
+  }
+
+  /** The root object's stored bytes and etag, unopened (null: there is none). */
+  async readRootBytes(): Promise<{ body: Buffer; etag: string } | null> {
+    try {
+      return await this.store.get(rootKey(this.volumeId));
+    } catch (err) {
+      if (isVaultError(err, 'ERR_STORE_NOT_FOUND')) return null;
+      throw annotate(err, `root of volume "${this.volumeName}"`);
+    }
+  }
+
+  async putRoot(sealed: Buffer, previousEtag: string | null): Promise<string> {
     const opts = !this.store.props.conditionalPut ? undefined : previousEtag === null ? { ifNoneMatch: '*' as const } : { ifMatch: previousEtag };
     try {
       const { etag } = await this.store.put(rootKey(this.volumeId), sealed, opts);
@@ -161,6 +179,37 @@ export class VolumeObjects {
 
   async deleteSnapshotRecord(id: string): Promise<void> {
     await this.store.delete(snapshotKey(this.volumeId, id));
+  }
+
+  // --- deletion marks ----------------------------------------------------------------------
+  // A mark says "deletion of this snapshot (or of the whole volume) has begun": a clone made
+  // after it would name objects about to go, so cloning checks for marks after writing the
+  // clone's root (docs/FORMAT.md, "Deleting and cloning"). Only existence matters; the body is
+  // sealed like every object so the store learns nothing from it.
+
+  private deletionMark(snapshotId: string | null): { key: string; place: ObjectPlace } {
+    return snapshotId === null
+      ? { key: volumeDeletingKey(this.volumeId), place: this.place('snapshot', 2, 0) }
+      : { key: snapshotDeletingKey(this.volumeId, snapshotId), place: this.place('snapshot', 1, generationOfId(snapshotId)) };
+  }
+
+  /** Mark a snapshot (or, with null, the volume) as being deleted. */
+  async markDeleting(snapshotId: string | null): Promise<void> {
+    const { key, place } = this.deletionMark(snapshotId);
+    const body = JSON.stringify({ v: 1, deleting: snapshotId ?? 'volume', at: new Date().toISOString() });
+    await this.store.put(key, (await this.codec.seal(this.keys.manifest, Buffer.from(body), place))!);
+  }
+
+  async unmarkDeleting(snapshotId: string | null): Promise<void> {
+    await this.store.delete(this.deletionMark(snapshotId).key);
+  }
+
+  async isMarkedDeleting(snapshotId: string | null): Promise<boolean> {
+    return (await this.store.head(this.deletionMark(snapshotId).key)) !== null;
+  }
+
+  async snapshotExists(snapshotId: string): Promise<boolean> {
+    return (await this.store.head(snapshotKey(this.volumeId, snapshotId))) !== null;
   }
 
   private async fetch(key: string, what: string) {

@@ -6,14 +6,20 @@
 
 export interface DirtyChunk {
   data: Buffer | null;
-  /** global write counter when the oldest write not covered by an upload was made */
-  readonly firstWrite: number;
+  /** global write counter when the oldest write not covered by an upload was made: its own
+   *  first write, or an older one inherited from a record whose upload had not yet succeeded */
+  firstWrite: number;
+  /** global write counter of this record's own first write */
+  readonly ownFirstWrite: number;
   /** bytes written into this chunk since it became dirty (to spot fully rewritten chunks) */
   bytesWritten: number;
   lastWriteMs: number;
   uploading: boolean;
   /** the last upload attempt failed; flush reports it */
   error: unknown;
+  /** failed attempts in a row, and when the background may try again (backoff) */
+  failures: number;
+  retryAtMs: number;
 }
 
 export class WriteCache {
@@ -37,6 +43,11 @@ export class WriteCache {
     return this.bytes;
   }
 
+  /** writers blocked in waitForRoom() right now */
+  get waiting(): number {
+    return this.waiters.length;
+  }
+
   entries(): IterableIterator<[number, DirtyChunk]> {
     return this.map.entries();
   }
@@ -57,23 +68,28 @@ export class WriteCache {
       old.data = data;
       old.bytesWritten += bytesWritten;
       old.lastWriteMs = nowMs;
-      old.error = null;
       return old;
     }
     // Replacing a record under upload (copy-on-write): the new record holds the old one's bytes
     // too, and that upload may yet fail, so it inherits the old record's oldest write — a flush
     // that had to wait for the old record waits for this one.
     const firstWrite = old ? old.firstWrite : writeId;
-    const fresh: DirtyChunk = { data, firstWrite, bytesWritten, lastWriteMs: nowMs, uploading: false, error: null };
+    const fresh: DirtyChunk = { data, firstWrite, ownFirstWrite: writeId, bytesWritten, lastWriteMs: nowMs, uploading: false, error: null, failures: 0, retryAtMs: 0 };
     this.bytes += (data?.length ?? 0) - (old?.data?.length ?? 0);
     this.map.set(chunkIndex, fresh);
     this.wake();
     return fresh;
   }
 
-  /** Drop `d` after its upload, unless a newer write replaced it meanwhile. */
+  /** Drop `d` after its upload, unless a newer write replaced it meanwhile. A replacing record
+   *  then no longer owes `d`'s writes (they are stored now): it keeps only its own, so a flush
+   *  waiting for `d`'s writes does not also wait for the writes that keep arriving after it. */
   settle(chunkIndex: number, d: DirtyChunk): boolean {
-    if (this.map.get(chunkIndex) !== d) return false;
+    const current = this.map.get(chunkIndex);
+    if (current !== d) {
+      if (current && current.firstWrite === d.firstWrite) current.firstWrite = current.ownFirstWrite;
+      return false;
+    }
     this.map.delete(chunkIndex);
     this.bytes -= d.data?.length ?? 0;
     this.wake();

@@ -1,0 +1,276 @@
+// Lifecycle safety, one case each (the randomized test finds them in interleavings; these pin
+// them down): a replayed old root with no local state, a lost `vault` object, a flush racing a
+// rewritten chunk, an uncertain root put, uploads after a store outage, gc beside a long import,
+// two volumes of one name, a close whose flush fails, a flush with nothing to write.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { VaultError, isVaultError } from '../../src/errors';
+import { createInlineCodec } from '../../src/codec';
+import { MemoryStore } from '../../src/store/memory-store';
+import { FaultyStore } from '../../src/store/faulty-store';
+import { seededRandom } from '../../src/store/seeded-random';
+import type { ObjectInfo, ObjectStore, PutOptions, StoredObject } from '../../src/store/object-store';
+import { CHUNK_SIZE } from '../../src/volume/chunk-math';
+import { collectGarbage } from '../../src/volume/garbage-collector';
+import { Vault, vaultIdsOfVolumes } from '../../src/volume/vault';
+import { verifyManifest } from '../../src/volume/verify';
+import { makeVault, logger, countKeys } from './vault-fixture';
+
+const MiB = 2 ** 20;
+
+function freshState(t: { after(fn: () => void): void }): string {
+  const dir = mkdtempSync(join(tmpdir(), 'nbd-vault-state-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+async function within<T>(ms: number, what: string, p: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new assert.AssertionError({ message: `${what} did not finish within ${ms} ms (hung)` })), ms);
+  });
+  try {
+    return await Promise.race([p, deadline]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function rootKeyOf(store: ObjectStore): Promise<string> {
+  for await (const info of store.list('volumes/')) if (info.key.endsWith('/root')) return info.key;
+  throw new Error('no root');
+}
+
+test('a replayed root older than a snapshot is refused with no local state at all; accepted, it never deletes what the snapshot names', async (t) => {
+  const store = new MemoryStore();
+  const f = await makeVault(store);
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 3 * CHUNK_SIZE);
+  const e = await f.vault.openEngine('v');
+  const before = randomBytes(CHUNK_SIZE);
+  await e.write(0, before);
+  await e.flush();
+  const key = await rootKeyOf(store);
+  const oldRoot = (await store.get(key)).body; // the store keeps a copy of this root...
+  await e.snapshot('s1');
+  await e.write(0, randomBytes(CHUNK_SIZE));
+  await e.close();
+  await store.put(key, oldRoot); // ...and serves it again later
+
+  // another machine (no local state): the snapshot record in the store gives the replay away
+  const elsewhere = await Vault.open(store, f.master, createInlineCodec(), { stateDir: freshState(t), logger });
+  await assert.rejects(elsewhere.openEngine('v'), (err: unknown) => isVaultError(err, 'ERR_ROLLBACK') && /snapshot "s1"/.test((err as Error).message));
+
+  const accepting = await Vault.open(store, f.master, createInlineCodec(), { stateDir: freshState(t), logger, acceptRollback: true });
+  const w = await accepting.openEngine('v');
+  assert.ok((await w.read(0, CHUNK_SIZE)).equals(before), 'the old root reads as it was');
+  await w.write(0, randomBytes(CHUNK_SIZE)); // overwrites the chunk the snapshot shares
+  await w.flush();
+  await w.close();
+  const { manifest, root, objects } = await accepting.loadManifestOf('v@s1');
+  assert.deepEqual((await verifyManifest(objects, manifest, root)).damaged, [], 'the snapshot lost nothing');
+  const snap = await accepting.openSnapshotEngine('v', 's1');
+  assert.ok((await snap.read(0, CHUNK_SIZE)).equals(before));
+  await snap.close();
+});
+
+test('a store with volumes but no vault object: no new vault is made over them; init --recover rebuilds it', async (t) => {
+  const store = new MemoryStore();
+  const f = await makeVault(store);
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', CHUNK_SIZE);
+  const e = await f.vault.openEngine('v');
+  const data = randomBytes(4096);
+  await e.write(0, data);
+  await e.close();
+  await store.delete('vault');
+
+  await assert.rejects(Vault.create(store, f.master, createInlineCodec(), { stateDir: f.stateDir, logger }), (err: unknown) => {
+    assert.ok(isVaultError(err, 'ERR_EXISTS'));
+    assert.match((err as Error).message, /holds 1 volume\(s\) but no `vault` object.*init --recover/);
+    assert.match((err as Error).message, new RegExp(f.vault.vaultId));
+    return true;
+  });
+  assert.equal(await store.head('vault'), null, 'nothing was created');
+
+  // a wrong vault id, or another master key, is refused
+  await assert.rejects(
+    Vault.create(store, f.master, createInlineCodec(), { stateDir: f.stateDir, logger, recoverVaultId: randomBytes(16).toString('hex') }),
+    (err: unknown) => isVaultError(err, 'ERR_WRONG_KEY') || isVaultError(err, 'ERR_AUTH_FAILED'),
+  );
+  assert.deepEqual(await vaultIdsOfVolumes(store), [f.vault.vaultId]);
+  const rebuilt = await Vault.create(store, f.master, createInlineCodec(), { stateDir: f.stateDir, logger, recoverVaultId: f.vault.vaultId });
+  assert.equal(rebuilt.vaultId, f.vault.vaultId);
+  const again = await (await f.reopen()).openEngine('v', { readOnly: true });
+  assert.ok((await again.read(0, 4096)).equals(data), 'the volume opens under the rebuilt vault object');
+  await again.close();
+});
+
+test('a flush finishes while another client keeps rewriting one chunk', async (t) => {
+  // uploads take a few ms, so the rewrites land during every one of them
+  const f = await makeVault(new FaultyStore(new MemoryStore(), { latencyMs: { min: 2, max: 5 } }, seededRandom(5)));
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 2 * CHUNK_SIZE);
+  const e = await f.vault.openEngine('v', { writebackDelayMs: 0 });
+  let stop = false;
+  let rewrites = 0;
+  const journal = (async () => {
+    while (!stop) {
+      await e.write(0, randomBytes(4096));
+      rewrites++;
+      await new Promise((r) => setImmediate(r));
+    }
+  })();
+  await new Promise((r) => setTimeout(r, 50));
+  const atFlush = rewrites;
+  await within(20_000, 'a flush beside a rewritten chunk', e.flush());
+  stop = true;
+  await journal;
+  assert.ok(rewrites > atFlush, `the rewrites went on during the flush (${rewrites - atFlush})`);
+  await e.close();
+});
+
+/** A store whose root put lands but whose reply is lost, when armed (once). */
+class LostRootReply implements ObjectStore {
+  readonly name = 'lost-root-reply';
+  armed = false;
+  constructor(private readonly inner: ObjectStore) {}
+  get props() {
+    return this.inner.props;
+  }
+  get(key: string): Promise<StoredObject> {
+    return this.inner.get(key);
+  }
+  head(key: string): Promise<ObjectInfo | null> {
+    return this.inner.head(key);
+  }
+  async put(key: string, body: Buffer, opts?: PutOptions): Promise<{ etag: string }> {
+    const r = await this.inner.put(key, body, opts);
+    if (this.armed && key.endsWith('/root')) {
+      this.armed = false;
+      throw new VaultError('ERR_STORE_TRANSIENT', 'reply lost (after the retries)');
+    }
+    return r;
+  }
+  delete(key: string): Promise<void> {
+    return this.inner.delete(key);
+  }
+  deleteMany(keys: readonly string[]): Promise<void> {
+    return this.inner.deleteMany(keys);
+  }
+  list(prefix: string): AsyncIterable<ObjectInfo> {
+    return this.inner.list(prefix);
+  }
+  async close(): Promise<void> {}
+  unwrap(): ObjectStore {
+    return this.inner;
+  }
+}
+
+test('a root put that landed with its reply lost is adopted by the next commit (no wedged engine); close releases the lease', async (t) => {
+  const base = new MemoryStore();
+  const store = new LostRootReply(base);
+  const f = await makeVault(store);
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 2 * CHUNK_SIZE);
+  const e = await f.vault.openEngine('v');
+  const a = randomBytes(8192);
+  await e.write(0, a);
+  store.armed = true;
+  await assert.rejects(e.flush(), /reply lost/);
+  const b = randomBytes(8192);
+  await e.write(CHUNK_SIZE, b);
+  await e.flush(); // was: ERR_LEASE "changed by another writer", forever
+  await e.close();
+  assert.equal(await countKeys(base, 'volumes/', '/lease'), 0, 'the lease was released');
+  const r = await (await f.reopen()).openEngine('v', { readOnly: true });
+  assert.ok((await r.read(0, 8192)).equals(a));
+  assert.ok((await r.read(CHUNK_SIZE, 8192)).equals(b));
+  await r.close();
+});
+
+test('after a store outage, writes go on without a flush: failed uploads retry in the background', async (t) => {
+  const base = new MemoryStore();
+  const faulty = new FaultyStore(base, {}, seededRandom(7));
+  const f = await makeVault(faulty);
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 8 * CHUNK_SIZE);
+  const e = await f.vault.openEngine('v', { dirtyLimitBytes: 2 * CHUNK_SIZE, writebackDelayMs: 0 });
+  faulty.setRules({ rules: [{ ops: ['put'], probability: 1, code: 'ERR_STORE_TRANSIENT' }] });
+  await e.write(0, randomBytes(CHUNK_SIZE));
+  await e.write(CHUNK_SIZE, randomBytes(CHUNK_SIZE)); // the cache is full of failing uploads
+  await new Promise((r) => setTimeout(r, 100));
+  faulty.setRules({}); // the store is back
+  const c = randomBytes(CHUNK_SIZE);
+  await within(20_000, 'a write after the outage (no flush)', e.write(2 * CHUNK_SIZE, c));
+  await e.flush();
+  assert.ok((await e.read(2 * CHUNK_SIZE, CHUNK_SIZE)).equals(c));
+  await e.close();
+});
+
+test('gc beside a long import (commits only at its end) takes none of its uploads', async (t) => {
+  const f = await makeVault();
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 4 * CHUNK_SIZE);
+  const imp = await f.vault.openEngine('v', { autoCommitMs: 0, writebackDelayMs: 0 });
+  const image = randomBytes(3 * CHUNK_SIZE);
+  await imp.write(0, image.subarray(0, 2 * CHUNK_SIZE));
+  // wait until the first chunks are stored (uploaded, not yet named by any root)
+  for (let k = 0; k < 200 && (await countKeys(f.store, 'volumes/', '/chunks/')) < 2; k++) await new Promise((r) => setTimeout(r, 10));
+  assert.equal(await countKeys(f.store, 'volumes/', '/chunks/'), 2);
+  const gc = await collectGarbage(await f.reopen(), { dryRun: false, graceMs: 0 }, logger);
+  assert.equal(gc.deleted, 0, 'nothing of the import was taken');
+  assert.equal(gc.heldByWriters, 2);
+  assert.deepEqual(gc.writingVolumes, ['v']);
+  await imp.write(2 * CHUNK_SIZE, image.subarray(2 * CHUNK_SIZE));
+  await imp.flush();
+  await imp.close();
+  const { manifest, root, objects } = await f.vault.loadManifestOf('v');
+  assert.deepEqual((await verifyManifest(objects, manifest, root)).damaged, []);
+  // once the writer is gone, what it left unreferenced is garbage again (here: nothing)
+  const after = await collectGarbage(await f.reopen(), { dryRun: false, graceMs: 0 }, logger);
+  assert.equal(after.heldByWriters, 0);
+  assert.equal(after.deleted, 0);
+});
+
+test('two volumes of one name (a create race) are refused by name, and gc keeps both', async (t) => {
+  const f = await makeVault();
+  t.after(() => f.cleanup());
+  // two creates racing each see no "twin" yet: play that race out deterministically
+  await f.vault.createVolume('twin', CHUNK_SIZE);
+  const racing = f.vault as unknown as { listVolumes: () => Promise<unknown[]> };
+  const list = racing.listVolumes;
+  racing.listVolumes = async () => [];
+  await f.vault.createVolume('twin', CHUNK_SIZE);
+  racing.listVolumes = list;
+  assert.equal((await f.vault.listVolumes()).filter((v) => v.name === 'twin').length, 2);
+  await assert.rejects(f.vault.openEngine('twin'), (err: unknown) => isVaultError(err, 'ERR_EXISTS') && /2 volumes are named "twin"/.test((err as Error).message));
+  const before = await countKeys(f.store, 'volumes/', '/root');
+  await collectGarbage(f.vault, { dryRun: false, graceMs: 0 }, logger);
+  assert.equal(await countKeys(f.store, 'volumes/', '/root'), before);
+});
+
+test('a flush with nothing new writes no root; a close whose flush fails still releases the lease', async (t) => {
+  const base = new MemoryStore();
+  const faulty = new FaultyStore(base, {}, seededRandom(3));
+  const f = await makeVault(faulty);
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', CHUNK_SIZE);
+  const e = await f.vault.openEngine('v', { autoCommitMs: 0 });
+  await e.write(0, randomBytes(4096));
+  await e.flush();
+  const puts = faulty.calls.put;
+  await e.flush();
+  await e.flush();
+  assert.equal(faulty.calls.put, puts, 'no store write for flushes with nothing new');
+  await e.write(4096, randomBytes(4096));
+  faulty.setRules({ rules: [{ ops: ['put'], probability: 1, code: 'ERR_STORE_TRANSIENT' }] });
+  await assert.rejects(e.close());
+  faulty.setRules({});
+  assert.equal(await countKeys(base, 'volumes/', '/lease'), 0, 'the lease was released');
+  void MiB;
+});
