@@ -131,7 +131,7 @@ export function registerDataCommands(program: Command): void {
           await engine.close();
         }
         const rest = size < engine.size ? `; the ${formatSize(engine.size - size)} past its end now read as zeros` : '';
-        out(`imported ${formatSize(size)} from ${file} into ${volume} (${skipped} zero chunks skipped${rest})`);
+        out(`imported ${formatSize(size)} from ${file} into ${volume} (${skipped} zero chunks skipped)${rest}`);
       });
     },
   );
