@@ -175,6 +175,8 @@ export class Vault {
       if (r.status === 'fulfilled') {
         r.value.key.wipe();
         metas.push({ id: r.value.id, name: r.value.name, createdAt: r.value.createdAt });
+      } else if (isVaultError(r.reason, 'ERR_STORE_NOT_FOUND')) {
+        // deleted since the listing (or a clone withdrawn): gone, not unreadable
       } else if (opts.strict) {
         throw new VaultError(isVaultError(r.reason) ? r.reason.code : 'ERR_IO', `the metadata of volume ${ids[k]} cannot be read, so nothing can be deleted safely: ${describeError(r.reason)}`, { cause: r.reason });
       } else this.opts.logger.error({ volumeId: ids[k], err: describeError(r.reason) }, 'volume metadata cannot be read; volume skipped');
