@@ -32,9 +32,13 @@ import { compareKeys } from './memory-store';
 
 const MAGIC = Buffer.from('NBDVOBJ1', 'ascii');
 
-// Test hook (crash-safety tests): NBD_VAULT_TEST_FS_CRASH_AT=<step> kills this process at that step of a put.
+// Test hook (crash-safety tests): NBD_VAULT_TEST_FS_CRASH_AT=<step> kills this process at that step
+// of a put; =mutation:<n> right after the n-th durable put or delete of the process.
 const CRASH_AT = process.env.NBD_VAULT_TEST_FS_CRASH_AT;
+let mutations = 0;
 function crashPoint(step: string): void {
+  if (CRASH_AT === undefined) return;
+  if ((step === 'dir-synced' || step === 'unlinked') && CRASH_AT === `mutation:${++mutations}`) process.kill(process.pid, 'SIGKILL');
   if (CRASH_AT === step) process.kill(process.pid, 'SIGKILL');
 }
 const ETAG_BYTES = 16;
@@ -143,6 +147,7 @@ export class FsStore implements ObjectStore {
       try {
         await fsp.unlink(file);
         await this.syncDir(path.dirname(file));
+        crashPoint('unlinked');
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
         throw this.fsError(err, 'delete', key);
