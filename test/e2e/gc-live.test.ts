@@ -55,6 +55,9 @@ test('gc beside a running server with uploads in flight removes only old garbage
   const srv = await v.serve();
   t.after(() => srv.kill());
   const writer = spawn('/usr/bin/python3', ['-c', WRITER, srv.uri('live'), '24'], { stdio: ['pipe', 'pipe', 'pipe'] });
+  t.after(() => {
+    if (writer.exitCode === null) writer.kill('SIGKILL'); // a failed assertion must not leave it waiting
+  });
   let out = '';
   let err = '';
   writer.stdout.on('data', (d) => (out += d));
