@@ -31,6 +31,8 @@ import { KeyedMutex } from '../util/keyed-mutex';
 import { compareKeys } from './memory-store';
 
 const MAGIC = Buffer.from('NBDVOBJ1', 'ascii');
+const ETAG_BYTES = 16;
+const HEADER_BYTES = MAGIC.length + ETAG_BYTES;
 
 // Test hook (crash-safety tests): NBD_VAULT_TEST_FS_CRASH_AT=<step> kills this process at that step
 // of a put; =mutation:<n> right after the n-th durable put or delete of the process.
@@ -41,8 +43,6 @@ function crashPoint(step: string): void {
   if ((step === 'dir-synced' || step === 'unlinked') && CRASH_AT === `mutation:${++mutations}`) process.kill(process.pid, 'SIGKILL');
   if (CRASH_AT === step) process.kill(process.pid, 'SIGKILL');
 }
-const ETAG_BYTES = 16;
-const HEADER_BYTES = MAGIC.length + ETAG_BYTES;
 
 export interface FsStoreOptions {
   /** fsync files and directories (default true). Tests may turn it off for speed. */
