@@ -34,6 +34,16 @@ const MAGIC = Buffer.from('NBDVOBJ1', 'ascii');
 const ETAG_BYTES = 16;
 const HEADER_BYTES = MAGIC.length + ETAG_BYTES;
 
+// Test hook (crash-safety tests): NBD_VAULT_TEST_FS_CRASH_AT=<step> kills this process at that step
+// of a put; =mutation:<n> right after the n-th durable put or delete of the process.
+const CRASH_AT = process.env.NBD_VAULT_TEST_FS_CRASH_AT;
+let mutations = 0;
+function crashPoint(step: string): void {
+  if (CRASH_AT === undefined) return;
+  if ((step === 'dir-synced' || step === 'unlinked') && CRASH_AT === `mutation:${++mutations}`) process.kill(process.pid, 'SIGKILL');
+  if (CRASH_AT === step) process.kill(process.pid, 'SIGKILL');
+}
+
 export interface FsStoreOptions {
   /** fsync files and directories (default true). Tests may turn it off for speed. */
   readonly fsync?: boolean;
@@ -100,6 +110,7 @@ export class FsStore implements ObjectStore {
         if (opts.ifNoneMatch === '*') {
           try {
             await fsp.link(tmp, file);
+            crashPoint('linked');
           } catch (err) {
             if ((err as NodeJS.ErrnoException).code === 'EEXIST') {
               throw new VaultError('ERR_STORE_PRECONDITION', `${this.name}: ${key} already exists`);
@@ -116,9 +127,11 @@ export class FsStore implements ObjectStore {
             }
           }
           await fsp.rename(tmp, file);
+          crashPoint('renamed');
           tmp = null;
         }
         await this.syncDir(dir);
+        crashPoint('dir-synced');
         return { etag };
       } catch (err) {
         throw this.fsError(err, 'put', key);
@@ -134,6 +147,7 @@ export class FsStore implements ObjectStore {
       try {
         await fsp.unlink(file);
         await this.syncDir(path.dirname(file));
+        crashPoint('unlinked');
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
         throw this.fsError(err, 'delete', key);
@@ -247,9 +261,13 @@ export class FsStore implements ObjectStore {
   private async writeTemp(dir: string, etagRaw: Buffer, body: Buffer): Promise<string> {
     const tmp = path.join(dir, `~tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
     const fh = await fsp.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o600);
+    crashPoint('temp-created');
     try {
+      if (CRASH_AT === 'temp-half') await fh.write(Buffer.concat([MAGIC, etagRaw, body]).subarray(0, (HEADER_BYTES + body.length) >> 1)).then(() => crashPoint('temp-half'));
       await fh.writev([MAGIC, etagRaw, body]);
+      crashPoint('temp-written');
       if (this.fsync) await fh.sync();
+      crashPoint('temp-synced');
     } catch (err) {
       await fh.close().catch(() => undefined);
       await fsp.unlink(tmp).catch(() => undefined);

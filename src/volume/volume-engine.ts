@@ -322,7 +322,17 @@ export class VolumeEngine implements Export {
    *  the chunk's lock. */
   private async writeSpan(s: ChunkSpan, data: WriteData | null): Promise<void> {
     const i = s.chunkIndex;
-    if (!this.writeCache.get(i)) await this.writeCache.waitForRoom(s.chunkLength);
+    const release = this.writeCache.get(i) ? null : await this.writeCache.waitForRoom(s.chunkLength);
+    try {
+      await this.writeSpanLocked(s, data);
+    } finally {
+      release?.();
+    }
+    this.kick();
+  }
+
+  private async writeSpanLocked(s: ChunkSpan, data: WriteData | null): Promise<void> {
+    const i = s.chunkIndex;
     await this.chunkLocks.run(i, async () => {
       this.assertWritable();
       let content: Buffer | null;
@@ -353,7 +363,6 @@ export class VolumeEngine implements Export {
       this.readCache.delete(i);
       this.writeCache.put(i, content, s.length, Date.now());
     });
-    this.kick();
   }
 
   // --- upload and commit -------------------------------------------------------------------

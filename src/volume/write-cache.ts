@@ -52,12 +52,27 @@ export class WriteCache {
     return this.map.entries();
   }
 
-  /** Wait until `extra` more bytes fit (always admits one chunk into an empty cache). */
-  async waitForRoom(extra: number): Promise<void> {
-    while (this.bytes > 0 && this.bytes + extra > this.limitBytes) {
+  /**
+   * Wait until `extra` more bytes fit (always admits one chunk into an empty cache), and reserve
+   * them: writers admitted at the same moment must not all see the same free room. The caller
+   * calls the returned release once its put() is done (or it gave up).
+   */
+  async waitForRoom(extra: number): Promise<() => void> {
+    while (this.bytes + this.reserved > 0 && this.bytes + this.reserved + extra > this.limitBytes) {
       await new Promise<void>((r) => this.waiters.push(r));
     }
+    this.reserved += extra;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.reserved -= extra;
+      this.wake();
+    };
   }
+
+  /** bytes promised to admitted writers that have not put yet */
+  private reserved = 0;
 
   /** Record new content for a chunk; returns the dirty record now in the cache. */
   put(chunkIndex: number, data: Buffer | null, bytesWritten: number, nowMs: number): DirtyChunk {

@@ -12,6 +12,43 @@ import { openStore } from '../../src/store';
 const MiB = 2 ** 20;
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
+const W = 32;
+/** rolling hash of b[i..i+W) from that of b[i-1..i-1+W) (polynomial, mod 2^32) */
+const BASE = 257;
+let BASE_POW_W1 = 1;
+for (let k = 0; k < W - 1; k++) BASE_POW_W1 = Math.imul(BASE_POW_W1, BASE);
+function windowHash(b: Buffer, at: number): number {
+  let h = 0;
+  for (let k = 0; k < W; k++) h = (Math.imul(h, BASE) + b[at + k]) | 0;
+  return h;
+}
+
+/**
+ * Where some object body holds a 64-byte slice of `input`, or null. Any 64-byte slice contains a
+ * 32-byte slice that starts at a multiple of 32 in the input, so it is enough to look for those
+ * (hashed in a set) at every offset of every body (a rolling hash), and to confirm each hit.
+ */
+function findLeak(input: Buffer, bodies: Map<string, Buffer>): string | null {
+  const at = new Map<number, number[]>();
+  for (let off = 0; off + W <= input.length; off += W) {
+    const h = windowHash(input, off);
+    const list = at.get(h);
+    if (!list) at.set(h, [off]);
+    else if (list.length < 4) list.push(off); // equal windows (zeros, repeated text) once or so
+  }
+  for (const [key, body] of bodies) {
+    if (body.length < W) continue;
+    let h = windowHash(body, 0);
+    for (let i = 0; ; i++) {
+      const cands = at.get(h);
+      if (cands) for (const off of cands) if (body.compare(input, off, off + W, i, i + W) === 0) return `${key} holds input bytes ${off}..${off + W} at ${i}`;
+      if (i + W >= body.length) break;
+      h = (Math.imul(h - Math.imul(body[i], BASE_POW_W1), BASE) + body[i + W]) | 0;
+    }
+  }
+  return null;
+}
+
 test('a volume on S3 (RGW): qemu-img convert in and out, nbdcopy, restart, opaque object names', async (t) => {
   if (!s3Available(t)) return;
   const v = await makeTestVault({ s3: true });
@@ -41,6 +78,17 @@ test('a volume on S3 (RGW): qemu-img convert in and out, nbdcopy, restart, opaqu
   assert.equal(chunks.length, 8, `8 non-zero chunks stored (${chunks.length})`);
   assert.ok(keys.includes('vault'));
   assert.ok(keys.every((k) => !k.includes('vm-disk')), 'no volume name in object names');
+  // and no body reveals content: no object holds any 64-byte slice of the image (random, text or zeros)
+  const bodies = new Map<string, Buffer>();
+  for (const k of keys) bodies.set(k, (await store.get(k)).body);
+  const leak = findLeak(img, bodies);
+  assert.equal(leak, null, 'no object body contains a 64-byte slice of the input');
+  assert.ok(bodies.get(chunks[0])!.length > 0);
+  // the check finds a slice when there is one (a body that holds 64 bytes of the text part)
+  bodies.set('planted', Buffer.concat([randomBytes(1000), img.subarray(24 * MiB + 12_345, 24 * MiB + 12_345 + 64), randomBytes(10)]));
+  assert.match(findLeak(img, bodies) ?? '', /^planted holds input bytes/);
+  bodies.set('planted', Buffer.concat([randomBytes(77), img.subarray(5 * MiB + 3, 5 * MiB + 67)]));
+  assert.match(findLeak(img, bodies) ?? '', /^planted holds input bytes/, 'a random-region slice at an odd offset is found');
 });
 
 test('two servers on one bucket: the second cannot write a volume the first is serving (lease on RGW)', async (t) => {

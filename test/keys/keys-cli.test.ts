@@ -29,6 +29,7 @@ function run(args: string[], env: Record<string, string> = {}) {
 
 test('keys init, passwd and their errors', (t) => {
   if (!existsSync(path.join(repo, 'dist/src/cli/main.js')) || run(['--help']).status !== 0) {
+    if (process.env.NBD_VAULT_REQUIRE_ALL === '1') assert.fail('NBD_VAULT_REQUIRE_ALL=1 but the CLI does not load (dist/src/cli/main.js)');
     t.skip('the CLI does not load yet (another part of the tree is mid-change)');
     return;
   }

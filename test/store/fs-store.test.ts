@@ -1,7 +1,8 @@
 // FsStore specifics: fan-out, crash leftovers, file layout.
 import { after, describe, it } from 'node:test';
 import * as assert from 'node:assert/strict';
-import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
@@ -69,15 +70,40 @@ describe('FsStore', () => {
     await expectCode(store.get('x/y'), 'ERR_STORE_IO');
   });
 
-  it('an unwritable directory is ERR_STORE_DENIED', { skip: process.getuid?.() === 0 ? 'running as root: permissions are not enforced' : undefined }, async () => {
-    const dir = path.join(tmp, 'ro');
-    const store = new FsStore(dir);
-    await store.put('a', Buffer.from('x'));
-    await fsp.chmod(dir, 0o500);
+  it('an unwritable directory is ERR_STORE_DENIED', async () => {
+    if (process.getuid?.() !== 0) {
+      const dir = path.join(tmp, 'ro');
+      const store = new FsStore(dir);
+      await store.put('a', Buffer.from('x'));
+      await fsp.chmod(dir, 0o500);
+      try {
+        await expectCode(store.put('b/c', Buffer.from('x')), 'ERR_STORE_DENIED');
+      } finally {
+        await fsp.chmod(dir, 0o700);
+      }
+      return;
+    }
+    // As root permissions are not enforced: a child process running as `nobody` tries instead.
+    const outer = mkdtempSync(path.join(tmpdir(), 'nbdv-fs-denied-'));
     try {
-      await expectCode(store.put('b/c', Buffer.from('x')), 'ERR_STORE_DENIED');
+      chmodSync(outer, 0o755);
+      const dir = path.join(outer, 'store');
+      await new FsStore(dir).put('a', Buffer.from('x'));
+      chmodSync(dir, 0o755); // readable, not writable by others
+      const before = readdirSync(dir).sort();
+      const script = `
+        const { FsStore } = require(${JSON.stringify(path.resolve(__dirname, '../../src/store'))});
+        new FsStore(${JSON.stringify(dir)}).put('b/c', Buffer.from('x')).then(
+          () => { console.log('put succeeded'); },
+          (err) => { console.log(JSON.stringify({ code: err.code, message: err.message })); });`;
+      const r = spawnSync(process.execPath, ['-e', script], { uid: 65534, gid: 65534, encoding: 'utf8', timeout: 30_000 });
+      assert.equal(r.status, 0, r.stderr);
+      const got = JSON.parse(r.stdout.trim());
+      assert.equal(got.code, 'ERR_STORE_DENIED', r.stdout);
+      assert.match(got.message, /permission denied/);
+      assert.deepEqual(readdirSync(dir).sort(), before, 'nothing was written');
     } finally {
-      await fsp.chmod(dir, 0o700);
+      rmSync(outer, { recursive: true, force: true });
     }
   });
 

@@ -11,6 +11,8 @@ import { MemoryStore } from '../../src/store/memory-store';
 import type { ObjectStore } from '../../src/store/object-store';
 import { Vault, type VaultOptions } from '../../src/volume/vault';
 import { VaultError } from '../../src/errors';
+import { SecretKey } from '../../src/keys/secret-key';
+import { VolumeLease } from '../../src/volume/volume-lease';
 import { makeVault, logger, type Fixture } from './vault-fixture';
 
 const MiB = 2 ** 20;
@@ -105,4 +107,63 @@ test('a writer whose lease renewals keep failing stops writing before the lease 
     }
   }
   await e.close();
+});
+
+test('the writer stops exactly at the safety margin before its lease expires (injected clock)', async () => {
+  let failPuts = false;
+  class Flaky extends MemoryStore {
+    override async put(key: string, body: Buffer, opts?: import('../../src/store/object-store').PutOptions) {
+      if (failPuts) throw new VaultError('ERR_STORE_TRANSIENT', 'injected: the store is unreachable');
+      return super.put(key, body, opts);
+    }
+  }
+  const store = new Flaky();
+  const codec = createInlineCodec();
+  const key = new SecretKey(randomBytes(32), 'meta');
+  const place = { vaultId: randomBytes(16), volumeId: randomBytes(16), kind: 'lease' as const, index: 0, generation: 0 };
+  let clock = 1_000_000;
+  const ttlMs = 60_000;
+  const lease = await VolumeLease.acquire(
+    { store, codec, key, place, objectKey: 'volumes/x/lease', volumeName: 'v', instance: 'i1', logger, now: () => clock },
+    'test',
+    { ttlMs, renewMs: 3_600_000 },
+  );
+  try {
+    // What other writers see: the lease expires at acquire + ttl.
+    const stored = JSON.parse((await codec.open(key, (await store.get('volumes/x/lease')).body, place)).toString('utf8'));
+    assert.equal(stored.expiresAt, 1_000_000 + ttlMs);
+    const margin = 5_000;
+    clock = stored.expiresAt - margin;
+    lease.check(); // still inside the safe window
+    clock += 1;
+    assert.throws(() => lease.check(), isLease(/could not be renewed for 55 s/), 'stops 5 s before the expiry others see');
+    // a failed renewal changes nothing; a successful one moves the window from its own time
+    failPuts = true;
+    await lease.renew();
+    assert.throws(() => lease.check(), isLease());
+    failPuts = false;
+    clock = stored.expiresAt + 1_000; // expired, but nobody took it: the renewal gets it back
+    await lease.renew();
+    lease.check();
+    const renewed = JSON.parse((await codec.open(key, (await store.get('volumes/x/lease')).body, place)).toString('utf8'));
+    assert.equal(renewed.expiresAt, clock + ttlMs);
+    clock = renewed.expiresAt - margin;
+    lease.check();
+    clock += 1;
+    assert.throws(() => lease.check(), isLease());
+  } finally {
+    await lease.release();
+  }
+  // A short lease keeps a quarter of its life as margin.
+  clock = 0;
+  const short = await VolumeLease.acquire(
+    { store, codec, key, place, objectKey: 'volumes/y/lease', volumeName: 'v', instance: 'i1', logger, now: () => clock },
+    'test',
+    { ttlMs: 400, renewMs: 3_600_000 },
+  );
+  clock = 300;
+  short.check();
+  clock = 301;
+  assert.throws(() => short.check(), isLease());
+  await short.release();
 });

@@ -4,12 +4,13 @@ import { randomBytes } from 'node:crypto';
 import { CHUNK_SIZE } from '../../src/volume/chunk-math';
 import { MemoryStore } from '../../src/store/memory-store';
 import { VaultError } from '../../src/errors';
-import { makeVault, countKeys } from './vault-fixture';
+import { makeVault, countKeys, logger, SettlingStore } from './vault-fixture';
+import { collectGarbage } from '../../src/volume/garbage-collector';
 
 const MiB = 2 ** 20;
 
 test('a snapshot freezes the volume; later writes, trims and deletes never touch its objects', async (t) => {
-  const store = new MemoryStore();
+  const store = new SettlingStore();
   const f = await makeVault(store);
   t.after(() => f.cleanup());
   const meta = await f.vault.createVolume('vol', 32 * MiB);
@@ -23,7 +24,7 @@ test('a snapshot freezes the volume; later writes, trims and deletes never touch
   await live.trim(CHUNK_SIZE, CHUNK_SIZE);
   await live.write(2 * CHUNK_SIZE + 5, Buffer.from('changed'));
   await live.flush();
-  await new Promise((r) => setTimeout(r, 30));
+  await store.settled();
   assert.equal(await countKeys(store, `volumes/${meta.id}/`, '/chunks/'), 4 + 2, 'snapshot chunks kept, 2 new ones');
 
   const frozen = await f.vault.openSnapshotEngine('vol', 's1');
@@ -78,57 +79,130 @@ test('snapshots list in creation order and survive a reopen; each reads its own 
 });
 
 test('a clone shares the snapshot chunks, diverges on its own, and pins its origin', async (t) => {
-  const store = new MemoryStore();
+  const store = new SettlingStore();
   const f = await makeVault(store);
   t.after(() => f.cleanup());
-  const origin = await f.vault.createVolume('base', 16 * MiB);
+  await f.vault.createVolume('base', 16 * MiB);
   const e = await f.vault.openEngine('base');
   const golden = randomBytes(16 * MiB);
   await e.write(0, golden);
   await e.snapshot('gold');
   await e.write(0, randomBytes(CHUNK_SIZE)); // the origin moves on
   await e.close();
+  await store.settled();
   const chunksBefore = await countKeys(store, 'volumes/', '/chunks/');
 
   const clone = await f.vault.cloneVolume('base@gold', 'vm1');
   assert.equal(await countKeys(store, `volumes/${clone.id}/`, '/chunks/'), 0, 'a clone copies no chunk');
   const c = await f.vault.openEngine('vm1');
   assert.ok((await c.read(0, 16 * MiB)).equals(golden), 'the clone starts as the snapshot');
+  const model = Buffer.from(golden);
   const mine = randomBytes(4096);
   await c.write(CHUNK_SIZE + 100, mine);
+  mine.copy(model, CHUNK_SIZE + 100);
   await c.trim(2 * CHUNK_SIZE, CHUNK_SIZE);
+  model.fill(0, 2 * CHUNK_SIZE, 3 * CHUNK_SIZE);
   await c.flush();
   await c.snapshot('c1');
-  await c.write(3 * CHUNK_SIZE, randomBytes(CHUNK_SIZE)); // overwrite a shared chunk
+  const atC1 = Buffer.from(model);
+  const over = randomBytes(CHUNK_SIZE);
+  await c.write(3 * CHUNK_SIZE, over); // overwrite a shared chunk
+  over.copy(model, 3 * CHUNK_SIZE);
   await c.close();
-  await new Promise((r) => setTimeout(r, 30));
+  await store.settled();
   assert.equal(await countKeys(store, 'volumes/', '/chunks/'), chunksBefore + 2, 'the clone never deletes shared chunks');
 
   const c2 = await (await f.reopen()).openEngine('vm1');
-  const now = await c2.read(0, 16 * MiB);
-  assert.ok(now.subarray(0, CHUNK_SIZE).equals(golden.subarray(0, CHUNK_SIZE)));
-  assert.ok(now.subarray(CHUNK_SIZE + 100, CHUNK_SIZE + 100 + 4096).equals(mine));
-  assert.ok(now.subarray(2 * CHUNK_SIZE, 3 * CHUNK_SIZE).equals(Buffer.alloc(CHUNK_SIZE)));
+  assert.ok((await c2.read(0, 16 * MiB)).equals(model), 'the clone reads as its model after a reopen');
   await c2.close();
+  const c1 = await f.vault.openSnapshotEngine('vm1', 'c1');
+  assert.ok((await c1.read(0, 16 * MiB)).equals(atC1), 'the clone\'s snapshot reads as it was');
+  await c1.close();
   // the origin's snapshot and volume are pinned while the clone exists
   await assert.rejects(f.vault.deleteSnapshot('base', 'gold'), (err: VaultError) => err.code === 'ERR_EXISTS');
   await assert.rejects(f.vault.deleteVolume('base'), (err: VaultError) => err.code === 'ERR_EXISTS');
   await assert.rejects(f.vault.cloneVolume('vm1@c1', 'vm2'), (err: VaultError) => err.code === 'ERR_NOT_SUPPORTED');
   // deleting the clone's snapshot never frees the origin's chunks
   await f.vault.deleteSnapshot('vm1', 'c1');
+  await store.settled();
   const base = await f.vault.openSnapshotEngine('base', 'gold');
   assert.ok((await base.read(0, 16 * MiB)).equals(golden), 'the origin snapshot is intact');
   await base.close();
-  const { collectGarbage } = await import('../../src/volume/garbage-collector');
-  const { logger } = await import('./vault-fixture');
+  const chunksAfterDelete = await countKeys(store, 'volumes/', '/chunks/');
+  // c1 named the origin's chunks and vm1's chunk 1, which the live vm1 still names: nothing freed
+  assert.equal(chunksAfterDelete, chunksBefore + 2);
   const gc = await collectGarbage(f.vault, { dryRun: false, graceMs: 0 }, logger);
+  assert.deepEqual(gc.keys, [], 'nothing is garbage: every chunk is named by a root or a snapshot');
+  assert.equal(gc.deleted, 0);
+  assert.equal(await countKeys(store, 'volumes/', '/chunks/'), chunksAfterDelete);
   const c3 = await f.vault.openEngine('vm1', { readOnly: true });
-  assert.equal((await c3.read(0, 16 * MiB)).length, 16 * MiB, 'the clone still reads after gc');
+  assert.ok((await c3.read(0, 16 * MiB)).equals(model), 'the clone reads its model after gc');
   await c3.close();
-  assert.ok(gc.garbageObjects >= 0);
+  const g2 = await f.vault.openSnapshotEngine('base', 'gold');
+  assert.ok((await g2.read(0, 16 * MiB)).equals(golden), 'the origin snapshot reads after gc');
+  await g2.close();
   await f.vault.deleteVolume('vm1');
   await f.vault.deleteSnapshot('base', 'gold');
-  void origin;
+});
+
+test('gc keeps chunks named only by a snapshot or a clone\'s origin and removes exactly the planted garbage', async (t) => {
+  const store = new SettlingStore();
+  const f = await makeVault(store);
+  t.after(() => f.cleanup());
+  const meta = await f.vault.createVolume('g', 16 * MiB);
+  const e = await f.vault.openEngine('g');
+  const atSnap = randomBytes(16 * MiB);
+  await e.write(0, atSnap);
+  await e.snapshot('s');
+  // after the snapshot, chunks 0, 1 and 2 are replaced: their old objects are named only by 's'
+  const live = Buffer.from(atSnap);
+  const b0 = randomBytes(CHUNK_SIZE);
+  await e.write(0, b0);
+  b0.copy(live, 0);
+  await e.trim(CHUNK_SIZE, CHUNK_SIZE);
+  live.fill(0, CHUNK_SIZE, 2 * CHUNK_SIZE);
+  await e.write(2 * CHUNK_SIZE + 5, Buffer.from('changed'));
+  Buffer.from('changed').copy(live, 2 * CHUNK_SIZE + 5);
+  await e.close();
+  await store.settled();
+  assert.equal(await countKeys(store, `volumes/${meta.id}/`, '/chunks/'), 4 + 2, 'snapshot chunks 0-3, new chunks 0 and 2');
+  const clone = await f.vault.cloneVolume('g@s', 'c');
+  const ce = await f.vault.openEngine('c');
+  const cloneModel = Buffer.from(atSnap);
+  const patch = randomBytes(1000);
+  await ce.write(3 * CHUNK_SIZE + 77, patch);
+  patch.copy(cloneModel, 3 * CHUNK_SIZE + 77);
+  await ce.close();
+  await store.settled();
+  // leftovers of crashes: a chunk of each volume that no root names, and a volume without metadata
+  const planted = [
+    `volumes/${meta.id}/chunks/${'ab'.repeat(16)}`,
+    `volumes/${clone.id}/chunks/${'ac'.repeat(16)}`,
+    `volumes/${'cd'.repeat(16)}/chunks/${'ef'.repeat(16)}`,
+  ];
+  for (const k of planted) await store.put(k, randomBytes(100));
+  const objectsBefore = store.size;
+
+  const gc = await collectGarbage(f.vault, { dryRun: false, graceMs: 0 }, logger);
+  assert.deepEqual([...gc.keys].sort(), [...planted].sort(), 'exactly the planted objects are garbage');
+  assert.equal(gc.garbageObjects, 3);
+  assert.equal(gc.garbageBytes, 300);
+  assert.equal(gc.deleted, 3);
+  assert.equal(gc.tooYoung, 0);
+  assert.equal(store.size, objectsBefore - 3);
+  for (const k of planted) assert.equal(await store.head(k), null, `${k} is gone`);
+
+  const snap = await f.vault.openSnapshotEngine('g', 's');
+  assert.ok((await snap.read(0, 16 * MiB)).equals(atSnap), 'the snapshot reads byte for byte after gc');
+  await snap.close();
+  const liveE = await f.vault.openEngine('g', { readOnly: true });
+  assert.ok((await liveE.read(0, 16 * MiB)).equals(live), 'the live volume reads byte for byte after gc');
+  await liveE.close();
+  const cloneE = await f.vault.openEngine('c', { readOnly: true });
+  assert.ok((await cloneE.read(0, 16 * MiB)).equals(cloneModel), 'the clone reads byte for byte after gc');
+  await cloneE.close();
+  const again = await collectGarbage(f.vault, { dryRun: false, graceMs: 0 }, logger);
+  assert.equal(again.garbageObjects, 0, 'a second gc finds nothing');
 });
 
 test('gc removes unreferenced objects older than the grace period, and only those', async (t) => {
@@ -144,8 +218,6 @@ test('gc removes unreferenced objects older than the grace period, and only thos
   // leftovers of a crash: an uploaded chunk no root names, and a whole volume without metadata
   await store.put(`volumes/${meta.id}/chunks/${'ab'.repeat(16)}`, randomBytes(100));
   await store.put(`volumes/${'cd'.repeat(16)}/chunks/${'ef'.repeat(16)}`, randomBytes(100));
-  const { collectGarbage } = await import('../../src/volume/garbage-collector');
-  const { logger } = await import('./vault-fixture');
   const young = await collectGarbage(f.vault, { dryRun: false, graceMs: 3_600_000 }, logger);
   assert.equal(young.deleted, 0, 'nothing younger than the grace period goes');
   assert.equal(young.tooYoung, 2);
@@ -172,8 +244,6 @@ test('gc refuses to run while a volume\'s metadata cannot be read (it would look
   await e.close();
   const good = await store.get(`volumes/${meta.id}/meta`);
   await store.put(`volumes/${meta.id}/meta`, Buffer.from('{"v":1,"wrappedKey":"AAAA","info":"AAAA"}'));
-  const { collectGarbage } = await import('../../src/volume/garbage-collector');
-  const { logger } = await import('./vault-fixture');
   await assert.rejects(collectGarbage(f.vault, { dryRun: false, graceMs: 0 }, logger), /cannot be read, so nothing can be deleted safely/);
   await store.put(`volumes/${meta.id}/meta`, good.body);
   const r = await collectGarbage(f.vault, { dryRun: false, graceMs: 0 }, logger);

@@ -11,8 +11,21 @@ import { makeVault } from './vault-fixture';
 /** The first chunk put is slow: a later upload of the same chunk would finish first. */
 class SlowFirstChunkPut extends MemoryStore {
   private chunkPuts = 0;
+  private startedNow!: () => void;
+  private doneNow!: () => void;
+  /** resolves when the slow put has begun / has stored its object */
+  readonly slowStarted = new Promise<void>((r) => (this.startedNow = r));
+  readonly slowDone = new Promise<void>((r) => (this.doneNow = r));
   override async put(key: string, body: Buffer, opts?: PutOptions) {
-    if (key.includes('/chunks/') && this.chunkPuts++ === 0) await new Promise((r) => setTimeout(r, 300));
+    if (key.includes('/chunks/') && this.chunkPuts++ === 0) {
+      this.startedNow();
+      await new Promise((r) => setTimeout(r, 300));
+      try {
+        return await super.put(key, body, opts);
+      } finally {
+        this.doneNow();
+      }
+    }
     return super.put(key, body, opts);
   }
 }
@@ -32,16 +45,17 @@ test('a full chunk trimmed while it uploads stays trimmed, live and after reopen
 });
 
 test('a slow older upload never overwrites a newer version of the chunk', async (t) => {
-  const f = await makeVault(new SlowFirstChunkPut());
+  const store = new SlowFirstChunkPut();
+  const f = await makeVault(store);
   t.after(() => f.cleanup());
   await f.vault.createVolume('v', 8 * 2 ** 20);
   const e = await f.vault.openEngine('v', { autoCommitMs: 0, writebackDelayMs: 60_000 });
   await e.write(0, Buffer.alloc(CHUNK_SIZE, 0x41)); // upload starts, slowly
-  await new Promise((r) => setTimeout(r, 20));
+  await store.slowStarted;
   await e.write(0, Buffer.alloc(4096, 0x42)); // a newer version while it uploads
   await e.flush();
   assert.equal((await e.read(0, 1))[0], 0x42);
-  await new Promise((r) => setTimeout(r, 400));
+  await store.slowDone; // the older upload has landed
   await e.close();
   const e2 = await (await f.reopen()).openEngine('v', { readOnly: true });
   assert.equal((await e2.read(0, 1))[0], 0x42, 'the acknowledged, flushed write survives');
@@ -49,13 +63,14 @@ test('a slow older upload never overwrites a newer version of the chunk', async 
 });
 
 test('FLUSH makes durable a write acknowledged before it, even when a newer write replaces it mid-upload', async (t) => {
-  const f = await makeVault(new SlowFirstChunkPut());
+  const store = new SlowFirstChunkPut();
+  const f = await makeVault(store);
   t.after(() => f.cleanup());
   await f.vault.createVolume('v', 8 * 2 ** 20);
   const e = await f.vault.openEngine('v', { autoCommitMs: 0, writebackDelayMs: 60_000 });
   await e.write(0, Buffer.alloc(CHUNK_SIZE, 0x41)); // A: upload starts, slowly
   await e.write(CHUNK_SIZE, Buffer.alloc(4096, 0x43));
-  await new Promise((r) => setTimeout(r, 20));
+  await store.slowStarted;
   const flushed = e.flush();
   await e.write(0, Buffer.alloc(4096, 0x42)); // B, after the FLUSH: replaces A's record
   await flushed;
@@ -65,5 +80,8 @@ test('FLUSH makes durable a write acknowledged before it, even when a newer writ
   assert.ok(byte === 0x41 || byte === 0x42, `A (or B over it) is durable after FLUSH, got ${byte}`);
   assert.equal((await e2.read(4096, 1))[0], 0x41, 'the rest of A is there');
   assert.equal((await e2.read(CHUNK_SIZE, 1))[0], 0x43);
-  await e.close().catch(() => {});
+  await e.close(); // the writer still holds the lease and flushes B cleanly
+  const e3 = await (await f.reopen()).openEngine('v', { readOnly: true });
+  assert.equal((await e3.read(0, 1))[0], 0x42, 'B is durable after close');
+  await e3.close();
 });

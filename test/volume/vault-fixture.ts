@@ -21,7 +21,35 @@ export interface Fixture {
   cleanup(): void;
 }
 
-export async function makeVault(store: ObjectStore = new MemoryStore()): Promise<Fixture> {
+/**
+ * A MemoryStore that knows which deletes are still running. The engine deletes replaced objects in
+ * the background after a durable root; `settled()` waits for exactly those, instead of a sleep.
+ */
+export class SettlingStore extends MemoryStore {
+  private readonly inFlight = new Set<Promise<unknown>>();
+  override deleteMany(keys: readonly string[]): Promise<void> {
+    const p = super.deleteMany(keys);
+    this.inFlight.add(p);
+    const done = () => this.inFlight.delete(p);
+    p.then(done, done);
+    return p;
+  }
+  /** Resolves once every delete started so far (and any started meanwhile) has finished. */
+  async settled(): Promise<void> {
+    while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight]);
+  }
+}
+
+/** Polls `check` until it returns true; fails with `what` after the deadline. */
+export async function eventually(check: () => boolean | Promise<boolean>, what: string, deadlineMs = 10_000): Promise<void> {
+  const end = Date.now() + deadlineMs;
+  while (!(await check())) {
+    if (Date.now() > end) throw new Error(`timed out waiting until ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+export async function makeVault(store: ObjectStore = new SettlingStore()): Promise<Fixture> {
   const master = new SecretKey(randomBytes(32), 'master');
   const stateDir = mkdtempSync(join(tmpdir(), 'nbd-vault-state-'));
   const codec = createInlineCodec();

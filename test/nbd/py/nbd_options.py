@@ -1,10 +1,17 @@
 # Option haggling against `nbd-vault serve --memory disk=64M --memory ro=1M:ro`, via python3-libnbd.
 # Usage: /usr/bin/python3 nbd_options.py PORT. Exits non-zero (with a traceback) on any failure.
+# Against a vault server (nbdsh-scripts.test.ts): NBD_TEST_RO_EXPORT names the read-only export,
+# NBD_TEST_EXPORTS the exports LIST must show (comma-separated), NBD_TEST_DESCRIPTION a part of
+# the read-write export's description.
 import errno
+import os
 import sys
 import nbd
 
 PORT = sys.argv[1]
+RO_EXPORT = os.environ.get("NBD_TEST_RO_EXPORT", "ro")
+EXPORTS = set(os.environ.get("NBD_TEST_EXPORTS", "disk,ro").split(","))
+DESCRIPTION = os.environ.get("NBD_TEST_DESCRIPTION", "memory export")
 HOST = "127.0.0.1"
 checks = []
 
@@ -30,8 +37,8 @@ h = handle()
 h.connect_tcp(HOST, PORT)
 seen = {}
 h.opt_list(lambda name, desc: seen.__setitem__(name, desc) or 0)
-check("list names", set(seen) == {"disk", "ro"}, seen)
-check("list description", "memory export" in seen["disk"], seen)
+check("list names", set(seen) == EXPORTS, seen)
+check("list description", DESCRIPTION in seen["disk"], seen)
 
 # INFO on an unknown export: ERR_UNKNOWN, and the session goes on.
 h.set_export_name("nope")
@@ -47,7 +54,7 @@ check("info size", h.get_size() == 64 * 1024 * 1024, h.get_size())
 check("info block size min", h.get_block_size(nbd.SIZE_MINIMUM) == 1)
 check("info block size preferred", h.get_block_size(nbd.SIZE_PREFERRED) == 4 * 1024 * 1024)
 check("info block size max", h.get_block_size(nbd.SIZE_MAXIMUM) == 32 * 1024 * 1024)
-check("info description", "memory export" in h.get_export_description())
+check("info description", DESCRIPTION in h.get_export_description())
 
 # LIST_META_CONTEXT: base:allocation, with and without queries.
 ctxs = []
@@ -76,14 +83,14 @@ h.opt_abort()
 check("abort closes", h.aio_is_closed(), h.connection_state())
 
 # Read-only export: READ_ONLY flag, no write features.
-h = handle(opt_mode=False, export="ro")
+h = handle(opt_mode=False, export=RO_EXPORT)
 h.connect_tcp(HOST, PORT)
 check("ro flag", h.is_read_only())
 check("ro no trim", not h.can_trim())
 check("ro no zero", not h.can_zero())
 h.shutdown()
 
-# Default export (empty name) is the first --memory.
+# Default export (empty name): the first --memory, or the vault's --default-volume.
 h = handle(opt_mode=False, export="")
 h.connect_tcp(HOST, PORT)
 check("default export", h.get_size() == 64 * 1024 * 1024)

@@ -1,0 +1,228 @@
+// S3 error classification (classifyS3Error, through S3Store and the real SDK): which failures are
+// transient (retried) and which are permanent. A tiny local HTTP server answers like S3 for what
+// RGW cannot be made to produce (5xx, 429/SlowDown, resets, a hung endpoint, per-key DeleteObjects
+// errors); RGW answers the cases it can (404, 412, 403, deletes of missing keys).
+import { after, before, describe, it } from 'node:test';
+import * as assert from 'node:assert/strict';
+import * as http from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+import { RetryStore, S3Store, type RetriedStoreError } from '../../src/store';
+import { VaultError } from '../../src/errors';
+import { createLogger, setLogger } from '../../src/util/log';
+import { expectCode } from './conformance';
+import { S3_SKIP, makeTestS3Store } from './s3-env';
+
+setLogger(createLogger(process.env.NBD_VAULT_LOG_LEVEL ?? 'error'));
+
+type Handler = (req: http.IncomingMessage, body: Buffer, res: http.ServerResponse) => void;
+
+const xmlError = (code: string, message = code) =>
+  `<?xml version="1.0" encoding="UTF-8"?><Error><Code>${code}</Code><Message>${message}</Message><RequestId>tx1</RequestId></Error>`;
+
+function answer(status: number, code: string | null): Handler {
+  return (_req, _body, res) => {
+    res.writeHead(status, { 'content-type': 'application/xml', 'x-amz-request-id': 'tx1' });
+    res.end(code ? xmlError(code) : '');
+  };
+}
+
+describe('classifyS3Error against a local S3 look-alike', () => {
+  let server: http.Server;
+  let port = 0;
+  let handler: Handler = answer(500, 'InternalError');
+  let requests = 0;
+  const sockets = new Set<Socket>();
+
+  before(async () => {
+    server = http.createServer((req, res) => {
+      requests++;
+      const parts: Buffer[] = [];
+      req.on('data', (d: Buffer) => parts.push(d));
+      req.on('end', () => handler(req, Buffer.concat(parts), res));
+    });
+    server.on('connection', (s) => {
+      sockets.add(s);
+      s.on('close', () => sockets.delete(s));
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    port = (server.address() as AddressInfo).port;
+  });
+  after(async () => {
+    for (const s of sockets) s.destroy();
+    await new Promise((r) => server.close(r));
+  });
+
+  const store = (extra: Partial<ConstructorParameters<typeof S3Store>[0]> = {}) =>
+    new S3Store({
+      bucket: 'b',
+      prefix: 'p/',
+      endpoint: `http://127.0.0.1:${port}`,
+      forcePathStyle: true,
+      region: 'us-east-1',
+      credentials: { accessKeyId: 'AKIDLOCALTEST', secretAccessKey: 'local-secret-not-real' },
+      requestTimeoutMs: 5_000,
+      ...extra,
+    });
+
+  const cases: Array<[string, number, string | null, string]> = [
+    ['500 InternalError', 500, 'InternalError', 'ERR_STORE_TRANSIENT'],
+    ['502 without a body', 502, null, 'ERR_STORE_TRANSIENT'],
+    ['503 SlowDown', 503, 'SlowDown', 'ERR_STORE_TRANSIENT'],
+    ['503 ServiceUnavailable', 503, 'ServiceUnavailable', 'ERR_STORE_TRANSIENT'],
+    ['429 TooManyRequests', 429, 'TooManyRequests', 'ERR_STORE_TRANSIENT'],
+    ['400 SlowDown (throttling by name)', 400, 'SlowDown', 'ERR_STORE_TRANSIENT'],
+    ['403 AccessDenied', 403, 'AccessDenied', 'ERR_STORE_DENIED'],
+    ['403 SignatureDoesNotMatch', 403, 'SignatureDoesNotMatch', 'ERR_STORE_DENIED'],
+    ['404 NoSuchKey', 404, 'NoSuchKey', 'ERR_STORE_NOT_FOUND'],
+    ['404 NoSuchBucket', 404, 'NoSuchBucket', 'ERR_STORE_IO'],
+    ['412 PreconditionFailed', 412, 'PreconditionFailed', 'ERR_STORE_PRECONDITION'],
+    ['400 InvalidArgument', 400, 'InvalidArgument', 'ERR_STORE_IO'],
+  ];
+  for (const [what, status, code, expected] of cases) {
+    it(`get and put: ${what} → ${expected}`, async () => {
+      handler = answer(status, code);
+      const s = store();
+      try {
+        const e1 = await expectCode(s.get('k'), expected);
+        assert.match(e1.message, /get k/);
+        if (expected !== 'ERR_STORE_NOT_FOUND') await expectCode(s.put('k', Buffer.from('x')), expected);
+        assert.ok(!e1.message.includes('local-secret-not-real'), 'no secret in the message');
+      } finally {
+        await s.close();
+      }
+    });
+  }
+
+  it('head of a missing object is null (404 without a body), not an error', async () => {
+    handler = answer(404, null);
+    const s = store();
+    assert.equal(await s.head('k'), null);
+    await s.close();
+  });
+
+  it('a connection reset mid-request is ERR_STORE_TRANSIENT', async () => {
+    handler = (req) => req.socket.destroy();
+    const s = store();
+    await expectCode(s.get('k'), 'ERR_STORE_TRANSIENT');
+    await expectCode(s.put('k', Buffer.from('x')), 'ERR_STORE_TRANSIENT');
+    await s.close();
+  });
+
+  it('a hung endpoint times out as ERR_STORE_TRANSIENT within the request timeout', async () => {
+    handler = () => {}; // accepts, reads the request, never answers
+    const s = store({ requestTimeoutMs: 300 });
+    const t0 = Date.now();
+    const err = await expectCode(s.get('k'), 'ERR_STORE_TRANSIENT');
+    const took = Date.now() - t0;
+    assert.ok(took >= 250 && took < 10_000, `timed out after ${took} ms`);
+    assert.match(err.message, /transient failure/);
+    await s.close();
+  });
+
+  it('RetryStore retries transient answers and then succeeds; a permanent one is not retried', async () => {
+    let n = 0;
+    handler = (_req, _body, res) => {
+      if (n++ < 2) return answer(503, 'SlowDown')(_req, _body, res);
+      res.writeHead(200, { etag: '"abc"', 'content-length': '5' });
+      res.end('hello');
+    };
+    const s = store();
+    const r = new RetryStore(s, { baseDelayMs: 1, maxDelayMs: 5 });
+    const got = await r.get('k');
+    assert.equal(got.body.toString(), 'hello');
+    assert.equal(n, 3, 'two SlowDown answers, then the object');
+    const before = requests;
+    handler = answer(403, 'AccessDenied');
+    const err = (await expectCode(r.get('k'), 'ERR_STORE_DENIED')) as RetriedStoreError;
+    assert.equal(err.attempts, 1);
+    assert.equal(requests - before, 1, 'one request: access denied is not retried');
+    await r.close();
+  });
+
+  const deleteResult = (errors: Array<[string, string]>) =>
+    `<?xml version="1.0" encoding="UTF-8"?><DeleteResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">${errors
+      .map(([key, code]) => `<Error><Key>${key}</Key><Code>${code}</Code><Message>${code}</Message></Error>`)
+      .join('')}</DeleteResult>`;
+  function deleteAnswer(errors: Array<[string, string]>, seen: string[]): Handler {
+    return (req, body, res) => {
+      assert.equal(req.method, 'POST');
+      assert.match(req.url ?? '', /[?&]delete/);
+      for (const m of body.toString().matchAll(/<Key>([^<]*)<\/Key>/g)) seen.push(m[1]);
+      res.writeHead(200, { 'content-type': 'application/xml' });
+      res.end(deleteResult(errors));
+    };
+  }
+
+  it('DeleteObjects: a 200 reply listing per-key errors fails with the right class; NoSuchKey is fine', async () => {
+    const s = store();
+    try {
+      const seen: string[] = [];
+      handler = deleteAnswer([['p/b', 'AccessDenied']], seen);
+      const denied = await expectCode(s.deleteMany(['a', 'b', 'c']), 'ERR_STORE_DENIED');
+      assert.match(denied.message, /deleteMany b/);
+      assert.match(denied.message, /\(1 of 3 keys in the batch failed\)/);
+      assert.deepEqual(seen, ['p/a', 'p/b', 'p/c'], 'every key was sent, under the prefix');
+      handler = deleteAnswer([['p/a', 'InternalError'], ['p/c', 'InternalError']], []);
+      const transient = await expectCode(s.deleteMany(['a', 'b', 'c']), 'ERR_STORE_TRANSIENT');
+      assert.match(transient.message, /\(2 of 3 keys in the batch failed\)/);
+      handler = deleteAnswer([['p/a', 'NoSuchKey']], []);
+      await s.deleteMany(['a', 'b']); // already gone counts as deleted
+      handler = deleteAnswer([], []);
+      await s.deleteMany(['a']);
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('DeleteObjects: 2,500 keys go in batches of at most 1,000', async () => {
+    const s = store();
+    const batches: number[] = [];
+    handler = (req, body, res) => {
+      batches.push([...body.toString().matchAll(/<Key>/g)].length);
+      deleteAnswer([], [])(req, body, res);
+    };
+    await s.deleteMany(Array.from({ length: 2500 }, (_, i) => `k${i}`));
+    assert.deepEqual(batches, [1000, 1000, 500]);
+    await s.close();
+  });
+
+  it('a VaultError passes through classification unchanged', async () => {
+    const { classifyS3Error } = await import('../../src/store/s3-store');
+    const original = new VaultError('ERR_STORE_PRECONDITION', 'x');
+    assert.equal(classifyS3Error(original, 'w', 'b', 'get'), original);
+    const reset = classifyS3Error(Object.assign(new Error('socket hang up'), { code: 'ECONNRESET' }), 'w', 'b', 'get');
+    assert.equal(reset.code, 'ERR_STORE_TRANSIENT');
+    const timeout = classifyS3Error(Object.assign(new Error('timed out'), { name: 'TimeoutError' }), 'w', 'b', 'get');
+    assert.equal(timeout.code, 'ERR_STORE_TRANSIENT');
+  });
+});
+
+describe('classifyS3Error on RGW (the cases a real gateway produces)', { skip: S3_SKIP }, () => {
+  it('404 on a missing key, 412 on a lost condition, deletes of missing keys succeed', async () => {
+    const s = makeTestS3Store();
+    try {
+      const missing = await expectCode(s.get('nope'), 'ERR_STORE_NOT_FOUND');
+      assert.match(missing.message, /get nope: not found/);
+      assert.equal(await s.head('nope'), null);
+      await s.put('k', Buffer.from('a'));
+      await expectCode(s.put('k', Buffer.from('b'), { ifNoneMatch: '*' }), 'ERR_STORE_PRECONDITION');
+      await expectCode(s.put('k', Buffer.from('b'), { ifMatch: '0123456789abcdef0123456789abcdef' }), 'ERR_STORE_PRECONDITION');
+      await s.deleteMany(['k', 'never-existed-1', 'never-existed-2']);
+      assert.equal(await s.head('k'), null);
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('403 with a wrong secret; a bucket that does not exist is a clear error', async () => {
+    const good = makeTestS3Store();
+    const bad = makeTestS3Store({ prefix: good.prefix, credentials: { accessKeyId: process.env.AWS_ACCESS_KEY_ID ?? 'x', secretAccessKey: 'wrong-secret-for-classification' } });
+    try {
+      await expectCode(bad.deleteMany(['a']), 'ERR_STORE_DENIED');
+      await expectCode(bad.head('a'), 'ERR_STORE_DENIED');
+    } finally {
+      await good.close();
+      await bad.close();
+    }
+  });
+});
