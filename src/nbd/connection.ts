@@ -9,6 +9,10 @@
 // a socket write buffer above maxInFlightBytes; it resumes as requests finish or the socket drains.
 import type { Socket } from 'node:net';
 import type { Export, ExportProvider } from '../volume/export';
+import type { ExportAccessPolicy } from './access';
+import { ClientExports } from './client-exports';
+import type { RateLimitedLog } from './rate-limited-log';
+import { safeTlsReason, upgradeSocket, type TlsServerConfig } from './tls';
 import type { Logger } from '../util/log';
 import { describeError } from '../errors';
 import { ByteQueue } from './byte-queue';
@@ -34,6 +38,14 @@ export interface ConnectionOptions {
   readonly logger: Logger;
   readonly maxInFlightBytes: number;
   readonly handshakeTimeoutMs: number;
+  /** absent: TLS off (STARTTLS not offered) */
+  readonly tls?: TlsServerConfig;
+  readonly access?: ExportAccessPolicy;
+  /** Called as the client enters transmission; false: no room for another established
+   *  connection (the client is dropped). */
+  readonly onEstablished?: (conn: NbdConnection) => boolean;
+  /** for warnings a stranger can cause during negotiation (timeouts, failed TLS handshakes) */
+  readonly negotiationLog?: RateLimitedLog;
 }
 
 export class NbdConnection {
@@ -54,18 +66,24 @@ export class NbdConnection {
   private corked = false;
   private socketClosed = false;
   private stallTimer: NodeJS.Timeout | null = null;
+  /** The socket we speak NBD on: the accepted one, or the TLS socket wrapping it after STARTTLS. */
+  private socket: Socket;
+  /** the client's address, kept for logs (a TLS socket may not know it once closed) */
+  readonly remote: string;
   private resolveDone!: () => void;
   /** Resolves once the socket is closed and the export released. */
   readonly done: Promise<void>;
 
   constructor(
-    private readonly socket: Socket,
+    private readonly rawSocket: Socket,
     private readonly opts: ConnectionOptions,
     readonly id: number,
   ) {
+    this.socket = rawSocket;
+    this.remote = rawSocket.remoteAddress ?? 'unix socket';
     this.fsm = new ConnStateMachine(opts.logger);
     this.done = new Promise((r) => (this.resolveDone = r));
-    this.queue = new ByteQueue(HANDSHAKE_HIGH_WATER, () => socket.pause(), () => socket.resume());
+    this.queue = new ByteQueue(HANDSHAKE_HIGH_WATER, () => this.socket.pause(), () => this.socket.resume());
   }
 
   get state(): ConnState {
@@ -73,13 +91,8 @@ export class NbdConnection {
   }
 
   start(): void {
-    const { socket } = this;
-    socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('end', () => this.onEnd());
-    socket.on('error', (err) => this.die(`socket error: ${err.message}`, 'debug'));
-    socket.on('close', () => this.onClose());
-    socket.on('drain', () => this.pump());
+    this.rawSocket.setNoDelay(true);
+    this.listen(this.rawSocket);
     this.handshakeTimer = setTimeout(() => this.die('handshake timeout', 'warn'), this.opts.handshakeTimeoutMs);
     this.handshakeTimer.unref();
     this.write([encodeGreeting()]);
@@ -97,6 +110,11 @@ export class NbdConnection {
     else if (this.state === 'transmission' && this.inFlightRequests === 0) this.finish('closed', 'server shutting down');
   }
 
+  /** Admission gave this connection's handshake slot to a newer one. */
+  evict(why: string): void {
+    this.die(why, 'debug');
+  }
+
   /** Last resort after the grace period: drop the socket whatever state we are in (a closed
    *  connection whose client stopped reading would otherwise never finish closing). */
   destroy(): void {
@@ -104,14 +122,28 @@ export class NbdConnection {
     if (!this.socket.destroyed) this.socket.destroy();
   }
 
+  private listen(socket: Socket): void {
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('end', () => this.onEnd());
+    socket.on('error', (err: Error & { code?: string }) => {
+      // TLS failures (garbage inside TLS, a bad record) are worth a warning; resets are routine.
+      if (err.code?.startsWith('ERR_SSL')) this.die(`TLS error: ${safeTlsReason(err)}`, 'warn');
+      else this.die(`socket error: ${err.message}`, 'debug');
+    });
+    socket.on('close', () => this.onClose());
+    socket.on('drain', () => this.pump());
+  }
+
   // ---- handshake ----
 
   private async handshake(): Promise<void> {
     const ctx = {
       queue: this.queue,
-      provider: this.opts.provider,
+      exports: new ClientExports(this.opts.provider, this.opts.logger, this.opts.access),
       logger: this.opts.logger,
+      tls: this.opts.tls?.mode ?? ('off' as const),
       write: (buf: Buffer) => this.write([buf]),
+      startTls: (ack: Buffer) => this.startTls(ack),
       isShuttingDown: () => this.shuttingDown,
     };
     const noZeroes = await readClientFlags(ctx);
@@ -129,14 +161,43 @@ export class NbdConnection {
     this.enterTransmission(negotiated);
   }
 
+  /** STARTTLS: the ACK leaves in plaintext and the socket is wrapped in the same tick, so no
+   *  byte of the client's TLS handshake can be read as plaintext. */
+  private async startTls(ack: Buffer): Promise<string | null> {
+    const raw = this.rawSocket;
+    raw.removeAllListeners('data').removeAllListeners('end').removeAllListeners('close').removeAllListeners('drain').removeAllListeners('error');
+    raw.on('error', () => {}); // the TLS socket reports errors from here on
+    if (this.corked) {
+      this.corked = false;
+      raw.uncork();
+    }
+    raw.write(ack);
+    const { socket, secure } = upgradeSocket(raw, this.opts.tls!);
+    this.socket = socket;
+    socket.once('close', () => raw.destroy());
+    this.listen(socket);
+    try {
+      const identity = await secure;
+      this.opts.logger.debug({ conn: this.id, remote: this.remote, identity, protocol: socket.getProtocol() }, 'TLS established');
+      return identity;
+    } catch (err) {
+      this.die((err as Error).message, 'warn');
+      throw err;
+    }
+  }
+
   private enterTransmission(n: Negotiated): void {
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
     this.handshakeTimer = null;
     this.exp = n.exp;
+    if (this.opts.onEstablished && !this.opts.onEstablished(this)) {
+      this.die('connection limit reached', 'warn');
+      return;
+    }
     this.session = {
       exp: n.exp,
       size: n.exp.size,
-      caps: n.exp.caps,
+      caps: n.caps,
       transmissionFlags: n.transmissionFlags,
       structuredReplies: n.structuredReplies,
       allocationContext: n.allocationContext,
@@ -310,8 +371,11 @@ export class NbdConnection {
    *  written (e.g. the ACKs before a 33rd option) still go out, then the socket closes. */
   private die(why: string, level: 'debug' | 'warn' | 'error', flushFirst = false): void {
     if (isTerminal(this.state)) return;
+    const negotiating = this.state === 'greeting' || this.state === 'options';
     this.fsm.enter('dead', why);
-    this.opts.logger[level]({ conn: this.id, why, remote: this.socket.remoteAddress }, 'connection dropped');
+    const fields = { conn: this.id, why, remote: this.remote };
+    if (level === 'warn' && negotiating && this.opts.negotiationLog) this.opts.negotiationLog.warn(fields, 'connection dropped');
+    else this.opts.logger[level](fields, 'connection dropped');
     this.teardown();
     if (flushFirst && !this.socket.destroyed) {
       this.socket.pause();
@@ -319,6 +383,7 @@ export class NbdConnection {
       setTimeout(() => this.socket.destroy(), 2000).unref();
     } else {
       this.socket.destroy();
+      if (this.socket !== this.rawSocket) this.rawSocket.destroy();
     }
   }
 
