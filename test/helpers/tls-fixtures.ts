@@ -1,6 +1,6 @@
 // Test helper: TLS credentials made on the spot with openssl, in the layouts the servers and
 // clients read.
-//   psk/keys.psk               alice and bob (qemu's tls-creds-psk wants the file named keys.psk)
+//   psk/keys.psk               alice (made by psktool) and bob (qemu's tls-creds-psk wants keys.psk)
 //   wrong-psk/keys.psk         alice with another key
 //   server/                    ca-cert.pem, server-cert.pem (CN/SAN localhost, 127.0.0.1), server-key.pem
 //   client-alice/              ca-cert.pem, client-cert.pem (CN alice), client-key.pem
@@ -8,7 +8,7 @@
 // Nothing here is a secret worth keeping: a fresh set per test run, in a temp directory.
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { copyFileSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { appendFileSync, copyFileSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -44,7 +44,9 @@ export function makeTlsFixtures(): TlsFixtures {
   mkdirSync(pskDir);
   mkdirSync(wrongPskDir);
   const hex = () => randomBytes(32).toString('hex');
-  writeFileSync(join(pskDir, 'keys.psk'), `alice:${hex()}\nbob:${hex()}\n`, { mode: 0o600 });
+  // alice's line made by psktool (gnutls-bin), as users make theirs; bob's by hand
+  execFileSync('psktool', ['-u', 'alice', '-p', join(pskDir, 'keys.psk')], { stdio: 'ignore' });
+  appendFileSync(join(pskDir, 'keys.psk'), `bob:${hex()}\n`);
   writeFileSync(join(wrongPskDir, 'keys.psk'), `alice:${hex()}\n`, { mode: 0o600 });
 
   const work = join(dir, 'work');
