@@ -178,7 +178,7 @@ export class NbdConnection {
     this.listen(socket);
     try {
       const identity = await secure;
-      this.opts.logger.debug({ conn: this.id, remote: this.remote, identity, protocol: socket.getProtocol() }, 'TLS established');
+      this.opts.logger.debug({ conn: this.id, remote: this.remote, identity, protocol: socket.getProtocol(), cipher: socket.getCipher()?.name }, 'TLS established');
       return identity;
     } catch (err) {
       this.die((err as Error).message, 'warn');
