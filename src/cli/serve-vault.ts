@@ -8,7 +8,8 @@ import { resolveSettings, SERVE_VAULT_SETTINGS } from './settings';
 import { openVaultContext, type VaultSettings } from './vault-context';
 import { parseListen, runServer } from './serve-command';
 import { startAdminServer, type AdminRequest } from './admin-socket';
-import { resolveServerSecurity } from './tls-setup';
+import { resolveServerSecurity, type ServerSecurity } from './tls-setup';
+import { resolve } from 'node:path';
 
 export { SERVE_VAULT_SETTINGS };
 
@@ -56,7 +57,7 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
         logger: ctx.logger,
         security,
         // for people (stdout): where to point a client first
-        onListening: (uris) => process.stdout.write(`serving ${volumes.length} volume(s) from ${ctx.store.name} at ${uris[0]}\ntry: qemu-img info ${uris[0]}\n`),
+        onListening: (uris) => process.stdout.write(`serving ${volumes.length} volume(s) from ${ctx.store.name} at ${uris[0]}\ntry: ${tryHint(uris[0], s.tlsPsk, security)}\n`),
       });
     } finally {
       admin.close();
@@ -64,4 +65,12 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
   } finally {
     await ctx.close();
   }
+}
+
+/** A first client command that works against this server, TLS included. */
+function tryHint(uri: string, pskFile: string | undefined, security: ServerSecurity): string {
+  if (!security.tls) return `qemu-img info ${uri}`;
+  if (!pskFile || !security.tls.pskKeys) return `nbdinfo '${uri}?tls-certificates=DIR' (DIR: ca-cert.pem, client-cert.pem, client-key.pem)`;
+  const identity = [...security.tls.pskKeys.keys()][0];
+  return `nbdinfo '${uri.replace('nbds://', `nbds://${encodeURIComponent(identity)}@`)}?tls-psk-file=${resolve(pskFile)}'`;
 }

@@ -23,7 +23,7 @@ export const SETTINGS = {
   state: { flag: '--state <dir>', kind: 'string', help: 'local state directory (rollback detection, admin socket)', def: './state' },
   listen: { flag: '--listen <host:port>', kind: 'string', help: 'TCP address to serve NBD on', def: '127.0.0.1:10809' },
   socket: { flag: '--socket <path>', kind: 'string', help: 'also serve NBD on this Unix socket', def: undefined },
-  maxConnections: { flag: '--max-connections <n>', kind: 'int', help: 'most NBD connections at once', def: 128 },
+  maxConnections: { flag: '--max-connections <n>', kind: 'int', help: 'most NBD connections past negotiation at once (negotiating ones are bounded apart: 128 in all, 32 per address)', def: 128 },
   defaultVolume: { flag: '--default-volume <name>', kind: 'string', help: 'volume served under the empty export name', def: undefined },
   dirtyLimit: { flag: '--dirty-limit <size>', kind: 'size', help: 'write-back cache limit per volume', def: '256M' },
   readCache: { flag: '--read-cache <size>', kind: 'size', help: 'read cache (decoded chunks) per volume', def: '256M' },
