@@ -63,7 +63,8 @@ export class NbdConnection {
   private clientEnded = false;
   private shuttingDown = false;
   private readPaused = false;
-  private corked = false;
+  /** the socket corked until the end of this tick (the raw one or, after STARTTLS, the TLS one) */
+  private corkedSocket: Socket | null = null;
   private socketClosed = false;
   private stallTimer: NodeJS.Timeout | null = null;
   /** The socket we speak NBD on: the accepted one, or the TLS socket wrapping it after STARTTLS. */
@@ -167,9 +168,9 @@ export class NbdConnection {
     const raw = this.rawSocket;
     raw.removeAllListeners('data').removeAllListeners('end').removeAllListeners('close').removeAllListeners('drain').removeAllListeners('error');
     raw.on('error', () => {}); // the TLS socket reports errors from here on
-    if (this.corked) {
-      this.corked = false;
-      raw.uncork();
+    if (this.corkedSocket === raw) {
+      this.corkedSocket = null;
+      raw.uncork(); // the ACK must leave before the handshake starts
     }
     raw.write(ack);
     const { socket, secure } = upgradeSocket(raw, this.opts.tls!);
@@ -313,11 +314,11 @@ export class NbdConnection {
   private write(bufs: Buffer[]): void {
     const s = this.socket;
     if (s.destroyed || s.writableEnded) return;
-    if (!this.corked) {
-      this.corked = true;
+    if (this.corkedSocket !== s) {
+      this.corkedSocket = s;
       s.cork();
       process.nextTick(() => {
-        this.corked = false;
+        if (this.corkedSocket === s) this.corkedSocket = null;
         s.uncork();
       });
     }
