@@ -12,6 +12,7 @@ import type { Export, ExportProvider } from '../volume/export';
 import type { ExportAccessPolicy } from './access';
 import { ClientExports } from './client-exports';
 import type { RateLimitedLog } from './rate-limited-log';
+import { ReplyWriter } from './reply-writer';
 import { safeTlsReason, upgradeSocket, type TlsServerConfig } from './tls';
 import type { Logger } from '../util/log';
 import { describeError } from '../errors';
@@ -26,8 +27,6 @@ import { validateRequest, type SessionFacts } from './request-validation';
 
 /** Requests in flight per connection, whatever their size (bounds floods of tiny requests). */
 const MAX_IN_FLIGHT_REQUESTS = 1024;
-/** drop a client whose socket has not drained our replies for this long */
-const WRITE_STALL_MS = 60_000;
 /** after a clean close, how long a client may take to read what we still send */
 const CLOSE_LINGER_MS = 30_000;
 /** Handshake input buffered before the socket is paused. */
@@ -63,10 +62,9 @@ export class NbdConnection {
   private clientEnded = false;
   private shuttingDown = false;
   private readPaused = false;
-  /** the socket corked until the end of this tick (the raw one or, after STARTTLS, the TLS one) */
-  private corkedSocket: Socket | null = null;
+  private readonly writer: ReplyWriter;
   private socketClosed = false;
-  private stallTimer: NodeJS.Timeout | null = null;
+  private detachRaw: (() => void) | null = null;
   /** The socket we speak NBD on: the accepted one, or the TLS socket wrapping it after STARTTLS. */
   private socket: Socket;
   /** the client's address, kept for logs (a TLS socket may not know it once closed) */
@@ -84,6 +82,7 @@ export class NbdConnection {
     this.remote = rawSocket.remoteAddress ?? 'unix socket';
     this.fsm = new ConnStateMachine(opts.logger);
     this.done = new Promise((r) => (this.resolveDone = r));
+    this.writer = new ReplyWriter(rawSocket, () => this.die('client stopped reading replies', 'warn'));
     this.queue = new ByteQueue(HANDSHAKE_HIGH_WATER, () => this.socket.pause(), () => this.socket.resume());
   }
 
@@ -93,7 +92,7 @@ export class NbdConnection {
 
   start(): void {
     this.rawSocket.setNoDelay(true);
-    this.listen(this.rawSocket);
+    this.detachRaw = this.listen(this.rawSocket);
     this.handshakeTimer = setTimeout(() => this.die('handshake timeout', 'warn'), this.opts.handshakeTimeoutMs);
     this.handshakeTimer.unref();
     this.write([encodeGreeting()]);
@@ -123,16 +122,23 @@ export class NbdConnection {
     if (!this.socket.destroyed) this.socket.destroy();
   }
 
-  private listen(socket: Socket): void {
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('end', () => this.onEnd());
-    socket.on('error', (err: Error & { code?: string }) => {
-      // TLS failures (garbage inside TLS, a bad record) are worth a warning; resets are routine.
-      if (err.code?.startsWith('ERR_SSL')) this.die(`TLS error: ${safeTlsReason(err)}`, 'warn');
-      else this.die(`socket error: ${err.message}`, 'debug');
-    });
-    socket.on('close', () => this.onClose());
-    socket.on('drain', () => this.pump());
+  /** Our handlers on `socket`; returns what removes them again (Node's own stay). */
+  private listen(socket: Socket): () => void {
+    const handlers = {
+      data: (chunk: Buffer) => this.onData(chunk),
+      end: () => this.onEnd(),
+      error: (err: Error & { code?: string }) => {
+        // TLS failures (garbage inside TLS, a bad record) are worth a warning; resets are routine.
+        if (err.code?.startsWith('ERR_SSL')) this.die(`TLS error: ${safeTlsReason(err)}`, 'warn');
+        else this.die(`socket error: ${err.message}`, 'debug');
+      },
+      close: () => this.onClose(),
+      drain: () => this.pump(),
+    };
+    for (const [event, fn] of Object.entries(handlers)) socket.on(event, fn);
+    return () => {
+      for (const [event, fn] of Object.entries(handlers)) socket.off(event, fn);
+    };
   }
 
   // ---- handshake ----
@@ -166,14 +172,10 @@ export class NbdConnection {
    *  byte of the client's TLS handshake can be read as plaintext. */
   private async startTls(ack: Buffer): Promise<string | null> {
     const raw = this.rawSocket;
-    raw.removeAllListeners('data').removeAllListeners('end').removeAllListeners('close').removeAllListeners('drain').removeAllListeners('error');
-    raw.on('error', () => {}); // the TLS socket reports errors from here on
-    if (this.corkedSocket === raw) {
-      this.corkedSocket = null;
-      raw.uncork(); // the ACK must leave before the handshake starts
-    }
-    raw.write(ack);
+    this.detachRaw?.(); // the TLS socket reports everything from here on (server.ts keeps a no-op 'error' handler on raw)
+    this.writer.writeNow(ack);
     const { socket, secure } = upgradeSocket(raw, this.opts.tls!);
+    this.writer.switchTo(socket);
     this.socket = socket;
     socket.once('close', () => raw.destroy());
     this.listen(socket);
@@ -307,33 +309,10 @@ export class NbdConnection {
 
   // ---- output ----
 
-  /** Writes one whole message. Corks until the end of the current tick (process.nextTick), so
-   *  replies finished together leave in one writev; uncorking on setImmediate instead batched
-   *  more but halved sequential read throughput (measured with nbdcopy). Output for a closed
-   *  socket is dropped. */
   private write(bufs: Buffer[]): void {
-    const s = this.socket;
-    if (s.destroyed || s.writableEnded) return;
-    if (this.corkedSocket !== s) {
-      this.corkedSocket = s;
-      s.cork();
-      process.nextTick(() => {
-        if (this.corkedSocket === s) this.corkedSocket = null;
-        s.uncork();
-      });
-    }
-    for (const b of bufs) s.write(b);
-    // A client that stops reading its replies is dropped once nothing has drained for a while:
-    // its unread replies and the requests parked behind them are memory held on its behalf.
-    if (s.writableNeedDrain && !this.stallTimer) {
-      this.stallTimer = setTimeout(() => this.die('client stopped reading replies', 'warn'), WRITE_STALL_MS);
-      this.stallTimer.unref();
-      s.once('drain', () => {
-        if (this.stallTimer) clearTimeout(this.stallTimer);
-        this.stallTimer = null;
-      });
-    }
+    this.writer.write(bufs);
   }
+
 
   // ---- ending ----
 
@@ -389,8 +368,7 @@ export class NbdConnection {
   }
 
   private teardown(): void {
-    if (this.stallTimer) clearTimeout(this.stallTimer);
-    this.stallTimer = null;
+    this.writer.stopStallTimer();
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
     this.handshakeTimer = null;
     this.queue.fail(new Error('connection ended'));
