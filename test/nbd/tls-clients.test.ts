@@ -5,7 +5,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomFillSync } from 'node:crypto';
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { runTool, startNbdServerProcess, type NbdServerProcess } from '../helpers/nbd-server';
 import { makeTlsFixtures, pskUri, qemuTlsArgs, x509Uri, type TlsFixtures } from '../helpers/tls-fixtures';
@@ -125,7 +125,7 @@ test('--tls require: a plaintext client learns nothing and gets no export', asyn
   await greet(w2);
   await w2.write(option(NBD_OPT.EXPORT_NAME, Buffer.from('disk')));
   assert.ok(await w2.closedWithin(5000), 'EXPORT_NAME before TLS ends the session');
-  assert.equal((w2 as unknown as { buf: Buffer }).buf.length, 0, 'no export size was sent');
+  await assert.rejects(w2.read(1, 1000), /connection closed with 0\/1 bytes/, 'not a byte of export size or flags was sent');
 });
 
 test('X.509: nbdinfo, nbdcopy and qemu-io with a client certificate; data compared', async () => {
@@ -149,8 +149,7 @@ test('X.509: a client certificate from another CA, and no certificate, are refus
   await fails('qemu-img', ['info', ...qemuTlsArgs(x509.port, 'disk', { x509: fx.strangerCertDir })]);
   // the CA only: the server's certificate checks out, but the client has none to show
   const caOnly = join(fx.dir, 'ca-only');
-  rmSync(caOnly, { recursive: true, force: true });
-  (await import('node:fs')).mkdirSync(caOnly);
+  mkdirSync(caOnly);
   writeFileSync(join(caOnly, 'ca-cert.pem'), readFileSync(join(fx.aliceCertDir, 'ca-cert.pem')));
   await fails('nbdinfo', [x509Uri(x509.port, 'disk', caOnly)]);
   await ok('nbdinfo', [x509Uri(x509.port, 'disk', fx.aliceCertDir)]);
