@@ -1,6 +1,8 @@
 # nbd-vault server image.
 #   docker build -t nbd-vault .
-#   docker run --init -p 10809:10809 -v vault-keys:/keys -v vault-data:/data -v vault-state:/state nbd-vault
+#   docker run --init -p 10809:10809 -v vault-keys:/keys -v vault-data:/data -v vault-state:/state \
+#     -v /etc/nbd-vault/keys.psk:/tls/keys.psk:ro -e NBD_VAULT_TLS_PSK=/tls/keys.psk nbd-vault
+# Listening on 0.0.0.0 needs TLS, or NBD_VAULT_INSECURE_NO_TLS=1 (see README, TLS).
 # Back up the /keys volume: losing it loses every volume (see keys/README.md).
 # The same steps run outside Docker (CI): npm ci && npm run build && npm prune --omit=dev.
 

@@ -4,6 +4,7 @@ import { spawnSync } from 'node:child_process';
 
 const BENCHMARKS = [
   { name: 'NBD frontend', script: 'bench/nbd-bench.mjs' },
+  { name: 'TLS (plaintext beside nbds://)', script: 'bench/tls-bench.mjs' },
   { name: 'Codec', script: 'dist/bench/codec-bench.js' },
   { name: 'Vault (volumes over the fs store and S3)', script: 'dist/bench/vault-bench.js' },
 ];

@@ -7,7 +7,8 @@ import { nbdUri, startNbdServer, type NbdServerHandle } from '../nbd';
 import { createLogger, setLogger, type Logger } from '../util/log';
 import type { ExportProvider } from '../volume/export';
 import { MemoryExportProvider, parseMemoryExportSpec, type MemoryExportSpec } from '../volume/memory-export';
-import { addSettings, resolveSettings, SERVE_VAULT_SETTINGS } from './settings';
+import { addSettings, resolveSettings, SERVE_VAULT_SETTINGS, TLS_SETTINGS } from './settings';
+import { resolveServerSecurity, type ServerSecurity } from './tls-setup';
 
 export interface ServeOptions {
   readonly listen?: { host: string; port: number };
@@ -15,6 +16,8 @@ export interface ServeOptions {
   readonly maxConnections: number;
   readonly handshakeTimeoutMs: number;
   readonly logger: Logger;
+  /** TLS and access control (resolveServerSecurity) */
+  readonly security: ServerSecurity;
   /** Called once the server listens, with the URI of the default export on each address. */
   readonly onListening?: (uris: string[]) => void;
 }
@@ -38,8 +41,10 @@ export async function runServer(provider: ExportProvider, opts: ServeOptions): P
     logger: opts.logger,
     maxConnections: opts.maxConnections,
     handshakeTimeoutMs: opts.handshakeTimeoutMs,
+    tls: opts.security.tls,
+    access: opts.security.access,
   });
-  opts.onListening?.(server.addresses().map((a) => nbdUri(a, provider.defaultName)));
+  opts.onListening?.(server.addresses().map((a) => nbdUri(a, provider.defaultName, opts.security.tls !== undefined)));
   logListening(server, provider, opts.logger);
   const signal: NodeJS.Signals = signalled ?? (await new Promise<NodeJS.Signals>((resolve) => (wake = () => resolve(signalled!))));
   process.removeListener('SIGINT', onSignal);
@@ -51,7 +56,7 @@ export async function runServer(provider: ExportProvider, opts: ServeOptions): P
 
 function logListening(server: NbdServerHandle, provider: ExportProvider, logger: Logger): void {
   for (const a of server.addresses()) {
-    logger.info({ ...a, uri: nbdUri(a, provider.defaultName), defaultExport: provider.defaultName }, 'listening');
+    logger.info({ ...a, uri: nbdUri(a, provider.defaultName, server.tls), defaultExport: provider.defaultName }, 'listening');
   }
 }
 
@@ -75,21 +80,24 @@ export function registerServeCommand(program: Command): void {
     .command('serve')
     .description('Serve the vault\'s volumes (and VOL@SNAP snapshots, read-only) over NBD until SIGINT/SIGTERM; with --memory, serve in-memory exports instead')
     .option('--memory <name=size>', 'serve an in-memory export instead of the vault (repeatable; first is the default; append :ro for read-only)', (v: string, acc: string[]) => [...acc, v], [] as string[])
-    .option('--handshake-timeout <seconds>', 'drop a client that has not finished negotiating by then', positiveInt('--handshake-timeout'), 30);
+    .option('--handshake-timeout <seconds>', 'drop a client that has not finished negotiating (TLS included) by then', positiveInt('--handshake-timeout'), 10);
   // listen, socket, max-connections, log-level and the vault settings: flag > env > config > default
   addSettings(cmd, SERVE_VAULT_SETTINGS).action(async (o: { memory: string[]; handshakeTimeout: number } & Record<string, unknown>) => {
     if (o.memory.length === 0) {
       const { serveVault } = await import('./serve-vault'); // (serve-vault imports runServer from here)
       return serveVault(o, o.handshakeTimeout * 1000);
     }
-    const s = resolveSettings(o, ['listen', 'socket', 'maxConnections', 'logLevel'] as const);
+    const s = resolveSettings(o, ['listen', 'socket', 'maxConnections', 'logLevel', ...TLS_SETTINGS] as const);
     const logger = createLogger(s.logLevel);
     setLogger(logger);
+    const listen = parseListen(s.listen);
+    const security = resolveServerSecurity(s, listen, o, logger);
     const specs: MemoryExportSpec[] = o.memory.map(parseMemoryExportSpec);
     const provider = new MemoryExportProvider(specs);
     await runServer(provider, {
-      listen: parseListen(s.listen),
+      listen,
       socket: s.socket,
+      security,
       maxConnections: positiveInt('--max-connections')(String(s.maxConnections)),
       handshakeTimeoutMs: o.handshakeTimeout * 1000,
       logger,

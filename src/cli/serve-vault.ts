@@ -2,11 +2,14 @@
 // volume, then serve every volume as an NBD export until SIGINT/SIGTERM, flushing all on the way
 // out. The server part is runServer() from serve-command.ts; this file only builds the provider.
 import { formatSize } from '../util/size';
+import { createLogger } from '../util/log';
 import { VaultExportProvider } from '../volume/vault-export-provider';
 import { resolveSettings, SERVE_VAULT_SETTINGS } from './settings';
 import { openVaultContext, type VaultSettings } from './vault-context';
 import { parseListen, runServer } from './serve-command';
 import { startAdminServer, type AdminRequest } from './admin-socket';
+import { resolveServerSecurity, type ServerSecurity } from './tls-setup';
+import { resolve } from 'node:path';
 
 export { SERVE_VAULT_SETTINGS };
 
@@ -14,6 +17,9 @@ const FIRST_VOLUME = { name: 'default', size: 10 * 2 ** 30 };
 
 export async function serveVault(opts: Record<string, unknown>, handshakeTimeoutMs: number): Promise<void> {
   const s = resolveSettings(opts, SERVE_VAULT_SETTINGS);
+  // checked before the vault is opened: a refused TLS setup must not create a first volume
+  const securityCheck = () => resolveServerSecurity(s, parseListen(s.listen!), opts, createLogger('silent'));
+  securityCheck();
   const ctx = await openVaultContext(s as VaultSettings, { firstRun: true });
   try {
     let volumes = await ctx.vault.listVolumes();
@@ -30,6 +36,7 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
       ctx.logger,
     );
     const listen = parseListen(s.listen!);
+    const security = resolveServerSecurity(s, listen, opts, ctx.logger);
     ctx.logger.info({ store: ctx.store.name, volumes: volumes.map((v) => v.name) }, 'vault opened');
     const admin = await startAdminServer(
       s.state,
@@ -48,8 +55,9 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
         maxConnections: s.maxConnections!,
         handshakeTimeoutMs,
         logger: ctx.logger,
+        security,
         // for people (stdout): where to point a client first
-        onListening: (uris) => process.stdout.write(`serving ${volumes.length} volume(s) from ${ctx.store.name} at ${uris[0]}\ntry: qemu-img info ${uris[0]}\n`),
+        onListening: (uris) => process.stdout.write(`serving ${volumes.length} volume(s) from ${ctx.store.name} at ${uris[0]}\ntry: ${tryHint(uris[0], s.tlsPsk, security)}\n`),
       });
     } finally {
       admin.close();
@@ -57,4 +65,12 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
   } finally {
     await ctx.close();
   }
+}
+
+/** A first client command that works against this server, TLS included. */
+function tryHint(uri: string, pskFile: string | undefined, security: ServerSecurity): string {
+  if (!security.tls) return `qemu-img info ${uri}`;
+  if (!pskFile || !security.tls.pskKeys) return `nbdinfo '${uri}?tls-certificates=DIR' (DIR: ca-cert.pem, client-cert.pem, client-key.pem)`;
+  const identity = [...security.tls.pskKeys.keys()][0];
+  return `nbdinfo '${uri.replace('nbds://', `nbds://${encodeURIComponent(identity)}@`)}?tls-psk-file=${resolve(pskFile)}'`;
 }

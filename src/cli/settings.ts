@@ -35,7 +35,7 @@ export const SETTINGS = {
   state: { flag: '--state <dir>', kind: 'string', help: 'local state directory (rollback detection, admin socket)', def: defaultStateDir() },
   listen: { flag: '--listen <host:port>', kind: 'string', help: 'TCP address to serve NBD on', def: '127.0.0.1:10809' },
   socket: { flag: '--socket <path>', kind: 'string', help: 'also serve NBD on this Unix socket', def: undefined },
-  maxConnections: { flag: '--max-connections <n>', kind: 'int', help: 'most NBD connections at once', def: 128 },
+  maxConnections: { flag: '--max-connections <n>', kind: 'int', help: 'most NBD connections past negotiation at once (negotiating ones are bounded apart: 128 in all, 32 per address)', def: 128 },
   defaultVolume: { flag: '--default-volume <name>', kind: 'string', help: 'volume served under the empty export name', def: undefined },
   dirtyLimit: { flag: '--dirty-limit <size>', kind: 'size', help: 'write-back cache limit per volume', def: '256M' },
   readCache: { flag: '--read-cache <size>', kind: 'size', help: 'read cache (decoded chunks) per volume', def: '256M' },
@@ -44,12 +44,23 @@ export const SETTINGS = {
   zstdLevel: { flag: '--zstd-level <n>', kind: 'int', help: 'zstd compression level', def: 3 },
   acceptRollback: { flag: '--accept-rollback', kind: 'bool', help: 'open a volume whose root is older than this machine has seen', def: false },
   logLevel: { flag: '--log-level <level>', kind: 'string', help: 'fatal, error, warn, info, debug or silent', def: 'info' },
+  tls: { flag: '--tls <mode>', kind: 'string', help: 'off, on (STARTTLS offered) or require (default: require when credentials are given, else off)', def: undefined },
+  tlsCertificates: { flag: '--tls-certificates <dir>', kind: 'string', help: 'X.509 directory: ca-cert.pem, server-cert.pem, server-key.pem (qemu-nbd/nbdkit layout)', def: undefined },
+  tlsPsk: { flag: '--tls-psk <file>', kind: 'string', help: 'TLS pre-shared keys, psktool format (identity:hexkey lines)', def: undefined },
+  tlsVerifyPeer: { flag: '--tls-verify-peer', kind: 'bool', help: 'X.509: require a client certificate signed by ca-cert.pem', def: false },
+  insecureNoTls: { flag: '--insecure-no-tls', kind: 'bool', help: 'allow serving without TLS on a non-loopback address', def: false },
 } as const satisfies Record<string, SettingSpec>;
 
 export type SettingName = keyof typeof SETTINGS;
 
 /** What every command that opens a vault takes. */
 export const VAULT_SETTINGS = ['store', 'keys', 'state', 'workers', 'zstdLevel', 'acceptRollback', 'logLevel'] as const satisfies readonly SettingName[];
+
+/** TLS and the guard against plaintext off loopback (every server command). */
+export const TLS_SETTINGS = ['tls', 'tlsCertificates', 'tlsPsk', 'tlsVerifyPeer', 'insecureNoTls'] as const satisfies readonly SettingName[];
+
+/** Config-file sections that are not settings (read by their own parsers, e.g. "access"). */
+const CONFIG_SECTIONS = ['access'];
 
 /** What `serve` takes. */
 export const SERVE_VAULT_SETTINGS = [
@@ -61,6 +72,7 @@ export const SERVE_VAULT_SETTINGS = [
   'dirtyLimit',
   'readCache',
   'uploadConcurrency',
+  ...TLS_SETTINGS,
 ] as const satisfies readonly SettingName[];
 export type Settings = {
   [K in SettingName]: (typeof SETTINGS)[K]['kind'] extends 'bool' ? boolean : (typeof SETTINGS)[K]['kind'] extends 'string' ? string : number;
@@ -105,6 +117,15 @@ export function resolveSettings<N extends SettingName>(
   return out as Pick<Settings, N>;
 }
 
+/** A section of the config file (--config or $NBD_VAULT_CONFIG) that is not a setting, e.g.
+ *  "access"; undefined without a config file or without that section. */
+export function readConfigSection(opts: Record<string, unknown>, section: string, env: NodeJS.ProcessEnv = process.env): { value: unknown; path: string } | undefined {
+  const configPath = (opts.config as string | undefined) ?? env.NBD_VAULT_CONFIG;
+  if (!configPath) return undefined;
+  const file = readConfigFile(configPath);
+  return section in file ? { value: file[section], path: configPath } : undefined;
+}
+
 function readConfigFile(path: string): Record<string, unknown> {
   let doc: unknown;
   try {
@@ -114,7 +135,7 @@ function readConfigFile(path: string): Record<string, unknown> {
   }
   if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw new VaultError('ERR_INVALID_ARGUMENT', `config file ${path} must hold a JSON object`);
   for (const key of Object.keys(doc)) {
-    if (!(key in SETTINGS)) throw new VaultError('ERR_INVALID_ARGUMENT', `config file ${path}: unknown setting "${key}" (known: ${Object.keys(SETTINGS).join(', ')})`);
+    if (!(key in SETTINGS) && !CONFIG_SECTIONS.includes(key)) throw new VaultError('ERR_INVALID_ARGUMENT', `config file ${path}: unknown setting "${key}" (known: ${Object.keys(SETTINGS).join(', ')})`);
   }
   return doc as Record<string, unknown>;
 }

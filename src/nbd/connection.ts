@@ -9,6 +9,11 @@
 // a socket write buffer above maxInFlightBytes; it resumes as requests finish or the socket drains.
 import type { Socket } from 'node:net';
 import type { Export, ExportProvider } from '../volume/export';
+import type { ExportAccessPolicy } from './access';
+import { ClientExports } from './client-exports';
+import type { RateLimitedLog } from './rate-limited-log';
+import { ReplyWriter } from './reply-writer';
+import { safeTlsReason, upgradeSocket, type TlsServerConfig } from './tls';
 import type { Logger } from '../util/log';
 import { describeError } from '../errors';
 import { ByteQueue } from './byte-queue';
@@ -22,8 +27,6 @@ import { validateRequest, type SessionFacts } from './request-validation';
 
 /** Requests in flight per connection, whatever their size (bounds floods of tiny requests). */
 const MAX_IN_FLIGHT_REQUESTS = 1024;
-/** drop a client whose socket has not drained our replies for this long */
-const WRITE_STALL_MS = 60_000;
 /** after a clean close, how long a client may take to read what we still send */
 const CLOSE_LINGER_MS = 30_000;
 /** Handshake input buffered before the socket is paused. */
@@ -34,6 +37,14 @@ export interface ConnectionOptions {
   readonly logger: Logger;
   readonly maxInFlightBytes: number;
   readonly handshakeTimeoutMs: number;
+  /** absent: TLS off (STARTTLS not offered) */
+  readonly tls?: TlsServerConfig;
+  readonly access?: ExportAccessPolicy;
+  /** Called as the client enters transmission; false: no room for another established
+   *  connection (the client is dropped). */
+  readonly onEstablished?: (conn: NbdConnection) => boolean;
+  /** for warnings a stranger can cause during negotiation (timeouts, failed TLS handshakes) */
+  readonly negotiationLog?: RateLimitedLog;
 }
 
 export class NbdConnection {
@@ -51,21 +62,28 @@ export class NbdConnection {
   private clientEnded = false;
   private shuttingDown = false;
   private readPaused = false;
-  private corked = false;
+  private readonly writer: ReplyWriter;
   private socketClosed = false;
-  private stallTimer: NodeJS.Timeout | null = null;
+  private detachRaw: (() => void) | null = null;
+  /** The socket we speak NBD on: the accepted one, or the TLS socket wrapping it after STARTTLS. */
+  private socket: Socket;
+  /** the client's address, kept for logs (a TLS socket may not know it once closed) */
+  readonly remote: string;
   private resolveDone!: () => void;
   /** Resolves once the socket is closed and the export released. */
   readonly done: Promise<void>;
 
   constructor(
-    private readonly socket: Socket,
+    private readonly rawSocket: Socket,
     private readonly opts: ConnectionOptions,
     readonly id: number,
   ) {
+    this.socket = rawSocket;
+    this.remote = rawSocket.remoteAddress ?? 'unix socket';
     this.fsm = new ConnStateMachine(opts.logger);
     this.done = new Promise((r) => (this.resolveDone = r));
-    this.queue = new ByteQueue(HANDSHAKE_HIGH_WATER, () => socket.pause(), () => socket.resume());
+    this.writer = new ReplyWriter(rawSocket, () => this.die('client stopped reading replies', 'warn'));
+    this.queue = new ByteQueue(HANDSHAKE_HIGH_WATER, () => this.socket.pause(), () => this.socket.resume());
   }
 
   get state(): ConnState {
@@ -73,13 +91,8 @@ export class NbdConnection {
   }
 
   start(): void {
-    const { socket } = this;
-    socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('end', () => this.onEnd());
-    socket.on('error', (err) => this.die(`socket error: ${err.message}`, 'debug'));
-    socket.on('close', () => this.onClose());
-    socket.on('drain', () => this.pump());
+    this.rawSocket.setNoDelay(true);
+    this.detachRaw = this.listen(this.rawSocket);
     this.handshakeTimer = setTimeout(() => this.die('handshake timeout', 'warn'), this.opts.handshakeTimeoutMs);
     this.handshakeTimer.unref();
     this.write([encodeGreeting()]);
@@ -97,6 +110,11 @@ export class NbdConnection {
     else if (this.state === 'transmission' && this.inFlightRequests === 0) this.finish('closed', 'server shutting down');
   }
 
+  /** Admission gave this connection's handshake slot to a newer one. */
+  evict(why: string): void {
+    this.die(why, 'debug');
+  }
+
   /** Last resort after the grace period: drop the socket whatever state we are in (a closed
    *  connection whose client stopped reading would otherwise never finish closing). */
   destroy(): void {
@@ -104,14 +122,35 @@ export class NbdConnection {
     if (!this.socket.destroyed) this.socket.destroy();
   }
 
+  /** Our handlers on `socket`; returns what removes them again (Node's own stay). */
+  private listen(socket: Socket): () => void {
+    const handlers = {
+      data: (chunk: Buffer) => this.onData(chunk),
+      end: () => this.onEnd(),
+      error: (err: Error & { code?: string }) => {
+        // TLS failures (garbage inside TLS, a bad record) are worth a warning; resets are routine.
+        if (err.code?.startsWith('ERR_SSL')) this.die(`TLS error: ${safeTlsReason(err)}`, 'warn');
+        else this.die(`socket error: ${err.message}`, 'debug');
+      },
+      close: () => this.onClose(),
+      drain: () => this.pump(),
+    };
+    for (const [event, fn] of Object.entries(handlers)) socket.on(event, fn);
+    return () => {
+      for (const [event, fn] of Object.entries(handlers)) socket.off(event, fn);
+    };
+  }
+
   // ---- handshake ----
 
   private async handshake(): Promise<void> {
     const ctx = {
       queue: this.queue,
-      provider: this.opts.provider,
+      exports: new ClientExports(this.opts.provider, this.opts.logger, this.opts.access),
       logger: this.opts.logger,
+      tls: this.opts.tls?.mode ?? ('off' as const),
       write: (buf: Buffer) => this.write([buf]),
+      startTls: (ack: Buffer) => this.startTls(ack),
       isShuttingDown: () => this.shuttingDown,
     };
     const noZeroes = await readClientFlags(ctx);
@@ -129,14 +168,39 @@ export class NbdConnection {
     this.enterTransmission(negotiated);
   }
 
+  /** STARTTLS: the ACK leaves in plaintext and the socket is wrapped in the same tick, so no
+   *  byte of the client's TLS handshake can be read as plaintext. */
+  private async startTls(ack: Buffer): Promise<string | null> {
+    const raw = this.rawSocket;
+    this.detachRaw?.(); // the TLS socket reports everything from here on (server.ts keeps a no-op 'error' handler on raw)
+    this.writer.writeNow(ack);
+    const { socket, secure } = upgradeSocket(raw, this.opts.tls!);
+    this.writer.switchTo(socket);
+    this.socket = socket;
+    socket.once('close', () => raw.destroy());
+    this.listen(socket);
+    try {
+      const identity = await secure;
+      this.opts.logger.debug({ conn: this.id, remote: this.remote, identity, protocol: socket.getProtocol(), cipher: socket.getCipher()?.name }, 'TLS established');
+      return identity;
+    } catch (err) {
+      this.die((err as Error).message, 'warn');
+      throw err;
+    }
+  }
+
   private enterTransmission(n: Negotiated): void {
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
     this.handshakeTimer = null;
     this.exp = n.exp;
+    if (this.opts.onEstablished && !this.opts.onEstablished(this)) {
+      this.die('connection limit reached', 'warn');
+      return;
+    }
     this.session = {
       exp: n.exp,
       size: n.exp.size,
-      caps: n.exp.caps,
+      caps: n.caps,
       transmissionFlags: n.transmissionFlags,
       structuredReplies: n.structuredReplies,
       allocationContext: n.allocationContext,
@@ -245,33 +309,10 @@ export class NbdConnection {
 
   // ---- output ----
 
-  /** Writes one whole message. Corks until the end of the current tick (process.nextTick), so
-   *  replies finished together leave in one writev; uncorking on setImmediate instead batched
-   *  more but halved sequential read throughput (measured with nbdcopy). Output for a closed
-   *  socket is dropped. */
   private write(bufs: Buffer[]): void {
-    const s = this.socket;
-    if (s.destroyed || s.writableEnded) return;
-    if (!this.corked) {
-      this.corked = true;
-      s.cork();
-      process.nextTick(() => {
-        this.corked = false;
-        s.uncork();
-      });
-    }
-    for (const b of bufs) s.write(b);
-    // A client that stops reading its replies is dropped once nothing has drained for a while:
-    // its unread replies and the requests parked behind them are memory held on its behalf.
-    if (s.writableNeedDrain && !this.stallTimer) {
-      this.stallTimer = setTimeout(() => this.die('client stopped reading replies', 'warn'), WRITE_STALL_MS);
-      this.stallTimer.unref();
-      s.once('drain', () => {
-        if (this.stallTimer) clearTimeout(this.stallTimer);
-        this.stallTimer = null;
-      });
-    }
+    this.writer.write(bufs);
   }
+
 
   // ---- ending ----
 
@@ -310,8 +351,11 @@ export class NbdConnection {
    *  written (e.g. the ACKs before a 33rd option) still go out, then the socket closes. */
   private die(why: string, level: 'debug' | 'warn' | 'error', flushFirst = false): void {
     if (isTerminal(this.state)) return;
+    const negotiating = this.state === 'greeting' || this.state === 'options';
     this.fsm.enter('dead', why);
-    this.opts.logger[level]({ conn: this.id, why, remote: this.socket.remoteAddress }, 'connection dropped');
+    const fields = { conn: this.id, why, remote: this.remote };
+    if (level === 'warn' && negotiating && this.opts.negotiationLog) this.opts.negotiationLog.warn(fields, 'connection dropped');
+    else this.opts.logger[level](fields, 'connection dropped');
     this.teardown();
     if (flushFirst && !this.socket.destroyed) {
       this.socket.pause();
@@ -319,12 +363,12 @@ export class NbdConnection {
       setTimeout(() => this.socket.destroy(), 2000).unref();
     } else {
       this.socket.destroy();
+      if (this.socket !== this.rawSocket) this.rawSocket.destroy();
     }
   }
 
   private teardown(): void {
-    if (this.stallTimer) clearTimeout(this.stallTimer);
-    this.stallTimer = null;
+    this.writer.stopStallTimer();
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
     this.handshakeTimer = null;
     this.queue.fail(new Error('connection ended'));

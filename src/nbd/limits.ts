@@ -19,7 +19,11 @@ export const MAX_OPTIONS = 32;
 export const MAX_EXTENTS = 1024;
 
 export const DEFAULT_MAX_IN_FLIGHT_BYTES = 64 * MIB;
-export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 30_000;
+/** Short: a real client negotiates (TLS included) in milliseconds; an idle socket holds a slot. */
+export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
 export const DEFAULT_MAX_CONNECTIONS = 256;
+/** Connections still negotiating, in all and from one address (admission.ts). */
+export const DEFAULT_MAX_HANDSHAKES = 128;
+export const DEFAULT_MAX_HANDSHAKES_PER_ADDRESS = 32;
 /** Graceful shutdown waits this long for in-flight requests before cutting connections. */
 export const DEFAULT_SHUTDOWN_GRACE_MS = 10_000;

@@ -6,9 +6,15 @@
 // the connection); an unknown option gets ERR_UNSUP, an unknown export ERR_UNKNOWN, a malformed
 // payload ERR_INVALID, and the session continues. At most MAX_OPTIONS options per handshake.
 // Throws ProtocolViolation where the stream cannot be trusted (the caller goes to 'dead').
-import type { Export, ExportProvider } from '../volume/export';
+//
+// TLS (tls.ts): with TLS on, STARTTLS upgrades the socket and forgets everything negotiated
+// before it (spec); with TLS required, every option but STARTTLS and ABORT is answered
+// ERR_TLS_REQD until then, and EXPORT_NAME before TLS ends the session. Exports are reached
+// through ClientExports, which applies the access policy to the client's TLS identity.
+import type { Export, ExportCaps } from '../volume/export';
 import type { Logger } from '../util/log';
-import { describeError, isVaultError } from '../errors';
+import { ClientExports } from './client-exports';
+import type { TlsMode } from './tls';
 import {
   BASE_ALLOCATION,
   IHAVEOPT,
@@ -29,10 +35,12 @@ import {
   NBD_OPT_LIST,
   NBD_OPT_LIST_META_CONTEXT,
   NBD_OPT_SET_META_CONTEXT,
+  NBD_OPT_STARTTLS,
   NBD_OPT_STRUCTURED_REPLY,
   NBD_REP_ACK,
   NBD_REP_ERR_INVALID,
   NBD_REP_ERR_SHUTDOWN,
+  NBD_REP_ERR_TLS_REQD,
   NBD_REP_ERR_TOO_BIG,
   NBD_REP_ERR_UNKNOWN,
   NBD_REP_ERR_UNSUP,
@@ -64,14 +72,20 @@ export const BASE_ALLOCATION_CONTEXT_ID = 1;
 
 export interface NegotiationContext {
   readonly queue: ByteQueue;
-  readonly provider: ExportProvider;
+  readonly exports: ClientExports;
   readonly logger: Logger;
+  readonly tls: TlsMode;
   write(buf: Buffer): void;
+  /** Sends `ack` in plaintext, upgrades the socket to TLS and resolves with the client's
+   *  identity once the handshake is done (rejects when it fails: the connection is lost). */
+  startTls(ack: Buffer): Promise<string | null>;
   isShuttingDown(): boolean;
 }
 
 export interface Negotiated {
   readonly exp: Export;
+  /** the export's caps as this client gets them (read-only by the access policy) */
+  readonly caps: ExportCaps;
   readonly structuredReplies: boolean;
   /** base:allocation was selected for this export: BLOCK_STATUS is allowed. */
   readonly allocationContext: boolean;
@@ -106,8 +120,7 @@ class OptionHaggler {
   private structuredReplies = false;
   /** Resolved export name base:allocation was selected for by the last SET_META_CONTEXT. */
   private allocationFor: string | null = null;
-  /** why the last open failed, for the client's error reply (null: no such export) */
-  private openFailure: string | null = null;
+  private tlsUp = false;
 
   constructor(
     private readonly ctx: NegotiationContext,
@@ -131,6 +144,13 @@ class OptionHaggler {
       const data = length > 0 ? await queue.read(length) : Buffer.alloc(0);
       if (this.ctx.isShuttingDown()) {
         this.reply(option, NBD_REP_ERR_SHUTDOWN, 'server is shutting down');
+        continue;
+      }
+      if (this.ctx.tls === 'require' && !this.tlsUp && option !== NBD_OPT_STARTTLS && option !== NBD_OPT_ABORT) {
+        // FORCEDTLS: nothing is revealed or negotiated in plaintext; EXPORT_NAME cannot be
+        // answered with an error, so it ends the session (spec).
+        if (option === NBD_OPT_EXPORT_NAME) throw new ProtocolViolation('EXPORT_NAME before STARTTLS on a TLS-only server');
+        this.reply(option, NBD_REP_ERR_TLS_REQD, 'this server requires TLS: send STARTTLS first');
         continue;
       }
       const outcome = await this.handle(option, data);
@@ -158,22 +178,41 @@ class OptionHaggler {
       case NBD_OPT_LIST_META_CONTEXT:
       case NBD_OPT_SET_META_CONTEXT:
         return this.metaContext(option, data);
-      default:
-        // STARTTLS, EXTENDED_HEADERS and anything unknown: not offered.
-        this.reply(option, NBD_REP_ERR_UNSUP, `option ${option} is not supported`);
-        return 'continue';
+      case NBD_OPT_STARTTLS:
+        if (this.ctx.tls === 'off') break;
+        return this.startTls(option, data);
     }
+    // EXTENDED_HEADERS, STARTTLS with TLS off, and anything unknown: not offered.
+    this.reply(option, NBD_REP_ERR_UNSUP, `option ${option} is not supported`);
+    return 'continue';
+  }
+
+  private async startTls(option: number, data: Buffer): Promise<'continue'> {
+    if (this.tlsUp) return this.invalid(option, 'TLS is already negotiated');
+    if (data.length !== 0) return this.invalid(option, 'STARTTLS takes no data');
+    // Bytes sent before our ACK cannot be part of a TLS handshake: a client (or someone in the
+    // middle) injecting plaintext to be read as if it came over TLS.
+    if (this.ctx.queue.length !== 0) throw new ProtocolViolation('data sent after STARTTLS before its reply');
+    const identity = await this.ctx.startTls(encodeOptionReply(option, NBD_REP_ACK));
+    this.tlsUp = true;
+    this.ctx.exports.identity = identity;
+    // The spec: nothing negotiated before STARTTLS survives it.
+    this.structuredReplies = false;
+    this.allocationFor = null;
+    return 'continue';
   }
 
   private async exportName(data: Buffer): Promise<Negotiated | null> {
     // No way to report an error here: an unknown export ends the session (spec).
-    const exp = await this.open(data.toString('utf8'));
-    if (!exp) return null;
+    const opened = await this.ctx.exports.open(data.toString('utf8'));
+    if (!opened.exp) return null;
+    const { exp, caps } = opened;
     // Structured replies and meta contexts negotiated before EXPORT_NAME still apply.
-    const flags = transmissionFlags(exp.caps, this.structuredReplies);
+    const flags = transmissionFlags(caps, this.structuredReplies);
     this.ctx.write(encodeExportNameReply(exp.size, flags, this.noZeroes));
     return {
       exp,
+      caps,
       structuredReplies: this.structuredReplies,
       allocationContext: this.allocationFor === exp.name,
       transmissionFlags: flags,
@@ -182,7 +221,7 @@ class OptionHaggler {
 
   private async list(option: number, data: Buffer): Promise<'continue'> {
     if (data.length !== 0) return this.invalid(option, 'LIST takes no data');
-    const exports = await this.ctx.provider.list();
+    const exports = await this.ctx.exports.list();
     for (const e of exports) this.ctx.write(encodeOptionReply(option, NBD_REP_SERVER, encodeServerEntry(e.name, e.description)));
     this.reply(option, NBD_REP_ACK);
     return 'continue';
@@ -192,12 +231,13 @@ class OptionHaggler {
     const parsed = parseInfoRequest(data);
     if (!parsed.ok) return this.invalid(option, parsed.reason);
     const { name, infos } = parsed.value;
-    const exp = await this.open(name);
-    if (!exp) {
-      this.reply(option, NBD_REP_ERR_UNKNOWN, this.openFailure ?? `no export named "${name}"`);
+    const opened = await this.ctx.exports.open(name);
+    if (!opened.exp) {
+      this.reply(option, NBD_REP_ERR_UNKNOWN, opened.failure);
       return 'continue';
     }
-    const flags = transmissionFlags(exp.caps, this.structuredReplies);
+    const { exp, caps } = opened;
+    const flags = transmissionFlags(caps, this.structuredReplies);
     const info = (payload: Buffer) => this.ctx.write(encodeOptionReply(option, NBD_REP_INFO, payload));
     info(encodeInfoExport(NBD_INFO_EXPORT, exp.size, flags));
     if (infos.includes(NBD_INFO_NAME)) info(encodeInfoString(NBD_INFO_NAME, exp.name));
@@ -206,11 +246,12 @@ class OptionHaggler {
     info(encodeInfoBlockSize(NBD_INFO_BLOCK_SIZE, MIN_BLOCK_SIZE, PREFERRED_BLOCK_SIZE, MAX_PAYLOAD));
     this.reply(option, NBD_REP_ACK);
     if (option === NBD_OPT_INFO) {
-      await this.ctx.provider.release(exp);
+      await this.ctx.exports.release(exp);
       return 'continue';
     }
     return {
       exp,
+      caps,
       structuredReplies: this.structuredReplies,
       allocationContext: this.allocationFor === exp.name,
       transmissionFlags: flags,
@@ -224,13 +265,13 @@ class OptionHaggler {
     const parsed = parseMetaContextRequest(data);
     if (!parsed.ok) return this.invalid(option, parsed.reason);
     const { name, queries } = parsed.value;
-    const exp = await this.open(name);
-    if (!exp) {
-      this.reply(option, NBD_REP_ERR_UNKNOWN, this.openFailure ?? `no export named "${name}"`);
+    const opened = await this.ctx.exports.open(name);
+    if (!opened.exp) {
+      this.reply(option, NBD_REP_ERR_UNKNOWN, opened.failure);
       return 'continue';
     }
-    const resolved = exp.name;
-    await this.ctx.provider.release(exp);
+    const resolved = opened.exp.name;
+    await this.ctx.exports.release(opened.exp);
     // LIST with no queries lists everything; SET with no queries selects nothing.
     const selected = queries.length === 0 ? !setting : queries.some((q) => matchesBaseAllocation(q, !setting));
     if (selected) {
@@ -239,22 +280,6 @@ class OptionHaggler {
     }
     this.reply(option, NBD_REP_ACK);
     return 'continue';
-  }
-
-  /** provider.open with "" meaning the default export; errors become null + a warning. */
-  private async open(name: string): Promise<Export | null> {
-    const resolved = name === '' ? this.ctx.provider.defaultName : name;
-    this.openFailure = null;
-    try {
-      return await this.ctx.provider.open(resolved);
-    } catch (err) {
-      this.ctx.logger.warn({ exportName: resolved, err: describeError(err) }, 'export failed to open');
-      // The client learns why in general terms; the details (hosts, objects) stay in the log.
-      this.openFailure = isVaultError(err, 'ERR_LEASE')
-        ? `export "${resolved}" is being written by another server or command`
-        : `export "${resolved}" cannot be opened (see the server log)`;
-      return null;
-    }
   }
 
   private invalid(option: number, reason: string): 'continue' {

@@ -1,7 +1,10 @@
 // The NBD server: listens on TCP and/or a Unix socket, runs one NbdConnection per client, and
 // shuts down gracefully. Knows exports only through the ExportProvider it is given.
 //
-// Guarantees: a connection over maxConnections is closed at once (logged); close() stops
+// Guarantees: a connection over maxConnections (established ones) is closed at once; connections
+// still negotiating are bounded apart from them (admission.ts), so idle strangers cannot keep an
+// authenticated client out. With `tls`, STARTTLS is offered (or required); `access` decides
+// which client identity sees which export. close() stops
 // accepting, lets every transmitting connection finish its in-flight requests (new ones get
 // ESHUTDOWN), cuts whatever is left after shutdownGraceMs, then calls provider.closeAll()
 // (which flushes every export). close() is idempotent.
@@ -11,7 +14,17 @@ import type { ExportProvider } from '../volume/export';
 import type { Logger } from '../util/log';
 import { describeError } from '../errors';
 import { NbdConnection } from './connection';
-import { DEFAULT_HANDSHAKE_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IN_FLIGHT_BYTES, DEFAULT_SHUTDOWN_GRACE_MS } from './limits';
+import { Admission } from './admission';
+import type { ExportAccessPolicy } from './access';
+import type { TlsServerConfig } from './tls';
+import {
+  DEFAULT_HANDSHAKE_TIMEOUT_MS,
+  DEFAULT_MAX_CONNECTIONS,
+  DEFAULT_MAX_HANDSHAKES,
+  DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+  DEFAULT_MAX_IN_FLIGHT_BYTES,
+  DEFAULT_SHUTDOWN_GRACE_MS,
+} from './limits';
 
 export interface NbdServerOptions {
   readonly listen?: { readonly host: string; readonly port: number };
@@ -19,7 +32,14 @@ export interface NbdServerOptions {
   readonly socket?: string;
   readonly provider: ExportProvider;
   readonly logger: Logger;
+  /** most connections in transmission at once */
   readonly maxConnections?: number;
+  /** most connections still negotiating, in total and from one address */
+  readonly maxHandshakes?: number;
+  readonly maxHandshakesPerAddress?: number;
+  /** absent: TLS off */
+  readonly tls?: TlsServerConfig;
+  readonly access?: ExportAccessPolicy;
   readonly maxInFlightBytes?: number;
   readonly handshakeTimeoutMs?: number;
   readonly shutdownGraceMs?: number;
@@ -35,24 +55,39 @@ export interface NbdServerHandle {
   /** nbd:// URI for an export on the first address. */
   uri(exportName?: string): string;
   connectionCount(): number;
+  /** STARTTLS is offered */
+  readonly tls: boolean;
   close(): Promise<void>;
 }
 
-export function nbdUri(addr: NbdServerAddress, exportName = ''): string {
+/** nbd:// (nbds:// with `tls`) URI of an export, as libnbd and qemu read them. */
+export function nbdUri(addr: NbdServerAddress, exportName = '', tls = false): string {
   const name = encodeURIComponent(exportName);
-  if ('path' in addr) return `nbd+unix:///${name}?socket=${encodeURIComponent(addr.path)}`;
+  const s = tls ? 's' : '';
+  if ('path' in addr) return `nbd${s}+unix:///${name}?socket=${encodeURIComponent(addr.path)}`;
   const host = addr.host.includes(':') ? `[${addr.host}]` : addr.host;
-  return `nbd://${host}:${addr.port}/${name}`;
+  return `nbd${s}://${host}:${addr.port}/${name}`;
 }
 
 export async function startNbdServer(opts: NbdServerOptions): Promise<NbdServerHandle> {
   if (!opts.listen && !opts.socket) throw new Error('startNbdServer: give listen and/or socket');
-  const maxConnections = opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+  const admission = new Admission<NbdConnection>(
+    {
+      maxEstablished: opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS,
+      maxHandshakes: opts.maxHandshakes ?? DEFAULT_MAX_HANDSHAKES,
+      maxHandshakesPerAddress: opts.maxHandshakesPerAddress ?? DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+    },
+    opts.logger,
+  );
   const connOpts = {
     provider: opts.provider,
     logger: opts.logger,
     maxInFlightBytes: opts.maxInFlightBytes ?? DEFAULT_MAX_IN_FLIGHT_BYTES,
     handshakeTimeoutMs: opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS,
+    tls: opts.tls,
+    access: opts.access,
+    onEstablished: (c: NbdConnection) => admission.establish(c),
+    negotiationLog: admission.log,
   };
   const connections = new Set<NbdConnection>();
   let nextId = 1;
@@ -64,14 +99,16 @@ export async function startNbdServer(opts: NbdServerOptions): Promise<NbdServerH
       socket.destroy();
       return;
     }
-    if (connections.size >= maxConnections) {
-      opts.logger.warn({ remote: socket.remoteAddress, maxConnections }, 'connection limit reached: client refused');
+    const conn = new NbdConnection(socket, connOpts, nextId++);
+    if (!admission.admit(conn)) {
       socket.destroy();
       return;
     }
-    const conn = new NbdConnection(socket, connOpts, nextId++);
     connections.add(conn);
-    void conn.done.then(() => connections.delete(conn));
+    void conn.done.then(() => {
+      connections.delete(conn);
+      admission.leave(conn);
+    });
     conn.start();
   };
 
@@ -133,7 +170,8 @@ export async function startNbdServer(opts: NbdServerOptions): Promise<NbdServerH
   return {
     addresses,
     address: () => addresses()[0],
-    uri: (name?: string) => nbdUri(addresses()[0], name),
+    uri: (name?: string) => nbdUri(addresses()[0], name, opts.tls !== undefined),
+    tls: opts.tls !== undefined,
     connectionCount: () => connections.size,
     close: () => (closing ??= close()),
   };

@@ -209,9 +209,13 @@ test('EXPORT_NAME of an unknown export closes; a known one with no flags gets 12
   w2.destroy();
 });
 
-test('idle connections: limit enforced, idle handshakes timed out, then real clients served', async () => {
+test('idle connections: handshake slots per address bounded, idle handshakes timed out, then real clients served', async () => {
   const idle: Wire[] = [];
   for (let i = 0; i < MAX_CONNECTIONS + 20; i++) idle.push(new Wire(srv.port));
+  // 32 handshake slots per address (admission.ts): the oldest idle ones give way to newer ones
+  const droppedNow = () => idle.filter((w) => w.ended).length;
+  for (let k = 0; k < 100 && droppedNow() < 20; k++) await new Promise((r) => setTimeout(r, 20));
+  assert.ok(droppedNow() >= 20, `idle connections over the per-address handshake limit dropped (${droppedNow()})`);
   // The 2 s handshake timeout frees every slot.
   const all = await Promise.all(idle.map((w) => w.closedWithin(10_000)));
   assert.ok(all.every(Boolean), 'every idle connection dropped by the handshake timeout');

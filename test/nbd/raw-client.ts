@@ -12,8 +12,9 @@ export class Wire {
   ended = false;
   readonly closed: Promise<void>;
 
-  constructor(port: number) {
-    this.sock = net.connect(port, '127.0.0.1');
+  /** A new connection to 127.0.0.1:port, or an existing socket (e.g. a TLS one after STARTTLS). */
+  constructor(port: number | net.Socket) {
+    this.sock = typeof port === 'number' ? net.connect(port, '127.0.0.1') : port;
     this.sock.on('data', (d) => {
       this.buf = Buffer.concat([this.buf, d]);
       this.wake();

@@ -1,0 +1,53 @@
+// What protects a server: TLS (mode and credentials) and the access policy, from the settings
+// and the config file, checked at startup. Refuses to serve in plaintext off loopback unless
+// told to (--insecure-no-tls), and refuses combinations that would not do what they say (an
+// access section nobody can be identified for).
+import { VaultError } from '../errors';
+import { loadTlsConfig, type ExportAccessPolicy, type TlsServerConfig } from '../nbd';
+import type { Logger } from '../util/log';
+import { ConfigAccessPolicy } from './access-policy';
+import { readConfigSection, type Settings } from './settings';
+
+export interface ServerSecurity {
+  readonly tls?: TlsServerConfig;
+  readonly access?: ExportAccessPolicy;
+}
+
+type TlsSettings = Partial<Pick<Settings, 'tls' | 'tlsCertificates' | 'tlsPsk' | 'tlsVerifyPeer' | 'insecureNoTls'>>;
+
+const bad = (msg: string) => new VaultError('ERR_INVALID_ARGUMENT', msg);
+
+export function isLoopbackHost(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host) || /^::ffff:127\./i.test(host);
+}
+
+export function resolveServerSecurity(s: TlsSettings, listen: { host: string; port: number } | undefined, opts: Record<string, unknown>, logger: Logger): ServerSecurity {
+  const hasCreds = s.tlsCertificates !== undefined || s.tlsPsk !== undefined;
+  const mode = s.tls ?? (hasCreds ? 'require' : 'off');
+  if (mode !== 'off' && mode !== 'on' && mode !== 'require') throw bad(`--tls wants off, on or require, got "${mode}"`);
+  if (mode === 'off' && hasCreds) throw bad('--tls off contradicts --tls-certificates/--tls-psk: drop one');
+  if (mode === 'off' && s.tlsVerifyPeer) throw bad('--tls-verify-peer needs --tls-certificates');
+  const accessSection = readConfigSection(opts, 'access');
+  if (mode === 'off') {
+    if (accessSection) throw bad(`the "access" section of ${accessSection.path} needs TLS (--tls-psk, or --tls-certificates with --tls-verify-peer): without it no client has an identity`);
+    if (listen && !isLoopbackHost(listen.host)) {
+      if (!s.insecureNoTls) {
+        throw bad(
+          `refusing to serve without TLS on ${listen.host}:${listen.port}, which is not a loopback address: anyone who reaches it could read and overwrite every volume. ` +
+            'Give --tls-psk FILE or --tls-certificates DIR, or --insecure-no-tls if the network is trusted',
+        );
+      }
+      logger.warn({ host: listen.host, port: listen.port }, 'serving WITHOUT TLS on a non-loopback address (--insecure-no-tls): every byte crosses the network in clear and anyone who reaches the port can read and write every volume');
+    }
+    return {};
+  }
+  const tls = loadTlsConfig({ mode, certificatesDir: s.tlsCertificates, pskFile: s.tlsPsk, verifyPeer: s.tlsVerifyPeer });
+  let access: ExportAccessPolicy | undefined;
+  if (accessSection) {
+    if (!tls.pskKeys && !tls.verifyPeer) throw bad(`the "access" section of ${accessSection.path} needs client identities: use --tls-psk, or --tls-verify-peer with --tls-certificates`);
+    access = ConfigAccessPolicy.parse(accessSection.value, accessSection.path);
+  }
+  if (mode === 'on' && listen && !isLoopbackHost(listen.host)) logger.warn({ host: listen.host, port: listen.port }, '--tls on also serves plaintext clients on a non-loopback address; --tls require refuses them');
+  logger.info({ tls: mode, kind: tls.pskKeys ? 'psk' : 'x509', identities: tls.pskKeys?.size, verifyPeer: tls.verifyPeer === true, accessControl: access !== undefined }, 'TLS enabled');
+  return { tls, access };
+}

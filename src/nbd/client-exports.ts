@@ -1,0 +1,53 @@
+// The exports one client may reach: the provider seen through the access policy and the
+// client's identity. An export the client may not use is indistinguishable from one that does
+// not exist (not listed, "no export named"), so a stranger learns no names.
+import type { Export, ExportProvider } from '../volume/export';
+import type { ExportCaps } from '../volume/export';
+import type { Logger } from '../util/log';
+import { describeError, isVaultError } from '../errors';
+import { capsFor, type ExportAccessPolicy } from './access';
+
+export type OpenResult = { readonly exp: Export; readonly caps: ExportCaps } | { readonly exp: null; readonly failure: string };
+
+export class ClientExports {
+  /** PSK identity or certificate CN once TLS is up; null before (or without) authentication. */
+  identity: string | null = null;
+
+  constructor(
+    private readonly provider: ExportProvider,
+    private readonly logger: Logger,
+    private readonly policy: ExportAccessPolicy | undefined,
+  ) {}
+
+  async list(): Promise<Array<{ name: string; description: string }>> {
+    const all = await this.provider.list();
+    const policy = this.policy;
+    return policy ? all.filter((e) => policy.accessTo(this.identity, e.name) !== 'none') : all;
+  }
+
+  /** Opens `name` ("" is the default export) with the caps this client gets. */
+  async open(name: string): Promise<OpenResult> {
+    const resolved = name === '' ? this.provider.defaultName : name;
+    const access = this.policy ? this.policy.accessTo(this.identity, resolved) : 'rw';
+    if (access === 'none') {
+      this.logger.info({ exportName: resolved, identity: this.identity }, 'export refused by the access policy');
+      return { exp: null, failure: `no export named "${name}"` };
+    }
+    try {
+      const exp = await this.provider.open(resolved);
+      if (!exp) return { exp: null, failure: `no export named "${name}"` };
+      return { exp, caps: capsFor(exp.caps, access) };
+    } catch (err) {
+      this.logger.warn({ exportName: resolved, err: describeError(err) }, 'export failed to open');
+      // The client learns why in general terms; the details (hosts, objects) stay in the log.
+      const failure = isVaultError(err, 'ERR_LEASE')
+        ? `export "${resolved}" is being written by another server or command`
+        : `export "${resolved}" cannot be opened (see the server log)`;
+      return { exp: null, failure };
+    }
+  }
+
+  release(exp: Export): Promise<void> {
+    return this.provider.release(exp);
+  }
+}

@@ -1,0 +1,104 @@
+// Access control by TLS identity (the config file's "access" section) with real clients:
+// alice may write web01 and read its snapshots (web01@*), bob may only read db. Each sees only
+// its exports in NBD_OPT_LIST, cannot open the others (they look nonexistent), and a read-only
+// grant shows as a read-only export whose writes the server answers with EPERM.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { runTool, startNbdServerProcess, type NbdServerProcess } from '../helpers/nbd-server';
+import { makeTlsFixtures, pskUri, qemuTlsArgs, type TlsFixtures } from '../helpers/tls-fixtures';
+import { Wire, go, infoPayload, option, readOptionReply, readSimpleReply, request } from './raw-client';
+import { pskKeyOf, startTls, tlsWire } from './tls-wire';
+
+const MIB = 1024 * 1024;
+const NBD_REP_ERR_UNKNOWN = 2 ** 31 + 6;
+const NBD_CMD_WRITE = 1;
+const NBD_EPERM = 1;
+
+let fx: TlsFixtures;
+let srv: NbdServerProcess;
+
+before(async () => {
+  fx = makeTlsFixtures();
+  const config = join(fx.dir, 'config.json');
+  writeFileSync(config, JSON.stringify({ access: { alice: { rw: ['web01'], ro: ['web01@*'] }, bob: { ro: ['db'] } } }));
+  srv = await startNbdServerProcess({
+    memory: ['web01=16M', 'web01@monday=16M', 'db=16M'],
+    extraArgs: ['--tls-psk', fx.pskFile, '--config', config],
+  });
+});
+
+after(async () => {
+  assert.equal(await srv.stop(), 0);
+  assert.doesNotMatch(srv.log(), /"level":50/);
+  rmSync(fx.dir, { recursive: true, force: true });
+});
+
+async function run(cmd: string, args: string[]) {
+  return runTool(cmd, args, { timeoutMs: 60_000 });
+}
+
+async function listAs(identity: string): Promise<string[]> {
+  const r = await run('nbdinfo', ['--list', '--json', pskUri(srv.port, '', identity, fx.pskFile)]);
+  assert.equal(r.code, 0, r.stderr);
+  return JSON.parse(r.stdout).exports.map((e: { 'export-name': string }) => e['export-name']).sort();
+}
+
+test('each identity sees only its exports in NBD_OPT_LIST', async () => {
+  assert.deepEqual(await listAs('alice'), ['web01', 'web01@monday']);
+  assert.deepEqual(await listAs('bob'), ['db']);
+});
+
+test('rw: alice writes web01 and reads it back (qemu-io)', async () => {
+  const args = qemuTlsArgs(srv.port, 'web01', { psk: fx.pskDir, identity: 'alice' });
+  let r = await run('qemu-io', [...args, '-c', 'write -P 0x42 0 1M']);
+  assert.equal(r.code, 0, r.stderr);
+  r = await run('qemu-io', [...args, '-c', 'read -P 0x42 0 1M']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.doesNotMatch(r.stdout, /verification failed/);
+});
+
+test('ro: the export is flagged read-only, qemu-io cannot write, the server answers writes EPERM', async () => {
+  const info = await run('nbdinfo', ['--json', pskUri(srv.port, 'db', 'bob', fx.pskFile)]);
+  assert.equal(info.code, 0, info.stderr);
+  assert.equal(JSON.parse(info.stdout).exports[0].is_read_only, true);
+  const snap = await run('nbdinfo', ['--json', pskUri(srv.port, 'web01@monday', 'alice', fx.pskFile)]);
+  assert.equal(JSON.parse(snap.stdout).exports[0].is_read_only, true, 'alice: web01@* is read-only');
+
+  const w = await run('qemu-io', [...qemuTlsArgs(srv.port, 'db', { psk: fx.pskDir, identity: 'bob' }), '-c', 'write -P 1 0 4k']);
+  assert.notEqual(w.code, 0, `qemu-io wrote to a read-only grant: ${w.stdout}`);
+  assert.match(w.stderr, /Permission denied/, 'qemu refuses to open a read-only export for writing');
+  const read = await run('qemu-io', ['-r', ...qemuTlsArgs(srv.port, 'db', { psk: fx.pskDir, identity: 'bob' }), '-c', 'read -P 0 0 1M']);
+  assert.equal(read.code, 0, read.stderr);
+
+  // A client that ignores the flag: the server itself refuses the write.
+  const raw = new Wire(srv.port);
+  await startTls(raw);
+  const t = await tlsWire(raw, 'bob', pskKeyOf(readFileSync(fx.pskFile, 'utf8'), 'bob'));
+  assert.equal(await go(t, 'db'), 16 * MIB);
+  await t.write(request(NBD_CMD_WRITE, 0, 9, 0, 512, Buffer.alloc(512, 0xff)));
+  const reply = await readSimpleReply(t);
+  assert.equal(reply.error, NBD_EPERM);
+  t.destroy();
+  const check = await run('qemu-io', ['-r', ...qemuTlsArgs(srv.port, 'db', { psk: fx.pskDir, identity: 'bob' }), '-c', 'read -P 0 0 512']);
+  assert.doesNotMatch(check.stdout, /verification failed/, 'the refused write changed nothing');
+});
+
+test('an export outside the grants cannot be opened and looks nonexistent', async () => {
+  const r = await run('nbdinfo', [pskUri(srv.port, 'web01', 'bob', fx.pskFile)]);
+  assert.notEqual(r.code, 0, 'bob opened web01');
+  const q = await run('qemu-io', ['-r', ...qemuTlsArgs(srv.port, 'db', { psk: fx.pskDir, identity: 'alice' }), '-c', 'read 0 4k']);
+  assert.notEqual(q.code, 0, 'alice opened db');
+
+  const raw = new Wire(srv.port);
+  await startTls(raw);
+  const t = await tlsWire(raw, 'bob', pskKeyOf(readFileSync(fx.pskFile, 'utf8'), 'bob'));
+  for (const name of ['web01', 'no-such-export']) {
+    await t.write(option(6, infoPayload(name)));
+    const reply = await readOptionReply(t);
+    assert.equal(reply.type, NBD_REP_ERR_UNKNOWN, name);
+    assert.equal(reply.data.toString(), `no export named "${name}"`, 'the same answer for hidden and missing');
+  }
+  t.destroy();
+});
