@@ -45,3 +45,18 @@ export class ReadCache {
     return this.bytes;
   }
 }
+
+/**
+ * The bytes a read reply carries from a chunk buffer. A cached or fetched chunk never changes:
+ * the reply shares it (a slice, no copy; nbd/ counts the whole shared buffer against the
+ * connection's budget while the reply waits to be sent). A dirty chunk's buffer is written in
+ * place by later writes, so the reply gets its own copy of just its bytes: the chunk itself is
+ * never copied per request. (Buffer.prototype.copy: a plain memcpy, also from shared memory.)
+ */
+export function replySlice(chunk: Buffer, offset: number, length: number, mutable: boolean): Buffer {
+  const slice = chunk.subarray(offset, offset + length);
+  if (!mutable) return slice;
+  const own = Buffer.allocUnsafe(length);
+  slice.copy(own);
+  return own;
+}

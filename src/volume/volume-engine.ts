@@ -19,7 +19,8 @@ import { ROOT_FORMAT } from './root-record';
 import { KeyedMutex } from '../util/keyed-mutex';
 import type { VolumeLease } from './volume-lease';
 import { ChunkBufferPool } from './chunk-buffer-pool';
-import { ReadCache } from './read-cache';
+import { ReadCache, replySlice } from './read-cache';
+import { FetchLimiter } from './fetch-limiter';
 import { WriteCache, type DirtyChunk } from './write-cache';
 import type { VolumeObjects } from './volume-objects';
 import { chunkKey, pageKey } from './object-keys';
@@ -42,6 +43,10 @@ export interface EngineOptions {
   readonly lease?: VolumeLease;
 }
 
+/** chunk fetches (store GET + decode) at once: reads spread over many chunks hold at most this
+ *  many sealed and decoded chunks in flight, not one per request */
+const FETCHES_IN_FLIGHT = 16;
+
 /** how many recent chunk reads the readahead remembers (several sequential streams at once) */
 const RECENT_READS = 16;
 
@@ -63,6 +68,7 @@ export class VolumeEngine implements Export {
   private readonly chunkLocks = new KeyedMutex<number>();
   private readonly buffers = new ChunkBufferPool(CHUNK_SIZE, 16);
   private readonly fetches = new Map<string, Promise<Buffer>>();
+  private readonly fetchSlots = new FetchLimiter(FETCHES_IN_FLIGHT);
   private uploadsInFlight = 0;
   /** chunks with an upload in flight (the record being uploaded may have been replaced since) */
   private readonly uploadingChunks = new Set<number>();
@@ -159,9 +165,13 @@ export class VolumeEngine implements Export {
     const spans = splitRange(offset, length, this.sizeBytes);
     if (spans.length === 1) {
       const s = spans[0];
-      const data = await this.chunkContent(s.chunkIndex, true);
+      // chunkContent decides synchronously: a dirty chunk's buffer may change under a queued
+      // reply, a cached or fetched one never does.
+      const mutable = this.writeCache.get(s.chunkIndex) !== undefined;
+      const data = await this.chunkContent(s.chunkIndex, false);
       this.readahead(s.chunkIndex);
-      return data === null ? Buffer.alloc(s.length) : data.subarray(s.chunkOffset, s.chunkOffset + s.length);
+      if (data === null) return Buffer.alloc(s.length);
+      return replySlice(data, s.chunkOffset, s.length, mutable);
     }
     const out = Buffer.allocUnsafe(length);
     await Promise.all(
@@ -193,8 +203,8 @@ export class VolumeEngine implements Export {
     const key = entry.id!;
     let p = this.fetches.get(key);
     if (!p) {
-      p = this.objects
-        .readChunk(i, entry, chunkLength(this.sizeBytes, i))
+      p = this.fetchSlots
+        .run(() => this.objects.readChunk(i, entry, chunkLength(this.sizeBytes, i)))
         .then((data) => {
           // Cache only if nothing replaced the chunk while we fetched it.
           if (this.manifest.get(i).id === key && !this.writeCache.get(i)) this.readCache.set(i, data);
@@ -225,6 +235,7 @@ export class VolumeEngine implements Export {
   }
 
   private prefetch(i: number): void {
+    if (!this.fetchSlots.hasFreeSlot) return; // readahead never queues behind (or ahead of) reads
     if (this.writeCache.get(i) || this.readCache.has(i)) return;
     const entry = this.manifest.get(i);
     if (entry.id === null || this.fetches.has(entry.id)) return;
