@@ -4,9 +4,14 @@
 //
 // Transmission: requests run concurrently as they are parsed; each reply is written whole in one
 // synchronous burst (so replies never interleave), batched per tick with cork/uncork
-// (one writev). Backpressure: parsing stops and the socket is paused while this connection holds
-// more than maxInFlightBytes of request/reply data, more than MAX_IN_FLIGHT_REQUESTS requests, or
-// a socket write buffer above maxInFlightBytes; it resumes as requests finish or the socket drains.
+// (one writev). Backpressure: parsing stops and the socket is paused while this connection's
+// requests in flight plus what its unsent replies keep alive (reply-memory.ts) reach
+// maxInFlightBytes (its budget: a client that does not read its replies costs at most that), or
+// its requests in flight plus unsent replies reach MAX_IN_FLIGHT_REQUESTS; it resumes as
+// requests finish and replies reach the kernel. Fairness: one event-loop turn
+// starts at most REQUESTS_PER_TURN requests (or REQUEST_BYTES_PER_TURN bytes of them) per
+// connection, then yields (setImmediate), so a flood on one connection never holds up accepts,
+// handshakes or other connections' requests.
 import type { Socket } from 'node:net';
 import type { Export, ExportProvider } from '../volume/export';
 import type { Logger } from '../util/log';
@@ -17,10 +22,12 @@ import { NBD_CMD_DISC, NBD_CMD_READ, NBD_CMD_WRITE, NBD_ESHUTDOWN } from './cons
 import { errorReply, executeRequest, type ExecutionSession } from './command-executor';
 import { BASE_ALLOCATION_CONTEXT_ID, encodeGreeting, negotiateOptions, ProtocolViolation, readClientFlags, type Negotiated } from './negotiation';
 import { MAX_PAYLOAD } from './limits';
+import { ReplyMemory } from './reply-memory';
 import { RequestReader, type NbdRequest } from './request-reader';
 import { validateRequest, type SessionFacts } from './request-validation';
 
-/** Requests in flight per connection, whatever their size (bounds floods of tiny requests). */
+/** Requests in flight plus unsent replies per connection, whatever their size (bounds floods
+ *  of tiny requests and of replies that share one buffer). */
 const MAX_IN_FLIGHT_REQUESTS = 1024;
 /** drop a client whose socket has not drained our replies for this long */
 const WRITE_STALL_MS = 60_000;
@@ -28,6 +35,10 @@ const WRITE_STALL_MS = 60_000;
 const CLOSE_LINGER_MS = 30_000;
 /** Handshake input buffered before the socket is paused. */
 const HANDSHAKE_HIGH_WATER = 256 * 1024;
+/** Requests started per connection in one event-loop turn before it yields to the others. */
+const REQUESTS_PER_TURN = 64;
+/** READ/WRITE bytes started per connection in one turn (their copies are the CPU they cost). */
+const REQUEST_BYTES_PER_TURN = 1024 * 1024;
 
 export interface ConnectionOptions {
   readonly provider: ExportProvider;
@@ -46,11 +57,16 @@ export class NbdConnection {
   private handshakeTimer: NodeJS.Timeout | null = null;
   private inFlightBytes = 0;
   private inFlightRequests = 0;
+  private readonly replyMemory = new ReplyMemory();
   private discReceived = false;
   /** the client shut down its sending side (FIN) during transmission */
   private clientEnded = false;
   private shuttingDown = false;
   private readPaused = false;
+  /** requests and their bytes started in this turn; reset by the scheduled next turn */
+  private turnRequests = 0;
+  private turnBytes = 0;
+  private nextTurn: NodeJS.Immediate | null = null;
   private corked = false;
   private socketClosed = false;
   private stallTimer: NodeJS.Timeout | null = null;
@@ -167,10 +183,23 @@ export class NbdConnection {
     return (
       this.discReceived ||
       isTerminal(this.state) ||
-      this.inFlightBytes >= this.opts.maxInFlightBytes ||
-      this.inFlightRequests >= MAX_IN_FLIGHT_REQUESTS ||
-      this.socket.writableLength >= this.opts.maxInFlightBytes
+      this.inFlightBytes + this.replyMemory.heldBytes >= this.opts.maxInFlightBytes ||
+      this.inFlightRequests + this.replyMemory.unsentReplies >= MAX_IN_FLIGHT_REQUESTS ||
+      this.turnRequests >= REQUESTS_PER_TURN ||
+      this.turnBytes >= REQUEST_BYTES_PER_TURN
     );
+  }
+
+  /** This turn's share is used up: go on in a later turn, after other connections and I/O. */
+  private yieldTurn(): void {
+    if (this.nextTurn) return;
+    this.nextTurn = setImmediate(() => {
+      this.nextTurn = null;
+      this.turnRequests = 0;
+      this.turnBytes = 0;
+      this.pump();
+      if (this.clientEnded) this.maybeCloseAfterDrain('client closed, requests drained');
+    });
   }
 
   /** Parses what it can; pauses the socket when it must stop, resumes it when it may go on. */
@@ -182,6 +211,7 @@ export class NbdConnection {
       return;
     }
     const stop = result === 'stopped' || this.mustStopParsing();
+    if (this.turnRequests >= REQUESTS_PER_TURN || this.turnBytes >= REQUEST_BYTES_PER_TURN) this.yieldTurn();
     if (stop && !this.readPaused) {
       this.readPaused = true;
       this.socket.pause();
@@ -201,6 +231,8 @@ export class NbdConnection {
     const bytes = req.type === NBD_CMD_READ || req.type === NBD_CMD_WRITE ? req.length : 0;
     this.inFlightBytes += bytes;
     this.inFlightRequests++;
+    this.turnRequests++;
+    this.turnBytes += bytes;
     this.process(req, session)
       .catch((err) => {
         // executeRequest turns export errors into replies; only a bug of ours lands here.
@@ -220,23 +252,25 @@ export class NbdConnection {
 
   private async process(req: NbdRequest, session: SessionFacts & ExecutionSession): Promise<void> {
     if (this.shuttingDown) {
-      this.write(errorReply(req, session.structuredReplies, NBD_ESHUTDOWN, 'server is shutting down'));
+      this.writeReply(errorReply(req, session.structuredReplies, NBD_ESHUTDOWN, 'server is shutting down'));
       return;
     }
     const errno = validateRequest(req, session);
     if (errno !== 0) {
       this.opts.logger.debug({ conn: this.id, cmd: req.type, flags: req.flags, offset: req.offset, length: req.length, errno }, 'request refused');
-      this.write(errorReply(req, session.structuredReplies, errno, 'request refused'));
+      this.writeReply(errorReply(req, session.structuredReplies, errno, 'request refused'));
       return;
     }
-    this.write(await executeRequest(req, session));
+    this.writeReply(await executeRequest(req, session));
   }
 
   private maybeCloseAfterDrain(why: string): void {
     if (this.inFlightRequests > 0) return;
     if (!isTerminal(this.state)) {
-      // After the client's FIN, with nothing in flight, every whole request has been parsed
-      // (backpressure is off): whatever is left is an incomplete request that can never finish.
+      // Requests still wait for their turn: the next turn parses them.
+      if (this.nextTurn && this.clientEnded && !this.discReceived && !this.shuttingDown) return;
+      // After the client's FIN, with nothing in flight and no turn pending, every whole request
+      // has been parsed (backpressure is off): what is left is an incomplete request.
       if (this.discReceived || this.shuttingDown || this.clientEnded) this.finish('closed', why);
       return;
     }
@@ -249,7 +283,18 @@ export class NbdConnection {
    *  replies finished together leave in one writev; uncorking on setImmediate instead batched
    *  more but halved sequential read throughput (measured with nbdcopy). Output for a closed
    *  socket is dropped. */
-  private write(bufs: Buffer[]): void {
+  /** A transmission reply: counted against the budget until the socket has written it out. */
+  private writeReply(bufs: Buffer[]): void {
+    const s = this.socket;
+    if (s.destroyed || s.writableEnded) return;
+    const release = this.replyMemory.hold(bufs);
+    this.write(bufs, () => {
+      release();
+      if (this.readPaused) this.pump();
+    });
+  }
+
+  private write(bufs: Buffer[], onWritten?: () => void): void {
     const s = this.socket;
     if (s.destroyed || s.writableEnded) return;
     if (!this.corked) {
@@ -260,7 +305,8 @@ export class NbdConnection {
         s.uncork();
       });
     }
-    for (const b of bufs) s.write(b);
+    const last = bufs.length - 1;
+    bufs.forEach((b, i) => (i === last && onWritten ? s.write(b, onWritten) : s.write(b)));
     // A client that stops reading its replies is dropped once nothing has drained for a while:
     // its unread replies and the requests parked behind them are memory held on its behalf.
     if (s.writableNeedDrain && !this.stallTimer) {
@@ -323,6 +369,8 @@ export class NbdConnection {
   }
 
   private teardown(): void {
+    if (this.nextTurn) clearImmediate(this.nextTurn);
+    this.nextTurn = null;
     if (this.stallTimer) clearTimeout(this.stallTimer);
     this.stallTimer = null;
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
