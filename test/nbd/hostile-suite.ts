@@ -354,8 +354,8 @@ export function hostileClientSuite(backend: HostileBackend): void {
     await greet(w);
     await go(w, 'disk');
     const at = 2 * CHUNK;
-    const SECTORS = CHUNK / 512;
-    const N = 2 * SECTORS; // every sector of the chunk twice: the second pass wins
+    const SECTORS = CHUNK / 2 / 512;
+    const N = 2 * SECTORS; // every sector of half the chunk twice: the second pass wins
     const batch: Buffer[] = [];
     for (let i = 0; i < N; i++) batch.push(request(CMD_WRITE, 0, i, at + (i % SECTORS) * 512, 512, Buffer.alloc(512, i < SECTORS ? 0xb1 : 0xb2)));
     const sent = w.write(Buffer.concat(batch));
@@ -368,7 +368,7 @@ export function hostileClientSuite(backend: HostileBackend): void {
     await sent;
     assert.equal(seen.size, N, 'each write answered once');
     w.destroy();
-    const r = await runTool('qemu-io', ['-f', 'raw', '-c', `read -P 0xb2 ${at} 4M`, srv.uri('disk')], { timeoutMs: 30_000 });
+    const r = await runTool('qemu-io', ['-f', 'raw', '-c', `read -P 0xb2 ${at} 2M`, srv.uri('disk')], { timeoutMs: 30_000 });
     assert.equal(r.code, 0, r.stderr);
     assert.doesNotMatch(r.stdout, /verification failed/);
     await assertHealthy();
