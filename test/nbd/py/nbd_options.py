@@ -1,11 +1,17 @@
 # Option haggling against `nbd-vault serve --memory disk=64M --memory ro=1M:ro`, via python3-libnbd.
-# Usage: /usr/bin/python3 nbd_options.py PORT. Exits non-zero (with a traceback) on any failure.
+# Usage: /usr/bin/python3 nbd_options.py PORT [memory|vault]. Exits non-zero (with a traceback) on
+# any failure. With "vault": a vault serving volumes "disk" (64M, the default) and "ro" (1M) with
+# a snapshot "s", whose export "ro@s" is the read-only one.
 import errno
 import sys
 import nbd
 
 PORT = sys.argv[1]
+BACKEND = sys.argv[2] if len(sys.argv) > 2 else "memory"
 HOST = "127.0.0.1"
+RO = "ro@s" if BACKEND == "vault" else "ro"
+EXPORTS = {"disk", "ro", "ro@s"} if BACKEND == "vault" else {"disk", "ro"}
+DESCRIPTION = "nbd-vault volume" if BACKEND == "vault" else "memory export"
 checks = []
 
 
@@ -30,8 +36,8 @@ h = handle()
 h.connect_tcp(HOST, PORT)
 seen = {}
 h.opt_list(lambda name, desc: seen.__setitem__(name, desc) or 0)
-check("list names", set(seen) == {"disk", "ro"}, seen)
-check("list description", "memory export" in seen["disk"], seen)
+check("list names", set(seen) == EXPORTS, seen)
+check("list description", DESCRIPTION in seen["disk"], seen)
 
 # INFO on an unknown export: ERR_UNKNOWN, and the session goes on.
 h.set_export_name("nope")
@@ -47,7 +53,7 @@ check("info size", h.get_size() == 64 * 1024 * 1024, h.get_size())
 check("info block size min", h.get_block_size(nbd.SIZE_MINIMUM) == 1)
 check("info block size preferred", h.get_block_size(nbd.SIZE_PREFERRED) == 4 * 1024 * 1024)
 check("info block size max", h.get_block_size(nbd.SIZE_MAXIMUM) == 32 * 1024 * 1024)
-check("info description", "memory export" in h.get_export_description())
+check("info description", DESCRIPTION in h.get_export_description())
 
 # LIST_META_CONTEXT: base:allocation, with and without queries.
 ctxs = []
@@ -76,7 +82,7 @@ h.opt_abort()
 check("abort closes", h.aio_is_closed(), h.connection_state())
 
 # Read-only export: READ_ONLY flag, no write features.
-h = handle(opt_mode=False, export="ro")
+h = handle(opt_mode=False, export=RO)
 h.connect_tcp(HOST, PORT)
 check("ro flag", h.is_read_only())
 check("ro no trim", not h.can_trim())
