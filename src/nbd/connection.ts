@@ -38,7 +38,7 @@ const HANDSHAKE_HIGH_WATER = 256 * 1024;
 /** Requests started per connection in one event-loop turn before it yields to the others. */
 const REQUESTS_PER_TURN = 64;
 /** READ/WRITE bytes started per connection in one turn (their copies are the CPU they cost). */
-const REQUEST_BYTES_PER_TURN = 1024 * 1024;
+const REQUEST_BYTES_PER_TURN = 256 * 1024;
 
 export interface ConnectionOptions {
   readonly provider: ExportProvider;
