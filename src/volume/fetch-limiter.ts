@@ -1,11 +1,14 @@
 // Bounds how many chunk fetches (store GET + decode) run at once. Without it, reads spread over
 // many chunks start one fetch per chunk: a thousand pipelined reads of a thousand chunks would
-// hold a thousand sealed and decoded 4 MiB chunks at once. Waiters start in FIFO order; a slot
-// is handed straight to the next waiter, so the count never exceeds the limit.
+// hold a thousand sealed and decoded 4 MiB chunks at once. Waiting fetches queue per requester
+// (one per NBD connection) and a freed slot goes to the requesters in turn (round robin), so a
+// client with a thousand misses queued delays another client's miss by one fetch, not a
+// thousand. A slot is handed straight to the next waiter: the count never exceeds the limit.
 
 export class FetchLimiter {
   private active = 0;
-  private readonly waiting: Array<() => void> = [];
+  /** waiting fetches per requester; Map order is the round-robin order */
+  private readonly queues = new Map<object | null, Array<() => void>>();
 
   constructor(readonly limit: number) {
     if (!(limit >= 1)) throw new RangeError(`FetchLimiter: limit ${limit} < 1`);
@@ -21,18 +24,35 @@ export class FetchLimiter {
   }
 
   get queued(): number {
-    return this.waiting.length;
+    let n = 0;
+    for (const q of this.queues.values()) n += q.length;
+    return n;
   }
 
-  async run<T>(work: () => Promise<T>): Promise<T> {
+  async run<T>(work: () => Promise<T>, requester: object | null = null): Promise<T> {
     if (this.active < this.limit) this.active++;
-    else await new Promise<void>((r) => this.waiting.push(r)); // the slot is handed over to us
+    else {
+      await new Promise<void>((r) => {
+        const q = this.queues.get(requester);
+        if (q) q.push(r);
+        else this.queues.set(requester, [r]);
+      }); // the slot is handed over to us
+    }
     try {
       return await work();
     } finally {
-      const next = this.waiting.shift();
-      if (next) next();
-      else this.active--;
+      this.handOver();
     }
+  }
+
+  private handOver(): void {
+    for (const [requester, q] of this.queues) {
+      const next = q.shift()!;
+      this.queues.delete(requester); // to the back of the round
+      if (q.length > 0) this.queues.set(requester, q);
+      next();
+      return;
+    }
+    this.active--;
   }
 }

@@ -11,7 +11,7 @@
 // Serialisation: writes to one chunk run under a per-chunk mutex; root commits run one at a time.
 import { VaultError, describeError } from '../errors';
 import type { Logger } from '../util/log';
-import { copyWriteData, writeDataLength, type Export, type ExportCaps, type Extent, type WriteData, type WriteOptions, type ZeroOptions } from './export';
+import { copyWriteData, writeDataLength, type Export, type ExportCaps, type Extent, type ReadOptions, type WriteData, type WriteOptions, type ZeroOptions } from './export';
 import { CHUNK_SIZE, chunkCount, chunkLength, splitRange, type ChunkSpan } from './chunk-math';
 import { Manifest, PAGE_ENTRIES, type Entry, type PageRef } from './manifest';
 import type { RootRecord } from './root-record';
@@ -160,7 +160,7 @@ export class VolumeEngine implements Export {
 
   // --- reads ------------------------------------------------------------------------------
 
-  async read(offset: number, length: number): Promise<Buffer> {
+  async read(offset: number, length: number, opts: ReadOptions = {}): Promise<Buffer> {
     this.assertOpen();
     const spans = splitRange(offset, length, this.sizeBytes);
     if (spans.length === 1) {
@@ -168,7 +168,7 @@ export class VolumeEngine implements Export {
       // chunkContent decides synchronously: a dirty chunk's buffer may change under a queued
       // reply, a cached or fetched one never does.
       const mutable = this.writeCache.get(s.chunkIndex) !== undefined;
-      const data = await this.chunkContent(s.chunkIndex, false);
+      const data = await this.chunkContent(s.chunkIndex, false, opts.requester);
       this.readahead(s.chunkIndex);
       if (data === null) return Buffer.alloc(s.length);
       return replySlice(data, s.chunkOffset, s.length, mutable);
@@ -176,7 +176,7 @@ export class VolumeEngine implements Export {
     const out = Buffer.allocUnsafe(length);
     await Promise.all(
       spans.map(async (s) => {
-        const data = await this.chunkContent(s.chunkIndex, false);
+        const data = await this.chunkContent(s.chunkIndex, false, opts.requester);
         if (data === null) out.fill(0, s.rangeOffset, s.rangeOffset + s.length);
         else data.copy(out, s.rangeOffset, s.chunkOffset, s.chunkOffset + s.length);
       }),
@@ -189,22 +189,22 @@ export class VolumeEngine implements Export {
    * The current content of a chunk, or null when it is all zeros. With `stable`, the returned
    * buffer will not change later (a dirty buffer is copied), so it may be handed to a socket.
    */
-  private async chunkContent(i: number, stable: boolean): Promise<Buffer | null> {
+  private async chunkContent(i: number, stable: boolean, requester?: object): Promise<Buffer | null> {
     const d = this.writeCache.get(i);
     if (d) return d.data === null ? null : stable ? Buffer.from(d.data) : d.data;
     const cached = this.readCache.get(i);
     if (cached) return cached;
     const entry = this.manifest.get(i);
     if (entry.id === null) return null;
-    return this.fetchChunk(i, entry);
+    return this.fetchChunk(i, entry, requester);
   }
 
-  private fetchChunk(i: number, entry: Entry): Promise<Buffer> {
+  private fetchChunk(i: number, entry: Entry, requester?: object): Promise<Buffer> {
     const key = entry.id!;
     let p = this.fetches.get(key);
     if (!p) {
       p = this.fetchSlots
-        .run(() => this.objects.readChunk(i, entry, chunkLength(this.sizeBytes, i)))
+        .run(() => this.objects.readChunk(i, entry, chunkLength(this.sizeBytes, i)), requester)
         .then((data) => {
           // Cache only if nothing replaced the chunk while we fetched it.
           if (this.manifest.get(i).id === key && !this.writeCache.get(i)) this.readCache.set(i, data);
