@@ -267,10 +267,11 @@ export class NbdConnection {
   private maybeCloseAfterDrain(why: string): void {
     if (this.inFlightRequests > 0) return;
     if (!isTerminal(this.state)) {
-      // Requests still wait for their turn: the next turn parses them.
-      if (this.nextTurn && this.clientEnded && !this.discReceived && !this.shuttingDown) return;
-      // After the client's FIN, with nothing in flight and no turn pending, every whole request
-      // has been parsed (backpressure is off): what is left is an incomplete request.
+      // After the client's FIN, requests may still wait behind backpressure (unsent replies) or
+      // for their turn: pump() parses them later, and their completion comes back here.
+      if (this.clientEnded && !this.discReceived && !this.shuttingDown && this.readPaused && (this.reader?.pendingBytes ?? 0) > 0) return;
+      // Otherwise, with nothing in flight, every whole request has been parsed: what is left is
+      // an incomplete request that can never finish.
       if (this.discReceived || this.shuttingDown || this.clientEnded) this.finish('closed', why);
       return;
     }
@@ -290,7 +291,9 @@ export class NbdConnection {
     const release = this.replyMemory.hold(bufs);
     this.write(bufs, () => {
       release();
-      if (this.readPaused) this.pump();
+      if (!this.readPaused) return;
+      this.pump();
+      if (this.clientEnded) this.maybeCloseAfterDrain('client closed, requests drained');
     });
   }
 
