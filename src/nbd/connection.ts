@@ -39,6 +39,8 @@ const HANDSHAKE_HIGH_WATER = 256 * 1024;
 const REQUESTS_PER_TURN = 64;
 /** READ/WRITE bytes started per connection in one turn (their copies are the CPU they cost). */
 const REQUEST_BYTES_PER_TURN = 256 * 1024;
+/** Input left unparsed at the end of a turn above which the socket is paused until the next. */
+const TURN_PAUSE_BYTES = 1024 * 1024;
 
 export interface ConnectionOptions {
   readonly provider: ExportProvider;
@@ -180,14 +182,21 @@ export class NbdConnection {
   }
 
   private mustStopParsing(): boolean {
+    return this.mustPause() || this.turnUsedUp();
+  }
+
+  /** Stop reading from the socket: done, or over the budget. */
+  private mustPause(): boolean {
     return (
       this.discReceived ||
       isTerminal(this.state) ||
       this.inFlightBytes + this.replyMemory.heldBytes >= this.opts.maxInFlightBytes ||
-      this.inFlightRequests + this.replyMemory.unsentReplies >= MAX_IN_FLIGHT_REQUESTS ||
-      this.turnRequests >= REQUESTS_PER_TURN ||
-      this.turnBytes >= REQUEST_BYTES_PER_TURN
+      this.inFlightRequests + this.replyMemory.unsentReplies >= MAX_IN_FLIGHT_REQUESTS
     );
+  }
+
+  private turnUsedUp(): boolean {
+    return this.turnRequests >= REQUESTS_PER_TURN || this.turnBytes >= REQUEST_BYTES_PER_TURN;
   }
 
   /** This turn's share is used up: go on in a later turn, after other connections and I/O. */
@@ -210,8 +219,13 @@ export class NbdConnection {
       this.die('bad request magic: lost synchronisation', 'warn', true);
       return;
     }
-    const stop = result === 'stopped' || this.mustStopParsing();
-    if (this.turnRequests >= REQUESTS_PER_TURN || this.turnBytes >= REQUEST_BYTES_PER_TURN) this.yieldTurn();
+    let stop = result === 'stopped' || this.mustStopParsing();
+    if (this.turnUsedUp()) {
+      this.yieldTurn();
+      // Stopped only for the turn: the socket keeps flowing (no pause/resume per turn) while
+      // what waits unparsed stays small.
+      if (!this.mustPause() && this.reader.pendingBytes < TURN_PAUSE_BYTES) stop = false;
+    }
     if (stop && !this.readPaused) {
       this.readPaused = true;
       this.socket.pause();
