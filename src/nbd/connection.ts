@@ -283,7 +283,8 @@ export class NbdConnection {
     if (!isTerminal(this.state)) {
       // After the client's FIN, requests may still wait behind backpressure (unsent replies) or
       // for their turn: pump() parses them later, and their completion comes back here.
-      if (this.clientEnded && !this.discReceived && !this.shuttingDown && this.readPaused && (this.reader?.pendingBytes ?? 0) > 0) return;
+      const waiting = this.readPaused || this.nextTurn !== null;
+      if (this.clientEnded && !this.discReceived && !this.shuttingDown && waiting && (this.reader?.pendingBytes ?? 0) > 0) return;
       // Otherwise, with nothing in flight, every whole request has been parsed: what is left is
       // an incomplete request that can never finish.
       if (this.discReceived || this.shuttingDown || this.clientEnded) this.finish('closed', why);
