@@ -7,6 +7,7 @@ const BENCHMARKS = [
   { name: 'TLS (plaintext beside nbds://)', script: 'bench/tls-bench.mjs' },
   { name: 'Codec', script: 'dist/bench/codec-bench.js' },
   { name: 'Vault (volumes over the fs store and S3)', script: 'dist/bench/vault-bench.js' },
+  { name: 'Hostile clients on a vault export', script: 'dist/bench/hostile-bench.js' },
 ];
 
 let failed = 0;

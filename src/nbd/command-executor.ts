@@ -108,7 +108,7 @@ async function run(req: NbdRequest, s: ExecutionSession): Promise<Buffer[]> {
 async function simpleRead(req: NbdRequest, s: ExecutionSession): Promise<Buffer[]> {
   const header = encodeSimpleReply(req.handle, 0);
   if (req.length === 0) return [header];
-  const data = await s.exp.read(req.offset, req.length);
+  const data = await s.exp.read(req.offset, req.length, { requester: s });
   checkLength(data, req.length);
   return [header, data];
 }
@@ -117,18 +117,18 @@ async function structuredRead(req: NbdRequest, s: ExecutionSession): Promise<Buf
   const { handle, offset, length } = req;
   if (length === 0) return [encodeNoneChunk(handle)];
   if ((req.flags & NBD_CMD_FLAG_DF) !== 0) {
-    const data = await s.exp.read(offset, length);
+    const data = await s.exp.read(offset, length, { requester: s });
     checkLength(data, length);
     return [encodeOffsetDataHeader(NBD_REPLY_FLAG_DONE, handle, offset, length), data];
   }
   const segments = await zeroMap(s.exp, offset, length);
   if (segments.length === 1 && !segments[0].zero) {
-    const data = await s.exp.read(offset, length);
+    const data = await s.exp.read(offset, length, { requester: s });
     checkLength(data, length);
     return [encodeOffsetDataHeader(NBD_REPLY_FLAG_DONE, handle, offset, length), data];
   }
   // Read every data segment concurrently; chunks go out in offset order, DONE on the last.
-  const datas = await Promise.all(segments.map((seg) => (seg.zero ? null : s.exp.read(seg.offset, seg.length))));
+  const datas = await Promise.all(segments.map((seg) => (seg.zero ? null : s.exp.read(seg.offset, seg.length, { requester: s }))));
   const out: Buffer[] = [];
   segments.forEach((seg, i) => {
     const last = i === segments.length - 1 ? NBD_REPLY_FLAG_DONE : 0;

@@ -4,9 +4,14 @@
 //
 // Transmission: requests run concurrently as they are parsed; each reply is written whole in one
 // synchronous burst (so replies never interleave), batched per tick with cork/uncork
-// (one writev). Backpressure: parsing stops and the socket is paused while this connection holds
-// more than maxInFlightBytes of request/reply data, more than MAX_IN_FLIGHT_REQUESTS requests, or
-// a socket write buffer above maxInFlightBytes; it resumes as requests finish or the socket drains.
+// (one writev). Backpressure: parsing stops and the socket is paused while this connection's
+// requests in flight plus what its unsent replies keep alive (reply-memory.ts) reach
+// maxInFlightBytes (its budget: a client that does not read its replies costs at most that), or
+// its requests in flight plus unsent replies reach MAX_IN_FLIGHT_REQUESTS; it resumes as
+// requests finish and replies reach the kernel. Fairness: one event-loop turn
+// starts at most REQUESTS_PER_TURN requests (or REQUEST_BYTES_PER_TURN bytes of them) per
+// connection, then yields (setImmediate), so a flood on one connection never holds up accepts,
+// handshakes or other connections' requests.
 import type { Socket } from 'node:net';
 import type { Export, ExportProvider } from '../volume/export';
 import type { ExportAccessPolicy } from './access';
@@ -22,15 +27,23 @@ import { NBD_CMD_DISC, NBD_CMD_READ, NBD_CMD_WRITE, NBD_ESHUTDOWN } from './cons
 import { errorReply, executeRequest, type ExecutionSession } from './command-executor';
 import { BASE_ALLOCATION_CONTEXT_ID, encodeGreeting, negotiateOptions, ProtocolViolation, readClientFlags, type Negotiated } from './negotiation';
 import { MAX_PAYLOAD } from './limits';
+import { ReplyMemory } from './reply-memory';
 import { RequestReader, type NbdRequest } from './request-reader';
 import { validateRequest, type SessionFacts } from './request-validation';
 
-/** Requests in flight per connection, whatever their size (bounds floods of tiny requests). */
+/** Requests in flight plus unsent replies per connection, whatever their size (bounds floods
+ *  of tiny requests and of replies that share one buffer). */
 const MAX_IN_FLIGHT_REQUESTS = 1024;
 /** after a clean close, how long a client may take to read what we still send */
 const CLOSE_LINGER_MS = 30_000;
 /** Handshake input buffered before the socket is paused. */
 const HANDSHAKE_HIGH_WATER = 256 * 1024;
+/** Requests started per connection in one event-loop turn before it yields to the others. */
+const REQUESTS_PER_TURN = 64;
+/** READ/WRITE bytes started per connection in one turn (their copies are the CPU they cost). */
+const REQUEST_BYTES_PER_TURN = 256 * 1024;
+/** Input left unparsed at the end of a turn above which the socket is paused until the next. */
+const TURN_PAUSE_BYTES = 1024 * 1024;
 
 export interface ConnectionOptions {
   readonly provider: ExportProvider;
@@ -57,12 +70,17 @@ export class NbdConnection {
   private handshakeTimer: NodeJS.Timeout | null = null;
   private inFlightBytes = 0;
   private inFlightRequests = 0;
+  private readonly replyMemory = new ReplyMemory();
   private discReceived = false;
   /** the client shut down its sending side (FIN) during transmission */
   private clientEnded = false;
   private shuttingDown = false;
   private readPaused = false;
   private readonly writer: ReplyWriter;
+  /** requests and their bytes started in this turn; reset by the scheduled next turn */
+  private turnRequests = 0;
+  private turnBytes = 0;
+  private nextTurn: NodeJS.Immediate | null = null;
   private socketClosed = false;
   private detachRaw: (() => void) | null = null;
   /** The socket we speak NBD on: the accepted one, or the TLS socket wrapping it after STARTTLS. */
@@ -228,13 +246,33 @@ export class NbdConnection {
   }
 
   private mustStopParsing(): boolean {
+    return this.mustPause() || this.turnUsedUp();
+  }
+
+  /** Stop reading from the socket: done, or over the budget. */
+  private mustPause(): boolean {
     return (
       this.discReceived ||
       isTerminal(this.state) ||
-      this.inFlightBytes >= this.opts.maxInFlightBytes ||
-      this.inFlightRequests >= MAX_IN_FLIGHT_REQUESTS ||
-      this.socket.writableLength >= this.opts.maxInFlightBytes
+      this.inFlightBytes + this.replyMemory.heldBytes >= this.opts.maxInFlightBytes ||
+      this.inFlightRequests + this.replyMemory.unsentReplies >= MAX_IN_FLIGHT_REQUESTS
     );
+  }
+
+  private turnUsedUp(): boolean {
+    return this.turnRequests >= REQUESTS_PER_TURN || this.turnBytes >= REQUEST_BYTES_PER_TURN;
+  }
+
+  /** This turn's share is used up: go on in a later turn, after other connections and I/O. */
+  private yieldTurn(): void {
+    if (this.nextTurn) return;
+    this.nextTurn = setImmediate(() => {
+      this.nextTurn = null;
+      this.turnRequests = 0;
+      this.turnBytes = 0;
+      this.pump();
+      if (this.clientEnded) this.maybeCloseAfterDrain('client closed, requests drained');
+    });
   }
 
   /** Parses what it can; pauses the socket when it must stop, resumes it when it may go on. */
@@ -245,7 +283,13 @@ export class NbdConnection {
       this.die('bad request magic: lost synchronisation', 'warn', true);
       return;
     }
-    const stop = result === 'stopped' || this.mustStopParsing();
+    let stop = result === 'stopped' || this.mustStopParsing();
+    if (this.turnUsedUp()) {
+      this.yieldTurn();
+      // Stopped only for the turn: the socket keeps flowing (no pause/resume per turn) while
+      // what waits unparsed stays small.
+      if (!this.mustPause() && this.reader.pendingBytes < TURN_PAUSE_BYTES) stop = false;
+    }
     if (stop && !this.readPaused) {
       this.readPaused = true;
       this.socket.pause();
@@ -265,6 +309,8 @@ export class NbdConnection {
     const bytes = req.type === NBD_CMD_READ || req.type === NBD_CMD_WRITE ? req.length : 0;
     this.inFlightBytes += bytes;
     this.inFlightRequests++;
+    this.turnRequests++;
+    this.turnBytes += bytes;
     this.process(req, session)
       .catch((err) => {
         // executeRequest turns export errors into replies; only a bug of ours lands here.
@@ -284,23 +330,27 @@ export class NbdConnection {
 
   private async process(req: NbdRequest, session: SessionFacts & ExecutionSession): Promise<void> {
     if (this.shuttingDown) {
-      this.write(errorReply(req, session.structuredReplies, NBD_ESHUTDOWN, 'server is shutting down'));
+      this.writeReply(errorReply(req, session.structuredReplies, NBD_ESHUTDOWN, 'server is shutting down'));
       return;
     }
     const errno = validateRequest(req, session);
     if (errno !== 0) {
       this.opts.logger.debug({ conn: this.id, cmd: req.type, flags: req.flags, offset: req.offset, length: req.length, errno }, 'request refused');
-      this.write(errorReply(req, session.structuredReplies, errno, 'request refused'));
+      this.writeReply(errorReply(req, session.structuredReplies, errno, 'request refused'));
       return;
     }
-    this.write(await executeRequest(req, session));
+    this.writeReply(await executeRequest(req, session));
   }
 
   private maybeCloseAfterDrain(why: string): void {
     if (this.inFlightRequests > 0) return;
     if (!isTerminal(this.state)) {
-      // After the client's FIN, with nothing in flight, every whole request has been parsed
-      // (backpressure is off): whatever is left is an incomplete request that can never finish.
+      // After the client's FIN, requests may still wait behind backpressure (unsent replies) or
+      // for their turn: pump() parses them later, and their completion comes back here.
+      const waiting = this.readPaused || this.nextTurn !== null;
+      if (this.clientEnded && !this.discReceived && !this.shuttingDown && waiting && (this.reader?.pendingBytes ?? 0) > 0) return;
+      // Otherwise, with nothing in flight, every whole request has been parsed: what is left is
+      // an incomplete request that can never finish.
       if (this.discReceived || this.shuttingDown || this.clientEnded) this.finish('closed', why);
       return;
     }
@@ -309,8 +359,21 @@ export class NbdConnection {
 
   // ---- output ----
 
-  private write(bufs: Buffer[]): void {
-    this.writer.write(bufs);
+  private write(bufs: Buffer[], onWritten?: () => void): void {
+    this.writer.write(bufs, onWritten);
+  }
+
+  /** A transmission reply: counted against the budget until the socket has written it out. */
+  private writeReply(bufs: Buffer[]): void {
+    const s = this.socket;
+    if (s.destroyed || s.writableEnded) return;
+    const release = this.replyMemory.hold(bufs);
+    this.write(bufs, () => {
+      release();
+      if (!this.readPaused) return;
+      this.pump();
+      if (this.clientEnded) this.maybeCloseAfterDrain('client closed, requests drained');
+    });
   }
 
 
@@ -369,6 +432,8 @@ export class NbdConnection {
 
   private teardown(): void {
     this.writer.stopStallTimer();
+    if (this.nextTurn) clearImmediate(this.nextTurn);
+    this.nextTurn = null;
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
     this.handshakeTimer = null;
     this.queue.fail(new Error('connection ended'));

@@ -20,7 +20,8 @@ export class ReplyWriter {
     private readonly onStall: () => void,
   ) {}
 
-  write(bufs: readonly Buffer[]): void {
+  /** `onWritten`: called once the socket has handed the last buffer to the kernel. */
+  write(bufs: readonly Buffer[], onWritten?: () => void): void {
     const s = this.socket;
     if (s.destroyed || s.writableEnded) return;
     if (this.corkedSocket !== s) {
@@ -31,7 +32,8 @@ export class ReplyWriter {
         s.uncork();
       });
     }
-    for (const b of bufs) s.write(b);
+    const last = bufs.length - 1;
+    bufs.forEach((b, i) => (i === last && onWritten ? s.write(b, onWritten) : s.write(b)));
     // A client that stops reading its replies is dropped once nothing has drained for a while:
     // its unread replies and the requests parked behind them are memory held on its behalf.
     if (s.writableNeedDrain && !this.stallTimer) {

@@ -27,6 +27,12 @@ export interface Extent {
   readonly zero: boolean;
 }
 
+export interface ReadOptions {
+  /** Who asks (nbd/ passes one object per connection): reads that must fetch chunks from the
+   *  store queue fairly between requesters, so one client's misses never starve another's. */
+  readonly requester?: object;
+}
+
 export interface WriteOptions {
   /** Force unit access: return only once this write is durable. */
   readonly fua?: boolean;
@@ -78,7 +84,7 @@ export interface Export {
   readonly size: number;
   readonly caps: ExportCaps;
 
-  read(offset: number, length: number): Promise<Buffer>;
+  read(offset: number, length: number, opts?: ReadOptions): Promise<Buffer>;
   /** The export may not change `data`; it may keep references to it (nbd/ never reuses it). */
   write(offset: number, data: WriteData, opts?: WriteOptions): Promise<void>;
   /** Discard: the range may read back as anything afterwards; we make it read as zeros. */

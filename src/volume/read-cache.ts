@@ -45,3 +45,22 @@ export class ReadCache {
     return this.bytes;
   }
 }
+
+/**
+ * The bytes a read reply carries from a chunk buffer. A reply may wait on a socket for a long
+ * time (a client that does not read), and a slice keeps its whole chunk alive, even after the
+ * cache dropped it: a thousand small replies from a thousand evicted chunks would hold a
+ * thousand chunks. So a reply shares the chunk (no copy) only when the chunk never changes
+ * (`mutable` false: cached or fetched, never written in place) and the read covers at least
+ * half of it; otherwise it gets its own copy of just its bytes (a dirty chunk is written in place
+ * by later writes, so it is always copied). Either way a reply holds at most twice its length,
+ * and the chunk itself is never copied per request. nbd/ counts the buffers unsent replies hold
+ * against the connection's budget, a shared chunk once.
+ */
+export function replySlice(chunk: Buffer, offset: number, length: number, mutable: boolean): Buffer {
+  const slice = chunk.subarray(offset, offset + length);
+  if (!mutable && length * 2 >= chunk.length) return slice;
+  const own = Buffer.allocUnsafe(length); // Buffer.prototype.copy: a plain memcpy, also from shared memory
+  slice.copy(own);
+  return own;
+}

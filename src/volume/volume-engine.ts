@@ -11,7 +11,7 @@
 // Serialisation: writes to one chunk run under a per-chunk mutex; root commits run one at a time.
 import { VaultError, describeError, isVaultError } from '../errors';
 import type { Logger } from '../util/log';
-import { copyWriteData, writeDataLength, type Export, type ExportCaps, type Extent, type WriteData, type WriteOptions, type ZeroOptions } from './export';
+import { copyWriteData, writeDataLength, type Export, type ExportCaps, type Extent, type ReadOptions, type WriteData, type WriteOptions, type ZeroOptions } from './export';
 import { CHUNK_SIZE, chunkCount, chunkLength, splitRange, type ChunkSpan } from './chunk-math';
 import { Manifest, PAGE_ENTRIES, type Entry, type PageRef } from './manifest';
 import type { RootRecord } from './root-record';
@@ -19,7 +19,8 @@ import { ROOT_FORMAT } from './root-record';
 import { KeyedMutex } from '../util/keyed-mutex';
 import type { VolumeLease } from './volume-lease';
 import { ChunkBufferPool } from './chunk-buffer-pool';
-import { ReadCache } from './read-cache';
+import { ReadCache, replySlice } from './read-cache';
+import { FetchLimiter } from './fetch-limiter';
 import { WriteCache, type DirtyChunk } from './write-cache';
 import type { VolumeObjects } from './volume-objects';
 import { chunkKey, pageKey } from './object-keys';
@@ -41,6 +42,10 @@ export interface EngineOptions {
   /** the writer's lease (writable engines): writes stop if it is lost; released on close */
   readonly lease?: VolumeLease;
 }
+
+/** chunk fetches (store GET + decode) at once: reads spread over many chunks hold at most this
+ *  many sealed and decoded chunks in flight, not one per request */
+const FETCHES_IN_FLIGHT = 16;
 
 /** how many recent chunk reads the readahead remembers (several sequential streams at once) */
 const RECENT_READS = 16;
@@ -68,6 +73,7 @@ export class VolumeEngine implements Export {
   private readonly chunkLocks = new KeyedMutex<number>();
   private readonly buffers = new ChunkBufferPool(CHUNK_SIZE, 16);
   private readonly fetches = new Map<string, Promise<Buffer>>();
+  private readonly fetchSlots = new FetchLimiter(FETCHES_IN_FLIGHT);
   private uploadsInFlight = 0;
   /** chunks with an upload in flight (the record being uploaded may have been replaced since) */
   private readonly uploadingChunks = new Set<number>();
@@ -178,19 +184,23 @@ export class VolumeEngine implements Export {
 
   // --- reads ------------------------------------------------------------------------------
 
-  async read(offset: number, length: number): Promise<Buffer> {
+  async read(offset: number, length: number, opts: ReadOptions = {}): Promise<Buffer> {
     this.assertOpen();
     const spans = splitRange(offset, length, this.sizeBytes);
     if (spans.length === 1) {
       const s = spans[0];
-      const data = await this.chunkContent(s.chunkIndex, true);
+      // chunkContent decides synchronously: a dirty chunk's buffer may change under a queued
+      // reply, a cached or fetched one never does.
+      const mutable = this.writeCache.get(s.chunkIndex) !== undefined;
+      const data = await this.chunkContent(s.chunkIndex, false, opts.requester);
       this.readahead(s.chunkIndex);
-      return data === null ? Buffer.alloc(s.length) : data.subarray(s.chunkOffset, s.chunkOffset + s.length);
+      if (data === null) return Buffer.alloc(s.length);
+      return replySlice(data, s.chunkOffset, s.length, mutable);
     }
     const out = Buffer.allocUnsafe(length);
     await Promise.all(
       spans.map(async (s) => {
-        const data = await this.chunkContent(s.chunkIndex, false);
+        const data = await this.chunkContent(s.chunkIndex, false, opts.requester);
         if (data === null) out.fill(0, s.rangeOffset, s.rangeOffset + s.length);
         else data.copy(out, s.rangeOffset, s.chunkOffset, s.chunkOffset + s.length);
       }),
@@ -203,22 +213,22 @@ export class VolumeEngine implements Export {
    * The current content of a chunk, or null when it is all zeros. With `stable`, the returned
    * buffer will not change later (a dirty buffer is copied), so it may be handed to a socket.
    */
-  private async chunkContent(i: number, stable: boolean): Promise<Buffer | null> {
+  private async chunkContent(i: number, stable: boolean, requester?: object): Promise<Buffer | null> {
     const d = this.writeCache.get(i);
     if (d) return d.data === null ? null : stable ? Buffer.from(d.data) : d.data;
     const cached = this.readCache.get(i);
     if (cached) return cached;
     const entry = this.manifest.get(i);
     if (entry.id === null) return null;
-    return this.fetchChunk(i, entry);
+    return this.fetchChunk(i, entry, requester);
   }
 
-  private fetchChunk(i: number, entry: Entry): Promise<Buffer> {
+  private fetchChunk(i: number, entry: Entry, requester?: object): Promise<Buffer> {
     const key = entry.id!;
     let p = this.fetches.get(key);
     if (!p) {
-      p = this.objects
-        .readChunk(i, entry, chunkLength(this.sizeBytes, i))
+      p = this.fetchSlots
+        .run(() => this.objects.readChunk(i, entry, chunkLength(this.sizeBytes, i)), requester)
         .then((data) => {
           // Cache only if nothing replaced the chunk while we fetched it.
           if (this.manifest.get(i).id === key && !this.writeCache.get(i)) this.readCache.set(i, data);
@@ -249,6 +259,7 @@ export class VolumeEngine implements Export {
   }
 
   private prefetch(i: number): void {
+    if (!this.fetchSlots.hasFreeSlot) return; // readahead never queues behind (or ahead of) reads
     if (this.writeCache.get(i) || this.readCache.has(i)) return;
     const entry = this.manifest.get(i);
     if (entry.id === null || this.fetches.has(entry.id)) return;

@@ -7,7 +7,9 @@ const IHAVEOPT = Buffer.from('IHAVEOPT');
 
 export class Wire {
   readonly sock: net.Socket;
-  private buf = Buffer.alloc(0);
+  /** received and not yet read, in order (concatenated only as far as a read needs) */
+  private chunks: Buffer[] = [];
+  private buffered = 0;
   private waiters: Array<() => void> = [];
   ended = false;
   readonly closed: Promise<void>;
@@ -15,8 +17,9 @@ export class Wire {
   /** A new connection to 127.0.0.1:port, or an existing socket (e.g. a TLS one after STARTTLS). */
   constructor(port: number | net.Socket) {
     this.sock = typeof port === 'number' ? net.connect(port, '127.0.0.1') : port;
-    this.sock.on('data', (d) => {
-      this.buf = Buffer.concat([this.buf, d]);
+    this.sock.on('data', (d: Buffer) => {
+      this.chunks.push(d);
+      this.buffered += d.length;
       this.wake();
     });
     this.sock.on('error', () => {});
@@ -36,16 +39,31 @@ export class Wire {
   /** Exactly n bytes, or rejects if the server closes first or after timeoutMs. */
   async read(n: number, timeoutMs = 10_000): Promise<Buffer> {
     const deadline = Date.now() + timeoutMs;
-    while (this.buf.length < n) {
-      if (this.ended) throw new Error(`connection closed with ${this.buf.length}/${n} bytes`);
+    while (this.buffered < n) {
+      if (this.ended) throw new Error(`connection closed with ${this.buffered}/${n} bytes`);
       if (Date.now() > deadline) throw new Error(`timeout waiting for ${n} bytes`);
       await new Promise<void>((r) => {
         this.waiters.push(r);
         setTimeout(r, 50);
       });
     }
-    const out = this.buf.subarray(0, n);
-    this.buf = this.buf.subarray(n);
+    if (n === 0) return Buffer.alloc(0);
+    this.buffered -= n;
+    const first = this.chunks[0];
+    if (first.length >= n) {
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+      return first.subarray(0, n);
+    }
+    const out = Buffer.allocUnsafe(n);
+    for (let at = 0; at < n; ) {
+      const c = this.chunks[0];
+      const k = Math.min(c.length, n - at);
+      c.copy(out, at, 0, k);
+      at += k;
+      if (k === c.length) this.chunks.shift();
+      else this.chunks[0] = c.subarray(k);
+    }
     return out;
   }
 

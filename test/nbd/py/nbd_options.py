@@ -1,18 +1,17 @@
 # Option haggling against `nbd-vault serve --memory disk=64M --memory ro=1M:ro`, via python3-libnbd.
-# Usage: /usr/bin/python3 nbd_options.py PORT. Exits non-zero (with a traceback) on any failure.
-# Against a vault server (nbdsh-scripts.test.ts): NBD_TEST_RO_EXPORT names the read-only export,
-# NBD_TEST_EXPORTS the exports LIST must show (comma-separated), NBD_TEST_DESCRIPTION a part of
-# the read-write export's description.
+# Usage: /usr/bin/python3 nbd_options.py PORT [memory|vault]. Exits non-zero (with a traceback) on
+# any failure. With "vault": a vault serving volumes "disk" (64M, the default) and "ro" (1M) with
+# a snapshot "s", whose export "ro@s" is the read-only one.
 import errno
-import os
 import sys
 import nbd
 
 PORT = sys.argv[1]
-RO_EXPORT = os.environ.get("NBD_TEST_RO_EXPORT", "ro")
-EXPORTS = set(os.environ.get("NBD_TEST_EXPORTS", "disk,ro").split(","))
-DESCRIPTION = os.environ.get("NBD_TEST_DESCRIPTION", "memory export")
+BACKEND = sys.argv[2] if len(sys.argv) > 2 else "memory"
 HOST = "127.0.0.1"
+RO = "ro@s" if BACKEND == "vault" else "ro"
+EXPORTS = {"disk", "ro", "ro@s"} if BACKEND == "vault" else {"disk", "ro"}
+DESCRIPTION = "nbd-vault volume" if BACKEND == "vault" else "memory export"
 checks = []
 
 
@@ -83,14 +82,14 @@ h.opt_abort()
 check("abort closes", h.aio_is_closed(), h.connection_state())
 
 # Read-only export: READ_ONLY flag, no write features.
-h = handle(opt_mode=False, export=RO_EXPORT)
+h = handle(opt_mode=False, export=RO)
 h.connect_tcp(HOST, PORT)
 check("ro flag", h.is_read_only())
 check("ro no trim", not h.can_trim())
 check("ro no zero", not h.can_zero())
 h.shutdown()
 
-# Default export (empty name): the first --memory, or the vault's --default-volume.
+# Default export (empty name) is the first --memory.
 h = handle(opt_mode=False, export="")
 h.connect_tcp(HOST, PORT)
 check("default export", h.get_size() == 64 * 1024 * 1024)
