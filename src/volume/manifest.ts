@@ -66,6 +66,18 @@ export class Manifest {
     return true;
   }
 
+  /** The epoch of entry i (0 in a clone: the origin's), without decoding the entry. */
+  epochOf(i: number): number {
+    return this.epochs[i];
+  }
+
+  /** Chunks [first, first+count) name the same objects here and in `other` (both in range). */
+  sameIds(other: Manifest, first: number, count: number): boolean {
+    const a = first * OBJECT_ID_BYTES;
+    const b = (first + count) * OBJECT_ID_BYTES;
+    return this.ids.compare(other.ids, a, b, a, b) === 0;
+  }
+
   get(i: number): Entry {
     if (this.isZero(i)) return { id: null, epoch: this.epochs[i], storedSize: 0 };
     return { id: this.ids.toString('hex', i * OBJECT_ID_BYTES, (i + 1) * OBJECT_ID_BYTES), epoch: this.epochs[i], storedSize: this.sizes[i] };
