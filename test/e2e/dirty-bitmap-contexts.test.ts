@@ -89,18 +89,23 @@ test('qemu:dirty-bitmap and allocation-depth contexts through nbdinfo, qemu-img,
   for (const e of qmap) if (!e.data) for (let i = e.start / CHUNK; i < (e.start + e.length) / CHUNK; i++) qdirty.push(i);
   assert.deepEqual(qdirty, dirty, 'qemu-img map sees the same dirty chunks');
 
-  // python3-libnbd: LIST queries, two contexts at once, REQ_ONE, refusals; then an incremental
-  // restore: restore s1 in full, copy the dirty extents of s2 onto it, compare with s2
-  const restore = join(v.dir, 'restore.img');
-  await runCommand('nbdcopy', [srv.uri('vm@s1'), restore], { timeoutMs: 60_000 });
-  const s1sha = await fileSha256(restore);
-  const py = await runCommand(SYSTEM_PYTHON, [join(REPO_ROOT, 'test/e2e/py/dirty_contexts.py'), String(srv.port), 'vm', 's1', 's2', 'other@x', dirty.join(','), restore], { timeoutMs: 120_000, okCodes: [0, 1] });
+  // python3-libnbd: LIST queries, two contexts at once, REQ_ONE, refusals
+  const py = await runCommand(SYSTEM_PYTHON, [join(REPO_ROOT, 'test/e2e/py/dirty_contexts.py'), String(srv.port), 'vm', 's1', 's2', 'other@x', dirty.join(',')], { timeoutMs: 120_000, okCodes: [0, 1] });
   assert.equal(py.code, 0, `dirty_contexts.py failed:\n${py.stdout}\n${py.stderr}`);
   assert.match(py.stdout, /^PASS \d+ checks/m);
+
+  // incremental restore: s1 in full, then only the dirty extents of s2 (contrib/nbd-apply-changes.py)
+  const restore = join(v.dir, 'restore.img');
+  await runCommand('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', srv.uri('vm@s1'), restore], { timeoutMs: 60_000 });
+  const s1sha = await fileSha256(restore);
+  const apply = await runCommand(SYSTEM_PYTHON, [join(REPO_ROOT, 'contrib/nbd-apply-changes.py'), srv.uri('vm@s2'), 's1', restore], { timeoutMs: 120_000 });
+  assert.match(apply.stdout, new RegExp(`copied ${dirty.length * CHUNK} of ${64 * M} bytes in ${dirty.length} dirty extents`));
   await runCommand('nbdcopy', [srv.uri('vm@s2'), join(v.dir, 's2.img')], { timeoutMs: 60_000 });
   const s2sha = await fileSha256(join(v.dir, 's2.img'));
   assert.notEqual(s1sha, s2sha, 'the two snapshots differ (the comparison can fail)');
   assert.equal(await fileSha256(restore), s2sha, 's1 restore + dirty extents of s2 = s2');
+  const wrongBase = await runCommand(SYSTEM_PYTHON, [join(REPO_ROOT, 'contrib/nbd-apply-changes.py'), srv.uri('vm@s1'), 's2', restore], { okCodes: [1] });
+  assert.match(wrongBase.stderr, /offers no context qemu:dirty-bitmap:s2/);
 
   // unknown context: nbdinfo says the server does not offer it
   const unknown = await runCommand('nbdinfo', ['--map=qemu:dirty-bitmap:x', srv.uri('vm@s2')], { okCodes: [1] });
