@@ -32,15 +32,15 @@ function zeroIn(m: Manifest, i: number): boolean {
   return i >= m.chunkCount || m.isZero(i);
 }
 
-function pagesOf(pending: PendingChunks): Set<number> {
-  const pages = new Set<number>();
-  for (const i of pending.keys()) pages.add(Math.floor(i / PAGE_ENTRIES));
-  return pages;
+/** Whether any pending chunk lies in [first, end). */
+function pendingIn(pending: PendingChunks, first: number, end: number): boolean {
+  if (pending.size === 0) return false;
+  for (const i of pending.keys()) if (i >= first && i < end) return true;
+  return false;
 }
 
 /** Dirty (1) where `current` (plus its pending chunks) differs from `base`, 0 elsewhere. */
 export function dirtyState(base: Manifest, current: Manifest, pending: PendingChunks = NONE): ChunkState {
-  const pendingPages = pagesOf(pending);
   return {
     flagsOf(i) {
       const p = pending.get(i);
@@ -50,8 +50,8 @@ export function dirtyState(base: Manifest, current: Manifest, pending: PendingCh
       return zeroIn(base, i) && zeroIn(current, i) ? 0 : STATE_DIRTY;
     },
     spanFlags(first, end) {
-      if (end > base.chunkCount || end > current.chunkCount || pendingPages.has(Math.floor(first / PAGE_ENTRIES))) return undefined;
-      // one memcmp over the page's ids: an untouched page costs no per-chunk work
+      if (end > base.chunkCount || end > current.chunkCount || pendingIn(pending, first, end)) return undefined;
+      // one memcmp over the span's ids: an untouched span costs no per-chunk work
       return current.sameIds(base, first, end - first) ? 0 : undefined;
     },
   };
@@ -67,30 +67,39 @@ export function allocationDepthState(m: Manifest, isClone: boolean, pending: Pen
       if (zeroIn(m, i)) return DEPTH_UNALLOCATED;
       return isClone && m.epochOf(i) === 0 ? DEPTH_BACKING : DEPTH_LOCAL;
     },
+    spanFlags(first, end) {
+      return !pendingIn(pending, first, end) && m.allZeroIds(first, Math.min(end, m.chunkCount) - first) ? DEPTH_UNALLOCATED : undefined;
+    },
   };
 }
 
+/** Span sizes (chunks) tried before single chunks: a manifest page, then 32 chunks. */
+const SPAN_LEVELS = [PAGE_ENTRIES, 32];
+
 /**
  * Runs of equal flags over [offset, min(offset+length, size)), merged, at most `maxRuns` (the
- * first byte is always covered). Cost: one memcmp per untouched page, one step per chunk of a
- * touched page.
+ * first byte is always covered). Cost: one memcmp per untouched page; in a touched page one per
+ * 32 chunks, and one step per chunk only inside the 32-chunk spans that changed.
  */
 export function chunkRuns(state: ChunkState, offset: number, length: number, size: number, maxRuns = Infinity): ContextExtent[] {
   const runs: Array<{ length: number; flags: number }> = [];
   const end = Math.min(size, offset + length);
   const chunks = Math.ceil(size / CHUNK_SIZE);
-  let triedPage = -1;
+  const tried = SPAN_LEVELS.map(() => -1); // the span of each level last asked about
   let pos = offset;
   while (pos < end) {
     const i = Math.floor(pos / CHUNK_SIZE);
-    const page = Math.floor(i / PAGE_ENTRIES);
     let upTo = i + 1;
     let flags: number | undefined;
-    if (page !== triedPage && state.spanFlags) {
-      triedPage = page;
-      const pageEnd = Math.min(chunks, (page + 1) * PAGE_ENTRIES);
-      flags = state.spanFlags(i, pageEnd);
-      if (flags !== undefined) upTo = pageEnd;
+    if (state.spanFlags) {
+      for (let l = 0; l < SPAN_LEVELS.length && flags === undefined; l++) {
+        const start = i - (i % SPAN_LEVELS[l]);
+        if (tried[l] === start) continue;
+        tried[l] = start;
+        const spanEnd = Math.min(chunks, start + SPAN_LEVELS[l]);
+        flags = state.spanFlags(i, spanEnd);
+        if (flags !== undefined) upTo = spanEnd;
+      }
     }
     flags ??= state.flagsOf(i);
     const next = Math.min(end, upTo * CHUNK_SIZE);

@@ -58,6 +58,9 @@ test('dirty runs: rewritten, trimmed and new chunks across pages; untouched page
   assert.equal(chunkRuns(dirtyState(a, b), 0, size, size, 2).length, 2);
   // the same manifest against itself: one clean run over the whole volume
   assert.deepEqual(chunkRuns(dirtyState(b, b), 0, size, size), [{ length: size, flags: 0 }]);
+  // allocation depth over pages, empty spans skipped whole: exactly b's non-zero chunks
+  assert.deepEqual(flagged(chunkRuns(allocationDepthState(b, false), 0, size, size)), [0, 1, PAGE_ENTRIES + 3, 2 * PAGE_ENTRIES + 10, chunks - 1]);
+  assert.deepEqual(flagged(chunkRuns(allocationDepthState(b, false, new Map([[40, true]])), 0, size, size)), [0, 1, 40, PAGE_ENTRIES + 3, 2 * PAGE_ENTRIES + 10, chunks - 1]);
   // allocation depth: 0 zero, 1 own, 2 origin's (epoch 0 in a clone)
   const c = new Manifest(4);
   c.set(1, { ...entry(), epoch: 0 });
