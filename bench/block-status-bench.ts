@@ -9,6 +9,8 @@ import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { Manifest, newObjectId } from '../src/volume/manifest';
+import { allocationDepthState, chunkRuns, dirtyState } from '../src/volume/changed-blocks';
 
 const REPO = path.resolve(__dirname, '../..');
 const CLI = path.join(REPO, 'bin/nbd-vault.js');
@@ -38,7 +40,31 @@ function timing(uri: string, context: string): { cold_ms: number; median_ms: num
   return JSON.parse(execFileSync(PYTHON, [path.join(REPO, 'bench/block_status_timing.py'), uri, context, String(REPEATS)], { encoding: 'utf8' }));
 }
 
+/** The computation alone, in-process: the same layout as the served volume, median of 20 runs. */
+function inProcess(): void {
+  const chunks = TIB / CHUNK;
+  const s1 = new Manifest(chunks);
+  for (let i = 0; i < 640; i++) s1.set(Math.floor((i * chunks) / 640) + 7, { id: newObjectId(), epoch: 1, storedSize: 1 });
+  const s2 = new Manifest(chunks);
+  for (let i = 0; i < chunks; i++) if (!s1.isZero(i)) s2.set(i, s1.get(i));
+  for (let i = 0; i < 240; i++) s2.set(Math.floor((i * chunks) / 240) + 100, { id: newObjectId(), epoch: 2, storedSize: 1 });
+  const median = (work: () => unknown) => {
+    const times: number[] = [];
+    for (let k = 0; k < 20; k++) {
+      const t = process.hrtime.bigint();
+      work();
+      times.push(Number(process.hrtime.bigint() - t) / 1e6);
+    }
+    return times.sort((a, b) => a - b)[10].toFixed(2);
+  };
+  console.log('In-process, whole 1 TiB in one call (median of 20):');
+  console.log(`  qemu:dirty-bitmap:s1 on s2 (240 chunks rewritten, spread over every page): ${median(() => chunkRuns(dirtyState(s1, s2), 0, TIB, TIB))} ms`);
+  console.log(`  qemu:dirty-bitmap over identical manifests (peer: nothing changed): ${median(() => chunkRuns(dirtyState(s2, s2), 0, TIB, TIB))} ms`);
+  console.log(`  qemu:allocation-depth of s2: ${median(() => chunkRuns(allocationDepthState(s2, false), 0, TIB, TIB))} ms`);
+}
+
 async function main(): Promise<void> {
+  inProcess();
   cli('keys', 'init');
   cli('init');
   cli('volume', 'create', 'big', '--size', String(TIB));
