@@ -5,7 +5,7 @@ import { open as openFile, stat } from 'node:fs/promises';
 import { VaultError } from '../errors';
 import { isAllZero } from '../codec';
 import { CHUNK_SIZE, chunkCount, chunkLength } from '../volume/chunk-math';
-import { diffManifests } from '../volume/manifest-diff';
+import { changeMap, diffManifests } from '../volume/changed-blocks';
 import { verifyManifest, type Damage } from '../volume/verify';
 import { collectGarbage } from '../volume/garbage-collector';
 import { splitExportName } from '../volume/vault';
@@ -188,18 +188,26 @@ export function registerDataCommands(program: Command): void {
     program
       .command('diff <a> [b]')
       .description('Changed byte ranges between VOL@A and VOL@B (or the live VOL), from the manifests alone')
-      .option('--json', 'print JSON'),
+      .option('--json', 'print JSON: {changedBytes, ranges: [{offset, length}]}')
+      .option('--format <shape>', 'text (offset<TAB>length lines), json, or nbdinfo (the JSON `nbdinfo --map --json` prints for qemu:dirty-bitmap:A on B)', 'text'),
     VAULT_SETTINGS,
   ).action(async (a: string, b: string | undefined, opts) => {
+    const format = opts.json ? 'json' : String(opts.format);
+    if (!['text', 'json', 'nbdinfo'].includes(format)) throw new VaultError('ERR_INVALID_ARGUMENT', `--format wants text, json or nbdinfo (got "${format}")`);
     await withVault(opts, async (ctx) => {
       const [volA] = splitExportName(a);
       const other = b ?? volA;
       if (splitExportName(other)[0] !== volA) throw new VaultError('ERR_INVALID_ARGUMENT', 'diff compares two states of one volume');
       const A = await ctx.vault.loadManifestOf(a);
       const B = await ctx.vault.loadManifestOf(other);
+      if (format === 'nbdinfo') {
+        // Same function as the qemu:dirty-bitmap contexts: this is what a client would read.
+        const map = changeMap(A.manifest, A.root.size, B.manifest, B.root.size);
+        return out(JSON.stringify(map.map((e) => ({ offset: e.offset, length: e.length, type: e.dirty ? 1 : 0, description: e.dirty ? 'dirty' : 'clean' }))));
+      }
       const ranges = diffManifests(A.manifest, A.root.size, B.manifest, B.root.size);
       const total = ranges.reduce((n, r) => n + r.length, 0);
-      if (opts.json) return out(JSON.stringify({ from: a, to: other, changedBytes: total, ranges }, null, 2));
+      if (format === 'json') return out(JSON.stringify({ from: a, to: other, size: B.root.size, changedBytes: total, ranges }, null, 2));
       for (const r of ranges) out(`${r.offset}\t${r.length}`);
       process.stderr.write(`${ranges.length} ranges, ${formatSize(total)} changed between ${a} and ${other}\n`);
     });

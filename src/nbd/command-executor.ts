@@ -5,7 +5,7 @@
 // Assumes validateRequest() returned 0. Structured reads ask blockStatus first: ranges known to
 // read as zeros go out as OFFSET_HOLE without being read, the rest as OFFSET_DATA; with DF the
 // whole range is a single OFFSET_DATA chunk. A failed read sends one ERROR chunk and no data.
-import type { Export, Extent } from '../volume/export';
+import type { Export } from '../volume/export';
 import type { Logger } from '../util/log';
 import { BugError, describeError, isVaultError } from '../errors';
 import {
@@ -15,7 +15,6 @@ import {
   NBD_CMD_FLAG_FAST_ZERO,
   NBD_CMD_FLAG_FUA,
   NBD_CMD_FLAG_NO_HOLE,
-  NBD_CMD_FLAG_REQ_ONE,
   NBD_CMD_FLUSH,
   NBD_CMD_READ,
   NBD_CMD_TRIM,
@@ -23,26 +22,23 @@ import {
   NBD_CMD_WRITE_ZEROES,
   NBD_EIO,
   NBD_REPLY_FLAG_DONE,
-  NBD_STATE_HOLE,
-  NBD_STATE_ZERO,
 } from './constants';
 import { toNbdError } from './errno';
-import { MAX_EXTENTS } from './limits';
+import { blockStatusReply, type SelectedContext } from './meta-contexts';
 import type { NbdRequest } from './request-reader';
 import {
-  encodeBlockStatus,
   encodeErrorChunk,
   encodeNoneChunk,
   encodeOffsetDataHeader,
   encodeOffsetHole,
   encodeSimpleReply,
-  type WireExtent,
 } from './reply-framing';
 
 export interface ExecutionSession {
   readonly exp: Export;
   readonly structuredReplies: boolean;
-  readonly allocationContextId: number;
+  /** contexts selected by SET_META_CONTEXT for this export (BLOCK_STATUS answers each) */
+  readonly metaContexts: readonly SelectedContext[];
   readonly logger: Logger;
 }
 
@@ -98,7 +94,7 @@ async function run(req: NbdRequest, s: ExecutionSession): Promise<Buffer[]> {
       }
       break;
     case NBD_CMD_BLOCK_STATUS:
-      return blockStatus(req, s);
+      return blockStatusReply(exp, s.metaContexts, req);
     default:
       throw new BugError(`command ${req.type} reached the executor unvalidated`);
   }
@@ -168,25 +164,6 @@ async function zeroMap(exp: Export, offset: number, length: number): Promise<Seg
     }
   }
   return segments;
-}
-
-async function blockStatus(req: NbdRequest, s: ExecutionSession): Promise<Buffer[]> {
-  const extents: Extent[] = await s.exp.blockStatus(req.offset, req.length);
-  if (extents.length === 0) throw new BugError(`blockStatus(${req.offset}, ${req.length}) returned no extents`);
-  const wire: WireExtent[] = [];
-  const limit = (req.flags & NBD_CMD_FLAG_REQ_ONE) !== 0 ? 1 : MAX_EXTENTS;
-  let left = req.length; // never describe more than was asked for
-  for (const e of extents) {
-    if (left <= 0 || wire.length >= limit) break;
-    if (!(e.length > 0)) throw new BugError(`blockStatus returned an extent of length ${e.length}`);
-    const len = Math.min(e.length, left);
-    const flags = (e.hole ? NBD_STATE_HOLE : 0) | (e.zero ? NBD_STATE_ZERO : 0);
-    const prev = wire[wire.length - 1];
-    if (prev && prev.flags === flags) wire[wire.length - 1] = { length: prev.length + len, flags };
-    else wire.push({ length: len, flags });
-    left -= len;
-  }
-  return [encodeBlockStatus(NBD_REPLY_FLAG_DONE, req.handle, s.allocationContextId, wire)];
 }
 
 function checkLength(data: Buffer, expected: number): void {

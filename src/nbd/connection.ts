@@ -25,7 +25,7 @@ import { ByteQueue } from './byte-queue';
 import { ConnStateMachine, isTerminal, type ConnState } from './conn-state';
 import { NBD_CMD_DISC, NBD_CMD_READ, NBD_CMD_WRITE, NBD_ESHUTDOWN } from './constants';
 import { errorReply, executeRequest, type ExecutionSession } from './command-executor';
-import { BASE_ALLOCATION_CONTEXT_ID, encodeGreeting, negotiateOptions, ProtocolViolation, readClientFlags, type Negotiated } from './negotiation';
+import { encodeGreeting, negotiateOptions, ProtocolViolation, readClientFlags, type Negotiated } from './negotiation';
 import { MAX_PAYLOAD } from './limits';
 import { ReplyMemory } from './reply-memory';
 import { RequestReader, type NbdRequest } from './request-reader';
@@ -221,8 +221,8 @@ export class NbdConnection {
       caps: n.caps,
       transmissionFlags: n.transmissionFlags,
       structuredReplies: n.structuredReplies,
-      allocationContext: n.allocationContext,
-      allocationContextId: BASE_ALLOCATION_CONTEXT_ID,
+      hasMetaContexts: n.metaContexts.length > 0,
+      metaContexts: n.metaContexts,
       maxPayload: MAX_PAYLOAD,
       logger: this.opts.logger,
     };

@@ -13,10 +13,10 @@
 // through ClientExports, which applies the access policy to the client's TLS identity.
 import type { Export, ExportCaps } from '../volume/export';
 import type { Logger } from '../util/log';
+import { describeError } from '../errors';
 import { ClientExports } from './client-exports';
 import type { TlsMode } from './tls';
 import {
-  BASE_ALLOCATION,
   IHAVEOPT,
   NBDMAGIC,
   NBD_FLAG_C_FIXED_NEWSTYLE,
@@ -50,7 +50,8 @@ import {
 } from './constants';
 import { MAX_OPTIONS, MAX_OPTION_DRAIN, MAX_OPTION_LENGTH, MAX_PAYLOAD, MIN_BLOCK_SIZE, PREFERRED_BLOCK_SIZE } from './limits';
 import type { ByteQueue } from './byte-queue';
-import { matchesBaseAllocation, parseInfoRequest, parseMetaContextRequest } from './option-parsing';
+import { parseInfoRequest, parseMetaContextRequest } from './option-parsing';
+import { assignContextIds, matchContexts, offeredContexts, type SelectedContext } from './meta-contexts';
 import {
   encodeExportNameReply,
   encodeInfoBlockSize,
@@ -66,9 +67,6 @@ import { transmissionFlags } from './transmission-flags';
 export class ProtocolViolation extends Error {
   override readonly name = 'ProtocolViolation';
 }
-
-/** The id we give base:allocation in SET_META_CONTEXT replies (any non-zero value works). */
-export const BASE_ALLOCATION_CONTEXT_ID = 1;
 
 export interface NegotiationContext {
   readonly queue: ByteQueue;
@@ -87,8 +85,8 @@ export interface Negotiated {
   /** the export's caps as this client gets them (read-only by the access policy) */
   readonly caps: ExportCaps;
   readonly structuredReplies: boolean;
-  /** base:allocation was selected for this export: BLOCK_STATUS is allowed. */
-  readonly allocationContext: boolean;
+  /** contexts SET_META_CONTEXT selected for this export (none: BLOCK_STATUS is refused) */
+  readonly metaContexts: readonly SelectedContext[];
   readonly transmissionFlags: number;
 }
 
@@ -118,8 +116,8 @@ export async function negotiateOptions(ctx: NegotiationContext, noZeroes: boolea
 
 class OptionHaggler {
   private structuredReplies = false;
-  /** Resolved export name base:allocation was selected for by the last SET_META_CONTEXT. */
-  private allocationFor: string | null = null;
+  /** What the last SET_META_CONTEXT selected, and for which (resolved) export name. */
+  private selection: { exportName: string; contexts: SelectedContext[] } | null = null;
   private tlsUp = false;
 
   constructor(
@@ -198,7 +196,7 @@ class OptionHaggler {
     this.ctx.exports.identity = identity;
     // The spec: nothing negotiated before STARTTLS survives it.
     this.structuredReplies = false;
-    this.allocationFor = null;
+    this.selection = null;
     return 'continue';
   }
 
@@ -214,7 +212,7 @@ class OptionHaggler {
       exp,
       caps,
       structuredReplies: this.structuredReplies,
-      allocationContext: this.allocationFor === exp.name,
+      metaContexts: this.selectedFor(exp),
       transmissionFlags: flags,
     };
   }
@@ -253,14 +251,14 @@ class OptionHaggler {
       exp,
       caps,
       structuredReplies: this.structuredReplies,
-      allocationContext: this.allocationFor === exp.name,
+      metaContexts: this.selectedFor(exp),
       transmissionFlags: flags,
     };
   }
 
   private async metaContext(option: number, data: Buffer): Promise<'continue'> {
     const setting = option === NBD_OPT_SET_META_CONTEXT;
-    if (setting) this.allocationFor = null; // SET replaces the selection, even when it fails
+    if (setting) this.selection = null; // SET replaces the selection, even when it fails
     if (!this.structuredReplies) return this.invalid(option, 'negotiate STRUCTURED_REPLY first');
     const parsed = parseMetaContextRequest(data);
     if (!parsed.ok) return this.invalid(option, parsed.reason);
@@ -270,16 +268,31 @@ class OptionHaggler {
       this.reply(option, NBD_REP_ERR_UNKNOWN, opened.failure);
       return 'continue';
     }
-    const resolved = opened.exp.name;
-    await this.ctx.exports.release(opened.exp);
-    // LIST with no queries lists everything; SET with no queries selects nothing.
-    const selected = queries.length === 0 ? !setting : queries.some((q) => matchesBaseAllocation(q, !setting));
-    if (selected) {
-      this.ctx.write(encodeOptionReply(option, NBD_REP_META_CONTEXT, encodeMetaContext(setting ? BASE_ALLOCATION_CONTEXT_ID : 0, BASE_ALLOCATION)));
-      if (setting) this.allocationFor = resolved;
+    const exp = opened.exp;
+    let offered: string[];
+    try {
+      offered = await offeredContexts(exp);
+    } catch (err) {
+      this.ctx.logger.warn({ exportName: exp.name, err: describeError(err) }, 'metadata contexts cannot be listed');
+      this.reply(option, NBD_REP_ERR_UNKNOWN, `the metadata contexts of "${exp.name}" cannot be listed (see the server log)`);
+      return 'continue';
+    } finally {
+      await this.ctx.exports.release(exp);
+    }
+    const names = matchContexts(offered, queries, !setting);
+    if (setting) {
+      const contexts = assignContextIds(names);
+      for (const c of contexts) this.ctx.write(encodeOptionReply(option, NBD_REP_META_CONTEXT, encodeMetaContext(c.id, c.name)));
+      this.selection = { exportName: exp.name, contexts };
+    } else {
+      for (const n of names) this.ctx.write(encodeOptionReply(option, NBD_REP_META_CONTEXT, encodeMetaContext(0, n)));
     }
     this.reply(option, NBD_REP_ACK);
     return 'continue';
+  }
+
+  private selectedFor(exp: Export): SelectedContext[] {
+    return this.selection?.exportName === exp.name ? this.selection.contexts : [];
   }
 
   private invalid(option: number, reason: string): 'continue' {

@@ -57,10 +57,3 @@ export function parseMetaContextRequest(data: Buffer): Parsed<MetaContextRequest
   if (at !== data.length) return bad('trailing bytes after meta context queries');
   return { ok: true, value: { name, queries } };
 }
-
-/** Which of our contexts a query selects. `base:` (any leaf) lists base:allocation only for
- *  LIST; queries in other namespaces select nothing (the spec says ignore them). */
-export function matchesBaseAllocation(query: string, listing: boolean): boolean {
-  if (query === 'base:allocation') return true;
-  return listing && query === 'base:';
-}

@@ -31,7 +31,8 @@ export interface SessionFacts {
   readonly caps: ExportCaps;
   readonly transmissionFlags: number;
   readonly structuredReplies: boolean;
-  readonly allocationContext: boolean;
+  /** SET_META_CONTEXT selected at least one context for this export: BLOCK_STATUS is allowed */
+  readonly hasMetaContexts: boolean;
   readonly maxPayload: number;
 }
 
@@ -73,7 +74,7 @@ export function validateRequest(req: NbdRequest, s: SessionFacts): number {
   if (type === NBD_CMD_TRIM && !s.caps.canTrim) return NBD_EINVAL;
   if (type === NBD_CMD_WRITE_ZEROES && !s.caps.canZero) return NBD_EINVAL;
   if (type === NBD_CMD_CACHE && !s.caps.canCache) return NBD_EINVAL;
-  if (type === NBD_CMD_BLOCK_STATUS && !s.allocationContext) return NBD_EINVAL;
+  if (type === NBD_CMD_BLOCK_STATUS && !s.hasMetaContexts) return NBD_EINVAL;
 
   // Payload sizes: a read we will not hold is too large to answer; a write whose payload was
   // drained is simply invalid.

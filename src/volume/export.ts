@@ -33,6 +33,13 @@ export interface ReadOptions {
   readonly requester?: object;
 }
 
+/** One extent of a metadata context other than base:allocation: the context defines `flags`
+ *  (for qemu:dirty-bitmap:*, 1 = dirty; for qemu:allocation-depth, the depth). */
+export interface ContextExtent {
+  readonly length: number;
+  readonly flags: number;
+}
+
 export interface WriteOptions {
   /** Force unit access: return only once this write is durable. */
   readonly fua?: boolean;
@@ -97,6 +104,14 @@ export interface Export {
   /** Extents covering at least the first byte of [offset, offset+length); may cover less than
    *  the whole range, never more than the export. */
   blockStatus(offset: number, length: number): Promise<Extent[]>;
+
+  /** Names of the metadata contexts offered besides base:allocation (NBD "Metadata querying"),
+   *  e.g. "qemu:dirty-bitmap:S1". Optional: an export without it offers base:allocation only. */
+  listMetaContexts?(): Promise<readonly string[]>;
+  /** Extents of context `name` (one of listMetaContexts()), same rules as blockStatus: at least
+   *  the first byte of the range, never past the export. Throws ERR_NOT_FOUND for a name it
+   *  does not offer (e.g. a snapshot deleted since the context was selected). */
+  metaContextStatus?(name: string, offset: number, length: number): Promise<ContextExtent[]>;
 }
 
 /** What the NBD server asks for exports by name. Implemented by the memory exports (tests) and

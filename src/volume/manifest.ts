@@ -41,6 +41,13 @@ export function newObjectId(): string {
   return id.toString('hex');
 }
 
+let zeros = Buffer.alloc(0);
+/** A shared all-zero buffer of at least `count` ids (never written to). */
+function zeroIds(count: number): Buffer {
+  if (zeros.length < count * OBJECT_ID_BYTES) zeros = Buffer.alloc(Math.max(count, PAGE_ENTRIES) * OBJECT_ID_BYTES);
+  return zeros;
+}
+
 export class Manifest {
   private ids: Buffer;
   private epochs: Uint32Array;
@@ -64,6 +71,25 @@ export class Manifest {
     const o = i * OBJECT_ID_BYTES;
     for (let k = 0; k < OBJECT_ID_BYTES; k++) if (this.ids[o + k] !== 0) return false;
     return true;
+  }
+
+  /** The epoch of entry i (0 in a clone: the origin's), without decoding the entry. */
+  epochOf(i: number): number {
+    return this.epochs[i];
+  }
+
+  /** Chunks [first, first+count) name the same objects here and in `other` (both in range). */
+  sameIds(other: Manifest, first: number, count: number): boolean {
+    const a = first * OBJECT_ID_BYTES;
+    const b = (first + count) * OBJECT_ID_BYTES;
+    return this.ids.compare(other.ids, a, b, a, b) === 0;
+  }
+
+  /** Chunks [first, first+count) are all zero chunks. */
+  allZeroIds(first: number, count: number): boolean {
+    if (count <= 0) return true;
+    const a = first * OBJECT_ID_BYTES;
+    return this.ids.compare(zeroIds(count), 0, count * OBJECT_ID_BYTES, a, a + count * OBJECT_ID_BYTES) === 0;
   }
 
   get(i: number): Entry {

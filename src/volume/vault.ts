@@ -519,9 +519,9 @@ export class Vault {
 
   /** A read-only engine over a snapshot: the export `VOL@SNAP`. */
   async openSnapshotEngine(volumeName: string, snapName: string, options: Partial<EngineOptions> = {}): Promise<VolumeEngine> {
-    const { meta, objects } = await this.loadVolume(volumeName);
+    const { meta, objects, root: live } = await this.loadVolume(volumeName);
     const snap = await this.findSnapshot(objects, volumeName, snapName);
-    const root = snapshotAsRoot(snap);
+    const root = { ...snapshotAsRoot(snap), origin: live.origin }; // a clone's snapshot shares its origin
     const manifest = await VolumeEngine.loadManifest(objects, root);
     const opts: EngineOptions = { ...DEFAULT_ENGINE_OPTIONS, ...options, readOnly: true };
     return new VolumeEngine(`${meta.name}@${snap.name}`, `snapshot ${snap.name} of volume ${meta.name} (${snap.createdAt})`, objects, root, null, manifest, opts, this.opts.logger);

@@ -11,7 +11,7 @@
 // Serialisation: writes to one chunk run under a per-chunk mutex; root commits run one at a time.
 import { VaultError, describeError, isVaultError } from '../errors';
 import type { Logger } from '../util/log';
-import { copyWriteData, writeDataLength, type Export, type ExportCaps, type Extent, type ReadOptions, type WriteData, type WriteOptions, type ZeroOptions } from './export';
+import { copyWriteData, writeDataLength, type Export, type ExportCaps, type ContextExtent, type Extent, type ReadOptions, type WriteData, type WriteOptions, type ZeroOptions } from './export';
 import { CHUNK_SIZE, chunkCount, chunkLength, splitRange, type ChunkSpan } from './chunk-math';
 import { Manifest, PAGE_ENTRIES, type Entry, type PageRef } from './manifest';
 import type { RootRecord } from './root-record';
@@ -26,6 +26,7 @@ import type { VolumeObjects } from './volume-objects';
 import { chunkKey, pageKey } from './object-keys';
 import { newObjectId } from './manifest';
 import { SNAPSHOT_FORMAT, checkSnapshotName, type SnapshotRecord } from './snapshot-record';
+import { VolumeContexts } from './volume-contexts';
 
 export interface EngineOptions {
   readonly dirtyLimitBytes: number;
@@ -108,6 +109,8 @@ export class VolumeEngine implements Export {
   /** page objects of failed commits: garbage unless an uncertain root that names them landed */
   private orphanPages: string[] = [];
   private lastStallLogMs = 0;
+  /** qemu:dirty-bitmap:* and qemu:allocation-depth (volume-contexts.ts) */
+  private readonly contexts: VolumeContexts;
 
   constructor(
     readonly name: string,
@@ -128,6 +131,15 @@ export class VolumeEngine implements Export {
     this.origin = root.origin;
     this.readCache = new ReadCache(opts.readCacheBytes);
     this.writeCache = new WriteCache(opts.dirtyLimitBytes);
+    this.contexts = new VolumeContexts({
+      objects,
+      origin: root.origin,
+      manifest,
+      size: () => this.sizeBytes,
+      epoch: () => this.epoch,
+      pending: () => new Map([...this.writeCache.entries()].map(([i, d]) => [i, d.data !== null])),
+      loadManifest: (o, r) => VolumeEngine.loadManifest(o, r),
+    });
     const rw = !opts.readOnly;
     this.caps = { readOnly: !rw, canFlush: rw, canFua: rw, canTrim: rw, canZero: rw, canFastZero: rw, canCache: true, canMultiConn: true };
     if (rw) {
@@ -292,6 +304,16 @@ export class VolumeEngine implements Export {
       pos = chunkEnd;
     }
     return extents;
+  }
+
+  listMetaContexts(): Promise<string[]> {
+    this.assertOpen();
+    return this.contexts.list();
+  }
+
+  async metaContextStatus(name: string, offset: number, length: number): Promise<ContextExtent[]> {
+    this.assertOpen();
+    return this.contexts.status(name, offset, length);
   }
 
   // --- writes -----------------------------------------------------------------------------
@@ -698,6 +720,7 @@ export class VolumeEngine implements Export {
       pages: root.pages,
     };
     await this.objects.writeSnapshot(record);
+    this.contexts.forget(name);
     this.logger.info({ volume: this.name, snapshot: name, epoch: record.epoch, seq: root.seq }, 'snapshot created');
     return record;
   }

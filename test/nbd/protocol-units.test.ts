@@ -111,7 +111,7 @@ const facts = (over: Partial<SessionFacts> = {}): SessionFacts => ({
   caps,
   transmissionFlags: transmissionFlags(caps, true),
   structuredReplies: true,
-  allocationContext: true,
+  hasMetaContexts: true,
   maxPayload: 32 << 20,
   ...over,
 });
@@ -135,7 +135,7 @@ test('request validation: ranges, flags, read-only, sizes', () => {
   assert.equal(validateRequest(req(C.NBD_CMD_READ, 0, 0, 33 << 20), facts({ size: 2 ** 40 })), C.NBD_EOVERFLOW);
   assert.equal(validateRequest(req(C.NBD_CMD_WRITE, 0, 0, 1, { payloadDropped: true }), s), C.NBD_EINVAL);
   assert.equal(validateRequest(req(99, 0, 0, 0), s), C.NBD_EINVAL);
-  assert.equal(validateRequest(req(C.NBD_CMD_BLOCK_STATUS, 0, 0, 1), facts({ allocationContext: false })), C.NBD_EINVAL);
+  assert.equal(validateRequest(req(C.NBD_CMD_BLOCK_STATUS, 0, 0, 1), facts({ hasMetaContexts: false })), C.NBD_EINVAL);
   const ro = { ...caps, readOnly: true };
   const roFacts = facts({ caps: ro, transmissionFlags: transmissionFlags(ro, true) });
   assert.equal(validateRequest(req(C.NBD_CMD_WRITE, 0, 0, 1), roFacts), C.NBD_EPERM);
