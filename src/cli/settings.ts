@@ -31,6 +31,8 @@ export const SETTINGS = {
   workers: { flag: '--workers <n>', kind: 'int', help: 'compression/encryption worker threads', def: availableParallelism() },
   zstdLevel: { flag: '--zstd-level <n>', kind: 'int', help: 'zstd compression level', def: 3 },
   acceptRollback: { flag: '--accept-rollback', kind: 'bool', help: 'open a volume whose root is older than this machine has seen', def: false },
+  snapshotEvery: { flag: '--snapshot-every <duration>', kind: 'string', help: 'snapshot the volumes this server writes on a schedule, e.g. 1h, 30m, 1d', def: undefined },
+  prune: { flag: '--prune <policy>', kind: 'string', help: 'with --snapshot-every: prune the scheduled snapshots, e.g. "hourly=24,daily=7,weekly=4"', def: undefined },
   logLevel: { flag: '--log-level <level>', kind: 'string', help: 'fatal, error, warn, info, debug or silent', def: 'info' },
 } as const satisfies Record<string, SettingSpec>;
 
@@ -49,6 +51,8 @@ export const SERVE_VAULT_SETTINGS = [
   'dirtyLimit',
   'readCache',
   'uploadConcurrency',
+  'snapshotEvery',
+  'prune',
 ] as const satisfies readonly SettingName[];
 export type Settings = {
   [K in SettingName]: (typeof SETTINGS)[K]['kind'] extends 'bool' ? boolean : (typeof SETTINGS)[K]['kind'] extends 'string' ? string : number;

@@ -419,10 +419,10 @@ export class Vault {
   }
 
   /** Snapshot a volume that no server is serving (a server does it through its admin socket). */
-  async createSnapshot(volumeName: string, snapName: string): Promise<SnapshotRecord> {
+  async createSnapshot(volumeName: string, snapName: string, opts: { keep?: boolean } = {}): Promise<SnapshotRecord> {
     const engine = await this.openEngine(volumeName, { autoCommitMs: 0 });
     try {
-      return await engine.snapshot(snapName);
+      return await engine.snapshot(snapName, opts);
     } finally {
       await engine.close();
     }
@@ -456,6 +456,7 @@ export class Vault {
     const snaps = await objects.listSnapshots();
     const doomed = snaps.find((s) => s.name === snapName);
     if (!doomed) throw new VaultError('ERR_NOT_FOUND', `volume "${volumeName}" has no snapshot named "${snapName}"`);
+    if (doomed.keep) throw new VaultError('ERR_EXISTS', `snapshot ${volumeName}@${snapName} has the keep flag: clear it first (snapshot keep --clear)`);
     const clones = await this.clonesOf(objects.volumeId, doomed.id);
     if (clones.length > 0) throw new VaultError('ERR_EXISTS', `snapshot ${volumeName}@${snapName} has clones (${clones.join(', ')}): delete them first`);
     const keep = new Set<string>();
