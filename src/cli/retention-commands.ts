@@ -44,7 +44,9 @@ export function registerRetentionCommands(program: Command): void {
     .option('--keep-within <duration>', 'keep every snapshot created within this long of the newest, e.g. 7d, 1y6m, 36h')
     .option('--dry-run', 'list what would be kept and removed, change nothing')
     .option('--json', 'print JSON');
-  addSettings(prune, VAULT_SETTINGS).action(async (volume: string | undefined, opts) => {
+  addSettings(prune, VAULT_SETTINGS).action(async (volume: string | undefined, _opts, cmd: Command) => {
+    // (options after the arguments may land on the parent `snapshot` command: see both)
+    const opts = cmd.optsWithGlobals();
     if (Boolean(volume) === Boolean(opts.all)) throw new VaultError('ERR_INVALID_ARGUMENT', 'prune which volume? give one VOLUME or --all');
     const policy = policyFromFlags(opts);
     if (isEmptyPolicy(policy)) throw new VaultError('ERR_INVALID_ARGUMENT', 'the retention policy keeps nothing: give at least one --keep-* rule');
@@ -63,8 +65,8 @@ export function registerRetentionCommands(program: Command): void {
   addSettings(
     snap.command('keep <volume> <name>').description('Set the keep flag of a snapshot (prune never removes it); --clear clears it').option('--clear', 'clear the flag'),
     VAULT_SETTINGS,
-  ).action(async (volume: string, name: string, opts) =>
-    withVault(opts, async (ctx) => {
+  ).action(async (volume: string, name: string, opts, cmd: Command) =>
+    withVault(cmd.optsWithGlobals(), async (ctx) => {
       const { objects } = await ctx.vault.loadVolume(volume);
       const found = (await objects.listSnapshots()).find((s) => s.name === name);
       if (!found) throw new VaultError('ERR_NOT_FOUND', `volume "${volume}" has no snapshot named "${name}"`);

@@ -53,22 +53,26 @@ export function registerSnapshotCommands(program: Command): void {
   });
 
   addSettings(snap.command('create <volume> [name]').description('Snapshot a volume').option('--keep', 'flag it so that prune never removes it').option('--json', 'print JSON'), VAULT_SETTINGS).action(
-    async (volume: string, name: string | undefined, opts) => createSnapshot(volume, name, opts),
+    async (volume: string, name: string | undefined, _opts, cmd: Command) => createSnapshot(volume, name, cmd.optsWithGlobals()),
   );
 
   addSettings(snap.command('list <volume>').description("List a volume's snapshots").option('--json', 'print JSON'), VAULT_SETTINGS).action(
-    async (volume: string, opts) =>
-      withVault(opts, async (ctx) => {
+    async (volume: string, _opts, cmd: Command) => {
+      // (options after the subcommand's arguments land on the parent `snapshot` command, which
+      // declares the same ones: optsWithGlobals sees both)
+      const opts = cmd.optsWithGlobals();
+      return withVault(opts, async (ctx) => {
         const snaps = await ctx.vault.listSnapshots(volume);
         if (opts.json) return out(JSON.stringify(snaps.map((x) => ({ name: x.name, export: `${volume}@${x.name}`, createdAt: x.createdAt, size: x.size, keep: Boolean(x.keep) })), null, 2));
         if (snaps.length === 0) return out(`volume ${volume} has no snapshots`);
         for (const x of snaps) out(`${volume}@${x.name}  ${x.createdAt}  ${formatSize(x.size)}${x.keep ? '  keep' : ''}`);
-      }),
+      });
+    },
   );
 
   addSettings(snap.command('delete <volume> <name>').description('Delete a snapshot and the objects only it referenced'), VAULT_SETTINGS).action(
-    async (volume: string, name: string, opts) =>
-      withVault(opts, async (ctx) => {
+    async (volume: string, name: string, _opts, cmd: Command) =>
+      withVault(cmd.optsWithGlobals(), async (ctx) => {
         const r = await ctx.vault.deleteSnapshot(volume, name);
         out(`deleted snapshot ${volume}@${name} (freed ${r.freedObjects} objects)`);
       }),
