@@ -9,6 +9,7 @@ const BENCHMARKS = [
   { name: 'Vault (volumes over the fs store and S3)', script: 'dist/bench/vault-bench.js' },
   { name: 'Hostile clients on a vault export', script: 'dist/bench/hostile-bench.js' },
   { name: 'Changed-block tracking (BLOCK_STATUS on 1 TiB)', script: 'dist/bench/block-status-bench.js' },
+  { name: 'Sync (replica copies, fs→fs and RGW→fs)', script: 'dist/bench/sync-bench.js' },
 ];
 
 let failed = 0;

@@ -7,6 +7,8 @@ import { registerKeysCommands } from './keys-command';
 import { registerVaultCommands } from './vault-commands';
 import { registerSnapshotCommands } from './snapshot-commands';
 import { registerDataCommands } from './data-commands';
+import { registerRetentionCommands } from './retention-commands';
+import { registerSyncCommand } from './sync-command';
 
 export function buildProgram(): Command {
   const program = new Command('nbd-vault')
@@ -18,7 +20,9 @@ export function buildProgram(): Command {
   registerKeysCommands(program);
   registerVaultCommands(program);
   registerSnapshotCommands(program);
+  registerRetentionCommands(program);
   registerDataCommands(program);
+  registerSyncCommand(program);
   return program;
 }
 

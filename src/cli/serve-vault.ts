@@ -1,6 +1,7 @@
 // `nbd-vault serve` over a vault: open (on a first run, create) the key, the vault and a default
 // volume, then serve every volume as an NBD export until SIGINT/SIGTERM, flushing all on the way
 // out. The server part is runServer() from serve-command.ts; this file only builds the provider.
+import { VaultError } from '../errors';
 import { formatSize } from '../util/size';
 import { createLogger } from '../util/log';
 import { VaultExportProvider } from '../volume/vault-export-provider';
@@ -10,6 +11,8 @@ import { parseListen, runServer } from './serve-command';
 import { startAdminServer, type AdminRequest } from './admin-socket';
 import { resolveServerSecurity, type ServerSecurity } from './tls-setup';
 import { resolve } from 'node:path';
+import { parseRetentionPolicy } from '../volume/retention';
+import { parseInterval, SnapshotSchedule } from './snapshot-schedule';
 
 export { SERVE_VAULT_SETTINGS };
 
@@ -20,6 +23,10 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
   // checked before the vault is opened: a refused TLS setup must not create a first volume
   const securityCheck = () => resolveServerSecurity(s, parseListen(s.listen!), opts, createLogger('silent'));
   securityCheck();
+  // A bad schedule or policy fails at startup, before anything is opened.
+  if (s.prune !== undefined && s.snapshotEvery === undefined) throw new VaultError('ERR_INVALID_ARGUMENT', '--prune needs --snapshot-every (to prune by hand: nbd-vault snapshot prune)');
+  const everyMs = s.snapshotEvery === undefined ? null : parseInterval(s.snapshotEvery);
+  const policy = s.prune === undefined ? null : parseRetentionPolicy(s.prune);
   const ctx = await openVaultContext(s as VaultSettings, { firstRun: true });
   try {
     let volumes = await ctx.vault.listVolumes();
@@ -43,11 +50,12 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
       ctx.vault.vaultId,
       async (req: AdminRequest) => {
         if (req.op === 'ping') return { pid: process.pid, open: provider.openNames() };
-        if (req.op === 'snapshot') return provider.snapshot(req.volume, req.name);
+        if (req.op === 'snapshot') return provider.snapshot(req.volume, req.name, { keep: req.keep === true });
         throw new Error(`unknown admin request ${JSON.stringify((req as { op: unknown }).op)}`);
       },
       ctx.logger,
     );
+    const schedule = everyMs === null ? null : new SnapshotSchedule({ vault: ctx.vault, provider, everyMs, policy, logger: ctx.logger });
     try {
       await runServer(provider, {
         listen,
@@ -60,6 +68,7 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
         onListening: (uris) => process.stdout.write(`serving ${volumes.length} volume(s) from ${ctx.store.name} at ${uris[0]}\ntry: ${tryHint(uris[0], s.tlsPsk, security)}\n`),
       });
     } finally {
+      await schedule?.stop();
       admin.close();
     }
   } finally {

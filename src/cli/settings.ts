@@ -43,6 +43,8 @@ export const SETTINGS = {
   workers: { flag: '--workers <n>', kind: 'int', help: 'compression/encryption worker threads', def: availableParallelism() },
   zstdLevel: { flag: '--zstd-level <n>', kind: 'int', help: 'zstd compression level', def: 3 },
   acceptRollback: { flag: '--accept-rollback', kind: 'bool', help: 'open a volume whose root is older than this machine has seen', def: false },
+  snapshotEvery: { flag: '--snapshot-every <duration>', kind: 'string', help: 'snapshot the volumes this server writes on a schedule, e.g. 1h, 30m, 1d', def: undefined },
+  prune: { flag: '--prune <policy>', kind: 'string', help: 'with --snapshot-every: prune the scheduled snapshots, e.g. "hourly=24,daily=7,weekly=4"', def: undefined },
   logLevel: { flag: '--log-level <level>', kind: 'string', help: 'fatal, error, warn, info, debug or silent', def: 'info' },
   tls: { flag: '--tls <mode>', kind: 'string', help: 'off, on (STARTTLS offered) or require (default: require when credentials are given, else off)', def: undefined },
   tlsCertificates: { flag: '--tls-certificates <dir>', kind: 'string', help: 'X.509 directory: ca-cert.pem, server-cert.pem, server-key.pem (qemu-nbd/nbdkit layout)', def: undefined },
@@ -73,6 +75,8 @@ export const SERVE_VAULT_SETTINGS = [
   'readCache',
   'uploadConcurrency',
   ...TLS_SETTINGS,
+  'snapshotEvery',
+  'prune',
 ] as const satisfies readonly SettingName[];
 export type Settings = {
   [K in SettingName]: (typeof SETTINGS)[K]['kind'] extends 'bool' ? boolean : (typeof SETTINGS)[K]['kind'] extends 'string' ? string : number;

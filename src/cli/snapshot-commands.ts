@@ -19,7 +19,8 @@ async function createSnapshot(volume: string, name: string | undefined, opts: Re
   const snapName = name ?? defaultSnapshotName();
   await withVault(opts, async (ctx, s) => {
     const started = process.hrtime.bigint();
-    const reply = await adminRequest(s.state, { op: 'snapshot', volume, name: snapName });
+    const keep = opts.keep === true;
+    const reply = await adminRequest(s.state, { op: 'snapshot', volume, name: snapName, ...(keep ? { keep } : {}) });
     let record: SnapshotRecord;
     let via: string;
     if (reply && reply.vaultId === ctx.vault.vaultId) {
@@ -27,12 +28,12 @@ async function createSnapshot(volume: string, name: string | undefined, opts: Re
       record = reply.result as SnapshotRecord;
       via = 'through the running server';
     } else {
-      record = await ctx.vault.createSnapshot(volume, snapName);
+      record = await ctx.vault.createSnapshot(volume, snapName, { keep });
       via = 'on the store';
     }
     const ms = Number(process.hrtime.bigint() - started) / 1e6;
-    if (opts.json) out(JSON.stringify({ volume, name: record.name, createdAt: record.createdAt, size: record.size, ms: Math.round(ms) }));
-    else out(`created snapshot ${volume}@${record.name} (${formatSize(record.size)}) ${via} in ${ms.toFixed(0)} ms`);
+    if (opts.json) out(JSON.stringify({ volume, name: record.name, createdAt: record.createdAt, size: record.size, keep: Boolean(record.keep), ms: Math.round(ms) }));
+    else out(`created snapshot ${volume}@${record.name} (${formatSize(record.size)})${record.keep ? ' with the keep flag' : ''} ${via} in ${ms.toFixed(0)} ms`);
   });
 }
 
@@ -43,6 +44,7 @@ export function registerSnapshotCommands(program: Command): void {
       .description('Snapshot a volume (O(1): copies no chunk); also: snapshot create|list|delete')
       .argument('[volume]', 'volume to snapshot')
       .argument('[name]', 'snapshot name (default: the UTC time)')
+      .option('--keep', 'flag it so that prune never removes it')
       .option('--json', 'print JSON'),
     VAULT_SETTINGS,
   ).action(async (volume: string | undefined, name: string | undefined, opts) => {
@@ -50,23 +52,27 @@ export function registerSnapshotCommands(program: Command): void {
     await createSnapshot(volume, name, opts);
   });
 
-  addSettings(snap.command('create <volume> [name]').description('Snapshot a volume').option('--json', 'print JSON'), VAULT_SETTINGS).action(
-    async (volume: string, name: string | undefined, opts) => createSnapshot(volume, name, opts),
+  addSettings(snap.command('create <volume> [name]').description('Snapshot a volume').option('--keep', 'flag it so that prune never removes it').option('--json', 'print JSON'), VAULT_SETTINGS).action(
+    async (volume: string, name: string | undefined, _opts, cmd: Command) => createSnapshot(volume, name, cmd.optsWithGlobals()),
   );
 
   addSettings(snap.command('list <volume>').description("List a volume's snapshots").option('--json', 'print JSON'), VAULT_SETTINGS).action(
-    async (volume: string, opts) =>
-      withVault(opts, async (ctx) => {
+    async (volume: string, _opts, cmd: Command) => {
+      // (options after the subcommand's arguments land on the parent `snapshot` command, which
+      // declares the same ones: optsWithGlobals sees both)
+      const opts = cmd.optsWithGlobals();
+      return withVault(opts, async (ctx) => {
         const snaps = await ctx.vault.listSnapshots(volume);
-        if (opts.json) return out(JSON.stringify(snaps.map((x) => ({ name: x.name, export: `${volume}@${x.name}`, createdAt: x.createdAt, size: x.size })), null, 2));
+        if (opts.json) return out(JSON.stringify(snaps.map((x) => ({ name: x.name, export: `${volume}@${x.name}`, createdAt: x.createdAt, size: x.size, keep: Boolean(x.keep) })), null, 2));
         if (snaps.length === 0) return out(`volume ${volume} has no snapshots`);
-        for (const x of snaps) out(`${volume}@${x.name}  ${x.createdAt}  ${formatSize(x.size)}`);
-      }),
+        for (const x of snaps) out(`${volume}@${x.name}  ${x.createdAt}  ${formatSize(x.size)}${x.keep ? '  keep' : ''}`);
+      });
+    },
   );
 
   addSettings(snap.command('delete <volume> <name>').description('Delete a snapshot and the objects only it referenced'), VAULT_SETTINGS).action(
-    async (volume: string, name: string, opts) =>
-      withVault(opts, async (ctx) => {
+    async (volume: string, name: string, _opts, cmd: Command) =>
+      withVault(cmd.optsWithGlobals(), async (ctx) => {
         const r = await ctx.vault.deleteSnapshot(volume, name);
         out(`deleted snapshot ${volume}@${name} (freed ${r.freedObjects} objects)`);
       }),

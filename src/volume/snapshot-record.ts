@@ -20,6 +20,8 @@ export interface SnapshotRecord {
   readonly chunkSize: number;
   readonly pageEntries: number;
   readonly pages: Array<PageRef | null>;
+  /** prune never removes a snapshot with this flag (absent in records written before it existed) */
+  readonly keep?: boolean;
 }
 
 export function checkSnapshotName(name: string): void {
@@ -29,7 +31,9 @@ export function checkSnapshotName(name: string): void {
 }
 
 export function encodeSnapshot(s: SnapshotRecord): Buffer {
-  return Buffer.from(JSON.stringify({ ...s, pages: s.pages.map((p) => (p ? [p.id, p.epoch] : null)) }));
+  // `keep` is written only when set: a record without the flag is byte-for-byte the format-1 record.
+  const { keep, ...rest } = s;
+  return Buffer.from(JSON.stringify({ ...rest, ...(keep ? { keep: true } : {}), pages: s.pages.map((p) => (p ? [p.id, p.epoch] : null)) }));
 }
 
 export function decodeSnapshot(bytes: Buffer, volumeId: string, id: string): SnapshotRecord {
@@ -43,6 +47,7 @@ export function decodeSnapshot(bytes: Buffer, volumeId: string, id: string): Sna
     raw && raw.v === SNAPSHOT_FORMAT && raw.id === id && raw.volumeId === volumeId && typeof raw.name === 'string' &&
     Number.isSafeInteger(raw.epoch) && Number.isSafeInteger(raw.size) && Number.isSafeInteger(raw.chunkSize) && Array.isArray(raw.pages) &&
     Number.isSafeInteger(raw.pageEntries) && raw.pageEntries > 0 && raw.chunkSize > 0 && raw.size >= 0 &&
+    (raw.keep === undefined || typeof raw.keep === 'boolean') &&
     raw.pages.length === Math.ceil(Math.ceil(raw.size / raw.chunkSize) / raw.pageEntries) &&
     raw.pages.every((p: unknown) => p === null || (Array.isArray(p) && typeof p[0] === 'string' && /^[0-9a-f]{32}$/.test(p[0]) && Number.isSafeInteger(p[1])));
   // The id inside must match the object's name: a record copied over another is refused.

@@ -62,11 +62,11 @@ export class VaultExportProvider implements ExportProvider {
   }
 
   /** Snapshot a served volume at one consistent point while its clients keep writing. */
-  async snapshot(volume: string, name: string): Promise<SnapshotRecord> {
+  async snapshot(volume: string, name: string, opts: { keep?: boolean } = {}): Promise<SnapshotRecord> {
     if (splitExportName(volume)[1] !== null) throw new VaultError('ERR_INVALID_ARGUMENT', `cannot snapshot a snapshot ("${volume}")`);
     const engine = (await this.open(volume)) as VolumeEngine | null;
     if (!engine) throw new VaultError('ERR_NOT_FOUND', `no volume named "${volume}"`);
-    return engine.snapshot(name);
+    return engine.snapshot(name, opts);
   }
 
   /** Names of the exports with an open engine (volumes being written through this server). */

@@ -508,10 +508,10 @@ export class Vault {
   }
 
   /** Snapshot a volume that no server is serving (a server does it through its admin socket). */
-  async createSnapshot(volumeName: string, snapName: string): Promise<SnapshotRecord> {
+  async createSnapshot(volumeName: string, snapName: string, opts: { keep?: boolean } = {}): Promise<SnapshotRecord> {
     const engine = await this.openEngine(volumeName, { autoCommitMs: 0 });
     try {
-      return await engine.snapshot(snapName);
+      return await engine.snapshot(snapName, opts);
     } finally {
       await engine.close();
     }
@@ -544,6 +544,7 @@ export class Vault {
     const { objects, root, snapshots: snaps } = await this.loadVolume(volumeName);
     const doomed = snaps.find((s) => s.name === snapName);
     if (!doomed) throw new VaultError('ERR_NOT_FOUND', `volume "${volumeName}" has no snapshot named "${snapName}"`);
+    if (doomed.keep) throw new VaultError('ERR_EXISTS', `snapshot ${volumeName}@${snapName} has the keep flag: clear it first (snapshot keep --clear)`);
     // Mark first, then look for clones: a clone made from here on sees the mark and withdraws.
     await objects.markDeleting(doomed.id);
     const clones = await this.clonesOf(objects.volumeId, doomed.id).catch(async (err) => {

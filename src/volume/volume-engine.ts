@@ -691,14 +691,14 @@ export class VolumeEngine implements Export {
    * capture belong to the next epoch. A crash between the root and the record only costs an
    * epoch (objects kept a little longer), never data. O(pages): no chunk is copied.
    */
-  snapshot(name: string): Promise<SnapshotRecord> {
+  snapshot(name: string, opts: { keep?: boolean } = {}): Promise<SnapshotRecord> {
     // One at a time: the name check below must see the previous snapshot's record.
-    const run = this.snapshotChain.then(() => this.snapshotNow(name));
+    const run = this.snapshotChain.then(() => this.snapshotNow(name, opts.keep === true));
     this.snapshotChain = run.catch(() => {});
     return run;
   }
 
-  private async snapshotNow(name: string): Promise<SnapshotRecord> {
+  private async snapshotNow(name: string, keep: boolean): Promise<SnapshotRecord> {
     this.assertWritable();
     checkSnapshotName(name);
     if ((await this.objects.listSnapshots()).some((x) => x.name === name)) {
@@ -718,6 +718,7 @@ export class VolumeEngine implements Export {
       chunkSize: root.chunkSize,
       pageEntries: root.pageEntries,
       pages: root.pages,
+      ...(keep ? { keep: true } : {}),
     };
     await this.objects.writeSnapshot(record);
     this.contexts.forget(name);

@@ -37,6 +37,11 @@ export class VolumeObjects {
     this.volumeIdBytes = Buffer.from(volumeId, 'hex');
   }
 
+  /** The same volume's objects (same keys, same places) in another store: a replica's. */
+  onStore(store: ObjectStore): VolumeObjects {
+    return new VolumeObjects(store, this.codec, this.keys, this.vaultId, this.volumeId, this.volumeName);
+  }
+
   place(kind: ObjectKind, index: number, generation: number): ObjectPlace {
     return { vaultId: this.vaultIdBytes, volumeId: this.volumeIdBytes, kind, index, generation };
   }
@@ -164,6 +169,32 @@ export class VolumeObjects {
     } catch (err) {
       throw annotate(err, what);
     }
+  }
+
+  /**
+   * Set or clear a snapshot's keep flag: the one change a record ever gets. It is sealed again at
+   * the same place (same id) and replaces the old one only if nobody replaced it meanwhile.
+   */
+  async setSnapshotKeep(id: string, keep: boolean): Promise<SnapshotRecord> {
+    const what = `snapshot ${id} of volume "${this.volumeName}"`;
+    const { body, etag } = await this.fetch(snapshotKey(this.volumeId, id), what);
+    const place = this.place('snapshot', 0, generationOfId(id));
+    let record: SnapshotRecord;
+    try {
+      record = decodeSnapshot(await this.codec.open(this.keys.manifest, body, place), this.volumeId, id);
+    } catch (err) {
+      throw annotate(err, what);
+    }
+    if (Boolean(record.keep) === keep) return record;
+    const updated: SnapshotRecord = { ...record, keep };
+    const sealed = await this.codec.seal(this.keys.manifest, encodeSnapshot(updated), place);
+    try {
+      await this.store.put(snapshotKey(this.volumeId, id), sealed!, this.store.props.conditionalPut ? { ifMatch: etag } : undefined);
+    } catch (err) {
+      if (isVaultError(err, 'ERR_STORE_PRECONDITION')) throw new VaultError('ERR_LEASE', `${what} was changed or deleted meanwhile; try again`, { cause: err });
+      throw err;
+    }
+    return updated;
   }
 
   async listSnapshots(): Promise<SnapshotRecord[]> {

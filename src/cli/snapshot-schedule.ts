@@ -1,0 +1,74 @@
+// `serve --snapshot-every DURATION [--prune POLICY]`: scheduled snapshots without cron. Every
+// period, each volume this server has open for writing is snapshotted through the same path as
+// the admin socket's `snapshot` (one consistent point while clients keep writing), named
+// `auto-<UTC time>`; then, with a policy, the volume's `auto-` snapshots are pruned (snapshots
+// taken by hand are never touched by the schedule). One run at a time; failures are logged and
+// the next period tries again.
+import { VaultError, describeError } from '../errors';
+import type { Logger } from '../util/log';
+import { describePolicy, type RetentionPolicy } from '../volume/retention';
+import { pruneSnapshots } from '../volume/snapshot-prune';
+import type { Vault } from '../volume/vault';
+import type { VaultExportProvider } from '../volume/vault-export-provider';
+
+export const AUTO_PREFIX = 'auto-';
+
+/** `90s`, `15m`, `1h30m`, `1d` (m = minutes here) → milliseconds. */
+export function parseInterval(text: string): number {
+  const m = /^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$/.exec(text.trim());
+  const [d, h, min, s] = (m?.slice(1) ?? []).map((v) => Number(v ?? 0));
+  const ms = m && text.trim() !== '' ? (((d * 24 + h) * 60 + min) * 60 + s) * 1000 : NaN;
+  if (!(ms >= 1000)) throw new VaultError('ERR_INVALID_ARGUMENT', `--snapshot-every wants a duration of at least 1s such as 90s, 15m, 1h or 1d, got "${text}"`);
+  return ms;
+}
+
+export function autoSnapshotName(now: Date): string {
+  return AUTO_PREFIX + now.toISOString().replace(/\.\d+Z$/, 'Z').replace(/:/g, '-');
+}
+
+export interface ScheduleOptions {
+  readonly vault: Vault;
+  readonly provider: VaultExportProvider;
+  readonly everyMs: number;
+  readonly policy: RetentionPolicy | null;
+  readonly logger: Logger;
+  readonly now?: () => Date;
+}
+
+export class SnapshotSchedule {
+  private readonly timer: NodeJS.Timeout;
+  private running: Promise<void> | null = null;
+
+  constructor(private readonly opts: ScheduleOptions) {
+    this.timer = setInterval(() => void this.tick(), opts.everyMs);
+    this.timer.unref();
+    opts.logger.info({ everyMs: opts.everyMs, prune: opts.policy ? describePolicy(opts.policy) : null }, 'snapshot schedule started');
+  }
+
+  /** One round now (the timer calls it; tests may too). Skipped while the previous one runs. */
+  tick(): Promise<void> {
+    if (this.running) return this.running;
+    this.running = this.round().finally(() => (this.running = null));
+    return this.running;
+  }
+
+  private async round(): Promise<void> {
+    const { provider, vault, logger, policy } = this.opts;
+    const now = (this.opts.now ?? (() => new Date()))();
+    const volumes = provider.openNames().filter((n) => !n.includes('@'));
+    for (const volume of volumes) {
+      try {
+        const snap = await provider.snapshot(volume, autoSnapshotName(now));
+        logger.info({ volume, snapshot: snap.name }, 'scheduled snapshot taken');
+        if (policy) await pruneSnapshots(vault, volume, { policy, dryRun: false, now, match: (n) => n.startsWith(AUTO_PREFIX) }, logger);
+      } catch (err) {
+        logger.error({ volume, err: describeError(err) }, 'scheduled snapshot or prune failed; next period tries again');
+      }
+    }
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    await this.running;
+  }
+}

@@ -1,0 +1,57 @@
+// `nbd-vault sync --to STORE [VOL…]`: copy the vault's snapshots to a second store (a replica
+// that is itself a complete vault). Thin: open both stores, run VaultSync, print. The master key
+// reads manifests and seals the replica's roots; chunks are copied sealed, never opened.
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Command } from 'commander';
+import { VaultError } from '../errors';
+import { openStore } from '../store';
+import { formatSize } from '../util/size';
+import { Vault } from '../volume/vault';
+import { VaultSync } from '../volume/vault-sync';
+import { Progress } from './progress';
+import { addSettings } from './settings';
+import { out, VAULT_SETTINGS, withVault } from './vault-context';
+
+export function registerSyncCommand(program: Command): void {
+  const cmd = program
+    .command('sync [volumes...]')
+    .description("Copy the vault's snapshots (sealed, incremental, resumable) to another store: a replica you can serve with the same keys")
+    .requiredOption('--to <url>', 'destination store (directory, file://, s3://…): empty, or a replica of this vault')
+    .option('--prune', 'also delete from the replica the snapshots deleted from the source')
+    .option('--parallel <n>', 'objects copied at once (memory: n × 4 MiB at most)', '16')
+    .option('--json', 'print {"copied","bytes","skipped","snapshots",…} as JSON');
+  addSettings(cmd, VAULT_SETTINGS).action(async (volumes: string[], opts) => {
+    const parallel = Number(opts.parallel);
+    if (!Number.isSafeInteger(parallel) || parallel <= 0 || parallel > 256) throw new VaultError('ERR_INVALID_ARGUMENT', `--parallel wants 1 to 256, got "${opts.parallel}"`);
+    await withVault(opts, async (ctx) => {
+      const dest = openStore(opts.to);
+      if (dest.name === ctx.store.name) throw new VaultError('ERR_INVALID_ARGUMENT', `--to names the source store itself (${dest.name})`);
+      // The replica has the source's vault id: it gets a private state directory, so its roots are
+      // never compared with the source's sequence numbers this machine remembers.
+      const replicaState = await mkdtemp(join(tmpdir(), 'nbd-vault-sync-'));
+      const bar = new Progress(`sync to ${dest.name}`, 0, 'bytes');
+      try {
+        const sync = new VaultSync(
+          ctx.vault,
+          dest,
+          () => Vault.open(dest, ctx.master, ctx.codec, { stateDir: replicaState, logger: ctx.logger }),
+          { volumes, prune: Boolean(opts.prune), concurrency: parallel, onProgress: (done, total) => bar.update(done, total) },
+          ctx.logger,
+        );
+        const r = await sync.run();
+        bar.done();
+        if (opts.json) return out(JSON.stringify(r, null, 2));
+        const fresh = r.snapshots.filter((s) => s.status === 'copied').length;
+        out(`synced to ${dest.name}: ${fresh} new snapshot(s) of ${r.snapshots.length}, ${r.copied} objects copied (${formatSize(r.bytes)}), ${r.skipped} already there`);
+        for (const s of r.snapshots) if (s.status !== 'present') out(`  ${s.status.padEnd(8)} ${s.export}`);
+        for (const p of r.pruned) out(`  pruned   ${p}`);
+        for (const v of r.withoutSnapshots) out(`  skipped  ${v} (no snapshot: snapshot it first)`);
+      } finally {
+        await rm(replicaState, { recursive: true, force: true });
+        await dest.close();
+      }
+    });
+  });
+}

@@ -1,0 +1,336 @@
+// `nbd-vault sync`: copy a vault's snapshots to a second store as the sealed objects they are.
+//
+// - Objects are copied byte for byte, never opened: chunks are not decrypted. The master key is
+//   needed only to read what a snapshot names (its record and manifest pages) and to seal the
+//   replica's roots; the replica keeps the source's vault id, so the same keys open it.
+// - Only snapshots are copied: they are immutable and their objects live until the snapshot is
+//   deleted, so a sync is safe while servers write the source (a live root's objects come and go).
+// - Order, so the replica is a consistent vault at every moment: the public `vault` object first;
+//   per snapshot, every object it names, then its record; then the volume's replica root; and for
+//   a volume new to the replica its metadata last (a volume is visible only from its `meta` on,
+//   and by then its root and everything the root and its records name are there).
+// - The replica root of a volume names the pages of its newest copied snapshot (epoch one above
+//   it, so a writer never deletes a snapshot's objects); a clone's keeps its origin, whose named
+//   snapshot is copied first. Serving the replica serves that state as VOL and every snapshot.
+// - Incremental and resumable: what the destination lists is not copied again; a put is atomic
+//   (fs: temporary file + rename, S3: whole object), so an interrupted run leaves whole objects.
+// - Memory: at most `concurrency` objects (≤ 4 MiB + 52 bytes each) in flight.
+import { VaultError, describeError, isVaultError } from '../errors';
+import type { ObjectStore } from '../store/object-store';
+import type { Logger } from '../util/log';
+import { VAULT_KEY, leaseKey, metaKey, rootKey, snapshotKey, volumePrefix } from './object-keys';
+import { ROOT_FORMAT, type RootRecord } from './root-record';
+import type { SnapshotRecord } from './snapshot-record';
+import { referencedKeys, snapshotAsRoot, type Vault, type VolumeMeta } from './vault';
+import type { VolumeObjects } from './volume-objects';
+
+export interface SyncOptions {
+  /** volume names to copy (default: every volume); their clones' origins come along */
+  readonly volumes?: readonly string[];
+  /** delete from the replica the snapshots the source no longer has */
+  readonly prune?: boolean;
+  /** objects copied at once */
+  readonly concurrency?: number;
+  readonly onProgress?: (doneBytes: number, totalBytes: number) => void;
+}
+
+export interface SyncedSnapshot {
+  readonly export: string;
+  readonly id: string;
+  /** copied: new in the replica; updated: its record changed (keep flag); present: there
+   *  already; vanished: deleted from the source during the sync (not copied) */
+  readonly status: 'copied' | 'updated' | 'present' | 'vanished';
+}
+
+export interface SyncResult {
+  /** objects written to the replica (chunks, pages, records, metadata) */
+  readonly copied: number;
+  readonly bytes: number;
+  /** objects a copied snapshot names that the replica had already */
+  readonly skipped: number;
+  readonly snapshots: SyncedSnapshot[];
+  /** `VOL@SNAP` deleted from the replica (--prune) */
+  readonly pruned: string[];
+  /** selected volumes with no snapshot: nothing consistent to copy (snapshot them first) */
+  readonly withoutSnapshots: string[];
+}
+
+interface Job {
+  readonly meta: VolumeMeta;
+  readonly objects: VolumeObjects;
+  readonly root: RootRecord;
+  readonly snapshots: SnapshotRecord[];
+  /** every snapshot of the volume (false: only those a selected clone is made from) */
+  readonly full: boolean;
+}
+
+export class VaultSync {
+  private readonly concurrency: number;
+  /** keys the destination holds (listed once per volume, then kept up to date) */
+  private readonly present = new Set<string>();
+  private readonly sizes = new Map<string, number>();
+  private copied = 0;
+  private bytes = 0;
+  private skipped = 0;
+  private doneBytes = 0;
+  private totalBytes = 0;
+
+  constructor(
+    private readonly source: Vault,
+    private readonly dest: ObjectStore,
+    /** opens the replica as a vault (same keys; a private state directory): --prune needs it */
+    private readonly openReplica: () => Promise<Vault>,
+    private readonly opts: SyncOptions,
+    private readonly logger: Logger,
+  ) {
+    this.concurrency = Math.max(1, opts.concurrency ?? 16);
+  }
+
+  async run(): Promise<SyncResult> {
+    await this.copyVaultObject();
+    const { jobs, withoutSnapshots } = await this.planJobs();
+    // What the destination holds, and how big each source object is (for progress and bytes).
+    for (const job of jobs) {
+      for await (const info of this.dest.list(volumePrefix(job.meta.id))) this.present.add(info.key);
+      for await (const info of this.source.store.list(volumePrefix(job.meta.id))) this.sizes.set(info.key, info.size);
+    }
+    const plans: Array<{ job: Job; snap: SnapshotRecord; keys: string[] }> = [];
+    const planned = new Set<string>();
+    for (const job of jobs) {
+      for (const snap of job.snapshots) {
+        const keys = await this.namedKeys(job, snap);
+        if (keys === null) continue; // deleted meanwhile
+        for (const k of keys) {
+          if (this.present.has(k) || planned.has(k)) continue;
+          planned.add(k);
+          this.totalBytes += this.sizes.get(k) ?? 0;
+        }
+        plans.push({ job, snap, keys });
+      }
+    }
+    this.opts.onProgress?.(0, this.totalBytes);
+    const snapshots: SyncedSnapshot[] = [];
+    for (const job of jobs) {
+      const isNew = !this.present.has(metaKey(job.meta.id));
+      const results: SyncedSnapshot[] = [];
+      for (const p of plans.filter((x) => x.job === job)) results.push(await this.copySnapshot(job, p.snap, p.keys));
+      snapshots.push(...results);
+      // A new volume becomes visible only once a snapshot and its root are there.
+      if (!isNew || results.some((r) => r.status !== 'vanished')) await this.copyMeta(job);
+    }
+    const pruned = this.opts.prune ? await this.pruneReplica(jobs.filter((j) => j.full)) : [];
+    this.logger.info({ to: this.dest.name, copied: this.copied, bytes: this.bytes, skipped: this.skipped, snapshots: snapshots.length, pruned: pruned.length }, 'sync finished');
+    return { copied: this.copied, bytes: this.bytes, skipped: this.skipped, snapshots, pruned, withoutSnapshots };
+  }
+
+  /** The public vault object, first; a destination holding another vault is refused. */
+  private async copyVaultObject(): Promise<void> {
+    const { body } = await this.source.store.get(VAULT_KEY);
+    const existing = await this.getOrNull(this.dest, VAULT_KEY);
+    if (existing) {
+      let id: unknown;
+      try {
+        id = JSON.parse(existing.toString('utf8'))?.vaultId;
+      } catch {
+        id = undefined;
+      }
+      if (id !== this.source.vaultId) throw new VaultError('ERR_EXISTS', `${this.dest.name} holds another vault (${String(id)}); a replica must start empty or hold vault ${this.source.vaultId}`);
+      return;
+    }
+    await this.dest.put(VAULT_KEY, body, this.dest.props.conditionalPut ? { ifNoneMatch: '*' } : undefined);
+    this.count(body.length);
+  }
+
+  private async planJobs(): Promise<{ jobs: Job[]; withoutSnapshots: string[] }> {
+    const all = await this.source.listVolumes({ strict: true });
+    const wanted = this.opts.volumes && this.opts.volumes.length > 0 ? this.opts.volumes : all.map((v) => v.name);
+    const jobs: Job[] = [];
+    const withoutSnapshots: string[] = [];
+    const origins = new Map<string, Set<string>>(); // origin volume id → snapshot ids clones need
+    for (const name of wanted) {
+      const found = all.find((v) => v.name === name);
+      if (!found) throw new VaultError('ERR_NOT_FOUND', `no volume named "${name}" in the source vault`);
+      const { meta, objects, root } = await this.source.loadVolume(name, found);
+      const snapshots = await objects.listSnapshots();
+      if (snapshots.length === 0) {
+        withoutSnapshots.push(name);
+        continue;
+      }
+      if (root.origin) {
+        const ids = origins.get(root.origin.volumeId) ?? new Set<string>();
+        ids.add(root.origin.snapshotId);
+        origins.set(root.origin.volumeId, ids);
+      }
+      jobs.push({ meta, objects, root, snapshots, full: true });
+    }
+    // Origins first: a clone's snapshots name their chunks, and its root names their snapshot.
+    const originJobs: Job[] = [];
+    for (const [id, snapIds] of origins) {
+      const full = jobs.find((j) => j.meta.id === id);
+      if (full) {
+        jobs.splice(jobs.indexOf(full), 1);
+        originJobs.push(full);
+        continue;
+      }
+      const found = all.find((v) => v.id === id);
+      if (!found) throw new VaultError('ERR_IO', `the origin volume ${id} of a clone is missing from the source`);
+      const { meta, objects, root } = await this.source.loadVolume(found.name, found);
+      const snapshots = (await objects.listSnapshots()).filter((s) => snapIds.has(s.id));
+      originJobs.push({ meta, objects, root, snapshots, full: false });
+    }
+    return { jobs: [...originJobs, ...jobs], withoutSnapshots };
+  }
+
+  /** Everything a snapshot names (its pages and chunks, a clone's origin ones too); null if the
+   *  snapshot was deleted from the source meanwhile. */
+  private async namedKeys(job: Job, snap: SnapshotRecord): Promise<string[] | null> {
+    try {
+      return await referencedKeys(job.objects, snapshotAsRoot(snap));
+    } catch (err) {
+      if (await this.source.store.head(snapshotKey(job.meta.id, snap.id))) throw err;
+      return null;
+    }
+  }
+
+  private async copySnapshot(job: Job, snap: SnapshotRecord, keys: string[]): Promise<SyncedSnapshot> {
+    const name = `${job.meta.name}@${snap.name}`;
+    const recordKey = snapshotKey(job.meta.id, snap.id);
+    const todo = keys.filter((k) => !this.present.has(k));
+    this.skipped += keys.length - todo.length;
+    try {
+      await this.copyAll(todo);
+    } catch (err) {
+      // An object gone from the source: fine if its snapshot was deleted meanwhile, else damage.
+      if (isVaultError(err, 'ERR_STORE_NOT_FOUND') && !(await this.source.store.head(recordKey))) return { export: name, id: snap.id, status: 'vanished' };
+      throw err;
+    }
+    const record = await this.getOrNull(this.source.store, recordKey);
+    if (record === null) return { export: name, id: snap.id, status: 'vanished' };
+    let status: SyncedSnapshot['status'] = 'copied';
+    if (this.present.has(recordKey)) {
+      // Records change only to set or clear the keep flag: copy it again when it differs.
+      const theirs = await this.getOrNull(this.dest, recordKey);
+      if (theirs !== null && theirs.equals(record)) status = 'present';
+      else status = 'updated';
+    }
+    if (status !== 'present') {
+      await this.dest.put(recordKey, record);
+      this.present.add(recordKey);
+      this.count(record.length);
+    }
+    await this.updateReplicaRoot(job, snap);
+    if (status !== 'present') this.logger.info({ snapshot: name, status }, 'snapshot synced');
+    return { export: name, id: snap.id, status };
+  }
+
+  /** Copy objects source → destination, `concurrency` at a time, bytes untouched. */
+  private async copyAll(keys: string[]): Promise<void> {
+    let next = 0;
+    let failed: unknown = null;
+    const worker = async () => {
+      while (next < keys.length && failed === null) {
+        const key = keys[next++];
+        try {
+          const { body } = await this.source.store.get(key);
+          await this.dest.put(key, body);
+          this.present.add(key);
+          this.count(body.length);
+          this.doneBytes += body.length;
+          this.opts.onProgress?.(this.doneBytes, Math.max(this.totalBytes, this.doneBytes));
+        } catch (err) {
+          failed ??= err;
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(this.concurrency, keys.length) }, worker));
+    if (failed !== null) throw failed;
+  }
+
+  /**
+   * The replica's root names the newest copied snapshot's pages. Left alone when it names a newer
+   * one already, or when a writer holds the replica volume's lease (someone serves it writable).
+   */
+  private async updateReplicaRoot(job: Job, snap: SnapshotRecord): Promise<void> {
+    const objects = job.objects.onStore(this.dest);
+    let current: { root: RootRecord; etag: string } | null = null;
+    if (this.present.has(rootKey(job.meta.id)) || (await this.dest.head(rootKey(job.meta.id)))) current = await objects.readRoot();
+    if (current && current.root.epoch > snap.epoch + 1) return;
+    const wanted: RootRecord = {
+      v: ROOT_FORMAT,
+      volumeId: job.meta.id,
+      seq: Math.max((current?.root.seq ?? 0) + 1, job.root.seq),
+      size: snap.size,
+      chunkSize: snap.chunkSize,
+      pageEntries: snap.pageEntries,
+      epoch: snap.epoch + 1,
+      pages: snap.pages,
+      updatedAt: snap.createdAt,
+      ...(job.root.origin ? { origin: job.root.origin } : {}),
+    };
+    if (current && sameState(current.root, wanted)) return;
+    if (await this.dest.head(leaseKey(job.meta.id))) {
+      this.logger.warn({ volume: job.meta.name }, 'a writer holds the replica volume\'s lease: its root is left alone (the snapshots are copied)');
+      return;
+    }
+    await objects.writeRoot(wanted, current?.etag ?? null);
+    this.present.add(rootKey(job.meta.id));
+  }
+
+  /** The volume's metadata, verbatim (again if the source's was rewrapped by a key rotation). */
+  private async copyMeta(job: Job): Promise<void> {
+    const { body } = await this.source.store.get(metaKey(job.meta.id));
+    if (this.present.has(metaKey(job.meta.id))) {
+      const theirs = await this.getOrNull(this.dest, metaKey(job.meta.id));
+      if (theirs !== null && theirs.equals(body)) return;
+    }
+    await this.dest.put(metaKey(job.meta.id), body);
+    this.present.add(metaKey(job.meta.id));
+    this.count(body.length);
+  }
+
+  /** --prune: the replica's snapshots of fully synced volumes that the source no longer has. */
+  private async pruneReplica(jobs: Job[]): Promise<string[]> {
+    if (jobs.length === 0) return [];
+    const replica = await this.openReplica();
+    const pruned: string[] = [];
+    for (const job of jobs) {
+      if (!this.present.has(metaKey(job.meta.id))) continue;
+      const sourceIds = new Set((await job.objects.listSnapshots()).map((s) => s.id));
+      const { objects } = await replica.loadVolume(job.meta.name);
+      for (const s of await objects.listSnapshots()) {
+        if (sourceIds.has(s.id)) continue;
+        if (s.keep) await objects.setSnapshotKeep(s.id, false); // cleared at the source before its deletion
+        try {
+          await replica.deleteSnapshot(job.meta.name, s.name);
+          pruned.push(`${job.meta.name}@${s.name}`);
+        } catch (err) {
+          this.logger.warn({ snapshot: `${job.meta.name}@${s.name}`, err: describeError(err) }, 'replica snapshot kept');
+        }
+      }
+    }
+    return pruned;
+  }
+
+  private count(n: number): void {
+    this.copied++;
+    this.bytes += n;
+  }
+
+  private async getOrNull(store: ObjectStore, key: string): Promise<Buffer | null> {
+    try {
+      return (await store.get(key)).body;
+    } catch (err) {
+      if (isVaultError(err, 'ERR_STORE_NOT_FOUND')) return null;
+      throw err;
+    }
+  }
+}
+
+function sameState(a: RootRecord, b: RootRecord): boolean {
+  return (
+    a.size === b.size &&
+    a.epoch === b.epoch &&
+    JSON.stringify(a.pages) === JSON.stringify(b.pages) &&
+    JSON.stringify(a.origin ?? null) === JSON.stringify(b.origin ?? null)
+  );
+}
