@@ -5,7 +5,7 @@ import { existsSync } from 'node:fs';
 import { createCodec } from '../codec';
 import type { Codec } from '../codec/codec';
 import { VaultError, isVaultError } from '../errors';
-import { createMasterKey, describeMasterKey, loadMasterKey, masterKeyPath, PASSPHRASE_ENV, readPassphrase } from '../keys';
+import { createMasterKey, describeMasterKey, masterKeyPath, MasterKeyRing, PASSPHRASE_ENV, readPassphrase } from '../keys';
 import type { SecretKey } from '../keys/secret-key';
 import { openStore } from '../store';
 import type { ObjectStore } from '../store/object-store';
@@ -31,10 +31,11 @@ export function makeLogger(level: string): Logger {
   return logger;
 }
 
-export async function loadMaster(keysDir: string): Promise<SecretKey> {
+/** The master key (and, while a rotation is unfinished, the next one): see MasterKeyRing. */
+export async function loadMasterRing(keysDir: string): Promise<MasterKeyRing> {
   const info = await describeMasterKey(keysDir);
   const passphrase = info.passphraseProtected ? await readPassphrase({ envVar: PASSPHRASE_ENV, prompt: 'Passphrase for the master key: ' }) : undefined;
-  return loadMasterKey(keysDir, { passphrase });
+  return MasterKeyRing.load(keysDir, passphrase);
 }
 
 export interface OpenVaultOptions {
@@ -49,14 +50,16 @@ export async function openVaultContext(s: VaultSettings, opts: OpenVaultOptions 
   const store = openStore(s.store);
   logger.debug({ store: store.name }, 'store opened');
   const codec = createCodec({ workers: s.workers, zstdLevel: s.zstdLevel });
-  let master: SecretKey | null = null;
+  let ring: MasterKeyRing | null = null;
   try {
     if (opts.firstRun && !existsSync(masterKeyPath(s.keys)) && !(await store.head('vault'))) {
       const info = await createMasterKey(s.keys);
       logger.warn({ path: info.path, keyId: info.keyId }, 'created a new master key: back up this file, without it no volume can be read');
     }
-    master = await loadMaster(s.keys);
-    const vopts = { stateDir: s.state, acceptRollback: s.acceptRollback, logger };
+    ring = await loadMasterRing(s.keys);
+    if (ring.all().length > 1) logger.warn({ keyId: ring.currentKeyId }, 'a master key rotation is unfinished: run `nbd-vault keys rotate` again to finish it');
+    const master = ring.current;
+    const vopts = { stateDir: s.state, acceptRollback: s.acceptRollback, logger, keyRing: ring };
     let vault: Vault;
     if (opts.create) vault = await Vault.create(store, master, codec, vopts);
     else {
@@ -68,21 +71,21 @@ export async function openVaultContext(s: VaultSettings, opts: OpenVaultOptions 
         logger.warn({ store: store.name, vaultId: vault.vaultId }, 'created a new vault');
       }
     }
-    const m = master;
+    const r = ring;
     return {
       store,
-      master: m,
+      master,
       codec,
       vault,
       logger,
       close: async () => {
-        m.wipe();
+        r.wipe();
         await codec.close();
         await store.close();
       },
     };
   } catch (err) {
-    master?.wipe();
+    ring?.wipe();
     await codec.close().catch(() => {});
     await store.close().catch(() => {});
     if (isVaultError(err, 'ERR_KEY_FILE') && !existsSync(masterKeyPath(s.keys))) {
