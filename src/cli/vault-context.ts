@@ -58,6 +58,7 @@ export async function openVaultContext(s: VaultSettings, opts: OpenVaultOptions 
     }
     ring = await loadMasterRing(s.keys);
     if (ring.all().length > 1) logger.warn({ keyId: ring.currentKeyId }, 'a master key rotation is unfinished: run `nbd-vault keys rotate` again to finish it');
+    ring.onReload = (keyId) => logger.warn({ keyId }, 'master key reloaded from the key directory (it was rotated)');
     const master = ring.current;
     const vopts = { stateDir: s.state, acceptRollback: s.acceptRollback, logger, keyRing: ring };
     let vault: Vault;

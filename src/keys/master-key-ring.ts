@@ -15,6 +15,9 @@ export class MasterKeyRing {
   private readonly keys = new Map<string, SecretKey>();
   private currentId: string;
   private lastReload = 0;
+  private reloading: Promise<void> | null = null;
+  /** Told the key id that became current after a reload (for a log line). */
+  onReload: ((currentKeyId: string) => void) | null = null;
 
   private constructor(current: SecretKey, others: SecretKey[], private readonly reloader?: () => Promise<MasterKeyRing>, private readonly probe?: () => Promise<string[]>) {
     this.currentId = masterKeyId(current).toString('hex');
@@ -73,13 +76,24 @@ export class MasterKeyRing {
   async findOrReload(keyIdHex: string): Promise<SecretKey | undefined> {
     const found = this.keys.get(keyIdHex);
     if (found || !this.reloader || !this.probe) return found;
-    if (Date.now() - this.lastReload < RELOAD_INTERVAL_MS) return undefined;
-    this.lastReload = Date.now();
-    const onDisk = await this.probe().catch(() => [] as string[]);
-    if (onDisk.every((id) => this.keys.has(id))) return undefined;
+    // Concurrent lookups (a listing opens every volume at once) share one reload.
+    if (!this.reloading) {
+      if (Date.now() - this.lastReload < RELOAD_INTERVAL_MS) return undefined;
+      this.reloading = this.reload(keyIdHex).finally(() => {
+        this.lastReload = Date.now();
+        this.reloading = null;
+      });
+    }
+    await this.reloading;
+    return this.keys.get(keyIdHex);
+  }
+
+  private async reload(keyIdHex: string): Promise<void> {
+    const onDisk = await this.probe!().catch(() => [] as string[]);
+    if (onDisk.every((id) => this.keys.has(id))) return;
     let fresh: MasterKeyRing;
     try {
-      fresh = await this.reloader();
+      fresh = await this.reloader!();
     } catch (err) {
       throw new VaultError('ERR_WRONG_KEY', `a volume is wrapped by master key ${keyIdHex}, which this process does not hold, and reloading the key directory failed: ${(err as Error).message}`, { cause: err });
     }
@@ -89,7 +103,7 @@ export class MasterKeyRing {
       else this.keys.set(id, k);
     }
     this.currentId = fresh.currentId;
-    return this.keys.get(keyIdHex);
+    this.onReload?.(this.currentId);
   }
 
   wipe(): void {
