@@ -5,6 +5,7 @@ import type { Command } from 'commander';
 import { VaultError } from '../errors';
 import { nbdUri, startNbdServer, type NbdServerHandle } from '../nbd';
 import { createLogger, setLogger, type Logger } from '../util/log';
+import type { MetricsSink } from '../util/metrics';
 import type { ExportProvider } from '../volume/export';
 import { MemoryExportProvider, parseMemoryExportSpec, type MemoryExportSpec } from '../volume/memory-export';
 import { addSettings, resolveSettings, SERVE_VAULT_SETTINGS } from './settings';
@@ -15,6 +16,8 @@ export interface ServeOptions {
   readonly maxConnections: number;
   readonly handshakeTimeoutMs: number;
   readonly logger: Logger;
+  /** NBD request counts and latencies (serve --metrics) */
+  readonly metrics?: MetricsSink;
   /** Called once the server listens, with the URI of the default export on each address. */
   readonly onListening?: (uris: string[]) => void;
 }
@@ -38,6 +41,7 @@ export async function runServer(provider: ExportProvider, opts: ServeOptions): P
     logger: opts.logger,
     maxConnections: opts.maxConnections,
     handshakeTimeoutMs: opts.handshakeTimeoutMs,
+    metrics: opts.metrics,
   });
   opts.onListening?.(server.addresses().map((a) => nbdUri(a, provider.defaultName)));
   logListening(server, provider, opts.logger);

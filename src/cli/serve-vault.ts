@@ -7,6 +7,7 @@ import { resolveSettings, SERVE_VAULT_SETTINGS } from './settings';
 import { openVaultContext, type VaultSettings } from './vault-context';
 import { parseListen, runServer } from './serve-command';
 import { startAdminServer, type AdminRequest } from './admin-socket';
+import { parseMetricsAddress, PromMetrics, startMetricsServer } from './metrics';
 
 export { SERVE_VAULT_SETTINGS };
 
@@ -14,7 +15,11 @@ const FIRST_VOLUME = { name: 'default', size: 10 * 2 ** 30 };
 
 export async function serveVault(opts: Record<string, unknown>, handshakeTimeoutMs: number): Promise<void> {
   const s = resolveSettings(opts, SERVE_VAULT_SETTINGS);
-  const ctx = await openVaultContext(s as VaultSettings, { firstRun: true });
+  // The engines are known once the provider exists; the store stack needs the sink before that.
+  let provider: VaultExportProvider | null = null;
+  const metrics = s.metrics ? new PromMetrics(() => provider?.engineStats() ?? []) : undefined;
+  const metricsAddress = s.metrics ? parseMetricsAddress(s.metrics) : undefined;
+  const ctx = await openVaultContext(s as VaultSettings, { firstRun: true, metrics });
   try {
     let volumes = await ctx.vault.listVolumes();
     if (volumes.length === 0) {
@@ -23,26 +28,30 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
       volumes = await ctx.vault.listVolumes();
     }
     const defaultName = s.defaultVolume ?? (volumes.some((v) => v.name === 'default') ? 'default' : volumes[0].name);
-    const provider = new VaultExportProvider(
+    const exports = new VaultExportProvider(
       ctx.vault,
       defaultName,
       { dirtyLimitBytes: s.dirtyLimit, readCacheBytes: s.readCache, uploadConcurrency: s.uploadConcurrency },
       ctx.logger,
     );
+    provider = exports;
     const listen = parseListen(s.listen!);
     ctx.logger.info({ store: ctx.store.name, volumes: volumes.map((v) => v.name) }, 'vault opened');
     const admin = await startAdminServer(
       s.state,
       ctx.vault.vaultId,
       async (req: AdminRequest) => {
-        if (req.op === 'ping') return { pid: process.pid, open: provider.openNames() };
-        if (req.op === 'snapshot') return provider.snapshot(req.volume, req.name);
+        if (req.op === 'ping') return { pid: process.pid, open: exports.openNames() };
+        if (req.op === 'snapshot') return exports.snapshot(req.volume, req.name);
         throw new Error(`unknown admin request ${JSON.stringify((req as { op: unknown }).op)}`);
       },
       ctx.logger,
     );
+    let metricsServer: import('node:http').Server | null = null;
     try {
-      await runServer(provider, {
+      if (metrics && metricsAddress) metricsServer = await startMetricsServer(metrics, metricsAddress, ctx.logger);
+      await runServer(exports, {
+        metrics,
         listen,
         socket: s.socket,
         maxConnections: s.maxConnections!,
@@ -53,6 +62,8 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
       });
     } finally {
       admin.close();
+      metricsServer?.close();
+      metricsServer?.closeAllConnections();
     }
   } finally {
     await ctx.close();

@@ -31,6 +31,7 @@ export const SETTINGS = {
   workers: { flag: '--workers <n>', kind: 'int', help: 'compression/encryption worker threads', def: availableParallelism() },
   zstdLevel: { flag: '--zstd-level <n>', kind: 'int', help: 'zstd compression level', def: 3 },
   acceptRollback: { flag: '--accept-rollback', kind: 'bool', help: 'open a volume whose root is older than this machine has seen', def: false },
+  metrics: { flag: '--metrics <host:port>', kind: 'string', help: 'serve Prometheus metrics at http://HOST:PORT/metrics (a bare PORT: loopback); off by default', def: undefined },
   logLevel: { flag: '--log-level <level>', kind: 'string', help: 'fatal, error, warn, info, debug or silent', def: 'info' },
 } as const satisfies Record<string, SettingSpec>;
 
@@ -49,6 +50,7 @@ export const SERVE_VAULT_SETTINGS = [
   'dirtyLimit',
   'readCache',
   'uploadConcurrency',
+  'metrics',
 ] as const satisfies readonly SettingName[];
 export type Settings = {
   [K in SettingName]: (typeof SETTINGS)[K]['kind'] extends 'bool' ? boolean : (typeof SETTINGS)[K]['kind'] extends 'string' ? string : number;

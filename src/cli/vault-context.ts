@@ -10,6 +10,7 @@ import type { SecretKey } from '../keys/secret-key';
 import { openStore } from '../store';
 import type { ObjectStore } from '../store/object-store';
 import { createLogger, setLogger, type Logger } from '../util/log';
+import type { MetricsSink } from '../util/metrics';
 import { Vault } from '../volume/vault';
 import { resolveSettings, VAULT_SETTINGS, type Settings } from './settings';
 
@@ -43,11 +44,13 @@ export interface OpenVaultOptions {
   readonly create?: boolean;
   /** first run of `serve`: create a key and a vault where there are none, and say so */
   readonly firstRun?: boolean;
+  /** report store attempts and retries here (serve --metrics) */
+  readonly metrics?: MetricsSink;
 }
 
 export async function openVaultContext(s: VaultSettings, opts: OpenVaultOptions = {}): Promise<VaultContext> {
   const logger = makeLogger(s.logLevel);
-  const store = openStore(s.store);
+  const store = openStore(s.store, { metrics: opts.metrics });
   logger.debug({ store: store.name }, 'store opened');
   const codec = createCodec({ workers: s.workers, zstdLevel: s.zstdLevel });
   let ring: MasterKeyRing | null = null;

@@ -9,6 +9,7 @@ import net from 'node:net';
 import { lstatSync, unlinkSync } from 'node:fs';
 import type { ExportProvider } from '../volume/export';
 import type { Logger } from '../util/log';
+import type { MetricsSink } from '../util/metrics';
 import { describeError } from '../errors';
 import { NbdConnection } from './connection';
 import { DEFAULT_HANDSHAKE_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IN_FLIGHT_BYTES, DEFAULT_SHUTDOWN_GRACE_MS } from './limits';
@@ -23,6 +24,8 @@ export interface NbdServerOptions {
   readonly maxInFlightBytes?: number;
   readonly handshakeTimeoutMs?: number;
   readonly shutdownGraceMs?: number;
+  /** where request counts and latencies go (serve --metrics); none by default */
+  readonly metrics?: MetricsSink;
 }
 
 export type NbdServerAddress = { readonly host: string; readonly port: number } | { readonly path: string };
@@ -53,6 +56,7 @@ export async function startNbdServer(opts: NbdServerOptions): Promise<NbdServerH
     logger: opts.logger,
     maxInFlightBytes: opts.maxInFlightBytes ?? DEFAULT_MAX_IN_FLIGHT_BYTES,
     handshakeTimeoutMs: opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS,
+    metrics: opts.metrics,
   };
   const connections = new Set<NbdConnection>();
   let nextId = 1;
