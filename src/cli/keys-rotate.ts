@@ -29,7 +29,7 @@ import { makeLogger, out, type VaultSettings } from './vault-context';
 
 export async function rotateMasterKey(opts: Record<string, unknown>): Promise<void> {
   const s = resolveSettings(opts, VAULT_SETTINGS, process.env, { logLevel: 'warn' }) as VaultSettings;
-  const logger = makeLogger(s.logLevel);
+  const logger = makeLogger(s.logLevel, s.logFormat);
   const dir = s.keys;
   const info = await describeMasterKey(dir);
   const passphrase = info.passphraseProtected ? await readPassphrase({ envVar: PASSPHRASE_ENV, prompt: 'Passphrase for the master key: ' }) : undefined;

@@ -4,7 +4,7 @@
 import type { Command } from 'commander';
 import { VaultError } from '../errors';
 import { nbdUri, startNbdServer, type NbdServerHandle } from '../nbd';
-import { createLogger, setLogger, type Logger } from '../util/log';
+import { createLogger, parseLogFormat, setLogger, type Logger } from '../util/log';
 import type { MetricsSink } from '../util/metrics';
 import type { ExportProvider } from '../volume/export';
 import { MemoryExportProvider, parseMemoryExportSpec, type MemoryExportSpec } from '../volume/memory-export';
@@ -86,8 +86,8 @@ export function registerServeCommand(program: Command): void {
       const { serveVault } = await import('./serve-vault'); // (serve-vault imports runServer from here)
       return serveVault(o, o.handshakeTimeout * 1000);
     }
-    const s = resolveSettings(o, ['listen', 'socket', 'maxConnections', 'logLevel'] as const);
-    const logger = createLogger(s.logLevel);
+    const s = resolveSettings(o, ['listen', 'socket', 'maxConnections', 'logLevel', 'logFormat'] as const);
+    const logger = createLogger(s.logLevel, parseLogFormat(s.logFormat));
     setLogger(logger);
     const specs: MemoryExportSpec[] = o.memory.map(parseMemoryExportSpec);
     const provider = new MemoryExportProvider(specs);

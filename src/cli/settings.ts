@@ -33,12 +33,13 @@ export const SETTINGS = {
   acceptRollback: { flag: '--accept-rollback', kind: 'bool', help: 'open a volume whose root is older than this machine has seen', def: false },
   metrics: { flag: '--metrics <host:port>', kind: 'string', help: 'serve Prometheus metrics at http://HOST:PORT/metrics (a bare PORT: loopback); off by default', def: undefined },
   logLevel: { flag: '--log-level <level>', kind: 'string', help: 'fatal, error, warn, info, debug or silent', def: 'info' },
+  logFormat: { flag: '--log-format <format>', kind: 'string', help: 'json, pretty, or auto: pretty on a terminal, JSON lines otherwise', def: 'auto' },
 } as const satisfies Record<string, SettingSpec>;
 
 export type SettingName = keyof typeof SETTINGS;
 
 /** What every command that opens a vault takes. */
-export const VAULT_SETTINGS = ['store', 'keys', 'state', 'workers', 'zstdLevel', 'acceptRollback', 'logLevel'] as const satisfies readonly SettingName[];
+export const VAULT_SETTINGS = ['store', 'keys', 'state', 'workers', 'zstdLevel', 'acceptRollback', 'logLevel', 'logFormat'] as const satisfies readonly SettingName[];
 
 /** What `serve` takes. */
 export const SERVE_VAULT_SETTINGS = [

@@ -9,7 +9,7 @@ import { createMasterKey, describeMasterKey, masterKeyPath, MasterKeyRing, PASSP
 import type { SecretKey } from '../keys/secret-key';
 import { openStore } from '../store';
 import type { ObjectStore } from '../store/object-store';
-import { createLogger, setLogger, type Logger } from '../util/log';
+import { createLogger, parseLogFormat, setLogger, type Logger } from '../util/log';
 import type { MetricsSink } from '../util/metrics';
 import { Vault } from '../volume/vault';
 import { resolveSettings, VAULT_SETTINGS, type Settings } from './settings';
@@ -26,8 +26,8 @@ export interface VaultContext {
   close(): Promise<void>;
 }
 
-export function makeLogger(level: string): Logger {
-  const logger = createLogger(level);
+export function makeLogger(level: string, format = 'auto'): Logger {
+  const logger = createLogger(level, parseLogFormat(format));
   setLogger(logger);
   return logger;
 }
@@ -49,7 +49,7 @@ export interface OpenVaultOptions {
 }
 
 export async function openVaultContext(s: VaultSettings, opts: OpenVaultOptions = {}): Promise<VaultContext> {
-  const logger = makeLogger(s.logLevel);
+  const logger = makeLogger(s.logLevel, s.logFormat);
   const store = openStore(s.store, { metrics: opts.metrics });
   logger.debug({ store: store.name }, 'store opened');
   const codec = createCodec({ workers: s.workers, zstdLevel: s.zstdLevel });
