@@ -16,7 +16,7 @@ import type { ObjectStore } from '../../src/store/object-store';
 import { createLogger } from '../../src/util/log';
 import { rewrapVolumeKeys } from '../../src/volume/key-rotation';
 import { runCommand } from '../helpers/fuse-disk';
-import { makeTestVault } from '../helpers/vault-server';
+import { makeTestVault, s3Available } from '../helpers/vault-server';
 
 const MiB = 2 ** 20;
 
@@ -39,8 +39,9 @@ function failAfterMetaPuts(inner: ObjectStore, allowed: number): ObjectStore {
   };
 }
 
-test('keys rotate: resumed after an interruption, picked up by a running server, old key refused', async (t) => {
-  const v = await makeTestVault();
+for (const backend of ['fs', 's3'] as const) test(`keys rotate on the ${backend} store: resumed after an interruption, picked up by a running server, old key refused`, async (t) => {
+  if (backend === 's3' && !s3Available(t)) return;
+  const v = await makeTestVault({ s3: backend === 's3' });
   t.after(() => v.cleanup());
   const keys = join(v.dir, 'keys');
   await v.cli('volume', 'create', 'a', '--size', '64M');
