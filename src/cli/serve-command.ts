@@ -86,17 +86,25 @@ export function registerServeCommand(program: Command): void {
       const { serveVault } = await import('./serve-vault'); // (serve-vault imports runServer from here)
       return serveVault(o, o.handshakeTimeout * 1000);
     }
-    const s = resolveSettings(o, ['listen', 'socket', 'maxConnections', 'logLevel', 'logFormat'] as const);
+    const s = resolveSettings(o, ['listen', 'socket', 'maxConnections', 'logLevel', 'logFormat', 'metrics'] as const);
     const logger = createLogger(s.logLevel, parseLogFormat(s.logFormat));
     setLogger(logger);
     const specs: MemoryExportSpec[] = o.memory.map(parseMemoryExportSpec);
     const provider = new MemoryExportProvider(specs);
+    // (metrics.ts imports parseListen from here: loaded when asked for)
+    const { PromMetrics, parseMetricsAddress, startMetricsServer } = await import('./metrics');
+    const metrics = s.metrics ? new PromMetrics(() => []) : undefined;
+    const metricsServer = metrics ? await startMetricsServer(metrics, parseMetricsAddress(s.metrics!), logger) : null;
     await runServer(provider, {
+      metrics,
       listen: parseListen(s.listen),
       socket: s.socket,
       maxConnections: positiveInt('--max-connections')(String(s.maxConnections)),
       handshakeTimeoutMs: o.handshakeTimeout * 1000,
       logger,
+    }).finally(() => {
+      metricsServer?.close();
+      metricsServer?.closeAllConnections();
     });
   });
 }
