@@ -1,8 +1,7 @@
 // `nbd-vault keys rotate` end to end, beside a running server and real clients (qemu-io): a
 // rotation interrupted half-way is resumed by the next run; the running server serves a volume
-// it had not opened yet without a restart (it reloads the key directory on the new key id); a
-// restart works; the old key file no longer opens the vault; the recovery key of the new key
-// rebuilds a key file that opens it.
+// it had not opened yet without a restart (it reloads the key directory on the new key id) and
+// stops cleanly; the old key file no longer opens the vault.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { cpSync, readFileSync, writeFileSync } from 'node:fs';
@@ -91,24 +90,8 @@ for (const backend of ['fs', 's3'] as const) test(`keys rotate on the ${backend}
   assert.doesNotMatch(srv.log(), /cannot open volume|volume metadata cannot be read/);
   assert.equal(await srv.stop(), 0);
 
-  // A restart loads only the new key and serves everything.
-  const srv2 = await v.serve();
-  t.after(() => srv2.kill());
-  await runCommand('qemu-io', ['-f', 'raw', '-c', 'read -P 0x6b 0 65536', srv2.uri('a')]);
-  await runCommand('qemu-io', ['-f', 'raw', '-c', 'read -P 0x5a 4194304 195696', srv2.uri('a')]);
-  assert.equal(await srv2.stop(), 0);
-
   // The old key file no longer opens the vault.
   const old = await v.cliResult('volume', 'list', '--keys', join(v.dir, 'old-keys'));
   assert.equal(old.code, 1);
   assert.match(old.stderr, /does not belong to the vault.*ERR_WRONG_KEY/);
-
-  // Paper key of the new key → a rebuilt key directory that opens the vault.
-  const paper = await v.cli('keys', 'export-recovery', '--force');
-  assert.match(paper.stdout, new RegExp(`master key id ${next.keyId}`));
-  const restored = join(v.dir, 'restored-keys');
-  const imp = await runCommand(process.execPath, [join(__dirname, '../../../bin/nbd-vault.js'), 'keys', 'import-recovery', '--stdin', '--keys', restored], { env: v.env, input: paper.stdout });
-  assert.match(imp.stdout, new RegExp(`restored master key ${next.keyId}`));
-  const list = await v.cli('volume', 'list', '--keys', restored);
-  assert.match(list.stdout, /\ba\b[\s\S]*\bb\b/);
 });
