@@ -75,15 +75,37 @@ export class PromMetrics implements MetricsSink {
     total('nbd_vault_leases_lost', 'Writer leases this server lost (its volumes refuse writes)', (s) => s.leaseLost);
   }
 
+  // Per-request work is a Map lookup and an add: label children are made once per label set
+  // (prom-client would otherwise hash the labels on every call).
+  private readonly children = new Map<string, { count: client.Counter.Internal; latency: client.Histogram.Internal<'volume' | 'command'>; bytes: client.Counter.Internal | null }>();
+  private readonly storeChildren = new Map<string, { count: client.Counter.Internal; latency: client.Histogram.Internal<'op'> }>();
+
   nbdRequest(volume: string, command: string, result: string, bytes: number, seconds: number): void {
-    this.nbdRequests.inc({ volume, command, result });
-    this.nbdLatency.observe({ volume, command }, seconds);
-    if (bytes > 0 && (command === 'read' || command === 'write')) this.nbdBytes.inc({ volume, direction: command }, bytes);
+    const key = `${volume}\0${command}\0${result}`;
+    let c = this.children.get(key);
+    if (!c) {
+      const direction = command === 'read' || command === 'write' ? command : null;
+      c = {
+        count: this.nbdRequests.labels(volume, command, result),
+        latency: this.nbdLatency.labels(volume, command),
+        bytes: direction ? this.nbdBytes.labels(volume, direction) : null,
+      };
+      this.children.set(key, c);
+    }
+    c.count.inc();
+    c.latency.observe(seconds);
+    if (bytes > 0) c.bytes?.inc(bytes);
   }
 
   storeRequest(op: string, result: string, seconds: number): void {
-    this.storeRequests.inc({ op, result });
-    this.storeLatency.observe({ op }, seconds);
+    const key = `${op}\0${result}`;
+    let c = this.storeChildren.get(key);
+    if (!c) {
+      c = { count: this.storeRequests.labels(op, result), latency: this.storeLatency.labels(op) };
+      this.storeChildren.set(key, c);
+    }
+    c.count.inc();
+    c.latency.observe(seconds);
   }
 
   storeRetry(op: string): void {
