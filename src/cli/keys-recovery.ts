@@ -1,6 +1,7 @@
 // `nbd-vault keys export-recovery|import-recovery`: the master key as a paper key (format:
 // docs/FORMAT.md, "Recovery key") and back. Both refuse to move the key through a pipe or a file
 // unless asked (--force / --stdin): on a terminal it goes to a person, elsewhere it may be kept.
+import { createInterface } from 'node:readline';
 import { VaultError } from '../errors';
 import {
   describeMasterKey,
@@ -52,7 +53,7 @@ export async function importRecoveryKey(opts: { keys?: string; stdin?: boolean; 
 async function readRecoveryText(tty: boolean): Promise<string> {
   const lines: string[] = [];
   let data = 0;
-  for await (const line of (await import('node:readline')).createInterface({ input: process.stdin, terminal: false })) {
+  for await (const line of createInterface({ input: process.stdin, terminal: false })) {
     lines.push(line);
     if (/^\s*\d/.test(line)) data++;
     if (tty && line.trim() === '' && data >= 4) break;
