@@ -55,6 +55,7 @@ for (const backend of ['fs', 's3'] as const) test(`keys rotate on the ${backend}
   t.after(() => srv.kill());
   const io = (name: string, cmd: string) => runCommand('qemu-io', ['-f', 'raw', '-c', cmd, srv.uri(name)], { timeoutMs: 60_000 });
   await io('a', 'write -P 0x5a 4190000 200000'); // the server now holds volume a open, b not
+  assert.doesNotMatch(srv.log(), /metrics listening/, 'metrics are off unless asked for');
 
   // A first run cut off after one of the two metadata objects (as a crash would leave it).
   const next = await createMasterKey(keys, { slot: 'pending' });
