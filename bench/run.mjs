@@ -10,6 +10,7 @@ const BENCHMARKS = [
   { name: 'Hostile clients on a vault export', script: 'dist/bench/hostile-bench.js' },
   { name: 'Changed-block tracking (BLOCK_STATUS on 1 TiB)', script: 'dist/bench/block-status-bench.js' },
   { name: 'Sync (replica copies, fs→fs and RGW→fs)', script: 'dist/bench/sync-bench.js' },
+  { name: 'Metrics overhead', script: 'bench/metrics-bench.mjs' },
 ];
 
 let failed = 0;

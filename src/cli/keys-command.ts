@@ -12,6 +12,7 @@ import {
   resolveKeysDir,
   type MasterKeyInfo,
 } from '../keys';
+import { addSettings, VAULT_SETTINGS } from './settings';
 
 const KEYS_OPTION_HELP = 'key directory (default: $NBD_VAULT_KEYS, else ./keys)';
 
@@ -50,6 +51,27 @@ export function registerKeysCommands(program: Command): void {
       const info = await changePassphrase(dir, oldPassphrase, newPassphrase);
       printInfo(info.passphraseProtected ? 'passphrase set on master key' : 'passphrase removed from master key', info);
     });
+
+  registerKeyRecoveryCommands(keys);
+}
+
+export function registerKeyRecoveryCommands(keys: Command): void {
+  addSettings(keys.command('rotate').description('Replace the master key: every volume key is rewrapped, no data object rewritten (safe to interrupt and run again)'), VAULT_SETTINGS).action(
+    async (opts: Record<string, unknown>) => (await import('./keys-rotate')).rotateMasterKey(opts),
+  );
+  keys
+    .command('export-recovery')
+    .description('Print the master key as a recovery key to write down (only on a terminal unless --force)')
+    .option('--keys <dir>', KEYS_OPTION_HELP)
+    .option('--force', 'print even when standard output is not a terminal')
+    .action(async (opts: { keys?: string; force?: boolean }) => (await import('./keys-recovery')).exportRecoveryKey(opts));
+  keys
+    .command('import-recovery')
+    .description('Rebuild the master key file from a recovery key (typed on a terminal, or --stdin); never overwrites a key file')
+    .option('--keys <dir>', KEYS_OPTION_HELP)
+    .option('--stdin', 'read the recovery key from standard input even when it is not a terminal')
+    .option('--passphrase', `wrap the restored key with a passphrase (from $${PASSPHRASE_ENV} or a prompt)`)
+    .action(async (opts: { keys?: string; stdin?: boolean; passphrase?: boolean }) => (await import('./keys-recovery')).importRecoveryKey(opts));
 }
 
 function printInfo(what: string, info: MasterKeyInfo): void {

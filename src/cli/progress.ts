@@ -1,33 +1,56 @@
-// A progress bar for long CLI work (import, export, verify, delete): drawn on stderr only when
-// stderr is a terminal; silent in pipes and logs, so scripts see only the final result.
+// A progress bar for long CLI work (import, export, verify, delete, gc, keys rotate): cli-progress,
+// with rate and ETA, drawn on stderr only when stderr is a terminal; nothing at all in pipes and
+// logs (so scripts see only the final result). NBD_VAULT_NO_PROGRESS turns it off on a terminal.
+import { SingleBar } from 'cli-progress';
+import { formatSize } from '../util/size';
 
 export class Progress {
-  private readonly tty: boolean;
-  private lastDraw = 0;
-  private readonly start = Date.now();
+  private readonly bar: SingleBar | null;
+  private readonly started = Date.now();
+  private total: number;
+  private running = false;
 
-  constructor(private readonly label: string, private total: number, private readonly unit: 'bytes' | 'objects' = 'bytes', stream: NodeJS.WriteStream = process.stderr) {
-    this.tty = Boolean(stream.isTTY) && process.env.NBD_VAULT_NO_PROGRESS === undefined;
-    this.stream = stream;
+  constructor(label: string, total: number, private readonly unit: 'bytes' | 'objects' = 'bytes', stream: NodeJS.WriteStream = process.stderr) {
+    this.total = total;
+    const tty = Boolean(stream.isTTY) && process.env.NBD_VAULT_NO_PROGRESS === undefined;
+    this.bar = tty
+      ? new SingleBar({
+          stream,
+          format: `${label} [{bar}] {percentage}% {amount} {rate} ETA {eta_formatted}`,
+          barsize: 30,
+          hideCursor: true,
+          clearOnComplete: false,
+          etaBuffer: 50,
+          fps: 10,
+          noTTYOutput: false,
+        })
+      : null;
   }
-  private readonly stream: NodeJS.WriteStream;
 
   update(done: number, total = this.total): void {
     this.total = total;
-    if (!this.tty) return;
-    const now = Date.now();
-    if (now - this.lastDraw < 100 && done < total) return;
-    this.lastDraw = now;
-    const frac = total > 0 ? Math.min(1, done / total) : 1;
-    const width = 30;
-    const filled = Math.round(frac * width);
-    const secs = Math.max(0.001, (now - this.start) / 1000);
-    const rate = this.unit === 'bytes' ? `${(done / secs / 2 ** 20).toFixed(1)} MiB/s` : `${Math.round(done / secs)}/s`;
-    const amount = this.unit === 'bytes' ? `${(done / 2 ** 20).toFixed(0)}/${(total / 2 ** 20).toFixed(0)} MiB` : `${done}/${total}`;
-    this.stream.write(`\r${this.label} [${'#'.repeat(filled)}${'-'.repeat(width - filled)}] ${(frac * 100).toFixed(0).padStart(3)}% ${amount} ${rate}   `);
+    if (!this.bar) return;
+    const payload = { amount: this.amount(done, total), rate: this.rate(done) };
+    if (!this.running) {
+      this.bar.start(Math.max(total, 1), done, payload);
+      this.running = true;
+    } else {
+      this.bar.setTotal(Math.max(total, 1));
+      this.bar.update(done, payload);
+    }
   }
 
   done(): void {
-    if (this.tty) this.stream.write('\n');
+    if (this.bar && this.running) this.bar.stop();
+    this.running = false;
+  }
+
+  private amount(done: number, total: number): string {
+    return this.unit === 'bytes' ? `${formatSize(done)}/${formatSize(total)}` : `${done}/${total}`;
+  }
+
+  private rate(done: number): string {
+    const secs = Math.max(0.001, (Date.now() - this.started) / 1000);
+    return this.unit === 'bytes' ? `${formatSize(done / secs)}/s` : `${Math.round(done / secs)}/s`;
   }
 }

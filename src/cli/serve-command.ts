@@ -4,7 +4,8 @@
 import type { Command } from 'commander';
 import { VaultError } from '../errors';
 import { nbdUri, startNbdServer, type NbdServerHandle } from '../nbd';
-import { createLogger, setLogger, type Logger } from '../util/log';
+import { createLogger, parseLogFormat, setLogger, type Logger } from '../util/log';
+import type { MetricsSink } from '../util/metrics';
 import type { ExportProvider } from '../volume/export';
 import { MemoryExportProvider, parseMemoryExportSpec, type MemoryExportSpec } from '../volume/memory-export';
 import { addSettings, resolveSettings, SERVE_VAULT_SETTINGS, TLS_SETTINGS } from './settings';
@@ -18,6 +19,8 @@ export interface ServeOptions {
   readonly logger: Logger;
   /** TLS and access control (resolveServerSecurity) */
   readonly security: ServerSecurity;
+  /** NBD request counts and latencies (serve --metrics) */
+  readonly metrics?: MetricsSink;
   /** Called once the server listens, with the URI of the default export on each address. */
   readonly onListening?: (uris: string[]) => void;
 }
@@ -43,6 +46,7 @@ export async function runServer(provider: ExportProvider, opts: ServeOptions): P
     handshakeTimeoutMs: opts.handshakeTimeoutMs,
     tls: opts.security.tls,
     access: opts.security.access,
+    metrics: opts.metrics,
   });
   opts.onListening?.(server.addresses().map((a) => nbdUri(a, provider.defaultName, opts.security.tls !== undefined)));
   logListening(server, provider, opts.logger);
@@ -87,20 +91,28 @@ export function registerServeCommand(program: Command): void {
       const { serveVault } = await import('./serve-vault'); // (serve-vault imports runServer from here)
       return serveVault(o, o.handshakeTimeout * 1000);
     }
-    const s = resolveSettings(o, ['listen', 'socket', 'maxConnections', 'logLevel', ...TLS_SETTINGS] as const);
-    const logger = createLogger(s.logLevel);
+    const s = resolveSettings(o, ['listen', 'socket', 'maxConnections', 'logLevel', 'logFormat', 'metrics', ...TLS_SETTINGS] as const);
+    const logger = createLogger(s.logLevel, parseLogFormat(s.logFormat));
     setLogger(logger);
     const listen = parseListen(s.listen);
     const security = resolveServerSecurity(s, listen, o, logger);
     const specs: MemoryExportSpec[] = o.memory.map(parseMemoryExportSpec);
     const provider = new MemoryExportProvider(specs);
+    // (metrics.ts imports parseListen from here: loaded when asked for)
+    const { PromMetrics, parseMetricsAddress, startMetricsServer } = await import('./metrics');
+    const metrics = s.metrics ? new PromMetrics(() => []) : undefined;
+    const metricsServer = metrics ? await startMetricsServer(metrics, parseMetricsAddress(s.metrics!), logger) : null;
     await runServer(provider, {
+      metrics,
       listen,
       socket: s.socket,
       security,
       maxConnections: positiveInt('--max-connections')(String(s.maxConnections)),
       handshakeTimeoutMs: o.handshakeTimeout * 1000,
       logger,
+    }).finally(() => {
+      metricsServer?.close();
+      metricsServer?.closeAllConnections();
     });
   });
 }

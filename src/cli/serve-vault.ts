@@ -13,6 +13,7 @@ import { resolveServerSecurity, type ServerSecurity } from './tls-setup';
 import { resolve } from 'node:path';
 import { parseRetentionPolicy } from '../volume/retention';
 import { parseInterval, SnapshotSchedule } from './snapshot-schedule';
+import { parseMetricsAddress, PromMetrics, startMetricsServer } from './metrics';
 
 export { SERVE_VAULT_SETTINGS };
 
@@ -27,7 +28,11 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
   if (s.prune !== undefined && s.snapshotEvery === undefined) throw new VaultError('ERR_INVALID_ARGUMENT', '--prune needs --snapshot-every (to prune by hand: nbd-vault snapshot prune)');
   const everyMs = s.snapshotEvery === undefined ? null : parseInterval(s.snapshotEvery);
   const policy = s.prune === undefined ? null : parseRetentionPolicy(s.prune);
-  const ctx = await openVaultContext(s as VaultSettings, { firstRun: true });
+  // The engines are known once the provider exists; the store stack needs the sink before that.
+  let exportsForMetrics: VaultExportProvider | null = null;
+  const metrics = s.metrics ? new PromMetrics(() => exportsForMetrics?.engineStats() ?? []) : undefined;
+  const metricsAddress = s.metrics ? parseMetricsAddress(s.metrics) : undefined;
+  const ctx = await openVaultContext(s as VaultSettings, { firstRun: true, metrics });
   try {
     let volumes = await ctx.vault.listVolumes();
     if (volumes.length === 0) {
@@ -42,6 +47,7 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
       { dirtyLimitBytes: s.dirtyLimit, readCacheBytes: s.readCache, uploadConcurrency: s.uploadConcurrency },
       ctx.logger,
     );
+    exportsForMetrics = provider;
     const listen = parseListen(s.listen!);
     const security = resolveServerSecurity(s, listen, opts, ctx.logger);
     ctx.logger.info({ store: ctx.store.name, volumes: volumes.map((v) => v.name) }, 'vault opened');
@@ -56,8 +62,11 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
       ctx.logger,
     );
     const schedule = everyMs === null ? null : new SnapshotSchedule({ vault: ctx.vault, provider, everyMs, policy, logger: ctx.logger });
+    let metricsServer: import('node:http').Server | null = null;
     try {
+      if (metrics && metricsAddress) metricsServer = await startMetricsServer(metrics, metricsAddress, ctx.logger);
       await runServer(provider, {
+        metrics,
         listen,
         socket: s.socket,
         maxConnections: s.maxConnections!,
@@ -70,6 +79,8 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
     } finally {
       await schedule?.stop();
       admin.close();
+      metricsServer?.close();
+      metricsServer?.closeAllConnections();
     }
   } finally {
     await ctx.close();

@@ -51,12 +51,14 @@ export const SETTINGS = {
   tlsPsk: { flag: '--tls-psk <file>', kind: 'string', help: 'TLS pre-shared keys, psktool format (identity:hexkey lines)', def: undefined },
   tlsVerifyPeer: { flag: '--tls-verify-peer', kind: 'bool', help: 'X.509: require a client certificate signed by ca-cert.pem', def: false },
   insecureNoTls: { flag: '--insecure-no-tls', kind: 'bool', help: 'allow serving without TLS on a non-loopback address', def: false },
+  metrics: { flag: '--metrics <host:port>', kind: 'string', help: 'serve Prometheus metrics at http://HOST:PORT/metrics (a bare PORT: loopback); off by default', def: undefined },
+  logFormat: { flag: '--log-format <format>', kind: 'string', help: 'json, pretty, or auto: pretty on a terminal, JSON lines otherwise', def: 'auto' },
 } as const satisfies Record<string, SettingSpec>;
 
 export type SettingName = keyof typeof SETTINGS;
 
 /** What every command that opens a vault takes. */
-export const VAULT_SETTINGS = ['store', 'keys', 'state', 'workers', 'zstdLevel', 'acceptRollback', 'logLevel'] as const satisfies readonly SettingName[];
+export const VAULT_SETTINGS = ['store', 'keys', 'state', 'workers', 'zstdLevel', 'acceptRollback', 'logLevel', 'logFormat'] as const satisfies readonly SettingName[];
 
 /** TLS and the guard against plaintext off loopback (every server command). */
 export const TLS_SETTINGS = ['tls', 'tlsCertificates', 'tlsPsk', 'tlsVerifyPeer', 'insecureNoTls'] as const satisfies readonly SettingName[];
@@ -77,6 +79,7 @@ export const SERVE_VAULT_SETTINGS = [
   ...TLS_SETTINGS,
   'snapshotEvery',
   'prune',
+  'metrics',
 ] as const satisfies readonly SettingName[];
 export type Settings = {
   [K in SettingName]: (typeof SETTINGS)[K]['kind'] extends 'bool' ? boolean : (typeof SETTINGS)[K]['kind'] extends 'string' ? string : number;

@@ -5,11 +5,12 @@ import { existsSync } from 'node:fs';
 import { createCodec } from '../codec';
 import type { Codec } from '../codec/codec';
 import { VaultError, isVaultError } from '../errors';
-import { createMasterKey, describeMasterKey, loadMasterKey, masterKeyPath, PASSPHRASE_ENV, readPassphrase } from '../keys';
+import { createMasterKey, describeMasterKey, masterKeyPath, MasterKeyRing, PASSPHRASE_ENV, readPassphrase } from '../keys';
 import type { SecretKey } from '../keys/secret-key';
 import { openStore } from '../store';
 import type { ObjectStore } from '../store/object-store';
-import { createLogger, setLogger, type Logger } from '../util/log';
+import { createLogger, parseLogFormat, setLogger, type Logger } from '../util/log';
+import type { MetricsSink } from '../util/metrics';
 import { Vault, listVolumeIds, vaultIdsOfVolumes } from '../volume/vault';
 import { resolveSettings, VAULT_SETTINGS, type Settings } from './settings';
 
@@ -25,16 +26,17 @@ export interface VaultContext {
   close(): Promise<void>;
 }
 
-export function makeLogger(level: string): Logger {
-  const logger = createLogger(level);
+export function makeLogger(level: string, format = 'auto'): Logger {
+  const logger = createLogger(level, parseLogFormat(format));
   setLogger(logger);
   return logger;
 }
 
-export async function loadMaster(keysDir: string): Promise<SecretKey> {
+/** The master key (and, while a rotation is unfinished, the next one): see MasterKeyRing. */
+export async function loadMasterRing(keysDir: string): Promise<MasterKeyRing> {
   const info = await describeMasterKey(keysDir);
   const passphrase = info.passphraseProtected ? await readPassphrase({ envVar: PASSPHRASE_ENV, prompt: 'Passphrase for the master key: ' }) : undefined;
-  return loadMasterKey(keysDir, { passphrase });
+  return MasterKeyRing.load(keysDir, passphrase);
 }
 
 export interface OpenVaultOptions {
@@ -45,14 +47,16 @@ export interface OpenVaultOptions {
   /** `init --recover`: rebuild a lost `vault` object for the volumes in the store; true: the
    *  vault id their metadata names, or this id */
   readonly recover?: true | string;
+  /** report store attempts and retries here (serve --metrics) */
+  readonly metrics?: MetricsSink;
 }
 
 export async function openVaultContext(s: VaultSettings, opts: OpenVaultOptions = {}): Promise<VaultContext> {
-  const logger = makeLogger(s.logLevel);
-  const store = openStore(s.store);
+  const logger = makeLogger(s.logLevel, s.logFormat);
+  const store = openStore(s.store, { metrics: opts.metrics });
   logger.debug({ store: store.name }, 'store opened');
   const codec = createCodec({ workers: s.workers, zstdLevel: s.zstdLevel });
-  let master: SecretKey | null = null;
+  let ring: MasterKeyRing | null = null;
   try {
     // A store with volumes but no `vault` object is not a first run: it lost its vault object.
     const fresh = async () => !(await store.head('vault')) && (await listVolumeIds(store)).length === 0;
@@ -60,8 +64,11 @@ export async function openVaultContext(s: VaultSettings, opts: OpenVaultOptions 
       const info = await createMasterKey(s.keys);
       logger.warn({ path: info.path, keyId: info.keyId }, 'created a new master key: back up this file, without it no volume can be read');
     }
-    master = await loadMaster(s.keys);
-    const vopts = { stateDir: s.state, acceptRollback: s.acceptRollback, logger };
+    ring = await loadMasterRing(s.keys);
+    if (ring.all().length > 1) logger.warn({ keyId: ring.currentKeyId }, 'a master key rotation is unfinished: run `nbd-vault keys rotate` again to finish it');
+    ring.onReload = (keyId) => logger.warn({ keyId }, 'master key reloaded from the key directory (it was rotated)');
+    const master = ring.current;
+    const vopts = { stateDir: s.state, acceptRollback: s.acceptRollback, logger, keyRing: ring };
     let vault: Vault;
     if (opts.recover !== undefined) vault = await Vault.create(store, master, codec, { ...vopts, recoverVaultId: await recoverVaultId(store, opts.recover) });
     else if (opts.create) vault = await Vault.create(store, master, codec, vopts);
@@ -75,21 +82,21 @@ export async function openVaultContext(s: VaultSettings, opts: OpenVaultOptions 
         logger.warn({ store: store.name, vaultId: vault.vaultId }, 'created a new vault');
       }
     }
-    const m = master;
+    const r = ring;
     return {
       store,
-      master: m,
+      master,
       codec,
       vault,
       logger,
       close: async () => {
-        m.wipe();
+        r.wipe();
         await codec.close();
         await store.close();
       },
     };
   } catch (err) {
-    master?.wipe();
+    ring?.wipe();
     await codec.close().catch(() => {});
     await store.close().catch(() => {});
     if (isVaultError(err, 'ERR_KEY_FILE') && !existsSync(masterKeyPath(s.keys))) {

@@ -3,6 +3,8 @@
 import sodium from 'sodium-native';
 
 export const MASTER_KEY_FILE_NAME = 'master-key.json';
+/** The new master key while `keys rotate` runs (docs/FORMAT.md, "Rotating the master key"). */
+export const PENDING_MASTER_KEY_FILE_NAME = 'master-key.next.json';
 export const KEY_FILE_FORMAT = 'nbd-vault master key';
 export const KEY_FILE_VERSION = 1;
 export const DEFAULT_KEYS_DIR = './keys';
@@ -44,3 +46,8 @@ export const WRAPPED_KEY_HEADER_BYTES = 40;
 export const AEAD_NONCE_BYTES = 24;
 export const AEAD_TAG_BYTES = 16;
 export const WRAPPED_KEY_BYTES = WRAPPED_KEY_HEADER_BYTES + 32 + AEAD_TAG_BYTES; // 88
+
+// Paper recovery key (recovery-key.ts; docs/FORMAT.md, "Recovery key").
+export const RECOVERY_KEY_HEADER = 'nbd-vault recovery key';
+export const RECOVERY_KEY_VERSION = 1;
+export const RECOVERY_KEY_LINE_CONTEXT = Buffer.from('nbd-vault recovery line', 'latin1');

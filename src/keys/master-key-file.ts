@@ -9,7 +9,7 @@ import { VaultError } from '../errors';
 import { writePrivateFileAtomic } from './atomic-file';
 import { masterKeyId } from './key-derivation';
 import { KDF_ALGORITHM_NAME, KEY_FILE_FORMAT, KEY_FILE_VERSION, MAX_KDF_MEMLIMIT, MAX_KDF_OPSLIMIT, type KdfStrength } from './key-format';
-import { masterKeyPath } from './keys-dir';
+import { masterKeyPath, pendingMasterKeyPath } from './keys-dir';
 import { unwrapWithPassphrase, wrapWithPassphrase, type PassphraseWrapped } from './passphrase-wrap';
 import { SecretKey, SECRET_KEY_BYTES } from './secret-key';
 
@@ -25,7 +25,14 @@ export interface CreateMasterKeyOptions {
   passphrase?: string;
   /** Argon2id cost; default 'moderate'. 'interactive' is for tests. */
   kdf?: KdfStrength;
+  /** Default 'current'; 'pending' makes the next key of a rotation. */
+  slot?: KeyFileSlot;
 }
+
+/** Which key file of a keys directory: the master key, or the next one during a rotation. */
+export type KeyFileSlot = 'current' | 'pending';
+
+const slotPath = (dir: string, slot: KeyFileSlot) => (slot === 'current' ? masterKeyPath(dir) : pendingMasterKeyPath(dir));
 
 type KeyFileRecord = { keyId: string } & ({ protection: 'none'; key: Buffer } | ({ protection: 'passphrase' } & PassphraseWrapped));
 
@@ -36,10 +43,10 @@ export async function createMasterKey(dir: string, options: CreateMasterKeyOptio
   bytes.fill(0);
   await fs.mkdir(dir, { recursive: true, mode: 0o700 });
   try {
-    return await writeKeyFile(dir, master, options, 'create');
+    return await writeKeyFile(dir, master, options, 'create', options.slot ?? 'current');
   } catch (err) {
     if (err instanceof VaultError && err.code === 'ERR_EXISTS') {
-      throw new VaultError('ERR_EXISTS', `a master key already exists at ${masterKeyPath(dir)}; refusing to overwrite it (that would make every volume unreadable)`);
+      throw new VaultError('ERR_EXISTS', `a master key already exists at ${slotPath(dir, options.slot ?? 'current')}; refusing to overwrite it (that would make every volume unreadable)`);
     }
     throw err;
   } finally {
@@ -47,8 +54,8 @@ export async function createMasterKey(dir: string, options: CreateMasterKeyOptio
   }
 }
 
-export async function loadMasterKey(dir: string, options: { passphrase?: string } = {}): Promise<SecretKey> {
-  const path = masterKeyPath(dir);
+export async function loadMasterKey(dir: string, options: { passphrase?: string; slot?: KeyFileSlot } = {}): Promise<SecretKey> {
+  const path = slotPath(dir, options.slot ?? 'current');
   const record = await readKeyFile(path);
   const bytes =
     record.protection === 'none'
@@ -68,8 +75,8 @@ export async function loadMasterKey(dir: string, options: { passphrase?: string 
 }
 
 /** Public facts about the key file (no passphrase needed). */
-export async function describeMasterKey(dir: string): Promise<MasterKeyInfo> {
-  const path = masterKeyPath(dir);
+export async function describeMasterKey(dir: string, slot: KeyFileSlot = 'current'): Promise<MasterKeyInfo> {
+  const path = slotPath(dir, slot);
   const record = await readKeyFile(path);
   if (record.protection === 'none') record.key.fill(0);
   return { path, keyId: record.keyId, passphraseProtected: record.protection === 'passphrase' };
@@ -100,8 +107,42 @@ function requirePassphrase(passphrase: string | undefined, path: string): string
   return passphrase;
 }
 
-async function writeKeyFile(dir: string, master: SecretKey, options: CreateMasterKeyOptions, mode: 'create' | 'replace'): Promise<MasterKeyInfo> {
-  const path = masterKeyPath(dir);
+/** Is a rotation under way (a next key file present)? */
+export async function hasPendingMasterKey(dir: string): Promise<boolean> {
+  return fs.stat(pendingMasterKeyPath(dir)).then(
+    () => true,
+    (err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return false;
+      throw new VaultError('ERR_KEY_FILE', `cannot read ${pendingMasterKeyPath(dir)} (${err.code ?? 'unknown error'})`);
+    },
+  );
+}
+
+/**
+ * Stores a given master key (a rotation's new key, a key rebuilt from a recovery key). `create`
+ * never overwrites a key file.
+ */
+export async function saveMasterKey(dir: string, master: SecretKey, options: CreateMasterKeyOptions): Promise<MasterKeyInfo> {
+  await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+  return writeKeyFile(dir, master, options, 'create', options.slot ?? 'current');
+}
+
+/**
+ * The last step of a rotation: the next key file replaces the master key file (one atomic
+ * rename, then a directory fsync). The old key is gone from the directory afterwards.
+ */
+export async function promotePendingMasterKey(dir: string): Promise<void> {
+  await fs.rename(pendingMasterKeyPath(dir), masterKeyPath(dir));
+  const handle = await fs.open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+async function writeKeyFile(dir: string, master: SecretKey, options: CreateMasterKeyOptions, mode: 'create' | 'replace', slot: KeyFileSlot = 'current'): Promise<MasterKeyInfo> {
+  const path = slotPath(dir, slot);
   const keyId = masterKeyId(master).toString('hex');
   const common = { format: KEY_FILE_FORMAT, version: KEY_FILE_VERSION, keyId };
   let json: object;

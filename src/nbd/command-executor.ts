@@ -54,13 +54,18 @@ export function errorReply(req: NbdRequest, structured: boolean, errno: number, 
 }
 
 export async function executeRequest(req: NbdRequest, s: ExecutionSession): Promise<Buffer[]> {
+  return (await executeRequestWithStatus(req, s)).reply;
+}
+
+/** The reply and the errno it carries (0 = success), for metrics. */
+export async function executeRequestWithStatus(req: NbdRequest, s: ExecutionSession): Promise<{ reply: Buffer[]; errno: number }> {
   try {
-    return await run(req, s);
+    return { reply: await run(req, s), errno: 0 };
   } catch (err) {
     const errno = toNbdError(err, req.type, req.flags);
     const level = isVaultError(err, 'ERR_BUG') || !isVaultError(err) ? 'error' : errno === NBD_EIO ? 'warn' : 'debug';
     s.logger[level]({ cmd: req.type, offset: req.offset, length: req.length, errno, err: describeError(err) }, 'request failed');
-    return errorReply(req, s.structuredReplies, errno, describeError(err));
+    return { reply: errorReply(req, s.structuredReplies, errno, describeError(err)), errno };
   }
 }
 

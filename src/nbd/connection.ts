@@ -23,8 +23,9 @@ import type { Logger } from '../util/log';
 import { describeError } from '../errors';
 import { ByteQueue } from './byte-queue';
 import { ConnStateMachine, isTerminal, type ConnState } from './conn-state';
-import { NBD_CMD_DISC, NBD_CMD_READ, NBD_CMD_WRITE, NBD_ESHUTDOWN } from './constants';
-import { errorReply, executeRequest, type ExecutionSession } from './command-executor';
+import { NBD_CMD_DISC, NBD_CMD_NAMES, NBD_CMD_READ, NBD_CMD_WRITE, NBD_ERRNO_NAMES, NBD_ESHUTDOWN } from './constants';
+import { errorReply, executeRequestWithStatus, type ExecutionSession } from './command-executor';
+import { NO_METRICS, type MetricsSink } from '../util/metrics';
 import { encodeGreeting, negotiateOptions, ProtocolViolation, readClientFlags, type Negotiated } from './negotiation';
 import { MAX_PAYLOAD } from './limits';
 import { ReplyMemory } from './reply-memory';
@@ -58,6 +59,7 @@ export interface ConnectionOptions {
   readonly onEstablished?: (conn: NbdConnection) => boolean;
   /** for warnings a stranger can cause during negotiation (timeouts, failed TLS handshakes) */
   readonly negotiationLog?: RateLimitedLog;
+  readonly metrics?: MetricsSink;
 }
 
 export class NbdConnection {
@@ -329,17 +331,28 @@ export class NbdConnection {
   }
 
   private async process(req: NbdRequest, session: SessionFacts & ExecutionSession): Promise<void> {
+    const started = process.hrtime.bigint();
+    const errno = await this.answer(req, session);
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    const moved = errno === 0 && (req.type === NBD_CMD_READ || req.type === NBD_CMD_WRITE) ? req.length : 0;
+    (this.opts.metrics ?? NO_METRICS).nbdRequest(session.exp.name, NBD_CMD_NAMES[req.type] ?? `cmd${req.type}`, NBD_ERRNO_NAMES[errno] ?? `errno${errno}`, moved, seconds);
+  }
+
+  /** Writes the reply; returns the errno it carried. */
+  private async answer(req: NbdRequest, session: SessionFacts & ExecutionSession): Promise<number> {
     if (this.shuttingDown) {
       this.writeReply(errorReply(req, session.structuredReplies, NBD_ESHUTDOWN, 'server is shutting down'));
-      return;
+      return NBD_ESHUTDOWN;
     }
     const errno = validateRequest(req, session);
     if (errno !== 0) {
       this.opts.logger.debug({ conn: this.id, cmd: req.type, flags: req.flags, offset: req.offset, length: req.length, errno }, 'request refused');
       this.writeReply(errorReply(req, session.structuredReplies, errno, 'request refused'));
-      return;
+      return errno;
     }
-    this.writeReply(await executeRequest(req, session));
+    const { reply, errno: result } = await executeRequestWithStatus(req, session);
+    this.writeReply(reply);
+    return result;
   }
 
   private maybeCloseAfterDrain(why: string): void {

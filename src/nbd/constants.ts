@@ -74,6 +74,8 @@ export const NBD_CMD_TRIM = 4;
 export const NBD_CMD_CACHE = 5;
 export const NBD_CMD_WRITE_ZEROES = 6;
 export const NBD_CMD_BLOCK_STATUS = 7;
+/** Command names for logs and metrics. */
+export const NBD_CMD_NAMES: Readonly<Record<number, string>> = { 0: 'read', 1: 'write', 2: 'disc', 3: 'flush', 4: 'trim', 5: 'cache', 6: 'write_zeroes', 7: 'block_status' };
 
 // Command flags (16 bits).
 export const NBD_CMD_FLAG_FUA = 1 << 0;
@@ -104,6 +106,8 @@ export const NBD_ENOSPC = 28;
 export const NBD_EOVERFLOW = 75;
 export const NBD_ENOTSUP = 95;
 export const NBD_ESHUTDOWN = 108;
+/** Error names for logs and metrics (0 = 'ok'). */
+export const NBD_ERRNO_NAMES: Readonly<Record<number, string>> = { 0: 'ok', 1: 'EPERM', 5: 'EIO', 12: 'ENOMEM', 22: 'EINVAL', 28: 'ENOSPC', 75: 'EOVERFLOW', 95: 'ENOTSUP', 108: 'ESHUTDOWN' };
 export type NbdErrno =
   | typeof NBD_EPERM
   | typeof NBD_EIO

@@ -12,6 +12,7 @@ import net from 'node:net';
 import { lstatSync, unlinkSync } from 'node:fs';
 import type { ExportProvider } from '../volume/export';
 import type { Logger } from '../util/log';
+import type { MetricsSink } from '../util/metrics';
 import { describeError } from '../errors';
 import { NbdConnection } from './connection';
 import { Admission } from './admission';
@@ -43,6 +44,8 @@ export interface NbdServerOptions {
   readonly maxInFlightBytes?: number;
   readonly handshakeTimeoutMs?: number;
   readonly shutdownGraceMs?: number;
+  /** where request counts and latencies go (serve --metrics); none by default */
+  readonly metrics?: MetricsSink;
 }
 
 export type NbdServerAddress = { readonly host: string; readonly port: number } | { readonly path: string };
@@ -88,6 +91,7 @@ export async function startNbdServer(opts: NbdServerOptions): Promise<NbdServerH
     access: opts.access,
     onEstablished: (c: NbdConnection) => admission.establish(c),
     negotiationLog: admission.log,
+    metrics: opts.metrics,
   };
   const connections = new Set<NbdConnection>();
   let nextId = 1;

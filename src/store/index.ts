@@ -8,3 +8,4 @@ export { composeStore, findLayer } from './compose';
 export { openStore, parseStoreUrl, type OpenStoreOptions, type StoreUrl } from './store-url';
 export { FaultyStore, faultyLayer, type FaultRules, type FaultRule, type Outage, type StoreOp, type FaultPhase, type FaultyOptions } from './faulty-store';
 export { seededRandom } from './seeded-random';
+export { MeteredStore, meteredLayer } from './metered-store';

@@ -16,7 +16,9 @@ import { composeStore } from './compose';
 import { FsStore, type FsStoreOptions } from './fs-store';
 import { MemoryStore } from './memory-store';
 import type { ObjectStore, StoreLayer } from './object-store';
+import { meteredLayer } from './metered-store';
 import { retryLayer, type RetryPolicy } from './retry-store';
+import type { MetricsSink } from '../util/metrics';
 import { S3Store, type S3StoreOptions } from './s3-store';
 
 export interface OpenStoreOptions {
@@ -27,6 +29,8 @@ export interface OpenStoreOptions {
   readonly fs?: FsStoreOptions;
   /** S3 client settings beyond what the URL carries (timeouts, pool size, credentials for tests). */
   readonly s3?: Omit<S3StoreOptions, 'bucket' | 'prefix' | 'endpoint' | 'region' | 'forcePathStyle'>;
+  /** Report every store attempt and retry here (serve --metrics). */
+  readonly metrics?: MetricsSink;
 }
 
 export type StoreUrl =
@@ -56,7 +60,13 @@ export function openStore(url: string, opts: OpenStoreOptions = {}): ObjectStore
       break;
   }
   const layers = [...(opts.layers ?? [])];
-  if (opts.retry !== false) layers.push(retryLayer(opts.retry ?? {}));
+  const metrics = opts.metrics;
+  if (metrics) layers.push(meteredLayer(metrics)); // below the retries: every attempt counts
+  if (opts.retry !== false) {
+    const policy = opts.retry ?? {};
+    const onRetry = policy.onRetry;
+    layers.push(retryLayer(metrics ? { ...policy, onRetry: (e) => (metrics.storeRetry(e.op), onRetry?.(e)) } : policy));
+  }
   return composeStore(base, ...layers);
 }
 

@@ -1,48 +1,42 @@
-// LRU cache of decoded, clean chunks, bounded in bytes. Buffers in it are never modified:
-// a writer copies before changing one (see volume-engine.ts).
+// LRU cache of decoded, clean chunks, bounded in bytes: lru-cache with maxSize and a byte
+// sizeCalculation (a chunk bigger than the limit is simply not kept). Buffers in it are never
+// modified: a writer copies before changing one (see volume-engine.ts). Counts hits and misses
+// of get() for metrics.
+import { LRUCache } from 'lru-cache';
 
 export class ReadCache {
-  private readonly map = new Map<number, Buffer>();
-  private bytes = 0;
+  /** null when the limit is 0: caching is off (lru-cache wants a positive maxSize) */
+  private readonly lru: LRUCache<number, Buffer> | null;
+  hits = 0;
+  misses = 0;
 
-  constructor(readonly limitBytes: number) {}
+  constructor(readonly limitBytes: number) {
+    this.lru = limitBytes > 0 ? new LRUCache<number, Buffer>({ maxSize: limitBytes, sizeCalculation: (buf) => Math.max(1, buf.length) }) : null;
+  }
 
   get(chunkIndex: number): Buffer | undefined {
-    const buf = this.map.get(chunkIndex);
-    if (buf) {
-      // Map keeps insertion order: re-insert to mark as most recently used.
-      this.map.delete(chunkIndex);
-      this.map.set(chunkIndex, buf);
-    }
+    const buf = this.lru?.get(chunkIndex);
+    if (buf) this.hits++;
+    else this.misses++;
     return buf;
   }
 
   has(chunkIndex: number): boolean {
-    return this.map.has(chunkIndex);
+    return this.lru?.has(chunkIndex) ?? false;
   }
 
   set(chunkIndex: number, buf: Buffer): void {
-    this.delete(chunkIndex);
-    if (buf.length > this.limitBytes) return;
-    this.map.set(chunkIndex, buf);
-    this.bytes += buf.length;
-    for (const [k, v] of this.map) {
-      if (this.bytes <= this.limitBytes) break;
-      this.map.delete(k);
-      this.bytes -= v.length;
-    }
+    if (!this.lru) return;
+    this.lru.delete(chunkIndex);
+    if (buf.length <= this.limitBytes) this.lru.set(chunkIndex, buf);
   }
 
   delete(chunkIndex: number): void {
-    const old = this.map.get(chunkIndex);
-    if (old) {
-      this.map.delete(chunkIndex);
-      this.bytes -= old.length;
-    }
+    this.lru?.delete(chunkIndex);
   }
 
   get sizeBytes(): number {
-    return this.bytes;
+    return this.lru?.calculatedSize ?? 0;
   }
 }
 

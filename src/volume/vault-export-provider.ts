@@ -7,12 +7,14 @@
 import { VaultError, isVaultError, describeError } from '../errors';
 import type { Logger } from '../util/log';
 import type { Export, ExportProvider } from './export';
-import type { EngineOptions, VolumeEngine } from './volume-engine';
+import type { EngineOptions, EngineStats, VolumeEngine } from './volume-engine';
 import { splitExportName, type Vault } from './vault';
 import type { SnapshotRecord } from './snapshot-record';
 
 export class VaultExportProvider implements ExportProvider {
   private readonly engines = new Map<string, Promise<VolumeEngine>>();
+  /** the engines of `engines` that have opened (for metrics) */
+  private readonly opened = new Map<string, VolumeEngine>();
   /** open connections per snapshot export */
   private readonly snapshotRefs = new Map<string, number>();
   private closing = false;
@@ -45,7 +47,10 @@ export class VaultExportProvider implements ExportProvider {
       p = snap === null ? this.vault.openEngine(volume, this.engineOptions) : this.vault.openSnapshotEngine(volume, snap, this.engineOptions);
       this.engines.set(wanted, p);
       p.then(
-        (e) => this.logger.info({ volume: wanted, size: e.size, seq: e.currentSeq }, 'volume opened'),
+        (e) => {
+          this.opened.set(wanted, e);
+          this.logger.info({ volume: wanted, size: e.size, seq: e.currentSeq }, 'volume opened');
+        },
         () => this.engines.delete(wanted),
       );
     }
@@ -69,6 +74,11 @@ export class VaultExportProvider implements ExportProvider {
     return engine.snapshot(name, opts);
   }
 
+  /** Cache, upload and lease state of every open engine (metrics, at scrape time). */
+  engineStats(): Array<{ name: string; readOnly: boolean; stats: EngineStats }> {
+    return [...this.opened].map(([name, e]) => ({ name, readOnly: e.caps.readOnly, stats: e.stats() }));
+  }
+
   /** Names of the exports with an open engine (volumes being written through this server). */
   openNames(): string[] {
     return [...this.engines.keys()];
@@ -84,6 +94,7 @@ export class VaultExportProvider implements ExportProvider {
     this.snapshotRefs.delete(exp.name);
     const p = this.engines.get(exp.name);
     this.engines.delete(exp.name);
+    this.opened.delete(exp.name);
     await (await p)?.close();
   }
 
@@ -97,6 +108,7 @@ export class VaultExportProvider implements ExportProvider {
       }),
     );
     this.engines.clear();
+    this.opened.clear();
     const failed = results.filter((r) => r.status === 'rejected') as PromiseRejectedResult[];
     if (failed.length > 0) throw failed[0].reason;
   }

@@ -11,7 +11,8 @@ import { VaultError, describeError, isVaultError } from '../errors';
 import type { Codec } from '../codec/codec';
 import type { ObjectPlace } from '../codec/object-place';
 import { SecretKey } from '../keys/secret-key';
-import { deriveSubkey, generateVolumeKey, unwrapVolumeKey, wrapVolumeKey } from '../keys';
+import { deriveSubkey, generateVolumeKey, unwrapVolumeKey, wrapVolumeKey, type MasterKeyRing } from '../keys';
+import { KEY_ID_BYTES, WRAPPED_KEY_OFFSET_KEY_ID } from '../keys/key-format';
 import type { ObjectStore } from '../store/object-store';
 import type { Logger } from '../util/log';
 import { CHUNK_SIZE } from './chunk-math';
@@ -25,7 +26,7 @@ import { VolumeObjects } from './volume-objects';
 import type { SnapshotRecord } from './snapshot-record';
 
 export const VAULT_FORMAT = 1;
-const KEY_CHECK_TEXT = Buffer.from('nbd-vault master key check v1');
+export const KEY_CHECK_TEXT = Buffer.from('nbd-vault master key check v1');
 const VOLUME_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
 export interface VolumeMeta {
@@ -40,6 +41,8 @@ export interface VaultOptions {
   readonly logger: Logger;
   /** who writes, as other writers are told (e.g. 'nbd-vault serve') */
   readonly leasePurpose?: string;
+  /** Every master key this process holds (during and after a key rotation); `master` alone if absent. */
+  readonly keyRing?: MasterKeyRing;
   /** tests: shorter lease times */
   readonly leaseTiming?: { ttlMs?: number; renewMs?: number };
 }
@@ -128,10 +131,17 @@ export class Vault {
     if (doc.version !== VAULT_FORMAT) throw new VaultError('ERR_CORRUPT', `vault format ${doc.version} is not supported by this version (supports ${VAULT_FORMAT})`);
     if (doc.chunkSize !== CHUNK_SIZE) throw new VaultError('ERR_CORRUPT', `vault chunk size ${doc.chunkSize} is not supported`);
     const vault = new Vault(store, master, codec, doc.vaultId, opts);
-    try {
-      const check = await codec.open(master, Buffer.from(String(doc.keyCheck), 'base64'), vault.vaultPlace(1));
-      if (!check.equals(KEY_CHECK_TEXT)) throw new Error('mismatch');
-    } catch {
+    const opensCheck = async (key: SecretKey) => {
+      try {
+        return (await codec.open(key, Buffer.from(String(doc.keyCheck), 'base64'), vault.vaultPlace(1))).equals(KEY_CHECK_TEXT);
+      } catch {
+        return false;
+      }
+    };
+    // During a key rotation the check is sealed with the old key or the new one.
+    let opened = false;
+    for (const key of opts.keyRing?.all() ?? [master]) if (!opened) opened = await opensCheck(key);
+    if (!opened) {
       throw new VaultError('ERR_WRONG_KEY', `the master key does not belong to the vault in ${store.name} (wrong --keys directory?)`);
     }
     return vault;
@@ -205,7 +215,9 @@ export class Vault {
       throw new VaultError('ERR_CORRUPT', `metadata of volume ${volumeId} is malformed`);
     }
     const place = this.metaPlace(volumeId);
-    const key = unwrapVolumeKey(this.master, Buffer.from(doc.wrappedKey, 'base64'), place);
+    const wrapped = Buffer.from(doc.wrappedKey, 'base64');
+    const keyId = wrapped.subarray(WRAPPED_KEY_OFFSET_KEY_ID, WRAPPED_KEY_OFFSET_KEY_ID + KEY_ID_BYTES).toString('hex');
+    const key = unwrapVolumeKey((await this.opts.keyRing?.findOrReload(keyId)) ?? this.master, wrapped, place);
     let info: any;
     try {
       const meta = deriveSubkey(key, 'meta');
@@ -226,7 +238,7 @@ export class Vault {
     const sealedInfo = await this.codec.seal(meta, Buffer.from(JSON.stringify(info)), place);
     meta.wipe();
     // vaultId in clear (it is public): what `init --recover` needs if the `vault` object is lost
-    const doc = { v: 1, vaultId: this.vaultId, wrappedKey: wrapVolumeKey(this.master, key, place).toString('base64'), info: sealedInfo!.toString('base64') };
+    const doc = { v: 1, vaultId: this.vaultId, wrappedKey: wrapVolumeKey(this.opts.keyRing?.current ?? this.master, key, place).toString('base64'), info: sealedInfo!.toString('base64') };
     return Buffer.from(JSON.stringify(doc));
   }
 

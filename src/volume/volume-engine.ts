@@ -66,6 +66,18 @@ export const DEFAULT_ENGINE_OPTIONS: EngineOptions = {
   readOnly: false,
 };
 
+export interface EngineStats {
+  readonly readCacheHits: number;
+  readonly readCacheMisses: number;
+  readonly readCacheBytes: number;
+  readonly dirtyBytes: number;
+  /** chunks waiting in the write-back cache (the upload queue, in-flight uploads included) */
+  readonly dirtyChunks: number;
+  readonly uploadsInFlight: number;
+  readonly leaseHeld: boolean;
+  readonly leaseLost: boolean;
+}
+
 export class VolumeEngine implements Export {
   readonly caps: ExportCaps;
   private readonly manifest: Manifest;
@@ -171,6 +183,21 @@ export class VolumeEngine implements Export {
     };
     await Promise.all(Array.from({ length: Math.min(16, todo.length) }, worker));
     return manifest;
+  }
+
+  /** For metrics, read at scrape time (no I/O). */
+  stats(): EngineStats {
+    const lease = this.opts.lease;
+    return {
+      readCacheHits: this.readCache.hits,
+      readCacheMisses: this.readCache.misses,
+      readCacheBytes: this.readCache.sizeBytes,
+      dirtyBytes: this.writeCache.sizeBytes,
+      dirtyChunks: this.writeCache.size,
+      uploadsInFlight: this.uploadsInFlight,
+      leaseHeld: lease !== undefined && !lease.lost,
+      leaseLost: lease?.lost ?? false,
+    };
   }
 
   get size(): number {

@@ -1,0 +1,153 @@
+// `serve --metrics HOST:PORT`: Prometheus text at http://HOST:PORT/metrics, with prom-client.
+// PromMetrics is the MetricsSink the NBD server and the store stack report to (counters and
+// latency histograms); cache, write-back and lease state is read from the open engines at each
+// scrape (collect callbacks), so the I/O path pays nothing for it. Off unless asked for; a bare
+// port listens on loopback only.
+import { createServer, type Server } from 'node:http';
+import client from 'prom-client';
+import { VaultError } from '../errors';
+import type { Logger } from '../util/log';
+import type { MetricsSink } from '../util/metrics';
+import type { EngineStats } from '../volume/volume-engine';
+import { parseListen } from './serve-command';
+
+export type EngineStatsSource = () => Array<{ name: string; readOnly: boolean; stats: EngineStats }>;
+
+/** Seconds: from a cached read (~0.1 ms) to a slow S3 commit (10 s). */
+const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+
+export class PromMetrics implements MetricsSink {
+  readonly registry = new client.Registry();
+  private readonly nbdRequests: client.Counter<'volume' | 'command' | 'result'>;
+  private readonly nbdBytes: client.Counter<'volume' | 'direction'>;
+  private readonly nbdLatency: client.Histogram<'volume' | 'command'>;
+  private readonly storeRequests: client.Counter<'op' | 'result'>;
+  private readonly storeLatency: client.Histogram<'op'>;
+  private readonly storeRetries: client.Counter<'op'>;
+
+  constructor(engines: EngineStatsSource) {
+    const registers = [this.registry];
+    client.collectDefaultMetrics({ register: this.registry, prefix: 'nbd_vault_' });
+    this.nbdRequests = new client.Counter({ name: 'nbd_vault_nbd_requests_total', help: 'NBD requests answered, by volume (export), command and result (ok or the NBD errno)', labelNames: ['volume', 'command', 'result'], registers });
+    this.nbdBytes = new client.Counter({ name: 'nbd_vault_nbd_bytes_total', help: 'Payload bytes of successful NBD reads and writes', labelNames: ['volume', 'direction'], registers });
+    this.nbdLatency = new client.Histogram({ name: 'nbd_vault_nbd_request_duration_seconds', help: 'NBD request latency, from parsed request to reply queued', labelNames: ['volume', 'command'], buckets: LATENCY_BUCKETS, registers });
+    this.storeRequests = new client.Counter({ name: 'nbd_vault_store_requests_total', help: 'Object store attempts, by operation and result (ok or the error code)', labelNames: ['op', 'result'], registers });
+    this.storeLatency = new client.Histogram({ name: 'nbd_vault_store_request_duration_seconds', help: 'Object store attempt latency', labelNames: ['op'], buckets: LATENCY_BUCKETS, registers });
+    this.storeRetries = new client.Counter({ name: 'nbd_vault_store_retries_total', help: 'Object store operations retried (after a transient failure)', labelNames: ['op'], registers });
+
+    // Engine state, read at scrape time. Counters of an engine that closed (a snapshot export
+    // whose last client left) restart from 0 when it reopens, which Prometheus reads as a reset.
+    const perVolume = (name: string, help: string, kind: 'counter' | 'gauge', pick: (s: EngineStats) => number) => {
+      const Metric = kind === 'counter' ? client.Counter : client.Gauge;
+      new Metric({
+        name,
+        help,
+        labelNames: ['volume'],
+        registers,
+        collect(this: client.Counter<'volume'> | client.Gauge<'volume'>) {
+          this.reset();
+          for (const e of engines()) {
+            const v = pick(e.stats);
+            if (this instanceof client.Gauge) this.set({ volume: e.name }, v);
+            else (this as client.Counter<'volume'>).inc({ volume: e.name }, v);
+          }
+        },
+      });
+    };
+    perVolume('nbd_vault_read_cache_hits_total', 'Chunk reads answered from the read cache', 'counter', (s) => s.readCacheHits);
+    perVolume('nbd_vault_read_cache_misses_total', 'Chunk reads the read cache could not answer', 'counter', (s) => s.readCacheMisses);
+    perVolume('nbd_vault_read_cache_bytes', 'Bytes of decoded chunks in the read cache', 'gauge', (s) => s.readCacheBytes);
+    perVolume('nbd_vault_dirty_bytes', 'Bytes written by clients and not yet uploaded (write-back cache)', 'gauge', (s) => s.dirtyBytes);
+    perVolume('nbd_vault_upload_queue_chunks', 'Dirty chunks waiting for or in upload', 'gauge', (s) => s.dirtyChunks);
+    perVolume('nbd_vault_uploads_in_flight', 'Chunk uploads in flight', 'gauge', (s) => s.uploadsInFlight);
+    perVolume('nbd_vault_lease_held', '1 if this server holds the volume\'s writer lease', 'gauge', (s) => (s.leaseHeld ? 1 : 0));
+    perVolume('nbd_vault_lease_lost', '1 if this server lost the volume\'s writer lease (writes refused)', 'gauge', (s) => (s.leaseLost ? 1 : 0));
+    const total = (name: string, help: string, pick: (s: EngineStats) => boolean) =>
+      new client.Gauge({
+        name,
+        help,
+        registers,
+        collect() {
+          this.set(engines().filter((e) => pick(e.stats)).length);
+        },
+      });
+    total('nbd_vault_leases_held', 'Writer leases held by this server', (s) => s.leaseHeld);
+    total('nbd_vault_leases_lost', 'Writer leases this server lost (its volumes refuse writes)', (s) => s.leaseLost);
+  }
+
+  // Per-request work is a Map lookup and an add: label children are made once per label set
+  // (prom-client would otherwise hash the labels on every call).
+  private readonly children = new Map<string, { count: client.Counter.Internal; latency: client.Histogram.Internal<'volume' | 'command'>; bytes: client.Counter.Internal | null }>();
+  private readonly storeChildren = new Map<string, { count: client.Counter.Internal; latency: client.Histogram.Internal<'op'> }>();
+
+  nbdRequest(volume: string, command: string, result: string, bytes: number, seconds: number): void {
+    const key = `${volume}\0${command}\0${result}`;
+    let c = this.children.get(key);
+    if (!c) {
+      const direction = command === 'read' || command === 'write' ? command : null;
+      c = {
+        count: this.nbdRequests.labels(volume, command, result),
+        latency: this.nbdLatency.labels(volume, command),
+        bytes: direction ? this.nbdBytes.labels(volume, direction) : null,
+      };
+      this.children.set(key, c);
+    }
+    c.count.inc();
+    c.latency.observe(seconds);
+    if (bytes > 0) c.bytes?.inc(bytes);
+  }
+
+  storeRequest(op: string, result: string, seconds: number): void {
+    const key = `${op}\0${result}`;
+    let c = this.storeChildren.get(key);
+    if (!c) {
+      c = { count: this.storeRequests.labels(op, result), latency: this.storeLatency.labels(op) };
+      this.storeChildren.set(key, c);
+    }
+    c.count.inc();
+    c.latency.observe(seconds);
+  }
+
+  storeRetry(op: string): void {
+    this.storeRetries.inc({ op });
+  }
+}
+
+/** HOST:PORT, [v6]:PORT, or a bare PORT (loopback). */
+export function parseMetricsAddress(text: string): { host: string; port: number } {
+  if (/^\d+$/.test(text)) {
+    const port = Number(text);
+    if (port > 65535) throw new VaultError('ERR_INVALID_ARGUMENT', `--metrics: port ${text} is out of range`);
+    return { host: '127.0.0.1', port };
+  }
+  try {
+    return parseListen(text);
+  } catch {
+    throw new VaultError('ERR_INVALID_ARGUMENT', `--metrics wants HOST:PORT or PORT, got "${text}"`);
+  }
+}
+
+/** Serves GET /metrics; anything else is 404. Resolves once listening. */
+export async function startMetricsServer(metrics: PromMetrics, address: { host: string; port: number }, logger: Logger): Promise<Server> {
+  const server = createServer((req, res) => {
+    if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/metrics') {
+      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try /metrics\n');
+      return;
+    }
+    metrics.registry.metrics().then(
+      (text) => res.writeHead(200, { 'content-type': metrics.registry.contentType }).end(text),
+      (err: Error) => {
+        logger.error({ err: err.message }, 'metrics collection failed');
+        res.writeHead(500, { 'content-type': 'text/plain' }).end('metrics collection failed\n');
+      },
+    );
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (err: NodeJS.ErrnoException) => reject(new VaultError('ERR_INVALID_ARGUMENT', `--metrics: cannot listen on ${address.host}:${address.port} (${err.code ?? err.message})`)));
+    server.listen(address.port, address.host, () => resolve());
+  });
+  const bound = server.address();
+  const port = typeof bound === 'object' && bound ? bound.port : address.port;
+  logger.info({ host: address.host, port, url: `http://${address.host.includes(':') ? `[${address.host}]` : address.host}:${port}/metrics` }, 'metrics listening');
+  return server;
+}
