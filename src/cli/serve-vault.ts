@@ -4,6 +4,7 @@
 import { formatSize } from '../util/size';
 import { VaultExportProvider } from '../volume/vault-export-provider';
 import { resolveSettings, SERVE_VAULT_SETTINGS } from './settings';
+import type { Logger } from '../util/log';
 import { openVaultContext, type VaultSettings } from './vault-context';
 import { parseListen, runServer } from './serve-command';
 import { startAdminServer, type AdminRequest } from './admin-socket';
@@ -48,6 +49,7 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
         maxConnections: s.maxConnections!,
         handshakeTimeoutMs,
         logger: ctx.logger,
+        onReload: () => reloadSettings(opts, s, ctx.logger),
         // for people (stdout): where to point a client first
         onListening: (uris) => process.stdout.write(`serving ${volumes.length} volume(s) from ${ctx.store.name} at ${uris[0]}\ntry: qemu-img info ${uris[0]}\n`),
       });
@@ -57,4 +59,21 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
   } finally {
     await ctx.close();
   }
+}
+
+/** SIGHUP: read the config file and environment again. The log level applies at once, without
+ *  dropping anyone; a setting that needs a restart (listen address, store, keys …) is named in
+ *  the log and keeps its running value. A bad file changes nothing. */
+function reloadSettings(opts: Record<string, unknown>, running: Record<string, unknown>, logger: Logger): void {
+  const fresh = resolveSettings(opts, SERVE_VAULT_SETTINGS) as Record<string, unknown>;
+  const needRestart: string[] = [];
+  for (const [name, value] of Object.entries(fresh)) {
+    if (value === running[name] || name === 'logLevel') continue;
+    needRestart.push(name);
+  }
+  if (fresh.logLevel !== logger.level) {
+    logger.level = String(fresh.logLevel);
+    running.logLevel = fresh.logLevel;
+  }
+  logger.info({ logLevel: logger.level, needRestart }, needRestart.length ? 'configuration reloaded; some changes need a restart' : 'configuration reloaded');
 }

@@ -76,6 +76,7 @@ export async function openVaultContext(s: VaultSettings, opts: OpenVaultOptions 
       vault,
       logger,
       close: async () => {
+        await vault.close(); // the writer session's heartbeat: after every lease is released
         m.wipe();
         await codec.close();
         await store.close();

@@ -13,8 +13,8 @@ import type { Logger } from '../util/log';
 import { describeError } from '../errors';
 import { ByteQueue } from './byte-queue';
 import { ConnStateMachine, isTerminal, type ConnState } from './conn-state';
-import { NBD_CMD_DISC, NBD_CMD_READ, NBD_CMD_WRITE, NBD_ESHUTDOWN } from './constants';
-import { errorReply, executeRequest, type ExecutionSession } from './command-executor';
+import { NBD_CMD_DISC, NBD_CMD_READ, NBD_CMD_WRITE } from './constants';
+import { errorReply, executeRequest, mustDropConnection, type ExecutionSession } from './command-executor';
 import { BASE_ALLOCATION_CONTEXT_ID, encodeGreeting, negotiateOptions, ProtocolViolation, readClientFlags, type Negotiated } from './negotiation';
 import { MAX_PAYLOAD } from './limits';
 import { RequestReader, type NbdRequest } from './request-reader';
@@ -90,7 +90,8 @@ export class NbdConnection {
   }
 
   /** Graceful shutdown: a negotiating client is cut off; a transmitting one gets its in-flight
-   *  requests answered (later ones ESHUTDOWN) and then a clean close. */
+   *  requests answered (later ones left unanswered, for a reconnecting client to replay) and
+   *  then a clean close. */
   beginShutdown(): void {
     this.shuttingDown = true;
     if (this.state === 'greeting' || this.state === 'options') this.finish('closed', 'server shutting down');
@@ -220,7 +221,9 @@ export class NbdConnection {
 
   private async process(req: NbdRequest, session: SessionFacts & ExecutionSession): Promise<void> {
     if (this.shuttingDown) {
-      this.write(errorReply(req, session.structuredReplies, NBD_ESHUTDOWN, 'server is shutting down'));
+      // Not answered: the connection closes once what started before the shutdown is answered,
+      // and a reconnecting client replays this request to the next server (an ESHUTDOWN reply
+      // would be an I/O error in the guest).
       return;
     }
     const errno = validateRequest(req, session);
@@ -229,7 +232,15 @@ export class NbdConnection {
       this.write(errorReply(req, session.structuredReplies, errno, 'request refused'));
       return;
     }
-    this.write(await executeRequest(req, session));
+    let reply: Buffer[];
+    try {
+      reply = await executeRequest(req, session);
+    } catch (err) {
+      if (!mustDropConnection(err)) throw err;
+      this.die(`export cannot serve here any more: ${describeError(err)}`, 'warn');
+      return;
+    }
+    this.write(reply);
   }
 
   private maybeCloseAfterDrain(why: string): void {

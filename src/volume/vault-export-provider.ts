@@ -40,6 +40,14 @@ export class VaultExportProvider implements ExportProvider {
     if (this.closing) return null;
     const wanted = name === '' ? this.defaultName : name;
     let p = this.engines.get(wanted);
+    if (p && (await p.then((e) => e.leaseLost, () => false))) {
+      // This server lost the volume's lease (its session ended, or another server took it over):
+      // forget the engine (its unflushed writes cannot be committed) and try to take it again.
+      if (this.engines.get(wanted) === p) this.engines.delete(wanted);
+      await (await p).close().catch((err) => this.logger.warn({ volume: wanted, err: describeError(err) }, 'closing an engine that lost its lease failed'));
+      this.logger.warn({ volume: wanted }, 'volume lease was lost: opening the volume again');
+      p = this.engines.get(wanted);
+    }
     if (!p) {
       const [volume, snap] = splitExportName(wanted);
       p = snap === null ? this.vault.openEngine(volume, this.engineOptions) : this.vault.openSnapshotEngine(volume, snap, this.engineOptions);

@@ -18,7 +18,8 @@ import { CHUNK_SIZE } from './chunk-math';
 import { LocalState } from './local-state';
 import { PAGE_ENTRIES, type Manifest } from './manifest';
 import { VAULT_KEY, VOLUMES_PREFIX, leaseKey, metaKey, volumeIdOfKey, volumePrefix, rootKey } from './object-keys';
-import { VolumeLease } from './volume-lease';
+import { VolumeLease, type AcquireOptions } from './volume-lease';
+import { WriterSession } from './writer-session';
 import { ROOT_FORMAT, type RootRecord } from './root-record';
 import { VolumeEngine, DEFAULT_ENGINE_OPTIONS, type EngineOptions } from './volume-engine';
 import { VolumeObjects } from './volume-objects';
@@ -40,8 +41,10 @@ export interface VaultOptions {
   readonly logger: Logger;
   /** who writes, as other writers are told (e.g. 'nbd-vault serve') */
   readonly leasePurpose?: string;
-  /** tests: shorter lease times */
+  /** the writer session's heartbeat timing (tests: shorter) */
   readonly leaseTiming?: { ttlMs?: number; renewMs?: number };
+  /** a foreign lease holder: watch its heartbeat to tell dead from alive (default), or refuse at once */
+  readonly waitForDeadHolder?: boolean;
 }
 
 export function checkVolumeName(name: string): void {
@@ -53,6 +56,8 @@ export function checkVolumeName(name: string): void {
 export class Vault {
   private readonly vaultIdBytes: Buffer;
   private readonly state: LocalState;
+  /** this process's writer session (one heartbeat for all its leases), started on first use */
+  private session: Promise<WriterSession> | null = null;
 
   private constructor(
     readonly store: ObjectStore,
@@ -337,7 +342,26 @@ export class Vault {
     }
   }
 
-  private async acquireLease(found: VolumeMeta, purpose: string): Promise<VolumeLease> {
+  /** The live writer session, a new one if the last has ended (its leases are lost). */
+  private async writerSession(): Promise<WriterSession> {
+    const current = this.session ? await this.session.catch(() => null) : null;
+    if (current?.alive) return current;
+    const p = WriterSession.start(this.store, this.opts.logger, this.opts.leaseTiming);
+    this.session = p;
+    p.catch(() => {
+      if (this.session === p) this.session = null;
+    });
+    return p;
+  }
+
+  /** Stop the writer session's heartbeat and delete it (after every engine has been closed). */
+  async close(): Promise<void> {
+    const s = this.session;
+    this.session = null;
+    await (await s?.catch(() => null))?.stop();
+  }
+
+  private async acquireLease(found: VolumeMeta, purpose: string, opts: AcquireOptions = { waitForDeadHolder: this.opts.waitForDeadHolder }): Promise<VolumeLease> {
     const { key, ...meta } = await this.readMeta(found.id);
     const metaKey = deriveSubkey(key, 'meta');
     key.wipe();
@@ -350,10 +374,11 @@ export class Vault {
         objectKey: leaseKey(meta.id),
         volumeName: meta.name,
         instance: await this.state.instanceId(),
+        session: await this.writerSession(),
         logger: this.opts.logger,
       },
       purpose,
-      this.opts.leaseTiming,
+      opts,
     );
   }
 

@@ -9,7 +9,7 @@
 // before the root; an object is deleted only after a durable root no longer names it, and never
 // when an older epoch (a snapshot) may still name it.
 // Serialisation: writes to one chunk run under a per-chunk mutex; root commits run one at a time.
-import { VaultError, describeError } from '../errors';
+import { VaultError, describeError, isVaultError } from '../errors';
 import type { Logger } from '../util/log';
 import { copyWriteData, writeDataLength, type Export, type ExportCaps, type Extent, type WriteData, type WriteOptions, type ZeroOptions } from './export';
 import { CHUNK_SIZE, chunkCount, chunkLength, splitRange, type ChunkSpan } from './chunk-math';
@@ -508,6 +508,8 @@ export class VolumeEngine implements Export {
       }
       return root;
     } catch (err) {
+      // The root was changed by another writer: the lease is not ours any more (fencing).
+      if (isVaultError(err, 'ERR_LEASE')) this.opts.lease?.markLost(err as VaultError);
       // Nothing became durable: the same pages and deletes belong to the next commit.
       for (const p of dirty) if (p < this.manifest.pageCount) this.manifest.dirtyPages.add(p);
       this.pendingDeletes.unshift(...deletes);
@@ -597,8 +599,14 @@ export class VolumeEngine implements Export {
     await this.opts.lease?.release();
   }
 
+  /** The writer's lease was lost: this engine serves nothing more (reads could be stale). */
+  get leaseLost(): boolean {
+    return this.opts.lease?.lost ?? false;
+  }
+
   private assertOpen(): void {
     if (this.closed) throw new VaultError('ERR_SHUTDOWN', `volume "${this.name}" is closed`);
+    this.opts.lease?.check();
   }
 
   private assertWritable(): void {

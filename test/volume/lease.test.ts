@@ -1,4 +1,5 @@
 // The writer's lease: one writer per volume across servers and CLI commands sharing a store.
+// Leases name a writer session whose single heartbeat keeps them alive (writer-session.ts).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -8,41 +9,53 @@ import { randomBytes } from 'node:crypto';
 import { createInlineCodec } from '../../src/codec';
 import { FsStore } from '../../src/store/fs-store';
 import { MemoryStore } from '../../src/store/memory-store';
-import type { ObjectStore } from '../../src/store/object-store';
+import type { ObjectStore, PutOptions } from '../../src/store/object-store';
 import { Vault, type VaultOptions } from '../../src/volume/vault';
 import { VaultError } from '../../src/errors';
+import { WriterSession, observeSession, type Clock } from '../../src/volume/writer-session';
 import { makeVault, logger, type Fixture } from './vault-fixture';
 
 const MiB = 2 ** 20;
+const FAST = { ttlMs: 600, renewMs: 100 };
 const isLease = (re?: RegExp) => (err: VaultError) => err.code === 'ERR_LEASE' && (!re || re.test(err.message));
 
 /** The same vault opened by another machine (another state directory: another instance id). */
 async function elsewhere(f: Fixture, t: { after(fn: () => void): void }, opts: Partial<VaultOptions> = {}, store: ObjectStore = f.store): Promise<Vault> {
   const stateDir = mkdtempSync(join(tmpdir(), 'nbd-vault-other-'));
   t.after(() => rmSync(stateDir, { recursive: true, force: true }));
-  return Vault.open(store, f.master, createInlineCodec(), { stateDir, logger, ...opts });
+  return Vault.open(store, f.master, createInlineCodec(), { stateDir, logger, leaseTiming: FAST, ...opts });
+}
+
+/** A SIGSTOP of the holder's process, as far as its session goes: no more heartbeats. */
+async function freezeSession(v: Vault): Promise<WriterSession> {
+  const s = (await (v as any).session) as WriterSession;
+  (s as any).clearTimer();
+  (s as any).schedule = () => {};
+  return s;
 }
 
 for (const kind of ['memory', 'fs'] as const) {
-  test(`${kind} store: a second writer elsewhere is refused until the first closes`, async (t) => {
+  test(`${kind} store: a second writer elsewhere is refused while the first is alive, and gets in once it closes`, async (t) => {
     const dir = mkdtempSync(join(tmpdir(), 'nbd-vault-lease-'));
     t.after(() => rmSync(dir, { recursive: true, force: true }));
     const f = await makeVault(kind === 'memory' ? new MemoryStore() : new FsStore(dir, { fsync: false }));
     t.after(() => f.cleanup());
     await f.vault.createVolume('v', 8 * MiB);
-    const a = await f.vault.openEngine('v');
+    const va = await f.reopen({ leaseTiming: FAST });
+    const a = await va.openEngine('v');
     const other = await elsewhere(f, t, {}, kind === 'fs' ? new FsStore(dir, { fsync: false }) : f.store);
-    await assert.rejects(other.openEngine('v'), isLease(/is being written by .* \(pid \d+ on .*\) until at least/));
+    await assert.rejects(other.openEngine('v'), isLease(/is being written by .* \(pid \d+ on .*\), which is alive/));
     await assert.rejects(other.createSnapshot('v', 's'), isLease());
-    await assert.rejects(other.resizeVolume('v', 16 * MiB, false), isLease());
     await assert.rejects(other.deleteVolume('v'), isLease());
     const ro = await other.openEngine('v', { readOnly: true }); // readers need no lease
     await ro.close();
     await a.write(0, randomBytes(4096));
     await a.close(); // flushes, then releases the lease
+    await va.close();
     const b = await other.openEngine('v');
     await b.write(4096, randomBytes(4096));
     await b.close();
+    await other.close();
   });
 }
 
@@ -54,55 +67,148 @@ test('the same instance takes its own lease over at once (a restart after a cras
   const data = randomBytes(4096);
   await crashed.write(0, data);
   await crashed.flush();
-  const restarted = await (await f.reopen()).openEngine('v');
+  const started = Date.now();
+  const restarted = await (await f.reopen({ waitForDeadHolder: false })).openEngine('v');
+  assert.ok(Date.now() - started < 2000, 'no wait for the old heartbeat');
   assert.ok((await restarted.read(0, 4096)).equals(data));
   await restarted.write(0, randomBytes(4096));
   await restarted.flush();
   await restarted.close();
 });
 
-test('an expired lease is taken over; the old holder then finds it lost and refuses to write', async (t) => {
+test('a dead holder is taken over within its ttl; woken up, it can neither write nor commit', async (t) => {
   const f = await makeVault();
   t.after(() => f.cleanup());
   await f.vault.createVolume('v', 8 * MiB);
-  const slow = await (await f.reopen({ leaseTiming: { ttlMs: 50, renewMs: 3_600_000 } })).openEngine('v');
-  await new Promise((r) => setTimeout(r, 80)); // it stopped renewing: expired
+  const va = await f.reopen({ leaseTiming: FAST });
+  const old = await va.openEngine('v');
+  const flushed = randomBytes(4096);
+  await old.write(0, flushed);
+  await old.flush();
+  await old.write(8192, randomBytes(4096)); // acknowledged, never flushed: lost with its server
+  const session = await freezeSession(va);
   const other = await elsewhere(f, t);
+  const started = Date.now();
   const b = await other.openEngine('v');
-  await (slow as any).opts.lease.renew(); // the old holder wakes up
-  await assert.rejects(slow.write(0, Buffer.alloc(10)), isLease(/taken by someone else/));
-  await assert.rejects(slow.flush(), isLease());
+  const took = Date.now() - started;
+  assert.ok(took >= FAST.ttlMs * 0.9 && took < FAST.ttlMs * 10, `takeover after ${took} ms (ttl ${FAST.ttlMs})`);
+  assert.ok((await b.read(0, 4096)).equals(flushed), 'every flushed write is there');
+  await session.renew(); // the old holder wakes up: its renewal lands after its own deadline
+  assert.equal(session.alive, false);
+  await assert.rejects(old.write(0, Buffer.alloc(10)), isLease());
+  await assert.rejects(old.flush(), isLease());
+  await assert.rejects(old.read(0, 10), isLease(), 'no stale reads either');
+  assert.equal(old.leaseLost, true);
   await b.write(0, randomBytes(100));
   await b.close();
 });
 
-test('a writer whose lease renewals keep failing stops writing before the lease can expire', async (t) => {
-  let failLease = false;
-  class FlakyLease extends MemoryStore {
-    override async put(key: string, body: Buffer, opts?: import('../../src/store/object-store').PutOptions) {
-      if (failLease && key.endsWith('/lease')) throw new VaultError('ERR_STORE_TRANSIENT', 'injected: the store is unreachable');
+test('two contenders racing for a dead holder: exactly one wins, the loser names the holder', async (t) => {
+  const f = await makeVault();
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 8 * MiB);
+  const va = await f.reopen({ leaseTiming: FAST });
+  await va.openEngine('v');
+  await freezeSession(va);
+  const [x, y] = await Promise.all([elsewhere(f, t, { leasePurpose: 'contender X' }), elsewhere(f, t, { leasePurpose: 'contender Y' })]);
+  const results = await Promise.allSettled([x.openEngine('v'), y.openEngine('v')]);
+  const won = results.filter((r) => r.status === 'fulfilled');
+  const lost = results.filter((r) => r.status === 'rejected') as PromiseRejectedResult[];
+  assert.equal(won.length, 1, 'exactly one winner');
+  assert.equal(lost.length, 1);
+  assert.match(lost[0].reason.message, /took the lease first; it is held by contender [XY] \(pid \d+ on /);
+  await (won[0] as PromiseFulfilledResult<any>).value.close();
+});
+
+test('one heartbeat request per renewal period whatever the number of volumes; none per volume', async (t) => {
+  const puts = new Map<string, number>();
+  class Counting extends MemoryStore {
+    override async put(key: string, body: Buffer, opts?: PutOptions) {
+      const kind = key.startsWith('sessions/') ? 'session' : key.endsWith('/lease') ? 'lease' : 'other';
+      puts.set(kind, (puts.get(kind) ?? 0) + 1);
       return super.put(key, body, opts);
     }
   }
-  const f = await makeVault(new FlakyLease());
+  const f = await makeVault(new Counting());
   t.after(() => f.cleanup());
-  await f.vault.createVolume('v', 8 * MiB);
-  const e = await (await f.reopen({ leaseTiming: { ttlMs: 400, renewMs: 50 } })).openEngine('v');
-  await e.write(0, randomBytes(100));
-  failLease = true;
-  await new Promise((r) => setTimeout(r, 450));
-  await assert.rejects(e.write(0, randomBytes(100)), isLease(/could not be renewed/));
-  failLease = false;
-  // a renewal gets through again (every 50 ms; allow a loaded machine time)
-  const until = Date.now() + 10_000;
-  for (;;) {
-    try {
-      await e.write(0, randomBytes(100));
-      break;
-    } catch (err) {
-      if (Date.now() > until) throw err;
-      await new Promise((r) => setTimeout(r, 50));
+  const v = await f.reopen({ leaseTiming: { ttlMs: 3000, renewMs: 200 } });
+  const engines = [];
+  for (let i = 0; i < 6; i++) {
+    await f.vault.createVolume(`v${i}`, 8 * MiB);
+    engines.push(await v.openEngine(`v${i}`, { autoCommitMs: 0 }));
+  }
+  puts.clear();
+  const started = performance.now();
+  await new Promise((r) => setTimeout(r, 1100));
+  const elapsed = performance.now() - started;
+  const beats = puts.get('session') ?? 0;
+  assert.equal(puts.get('lease') ?? 0, 0, 'leases are not renewed one by one');
+  assert.ok(beats >= 2 && beats <= Math.ceil(elapsed / 200) + 1, `${beats} heartbeats in ${Math.round(elapsed)} ms for 6 volumes`);
+  const sessionId = ((await (v as any).session) as WriterSession).id;
+  assert.ok(await f.store.head(`sessions/${sessionId}`));
+  for (const e of engines) await e.close();
+  await v.close();
+  assert.equal(await f.store.head(`sessions/${sessionId}`), null, 'a clean stop deletes the heartbeat');
+});
+
+test('a holder whose heartbeats keep failing stops before an observer could declare it dead, for good', async (t) => {
+  let failBeats = false;
+  class Flaky extends MemoryStore {
+    override async put(key: string, body: Buffer, opts?: PutOptions) {
+      if (failBeats && key.startsWith('sessions/')) throw new VaultError('ERR_STORE_TRANSIENT', 'injected: the store is unreachable');
+      return super.put(key, body, opts);
     }
   }
-  await e.close();
+  const f = await makeVault(new Flaky());
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 8 * MiB);
+  const v = await f.reopen({ leaseTiming: { ttlMs: 400, renewMs: 50 } });
+  const e = await v.openEngine('v');
+  await e.write(0, randomBytes(100));
+  failBeats = true;
+  const deadline = Date.now() + 10_000;
+  while (!e.leaseLost && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  await assert.rejects(e.write(0, randomBytes(100)), isLease(/writer session ended/));
+  failBeats = false;
+  await new Promise((r) => setTimeout(r, 200)); // renewals would get through now: the session stays dead
+  await assert.rejects(e.write(0, randomBytes(100)), isLease());
+  // reopening starts a new session and takes its own lease back at once
+  const again = await v.openEngine('v');
+  await again.write(0, randomBytes(100));
+  await again.close();
+});
+
+test('clock jumps: the wall clock can only shorten a session, the monotonic clock rules', async (t) => {
+  const store = new MemoryStore();
+  let mono = 1000;
+  let wall = Date.UTC(2030, 0, 1);
+  const clock: Clock = { monotonic: () => mono, wall: () => wall };
+  const s = await WriterSession.start(store, logger, { ttlMs: 10_000, renewMs: 3_600_000 }, clock);
+  t.after(() => s.stop());
+  wall -= 3_600_000; // an hour back: changes nothing
+  mono += 7_000;
+  s.check();
+  mono += 1_500; // 8.5 s after the last heartbeat: past ttl - margin (8 s), though the wall clock says "an hour early"
+  assert.throws(() => s.check(), isLease(/no heartbeat/));
+  await s.renew(); // a late renewal does not revive it
+  assert.throws(() => s.check(), isLease());
+
+  const s2 = await WriterSession.start(store, logger, { ttlMs: 10_000, renewMs: 3_600_000 }, clock);
+  t.after(() => s2.stop());
+  wall += 60_000; // the wall clock jumps a minute forward: the session ends early (the safe side)
+  assert.equal(s2.alive, false);
+});
+
+test('observeSession: live while the heartbeat changes, dead after a still ttl, gone when deleted', async () => {
+  const store = new MemoryStore();
+  const live = await WriterSession.start(store, logger, { ttlMs: 300, renewMs: 50 });
+  assert.equal(await observeSession(store, live.id), 'live');
+  const frozen = await WriterSession.start(store, logger, { ttlMs: 300, renewMs: 3_600_000 });
+  const t0 = performance.now();
+  assert.equal(await observeSession(store, frozen.id), 'dead');
+  assert.ok(performance.now() - t0 >= 290, 'watched a whole ttl');
+  assert.equal(await observeSession(store, frozen.id, { maxWaitMs: 0 }), 'live', 'an immediate answer is conservative');
+  await live.stop();
+  assert.equal(await observeSession(store, live.id), 'gone');
+  await frozen.stop();
 });
