@@ -40,7 +40,7 @@ export class VaultExportProvider implements ExportProvider {
     if (this.closing) return null;
     const wanted = name === '' ? this.defaultName : name;
     let p = this.engines.get(wanted);
-    if (p && (await p.then((e) => e.leaseLost, () => false))) {
+    if (p && (await p.then(async (e) => e.leaseLost && !(await e.regainLease()), () => false))) {
       // This server lost the volume's lease (its session ended, or another server took it over):
       // forget the engine (its unflushed writes cannot be committed) and try to take it again.
       if (this.engines.get(wanted) === p) this.engines.delete(wanted);

@@ -375,6 +375,7 @@ export class Vault {
         volumeName: meta.name,
         instance: await this.state.instanceId(),
         session: await this.writerSession(),
+        currentSession: () => this.writerSession(),
         logger: this.opts.logger,
       },
       purpose,

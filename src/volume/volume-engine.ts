@@ -155,6 +155,7 @@ export class VolumeEngine implements Export {
   // --- reads ------------------------------------------------------------------------------
 
   async read(offset: number, length: number): Promise<Buffer> {
+    await this.opts.lease?.ensure();
     this.assertOpen();
     const spans = splitRange(offset, length, this.sizeBytes);
     if (spans.length === 1) {
@@ -262,6 +263,7 @@ export class VolumeEngine implements Export {
   // --- writes -----------------------------------------------------------------------------
 
   async write(offset: number, data: WriteData, opts: WriteOptions = {}): Promise<void> {
+    await this.opts.lease?.ensure();
     this.assertWritable();
     await Promise.all(splitRange(offset, writeDataLength(data), this.sizeBytes).map((s) => this.writeSpan(s, data)));
     if (opts.fua) await this.flush();
@@ -272,6 +274,7 @@ export class VolumeEngine implements Export {
   }
 
   async writeZeroes(offset: number, length: number, opts: ZeroOptions = {}): Promise<void> {
+    await this.opts.lease?.ensure();
     this.assertWritable();
     const spans = splitRange(offset, length, this.sizeBytes);
     if (opts.fastZero) {
@@ -461,7 +464,7 @@ export class VolumeEngine implements Export {
   }
 
   private async commitRootNow(snapshot: boolean): Promise<RootRecord> {
-    this.opts.lease?.check();
+    await this.opts.lease?.ensure(); // (resumes a lease lost only to a late heartbeat)
     // Capture (synchronously): which pages to write and with what content.
     const dirty = [...this.manifest.dirtyPages].sort((a, b) => a - b);
     this.manifest.dirtyPages.clear();
@@ -602,6 +605,11 @@ export class VolumeEngine implements Export {
   /** The writer's lease was lost: this engine serves nothing more (reads could be stale). */
   get leaseLost(): boolean {
     return this.opts.lease?.lost ?? false;
+  }
+
+  /** Take a lost lease back if nobody else took it (see VolumeLease.resume). */
+  regainLease(): Promise<boolean> {
+    return this.opts.lease?.resume() ?? Promise.resolve(false);
   }
 
   private assertOpen(): void {

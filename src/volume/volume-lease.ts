@@ -55,6 +55,8 @@ export interface LeaseContext extends LeaseReadContext {
   readonly instance: string;
   /** this process's writer session: its heartbeat keeps the lease alive */
   readonly session: WriterSession;
+  /** the process's live session, a new one if this one ended (to resume a lease, see resume()) */
+  readonly currentSession?: () => Promise<WriterSession>;
   readonly logger: Logger;
 }
 
@@ -111,15 +113,70 @@ function describeHolder(r: LeaseRecord | null): string {
 
 export class VolumeLease {
   private lostError: VaultError | null = null;
+  /** lost only because our session ended (not because someone else wrote): resume() may help */
+  private lostWithSession = false;
   private released = false;
+  private session: WriterSession;
   private readonly listeners = new Set<(err: VaultError) => void>();
-  private readonly unsubscribe: () => void;
+  private unsubscribe: () => void;
 
   private constructor(
     private readonly ctx: LeaseContext,
-    private readonly etag: string,
+    private etag: string,
   ) {
-    this.unsubscribe = ctx.session.onLost((err) => this.markLost(err));
+    this.session = ctx.session;
+    this.unsubscribe = this.subscribe();
+  }
+
+  private subscribe(): () => void {
+    return this.session.onLost((err) => {
+      this.markLost(err);
+      this.lostWithSession = true;
+    });
+  }
+
+  /**
+   * After our session ended (a heartbeat came too late: a stalled machine, a slow store), take
+   * the lease back under the process's new session — only if nobody took it meanwhile: the
+   * lease object is still the one we wrote, replaced with If-Match on it (a contender's takeover
+   * uses the same If-Match, so exactly one of us wins). Unflushed writes then survive.
+   */
+  resume(): Promise<boolean> {
+    this.resuming ??= this.resumeNow().finally(() => (this.resuming = null));
+    return this.resuming;
+  }
+
+  private resuming: Promise<boolean> | null = null;
+
+  /** check(), but a lease lost only with our session is first resumed if it can be. */
+  async ensure(): Promise<void> {
+    if (this.lostError || !this.session.alive) {
+      this.lost; // marks it lost if the session just ended
+      if (this.lostWithSession) await this.resume();
+    }
+    this.check();
+  }
+
+  private async resumeNow(): Promise<boolean> {
+    if (!this.lostError || !this.lostWithSession || this.released || !this.ctx.currentSession) return false;
+    try {
+      const session = await this.ctx.currentSession();
+      const current = await readVolumeLease(this.ctx);
+      if (!current || current.etag !== this.etag) return false;
+      const purpose = current.record?.purpose ?? 'nbd-vault';
+      const record: LeaseRecord = { v: LEASE_FORMAT, instance: this.ctx.instance, session: session.id, host: hostname(), pid: process.pid, purpose };
+      const sealed = (await this.ctx.codec.seal(this.ctx.key, Buffer.from(JSON.stringify(record)), this.ctx.place))!;
+      this.etag = (await this.ctx.store.put(this.ctx.objectKey, sealed, { ifMatch: this.etag })).etag;
+      this.session = session;
+      this.unsubscribe = this.subscribe();
+      this.lostError = null;
+      this.lostWithSession = false;
+      this.ctx.logger.warn({ volume: this.ctx.volumeName, session: session.id }, 'volume lease resumed under a new writer session (nobody had taken it)');
+      return true;
+    } catch (err) {
+      this.ctx.logger.warn({ volume: this.ctx.volumeName, err: describeError(err) }, 'volume lease could not be resumed');
+      return false;
+    }
   }
 
   static async acquire(ctx: LeaseContext, purpose: string, opts: AcquireOptions = {}): Promise<VolumeLease> {
@@ -179,16 +236,20 @@ export class VolumeLease {
   check(): void {
     if (this.lostError) throw this.lostError;
     try {
-      this.ctx.session.check();
+      this.session.check();
     } catch (err) {
       this.markLost(err as VaultError);
+      this.lostWithSession = true;
       throw err;
     }
   }
 
   get lost(): boolean {
     if (this.lostError) return true;
-    if (!this.ctx.session.alive && !this.released) this.markLost(new VaultError('ERR_LEASE', `volume "${this.ctx.volumeName}": the writer session ended`));
+    if (!this.session.alive && !this.released) {
+      this.markLost(new VaultError('ERR_LEASE', `volume "${this.ctx.volumeName}": the writer session ended`));
+      this.lostWithSession = true;
+    }
     return this.lostError !== null;
   }
 

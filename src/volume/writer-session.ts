@@ -26,8 +26,9 @@ export const sessionKey = (sessionId: string) => `${SESSIONS_PREFIX}${sessionId}
 export const SESSION_TTL_MS = 10_000;
 /** one renewal request per process this often */
 export const SESSION_RENEW_MS = 5_000;
-/** the holder stops writing this long before an observer could declare it dead */
-const MARGIN_FRACTION = 0.2;
+/** the holder stops writing this long before an observer could declare it dead: covers
+ *  clock-rate differences between machines (ppm in practice) and timer lateness */
+const MARGIN_FRACTION = 0.1;
 
 export interface SessionTiming {
   readonly ttlMs?: number;
@@ -103,7 +104,7 @@ export class WriterSession {
   }
 
   private get marginMs(): number {
-    return Math.max(1, Math.round(this.ttlMs * MARGIN_FRACTION));
+    return Math.max(1, Math.min(1000, Math.round(this.ttlMs * MARGIN_FRACTION)) );
   }
 
   private extend(monoStart: number, wallStart: number): void {

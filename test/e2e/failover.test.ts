@@ -1,0 +1,197 @@
+// Reconnect and failover with a real client: qemu-io (QEMU's own NBD client) with
+// reconnect-delay writes a 1 MiB pattern and flushes, again and again, while the server is
+// restarted (SIGTERM), killed and replaced by a server from another state directory (SIGKILL),
+// or frozen past its lease (SIGSTOP/SIGCONT). The client must see no error, every acknowledged
+// write must read back, and the frozen server must not write after it wakes. Takeover times are
+// printed. Run on the fs store and, when the test gateway is there, on RGW.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { join } from 'node:path';
+import { runCommand } from '../helpers/fuse-disk';
+import { makeTestVault, startVaultServer, testS3Url, s3Available, type TestVault, type VaultServer } from '../helpers/vault-server';
+
+const MiB = 2 ** 20;
+const ROUNDS = 24;
+const pattern = (i: number) => (i % 250) + 1;
+
+function imageOpts(port: number, name: string, reconnectDelay = 60): string {
+  return `driver=nbd,server.type=inet,server.host=127.0.0.1,server.port=${port},export=${name},reconnect-delay=${reconnectDelay}`;
+}
+
+interface Writer {
+  /** how many "wrote" lines so far, with the time each arrived */
+  readonly wroteAt: number[];
+  readonly done: Promise<{ code: number | null; out: string }>;
+  kill(): void;
+}
+
+/** qemu-io: round i writes pattern(i) at i MiB (with FUA when `fua`), flushes, sleeps. */
+function startWriter(port: number, name: string, opts: { fua: boolean; sleepMs: number; first?: number; rounds?: number }): Writer {
+  const args: string[] = [];
+  const first = opts.first ?? 0;
+  for (let i = first; i < first + (opts.rounds ?? ROUNDS); i++) {
+    args.push('-c', `write ${opts.fua ? '-f ' : ''}-P ${pattern(i)} ${i * MiB} ${MiB}`, '-c', 'flush', '-c', `sleep ${opts.sleepMs}`);
+  }
+  const child = spawn('qemu-io', ['--image-opts', ...args, imageOpts(port, name)], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const wroteAt: number[] = [];
+  let out = '';
+  const onData = (d: Buffer) => {
+    out += d;
+    const n = (out.match(/^wrote \d+\/\d+ bytes/gm) ?? []).length;
+    while (wroteAt.length < n) wroteAt.push(Date.now());
+  };
+  child.stdout.on('data', onData);
+  child.stderr.on('data', onData);
+  const done = new Promise<{ code: number | null; out: string }>((r) => child.once('exit', (code) => r({ code, out })));
+  return { wroteAt, done, kill: () => child.kill('SIGKILL') };
+}
+
+async function waitFor(what: string, cond: () => boolean, ms = 120_000): Promise<void> {
+  const until = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+/** Every round's pattern reads back, through a fresh connection. */
+async function verifyRounds(port: number, name: string, from: number, to: number): Promise<void> {
+  const args: string[] = [];
+  for (let i = from; i < to; i++) args.push('-c', `read -P ${pattern(i)} ${i * MiB} ${MiB}`);
+  const r = await runCommand('qemu-io', ['-f', 'raw', ...args, `nbd://127.0.0.1:${port}/${name}`], { timeoutMs: 120_000, okCodes: [0, 1] });
+  assert.doesNotMatch(r.stdout + r.stderr, /verification failed|failed/i, `read back:\n${r.stdout}${r.stderr}`);
+  assert.equal((r.stdout.match(/^read \d+\/\d+ bytes/gm) ?? []).length, to - from, r.stdout);
+}
+
+function assertClean(res: { code: number | null; out: string }, rounds = ROUNDS): void {
+  assert.doesNotMatch(res.out, /failed|error/i, `the client saw no error:\n${res.out}`);
+  assert.equal(res.code, 0, res.out);
+  assert.equal((res.out.match(/^wrote \d+\/\d+ bytes/gm) ?? []).length, rounds, res.out);
+}
+
+/** The longest gap between two consecutive acknowledged writes after `since`: the client's pause. */
+function pauseAfter(wroteAt: number[], since: number): number {
+  const i = wroteAt.findIndex((t) => t >= since);
+  return i < 0 ? NaN : wroteAt[i] - since;
+}
+
+function otherState(v: TestVault): string {
+  return mkdtempSync(join(v.dir, 'state-b-'));
+}
+
+for (const store of ['fs', 's3'] as const) {
+  const label = store === 'fs' ? 'fs store' : 'RGW';
+
+  test(`${label}: SIGTERM restart (same state dir): the writing client pauses, sees no error, loses nothing`, { skip: store === 's3' && !testS3Url() ? 'no S3 gateway' : undefined }, async (t) => {
+    if (store === 's3' && !s3Available(t)) return;
+    const v = await makeTestVault({ s3: store === 's3' });
+    t.after(() => v.cleanup());
+    await v.cli('volume', 'create', 'vm', '--size', '64M');
+    const a = await v.serve();
+    const w = startWriter(a.port, 'vm', { fua: false, sleepMs: 150 });
+    await waitFor('8 writes', () => w.wroteAt.length >= 8);
+    const stoppedAt = Date.now();
+    assert.equal(await a.stop(), 0, a.log());
+    const b = await startVaultServer(v.env, v.dir, ['--listen', `127.0.0.1:${a.port}`]);
+    t.after(() => b.kill());
+    const res = await w.done;
+    assertClean(res);
+    const pause = pauseAfter(w.wroteAt, stoppedAt);
+    console.log(`# ${label}: SIGTERM restart: client paused ${pause} ms`);
+    assert.doesNotMatch(b.log(), /taking over the volume lease/, 'the lease was released at shutdown: taken at once');
+    await verifyRounds(b.port, 'vm', 0, ROUNDS);
+    assert.equal(await b.stop(), 0);
+  });
+
+  test(`${label}: SIGKILL, then a server from another state dir on the same address takes over`, { skip: store === 's3' && !testS3Url() ? 'no S3 gateway' : undefined }, async (t) => {
+    if (store === 's3' && !s3Available(t)) return;
+    const v = await makeTestVault({ s3: store === 's3' });
+    t.after(() => v.cleanup());
+    await v.cli('volume', 'create', 'vm', '--size', '64M');
+    const a = await v.serve();
+    // FUA: a write is acknowledged once durable, so a crash cannot lose an acknowledged write
+    // (without FUA, a crash loses what was acknowledged since the last flush: docs/RECONNECT.md).
+    const w = startWriter(a.port, 'vm', { fua: true, sleepMs: 150 });
+    await waitFor('8 writes', () => w.wroteAt.length >= 8);
+    const killedAt = Date.now();
+    await a.kill();
+    const b = await startVaultServer(v.env, v.dir, ['--listen', `127.0.0.1:${a.port}`, '--state', otherState(v)]);
+    t.after(() => b.kill());
+    const res = await w.done;
+    assertClean(res);
+    const takeover = /"msg":"taking over the volume lease"/.test(b.log());
+    assert.ok(takeover, `the second server took the lease over:\n${b.log()}`);
+    const pause = pauseAfter(w.wroteAt, killedAt);
+    console.log(`# ${label}: SIGKILL failover to another server: client paused ${pause} ms (lease ttl 10 s, plus qemu's reconnect backoff)`);
+    assert.ok(pause < 40_000, `paused ${pause} ms`);
+    await verifyRounds(b.port, 'vm', 0, ROUNDS);
+    assert.equal(await b.stop(), 0);
+  });
+
+  test(`${label}: SIGSTOP past the lease, another server takes over, SIGCONT: the old one writes nothing`, { skip: store === 's3' && !testS3Url() ? 'no S3 gateway' : undefined }, async (t) => {
+    if (store === 's3' && !s3Available(t)) return;
+    const v = await makeTestVault({ s3: store === 's3' });
+    t.after(() => v.cleanup());
+    await v.cli('volume', 'create', 'vm', '--size', '64M');
+    const a = await v.serve();
+    t.after(() => a.process.kill('SIGCONT'));
+    // Client 1 writes rounds 0..3 and flushes, then writes 0xee over round 0 WITHOUT a flush:
+    // dirty data that the frozen server would like to commit when it wakes up.
+    const c1 = await runCommand('qemu-io', ['-f', 'raw', '-c', 'write -P 1 0 1M', '-c', 'write -P 2 1M 1M', '-c', 'flush', `nbd://127.0.0.1:${a.port}/vm`], { timeoutMs: 60_000 });
+    assert.equal(c1.code, 0, c1.stderr);
+    const dirty = spawn('qemu-io', ['--image-opts', '-c', 'write -P 238 0 1M', '-c', 'sleep 600000', imageOpts(a.port, 'vm', 300)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let dirtyOut = '';
+    dirty.stdout.on('data', (d) => (dirtyOut += d));
+    t.after(() => dirty.kill('SIGKILL'));
+    await waitFor('the unflushed write', () => /wrote/.test(dirtyOut));
+    a.process.kill('SIGSTOP');
+    const stoppedAt = Date.now();
+    const b = await startVaultServer(v.env, v.dir, ['--state', otherState(v)]);
+    t.after(() => b.kill());
+    const c2 = await runCommand('qemu-io', ['-f', 'raw', '-c', 'write -P 3 2M 1M', '-c', 'flush', `nbd://127.0.0.1:${b.port}/vm`], { timeoutMs: 120_000 });
+    assert.equal(c2.code, 0, c2.stderr);
+    console.log(`# ${label}: SIGSTOP: another server took over ${Date.now() - stoppedAt} ms after the freeze`);
+    const logBefore = a.log().length;
+    a.process.kill('SIGCONT');
+    // It wakes up: its heartbeat and its auto-commit fire; both must find the lease gone.
+    await waitFor('the woken server to notice', () => /writer session lost|volume lease lost/.test(a.log().slice(logBefore)), 60_000);
+    await new Promise((r) => setTimeout(r, 1500)); // give a wrong commit the chance to happen
+    assert.doesNotMatch(a.log().slice(logBefore), /"msg":"root committed"/);
+    // The volume is as the new writer left it: round 0 is 1 (not the woken server's 0xee).
+    const check = await runCommand('qemu-io', ['-f', 'raw', '-c', 'read -P 1 0 1M', '-c', 'read -P 2 1M 1M', '-c', 'read -P 3 2M 1M', '-c', 'write -P 4 3M 1M', '-c', 'flush', `nbd://127.0.0.1:${b.port}/vm`], { timeoutMs: 60_000, okCodes: [0, 1] });
+    assert.doesNotMatch(check.stdout + check.stderr, /failed/i, check.stdout + check.stderr);
+    dirty.kill('SIGKILL');
+    assert.equal(await a.stop(), 0, 'the woken server still shuts down cleanly');
+    assert.equal(await b.stop(), 0);
+  });
+
+  test(`${label}: two servers racing for a volume after a kill: exactly one wins, the loser names the holder`, { skip: store === 's3' && !testS3Url() ? 'no S3 gateway' : undefined }, async (t) => {
+    if (store === 's3' && !s3Available(t)) return;
+    const v = await makeTestVault({ s3: store === 's3' });
+    t.after(() => v.cleanup());
+    await v.cli('volume', 'create', 'vm', '--size', '64M');
+    const a = await v.serve();
+    const w = await runCommand('qemu-io', ['-f', 'raw', '-c', 'write -P 9 0 1M', '-c', 'flush', `nbd://127.0.0.1:${a.port}/vm`], { timeoutMs: 60_000 });
+    assert.equal(w.code, 0, w.stderr);
+    await a.kill();
+    const [x, y] = await Promise.all([
+      startVaultServer(v.env, v.dir, ['--state', otherState(v)]),
+      startVaultServer(v.env, v.dir, ['--state', otherState(v)]),
+    ]);
+    t.after(() => x.kill());
+    t.after(() => y.kill());
+    const clients = await Promise.all(
+      [x, y].map((s) => runCommand('qemu-io', ['-f', 'raw', '-c', 'read -P 9 0 1M', '-c', 'write -P 10 1M 1M', '-c', 'flush', `nbd://127.0.0.1:${s.port}/vm`], { timeoutMs: 120_000, okCodes: [0, 1] })),
+    );
+    const winners = clients.filter((c) => c.code === 0 && !/failed/i.test(c.stdout + c.stderr));
+    assert.equal(winners.length, 1, `exactly one server serves the volume:\n${clients.map((c) => c.stdout + c.stderr).join('\n---\n')}`);
+    const loser: VaultServer = clients[0] === winners[0] ? y : x;
+    const loserClient = clients[0] === winners[0] ? clients[1] : clients[0];
+    assert.match(loserClient.stderr + loserClient.stdout, /being written by another server/, 'the client is told why');
+    assert.match(loser.log(), /another writer took the volume lease first.*"holder":"nbd-vault \(serve\) \(pid \d+ on [^)]+\)"/, loser.log());
+    assert.equal(await x.stop(), 0);
+    assert.equal(await y.stop(), 0);
+  });
+}
