@@ -3,7 +3,8 @@
 // restarted (SIGTERM), killed and replaced by a server from another state directory (SIGKILL),
 // or frozen past its lease (SIGSTOP/SIGCONT). The client must see no error, every acknowledged
 // write must read back, and the frozen server must not write after it wakes. Takeover times are
-// printed. Run on the fs store and, when the test gateway is there, on RGW.
+// printed. Run on the fs store and, when the test gateway is there, on RGW. (qemu-io runs under
+// stdbuf -oL: its progress lines must arrive as they happen, not when it exits.)
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -34,7 +35,7 @@ function startWriter(port: number, name: string, opts: { fua: boolean; sleepMs: 
   for (let i = first; i < first + (opts.rounds ?? ROUNDS); i++) {
     args.push('-c', `write ${opts.fua ? '-f ' : ''}-P ${pattern(i)} ${i * MiB} ${MiB}`, '-c', 'flush', '-c', `sleep ${opts.sleepMs}`);
   }
-  const child = spawn('qemu-io', ['--image-opts', ...args, imageOpts(port, name)], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn('stdbuf', ['-oL', 'qemu-io', '--image-opts', ...args, imageOpts(port, name)], { stdio: ['ignore', 'pipe', 'pipe'] });
   const wroteAt: number[] = [];
   let out = '';
   const onData = (d: Buffer) => {
@@ -93,6 +94,7 @@ for (const store of ['fs', 's3'] as const) {
     const w = startWriter(a.port, 'vm', { fua: false, sleepMs: 150 });
     await waitFor('8 writes', () => w.wroteAt.length >= 8);
     const stoppedAt = Date.now();
+    assert.ok(w.wroteAt.length < ROUNDS - 4, 'the restart happens while the client is writing');
     assert.equal(await a.stop(), 0, a.log());
     const b = await startVaultServer(v.env, v.dir, ['--listen', `127.0.0.1:${a.port}`]);
     t.after(() => b.kill());
@@ -116,6 +118,7 @@ for (const store of ['fs', 's3'] as const) {
     const w = startWriter(a.port, 'vm', { fua: true, sleepMs: 150 });
     await waitFor('8 writes', () => w.wroteAt.length >= 8);
     const killedAt = Date.now();
+    assert.ok(w.wroteAt.length < ROUNDS - 4, 'the kill happens while the client is writing');
     await a.kill();
     const b = await startVaultServer(v.env, v.dir, ['--listen', `127.0.0.1:${a.port}`, '--state', otherState(v)]);
     t.after(() => b.kill());
@@ -141,7 +144,7 @@ for (const store of ['fs', 's3'] as const) {
     // dirty data that the frozen server would like to commit when it wakes up.
     const c1 = await runCommand('qemu-io', ['-f', 'raw', '-c', 'write -P 1 0 1M', '-c', 'write -P 2 1M 1M', '-c', 'flush', `nbd://127.0.0.1:${a.port}/vm`], { timeoutMs: 60_000 });
     assert.equal(c1.code, 0, c1.stderr);
-    const dirty = spawn('qemu-io', ['--image-opts', '-c', 'write -P 238 0 1M', '-c', 'sleep 600000', imageOpts(a.port, 'vm', 300)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const dirty = spawn('stdbuf', ['-oL', 'qemu-io', '--image-opts', '-c', 'write -P 238 0 1M', '-c', 'sleep 600000', imageOpts(a.port, 'vm', 300)], { stdio: ['ignore', 'pipe', 'pipe'] });
     let dirtyOut = '';
     dirty.stdout.on('data', (d) => (dirtyOut += d));
     t.after(() => dirty.kill('SIGKILL'));
