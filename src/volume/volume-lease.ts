@@ -211,21 +211,26 @@ export class VolumeLease {
     try {
       await ctx.store.put(takeoverKey(ctx.objectKey, current.etag), Buffer.from(JSON.stringify({ v: 1 })), { ifNoneMatch: '*' });
     } catch (err) {
-      if (isVaultError(err, 'ERR_STORE_PRECONDITION')) throw await VolumeLease.lostRace(ctx);
+      if (isVaultError(err, 'ERR_STORE_PRECONDITION')) throw await VolumeLease.lostRace(ctx, current.etag);
       throw err;
     }
     try {
       const { etag } = await ctx.store.put(ctx.objectKey, await body(), { ifMatch: current.etag });
       return new VolumeLease(ctx, etag);
     } catch (err) {
-      if (isVaultError(err, 'ERR_STORE_PRECONDITION')) throw await VolumeLease.lostRace(ctx);
+      if (isVaultError(err, 'ERR_STORE_PRECONDITION')) throw await VolumeLease.lostRace(ctx, current.etag);
       throw err;
     }
   }
 
   /** The error for a contender that lost a takeover race: it names who holds the lease now. */
-  private static async lostRace(ctx: LeaseContext): Promise<VaultError> {
-    const now = await readVolumeLease(ctx).catch(() => null);
+  private static async lostRace(ctx: LeaseContext, staleEtag: string): Promise<VaultError> {
+    // The winner writes the lease right after its token: give it a moment to show.
+    let now = await readVolumeLease(ctx).catch(() => null);
+    for (let i = 0; i < 50 && now?.etag === staleEtag; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      now = await readVolumeLease(ctx).catch(() => null);
+    }
     const holder = now ? describeHolder(now.record) : 'nobody (released meanwhile)';
     ctx.logger.warn({ volume: ctx.volumeName, holder }, 'another writer took the volume lease first');
     return new VaultError('ERR_LEASE', `volume "${ctx.volumeName}": another writer took the lease first; it is held by ${holder}`);
