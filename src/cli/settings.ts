@@ -30,6 +30,7 @@ export const SETTINGS = {
   uploadConcurrency: { flag: '--upload-concurrency <n>', kind: 'int', help: 'parallel chunk uploads per volume', def: 16 },
   workers: { flag: '--workers <n>', kind: 'int', help: 'compression/encryption worker threads', def: availableParallelism() },
   zstdLevel: { flag: '--zstd-level <n>', kind: 'int', help: 'zstd compression level', def: 3 },
+  leaseTtl: { flag: '--lease-ttl <seconds>', kind: 'int', help: "a dead writer's volumes are taken over once its heartbeat stood still this long (heartbeat every ttl/2, at most every 5 s)", def: 10 },
   acceptRollback: { flag: '--accept-rollback', kind: 'bool', help: 'open a volume whose root is older than this machine has seen', def: false },
   logLevel: { flag: '--log-level <level>', kind: 'string', help: 'fatal, error, warn, info, debug or silent', def: 'info' },
 } as const satisfies Record<string, SettingSpec>;
@@ -37,7 +38,7 @@ export const SETTINGS = {
 export type SettingName = keyof typeof SETTINGS;
 
 /** What every command that opens a vault takes. */
-export const VAULT_SETTINGS = ['store', 'keys', 'state', 'workers', 'zstdLevel', 'acceptRollback', 'logLevel'] as const satisfies readonly SettingName[];
+export const VAULT_SETTINGS = ['store', 'keys', 'state', 'workers', 'zstdLevel', 'acceptRollback', 'leaseTtl', 'logLevel'] as const satisfies readonly SettingName[];
 
 /** What `serve` takes. */
 export const SERVE_VAULT_SETTINGS = [

@@ -56,7 +56,9 @@ export async function openVaultContext(s: VaultSettings, opts: OpenVaultOptions 
       logger.warn({ path: info.path, keyId: info.keyId }, 'created a new master key: back up this file, without it no volume can be read');
     }
     master = await loadMaster(s.keys);
-    const vopts = { stateDir: s.state, acceptRollback: s.acceptRollback, logger };
+    if (!(s.leaseTtl >= 1 && s.leaseTtl <= 600)) throw new VaultError('ERR_INVALID_ARGUMENT', `--lease-ttl wants 1 to 600 seconds, got ${s.leaseTtl}`);
+    const leaseTiming = { ttlMs: s.leaseTtl * 1000, renewMs: Math.min(5000, (s.leaseTtl * 1000) / 2) };
+    const vopts = { stateDir: s.state, acceptRollback: s.acceptRollback, logger, leaseTiming };
     let vault: Vault;
     if (opts.create) vault = await Vault.create(store, master, codec, vopts);
     else {

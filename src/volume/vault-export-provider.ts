@@ -100,6 +100,7 @@ export class VaultExportProvider implements ExportProvider {
     const results = await Promise.allSettled(
       [...this.engines.entries()].map(async ([name, p]) => {
         const engine = await p;
+        if (engine.leaseLost) await engine.regainLease(); // a late heartbeat must not cost the flush
         await engine.close();
         this.logger.info({ volume: name, seq: engine.currentSeq }, 'volume flushed and closed');
       }),
