@@ -6,6 +6,7 @@ const BENCHMARKS = [
   { name: 'NBD frontend', script: 'bench/nbd-bench.mjs' },
   { name: 'Codec', script: 'dist/bench/codec-bench.js' },
   { name: 'Vault (volumes over the fs store and S3)', script: 'dist/bench/vault-bench.js' },
+  { name: 'Failover (qemu-io pause on restart and takeover)', script: 'dist/bench/failover-bench.js' },
 ];
 
 let failed = 0;
