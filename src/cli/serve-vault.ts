@@ -5,6 +5,7 @@ import { formatSize } from '../util/size';
 import { VaultExportProvider } from '../volume/vault-export-provider';
 import { resolveSettings, SERVE_VAULT_SETTINGS } from './settings';
 import type { Logger } from '../util/log';
+import { describeError } from '../errors';
 import { openVaultContext, type VaultSettings } from './vault-context';
 import { parseListen, runServer } from './serve-command';
 import { startAdminServer, type AdminRequest } from './admin-socket';
@@ -32,6 +33,12 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
     );
     const listen = parseListen(s.listen!);
     ctx.logger.info({ store: ctx.store.name, volumes: volumes.map((v) => v.name) }, 'vault opened');
+    // Watch other writers' heartbeats from now on: a dead one's volumes are then taken over a
+    // lease ttl after startup at most, not a ttl after the first client asks.
+    ctx.vault.watchLeaseHolders().then(
+      (n) => n > 0 && ctx.logger.info({ writers: n }, 'watching the heartbeats of other writers holding volume leases'),
+      (err) => ctx.logger.warn({ err: describeError(err) }, 'could not look at the volume leases at startup'),
+    );
     const admin = await startAdminServer(
       s.state,
       ctx.vault.vaultId,

@@ -18,8 +18,8 @@ import { CHUNK_SIZE } from './chunk-math';
 import { LocalState } from './local-state';
 import { PAGE_ENTRIES, type Manifest } from './manifest';
 import { VAULT_KEY, VOLUMES_PREFIX, leaseKey, metaKey, volumeIdOfKey, volumePrefix, rootKey } from './object-keys';
-import { VolumeLease, type AcquireOptions } from './volume-lease';
-import { WriterSession } from './writer-session';
+import { VolumeLease, readVolumeLease, type AcquireOptions } from './volume-lease';
+import { WriterSession, observeSession, type SessionState } from './writer-session';
 import { ROOT_FORMAT, type RootRecord } from './root-record';
 import { VolumeEngine, DEFAULT_ENGINE_OPTIONS, type EngineOptions } from './volume-engine';
 import { VolumeObjects } from './volume-objects';
@@ -354,6 +354,53 @@ export class Vault {
     return p;
   }
 
+  /** Watches of other writers' sessions: 'dead' and 'gone' are final (a session never revives),
+   *  so they are kept; 'live' is dropped once answered (it may have died since). */
+  private readonly watches = new Map<string, Promise<SessionState>>();
+
+  private observe(sessionId: string): Promise<SessionState> {
+    let w = this.watches.get(sessionId);
+    if (!w) {
+      w = observeSession(this.store, sessionId);
+      this.watches.set(sessionId, w);
+    }
+    return w.then(
+      (state) => {
+        if (state === 'live' && this.watches.get(sessionId) === w) this.watches.delete(sessionId);
+        return state;
+      },
+      (err) => {
+        if (this.watches.get(sessionId) === w) this.watches.delete(sessionId);
+        throw err;
+      },
+    );
+  }
+
+  /**
+   * Start watching the heartbeat of every other writer that holds a lease here (a server at
+   * startup): if one died, its volumes can be taken over as soon as a client asks, a ttl after
+   * this call rather than a ttl after the client's request. Nothing is taken here.
+   */
+  async watchLeaseHolders(): Promise<number> {
+    let n = 0;
+    for (const v of await this.listVolumes()) {
+      const { key, ...meta } = await this.readMeta(v.id);
+      const metaSubkey = deriveSubkey(key, 'meta');
+      key.wipe();
+      try {
+        const lease = await readVolumeLease({ store: this.store, codec: this.codec, key: metaSubkey, place: { vaultId: this.vaultIdBytes, volumeId: Buffer.from(meta.id, 'hex'), kind: 'lease', index: 0, generation: 0 }, objectKey: leaseKey(meta.id) });
+        const session = lease?.record?.v === 2 ? lease.record.session : undefined;
+        if (session && !this.watches.has(session)) {
+          n++;
+          this.observe(session).catch(() => {}); // (answered to the acquirer; here only started)
+        }
+      } finally {
+        metaSubkey.wipe();
+      }
+    }
+    return n;
+  }
+
   /** Stop the writer session's heartbeat and delete it (after every engine has been closed). */
   async close(): Promise<void> {
     const s = this.session;
@@ -376,6 +423,7 @@ export class Vault {
         instance: await this.state.instanceId(),
         session: await this.writerSession(),
         currentSession: () => this.writerSession(),
+        observe: (sessionId) => this.observe(sessionId),
         logger: this.opts.logger,
       },
       purpose,

@@ -57,6 +57,8 @@ export interface LeaseContext extends LeaseReadContext {
   readonly session: WriterSession;
   /** the process's live session, a new one if this one ended (to resume a lease, see resume()) */
   readonly currentSession?: () => Promise<WriterSession>;
+  /** watch a holder's session (may answer from a watch started earlier: see Vault.watchLeaseHolders) */
+  readonly observe?: (sessionId: string) => Promise<SessionState>;
   readonly logger: Logger;
 }
 
@@ -201,7 +203,10 @@ export class VolumeLease {
       if (opts.waitForDeadHolder !== false && r0.v === 2) {
         ctx.logger.info({ volume: ctx.volumeName, holder: describeHolder(r0) }, 'volume lease held elsewhere: watching its heartbeat');
       }
-      state = await leaseHolderState(ctx.store, r0, opts.waitForDeadHolder === false ? 0 : Infinity);
+      state =
+        r0.v === 2 && ctx.observe && opts.waitForDeadHolder !== false
+          ? await ctx.observe(r0.session!)
+          : await leaseHolderState(ctx.store, r0, opts.waitForDeadHolder === false ? 0 : Infinity);
     }
     if (state === 'live') {
       throw new VaultError('ERR_LEASE', `volume "${ctx.volumeName}" is being written by ${describeHolder(r0)}, which is alive; stop it first`);

@@ -14,7 +14,7 @@ import { runCommand } from '../helpers/fuse-disk';
 import { makeTestVault, startVaultServer, testS3Url, s3Available, type TestVault, type VaultServer } from '../helpers/vault-server';
 
 const MiB = 2 ** 20;
-const ROUNDS = 24;
+const ROUNDS = 16;
 const pattern = (i: number) => (i % 250) + 1;
 
 function imageOpts(port: number, name: string, reconnectDelay = 60): string {
@@ -94,7 +94,7 @@ for (const store of ['fs', 's3'] as const) {
     await v.cli('volume', 'create', 'vm', '--size', '64M');
     const a = await v.serve();
     const w = startWriter(a.port, 'vm', { fua: false, sleepMs: 150 });
-    await waitFor('8 writes', () => w.wroteAt.length >= 8);
+    await waitFor('5 writes', () => w.wroteAt.length >= 5);
     assert.ok(w.wroteAt.length < ROUNDS - 4, 'the restart happens while the client is writing');
     assert.equal(await a.stop(), 0, a.log());
     const b = await startVaultServer(v.env, v.dir, ['--listen', `127.0.0.1:${a.port}`]);
@@ -117,7 +117,7 @@ for (const store of ['fs', 's3'] as const) {
     // FUA: a write is acknowledged once durable, so a crash cannot lose an acknowledged write
     // (without FUA, a crash loses what was acknowledged since the last flush: docs/RECONNECT.md).
     const w = startWriter(a.port, 'vm', { fua: true, sleepMs: 150 });
-    await waitFor('8 writes', () => w.wroteAt.length >= 8);
+    await waitFor('5 writes', () => w.wroteAt.length >= 5);
 
     assert.ok(w.wroteAt.length < ROUNDS - 4, 'the kill happens while the client is writing');
     await a.kill();
@@ -177,7 +177,7 @@ for (const store of ['fs', 's3'] as const) {
     assert.equal(await b.stop(), 0);
   });
 
-  test(`${label}: two servers racing for a volume after a kill: exactly one wins, the loser names the holder`, { skip: store === 's3' && !testS3Url() ? 'no S3 gateway' : undefined }, async (t) => {
+  test(`${label}: two servers racing for a volume after a kill: exactly one wins, the loser names the holder`, { skip: store === 's3' ? 'on the fs store (its If-Match is per process: the takeover token is what makes one winner); lease.test.ts races in memory (keeps CI short)' : undefined }, async (t) => {
     if (store === 's3' && !s3Available(t)) return;
     const v = await makeTestVault({ s3: store === 's3' });
     t.after(() => v.cleanup());

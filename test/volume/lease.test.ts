@@ -103,6 +103,22 @@ test('a dead holder is taken over within its ttl; woken up, it can neither write
   await b.close();
 });
 
+test('a server that watched the holders from its start takes a dead one\'s volume at once when asked', async (t) => {
+  const f = await makeVault();
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 8 * MiB);
+  const va = await f.reopen({ leaseTiming: FAST });
+  await va.openEngine('v');
+  await freezeSession(va);
+  const other = await elsewhere(f, t);
+  assert.equal(await other.watchLeaseHolders(), 1);
+  await new Promise((r) => setTimeout(r, FAST.ttlMs * 1.5));
+  const started = performance.now();
+  const b = await other.openEngine('v');
+  assert.ok(performance.now() - started < FAST.ttlMs / 2, 'no second wait');
+  await b.close();
+});
+
 test('two contenders racing for a dead holder: exactly one wins, the loser names the holder', async (t) => {
   const f = await makeVault();
   t.after(() => f.cleanup());
