@@ -233,6 +233,7 @@ export class VolumeEngine implements Export {
   }
 
   async cache(offset: number, length: number): Promise<void> {
+    await this.opts.lease?.ensure();
     this.assertOpen();
     const spans = splitRange(offset, length, this.sizeBytes);
     let next = 0;
@@ -243,6 +244,7 @@ export class VolumeEngine implements Export {
   }
 
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
+    await this.opts.lease?.ensure();
     this.assertOpen();
     const extents: Extent[] = [];
     const end = Math.min(this.sizeBytes, offset + length);
@@ -446,6 +448,7 @@ export class VolumeEngine implements Export {
   }
 
   async flush(): Promise<void> {
+    await this.opts.lease?.ensure();
     this.assertOpen();
     if (this.opts.readOnly) return;
     await this.drainDirty();
@@ -612,15 +615,17 @@ export class VolumeEngine implements Export {
     return this.opts.lease?.resume() ?? Promise.resolve(false);
   }
 
+  // The lease is checked where it matters, asynchronously (lease.ensure(): a lease lost only to a
+  // late heartbeat is resumed first): at the entry of read, write, zero and flush, and before
+  // every root commit, the one write that other writers could conflict with (fenced by the
+  // root's If-Match too). Writes into the cache in between need no lease.
   private assertOpen(): void {
     if (this.closed) throw new VaultError('ERR_SHUTDOWN', `volume "${this.name}" is closed`);
-    this.opts.lease?.check();
   }
 
   private assertWritable(): void {
     this.assertOpen();
     if (this.opts.readOnly) throw new VaultError('ERR_READ_ONLY', `volume "${this.name}" is read-only`);
-    this.opts.lease?.check();
   }
 }
 

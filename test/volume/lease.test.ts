@@ -41,9 +41,11 @@ for (const kind of ['memory', 'fs'] as const) {
     const f = await makeVault(kind === 'memory' ? new MemoryStore() : new FsStore(dir, { fsync: false }));
     t.after(() => f.cleanup());
     await f.vault.createVolume('v', 8 * MiB);
-    const va = await f.reopen({ leaseTiming: FAST });
+    // A long ttl with quick beats: refused as soon as a beat is seen, never mistaken for dead on a loaded machine.
+    const steady = { ttlMs: 10_000, renewMs: 100 };
+    const va = await f.reopen({ leaseTiming: steady });
     const a = await va.openEngine('v');
-    const other = await elsewhere(f, t, {}, kind === 'fs' ? new FsStore(dir, { fsync: false }) : f.store);
+    const other = await elsewhere(f, t, { leaseTiming: steady }, kind === 'fs' ? new FsStore(dir, { fsync: false }) : f.store);
     await assert.rejects(other.openEngine('v'), isLease(/is being written by .* \(pid \d+ on .*\), which is alive/));
     await assert.rejects(other.createSnapshot('v', 's'), isLease());
     await assert.rejects(other.deleteVolume('v'), isLease());
