@@ -165,6 +165,9 @@ export class VolumeLease {
       const session = await this.ctx.currentSession();
       const current = await readVolumeLease(this.ctx);
       if (!current || current.etag !== this.etag) return false;
+      // The same token a contender taking this lease version over must create: one of us wins
+      // (on the fs store too, whose If-Match is atomic within one process only).
+      await this.ctx.store.put(takeoverKey(this.ctx.objectKey, this.etag), Buffer.from(JSON.stringify({ v: 1 })), { ifNoneMatch: '*' });
       const purpose = current.record?.purpose ?? 'nbd-vault';
       const record: LeaseRecord = { v: LEASE_FORMAT, instance: this.ctx.instance, session: session.id, host: hostname(), pid: process.pid, purpose };
       const sealed = (await this.ctx.codec.seal(this.ctx.key, Buffer.from(JSON.stringify(record)), this.ctx.place))!;
