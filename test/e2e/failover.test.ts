@@ -8,7 +8,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { runCommand } from '../helpers/fuse-disk';
 import { makeTestVault, startVaultServer, testS3Url, s3Available, type TestVault, type VaultServer } from '../helpers/vault-server';
@@ -209,3 +209,27 @@ for (const store of ['fs', 's3'] as const) {
     assert.equal(await y.stop(), 0);
   });
 }
+
+test('SIGHUP re-reads the config file: the log level changes at once, a restart-only change is named, clients stay', async (t) => {
+  const v = await makeTestVault();
+  t.after(() => v.cleanup());
+  await v.cli('volume', 'create', 'vm', '--size', '16M');
+  const config = join(v.dir, 'config.json');
+  writeFileSync(config, JSON.stringify({ logLevel: 'info' }));
+  const env = { ...v.env, NBD_VAULT_LOG_LEVEL: '' };
+  const a = await startVaultServer(env, v.dir, ['--config', config]);
+  t.after(() => a.kill());
+  // a client connected across the reload
+  const w = startWriter(a.port, 'vm', { fua: false, sleepMs: 300, rounds: 8 });
+  await waitFor('2 writes', () => w.wroteAt.length >= 2);
+  writeFileSync(config, JSON.stringify({ logLevel: 'debug', readCache: '64M' }));
+  a.process.kill('SIGHUP');
+  await waitFor('the reload', () => /"msg":"configuration reloaded; some changes need a restart"/.test(a.log()));
+  assert.match(a.log(), /"logLevel":"debug","needRestart":\["readCache"\]/);
+  assertClean(await w.done, 8);
+  assert.match(a.log(), /"level":20,/, 'debug lines from now on');
+  writeFileSync(config, '{ not json');
+  a.process.kill('SIGHUP');
+  await waitFor('the refusal', () => /configuration not reloaded; the running one stays/.test(a.log()));
+  assert.equal(await a.stop(), 0);
+});
