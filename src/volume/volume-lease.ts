@@ -21,7 +21,7 @@ import type { ObjectPlace } from '../codec/object-place';
 import type { SecretKey } from '../keys/secret-key';
 import type { ObjectStore } from '../store/object-store';
 import type { Logger } from '../util/log';
-import { observeSession, type SessionState, type WriterSession } from './writer-session';
+import { observeSession, parseSessionRecord, sessionKey, type SessionState, type WriterSession } from './writer-session';
 
 export const LEASE_FORMAT = 2;
 
@@ -95,6 +95,34 @@ export async function readVolumeLease(ctx: LeaseReadContext): Promise<{ etag: st
 export async function leaseHolderState(store: ObjectStore, record: LeaseRecord, waitMs = 0): Promise<SessionState> {
   if (record.v === 1) return record.expiresAt! > Date.now() ? 'live' : 'dead';
   return observeSession(store, record.session!, { maxWaitMs: waitMs });
+}
+
+/**
+ * What gc must keep of a volume whose lease it read: every object modified at or after the
+ * returned time (ms since the epoch, the holder's clock; the caller adds its grace for skew).
+ * -Infinity keeps everything (unreadable records); null: no writer can still commit.
+ * Format 2: the horizon is published by the holder's session heartbeat (one for all its
+ * volumes: the oldest pending upload of any of them), so it costs no request per volume.
+ */
+export async function writerHorizon(store: ObjectStore, lease: { record: LeaseRecord | null } | null, nowMs: number, graceMs: number): Promise<number | null> {
+  if (lease === null) return null;
+  const r = lease.record;
+  if (r === null) return -Infinity;
+  if (r.v === 1) {
+    const v1 = r as LeaseRecord & { writtenAt?: number; pendingSince?: number | null };
+    if (r.expiresAt! + graceMs < nowMs) return null;
+    return typeof v1.writtenAt === 'number' ? Math.min(v1.writtenAt, v1.pendingSince ?? v1.writtenAt) : -Infinity;
+  }
+  let obj;
+  try {
+    obj = await store.get(sessionKey(r.session!));
+  } catch (err) {
+    if (isVaultError(err, 'ERR_STORE_NOT_FOUND')) return null; // the holder released everything and stopped
+    throw err;
+  }
+  const beat = parseSessionRecord(obj.body);
+  if (!beat || typeof beat.writtenAt !== 'number') return -Infinity;
+  return Math.min(beat.writtenAt, beat.pendingSince ?? beat.writtenAt);
 }
 
 function processAlive(pid: number): boolean {
@@ -174,6 +202,7 @@ export class VolumeLease {
       this.etag = (await this.ctx.store.put(this.ctx.objectKey, sealed, { ifMatch: this.etag })).etag;
       this.session = session;
       this.unsubscribe = this.subscribe();
+      if (this.pendingSource) this.reportPending(this.pendingSource);
       this.lostError = null;
       this.lostWithSession = false;
       this.ctx.logger.warn({ volume: this.ctx.volumeName, session: session.id }, 'volume lease resumed under a new writer session (nobody had taken it)');
@@ -244,6 +273,17 @@ export class VolumeLease {
     return new VaultError('ERR_LEASE', `volume "${ctx.volumeName}": another writer took the lease first; it is held by ${holder}`);
   }
 
+  private pendingSource: (() => number | null) | null = null;
+  private unpublish: () => void = () => {};
+
+  /** The engine tells the lease what gc must keep (its oldest upload no durable root names yet);
+   *  the session's heartbeat publishes it (see writerHorizon). */
+  reportPending(source: () => number | null): void {
+    this.pendingSource = source;
+    this.unpublish();
+    this.unpublish = this.session.addPendingSource(source);
+  }
+
   /** Throws ERR_LEASE once the lease is lost (its session ended, or the root was changed by
    *  someone else). Called before every write and commit. */
   check(): void {
@@ -284,6 +324,7 @@ export class VolumeLease {
     if (this.released) return;
     this.released = true;
     this.unsubscribe();
+    this.unpublish();
     if (this.lostError) return;
     try {
       // Only our own lease: if someone took it over, it is theirs to release.

@@ -50,6 +50,11 @@ export interface SessionRecord {
   readonly ttlMs: number;
   readonly renewMs: number;
   readonly beat: number;
+  /** when the holder wrote this record (its wall clock: for gc's horizon only, never for safety) */
+  readonly writtenAt?: number;
+  /** start of the oldest upload of any of the session's volumes that no durable root names yet
+   *  (null: none): gc keeps everything from there on (see writerHorizon in volume-lease.ts) */
+  readonly pendingSince?: number | null;
 }
 
 export function parseSessionRecord(body: Buffer): SessionRecord | null {
@@ -99,8 +104,21 @@ export class WriterSession {
   }
 
   private body(): Buffer {
-    const r: SessionRecord = { v: 1, ttlMs: this.ttlMs, renewMs: this.renewMs, beat: this.beat++ };
+    let pendingSince: number | null = null;
+    for (const source of this.pendingSources) {
+      const t = source();
+      if (t !== null && (pendingSince === null || t < pendingSince)) pendingSince = t;
+    }
+    const r: SessionRecord = { v: 1, ttlMs: this.ttlMs, renewMs: this.renewMs, beat: this.beat++, writtenAt: this.clock.wall(), pendingSince };
     return Buffer.from(JSON.stringify(r));
+  }
+
+  private readonly pendingSources = new Set<() => number | null>();
+
+  /** An engine's oldest unreferenced upload, published with every heartbeat (for gc). */
+  addPendingSource(source: () => number | null): () => void {
+    this.pendingSources.add(source);
+    return () => this.pendingSources.delete(source);
   }
 
   private get marginMs(): number {

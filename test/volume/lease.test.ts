@@ -13,6 +13,7 @@ import type { ObjectStore, PutOptions } from '../../src/store/object-store';
 import { Vault, type VaultOptions } from '../../src/volume/vault';
 import { VaultError } from '../../src/errors';
 import { WriterSession, observeSession, type Clock } from '../../src/volume/writer-session';
+import { readVolumeLease, writerHorizon } from '../../src/volume/volume-lease';
 import { makeVault, logger, type Fixture } from './vault-fixture';
 
 const MiB = 2 ** 20;
@@ -250,4 +251,30 @@ test('observeSession: live while the heartbeat changes, dead after a still ttl, 
   await live.stop();
   assert.equal(await observeSession(store, live.id), 'gone');
   await frozen.stop();
+});
+
+test('gc horizon: the heartbeat publishes the oldest pending upload of the session\'s volumes', async (t) => {
+  const f = await makeVault();
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 8 * MiB);
+  const v = await f.reopen({ leaseTiming: { ttlMs: 5000, renewMs: 50 } });
+  const e = await v.openEngine('v');
+  const lease = (e as any).opts.lease;
+  lease.reportPending(() => 1234);
+  const leaseCtx = (lease as any).ctx;
+  const deadline = Date.now() + 10_000;
+  let h: number | null = null;
+  while (h !== 1234 && Date.now() < deadline) {
+    h = await writerHorizon(f.store, await readVolumeLease(leaseCtx), Date.now(), 60_000);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  assert.equal(h, 1234, 'published with a heartbeat');
+  lease.reportPending(() => null);
+  await new Promise((r) => setTimeout(r, 200));
+  const now = Date.now();
+  h = await writerHorizon(f.store, await readVolumeLease(leaseCtx), now, 60_000);
+  assert.ok(h !== null && h > now - 5000 && h <= now, `nothing pending: the horizon is the last heartbeat (${h})`);
+  await e.close();
+  await v.close();
+  assert.equal(await writerHorizon(f.store, await readVolumeLease(leaseCtx), Date.now(), 60_000), null, 'released: no writer');
 });
