@@ -11,6 +11,7 @@ const BENCHMARKS = [
   { name: 'Changed-block tracking (BLOCK_STATUS on 1 TiB)', script: 'dist/bench/block-status-bench.js' },
   { name: 'Sync (replica copies, fs→fs and RGW→fs)', script: 'dist/bench/sync-bench.js' },
   { name: 'Metrics overhead', script: 'bench/metrics-bench.mjs' },
+  { name: 'Failover (qemu-io pause on restart and takeover)', script: 'dist/bench/failover-bench.js' },
 ];
 
 let failed = 0;

@@ -1,8 +1,10 @@
 // `nbd-vault serve`: parse options, build an ExportProvider, run the NBD server until SIGINT or
-// SIGTERM, then shut down gracefully (finish in-flight requests, flush every export) and exit 0.
+// SIGTERM, then shut down gracefully (finish in-flight requests, flush every export, release the
+// leases) and exit 0; requests that arrive meanwhile stay unanswered, for a reconnecting client
+// to replay on the next server (docs/RECONNECT.md). SIGHUP reloads the configuration.
 // runServer() is the reusable part: vault-backed exports call it with their own provider.
 import type { Command } from 'commander';
-import { VaultError } from '../errors';
+import { VaultError, describeError } from '../errors';
 import { nbdUri, startNbdServer, type NbdServerHandle } from '../nbd';
 import { createLogger, parseLogFormat, setLogger, type Logger } from '../util/log';
 import type { MetricsSink } from '../util/metrics';
@@ -23,6 +25,8 @@ export interface ServeOptions {
   readonly metrics?: MetricsSink;
   /** Called once the server listens, with the URI of the default export on each address. */
   readonly onListening?: (uris: string[]) => void;
+  /** SIGHUP: reload the configuration (clients stay connected). */
+  readonly onReload?: () => void;
 }
 
 /** Starts the server for `provider`, logs where it listens, waits for SIGINT/SIGTERM, then closes
@@ -37,6 +41,15 @@ export async function runServer(provider: ExportProvider, opts: ServeOptions): P
   };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
+  const onHup = () => {
+    opts.logger.info({ signal: 'SIGHUP' }, 'reloading the configuration');
+    try {
+      opts.onReload?.();
+    } catch (err) {
+      opts.logger.error({ err: describeError(err) }, 'configuration not reloaded; the running one stays');
+    }
+  };
+  process.on('SIGHUP', onHup);
   const server = await startNbdServer({
     listen: opts.listen,
     socket: opts.socket,
@@ -53,6 +66,7 @@ export async function runServer(provider: ExportProvider, opts: ServeOptions): P
   const signal: NodeJS.Signals = signalled ?? (await new Promise<NodeJS.Signals>((resolve) => (wake = () => resolve(signalled!))));
   process.removeListener('SIGINT', onSignal);
   process.removeListener('SIGTERM', onSignal);
+  process.removeListener('SIGHUP', onHup);
   opts.logger.info({ signal }, 'signal received');
   await server.close();
   opts.logger.info('stopped');

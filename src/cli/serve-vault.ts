@@ -6,6 +6,8 @@ import { formatSize } from '../util/size';
 import { createLogger } from '../util/log';
 import { VaultExportProvider } from '../volume/vault-export-provider';
 import { resolveSettings, SERVE_VAULT_SETTINGS } from './settings';
+import type { Logger } from '../util/log';
+import { describeError } from '../errors';
 import { openVaultContext, type VaultSettings } from './vault-context';
 import { parseListen, runServer } from './serve-command';
 import { startAdminServer, type AdminRequest } from './admin-socket';
@@ -51,6 +53,12 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
     const listen = parseListen(s.listen!);
     const security = resolveServerSecurity(s, listen, opts, ctx.logger);
     ctx.logger.info({ store: ctx.store.name, volumes: volumes.map((v) => v.name) }, 'vault opened');
+    // Watch other writers' heartbeats from now on: a dead one's volumes are then taken over a
+    // lease ttl after startup at most, not a ttl after the first client asks.
+    ctx.vault.watchLeaseHolders().then(
+      (n) => n > 0 && ctx.logger.info({ writers: n }, 'watching the heartbeats of other writers holding volume leases'),
+      (err) => ctx.logger.warn({ err: describeError(err) }, 'could not look at the volume leases at startup'),
+    );
     const admin = await startAdminServer(
       s.state,
       ctx.vault.vaultId,
@@ -73,6 +81,7 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
         handshakeTimeoutMs,
         logger: ctx.logger,
         security,
+        onReload: () => reloadSettings(opts, s, ctx.logger),
         // for people (stdout): where to point a client first
         onListening: (uris) => process.stdout.write(`serving ${volumes.length} volume(s) from ${ctx.store.name} at ${uris[0]}\ntry: ${tryHint(uris[0], s.tlsPsk, security)}\n`),
       });
@@ -93,4 +102,21 @@ function tryHint(uri: string, pskFile: string | undefined, security: ServerSecur
   if (!pskFile || !security.tls.pskKeys) return `nbdinfo '${uri}?tls-certificates=DIR' (DIR: ca-cert.pem, client-cert.pem, client-key.pem)`;
   const identity = [...security.tls.pskKeys.keys()][0];
   return `nbdinfo '${uri.replace('nbds://', `nbds://${encodeURIComponent(identity)}@`)}?tls-psk-file=${resolve(pskFile)}'`;
+}
+
+/** SIGHUP: read the config file and environment again. The log level applies at once, without
+ *  dropping anyone; a setting that needs a restart (listen address, store, keys …) is named in
+ *  the log and keeps its running value. A bad file changes nothing. */
+function reloadSettings(opts: Record<string, unknown>, running: Record<string, unknown>, logger: Logger): void {
+  const fresh = resolveSettings(opts, SERVE_VAULT_SETTINGS) as Record<string, unknown>;
+  const needRestart: string[] = [];
+  for (const [name, value] of Object.entries(fresh)) {
+    if (value === running[name] || name === 'logLevel') continue;
+    needRestart.push(name);
+  }
+  if (fresh.logLevel !== logger.level) {
+    logger.level = String(fresh.logLevel);
+    running.logLevel = fresh.logLevel;
+  }
+  logger.info({ logLevel: logger.level, needRestart }, needRestart.length ? 'configuration reloaded; some changes need a restart' : 'configuration reloaded');
 }

@@ -42,6 +42,7 @@ export const SETTINGS = {
   uploadConcurrency: { flag: '--upload-concurrency <n>', kind: 'int', help: 'parallel chunk uploads per volume', def: 16 },
   workers: { flag: '--workers <n>', kind: 'int', help: 'compression/encryption worker threads', def: availableParallelism() },
   zstdLevel: { flag: '--zstd-level <n>', kind: 'int', help: 'zstd compression level', def: 3 },
+  leaseTtl: { flag: '--lease-ttl <seconds>', kind: 'int', help: "a dead writer's volumes are taken over once its heartbeat stood still this long (heartbeat every ttl/2, at most every 5 s)", def: 10 },
   acceptRollback: { flag: '--accept-rollback', kind: 'bool', help: 'open a volume whose root is older than this machine has seen', def: false },
   snapshotEvery: { flag: '--snapshot-every <duration>', kind: 'string', help: 'snapshot the volumes this server writes on a schedule, e.g. 1h, 30m, 1d', def: undefined },
   prune: { flag: '--prune <policy>', kind: 'string', help: 'with --snapshot-every: prune the scheduled snapshots, e.g. "hourly=24,daily=7,weekly=4"', def: undefined },
@@ -58,7 +59,7 @@ export const SETTINGS = {
 export type SettingName = keyof typeof SETTINGS;
 
 /** What every command that opens a vault takes. */
-export const VAULT_SETTINGS = ['store', 'keys', 'state', 'workers', 'zstdLevel', 'acceptRollback', 'logLevel', 'logFormat'] as const satisfies readonly SettingName[];
+export const VAULT_SETTINGS = ['store', 'keys', 'state', 'workers', 'zstdLevel', 'acceptRollback', 'leaseTtl', 'logLevel', 'logFormat'] as const satisfies readonly SettingName[];
 
 /** TLS and the guard against plaintext off loopback (every server command). */
 export const TLS_SETTINGS = ['tls', 'tlsCertificates', 'tlsPsk', 'tlsVerifyPeer', 'insecureNoTls'] as const satisfies readonly SettingName[];

@@ -68,7 +68,9 @@ export async function openVaultContext(s: VaultSettings, opts: OpenVaultOptions 
     if (ring.all().length > 1) logger.warn({ keyId: ring.currentKeyId }, 'a master key rotation is unfinished: run `nbd-vault keys rotate` again to finish it');
     ring.onReload = (keyId) => logger.warn({ keyId }, 'master key reloaded from the key directory (it was rotated)');
     const master = ring.current;
-    const vopts = { stateDir: s.state, acceptRollback: s.acceptRollback, logger, keyRing: ring };
+    if (!(s.leaseTtl >= 1 && s.leaseTtl <= 600)) throw new VaultError('ERR_INVALID_ARGUMENT', `--lease-ttl wants 1 to 600 seconds, got ${s.leaseTtl}`);
+    const leaseTiming = { ttlMs: s.leaseTtl * 1000, renewMs: Math.min(5000, (s.leaseTtl * 1000) / 2) };
+    const vopts = { stateDir: s.state, acceptRollback: s.acceptRollback, logger, keyRing: ring, leaseTiming };
     let vault: Vault;
     if (opts.recover !== undefined) vault = await Vault.create(store, master, codec, { ...vopts, recoverVaultId: await recoverVaultId(store, opts.recover) });
     else if (opts.create) vault = await Vault.create(store, master, codec, vopts);
@@ -90,6 +92,7 @@ export async function openVaultContext(s: VaultSettings, opts: OpenVaultOptions 
       vault,
       logger,
       close: async () => {
+        await vault.close(); // the writer session's heartbeat: after every lease is released
         r.wipe();
         await codec.close();
         await store.close();

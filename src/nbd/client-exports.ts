@@ -41,7 +41,7 @@ export class ClientExports {
       this.logger.warn({ exportName: resolved, err: describeError(err) }, 'export failed to open');
       // The client learns why in general terms; the details (hosts, objects) stay in the log.
       const failure = isVaultError(err, 'ERR_LEASE')
-        ? `export "${resolved}" is being written by another server or command`
+        ? `export "${resolved}" is being written by another server or command (a client may retry: it is served here once that writer stops or dies)`
         : `export "${resolved}" cannot be opened (see the server log)`;
       return { exp: null, failure };
     }

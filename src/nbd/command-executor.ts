@@ -62,11 +62,19 @@ export async function executeRequestWithStatus(req: NbdRequest, s: ExecutionSess
   try {
     return { reply: await run(req, s), errno: 0 };
   } catch (err) {
+    if (mustDropConnection(err)) throw err;
     const errno = toNbdError(err, req.type, req.flags);
     const level = isVaultError(err, 'ERR_BUG') || !isVaultError(err) ? 'error' : errno === NBD_EIO ? 'warn' : 'debug';
     s.logger[level]({ cmd: req.type, offset: req.offset, length: req.length, errno, err: describeError(err) }, 'request failed');
     return { reply: errorReply(req, s.structuredReplies, errno, describeError(err)), errno };
   }
+}
+
+/** An export that can no longer serve here (it lost its writer's lease, or it is closed because
+ *  the server is stopping) makes the connection drop WITHOUT a reply: clients that reconnect
+ *  (qemu's reconnect-delay) replay unanswered requests, an error reply would reach the guest. */
+export function mustDropConnection(err: unknown): boolean {
+  return isVaultError(err, 'ERR_LEASE') || isVaultError(err, 'ERR_SHUTDOWN');
 }
 
 async function run(req: NbdRequest, s: ExecutionSession): Promise<Buffer[]> {

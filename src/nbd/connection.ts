@@ -24,7 +24,7 @@ import { describeError } from '../errors';
 import { ByteQueue } from './byte-queue';
 import { ConnStateMachine, isTerminal, type ConnState } from './conn-state';
 import { NBD_CMD_DISC, NBD_CMD_NAMES, NBD_CMD_READ, NBD_CMD_WRITE, NBD_ERRNO_NAMES, NBD_ESHUTDOWN } from './constants';
-import { errorReply, executeRequestWithStatus, type ExecutionSession } from './command-executor';
+import { errorReply, executeRequestWithStatus, mustDropConnection, type ExecutionSession } from './command-executor';
 import { NO_METRICS, type MetricsSink } from '../util/metrics';
 import { encodeGreeting, negotiateOptions, ProtocolViolation, readClientFlags, type Negotiated } from './negotiation';
 import { MAX_PAYLOAD } from './limits';
@@ -123,7 +123,8 @@ export class NbdConnection {
   }
 
   /** Graceful shutdown: a negotiating client is cut off; a transmitting one gets its in-flight
-   *  requests answered (later ones ESHUTDOWN) and then a clean close. */
+   *  requests answered (later ones left unanswered, for a reconnecting client to replay) and
+   *  then a clean close. */
   beginShutdown(): void {
     this.shuttingDown = true;
     if (this.state === 'greeting' || this.state === 'options') this.finish('closed', 'server shutting down');
@@ -341,7 +342,9 @@ export class NbdConnection {
   /** Writes the reply; returns the errno it carried. */
   private async answer(req: NbdRequest, session: SessionFacts & ExecutionSession): Promise<number> {
     if (this.shuttingDown) {
-      this.writeReply(errorReply(req, session.structuredReplies, NBD_ESHUTDOWN, 'server is shutting down'));
+      // Not answered: the connection closes once what started before the shutdown is answered,
+      // and a reconnecting client replays this request to the next server (an ESHUTDOWN reply
+      // would be an I/O error in the guest).
       return NBD_ESHUTDOWN;
     }
     const errno = validateRequest(req, session);
@@ -350,9 +353,15 @@ export class NbdConnection {
       this.writeReply(errorReply(req, session.structuredReplies, errno, 'request refused'));
       return errno;
     }
-    const { reply, errno: result } = await executeRequestWithStatus(req, session);
-    this.writeReply(reply);
-    return result;
+    try {
+      const { reply, errno: result } = await executeRequestWithStatus(req, session);
+      this.writeReply(reply);
+      return result;
+    } catch (err) {
+      if (!mustDropConnection(err)) throw err;
+      this.die(`export cannot serve here any more: ${describeError(err)}`, 'warn');
+      return NBD_ESHUTDOWN;
+    }
   }
 
   private maybeCloseAfterDrain(why: string): void {

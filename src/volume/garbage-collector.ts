@@ -9,7 +9,6 @@ import type { Logger } from '../util/log';
 import { VOLUMES_PREFIX, leaseKey, metaKey, rootKey, snapshotPrefix, volumeDeletingKey, volumeIdOfKey } from './object-keys';
 import type { Vault } from './vault';
 import { referencedKeys, snapshotAsRoot } from './vault';
-import { liveWriterHorizon } from './volume-lease';
 
 export interface GcOptions {
   readonly dryRun: boolean;
@@ -46,7 +45,7 @@ export async function collectGarbage(vault: Vault, opts: GcOptions, logger: Logg
   for (const v of volumes) {
     try {
       // The lease first: every upload its writer starts later is newer than what it says.
-      const horizon = liveWriterHorizon(await vault.readLease(v), now, opts.graceMs);
+      const horizon = await vault.liveWriterHorizon(v, now, opts.graceMs);
       if (horizon !== null) {
         keepFrom.set(v.id, horizon - opts.graceMs);
         writingVolumes.push(v.name);

@@ -42,6 +42,14 @@ export class VaultExportProvider implements ExportProvider {
     if (this.closing) return null;
     const wanted = name === '' ? this.defaultName : name;
     let p = this.engines.get(wanted);
+    if (p && (await p.then(async (e) => e.leaseLost && !(await e.regainLease()), () => false))) {
+      // This server lost the volume's lease (its session ended, or another server took it over):
+      // forget the engine (its unflushed writes cannot be committed) and try to take it again.
+      if (this.engines.get(wanted) === p) this.engines.delete(wanted);
+      await (await p).close().catch((err) => this.logger.warn({ volume: wanted, err: describeError(err) }, 'closing an engine that lost its lease failed'));
+      this.logger.warn({ volume: wanted }, 'volume lease was lost: opening the volume again');
+      p = this.engines.get(wanted);
+    }
     if (!p) {
       const [volume, snap] = splitExportName(wanted);
       p = snap === null ? this.vault.openEngine(volume, this.engineOptions) : this.vault.openSnapshotEngine(volume, snap, this.engineOptions);
@@ -103,6 +111,7 @@ export class VaultExportProvider implements ExportProvider {
     const results = await Promise.allSettled(
       [...this.engines.entries()].map(async ([name, p]) => {
         const engine = await p;
+        if (engine.leaseLost) await engine.regainLease(); // a late heartbeat must not cost the flush
         await engine.close();
         this.logger.info({ volume: name, seq: engine.currentSeq }, 'volume flushed and closed');
       }),

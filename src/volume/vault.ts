@@ -19,7 +19,8 @@ import { CHUNK_SIZE } from './chunk-math';
 import { LocalState } from './local-state';
 import { PAGE_ENTRIES, type Manifest } from './manifest';
 import { VAULT_KEY, VOLUMES_PREFIX, leaseKey, metaKey, volumeIdOfKey, volumePrefix, rootKey } from './object-keys';
-import { VolumeLease, type LeaseContext, type LeaseRecord } from './volume-lease';
+import { VolumeLease, readVolumeLease, writerHorizon, type AcquireOptions, type LeaseRecord } from './volume-lease';
+import { WriterSession, observeSession, type SessionState } from './writer-session';
 import { ROOT_FORMAT, type RootRecord } from './root-record';
 import { VolumeEngine, DEFAULT_ENGINE_OPTIONS, type EngineOptions } from './volume-engine';
 import { VolumeObjects } from './volume-objects';
@@ -43,8 +44,10 @@ export interface VaultOptions {
   readonly leasePurpose?: string;
   /** Every master key this process holds (during and after a key rotation); `master` alone if absent. */
   readonly keyRing?: MasterKeyRing;
-  /** tests: shorter lease times */
+  /** the writer session's heartbeat timing (tests: shorter) */
   readonly leaseTiming?: { ttlMs?: number; renewMs?: number };
+  /** a foreign lease holder: watch its heartbeat to tell dead from alive (default), or refuse at once */
+  readonly waitForDeadHolder?: boolean;
 }
 
 export function checkVolumeName(name: string): void {
@@ -56,6 +59,8 @@ export function checkVolumeName(name: string): void {
 export class Vault {
   private readonly vaultIdBytes: Buffer;
   private readonly state: LocalState;
+  /** this process's writer session (one heartbeat for all its leases), started on first use */
+  private session: Promise<WriterSession> | null = null;
 
   private constructor(
     readonly store: ObjectStore,
@@ -428,33 +433,106 @@ export class Vault {
     }
   }
 
-  private async leaseContext(found: VolumeMeta): Promise<LeaseContext> {
+  /** The live writer session, a new one if the last has ended (its leases are lost). */
+  private async writerSession(): Promise<WriterSession> {
+    const current = this.session ? await this.session.catch(() => null) : null;
+    if (current?.alive) return current;
+    const p = WriterSession.start(this.store, this.opts.logger, this.opts.leaseTiming);
+    this.session = p;
+    p.catch(() => {
+      if (this.session === p) this.session = null;
+    });
+    return p;
+  }
+
+  /** Watches of other writers' sessions: 'dead' and 'gone' are final (a session never revives),
+   *  so they are kept; 'live' is dropped once answered (it may have died since). */
+  private readonly watches = new Map<string, Promise<SessionState>>();
+
+  private observe(sessionId: string): Promise<SessionState> {
+    let w = this.watches.get(sessionId);
+    if (!w) {
+      w = observeSession(this.store, sessionId);
+      this.watches.set(sessionId, w);
+    }
+    return w.then(
+      (state) => {
+        if (state === 'live' && this.watches.get(sessionId) === w) this.watches.delete(sessionId);
+        return state;
+      },
+      (err) => {
+        if (this.watches.get(sessionId) === w) this.watches.delete(sessionId);
+        throw err;
+      },
+    );
+  }
+
+  /**
+   * Start watching the heartbeat of every other writer that holds a lease here (a server at
+   * startup): if one died, its volumes can be taken over as soon as a client asks, a ttl after
+   * this call rather than a ttl after the client's request. Nothing is taken here.
+   */
+  async watchLeaseHolders(): Promise<number> {
+    let n = 0;
+    for (const v of await this.listVolumes()) {
+      const { key, ...meta } = await this.readMeta(v.id);
+      const metaSubkey = deriveSubkey(key, 'meta');
+      key.wipe();
+      try {
+        const lease = await readVolumeLease({ store: this.store, codec: this.codec, key: metaSubkey, place: { vaultId: this.vaultIdBytes, volumeId: Buffer.from(meta.id, 'hex'), kind: 'lease', index: 0, generation: 0 }, objectKey: leaseKey(meta.id) });
+        const session = lease?.record?.v === 2 ? lease.record.session : undefined;
+        if (session && !this.watches.has(session)) {
+          n++;
+          this.observe(session).catch(() => {}); // (answered to the acquirer; here only started)
+        }
+      } finally {
+        metaSubkey.wipe();
+      }
+    }
+    return n;
+  }
+
+  /** Stop the writer session's heartbeat and delete it (after every engine has been closed). */
+  async close(): Promise<void> {
+    const s = this.session;
+    this.session = null;
+    await (await s?.catch(() => null))?.stop();
+  }
+
+  private async acquireLease(found: VolumeMeta, purpose: string, opts: AcquireOptions = { waitForDeadHolder: this.opts.waitForDeadHolder }): Promise<VolumeLease> {
     const { key, ...meta } = await this.readMeta(found.id);
     const metaKey = deriveSubkey(key, 'meta');
     key.wipe();
-    return {
-      store: this.store,
-      codec: this.codec,
-      key: metaKey,
-      place: { vaultId: this.vaultIdBytes, volumeId: Buffer.from(meta.id, 'hex'), kind: 'lease', index: 0, generation: 0 },
-      objectKey: leaseKey(meta.id),
-      volumeName: meta.name,
-      instance: await this.state.instanceId(),
-      logger: this.opts.logger,
-    };
+    return VolumeLease.acquire(
+      {
+        store: this.store,
+        codec: this.codec,
+        key: metaKey,
+        place: { vaultId: this.vaultIdBytes, volumeId: Buffer.from(meta.id, 'hex'), kind: 'lease', index: 0, generation: 0 },
+        objectKey: leaseKey(meta.id),
+        volumeName: meta.name,
+        instance: await this.state.instanceId(),
+        session: await this.writerSession(),
+        currentSession: () => this.writerSession(),
+        observe: (sessionId) => this.observe(sessionId),
+        logger: this.opts.logger,
+      },
+      purpose,
+      opts,
+    );
   }
 
-  private async acquireLease(found: VolumeMeta, purpose: string): Promise<VolumeLease> {
-    return VolumeLease.acquire(await this.leaseContext(found), purpose, this.opts.leaseTiming);
-  }
-
-  /** The volume's lease as it is in the store now (null: nobody holds it). */
-  async readLease(found: VolumeMeta): Promise<{ etag: string; record: LeaseRecord | null } | null> {
-    const ctx = await this.leaseContext(found);
+  /** What gc must keep of a volume: from when its live writer's oldest unreferenced upload began
+   *  (writerHorizon), or null when no live writer holds its lease. */
+  async liveWriterHorizon(found: VolumeMeta, nowMs: number, graceMs: number): Promise<number | null> {
+    const { key, ...meta } = await this.readMeta(found.id);
+    const metaSubkey = deriveSubkey(key, 'meta');
+    key.wipe();
     try {
-      return await VolumeLease.read(ctx);
+      const lease = await readVolumeLease({ store: this.store, codec: this.codec, key: metaSubkey, place: { vaultId: this.vaultIdBytes, volumeId: Buffer.from(meta.id, 'hex'), kind: 'lease', index: 0, generation: 0 }, objectKey: leaseKey(meta.id) });
+      return await writerHorizon(this.store, lease, nowMs, graceMs);
     } finally {
-      ctx.key.wipe();
+      metaSubkey.wipe();
     }
   }
 

@@ -224,6 +224,7 @@ export class VolumeEngine implements Export {
   // --- reads ------------------------------------------------------------------------------
 
   async read(offset: number, length: number, opts: ReadOptions = {}): Promise<Buffer> {
+    await this.opts.lease?.ensure();
     this.assertOpen();
     const spans = splitRange(offset, length, this.sizeBytes);
     if (spans.length === 1) {
@@ -306,6 +307,7 @@ export class VolumeEngine implements Export {
   }
 
   async cache(offset: number, length: number): Promise<void> {
+    await this.opts.lease?.ensure();
     this.assertOpen();
     const spans = splitRange(offset, length, this.sizeBytes);
     let next = 0;
@@ -316,6 +318,7 @@ export class VolumeEngine implements Export {
   }
 
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
+    await this.opts.lease?.ensure();
     this.assertOpen();
     const extents: Extent[] = [];
     const end = Math.min(this.sizeBytes, offset + length);
@@ -346,6 +349,7 @@ export class VolumeEngine implements Export {
   // --- writes -----------------------------------------------------------------------------
 
   async write(offset: number, data: WriteData, opts: WriteOptions = {}): Promise<void> {
+    await this.opts.lease?.ensure();
     this.assertWritable();
     await Promise.all(splitRange(offset, writeDataLength(data), this.sizeBytes).map((s) => this.writeSpan(s, data)));
     if (opts.fua) await this.flush();
@@ -356,6 +360,7 @@ export class VolumeEngine implements Export {
   }
 
   async writeZeroes(offset: number, length: number, opts: ZeroOptions = {}): Promise<void> {
+    await this.opts.lease?.ensure();
     this.assertWritable();
     const spans = splitRange(offset, length, this.sizeBytes);
     if (opts.fastZero) {
@@ -573,6 +578,7 @@ export class VolumeEngine implements Export {
   }
 
   async flush(): Promise<void> {
+    await this.opts.lease?.ensure();
     this.assertOpen();
     if (this.opts.readOnly) return;
     this.opts.lease?.check(); // a writer without its lease cannot promise anything is durable
@@ -600,7 +606,7 @@ export class VolumeEngine implements Export {
   }
 
   private async commitRootNow(snapshot: boolean): Promise<RootRecord> {
-    this.opts.lease?.check();
+    await this.opts.lease?.ensure(); // (resumes a lease lost only to a late heartbeat)
     // Capture (synchronously): which pages to write and with what content.
     const dirty = [...this.manifest.dirtyPages].sort((a, b) => a - b);
     this.manifest.dirtyPages.clear();
@@ -663,6 +669,8 @@ export class VolumeEngine implements Export {
       }
       return committed;
     } catch (err) {
+      // The root was changed by another writer: the lease is not ours any more (fencing).
+      if (isVaultError(err, 'ERR_LEASE')) this.opts.lease?.markLost(err as VaultError);
       // Nothing became durable (or, for an uncertain root put, nothing we may count on): the same
       // pages and deletes belong to the next commit; the pages written here are garbage unless
       // the uncertain root landed (then the next commit adopts it and they go after that).
@@ -800,6 +808,20 @@ export class VolumeEngine implements Export {
     }
   }
 
+  /** The writer's lease was lost: this engine serves nothing more (reads could be stale). */
+  get leaseLost(): boolean {
+    return this.opts.lease?.lost ?? false;
+  }
+
+  /** Take a lost lease back if nobody else took it (see VolumeLease.resume). */
+  regainLease(): Promise<boolean> {
+    return this.opts.lease?.resume() ?? Promise.resolve(false);
+  }
+
+  // The lease is checked where it matters, asynchronously (lease.ensure(): a lease lost only to a
+  // late heartbeat is resumed first): at the entry of read, write, zero and flush, and before
+  // every root commit, the one write that other writers could conflict with (fenced by the
+  // root's If-Match too). Writes into the cache in between need no lease.
   private assertOpen(): void {
     if (this.closed) throw new VaultError('ERR_SHUTDOWN', `volume "${this.name}" is closed`);
   }
@@ -807,7 +829,6 @@ export class VolumeEngine implements Export {
   private assertWritable(): void {
     this.assertOpen();
     if (this.opts.readOnly) throw new VaultError('ERR_READ_ONLY', `volume "${this.name}" is read-only`);
-    this.opts.lease?.check();
   }
 }
 

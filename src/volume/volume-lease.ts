@@ -1,16 +1,19 @@
 // The writer's lease on a volume: `volumes/<id>/lease`, so that two servers (or a server and a
-// CLI command) never write one volume at once — the shape DESIGN.md gives for several servers on
-// one bucket. Taken with a create-only put (If-None-Match: *), renewed with If-Match on the etag
-// we last wrote, released by deleting it. The root's own If-Match stays the last line of defence.
+// CLI command) never write one volume at once. The lease names the holder's writer session
+// (writer-session.ts): it is written once when taken and never renewed — the session's single
+// heartbeat keeps every lease of a process alive, at one request per 5 s whatever the number
+// of volumes. Taken with a create-only put (If-None-Match: *), released by deleting it.
 //
-// - A lease that has expired (its holder stopped renewing) may be taken over, with If-Match on
-//   the stale etag, so exactly one contender wins.
-// - A lease held by this same instance (same state directory on this machine: a crashed earlier
-//   run) is taken over at once — the admin socket already guarantees one server per state dir.
+// - A lease whose session is dead (heartbeat unchanged for its ttl, watched on our monotonic
+//   clock) or gone is taken over: first a create-only `takeover/<stale etag>` token (exactly one
+//   contender creates it, on every store including fs), then the lease with If-Match.
+// - A lease held by this same instance (same state directory on this machine) whose process is
+//   gone (a restart after a crash) or is this very process is taken over at once.
 // - Sealed like every other object (kind 'lease', the volume's meta subkey): the store does not
-//   learn host names or pids.
-// - If a renewal fails because someone else holds the lease now, the lease is lost: the engine
-//   refuses further writes (ERR_LEASE) instead of forking the volume.
+//   learn host names or pids. The root's own If-Match stays the last line of defence: a holder
+//   that lost its lease without knowing it cannot commit.
+// - Once its session is dead, or a commit found the root changed, the lease is lost for good:
+//   the engine refuses every write (ERR_LEASE) and its owner reopens the volume afresh.
 import { hostname } from 'node:os';
 import { VaultError, describeError, isVaultError } from '../errors';
 import type { Codec } from '../codec/codec';
@@ -18,11 +21,109 @@ import type { ObjectPlace } from '../codec/object-place';
 import type { SecretKey } from '../keys/secret-key';
 import type { ObjectStore } from '../store/object-store';
 import type { Logger } from '../util/log';
+import { observeSession, parseSessionRecord, sessionKey, type SessionState, type WriterSession } from './writer-session';
 
-export const LEASE_TTL_MS = 60_000;
-export const LEASE_RENEW_MS = 20_000;
-/** a writer stops this long before its lease could expire, so it never writes without one */
-const EXPIRY_MARGIN_MS = 5_000;
+export const LEASE_FORMAT = 2;
+
+/** What a lease object says (v1: written by older versions, renewed per volume with an expiry). */
+export interface LeaseRecord {
+  readonly v: 1 | 2;
+  readonly instance: string;
+  /** v2: the holder's writer session (its heartbeat is `sessions/<session>`) */
+  readonly session?: string;
+  readonly host: string;
+  readonly pid: number;
+  readonly purpose: string;
+  /** v1 only: wall-clock expiry */
+  readonly expiresAt?: number;
+}
+
+/** What reading a lease needs (also for gc and other readers). */
+export interface LeaseReadContext {
+  readonly store: ObjectStore;
+  readonly codec: Codec;
+  /** the volume's meta subkey */
+  readonly key: SecretKey;
+  readonly place: ObjectPlace;
+  /** `volumes/<id>/lease` */
+  readonly objectKey: string;
+}
+
+export interface LeaseContext extends LeaseReadContext {
+  readonly volumeName: string;
+  /** this server's (or CLI's) instance id: random, kept in its state directory */
+  readonly instance: string;
+  /** this process's writer session: its heartbeat keeps the lease alive */
+  readonly session: WriterSession;
+  /** the process's live session, a new one if this one ended (to resume a lease, see resume()) */
+  readonly currentSession?: () => Promise<WriterSession>;
+  /** watch a holder's session (may answer from a watch started earlier: see Vault.watchLeaseHolders) */
+  readonly observe?: (sessionId: string) => Promise<SessionState>;
+  readonly logger: Logger;
+}
+
+export interface AcquireOptions {
+  /** watch a foreign holder's heartbeat for up to its ttl to tell a dead holder from a live one
+   *  (default true); false: refuse at once unless the holder is certainly gone */
+  readonly waitForDeadHolder?: boolean;
+}
+
+/** The lease object now in the store: null when none; record null when it cannot be opened. */
+export async function readVolumeLease(ctx: LeaseReadContext): Promise<{ etag: string; record: LeaseRecord | null } | null> {
+  let obj;
+  try {
+    obj = await ctx.store.get(ctx.objectKey);
+  } catch (err) {
+    if (isVaultError(err, 'ERR_STORE_NOT_FOUND')) return null;
+    throw err;
+  }
+  try {
+    const r = JSON.parse((await ctx.codec.open(ctx.key, obj.body, ctx.place)).toString('utf8')) as LeaseRecord;
+    const ok = (r?.v === 1 && typeof r.expiresAt === 'number') || (r?.v === 2 && typeof r.session === 'string' && /^[0-9a-f]{32}$/.test(r.session));
+    return { etag: obj.etag, record: ok ? r : null };
+  } catch {
+    return { etag: obj.etag, record: null };
+  }
+}
+
+/**
+ * Is the writer named by this lease record alive? 'gone'/'dead' may be taken over.
+ * With `waitMs` 0 the answer is immediate and conservative: a v2 holder whose heartbeat exists
+ * counts as 'live' (gc uses this: never delete under a possible writer). With a wait of the
+ * session's ttl, a dead holder is told apart from a live one.
+ */
+export async function leaseHolderState(store: ObjectStore, record: LeaseRecord, waitMs = 0): Promise<SessionState> {
+  if (record.v === 1) return record.expiresAt! > Date.now() ? 'live' : 'dead';
+  return observeSession(store, record.session!, { maxWaitMs: waitMs });
+}
+
+/**
+ * What gc must keep of a volume whose lease it read: every object modified at or after the
+ * returned time (ms since the epoch, the holder's clock; the caller adds its grace for skew).
+ * -Infinity keeps everything (unreadable records); null: no writer can still commit.
+ * Format 2: the horizon is published by the holder's session heartbeat (one for all its
+ * volumes: the oldest pending upload of any of them), so it costs no request per volume.
+ */
+export async function writerHorizon(store: ObjectStore, lease: { record: LeaseRecord | null } | null, nowMs: number, graceMs: number): Promise<number | null> {
+  if (lease === null) return null;
+  const r = lease.record;
+  if (r === null) return -Infinity;
+  if (r.v === 1) {
+    const v1 = r as LeaseRecord & { writtenAt?: number; pendingSince?: number | null };
+    if (r.expiresAt! + graceMs < nowMs) return null;
+    return typeof v1.writtenAt === 'number' ? Math.min(v1.writtenAt, v1.pendingSince ?? v1.writtenAt) : -Infinity;
+  }
+  let obj;
+  try {
+    obj = await store.get(sessionKey(r.session!));
+  } catch (err) {
+    if (isVaultError(err, 'ERR_STORE_NOT_FOUND')) return null; // the holder released everything and stopped
+    throw err;
+  }
+  const beat = parseSessionRecord(obj.body);
+  if (!beat || typeof beat.writtenAt !== 'number') return -Infinity;
+  return Math.min(beat.writtenAt, beat.pendingSince ?? beat.writtenAt);
+}
 
 function processAlive(pid: number): boolean {
   try {
@@ -33,201 +134,204 @@ function processAlive(pid: number): boolean {
   }
 }
 
-export interface LeaseRecord {
-  readonly v: 1;
-  readonly instance: string;
-  readonly host: string;
-  readonly pid: number;
-  readonly purpose: string;
-  readonly expiresAt: number;
-  /** when the holder wrote this record (its clock) */
-  readonly writtenAt?: number;
-  /** start of the holder's oldest upload that no durable root names yet (null: none): gc keeps
-   *  everything of the volume from there on, however long the holder's commits take */
-  readonly pendingSince?: number | null;
-}
+export const takeoverKey = (leaseObjectKey: string, staleEtag: string) =>
+  `${leaseObjectKey.replace(/lease$/, '')}takeover/${staleEtag.replace(/[^0-9A-Za-z_-]/g, '_')}`;
 
-export interface LeaseContext {
-  readonly store: ObjectStore;
-  readonly codec: Codec;
-  readonly key: SecretKey;
-  readonly place: ObjectPlace;
-  readonly objectKey: string;
-  readonly volumeName: string;
-  /** this server's (or CLI's) instance id: random, kept in its state directory */
-  readonly instance: string;
-  readonly logger: Logger;
-  readonly now?: () => number;
+function describeHolder(r: LeaseRecord | null): string {
+  return r ? `${r.purpose} (pid ${r.pid} on ${r.host})` : 'an unreadable lease';
 }
 
 export class VolumeLease {
-  private etag: string;
-  private timer: NodeJS.Timeout | null = null;
   private lostError: VaultError | null = null;
+  /** lost only because our session ended (not because someone else wrote): resume() may help */
+  private lostWithSession = false;
   private released = false;
+  private session: WriterSession;
+  private readonly listeners = new Set<(err: VaultError) => void>();
+  private unsubscribe: () => void;
 
   private constructor(
     private readonly ctx: LeaseContext,
-    etag: string,
-    private readonly purpose: string,
-    private readonly ttlMs: number,
+    private etag: string,
   ) {
-    this.etag = etag;
-    this.renewedAt = (ctx.now ?? Date.now)();
+    this.session = ctx.session;
+    this.unsubscribe = this.subscribe();
   }
 
-  static async acquire(ctx: LeaseContext, purpose: string, opts: { ttlMs?: number; renewMs?: number } = {}): Promise<VolumeLease> {
-    const ttlMs = opts.ttlMs ?? LEASE_TTL_MS;
-    const now = ctx.now ?? Date.now;
-    const record = (): LeaseRecord => ({ v: 1, instance: ctx.instance, host: hostname(), pid: process.pid, purpose, expiresAt: now() + ttlMs, writtenAt: now(), pendingSince: null });
-    const body = async () => (await ctx.codec.seal(ctx.key, Buffer.from(JSON.stringify(record())), ctx.place))!;
-    let etag: string;
+  private subscribe(): () => void {
+    return this.session.onLost((err) => {
+      this.markLost(err);
+      this.lostWithSession = true;
+    });
+  }
+
+  /**
+   * After our session ended (a heartbeat came too late: a stalled machine, a slow store), take
+   * the lease back under the process's new session — only if nobody took it meanwhile: the
+   * lease object is still the one we wrote, replaced with If-Match on it (a contender's takeover
+   * uses the same If-Match, so exactly one of us wins). Unflushed writes then survive.
+   */
+  resume(): Promise<boolean> {
+    this.resuming ??= this.resumeNow().finally(() => (this.resuming = null));
+    return this.resuming;
+  }
+
+  private resuming: Promise<boolean> | null = null;
+
+  /** check(), but a lease lost only with our session is first resumed if it can be. */
+  async ensure(): Promise<void> {
+    if (this.lostError || !this.session.alive) {
+      this.lost; // marks it lost if the session just ended
+      if (this.lostWithSession) await this.resume();
+    }
+    this.check();
+  }
+
+  private async resumeNow(): Promise<boolean> {
+    if (!this.lostError || !this.lostWithSession || this.released || !this.ctx.currentSession) return false;
     try {
-      etag = (await ctx.store.put(ctx.objectKey, await body(), { ifNoneMatch: '*' })).etag;
+      const session = await this.ctx.currentSession();
+      const current = await readVolumeLease(this.ctx);
+      if (!current || current.etag !== this.etag) return false;
+      // The same token a contender taking this lease version over must create: one of us wins
+      // (on the fs store too, whose If-Match is atomic within one process only).
+      await this.ctx.store.put(takeoverKey(this.ctx.objectKey, this.etag), Buffer.from(JSON.stringify({ v: 1 })), { ifNoneMatch: '*' });
+      const purpose = current.record?.purpose ?? 'nbd-vault';
+      const record: LeaseRecord = { v: LEASE_FORMAT, instance: this.ctx.instance, session: session.id, host: hostname(), pid: process.pid, purpose };
+      const sealed = (await this.ctx.codec.seal(this.ctx.key, Buffer.from(JSON.stringify(record)), this.ctx.place))!;
+      this.etag = (await this.ctx.store.put(this.ctx.objectKey, sealed, { ifMatch: this.etag })).etag;
+      this.session = session;
+      this.unsubscribe = this.subscribe();
+      if (this.pendingSource) this.reportPending(this.pendingSource);
+      this.lostError = null;
+      this.lostWithSession = false;
+      this.ctx.logger.warn({ volume: this.ctx.volumeName, session: session.id }, 'volume lease resumed under a new writer session (nobody had taken it)');
+      return true;
+    } catch (err) {
+      this.ctx.logger.warn({ volume: this.ctx.volumeName, err: describeError(err) }, 'volume lease could not be resumed');
+      return false;
+    }
+  }
+
+  static async acquire(ctx: LeaseContext, purpose: string, opts: AcquireOptions = {}): Promise<VolumeLease> {
+    ctx.session.check();
+    const record: LeaseRecord = { v: LEASE_FORMAT, instance: ctx.instance, session: ctx.session.id, host: hostname(), pid: process.pid, purpose };
+    const body = async () => (await ctx.codec.seal(ctx.key, Buffer.from(JSON.stringify(record)), ctx.place))!;
+    try {
+      const { etag } = await ctx.store.put(ctx.objectKey, await body(), { ifNoneMatch: '*' });
+      return new VolumeLease(ctx, etag);
     } catch (err) {
       if (!isVaultError(err, 'ERR_STORE_PRECONDITION')) throw err;
-      const current = await VolumeLease.read(ctx);
-      if (current === null) return VolumeLease.acquire(ctx, purpose, opts); // released meanwhile
-      // "Mine": this state directory on this host, and the process that took it is gone (a
-      // restart after a crash) or is this very process. A live CLI command sharing the state
-      // directory is someone else.
-      const r0 = current.record;
-      const mine = r0 !== null && r0.instance === ctx.instance && r0.host === hostname() && (r0.pid === process.pid || !processAlive(r0.pid));
-      const expired = !current.record || current.record.expiresAt < now();
-      if (!mine && !expired) {
-        const r = current.record!;
-        throw new VaultError(
-          'ERR_LEASE',
-          `volume "${ctx.volumeName}" is being written by ${r.purpose} (pid ${r.pid} on ${r.host}) until at least ${new Date(r.expiresAt).toISOString()}; stop it first`,
-        );
-      }
-      ctx.logger.warn({ volume: ctx.volumeName, previous: current.record ? { host: current.record.host, pid: current.record.pid, expired } : 'unreadable' }, 'taking over the volume lease');
-      try {
-        etag = (await ctx.store.put(ctx.objectKey, await body(), { ifMatch: current.etag })).etag;
-      } catch (err2) {
-        if (isVaultError(err2, 'ERR_STORE_PRECONDITION')) throw new VaultError('ERR_LEASE', `volume "${ctx.volumeName}": another writer took the lease first`);
-        throw err2;
-      }
     }
-    const lease = new VolumeLease(ctx, etag, purpose, ttlMs);
-    lease.timer = setInterval(() => void lease.renew(), opts.renewMs ?? LEASE_RENEW_MS);
-    lease.timer.unref();
-    return lease;
-  }
-
-  /** The lease record now in the store (null: none; record null: unreadable). */
-  static async read(ctx: Pick<LeaseContext, 'store' | 'codec' | 'key' | 'place' | 'objectKey'>): Promise<{ etag: string; record: LeaseRecord | null } | null> {
-    let obj;
+    const current = await readVolumeLease(ctx);
+    if (current === null) return VolumeLease.acquire(ctx, purpose, opts); // released meanwhile
+    const r0 = current.record;
+    // "Mine": this state directory on this host, and the process that took it is gone (a restart
+    // after a crash) or is this very process. A live CLI command sharing the directory is not.
+    const mine = r0 !== null && r0.instance === ctx.instance && r0.host === hostname() && (r0.pid === process.pid || !processAlive(r0.pid));
+    let state: SessionState | 'mine' | 'unreadable' = 'mine';
+    if (r0 === null) state = 'unreadable';
+    else if (!mine) {
+      if (opts.waitForDeadHolder !== false && r0.v === 2) {
+        ctx.logger.info({ volume: ctx.volumeName, holder: describeHolder(r0) }, 'volume lease held elsewhere: watching its heartbeat');
+      }
+      state =
+        r0.v === 2 && ctx.observe && opts.waitForDeadHolder !== false
+          ? await ctx.observe(r0.session!)
+          : await leaseHolderState(ctx.store, r0, opts.waitForDeadHolder === false ? 0 : Infinity);
+    }
+    if (state === 'live') {
+      throw new VaultError('ERR_LEASE', `volume "${ctx.volumeName}" is being written by ${describeHolder(r0)}, which is alive; stop it first`);
+    }
+    ctx.logger.warn({ volume: ctx.volumeName, previous: describeHolder(r0), holderState: state }, 'taking over the volume lease');
+    // Exactly one contender per stale lease version gets past this create-only put.
     try {
-      obj = await ctx.store.get(ctx.objectKey);
+      await ctx.store.put(takeoverKey(ctx.objectKey, current.etag), Buffer.from(JSON.stringify({ v: 1 })), { ifNoneMatch: '*' });
     } catch (err) {
-      if (isVaultError(err, 'ERR_STORE_NOT_FOUND')) return null;
+      if (isVaultError(err, 'ERR_STORE_PRECONDITION')) throw await VolumeLease.lostRace(ctx, current.etag);
       throw err;
     }
     try {
-      const record = JSON.parse((await ctx.codec.open(ctx.key, obj.body, ctx.place)).toString('utf8')) as LeaseRecord;
-      return { etag: obj.etag, record: record?.v === 1 ? record : null };
-    } catch {
-      return { etag: obj.etag, record: null };
+      const { etag } = await ctx.store.put(ctx.objectKey, await body(), { ifMatch: current.etag });
+      return new VolumeLease(ctx, etag);
+    } catch (err) {
+      if (isVaultError(err, 'ERR_STORE_PRECONDITION')) throw await VolumeLease.lostRace(ctx, current.etag);
+      throw err;
     }
   }
 
-  /** Throws ERR_LEASE once the lease has been lost — taken by another writer, or expired
-   *  because renewals kept failing (another writer may take it from then on). */
-  check(): void {
-    if (this.lostError) throw this.lostError;
-    const now = (this.ctx.now ?? Date.now)();
-    if (now > this.renewedAt + this.ttlMs - Math.min(EXPIRY_MARGIN_MS, this.ttlMs / 4)) {
-      throw new VaultError('ERR_LEASE', `volume "${this.ctx.volumeName}": the writer's lease could not be renewed for ${Math.round((now - this.renewedAt) / 1000)} s; refusing to write until it is`);
+  /** The error for a contender that lost a takeover race: it names who holds the lease now. */
+  private static async lostRace(ctx: LeaseContext, staleEtag: string): Promise<VaultError> {
+    // The winner writes the lease right after its token: give it a moment to show.
+    let now = await readVolumeLease(ctx).catch(() => null);
+    for (let i = 0; i < 50 && now?.etag === staleEtag; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      now = await readVolumeLease(ctx).catch(() => null);
     }
+    const holder = now ? describeHolder(now.record) : 'nobody (released meanwhile)';
+    ctx.logger.warn({ volume: ctx.volumeName, holder }, 'another writer took the volume lease first');
+    return new VaultError('ERR_LEASE', `volume "${ctx.volumeName}": another writer took the lease first; it is held by ${holder}`);
   }
 
-  /** The engine tells the lease what gc must keep (see LeaseRecord.pendingSince), published with
-   *  every renewal. Uploads that start after a renewal are newer than its `writtenAt`. */
+  private pendingSource: (() => number | null) | null = null;
+  private unpublish: () => void = () => {};
+
+  /** The engine tells the lease what gc must keep (its oldest upload no durable root names yet);
+   *  the session's heartbeat publishes it (see writerHorizon). */
   reportPending(source: () => number | null): void {
     this.pendingSource = source;
+    this.unpublish();
+    this.unpublish = this.session.addPendingSource(source);
   }
 
-  private pendingSource: () => number | null = () => null;
+  /** Throws ERR_LEASE once the lease is lost (its session ended, or the root was changed by
+   *  someone else). Called before every write and commit. */
+  check(): void {
+    if (this.lostError) throw this.lostError;
+    try {
+      this.session.check();
+    } catch (err) {
+      this.markLost(err as VaultError);
+      this.lostWithSession = true;
+      throw err;
+    }
+  }
 
   get lost(): boolean {
+    if (this.lostError) return true;
+    if (!this.session.alive && !this.released) {
+      this.markLost(new VaultError('ERR_LEASE', `volume "${this.ctx.volumeName}": the writer session ended`));
+      this.lostWithSession = true;
+    }
     return this.lostError !== null;
   }
 
-  /** when the last put of the lease succeeded */
-  private renewedAt: number;
-
-  async renew(): Promise<void> {
-    // One renewal at a time: a slow one (store retries) overlapping the next would race it with
-    // If-Match on the same etag, and the loser would take the lease for lost.
-    if (this.released || this.lostError || this.renewing) return;
-    this.renewing = true;
-    try {
-      await this.renewNow();
-    } finally {
-      this.renewing = false;
-    }
+  /** Called once, when the lease is lost. */
+  onLost(fn: (err: VaultError) => void): void {
+    this.listeners.add(fn);
   }
 
-  private renewing = false;
-
-  private async renewNow(): Promise<void> {
-    const now = (this.ctx.now ?? Date.now)();
-    const record: LeaseRecord = {
-      v: 1,
-      instance: this.ctx.instance,
-      host: hostname(),
-      pid: process.pid,
-      purpose: this.purpose,
-      expiresAt: now + this.ttlMs,
-      writtenAt: now,
-      pendingSince: this.pendingSource(),
-    };
-    try {
-      const sealed = (await this.ctx.codec.seal(this.ctx.key, Buffer.from(JSON.stringify(record)), this.ctx.place))!;
-      this.etag = (await this.ctx.store.put(this.ctx.objectKey, sealed, { ifMatch: this.etag })).etag;
-      this.renewedAt = now;
-    } catch (err) {
-      if (isVaultError(err, 'ERR_STORE_PRECONDITION') || isVaultError(err, 'ERR_STORE_NOT_FOUND')) {
-        this.lostError = new VaultError('ERR_LEASE', `volume "${this.ctx.volumeName}": the writer's lease was taken by someone else; refusing to write`);
-        this.ctx.logger.error({ volume: this.ctx.volumeName }, 'volume lease lost: writes are refused from now on');
-        this.stopTimer();
-      } else {
-        // A transient failure: the lease is still ours until it expires; the next renewal retries.
-        this.ctx.logger.warn({ volume: this.ctx.volumeName, err: describeError(err) }, 'volume lease renewal failed; will retry');
-      }
-    }
+  /** The lease is no longer ours (e.g. the root's If-Match failed): refuse every later write. */
+  markLost(err: VaultError): void {
+    if (this.lostError || this.released) return;
+    this.lostError = isVaultError(err, 'ERR_LEASE') ? err : new VaultError('ERR_LEASE', `volume "${this.ctx.volumeName}": lease lost: ${describeError(err)}`);
+    this.ctx.logger.error({ volume: this.ctx.volumeName, err: describeError(err) }, 'volume lease lost: writes are refused from now on');
+    this.unsubscribe();
+    for (const fn of this.listeners) fn(this.lostError);
   }
 
   async release(): Promise<void> {
     if (this.released) return;
     this.released = true;
-    this.stopTimer();
+    this.unsubscribe();
+    this.unpublish();
     if (this.lostError) return;
     try {
       // Only our own lease: if someone took it over, it is theirs to release.
       const current = await this.ctx.store.head(this.ctx.objectKey);
       if (current && current.etag === this.etag) await this.ctx.store.delete(this.ctx.objectKey);
     } catch (err) {
-      this.ctx.logger.warn({ volume: this.ctx.volumeName, err: describeError(err) }, 'volume lease not released; it expires by itself');
+      this.ctx.logger.warn({ volume: this.ctx.volumeName, err: describeError(err) }, 'volume lease not released; it ends with this process\'s heartbeat');
     }
   }
-
-  private stopTimer(): void {
-    if (this.timer) clearInterval(this.timer);
-    this.timer = null;
-  }
-}
-
-/**
- * What gc must keep of a volume whose lease it read: every object modified at or after the
- * returned time (ms since the epoch, the holder's clock; the caller adds its grace for skew).
- * -Infinity keeps everything (an unreadable or old-format record); null: no live writer.
- */
-export function liveWriterHorizon(lease: { record: LeaseRecord | null } | null, nowMs: number, graceMs: number): number | null {
-  if (lease === null) return null;
-  const r = lease.record;
-  if (r === null || typeof r.writtenAt !== 'number') return -Infinity;
-  if (r.expiresAt + graceMs < nowMs) return null; // expired: its holder can no longer commit
-  return Math.min(r.writtenAt, r.pendingSince ?? r.writtenAt);
 }

@@ -1,4 +1,4 @@
-// Graceful shutdown (SIGINT/SIGTERM: in-flight requests answered, later ones ESHUTDOWN, exports
+// Graceful shutdown (SIGINT/SIGTERM: in-flight requests answered, later ones left for the client to replay, exports
 // flushed, exit 0) and serving over a Unix socket.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { runTool, startNbdServerProcess } from '../helpers/nbd-server';
 import { Wire, greet, go, readSimpleReply, request } from './raw-client';
 
-test('SIGINT with requests in flight: every request answered (0 or ESHUTDOWN), exit 0', async (t) => {
+test('SIGINT with requests in flight: what was in flight answered with success, the rest unanswered, exit 0', async (t) => {
   const srv = await startNbdServerProcess({ memory: ['disk=64M'] });
   const w = new Wire(srv.port);
   await greet(w);
@@ -33,11 +33,11 @@ test('SIGINT with requests in flight: every request answered (0 or ESHUTDOWN), e
     errors.set(r.error, (errors.get(r.error) ?? 0) + 1);
   }
   assert.equal(await stopped, 0, 'exit code 0');
-  for (const code of errors.keys()) assert.ok(code === 0 || code === 108, `unexpected errno ${code}`);
+  for (const code of errors.keys()) assert.equal(code, 0, `no error reply (a reconnecting client replays what is unanswered), got errno ${code}`);
   assert.ok(handles.length > 0, 'in-flight requests were answered');
-  // The server reads requests in order, so what it answered is exactly the first N, once each.
+  // The server starts requests in the order it reads them, so what it answered is exactly the first N, once each.
   assert.deepEqual([...handles].sort((a, b) => a - b), Array.from({ length: handles.length }, (_, i) => i + 1), 'answered handles are exactly 1..n, once each');
-  t.diagnostic(`${handles.length}/${N} answered: ${[...errors].map(([c, n]) => `errno ${c} × ${n}`).join(', ')}`);
+  t.diagnostic(`${handles.length}/${N} answered`);
   assert.ok(await w.closedWithin(2000), 'connection closed by the server');
   assert.match(srv.log(), /all exports flushed and closed/);
 });

@@ -1,4 +1,5 @@
 // The writer's lease: one writer per volume across servers and CLI commands sharing a store.
+// Leases name a writer session whose single heartbeat keeps them alive (writer-session.ts).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -8,43 +9,56 @@ import { randomBytes } from 'node:crypto';
 import { createInlineCodec } from '../../src/codec';
 import { FsStore } from '../../src/store/fs-store';
 import { MemoryStore } from '../../src/store/memory-store';
-import type { ObjectStore } from '../../src/store/object-store';
+import type { ObjectStore, PutOptions } from '../../src/store/object-store';
 import { Vault, type VaultOptions } from '../../src/volume/vault';
 import { VaultError } from '../../src/errors';
-import { SecretKey } from '../../src/keys/secret-key';
-import { VolumeLease } from '../../src/volume/volume-lease';
+import { WriterSession, observeSession, type Clock } from '../../src/volume/writer-session';
+import { readVolumeLease, writerHorizon } from '../../src/volume/volume-lease';
 import { makeVault, logger, type Fixture } from './vault-fixture';
 
 const MiB = 2 ** 20;
+const FAST = { ttlMs: 600, renewMs: 100 };
 const isLease = (re?: RegExp) => (err: VaultError) => err.code === 'ERR_LEASE' && (!re || re.test(err.message));
 
 /** The same vault opened by another machine (another state directory: another instance id). */
 async function elsewhere(f: Fixture, t: { after(fn: () => void): void }, opts: Partial<VaultOptions> = {}, store: ObjectStore = f.store): Promise<Vault> {
   const stateDir = mkdtempSync(join(tmpdir(), 'nbd-vault-other-'));
   t.after(() => rmSync(stateDir, { recursive: true, force: true }));
-  return Vault.open(store, f.master, createInlineCodec(), { stateDir, logger, ...opts });
+  return Vault.open(store, f.master, createInlineCodec(), { stateDir, logger, leaseTiming: FAST, ...opts });
+}
+
+/** A SIGSTOP of the holder's process, as far as its session goes: no more heartbeats. */
+async function freezeSession(v: Vault): Promise<WriterSession> {
+  const s = (await (v as any).session) as WriterSession;
+  (s as any).clearTimer();
+  (s as any).schedule = () => {};
+  return s;
 }
 
 for (const kind of ['memory', 'fs'] as const) {
-  test(`${kind} store: a second writer elsewhere is refused until the first closes`, async (t) => {
+  test(`${kind} store: a second writer elsewhere is refused while the first is alive, and gets in once it closes`, async (t) => {
     const dir = mkdtempSync(join(tmpdir(), 'nbd-vault-lease-'));
     t.after(() => rmSync(dir, { recursive: true, force: true }));
     const f = await makeVault(kind === 'memory' ? new MemoryStore() : new FsStore(dir, { fsync: false }));
     t.after(() => f.cleanup());
     await f.vault.createVolume('v', 8 * MiB);
-    const a = await f.vault.openEngine('v');
-    const other = await elsewhere(f, t, {}, kind === 'fs' ? new FsStore(dir, { fsync: false }) : f.store);
-    await assert.rejects(other.openEngine('v'), isLease(/is being written by .* \(pid \d+ on .*\) until at least/));
+    // A long ttl with quick beats: refused as soon as a beat is seen, never mistaken for dead on a loaded machine.
+    const steady = { ttlMs: 10_000, renewMs: 100 };
+    const va = await f.reopen({ leaseTiming: steady });
+    const a = await va.openEngine('v');
+    const other = await elsewhere(f, t, { leaseTiming: steady }, kind === 'fs' ? new FsStore(dir, { fsync: false }) : f.store);
+    await assert.rejects(other.openEngine('v'), isLease(/is being written by .* \(pid \d+ on .*\), which is alive/));
     await assert.rejects(other.createSnapshot('v', 's'), isLease());
-    await assert.rejects(other.resizeVolume('v', 16 * MiB, false), isLease());
     await assert.rejects(other.deleteVolume('v'), isLease());
     const ro = await other.openEngine('v', { readOnly: true }); // readers need no lease
     await ro.close();
     await a.write(0, randomBytes(4096));
     await a.close(); // flushes, then releases the lease
+    await va.close();
     const b = await other.openEngine('v');
     await b.write(4096, randomBytes(4096));
     await b.close();
+    await other.close();
   });
 }
 
@@ -56,114 +70,211 @@ test('the same instance takes its own lease over at once (a restart after a cras
   const data = randomBytes(4096);
   await crashed.write(0, data);
   await crashed.flush();
-  const restarted = await (await f.reopen()).openEngine('v');
+  const started = Date.now();
+  const restarted = await (await f.reopen({ waitForDeadHolder: false })).openEngine('v');
+  assert.ok(Date.now() - started < 2000, 'no wait for the old heartbeat');
   assert.ok((await restarted.read(0, 4096)).equals(data));
   await restarted.write(0, randomBytes(4096));
   await restarted.flush();
   await restarted.close();
 });
 
-test('an expired lease is taken over; the old holder then finds it lost and refuses to write', async (t) => {
+test('a dead holder is taken over within its ttl; woken up, it can neither write nor commit', async (t) => {
   const f = await makeVault();
   t.after(() => f.cleanup());
   await f.vault.createVolume('v', 8 * MiB);
-  const slow = await (await f.reopen({ leaseTiming: { ttlMs: 50, renewMs: 3_600_000 } })).openEngine('v');
-  await new Promise((r) => setTimeout(r, 80)); // it stopped renewing: expired
+  const va = await f.reopen({ leaseTiming: FAST });
+  const old = await va.openEngine('v');
+  const flushed = randomBytes(4096);
+  await old.write(0, flushed);
+  await old.flush();
+  await old.write(8192, randomBytes(4096)); // acknowledged, never flushed: lost with its server
+  const session = await freezeSession(va);
   const other = await elsewhere(f, t);
+  const started = Date.now();
   const b = await other.openEngine('v');
-  await (slow as any).opts.lease.renew(); // the old holder wakes up
-  await assert.rejects(slow.write(0, Buffer.alloc(10)), isLease(/taken by someone else/));
-  await assert.rejects(slow.flush(), isLease());
+  const took = Date.now() - started;
+  assert.ok(took >= FAST.ttlMs * 0.9 && took < FAST.ttlMs * 10, `takeover after ${took} ms (ttl ${FAST.ttlMs})`);
+  assert.ok((await b.read(0, 4096)).equals(flushed), 'every flushed write is there');
+  await session.renew(); // the old holder wakes up: its renewal lands after its own deadline
+  assert.equal(session.alive, false);
+  await assert.rejects(old.write(0, Buffer.alloc(10)), isLease());
+  await assert.rejects(old.flush(), isLease());
+  await assert.rejects(old.read(0, 10), isLease(), 'no stale reads either');
+  assert.equal(old.leaseLost, true);
   await b.write(0, randomBytes(100));
   await b.close();
 });
 
-test('a writer whose lease renewals keep failing stops writing before the lease can expire', async (t) => {
-  let failLease = false;
-  class FlakyLease extends MemoryStore {
-    override async put(key: string, body: Buffer, opts?: import('../../src/store/object-store').PutOptions) {
-      if (failLease && key.endsWith('/lease')) throw new VaultError('ERR_STORE_TRANSIENT', 'injected: the store is unreachable');
+test('a server that watched the holders from its start takes a dead one\'s volume at once when asked', async (t) => {
+  const f = await makeVault();
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 8 * MiB);
+  const va = await f.reopen({ leaseTiming: FAST });
+  await va.openEngine('v');
+  await freezeSession(va);
+  const other = await elsewhere(f, t);
+  assert.equal(await other.watchLeaseHolders(), 1);
+  await new Promise((r) => setTimeout(r, FAST.ttlMs * 1.5));
+  const started = performance.now();
+  const b = await other.openEngine('v');
+  assert.ok(performance.now() - started < FAST.ttlMs / 2, 'no second wait');
+  await b.close();
+});
+
+test('two contenders racing for a dead holder: exactly one wins, the loser names the holder', async (t) => {
+  const f = await makeVault();
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 8 * MiB);
+  const va = await f.reopen({ leaseTiming: FAST });
+  await va.openEngine('v');
+  await freezeSession(va);
+  const [x, y] = await Promise.all([elsewhere(f, t, { leasePurpose: 'contender X' }), elsewhere(f, t, { leasePurpose: 'contender Y' })]);
+  const results = await Promise.allSettled([x.openEngine('v'), y.openEngine('v')]);
+  const won = results.filter((r) => r.status === 'fulfilled');
+  const lost = results.filter((r) => r.status === 'rejected') as PromiseRejectedResult[];
+  assert.equal(won.length, 1, 'exactly one winner');
+  assert.equal(lost.length, 1);
+  assert.match(lost[0].reason.message, /took the lease first; it is held by contender [XY] \(pid \d+ on /);
+  await (won[0] as PromiseFulfilledResult<any>).value.close();
+});
+
+test('one heartbeat request per renewal period whatever the number of volumes; none per volume', async (t) => {
+  const puts = new Map<string, number>();
+  class Counting extends MemoryStore {
+    override async put(key: string, body: Buffer, opts?: PutOptions) {
+      const kind = key.startsWith('sessions/') ? 'session' : key.endsWith('/lease') ? 'lease' : 'other';
+      puts.set(kind, (puts.get(kind) ?? 0) + 1);
       return super.put(key, body, opts);
     }
   }
-  const f = await makeVault(new FlakyLease());
+  const f = await makeVault(new Counting());
   t.after(() => f.cleanup());
-  await f.vault.createVolume('v', 8 * MiB);
-  const e = await (await f.reopen({ leaseTiming: { ttlMs: 400, renewMs: 50 } })).openEngine('v');
-  await e.write(0, randomBytes(100));
-  failLease = true;
-  await new Promise((r) => setTimeout(r, 450));
-  await assert.rejects(e.write(0, randomBytes(100)), isLease(/could not be renewed/));
-  failLease = false;
-  // a renewal gets through again (every 50 ms; allow a loaded machine time)
-  const until = Date.now() + 10_000;
-  for (;;) {
-    try {
-      await e.write(0, randomBytes(100));
-      break;
-    } catch (err) {
-      if (Date.now() > until) throw err;
-      await new Promise((r) => setTimeout(r, 50));
+  const v = await f.reopen({ leaseTiming: { ttlMs: 3000, renewMs: 200 } });
+  const engines = [];
+  for (let i = 0; i < 6; i++) {
+    await f.vault.createVolume(`v${i}`, 8 * MiB);
+    engines.push(await v.openEngine(`v${i}`, { autoCommitMs: 0 }));
+  }
+  puts.clear();
+  const started = performance.now();
+  await new Promise((r) => setTimeout(r, 1100));
+  const elapsed = performance.now() - started;
+  const beats = puts.get('session') ?? 0;
+  assert.equal(puts.get('lease') ?? 0, 0, 'leases are not renewed one by one');
+  assert.ok(beats >= 2 && beats <= Math.ceil(elapsed / 200) + 1, `${beats} heartbeats in ${Math.round(elapsed)} ms for 6 volumes`);
+  const sessionId = ((await (v as any).session) as WriterSession).id;
+  assert.ok(await f.store.head(`sessions/${sessionId}`));
+  for (const e of engines) await e.close();
+  await v.close();
+  assert.equal(await f.store.head(`sessions/${sessionId}`), null, 'a clean stop deletes the heartbeat');
+});
+
+test('a holder whose heartbeats keep failing stops before an observer could declare it dead; it resumes if nobody took over', async (t) => {
+  let failBeats = false;
+  class Flaky extends MemoryStore {
+    override async put(key: string, body: Buffer, opts?: PutOptions) {
+      if (failBeats && key.startsWith('sessions/')) throw new VaultError('ERR_STORE_TRANSIENT', 'injected: the store is unreachable');
+      return super.put(key, body, opts);
     }
   }
+  const f = await makeVault(new Flaky());
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 8 * MiB);
+  const v = await f.reopen({ leaseTiming: { ttlMs: 400, renewMs: 50 } });
+  const e = await v.openEngine('v');
+  const unflushed = randomBytes(100);
+  await e.write(0, unflushed);
+  failBeats = true;
+  const deadline = Date.now() + 10_000;
+  while (!e.leaseLost && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  await assert.rejects(e.write(0, randomBytes(100)), isLease(/writer session ended/));
+  assert.equal(await e.regainLease(), false, 'no new session while the store is unreachable');
+  failBeats = false;
+  // Nobody took the lease: the next write takes it back under a new session, and the write
+  // acknowledged before the hiccup is still there to commit.
+  await e.write(4096, randomBytes(100));
+  assert.equal(e.leaseLost, false);
+  await e.flush();
+  const other = await elsewhere(f, t, { waitForDeadHolder: false });
+  const ro = await other.openEngine('v', { readOnly: true });
+  assert.ok((await ro.read(0, 100)).equals(unflushed), 'the write acknowledged before the hiccup is durable');
+  await assert.rejects(other.openEngine('v'), isLease(/which is alive/), 'and the lease is held again');
   await e.close();
 });
 
-test('the writer stops exactly at the safety margin before its lease expires (injected clock)', async () => {
-  let failPuts = false;
-  class Flaky extends MemoryStore {
-    override async put(key: string, body: Buffer, opts?: import('../../src/store/object-store').PutOptions) {
-      if (failPuts) throw new VaultError('ERR_STORE_TRANSIENT', 'injected: the store is unreachable');
-      return super.put(key, body, opts);
-    }
+test('a lease taken over by another server is not resumed', async (t) => {
+  const f = await makeVault();
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 8 * MiB);
+  const va = await f.reopen({ leaseTiming: FAST });
+  const old = await va.openEngine('v');
+  await old.write(0, randomBytes(100));
+  await freezeSession(va);
+  const b = await (await elsewhere(f, t)).openEngine('v');
+  assert.equal(old.leaseLost, true);
+  assert.equal(await old.regainLease(), false);
+  await assert.rejects(old.flush(), isLease());
+  await b.close();
+});
+
+test('clock jumps: the wall clock can only shorten a session, the monotonic clock rules', async (t) => {
+  const store = new MemoryStore();
+  let mono = 1000;
+  let wall = Date.UTC(2030, 0, 1);
+  const clock: Clock = { monotonic: () => mono, wall: () => wall };
+  const s = await WriterSession.start(store, logger, { ttlMs: 10_000, renewMs: 3_600_000 }, clock);
+  t.after(() => s.stop());
+  wall -= 3_600_000; // an hour back: changes nothing
+  mono += 7_000;
+  s.check();
+  mono += 2_500; // 9.5 s after the last heartbeat: past ttl - margin (9 s), though the wall clock says "an hour early"
+  assert.throws(() => s.check(), isLease(/no heartbeat/));
+  await s.renew(); // a late renewal does not revive it
+  assert.throws(() => s.check(), isLease());
+
+  const s2 = await WriterSession.start(store, logger, { ttlMs: 10_000, renewMs: 3_600_000 }, clock);
+  t.after(() => s2.stop());
+  wall += 60_000; // the wall clock jumps a minute forward: the session ends early (the safe side)
+  assert.equal(s2.alive, false);
+});
+
+test('observeSession: live while the heartbeat changes, dead after a still ttl, gone when deleted', async () => {
+  const store = new MemoryStore();
+  const live = await WriterSession.start(store, logger, { ttlMs: 300, renewMs: 50 });
+  assert.equal(await observeSession(store, live.id), 'live');
+  const frozen = await WriterSession.start(store, logger, { ttlMs: 300, renewMs: 3_600_000 });
+  const t0 = performance.now();
+  assert.equal(await observeSession(store, frozen.id), 'dead');
+  assert.ok(performance.now() - t0 >= 290, 'watched a whole ttl');
+  assert.equal(await observeSession(store, frozen.id, { maxWaitMs: 0 }), 'live', 'an immediate answer is conservative');
+  await live.stop();
+  assert.equal(await observeSession(store, live.id), 'gone');
+  await frozen.stop();
+});
+
+test('gc horizon: the heartbeat publishes the oldest pending upload of the session\'s volumes', async (t) => {
+  const f = await makeVault();
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 8 * MiB);
+  const v = await f.reopen({ leaseTiming: { ttlMs: 5000, renewMs: 50 } });
+  const e = await v.openEngine('v');
+  const lease = (e as any).opts.lease;
+  lease.reportPending(() => 1234);
+  const leaseCtx = (lease as any).ctx;
+  const deadline = Date.now() + 10_000;
+  let h: number | null = null;
+  while (h !== 1234 && Date.now() < deadline) {
+    h = await writerHorizon(f.store, await readVolumeLease(leaseCtx), Date.now(), 60_000);
+    await new Promise((r) => setTimeout(r, 20));
   }
-  const store = new Flaky();
-  const codec = createInlineCodec();
-  const key = new SecretKey(randomBytes(32), 'meta');
-  const place = { vaultId: randomBytes(16), volumeId: randomBytes(16), kind: 'lease' as const, index: 0, generation: 0 };
-  let clock = 1_000_000;
-  const ttlMs = 60_000;
-  const lease = await VolumeLease.acquire(
-    { store, codec, key, place, objectKey: 'volumes/x/lease', volumeName: 'v', instance: 'i1', logger, now: () => clock },
-    'test',
-    { ttlMs, renewMs: 3_600_000 },
-  );
-  try {
-    // What other writers see: the lease expires at acquire + ttl.
-    const stored = JSON.parse((await codec.open(key, (await store.get('volumes/x/lease')).body, place)).toString('utf8'));
-    assert.equal(stored.expiresAt, 1_000_000 + ttlMs);
-    const margin = 5_000;
-    clock = stored.expiresAt - margin;
-    lease.check(); // still inside the safe window
-    clock += 1;
-    assert.throws(() => lease.check(), isLease(/could not be renewed for 55 s/), 'stops 5 s before the expiry others see');
-    // a failed renewal changes nothing; a successful one moves the window from its own time
-    failPuts = true;
-    await lease.renew();
-    assert.throws(() => lease.check(), isLease());
-    failPuts = false;
-    clock = stored.expiresAt + 1_000; // expired, but nobody took it: the renewal gets it back
-    await lease.renew();
-    lease.check();
-    const renewed = JSON.parse((await codec.open(key, (await store.get('volumes/x/lease')).body, place)).toString('utf8'));
-    assert.equal(renewed.expiresAt, clock + ttlMs);
-    clock = renewed.expiresAt - margin;
-    lease.check();
-    clock += 1;
-    assert.throws(() => lease.check(), isLease());
-  } finally {
-    await lease.release();
-  }
-  // A short lease keeps a quarter of its life as margin.
-  clock = 0;
-  const short = await VolumeLease.acquire(
-    { store, codec, key, place, objectKey: 'volumes/y/lease', volumeName: 'v', instance: 'i1', logger, now: () => clock },
-    'test',
-    { ttlMs: 400, renewMs: 3_600_000 },
-  );
-  clock = 300;
-  short.check();
-  clock = 301;
-  assert.throws(() => short.check(), isLease());
-  await short.release();
+  assert.equal(h, 1234, 'published with a heartbeat');
+  lease.reportPending(() => null);
+  await new Promise((r) => setTimeout(r, 200));
+  const now = Date.now();
+  h = await writerHorizon(f.store, await readVolumeLease(leaseCtx), now, 60_000);
+  assert.ok(h !== null && h > now - 5000 && h <= now, `nothing pending: the horizon is the last heartbeat (${h})`);
+  await e.close();
+  await v.close();
+  assert.equal(await writerHorizon(f.store, await readVolumeLease(leaseCtx), Date.now(), 60_000), null, 'released: no writer');
 });

@@ -137,7 +137,7 @@ export class World {
 
   async startProcess(): Promise<void> {
     const store = new KillableStore(this.retrying());
-    const vault = await Vault.open(store, this.master, this.codec, { stateDir: join(this.dir, 'server'), logger, leaseTiming: { renewMs: 200 } });
+    const vault = await Vault.open(store, this.master, this.codec, { stateDir: join(this.dir, 'server'), logger, leaseTiming: { ttlMs: 1500, renewMs: 250 } });
     this.process = { store, vault };
   }
 

@@ -21,6 +21,11 @@ export interface Fixture {
   cleanup(): void;
 }
 
+/** The inline codec seals on the event loop: a test that writes hundreds of chunks at once
+ *  blocks it for seconds on a loaded machine, where a real server's worker pool would not.
+ *  Writer sessions get a long ttl here; lease tests set their own. */
+const TEST_LEASE_TIMING = { ttlMs: 300_000, renewMs: 5_000 };
+
 /**
  * A MemoryStore that knows which deletes are still running. The engine deletes replaced objects in
  * the background after a durable root; `settled()` waits for exactly those, instead of a sleep.
@@ -53,13 +58,13 @@ export async function makeVault(store: ObjectStore = new SettlingStore()): Promi
   const master = new SecretKey(randomBytes(32), 'master');
   const stateDir = mkdtempSync(join(tmpdir(), 'nbd-vault-state-'));
   const codec = createInlineCodec();
-  const vault = await Vault.create(store, master, codec, { stateDir, logger });
+  const vault = await Vault.create(store, master, codec, { stateDir, logger, leaseTiming: TEST_LEASE_TIMING });
   return {
     store,
     master,
     vault,
     stateDir,
-    reopen: (opts = {}, s = store) => Vault.open(s, master, codec, { stateDir, logger, ...opts }),
+    reopen: (opts = {}, s = store) => Vault.open(s, master, codec, { stateDir, logger, leaseTiming: TEST_LEASE_TIMING, ...opts }),
     cleanup: () => rmSync(stateDir, { recursive: true, force: true }),
   };
 }
