@@ -4,11 +4,13 @@
 set -euo pipefail
 
 PACKAGES=(nbdkit libnbd-bin python3-libnbd qemu-utils qemu-system-x86 qemu-block-extra fio fuse3
-  e2fsprogs busybox-static linux-image-amd64 kmod cpio zstd radosgw ceph-mon ceph-osd)
+  e2fsprogs busybox-static linux-image-amd64 kmod cpio zstd radosgw ceph-mon ceph-osd
+  docker.io debootstrap systemd)
 # One probe per package: a command (looked up on PATH plus the sbin directories) or an absolute file.
 PROBES=(nbdkit nbdinfo /usr/lib/python3/dist-packages/nbd.py qemu-img qemu-system-x86_64
   /usr/lib/x86_64-linux-gnu/qemu/block-curl.so fio fusermount3 mkfs.ext4 busybox '/boot/vmlinuz-*' modprobe
-  cpio zstd radosgw ceph-mon ceph-osd)
+  cpio zstd radosgw ceph-mon ceph-osd
+  dockerd debootstrap systemd-analyze)
 export PATH="$PATH:/usr/sbin:/sbin"
 
 missing=0
