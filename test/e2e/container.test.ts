@@ -22,8 +22,13 @@ test('the Dockerfile builds; its container serves qemu-img over NBD and keeps th
     if (process.env.NBD_VAULT_REQUIRE_ALL === '1') assert.fail(unavailable);
     return t.skip(unavailable);
   }
+  // One after-hook, last in first out: the containers and volumes go before the engine does.
+  const cleanups: (() => Promise<void>)[] = [];
+  t.after(async () => {
+    for (const f of cleanups.reverse()) await f();
+  });
   const engine = await startDockerEngine();
-  t.after(() => engine.stop());
+  cleanups.push(() => engine.stop());
   const timings: Record<string, number> = {};
   const timed = async <T>(what: string, f: () => Promise<T>): Promise<T> => {
     const started = Date.now();
@@ -43,7 +48,7 @@ test('the Dockerfile builds; its container serves qemu-img over NBD and keeps th
   const volumes = ['keys', 'data', 'state'].map((v) => `nbd-vault-test-${id}-${v}:/${v}`);
   const containers: string[] = [];
   const dir = mkdtempSync(join(tmpdir(), 'nbd-vault-container-'));
-  t.after(async () => {
+  cleanups.push(async () => {
     for (const c of containers) await docker(['rm', '-f', c]).catch((err) => console.error(err.message));
     await docker(['volume', 'rm', ...volumes.map((v) => v.split(':')[0])]).catch((err) => console.error(err.message));
     rmSync(dir, { recursive: true, force: true });
