@@ -1,6 +1,6 @@
 # nbd-vault server image (Node 24 LTS, Debian 12).
 #   docker build -t nbd-vault .
-#   docker run --init -p 10809:10809 -v vault-keys:/keys -v vault-data:/data -v vault-state:/state nbd-vault
+#   docker run --init -p 127.0.0.1:10809:10809 -v vault-keys:/keys -v vault-data:/data -v vault-state:/state nbd-vault
 # Back up the /keys volume: losing it loses every volume (see keys/README.md).
 # The same steps run outside Docker (CI): npm ci && npm run build && npm prune --omit=dev.
 # NODE_IMAGE picks another base with the same layout (a mirror, or the locally made image the
