@@ -1,13 +1,16 @@
-# nbd-vault server image.
+# nbd-vault server image (Node 24 LTS, Debian 12).
 #   docker build -t nbd-vault .
 #   docker run --init -p 10809:10809 -v vault-keys:/keys -v vault-data:/data -v vault-state:/state \
 #     -v /etc/nbd-vault/keys.psk:/tls/keys.psk:ro -e NBD_VAULT_TLS_PSK=/tls/keys.psk nbd-vault
 # Listening on 0.0.0.0 needs TLS, or NBD_VAULT_INSECURE_NO_TLS=1 (see README, TLS).
 # Back up the /keys volume: losing it loses every volume (see keys/README.md).
 # The same steps run outside Docker (CI): npm ci && npm run build && npm prune --omit=dev.
+# NODE_IMAGE picks another base with the same layout (a mirror, or the locally made image the
+# container test builds from Debian packages: test/e2e/container.test.ts).
+ARG NODE_IMAGE=node:24-bookworm-slim
 
 # ---- build: compile TypeScript and the native modules (zstd-napi builds with node-gyp) ----
-FROM node:20-bookworm-slim AS build
+FROM ${NODE_IMAGE} AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 make g++ \
  && rm -rf /var/lib/apt/lists/*
@@ -20,7 +23,7 @@ COPY src ./src
 RUN npm run build && npm prune --omit=dev --no-audit --no-fund
 
 # ---- runtime: Node, production dependencies, compiled sources; non-root ----
-FROM node:20-bookworm-slim
+FROM ${NODE_IMAGE}
 ENV NODE_ENV=production \
     NBD_VAULT_KEYS=/keys \
     NBD_VAULT_STORE=/data \

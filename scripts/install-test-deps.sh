@@ -5,12 +5,12 @@ set -euo pipefail
 
 PACKAGES=(nbdkit libnbd-bin python3-libnbd qemu-utils qemu-system-x86 qemu-block-extra fio fuse3
   e2fsprogs busybox-static linux-image-amd64 kmod cpio zstd radosgw ceph-mon ceph-osd
-  openssl gnutls-bin)
+  openssl gnutls-bin docker.io debootstrap systemd)
 # One probe per package: a command (looked up on PATH plus the sbin directories) or an absolute file.
 PROBES=(nbdkit nbdinfo /usr/lib/python3/dist-packages/nbd.py qemu-img qemu-system-x86_64
   /usr/lib/x86_64-linux-gnu/qemu/block-curl.so fio fusermount3 mkfs.ext4 busybox '/boot/vmlinuz-*' modprobe
   cpio zstd radosgw ceph-mon ceph-osd
-  openssl psktool)
+  openssl psktool dockerd debootstrap systemd-analyze)
 export PATH="$PATH:/usr/sbin:/sbin"
 
 missing=0

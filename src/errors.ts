@@ -22,6 +22,7 @@ export type VaultErrorCode =
   | 'ERR_EXISTS'
   | 'ERR_NOT_FOUND' // a named thing (volume, snapshot, export) does not exist
   | 'ERR_LEASE' // another writer holds the volume
+  | 'ERR_INSTALL' // the installation is incomplete (a native module that was never built)
   | 'ERR_BUG'; // a broken internal invariant: logged loudly, EIO on the wire
 
 export class VaultError extends Error {
