@@ -60,7 +60,8 @@ test('serve: passphrase from the environment (missing, wrong, correct)', { timeo
 
 /** Runs `serve` on a pty (util-linux script); resolves with a handle to type and read. */
 function serveOnTerminal(v: TestVault) {
-  const cmd = `exec ${process.execPath} ${CLI} serve --listen 127.0.0.1:0`;
+  // JSON log lines even on the terminal, to read the port (pretty logs are tested elsewhere)
+  const cmd = `exec ${process.execPath} ${CLI} serve --listen 127.0.0.1:0 --log-format json`;
   const child = spawn('script', ['-q', '-e', '-c', cmd, '/dev/null'], { env: { ...bareEnv(v), TERM: 'dumb' }, cwd: v.dir, stdio: ['pipe', 'pipe', 'pipe'] });
   reapOnExit(child);
   let out = '';
