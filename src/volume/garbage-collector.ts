@@ -8,7 +8,7 @@
 import type { Logger } from '../util/log';
 import { VOLUMES_PREFIX, leaseKey, metaKey, rootKey, snapshotPrefix, volumeDeletingKey, volumeIdOfKey } from './object-keys';
 import type { Vault } from './vault';
-import { referencedKeys, snapshotAsRoot } from './vault';
+import { liveRootKeys, referencedKeys, snapshotAsRoot } from './vault';
 
 export interface GcOptions {
   readonly dryRun: boolean;
@@ -51,7 +51,7 @@ export async function collectGarbage(vault: Vault, opts: GcOptions, logger: Logg
         writingVolumes.push(v.name);
       }
       const { objects, root, snapshots } = await vault.loadVolume(v.name, v);
-      for (const k of await referencedKeys(objects, root)) keep.add(k);
+      for (const k of await liveRootKeys(objects, root)) keep.add(k);
       for (const s of snapshots) {
         for (const k of await referencedKeys(objects, snapshotAsRoot(s))) keep.add(k);
       }

@@ -646,8 +646,14 @@ export class Vault {
       throw new VaultError('ERR_EXISTS', `snapshot ${volumeName}@${snapName} has clones (${clones.join(', ')}): delete them first`);
     }
     const keep = new Set<string>();
-    for (const r of [root, ...snaps.filter((s) => s !== doomed).map(snapshotAsRoot)]) {
-      for (const key of await referencedKeys(objects, r)) keep.add(key);
+    try {
+      for (const key of await liveRootKeys(objects, root)) keep.add(key);
+      for (const r of snaps.filter((s) => s !== doomed).map(snapshotAsRoot)) {
+        for (const key of await referencedKeys(objects, r)) keep.add(key);
+      }
+    } catch (err) {
+      await objects.unmarkDeleting(doomed.id);
+      throw err;
     }
     // Only this volume's own objects: a clone's snapshot also names its origin's chunks.
     const own = volumePrefix(objects.volumeId);
@@ -760,4 +766,23 @@ export async function vaultIdsOfVolumes(store: ObjectStore, volumeIds?: string[]
     }
   }
   return [...found];
+}
+
+/**
+ * The keys the live root names. A running writer may replace (and delete) pages of the root read
+ * a moment ago: a page gone missing means a newer root exists, so read that one instead. Any
+ * newer root serves (what a snapshot names and one root no longer does, no later root names).
+ */
+export async function liveRootKeys(objects: VolumeObjects, first: RootRecord): Promise<string[]> {
+  let root = first;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await referencedKeys(objects, root);
+    } catch (err) {
+      if (attempt >= 5 || !isVaultError(err, 'ERR_IO') || !/is missing from the store/.test((err as Error).message)) throw err;
+      const fresh = (await objects.readRoot()).root;
+      if (fresh.seq === root.seq) throw err; // the same root names a missing object: real damage
+      root = fresh;
+    }
+  }
 }
