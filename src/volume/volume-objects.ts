@@ -204,7 +204,16 @@ export class VolumeObjects {
       const id = info.key.slice(prefix.length);
       if (/^[0-9a-f]{32}$/.test(id)) ids.push(id);
     }
-    const records = await Promise.all(ids.map((id) => this.readSnapshot(id)));
+    // a record deleted since the listing is gone, not damaged
+    const read = await Promise.all(
+      ids.map((id) =>
+        this.readSnapshot(id).catch(async (err) => {
+          if ((await this.store.head(snapshotKey(this.volumeId, id))) === null) return null;
+          throw err;
+        }),
+      ),
+    );
+    const records = read.filter((r): r is SnapshotRecord => r !== null);
     return records.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.name.localeCompare(b.name));
   }
 

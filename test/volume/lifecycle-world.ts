@@ -111,6 +111,7 @@ export class World {
   readonly dir = mkdtempSync(join(tmpdir(), 'nbd-vault-lifecycle-'));
   readonly volumes = new Map<string, VolumeModel>();
   process!: { store: KillableStore; vault: Vault };
+  private processBelow!: KillableStore;
   checker!: Vault;
   cron!: Vault;
   nextWrite = 1;
@@ -136,7 +137,10 @@ export class World {
   }
 
   async startProcess(): Promise<void> {
-    const store = new KillableStore(this.retrying());
+    // killed below the retry layer too: a dead process's retries die with it
+    const below = new KillableStore(this.faulty);
+    const store = new KillableStore(new RetryStore(below, { baseDelayMs: 1, maxDelayMs: 5, budgetMs: 5_000 }));
+    this.processBelow = below;
     const vault = await Vault.open(store, this.master, this.codec, { stateDir: join(this.dir, 'server'), logger, leaseTiming: { ttlMs: 1500, renewMs: 250 } });
     this.process = { store, vault };
   }
@@ -144,6 +148,7 @@ export class World {
   /** kill -9: the process's store is cut off, its engines and timers are dropped unclosed. */
   async crash(): Promise<void> {
     this.process.store.killed = true;
+    this.processBelow.killed = true;
     for (const m of this.volumes.values()) {
       if (!m.engine) continue;
       const e = m.engine as any;
