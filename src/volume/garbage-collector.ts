@@ -1,7 +1,8 @@
 // gc: remove objects that no root and no snapshot names. Safe beside running writers, whatever
-// their commits take: before reading anything else it reads each volume's lease, where a live
-// writer publishes the start of its oldest upload that no durable root names yet
-// (volume-lease.ts), and keeps every object of that volume from there on. The grace period on
+// their commits take: before reading anything else it reads each volume's lease and the heartbeat
+// of the writer session it names, where a live writer publishes the start of its oldest upload
+// that no durable root names yet (writerHorizon, volume-lease.ts), and keeps every object of that
+// volume from there on. The grace period on
 // top absorbs clock skew between writers, the store and this machine.
 // Objects of a volume whose metadata is gone (a crypto-erased, half-deleted volume) are garbage
 // too — unless the metadata appeared while gc ran (a volume created meanwhile).

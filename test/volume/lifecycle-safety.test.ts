@@ -13,7 +13,8 @@ import { createInlineCodec } from '../../src/codec';
 import { MemoryStore } from '../../src/store/memory-store';
 import { FaultyStore } from '../../src/store/faulty-store';
 import { seededRandom } from '../../src/store/seeded-random';
-import type { ObjectInfo, ObjectStore, PutOptions, StoredObject } from '../../src/store/object-store';
+import type { ObjectStore, PutOptions } from '../../src/store/object-store';
+import { PassThroughStore } from '../helpers/pass-through-store';
 import { CHUNK_SIZE } from '../../src/volume/chunk-math';
 import { collectGarbage } from '../../src/volume/garbage-collector';
 import { Vault, vaultIdsOfVolumes } from '../../src/volume/vault';
@@ -135,39 +136,18 @@ test('a flush finishes while another client keeps rewriting one chunk', async (t
 });
 
 /** A store whose root put lands but whose reply is lost, when armed (once). */
-class LostRootReply implements ObjectStore {
-  readonly name = 'lost-root-reply';
+class LostRootReply extends PassThroughStore {
   armed = false;
-  constructor(private readonly inner: ObjectStore) {}
-  get props() {
-    return this.inner.props;
+  constructor(inner: ObjectStore) {
+    super(inner, 'lost-root-reply');
   }
-  get(key: string): Promise<StoredObject> {
-    return this.inner.get(key);
-  }
-  head(key: string): Promise<ObjectInfo | null> {
-    return this.inner.head(key);
-  }
-  async put(key: string, body: Buffer, opts?: PutOptions): Promise<{ etag: string }> {
+  override async put(key: string, body: Buffer, opts?: PutOptions): Promise<{ etag: string }> {
     const r = await this.inner.put(key, body, opts);
     if (this.armed && key.endsWith('/root')) {
       this.armed = false;
       throw new VaultError('ERR_STORE_TRANSIENT', 'reply lost (after the retries)');
     }
     return r;
-  }
-  delete(key: string): Promise<void> {
-    return this.inner.delete(key);
-  }
-  deleteMany(keys: readonly string[]): Promise<void> {
-    return this.inner.deleteMany(keys);
-  }
-  list(prefix: string): AsyncIterable<ObjectInfo> {
-    return this.inner.list(prefix);
-  }
-  async close(): Promise<void> {}
-  unwrap(): ObjectStore {
-    return this.inner;
   }
 }
 

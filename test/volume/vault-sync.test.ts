@@ -10,7 +10,8 @@ import { VaultError } from '../../src/errors';
 import { createInlineCodec } from '../../src/codec';
 import { FsStore } from '../../src/store/fs-store';
 import { MemoryStore } from '../../src/store/memory-store';
-import type { ObjectInfo, ObjectStore, PutOptions, StoredObject } from '../../src/store/object-store';
+import type { ObjectStore, PutOptions } from '../../src/store/object-store';
+import { PassThroughStore } from '../helpers/pass-through-store';
 import { CHUNK_SIZE } from '../../src/volume/chunk-math';
 import { Vault } from '../../src/volume/vault';
 import { VaultSync, type SyncResult } from '../../src/volume/vault-sync';
@@ -20,39 +21,14 @@ import { logger, makeVault, type Fixture } from './vault-fixture';
 const SIZE = 6 * CHUNK_SIZE;
 
 /** A destination that fails every put after the first `okPuts`: an interrupted sync. */
-class BreakingStore implements ObjectStore {
+class BreakingStore extends PassThroughStore {
   puts = 0;
-  constructor(private readonly inner: ObjectStore, private readonly okPuts: number) {}
-  get name() {
-    return `breaking(${this.inner.name})`;
+  constructor(inner: ObjectStore, private readonly okPuts: number) {
+    super(inner, `breaking(${inner.name})`);
   }
-  get props() {
-    return this.inner.props;
-  }
-  get(key: string): Promise<StoredObject> {
-    return this.inner.get(key);
-  }
-  head(key: string): Promise<ObjectInfo | null> {
-    return this.inner.head(key);
-  }
-  async put(key: string, body: Buffer, opts?: PutOptions): Promise<{ etag: string }> {
+  override async put(key: string, body: Buffer, opts?: PutOptions): Promise<{ etag: string }> {
     if (++this.puts > this.okPuts) throw new VaultError('ERR_STORE_TRANSIENT', 'test: connection lost');
     return this.inner.put(key, body, opts);
-  }
-  delete(key: string): Promise<void> {
-    return this.inner.delete(key);
-  }
-  deleteMany(keys: readonly string[]): Promise<void> {
-    return this.inner.deleteMany(keys);
-  }
-  list(prefix: string): AsyncIterable<ObjectInfo> {
-    return this.inner.list(prefix);
-  }
-  close(): Promise<void> {
-    return this.inner.close();
-  }
-  unwrap(): ObjectStore | null {
-    return this.inner;
   }
 }
 
