@@ -4,6 +4,7 @@
 // back as records, because a VaultError's `code` does not survive structured cloning.
 import { move } from 'piscina';
 import { BugError, VaultError, type VaultErrorCode } from '../errors';
+import { sealFramesSync, type FrameKind, type FramesPlace } from './framed-container';
 import type { ObjectPlace } from './object-place';
 import { openObject } from './open-object';
 import { sealObject } from './seal-object';
@@ -21,6 +22,16 @@ export interface WorkerOpenTask {
   place: ObjectPlace;
 }
 
+export interface WorkerSealFramesTask {
+  key: Uint8Array;
+  kind: FrameKind;
+  /** views of one transferred ArrayBuffer (or of shared memory) */
+  frames: Uint8Array[];
+  place: FramesPlace;
+  logicalLength: number;
+  zstdLevel: number;
+}
+
 export interface WorkerErrorRecord {
   errorCode: VaultErrorCode;
   message: string;
@@ -31,6 +42,11 @@ export type WorkerReply = Uint8Array | WorkerErrorRecord;
 
 export function seal(task: WorkerSealTask): WorkerReply {
   return runCatching(() => sealObject(task.key, task.plaintext, task.place, task.zstdLevel));
+}
+
+/** A whole container in one task: 32 frames of a 4 MiB chunk are sealed back to back here. */
+export function sealFrames(task: WorkerSealFramesTask): WorkerReply {
+  return runCatching(() => sealFramesSync(task.key, task.kind, task.frames, task.place, task.logicalLength, task.zstdLevel));
 }
 
 export function open(task: WorkerOpenTask): WorkerReply {

@@ -4,11 +4,23 @@
 // (tampered, moved, replayed, wrong key) or ERR_CORRUPT (not one of our objects at all),
 // never returns wrong bytes. Heavy work runs in a worker pool (see codec/worker-pool.ts).
 import type { SecretKey } from '../keys/secret-key';
+import type { FrameKind, FramesPlace } from './framed-container';
 import type { ObjectPlace } from './object-place';
 
 export interface Codec {
   /** Returns null when `plaintext` is all zeros and place.kind === 'chunk' (store nothing). */
   seal(key: SecretKey, plaintext: Buffer, place: ObjectPlace): Promise<Buffer | null>;
   open(key: SecretKey, sealed: Buffer, place: ObjectPlace): Promise<Buffer>;
+  /**
+   * Format 2: seals frame f of `frames` as a sealed frame (version 2, kind, frame number f in the
+   * AD; each compressed on its own) and returns the whole framed container (framed-container.ts).
+   * One worker task per container. Always seals, zero frames too: callers skip all-zero chunks.
+   */
+  sealFrames(key: SecretKey, kind: FrameKind, frames: Buffer[], place: FramesPlace, logicalLength: number): Promise<Buffer>;
+  /**
+   * Opens one sealed frame at `place` (kind chunk-frame or journal-frame, frame set). Its
+   * plaintext must be `expectedLength` bytes, or with null at most FRAME_BYTES (journal frames).
+   */
+  openFrame(key: SecretKey, sealedFrame: Buffer, place: ObjectPlace, expectedLength: number | null): Promise<Buffer>;
   close(): Promise<void>;
 }

@@ -7,4 +7,27 @@ export { createInlineCodec, type InlineCodecOptions } from './inline-codec';
 export { sealSync, type SealOptions } from './seal-object';
 export { openSync } from './open-object';
 export { isAllZero } from './zero-detect';
-export { DEFAULT_ZSTD_LEVEL, FORMAT_VERSION, MAX_PLAINTEXT_BYTES, SEAL_OVERHEAD_BYTES } from './format';
+export {
+  CHUNK_CONTAINER_MAGIC,
+  DEFAULT_ZSTD_LEVEL,
+  FORMAT_VERSION,
+  FRAME_BYTES,
+  FRAME_FORMAT_VERSION,
+  FRAMED_HEADER_MAX_CHUNK,
+  JOURNAL_CONTAINER_MAGIC,
+  MAX_JOURNAL_FRAMES,
+  MAX_PLAINTEXT_BYTES,
+  SEAL_OVERHEAD_BYTES,
+} from './format';
+export {
+  FramedHeaderIncomplete,
+  chunkFrameLength,
+  objectFormatOf,
+  parseFramedHeader,
+  sealFramesSync,
+  openFrameSync,
+  type ContainerMagic,
+  type FrameKind,
+  type FramedHeader,
+  type FramesPlace,
+} from './framed-container';

@@ -3,6 +3,7 @@
 import type { SecretKey } from '../keys/secret-key';
 import type { Codec } from './codec';
 import { checkZstdLevel } from './codec-options';
+import { openFrameSync, sealFramesSync, type FrameKind, type FramesPlace } from './framed-container';
 import type { ObjectPlace } from './object-place';
 import { openSync } from './open-object';
 import { sealSync } from './seal-object';
@@ -19,6 +20,12 @@ export function createInlineCodec(options: InlineCodecOptions = {}): Codec {
     },
     async open(key: SecretKey, sealed: Buffer, place: ObjectPlace): Promise<Buffer> {
       return openSync(key, sealed, place);
+    },
+    async sealFrames(key: SecretKey, kind: FrameKind, frames: Buffer[], place: FramesPlace, logicalLength: number): Promise<Buffer> {
+      return sealFramesSync(key.bytes, kind, frames, place, logicalLength, zstdLevel);
+    },
+    async openFrame(key: SecretKey, sealedFrame: Buffer, place: ObjectPlace, expectedLength: number | null): Promise<Buffer> {
+      return openFrameSync(key.bytes, sealedFrame, place, expectedLength);
     },
     async close(): Promise<void> {},
   };

@@ -9,7 +9,7 @@ import { VaultError } from '../errors';
 import type { SecretKey } from '../keys/secret-key';
 import { assertValidPlace, buildAssociatedData, describePlace } from './associated-data';
 import { FLAG_COMPRESSED, HEADER_BYTES, KIND_CODES, KNOWN_FLAGS, MAX_PLAINTEXT_BYTES, TAG_BYTES } from './format';
-import { kindName, parseHeader } from './object-header';
+import { kindName, parseHeader, versionOfKind } from './object-header';
 import type { ObjectPlace } from './object-place';
 import { asBuffer } from './seal-object';
 import { scratchBuffer } from './scratch-buffer';
@@ -23,7 +23,7 @@ export function openObject(keyBytes: Uint8Array, sealedBytes: Uint8Array, place:
   assertValidPlace(place);
   const sealed = asBuffer(sealedBytes);
   const what = describePlace(place);
-  const header = parseHeader(sealed, what);
+  const header = parseHeader(sealed, what, versionOfKind(place.kind));
   if (header.kindCode !== KIND_CODES[place.kind]) {
     throw new VaultError('ERR_AUTH_FAILED', `${what}: the object is a ${kindName(header.kindCode)} (moved or swapped)`);
   }

@@ -12,7 +12,8 @@ import { VaultError } from '../errors';
 import type { SecretKey } from '../keys/secret-key';
 import type { Codec } from './codec';
 import { checkWorkerCount, checkZstdLevel } from './codec-options';
-import { errorFromReply, type WorkerOpenTask, type WorkerReply, type WorkerSealTask } from './codec-worker';
+import { errorFromReply, type WorkerOpenTask, type WorkerReply, type WorkerSealFramesTask, type WorkerSealTask } from './codec-worker';
+import { assertFramePlace, checkFrameLength, openFrameSync, sealFramesSync, type FrameKind, type FramesPlace } from './framed-container';
 import type { ObjectPlace } from './object-place';
 import { openObject } from './open-object';
 import { asBuffer, sealObject } from './seal-object';
@@ -41,7 +42,7 @@ export function createCodec(options: CodecOptions = {}): Codec {
   const slots = new Slots(workers * TASKS_IN_FLIGHT_PER_WORKER);
   let closed = false;
 
-  async function run(name: 'seal' | 'open', makeTask: () => [WorkerSealTask | WorkerOpenTask, ArrayBuffer[]]): Promise<Buffer> {
+  async function run(name: 'seal' | 'open' | 'sealFrames', makeTask: () => [WorkerSealTask | WorkerOpenTask | WorkerSealFramesTask, ArrayBuffer[]]): Promise<Buffer> {
     await slots.acquire();
     try {
       if (closed) throw new VaultError('ERR_SHUTDOWN', 'the codec is closed');
@@ -73,6 +74,28 @@ export function createCodec(options: CodecOptions = {}): Codec {
         return [task, [task.key.buffer as ArrayBuffer, task.sealed.buffer as ArrayBuffer]];
       });
     },
+    async sealFrames(key: SecretKey, kind: FrameKind, frames: Buffer[], place: FramesPlace, logicalLength: number): Promise<Buffer> {
+      const total = frames.reduce((n, f) => n + f.length, 0);
+      if (total < INLINE_BELOW_BYTES) return sealFramesSync(key.bytes, kind, frames, place, logicalLength, zstdLevel);
+      return run('sealFrames', () => {
+        // Frames in shared memory go as they are (the caller keeps them unchanged until the seal
+        // completes); otherwise one copy of all frames into one fresh ArrayBuffer, transferred.
+        const shared = frames.every((f) => f.buffer instanceof SharedArrayBuffer);
+        const task: WorkerSealFramesTask = { key: ownCopy(key.bytes), kind, frames: shared ? frames : packedCopy(frames, total), place: framesPlaceCopy(place), logicalLength, zstdLevel };
+        const transfer = [task.key.buffer as ArrayBuffer];
+        if (!shared && task.frames.length > 0) transfer.push(task.frames[0].buffer as ArrayBuffer);
+        return [task, transfer];
+      });
+    },
+    async openFrame(key: SecretKey, sealedFrame: Buffer, place: ObjectPlace, expectedLength: number | null): Promise<Buffer> {
+      assertFramePlace(place);
+      if (sealedFrame.length < INLINE_BELOW_BYTES) return openFrameSync(key.bytes, sealedFrame, place, expectedLength);
+      const plain = await run('open', () => {
+        const task: WorkerOpenTask = { key: ownCopy(key.bytes), sealed: ownCopy(sealedFrame), place: placeCopy(place) };
+        return [task, [task.key.buffer as ArrayBuffer, task.sealed.buffer as ArrayBuffer]];
+      });
+      return checkFrameLength(plain, place, expectedLength);
+    },
     async close(): Promise<void> {
       if (closed) return;
       closed = true;
@@ -87,6 +110,22 @@ export function createCodec(options: CodecOptions = {}): Codec {
  */
 function ownCopy(bytes: Uint8Array): Uint8Array {
   return new Uint8Array(bytes);
+}
+
+/** All frames copied into one exactly-sized ArrayBuffer (transferred once), as views of it. */
+function packedCopy(frames: readonly Uint8Array[], total: number): Uint8Array[] {
+  const backing = new Uint8Array(total);
+  let at = 0;
+  return frames.map((f) => {
+    backing.set(f, at);
+    const view = backing.subarray(at, at + f.length);
+    at += f.length;
+    return view;
+  });
+}
+
+function framesPlaceCopy(place: FramesPlace): FramesPlace {
+  return { index: place.index, generation: place.generation, vaultId: Buffer.from(ownCopy(place.vaultId).buffer), volumeId: Buffer.from(ownCopy(place.volumeId).buffer) };
 }
 
 function placeCopy(place: ObjectPlace): ObjectPlace {
