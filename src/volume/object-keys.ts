@@ -12,6 +12,9 @@ export const pagePrefix = (volumeIdHex: string) => `${volumePrefix(volumeIdHex)}
 export const pageKey = (volumeIdHex: string, pageIdHex: string) => `${pagePrefix(volumeIdHex)}${pageIdHex}`;
 export const chunkPrefix = (volumeIdHex: string) => `${volumePrefix(volumeIdHex)}chunks/`;
 export const chunkKey = (volumeIdHex: string, objectIdHex: string) => `${chunkPrefix(volumeIdHex)}${objectIdHex}`;
+/** format 2 write journals (never named by a snapshot) */
+export const journalPrefix = (volumeIdHex: string) => `${volumePrefix(volumeIdHex)}journals/`;
+export const journalKey = (volumeIdHex: string, journalIdHex: string) => `${journalPrefix(volumeIdHex)}${journalIdHex}`;
 export const snapshotPrefix = (volumeIdHex: string) => `${volumePrefix(volumeIdHex)}snapshots/`;
 export const snapshotKey = (volumeIdHex: string, snapshotIdHex: string) => `${snapshotPrefix(volumeIdHex)}${snapshotIdHex}`;
 /** deletion marks: a snapshot or a volume whose deletion has begun (no new clone may name it) */
