@@ -2,7 +2,7 @@
 // of which chunks its data frames hold, or which it zeroes. Pure and strict: decode rejects
 // anything the encoder would not write, naming the object (docs/FORMAT.md, "Journal index").
 // Layout: u32 extent count ‖ u32 reserved (0) ‖ 24 bytes per extent: chunk index u64 (< 2^48) ‖
-// first block u16 ‖ block count u16 ‖ flags u8 (bit 0: zero) ‖ 3 reserved bytes (0) ‖
+// first block u16 ‖ block count u16 ‖ flags u8 (bit 0: zero; bit 1: reset) ‖ 3 reserved bytes (0) ‖
 // data frame u32 ‖ byte offset within that frame u32.
 import { FRAME_BYTES, MAX_JOURNAL_FRAMES } from '../codec';
 import { BugError, VaultError } from '../errors';
@@ -14,6 +14,8 @@ export const JOURNAL_EXTENT_BYTES = 24;
 /** The index is one frame: at most this many extents per journal. */
 export const MAX_JOURNAL_EXTENTS = Math.floor((FRAME_BYTES - JOURNAL_INDEX_HEADER_BYTES) / JOURNAL_EXTENT_BYTES);
 export const EXTENT_FLAG_ZERO = 0x01;
+/** every earlier journal extent of this chunk is void: its manifest entry in the same root holds it */
+export const EXTENT_FLAG_RESET = 0x02;
 const MAX_CHUNK_INDEX = 2 ** 48;
 
 export interface JournalExtent {
@@ -23,6 +25,8 @@ export interface JournalExtent {
   readonly blockCount: number;
   /** the blocks read as zeros; no data stored (frame and frameOffset are 0) */
   readonly zero: boolean;
+  /** a reset: block 0, count 0, frame 0, offset 0, no other flag (see EXTENT_FLAG_RESET) */
+  readonly reset?: boolean;
   /** data frame holding the blocks (≥ 1; 0 for zero extents) */
   readonly frame: number;
   /** byte offset of the first block within that frame (a multiple of BLOCK_BYTES) */
@@ -32,6 +36,7 @@ export interface JournalExtent {
 /** Why an extent is invalid, or null. Frame limits: `frameCount` of the container when known. */
 function extentProblem(e: JournalExtent, frameCount: number): string | null {
   if (!Number.isSafeInteger(e.chunkIndex) || e.chunkIndex < 0 || e.chunkIndex >= MAX_CHUNK_INDEX) return `chunk index ${e.chunkIndex}`;
+  if (e.reset) return e.firstBlock === 0 && e.blockCount === 0 && !e.zero && e.frame === 0 && e.frameOffset === 0 ? null : 'a reset extent names blocks';
   if (!Number.isInteger(e.firstBlock) || e.firstBlock < 0 || e.firstBlock >= BLOCKS_PER_CHUNK) return `first block ${e.firstBlock}`;
   if (!Number.isInteger(e.blockCount) || e.blockCount < 1 || e.firstBlock + e.blockCount > BLOCKS_PER_CHUNK) return `blocks ${e.firstBlock}+${e.blockCount} beyond a chunk`;
   if (e.zero) return e.frame === 0 && e.frameOffset === 0 ? null : 'a zero extent names data';
@@ -52,7 +57,7 @@ export function encodeJournalIndex(extents: readonly JournalExtent[]): Buffer {
     out.writeUIntLE(e.chunkIndex, at, 6); // bytes 6..7 of the u64 stay 0
     out.writeUInt16LE(e.firstBlock, at + 8);
     out.writeUInt16LE(e.blockCount, at + 10);
-    out.writeUInt8(e.zero ? EXTENT_FLAG_ZERO : 0, at + 12);
+    out.writeUInt8((e.zero ? EXTENT_FLAG_ZERO : 0) | (e.reset ? EXTENT_FLAG_RESET : 0), at + 12);
     out.writeUInt32LE(e.frame, at + 16);
     out.writeUInt32LE(e.frameOffset, at + 20);
   });
@@ -76,13 +81,14 @@ export function decodeJournalIndex(buf: Buffer, what: string, frameCount: number
     const at = JOURNAL_INDEX_HEADER_BYTES + JOURNAL_EXTENT_BYTES * k;
     if (buf.readUInt16LE(at + 6) !== 0) throw corrupt(`extent ${k}: chunk index beyond 2^48`);
     const flags = buf.readUInt8(at + 12);
-    if ((flags & ~EXTENT_FLAG_ZERO) !== 0) throw corrupt(`extent ${k}: unknown flags 0x${flags.toString(16)}`);
+    if ((flags & ~(EXTENT_FLAG_ZERO | EXTENT_FLAG_RESET)) !== 0) throw corrupt(`extent ${k}: unknown flags 0x${flags.toString(16)}`);
     if (buf.readUIntLE(at + 13, 3) !== 0) throw corrupt(`extent ${k}: non-zero reserved bytes`);
     const e: JournalExtent = {
       chunkIndex: buf.readUIntLE(at, 6),
       firstBlock: buf.readUInt16LE(at + 8),
       blockCount: buf.readUInt16LE(at + 10),
       zero: (flags & EXTENT_FLAG_ZERO) !== 0,
+      ...((flags & EXTENT_FLAG_RESET) !== 0 ? { reset: true } : {}),
       frame: buf.readUInt32LE(at + 16),
       frameOffset: buf.readUInt32LE(at + 20),
     };

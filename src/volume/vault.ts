@@ -426,7 +426,7 @@ export class Vault {
         lease,
         onRootCommitted: (seq) => this.state.recordSeq(meta.id, seq),
       };
-      return new VolumeEngine(meta.name, `nbd-vault volume ${meta.name}`, objects, root, etag, manifest, opts, this.opts.logger);
+      return await VolumeEngine.open(meta.name, `nbd-vault volume ${meta.name}`, objects, root, etag, manifest, opts, this.opts.logger);
     } catch (err) {
       await lease?.release();
       throw err;
@@ -614,7 +614,7 @@ export class Vault {
     const root = { ...snapshotAsRoot(snap), origin: live.origin }; // a clone's snapshot shares its origin
     const manifest = await VolumeEngine.loadManifest(objects, root);
     const opts: EngineOptions = { ...DEFAULT_ENGINE_OPTIONS, ...options, readOnly: true };
-    return new VolumeEngine(`${meta.name}@${snap.name}`, `snapshot ${snap.name} of volume ${meta.name} (${snap.createdAt})`, objects, root, null, manifest, opts, this.opts.logger);
+    return VolumeEngine.open(`${meta.name}@${snap.name}`, `snapshot ${snap.name} of volume ${meta.name} (${snap.createdAt})`, objects, root, null, manifest, opts, this.opts.logger);
   }
 
   /** The manifest of a volume (live root) or of one of its snapshots: `name` or `name@snap`. */

@@ -1,0 +1,90 @@
+// Dirty data at block granularity: what clients wrote and no stored object holds yet, as 4 KiB
+// blocks per chunk (a random 4 KiB write costs 4 KiB here, and no read of the chunk).
+// Synchronous state, no I/O. Not here: sealing (flusher.ts), the byte budget (dirty-budget.ts),
+// what lies below (read-path.ts).
+//
+// A chunk's dirty state is a set of blocks over either the stored chunk (`zeroBase` false: the
+// blocks not written show what the store holds) or over zeros (`zeroBase` true: the chunk was
+// wholly trimmed or is being wholly rewritten; nothing below shows through). A chunk is
+// `covered` when nothing below shows through: it can be sealed as a whole new chunk object
+// without reading anything.
+import { BLOCK_BYTES } from './journal-record';
+
+export class ChunkBlocks {
+  /** block index → its 4 KiB of content, or null: the block is zero */
+  readonly blocks = new Map<number, Buffer | null>();
+  zeroBase = false;
+  /** ms of the last write (idle chunks are written back first) */
+  lastWriteMs = 0;
+
+  constructor(readonly blockCount: number) {}
+
+  get covered(): boolean {
+    return this.zeroBase || this.blocks.size === this.blockCount;
+  }
+
+  /** bytes of memory held (what the dirty budget counts) */
+  get bytes(): number {
+    let n = 0;
+    for (const b of this.blocks.values()) if (b !== null) n += BLOCK_BYTES;
+    return n;
+  }
+}
+
+/**
+ * One generation of dirty data. The engine writes into the active batch; a flush freezes it
+ * (nothing changes it afterwards) and seals it while a new active batch takes the writes that
+ * follow. Readers look at the active batch, then the frozen ones newest first, then the store.
+ */
+export class DirtyBatch {
+  readonly chunks = new Map<number, ChunkBlocks>();
+  /** bytes of block data held */
+  bytes = 0;
+  frozen = false;
+
+  constructor(private readonly blockCountOf: (chunkIndex: number) => number) {}
+
+  chunk(chunkIndex: number): ChunkBlocks {
+    let c = this.chunks.get(chunkIndex);
+    if (!c) {
+      c = new ChunkBlocks(this.blockCountOf(chunkIndex));
+      this.chunks.set(chunkIndex, c);
+    }
+    return c;
+  }
+
+  /** Set one block (content is kept, not copied: the caller hands over a buffer of its own). */
+  setBlock(chunkIndex: number, block: number, content: Buffer | null, nowMs: number): void {
+    this.assertOpen();
+    const c = this.chunk(chunkIndex);
+    const old = c.blocks.get(block);
+    if (old) this.bytes -= BLOCK_BYTES;
+    if (content !== null) this.bytes += BLOCK_BYTES;
+    c.blocks.set(block, content);
+    c.lastWriteMs = nowMs;
+  }
+
+  /** The whole chunk reads as zeros from now on (writes after this land on top). */
+  zeroChunk(chunkIndex: number, nowMs: number): void {
+    this.assertOpen();
+    const c = this.chunk(chunkIndex);
+    this.bytes -= c.bytes;
+    c.blocks.clear();
+    c.zeroBase = true;
+    c.lastWriteMs = nowMs;
+  }
+
+  /** Drop chunks at or past `chunkCount` (a shrink). */
+  dropFrom(chunkCount: number): void {
+    for (const [i, c] of this.chunks) {
+      if (i >= chunkCount) {
+        this.bytes -= c.bytes;
+        this.chunks.delete(i);
+      }
+    }
+  }
+
+  private assertOpen(): void {
+    if (this.frozen) throw new Error('bug: write into a frozen dirty batch');
+  }
+}

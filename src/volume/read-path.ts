@@ -1,0 +1,283 @@
+// The read path: the bytes of a range as the volume holds them now. For each 4 KiB block the
+// newest source wins: the active dirty batch, the frozen ones (newest first), the journal overlay,
+// then the chunk object the manifest names — read one frame (128 KiB) at a time by a ranged read,
+// never the whole chunk for a small request. Decoded frames are cached (read-cache.ts, keyed by
+// object id and frame: objects never change, so a cached frame is never stale), and concurrent
+// misses of one frame share one fetch. Not here: writing (write-path.ts), sealing (sealer.ts).
+import { VaultError, describeError } from '../errors';
+import type { Logger } from '../util/log';
+import { CHUNK_SIZE, chunkCount, splitRange, type ChunkSpan } from './chunk-math';
+import type { Entry } from './manifest';
+import { FetchLimiter } from './fetch-limiter';
+import { BLOCK_BYTES } from './journal-record';
+import { isZeroBlock, type BlockLocation, type JournalHandle } from './journal-overlay';
+import type { ReadCache } from './read-cache';
+import type { VolumeObjects } from './volume-objects';
+import type { VolumeState } from './volume-state';
+
+/** frame fetches (ranged GET + open) at once, across all requests of this volume */
+const FETCHES_IN_FLIGHT = 16;
+/** how many recent chunk reads the readahead remembers (several sequential streams at once) */
+const RECENT_READS = 16;
+
+export class ReadPath {
+  private readonly fetches = new Map<string, Promise<Buffer>>();
+  private readonly fetchSlots = new FetchLimiter(FETCHES_IN_FLIGHT);
+  private readonly recentReads: number[] = [];
+
+  constructor(
+    private readonly name: string,
+    private readonly state: VolumeState,
+    private readonly objects: VolumeObjects,
+    readonly frames: ReadCache,
+    private readonly readaheadChunks: number,
+    private readonly logger: Logger,
+  ) {}
+
+  async read(offset: number, length: number, requester?: object): Promise<Buffer> {
+    const spans = splitRange(offset, length, this.state.sizeBytes);
+    if (spans.length === 1) {
+      const direct = await this.plainSlice(spans[0], requester);
+      if (direct) {
+        this.readahead(spans[0].chunkIndex);
+        return direct;
+      }
+    }
+    const out = Buffer.allocUnsafe(length);
+    await Promise.all(spans.map((s) => this.readSpan(s, out, s.rangeOffset, requester)));
+    this.readahead(spans[spans.length - 1].chunkIndex);
+    return out;
+  }
+
+  /** The current content of one whole chunk (compaction, resize). */
+  async chunkContent(i: number): Promise<Buffer> {
+    const len = this.state.chunkLength(i);
+    const out = Buffer.allocUnsafe(len);
+    await this.readSpan({ chunkIndex: i, chunkOffset: 0, length: len, rangeOffset: 0, chunkLength: len, whole: true }, out, 0);
+    return out;
+  }
+
+  /** What the store holds for chunk i now: its chunk object with the journal overlay applied,
+   *  without dirty data (compaction folds exactly this). */
+  async storedChunk(i: number): Promise<Buffer> {
+    const len = this.state.chunkLength(i);
+    const out = Buffer.allocUnsafe(len);
+    await this.readSpan({ chunkIndex: i, chunkOffset: 0, length: len, rangeOffset: 0, chunkLength: len, whole: true }, out, 0, undefined, false);
+    return out;
+  }
+
+  /** One block's current content (a partial-block write merges into it). */
+  async block(i: number, b: number): Promise<Buffer> {
+    const len = Math.min(BLOCK_BYTES, this.state.chunkLength(i) - b * BLOCK_BYTES);
+    const out = Buffer.alloc(BLOCK_BYTES);
+    await this.readSpan({ chunkIndex: i, chunkOffset: b * BLOCK_BYTES, length: len, rangeOffset: 0, chunkLength: this.state.chunkLength(i), whole: false }, out, 0);
+    return out;
+  }
+
+  /** A read inside one frame of a chunk with nothing pending: a slice of the cached frame, no copy
+   *  (frames are never modified), when the read is at least half the frame; else null. */
+  private async plainSlice(s: ChunkSpan, requester?: object): Promise<Buffer | null> {
+    const i = s.chunkIndex;
+    if (!this.state.isPlain(i)) return null;
+    const entry = this.state.manifest.get(i);
+    if (entry.id === null) return Buffer.alloc(s.length);
+    const layout = await this.layout(i, entry);
+    const f = Math.floor(s.chunkOffset / layout.frameBytes);
+    if (Math.floor((s.chunkOffset + s.length - 1) / layout.frameBytes) !== f) return null;
+    if (this.state.manifest.get(i).id !== entry.id) return null; // rewritten meanwhile: take the long way
+    const frame = await this.chunkFrame(i, entry, f, layout.frameBytes, requester);
+    const at = s.chunkOffset - f * layout.frameBytes;
+    if (s.length * 2 >= frame.length) return frame.subarray(at, at + s.length);
+    return Buffer.from(frame.subarray(at, at + s.length));
+  }
+
+  /**
+   * Fill out[at, at + s.length) with the span's current content. Sources are resolved
+   * synchronously first (a write that lands later is not seen, one acknowledged before is), then
+   * frames are fetched in parallel.
+   */
+  private async readSpan(s: ChunkSpan, out: Buffer, at: number, requester?: object, includeDirty = true): Promise<void> {
+    const i = s.chunkIndex;
+    const entry = this.state.manifest.get(i);
+    const plain = includeDirty ? this.state.isPlain(i) : !this.state.overlay.hasChunk(i);
+    if (plain) return this.readBase(i, entry, s.chunkOffset, s.length, out, at, requester);
+    const batches = includeDirty ? this.state.batchesNewestFirst() : [];
+    const overlay = this.state.overlay;
+    const work: Promise<void>[] = [];
+    let baseFrom = -1; // chunk offset where a run of blocks read from the chunk object starts
+    const end = s.chunkOffset + s.length;
+    const flushBase = (upTo: number) => {
+      if (baseFrom < 0) return;
+      work.push(this.readBase(i, entry, baseFrom, upTo - baseFrom, out, at + baseFrom - s.chunkOffset, requester));
+      baseFrom = -1;
+    };
+    for (let pos = s.chunkOffset; pos < end; ) {
+      const b = Math.floor(pos / BLOCK_BYTES);
+      const segEnd = Math.min(end, (b + 1) * BLOCK_BYTES);
+      const inBlock = pos - b * BLOCK_BYTES;
+      const dst = at + pos - s.chunkOffset;
+      const n = segEnd - pos;
+      let found = false;
+      for (const batch of batches) {
+        const c = batch.chunks.get(i);
+        if (!c) continue;
+        const blk = c.blocks.get(b);
+        if (blk !== undefined) {
+          flushBase(pos);
+          if (blk === null) out.fill(0, dst, dst + n);
+          else blk.copy(out, dst, inBlock, inBlock + n);
+          found = true;
+          break;
+        }
+        if (c.zeroBase) {
+          flushBase(pos);
+          out.fill(0, dst, dst + n);
+          found = true;
+          break;
+        }
+      }
+      if (!found) {
+        const loc = overlay.get(i, b);
+        if (loc) {
+          flushBase(pos);
+          if (isZeroBlock(loc)) out.fill(0, dst, dst + n);
+          else work.push(this.copyJournalBlock(loc, inBlock, n, out, dst, requester));
+        } else if (baseFrom < 0) baseFrom = pos;
+      }
+      pos = segEnd;
+    }
+    flushBase(end);
+    await Promise.all(work);
+  }
+
+  private async copyJournalBlock(loc: BlockLocation, inBlock: number, n: number, out: Buffer, dst: number, requester?: object): Promise<void> {
+    const frame = await this.journalFrame(loc.journal, loc.frame, requester);
+    const from = loc.frameOffset + inBlock;
+    if (from + n > frame.length) {
+      throw new VaultError('ERR_IO', `volume "${this.name}": journal ${loc.journal.ref.id} frame ${loc.frame} has ${frame.length} bytes, a block at ${loc.frameOffset} needs more`);
+    }
+    frame.copy(out, dst, from, from + n);
+  }
+
+  /** Copy [offset, offset+length) of the chunk object `entry` names into out at `at`. */
+  private async readBase(i: number, entry: Entry, offset: number, length: number, out: Buffer, at: number, requester?: object): Promise<void> {
+    if (entry.id === null) {
+      out.fill(0, at, at + length);
+      return;
+    }
+    const { frameBytes } = await this.layout(i, entry);
+    const first = Math.floor(offset / frameBytes);
+    const last = Math.floor((offset + length - 1) / frameBytes);
+    const work: Promise<void>[] = [];
+    for (let f = first; f <= last; f++) {
+      work.push(
+        this.chunkFrame(i, entry, f, frameBytes, requester).then((frame) => {
+          const from = Math.max(offset, f * frameBytes);
+          const to = Math.min(offset + length, (f + 1) * frameBytes);
+          frame.copy(out, at + from - offset, from - f * frameBytes, to - f * frameBytes);
+        }),
+      );
+    }
+    await Promise.all(work);
+  }
+
+  private layout(i: number, entry: Entry): Promise<{ frameBytes: number }> {
+    return this.objects.chunkLayout(i, entry, this.state.chunkLength(i)).catch((err: unknown) => {
+      throw this.readError(i, err);
+    });
+  }
+
+  private chunkFrame(i: number, entry: Entry, f: number, frameBytes: number, requester?: object): Promise<Buffer> {
+    const key = `${entry.id}/${f}`;
+    const cached = this.frames.get(key);
+    if (cached) return Promise.resolve(cached);
+    return this.singleFlight(key, requester, () => this.objects.readChunkFrame(i, entry, this.state.chunkLength(i), f), (err) => this.readError(i, err, f * frameBytes));
+  }
+
+  private journalFrame(journal: JournalHandle, f: number, requester?: object): Promise<Buffer> {
+    const key = `j${journal.ref.id}/${f}`;
+    const cached = this.frames.get(key);
+    if (cached) return Promise.resolve(cached);
+    return this.singleFlight(key, requester, () => this.objects.readJournalFrame(journal.ref, f), (err) => {
+      this.logger.error({ volume: this.name, journal: journal.ref.id, frame: f, err: describeError(err) }, 'journal read failed');
+      return new VaultError('ERR_IO', `volume "${this.name}": cannot read journal ${journal.ref.id} frame ${f}: ${describeError(err)}`, { cause: err });
+    });
+  }
+
+  private singleFlight(key: string, requester: object | undefined, fetch: () => Promise<Buffer>, wrap: (err: unknown) => Error, keep = true): Promise<Buffer> {
+    let p = this.fetches.get(key);
+    if (!p) {
+      p = this.fetchSlots
+        .run(fetch, requester)
+        .then((data) => {
+          if (keep) this.frames.set(key, data);
+          return data;
+        })
+        .catch((err) => {
+          throw wrap(err);
+        })
+        .finally(() => this.fetches.delete(key));
+      this.fetches.set(key, p);
+    }
+    return p;
+  }
+
+  private readError(i: number, err: unknown, inChunk = 0): VaultError {
+    const offset = i * CHUNK_SIZE + inChunk;
+    this.logger.error({ volume: this.name, chunk: i, offset, err: describeError(err) }, 'chunk read failed');
+    return new VaultError('ERR_IO', `volume "${this.name}": cannot read chunk ${i} (byte offset ${offset}): ${describeError(err)}`, { cause: err });
+  }
+
+  // --- readahead and NBD_CMD_CACHE ---------------------------------------------------------
+
+  private readahead(i: number): void {
+    const recent = this.recentReads;
+    const sequential = recent.includes(i - 1) || recent.includes(i);
+    if (recent[recent.length - 1] !== i) {
+      const at = recent.indexOf(i);
+      if (at >= 0) recent.splice(at, 1);
+      recent.push(i);
+      if (recent.length > RECENT_READS) recent.shift();
+    }
+    if (!sequential || this.readaheadChunks <= 0) return;
+    const last = Math.min(chunkCount(this.state.sizeBytes) - 1, i + this.readaheadChunks);
+    for (let j = i + 1; j <= last; j++) this.prefetchChunk(j);
+  }
+
+  /** Fetch a whole chunk object in one GET and cache its frames (readahead: never queues). */
+  private prefetchChunk(i: number): void {
+    if (!this.fetchSlots.hasFreeSlot) return;
+    const entry = this.state.manifest.get(i);
+    if (entry.id === null) return;
+    const key = `${entry.id}/*`;
+    if (this.fetches.has(key) || this.frames.has(`${entry.id}/0`)) return;
+    this.fillChunk(i, entry, key).catch(() => {}); // a real read of it reports the error
+  }
+
+  private async fillChunk(i: number, entry: Entry, key: string, requester?: object): Promise<void> {
+    const len = this.state.chunkLength(i);
+    // the whole chunk is kept as frames below, not under its own key
+    const data = await (this.fetches.get(key) ?? this.singleFlight(key, requester, () => this.objects.readChunk(i, entry, len), (err) => this.readError(i, err), false));
+    const { frameBytes } = await this.layout(i, entry);
+    for (let f = 0; f * frameBytes < len; f++) {
+      const k = `${entry.id}/${f}`;
+      if (!this.frames.has(k)) this.frames.set(k, data.subarray(f * frameBytes, Math.min(len, (f + 1) * frameBytes)));
+    }
+  }
+
+  /** NBD_CMD_CACHE: bring the range's stored frames into the read cache. */
+  async cache(offset: number, length: number): Promise<void> {
+    const spans = splitRange(offset, length, this.state.sizeBytes);
+    let next = 0;
+    const worker = async () => {
+      while (next < spans.length) {
+        const s = spans[next++];
+        const entry = this.state.manifest.get(s.chunkIndex);
+        if (entry.id === null) continue;
+        if (s.whole) await this.fillChunk(s.chunkIndex, entry, `${entry.id}/*`);
+        else await this.readSpan(s, Buffer.allocUnsafe(s.length), 0);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(8, spans.length) }, worker));
+  }
+}

@@ -1,0 +1,321 @@
+// The sealer: turns dirty blocks into stored objects and folds journals into chunks, one job at a
+// time (a promise chain), so that no two jobs ever edit the same chunk's state at once.
+//   - seal cycle: freeze the active batch; a chunk that is wholly known (rewritten or zeroed) is
+//     sealed as a new chunk object; every other dirty block goes into ONE journal object (so a
+//     FLUSH costs O(bytes written), not O(chunks touched)); then the edit is applied to the state
+//     synchronously and the frozen batch is dropped.
+//   - compaction step: fold the journal blocks of a few chunks (those of the oldest journal first)
+//     into new chunk objects; a journal nothing points into any more leaves the root.
+//   - exclusive sections (snapshot, resize) run between jobs.
+// Not here: the root (commit.ts) — the sealer only edits the state; deletes wait for a root.
+import { VaultError, describeError } from '../errors';
+import type { Logger } from '../util/log';
+import type { DirtyBatch } from './dirty-blocks';
+import { ChunkBlocks } from './dirty-blocks';
+import { BLOCK_BYTES, MAX_JOURNAL_EXTENTS, type JournalExtent } from './journal-record';
+import type { JournalRef } from './root-record';
+import type { JournalHandle } from './journal-overlay';
+import type { Entry } from './manifest';
+import { chunkKey, journalKey } from './object-keys';
+import type { ReadPath } from './read-path';
+import type { VolumeObjects } from './volume-objects';
+import type { VolumeState } from './volume-state';
+
+/** data blocks per journal frame (128 KiB) */
+const BLOCKS_PER_FRAME = 32;
+/** data frames per journal (format bound: 4,096 frames including the index) */
+const MAX_DATA_FRAMES = 4000;
+/** chunks a compaction step rewrites */
+const COMPACT_CHUNKS_PER_STEP = 8;
+
+export class Sealer {
+  private chain: Promise<unknown> = Promise.resolve();
+  /** a seal cycle queued but not started: later requests share it (it freezes what they wrote) */
+  private queued: Promise<void> | null = null;
+  private running = 0;
+  failures = 0;
+  retryAtMs = 0;
+  lastError: unknown = null;
+
+  constructor(
+    private readonly name: string,
+    private readonly state: VolumeState,
+    private readonly objects: VolumeObjects,
+    private readonly reads: ReadPath,
+    private readonly uploadConcurrency: number,
+    private readonly roomFreed: () => void,
+    private readonly logger: Logger,
+  ) {}
+
+  get busy(): boolean {
+    return this.running > 0 || this.queued !== null;
+  }
+
+  /** Seal everything dirty at the time of this call (in a cycle that starts after it). */
+  sealDirty(): Promise<void> {
+    if (this.queued) return this.queued;
+    const run = this.enqueue(() => {
+      this.queued = null;
+      return this.cycle();
+    });
+    this.queued = run;
+    return run;
+  }
+
+  compactStep(): Promise<number> {
+    return this.enqueue(() => this.compactNow(COMPACT_CHUNKS_PER_STEP));
+  }
+
+  /** Run `work` between jobs, after sealing what is dirty and folding every journal: the state
+   *  then has no journal and no frozen batch (what snapshot and resize need). */
+  exclusive<T>(work: () => Promise<T>): Promise<T> {
+    return this.enqueue(async () => {
+      await this.cycle();
+      while (this.state.overlay.journals.length > 0) await this.compactNow(64);
+      return work();
+    });
+  }
+
+  private enqueue<T>(job: () => Promise<T>): Promise<T> {
+    const run = this.chain.then(async () => {
+      this.running++;
+      try {
+        return await job();
+      } finally {
+        this.running--;
+      }
+    });
+    this.chain = run.catch(() => {});
+    return run;
+  }
+
+  // --- seal cycle ---------------------------------------------------------------------------
+
+  private async cycle(): Promise<void> {
+    const s = this.state;
+    if (s.active.chunks.size > 0) {
+      s.active.frozen = true;
+      s.frozen.push(s.active);
+      s.active = s.newBatch();
+    }
+    if (s.frozen.length === 0) return;
+    const batches = [...s.frozen];
+    const merged = mergeBatches(batches);
+    const rewrites: Array<[number, ChunkBlocks]> = [];
+    const journaled: Array<[number, ChunkBlocks]> = [];
+    for (const [i, c] of [...merged].sort((a, b) => a[0] - b[0])) {
+      if (i >= s.chunkCount) continue; // cut off by a shrink
+      (c.covered ? rewrites : journaled).push([i, c]);
+    }
+    const tokens: number[] = [];
+    const written: string[] = [];
+    try {
+      const entries = new Map<number, Entry>();
+      let next = 0;
+      const worker = async () => {
+        while (next < rewrites.length) {
+          const [i, c] = rewrites[next++];
+          const data = assembleChunk(c, s.chunkLength(i));
+          if (data === null) {
+            entries.set(i, { id: null, epoch: s.epoch, storedSize: 0 });
+            continue;
+          }
+          const token = s.startUpload(Date.now());
+          tokens.push(token);
+          const entry = await this.objects.writeChunk(i, data, s.epoch);
+          if (entry.id !== null) written.push(chunkKey(this.objects.volumeId, entry.id));
+          entries.set(i, entry);
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(this.uploadConcurrency, rewrites.length) }, worker));
+      // A rewritten chunk that older journals still hold blocks of: its journal says "reset", so
+      // a reopen applies none of those older blocks over the new chunk object.
+      const resets: JournalExtent[] = rewrites.filter(([i]) => s.overlay.hasChunk(i)).map(([i]) => ({ chunkIndex: i, firstBlock: 0, blockCount: 0, zero: false, reset: true, frame: 0, frameOffset: 0 }));
+      const journals: Array<{ ref: JournalRef; extents: JournalExtent[] }> = [];
+      for (const part of buildJournals(journaled, resets)) {
+        const token = s.startUpload(Date.now());
+        tokens.push(token);
+        const ref = await this.objects.writeJournal(part.extents, part.frames);
+        written.push(journalKey(this.objects.volumeId, ref.id));
+        journals.push({ ref, extents: part.extents });
+      }
+      // Apply the edit: from here to the end nothing awaits.
+      for (const [i, entry] of entries) {
+        this.replaceEntry(i, entry);
+        s.overlay.dropChunk(i);
+      }
+      for (const j of journals) s.overlay.apply(j.ref, j.extents, (i) => s.blockCount(i));
+      this.dropDeadJournals();
+      for (const t of tokens) {
+        const u = s.unreferenced.get(t);
+        if (u) u.done = true;
+      }
+      if (entries.size > 0 || journals.length > 0) s.manifestChangedSinceCommit = true;
+      s.frozen = s.frozen.filter((b) => !batches.includes(b));
+      this.failures = 0;
+      this.lastError = null;
+      this.roomFreed();
+    } catch (err) {
+      // Nothing was applied: the frozen batches stay (readable, retried by the next cycle), and
+      // what this attempt stored is garbage nothing will name.
+      for (const t of tokens) s.unreferenced.delete(t);
+      if (written.length > 0) this.objects.store.deleteMany(written).catch(() => {}); // gc takes what this misses
+      this.failures++;
+      this.lastError = err;
+      const backoff = Math.min(30_000, 500 * 2 ** Math.min(16, this.failures - 1));
+      this.retryAtMs = Date.now() + backoff / 2 + Math.random() * (backoff / 2);
+      this.logger.error({ volume: this.name, failures: this.failures, dirtyBytes: s.dirtyBytes, err: describeError(err) }, 'storing dirty data failed; kept in memory and retried');
+      throw new VaultError('ERR_IO', `volume "${this.name}": cannot store written data: ${describeError(err)}`, { cause: err });
+    }
+  }
+
+  /** Point chunk i at a new entry; the old object goes once a root no longer names it, if this
+   *  epoch wrote it (an older epoch's object may be a snapshot's). */
+  private replaceEntry(i: number, entry: Entry): void {
+    const s = this.state;
+    const old = s.manifest.get(i);
+    s.manifest.set(i, { ...entry, epoch: s.epoch });
+    if (old.id !== null && old.epoch === s.epoch) s.pendingDeletes.push(chunkKey(this.objects.volumeId, old.id));
+  }
+
+  /** Journals nothing points into any more leave the root (and the store, after it). */
+  private dropDeadJournals(): void {
+    const s = this.state;
+    const dead = new Set(s.overlay.journals.filter((j) => j.liveBlocks <= 0));
+    if (dead.size === 0) return;
+    s.overlay.removeJournals(dead);
+    for (const j of dead) s.pendingDeletes.push(journalKey(this.objects.volumeId, j.ref.id));
+    s.manifestChangedSinceCommit = true;
+  }
+
+  // --- compaction ---------------------------------------------------------------------------
+
+  /** Fold every journal block of up to `max` chunks (those the oldest journal holds blocks of
+   *  first) into new chunk objects. Returns how many chunks it rewrote. */
+  private async compactNow(max: number): Promise<number> {
+    const s = this.state;
+    this.dropDeadJournals();
+    const oldest: JournalHandle | undefined = s.overlay.journals[0];
+    if (!oldest) return 0;
+    const picked: number[] = [];
+    for (const i of s.overlay.chunkIndexes()) {
+      const m = s.overlay.chunk(i)!;
+      for (const loc of m.values()) {
+        if (loc.journal === oldest) {
+          picked.push(i);
+          break;
+        }
+      }
+      if (picked.length >= max) break;
+    }
+    const tokens: number[] = [];
+    const entries = new Map<number, Entry>();
+    try {
+      let next = 0;
+      const worker = async () => {
+        while (next < picked.length) {
+          const i = picked[next++];
+          const data = await this.reads.storedChunk(i);
+          const token = s.startUpload(Date.now());
+          tokens.push(token);
+          entries.set(i, await this.objects.writeChunk(i, data, s.epoch));
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(4, picked.length) }, worker));
+    } catch (err) {
+      for (const t of tokens) s.unreferenced.delete(t);
+      const written = [...entries.values()].filter((e) => e.id !== null).map((e) => chunkKey(this.objects.volumeId, e.id!));
+      if (written.length > 0) this.objects.store.deleteMany(written).catch(() => {});
+      this.logger.warn({ volume: this.name, err: describeError(err) }, 'compaction failed; the journals stay and it is retried later');
+      throw err;
+    }
+    for (const [i, entry] of entries) {
+      this.replaceEntry(i, entry);
+      s.overlay.dropChunk(i);
+    }
+    this.dropDeadJournals();
+    for (const t of tokens) {
+      const u = s.unreferenced.get(t);
+      if (u) u.done = true;
+    }
+    if (entries.size > 0) s.manifestChangedSinceCommit = true;
+    this.logger.debug({ volume: this.name, chunks: entries.size, journals: s.overlay.journals.length, overlayBlocks: s.overlay.entries }, 'compaction step');
+    return entries.size;
+  }
+}
+
+/** One view of several batches, oldest first: newer blocks win, a newer zeroed chunk hides all
+ *  older state of that chunk. */
+function mergeBatches(batches: readonly DirtyBatch[]): Map<number, ChunkBlocks> {
+  if (batches.length === 1) return batches[0].chunks;
+  const out = new Map<number, ChunkBlocks>();
+  for (const batch of batches) {
+    for (const [i, c] of batch.chunks) {
+      let m = out.get(i);
+      if (!m || c.zeroBase) {
+        m = new ChunkBlocks(c.blockCount);
+        m.zeroBase = c.zeroBase;
+        out.set(i, m);
+      }
+      for (const [b, blk] of c.blocks) m.blocks.set(b, blk);
+    }
+  }
+  return out;
+}
+
+/** The whole content of a chunk whose dirty state hides everything below; null if all zero. */
+function assembleChunk(c: ChunkBlocks, length: number): Buffer | null {
+  let any = false;
+  for (const blk of c.blocks.values()) if (blk !== null) any = true;
+  if (!any) return null;
+  const out = c.zeroBase ? Buffer.alloc(length) : Buffer.allocUnsafe(length);
+  for (const [b, blk] of c.blocks) {
+    const at = b * BLOCK_BYTES;
+    const n = Math.min(BLOCK_BYTES, length - at);
+    if (blk === null) out.fill(0, at, at + n);
+    else blk.copy(out, at, 0, n);
+  }
+  return out;
+}
+
+/** Journal contents for the partly dirty chunks (sorted by chunk), resets first, split so that
+ *  no journal passes the frame bound. Extents never span two frames. */
+function buildJournals(chunks: ReadonlyArray<[number, ChunkBlocks]>, resets: JournalExtent[]): Array<{ extents: JournalExtent[]; frames: Buffer[] }> {
+  const out: Array<{ extents: JournalExtent[]; frames: Buffer[] }> = [];
+  let extents: JournalExtent[] = [...resets];
+  let frames: Buffer[] = [];
+  let frameBlocks: Buffer[] = [];
+  const closeFrame = () => {
+    if (frameBlocks.length === 0) return;
+    frames.push(Buffer.concat(frameBlocks));
+    frameBlocks = [];
+  };
+  const closeJournal = () => {
+    closeFrame();
+    if (extents.length === 0) return;
+    if (extents.length > 0) out.push({ extents, frames });
+    extents = [];
+    frames = [];
+  };
+  for (const [i, c] of chunks) {
+    const blocks = [...c.blocks.keys()].sort((a, b) => a - b);
+    let k = 0;
+    while (k < blocks.length) {
+      const first = blocks[k];
+      const zero = c.blocks.get(first) === null;
+      if (!zero && frameBlocks.length === BLOCKS_PER_FRAME) closeFrame();
+      if ((!zero && frames.length >= MAX_DATA_FRAMES) || extents.length >= MAX_JOURNAL_EXTENTS) closeJournal();
+      let n = 1;
+      // extend the run: consecutive blocks of the same kind, inside one frame
+      while (k + n < blocks.length && blocks[k + n] === first + n && (c.blocks.get(blocks[k + n]) === null) === zero && n < 0xffff && (zero || frameBlocks.length + n < BLOCKS_PER_FRAME)) n++;
+      if (zero) extents.push({ chunkIndex: i, firstBlock: first, blockCount: n, zero: true, reset: false, frame: 0, frameOffset: 0 });
+      else {
+        extents.push({ chunkIndex: i, firstBlock: first, blockCount: n, zero: false, reset: false, frame: frames.length + 1, frameOffset: frameBlocks.length * BLOCK_BYTES });
+        for (let m = 0; m < n; m++) frameBlocks.push(c.blocks.get(first + m)!);
+      }
+      k += n;
+    }
+  }
+  closeJournal();
+  return out;
+}

@@ -1,0 +1,99 @@
+// The mutable state of one open volume that the engine's processes share: the committed-or-
+// pending manifest, the journal overlay, the dirty batches, epoch/seq/size, and what the next
+// durable root lets the writer delete. Plain data, no I/O: read-path.ts reads it, write-path.ts
+// adds dirty blocks, sealer.ts (flush cycles, compaction) applies edits to it synchronously, and
+// commit.ts captures it synchronously — so a commit always sees a consistent state.
+import { CHUNK_SIZE, chunkCount, chunkLength } from './chunk-math';
+import { DirtyBatch } from './dirty-blocks';
+import { BLOCK_BYTES } from './journal-record';
+import { JournalOverlay } from './journal-overlay';
+import type { Manifest } from './manifest';
+import type { RootRecord } from './root-record';
+
+export class VolumeState {
+  readonly overlay = new JournalOverlay();
+  /** where writes go now */
+  active: DirtyBatch;
+  /** batches being sealed (or whose sealing failed and will be retried), oldest first */
+  frozen: DirtyBatch[] = [];
+  epoch: number;
+  seq: number;
+  sizeBytes: number;
+  etag: string | null;
+  /** objects (chunks, pages, journals) no longer referenced once the next root is durable */
+  pendingDeletes: string[] = [];
+  manifestChangedSinceCommit = false;
+  /** Uploads no durable root names yet, by token → start time: what gc must not take. A token is
+   *  `done` once its edit is in the state; a commit that captured it retires it when durable. */
+  readonly unreferenced = new Map<number, { startMs: number; done: boolean }>();
+  private uploadToken = 0;
+
+  constructor(
+    readonly manifest: Manifest,
+    root: RootRecord,
+    etag: string | null,
+  ) {
+    this.epoch = root.epoch;
+    this.seq = root.seq;
+    this.sizeBytes = root.size;
+    this.etag = etag;
+    this.active = this.newBatch();
+  }
+
+  newBatch(): DirtyBatch {
+    return new DirtyBatch((i) => this.blockCount(i));
+  }
+
+  get chunkCount(): number {
+    return chunkCount(this.sizeBytes);
+  }
+
+  chunkLength(i: number): number {
+    return chunkLength(this.sizeBytes, i);
+  }
+
+  /** blocks of chunk i (0 past the end of the volume) */
+  blockCount(i: number): number {
+    if (i < 0 || i >= this.chunkCount) return 0;
+    return Math.ceil(this.chunkLength(i) / BLOCK_BYTES);
+  }
+
+  /** dirty batches newest first: the order a reader looks in */
+  batchesNewestFirst(): DirtyBatch[] {
+    const out = [this.active];
+    for (let k = this.frozen.length - 1; k >= 0; k--) out.push(this.frozen[k]);
+    return out;
+  }
+
+  get dirtyBytes(): number {
+    let n = this.active.bytes;
+    for (const b of this.frozen) n += b.bytes;
+    return n;
+  }
+
+  /** some batch holds dirty state for chunk i */
+  isDirty(i: number): boolean {
+    if (this.active.chunks.has(i)) return true;
+    for (const b of this.frozen) if (b.chunks.has(i)) return true;
+    return false;
+  }
+
+  /** nothing pending anywhere: the chunk is exactly its manifest entry */
+  isPlain(i: number): boolean {
+    return !this.isDirty(i) && !this.overlay.hasChunk(i);
+  }
+
+  startUpload(nowMs: number): number {
+    const token = ++this.uploadToken;
+    this.unreferenced.set(token, { startMs: nowMs, done: false });
+    return token;
+  }
+
+  oldestUnreferencedMs(): number | null {
+    let oldest: number | null = null;
+    for (const { startMs } of this.unreferenced.values()) if (oldest === null || startMs < oldest) oldest = startMs;
+    return oldest;
+  }
+}
+
+export { CHUNK_SIZE };

@@ -1,0 +1,136 @@
+// The write path: client writes and zeroes become dirty 4 KiB blocks in the active batch
+// (dirty-blocks.ts). A block the write covers wholly needs no read; a partly covered block is
+// merged with its current content (read-path.ts) under the chunk's lock, so two partial writes
+// of one block never lose each other. A whole-chunk zero is one mark, not 1,024 blocks.
+// Backpressure: a writer waits while the dirty bytes are at the limit (the sealer drains them);
+// writes never fail for room. Not here: sealing and committing (sealer.ts, commit.ts).
+import { VaultError } from '../errors';
+import { KeyedMutex } from '../util/keyed-mutex';
+import { copyWriteData, type WriteData } from './export';
+import { splitRange, type ChunkSpan } from './chunk-math';
+import { BLOCK_BYTES } from './journal-record';
+import type { ReadPath } from './read-path';
+import type { VolumeState } from './volume-state';
+
+export class WritePath {
+  private readonly chunkLocks = new KeyedMutex<number>();
+  private roomWaiters: Array<() => void> = [];
+  /** counts writes (flush and snapshot use it to know what they must include) */
+  writeCounter = 0;
+
+  constructor(
+    private readonly state: VolumeState,
+    private readonly reads: ReadPath,
+    private readonly dirtyLimitBytes: number,
+    /** asks the sealer to drain dirty data (pressure) */
+    private readonly onPressure: () => void,
+  ) {}
+
+  get waiting(): number {
+    return this.roomWaiters.length;
+  }
+
+  /** Wake writers waiting for room (the sealer released dirty bytes). */
+  roomFreed(): void {
+    const w = this.roomWaiters;
+    this.roomWaiters = [];
+    for (const r of w) r();
+  }
+
+  private async waitForRoom(): Promise<void> {
+    while (this.state.dirtyBytes >= this.dirtyLimitBytes) {
+      this.onPressure();
+      await new Promise<void>((r) => this.roomWaiters.push(r));
+    }
+    if (this.state.dirtyBytes >= this.dirtyLimitBytes / 2) this.onPressure();
+  }
+
+  async write(offset: number, length: number, data: WriteData): Promise<void> {
+    await this.waitForRoom();
+    this.writeCounter++;
+    await Promise.all(splitRange(offset, length, this.state.sizeBytes).map((s) => this.writeSpan(s, data)));
+  }
+
+  async zero(offset: number, length: number, fastZero: boolean): Promise<void> {
+    const spans = splitRange(offset, length, this.state.sizeBytes);
+    if (fastZero) {
+      // zeroing part of a block we would first have to read is not fast: say so up front
+      for (const s of spans) {
+        const partial = s.chunkOffset % BLOCK_BYTES !== 0 || ((s.chunkOffset + s.length) % BLOCK_BYTES !== 0 && s.chunkOffset + s.length !== s.chunkLength);
+        if (partial && !this.knownZero(s.chunkIndex)) throw new VaultError('ERR_NOT_SUPPORTED', 'fast zero is not possible: a partial block would need a read');
+      }
+    }
+    this.writeCounter++;
+    const work: Promise<void>[] = [];
+    for (const s of spans) {
+      // a chunk that is zero already with nothing pending needs nothing (a full-device TRIM of
+      // an empty volume touches nothing)
+      if (this.knownZero(s.chunkIndex) && !this.chunkLocks.isLocked(s.chunkIndex)) continue;
+      if (s.whole) {
+        this.state.active.zeroChunk(s.chunkIndex, Date.now());
+        continue;
+      }
+      await this.waitForRoom();
+      work.push(this.writeSpan(s, null));
+      if (work.length >= 256) await Promise.all(work.splice(0));
+    }
+    await Promise.all(work);
+  }
+
+  private knownZero(i: number): boolean {
+    return this.state.isPlain(i) && this.state.manifest.isZero(i);
+  }
+
+  /** Apply one span (`data` holds the whole write; null: zeros) as blocks of the active batch. */
+  private async writeSpan(s: ChunkSpan, data: WriteData | null): Promise<void> {
+    const i = s.chunkIndex;
+    const end = s.chunkOffset + s.length;
+    const firstPartial = s.chunkOffset % BLOCK_BYTES !== 0 || (end < s.chunkLength && end - s.chunkOffset < BLOCK_BYTES && end % BLOCK_BYTES !== 0);
+    const lastPartial = end % BLOCK_BYTES !== 0 && end !== s.chunkLength;
+    if (!firstPartial && !lastPartial && !this.chunkLocks.isLocked(i)) {
+      this.setBlocks(s, data); // every block covered: no read, no lock needed
+      return;
+    }
+    await this.chunkLocks.run(i, async () => {
+      // Partial blocks: read their current content first (outside any batch change), then apply
+      // the whole span at once, synchronously.
+      const bFirst = Math.floor(s.chunkOffset / BLOCK_BYTES);
+      const bLast = Math.floor((end - 1) / BLOCK_BYTES);
+      const merged = new Map<number, Buffer>();
+      for (const b of new Set([bFirst, bLast])) {
+        const bStart = b * BLOCK_BYTES;
+        const bEnd = Math.min(bStart + BLOCK_BYTES, s.chunkLength);
+        if (s.chunkOffset <= bStart && end >= bEnd) continue; // covered
+        merged.set(b, await this.reads.block(i, b));
+      }
+      this.setBlocks(s, data, merged);
+    });
+  }
+
+  /** Synchronously set the span's blocks; `merged` holds current content for partial blocks. */
+  private setBlocks(s: ChunkSpan, data: WriteData | null, merged?: Map<number, Buffer>): void {
+    const i = s.chunkIndex;
+    const batch = this.state.active;
+    const now = Date.now();
+    const end = s.chunkOffset + s.length;
+    for (let pos = s.chunkOffset; pos < end; ) {
+      const b = Math.floor(pos / BLOCK_BYTES);
+      const bStart = b * BLOCK_BYTES;
+      const segEnd = Math.min(end, bStart + BLOCK_BYTES);
+      const base = merged?.get(b);
+      if (base) {
+        if (data === null) base.fill(0, pos - bStart, segEnd - bStart);
+        else copyWriteData(data, s.rangeOffset + pos - s.chunkOffset, base, pos - bStart, segEnd - pos);
+        batch.setBlock(i, b, base, now);
+      } else if (data === null) batch.setBlock(i, b, null, now);
+      else {
+        const blk = Buffer.allocUnsafe(BLOCK_BYTES);
+        const n = segEnd - pos;
+        copyWriteData(data, s.rangeOffset + pos - s.chunkOffset, blk, 0, n);
+        if (n < BLOCK_BYTES) blk.fill(0, n); // the short last block of a volume
+        batch.setBlock(i, b, blk, now);
+      }
+      pos = segEnd;
+    }
+  }
+}
