@@ -9,6 +9,7 @@ import { VaultError } from '../errors';
 import type { Logger } from '../util/log';
 import type { MetricsSink } from '../util/metrics';
 import type { EngineStats } from '../volume/volume-engine';
+import type { MemoryBudgetStats } from '../util/memory-budget';
 import { parseListen } from './serve-command';
 
 export type EngineStatsSource = () => Array<{ name: string; readOnly: boolean; stats: EngineStats }>;
@@ -26,7 +27,7 @@ export class PromMetrics implements MetricsSink {
   private readonly storeRetries: client.Counter<'op'>;
   private readonly storeBytesTotal: client.Counter<'op'>;
 
-  constructor(engines: EngineStatsSource) {
+  constructor(engines: EngineStatsSource, memory?: () => MemoryBudgetStats) {
     const registers = [this.registry];
     client.collectDefaultMetrics({ register: this.registry, prefix: 'nbd_vault_' });
     this.nbdRequests = new client.Counter({ name: 'nbd_vault_nbd_requests_total', help: 'NBD requests answered, by volume (export), command and result (ok or the NBD errno)', labelNames: ['volume', 'command', 'result'], registers });
@@ -73,6 +74,30 @@ export class PromMetrics implements MetricsSink {
           this.set(engines().filter((e) => pick(e.stats)).length);
         },
       });
+    if (memory) {
+      const budget = (name: string, help: string, pick: (m: MemoryBudgetStats) => number) =>
+        new client.Gauge({
+          name,
+          help,
+          registers,
+          collect() {
+            this.set(pick(memory()));
+          },
+        });
+      budget('nbd_vault_memory_limit_bytes', 'The process memory budget (serve --memory-limit)', (m) => m.limitBytes);
+      budget('nbd_vault_memory_used_bytes', 'Bytes of the memory budget held by caches, dirty data, in-flight requests and unsent replies', (m) => m.usedBytes);
+      budget('nbd_vault_memory_waiting', 'Reservations waiting for room in the memory budget (backpressure)', (m) => m.waiting);
+      budget('nbd_vault_memory_waiting_bytes', 'Bytes the waiting reservations ask for', (m) => m.waitingBytes);
+      new client.Counter({
+        name: 'nbd_vault_memory_waits_total',
+        help: 'Reservations that had to wait for room in the memory budget',
+        registers,
+        collect() {
+          this.reset();
+          this.inc(memory().waitsTotal);
+        },
+      });
+    }
     total('nbd_vault_leases_held', 'Writer leases held by this server', (s) => s.leaseHeld);
     total('nbd_vault_leases_lost', 'Writer leases this server lost (its volumes refuse writes)', (s) => s.leaseLost);
   }

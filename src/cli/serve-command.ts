@@ -8,6 +8,7 @@ import { VaultError, describeError } from '../errors';
 import { nbdUri, startNbdServer, type NbdServerHandle } from '../nbd';
 import { createLogger, parseLogFormat, setLogger, type Logger } from '../util/log';
 import type { MetricsSink } from '../util/metrics';
+import { MemoryBudget } from '../util/memory-budget';
 import type { ExportProvider } from '../volume/export';
 import { MemoryExportProvider, parseMemoryExportSpec, type MemoryExportSpec } from '../volume/memory-export';
 import { addSettings, resolveSettings, SERVE_VAULT_SETTINGS, TLS_SETTINGS } from './settings';
@@ -27,6 +28,8 @@ export interface ServeOptions {
   readonly onListening?: (uris: string[]) => void;
   /** SIGHUP: reload the configuration (clients stay connected). */
   readonly onReload?: () => void;
+  /** serve --memory-limit: shared by every connection (and, for a vault, every engine) */
+  readonly memoryBudget?: MemoryBudget;
 }
 
 /** Starts the server for `provider`, logs where it listens, waits for SIGINT/SIGTERM, then closes
@@ -60,6 +63,7 @@ export async function runServer(provider: ExportProvider, opts: ServeOptions): P
     tls: opts.security.tls,
     access: opts.security.access,
     metrics: opts.metrics,
+    memoryBudget: opts.memoryBudget,
   });
   opts.onListening?.(server.addresses().map((a) => nbdUri(a, provider.defaultName, opts.security.tls !== undefined)));
   logListening(server, provider, opts.logger);
@@ -85,6 +89,16 @@ export function parseListen(text: string): { host: string; port: number } {
   return { host: m[1] ?? (m[2] || '127.0.0.1'), port };
 }
 
+/** Below this, one connection's largest request plus its in-flight share could not fit. */
+export const MIN_MEMORY_LIMIT = 128 * 2 ** 20;
+
+/** --memory-limit, checked: the whole limit is shared, so too small a one deadlocks nothing but
+ *  would serialize every client. */
+export function checkMemoryLimit(bytes: number): number {
+  if (bytes < MIN_MEMORY_LIMIT) throw new VaultError('ERR_INVALID_ARGUMENT', `--memory-limit must be at least 128M (one connection may hold 64 MiB in flight plus a 32 MiB request), got ${bytes} bytes`);
+  return bytes;
+}
+
 function positiveInt(name: string) {
   return (text: string): number => {
     const n = Number(text);
@@ -105,7 +119,7 @@ export function registerServeCommand(program: Command): void {
       const { serveVault } = await import('./serve-vault'); // (serve-vault imports runServer from here)
       return serveVault(o, o.handshakeTimeout * 1000);
     }
-    const s = resolveSettings(o, ['listen', 'socket', 'maxConnections', 'logLevel', 'logFormat', 'metrics', ...TLS_SETTINGS] as const);
+    const s = resolveSettings(o, ['listen', 'socket', 'maxConnections', 'logLevel', 'logFormat', 'metrics', 'memoryLimit', ...TLS_SETTINGS] as const);
     const logger = createLogger(s.logLevel, parseLogFormat(s.logFormat));
     setLogger(logger);
     const listen = parseListen(s.listen);
@@ -114,7 +128,8 @@ export function registerServeCommand(program: Command): void {
     const provider = new MemoryExportProvider(specs);
     // (metrics.ts imports parseListen from here: loaded when asked for)
     const { PromMetrics, parseMetricsAddress, startMetricsServer } = await import('./metrics');
-    const metrics = s.metrics ? new PromMetrics(() => []) : undefined;
+    const memoryBudget = new MemoryBudget(checkMemoryLimit(s.memoryLimit));
+    const metrics = s.metrics ? new PromMetrics(() => [], () => memoryBudget.stats()) : undefined;
     const metricsServer = metrics ? await startMetricsServer(metrics, parseMetricsAddress(s.metrics!), logger) : null;
     await runServer(provider, {
       metrics,
@@ -124,6 +139,7 @@ export function registerServeCommand(program: Command): void {
       maxConnections: positiveInt('--max-connections')(String(s.maxConnections)),
       handshakeTimeoutMs: o.handshakeTimeout * 1000,
       logger,
+      memoryBudget,
     }).finally(() => {
       metricsServer?.close();
       metricsServer?.closeAllConnections();

@@ -9,7 +9,8 @@ import { resolveSettings, SERVE_VAULT_SETTINGS } from './settings';
 import type { Logger } from '../util/log';
 import { describeError } from '../errors';
 import { openVaultContext, type VaultSettings } from './vault-context';
-import { parseListen, runServer } from './serve-command';
+import { checkMemoryLimit, parseListen, runServer } from './serve-command';
+import { MemoryBudget } from '../util/memory-budget';
 import { startAdminServer, type AdminRequest } from './admin-socket';
 import { resolveServerSecurity, type ServerSecurity } from './tls-setup';
 import { resolve } from 'node:path';
@@ -30,9 +31,11 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
   if (s.prune !== undefined && s.snapshotEvery === undefined) throw new VaultError('ERR_INVALID_ARGUMENT', '--prune needs --snapshot-every (to prune by hand: nbd-vault snapshot prune)');
   const everyMs = s.snapshotEvery === undefined ? null : parseInterval(s.snapshotEvery);
   const policy = s.prune === undefined ? null : parseRetentionPolicy(s.prune);
+  // One budget for the process: every engine and every NBD connection draws from it.
+  const memoryBudget = new MemoryBudget(checkMemoryLimit(s.memoryLimit!));
   // The engines are known once the provider exists; the store stack needs the sink before that.
   let exportsForMetrics: VaultExportProvider | null = null;
-  const metrics = s.metrics ? new PromMetrics(() => exportsForMetrics?.engineStats() ?? []) : undefined;
+  const metrics = s.metrics ? new PromMetrics(() => exportsForMetrics?.engineStats() ?? [], () => memoryBudget.stats()) : undefined;
   const metricsAddress = s.metrics ? parseMetricsAddress(s.metrics) : undefined;
   const ctx = await openVaultContext(s as VaultSettings, { firstRun: true, metrics });
   try {
@@ -46,7 +49,7 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
     const provider = new VaultExportProvider(
       ctx.vault,
       defaultName,
-      { dirtyLimitBytes: s.dirtyLimit, readCacheBytes: s.readCache, uploadConcurrency: s.uploadConcurrency },
+      { dirtyLimitBytes: s.dirtyLimit, readCacheBytes: s.readCache, uploadConcurrency: s.uploadConcurrency, memoryBudget },
       ctx.logger,
     );
     exportsForMetrics = provider;
@@ -81,6 +84,7 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
         handshakeTimeoutMs,
         logger: ctx.logger,
         security,
+        memoryBudget,
         onReload: () => reloadSettings(opts, s, ctx.logger),
         // for people (stdout): where to point a client first
         onListening: (uris) => process.stdout.write(`serving ${volumes.length} volume(s) from ${ctx.store.name} at ${uris[0]}\ntry: ${tryHint(uris[0], s.tlsPsk, security)}\n`),

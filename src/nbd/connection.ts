@@ -8,7 +8,11 @@
 // requests in flight plus what its unsent replies keep alive (reply-memory.ts) reach
 // maxInFlightBytes (its budget: a client that does not read its replies costs at most that), or
 // its requests in flight plus unsent replies reach MAX_IN_FLIGHT_REQUESTS; it resumes as
-// requests finish and replies reach the kernel. Fairness: one event-loop turn
+// requests finish and replies reach the kernel. With a process memory budget (serve
+// --memory-limit), what the connection holds (requests in flight, unsent replies, input being
+// parsed, and the next request before it is parsed) must also be covered by its share of that
+// budget (budget-share.ts): while the budget has no room the connection waits its turn (FIFO
+// with every other holder) without reading. Fairness: one event-loop turn
 // starts at most REQUESTS_PER_TURN requests (or REQUEST_BYTES_PER_TURN bytes of them) per
 // connection, then yields (setImmediate), so a flood on one connection never holds up accepts,
 // handshakes or other connections' requests.
@@ -28,6 +32,8 @@ import { errorReply, executeRequestWithStatus, mustDropConnection, type Executio
 import { NO_METRICS, type MetricsSink } from '../util/metrics';
 import { encodeGreeting, negotiateOptions, ProtocolViolation, readClientFlags, type Negotiated } from './negotiation';
 import { MAX_PAYLOAD } from './limits';
+import type { MemoryBudget } from '../util/memory-budget';
+import { BudgetShare } from './budget-share';
 import { ReplyMemory } from './reply-memory';
 import { RequestReader, type NbdRequest } from './request-reader';
 import { validateRequest, type SessionFacts } from './request-validation';
@@ -60,6 +66,8 @@ export interface ConnectionOptions {
   /** for warnings a stranger can cause during negotiation (timeouts, failed TLS handshakes) */
   readonly negotiationLog?: RateLimitedLog;
   readonly metrics?: MetricsSink;
+  /** the process memory budget this connection's requests and replies also draw from */
+  readonly memoryBudget?: MemoryBudget;
 }
 
 export class NbdConnection {
@@ -73,6 +81,7 @@ export class NbdConnection {
   private inFlightBytes = 0;
   private inFlightRequests = 0;
   private readonly replyMemory = new ReplyMemory();
+  private readonly budget: BudgetShare;
   private discReceived = false;
   /** the client shut down its sending side (FIN) during transmission */
   private clientEnded = false;
@@ -104,6 +113,7 @@ export class NbdConnection {
     this.done = new Promise((r) => (this.resolveDone = r));
     this.writer = new ReplyWriter(rawSocket, () => this.die('client stopped reading replies', 'warn'));
     this.queue = new ByteQueue(HANDSHAKE_HIGH_WATER, () => this.socket.pause(), () => this.socket.resume());
+    this.budget = new BudgetShare(opts.memoryBudget, () => this.pump());
   }
 
   get state(): ConnState {
@@ -258,8 +268,20 @@ export class NbdConnection {
       this.discReceived ||
       isTerminal(this.state) ||
       this.inFlightBytes + this.replyMemory.heldBytes >= this.opts.maxInFlightBytes ||
-      this.inFlightRequests + this.replyMemory.unsentReplies >= MAX_IN_FLIGHT_REQUESTS
+      this.inFlightRequests + this.replyMemory.unsentReplies >= MAX_IN_FLIGHT_REQUESTS ||
+      !this.budget.cover(this.memoryHeld() + (this.reader?.peekLength() ?? 0))
     );
+  }
+
+  /** What this connection holds in memory: requests in flight, what its unsent replies keep
+   *  alive, and input received but not yet turned into requests. */
+  private memoryHeld(): number {
+    return this.inFlightBytes + this.replyMemory.heldBytes + (this.reader?.bufferedBytes ?? 0);
+  }
+
+  /** Something was given back: return what the budget share no longer needs. */
+  private trimBudget(): void {
+    this.budget.trim(this.memoryHeld());
   }
 
   private turnUsedUp(): boolean {
@@ -309,7 +331,8 @@ export class NbdConnection {
       this.maybeCloseAfterDrain('client sent DISC');
       return;
     }
-    const bytes = req.type === NBD_CMD_READ || req.type === NBD_CMD_WRITE ? req.length : 0;
+    // a length over MAX_PAYLOAD is refused (READ) or was dropped (WRITE): it holds nothing
+    const bytes = (req.type === NBD_CMD_READ || req.type === NBD_CMD_WRITE) && req.length <= MAX_PAYLOAD ? req.length : 0;
     this.inFlightBytes += bytes;
     this.inFlightRequests++;
     this.turnRequests++;
@@ -323,6 +346,7 @@ export class NbdConnection {
       .finally(() => {
         this.inFlightBytes -= bytes;
         this.inFlightRequests--;
+        this.trimBudget();
         if (this.discReceived || this.shuttingDown || isTerminal(this.state)) this.maybeCloseAfterDrain('requests drained');
         else {
           this.pump();
@@ -392,6 +416,7 @@ export class NbdConnection {
     const release = this.replyMemory.hold(bufs);
     this.write(bufs, () => {
       release();
+      this.trimBudget();
       if (!this.readPaused) return;
       this.pump();
       if (this.clientEnded) this.maybeCloseAfterDrain('client closed, requests drained');
@@ -465,6 +490,7 @@ export class NbdConnection {
   private async releaseExport(): Promise<void> {
     if (this.exportReleased) return;
     this.exportReleased = true;
+    this.budget.close();
     if (this.exp) {
       try {
         await this.opts.provider.release(this.exp);

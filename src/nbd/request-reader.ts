@@ -6,7 +6,7 @@
 // Guarantees: at most one payload (<= maxPayload bytes) is buffered by the reader itself; the
 // caller can stop parsing between requests (backpressure, DISC) and resume later without losing
 // bytes; a bad request magic means synchronisation is lost, and the reader stops for good.
-import { NBD_CMD_WRITE, NBD_REQUEST_MAGIC, NBD_REQUEST_SIZE } from './constants';
+import { NBD_CMD_READ, NBD_CMD_WRITE, NBD_REQUEST_MAGIC, NBD_REQUEST_SIZE } from './constants';
 
 export interface NbdRequest {
   readonly flags: number;
@@ -43,6 +43,7 @@ export class RequestReader {
   private payloadFill = 0;
   private discardLeft = 0;
   private pending: Buffer[] = [];
+  private pendingTotal = 0;
 
   constructor(
     private readonly maxPayload: number,
@@ -55,13 +56,32 @@ export class RequestReader {
 
   /** Bytes received but not yet parsed (held while the caller has parsing stopped). */
   get pendingBytes(): number {
-    let n = 0;
-    for (const b of this.pending) n += b.length;
-    return n;
+    return this.pendingTotal;
+  }
+
+  /** Memory the reader holds: unparsed input plus the part of a WRITE payload collected so far. */
+  get bufferedBytes(): number {
+    return this.pendingTotal + (this.state === 'payload' ? this.payloadFill : 0);
+  }
+
+  /** The READ/WRITE length of the next request when its header is already here in one piece
+   *  (null otherwise, or for other commands): what the caller must budget before parsing it.
+   *  Lengths over maxPayload are refused or dropped, never held: they count 0. */
+  peekLength(): number | null {
+    if (this.state !== 'header' || this.headerFill !== 0 || this.pending.length === 0) return null;
+    const b = this.pending[0];
+    if (b.length < NBD_REQUEST_SIZE) return null;
+    const type = b.readUInt16BE(6);
+    if (type !== NBD_CMD_READ && type !== NBD_CMD_WRITE) return null;
+    const length = b.readUInt32BE(24);
+    return length <= this.maxPayload ? length : 0;
   }
 
   push(chunk: Buffer): void {
-    if (chunk.length > 0 && this.state !== 'desync') this.pending.push(chunk);
+    if (chunk.length > 0 && this.state !== 'desync') {
+      this.pending.push(chunk);
+      this.pendingTotal += chunk.length;
+    }
   }
 
   /** Parses pending bytes, emitting requests, until they run out ('need-more'), `stop()` says
@@ -72,6 +92,8 @@ export class RequestReader {
       if (stop()) return 'stopped';
       const chunk = this.pending[0];
       const used = this.consume(chunk);
+      if ((this.state as ReaderState) === 'desync') return 'desync';
+      this.pendingTotal -= Math.min(used, chunk.length);
       if (used >= chunk.length) this.pending.shift();
       else this.pending[0] = chunk.subarray(used);
     }
@@ -120,6 +142,7 @@ export class RequestReader {
     if (src.readUInt32BE(0) !== NBD_REQUEST_MAGIC) {
       this.state = 'desync';
       this.pending = [];
+      this.pendingTotal = 0;
       return chunk.length;
     }
     const flags = src.readUInt16BE(4);

@@ -13,6 +13,7 @@ import { lstatSync, unlinkSync } from 'node:fs';
 import type { ExportProvider } from '../volume/export';
 import type { Logger } from '../util/log';
 import type { MetricsSink } from '../util/metrics';
+import type { MemoryBudget } from '../util/memory-budget';
 import { describeError } from '../errors';
 import { NbdConnection } from './connection';
 import { Admission } from './admission';
@@ -46,6 +47,9 @@ export interface NbdServerOptions {
   readonly shutdownGraceMs?: number;
   /** where request counts and latencies go (serve --metrics); none by default */
   readonly metrics?: MetricsSink;
+  /** the process memory budget (serve --memory-limit): every connection's requests in flight
+   *  and unsent replies also hold a share of it; none: only the per-connection limit */
+  readonly memoryBudget?: MemoryBudget;
 }
 
 export type NbdServerAddress = { readonly host: string; readonly port: number } | { readonly path: string };
@@ -92,6 +96,7 @@ export async function startNbdServer(opts: NbdServerOptions): Promise<NbdServerH
     onEstablished: (c: NbdConnection) => admission.establish(c),
     negotiationLog: admission.log,
     metrics: opts.metrics,
+    memoryBudget: opts.memoryBudget,
   };
   const connections = new Set<NbdConnection>();
   let nextId = 1;

@@ -41,6 +41,8 @@ export interface EngineOptions {
   readonly onRootCommitted?: (seq: number) => Promise<void>;
   /** the writer's lease (writable engines): writes stop if it is lost; released on close */
   readonly lease?: VolumeLease;
+  /** the process memory budget (serve --memory-limit) shared with every engine and connection */
+  readonly memoryBudget?: import('../util/memory-budget').MemoryBudget;
 }
 
 /** how often a writer stalled on a full cache of failing uploads is reported */

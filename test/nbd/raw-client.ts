@@ -140,9 +140,9 @@ export function request(type: number, flags: number, handle: number, offset: num
   return payload ? Buffer.concat([h, payload]) : h;
 }
 
-export async function readSimpleReply(w: Wire, dataLength = 0): Promise<{ error: number; handle: number; data: Buffer }> {
-  const h = await w.read(16);
+export async function readSimpleReply(w: Wire, dataLength = 0, timeoutMs?: number): Promise<{ error: number; handle: number; data: Buffer }> {
+  const h = await w.read(16, timeoutMs);
   if (h.readUInt32BE(0) !== 0x67446698) throw new Error(`bad reply magic ${h.readUInt32BE(0).toString(16)}`);
   const error = h.readUInt32BE(4);
-  return { error, handle: Number(h.readBigUInt64BE(8)), data: error === 0 && dataLength > 0 ? await w.read(dataLength) : Buffer.alloc(0) };
+  return { error, handle: Number(h.readBigUInt64BE(8)), data: error === 0 && dataLength > 0 ? await w.read(dataLength, timeoutMs) : Buffer.alloc(0) };
 }

@@ -1,0 +1,138 @@
+// The NBD server under a process memory budget: a client that never reads its replies stops
+// being read from once its share covers the budget, other clients wait their turn (never an
+// error), and everything held comes back; real clients (nbdcopy with deep queues of 32 MiB
+// requests) copy correctly through a budget much smaller than what they keep in flight.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startNbdServer } from '../../src/nbd';
+import { MemoryExportProvider } from '../../src/volume/memory-export';
+import { createLogger } from '../../src/util/log';
+import { MemoryBudget } from '../../src/util/memory-budget';
+import { Wire, greet, go, readSimpleReply, request, MIB } from './raw-client';
+import { runTool, startNbdServerProcess } from '../helpers/nbd-server';
+
+const NBD_CMD_READ = 0;
+const NBD_CMD_WRITE = 1;
+
+async function until(what: string, cond: () => boolean, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for: ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+test('a client that never reads its replies is held to the process budget; another waits its turn, then all is given back', async () => {
+  const provider = new MemoryExportProvider([{ name: 'a', size: 64 * MIB, readOnly: false }]);
+  const budget = new MemoryBudget(4 * MIB);
+  const server = await startNbdServer({ listen: { host: '127.0.0.1', port: 0 }, provider, logger: createLogger('silent'), memoryBudget: budget });
+  const port = (server.address() as { port: number }).port;
+  const pattern = randomBytes(MIB);
+  try {
+    const seed = new Wire(port);
+    await greet(seed);
+    await go(seed, 'a');
+    await seed.write(request(NBD_CMD_WRITE, 0, 1, 0, MIB, pattern));
+    assert.equal((await readSimpleReply(seed)).error, 0);
+    seed.destroy();
+    await until('the seeding client is gone', () => budget.usedBytes === 0);
+
+    // 1,000 reads of 64 KiB (62.5 MiB: under the 64 MiB per-connection limit, far over the
+    // 4 MiB budget and what the loopback socket buffers absorb), none of them read.
+    const flood = new Wire(port);
+    await greet(flood);
+    await go(flood, 'a');
+    flood.sock.pause();
+    const n = 1000;
+    const len = 64 * 1024;
+    const offsetOf = (i: number) => ((i * 7) % 16) * len;
+    flood.sock.write(Buffer.concat(Array.from({ length: n }, (_, i) => request(NBD_CMD_READ, 0, i + 1, offsetOf(i), len))));
+    let peak = 0;
+    await until('the flooding connection waits for budget', () => {
+      peak = Math.max(peak, budget.usedBytes);
+      return budget.stats().waiting > 0;
+    });
+    assert.ok(budget.usedBytes <= budget.limitBytes && peak <= budget.limitBytes, `held ${peak} bytes of a ${budget.limitBytes}-byte budget`);
+
+    // A second client: negotiation needs no budget; its read waits its turn (FIFO).
+    const other = new Wire(port);
+    await greet(other);
+    await go(other, 'a');
+    await other.write(request(NBD_CMD_READ, 0, 7, 4096, 4096));
+    const otherReply = readSimpleReply(other, 4096, 60_000);
+
+    // The flooder now reads: every reply arrives, in some order, with the right data.
+    flood.sock.resume();
+    const seen = new Set<number>();
+    for (let k = 0; k < n; k++) {
+      const r = await readSimpleReply(flood, len, 60_000);
+      assert.equal(r.error, 0);
+      assert.ok(r.handle >= 1 && r.handle <= n && !seen.has(r.handle), `handle ${r.handle}`);
+      seen.add(r.handle);
+      const at = offsetOf(r.handle - 1);
+      assert.ok(r.data.equals(pattern.subarray(at, at + len)), `data of read ${r.handle}`);
+      peak = Math.max(peak, budget.usedBytes);
+    }
+    const o = await otherReply;
+    assert.equal(o.error, 0);
+    assert.ok(o.data.equals(pattern.subarray(4096, 8192)));
+    assert.ok(peak <= budget.limitBytes, `peak ${peak}`);
+    assert.ok(budget.stats().waitsTotal > 0);
+    flood.destroy();
+    other.destroy();
+    await until('every share given back', () => budget.usedBytes === 0 && budget.stats().waiting === 0);
+  } finally {
+    await server.close();
+  }
+});
+
+test('nbdcopy with 4 connections of 64 requests of 32 MiB copies 256 MiB in and out through a 48 MiB budget, byte for byte', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'nbd-budget-'));
+  const provider = new MemoryExportProvider([{ name: 'disk', size: 256 * MIB, readOnly: false }]);
+  const budget = new MemoryBudget(48 * MIB);
+  const server = await startNbdServer({ listen: { host: '127.0.0.1', port: 0 }, provider, logger: createLogger('silent'), memoryBudget: budget });
+  let peak = 0;
+  const sampler = setInterval(() => (peak = Math.max(peak, budget.usedBytes)), 2);
+  try {
+    const src = join(dir, 'src.img');
+    const back = join(dir, 'back.img');
+    writeFileSync(src, randomBytes(256 * MIB));
+    const copy = async (from: string, to: string) => {
+      // nbdcopy runs in a child process: this event loop is the server's
+      const r = await runTool('nbdcopy', ['--connections=4', '--requests=64', '--request-size=33554432', from, to], { timeoutMs: 300_000 });
+      assert.equal(r.code, 0, `nbdcopy ${from} ${to}: ${r.stderr}`);
+    };
+    await copy(src, server.uri('disk'));
+    await copy(server.uri('disk'), back);
+    assert.ok(readFileSync(src).equals(readFileSync(back)), 'the copy read back equals the source');
+    assert.ok(budget.stats().waitsTotal > 0, 'the budget was binding: requests waited for room');
+    assert.ok(peak <= budget.limitBytes, `peak ${peak} within the limit`);
+    await until('every share given back', () => budget.usedBytes === 0 && budget.stats().waiting === 0);
+  } finally {
+    clearInterval(sampler);
+    await server.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('serve --memory-limit: the budget is in the metrics, and a limit too small is refused', async () => {
+  const srv = await startNbdServerProcess({ memory: ['disk=64M'], extraArgs: ['--memory-limit', '256M', '--metrics', '0'] });
+  try {
+    const metricsPort = Number(/"port":(\d+)[^\n]*"msg":"metrics listening"/.exec(srv.log())?.[1]);
+    const io = await runTool('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5a 0 8M', '-c', 'read -P 0x5a 0 8M', srv.uri('disk')], { timeoutMs: 60_000 });
+    assert.equal(io.code, 0, io.stderr);
+    const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    const metric = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1]);
+    assert.equal(metric('nbd_vault_memory_limit_bytes'), 256 * MIB);
+    assert.equal(metric('nbd_vault_memory_used_bytes'), 0, 'nothing held once the client is gone');
+    assert.equal(metric('nbd_vault_memory_waiting'), 0);
+    assert.equal(metric('nbd_vault_memory_waits_total'), 0);
+  } finally {
+    assert.equal(await srv.stop(), 0, 'graceful exit');
+  }
+  await assert.rejects(startNbdServerProcess({ memory: ['disk=1M'], extraArgs: ['--memory-limit', '1M'] }), /--memory-limit must be at least 128M/);
+});
