@@ -41,6 +41,8 @@ export class DirtyBatch {
   /** bytes of block data held */
   bytes = 0;
   frozen = false;
+  /** shares of the process memory budget the writes into this batch hold until it is sealed */
+  private readonly budgetHolds: Array<() => void> = [];
 
   constructor(private readonly blockCountOf: (chunkIndex: number) => number) {}
 
@@ -72,6 +74,15 @@ export class DirtyBatch {
     c.blocks.clear();
     c.zeroBase = true;
     c.lastWriteMs = nowMs;
+  }
+
+  holdBudget(release: () => void): void {
+    this.budgetHolds.push(release);
+  }
+
+  /** The batch is sealed (or gone): give its memory back to the process budget. */
+  releaseBudget(): void {
+    for (const r of this.budgetHolds.splice(0)) r();
   }
 
   /** Drop chunks at or past `chunkCount` (a shrink). */

@@ -152,6 +152,7 @@ export class Sealer {
       }
       if (entries.size > 0 || journals.length > 0) s.manifestChangedSinceCommit = true;
       s.frozen = s.frozen.filter((b) => !batches.includes(b));
+      for (const b of batches) b.releaseBudget();
       this.failures = 0;
       this.lastError = null;
       this.roomFreed();

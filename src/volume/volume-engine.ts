@@ -11,6 +11,7 @@
 // FLUSH = a seal cycle of everything written before it, then a root naming it (durable).
 import { VaultError, describeError } from '../errors';
 import type { Logger } from '../util/log';
+import type { MemoryBudget } from '../util/memory-budget';
 import { writeDataLength, type Export, type ExportCaps, type ContextExtent, type Extent, type ReadOptions, type WriteData, type WriteOptions, type ZeroOptions } from './export';
 import { CHUNK_SIZE, chunkCount, chunkLength } from './chunk-math';
 import { Manifest, PAGE_ENTRIES, newObjectId, type PageRef } from './manifest';
@@ -42,7 +43,8 @@ export interface EngineOptions {
   /** the writer's lease (writable engines): writes stop if it is lost; released on close */
   readonly lease?: VolumeLease;
   /** the process memory budget (serve --memory-limit) shared with every engine and connection */
-  readonly memoryBudget?: import('../util/memory-budget').MemoryBudget;
+  /** the process memory budget (serve --memory-limit): read cache and dirty blocks draw from it */
+  readonly memoryBudget?: MemoryBudget;
 }
 
 /** how often a writer stalled on a full cache of failing uploads is reported */
@@ -108,8 +110,8 @@ export class VolumeEngine implements Export {
     if (root.chunkSize !== CHUNK_SIZE) throw new VaultError('ERR_CORRUPT', `volume "${name}" uses chunk size ${root.chunkSize}, this build supports ${CHUNK_SIZE}`);
     const state = new VolumeState(manifest, root, rootEtag);
     this.state = state;
-    this.reads = new ReadPath(name, state, objects, new ReadCache(opts.readCacheBytes), opts.readaheadChunks, logger);
-    this.writes = new WritePath(state, this.reads, opts.dirtyLimitBytes, () => this.sealInBackground());
+    this.reads = new ReadPath(name, state, objects, new ReadCache(opts.readCacheBytes, opts.memoryBudget), opts.readaheadChunks, logger);
+    this.writes = new WritePath(state, this.reads, opts.dirtyLimitBytes, () => this.sealInBackground(), opts.memoryBudget);
     this.sealer = new Sealer(name, state, objects, this.reads, opts.uploadConcurrency, () => this.writes.roomFreed(), logger);
     this.committer = new Committer(name, state, objects, root.origin, opts.lease, opts.onRootCommitted, logger);
     this.contexts = new VolumeContexts({
@@ -293,7 +295,7 @@ export class VolumeEngine implements Export {
     this.reportStall(now);
     const dirty = s.active.chunks.size > 0 || s.frozen.length > 0;
     const idle = now - this.lastWriteMs >= this.opts.writebackDelayMs;
-    const pressure = s.dirtyBytes >= this.opts.dirtyLimitBytes / 2;
+    const pressure = s.dirtyBytes >= this.opts.dirtyLimitBytes / 2 || this.writes.waiting > 0 || (this.opts.memoryBudget?.stats().waiting ?? 0) > 0;
     if (dirty && (idle || pressure) && now >= this.sealer.retryAtMs) this.sealInBackground();
     else if (!this.sealer.busy && s.overlay.journals.length > 0) {
       const due = s.overlay.entries >= COMPACT_AT_BLOCKS || s.overlay.journals.length >= COMPACT_AT_JOURNALS || now - this.lastWriteMs >= COMPACT_WHEN_IDLE_MS;
@@ -420,6 +422,7 @@ export class VolumeEngine implements Export {
       if (!this.opts.readOnly && !this.opts.lease?.lost) await this.flush();
     } finally {
       this.closed = true;
+      this.reads.frames.clear();
       if (this.timer) clearInterval(this.timer);
       this.timer = null;
       await this.opts.lease?.release();

@@ -11,6 +11,7 @@ import { splitRange, type ChunkSpan } from './chunk-math';
 import { BLOCK_BYTES } from './journal-record';
 import type { ReadPath } from './read-path';
 import type { VolumeState } from './volume-state';
+import type { MemoryBudget } from '../util/memory-budget';
 
 export class WritePath {
   private readonly chunkLocks = new KeyedMutex<number>();
@@ -24,6 +25,8 @@ export class WritePath {
     private readonly dirtyLimitBytes: number,
     /** asks the sealer to drain dirty data (pressure) */
     private readonly onPressure: () => void,
+    /** the process memory budget: dirty blocks hold their bytes of it until sealed */
+    private readonly budget?: MemoryBudget,
   ) {}
 
   get waiting(): number {
@@ -47,8 +50,26 @@ export class WritePath {
 
   async write(offset: number, length: number, data: WriteData): Promise<void> {
     await this.waitForRoom();
+    // every block the write touches, partial ends included (an overwrite counts again: the batch
+    // gives it all back when it is sealed)
+    const blocks = Math.floor((offset + length - 1) / BLOCK_BYTES) - Math.floor(offset / BLOCK_BYTES) + 1;
+    let release: (() => void) | null = null;
+    // The budget is taken with tryReserve and waited for only while this volume has dirty data to
+    // seal: waiting on room that only others (in-flight requests, other volumes) can free could
+    // deadlock with the very requests that wait here. With nothing of ours to seal, go on unheld.
+    while (this.budget) {
+      release = this.budget.tryReserve(blocks * BLOCK_BYTES);
+      if (release || this.state.dirtyBytes === 0) break;
+      this.onPressure();
+      await new Promise<void>((r) => this.roomWaiters.push(r));
+    }
     this.writeCounter++;
-    await Promise.all(splitRange(offset, length, this.state.sizeBytes).map((s) => this.writeSpan(s, data)));
+    try {
+      await Promise.all(splitRange(offset, length, this.state.sizeBytes).map((s) => this.writeSpan(s, data)));
+    } finally {
+      // held by the newest batch: it is sealed after (or with) every batch the blocks went to
+      if (release) this.state.active.holdBudget(release);
+    }
   }
 
   async zero(offset: number, length: number, fastZero: boolean): Promise<void> {
