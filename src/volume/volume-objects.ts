@@ -1,15 +1,40 @@
-// Reading and writing the sealed objects of one volume: chunks, manifest pages, the root.
-// Knows names (object-keys.ts), places (associated data) and which subkey seals what; knows
-// nothing about caching or NBD. Every failure is a VaultError naming the volume and the object.
-import { VaultError, isVaultError } from '../errors';
+// Reading and writing the sealed objects of one volume: chunks, journals, manifest pages, the
+// root. Knows names (object-keys.ts), places (associated data) and which subkey seals what; knows
+// nothing about caching or NBD (except a small LRU of container headers, so a ranged frame read
+// costs one request). Every failure is a VaultError naming the volume and the object.
+// Chunks are written as format 2 framed containers and read in both formats (docs/FORMAT.md).
+import { BugError, VaultError, isVaultError } from '../errors';
+import {
+  FRAME_BYTES,
+  FRAMED_HEADER_MAX_CHUNK,
+  FramedHeaderIncomplete,
+  chunkFrameLength,
+  isAllZero,
+  objectFormatOf,
+  parseFramedHeader,
+  type ContainerMagic,
+  type FramesPlace,
+} from '../codec';
 import type { Codec } from '../codec/codec';
 import type { ObjectPlace, ObjectKind } from '../codec/object-place';
 import type { SecretKey } from '../keys/secret-key';
 import type { ObjectStore } from '../store/object-store';
-import { chunkKey, pageKey, rootKey, snapshotDeletingKey, snapshotKey, snapshotPrefix, volumeDeletingKey } from './object-keys';
+import { ContainerHeaderCache, type ContainerLayout } from './container-header-cache';
+import { BLOCK_BYTES, decodeJournalIndex, encodeJournalIndex, journalFrameBytesNeeded, type JournalExtent } from './journal-record';
+import { chunkKey, journalKey, pageKey, rootKey, snapshotDeletingKey, snapshotKey, snapshotPrefix, volumeDeletingKey } from './object-keys';
 import { decodeSnapshot, encodeSnapshot, type SnapshotRecord } from './snapshot-record';
 import { generationOfId, newObjectId, type Entry, type PageRef } from './manifest';
-import { decodeRoot, encodeRoot, type RootRecord } from './root-record';
+import { decodeRoot, encodeRoot, type JournalRef, type RootRecord } from './root-record';
+
+/** A journal's first ranged read: its header, and usually its index frame too. */
+export const JOURNAL_PREFIX_BYTES = 64 * 1024;
+
+/** How a stored chunk is laid out: v1 is one frame, the whole chunk. */
+export interface ChunkLayout {
+  readonly framed: boolean;
+  readonly frameBytes: number;
+  readonly frameCount: number;
+}
 
 export interface VolumeKeys {
   /** seals chunk objects */
@@ -23,6 +48,8 @@ export class VolumeObjects {
   private readonly volumeIdBytes: Buffer;
   /** For a clone: the origin volume's objects, where entries and page refs of epoch 0 live. */
   origin: VolumeObjects | null = null;
+  /** parsed container headers by object key (unauthenticated: dropped when a frame fails) */
+  readonly headers = new ContainerHeaderCache();
 
   constructor(
     readonly store: ObjectStore,
@@ -57,15 +84,21 @@ export class VolumeObjects {
 
   // --- chunks ---------------------------------------------------------------------------
 
-  /** Seal and store one chunk. Returns the new entry, or a zero entry for an all-zero chunk. */
+  /** Seal and store one chunk (a format 2 container of FRAME_BYTES frames). Returns the new
+   *  entry, or a zero entry for an all-zero chunk. */
   async writeChunk(chunkIndex: number, data: Buffer, epoch: number): Promise<Entry> {
+    if (isAllZero(data)) return { id: null, epoch, storedSize: 0 };
     const id = newObjectId();
-    const sealed = await this.codec.seal(this.keys.data, data, this.place('chunk', chunkIndex, generationOfId(id)));
-    if (sealed === null) return { id: null, epoch, storedSize: 0 };
-    await this.store.put(chunkKey(this.volumeId, id), sealed);
-    return { id, epoch, storedSize: sealed.length };
+    const frames: Buffer[] = [];
+    for (let at = 0; at < data.length; at += FRAME_BYTES) frames.push(data.subarray(at, Math.min(at + FRAME_BYTES, data.length)));
+    const container = await this.codec.sealFrames(this.keys.data, 'chunk-frame', frames, this.framesPlace(chunkIndex, id), data.length);
+    const key = chunkKey(this.volumeId, id);
+    await this.store.put(key, container);
+    this.headers.set(key, { framed: true, ...parseFramedHeader(container, 'chunk', key, container.length) });
+    return { id, epoch, storedSize: container.length };
   }
 
+  /** The whole chunk, format 1 or 2, every frame authenticated. */
   async readChunk(chunkIndex: number, entry: Entry, expectedLength: number): Promise<Buffer> {
     if (entry.id === null) return Buffer.alloc(expectedLength);
     if (entry.epoch === 0 && this.origin) return this.origin.readChunk(chunkIndex, entry, expectedLength);
@@ -74,14 +107,229 @@ export class VolumeObjects {
     const { body } = await this.fetch(key, what);
     let plain: Buffer;
     try {
-      plain = await this.codec.open(this.keys.data, body, this.place('chunk', chunkIndex, generationOfId(entry.id)));
+      const format = objectFormatOf(body);
+      if (format === 'chunk') plain = await this.openChunkContainer(chunkIndex, entry.id, body, expectedLength, key);
+      else if (format === 'v1' || format === null) plain = await this.codec.open(this.keys.data, body, this.place('chunk', chunkIndex, generationOfId(entry.id)));
+      else throw new VaultError('ERR_CORRUPT', `a ${format} container where a chunk belongs`);
     } catch (err) {
-      throw annotate(err, what);
+      throw annotate(err, `${what} (object ${key})`);
     }
     if (plain.length !== expectedLength) {
       throw new VaultError('ERR_CORRUPT', `${what} has ${plain.length} bytes, expected ${expectedLength}`);
     }
     return plain;
+  }
+
+  private async openChunkContainer(chunkIndex: number, id: string, body: Buffer, chunkLength: number, key: string): Promise<Buffer> {
+    const header = parseFramedHeader(body, 'chunk', `object ${key}`, body.length);
+    if (header.logicalLength !== chunkLength) throw new VaultError('ERR_CORRUPT', `object ${key} holds a chunk of ${header.logicalLength} bytes, expected ${chunkLength}`);
+    this.headers.set(key, { framed: true, ...header });
+    const plain = Buffer.allocUnsafe(chunkLength);
+    await Promise.all(
+      Array.from({ length: header.frameCount }, async (_, f) => {
+        const sealed = body.subarray(header.frameOffsets[f], header.frameOffsets[f] + header.frameLengths[f]);
+        const frame = await this.codec.openFrame(this.keys.data, sealed, this.framePlace('chunk-frame', chunkIndex, id, f), chunkFrameLength(chunkLength, f));
+        frame.copy(plain, f * FRAME_BYTES);
+      }),
+    ).catch((err) => {
+      this.headers.delete(key);
+      throw err;
+    });
+    return plain;
+  }
+
+  /** How a chunk is stored: format 2 frames, or (v1) one frame holding the whole chunk. */
+  async chunkLayout(chunkIndex: number, entry: Entry, chunkLength: number): Promise<ChunkLayout> {
+    if (entry.id === null) return { framed: true, frameBytes: FRAME_BYTES, frameCount: Math.ceil(chunkLength / FRAME_BYTES) };
+    if (entry.epoch === 0 && this.origin) return this.origin.chunkLayout(chunkIndex, entry, chunkLength);
+    const layout = await this.chunkHeader(chunkIndex, entry, chunkLength);
+    return layout.framed ? { framed: true, frameBytes: FRAME_BYTES, frameCount: layout.frameCount } : { framed: false, frameBytes: chunkLength, frameCount: 1 };
+  }
+
+  /**
+   * One frame of a chunk (FRAME_BYTES, the last one shorter), authenticated: one ranged read once
+   * the container header is known. A v1 chunk has one frame, 0, read whole. A zero entry reads
+   * as zeros.
+   */
+  async readChunkFrame(chunkIndex: number, entry: Entry, chunkLength: number, frame: number): Promise<Buffer> {
+    if (entry.id === null) {
+      if (!Number.isInteger(frame) || frame < 0 || frame * FRAME_BYTES >= chunkLength) throw new BugError(`frame ${frame} of a ${chunkLength}-byte chunk`);
+      return Buffer.alloc(chunkFrameLength(chunkLength, frame));
+    }
+    if (entry.epoch === 0 && this.origin) return this.origin.readChunkFrame(chunkIndex, entry, chunkLength, frame);
+    const layout = await this.chunkHeader(chunkIndex, entry, chunkLength);
+    if (!layout.framed) {
+      if (frame !== 0) throw new BugError(`frame ${frame} of a version-1 chunk (one frame)`);
+      return this.readChunk(chunkIndex, entry, chunkLength);
+    }
+    if (!Number.isInteger(frame) || frame < 0 || frame >= layout.frameCount) throw new BugError(`frame ${frame} of a ${layout.frameCount}-frame chunk`);
+    const key = chunkKey(this.volumeId, entry.id);
+    const what = `chunk ${chunkIndex} frame ${frame} of volume "${this.volumeName}"`;
+    const id = entry.id;
+    return this.readFrame(key, layout, frame, what, (sealed) =>
+      this.codec.openFrame(this.keys.data, sealed, this.framePlace('chunk-frame', chunkIndex, id, frame), chunkFrameLength(chunkLength, frame)),
+    );
+  }
+
+  /** The container layout of a chunk: cached, or from one ranged read of its header. */
+  private async chunkHeader(chunkIndex: number, entry: Entry, chunkLength: number): Promise<ContainerLayout> {
+    const key = chunkKey(this.volumeId, entry.id!);
+    const cached = this.headers.get(key);
+    if (cached) return cached;
+    const what = `chunk ${chunkIndex} of volume "${this.volumeName}" (object ${key})`;
+    const size = entry.storedSize > 0 ? entry.storedSize : undefined;
+    const want = Math.min(FRAMED_HEADER_MAX_CHUNK, size ?? FRAMED_HEADER_MAX_CHUNK);
+    const prefix = await this.range(key, 0, want, what);
+    let layout: ContainerLayout;
+    try {
+      const format = objectFormatOf(prefix);
+      if (format === 'v1') layout = { framed: false };
+      else {
+        if (prefix.length < want && format === 'chunk') throw new VaultError('ERR_CORRUPT', `the store returned ${prefix.length} of ${want} header bytes`);
+        const header = parseFramedHeader(prefix, 'chunk', 'container', size);
+        if (header.logicalLength !== chunkLength) throw new VaultError('ERR_CORRUPT', `holds a chunk of ${header.logicalLength} bytes, expected ${chunkLength}`);
+        layout = { framed: true, ...header };
+      }
+    } catch (err) {
+      throw annotate(err, what);
+    }
+    this.headers.set(key, layout);
+    return layout;
+  }
+
+  /** One sealed frame by ranged read, opened by `open`; a failure drops the cached header. */
+  private async readFrame<T>(key: string, layout: ContainerLayout & { framed: true }, frame: number, what: string, open: (sealed: Buffer) => Promise<T>): Promise<T> {
+    const length = layout.frameLengths[frame];
+    const sealed = await this.range(key, layout.frameOffsets[frame], length, what);
+    try {
+      if (sealed.length !== length) throw new VaultError('ERR_CORRUPT', `the store returned ${sealed.length} of ${length} bytes (object ${key})`);
+      return await open(sealed);
+    } catch (err) {
+      this.headers.delete(key);
+      throw annotate(err, `${what} (object ${key})`);
+    }
+  }
+
+  private framesPlace(index: number, id: string): FramesPlace {
+    return { vaultId: this.vaultIdBytes, volumeId: this.volumeIdBytes, index, generation: generationOfId(id) };
+  }
+
+  private framePlace(kind: 'chunk-frame' | 'journal-frame', index: number, id: string, frame: number): ObjectPlace {
+    return { vaultId: this.vaultIdBytes, volumeId: this.volumeIdBytes, kind, index, generation: generationOfId(id), frame };
+  }
+
+  // --- write journals (format 2) -----------------------------------------------------------
+
+  /**
+   * Seal and store a journal: frame 0 the index of `extents`, frames 1..n `dataFrames`
+   * (`extents[k].frame` counts from 1). A fresh id; the caller names it in a root only after
+   * this resolves.
+   */
+  async writeJournal(extents: JournalExtent[], dataFrames: Buffer[]): Promise<JournalRef> {
+    const index = encodeJournalIndex(extents);
+    for (const e of extents) if (!e.zero && e.frame > dataFrames.length) throw new BugError(`a journal extent names data frame ${e.frame} of ${dataFrames.length}`);
+    dataFrames.forEach((frame, k) => {
+      if (frame.length % BLOCK_BYTES !== 0 || frame.length > FRAME_BYTES || frame.length < journalFrameBytesNeeded(extents, k + 1)) {
+        throw new BugError(`journal data frame ${k + 1} is ${frame.length} bytes: whole blocks, ≤ ${FRAME_BYTES}, holding what its extents name`);
+      }
+    });
+    const id = newObjectId();
+    const frames = [index, ...dataFrames];
+    const logical = frames.reduce((n, f) => n + f.length, 0);
+    const container = await this.codec.sealFrames(this.keys.data, 'journal-frame', frames, this.framesPlace(0, id), logical);
+    const key = journalKey(this.volumeId, id);
+    await this.store.put(key, container);
+    this.headers.set(key, { framed: true, ...parseFramedHeader(container, 'journal', key, container.length) });
+    return { id, storedSize: container.length };
+  }
+
+  /** A journal's extents, authenticated (frame 0); usually one ranged read for header and index. */
+  async readJournalIndex(ref: JournalRef): Promise<JournalExtent[]> {
+    const key = journalKey(this.volumeId, ref.id);
+    const what = `journal ${ref.id} of volume "${this.volumeName}"`;
+    const { layout, prefix } = await this.journalHeader(ref, key, `${what} (object ${key})`);
+    const end = layout.frameOffsets[0] + layout.frameLengths[0];
+    const open = async (sealed: Buffer) => decodeJournalIndex(await this.openJournalFrame(sealed, ref.id, 0), `object ${key}`, layout.frameCount);
+    if (prefix && prefix.length >= end) {
+      try {
+        return await open(prefix.subarray(layout.frameOffsets[0], end));
+      } catch (err) {
+        this.headers.delete(key);
+        throw annotate(err, `${what} (object ${key})`);
+      }
+    }
+    return this.readFrame(key, layout, 0, `${what} index`, open);
+  }
+
+  /** One data frame of a journal (frame ≥ 1), authenticated plaintext of whole 4 KiB blocks. */
+  async readJournalFrame(ref: JournalRef, frame: number): Promise<Buffer> {
+    const key = journalKey(this.volumeId, ref.id);
+    const what = `journal ${ref.id} frame ${frame} of volume "${this.volumeName}"`;
+    const { layout } = await this.journalHeader(ref, key, what);
+    if (!Number.isInteger(frame) || frame < 0) throw new BugError(`journal frame ${frame}`);
+    if (frame >= layout.frameCount) throw new VaultError('ERR_CORRUPT', `${what}: the journal has ${layout.frameCount} frames (object ${key})`);
+    return this.readFrame(key, layout, frame, what, (sealed) => this.openJournalFrame(sealed, ref.id, frame));
+  }
+
+  /** A whole journal in one read: its extents and data frames (index 0 of `frames` is frame 1). */
+  async readJournal(ref: JournalRef): Promise<{ extents: JournalExtent[]; frames: Buffer[] }> {
+    const key = journalKey(this.volumeId, ref.id);
+    const what = `journal ${ref.id} of volume "${this.volumeName}"`;
+    const { body } = await this.fetch(key, what);
+    try {
+      if (body.length !== ref.storedSize) throw new VaultError('ERR_CORRUPT', `object ${key} is ${body.length} bytes, the root says ${ref.storedSize}`);
+      const header = parseFramedHeader(body, 'journal', `object ${key}`, body.length);
+      const opened = await Promise.all(
+        header.frameOffsets.map((at, f) => this.openJournalFrame(body.subarray(at, at + header.frameLengths[f]), ref.id, f)),
+      );
+      const extents = decodeJournalIndex(opened[0], `object ${key}`, header.frameCount);
+      return { extents, frames: opened.slice(1) };
+    } catch (err) {
+      throw annotate(err, what);
+    }
+  }
+
+  private async openJournalFrame(sealed: Buffer, id: string, frame: number): Promise<Buffer> {
+    const plain = await this.codec.openFrame(this.keys.data, sealed, this.framePlace('journal-frame', 0, id, frame), null);
+    if (frame > 0 && plain.length % BLOCK_BYTES !== 0) throw new VaultError('ERR_CORRUPT', `journal data frame ${frame} is ${plain.length} bytes, not whole blocks`);
+    return plain;
+  }
+
+  /** A journal's container header: cached, or from a prefix (fetching more if it says so). */
+  private async journalHeader(ref: JournalRef, key: string, what: string): Promise<{ layout: ContainerLayout & { framed: true }; prefix: Buffer | null }> {
+    const cached = this.headers.get(key);
+    if (cached?.framed) return { layout: cached, prefix: null };
+    let want = Math.min(JOURNAL_PREFIX_BYTES, ref.storedSize);
+    for (;;) {
+      const prefix = await this.range(key, 0, want, what);
+      try {
+        if (prefix.length < want) throw new VaultError('ERR_CORRUPT', `the store returned ${prefix.length} of ${want} bytes (object ${key})`);
+        const layout = { framed: true as const, ...parseFramedHeader(prefix, 'journal' satisfies ContainerMagic, `object ${key}`, ref.storedSize) };
+        this.headers.set(key, layout);
+        return { layout, prefix };
+      } catch (err) {
+        // needBytes ≤ storedSize here: parseFramedHeader reports a longer need as corruption
+        if (err instanceof FramedHeaderIncomplete && err.needBytes > want) {
+          want = err.needBytes;
+          continue;
+        }
+        throw annotate(err, what);
+      }
+    }
+  }
+
+  /** Bytes [offset, offset + length) of an object; missing → ERR_IO naming it. */
+  private async range(key: string, offset: number, length: number, what: string): Promise<Buffer> {
+    const store = this.store as ObjectStore & { getRange?(key: string, offset: number, length: number): Promise<Buffer> };
+    try {
+      if (store.getRange) return await store.getRange(key, offset, length);
+      return (await store.get(key)).body.subarray(offset, offset + length);
+    } catch (err) {
+      if (isVaultError(err, 'ERR_STORE_NOT_FOUND')) {
+        throw new VaultError('ERR_IO', `${what} is missing from the store (object ${key})`, { cause: err });
+      }
+      throw annotate(err, what);
+    }
   }
 
   // --- manifest pages -------------------------------------------------------------------
