@@ -1,7 +1,7 @@
 // Dirty data at block granularity: what clients wrote and no stored object holds yet, as 4 KiB
 // blocks per chunk (a random 4 KiB write costs 4 KiB here, and no read of the chunk).
-// Synchronous state, no I/O. Not here: sealing (flusher.ts), the byte budget (dirty-budget.ts),
-// what lies below (read-path.ts).
+// Synchronous state, no I/O. Not here: sealing (sealer.ts), admission and the memory budget
+// (write-path.ts), what lies below (read-path.ts).
 //
 // A chunk's dirty state is a set of blocks over either the stored chunk (`zeroBase` false: the
 // blocks not written show what the store holds) or over zeros (`zeroBase` true: the chunk was
@@ -16,6 +16,8 @@ export class ChunkBlocks {
   zeroBase = false;
   /** ms of the last write (idle chunks are written back first) */
   lastWriteMs = 0;
+  /** shares of the process memory budget its writes hold until it is sealed */
+  readonly budgetHolds: Array<() => void> = [];
 
   constructor(readonly blockCount: number) {}
 
@@ -41,9 +43,6 @@ export class DirtyBatch {
   /** bytes of block data held */
   bytes = 0;
   frozen = false;
-  /** shares of the process memory budget the writes into this batch hold until it is sealed */
-  private readonly budgetHolds: Array<() => void> = [];
-
   constructor(private readonly blockCountOf: (chunkIndex: number) => number) {}
 
   chunk(chunkIndex: number): ChunkBlocks {
@@ -76,13 +75,23 @@ export class DirtyBatch {
     c.lastWriteMs = nowMs;
   }
 
-  holdBudget(release: () => void): void {
-    this.budgetHolds.push(release);
+  /** Move the chunks `pick` chooses into a new batch (the active batch keeps taking writes). */
+  split(pick: (c: ChunkBlocks) => boolean): DirtyBatch {
+    const out = new DirtyBatch(this.blockCountOf);
+    for (const [i, c] of this.chunks) {
+      if (!pick(c)) continue;
+      const bytes = c.bytes;
+      this.chunks.delete(i);
+      this.bytes -= bytes;
+      out.chunks.set(i, c);
+      out.bytes += bytes;
+    }
+    return out;
   }
 
   /** The batch is sealed (or gone): give its memory back to the process budget. */
   releaseBudget(): void {
-    for (const r of this.budgetHolds.splice(0)) r();
+    for (const c of this.chunks.values()) for (const r of c.budgetHolds.splice(0)) r();
   }
 
   /** Drop chunks at or past `chunkCount` (a shrink). */
@@ -90,6 +99,7 @@ export class DirtyBatch {
     for (const [i, c] of this.chunks) {
       if (i >= chunkCount) {
         this.bytes -= c.bytes;
+        for (const r of c.budgetHolds.splice(0)) r();
         this.chunks.delete(i);
       }
     }

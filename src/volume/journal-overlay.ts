@@ -12,6 +12,8 @@ import { BLOCK_BYTES } from './journal-record';
 export interface JournalHandle {
   readonly ref: JournalRef;
   liveBlocks: number;
+  /** it voids earlier journals' extents of some chunks: it must outlive every older journal */
+  hasResets: boolean;
 }
 
 /** Where a block's newest content is: a data frame of a journal, or (frame 0, the index frame,
@@ -36,10 +38,11 @@ export class JournalOverlay {
   /** Append a journal and apply its extents in order (later extents win). `chunkBlocks(i)` gives
    *  chunk i's block count, or 0 when i is past the end of the volume. */
   apply(ref: JournalRef, extents: readonly JournalExtent[], chunkBlocks: (chunkIndex: number) => number): JournalHandle {
-    const journal: JournalHandle = { ref, liveBlocks: 0 };
+    const journal: JournalHandle = { ref, liveBlocks: 0, hasResets: false };
     for (const e of extents) {
       const count = chunkBlocks(e.chunkIndex);
       if (e.reset) {
+        journal.hasResets = true;
         this.dropChunk(e.chunkIndex);
         continue;
       }
@@ -95,9 +98,24 @@ export class JournalOverlay {
     if (m.size === 0) this.chunks.delete(chunkIndex);
   }
 
-  /** Forget journals (after a compaction, or because nothing points into them any more). */
-  removeJournals(gone: ReadonlySet<JournalHandle>): void {
-    this.journals = this.journals.filter((j) => !gone.has(j));
+  /**
+   * Remove the journals a replay no longer needs, and return them. A journal no block points into
+   * is not needed — each of its extents is overridden by a later extent or a later reset — unless
+   * it holds resets and an older journal is still kept: its resets void that journal's extents of
+   * chunks whose manifest entry holds newer data.
+   */
+  removeDeadJournals(): JournalHandle[] {
+    const gone: JournalHandle[] = [];
+    let olderKept = false;
+    this.journals = this.journals.filter((j) => {
+      if (j.liveBlocks <= 0 && (!j.hasResets || !olderKept)) {
+        gone.push(j);
+        return false;
+      }
+      olderKept = true;
+      return true;
+    });
+    return gone;
   }
 
   /** Chunks at or past `chunkCount` are gone (a shrink). */

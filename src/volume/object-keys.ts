@@ -26,5 +26,3 @@ export function volumeIdOfKey(key: string): string | null {
   const m = /^volumes\/([0-9a-f]{32})\//.exec(key);
   return m ? m[1] : null;
 }
-export const journalPrefix = (volumeIdHex: string) => `${volumePrefix(volumeIdHex)}journals/`;
-export const journalKey = (volumeIdHex: string, journalIdHex: string) => `${journalPrefix(volumeIdHex)}${journalIdHex}`;

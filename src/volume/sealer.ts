@@ -56,10 +56,16 @@ export class Sealer {
     if (this.queued) return this.queued;
     const run = this.enqueue(() => {
       this.queued = null;
-      return this.cycle();
+      return this.cycle(() => true);
     });
     this.queued = run;
     return run;
+  }
+
+  /** Seal the dirty chunks `pick` chooses when the cycle starts (background write-back: whole
+   *  chunks, idle ones, all under pressure); the others stay in the active batch. */
+  sealSome(pick: (c: ChunkBlocks) => boolean): Promise<void> {
+    return this.enqueue(() => this.cycle(pick));
   }
 
   compactStep(): Promise<number> {
@@ -70,8 +76,12 @@ export class Sealer {
    *  then has no journal and no frozen batch (what snapshot and resize need). */
   exclusive<T>(work: () => Promise<T>): Promise<T> {
     return this.enqueue(async () => {
-      await this.cycle();
-      while (this.state.overlay.journals.length > 0) await this.compactNow(64);
+      await this.cycle(() => true);
+      while (this.state.overlay.journals.length > 0) {
+        if ((await this.compactNow(64)) === 0 && this.state.overlay.journals.length > 0) {
+          throw new VaultError('ERR_BUG', `volume "${this.name}": journals left that no chunk needs folding from`);
+        }
+      }
       return work();
     });
   }
@@ -91,12 +101,12 @@ export class Sealer {
 
   // --- seal cycle ---------------------------------------------------------------------------
 
-  private async cycle(): Promise<void> {
+  private async cycle(pick: (c: ChunkBlocks) => boolean): Promise<void> {
     const s = this.state;
-    if (s.active.chunks.size > 0) {
-      s.active.frozen = true;
-      s.frozen.push(s.active);
-      s.active = s.newBatch();
+    const taken = s.active.split(pick);
+    if (taken.chunks.size > 0) {
+      taken.frozen = true;
+      s.frozen.push(taken);
     }
     if (s.frozen.length === 0) return;
     const batches = [...s.frozen];
@@ -179,13 +189,12 @@ export class Sealer {
     if (old.id !== null && old.epoch === s.epoch) s.pendingDeletes.push(chunkKey(this.objects.volumeId, old.id));
   }
 
-  /** Journals nothing points into any more leave the root (and the store, after it). */
+  /** Journals a replay no longer needs leave the root (and the store, after it). */
   private dropDeadJournals(): void {
     const s = this.state;
-    const dead = new Set(s.overlay.journals.filter((j) => j.liveBlocks <= 0));
-    if (dead.size === 0) return;
-    s.overlay.removeJournals(dead);
-    for (const j of dead) s.pendingDeletes.push(journalKey(this.objects.volumeId, j.ref.id));
+    const gone = s.overlay.removeDeadJournals();
+    if (gone.length === 0) return;
+    for (const j of gone) s.pendingDeletes.push(journalKey(this.objects.volumeId, j.ref.id));
     s.manifestChangedSinceCommit = true;
   }
 
@@ -211,6 +220,12 @@ export class Sealer {
     }
     const tokens: number[] = [];
     const entries = new Map<number, Entry>();
+    const written: string[] = [];
+    let resetJournal: JournalRef;
+    // The new chunk objects hold what the journals held for these chunks; a reset journal after
+    // every journal of the root voids those journals' extents of them on replay (the journals
+    // stay in the root while other chunks still need them).
+    const resets: JournalExtent[] = picked.map((i) => ({ chunkIndex: i, firstBlock: 0, blockCount: 0, zero: false, reset: true, frame: 0, frameOffset: 0 }));
     try {
       let next = 0;
       const worker = async () => {
@@ -219,21 +234,23 @@ export class Sealer {
           const data = await this.reads.storedChunk(i);
           const token = s.startUpload(Date.now());
           tokens.push(token);
-          entries.set(i, await this.objects.writeChunk(i, data, s.epoch));
+          const entry = await this.objects.writeChunk(i, data, s.epoch);
+          if (entry.id !== null) written.push(chunkKey(this.objects.volumeId, entry.id));
+          entries.set(i, entry);
         }
       };
       await Promise.all(Array.from({ length: Math.min(4, picked.length) }, worker));
+      tokens.push(s.startUpload(Date.now()));
+      resetJournal = await this.objects.writeJournal(resets, []);
     } catch (err) {
       for (const t of tokens) s.unreferenced.delete(t);
-      const written = [...entries.values()].filter((e) => e.id !== null).map((e) => chunkKey(this.objects.volumeId, e.id!));
-      if (written.length > 0) this.objects.store.deleteMany(written).catch(() => {});
+      if (written.length > 0) this.objects.store.deleteMany(written).catch(() => {}); // gc takes what this misses
       this.logger.warn({ volume: this.name, err: describeError(err) }, 'compaction failed; the journals stay and it is retried later');
       throw err;
     }
-    for (const [i, entry] of entries) {
-      this.replaceEntry(i, entry);
-      s.overlay.dropChunk(i);
-    }
+    // Apply the edit: from here to the end nothing awaits.
+    for (const [i, entry] of entries) this.replaceEntry(i, entry);
+    s.overlay.apply(resetJournal, resets, (i) => s.blockCount(i));
     this.dropDeadJournals();
     for (const t of tokens) {
       const u = s.unreferenced.get(t);

@@ -293,11 +293,8 @@ export class VolumeEngine implements Export {
     const s = this.state;
     const now = Date.now();
     this.reportStall(now);
-    const dirty = s.active.chunks.size > 0 || s.frozen.length > 0;
-    const idle = now - this.lastWriteMs >= this.opts.writebackDelayMs;
-    const pressure = s.dirtyBytes >= this.opts.dirtyLimitBytes / 2 || this.writes.waiting > 0 || (this.opts.memoryBudget?.stats().waiting ?? 0) > 0;
-    if (dirty && (idle || pressure) && now >= this.sealer.retryAtMs) this.sealInBackground();
-    else if (!this.sealer.busy && s.overlay.journals.length > 0) {
+    if ((s.active.chunks.size > 0 || s.frozen.length > 0) && now >= this.sealer.retryAtMs) this.sealInBackground();
+    if (!this.sealer.busy && s.overlay.journals.length > 0) {
       const due = s.overlay.entries >= COMPACT_AT_BLOCKS || s.overlay.journals.length >= COMPACT_AT_JOURNALS || now - this.lastWriteMs >= COMPACT_WHEN_IDLE_MS;
       if (due) this.sealer.compactStep().catch(() => {}); // logged by the sealer; retried next tick
     }
@@ -307,9 +304,18 @@ export class VolumeEngine implements Export {
     }
   }
 
+  /** Background write-back: whole chunks at once, other chunks once idle, everything under
+   *  pressure (dirty data at half its limit, writers or the memory budget waiting). */
   private sealInBackground(): void {
     if (this.closed || this.sealer.busy) return;
-    this.sealer.sealDirty().catch(() => {}); // logged by the sealer; a flush reports it
+    const s = this.state;
+    const now = Date.now();
+    const pressure = s.dirtyBytes >= this.opts.dirtyLimitBytes / 2 || this.writes.waiting > 0 || (this.opts.memoryBudget?.stats().waiting ?? 0) > 0;
+    const idleBefore = now - this.opts.writebackDelayMs;
+    let due = s.frozen.length > 0; // a failed cycle's batches: retried
+    for (const c of s.active.chunks.values()) if (pressure || c.covered || c.lastWriteMs <= idleBefore) due = true;
+    if (!due) return;
+    this.sealer.sealSome((c) => pressure || c.covered || c.lastWriteMs <= idleBefore).catch(() => {}); // logged by the sealer; a flush reports it
   }
 
   /** Writers waiting for room while sealing fails: the store is down. Said in the log, not hidden. */
@@ -331,6 +337,14 @@ export class VolumeEngine implements Export {
     await this.committer.idle;
     if (!this.committer.hasUncommittedChanges()) return;
     await this.committer.commit();
+  }
+
+  /** Fold every journal into chunk objects now and commit (the background does this on its own
+   *  when journals grow or the volume is idle). */
+  async compact(): Promise<void> {
+    this.assertWritable();
+    await this.sealer.exclusive(async () => {});
+    await this.flush();
   }
 
   /** Commit a root now (tests, and the snapshot path). */

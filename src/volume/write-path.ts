@@ -7,7 +7,7 @@
 import { VaultError } from '../errors';
 import { KeyedMutex } from '../util/keyed-mutex';
 import { copyWriteData, type WriteData } from './export';
-import { splitRange, type ChunkSpan } from './chunk-math';
+import { CHUNK_SIZE, splitRange, type ChunkSpan } from './chunk-math';
 import { BLOCK_BYTES } from './journal-record';
 import type { ReadPath } from './read-path';
 import type { VolumeState } from './volume-state';
@@ -23,7 +23,7 @@ export class WritePath {
     private readonly state: VolumeState,
     private readonly reads: ReadPath,
     private readonly dirtyLimitBytes: number,
-    /** asks the sealer to drain dirty data (pressure) */
+    /** asks the sealer to drain dirty data (pressure, or a chunk became wholly written) */
     private readonly onPressure: () => void,
     /** the process memory budget: dirty blocks hold their bytes of it until sealed */
     private readonly budget?: MemoryBudget,
@@ -40,16 +40,32 @@ export class WritePath {
     for (const r of w) r();
   }
 
-  private async waitForRoom(): Promise<void> {
-    while (this.state.dirtyBytes >= this.dirtyLimitBytes) {
+  /** bytes promised to admitted writers that have not set their blocks yet */
+  private reserved = 0;
+
+  /**
+   * Wait until `bytes` more fit under the dirty limit (one writer is always admitted when nothing
+   * is dirty or promised), and promise them: writers admitted at the same moment must not all see
+   * the same free room. The caller releases once its blocks are in the batch (counted there).
+   */
+  private async admit(bytes: number): Promise<() => void> {
+    while (this.state.dirtyBytes + this.reserved > 0 && this.state.dirtyBytes + this.reserved + bytes > this.dirtyLimitBytes) {
       this.onPressure();
       await new Promise<void>((r) => this.roomWaiters.push(r));
     }
-    if (this.state.dirtyBytes >= this.dirtyLimitBytes / 2) this.onPressure();
+    this.reserved += bytes;
+    if (this.state.dirtyBytes + this.reserved >= this.dirtyLimitBytes / 2) this.onPressure();
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.reserved -= bytes;
+      this.roomFreed();
+    };
   }
 
   async write(offset: number, length: number, data: WriteData): Promise<void> {
-    await this.waitForRoom();
+    const admitted = await this.admit(length);
     // every block the write touches, partial ends included (an overwrite counts again: the batch
     // gives it all back when it is sealed)
     const blocks = Math.floor((offset + length - 1) / BLOCK_BYTES) - Math.floor(offset / BLOCK_BYTES) + 1;
@@ -67,8 +83,9 @@ export class WritePath {
     try {
       await Promise.all(splitRange(offset, length, this.state.sizeBytes).map((s) => this.writeSpan(s, data)));
     } finally {
-      // held by the newest batch: it is sealed after (or with) every batch the blocks went to
-      if (release) this.state.active.holdBudget(release);
+      admitted();
+      // held by the write's first chunk in the active batch: sealed with (or after) its blocks
+      if (release) this.state.active.chunk(Math.floor(offset / CHUNK_SIZE)).budgetHolds.push(release);
     }
   }
 
@@ -91,8 +108,8 @@ export class WritePath {
         this.state.active.zeroChunk(s.chunkIndex, Date.now());
         continue;
       }
-      await this.waitForRoom();
-      work.push(this.writeSpan(s, null));
+      const admitted = await this.admit(2 * BLOCK_BYTES); // its partial end blocks
+      work.push(this.writeSpan(s, null).finally(admitted));
       if (work.length >= 256) await Promise.all(work.splice(0));
     }
     await Promise.all(work);
@@ -110,6 +127,7 @@ export class WritePath {
     const lastPartial = end % BLOCK_BYTES !== 0 && end !== s.chunkLength;
     if (!firstPartial && !lastPartial && !this.chunkLocks.isLocked(i)) {
       this.setBlocks(s, data); // every block covered: no read, no lock needed
+      if (this.state.active.chunks.get(i)?.covered) this.onPressure(); // a whole chunk: seal it now
       return;
     }
     await this.chunkLocks.run(i, async () => {

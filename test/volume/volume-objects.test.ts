@@ -30,7 +30,7 @@ class LyingStore extends PassThroughStore {
     const o = await this.inner.get(key);
     return this.lie ? { ...o, body: this.lie(key, Buffer.from(o.body), 0) } : o;
   }
-  async getRange(key: string, offset: number, length: number): Promise<Buffer> {
+  override async getRange(key: string, offset: number, length: number): Promise<Buffer> {
     this.ranges++;
     const { body } = await this.inner.get(key);
     const bytes = Buffer.from(body.subarray(offset, offset + length));
