@@ -78,6 +78,11 @@ export class VolumeObjects {
     return chunkKey(entry.epoch === 0 && this.origin ? this.origin.volumeId : this.volumeId, entry.id!);
   }
 
+  /** A journal is always the volume's own (journals are never in a snapshot, so never an origin's). */
+  journalKeyOf(ref: JournalRef): string {
+    return journalKey(this.volumeId, ref.id);
+  }
+
   pageKeyOf(ref: PageRef): string {
     return pageKey(ref.epoch === 0 && this.origin ? this.origin.volumeId : this.volumeId, ref.id);
   }
