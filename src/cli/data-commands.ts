@@ -6,7 +6,7 @@ import { VaultError } from '../errors';
 import { isAllZero } from '../codec';
 import { CHUNK_SIZE, chunkCount, chunkLength } from '../volume/chunk-math';
 import { changeMap, diffManifests } from '../volume/changed-blocks';
-import { verifyManifest, type Damage } from '../volume/verify';
+import { verifyManifest, type Damage, type JournalDamage } from '../volume/verify';
 import { collectGarbage } from '../volume/garbage-collector';
 import { splitExportName } from '../volume/vault';
 import type { VolumeEngine } from '../volume/volume-engine';
@@ -154,29 +154,32 @@ export function registerDataCommands(program: Command): void {
         }
       } else specs.push(source!);
       const checked = new Map<string, string | null>();
-      const report: Array<{ source: string; chunks: number; damaged: Damage[]; error?: string }> = [];
+      const report: Array<{ source: string; chunks: number; damaged: Damage[]; damagedJournals: JournalDamage[]; error?: string }> = [];
       for (const spec of specs) {
         const bar = new Progress(`verify ${spec}`, 0, 'objects');
         try {
           const { manifest, root, objects } = await ctx.vault.loadManifestOf(spec);
           const r = await verifyManifest(objects, manifest, root, { checked, onProgress: (d, t) => bar.update(d, t) });
-          report.push({ source: spec, chunks: r.chunks, damaged: r.damaged });
+          report.push({ source: spec, chunks: r.chunks, damaged: r.damaged, damagedJournals: r.damagedJournals });
         } catch (err) {
           // the manifest itself (root, a page or a snapshot record) cannot be read
-          report.push({ source: spec, chunks: 0, damaged: [], error: (err as Error).message });
+          report.push({ source: spec, chunks: 0, damaged: [], damagedJournals: [], error: (err as Error).message });
         } finally {
           bar.done();
         }
       }
-      const bad = report.filter((r) => r.error || r.damaged.length > 0);
+      const bad = report.filter((r) => r.error || r.damaged.length > 0 || r.damagedJournals.length > 0);
       if (opts.json) out(JSON.stringify({ ok: bad.length === 0, results: report }, null, 2));
       else {
         for (const r of report) {
           if (r.error) out(`${r.source}: DAMAGED manifest: ${r.error}`);
-          else if (r.damaged.length === 0) out(`${r.source}: ok (${r.chunks} chunks)`);
+          else if (r.damaged.length === 0 && r.damagedJournals.length === 0) out(`${r.source}: ok (${r.chunks} chunks)`);
           else {
-            out(`${r.source}: DAMAGED ${r.damaged.length} of ${r.chunks} chunks`);
+            if (r.damaged.length > 0) out(`${r.source}: DAMAGED ${r.damaged.length} of ${r.chunks} chunks`);
             for (const d of r.damaged) out(`  bytes ${d.offset}-${d.offset + d.length - 1} (chunk ${d.chunk}): ${d.error}`);
+            // a journal holds recent writes over the chunks: its byte ranges are unknown when its index is the damage
+            if (r.damagedJournals.length > 0) out(`${r.source}: DAMAGED ${r.damagedJournals.length} write journal(s)`);
+            for (const j of r.damagedJournals) out(`  journal ${j.journal}: ${j.error}`);
           }
         }
       }

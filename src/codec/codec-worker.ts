@@ -4,7 +4,7 @@
 // back as records, because a VaultError's `code` does not survive structured cloning.
 import { move } from 'piscina';
 import { BugError, VaultError, type VaultErrorCode } from '../errors';
-import { sealFramesSync, type FrameKind, type FramesPlace } from './framed-container';
+import { openChunkContainerSync, sealFramesSync, type FrameKind, type FramesPlace } from './framed-container';
 import type { ObjectPlace } from './object-place';
 import { openObject } from './open-object';
 import { sealObject } from './seal-object';
@@ -32,6 +32,14 @@ export interface WorkerSealFramesTask {
   zstdLevel: number;
 }
 
+export interface WorkerOpenChunkTask {
+  key: Uint8Array;
+  container: Uint8Array;
+  place: FramesPlace;
+  chunkLength: number;
+  what: string;
+}
+
 export interface WorkerErrorRecord {
   errorCode: VaultErrorCode;
   message: string;
@@ -47,6 +55,11 @@ export function seal(task: WorkerSealTask): WorkerReply {
 /** A whole container in one task: 32 frames of a 4 MiB chunk are sealed back to back here. */
 export function sealFrames(task: WorkerSealFramesTask): WorkerReply {
   return runCatching(() => sealFramesSync(task.key, task.kind, task.frames, task.place, task.logicalLength, task.zstdLevel));
+}
+
+/** A whole chunk container opened in one task. */
+export function openChunk(task: WorkerOpenChunkTask): WorkerReply {
+  return runCatching(() => openChunkContainerSync(task.key, task.container, task.place, task.chunkLength, task.what));
 }
 
 export function open(task: WorkerOpenTask): WorkerReply {

@@ -22,5 +22,8 @@ export interface Codec {
    * plaintext must be `expectedLength` bytes, or with null at most FRAME_BYTES (journal frames).
    */
   openFrame(key: SecretKey, sealedFrame: Buffer, place: ObjectPlace, expectedLength: number | null): Promise<Buffer>;
+  /** A whole v2 chunk container → the chunk (`chunkLength` bytes), every frame opened at its
+   *  place, in one worker task. `what` names the object in errors. */
+  openChunkContainer(key: SecretKey, container: Buffer, place: FramesPlace, chunkLength: number, what: string): Promise<Buffer>;
   close(): Promise<void>;
 }

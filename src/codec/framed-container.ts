@@ -23,7 +23,7 @@ import {
 } from './format';
 import type { ObjectPlace } from './object-place';
 import { openObject } from './open-object';
-import { sealObject } from './seal-object';
+import { asBuffer, sealObject } from './seal-object';
 
 export type ContainerMagic = 'chunk' | 'journal';
 export type FrameKind = 'chunk-frame' | 'journal-frame';
@@ -188,6 +188,24 @@ export function sealFramesSync(
 export function openFrameSync(keyBytes: Uint8Array, sealedFrame: Uint8Array, place: ObjectPlace, expectedLength: number | null): Buffer {
   assertFramePlace(place);
   return checkFrameLength(openObject(keyBytes, sealedFrame, place), place, expectedLength);
+}
+
+/**
+ * Opens a whole chunk container in one go (one worker task, not 32): parses its header against
+ * the container's size and the chunk length, opens every frame at its place, and returns the
+ * chunk. Same checks as parseFramedHeader + openFrameSync for each frame.
+ */
+export function openChunkContainerSync(keyBytes: Uint8Array, containerBytes: Uint8Array, place: FramesPlace, chunkLength: number, what: string): Buffer {
+  const container = asBuffer(containerBytes);
+  const header = parseFramedHeader(container, 'chunk', what, container.length);
+  if (header.logicalLength !== chunkLength) throw new VaultError('ERR_CORRUPT', `${what}: holds a chunk of ${header.logicalLength} bytes, expected ${chunkLength}`);
+  const out = Buffer.allocUnsafeSlow(chunkLength);
+  for (let f = 0; f < header.frameCount; f++) {
+    const sealed = container.subarray(header.frameOffsets[f], header.frameOffsets[f] + header.frameLengths[f]);
+    const framePlace: ObjectPlace = { vaultId: place.vaultId, volumeId: place.volumeId, kind: 'chunk-frame', index: place.index, generation: place.generation, frame: f };
+    checkFrameLength(openObject(keyBytes, sealed, framePlace), framePlace, chunkFrameLength(chunkLength, f)).copy(out, f * FRAME_BYTES);
+  }
+  return out;
 }
 
 export function assertFramePlace(place: ObjectPlace): void {

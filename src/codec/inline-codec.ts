@@ -3,7 +3,7 @@
 import type { SecretKey } from '../keys/secret-key';
 import type { Codec } from './codec';
 import { checkZstdLevel } from './codec-options';
-import { openFrameSync, sealFramesSync, type FrameKind, type FramesPlace } from './framed-container';
+import { openChunkContainerSync, openFrameSync, sealFramesSync, type FrameKind, type FramesPlace } from './framed-container';
 import type { ObjectPlace } from './object-place';
 import { openSync } from './open-object';
 import { sealSync } from './seal-object';
@@ -26,6 +26,9 @@ export function createInlineCodec(options: InlineCodecOptions = {}): Codec {
     },
     async openFrame(key: SecretKey, sealedFrame: Buffer, place: ObjectPlace, expectedLength: number | null): Promise<Buffer> {
       return openFrameSync(key.bytes, sealedFrame, place, expectedLength);
+    },
+    async openChunkContainer(key: SecretKey, container: Buffer, place: FramesPlace, chunkLength: number, what: string): Promise<Buffer> {
+      return openChunkContainerSync(key.bytes, container, place, chunkLength, what);
     },
     async close(): Promise<void> {},
   };

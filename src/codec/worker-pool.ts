@@ -12,8 +12,8 @@ import { VaultError } from '../errors';
 import type { SecretKey } from '../keys/secret-key';
 import type { Codec } from './codec';
 import { checkWorkerCount, checkZstdLevel } from './codec-options';
-import { errorFromReply, type WorkerOpenTask, type WorkerReply, type WorkerSealFramesTask, type WorkerSealTask } from './codec-worker';
-import { assertFramePlace, checkFrameLength, openFrameSync, sealFramesSync, type FrameKind, type FramesPlace } from './framed-container';
+import { errorFromReply, type WorkerOpenChunkTask, type WorkerOpenTask, type WorkerReply, type WorkerSealFramesTask, type WorkerSealTask } from './codec-worker';
+import { assertFramePlace, checkFrameLength, openChunkContainerSync, openFrameSync, sealFramesSync, type FrameKind, type FramesPlace } from './framed-container';
 import type { ObjectPlace } from './object-place';
 import { openObject } from './open-object';
 import { asBuffer, sealObject } from './seal-object';
@@ -42,7 +42,8 @@ export function createCodec(options: CodecOptions = {}): Codec {
   const slots = new Slots(workers * TASKS_IN_FLIGHT_PER_WORKER);
   let closed = false;
 
-  async function run(name: 'seal' | 'open' | 'sealFrames', makeTask: () => [WorkerSealTask | WorkerOpenTask | WorkerSealFramesTask, ArrayBuffer[]]): Promise<Buffer> {
+  type Task = WorkerSealTask | WorkerOpenTask | WorkerSealFramesTask | WorkerOpenChunkTask;
+  async function run(name: 'seal' | 'open' | 'sealFrames' | 'openChunk', makeTask: () => [Task, ArrayBuffer[]]): Promise<Buffer> {
     await slots.acquire();
     try {
       if (closed) throw new VaultError('ERR_SHUTDOWN', 'the codec is closed');
@@ -95,6 +96,13 @@ export function createCodec(options: CodecOptions = {}): Codec {
         return [task, [task.key.buffer as ArrayBuffer, task.sealed.buffer as ArrayBuffer]];
       });
       return checkFrameLength(plain, place, expectedLength);
+    },
+    async openChunkContainer(key: SecretKey, container: Buffer, place: FramesPlace, chunkLength: number, what: string): Promise<Buffer> {
+      if (container.length < INLINE_BELOW_BYTES) return openChunkContainerSync(key.bytes, container, place, chunkLength, what);
+      return run('openChunk', () => {
+        const task: WorkerOpenChunkTask = { key: ownCopy(key.bytes), container: ownCopy(container), place: framesPlaceCopy(place), chunkLength, what };
+        return [task, [task.key.buffer as ArrayBuffer, task.container.buffer as ArrayBuffer]];
+      });
     },
     async close(): Promise<void> {
       if (closed) return;

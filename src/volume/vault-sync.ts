@@ -19,7 +19,7 @@ import { VaultError, describeError, isVaultError } from '../errors';
 import type { ObjectStore } from '../store/object-store';
 import type { Logger } from '../util/log';
 import { VAULT_KEY, leaseKey, metaKey, rootKey, snapshotKey, volumePrefix } from './object-keys';
-import { ROOT_FORMAT, type RootRecord } from './root-record';
+import { ROOT_FORMAT, journalsOf, type RootRecord } from './root-record';
 import type { SnapshotRecord } from './snapshot-record';
 import { referencedKeys, snapshotAsRoot, type Vault, type VolumeMeta } from './vault';
 import type { VolumeObjects } from './volume-objects';
@@ -331,6 +331,8 @@ function sameState(a: RootRecord, b: RootRecord): boolean {
     a.size === b.size &&
     a.epoch === b.epoch &&
     JSON.stringify(a.pages) === JSON.stringify(b.pages) &&
-    JSON.stringify(a.origin ?? null) === JSON.stringify(b.origin ?? null)
+    JSON.stringify(a.origin ?? null) === JSON.stringify(b.origin ?? null) &&
+    journalsOf(a).length === 0 && // a replica root with journals (a writer there) is not a snapshot's state
+    journalsOf(b).length === 0
   );
 }

@@ -21,7 +21,7 @@ import { PAGE_ENTRIES, type Manifest } from './manifest';
 import { VAULT_KEY, VOLUMES_PREFIX, leaseKey, metaKey, volumeIdOfKey, volumePrefix, rootKey } from './object-keys';
 import { VolumeLease, readVolumeLease, writerHorizon, type AcquireOptions, type LeaseRecord } from './volume-lease';
 import { WriterSession, observeSession, type SessionState } from './writer-session';
-import { ROOT_FORMAT, type RootRecord } from './root-record';
+import { ROOT_FORMAT, journalsOf, type RootRecord } from './root-record';
 import { VolumeEngine, DEFAULT_ENGINE_OPTIONS, type EngineOptions } from './volume-engine';
 import { VolumeObjects } from './volume-objects';
 import type { SnapshotRecord } from './snapshot-record';
@@ -732,10 +732,11 @@ export function snapshotAsRoot(s: SnapshotRecord): RootRecord {
   };
 }
 
-/** Every object key a root (or snapshot) names: its pages and their non-zero chunks. */
+/** Every object key a root (or snapshot) names: its pages, their non-zero chunks, and (a live
+ *  root only: snapshots never name one) its write journals. */
 export async function referencedKeys(objects: VolumeObjects, root: RootRecord): Promise<string[]> {
   const manifest = await VolumeEngine.loadManifest(objects, root);
-  const keys: string[] = [];
+  const keys: string[] = journalsOf(root).map((j) => objects.journalKeyOf(j));
   for (const p of root.pages) if (p) keys.push(objects.pageKeyOf(p));
   for (let i = 0; i < manifest.chunkCount; i++) {
     const e = manifest.get(i);

@@ -78,6 +78,11 @@ export class VolumeObjects {
     return chunkKey(entry.epoch === 0 && this.origin ? this.origin.volumeId : this.volumeId, entry.id!);
   }
 
+  /** A journal is always the volume's own (journals are never in a snapshot, so never an origin's). */
+  journalKeyOf(ref: JournalRef): string {
+    return journalKey(this.volumeId, ref.id);
+  }
+
   pageKeyOf(ref: PageRef): string {
     return pageKey(ref.epoch === 0 && this.origin ? this.origin.volumeId : this.volumeId, ref.id);
   }
@@ -121,21 +126,14 @@ export class VolumeObjects {
   }
 
   private async openChunkContainer(chunkIndex: number, id: string, body: Buffer, chunkLength: number, key: string): Promise<Buffer> {
-    const header = parseFramedHeader(body, 'chunk', `object ${key}`, body.length);
-    if (header.logicalLength !== chunkLength) throw new VaultError('ERR_CORRUPT', `object ${key} holds a chunk of ${header.logicalLength} bytes, expected ${chunkLength}`);
-    this.headers.set(key, { framed: true, ...header });
-    const plain = Buffer.allocUnsafe(chunkLength);
-    await Promise.all(
-      Array.from({ length: header.frameCount }, async (_, f) => {
-        const sealed = body.subarray(header.frameOffsets[f], header.frameOffsets[f] + header.frameLengths[f]);
-        const frame = await this.codec.openFrame(this.keys.data, sealed, this.framePlace('chunk-frame', chunkIndex, id, f), chunkFrameLength(chunkLength, f));
-        frame.copy(plain, f * FRAME_BYTES);
-      }),
-    ).catch((err) => {
+    try {
+      const plain = await this.codec.openChunkContainer(this.keys.data, body, this.framesPlace(chunkIndex, id), chunkLength, `object ${key}`);
+      this.headers.set(key, { framed: true, ...parseFramedHeader(body, 'chunk', key, body.length) });
+      return plain;
+    } catch (err) {
       this.headers.delete(key);
       throw err;
-    });
-    return plain;
+    }
   }
 
   /** How a chunk is stored: format 2 frames, or (v1) one frame holding the whole chunk. */

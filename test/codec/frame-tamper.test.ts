@@ -268,3 +268,24 @@ function catchErr(work: () => unknown): unknown {
   }
   return null;
 }
+
+test('openChunkContainer (one task per chunk): same bytes, same refusals as frame by frame', async () => {
+  const pool = createCodec({ workers: 1 });
+  const inline = createInlineCodec();
+  try {
+    for (const codec of [pool, inline]) {
+      assert.deepEqual(await codec.openChunkContainer(key, container, framesPlace, data.length, 'obj'), data);
+      await assert.rejects(codec.openChunkContainer(key, container, framesPlace, data.length + 1, 'obj'), { code: 'ERR_CORRUPT', message: /obj/ });
+      await assert.rejects(codec.openChunkContainer(key, container, { ...framesPlace, index: 43 }, data.length, 'obj'), { code: 'ERR_AUTH_FAILED' });
+      await assert.rejects(codec.openChunkContainer(key, container, { ...framesPlace, generation: 8 }, data.length, 'obj'), { code: 'ERR_AUTH_FAILED' });
+      const parts = [0, 1, 2, 3].map((f) => frameOf(container, f));
+      await assert.rejects(codec.openChunkContainer(key, rebuild([parts[1], parts[0], parts[2], parts[3]], data.length), framesPlace, data.length, 'obj'), { code: 'ERR_AUTH_FAILED' });
+      await assert.rejects(codec.openChunkContainer(key, container.subarray(0, container.length - 1), framesPlace, data.length, 'obj'), { code: 'ERR_CORRUPT' });
+      const v1 = sealSync(key, data, { ...base, kind: 'chunk' })!;
+      await assert.rejects(codec.openChunkContainer(key, v1, framesPlace, data.length, 'obj'), { code: 'ERR_CORRUPT' });
+    }
+  } finally {
+    await pool.close();
+    await inline.close();
+  }
+});
