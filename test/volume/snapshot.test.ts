@@ -25,7 +25,13 @@ test('a snapshot freezes the volume; later writes, trims and deletes never touch
   await live.write(2 * CHUNK_SIZE + 5, Buffer.from('changed'));
   await live.flush();
   await store.settled();
+  // the whole new chunk 0 is a chunk object, the partial write to chunk 2 a journal block
+  assert.equal(await countKeys(store, `volumes/${meta.id}/`, '/chunks/'), 4 + 1, 'snapshot chunks kept, 1 new one');
+  assert.equal(await countKeys(store, `volumes/${meta.id}/`, '/journals/'), 1);
+  await live.compact();
+  await store.settled();
   assert.equal(await countKeys(store, `volumes/${meta.id}/`, '/chunks/'), 4 + 2, 'snapshot chunks kept, 2 new ones');
+  assert.equal(await countKeys(store, `volumes/${meta.id}/`, '/journals/'), 0);
 
   const frozen = await f.vault.openSnapshotEngine('vol', 's1');
   assert.ok((await frozen.read(0, 4 * CHUNK_SIZE)).equals(before), 'the snapshot reads as it was');
@@ -163,9 +169,11 @@ test('gc keeps chunks named only by a snapshot or a clone\'s origin and removes 
   live.fill(0, CHUNK_SIZE, 2 * CHUNK_SIZE);
   await e.write(2 * CHUNK_SIZE + 5, Buffer.from('changed'));
   Buffer.from('changed').copy(live, 2 * CHUNK_SIZE + 5);
+  await e.compact(); // the partial write to chunk 2 leaves the journal for a new chunk object
   await e.close();
   await store.settled();
   assert.equal(await countKeys(store, `volumes/${meta.id}/`, '/chunks/'), 4 + 2, 'snapshot chunks 0-3, new chunks 0 and 2');
+  assert.equal(await countKeys(store, `volumes/${meta.id}/`, '/journals/'), 0);
   const clone = await f.vault.cloneVolume('g@s', 'c');
   const ce = await f.vault.openEngine('c');
   const cloneModel = Buffer.from(atSnap);
