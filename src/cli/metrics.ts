@@ -57,12 +57,14 @@ export class PromMetrics implements MetricsSink {
         },
       });
     };
-    perVolume('nbd_vault_read_cache_hits_total', 'Chunk reads answered from the read cache', 'counter', (s) => s.readCacheHits);
-    perVolume('nbd_vault_read_cache_misses_total', 'Chunk reads the read cache could not answer', 'counter', (s) => s.readCacheMisses);
-    perVolume('nbd_vault_read_cache_bytes', 'Bytes of decoded chunks in the read cache', 'gauge', (s) => s.readCacheBytes);
-    perVolume('nbd_vault_dirty_bytes', 'Bytes written by clients and not yet uploaded (write-back cache)', 'gauge', (s) => s.dirtyBytes);
-    perVolume('nbd_vault_upload_queue_chunks', 'Dirty chunks waiting for or in upload', 'gauge', (s) => s.dirtyChunks);
-    perVolume('nbd_vault_uploads_in_flight', 'Chunk uploads in flight', 'gauge', (s) => s.uploadsInFlight);
+    perVolume('nbd_vault_read_cache_hits_total', 'Frame reads answered from the read cache', 'counter', (s) => s.readCacheHits);
+    perVolume('nbd_vault_read_cache_misses_total', 'Frame reads the read cache could not answer', 'counter', (s) => s.readCacheMisses);
+    perVolume('nbd_vault_read_cache_bytes', 'Bytes of decoded frames in the read cache', 'gauge', (s) => s.readCacheBytes);
+    perVolume('nbd_vault_dirty_bytes', 'Bytes written by clients and not yet stored (dirty 4 KiB blocks)', 'gauge', (s) => s.dirtyBytes);
+    perVolume('nbd_vault_upload_queue_chunks', 'Chunks with dirty blocks (being sealed included)', 'gauge', (s) => s.dirtyChunks);
+    perVolume('nbd_vault_uploads_in_flight', 'Seal cycles or compaction steps running (0 or 1)', 'gauge', (s) => s.uploadsInFlight);
+    perVolume('nbd_vault_journals', 'Write journals the live root names', 'gauge', (s) => s.journals);
+    perVolume('nbd_vault_journal_blocks', 'Journal blocks not yet folded into chunk objects', 'gauge', (s) => s.journalBlocks);
     perVolume('nbd_vault_lease_held', '1 if this server holds the volume\'s writer lease', 'gauge', (s) => (s.leaseHeld ? 1 : 0));
     perVolume('nbd_vault_lease_lost', '1 if this server lost the volume\'s writer lease (writes refused)', 'gauge', (s) => (s.leaseLost ? 1 : 0));
     const total = (name: string, help: string, pick: (s: EngineStats) => boolean) =>

@@ -1,5 +1,6 @@
 // The randomized lifecycle test: many interleavings of writes, flushes, snapshot create/delete,
-// clones, volume deletes, long imports, gc (grace 0), crashes and reopens — some of them racing
+// clones, volume deletes, long imports, compactions, gc (grace 0), crashes (also in the middle of
+// a compaction) and reopens — some of them racing
 // each other — over a memory store with injected faults and latency. After every step it checks
 // the invariants (lifecycle-world.ts): every object any root, snapshot or clone names exists and
 // authenticates; every flushed byte reads back (after a crash: the durable value or a later
@@ -149,6 +150,30 @@ const STEP_TABLE: Array<[number, Step]> = [
   [4, async (w) => { const m = liveVolume(w); if (m && !m.importing) await closeEngine(w, m); }],
   [5, async (w) => { await gc(w); }],
   [3, async (w) => { w.say('crash'); await w.crash(); }],
+  // format 2: fold the journals into chunk objects (what the background does when idle), and a
+  // crash in the middle of it
+  [4, async (w) => {
+    const m = liveVolume(w);
+    if (!m || m.importing) return;
+    const e = await w.engineOf(m);
+    w.say(`compact ${m.name}`);
+    await e.compact();
+    w.flushed(m);
+  }],
+  [3, async (w) => {
+    const m = liveVolume(w);
+    if (!m || m.importing) return;
+    const e = await w.engineOf(m);
+    const delayMs = Math.floor(w.rng() * 30);
+    w.say(`race: compact ${m.name} ∥ crash after ${delayMs} ms`);
+    const compacting = e.compact().then(
+      () => 'done',
+      (err) => `failed: ${(err as Error).message}`,
+    );
+    await new Promise((r) => setTimeout(r, delayMs));
+    await w.crash();
+    w.say(`  compaction ${await compacting}`);
+  }],
   // a long import: an engine that commits only at its end, written across several steps, with
   // gc and everything else going on meanwhile
   [4, async (w) => {
