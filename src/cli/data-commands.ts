@@ -203,12 +203,14 @@ export function registerDataCommands(program: Command): void {
       if (splitExportName(other)[0] !== volA) throw new VaultError('ERR_INVALID_ARGUMENT', 'diff compares two states of one volume');
       const A = await ctx.vault.loadManifestOf(a);
       const B = await ctx.vault.loadManifestOf(other);
+      // chunks with journal blocks (a live side) count as changed, as the dirty-bitmap contexts do
+      const pending = new Map([...A.journalChunks, ...B.journalChunks].map((i) => [i, true] as const));
       if (format === 'nbdinfo') {
         // Same function as the qemu:dirty-bitmap contexts: this is what a client would read.
-        const map = changeMap(A.manifest, A.root.size, B.manifest, B.root.size);
+        const map = changeMap(A.manifest, A.root.size, B.manifest, B.root.size, pending);
         return out(JSON.stringify(map.map((e) => ({ offset: e.offset, length: e.length, type: e.dirty ? 1 : 0, description: e.dirty ? 'dirty' : 'clean' }))));
       }
-      const ranges = diffManifests(A.manifest, A.root.size, B.manifest, B.root.size);
+      const ranges = diffManifests(A.manifest, A.root.size, B.manifest, B.root.size, pending);
       const total = ranges.reduce((n, r) => n + r.length, 0);
       if (format === 'json') return out(JSON.stringify({ from: a, to: other, size: B.root.size, changedBytes: total, ranges }, null, 2));
       for (const r of ranges) out(`${r.offset}\t${r.length}`);

@@ -118,10 +118,10 @@ export interface ChangedRange {
 }
 
 /** Every extent of a whole volume's dirty map, clean ones too (the shape of `nbdinfo --map`). */
-export function changeMap(a: Manifest, sizeA: number, b: Manifest, sizeB: number): Array<ChangedRange & { dirty: boolean }> {
+export function changeMap(a: Manifest, sizeA: number, b: Manifest, sizeB: number, pending: PendingChunks = NONE): Array<ChangedRange & { dirty: boolean }> {
   const size = Math.max(sizeA, sizeB);
   let offset = 0;
-  return chunkRuns(dirtyState(a, b), 0, size, size).map((r) => {
+  return chunkRuns(dirtyState(a, b, pending), 0, size, size).map((r) => {
     const e = { offset, length: r.length, dirty: r.flags === STATE_DIRTY };
     offset += r.length;
     return e;
@@ -129,9 +129,10 @@ export function changeMap(a: Manifest, sizeA: number, b: Manifest, sizeB: number
 }
 
 /** Changed byte ranges between two manifests of one volume (past the end of the smaller one,
- *  any data counts as a change; zeros do not). */
-export function diffManifests(a: Manifest, sizeA: number, b: Manifest, sizeB: number): ChangedRange[] {
-  return changeMap(a, sizeA, b, sizeB)
+ *  any data counts as a change; zeros do not). `pending`: chunks whose content is not (only) their
+ *  manifest entry (journal blocks of a live root), counted as changed. */
+export function diffManifests(a: Manifest, sizeA: number, b: Manifest, sizeB: number, pending: PendingChunks = NONE): ChangedRange[] {
+  return changeMap(a, sizeA, b, sizeB, pending)
     .filter((e) => e.dirty)
     .map(({ offset, length }) => ({ offset, length }));
 }

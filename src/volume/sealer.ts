@@ -45,6 +45,8 @@ export class Sealer {
     private readonly uploadConcurrency: number,
     private readonly roomFreed: () => void,
     private readonly logger: Logger,
+    /** called when the last job ends: more may be due (no gap until the next tick) */
+    private readonly onIdle: () => void = () => {},
   ) {}
 
   get busy(): boolean {
@@ -93,6 +95,7 @@ export class Sealer {
         return await job();
       } finally {
         this.running--;
+        if (this.running === 0 && this.queued === null) queueMicrotask(this.onIdle);
       }
     });
     this.chain = run.catch(() => {});

@@ -618,11 +618,15 @@ export class Vault {
   }
 
   /** The manifest of a volume (live root) or of one of its snapshots: `name` or `name@snap`. */
-  async loadManifestOf(spec: string): Promise<{ manifest: Manifest; root: RootRecord; objects: VolumeObjects }> {
+  async loadManifestOf(spec: string): Promise<{ manifest: Manifest; root: RootRecord; objects: VolumeObjects; journalChunks: Set<number> }> {
     const [volumeName, snapName] = splitExportName(spec);
     const { objects, root } = await this.loadVolume(volumeName);
     const r = snapName === null ? root : snapshotAsRoot(await this.findSnapshot(objects, volumeName, snapName));
-    return { manifest: await VolumeEngine.loadManifest(objects, r), root: r, objects };
+    // a live root's journals hold writes over its chunks: the chunks they touch are not (only)
+    // what the manifest says (snapshots never name journals)
+    const journalChunks = new Set<number>();
+    for (const ref of journalsOf(r)) for (const e of await objects.readJournalIndex(ref)) journalChunks.add(e.chunkIndex);
+    return { manifest: await VolumeEngine.loadManifest(objects, r), root: r, objects, journalChunks };
   }
 
   /**

@@ -112,7 +112,7 @@ export class VolumeEngine implements Export {
     this.state = state;
     this.reads = new ReadPath(name, state, objects, new ReadCache(opts.readCacheBytes, opts.memoryBudget), opts.readaheadChunks, logger);
     this.writes = new WritePath(state, this.reads, opts.dirtyLimitBytes, () => this.sealInBackground(), opts.memoryBudget);
-    this.sealer = new Sealer(name, state, objects, this.reads, opts.uploadConcurrency, () => this.writes.roomFreed(), logger);
+    this.sealer = new Sealer(name, state, objects, this.reads, opts.uploadConcurrency, () => this.writes.roomFreed(), logger, () => this.sealInBackground());
     this.committer = new Committer(name, state, objects, root.origin, opts.lease, opts.onRootCommitted, logger);
     this.contexts = new VolumeContexts({
       objects,
@@ -307,7 +307,7 @@ export class VolumeEngine implements Export {
   /** Background write-back: whole chunks at once, other chunks once idle, everything under
    *  pressure (dirty data at half its limit, writers or the memory budget waiting). */
   private sealInBackground(): void {
-    if (this.closed || this.sealer.busy) return;
+    if (this.closed || this.sealer.busy || Date.now() < this.sealer.retryAtMs) return;
     const s = this.state;
     const now = Date.now();
     const pressure = s.dirtyBytes >= this.opts.dirtyLimitBytes / 2 || this.writes.waiting > 0 || (this.opts.memoryBudget?.stats().waiting ?? 0) > 0;
