@@ -6,6 +6,8 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { CHUNK_SIZE } from '../../src/volume/chunk-math';
 import { makeVault, countKeys, SettlingStore } from './vault-fixture';
+import { generationOfId, newObjectId } from '../../src/volume/manifest';
+import { chunkKey } from '../../src/volume/object-keys';
 
 const MiB = 2 ** 20;
 const KiB = 1024;
@@ -103,5 +105,44 @@ test('a compaction step that folds some chunks: the journals it leaves never lay
   await e.close();
   const r = await reopened(f, 'v');
   assert.ok((await r.read(0, chunks * CHUNK_SIZE)).equals(model), 'every block as last written');
+  await r.close();
+});
+
+test('a format 1 volume keeps working: its v1 chunks read, take journal blocks, and fold into v2 chunks', async (t) => {
+  const f = await makeVault();
+  t.after(() => f.cleanup());
+  const meta = await f.vault.createVolume('old', 12 * MiB);
+  const e = await f.vault.openEngine('old');
+  // chunks as format 1 wrote them: one sealed object per chunk (the codec's v1 seal)
+  const objects = (e as any).objects;
+  objects.writeChunk = async (i: number, data: Buffer, epoch: number) => {
+    const id = newObjectId();
+    const sealed = await objects.codec.seal(objects.keys.data, data, objects.place('chunk', i, generationOfId(id)));
+    await objects.store.put(chunkKey(meta.id, id), sealed);
+    return { id, epoch, storedSize: sealed.length };
+  };
+  const model = randomBytes(12 * MiB);
+  await e.write(0, model);
+  await e.close();
+  const store = f.store as SettlingStore;
+  for await (const o of store.list(`volumes/${meta.id}/chunks/`)) {
+    assert.equal((await store.get(o.key)).body.subarray(0, 4).toString('latin1'), 'NBVO', 'a format 1 object');
+  }
+  const v = await f.reopen();
+  const e2 = await v.openEngine('old', { readCacheBytes: 0 });
+  assert.ok((await e2.read(5 * MiB + 3, 100_000)).equals(model.subarray(5 * MiB + 3, 5 * MiB + 100_003)), 'v1 chunks read');
+  const patch = randomBytes(5000);
+  patch.copy(model, CHUNK_SIZE + 4000);
+  await e2.write(CHUNK_SIZE + 4000, patch); // a journal block over a v1 chunk
+  await e2.flush();
+  assert.ok((await e2.read(0, 12 * MiB)).equals(model));
+  await e2.compact(); // chunk 1 becomes a v2 container
+  await e2.close();
+  await store.settled();
+  const formats: string[] = [];
+  for await (const o of store.list(`volumes/${meta.id}/chunks/`)) formats.push((await store.get(o.key)).body.subarray(0, 4).toString('latin1'));
+  assert.deepEqual(formats.sort(), ['NBVC', 'NBVO', 'NBVO'], 'the rewritten chunk moved to format 2, the others stay');
+  const r = await reopened(f, 'old');
+  assert.ok((await r.read(0, 12 * MiB)).equals(model), 'all of it, after a reopen');
   await r.close();
 });
