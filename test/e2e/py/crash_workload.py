@@ -26,7 +26,7 @@ import sys
 import nbd
 
 BLOCK = 4096
-OPS = 20000          # more than any round reaches before it is killed
+OPS = 100000         # more than any round reaches before it is killed, even on a fast server
 ZERO = bytes(BLOCK)
 
 
