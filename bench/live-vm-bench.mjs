@@ -138,8 +138,8 @@ function fio(uri, name, args, capS) {
 }
 
 /** Runs the phases named in `phases` against `uri`; returns figures (NaN = failed, with a note). */
-function measure(label, uri, phases, { storeDir } = {}) {
-  const f = {};
+function measure(label, uri, phases, { storeDir, into } = {}) {
+  const f = into ?? {};
   const note = (k, v, unit, extra = '') => {
     f[k] = v;
     console.log(`${label} ${k} ${Number.isFinite(v) ? +v.toFixed(1) : 'NA'} ${unit}${extra ? ` (${extra})` : ''}`);
@@ -270,17 +270,9 @@ async function main() {
   mkdirSync(work, { recursive: true });
   const stops = [];
   try {
-    // the compress ceiling: zstd -3 on 2 cores over the logical image
-    let ceiling = NaN;
-    if (!SKIP.has('limits')) {
-      if (has('zstd')) {
-        const { zstdBench } = createRequire(import.meta.url)(join(ROOT, 'dist/bench/physical-limits.js'));
-        [ceiling] = zstdBench(CORPUS, 2);
-        say(`zstd -b3 -T2 over the image: compress ${ceiling} MB/s (the 2-core ceiling of import)`);
-      } else say('zstd missing: no compress ceiling');
-    }
-
-    // nbdkit memory: the export peer
+    // All servers up at once, idle but for the one measured: each phase runs on the peer and
+    // then on nbd-vault, seconds apart, so a load change on the shared machine hits both.
+    const servers = [];
     let memory = {};
     if (!SKIP.has('memory')) {
       if (has('nbdkit')) {
@@ -289,12 +281,9 @@ async function main() {
         stops.push(srv);
         await waitNbd(`nbd://127.0.0.1:${port}`);
         say(`server: nbdkit -f -i 127.0.0.1 -p ${port} memory ${SIZE}`);
-        memory = measure('memory', `nbd://127.0.0.1:${port}`, ['import', 'export']);
-        await srv.stop();
+        servers.push({ label: 'memory', uri: `nbd://127.0.0.1:${port}`, into: memory, phases: ['import', 'export'] });
       } else say('nbdkit missing: no export peer');
     }
-
-    // qemu-nbd on a raw file: the peer of every random and sequential figure
     let qemu = {};
     if (!SKIP.has('qemu')) {
       if (has('qemu-nbd')) {
@@ -305,37 +294,51 @@ async function main() {
         const srv = startServer('qemu-nbd', args, join(work, 'qemu-nbd.log'));
         stops.push(srv);
         await waitNbd(`nbd://127.0.0.1:${port}`);
-        say(`server: truncate -s ${SIZE} ${raw}; qemu-nbd ${args.join(' ').replace("-x  ", "-x '' ")}`);
-        qemu = measure('qemu', `nbd://127.0.0.1:${port}`, ['import', 'randread', 'zipf', 'lat', 'randwrite', 'seqwrite'], { storeDir: raw });
-        await srv.stop();
-        rmSync(raw, { force: true });
+        say(`server: truncate -s ${SIZE} ${raw}; qemu-nbd ${args.join(' ').replace('-x  ', "-x '' ")}`);
+        servers.push({ label: 'qemu', uri: `nbd://127.0.0.1:${port}`, into: qemu, storeDir: raw, phases: ['import', 'randread', 'zipf', 'lat', 'randwrite', 'seqwrite'] });
       } else say('qemu-nbd missing: no peer for the random figures');
     }
-
-    // nbd-vault, fs store, default settings
     let vault = {};
+    let vaultSrv = null;
+    const dir = join(work, 'vault-fs');
+    const names = ['bench', ...Array.from({ length: 7 }, (_, i) => `vm${i + 2}`)];
+    if (!SKIP.has('vault')) {
+      vaultSrv = await vaultServer(dir, join(dir, 'store'), names);
+      stops.push(vaultSrv);
+      servers.push({ label: 'vault', uri: vaultSrv.uri('bench'), into: vault, storeDir: join(dir, 'store'), phases: ['import', 'export', 'randread', 'zipf', 'lat', 'randwrite', 'seqwrite'] });
+    }
+
+    let ceiling = NaN;
+    for (const phase of ['import', 'export', 'randread', 'zipf', 'lat', 'randwrite', 'seqwrite']) {
+      for (const s of servers) if (s.phases.includes(phase)) measure(s.label, s.uri, [phase], s);
+      if (phase === 'import' && !SKIP.has('limits')) {
+        // the compress ceiling: zstd -3 on 2 cores over the logical image, right after the imports
+        if (has('zstd')) {
+          const { zstdBench } = createRequire(import.meta.url)(join(ROOT, 'dist/bench/physical-limits.js'));
+          [ceiling] = zstdBench(CORPUS, 2);
+          say(`zstd -b3 -T2 over the image: compress ${ceiling} MB/s (the 2-core ceiling of import)`);
+        } else say('zstd missing: no compress ceiling');
+      }
+    }
+
     let rss1 = NaN;
     let rss8 = NaN;
     let multiIops = NaN;
-    if (!SKIP.has('vault')) {
-      const dir = join(work, 'vault-fs');
-      const names = ['bench', ...Array.from({ length: 7 }, (_, i) => `vm${i + 2}`)];
-      const srv = await vaultServer(dir, join(dir, 'store'), names);
-      stops.push(srv);
-      vault = measure('vault', srv.uri('bench'), ['import', 'export', 'randread', 'zipf', 'lat', 'randwrite', 'seqwrite'], { storeDir: join(dir, 'store') });
-      rss1 = vmHwmMiB(srv.pid);
+    if (vaultSrv) {
+      rss1 = vmHwmMiB(vaultSrv.pid);
       say(`vault peak RSS (VmHWM) after one volume: ${rss1.toFixed(0)} MiB`);
       if (!SKIP.has('multi')) {
         // 8 volumes written at once: 4k random writes, QD8 each, durable at the end
-        const jobs = names.flatMap((n) => [`--name=${n}`, `--uri=${srv.uri(n)}`]);
+        const jobs = names.flatMap((n) => [`--name=${n}`, `--uri=${vaultSrv.uri(n)}`]);
         const r = run('fio', ['--ioengine=nbd', `--size=${SIZE}`, '--rw=randwrite', '--bs=4k', '--iodepth=8', '--end_fsync=1', `--runtime=${RUNTIME}`, '--time_based', '--norandommap', '--randrepeat=0', '--group_reporting', '--output-format=json', ...jobs], { timeoutS: RUNTIME + 300 });
         if (r.ok) multiIops = JSON.parse(r.stdout.slice(r.stdout.indexOf('{'))).jobs[0].write.iops;
-        rss8 = vmHwmMiB(srv.pid);
+        rss8 = vmHwmMiB(vaultSrv.pid);
         say(`8 volumes written at once (fio 4k randwrite QD8 each, end_fsync): ${r.ok ? `${multiIops.toFixed(0)} IOPS in all` : r.err}; VmHWM ${rss8.toFixed(0)} MiB`);
       }
-      await srv.stop();
-      rmSync(dir, { recursive: true, force: true });
     }
+    for (const s of stops.splice(0)) await s.stop();
+    rmSync(work, { recursive: true, force: true });
+    mkdirSync(work, { recursive: true });
 
     compare('randread4k_qd32_uniform', 'IOPS', vault.randread_uniform, 'qemu', qemu.randread_uniform, '>=', 0.5);
     compare('randread4k_qd32_zipf1.2', 'IOPS', vault.randread_zipf, 'qemu', qemu.randread_zipf, '>=', 0.5);
@@ -389,7 +392,9 @@ async function s3(work, stops) {
   const tag = `live-vm-bench-${randomBytes(4).toString('hex')}`;
   const prefix = `${u.pathname.replace(/^\/|\/$/g, '')}/${tag}`.replace(/^\//, '');
   const phases = ['import', 'randread', 'randwrite'];
-  let plugin = {};
+  const plugin = {};
+  const vault = {};
+  const servers = [];
   const pluginPath = has('nbdkit') ? patchedS3Plugin() : null;
   if (pluginPath) {
     const port = await freePort();
@@ -398,19 +403,19 @@ async function s3(work, stops) {
     stops.push(srv);
     await waitNbd(`nbd://127.0.0.1:${port}`);
     say(`server: nbdkit ${args.join(' ')} (credentials from AWS_* env; the plugin patched to advertise minimum block size 1)`);
-    plugin = measure('nbdkit-s3', `nbd://127.0.0.1:${port}`, phases);
-    await srv.stop();
-    s3DeletePrefix(endpoint, bucket, `${prefix}/nbdkit`);
+    servers.push({ label: 'nbdkit-s3', uri: `nbd://127.0.0.1:${port}`, into: plugin });
   } else say('nbdkit S3 plugin missing (needs nbdkit-plugin-python and python3-boto3)');
   const url = new URL(base);
   url.pathname = `/${prefix}/vault`;
-  const dir = join(work, 'vault-s3');
-  const srv = await vaultServer(dir, url.toString(), ['bench']);
+  const srv = await vaultServer(join(work, 'vault-s3'), url.toString(), ['bench']);
   stops.push(srv);
-  const vault = measure('vault-s3', srv.uri('bench'), phases);
-  await srv.stop();
-  rmSync(dir, { recursive: true, force: true });
-  s3DeletePrefix(endpoint, bucket, `${prefix}/vault`);
+  servers.push({ label: 'vault-s3', uri: srv.uri('bench'), into: vault });
+  try {
+    for (const phase of phases) for (const s of servers) measure(s.label, s.uri, [phase], s);
+  } finally {
+    for (const s of stops.splice(0)) await s.stop();
+    s3DeletePrefix(endpoint, bucket, `${prefix}/`);
+  }
   const peer = pluginPath ? 'nbdkit_s3' : 'nbdkit_s3(missing)';
   compare('s3_import', 'MB/s', vault.import, peer, plugin.import, '>=', 2);
   compare('s3_randread4k_qd32_uniform', 'IOPS', vault.randread_uniform, peer, plugin.randread_uniform, '>=', 10);
