@@ -5,8 +5,10 @@
 # with TRIM=1, trims of 4 KiB-256 KiB. Operations go out in batches of up to 8 concurrent,
 # non-overlapping requests (aio); a FLUSH follows every few batches.
 #
-#   write URI SEED SIZE TRIM PAUSE_EVERY
-#       runs the operations until killed or done, printing one line per event (flushed to stdout):
+#   write URI SEED SIZE TRIM PAUSE_EVERY CONNS
+#       runs the operations until killed or done over CONNS connections (a batch spreads over them;
+#       the FLUSHes take turns: with CAN_MULTI_CONN a FLUSH covers what every connection completed),
+#       printing one line per event (flushed to stdout):
 #         issued K   operations < K may have reached the server (printed before they are sent)
 #         flushed K  a FLUSH sent after operations < K were acknowledged was acknowledged
 #         paused K   (every PAUSE_EVERY-th flush, if > 0) waits for one line on stdin before going on,
@@ -64,10 +66,15 @@ def payload(op_index, first, n):
     return b''.join(content(op_index, 'write', b) for b in range(first, first + n))
 
 
-def write(uri, seed, size, trim, pause_every):
+def write(uri, seed, size, trim, pause_every, conns):
     ops = operations(seed, size, trim)
-    h = nbd.NBD()
-    h.connect_uri(uri)
+    handles = []
+    for _ in range(conns):
+        h = nbd.NBD()
+        h.connect_uri(uri)
+        handles.append(h)
+    if conns > 1 and not handles[0].can_multi_conn():
+        sys.exit('the server does not advertise CAN_MULTI_CONN: a FLUSH on one connection promises nothing for the others')
     flushes = 0
     i = 0
     while i < len(ops):
@@ -78,27 +85,31 @@ def write(uri, seed, size, trim, pause_every):
         print('issued', i, flush=True)
         keep = []
         for j in range(start, i):
+            h = handles[j % conns]  # a batch spreads over the connections
             kind, first, n = ops[j][:3]
             if kind == 'write':
                 buf = nbd.Buffer.from_bytearray(bytearray(payload(j, first, n)))
-                keep.append((h.aio_pwrite(buf, first * BLOCK), buf))
+                keep.append((h, h.aio_pwrite(buf, first * BLOCK), buf))
             else:
-                keep.append((h.aio_trim(n * BLOCK, first * BLOCK), None))
-        while h.aio_in_flight() > 0:
-            h.poll(-1)
-        for cookie, _ in keep:
+                keep.append((h, h.aio_trim(n * BLOCK, first * BLOCK), None))
+        while any(h.aio_in_flight() > 0 for h in handles):
+            for h in handles:
+                if h.aio_in_flight() > 0:
+                    h.poll(-1 if conns == 1 else 1)
+        for h, cookie, _ in keep:
             h.aio_command_completed(cookie)  # raises on an error reply
         if ops[i - 1][4]:
-            h.flush()
+            handles[flushes % conns].flush()  # with multi-conn, covers what every connection completed
             flushes += 1
             print('flushed', i, flush=True)
             if pause_every and flushes % pause_every == 0:
                 print('paused', i, flush=True)
                 sys.stdin.readline()
-    h.flush()
+    handles[0].flush()
     print('flushed', len(ops), flush=True)
     print('done', len(ops), flush=True)
-    h.shutdown()
+    for h in handles:
+        h.shutdown()
 
 
 def check(uri, seed, size, trim, base_path, flushed, issued, out_path):
@@ -153,7 +164,7 @@ def check(uri, seed, size, trim, base_path, flushed, issued, out_path):
 if __name__ == '__main__':
     mode, uri, seed, size, trim = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == '1'
     if mode == 'write':
-        write(uri, seed, size, trim, int(sys.argv[6]))
+        write(uri, seed, size, trim, int(sys.argv[6]), int(sys.argv[7]))
     elif mode == 'check':
         check(uri, seed, size, trim, sys.argv[6], int(sys.argv[7]), int(sys.argv[8]), sys.argv[9])
     else:
