@@ -1,17 +1,18 @@
 // Crash safety under a random-write workload: `kill -9` of `nbd-vault serve` (fs store) at a random
 // moment loses nothing a FLUSH acknowledged. A real client (python3-libnbd, test/e2e/py/
 // crash_workload.py) writes 4 KiB-64 KiB blocks of known patterns at random offsets, up to 8 in
-// flight (in the first test spread over 2 connections: the server advertises CAN_MULTI_CONN, so a
-// FLUSH on either covers both), with periodic FLUSHes; after the kill and a restart it reads everything back: each
-// 4 KiB block holds its state as of the last acknowledged FLUSH, or the content of a request sent
-// after it (old or new data, never anything else, never zeros unless trimmed). Several rounds on
-// the same volume, each starting from what the previous one read back. The second test mixes in
-// TRIM and `snapshot create` (taken while the writer is paused right after a FLUSH): every
-// snapshot must hold exactly that flushed state, also after the crash.
+// flight (in the first test over 2 connections: the server advertises CAN_MULTI_CONN, so a FLUSH
+// on either covers both), with periodic FLUSHes; after the kill and a restart it reads everything
+// back: each 4 KiB block holds its state as of the last acknowledged FLUSH, or the content of a
+// request sent after it (old or new data, never anything else, never zeros unless trimmed or
+// never written). Several rounds on the same volume, each starting from what the previous one
+// read back. The second test mixes in TRIM and `snapshot create` (taken while the writer is
+// paused right after a FLUSH): every snapshot must hold exactly that flushed state, also after
+// the crashes.
 //
-// Replay: the seed is printed (`seed=N`); `CRASH_SEED=N node test/run.mjs flush-crash` runs the
-// same operations (the kill moment is drawn from the seed too, but lands on whatever the loaded
-// machine has reached by then).
+// Replay: each test prints its seed (`seed=N`); `CRASH_SEED=N node test/run.mjs flush-crash` runs
+// the same operations (the kill moments are drawn from the seed too, but land on whatever the
+// loaded machine has reached by then).
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
