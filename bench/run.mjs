@@ -12,6 +12,7 @@ const BENCHMARKS = [
   { name: 'Sync (replica copies, fs→fs and RGW→fs)', script: 'dist/bench/sync-bench.js' },
   { name: 'Metrics overhead', script: 'bench/metrics-bench.mjs' },
   { name: 'Failover (qemu-io pause on restart and takeover)', script: 'dist/bench/failover-bench.js' },
+  { name: 'Live-VM performance (issue 10; BENCH_QUICK=1 for a short run)', script: 'bench/live-vm-bench.mjs' },
 ];
 
 let failed = 0;
