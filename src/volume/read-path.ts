@@ -59,9 +59,8 @@ export class ReadPath {
 
   /** What the store holds for chunk i now: its chunk object with the journal overlay applied,
    *  without dirty data (compaction folds exactly this). */
-  async storedChunk(i: number): Promise<Buffer> {
+  async storedChunk(i: number, out: Buffer = Buffer.allocUnsafe(this.state.chunkLength(i))): Promise<Buffer> {
     const len = this.state.chunkLength(i);
-    const out = Buffer.allocUnsafe(len);
     await this.readSpan({ chunkIndex: i, chunkOffset: 0, length: len, rangeOffset: 0, chunkLength: len, whole: true }, out, 0, undefined, false);
     return out;
   }
