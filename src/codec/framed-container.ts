@@ -23,7 +23,8 @@ import {
 } from './format';
 import type { ObjectPlace } from './object-place';
 import { openObject } from './open-object';
-import { asBuffer, sealObject } from './seal-object';
+import { asBuffer, sealObjectInto, sealedBound } from './seal-object';
+import { frameScratchBuffer } from './scratch-buffer';
 
 export type ContainerMagic = 'chunk' | 'journal';
 export type FrameKind = 'chunk-frame' | 'journal-frame';
@@ -157,12 +158,16 @@ export function sealFramesSync(
   nonces?: readonly Uint8Array[],
 ): Buffer {
   checkFrames(kind, frames, logicalLength);
-  const sealed: Buffer[] = new Array(frames.length);
-  let total = FRAMED_HEADER_FIXED_BYTES + 4 * frames.length;
+  // Frames are sealed one after the other into a per-thread scratch laid out as the container,
+  // then copied once into the exactly-sized result (one allocation per container, not per frame).
+  const headerBytes = FRAMED_HEADER_FIXED_BYTES + 4 * frames.length;
+  const scratch = frameScratchBuffer(headerBytes + frames.reduce((n, fr) => n + sealedBound(fr.length), 0));
+  const sealedLengths: number[] = new Array(frames.length);
+  let total = headerBytes;
   for (let f = 0; f < frames.length; f++) {
     const framePlace: ObjectPlace = { vaultId: place.vaultId, volumeId: place.volumeId, kind, index: place.index, generation: place.generation, frame: f };
-    sealed[f] = sealObject(keyBytes, frames[f], framePlace, zstdLevel, nonces?.[f]);
-    total += sealed[f].length;
+    sealedLengths[f] = sealObjectInto(scratch.subarray(total), keyBytes, frames[f], framePlace, zstdLevel, nonces?.[f]);
+    total += sealedLengths[f];
   }
   // Exactly sized and owning its ArrayBuffer: safe to transfer from a worker.
   const out = Buffer.allocUnsafeSlow(total);
@@ -172,11 +177,8 @@ export function sealFramesSync(
   out.writeUInt32LE(logicalLength, CONTAINER_OFFSET_LOGICAL_LENGTH);
   out.writeUInt32LE(frames.length, CONTAINER_OFFSET_FRAME_COUNT);
   let at = FRAMED_HEADER_FIXED_BYTES + 4 * frames.length;
-  for (let f = 0; f < frames.length; f++) {
-    out.writeUInt32LE(sealed[f].length, FRAMED_HEADER_FIXED_BYTES + 4 * f);
-    sealed[f].copy(out, at);
-    at += sealed[f].length;
-  }
+  for (let f = 0; f < frames.length; f++) out.writeUInt32LE(sealedLengths[f], FRAMED_HEADER_FIXED_BYTES + 4 * f);
+  scratch.copy(out, at, at, total);
   return out;
 }
 

@@ -29,17 +29,40 @@ export function sealSync(key: SecretKey, plaintext: Buffer, place: ObjectPlace, 
  * code never passes it (a repeated nonce under one key breaks the AEAD).
  */
 export function sealObject(keyBytes: Uint8Array, plaintext: Uint8Array, place: ObjectPlace, zstdLevel: number, nonce?: Uint8Array): Buffer {
+  const scratch = scratchBuffer(compressBound(plaintext.length));
+  const compressedLength = compressInto(scratch, plaintext, zstdLevel);
+  const payloadLength = compressedLength < plaintext.length ? compressedLength : plaintext.length;
+  const out = Buffer.allocUnsafeSlow(SEAL_OVERHEAD_BYTES + payloadLength);
+  sealCompressedInto(out, keyBytes, plaintext, scratch.subarray(0, compressedLength), place, nonce);
+  return out;
+}
+
+/** The most bytes sealObjectInto writes for a plaintext of this length. */
+export function sealedBound(plaintextLength: number): number {
+  return SEAL_OVERHEAD_BYTES + plaintextLength;
+}
+
+/**
+ * Seals into `target` (at least sealedBound(plaintext.length) bytes) and returns the sealed
+ * length: no allocation (sealing many frames into one container). Same guarantees as sealObject.
+ */
+export function sealObjectInto(target: Buffer, keyBytes: Uint8Array, plaintext: Uint8Array, place: ObjectPlace, zstdLevel: number, nonce?: Uint8Array): number {
+  const scratch = scratchBuffer(compressBound(plaintext.length));
+  const compressedLength = compressInto(scratch, plaintext, zstdLevel);
+  return sealCompressedInto(target, keyBytes, plaintext, scratch.subarray(0, compressedLength), place, nonce);
+}
+
+function sealCompressedInto(target: Buffer, keyBytes: Uint8Array, plaintext: Uint8Array, compressedBytes: Buffer, place: ObjectPlace, nonce?: Uint8Array): number {
   assertValidPlace(place);
   if (plaintext.length > MAX_PLAINTEXT_BYTES) throw new BugError(`cannot seal ${plaintext.length} bytes (max ${MAX_PLAINTEXT_BYTES})`);
   const nonceBytes = nonce ?? randomNonce();
   if (nonceBytes.length !== NONCE_BYTES) throw new BugError(`nonce must be ${NONCE_BYTES} bytes`);
 
-  const scratch = scratchBuffer(compressBound(plaintext.length));
-  const compressedLength = compressInto(scratch, plaintext, zstdLevel);
-  const compressed = compressedLength < plaintext.length;
-  const payload = compressed ? scratch.subarray(0, compressedLength) : plaintext;
-
-  const out = Buffer.allocUnsafeSlow(SEAL_OVERHEAD_BYTES + payload.length);
+  const compressed = compressedBytes.length < plaintext.length;
+  const payload = compressed ? compressedBytes : plaintext;
+  const sealedLength = SEAL_OVERHEAD_BYTES + payload.length;
+  if (target.length < sealedLength) throw new BugError(`seal target of ${target.length} bytes, ${sealedLength} needed`);
+  const out = target.subarray(0, sealedLength);
   writeHeader(out, place.kind, compressed ? FLAG_COMPRESSED : 0, plaintext.length, nonceBytes);
   out.set(payload, HEADER_BYTES);
   const body = out.subarray(HEADER_BYTES); // payload then room for the tag; encrypted in place
@@ -51,7 +74,7 @@ export function sealObject(keyBytes: Uint8Array, plaintext: Uint8Array, place: O
     asBuffer(nonceBytes),
     asBuffer(keyBytes),
   );
-  return out;
+  return sealedLength;
 }
 
 function randomNonce(): Buffer {

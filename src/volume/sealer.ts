@@ -304,12 +304,40 @@ function assembleChunk(c: ChunkBlocks, length: number, buffers: ChunkBufferPool)
   if (!any) return null;
   // zeroBase: zero-filled first; otherwise every block is set and overwrites its bytes
   const out = buffers.take(length, c.zeroBase ? undefined : 'overwrite');
-  for (const [b, blk] of c.blocks) {
+  // Blocks of a large write are consecutive views of its payload: copy each such run at once
+  // (a per-block copy costs more in call overhead than in bytes).
+  let runStart = -1;
+  let runBlocks = 0;
+  let runFirst: Buffer | null = null;
+  const flushRun = () => {
+    if (runFirst === null) return;
+    const at = runStart * BLOCK_BYTES;
+    const n = Math.min(runBlocks * BLOCK_BYTES, length - at);
+    out.set(new Uint8Array(runFirst.buffer, runFirst.byteOffset, n), at);
+    runFirst = null;
+  };
+  for (let b = 0; b * BLOCK_BYTES < length; b++) {
+    const blk = c.blocks.get(b);
+    if (blk === undefined) {
+      flushRun();
+      continue; // zeroBase: stays zero
+    }
     const at = b * BLOCK_BYTES;
-    const n = Math.min(BLOCK_BYTES, length - at);
-    if (blk === null) out.fill(0, at, at + n);
-    else blk.copy(out, at, 0, n);
+    if (blk === null) {
+      flushRun();
+      out.fill(0, at, Math.min(length, at + BLOCK_BYTES));
+      continue;
+    }
+    const contiguous = runFirst !== null && blk.buffer === runFirst.buffer && blk.byteOffset === runFirst.byteOffset + runBlocks * BLOCK_BYTES && runStart + runBlocks === b;
+    if (contiguous) runBlocks++;
+    else {
+      flushRun();
+      runStart = b;
+      runBlocks = 1;
+      runFirst = blk;
+    }
   }
+  flushRun();
   return out;
 }
 
