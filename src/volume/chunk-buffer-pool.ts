@@ -29,6 +29,13 @@ export class ChunkBufferPool {
     });
   }
 
+  /** give() for a buffer no reader can be copying from (the sealer's own chunk assemblies):
+   *  reusable at once, so a lane that seals chunk after chunk keeps reusing one buffer. */
+  giveNow(buf: Buffer): void {
+    if (buf.length !== this.chunkSize || !(buf.buffer instanceof SharedArrayBuffer)) return;
+    if (this.free.length < this.maxBuffers) this.free.push(buf);
+  }
+
   get size(): number {
     return this.free.length;
   }

@@ -164,6 +164,14 @@ export class ReadPath {
       out.fill(0, at, at + length);
       return;
     }
+    // A chunk read sequentially (or being fetched whole already) comes in one GET, not frame by
+    // frame: a streaming reader needs all of it, and one request costs less than 32.
+    const whole = this.fetches.get(`${entry.id}/*`) ?? (this.sequential(i) ? this.wholeChunk(i, entry, requester) : null);
+    if (whole) {
+      const data = await whole;
+      data.copy(out, at, offset, offset + length);
+      return;
+    }
     const { frameBytes } = await this.layout(i, entry);
     const first = Math.floor(offset / frameBytes);
     const last = Math.floor((offset + length - 1) / frameBytes);
@@ -190,6 +198,8 @@ export class ReadPath {
     const key = `${entry.id}/${f}`;
     const cached = this.frames.get(key);
     if (cached) return Promise.resolve(cached);
+    const whole = this.fetches.get(`${entry.id}/*`);
+    if (whole) return whole.then((data) => data.subarray(f * frameBytes, Math.min(data.length, (f + 1) * frameBytes)));
     return this.singleFlight(key, requester, () => this.objects.readChunkFrame(i, entry, this.state.chunkLength(i), f), (err) => this.readError(i, err, f * frameBytes));
   }
 
@@ -229,6 +239,11 @@ export class ReadPath {
 
   // --- readahead and NBD_CMD_CACHE ---------------------------------------------------------
 
+  /** Chunk i continues a stream: the chunk before it was read recently. */
+  private sequential(i: number): boolean {
+    return this.recentReads.includes(i - 1);
+  }
+
   private readahead(i: number): void {
     const recent = this.recentReads;
     const sequential = recent.includes(i - 1) || recent.includes(i);
@@ -254,14 +269,29 @@ export class ReadPath {
   }
 
   private async fillChunk(i: number, entry: Entry, key: string, requester?: object): Promise<void> {
+    await (this.fetches.get(key) ?? this.wholeChunk(i, entry, requester));
+  }
+
+  /** One GET of the whole chunk object (single flight), its frames then kept in the read cache
+   *  (not the whole chunk under its own key). */
+  private wholeChunk(i: number, entry: Entry, requester?: object): Promise<Buffer> {
     const len = this.state.chunkLength(i);
-    // the whole chunk is kept as frames below, not under its own key
-    const data = await (this.fetches.get(key) ?? this.singleFlight(key, requester, () => this.objects.readChunk(i, entry, len), (err) => this.readError(i, err), false));
-    const { frameBytes } = await this.layout(i, entry);
-    for (let f = 0; f * frameBytes < len; f++) {
-      const k = `${entry.id}/${f}`;
-      if (!this.frames.has(k)) this.frames.set(k, data.subarray(f * frameBytes, Math.min(len, (f + 1) * frameBytes)));
-    }
+    const key = `${entry.id}/*`;
+    return this.singleFlight(
+      key,
+      requester,
+      async () => {
+        const data = await this.objects.readChunk(i, entry, len);
+        const { frameBytes } = await this.objects.chunkLayout(i, entry, len);
+        for (let f = 0; f * frameBytes < len; f++) {
+          const k = `${entry.id}/${f}`;
+          if (!this.frames.has(k)) this.frames.set(k, data.subarray(f * frameBytes, Math.min(len, (f + 1) * frameBytes)));
+        }
+        return data;
+      },
+      (err) => this.readError(i, err),
+      false,
+    );
   }
 
   /** NBD_CMD_CACHE: bring the range's stored frames into the read cache. */

@@ -145,7 +145,7 @@ export class Sealer {
             if (entry.id !== null) written.push(chunkKey(this.objects.volumeId, entry.id));
             entries.set(i, entry);
           } finally {
-            this.buffers.give(data);
+            this.buffers.giveNow(data);
           }
         }
       };
@@ -251,7 +251,7 @@ export class Sealer {
             if (entry.id !== null) written.push(chunkKey(this.objects.volumeId, entry.id));
             entries.set(i, entry);
           } finally {
-            this.buffers.give(data);
+            this.buffers.giveNow(data);
           }
         }
       };
