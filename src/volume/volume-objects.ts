@@ -50,6 +50,7 @@ export class VolumeObjects {
   origin: VolumeObjects | null = null;
   /** parsed container headers by object key (unauthenticated: dropped when a frame fails) */
   readonly headers = new ContainerHeaderCache();
+  private readonly pendingHeaders = new Map<string, Promise<ContainerLayout>>();
 
   constructor(
     readonly store: ObjectStore,
@@ -158,7 +159,10 @@ export class VolumeObjects {
     const layout = await this.chunkHeader(chunkIndex, entry, chunkLength);
     if (!layout.framed) {
       if (frame !== 0) throw new BugError(`frame ${frame} of a version-1 chunk (one frame)`);
-      return this.readChunk(chunkIndex, entry, chunkLength);
+      return this.readChunk(chunkIndex, entry, chunkLength).catch((err) => {
+        this.headers.delete(chunkKey(this.volumeId, entry.id!));
+        throw err;
+      });
     }
     if (!Number.isInteger(frame) || frame < 0 || frame >= layout.frameCount) throw new BugError(`frame ${frame} of a ${layout.frameCount}-frame chunk`);
     const key = chunkKey(this.volumeId, entry.id);
@@ -169,11 +173,26 @@ export class VolumeObjects {
     );
   }
 
-  /** The container layout of a chunk: cached, or from one ranged read of its header. */
+  /** The container layout of a chunk: cached, or from one ranged read of its header (shared by
+   *  concurrent readers of the same chunk). */
   private async chunkHeader(chunkIndex: number, entry: Entry, chunkLength: number): Promise<ContainerLayout> {
     const key = chunkKey(this.volumeId, entry.id!);
     const cached = this.headers.get(key);
-    if (cached) return cached;
+    if (cached) {
+      if (cached.framed && cached.logicalLength !== chunkLength) {
+        throw new VaultError('ERR_CORRUPT', `chunk ${chunkIndex} of volume "${this.volumeName}" (object ${key}) holds ${cached.logicalLength} bytes, expected ${chunkLength}`);
+      }
+      return cached;
+    }
+    let pending = this.pendingHeaders.get(key);
+    if (!pending) {
+      pending = this.fetchChunkHeader(chunkIndex, entry, chunkLength, key).finally(() => this.pendingHeaders.delete(key));
+      this.pendingHeaders.set(key, pending);
+    }
+    return pending;
+  }
+
+  private async fetchChunkHeader(chunkIndex: number, entry: Entry, chunkLength: number, key: string): Promise<ContainerLayout> {
     const what = `chunk ${chunkIndex} of volume "${this.volumeName}" (object ${key})`;
     const size = entry.storedSize > 0 ? entry.storedSize : undefined;
     const want = Math.min(FRAMED_HEADER_MAX_CHUNK, size ?? FRAMED_HEADER_MAX_CHUNK);

@@ -86,6 +86,13 @@ test('writeChunk stores a v2 container; readChunk, chunkLayout and readChunkFram
   for (const f of [0, 13, 31]) assert.deepEqual(await fresh.readChunkFrame(7, entry, CHUNK, f), frameOf(data, f));
   assert.equal(store.ranges, 4, 'each frame: one ranged read once the header is known');
   await rejects(fresh.readChunkFrame(7, entry, CHUNK, 32), 'ERR_BUG');
+  // concurrent readers of a chunk whose header is not known share one header read
+  const parallel = objectsOn(store, objects.volumeId, (objects as any).keys);
+  store.ranges = 0;
+  const frames = await Promise.all([0, 1, 2, 3, 4, 5, 6, 7].map((f) => parallel.readChunkFrame(7, entry, CHUNK, f)));
+  frames.forEach((b, f) => assert.deepEqual(b, frameOf(data, f)));
+  assert.equal(store.ranges, 1 + 8);
+  await rejects(parallel.readChunkFrame(7, entry, CHUNK - 4096, 0), 'ERR_CORRUPT'); // a cached header of another length
 
   const zero = await objects.writeChunk(8, Buffer.alloc(CHUNK), 3);
   assert.deepEqual(zero, { id: null, epoch: 3, storedSize: 0 });
