@@ -24,6 +24,7 @@ export class PromMetrics implements MetricsSink {
   private readonly storeRequests: client.Counter<'op' | 'result'>;
   private readonly storeLatency: client.Histogram<'op'>;
   private readonly storeRetries: client.Counter<'op'>;
+  private readonly storeBytesTotal: client.Counter<'op'>;
 
   constructor(engines: EngineStatsSource) {
     const registers = [this.registry];
@@ -33,6 +34,7 @@ export class PromMetrics implements MetricsSink {
     this.nbdLatency = new client.Histogram({ name: 'nbd_vault_nbd_request_duration_seconds', help: 'NBD request latency, from parsed request to reply queued', labelNames: ['volume', 'command'], buckets: LATENCY_BUCKETS, registers });
     this.storeRequests = new client.Counter({ name: 'nbd_vault_store_requests_total', help: 'Object store attempts, by operation and result (ok or the error code)', labelNames: ['op', 'result'], registers });
     this.storeLatency = new client.Histogram({ name: 'nbd_vault_store_request_duration_seconds', help: 'Object store attempt latency', labelNames: ['op'], buckets: LATENCY_BUCKETS, registers });
+    this.storeBytesTotal = new client.Counter({ name: 'nbd_vault_store_bytes_total', help: 'Object body bytes moved by successful store attempts: read by get and getRange, written by put', labelNames: ['op'], registers });
     this.storeRetries = new client.Counter({ name: 'nbd_vault_store_retries_total', help: 'Object store operations retried (after a transient failure)', labelNames: ['op'], registers });
 
     // Engine state, read at scrape time. Counters of an engine that closed (a snapshot export
@@ -106,6 +108,10 @@ export class PromMetrics implements MetricsSink {
     }
     c.count.inc();
     c.latency.observe(seconds);
+  }
+
+  storeBytes(op: string, bytes: number): void {
+    this.storeBytesTotal.inc({ op }, bytes);
   }
 
   storeRetry(op: string): void {

@@ -10,14 +10,16 @@
 //              the caller: the case RetryStore must read back for conditional puts). For list(),
 //              'after' fails the iteration after the first item has been yielded.
 // Injected errors are VaultErrors with the chosen code and a message starting `faulty:`.
+// A fault aimed at 'get' (rule, outage or script) also strikes getRange (a ranged read is a GET);
+// one aimed at 'getRange' strikes only ranged reads. Counters keep the two apart.
 // Guarantees: with no rules, no script and `armed` true, it is a transparent decorator; every
 // method is written out. Counters (`calls`, `injected`) let tests assert what happened.
 import { VaultError, type VaultErrorCode } from '../errors';
 import type { ObjectInfo, ObjectStore, PutOptions, StoredObject, StoreLayer, StoreProps } from './object-store';
 
-export type StoreOp = 'get' | 'head' | 'put' | 'delete' | 'deleteMany' | 'list';
+export type StoreOp = 'get' | 'getRange' | 'head' | 'put' | 'delete' | 'deleteMany' | 'list';
 export type FaultPhase = 'before' | 'after';
-const ALL_OPS: readonly StoreOp[] = ['get', 'head', 'put', 'delete', 'deleteMany', 'list'];
+const ALL_OPS: readonly StoreOp[] = ['get', 'getRange', 'head', 'put', 'delete', 'deleteMany', 'list'];
 
 export interface FaultRule {
   /** Operations this rule applies to (default: all). */
@@ -67,9 +69,9 @@ export class FaultyStore implements ObjectStore {
   /** When false, no faults and no latency are injected. */
   armed = true;
   /** Calls per operation (attempts reaching this layer). */
-  readonly calls: Record<StoreOp, number> = { get: 0, head: 0, put: 0, delete: 0, deleteMany: 0, list: 0 };
+  readonly calls: Record<StoreOp, number> = { get: 0, getRange: 0, head: 0, put: 0, delete: 0, deleteMany: 0, list: 0 };
   /** Faults injected per operation. */
-  readonly injected: Record<StoreOp, number> = { get: 0, head: 0, put: 0, delete: 0, deleteMany: 0, list: 0 };
+  readonly injected: Record<StoreOp, number> = { get: 0, getRange: 0, head: 0, put: 0, delete: 0, deleteMany: 0, list: 0 };
   private readonly inner: ObjectStore;
   private rules: FaultRules;
   private readonly rng: () => number;
@@ -110,6 +112,13 @@ export class FaultyStore implements ObjectStore {
     const phase = await this.enter('get', key);
     const r = await this.inner.get(key);
     this.leave('get', key, phase);
+    return r;
+  }
+
+  async getRange(key: string, offset: number, length: number): Promise<Buffer> {
+    const phase = await this.enter('getRange', key);
+    const r = await this.inner.getRange(key, offset, length);
+    this.leave('getRange', key, phase);
     return r;
   }
 
@@ -180,7 +189,7 @@ export class FaultyStore implements ObjectStore {
   }
 
   private pick(op: StoreOp, call: number): { code: VaultErrorCode; phase: FaultPhase } | null {
-    const s = this.script.find((x) => x.op === op && x.remaining > 0);
+    const s = this.script.find((x) => aims(x.op, op) && x.remaining > 0);
     if (s) {
       s.remaining--;
       this.script = this.script.filter((x) => x.remaining > 0);
@@ -188,13 +197,13 @@ export class FaultyStore implements ObjectStore {
     }
     const t = this.now() - this.t0;
     for (const o of this.rules.outages ?? []) {
-      if (o.ops && !o.ops.includes(op)) continue;
+      if (o.ops && !o.ops.some((x) => aims(x, op))) continue;
       const inTime = o.fromMs !== undefined || o.toMs !== undefined ? t >= (o.fromMs ?? 0) && t < (o.toMs ?? Infinity) : true;
       const inCalls = o.fromCall !== undefined || o.toCall !== undefined ? call >= (o.fromCall ?? 0) && call < (o.toCall ?? Infinity) : true;
       if (inTime && inCalls) return { code: o.code ?? 'ERR_STORE_TRANSIENT', phase: 'before' };
     }
     for (const r of this.rules.rules ?? []) {
-      if (r.ops && !r.ops.includes(op)) continue;
+      if (r.ops && !r.ops.some((x) => aims(x, op))) continue;
       if (this.rng() < r.probability) return { code: r.code ?? 'ERR_STORE_TRANSIENT', phase: r.phase ?? 'before' };
     }
     return null;
@@ -204,6 +213,11 @@ export class FaultyStore implements ObjectStore {
     this.injected[op]++;
     return new VaultError(code, `faulty: injected ${code} on ${op} ${key} (${phase === 'after' ? 'after the operation ran' : 'operation not run'})`);
   }
+}
+
+/** Does a fault aimed at `target` strike a call of `op`? */
+function aims(target: StoreOp, op: StoreOp): boolean {
+  return target === op || (target === 'get' && op === 'getRange');
 }
 
 /** A StoreLayer for composeStore; the rules are checked now. */

@@ -26,7 +26,7 @@ import { promises as fsp, constants as fsc } from 'node:fs';
 import * as path from 'node:path';
 import { VaultError, isVaultError } from '../errors';
 import type { ObjectInfo, ObjectStore, PutOptions, StoredObject, StoreProps } from './object-store';
-import { checkKey, checkPrefix } from './keys';
+import { checkKey, checkPrefix, checkRange } from './keys';
 import { KeyedMutex } from '../util/keyed-mutex';
 import { compareKeys } from './memory-store';
 
@@ -85,6 +85,34 @@ export class FsStore implements ObjectStore {
     }
     const etag = this.parseHeader(data, key);
     return { body: data.subarray(HEADER_BYTES), etag };
+  }
+
+  /** One open + fstat + pread of the body bytes after the file header (never the whole file). */
+  async getRange(key: string, offset: number, length: number): Promise<Buffer> {
+    const file = this.pathOf(key);
+    checkRange(offset, length);
+    let fh: fsp.FileHandle | null = null;
+    try {
+      fh = await fsp.open(file, 'r');
+      const hdr = Buffer.alloc(HEADER_BYTES);
+      const { bytesRead } = await fh.read(hdr, 0, HEADER_BYTES, 0);
+      this.parseHeader(hdr.subarray(0, bytesRead), key);
+      // The file never changes in place (puts rename a new file over it), so its size is stable.
+      const size = (await fh.stat()).size - HEADER_BYTES;
+      const want = Math.max(0, Math.min(offset + length, size) - offset);
+      const out = Buffer.allocUnsafe(want);
+      let got = 0;
+      while (got < want) {
+        const r = await fh.read(out, got, want - got, HEADER_BYTES + offset + got);
+        if (r.bytesRead === 0) throw new VaultError('ERR_STORE_IO', `${this.name}: ${key}: file shorter than its size while reading`);
+        got += r.bytesRead;
+      }
+      return out;
+    } catch (err) {
+      throw this.fsError(err, 'getRange', key);
+    } finally {
+      await fh?.close().catch(() => undefined);
+    }
   }
 
   async head(key: string): Promise<ObjectInfo | null> {

@@ -35,3 +35,10 @@ function keyProblem(key: string, isPrefix = false): string | null {
   }
   return null;
 }
+
+/** getRange arguments (every base store checks them): integers >= 0. */
+export function checkRange(offset: number, length: number): void {
+  if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
+    throw new VaultError('ERR_INVALID_ARGUMENT', `getRange: offset and length must be integers >= 0, got ${String(offset)} and ${String(length)}`);
+  }
+}

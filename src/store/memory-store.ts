@@ -11,7 +11,7 @@
 import { createHash } from 'node:crypto';
 import { VaultError } from '../errors';
 import type { ObjectInfo, ObjectStore, PutOptions, StoredObject, StoreProps } from './object-store';
-import { checkKey, checkPrefix } from './keys';
+import { checkKey, checkPrefix, checkRange } from './keys';
 
 interface Entry {
   readonly body: Buffer;
@@ -60,6 +60,15 @@ export class MemoryStore implements ObjectStore {
     const e = this.objects.get(key);
     if (!e) throw new VaultError('ERR_STORE_NOT_FOUND', `${this.name}: no object ${key}`);
     return { body: Buffer.from(e.body), etag: e.etag };
+  }
+
+  async getRange(key: string, offset: number, length: number): Promise<Buffer> {
+    checkKey(key);
+    checkRange(offset, length);
+    await tick();
+    const e = this.objects.get(key);
+    if (!e) throw new VaultError('ERR_STORE_NOT_FOUND', `${this.name}: no object ${key}`);
+    return Buffer.from(e.body.subarray(Math.min(offset, e.body.length), Math.min(offset + length, e.body.length)));
   }
 
   async head(key: string): Promise<ObjectInfo | null> {

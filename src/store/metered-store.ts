@@ -2,6 +2,7 @@
 // the error code) and its duration. Placed below RetryStore, it sees every attempt; the retry
 // layer reports the retries themselves (onRetry). A not-found get or a lost conditional put are
 // results like any other ('ERR_STORE_NOT_FOUND', 'ERR_STORE_PRECONDITION'), not failures of ours.
+// Body bytes of successful get, getRange and put attempts are counted too (storeBytes).
 import { isVaultError } from '../errors';
 import type { MetricsSink } from '../util/metrics';
 import type { ObjectInfo, ObjectStore, PutOptions, StoredObject, StoreLayer, StoreProps } from './object-store';
@@ -31,8 +32,24 @@ export class MeteredStore implements ObjectStore {
     }
   }
 
+  private bytes(op: string, n: number): void {
+    if (n > 0) this.metrics.storeBytes?.(op, n);
+  }
+
   get(key: string): Promise<StoredObject> {
-    return this.timed('get', () => this.inner.get(key));
+    return this.timed('get', async () => {
+      const r = await this.inner.get(key);
+      this.bytes('get', r.body.length);
+      return r;
+    });
+  }
+
+  getRange(key: string, offset: number, length: number): Promise<Buffer> {
+    return this.timed('getRange', async () => {
+      const r = await this.inner.getRange(key, offset, length);
+      this.bytes('getRange', r.length);
+      return r;
+    });
   }
 
   head(key: string): Promise<ObjectInfo | null> {
@@ -40,7 +57,11 @@ export class MeteredStore implements ObjectStore {
   }
 
   put(key: string, body: Buffer, opts?: PutOptions): Promise<{ etag: string }> {
-    return this.timed('put', () => this.inner.put(key, body, opts));
+    return this.timed('put', async () => {
+      const r = await this.inner.put(key, body, opts);
+      this.bytes('put', body.length);
+      return r;
+    });
   }
 
   delete(key: string): Promise<void> {

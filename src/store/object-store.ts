@@ -3,6 +3,10 @@
 // - Keys are '/'-separated strings such as `volumes/<id>/chunks/ab/<id>`; no leading '/'.
 // - put() stores a whole Buffer (never a stream) so that any layer may replay it.
 // - get() of a missing key throws VaultError ERR_STORE_NOT_FOUND; it never returns empty bytes.
+// - getRange(key, offset, length) returns the bytes [offset, min(offset + length, size)): a range
+//   reaching past the end returns what exists (a shorter buffer; offset >= size → empty buffer);
+//   a missing key throws ERR_STORE_NOT_FOUND. offset and length are integers >= 0, else
+//   ERR_INVALID_ARGUMENT.
 // - delete() of a missing key succeeds (idempotent); deleteMany() likewise.
 // - list(prefix) yields every object whose key starts with prefix, once each, in key order.
 // - A conditional put that loses throws ERR_STORE_PRECONDITION; it never overwrites.
@@ -43,6 +47,8 @@ export interface ObjectStore {
   readonly name: string;
   readonly props: StoreProps;
   get(key: string): Promise<StoredObject>;
+  /** The bytes [offset, min(offset + length, size)) of `key` (see the contract above). */
+  getRange(key: string, offset: number, length: number): Promise<Buffer>;
   /** Returns info, or null when the object does not exist. */
   head(key: string): Promise<ObjectInfo | null>;
   put(key: string, body: Buffer, opts?: PutOptions): Promise<{ etag: string }>;

@@ -86,6 +86,10 @@ export class RetryStore implements ObjectStore {
     return this.run('get', key, () => this.inner.get(key));
   }
 
+  getRange(key: string, offset: number, length: number): Promise<Buffer> {
+    return this.run('getRange', key, () => this.inner.getRange(key, offset, length));
+  }
+
   head(key: string): Promise<ObjectInfo | null> {
     return this.run('head', key, () => this.inner.head(key));
   }

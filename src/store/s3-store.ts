@@ -29,7 +29,7 @@ import {
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { VaultError, type VaultErrorCode } from '../errors';
 import type { ObjectInfo, ObjectStore, PutOptions, StoredObject, StoreProps } from './object-store';
-import { checkKey, checkPrefix } from './keys';
+import { checkKey, checkPrefix, checkRange } from './keys';
 
 export interface S3StoreOptions {
   readonly bucket: string;
@@ -108,6 +108,36 @@ export class S3Store implements ObjectStore {
       return { body: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), etag: unquote(res.ETag) };
     } catch (err) {
       throw this.classify(err, 'get', key);
+    }
+  }
+
+  /** GET with `Range: bytes=a-b`. A range starting at/after the end is HTTP 416 (InvalidRange):
+   *  the contract's empty buffer. A zero-length range cannot be expressed as a Range: a HEAD says
+   *  whether the object exists. A server that ignores Range (200, no Content-Range) is sliced here. */
+  async getRange(key: string, offset: number, length: number): Promise<Buffer> {
+    checkKey(key);
+    checkRange(offset, length);
+    if (length === 0) {
+      if ((await this.head(key)) === null) throw new VaultError('ERR_STORE_NOT_FOUND', `${this.name}: getRange ${key}: not found`);
+      return Buffer.alloc(0);
+    }
+    try {
+      const res = await this.client.send(
+        new GetObjectCommand({ Bucket: this.bucket, Key: this.prefix + key, Range: `bytes=${offset}-${offset + length - 1}` }),
+      );
+      if (!res.Body) throw new VaultError('ERR_STORE_IO', `${this.name}: getRange ${key}: response without a body`);
+      const bytes = await res.Body.transformToByteArray();
+      const body = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+      if (!res.ContentRange) return body.subarray(Math.min(offset, body.length), Math.min(offset + length, body.length));
+      const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(res.ContentRange);
+      if (!m || Number(m[1]) !== offset || body.length !== Number(m[2]) - Number(m[1]) + 1 || body.length > length) {
+        throw new VaultError('ERR_STORE_IO', `${this.name}: getRange ${key}: asked for ${length} bytes at ${offset}, got Content-Range ${JSON.stringify(res.ContentRange)} with ${body.length} bytes`);
+      }
+      return body;
+    } catch (err) {
+      const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
+      if (status === 416 || (err as { name?: string }).name === 'InvalidRange') return Buffer.alloc(0);
+      throw this.classify(err, 'getRange', key);
     }
   }
 

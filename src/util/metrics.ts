@@ -9,6 +9,8 @@ export interface MetricsSink {
   nbdRequest(exportName: string, command: string, result: string, bytes: number, seconds: number): void;
   /** One attempt of a store operation ('get', 'put', …): result 'ok' or the error code. */
   storeRequest(op: string, result: string, seconds: number): void;
+  /** Body bytes a successful store attempt moved: read by get/getRange, written by put (optional). */
+  storeBytes?(op: string, bytes: number): void;
   /** The retry layer is about to try `op` again. */
   storeRetry(op: string): void;
 }

@@ -25,6 +25,7 @@ function failAfterMetaPuts(inner: ObjectStore, allowed: number): ObjectStore {
     name: 'failing',
     props: inner.props,
     get: (k) => inner.get(k),
+    getRange: (k, o, l) => inner.getRange(k, o, l),
     head: (k) => inner.head(k),
     put: async (k, b, o) => {
       if (k.endsWith('/meta') && ++n > allowed) throw new VaultError('ERR_STORE_TRANSIENT', 'injected: interrupted');

@@ -10,6 +10,9 @@ export class PassThroughStore implements ObjectStore {
   get(key: string): Promise<StoredObject> {
     return this.inner.get(key);
   }
+  getRange(key: string, offset: number, length: number): Promise<Buffer> {
+    return this.inner.getRange(key, offset, length);
+  }
   head(key: string): Promise<ObjectInfo | null> {
     return this.inner.head(key);
   }

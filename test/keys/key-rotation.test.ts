@@ -20,6 +20,7 @@ function failingMetaPuts(inner: ObjectStore, allowed: number): ObjectStore {
     name: `failing(${inner.name})`,
     props: inner.props,
     get: (k) => inner.get(k),
+    getRange: (k, o, l) => inner.getRange(k, o, l),
     head: (k) => inner.head(k),
     put: async (k, b, o) => {
       if (k.endsWith('/meta') && ++n > allowed) throw new VaultError('ERR_STORE_TRANSIENT', 'injected: store went away');

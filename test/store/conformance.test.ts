@@ -4,7 +4,7 @@ import * as assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { FsStore, MemoryStore, RetryStore, FaultyStore, composeStore, faultyLayer, retryLayer, seededRandom, type ObjectStore } from '../../src/store';
+import { FsStore, MemoryStore, MeteredStore, RetryStore, FaultyStore, composeStore, faultyLayer, retryLayer, seededRandom, type ObjectStore } from '../../src/store';
 import { createLogger, setLogger } from '../../src/util/log';
 import { describeObjectStore } from './conformance';
 import { S3_REQUIRED, S3_SKIP, makeTestS3Store } from './s3-env';
@@ -38,6 +38,7 @@ describeObjectStore('retry(faulty(memory)) with 20% transient faults, before and
     retryLayer(fastRetry),
   );
 });
+describeObjectStore('metered(memory)', async () => new MeteredStore(new MemoryStore(), { nbdRequest() {}, storeRequest() {}, storeRetry() {}, storeBytes() {} }));
 describeObjectStore('retry(fs)', async () => new RetryStore(new FsStore(path.join(tmp, `rfs-${n++}`), { fsync: false }), fastRetry));
 
 const s3Stores: ObjectStore[] = [];

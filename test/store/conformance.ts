@@ -92,6 +92,46 @@ export function describeObjectStore(name: string, makeStore: () => Promise<Objec
       assert.equal((await s.head('ow/k'))?.size, 14);
     });
 
+    it('getRange: inside, at the end, past the end, empty object, missing key, after an overwrite', async () => {
+      const s = await open();
+      const body = randomBytes(300_000);
+      await s.put('rg/obj', body);
+      const slice = (a: number, b: number): Buffer => body.subarray(a, Math.min(b, body.length));
+      const cases: Array<[number, number]> = [
+        [0, 1], [0, 4096], [131_072, 131_072], [12_345, 6_789], // inside
+        [299_000, 1_000], [299_999, 1], // ending exactly at the end
+        [299_000, 5_000], [0, 1_000_000], // reaching past the end: what exists
+        [300_000, 10], [300_001, 10], [10_000_000, 4096], // starting at/after the end: empty
+        [0, 0], [150_000, 0], [300_000, 0], // zero length
+      ];
+      for (const [off, len] of cases) {
+        const got = await s.getRange('rg/obj', off, len);
+        assert.ok(Buffer.isBuffer(got), `getRange(${off}, ${len}) returns a Buffer`);
+        assert.equal(got.length, slice(off, off + len).length, `getRange(${off}, ${len}) length`);
+        assert.ok(got.equals(slice(off, off + len)), `getRange(${off}, ${len}) bytes`);
+      }
+      const all = await Promise.all(Array.from({ length: 8 }, (_, i) => s.getRange('rg/obj', i * 37_500, 37_500)));
+      assert.ok(Buffer.concat(all).equals(body), '8 parallel ranges cover the object');
+
+      await s.put('rg/empty', Buffer.alloc(0));
+      for (const [off, len] of [[0, 0], [0, 10], [5, 10]]) assert.equal((await s.getRange('rg/empty', off, len)).length, 0);
+
+      await expectCode(s.getRange('rg/missing', 0, 10), 'ERR_STORE_NOT_FOUND');
+      await expectCode(s.getRange('rg/missing', 0, 0), 'ERR_STORE_NOT_FOUND');
+      await expectCode(s.getRange('rg/missing', 1_000, 10), 'ERR_STORE_NOT_FOUND');
+      for (const [off, len] of [[-1, 10], [0, -1], [1.5, 10], [0, Number.NaN]]) {
+        await expectCode(s.getRange('rg/obj', off, len), 'ERR_INVALID_ARGUMENT');
+      }
+
+      const next = randomBytes(1_000);
+      await s.put('rg/obj', next);
+      assert.ok((await s.getRange('rg/obj', 500, 100)).equals(next.subarray(500, 600)), 'an overwrite is seen');
+      assert.ok((await s.getRange('rg/obj', 900, 4096)).equals(next.subarray(900)), 'the new, shorter end');
+      assert.equal((await s.getRange('rg/obj', 1_000, 10)).length, 0);
+      await s.delete('rg/obj');
+      await expectCode(s.getRange('rg/obj', 0, 10), 'ERR_STORE_NOT_FOUND');
+    });
+
     it('delete is idempotent', async () => {
       const s = await open();
       await s.put('del/k', Buffer.from('x'));

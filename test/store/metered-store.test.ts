@@ -49,3 +49,30 @@ test('without a sink the stack is unchanged', () => {
   assert.equal(store.name, 'retry(memory)');
   assert.equal(findLayer(store, MeteredStore), null);
 });
+
+test('getRange is metered with its bytes; injected getRange faults are retried like get', async () => {
+  const r = recordingSink();
+  const bytes: Array<[string, number]> = [];
+  const sink: MetricsSink = { ...r.sink, storeBytes: (op, n) => bytes.push([op, n]) };
+  const store = openStore('memory://', { metrics: sink, layers: [faultyLayer({}, () => 0.5)], retry: { baseDelayMs: 1, maxDelayMs: 2 } });
+  const faulty = findLayer(store, FaultyStore)!;
+  await store.put('a', Buffer.alloc(1000, 7));
+  faulty.failNext('getRange', 1);
+  faulty.failNext('get', 1); // a fault aimed at get strikes ranged reads too
+  const got = await store.getRange('a', 900, 500);
+  assert.deepEqual([...got], Array(100).fill(7));
+  assert.equal(faulty.calls.getRange, 3);
+  assert.equal(faulty.injected.getRange, 2);
+  await store.get('a');
+  await assert.rejects(store.getRange('missing', 0, 1), (e: { code?: string }) => e.code === 'ERR_STORE_NOT_FOUND');
+  assert.deepEqual(r.requests, [
+    ['put', 'ok'],
+    ['getRange', 'ERR_STORE_TRANSIENT'],
+    ['getRange', 'ERR_STORE_TRANSIENT'],
+    ['getRange', 'ok'],
+    ['get', 'ok'],
+    ['getRange', 'ERR_STORE_NOT_FOUND'],
+  ]);
+  assert.deepEqual(r.retries, ['getRange', 'getRange']);
+  assert.deepEqual(bytes, [['put', 1000], ['getRange', 100], ['get', 1000]]);
+});

@@ -41,6 +41,10 @@ export class KillableStore implements ObjectStore {
     this.check();
     return this.inner.get(key);
   }
+  async getRange(key: string, offset: number, length: number): Promise<Buffer> {
+    this.check();
+    return this.inner.getRange(key, offset, length);
+  }
   async head(key: string): Promise<ObjectInfo | null> {
     this.check();
     return this.inner.head(key);
