@@ -335,12 +335,10 @@ export class VolumeObjects {
     }
   }
 
-  /** Bytes [offset, offset + length) of an object; missing → ERR_IO naming it. */
+  /** Bytes [offset, offset + length) of an object (one ranged read); missing → ERR_IO naming it. */
   private async range(key: string, offset: number, length: number, what: string): Promise<Buffer> {
-    const store = this.store as ObjectStore & { getRange?(key: string, offset: number, length: number): Promise<Buffer> };
     try {
-      if (store.getRange) return await store.getRange(key, offset, length);
-      return (await store.get(key)).body.subarray(offset, offset + length);
+      return await this.store.getRange(key, offset, length);
     } catch (err) {
       if (isVaultError(err, 'ERR_STORE_NOT_FOUND')) {
         throw new VaultError('ERR_IO', `${what} is missing from the store (object ${key})`, { cause: err });
@@ -348,6 +346,7 @@ export class VolumeObjects {
       throw annotate(err, what);
     }
   }
+
 
   // --- manifest pages -------------------------------------------------------------------
 
