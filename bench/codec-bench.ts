@@ -6,7 +6,10 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { FRAME_BYTES, createCodec, isAllZero, parseFramedHeader, type Codec, type ObjectPlace } from '../src/codec';
+import { FRAME_BYTES, createCodec, isAllZero, openFrameSync, parseFramedHeader, sealFramesSync, type Codec, type ObjectPlace } from '../src/codec';
+import { openChunkContainerSync } from '../src/codec/framed-container';
+import { openObject } from '../src/codec/open-object';
+import { sealObject } from '../src/codec/seal-object';
 import { SecretKey } from '../src/keys/secret-key';
 import { buildDiskImage, readChunks } from './disk-image';
 import { rawAead, zstdBench } from './physical-limits';
@@ -72,6 +75,46 @@ async function framedRates(codec: Codec, chunks: Buffer[], key: SecretKey): Prom
   return { seal: bytes / sealSeconds / MB, open: bytes / openSeconds / MB, openFrames: bytes / openFramesSeconds / MB, storedBytes: sealed.reduce((s, b) => s + b.length, 0) };
 }
 
+/**
+ * CPU cost on one thread (process CPU time, best of 3), v1 whole-chunk seal/open beside format 2
+ * on the same chunks: robust to a loaded machine, where the wall-clock rates above are not.
+ */
+function cpuRates(chunks: Buffer[], keyBytes: Buffer): string[][] {
+  const data = chunks.filter((c) => !isAllZero(c));
+  const bytes = data.reduce((n, c) => n + c.length, 0);
+  const ids = { vaultId: Buffer.alloc(16, 1), volumeId: Buffer.alloc(16, 2), generation: 1 };
+  const split = (c: Buffer) => Array.from({ length: Math.ceil(c.length / FRAME_BYTES) }, (_, f) => c.subarray(f * FRAME_BYTES, Math.min((f + 1) * FRAME_BYTES, c.length)));
+  const best = (work: () => void) => {
+    let seconds = Infinity;
+    for (let r = 0; r < 3; r++) {
+      const before = process.cpuUsage();
+      work();
+      const d = process.cpuUsage(before);
+      seconds = Math.min(seconds, (d.user + d.system) / 1e6);
+    }
+    return (bytes / seconds / MB).toFixed(0);
+  };
+  let v1: Buffer[] = [];
+  let v2: Buffer[] = [];
+  const v1Seal = best(() => (v1 = data.map((c, i) => sealObject(keyBytes, c, { ...ids, kind: 'chunk', index: i }, 3))));
+  const v2Seal = best(() => (v2 = data.map((c, i) => sealFramesSync(keyBytes, 'chunk-frame', split(c), { ...ids, index: i }, c.length, 3))));
+  const v1Open = best(() => v1.forEach((s, i) => openObject(keyBytes, s, { ...ids, kind: 'chunk', index: i })));
+  const v2Open = best(() => v2.forEach((s, i) => openChunkContainerSync(keyBytes, s, { ...ids, index: i }, data[i].length, 'bench')));
+  const v2Frames = best(() =>
+    v2.forEach((s, i) => {
+      const h = parseFramedHeader(s, 'chunk', 'bench', s.length);
+      for (let f = 0; f < h.frameCount; f++) {
+        openFrameSync(keyBytes, s.subarray(h.frameOffsets[f], h.frameOffsets[f] + h.frameLengths[f]), { ...ids, kind: 'chunk-frame', index: i, frame: f }, Math.min(FRAME_BYTES, data[i].length - f * FRAME_BYTES));
+      }
+    }),
+  );
+  return [
+    ['v1: seal / open whole 4 MiB chunks', v1Seal, v1Open],
+    ['v2: sealFrames / openChunkContainer', v2Seal, v2Open],
+    ['v2: openFrame, each 128 KiB frame on its own', '', v2Frames],
+  ];
+}
+
 async function main(): Promise<void> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'nbd-vault-bench-'));
   try {
@@ -117,6 +160,11 @@ async function main(): Promise<void> {
     const width = Math.max(...rows.map((r) => r[0].length));
     console.log(`${'MB/s (logical bytes)'.padEnd(width)}  ${'seal'.padStart(6)}  ${'open'.padStart(6)}`);
     for (const [name, seal, open] of rows) console.log(`${name.padEnd(width)}  ${seal.padStart(6)}  ${open.padStart(6)}`);
+    console.log('');
+    const cpuRows = cpuRates(chunks, key.bytes);
+    const cpuWidth = Math.max(...cpuRows.map((r) => r[0].length));
+    console.log(`${'MB per CPU-second, one thread (non-zero chunks)'.padEnd(cpuWidth)}  ${'seal'.padStart(6)}  ${'open'.padStart(6)}`);
+    for (const [name, seal, open] of cpuRows) console.log(`${name.padEnd(cpuWidth)}  ${seal.padStart(6)}  ${open.padStart(6)}`);
     console.log('');
     const sealRatio = pooled.seal / zstdNc;
     const openRatio = pooled.open / openLimit1;

@@ -19,7 +19,12 @@ export function openSync(key: SecretKey, sealed: Buffer, place: ObjectPlace): Bu
   return openObject(key.bytes, sealed, place);
 }
 
-export function openObject(keyBytes: Uint8Array, sealedBytes: Uint8Array, place: ObjectPlace): Buffer {
+/**
+ * `into` (optional): where the plaintext goes, exactly its expected length — a frame's slot in a
+ * whole chunk, so opening a container costs no per-frame buffer and no copy. A plaintext of any
+ * other length is ERR_CORRUPT (after authentication, like every length check).
+ */
+export function openObject(keyBytes: Uint8Array, sealedBytes: Uint8Array, place: ObjectPlace, into?: Buffer): Buffer {
   assertValidPlace(place);
   const sealed = asBuffer(sealedBytes);
   const what = describePlace(place);
@@ -32,7 +37,8 @@ export function openObject(keyBytes: Uint8Array, sealedBytes: Uint8Array, place:
   const payloadLength = body.length - TAG_BYTES;
   const compressed = (header.flags & FLAG_COMPRESSED) !== 0;
   // Raw payloads decrypt straight into the result; compressed ones into scratch, then zstd.
-  const payload = compressed ? scratchBuffer(payloadLength) : Buffer.allocUnsafeSlow(payloadLength);
+  const rawInto = !compressed && into !== undefined && into.length === payloadLength;
+  const payload = compressed || (into !== undefined && !rawInto) ? scratchBuffer(payloadLength) : rawInto ? into! : Buffer.allocUnsafeSlow(payloadLength);
   try {
     sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(payload, null, body, buildAssociatedData(sealed, place), header.nonce, asBuffer(keyBytes));
   } catch (cause) {
@@ -43,6 +49,9 @@ export function openObject(keyBytes: Uint8Array, sealedBytes: Uint8Array, place:
   if ((header.flags & ~KNOWN_FLAGS) !== 0 || header.reserved !== 0) {
     throw new VaultError('ERR_CORRUPT', `${what}: unknown header flags 0x${header.flags.toString(16)}/${header.reserved}`);
   }
+  if (into !== undefined && header.plaintextLength !== into.length) {
+    throw new VaultError('ERR_CORRUPT', `${what} has ${header.plaintextLength} bytes, expected ${into.length}`);
+  }
   if (!compressed) {
     if (payloadLength !== header.plaintextLength) {
       throw new VaultError('ERR_CORRUPT', `${what}: raw payload is ${payloadLength} bytes, header says ${header.plaintextLength}`);
@@ -52,7 +61,7 @@ export function openObject(keyBytes: Uint8Array, sealedBytes: Uint8Array, place:
   if (header.plaintextLength > MAX_PLAINTEXT_BYTES) {
     throw new VaultError('ERR_CORRUPT', `${what}: plaintext length ${header.plaintextLength} exceeds ${MAX_PLAINTEXT_BYTES}`);
   }
-  const plaintext = Buffer.allocUnsafeSlow(header.plaintextLength);
+  const plaintext = into ?? Buffer.allocUnsafeSlow(header.plaintextLength);
   let decompressedLength: number;
   try {
     decompressedLength = decompressInto(plaintext, payload);

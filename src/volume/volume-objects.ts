@@ -4,30 +4,18 @@
 // costs one request). Every failure is a VaultError naming the volume and the object.
 // Chunks are written as format 2 framed containers and read in both formats (docs/FORMAT.md).
 import { BugError, VaultError, isVaultError } from '../errors';
-import {
-  FRAME_BYTES,
-  FRAMED_HEADER_MAX_CHUNK,
-  FramedHeaderIncomplete,
-  chunkFrameLength,
-  isAllZero,
-  objectFormatOf,
-  parseFramedHeader,
-  type ContainerMagic,
-  type FramesPlace,
-} from '../codec';
+import { FRAME_BYTES, chunkFrameLength, isAllZero, objectFormatOf, parseFramedHeader, type FramesPlace } from '../codec';
 import type { Codec } from '../codec/codec';
 import type { ObjectPlace, ObjectKind } from '../codec/object-place';
 import type { SecretKey } from '../keys/secret-key';
 import type { ObjectStore } from '../store/object-store';
-import { ContainerHeaderCache, type ContainerLayout } from './container-header-cache';
+import type { ContainerHeaderCache } from './container-header-cache';
+import { FramedReads, annotate } from './framed-reads';
 import { BLOCK_BYTES, decodeJournalIndex, encodeJournalIndex, journalFrameBytesNeeded, type JournalExtent } from './journal-record';
 import { chunkKey, journalKey, pageKey, rootKey, snapshotDeletingKey, snapshotKey, snapshotPrefix, volumeDeletingKey } from './object-keys';
 import { decodeSnapshot, encodeSnapshot, type SnapshotRecord } from './snapshot-record';
 import { generationOfId, newObjectId, type Entry, type PageRef } from './manifest';
 import { decodeRoot, encodeRoot, type JournalRef, type RootRecord } from './root-record';
-
-/** A journal's first ranged read: its header, and usually its index frame too. */
-export const JOURNAL_PREFIX_BYTES = 64 * 1024;
 
 /** How a stored chunk is laid out: v1 is one frame, the whole chunk. */
 export interface ChunkLayout {
@@ -48,8 +36,8 @@ export class VolumeObjects {
   private readonly volumeIdBytes: Buffer;
   /** For a clone: the origin volume's objects, where entries and page refs of epoch 0 live. */
   origin: VolumeObjects | null = null;
-  /** parsed container headers by object key (unauthenticated: dropped when a frame fails) */
-  readonly headers = new ContainerHeaderCache();
+  /** ranged reads of framed containers, with their header cache */
+  private readonly framed: FramedReads;
 
   constructor(
     readonly store: ObjectStore,
@@ -62,6 +50,12 @@ export class VolumeObjects {
   ) {
     this.vaultIdBytes = Buffer.from(vaultId, 'hex');
     this.volumeIdBytes = Buffer.from(volumeId, 'hex');
+    this.framed = new FramedReads(store);
+  }
+
+  /** parsed container headers by object key (unauthenticated: dropped when a frame fails) */
+  get headers(): ContainerHeaderCache {
+    return this.framed.headers;
   }
 
   /** The same volume's objects (same keys, same places) in another store: a replica's. */
@@ -140,7 +134,7 @@ export class VolumeObjects {
   async chunkLayout(chunkIndex: number, entry: Entry, chunkLength: number): Promise<ChunkLayout> {
     if (entry.id === null) return { framed: true, frameBytes: FRAME_BYTES, frameCount: Math.ceil(chunkLength / FRAME_BYTES) };
     if (entry.epoch === 0 && this.origin) return this.origin.chunkLayout(chunkIndex, entry, chunkLength);
-    const layout = await this.chunkHeader(chunkIndex, entry, chunkLength);
+    const layout = await this.chunkHeaderOf(chunkIndex, entry, chunkLength);
     return layout.framed ? { framed: true, frameBytes: FRAME_BYTES, frameCount: layout.frameCount } : { framed: false, frameBytes: chunkLength, frameCount: 1 };
   }
 
@@ -155,57 +149,26 @@ export class VolumeObjects {
       return Buffer.alloc(chunkFrameLength(chunkLength, frame));
     }
     if (entry.epoch === 0 && this.origin) return this.origin.readChunkFrame(chunkIndex, entry, chunkLength, frame);
-    const layout = await this.chunkHeader(chunkIndex, entry, chunkLength);
+    const layout = await this.chunkHeaderOf(chunkIndex, entry, chunkLength);
     if (!layout.framed) {
       if (frame !== 0) throw new BugError(`frame ${frame} of a version-1 chunk (one frame)`);
-      return this.readChunk(chunkIndex, entry, chunkLength);
+      return this.readChunk(chunkIndex, entry, chunkLength).catch((err) => {
+        this.headers.delete(chunkKey(this.volumeId, entry.id!));
+        throw err;
+      });
     }
     if (!Number.isInteger(frame) || frame < 0 || frame >= layout.frameCount) throw new BugError(`frame ${frame} of a ${layout.frameCount}-frame chunk`);
     const key = chunkKey(this.volumeId, entry.id);
     const what = `chunk ${chunkIndex} frame ${frame} of volume "${this.volumeName}"`;
     const id = entry.id;
-    return this.readFrame(key, layout, frame, what, (sealed) =>
+    return this.framed.readFrame(key, layout, frame, what, (sealed) =>
       this.codec.openFrame(this.keys.data, sealed, this.framePlace('chunk-frame', chunkIndex, id, frame), chunkFrameLength(chunkLength, frame)),
     );
   }
 
-  /** The container layout of a chunk: cached, or from one ranged read of its header. */
-  private async chunkHeader(chunkIndex: number, entry: Entry, chunkLength: number): Promise<ContainerLayout> {
+  private chunkHeaderOf(chunkIndex: number, entry: Entry, chunkLength: number) {
     const key = chunkKey(this.volumeId, entry.id!);
-    const cached = this.headers.get(key);
-    if (cached) return cached;
-    const what = `chunk ${chunkIndex} of volume "${this.volumeName}" (object ${key})`;
-    const size = entry.storedSize > 0 ? entry.storedSize : undefined;
-    const want = Math.min(FRAMED_HEADER_MAX_CHUNK, size ?? FRAMED_HEADER_MAX_CHUNK);
-    const prefix = await this.range(key, 0, want, what);
-    let layout: ContainerLayout;
-    try {
-      const format = objectFormatOf(prefix);
-      if (format === 'v1') layout = { framed: false };
-      else {
-        if (prefix.length < want && format === 'chunk') throw new VaultError('ERR_CORRUPT', `the store returned ${prefix.length} of ${want} header bytes`);
-        const header = parseFramedHeader(prefix, 'chunk', 'container', size);
-        if (header.logicalLength !== chunkLength) throw new VaultError('ERR_CORRUPT', `holds a chunk of ${header.logicalLength} bytes, expected ${chunkLength}`);
-        layout = { framed: true, ...header };
-      }
-    } catch (err) {
-      throw annotate(err, what);
-    }
-    this.headers.set(key, layout);
-    return layout;
-  }
-
-  /** One sealed frame by ranged read, opened by `open`; a failure drops the cached header. */
-  private async readFrame<T>(key: string, layout: ContainerLayout & { framed: true }, frame: number, what: string, open: (sealed: Buffer) => Promise<T>): Promise<T> {
-    const length = layout.frameLengths[frame];
-    const sealed = await this.range(key, layout.frameOffsets[frame], length, what);
-    try {
-      if (sealed.length !== length) throw new VaultError('ERR_CORRUPT', `the store returned ${sealed.length} of ${length} bytes (object ${key})`);
-      return await open(sealed);
-    } catch (err) {
-      this.headers.delete(key);
-      throw annotate(err, `${what} (object ${key})`);
-    }
+    return this.framed.chunkLayout(key, entry.storedSize, chunkLength, `chunk ${chunkIndex} of volume "${this.volumeName}" (object ${key})`);
   }
 
   private framesPlace(index: number, id: string): FramesPlace {
@@ -245,28 +208,21 @@ export class VolumeObjects {
   async readJournalIndex(ref: JournalRef): Promise<JournalExtent[]> {
     const key = journalKey(this.volumeId, ref.id);
     const what = `journal ${ref.id} of volume "${this.volumeName}"`;
-    const { layout, prefix } = await this.journalHeader(ref, key, `${what} (object ${key})`);
+    const { layout, prefix } = await this.framed.journalLayout(key, ref.storedSize, `${what} (object ${key})`);
     const end = layout.frameOffsets[0] + layout.frameLengths[0];
     const open = async (sealed: Buffer) => decodeJournalIndex(await this.openJournalFrame(sealed, ref.id, 0), `object ${key}`, layout.frameCount);
-    if (prefix && prefix.length >= end) {
-      try {
-        return await open(prefix.subarray(layout.frameOffsets[0], end));
-      } catch (err) {
-        this.headers.delete(key);
-        throw annotate(err, `${what} (object ${key})`);
-      }
-    }
-    return this.readFrame(key, layout, 0, `${what} index`, open);
+    if (prefix && prefix.length >= end) return this.framed.opening(key, what, () => open(prefix.subarray(layout.frameOffsets[0], end)));
+    return this.framed.readFrame(key, layout, 0, `${what} index`, open);
   }
 
   /** One data frame of a journal (frame ≥ 1), authenticated plaintext of whole 4 KiB blocks. */
   async readJournalFrame(ref: JournalRef, frame: number): Promise<Buffer> {
     const key = journalKey(this.volumeId, ref.id);
     const what = `journal ${ref.id} frame ${frame} of volume "${this.volumeName}"`;
-    const { layout } = await this.journalHeader(ref, key, what);
+    const { layout } = await this.framed.journalLayout(key, ref.storedSize, what);
     if (!Number.isInteger(frame) || frame < 0) throw new BugError(`journal frame ${frame}`);
     if (frame >= layout.frameCount) throw new VaultError('ERR_CORRUPT', `${what}: the journal has ${layout.frameCount} frames (object ${key})`);
-    return this.readFrame(key, layout, frame, what, (sealed) => this.openJournalFrame(sealed, ref.id, frame));
+    return this.framed.readFrame(key, layout, frame, what, (sealed) => this.openJournalFrame(sealed, ref.id, frame));
   }
 
   /** A whole journal in one read: its extents and data frames (index 0 of `frames` is frame 1). */
@@ -291,43 +247,6 @@ export class VolumeObjects {
     const plain = await this.codec.openFrame(this.keys.data, sealed, this.framePlace('journal-frame', 0, id, frame), null);
     if (frame > 0 && plain.length % BLOCK_BYTES !== 0) throw new VaultError('ERR_CORRUPT', `journal data frame ${frame} is ${plain.length} bytes, not whole blocks`);
     return plain;
-  }
-
-  /** A journal's container header: cached, or from a prefix (fetching more if it says so). */
-  private async journalHeader(ref: JournalRef, key: string, what: string): Promise<{ layout: ContainerLayout & { framed: true }; prefix: Buffer | null }> {
-    const cached = this.headers.get(key);
-    if (cached?.framed) return { layout: cached, prefix: null };
-    let want = Math.min(JOURNAL_PREFIX_BYTES, ref.storedSize);
-    for (;;) {
-      const prefix = await this.range(key, 0, want, what);
-      try {
-        if (prefix.length < want) throw new VaultError('ERR_CORRUPT', `the store returned ${prefix.length} of ${want} bytes (object ${key})`);
-        const layout = { framed: true as const, ...parseFramedHeader(prefix, 'journal' satisfies ContainerMagic, `object ${key}`, ref.storedSize) };
-        this.headers.set(key, layout);
-        return { layout, prefix };
-      } catch (err) {
-        // needBytes ≤ storedSize here: parseFramedHeader reports a longer need as corruption
-        if (err instanceof FramedHeaderIncomplete && err.needBytes > want) {
-          want = err.needBytes;
-          continue;
-        }
-        throw annotate(err, what);
-      }
-    }
-  }
-
-  /** Bytes [offset, offset + length) of an object; missing → ERR_IO naming it. */
-  private async range(key: string, offset: number, length: number, what: string): Promise<Buffer> {
-    const store = this.store as ObjectStore & { getRange?(key: string, offset: number, length: number): Promise<Buffer> };
-    try {
-      if (store.getRange) return await store.getRange(key, offset, length);
-      return (await store.get(key)).body.subarray(offset, offset + length);
-    } catch (err) {
-      if (isVaultError(err, 'ERR_STORE_NOT_FOUND')) {
-        throw new VaultError('ERR_IO', `${what} is missing from the store (object ${key})`, { cause: err });
-      }
-      throw annotate(err, what);
-    }
   }
 
   // --- manifest pages -------------------------------------------------------------------
@@ -508,9 +427,4 @@ export class VolumeObjects {
       throw annotate(err, what);
     }
   }
-}
-
-function annotate(err: unknown, what: string): VaultError {
-  if (err instanceof VaultError) return new VaultError(err.code, `${what}: ${err.message}`, { cause: err });
-  return new VaultError('ERR_IO', `${what}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
 }

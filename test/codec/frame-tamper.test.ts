@@ -289,3 +289,21 @@ test('openChunkContainer (one task per chunk): same bytes, same refusals as fram
     await inline.close();
   }
 });
+
+test('a genuine frame of another length at the right place (same chunk, same id, shorter write): ERR_CORRUPT, never a zero tail', async () => {
+  // the same place sealed over a shorter chunk: its last frame authenticates but is 4096 bytes short
+  const shorter = data.subarray(0, data.length - 4096);
+  const other = sealFramesSync(key.bytes, 'chunk-frame', split(shorter), framesPlace, shorter.length, 3);
+  const lied = Buffer.from(other);
+  lied.writeUInt32LE(data.length, 8); // the header claims the full length
+  for (const codec of [createInlineCodec(), createCodec({ workers: 1 })]) {
+    try {
+      await assert.rejects(codec.openChunkContainer(key, lied, framesPlace, data.length, 'obj'), { code: 'ERR_CORRUPT' });
+      const last = frameOf(other, 3);
+      await assert.rejects(codec.openFrame(key, last, chunkPlace(3), chunkFrameLength(data.length, 3)), { code: 'ERR_CORRUPT' });
+    } finally {
+      await codec.close();
+    }
+  }
+  expectCode(() => readAll(lied, data.length), 'ERR_CORRUPT');
+});

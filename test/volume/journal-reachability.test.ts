@@ -123,4 +123,7 @@ test('snapshots never name journals: snapshot delete, clone and sync neither nee
   assert.notEqual(await store.head(journalKey(meta.id, named.id)), null);
   const { root } = await f.vault.loadVolume('vol');
   assert.deepEqual(root.journals, [named]);
+  // volume delete removes its journals with everything else under its prefix
+  await f.vault.deleteVolume('vol');
+  assert.equal(await countKeys(store, `volumes/${meta.id}/`, ''), 0);
 });
