@@ -12,6 +12,7 @@ const BENCHMARKS = [
   { name: 'Sync (replica copies, fs→fs and RGW→fs)', script: 'dist/bench/sync-bench.js' },
   { name: 'Metrics overhead', script: 'bench/metrics-bench.mjs' },
   { name: 'Failover (qemu-io pause on restart and takeover)', script: 'dist/bench/failover-bench.js' },
+  { name: 'Disk cache (4k random reads, S3 + 25 ms, cold / warm / restarted)', script: 'dist/bench/disk-cache-bench.js' },
 ];
 
 let failed = 0;

@@ -8,7 +8,8 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { runCommand } from '../helpers/fuse-disk';
-import { makeTestVault, s3Available, type TestVault, type VaultServer } from '../helpers/vault-server';
+import { makeTestVault, s3Available, testS3Url, type TestVault, type VaultServer } from '../helpers/vault-server';
+import { startLatencyProxy } from '../helpers/latency-proxy';
 
 const MiB = 2 ** 20;
 
@@ -31,10 +32,18 @@ async function scrape(srv: VaultServer): Promise<Map<string, number>> {
 }
 
 for (const backend of ['fs', 's3'] as const) {
-  test(`serve --disk-cache on ${backend}: write-through, cold and warm reads, restarts, cache warm, NBD_CMD_CACHE, one owner`, async (t) => {
+  test(`serve --disk-cache on ${backend === 's3' ? 'RGW behind a proxy adding 10 ms per request' : 'fs'}: write-through, cold and warm reads, restarts, cache warm, NBD_CMD_CACHE, one owner`, async (t) => {
     if (backend === 's3' && !s3Available(t)) return;
     const v: TestVault = await makeTestVault({ s3: backend === 's3' });
     t.after(() => v.cleanup());
+    if (backend === 's3') {
+      // From here on the server reaches RGW through the latency proxy (same bucket and prefix).
+      const proxy = await startLatencyProxy(new URL(testS3Url()!).searchParams.get('endpoint')!, 10);
+      t.after(() => proxy.close());
+      const u = new URL(v.storeUrl);
+      u.searchParams.set('endpoint', `http://127.0.0.1:${proxy.port}`);
+      v.env.NBD_VAULT_STORE = u.toString();
+    }
     await v.cli('volume', 'create', 'd', '--size', '40M');
     // 13 MiB of random data over 5 chunks (two partial), the rest zeros (no objects).
     const src = Buffer.alloc(40 * MiB);
