@@ -11,6 +11,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { openStore } from '../src/store';
 
 const REPO = path.resolve(__dirname, '../..');
 const CLI = path.join(REPO, 'bin/nbd-vault.js');
@@ -66,8 +67,9 @@ async function main(): Promise<void> {
     });
     proxy.once('exit', () => reject(new Error('latency proxy exited')));
   });
-  u.searchParams.set('endpoint', `http://127.0.0.1:${proxyPort}`);
   u.pathname = `${u.pathname.replace(/\/$/, '')}/dcbench-${randomBytes(4).toString('hex')}`;
+  const direct = u.toString(); // for the cleanup
+  u.searchParams.set('endpoint', `http://127.0.0.1:${proxyPort}`);
   const env = { ...process.env, NBD_VAULT_STORE: u.toString(), NBD_VAULT_KEYS: path.join(dir, 'keys'), NBD_VAULT_STATE: path.join(dir, 'state'), NBD_VAULT_LOG_LEVEL: 'warn' };
   // the same volume in a local fs store: what the engine reads from a local disk without any cache
   const fsEnv = { ...env, NBD_VAULT_STORE: path.join(dir, 'fs-data'), NBD_VAULT_STATE: path.join(dir, 'fs-state') };
@@ -147,6 +149,12 @@ async function main(): Promise<void> {
     for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
     proxy.kill('SIGTERM');
     rmSync(dir, { recursive: true, force: true });
+    // The test gateway keeps objects in memory: leave nothing behind.
+    const store = openStore(direct);
+    const keys: string[] = [];
+    for await (const info of store.list('')) keys.push(info.key);
+    for (let i = 0; i < keys.length; i += 1000) await store.deleteMany(keys.slice(i, i + 1000));
+    await store.close();
   }
   console.log(`\nDisk cache: 4k random read, QD32, fio nbd engine, ${sizeMiB} MiB volume on S3 (RGW) + ${latencyMs} ms per request, ${passSeconds} s per pass`);
   const w = Math.max(...rows.map((r) => r[0].length));

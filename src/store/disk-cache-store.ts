@@ -45,8 +45,10 @@ export class DiskCacheStore implements ObjectStore {
   private hitBytes = 0;
   private missBytes = 0;
   private readonly inflight = new Map<string, Promise<unknown>>();
-  /** bumped by every delete: a fill that saw it change while it ran is not cached */
-  private deletes = 0;
+  /** Per key with fills (miss reads) in flight: how many, and a generation that every put and
+   *  delete of the key moves at its start and end. A fill that saw it move is not cached: it
+   *  may hold bytes of the object as it was before the put or delete. */
+  private readonly fills = new Map<string, { count: number; gen: number }>();
 
   constructor(
     private readonly inner: ObjectStore,
@@ -82,14 +84,13 @@ export class DiskCacheStore implements ObjectStore {
       const body = await this.cache.read(r, 0, r.length);
       if (body) return this.hit({ body, etag: r.etag }, body.length);
     }
-    return this.once(`w\0${key}`, async () => {
-      const seen = this.deletes;
+    return this.once(`w\0${key}`, () => this.fill(key, async (unchanged) => {
       const got = await this.inner.get(key);
       this.miss(got.body.length);
       // A private copy: the caller owns the body it gets and may change it before the write.
-      this.cache.insertLater(key, 0, Buffer.from(got.body), true, got.etag, () => this.deletes === seen);
+      this.cache.insertLater(key, 0, Buffer.from(got.body), true, got.etag, unchanged);
       return got;
-    }, (o) => ({ body: Buffer.from(o.body), etag: o.etag }));
+    }), (o) => ({ body: Buffer.from(o.body), etag: o.etag }));
   }
 
   async getRange(key: string, offset: number, length: number): Promise<Buffer> {
@@ -101,14 +102,13 @@ export class DiskCacheStore implements ObjectStore {
       const body = await this.cache.read(r, offset, length);
       if (body) return this.hit(body, body.length);
     }
-    return this.once(`r\0${key}\0${offset}\0${length}`, async () => {
-      const seen = this.deletes;
+    return this.once(`r\0${key}\0${offset}\0${length}`, () => this.fill(key, async (unchanged) => {
       const got = await this.inner.getRange(key, offset, length);
       this.miss(got.length);
       // Shorter than asked: the range reaches the object's end. Empty: nothing worth keeping.
-      if (got.length > 0) this.cache.insertLater(key, offset, Buffer.from(got), got.length < length, '', () => this.deletes === seen);
+      if (got.length > 0) this.cache.insertLater(key, offset, Buffer.from(got), got.length < length, '', unchanged);
       return got;
-    }, (b) => Buffer.from(b));
+    }), (b) => Buffer.from(b));
   }
 
   head(key: string): Promise<ObjectInfo | null> {
@@ -118,8 +118,8 @@ export class DiskCacheStore implements ObjectStore {
   async put(key: string, body: Buffer, opts?: PutOptions): Promise<{ etag: string }> {
     if (!this.isCacheable(key)) return this.inner.put(key, body, opts);
     // Immutable keys are put once; should one be replaced all the same, no older entry and no
-    // fill of the older bytes may outlive the put (the fills see `deletes` move).
-    this.deletes++;
+    // fill of the older bytes may outlive the put.
+    this.invalidate(key);
     // The entry's data is written beside the store put; its header (with the store's etag) and
     // its rename follow only once the put succeeded.
     const staging = this.cache.stage(key, 0, body, true, true).catch(() => null);
@@ -130,7 +130,7 @@ export class DiskCacheStore implements ObjectStore {
       await (await staging)?.abort();
       throw err;
     } finally {
-      this.deletes++;
+      this.invalidate(key);
     }
     const staged = await staging;
     if (staged) await staged.commit(result.etag);
@@ -139,22 +139,24 @@ export class DiskCacheStore implements ObjectStore {
   }
 
   async delete(key: string): Promise<void> {
-    this.deletes++;
+    this.invalidate(key);
     try {
       await this.inner.delete(key);
     } finally {
-      this.deletes++;
+      this.invalidate(key);
       if (this.isCacheable(key)) this.cache.dropKey(key);
     }
   }
 
   async deleteMany(keys: readonly string[]): Promise<void> {
-    this.deletes++;
+    for (const k of keys) this.invalidate(k);
     try {
       await this.inner.deleteMany(keys);
     } finally {
-      this.deletes++;
-      for (const k of keys) if (this.isCacheable(k)) this.cache.dropKey(k);
+      for (const k of keys) {
+        this.invalidate(k);
+        if (this.isCacheable(k)) this.cache.dropKey(k);
+      }
     }
   }
 
@@ -191,6 +193,28 @@ export class DiskCacheStore implements ObjectStore {
   private miss(bytes: number): void {
     this.misses++;
     this.missBytes += bytes;
+  }
+
+  /** Runs a miss read of `key`; `unchanged()` says whether no put or delete of it ran meanwhile. */
+  private async fill<T>(key: string, run: (unchanged: () => boolean) => Promise<T>): Promise<T> {
+    let f = this.fills.get(key);
+    if (!f) this.fills.set(key, (f = { count: 0, gen: 0 }));
+    f.count++;
+    const rec = f;
+    const gen = rec.gen;
+    try {
+      return await run(() => rec.gen === gen);
+    } finally {
+      if (--rec.count === 0 && this.fills.get(key) === rec) this.fills.delete(key);
+    }
+  }
+
+  /** No fill of key begun before now may be cached: those still reading the store see their
+   *  generation move, those already writing their entry are cancelled. */
+  private invalidate(key: string): void {
+    const f = this.fills.get(key);
+    if (f) f.gen++;
+    this.cache.cancelPending(key);
   }
 
   /** One store read per object or range at a time; the others wait for it. */

@@ -16,7 +16,8 @@
 //   is the hash of what its header says and its size is exactly header + data. Reads check the
 //   CRC of every piece they return; a mismatch or a short read drops the entry (counted `corrupt`).
 // - Size bound: every entry is charged its file size rounded up to 4 KiB (the filesystem block)
-//   plus the fixed cost of the directories, and room is made (evicting) BEFORE a file is written,
+//   and 64 bytes for its directory entry, plus the fixed cost of the directories (the inode
+//   tables are the filesystem's, preallocated), and room is made (evicting) BEFORE a file is written,
 //   so the directory never holds more than maxBytes (apart from unlinks in flight).
 import { randomBytes } from 'node:crypto';
 import { constants as fsc, promises as fsp } from 'node:fs';
@@ -28,6 +29,8 @@ import { encodeHeader, entryName, headerBytesFor, MAX_ENTRY_BYTES, MAX_HEADER_BY
 import { SlruPolicy } from './slru-policy';
 
 const FS_BLOCK = 4096;
+/** A 40-character name in an ext4/xfs directory, rounded up. */
+const DIRENT_BYTES = 64;
 /** Copies of missed reads waiting for their cache write, at most. */
 const MAX_PENDING_BYTES = 128 * 1024 * 1024;
 const FANOUT = 256;
@@ -67,7 +70,8 @@ export interface StagedEntry {
   abort(): Promise<void>;
 }
 
-export const entryCost = (headerBytes: number, length: number): number => Math.ceil((headerBytes + length) / FS_BLOCK) * FS_BLOCK;
+/** An entry's file in 4 KiB blocks, plus its name in a directory (what grows the fan-out dirs). */
+export const entryCost = (headerBytes: number, length: number): number => Math.ceil((headerBytes + length) / FS_BLOCK) * FS_BLOCK + DIRENT_BYTES;
 
 export class DiskCache {
   readonly counters: DiskCacheCounters = { evictions: 0, evictedBytes: 0, corrupt: 0, writeErrors: 0, insertedBytes: 0, droppedAtOpen: 0, skipped: 0 };
@@ -81,6 +85,7 @@ export class DiskCache {
   private readonly pending = new Set<Promise<unknown>>();
   private closed = false;
   private laterBytes = 0;
+  private readonly later = new Map<string, Set<{ cancelled: boolean }>>();
 
   private constructor(
     readonly dir: string,
@@ -252,7 +257,8 @@ export class DiskCache {
     };
   }
 
-  /** Writes and commits an entry in the background; close() waits for it. */
+  /** Writes and commits an entry in the background; close() waits for it. It is not committed
+   *  if `stillWanted()` turns false or cancelPending(key) runs before its commit. */
   insertLater(key: string, offset: number, data: Buffer, toEnd: boolean, etag: string, stillWanted: () => boolean): void {
     // Reads never wait for the disk, and never pile up unbounded copies behind a slow one.
     if (this.laterBytes + data.length > MAX_PENDING_BYTES) {
@@ -260,16 +266,30 @@ export class DiskCache {
       return;
     }
     this.laterBytes += data.length;
+    const token = { cancelled: false };
+    let set = this.later.get(key);
+    if (!set) this.later.set(key, (set = new Set()));
+    set.add(token);
     const p = (async () => {
       const staged = await this.stage(key, offset, data, toEnd);
       if (!staged) return;
-      if (stillWanted()) await staged.commit(etag);
+      if (stillWanted() && !token.cancelled) await staged.commit(etag);
       else await staged.abort();
     })()
       .catch((err) => this.writeFailed(err, key))
-      .finally(() => (this.laterBytes -= data.length));
+      .finally(() => {
+        this.laterBytes -= data.length;
+        set.delete(token);
+        if (set.size === 0 && this.later.get(key) === set) this.later.delete(key);
+      });
     this.pending.add(p);
     void p.finally(() => this.pending.delete(p));
+  }
+
+  /** Background inserts of key begun so far will not be committed (the object is being
+   *  replaced or deleted: they may hold its old bytes). */
+  cancelPending(key: string): void {
+    for (const t of this.later.get(key) ?? []) t.cancelled = true;
   }
 
   /** Forgets every entry of key (but `keepName`); their files are unlinked in the background. */

@@ -30,18 +30,20 @@ async function cached(inner: ObjectStore, bytes = 64 * MiB, pred: (k: string) =>
   return new DiskCacheStore(inner, await DiskCache.open(dir, bytes), pred);
 }
 
-/** Every file under dir, charged as the cache charges them (4 KiB blocks) plus its directories. */
+/** What dir takes on disk: files in 4 KiB blocks, directories at their real size. */
 function diskUse(dir: string): number {
-  let total = 0;
+  let total = statSync(dir).size;
   const walk = (d: string): void => {
     for (const e of readdirSync(d, { withFileTypes: true })) {
       const p = path.join(d, e.name);
-      if (e.isDirectory()) walk(p);
-      else if (e.isFile()) total += Math.ceil(statSync(p).size / 4096) * 4096;
+      if (e.isDirectory()) {
+        total += statSync(p).size;
+        walk(p);
+      } else if (e.isFile()) total += Math.ceil(statSync(p).size / 4096) * 4096;
     }
   };
   walk(dir);
-  return total + DISK_CACHE_FIXED_BYTES - 4096; // the directories (the tag file is counted above)
+  return total;
 }
 
 // The contract holds through the cache: with every key cached (overwrites, conditional puts and
@@ -192,6 +194,52 @@ describe('DiskCacheStore', () => {
     for (const h of hot) assert.ok(s.cache.find(chunk(h), 0, 'whole'), `hot chunk ${h} survived the scan`);
     assert.equal(s.cache.find(chunk(2), 0, 'whole'), null, 'the coldest went first');
     await assert.rejects(DiskCache.open(path.join(tmp, `small${n++}`), 1 * MiB), /at least/);
+    await s.close();
+  });
+
+  it('never caches a fill that raced with a delete or a put of its key', async () => {
+    // Store reads that have read their bytes but answer only when the gate opens.
+    let open!: () => void;
+    let gate = Promise.resolve();
+    class HeldReads extends MemoryStore {
+      override async get(key: string) {
+        const r = await super.get(key);
+        await gate;
+        return r;
+      }
+      override async getRange(key: string, offset: number, length: number) {
+        const r = await super.getRange(key, offset, length);
+        await gate;
+        return r;
+      }
+    }
+    const inner = new HeldReads();
+    const s = await cached(inner);
+    const hold = () => (gate = new Promise<void>((r) => (open = r)));
+    await inner.put(chunk(1), randomBytes(1000));
+    await inner.put(chunk(2), randomBytes(1000));
+    hold();
+    const reads = [s.get(chunk(1)), s.getRange(chunk(2), 0, 100)];
+    await new Promise((r) => setTimeout(r, 20)); // they have read the bytes and wait at the gate
+    await s.deleteMany([chunk(1), chunk(2)]);
+    open();
+    await Promise.all(reads); // the old bytes
+    await s.cache.settle();
+    assert.equal(s.cache.entries, 0, 'old bytes of deleted objects are not cached');
+    await expectCode(s.get(chunk(1)), 'ERR_STORE_NOT_FOUND');
+    await expectCode(s.getRange(chunk(2), 0, 100), 'ERR_STORE_NOT_FOUND');
+    // a fill racing with a put that replaces the object: the put's bytes are cached, not the fill's
+    const v2 = randomBytes(1000);
+    await inner.put(chunk(3), randomBytes(1000));
+    hold();
+    const old = s.get(chunk(3));
+    await new Promise((r) => setTimeout(r, 20));
+    await s.put(chunk(3), v2);
+    open();
+    await old;
+    await s.cache.settle();
+    assert.ok((await s.get(chunk(3))).body.equals(v2));
+    assert.equal(s.stats().hits, 1, 'from the cache');
     await s.close();
   });
 
