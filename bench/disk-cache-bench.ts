@@ -4,14 +4,18 @@
 // after a restart; the same cold and restarted passes without a disk cache; and qemu-nbd on a raw
 // file with the same data, in the same run.
 // Env: NBD_VAULT_TEST_S3_URL (+ AWS_*; skipped without), BENCH_DC_MB (volume size, default 1024),
-// BENCH_DC_SECONDS (each fio pass, default 10), BENCH_DC_LATENCY_MS (default 25).
+// BENCH_DC_SECONDS (each fio pass, default 10), BENCH_DC_LATENCY_MS (default 25), BENCH_DC_FIO=0
+// (only the store-level part: 128 KiB ranged reads, format 2's frames, through the cache).
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { openStore } from '../src/store';
+import { FsStore, openStore, type ObjectStore } from '../src/store';
+import { DiskCache } from '../src/store/disk-cache';
+import { DiskCacheStore } from '../src/store/disk-cache-store';
+import { isImmutableObjectKey } from '../src/volume/object-keys';
 
 const REPO = path.resolve(__dirname, '../..');
 const CLI = path.join(REPO, 'bin/nbd-vault.js');
@@ -46,6 +50,59 @@ function fioRandRead(uri: string, seconds: number): number {
     { encoding: 'utf8' },
   );
   return JSON.parse(out.slice(out.indexOf('{'))).jobs[0].read.iops as number;
+}
+
+/** 128 KiB ranged reads (format 2's frames) at random places of `keys`, 32 in flight, for `secs`. */
+async function frameReads(store: ObjectStore, keys: string[], secs: number): Promise<number> {
+  const FRAME = 131072;
+  let ops = 0;
+  const end = Date.now() + secs * 1000;
+  await Promise.all(
+    Array.from({ length: 32 }, async () => {
+      while (Date.now() < end) {
+        const key = keys[Math.floor(Math.random() * keys.length)];
+        const got = await store.getRange(key, Math.floor(Math.random() * 32) * FRAME, FRAME);
+        if (got.length !== FRAME) throw new Error(`short frame read: ${got.length}`);
+        ops++;
+      }
+    }),
+  );
+  return ops / secs;
+}
+
+/** The cache alone, at the store interface, with format 2's access pattern: frames by ranged GET. */
+async function storeLevel(proxied: string, dir: string, rows: string[][]): Promise<void> {
+  const MiB4 = 4 * MiB;
+  const s3 = openStore(proxied);
+  const fs = new FsStore(path.join(dir, 'fs-objects'), { fsync: false });
+  const keys = Array.from({ length: 48 }, () => `volumes/${'cd'.repeat(16)}/chunks/${randomBytes(16).toString('hex')}`);
+  await Promise.all(keys.map(async (k) => {
+    const body = randomBytes(MiB4);
+    await s3.put(k, body);
+    await fs.put(k, body);
+  }));
+  const secs = Math.max(3, Math.round(passSeconds / 2));
+  const row = (what: string, v: number, note = '') => {
+    rows.push([what, v.toFixed(0), note]);
+    console.log(`  ${what}: ${v.toFixed(0)} reads/s ${note}`);
+  };
+  row('store level, 128 KiB ranged GETs, QD32: fs store (local peer)', await frameReads(fs, keys, secs));
+  const bound = 32 / (latencyMs / 1000);
+  const direct = await frameReads(s3, keys, secs);
+  row('  S3 + latency, no cache', direct, `= ${(direct / bound).toFixed(2)} × QD/latency`);
+  const cacheDir = path.join(dir, 'frame-cache');
+  let cached = new DiskCacheStore(s3, await DiskCache.open(cacheDir, 2 * 2 ** 30), isImmutableObjectKey);
+  const cold = await frameReads(cached, keys, secs);
+  row('  through the disk cache, cold (fills it: 1,536 distinct frames)', cold, `= ${(cold / bound).toFixed(2)} × QD/latency`);
+  await cached.cache.settle();
+  const warm = await frameReads(cached, keys, secs);
+  row('  through the disk cache, warm', warm, `hits ${cached.stats().hits}, misses ${cached.stats().misses}`);
+  await cached.cache.close();
+  cached = new DiskCacheStore(s3, await DiskCache.open(cacheDir, 2 * 2 ** 30), isImmutableObjectKey);
+  const restarted = await frameReads(cached, keys, secs);
+  row('  through the disk cache, after a reopen', restarted, `= ${(restarted / warm).toFixed(2)} × warm`);
+  await cached.cache.close();
+  await s3.close();
 }
 
 async function main(): Promise<void> {
@@ -92,6 +149,10 @@ async function main(): Promise<void> {
   };
   try {
     mkdirSync(dir, { recursive: true });
+    if (process.env.BENCH_DC_FIO === '0') {
+      await storeLevel(u.toString(), dir, rows);
+      return;
+    }
     cli('keys', 'init');
     cli('init');
     cli('volume', 'create', 'bench', '--size', `${sizeMiB}M`);
@@ -145,6 +206,7 @@ async function main(): Promise<void> {
     srv = await serve([]);
     row('no disk cache, first pass after a restart', fioRandRead(srv.uri, passSeconds));
     await srv.stop();
+    await storeLevel(u.toString(), dir, rows);
   } finally {
     for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
     proxy.kill('SIGTERM');
@@ -158,7 +220,7 @@ async function main(): Promise<void> {
   }
   console.log(`\nDisk cache: 4k random read, QD32, fio nbd engine, ${sizeMiB} MiB volume on S3 (RGW) + ${latencyMs} ms per request, ${passSeconds} s per pass`);
   const w = Math.max(...rows.map((r) => r[0].length));
-  for (const r of rows) console.log(`  ${r[0].padEnd(w)}  ${r[1].padStart(7)} IOPS  ${r[2]}`);
+  for (const r of rows) console.log(`  ${r[0].padEnd(w)}  ${r[1].padStart(7)} ${r[0].includes('store level') || r[0].startsWith('  ') ? 'reads/s' : 'IOPS'}  ${r[2]}`);
 }
 
 main().catch((err) => {

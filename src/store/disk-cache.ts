@@ -111,7 +111,9 @@ export class DiskCache {
       await cache.scan();
     } catch (err) {
       lock.close();
-      throw err;
+      if (err instanceof VaultError) throw err;
+      const e = err as NodeJS.ErrnoException;
+      throw new VaultError('ERR_IO', `disk cache ${abs}: cannot read it (${e.code ?? e.message})`, { cause: err });
     }
     return cache;
   }

@@ -50,7 +50,21 @@ function diskUse(dir: string): number {
 // deletes then exercise the invalidation paths), and with the real predicate over fs and RGW.
 describeObjectStore('disk-cache(memory), every key cached', async () => cached(new MemoryStore(), 64 * MiB, () => true));
 describeObjectStore('disk-cache(fs), immutable keys cached', async () => cached(new FsStore(path.join(tmp, `fs${n++}`), { fsync: false })));
-describeObjectStore('disk-cache(s3 (RGW)), every key cached', async () => cached(makeTestS3Store(), 64 * MiB, () => true), { skip: S3_SKIP, manyKeys: 300 });
+const s3Prefixes: string[] = [];
+describeObjectStore('disk-cache(s3 (RGW)), every key cached', async () => {
+  const s3 = makeTestS3Store();
+  s3Prefixes.push(s3.prefix);
+  return cached(s3, 64 * MiB, () => true);
+}, { skip: S3_SKIP, manyKeys: 300 });
+after(async () => {
+  for (const prefix of s3Prefixes) {
+    const s3 = makeTestS3Store({ prefix });
+    const keys: string[] = [];
+    for await (const info of s3.list('')) keys.push(info.key);
+    await s3.deleteMany(keys);
+    await s3.close();
+  }
+});
 
 describe('SlruPolicy', () => {
   it('evicts new entries before those used twice; a scan does not flush the hot set', () => {
