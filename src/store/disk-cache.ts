@@ -217,7 +217,7 @@ export class DiskCache {
     const crcs = pieceCrcs(data);
     try {
       opened = await fsp.open(tmp, fsc.O_RDWR | fsc.O_CREAT | fsc.O_EXCL, 0o600);
-      await opened.write(data, 0, data.length, headerBytes);
+      await writeAll(opened, data, headerBytes);
     } catch (err) {
       await opened?.close().catch(() => undefined);
       await release();
@@ -236,7 +236,7 @@ export class DiskCache {
         }
         try {
           if (this.closed) throw new Error('disk cache closed');
-          await fh.write(encodeHeader(key, offset, data.length, crcs, toEnd, etag), 0, headerBytes, 0);
+          await writeAll(fh, encodeHeader(key, offset, data.length, crcs, toEnd, etag), 0);
           await fh.close();
           await fsp.rename(tmp, file);
         } catch (err) {
@@ -419,6 +419,14 @@ export class DiskCache {
     found.sort((a, b) => a.mtimeMs - b.mtimeMs);
     for (const { rec } of found) this.add(rec);
     log().info({ dir: this.dir, entries: this.byName.size, bytes: this.used, dropped: this.counters.droppedAtOpen, ms: Date.now() - started }, 'disk cache opened');
+  }
+}
+
+async function writeAll(fh: fsp.FileHandle, buf: Buffer, position: number): Promise<void> {
+  for (let done = 0; done < buf.length; ) {
+    const { bytesWritten } = await fh.write(buf, done, buf.length - done, position + done);
+    if (bytesWritten === 0) throw new Error('write wrote nothing');
+    done += bytesWritten;
   }
 }
 
