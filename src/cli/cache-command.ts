@@ -43,7 +43,8 @@ export async function warmCache(vault: Vault, store: DiskCacheStore, spec: strin
     Array.from({ length: WARM_CONCURRENCY }, async () => {
       while (next < keys.length) {
         const key = keys[next++];
-        progress.fetchedBytes += await store.warm(key);
+        const fetched = await store.warm(key); // (not `+= await`: that would add to a stale total)
+        progress.fetchedBytes += fetched;
         progress.done++;
       }
     }),

@@ -128,7 +128,10 @@ for (const backend of ['fs', 's3'] as const) {
 
     // 5b. Without a server, `cache warm` opens the directory itself.
     const here = await v.cli('cache', 'warm', 'd', '--disk-cache', join(v.dir, 'cache-e'), '--disk-cache-size', '64M');
-    assert.match(here.stdout, /^warmed d: \d+ objects/m);
+    const counted = /^warmed d: (\d+) objects, ([\d.]+) MiB read from the store/m.exec(here.stdout);
+    assert.ok(counted, here.stdout);
+    assert.equal(Number(counted[1]), 6, '5 chunks and 1 page');
+    assert.ok(Number(counted[2]) > 12.5, `every byte counted: ${counted[2]} MiB`);
     srv = await serve('cache-e');
     await readBack(srv, 'nbdcopy', 'e.img');
     assert.equal(misses(await scrape(srv)), 0);
