@@ -164,6 +164,13 @@ export class DiskCacheStore implements ObjectStore {
     return this.inner.list(prefix);
   }
 
+  /** Drops every entry of key (and any fill of it in flight): for a reader that found the bytes
+   *  it got unusable (an object that failed to authenticate) and wants the store's copy next. */
+  forget(key: string): void {
+    this.invalidate(key);
+    this.cache.dropKey(key);
+  }
+
   /** Reads `key` into the cache unless a whole-object entry holds it already (cache warm).
    *  Returns the bytes fetched from the store (0: it was there). */
   async warm(key: string): Promise<number> {

@@ -61,7 +61,8 @@ export interface DiskCacheCounters {
   writeErrors: number;
   insertedBytes: number;
   droppedAtOpen: number;
-  /** fills not cached because too many were waiting for the disk */
+  /** entries not cached because too many were waiting for the disk, or the room was taken by
+   *  entries being written */
   skipped: number;
 }
 
@@ -200,8 +201,12 @@ export class DiskCache {
     if (!replace && (this.byName.has(name) || (!(offset === 0 && toEnd) && this.find(key, offset, data.length) !== null))) return null; // covered
     const headerBytes = headerBytesFor(key, data.length);
     const cost = entryCost(headerBytes, data.length);
-    this.writing.add(name);
     this.makeRoom(cost);
+    if (this.used + cost > this.maxBytes) {
+      this.counters.skipped++; // the room is taken by entries being written: never exceed the bound
+      return null;
+    }
+    this.writing.add(name);
     this.used += cost;
     const file = this.fileOf(name);
     const tmp = path.join(path.dirname(file), `~tmp-${process.pid}-${randomBytes(6).toString('hex')}`);

@@ -211,6 +211,28 @@ describe('DiskCacheStore', () => {
     await s.close();
   });
 
+  it('a full cache under writes: every put lands in the store, the bound holds, reads stay right', async () => {
+    const inner = new MemoryStore();
+    const size = DISK_CACHE_MIN_BYTES + 2 * MiB;
+    const s = await cached(inner, size);
+    const bodies = Array.from({ length: 48 }, (_, i) => randomBytes(MiB + i * 1000));
+    let next = 0;
+    let peak = 0;
+    await Promise.all(Array.from({ length: 8 }, async () => {
+      for (let i = next++; i < bodies.length; i = next++) {
+        await s.put(chunk(i), bodies[i]);
+        peak = Math.max(peak, s.cache.usedBytes);
+      }
+    }));
+    await s.cache.settle();
+    assert.ok(peak <= size, `charged at most the bound while writing: ${peak} <= ${size}`);
+    assert.ok(diskUse(s.cache.dir) <= size, `on disk ${diskUse(s.cache.dir)} <= ${size}`);
+    assert.ok(s.stats().evictions >= 30, `evictions ${s.stats().evictions}`);
+    assert.equal(inner.size, 48, 'every put reached the store');
+    for (const [i, b] of bodies.entries()) assert.ok((await s.get(chunk(i))).body.equals(b), `object ${i}`);
+    await s.close();
+  });
+
   it('never caches a fill that raced with a delete or a put of its key', async () => {
     // Store reads that have read their bytes but answer only when the gate opens.
     let open!: () => void;
