@@ -13,8 +13,12 @@
 //   frame asks for the same range and hits.
 // - put (write-through): the entry's file is written while the store put runs and made visible
 //   only after the store put succeeded; a cache failure never fails the put.
-// - delete / deleteMany: the store first, then the entries; a miss being filled while a delete
-//   runs is not cached (it could be the deleted object's last bytes).
+// - delete / deleteMany: the store first, then the entries; a miss of the same key being filled
+//   while a put or delete of it runs is not cached (it could hold the object's old bytes).
+// - Placement (serve): above the retry layer. A hit costs no store machinery; a miss is retried
+//   below before anything is cached; store metrics count only real store requests.
+// - A cache entry is trusted as much as the store's bytes: a reader whose bytes fail to
+//   authenticate can call forget(key) to have the next read go to the store.
 // - head, list: the store (sizes and listings are not cached).
 // Concurrent misses of the same object or range share one store read. Hits, misses and bytes are
 // counted here; evictions and corrupt entries in DiskCache.

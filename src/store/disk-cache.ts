@@ -86,6 +86,7 @@ export class DiskCache {
   private readonly pending = new Set<Promise<unknown>>();
   private closed = false;
   private laterBytes = 0;
+  private lastWriteWarn = 0;
   private readonly later = new Map<string, Set<{ cancelled: boolean }>>();
 
   private constructor(
@@ -375,9 +376,12 @@ export class DiskCache {
 
   private writeFailed(err: unknown, key: string): void {
     this.counters.writeErrors++;
+    // A full disk fails every write: one line per 10 s (with the count since), not one per write.
+    const now = Date.now();
+    if (now - this.lastWriteWarn < 10_000) return;
+    this.lastWriteWarn = now;
     const code = (err as NodeJS.ErrnoException)?.code;
-    // One line per failure is enough: ENOSPC and the like are the operator's to see.
-    log().warn({ objectKey: key, code, err: code ? undefined : String((err as Error)?.message ?? err) }, 'disk cache write failed (the read or write itself went on)');
+    log().warn({ objectKey: key, code, err: code ? undefined : String((err as Error)?.message ?? err), writeErrors: this.counters.writeErrors }, 'disk cache write failed (the read or write itself went on)');
   }
 
   /** Rebuilds the index from the files (oldest first, so eviction starts with them). */
