@@ -13,6 +13,7 @@ const BENCHMARKS = [
   { name: 'Metrics overhead', script: 'bench/metrics-bench.mjs' },
   { name: 'Failover (qemu-io pause on restart and takeover)', script: 'dist/bench/failover-bench.js' },
   { name: 'Live-VM performance (issue 10; BENCH_QUICK=1 for a short run)', script: 'bench/live-vm-bench.mjs' },
+  { name: 'Disk cache (4k random reads, S3 + 25 ms, cold / warm / restarted)', script: 'dist/bench/disk-cache-bench.js' },
 ];
 
 let failed = 0;

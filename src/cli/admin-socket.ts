@@ -7,7 +7,11 @@ import { join } from 'node:path';
 import { VaultError, describeError, isVaultError, type VaultErrorCode } from '../errors';
 import type { Logger } from '../util/log';
 
-export type AdminRequest = { op: 'ping' } | { op: 'snapshot'; volume: string; name: string; keep?: boolean };
+export type AdminRequest =
+  | { op: 'ping' }
+  | { op: 'snapshot'; volume: string; name: string; keep?: boolean }
+  /** start (or, with report, poll) a disk cache warm of a volume */
+  | { op: 'cacheWarm'; volume: string; report?: boolean };
 export type AdminReply = { ok: true; vaultId: string; result: unknown } | { ok: false; vaultId: string; code: VaultErrorCode; message: string };
 
 export const adminSocketPath = (stateDir: string) => join(stateDir, 'admin.sock');

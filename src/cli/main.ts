@@ -9,6 +9,7 @@ import { registerSnapshotCommands } from './snapshot-commands';
 import { registerDataCommands } from './data-commands';
 import { registerRetentionCommands } from './retention-commands';
 import { registerSyncCommand } from './sync-command';
+import { registerCacheCommands } from './cache-command';
 
 export function buildProgram(): Command {
   const program = new Command('nbd-vault')
@@ -23,6 +24,7 @@ export function buildProgram(): Command {
   registerRetentionCommands(program);
   registerDataCommands(program);
   registerSyncCommand(program);
+  registerCacheCommands(program);
   return program;
 }
 

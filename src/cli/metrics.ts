@@ -10,6 +10,7 @@ import type { Logger } from '../util/log';
 import type { MetricsSink } from '../util/metrics';
 import type { EngineStats } from '../volume/volume-engine';
 import type { MemoryBudgetStats } from '../util/memory-budget';
+import type { DiskCacheStats } from '../store/disk-cache-store';
 import { parseListen } from './serve-command';
 
 export type EngineStatsSource = () => Array<{ name: string; readOnly: boolean; stats: EngineStats }>;
@@ -102,6 +103,35 @@ export class PromMetrics implements MetricsSink {
     }
     total('nbd_vault_leases_held', 'Writer leases held by this server', (s) => s.leaseHeld);
     total('nbd_vault_leases_lost', 'Writer leases this server lost (its volumes refuse writes)', (s) => s.leaseLost);
+  }
+
+  /** serve --disk-cache: its counters, read at scrape time. */
+  watchDiskCache(stats: () => DiskCacheStats): void {
+    const registers = [this.registry];
+    const metric = (name: string, help: string, kind: 'counter' | 'gauge', pick: (s: DiskCacheStats) => number) => {
+      const Metric = kind === 'counter' ? client.Counter : client.Gauge;
+      new Metric({
+        name,
+        help,
+        registers,
+        collect(this: client.Counter | client.Gauge) {
+          this.reset();
+          if (this instanceof client.Gauge) this.set(pick(stats()));
+          else (this as client.Counter).inc(pick(stats()));
+        },
+      });
+    };
+    metric('nbd_vault_disk_cache_hits_total', 'Store reads answered from the disk cache', 'counter', (s) => s.hits);
+    metric('nbd_vault_disk_cache_misses_total', 'Store reads of cacheable objects the disk cache could not answer (read from the store)', 'counter', (s) => s.misses);
+    metric('nbd_vault_disk_cache_hit_bytes_total', 'Bytes answered from the disk cache', 'counter', (s) => s.hitBytes);
+    metric('nbd_vault_disk_cache_miss_bytes_total', 'Bytes of cacheable objects read from the store', 'counter', (s) => s.missBytes);
+    metric('nbd_vault_disk_cache_inserted_bytes_total', 'Bytes written into the disk cache (misses and write-through)', 'counter', (s) => s.insertedBytes);
+    metric('nbd_vault_disk_cache_evictions_total', 'Disk cache entries evicted to stay within --disk-cache-size', 'counter', (s) => s.evictions);
+    metric('nbd_vault_disk_cache_corrupt_total', 'Disk cache entries found torn or corrupt (dropped, read from the store)', 'counter', (s) => s.corrupt);
+    metric('nbd_vault_disk_cache_write_errors_total', 'Disk cache writes that failed (the read or write went on)', 'counter', (s) => s.writeErrors);
+    metric('nbd_vault_disk_cache_entries', 'Entries in the disk cache', 'gauge', (s) => s.entries);
+    metric('nbd_vault_disk_cache_bytes', 'Bytes the disk cache uses on disk, its metadata included', 'gauge', (s) => s.usedBytes);
+    metric('nbd_vault_disk_cache_limit_bytes', 'The disk cache bound (--disk-cache-size)', 'gauge', (s) => s.maxBytes);
   }
 
   // Per-request work is a Map lookup and an add: label children are made once per label set

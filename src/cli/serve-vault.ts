@@ -17,6 +17,9 @@ import { resolve } from 'node:path';
 import { parseRetentionPolicy } from '../volume/retention';
 import { parseInterval, SnapshotSchedule } from './snapshot-schedule';
 import { parseMetricsAddress, PromMetrics, startMetricsServer } from './metrics';
+import { findLayer } from '../store';
+import { DiskCacheStore } from '../store/disk-cache-store';
+import { WarmJobs } from './cache-command';
 
 export { SERVE_VAULT_SETTINGS };
 
@@ -37,7 +40,11 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
   let exportsForMetrics: VaultExportProvider | null = null;
   const metrics = s.metrics ? new PromMetrics(() => exportsForMetrics?.engineStats() ?? [], () => memoryBudget.stats()) : undefined;
   const metricsAddress = s.metrics ? parseMetricsAddress(s.metrics) : undefined;
-  const ctx = await openVaultContext(s as VaultSettings, { firstRun: true, metrics });
+  const diskCache = s.diskCache ? { dir: s.diskCache, bytes: s.diskCacheSize! } : undefined;
+  const ctx = await openVaultContext(s as VaultSettings, { firstRun: true, metrics, diskCache });
+  const cacheStore = findLayer(ctx.store, DiskCacheStore);
+  if (cacheStore) metrics?.watchDiskCache(() => cacheStore.stats());
+  const warmJobs = new WarmJobs(ctx.vault, cacheStore);
   try {
     let volumes = await ctx.vault.listVolumes();
     if (volumes.length === 0) {
@@ -55,7 +62,7 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
     exportsForMetrics = provider;
     const listen = parseListen(s.listen!);
     const security = resolveServerSecurity(s, listen, opts, ctx.logger);
-    ctx.logger.info({ store: ctx.store.name, volumes: volumes.map((v) => v.name) }, 'vault opened');
+    ctx.logger.info({ store: ctx.store.name, volumes: volumes.map((v) => v.name), diskCache: cacheStore ? { dir: cacheStore.cache.dir, entries: cacheStore.cache.entries, bytes: cacheStore.cache.usedBytes, limit: cacheStore.cache.maxBytes } : undefined }, 'vault opened');
     // Watch other writers' heartbeats from now on: a dead one's volumes are then taken over a
     // lease ttl after startup at most, not a ttl after the first client asks.
     ctx.vault.watchLeaseHolders().then(
@@ -68,6 +75,7 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
       async (req: AdminRequest) => {
         if (req.op === 'ping') return { pid: process.pid, open: provider.openNames() };
         if (req.op === 'snapshot') return provider.snapshot(req.volume, req.name, { keep: req.keep === true });
+        if (req.op === 'cacheWarm') return req.report ? warmJobs.report(req.volume) : warmJobs.startOrReport(req.volume);
         throw new Error(`unknown admin request ${JSON.stringify((req as { op: unknown }).op)}`);
       },
       ctx.logger,

@@ -54,6 +54,8 @@ export const SETTINGS = {
   tlsVerifyPeer: { flag: '--tls-verify-peer', kind: 'bool', help: 'X.509: require a client certificate signed by ca-cert.pem', def: false },
   insecureNoTls: { flag: '--insecure-no-tls', kind: 'bool', help: 'allow serving without TLS on a non-loopback address', def: false },
   metrics: { flag: '--metrics <host:port>', kind: 'string', help: 'serve Prometheus metrics at http://HOST:PORT/metrics (a bare PORT: loopback); off by default', def: undefined },
+  diskCache: { flag: '--disk-cache <dir>', kind: 'string', help: 'keep the sealed bytes of chunks, pages and journals read or written in this local directory (one server per directory), so a working set on S3 reads at local-disk speed; off by default', def: undefined },
+  diskCacheSize: { flag: '--disk-cache-size <size>', kind: 'size', help: 'bound of --disk-cache on disk, its own metadata included', def: '10G' },
   logFormat: { flag: '--log-format <format>', kind: 'string', help: 'json, pretty, or auto: pretty on a terminal, JSON lines otherwise', def: 'auto' },
 } as const satisfies Record<string, SettingSpec>;
 
@@ -83,6 +85,8 @@ export const SERVE_VAULT_SETTINGS = [
   'snapshotEvery',
   'prune',
   'metrics',
+  'diskCache',
+  'diskCacheSize',
 ] as const satisfies readonly SettingName[];
 export type Settings = {
   [K in SettingName]: (typeof SETTINGS)[K]['kind'] extends 'bool' ? boolean : (typeof SETTINGS)[K]['kind'] extends 'string' ? string : number;

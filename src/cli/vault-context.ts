@@ -8,6 +8,9 @@ import { VaultError, isVaultError } from '../errors';
 import { createMasterKey, describeMasterKey, masterKeyPath, MasterKeyRing, PASSPHRASE_ENV, readPassphrase } from '../keys';
 import type { SecretKey } from '../keys/secret-key';
 import { openStore } from '../store';
+import { DiskCache } from '../store/disk-cache';
+import { DiskCacheStore } from '../store/disk-cache-store';
+import { isImmutableObjectKey } from '../volume/object-keys';
 import type { ObjectStore } from '../store/object-store';
 import { createLogger, parseLogFormat, setLogger, type Logger } from '../util/log';
 import type { MetricsSink } from '../util/metrics';
@@ -49,11 +52,23 @@ export interface OpenVaultOptions {
   readonly recover?: true | string;
   /** report store attempts and retries here (serve --metrics) */
   readonly metrics?: MetricsSink;
+  /** serve --disk-cache DIR --disk-cache-size SIZE: the disk cache above the store stack */
+  readonly diskCache?: { readonly dir: string; readonly bytes: number };
 }
 
 export async function openVaultContext(s: VaultSettings, opts: OpenVaultOptions = {}): Promise<VaultContext> {
   const logger = makeLogger(s.logLevel, s.logFormat);
-  const store = openStore(s.store, { metrics: opts.metrics });
+  let store = openStore(s.store, { metrics: opts.metrics });
+  // The disk cache sits above the retry layer: a hit costs no store machinery at all, a miss is
+  // retried below it before anything is cached, and store metrics count only real store requests.
+  if (opts.diskCache) {
+    try {
+      store = new DiskCacheStore(store, await DiskCache.open(opts.diskCache.dir, opts.diskCache.bytes), isImmutableObjectKey);
+    } catch (err) {
+      await store.close().catch(() => {});
+      throw err;
+    }
+  }
   logger.debug({ store: store.name }, 'store opened');
   const codec = createCodec({ workers: s.workers, zstdLevel: s.zstdLevel });
   let ring: MasterKeyRing | null = null;

@@ -9,3 +9,5 @@ export { openStore, parseStoreUrl, type OpenStoreOptions, type StoreUrl } from '
 export { FaultyStore, faultyLayer, type FaultRules, type FaultRule, type Outage, type StoreOp, type FaultPhase, type FaultyOptions } from './faulty-store';
 export { seededRandom } from './seeded-random';
 export { MeteredStore, meteredLayer } from './metered-store';
+export { DiskCache, type DiskCacheCounters } from './disk-cache';
+export { DiskCacheStore, diskCacheLayer, type DiskCacheStats } from './disk-cache-store';

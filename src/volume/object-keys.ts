@@ -26,3 +26,10 @@ export function volumeIdOfKey(key: string): string | null {
   const m = /^volumes\/([0-9a-f]{32})\//.exec(key);
   return m ? m[1] : null;
 }
+
+/** Objects that never change once written (chunks, manifest pages, journals: every id is fresh),
+ *  so a local copy of their bytes can never be stale: what the disk cache may hold. Roots,
+ *  metadata, leases, sessions, snapshot records and `vault` change in place: never cached. */
+export function isImmutableObjectKey(key: string): boolean {
+  return /^volumes\/[0-9a-f]{32}\/(?:chunks|pages|journals)\/[0-9a-f]+$/.test(key);
+}

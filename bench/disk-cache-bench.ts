@@ -1,0 +1,233 @@
+// npm run bench (disk cache part): 4k random reads at queue depth 32 (fio, nbd engine) on a volume
+// in S3 with 25 ms added to every S3 request (test/helpers/latency-proxy.ts in front of the test RGW),
+// served with `--disk-cache`: cold (empty cache), after `nbd-vault cache warm`, and the first pass
+// after a restart; the same cold and restarted passes without a disk cache; and qemu-nbd on a raw
+// file with the same data, in the same run.
+// Env: NBD_VAULT_TEST_S3_URL (+ AWS_*; skipped without), BENCH_DC_MB (volume size, default 1024),
+// BENCH_DC_SECONDS (each fio pass, default 10), BENCH_DC_LATENCY_MS (default 25), BENCH_DC_FIO=0
+// (only the store-level part: 128 KiB ranged reads, format 2's frames, through the cache).
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { FsStore, openStore, type ObjectStore } from '../src/store';
+import { DiskCache } from '../src/store/disk-cache';
+import { DiskCacheStore } from '../src/store/disk-cache-store';
+import { isImmutableObjectKey } from '../src/volume/object-keys';
+
+const REPO = path.resolve(__dirname, '../..');
+const CLI = path.join(REPO, 'bin/nbd-vault.js');
+const MiB = 2 ** 20;
+const sizeMiB = Number(process.env.BENCH_DC_MB ?? 1024);
+const passSeconds = Number(process.env.BENCH_DC_SECONDS ?? 10);
+const latencyMs = Number(process.env.BENCH_DC_LATENCY_MS ?? 25);
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitForPort(port: number, child: ChildProcess, what: string): Promise<void> {
+  for (const deadline = Date.now() + 60_000; Date.now() < deadline; ) {
+    if (child.exitCode !== null) throw new Error(`${what} exited`);
+    const ok = await new Promise<boolean>((r) => net.connect(port, '127.0.0.1').on('connect', function (this: net.Socket) { this.destroy(); r(true); }).on('error', () => r(false)));
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${what} did not listen in 60 s`);
+}
+
+function fioRandRead(uri: string, seconds: number): number {
+  const out = execFileSync(
+    'fio',
+    ['--name=rr', '--ioengine=nbd', `--uri=${uri}`, '--rw=randread', '--bs=4k', '--iodepth=32', `--size=${sizeMiB}M`, '--time_based', `--runtime=${seconds}`, '--randrepeat=0', '--output-format=json'],
+    { encoding: 'utf8' },
+  );
+  return JSON.parse(out.slice(out.indexOf('{'))).jobs[0].read.iops as number;
+}
+
+/** 128 KiB ranged reads (format 2's frames) at random places of `keys`, 32 in flight, for `secs`. */
+async function frameReads(store: ObjectStore, keys: string[], secs: number): Promise<number> {
+  const FRAME = 131072;
+  let ops = 0;
+  const end = Date.now() + secs * 1000;
+  await Promise.all(
+    Array.from({ length: 32 }, async () => {
+      while (Date.now() < end) {
+        const key = keys[Math.floor(Math.random() * keys.length)];
+        const got = await store.getRange(key, Math.floor(Math.random() * 32) * FRAME, FRAME);
+        if (got.length !== FRAME) throw new Error(`short frame read: ${got.length}`);
+        ops++;
+      }
+    }),
+  );
+  return ops / secs;
+}
+
+/** The cache alone, at the store interface, with format 2's access pattern: frames by ranged GET. */
+async function storeLevel(proxied: string, dir: string, rows: string[][]): Promise<void> {
+  const MiB4 = 4 * MiB;
+  const s3 = openStore(proxied);
+  const fs = new FsStore(path.join(dir, 'fs-objects'), { fsync: false });
+  const keys = Array.from({ length: 48 }, () => `volumes/${'cd'.repeat(16)}/chunks/${randomBytes(16).toString('hex')}`);
+  await Promise.all(keys.map(async (k) => {
+    const body = randomBytes(MiB4);
+    await s3.put(k, body);
+    await fs.put(k, body);
+  }));
+  const secs = Math.max(3, Math.round(passSeconds / 2));
+  const row = (what: string, v: number, note = '') => {
+    rows.push([what, v.toFixed(0), note]);
+    console.log(`  ${what}: ${v.toFixed(0)} reads/s ${note}`);
+  };
+  row('store level, 128 KiB ranged GETs, QD32: fs store (local peer)', await frameReads(fs, keys, secs));
+  const bound = 32 / (latencyMs / 1000);
+  const direct = await frameReads(s3, keys, secs);
+  row('  S3 + latency, no cache', direct, `= ${(direct / bound).toFixed(2)} × QD/latency`);
+  const cacheDir = path.join(dir, 'frame-cache');
+  let cached = new DiskCacheStore(s3, await DiskCache.open(cacheDir, 2 * 2 ** 30), isImmutableObjectKey);
+  const cold = await frameReads(cached, keys, secs);
+  row('  through the disk cache, cold (empty)', cold, `= ${(cold / bound).toFixed(2)} × QD/latency`);
+  // one pass over every frame (1,536 of them, 192 MiB), as `cache warm` or a first VM boot would
+  await Promise.all(keys.map(async (k) => { for (let f = 0; f < 32; f++) await cached.getRange(k, f * 131072, 131072); }));
+  await cached.cache.settle();
+  const before = cached.stats();
+  const warm = await frameReads(cached, keys, secs);
+  const after = cached.stats();
+  row('  through the disk cache, warm (after one pass over every frame)', warm, `= ${(warm / direct).toFixed(1)} × no cache; misses in the pass: ${after.misses - before.misses}`);
+  await cached.cache.close();
+  cached = new DiskCacheStore(s3, await DiskCache.open(cacheDir, 2 * 2 ** 30), isImmutableObjectKey);
+  const restarted = await frameReads(cached, keys, secs);
+  row('  through the disk cache, after a reopen (a restart)', restarted, `= ${(restarted / warm).toFixed(2)} × warm; misses: ${cached.stats().misses}`);
+  await cached.cache.close();
+  await s3.close();
+}
+
+async function main(): Promise<void> {
+  const s3 = process.env.NBD_VAULT_TEST_S3_URL;
+  if (!s3) {
+    console.log('disk cache bench: skipped (NBD_VAULT_TEST_S3_URL not set: . DIR/s3.env of scripts/rgw.sh)');
+    return;
+  }
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'nbd-vault-dcbench-'));
+  const u = new URL(s3);
+  // The proxy is its own process: this one blocks in fio and nbdcopy.
+  const proxy = spawn(process.execPath, [path.join(__dirname, '../test/helpers/latency-proxy.js'), u.searchParams.get('endpoint')!, String(latencyMs)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const proxyPort = await new Promise<number>((resolve, reject) => {
+    let out = '';
+    proxy.stdout!.on('data', (d) => {
+      out += d;
+      const m = /port (\d+)/.exec(out);
+      if (m) resolve(Number(m[1]));
+    });
+    proxy.once('exit', () => reject(new Error('latency proxy exited')));
+  });
+  u.pathname = `${u.pathname.replace(/\/$/, '')}/dcbench-${randomBytes(4).toString('hex')}`;
+  const direct = u.toString(); // for the cleanup
+  u.searchParams.set('endpoint', `http://127.0.0.1:${proxyPort}`);
+  const env = { ...process.env, NBD_VAULT_STORE: u.toString(), NBD_VAULT_KEYS: path.join(dir, 'keys'), NBD_VAULT_STATE: path.join(dir, 'state'), NBD_VAULT_LOG_LEVEL: 'warn' };
+  // the same volume in a local fs store: what the engine reads from a local disk without any cache
+  const fsEnv = { ...env, NBD_VAULT_STORE: path.join(dir, 'fs-data'), NBD_VAULT_STATE: path.join(dir, 'fs-state') };
+  const cli = (...args: string[]) => execFileSync(process.execPath, [CLI, ...args], { env, cwd: dir, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  const children: ChildProcess[] = [];
+  const serve = async (extra: string[], e: NodeJS.ProcessEnv = env) => {
+    const port = await freePort();
+    const child = spawn(process.execPath, [CLI, 'serve', '--listen', `127.0.0.1:${port}`, '--read-cache', '256M', ...extra], { env: e, cwd: dir, stdio: ['ignore', 'ignore', 'inherit'] });
+    children.push(child);
+    await waitForPort(port, child, 'nbd-vault serve');
+    return {
+      uri: `nbd://127.0.0.1:${port}/bench`,
+      stop: () => new Promise<void>((r) => (child.once('exit', () => r()), child.kill('SIGTERM'))),
+    };
+  };
+  const rows: string[][] = [];
+  const row = (what: string, iops: number, note = '') => {
+    rows.push([what, iops.toFixed(0), note]);
+    console.log(`  ${what}: ${iops.toFixed(0)} IOPS ${note}`);
+  };
+  try {
+    mkdirSync(dir, { recursive: true });
+    if (process.env.BENCH_DC_FIO === '0') {
+      await storeLevel(u.toString(), dir, rows);
+      return;
+    }
+    cli('keys', 'init');
+    cli('init');
+    cli('volume', 'create', 'bench', '--size', `${sizeMiB}M`);
+    const raw = path.join(dir, 'raw.img');
+    writeFileSync(raw, Buffer.alloc(0));
+    for (let i = 0; i < sizeMiB; i += 64) writeFileSync(raw, randomBytes(64 * MiB), { flag: 'a' });
+    let srv = await serve([]);
+    execFileSync('nbdcopy', ['--flush', raw, srv.uri]);
+    await srv.stop();
+    execFileSync(process.execPath, [CLI, 'init'], { env: fsEnv, cwd: dir, stdio: 'ignore' });
+    execFileSync(process.execPath, [CLI, 'volume', 'create', 'bench', '--size', `${sizeMiB}M`], { env: fsEnv, cwd: dir, stdio: 'ignore' });
+    srv = await serve([], fsEnv);
+    execFileSync('nbdcopy', ['--flush', raw, srv.uri]);
+    await srv.stop();
+    srv = await serve([], fsEnv);
+    row('fs store (local directory), no disk cache: the engine\'s local-disk figure', fioRandRead(srv.uri, passSeconds));
+    await srv.stop();
+
+    // qemu-nbd on the raw file (page cache warm): the local-disk peer.
+    const qport = await freePort();
+    const q = spawn('qemu-nbd', ['-f', 'raw', '-t', '-b', '127.0.0.1', '-p', String(qport), '-x', 'bench', '--shared=8', raw], { stdio: 'ignore' });
+    children.push(q);
+    await waitForPort(qport, q, 'qemu-nbd');
+    const peer = fioRandRead(`nbd://127.0.0.1:${qport}/bench`, passSeconds);
+    q.kill('SIGTERM');
+    row('qemu-nbd, raw file (peer)', peer);
+
+    const bound = `QD/latency = ${Math.round(32 / (latencyMs / 1000))}`;
+    srv = await serve([]);
+    row('no disk cache, cold (RAM read cache 256 MiB)', fioRandRead(srv.uri, passSeconds), `(${bound})`);
+    await srv.stop();
+
+    const cacheDir = path.join(dir, 'disk-cache');
+    const cacheArgs = ['--disk-cache', cacheDir, '--disk-cache-size', '2G'];
+    srv = await serve(cacheArgs);
+    const cold = fioRandRead(srv.uri, passSeconds);
+    row('disk cache 2 GiB, cold (empty)', cold, `= ${(cold / (32 / (latencyMs / 1000))).toFixed(2)} × QD/latency`);
+    await srv.stop();
+    rmSync(cacheDir, { recursive: true, force: true }); // the warm figure starts from a `cache warm`, not from the cold pass
+    srv = await serve(cacheArgs);
+    const t0 = Date.now();
+    cli('cache', 'warm', 'bench');
+    const warmSecs = (Date.now() - t0) / 1000;
+    const warm = fioRandRead(srv.uri, passSeconds);
+    row(`disk cache, after \`cache warm\` (${warmSecs.toFixed(1)} s for ${sizeMiB} MiB)`, warm, `= ${(warm / peer).toFixed(2)} × qemu-nbd`);
+    await srv.stop();
+    srv = await serve(cacheArgs);
+    const restarted = fioRandRead(srv.uri, passSeconds);
+    row('disk cache, first pass after a restart', restarted, `= ${(restarted / warm).toFixed(2)} × warm`);
+    await srv.stop();
+    srv = await serve([]);
+    row('no disk cache, first pass after a restart', fioRandRead(srv.uri, passSeconds));
+    await srv.stop();
+    await storeLevel(u.toString(), dir, rows);
+  } finally {
+    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    proxy.kill('SIGTERM');
+    rmSync(dir, { recursive: true, force: true });
+    // The test gateway keeps objects in memory: leave nothing behind.
+    const store = openStore(direct);
+    const keys: string[] = [];
+    for await (const info of store.list('')) keys.push(info.key);
+    for (let i = 0; i < keys.length; i += 1000) await store.deleteMany(keys.slice(i, i + 1000));
+    await store.close();
+  }
+  console.log(`\nDisk cache: 4k random read, QD32, fio nbd engine, ${sizeMiB} MiB volume on S3 (RGW) + ${latencyMs} ms per request, ${passSeconds} s per pass`);
+  const w = Math.max(...rows.map((r) => r[0].length));
+  for (const r of rows) console.log(`  ${r[0].padEnd(w)}  ${r[1].padStart(7)} ${r[0].includes('store level') || r[0].startsWith('  ') ? 'reads/s' : 'IOPS'}  ${r[2]}`);
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
