@@ -5,11 +5,15 @@
 //      new clients (TCP connect + handshake + a 4 KiB read) probed one after another meanwhile.
 //      Three variants: the chunk still dirty (write cache), the same chunk after a flush (read
 //      cache), and reads spread over 64 data-bearing chunks with a 16 MiB read cache (misses).
-//      A fourth row: four such flooders at once (RSS against 4 × budget + chunk).
+//      A fourth row: four such flooders at once (RSS against 4 × budget + chunk). A last row
+//      floods a memory export (`serve --memory`: no chunk, no decode) for what the NBD layer
+//      alone costs. Each probe's time is split into connect + handshake (greeting to the GO
+//      reply) and the 4 KiB read after it.
 //   2. fio (nbd engine, 4k randread, iodepth 32, warm data) alone, then beside four such
 //      flooders holding their unread replies, then beside four flooders that reconnect and flood
 //      again every 100 ms: the well-behaved client's share of its unloaded IOPS.
-// Env: BENCH_FIO_SECONDS (default 5). Nothing is asserted: figures go to BENCHMARKS.md.
+// Env: BENCH_FIO_SECONDS (default 5); BENCH_HOSTILE_PARTS=floods or =fio runs one part only.
+// Nothing is asserted: figures go to BENCHMARKS.md.
 //   npm run build && node dist/bench/hostile-bench.js
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -24,6 +28,7 @@ const REPO = path.resolve(__dirname, '../..');
 const CLI = path.join(REPO, 'bin/nbd-vault.js');
 const MIB = 2 ** 20;
 const FIO_SECONDS = Number(process.env.BENCH_FIO_SECONDS ?? 5);
+const PARTS = process.env.BENCH_HOSTILE_PARTS ?? 'floods,fio';
 const FLOOD_REQUESTS = 1000;
 const FLOOD_LENGTH = 64 * 1024;
 /** a flood whose server grows past this is cut short (the unfixed server reached 4 GB) */
@@ -100,20 +105,31 @@ async function flooder(port: number, offsetOf: (i: number) => number, n = FLOOD_
   return w;
 }
 
+interface Probe {
+  /** TCP connect + greeting + options up to the GO reply */
+  handshake: number;
+  /** one 4 KiB read after it */
+  read: number;
+  total: number;
+}
+
 /** New client: TCP connect + handshake + one 4 KiB read, checked against `expect`. */
-async function probe(port: number, offset: number, expect: Buffer): Promise<number> {
+async function probe(port: number, offset: number, expect: Buffer): Promise<Probe> {
   const t0 = performance.now();
+  let t1 = Infinity;
   let w: Wire | null = null;
   try {
     w = await connect(port);
+    t1 = performance.now();
     await w.write(request(NBD_CMD_READ, 0, 1, offset, 4096));
     const r = await readSimpleReply(w, 4096);
     if (r.error !== 0 || !r.data.equals(expect)) throw new Error('probe read returned wrong data');
-    return performance.now() - t0;
+    const t2 = performance.now();
+    return { handshake: t1 - t0, read: t2 - t1, total: t2 - t0 };
   } catch (err) {
     // the unfixed server did not even send the greeting within Wire's 10 s timeout
     if (!/timeout/.test((err as Error).message)) throw err;
-    return Infinity;
+    return { handshake: t1 === Infinity ? Infinity : t1 - t0, read: Infinity, total: Infinity };
   } finally {
     w?.destroy();
   }
@@ -121,7 +137,7 @@ async function probe(port: number, offset: number, expect: Buffer): Promise<numb
 
 interface FloodFigures {
   growthMiB: number;
-  probes: number[];
+  probes: Probe[];
   cut: boolean;
 }
 
@@ -140,7 +156,7 @@ async function measureFlood(srv: Server, flood: () => Promise<Wire[]>, probeAt: 
       for (const w of wires) w.destroy();
     }
   }, 5);
-  const probes: number[] = [];
+  const probes: Probe[] = [];
   try {
     wires = await flood();
     const end = Date.now() + windowMs;
@@ -170,6 +186,13 @@ function stats(xs: number[]): string {
   const s = [...xs].sort((a, b) => a - b);
   return `median ${fmt(s[Math.floor(s.length / 2)])} ms, max ${fmt(s[s.length - 1])} ms (${s.length} probes)`;
 }
+/** p50 / p90 / max of one part of the probes, in ms */
+function spread(ps: Probe[], part: keyof Probe): string {
+  const s = ps.map((p) => p[part]).sort((a, b) => a - b);
+  const at = (q: number) => fmt(s[Math.min(s.length - 1, Math.floor(q * s.length))]);
+  return `${at(0.5)} / ${at(0.9)} / ${fmt(s[s.length - 1])}`;
+}
+const under = (ps: Probe[], ms: number) => `${ps.filter((p) => p.total < ms).length}/${ps.length}`;
 
 async function main(): Promise<void> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'nbd-hostile-bench-'));
@@ -196,8 +219,9 @@ async function main(): Promise<void> {
     srv = null;
 
     console.log(`hostile-client benchmark: vault export on the fs store, in-flight budget ${budgetMiB} MiB per connection, chunk ${chunkMiB} MiB, read cache 16 MiB; a fresh server per row`);
-    console.log('| flood: 1,000 unread 64 KiB reads per client | RSS growth | limit | new client alone: connect + handshake + 4 KiB read | the same during the flood |');
-    console.log('|---|---|---|---|---|');
+    console.log(`(load average ${os.loadavg()[0].toFixed(1)} on ${os.cpus().length} cores at the start: other work on the machine widens the latency figures)`);
+    console.log('| flood: 1,000 unread 64 KiB reads per client | RSS growth | limit | new client alone: connect + handshake + 4 KiB read | during the flood: handshake p50 / p90 / max (ms) | 4 KiB read p50 / p90 / max (ms) | both, max | under 200 ms |');
+    console.log('|---|---|---|---|---|---|---|---|');
     const sameChunk = (i: number) => ((i * 7) % 16) * FLOOD_LENGTH;
     const rows: Array<[string, boolean, (i: number) => number, number, string]> = [
       ['same chunk, dirty (just rewritten)', true, sameChunk, 1, `${budgetMiB + chunkMiB} MiB (budget + chunk)`],
@@ -205,7 +229,7 @@ async function main(): Promise<void> {
       ['64 chunks, read-cache misses', false, (i) => 64 * MIB + ((i % 64) + 1) * CHUNK_SIZE, 1, `${budgetMiB + 16 * chunkMiB} MiB (budget + 16 fetches)`],
       ['four such clients at once, same chunk, dirty', true, sameChunk, 4, `${4 * budgetMiB + chunkMiB} MiB (4 × budget + chunk)`],
     ];
-    for (const [label, dirty, offsetOf, clients, limit] of rows) {
+    for (const [label, dirty, offsetOf, clients, limit] of PARTS.includes('floods') ? rows : []) {
       srv = await Server.start(env, dir, ['--read-cache', '16M']);
       const s = srv;
       const w = await connect(s.port);
@@ -214,17 +238,33 @@ async function main(): Promise<void> {
       await readSimpleReply(w, 4096);
       await writeAt(w, 8 * MIB, randomBytes(4096), 2);
       await flush(w);
-      const alone: number[] = [];
+      const alone: Probe[] = [];
       for (let k = 0; k < 5; k++) alone.push(await probe(s.port, 0, first.subarray(0, 4096)));
       if (dirty) await writeAt(w, 0, first, 3); // same bytes: the chunk is dirty for the flood
       const f = await measureFlood(s, () => Promise.all(Array.from({ length: clients }, () => flooder(s.port, offsetOf))), 0, first.subarray(0, 4096));
-      console.log(`| ${label} | ${f.cut ? '> ' : ''}${f.growthMiB.toFixed(0)} MiB | ${limit} | ${stats(alone)} | ${stats(f.probes)} |`);
+      console.log(`| ${label} | ${f.cut ? '> ' : ''}${f.growthMiB.toFixed(0)} MiB | ${limit} | ${stats(alone.map((p) => p.total))} | ${spread(f.probes, 'handshake')} | ${spread(f.probes, 'read')} | ${fmt(Math.max(...f.probes.map((p) => p.total)))} | ${under(f.probes, 200)} |`);
+      w.destroy();
+      await s.stop();
+      srv = null;
+    }
+
+    if (PARTS.includes('floods')) {
+      // the same flood on a memory export: what the NBD layer costs without chunks and decoding
+      srv = await Server.start(env, dir, ['--memory', 'disk=1G']);
+      const s = srv;
+      const w = await connect(s.port);
+      await writeAt(w, 0, first, 1);
+      const alone: Probe[] = [];
+      for (let k = 0; k < 5; k++) alone.push(await probe(s.port, 0, first.subarray(0, 4096)));
+      const f = await measureFlood(s, () => flooder(s.port, sameChunk).then((x) => [x]), 0, first.subarray(0, 4096));
+      console.log(`| memory export (serve --memory: no chunk, no decode) | ${f.growthMiB.toFixed(0)} MiB | ${budgetMiB} MiB (budget) | ${stats(alone.map((p) => p.total))} | ${spread(f.probes, 'handshake')} | ${spread(f.probes, 'read')} | ${fmt(Math.max(...f.probes.map((p) => p.total)))} | ${under(f.probes, 200)} |`);
       w.destroy();
       await s.stop();
       srv = null;
     }
 
     // 2. a well-behaved client (fio) beside four flooders; a read cache that holds fio's 32 MiB
+    if (!PARTS.includes('fio')) return;
     srv = await Server.start(env, dir, ['--read-cache', '64M']);
     const s = srv;
     fio(s.port, 2); // warm the cache

@@ -6,7 +6,8 @@
 // synchronous burst (so replies never interleave), batched per tick with cork/uncork
 // (one writev). Backpressure: parsing stops and the socket is paused while this connection's
 // requests in flight plus what its unsent replies keep alive (reply-memory.ts) reach
-// maxInFlightBytes (its budget: a client that does not read its replies costs at most that), or
+// maxInFlightBytes (its budget), or its unsent replies alone reach MAX_UNSENT_REPLY_BYTES (a
+// client that does not read its replies costs at most that, plus the kernel's buffers), or
 // its requests in flight plus unsent replies reach MAX_IN_FLIGHT_REQUESTS; it resumes as
 // requests finish and replies reach the kernel. With a process memory budget (serve
 // --memory-limit), what the connection holds (requests in flight, unsent replies, input being
@@ -41,6 +42,12 @@ import { validateRequest, type SessionFacts } from './request-validation';
 /** Requests in flight plus unsent replies per connection, whatever their size (bounds floods
  *  of tiny requests and of replies that share one buffer). */
 const MAX_IN_FLIGHT_REQUESTS = 1024;
+/** Parsing stops while the replies waiting for the socket (beyond what the kernel took) hold
+ *  this much: a client that does not read its replies costs this, not its whole in-flight
+ *  budget, and a client that floods and reconnects makes us do that much work per round, not
+ *  64 MiB of it. A client that reads keeps its pipeline: the kernel buffers and the requests
+ *  in flight still hold up to maxInFlightBytes. */
+const MAX_UNSENT_REPLY_BYTES = 8 * 1024 * 1024;
 /** after a clean close, how long a client may take to read what we still send */
 const CLOSE_LINGER_MS = 30_000;
 /** Handshake input buffered before the socket is paused. */
@@ -268,6 +275,7 @@ export class NbdConnection {
       this.discReceived ||
       isTerminal(this.state) ||
       this.inFlightBytes + this.replyMemory.heldBytes >= this.opts.maxInFlightBytes ||
+      this.replyMemory.heldBytes >= MAX_UNSENT_REPLY_BYTES ||
       this.inFlightRequests + this.replyMemory.unsentReplies >= MAX_IN_FLIGHT_REQUESTS ||
       !this.budget.cover(this.memoryHeld() + (this.reader?.peekLength() ?? 0))
     );
