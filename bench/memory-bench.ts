@@ -8,7 +8,7 @@
 // BENCHMARKS.md.
 //   npm run build && node dist/bench/memory-bench.js
 // Env: BENCH_MEMORY_VOLUMES (default 8), BENCH_MEMORY_VOLUME_MIB (MiB written per volume,
-// default 256), BENCH_MEMORY_LIMIT (default 1G), BENCH_MEMORY_RANDOM_SECONDS (default 10).
+// default 128), BENCH_MEMORY_LIMIT (default 1G), BENCH_MEMORY_RANDOM_SECONDS (default 10).
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
@@ -19,9 +19,12 @@ const REPO = path.resolve(__dirname, '../..');
 const CLI = path.join(REPO, 'bin/nbd-vault.js');
 const MIB = 2 ** 20;
 const VOLUMES = Number(process.env.BENCH_MEMORY_VOLUMES ?? 8);
-const VOLUME_MIB = Number(process.env.BENCH_MEMORY_VOLUME_MIB ?? 256);
+const VOLUME_MIB = Number(process.env.BENCH_MEMORY_VOLUME_MIB ?? 128);
 const LIMIT = process.env.BENCH_MEMORY_LIMIT ?? '1G';
 const RANDOM_SECONDS = Number(process.env.BENCH_MEMORY_RANDOM_SECONDS ?? 10);
+
+/** the server's stderr, for the error report */
+let lastLog = '';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -33,7 +36,8 @@ function procStatus(pid: number, field: 'VmRSS' | 'VmHWM'): number {
 async function startServer(env: NodeJS.ProcessEnv, cwd: string): Promise<{ child: ChildProcess; port: number; log: () => string }> {
   const child = spawn(process.execPath, [CLI, 'serve', '--listen', '127.0.0.1:0', '--log-level', 'info', '--memory-limit', LIMIT], { env, cwd, stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
-  child.stderr!.on('data', (d) => (log = (log + d).slice(-200_000)));
+  child.stderr!.on('data', (d) => (lastLog = log = (log + d).slice(-200_000)));
+  child.on('exit', (code, signal) => (lastLog += `\n[server exited: code ${code}, signal ${signal}]`));
   const t0 = Date.now();
   let port = 0;
   while (!(port = Number(/"port":(\d+)[^\n]*"msg":"listening"/.exec(log)?.[1] ?? 0))) {
@@ -116,5 +120,6 @@ async function main(): Promise<void> {
 
 main().catch((err) => {
   console.error(err);
+  console.error(`server log (last lines):\n${lastLog.split('\n').slice(-30).join('\n')}`);
   process.exit(1);
 });
