@@ -5,15 +5,17 @@
 //      new clients (TCP connect + handshake + a 4 KiB read) probed one after another meanwhile.
 //      Three variants: the chunk still dirty (write cache), the same chunk after a flush (read
 //      cache), and reads spread over 64 data-bearing chunks with a 16 MiB read cache (misses).
-//      A fourth row: four such flooders at once (RSS against 4 × budget + chunk). A last row
-//      floods a memory export (`serve --memory`: no chunk, no decode) for what the NBD layer
-//      alone costs. Each probe's time is split into connect + handshake (greeting to the GO
-//      reply) and the 4 KiB read after it.
+//      A first row without any flood: what the rewrite of the chunk itself costs (a 4 MiB dirty
+//      chunk, then its upload: sealing in the codec workers). Then four flooders at once (RSS
+//      against 4 × budget + chunk). A last row floods a memory export (`serve --memory`: no
+//      chunk, no decode) for what the NBD layer alone costs. Each probe's time is split into
+//      connect + handshake (greeting to the GO reply) and the 4 KiB read after it.
 //   2. fio (nbd engine, 4k randread, iodepth 32, warm data) alone, then beside four such
 //      flooders holding their unread replies, then beside four flooders that reconnect and flood
 //      again every 100 ms: the well-behaved client's share of its unloaded IOPS, in rounds (each
 //      loaded run against the alone run just before it: the machine's load drifts).
-// Env: BENCH_FIO_SECONDS (default 3), BENCH_FIO_ROUNDS (default 3); BENCH_HOSTILE_PARTS=floods or =fio runs one part only.
+// Env: BENCH_FIO_SECONDS (default 3), BENCH_FIO_ROUNDS (default 3); BENCH_HOSTILE_PARTS=floods
+// or =fio runs one part only.
 // Nothing is asserted: figures go to BENCHMARKS.md.
 //   npm run build && node dist/bench/hostile-bench.js
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
@@ -228,6 +230,7 @@ async function main(): Promise<void> {
     console.log('|---|---|---|---|---|---|---|---|');
     const sameChunk = (i: number) => ((i * 7) % 16) * FLOOD_LENGTH;
     const rows: Array<[string, boolean, (i: number) => number, number, string]> = [
+      ['no flood: the same rewrite of chunk 0 (and its writeback) alone', true, sameChunk, 0, '—'],
       ['same chunk, dirty (just rewritten)', true, sameChunk, 1, `${budgetMiB + chunkMiB} MiB (budget + chunk)`],
       ['same chunk, clean (read cache)', false, sameChunk, 1, `${budgetMiB + chunkMiB} MiB (budget + chunk)`],
       ['64 chunks, read-cache misses', false, (i) => 64 * MIB + ((i % 64) + 1) * CHUNK_SIZE, 1, `${budgetMiB + 16 * chunkMiB} MiB (budget + 16 fetches)`],
