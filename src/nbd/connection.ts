@@ -277,14 +277,24 @@ export class NbdConnection {
       this.inFlightBytes + this.replyMemory.heldBytes >= this.opts.maxInFlightBytes ||
       this.replyMemory.heldBytes >= MAX_UNSENT_REPLY_BYTES ||
       this.inFlightRequests + this.replyMemory.unsentReplies >= MAX_IN_FLIGHT_REQUESTS ||
-      !this.budget.cover(this.memoryHeld() + (this.reader?.peekLength() ?? 0))
+      !this.budgetCoversNext()
     );
   }
 
-  /** What this connection holds in memory: requests in flight, what its unsent replies keep
-   *  alive, and input received but not yet turned into requests. */
+  /** The process budget covers what this connection holds plus the next request (checked
+   *  between requests only: a WRITE payload was covered whole when its header was peeked, so a
+   *  connection never waits for budget holding half a payload that only more reading frees). */
+  private budgetCoversNext(): boolean {
+    if (!this.reader || this.reader.payloadInProgress > 0) return true;
+    return this.budget.cover(this.memoryHeld() + (this.reader.peekLength() ?? 0));
+  }
+
+  /** What this connection's budget share covers: requests in flight, what its unsent replies
+   *  keep alive, and the WRITE payload being read. (Input not yet parsed is socket buffering,
+   *  bounded apart: a connection waiting for the budget must hold nothing it cannot give back
+   *  by itself, or waiters could deadlock.) */
   private memoryHeld(): number {
-    return this.inFlightBytes + this.replyMemory.heldBytes + (this.reader?.bufferedBytes ?? 0);
+    return this.inFlightBytes + this.replyMemory.heldBytes + (this.reader?.payloadInProgress ?? 0);
   }
 
   /** Something was given back: return what the budget share no longer needs. */

@@ -134,10 +134,10 @@ test('a client that does not read its replies stops being read from once 8 MiB o
   }
 });
 
-test('nbdcopy with 4 connections of 64 requests of 32 MiB copies 128 MiB in and out through a 48 MiB budget, byte for byte', async () => {
+test('nbdcopy with 4 connections of 64 requests of 4 MiB copies 128 MiB in and out through a 6 MiB budget, byte for byte', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'nbd-budget-'));
   const provider = new MemoryExportProvider([{ name: 'disk', size: 128 * MIB, readOnly: false }]);
-  const budget = new MemoryBudget(48 * MIB);
+  const budget = new MemoryBudget(6 * MIB);
   const server = await startNbdServer({ listen: { host: '127.0.0.1', port: 0 }, provider, logger: createLogger('silent'), memoryBudget: budget });
   let peak = 0;
   const sampler = setInterval(() => (peak = Math.max(peak, budget.usedBytes)), 2);
@@ -147,7 +147,7 @@ test('nbdcopy with 4 connections of 64 requests of 32 MiB copies 128 MiB in and 
     writeFileSync(src, randomBytes(128 * MIB));
     const copy = async (from: string, to: string) => {
       // nbdcopy runs in a child process: this event loop is the server's
-      const r = await runTool('nbdcopy', ['--connections=4', '--requests=64', '--request-size=33554432', from, to], { timeoutMs: 300_000 });
+      const r = await runTool('nbdcopy', ['--connections=4', '--requests=64', '--request-size=4194304', from, to], { timeoutMs: 300_000 });
       assert.equal(r.code, 0, `nbdcopy ${from} ${to}: ${r.stderr}`);
     };
     await copy(src, server.uri('disk'));
