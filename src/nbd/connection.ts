@@ -10,10 +10,10 @@
 // client that does not read its replies costs at most that, plus the kernel's buffers), or
 // its requests in flight plus unsent replies reach MAX_IN_FLIGHT_REQUESTS; it resumes as
 // requests finish and replies reach the kernel. With a process memory budget (serve
-// --memory-limit), what the connection holds (requests in flight, unsent replies, input being
-// parsed, and the next request before it is parsed) must also be covered by its share of that
-// budget (budget-share.ts): while the budget has no room the connection waits its turn (FIFO
-// with every other holder) without reading. Fairness: one event-loop turn
+// --memory-limit), what the connection holds (requests in flight, unsent replies, the WRITE
+// payload being read) plus the next request must also be covered by its share of that budget
+// (budget-share.ts), checked between requests: while the budget has no room the connection
+// waits its turn (FIFO with every other holder) without reading. Fairness: one event-loop turn
 // starts at most REQUESTS_PER_TURN requests (or REQUEST_BYTES_PER_TURN bytes of them) per
 // connection, then yields (setImmediate), so a flood on one connection never holds up accepts,
 // handshakes or other connections' requests.
