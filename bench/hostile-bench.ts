@@ -5,11 +5,18 @@
 //      new clients (TCP connect + handshake + a 4 KiB read) probed one after another meanwhile.
 //      Three variants: the chunk still dirty (write cache), the same chunk after a flush (read
 //      cache), and reads spread over 64 data-bearing chunks with a 16 MiB read cache (misses).
-//      A fourth row: four such flooders at once (RSS against 4 × budget + chunk).
+//      A first row without any flood: what the rewrite of the chunk itself costs (a 4 MiB dirty
+//      chunk, then its upload: sealing in the codec workers). Then four flooders at once (RSS
+//      against 4 × budget + chunk). A last row floods a memory export (`serve --memory`: no
+//      chunk, no decode) for what the NBD layer alone costs. Each probe's time is split into
+//      connect + handshake (greeting to the GO reply) and the 4 KiB read after it.
 //   2. fio (nbd engine, 4k randread, iodepth 32, warm data) alone, then beside four such
 //      flooders holding their unread replies, then beside four flooders that reconnect and flood
-//      again every 100 ms: the well-behaved client's share of its unloaded IOPS.
-// Env: BENCH_FIO_SECONDS (default 5). Nothing is asserted: figures go to BENCHMARKS.md.
+//      again every 100 ms: the well-behaved client's share of its unloaded IOPS, in rounds (each
+//      loaded run against the alone run just before it: the machine's load drifts).
+// Env: BENCH_FIO_SECONDS (default 3), BENCH_FIO_ROUNDS (default 3); BENCH_HOSTILE_PARTS=floods
+// or =fio runs one part only.
+// Nothing is asserted: figures go to BENCHMARKS.md.
 //   npm run build && node dist/bench/hostile-bench.js
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -23,7 +30,9 @@ import { Wire, greet, go, readSimpleReply, request } from '../test/nbd/raw-clien
 const REPO = path.resolve(__dirname, '../..');
 const CLI = path.join(REPO, 'bin/nbd-vault.js');
 const MIB = 2 ** 20;
-const FIO_SECONDS = Number(process.env.BENCH_FIO_SECONDS ?? 5);
+const FIO_SECONDS = Number(process.env.BENCH_FIO_SECONDS ?? 3);
+const FIO_ROUNDS = Number(process.env.BENCH_FIO_ROUNDS ?? 3);
+const PARTS = process.env.BENCH_HOSTILE_PARTS ?? 'floods,fio';
 const FLOOD_REQUESTS = 1000;
 const FLOOD_LENGTH = 64 * 1024;
 /** a flood whose server grows past this is cut short (the unfixed server reached 4 GB) */
@@ -100,20 +109,31 @@ async function flooder(port: number, offsetOf: (i: number) => number, n = FLOOD_
   return w;
 }
 
+interface Probe {
+  /** TCP connect + greeting + options up to the GO reply */
+  handshake: number;
+  /** one 4 KiB read after it */
+  read: number;
+  total: number;
+}
+
 /** New client: TCP connect + handshake + one 4 KiB read, checked against `expect`. */
-async function probe(port: number, offset: number, expect: Buffer): Promise<number> {
+async function probe(port: number, offset: number, expect: Buffer): Promise<Probe> {
   const t0 = performance.now();
+  let t1 = Infinity;
   let w: Wire | null = null;
   try {
     w = await connect(port);
+    t1 = performance.now();
     await w.write(request(NBD_CMD_READ, 0, 1, offset, 4096));
     const r = await readSimpleReply(w, 4096);
     if (r.error !== 0 || !r.data.equals(expect)) throw new Error('probe read returned wrong data');
-    return performance.now() - t0;
+    const t2 = performance.now();
+    return { handshake: t1 - t0, read: t2 - t1, total: t2 - t0 };
   } catch (err) {
     // the unfixed server did not even send the greeting within Wire's 10 s timeout
     if (!/timeout/.test((err as Error).message)) throw err;
-    return Infinity;
+    return { handshake: t1 === Infinity ? Infinity : t1 - t0, read: Infinity, total: Infinity };
   } finally {
     w?.destroy();
   }
@@ -121,7 +141,7 @@ async function probe(port: number, offset: number, expect: Buffer): Promise<numb
 
 interface FloodFigures {
   growthMiB: number;
-  probes: number[];
+  probes: Probe[];
   cut: boolean;
 }
 
@@ -140,7 +160,7 @@ async function measureFlood(srv: Server, flood: () => Promise<Wire[]>, probeAt: 
       for (const w of wires) w.destroy();
     }
   }, 5);
-  const probes: number[] = [];
+  const probes: Probe[] = [];
   try {
     wires = await flood();
     const end = Date.now() + windowMs;
@@ -156,13 +176,15 @@ async function measureFlood(srv: Server, flood: () => Promise<Wire[]>, probeAt: 
   return { growthMiB: (peak - base) / MIB, probes, cut };
 }
 
-function fio(port: number, seconds: number): number {
-  const out = execFileSync(
-    'fio',
-    ['--name=wb', '--ioengine=nbd', `--uri=nbd://127.0.0.1:${port}/disk`, '--rw=randread', '--bs=4k', '--iodepth=32', '--offset=16M', '--size=32M', `--runtime=${seconds}`, '--time_based', '--output-format=json'],
-    { encoding: 'utf8' },
-  );
-  return JSON.parse(out.slice(out.indexOf('{'))).jobs[0].read.iops;
+/** fio in a child process (this event loop stays free for the flooders): its read IOPS. */
+function fioAsync(port: number, seconds: number): Promise<number> {
+  return new Promise<number>((resolve, reject) => {
+    const child = spawn('fio', ['--name=wb', '--ioengine=nbd', `--uri=nbd://127.0.0.1:${port}/disk`, '--rw=randread', '--bs=4k', '--iodepth=32', '--offset=16M', '--size=32M', `--runtime=${seconds}`, '--time_based', '--output-format=json']);
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.on('error', reject);
+    child.on('close', (code) => (code === 0 ? resolve(JSON.parse(out.slice(out.indexOf('{'))).jobs[0].read.iops) : reject(new Error(`fio exited ${code}`))));
+  });
 }
 
 const fmt = (ms: number) => (ms === Infinity ? 'timeout (10 s)' : ms.toFixed(ms < 10 ? 1 : 0));
@@ -170,6 +192,13 @@ function stats(xs: number[]): string {
   const s = [...xs].sort((a, b) => a - b);
   return `median ${fmt(s[Math.floor(s.length / 2)])} ms, max ${fmt(s[s.length - 1])} ms (${s.length} probes)`;
 }
+/** p50 / p90 / max of one part of the probes, in ms */
+function spread(ps: Probe[], part: keyof Probe): string {
+  const s = ps.map((p) => p[part]).sort((a, b) => a - b);
+  const at = (q: number) => fmt(s[Math.min(s.length - 1, Math.floor(q * s.length))]);
+  return `${at(0.5)} / ${at(0.9)} / ${fmt(s[s.length - 1])}`;
+}
+const under = (ps: Probe[], ms: number) => `${ps.filter((p) => p.total < ms).length}/${ps.length}`;
 
 async function main(): Promise<void> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'nbd-hostile-bench-'));
@@ -196,16 +225,18 @@ async function main(): Promise<void> {
     srv = null;
 
     console.log(`hostile-client benchmark: vault export on the fs store, in-flight budget ${budgetMiB} MiB per connection, chunk ${chunkMiB} MiB, read cache 16 MiB; a fresh server per row`);
-    console.log('| flood: 1,000 unread 64 KiB reads per client | RSS growth | limit | new client alone: connect + handshake + 4 KiB read | the same during the flood |');
-    console.log('|---|---|---|---|---|');
+    console.log(`(load average ${os.loadavg()[0].toFixed(1)} on ${os.cpus().length} cores at the start: other work on the machine widens the latency figures)`);
+    console.log('| flood: 1,000 unread 64 KiB reads per client | RSS growth | limit | new client alone: connect + handshake + 4 KiB read | during the flood: handshake p50 / p90 / max (ms) | 4 KiB read p50 / p90 / max (ms) | both, max | under 200 ms |');
+    console.log('|---|---|---|---|---|---|---|---|');
     const sameChunk = (i: number) => ((i * 7) % 16) * FLOOD_LENGTH;
     const rows: Array<[string, boolean, (i: number) => number, number, string]> = [
+      ['no flood: the same rewrite of chunk 0 (and its writeback) alone', true, sameChunk, 0, '—'],
       ['same chunk, dirty (just rewritten)', true, sameChunk, 1, `${budgetMiB + chunkMiB} MiB (budget + chunk)`],
       ['same chunk, clean (read cache)', false, sameChunk, 1, `${budgetMiB + chunkMiB} MiB (budget + chunk)`],
       ['64 chunks, read-cache misses', false, (i) => 64 * MIB + ((i % 64) + 1) * CHUNK_SIZE, 1, `${budgetMiB + 16 * chunkMiB} MiB (budget + 16 fetches)`],
       ['four such clients at once, same chunk, dirty', true, sameChunk, 4, `${4 * budgetMiB + chunkMiB} MiB (4 × budget + chunk)`],
     ];
-    for (const [label, dirty, offsetOf, clients, limit] of rows) {
+    for (const [label, dirty, offsetOf, clients, limit] of PARTS.includes('floods') ? rows : []) {
       srv = await Server.start(env, dir, ['--read-cache', '16M']);
       const s = srv;
       const w = await connect(s.port);
@@ -214,53 +245,68 @@ async function main(): Promise<void> {
       await readSimpleReply(w, 4096);
       await writeAt(w, 8 * MIB, randomBytes(4096), 2);
       await flush(w);
-      const alone: number[] = [];
+      const alone: Probe[] = [];
       for (let k = 0; k < 5; k++) alone.push(await probe(s.port, 0, first.subarray(0, 4096)));
       if (dirty) await writeAt(w, 0, first, 3); // same bytes: the chunk is dirty for the flood
       const f = await measureFlood(s, () => Promise.all(Array.from({ length: clients }, () => flooder(s.port, offsetOf))), 0, first.subarray(0, 4096));
-      console.log(`| ${label} | ${f.cut ? '> ' : ''}${f.growthMiB.toFixed(0)} MiB | ${limit} | ${stats(alone)} | ${stats(f.probes)} |`);
+      console.log(`| ${label} | ${f.cut ? '> ' : ''}${f.growthMiB.toFixed(0)} MiB | ${limit} | ${stats(alone.map((p) => p.total))} | ${spread(f.probes, 'handshake')} | ${spread(f.probes, 'read')} | ${fmt(Math.max(...f.probes.map((p) => p.total)))} | ${under(f.probes, 200)} |`);
+      w.destroy();
+      await s.stop();
+      srv = null;
+    }
+
+    if (PARTS.includes('floods')) {
+      // the same flood on a memory export: what the NBD layer costs without chunks and decoding
+      srv = await Server.start(env, dir, ['--memory', 'disk=1G']);
+      const s = srv;
+      const w = await connect(s.port);
+      await writeAt(w, 0, first, 1);
+      const alone: Probe[] = [];
+      for (let k = 0; k < 5; k++) alone.push(await probe(s.port, 0, first.subarray(0, 4096)));
+      const f = await measureFlood(s, () => flooder(s.port, sameChunk).then((x) => [x]), 0, first.subarray(0, 4096));
+      console.log(`| memory export (serve --memory: no chunk, no decode) | ${f.growthMiB.toFixed(0)} MiB | ${budgetMiB} MiB (budget) | ${stats(alone.map((p) => p.total))} | ${spread(f.probes, 'handshake')} | ${spread(f.probes, 'read')} | ${fmt(Math.max(...f.probes.map((p) => p.total)))} | ${under(f.probes, 200)} |`);
       w.destroy();
       await s.stop();
       srv = null;
     }
 
     // 2. a well-behaved client (fio) beside four flooders; a read cache that holds fio's 32 MiB
+    if (!PARTS.includes('fio')) return;
+    // The machine is shared: fio alone, beside the holders and beside the re-flooders run in
+    // turn, FIO_ROUNDS times, and each loaded run is compared with the alone run just before it.
     srv = await Server.start(env, dir, ['--read-cache', '64M']);
     const s = srv;
-    fio(s.port, 2); // warm the cache
-    const alone = fio(s.port, FIO_SECONDS);
-    const holders = await Promise.all(Array.from({ length: 4 }, () => flooder(s.port, (i) => ((i * 7) % 16) * FLOOD_LENGTH)));
-    const beside = fio(s.port, FIO_SECONDS);
-    for (const w of holders) w.destroy();
-    await sleep(500);
-
-    let looping = true;
-    let rounds = 0;
-    const loops = Array.from({ length: 4 }, async () => {
-      while (looping) {
-        const w = await flooder(s.port, (i) => ((i * 7) % 16) * FLOOD_LENGTH);
-        await sleep(100);
-        w.destroy();
-        rounds++;
-      }
-    });
-    const looped = await new Promise<number>((resolve, reject) => {
-      // fio runs in a child; the flood loops need this event loop meanwhile
-      const child = spawn('fio', ['--name=wb', '--ioengine=nbd', `--uri=nbd://127.0.0.1:${s.port}/disk`, '--rw=randread', '--bs=4k', '--iodepth=32', '--offset=16M', '--size=32M', `--runtime=${FIO_SECONDS}`, '--time_based', '--output-format=json']);
-      let out = '';
-      child.stdout.on('data', (d) => (out += d));
-      child.on('error', reject);
-      child.on('close', () => resolve(JSON.parse(out.slice(out.indexOf('{'))).jobs[0].read.iops));
-    });
-    looping = false;
-    await Promise.all(loops);
-
+    await fioAsync(s.port, 2); // warm the cache
+    const fioRows: Array<{ alone: number; held: number; reflood: number; floods: number }> = [];
+    for (let round = 0; round < FIO_ROUNDS; round++) {
+      const alone = await fioAsync(s.port, FIO_SECONDS);
+      const holders = await Promise.all(Array.from({ length: 4 }, () => flooder(s.port, (i) => ((i * 7) % 16) * FLOOD_LENGTH)));
+      const held = await fioAsync(s.port, FIO_SECONDS);
+      for (const w of holders) w.destroy();
+      await sleep(500);
+      let looping = true;
+      let floods = 0;
+      const loops = Array.from({ length: 4 }, async () => {
+        while (looping) {
+          const w = await flooder(s.port, (i) => ((i * 7) % 16) * FLOOD_LENGTH);
+          await sleep(100);
+          w.destroy();
+          floods++;
+        }
+      });
+      const reflood = await fioAsync(s.port, FIO_SECONDS); // fio runs in a child: the loops need this event loop
+      looping = false;
+      await Promise.all(loops);
+      await sleep(500);
+      fioRows.push({ alone, held, reflood, floods });
+    }
+    const pct = (x: number, of: number) => `${((100 * x) / of).toFixed(0)} %`;
+    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
     console.log('');
-    console.log(`| well-behaved client: fio nbd 4k randread QD32, ${FIO_SECONDS} s, warm data | IOPS | share of alone |`);
-    console.log('|---|---|---|');
-    console.log(`| alone | ${alone.toFixed(0)} | 100 % |`);
-    console.log(`| beside 4 clients that sent 1,000 unread 64 KiB reads each (held) | ${beside.toFixed(0)} | ${((100 * beside) / alone).toFixed(0)} % |`);
-    console.log(`| beside 4 clients flooding anew every 100 ms (${rounds} floods of 1,000) | ${looped.toFixed(0)} | ${((100 * looped) / alone).toFixed(0)} % |`);
+    console.log(`| well-behaved client: fio nbd 4k randread QD32, ${FIO_SECONDS} s runs, warm data, ${FIO_ROUNDS} rounds | alone (IOPS) | beside 4 clients holding 1,000 unread 64 KiB reads each | beside 4 clients flooding anew every 100 ms |`);
+    console.log('|---|---|---|---|');
+    fioRows.forEach((r, k) => console.log(`| round ${k + 1} | ${r.alone.toFixed(0)} | ${r.held.toFixed(0)} (${pct(r.held, r.alone)}) | ${r.reflood.toFixed(0)} (${pct(r.reflood, r.alone)}, ${r.floods} floods of 1,000) |`));
+    console.log(`| median share of alone | | ${median(fioRows.map((r) => (100 * r.held) / r.alone)).toFixed(0)} % | ${median(fioRows.map((r) => (100 * r.reflood) / r.alone)).toFixed(0)} % |`);
   } finally {
     await srv?.stop();
     rmSync(dir, { recursive: true, force: true });

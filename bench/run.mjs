@@ -8,6 +8,7 @@ const BENCHMARKS = [
   { name: 'Codec', script: 'dist/bench/codec-bench.js' },
   { name: 'Vault (volumes over the fs store and S3)', script: 'dist/bench/vault-bench.js' },
   { name: 'Hostile clients on a vault export', script: 'dist/bench/hostile-bench.js' },
+  { name: 'Memory (8 volumes written at once under --memory-limit 1G)', script: 'dist/bench/memory-bench.js' },
   { name: 'Changed-block tracking (BLOCK_STATUS on 1 TiB)', script: 'dist/bench/block-status-bench.js' },
   { name: 'Sync (replica copies, fs→fs and RGW→fs)', script: 'dist/bench/sync-bench.js' },
   { name: 'Metrics overhead', script: 'bench/metrics-bench.mjs' },

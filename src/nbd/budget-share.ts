@@ -1,6 +1,6 @@
 // One connection's share of the process memory budget (serve --memory-limit): what its requests
-// in flight, its unsent replies and its input being parsed hold is covered by reservations of
-// the shared MemoryBudget, on top of the connection's own in-flight limit. The connection asks
+// in flight, its unsent replies and the WRITE payload it is reading hold is covered by
+// reservations of the shared MemoryBudget, on top of the connection's own in-flight limit. The connection asks
 // cover(bytes) before it parses another request: when the budget cannot cover that now, one
 // reservation waits in the budget's FIFO queue (the connection stops reading meanwhile) and
 // onGranted() tells the connection to go on. trim(bytes) gives back what is held beyond `bytes`,

@@ -6,13 +6,14 @@
 // synchronous burst (so replies never interleave), batched per tick with cork/uncork
 // (one writev). Backpressure: parsing stops and the socket is paused while this connection's
 // requests in flight plus what its unsent replies keep alive (reply-memory.ts) reach
-// maxInFlightBytes (its budget: a client that does not read its replies costs at most that), or
+// maxInFlightBytes (its budget), or its unsent replies alone reach MAX_UNSENT_REPLY_BYTES (a
+// client that does not read its replies costs at most that, plus the kernel's buffers), or
 // its requests in flight plus unsent replies reach MAX_IN_FLIGHT_REQUESTS; it resumes as
 // requests finish and replies reach the kernel. With a process memory budget (serve
-// --memory-limit), what the connection holds (requests in flight, unsent replies, input being
-// parsed, and the next request before it is parsed) must also be covered by its share of that
-// budget (budget-share.ts): while the budget has no room the connection waits its turn (FIFO
-// with every other holder) without reading. Fairness: one event-loop turn
+// --memory-limit), what the connection holds (requests in flight, unsent replies, the WRITE
+// payload being read) plus the next request must also be covered by its share of that budget
+// (budget-share.ts), checked between requests: while the budget has no room the connection
+// waits its turn (FIFO with every other holder) without reading. Fairness: one event-loop turn
 // starts at most REQUESTS_PER_TURN requests (or REQUEST_BYTES_PER_TURN bytes of them) per
 // connection, then yields (setImmediate), so a flood on one connection never holds up accepts,
 // handshakes or other connections' requests.
@@ -41,6 +42,12 @@ import { validateRequest, type SessionFacts } from './request-validation';
 /** Requests in flight plus unsent replies per connection, whatever their size (bounds floods
  *  of tiny requests and of replies that share one buffer). */
 const MAX_IN_FLIGHT_REQUESTS = 1024;
+/** Parsing stops while the replies waiting for the socket (beyond what the kernel took) hold
+ *  this much: a client that does not read its replies costs this, not its whole in-flight
+ *  budget, and a client that floods and reconnects makes us do that much work per round, not
+ *  64 MiB of it. A client that reads keeps its pipeline: the kernel buffers and the requests
+ *  in flight still hold up to maxInFlightBytes. */
+const MAX_UNSENT_REPLY_BYTES = 8 * 1024 * 1024;
 /** after a clean close, how long a client may take to read what we still send */
 const CLOSE_LINGER_MS = 30_000;
 /** Handshake input buffered before the socket is paused. */
@@ -268,15 +275,26 @@ export class NbdConnection {
       this.discReceived ||
       isTerminal(this.state) ||
       this.inFlightBytes + this.replyMemory.heldBytes >= this.opts.maxInFlightBytes ||
+      this.replyMemory.heldBytes >= MAX_UNSENT_REPLY_BYTES ||
       this.inFlightRequests + this.replyMemory.unsentReplies >= MAX_IN_FLIGHT_REQUESTS ||
-      !this.budget.cover(this.memoryHeld() + (this.reader?.peekLength() ?? 0))
+      !this.budgetCoversNext()
     );
   }
 
-  /** What this connection holds in memory: requests in flight, what its unsent replies keep
-   *  alive, and input received but not yet turned into requests. */
+  /** The process budget covers what this connection holds plus the next request (checked
+   *  between requests only: a WRITE payload was covered whole when its header was peeked, so a
+   *  connection never waits for budget holding half a payload that only more reading frees). */
+  private budgetCoversNext(): boolean {
+    if (!this.reader || this.reader.payloadInProgress > 0) return true;
+    return this.budget.cover(this.memoryHeld() + (this.reader.peekLength() ?? 0));
+  }
+
+  /** What this connection's budget share covers: requests in flight, what its unsent replies
+   *  keep alive, and the WRITE payload being read. (Input not yet parsed is socket buffering,
+   *  bounded apart: a connection waiting for the budget must hold nothing it cannot give back
+   *  by itself, or waiters could deadlock.) */
   private memoryHeld(): number {
-    return this.inFlightBytes + this.replyMemory.heldBytes + (this.reader?.bufferedBytes ?? 0);
+    return this.inFlightBytes + this.replyMemory.heldBytes + (this.reader?.payloadInProgress ?? 0);
   }
 
   /** Something was given back: return what the budget share no longer needs. */

@@ -59,21 +59,33 @@ export class RequestReader {
     return this.pendingTotal;
   }
 
-  /** Memory the reader holds: unparsed input plus the part of a WRITE payload collected so far. */
-  get bufferedBytes(): number {
-    return this.pendingTotal + (this.state === 'payload' ? this.payloadFill : 0);
+  /** The length of the WRITE payload being collected (0 between requests): its memory was
+   *  budgeted when its header was peeked, and stays budgeted until the request is done. */
+  get payloadInProgress(): number {
+    return this.state === 'payload' ? this.payloadLength : 0;
   }
 
-  /** The READ/WRITE length of the next request when its header is already here in one piece
-   *  (null otherwise, or for other commands): what the caller must budget before parsing it.
-   *  Lengths over maxPayload are refused or dropped, never held: they count 0. */
+  /** The READ/WRITE length of the next request once its whole header is here (null before, or
+   *  for other commands): what the caller must budget before parsing it. Lengths over
+   *  maxPayload are refused or dropped, never held: they count 0. */
   peekLength(): number | null {
-    if (this.state !== 'header' || this.headerFill !== 0 || this.pending.length === 0) return null;
-    const b = this.pending[0];
-    if (b.length < NBD_REQUEST_SIZE) return null;
-    const type = b.readUInt16BE(6);
+    if (this.state !== 'header') return null;
+    const need = NBD_REQUEST_SIZE - this.headerFill;
+    let h: Buffer;
+    if (this.headerFill === 0 && this.pending.length > 0 && this.pending[0].length >= NBD_REQUEST_SIZE) h = this.pending[0];
+    else {
+      if (this.pendingTotal < need) return null;
+      h = Buffer.allocUnsafe(NBD_REQUEST_SIZE);
+      this.header.copy(h, 0, 0, this.headerFill);
+      let at = this.headerFill;
+      for (const c of this.pending) {
+        at += c.copy(h, at, 0, Math.min(c.length, NBD_REQUEST_SIZE - at));
+        if (at === NBD_REQUEST_SIZE) break;
+      }
+    }
+    const type = h.readUInt16BE(6);
     if (type !== NBD_CMD_READ && type !== NBD_CMD_WRITE) return null;
-    const length = b.readUInt32BE(24);
+    const length = h.readUInt32BE(24);
     return length <= this.maxPayload ? length : 0;
   }
 

@@ -59,6 +59,9 @@ test('serve --metrics: counters move by what qemu-io, nbdcopy and nbdsh did', as
   assert.equal(s1.get('nbd_vault_lease_held{volume="m"}'), 1);
   assert.equal(s1.get('nbd_vault_leases_held'), 1);
   assert.equal(s1.get('nbd_vault_leases_lost'), 0);
+  assert.equal(s1.get('nbd_vault_memory_limit_bytes'), 2 ** 30, 'the default --memory-limit');
+  assert.equal(s1.get('nbd_vault_memory_used_bytes'), 0, 'the clients are gone: nothing held of the budget');
+  assert.equal(s1.get('nbd_vault_memory_waiting'), 0);
 
   // The same read again comes from the read cache: one chunk lookup per chunk, all hits.
   await runCommand('qemu-io', ['-f', 'raw', '-c', 'read -P 0x11 0 3M', srv.uri('m')]);

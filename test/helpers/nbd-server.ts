@@ -103,6 +103,11 @@ export function runTool(cmd: string, args: readonly string[], opts: { timeoutMs?
       clearTimeout(timer);
       resolveRun({ code, stdout, stderr });
     });
+    // A tool that exits without reading its stdin (most do) makes the end of stdin fail with
+    // EPIPE when the exit wins the race (seen on a loaded machine): the exit code is the verdict.
+    child.stdin.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EPIPE') reject(err);
+    });
     child.stdin.end(opts.input ?? '');
   });
 }

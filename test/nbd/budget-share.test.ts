@@ -1,5 +1,5 @@
 // Units of a connection's share of the process memory budget, and of the request reader's
-// accounting that feeds it (bufferedBytes, peekLength).
+// accounting that feeds it (payloadInProgress, peekLength).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { BudgetShare, BUDGET_STEP_BYTES } from '../../src/nbd/budget-share';
@@ -68,7 +68,7 @@ test('a grant that lands after the connection closed is given back at once', asy
   assert.equal(b.stats().waiting, 0);
 });
 
-test('request reader: bufferedBytes counts unparsed input and a partial WRITE payload; peekLength sees the next READ/WRITE', () => {
+test('request reader: payloadInProgress is the whole WRITE being read; peekLength sees the next READ/WRITE, also split across chunks', () => {
   const got: NbdRequest[] = [];
   const r = new RequestReader(32 * 2 ** 20, (q) => got.push(q));
   const read = request(0, 0, 1, 0, 65536);
@@ -76,25 +76,36 @@ test('request reader: bufferedBytes counts unparsed input and a partial WRITE pa
   const huge = request(0, 0, 3, 0, 64 * 2 ** 20);
   const flush = request(3, 0, 4, 0, 0);
   r.push(Buffer.concat([read, write.subarray(0, 28 + 1000)]));
-  assert.equal(r.bufferedBytes, 28 + 28 + 1000);
+  assert.equal(r.pendingBytes, 28 + 28 + 1000);
+  assert.equal(r.payloadInProgress, 0);
   assert.equal(r.peekLength(), 65536);
   let n = 0;
   assert.equal(r.run(() => n++ >= 1), 'stopped', 'stopped after one request');
   assert.equal(got.length, 1);
   assert.equal(r.peekLength(), 200_000, 'the WRITE header is next');
   assert.equal(r.run(() => false), 'need-more');
-  assert.equal(r.bufferedBytes, 1000, 'the partial payload');
+  assert.equal(r.payloadInProgress, 200_000, 'the whole payload, not the part read so far');
   assert.equal(r.peekLength(), null, 'in the middle of a payload');
   r.push(Buffer.concat([write.subarray(28 + 1000), huge, flush]));
   assert.equal(r.run(() => got.length >= 2), 'stopped');
   assert.equal(got[1].length, 200_000);
+  assert.equal(r.payloadInProgress, 0, 'the WRITE is a request now');
   assert.equal(r.peekLength(), 0, 'a READ over the payload limit is refused, never held');
   assert.equal(r.run(() => got.length >= 3), 'stopped');
   assert.equal(r.peekLength(), null, 'FLUSH holds no data');
   assert.equal(r.run(() => false), 'need-more');
   assert.equal(got.length, 4);
-  assert.equal(r.bufferedBytes, 0);
-  r.push(request(0, 0, 5, 0, 4096).subarray(0, 10));
+  assert.equal(r.pendingBytes, 0);
+  // a header split over three socket chunks, and one already half consumed by the parser
+  const next = request(1, 0, 5, 0, 4096, Buffer.alloc(4096, 1));
+  r.push(next.subarray(0, 10));
   assert.equal(r.peekLength(), null, 'header not all here');
-  assert.equal(r.bufferedBytes, 10);
+  r.push(next.subarray(10, 20));
+  r.push(next.subarray(20, 40));
+  assert.equal(r.peekLength(), 4096);
+  const r2 = new RequestReader(32 * 2 ** 20, (q) => got.push(q));
+  r2.push(next.subarray(0, 10));
+  assert.equal(r2.run(() => false), 'need-more', 'the parser holds 10 header bytes');
+  r2.push(next.subarray(10, 30));
+  assert.equal(r2.peekLength(), 4096, 'peeked from the held part and the new chunk');
 });

@@ -1,7 +1,8 @@
 // The NBD server under a process memory budget: a client that never reads its replies stops
 // being read from once its share covers the budget, other clients wait their turn (never an
-// error), and everything held comes back; real clients (nbdcopy with deep queues of 32 MiB
-// requests) copy correctly through a budget much smaller than what they keep in flight.
+// error), and everything held comes back; a client that does not read stops being read from
+// after 8 MiB of unsent replies; real clients (nbdcopy with deep queues of 32 MiB requests) copy
+// correctly through a budget much smaller than what they keep in flight.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
@@ -90,20 +91,63 @@ test('a client that never reads its replies is held to the process budget; anoth
   }
 });
 
-test('nbdcopy with 4 connections of 64 requests of 32 MiB copies 256 MiB in and out through a 48 MiB budget, byte for byte', async () => {
+test('a client that does not read its replies stops being read from once 8 MiB of them wait (not its whole 64 MiB budget)', async () => {
+  const provider = new MemoryExportProvider([{ name: 'a', size: 64 * MIB, readOnly: false }]);
+  let answered = 0;
+  const metrics = { nbdRequest: () => void answered++, storeRequest() {}, storeRetry() {} };
+  const server = await startNbdServer({ listen: { host: '127.0.0.1', port: 0 }, provider, logger: createLogger('silent'), metrics });
+  const port = (server.address() as { port: number }).port;
+  try {
+    const flood = new Wire(port);
+    await greet(flood);
+    await go(flood, 'a');
+    flood.sock.pause();
+    const n = 1000; // 62.5 MiB: the per-connection budget (64 MiB) alone would let all of them in
+    flood.sock.write(Buffer.concat(Array.from({ length: n }, (_, i) => request(NBD_CMD_READ, 0, i + 1, (i % 512) * 65536, 65536))));
+    // wait until the server stops answering (steady for 500 ms)
+    let last = -1;
+    let steadySince = Date.now();
+    const deadline = Date.now() + 30_000;
+    while (Date.now() - steadySince < 500) {
+      assert.ok(Date.now() < deadline, 'the answered count settles');
+      if (answered !== last) [last, steadySince] = [answered, Date.now()];
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    // what the kernel may hold on loopback: the server's send buffer and the client's receive buffer
+    const maxOf = (f: string) => Number(readFileSync(f, 'utf8').trim().split(/\s+/)[2]);
+    const kernel = maxOf('/proc/sys/net/ipv4/tcp_wmem') + maxOf('/proc/sys/net/ipv4/tcp_rmem');
+    const bound = 8 * MIB + kernel + MIB;
+    assert.ok(answered * 65536 <= bound, `${answered} replies made (${(answered / 16).toFixed(1)} MiB), at most ${(bound / MIB).toFixed(1)} MiB expected`);
+    assert.ok(answered < n, 'the flood was not all read');
+    // once the client reads, every reply comes
+    flood.sock.resume();
+    const seen = new Set<number>();
+    for (let k = 0; k < n; k++) {
+      const r = await readSimpleReply(flood, 65536, 60_000);
+      assert.equal(r.error, 0);
+      seen.add(r.handle);
+    }
+    assert.equal(seen.size, n);
+    flood.destroy();
+  } finally {
+    await server.close();
+  }
+});
+
+test('nbdcopy with 4 connections of 64 requests of 4 MiB copies 128 MiB in and out through a 6 MiB budget, byte for byte', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'nbd-budget-'));
-  const provider = new MemoryExportProvider([{ name: 'disk', size: 256 * MIB, readOnly: false }]);
-  const budget = new MemoryBudget(48 * MIB);
+  const provider = new MemoryExportProvider([{ name: 'disk', size: 128 * MIB, readOnly: false }]);
+  const budget = new MemoryBudget(6 * MIB);
   const server = await startNbdServer({ listen: { host: '127.0.0.1', port: 0 }, provider, logger: createLogger('silent'), memoryBudget: budget });
   let peak = 0;
   const sampler = setInterval(() => (peak = Math.max(peak, budget.usedBytes)), 2);
   try {
     const src = join(dir, 'src.img');
     const back = join(dir, 'back.img');
-    writeFileSync(src, randomBytes(256 * MIB));
+    writeFileSync(src, randomBytes(128 * MIB));
     const copy = async (from: string, to: string) => {
       // nbdcopy runs in a child process: this event loop is the server's
-      const r = await runTool('nbdcopy', ['--connections=4', '--requests=64', '--request-size=33554432', from, to], { timeoutMs: 300_000 });
+      const r = await runTool('nbdcopy', ['--connections=4', '--requests=64', '--request-size=4194304', from, to], { timeoutMs: 300_000 });
       assert.equal(r.code, 0, `nbdcopy ${from} ${to}: ${r.stderr}`);
     };
     await copy(src, server.uri('disk'));
