@@ -9,6 +9,7 @@ import type { Logger } from '../util/log';
 import { CHUNK_SIZE, chunkCount, splitRange, type ChunkSpan } from './chunk-math';
 import type { Entry } from './manifest';
 import { FetchLimiter } from './fetch-limiter';
+import { FRAME_BYTES } from '../codec';
 import { BLOCK_BYTES } from './journal-record';
 import { isZeroBlock, type BlockLocation, type JournalHandle } from './journal-overlay';
 import type { ReadCache } from './read-cache';
@@ -166,7 +167,7 @@ export class ReadPath {
     }
     // A chunk read sequentially (or being fetched whole already) comes in one GET, not frame by
     // frame: a streaming reader needs all of it, and one request costs less than 32.
-    const whole = this.fetches.get(`${entry.id}/*`) ?? (this.sequential(i) ? this.wholeChunk(i, entry, requester) : null);
+    const whole = this.fetches.get(`${entry.id}/*`) ?? (this.sequential(i) && !this.cachedAt(entry, offset) ? this.wholeChunk(i, entry, requester) : null);
     if (whole) {
       const data = await whole;
       data.copy(out, at, offset, offset + length);
@@ -238,6 +239,12 @@ export class ReadPath {
   }
 
   // --- readahead and NBD_CMD_CACHE ---------------------------------------------------------
+
+  /** The frame holding `offset` of this chunk object is cached (a frame is at most 128 KiB: for a
+   *  v1 chunk, whose one frame is the chunk, the 128 KiB-frame key is simply absent). */
+  private cachedAt(entry: Entry, offset: number): boolean {
+    return this.frames.has(`${entry.id}/${Math.floor(offset / FRAME_BYTES)}`) || this.frames.has(`${entry.id}/0`);
+  }
 
   /** Chunk i continues a stream: the chunk before it was read recently. */
   private sequential(i: number): boolean {
