@@ -37,6 +37,9 @@ export class ReadPath {
 
   async read(offset: number, length: number, requester?: object): Promise<Buffer> {
     const spans = splitRange(offset, length, this.state.sizeBytes);
+    // noted before any await: the many reads a streaming client has in flight at once must see
+    // each other as a stream (a chunk read whole), not only after the first of them returned
+    for (const s of spans) this.noteRead(s.chunkIndex);
     if (spans.length === 1) {
       const direct = await this.plainSlice(spans[0], requester);
       if (direct) {
@@ -251,15 +254,18 @@ export class ReadPath {
     return this.recentReads.includes(i - 1);
   }
 
+  private noteRead(i: number): void {
+    const recent = this.recentReads;
+    if (recent[recent.length - 1] === i) return;
+    const at = recent.indexOf(i);
+    if (at >= 0) recent.splice(at, 1);
+    recent.push(i);
+    if (recent.length > RECENT_READS) recent.shift();
+  }
+
   private readahead(i: number): void {
     const recent = this.recentReads;
-    const sequential = recent.includes(i - 1) || recent.includes(i);
-    if (recent[recent.length - 1] !== i) {
-      const at = recent.indexOf(i);
-      if (at >= 0) recent.splice(at, 1);
-      recent.push(i);
-      if (recent.length > RECENT_READS) recent.shift();
-    }
+    const sequential = recent.includes(i - 1);
     if (!sequential || this.readaheadChunks <= 0) return;
     const last = Math.min(chunkCount(this.state.sizeBytes) - 1, i + this.readaheadChunks);
     for (let j = i + 1; j <= last; j++) this.prefetchChunk(j);
