@@ -138,15 +138,7 @@ export class Sealer {
             entries.set(i, { id: null, epoch: s.epoch, storedSize: 0 });
             continue;
           }
-          const token = s.startUpload(Date.now());
-          tokens.push(token);
-          try {
-            const entry = await this.objects.writeChunk(i, data, s.epoch);
-            if (entry.id !== null) written.push(chunkKey(this.objects.volumeId, entry.id));
-            entries.set(i, entry);
-          } finally {
-            this.buffers.giveNow(data);
-          }
+          entries.set(i, await this.storeChunk(i, data, tokens, written));
         }
       };
       await Promise.all(Array.from({ length: Math.min(this.uploadConcurrency, rewrites.length) }, worker));
@@ -189,6 +181,20 @@ export class Sealer {
       this.retryAtMs = Date.now() + backoff / 2 + Math.random() * (backoff / 2);
       this.logger.error({ volume: this.name, failures: this.failures, dirtyBytes: s.dirtyBytes, err: describeError(err) }, 'storing dirty data failed; kept in memory and retried');
       throw new VaultError('ERR_IO', `volume "${this.name}": cannot store written data: ${describeError(err)}`, { cause: err });
+    }
+  }
+
+  /** Seal and store one assembled chunk (its buffer goes back to the pool), counting the upload
+   *  as unreferenced until a root names it and remembering the object in case the job fails. */
+  private async storeChunk(i: number, data: Buffer, tokens: number[], written: string[]): Promise<Entry> {
+    const s = this.state;
+    tokens.push(s.startUpload(Date.now()));
+    try {
+      const entry = await this.objects.writeChunk(i, data, s.epoch);
+      if (entry.id !== null) written.push(chunkKey(this.objects.volumeId, entry.id));
+      return entry;
+    } finally {
+      this.buffers.giveNow(data);
     }
   }
 
@@ -244,15 +250,7 @@ export class Sealer {
         while (next < picked.length) {
           const i = picked[next++];
           const data = await this.reads.storedChunk(i, this.buffers.take(s.chunkLength(i), 'overwrite'));
-          const token = s.startUpload(Date.now());
-          tokens.push(token);
-          try {
-            const entry = await this.objects.writeChunk(i, data, s.epoch);
-            if (entry.id !== null) written.push(chunkKey(this.objects.volumeId, entry.id));
-            entries.set(i, entry);
-          } finally {
-            this.buffers.giveNow(data);
-          }
+          entries.set(i, await this.storeChunk(i, data, tokens, written));
         }
       };
       await Promise.all(Array.from({ length: Math.min(4, picked.length) }, worker));

@@ -19,6 +19,7 @@ import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { randomInt } from 'node:crypto';
 import { runCommand } from '../helpers/fuse-disk';
+import { seededRandom } from '../../src/store/seeded-random';
 import { SYSTEM_PYTHON } from '../helpers/nbd-server';
 import { makeTestVault, REPO, type TestVault, type VaultServer } from '../helpers/vault-server';
 
@@ -26,17 +27,8 @@ const WORKLOAD = join(REPO, 'test/e2e/py/crash_workload.py');
 const SIZE = 32 * 2 ** 20; // 8 chunks of 4 MiB: random writes hit each chunk many times
 const ROUNDS = 3;
 
-/** mulberry32: a small seeded PRNG for the kill moments. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** the kill moments come from a seeded PRNG (mulberry32), so a failing round replays */
+const prng = seededRandom;
 
 interface Snapshot {
   name: string;
