@@ -31,10 +31,13 @@ export class ReadCache {
   /** stops the budget from asking this cache (the engine closed) */
   private unregister: (() => void) | null = null;
 
-  get(key: string): Buffer | undefined {
+  /** `count` false: a probe that does not count as a hit or a miss. */
+  get(key: string, count = true): Buffer | undefined {
     const buf = this.lru?.get(key);
-    if (buf) this.hits++;
-    else this.misses++;
+    if (count) {
+      if (buf) this.hits++;
+      else this.misses++;
+    }
     return buf;
   }
 

@@ -90,7 +90,9 @@ export class ReadPath {
     if (this.state.manifest.get(i).id !== entry.id) return null; // rewritten meanwhile: take the long way
     const frame = await this.chunkFrame(i, entry, f, layout.frameBytes, requester);
     const at = s.chunkOffset - f * layout.frameBytes;
-    if (s.length * 2 >= frame.length) return frame.subarray(at, at + s.length);
+    // a view only when it is at least half of the memory it keeps alive (a frame may be a view of a
+    // whole 4 MiB chunk): an unread reply then holds at most twice its length
+    if (s.length * 2 >= frame.buffer.byteLength) return frame.subarray(at, at + s.length);
     return Buffer.from(frame.subarray(at, at + s.length));
   }
 
@@ -200,10 +202,13 @@ export class ReadPath {
 
   private chunkFrame(i: number, entry: Entry, f: number, frameBytes: number, requester?: object): Promise<Buffer> {
     const key = `${entry.id}/${f}`;
+    const frameOf = (data: Buffer) => data.subarray(f * frameBytes, Math.min(data.length, (f + 1) * frameBytes));
+    const cachedWhole = this.frames.get(`${entry.id}/*`, false);
+    if (cachedWhole) return Promise.resolve(frameOf(cachedWhole));
     const cached = this.frames.get(key);
     if (cached) return Promise.resolve(cached);
     const whole = this.fetches.get(`${entry.id}/*`);
-    if (whole) return whole.then((data) => data.subarray(f * frameBytes, Math.min(data.length, (f + 1) * frameBytes)));
+    if (whole) return whole.then(frameOf);
     return this.singleFlight(key, requester, () => this.objects.readChunkFrame(i, entry, this.state.chunkLength(i), f), (err) => this.readError(i, err, f * frameBytes));
   }
 
@@ -246,7 +251,7 @@ export class ReadPath {
   /** The frame holding `offset` of this chunk object is cached (a frame is at most 128 KiB: for a
    *  v1 chunk, whose one frame is the chunk, the 128 KiB-frame key is simply absent). */
   private cachedAt(entry: Entry, offset: number): boolean {
-    return this.frames.has(`${entry.id}/${Math.floor(offset / FRAME_BYTES)}`) || this.frames.has(`${entry.id}/0`);
+    return this.frames.has(`${entry.id}/*`) || this.frames.has(`${entry.id}/${Math.floor(offset / FRAME_BYTES)}`) || this.frames.has(`${entry.id}/0`);
   }
 
   /** Chunk i continues a stream: the chunk before it was read recently. */
@@ -277,7 +282,7 @@ export class ReadPath {
     const entry = this.state.manifest.get(i);
     if (entry.id === null) return;
     const key = `${entry.id}/*`;
-    if (this.fetches.has(key) || this.frames.has(`${entry.id}/0`)) return;
+    if (this.fetches.has(key) || this.frames.has(key) || this.frames.has(`${entry.id}/0`)) return;
     this.fillChunk(i, entry, key).catch(() => {}); // a real read of it reports the error
   }
 
@@ -285,26 +290,11 @@ export class ReadPath {
     await (this.fetches.get(key) ?? this.wholeChunk(i, entry, requester));
   }
 
-  /** One GET of the whole chunk object (single flight), its frames then kept in the read cache
-   *  (not the whole chunk under its own key). */
+  /** One GET of the whole chunk object (single flight), kept in the read cache as one entry
+   *  (`id/*`): frames cut from it are views, and the cache counts the buffer they keep alive. */
   private wholeChunk(i: number, entry: Entry, requester?: object): Promise<Buffer> {
     const len = this.state.chunkLength(i);
-    const key = `${entry.id}/*`;
-    return this.singleFlight(
-      key,
-      requester,
-      async () => {
-        const data = await this.objects.readChunk(i, entry, len);
-        const { frameBytes } = await this.objects.chunkLayout(i, entry, len);
-        for (let f = 0; f * frameBytes < len; f++) {
-          const k = `${entry.id}/${f}`;
-          if (!this.frames.has(k)) this.frames.set(k, data.subarray(f * frameBytes, Math.min(len, (f + 1) * frameBytes)));
-        }
-        return data;
-      },
-      (err) => this.readError(i, err),
-      false,
-    );
+    return this.singleFlight(`${entry.id}/*`, requester, () => this.objects.readChunk(i, entry, len), (err) => this.readError(i, err));
   }
 
   /** NBD_CMD_CACHE: bring the range's stored frames into the read cache. */

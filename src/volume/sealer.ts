@@ -33,7 +33,7 @@ const COMPACT_CHUNKS_PER_STEP = 8;
 export class Sealer {
   /** whole-chunk buffers in shared memory, recycled: handed to a codec worker without a copy,
    *  and no fresh 4 MiB allocation (page faults cost as much as compressing it) per chunk */
-  private readonly buffers = new ChunkBufferPool(CHUNK_SIZE, 16);
+  private readonly buffers = new ChunkBufferPool(CHUNK_SIZE, 8);
   private chain: Promise<unknown> = Promise.resolve();
   /** a seal cycle queued but not started: later requests share it (it freezes what they wrote) */
   private queued: Promise<void> | null = null;
