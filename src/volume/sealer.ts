@@ -149,7 +149,7 @@ export class Sealer {
       for (const part of buildJournals(journaled, resets)) {
         const token = s.startUpload(Date.now());
         tokens.push(token);
-        const ref = await this.objects.writeJournal(part.extents, part.frames);
+        const ref = await this.objects.writeJournal(part.extents, packFrames(part.frames));
         written.push(journalKey(this.objects.volumeId, ref.id));
         journals.push({ ref, extents: part.extents });
       }
@@ -340,20 +340,20 @@ function assembleChunk(c: ChunkBlocks, length: number, buffers: ChunkBufferPool)
 }
 
 /** Journal contents for the partly dirty chunks (sorted by chunk), resets first, split so that
- *  no journal passes the frame bound. Extents never span two frames. */
-function buildJournals(chunks: ReadonlyArray<[number, ChunkBlocks]>, resets: JournalExtent[]): Array<{ extents: JournalExtent[]; frames: Buffer[] }> {
-  const out: Array<{ extents: JournalExtent[]; frames: Buffer[] }> = [];
+ *  no journal passes the frame bound. Extents never span two frames. A journal's data frames are
+ *  lists of blocks here; packFrames() lays them out when that journal is sealed. */
+function buildJournals(chunks: ReadonlyArray<[number, ChunkBlocks]>, resets: JournalExtent[]): Array<{ extents: JournalExtent[]; frames: Buffer[][] }> {
+  const out: Array<{ extents: JournalExtent[]; frames: Buffer[][] }> = [];
   let extents: JournalExtent[] = [...resets];
-  let frames: Buffer[] = [];
+  let frames: Buffer[][] = [];
   let frameBlocks: Buffer[] = [];
   const closeFrame = () => {
     if (frameBlocks.length === 0) return;
-    frames.push(Buffer.concat(frameBlocks));
+    frames.push(frameBlocks);
     frameBlocks = [];
   };
   const closeJournal = () => {
     closeFrame();
-    if (extents.length === 0) return;
     if (extents.length > 0) out.push({ extents, frames });
     extents = [];
     frames = [];
@@ -379,4 +379,21 @@ function buildJournals(chunks: ReadonlyArray<[number, ChunkBlocks]>, resets: Jou
   }
   closeJournal();
   return out;
+}
+
+/** A journal's data frames laid out in one shared-memory buffer: the codec worker reads them
+ *  there without a copy, and nothing else is allocated per frame. */
+function packFrames(frames: readonly Buffer[][]): Buffer[] {
+  let total = 0;
+  for (const f of frames) total += f.length * BLOCK_BYTES;
+  const backing = Buffer.from(new SharedArrayBuffer(total));
+  let at = 0;
+  return frames.map((blocks) => {
+    const start = at;
+    for (const b of blocks) {
+      backing.set(b, at);
+      at += BLOCK_BYTES;
+    }
+    return backing.subarray(start, at);
+  });
 }

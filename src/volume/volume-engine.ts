@@ -57,7 +57,7 @@ const COMPACT_AT_JOURNALS = 256;
 const COMPACT_WHEN_IDLE_MS = 10_000;
 
 export const DEFAULT_ENGINE_OPTIONS: EngineOptions = {
-  dirtyLimitBytes: 256 * 2 ** 20,
+  dirtyLimitBytes: 64 * 2 ** 20,
   readCacheBytes: 256 * 2 ** 20,
   uploadConcurrency: 16,
   writebackDelayMs: 1000,
