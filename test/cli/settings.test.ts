@@ -20,7 +20,7 @@ test('flag > environment > config file > default', () => {
   assert.equal(s.listen, '127.0.0.1:3', 'flag wins');
   assert.equal(s.store, 'from-env', 'env beats the file');
   assert.equal(s.dirtyLimit, 2 ** 30, 'the file beats the default, sizes parsed');
-  assert.equal(s.readCache, 256 * 2 ** 20, 'default');
+  assert.equal(s.readCache, 768 * 2 ** 20, 'default');
   assert.equal(s.acceptRollback, false);
   assert.equal(envName('uploadConcurrency'), 'NBD_VAULT_UPLOAD_CONCURRENCY');
 });
