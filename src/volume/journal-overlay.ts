@@ -83,21 +83,6 @@ export class JournalOverlay {
     this.chunks.delete(chunkIndex);
   }
 
-  /** Drop the entries of `chunkIndex` that point into one of `journals` (a compaction folded
-   *  them into the chunk); newer entries stay. */
-  dropFolded(chunkIndex: number, journals: ReadonlySet<JournalHandle>): void {
-    const m = this.chunks.get(chunkIndex);
-    if (!m) return;
-    for (const [b, loc] of m) {
-      if (journals.has(loc.journal)) {
-        loc.journal.liveBlocks--;
-        m.delete(b);
-        this.entries--;
-      }
-    }
-    if (m.size === 0) this.chunks.delete(chunkIndex);
-  }
-
   /**
    * Remove the journals a replay no longer needs, and return them. A journal no block points into
    * is not needed — each of its extents is overridden by a later extent or a later reset — unless

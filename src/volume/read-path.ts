@@ -269,9 +269,7 @@ export class ReadPath {
   }
 
   private readahead(i: number): void {
-    const recent = this.recentReads;
-    const sequential = recent.includes(i - 1);
-    if (!sequential || this.readaheadChunks <= 0) return;
+    if (!this.sequential(i) || this.readaheadChunks <= 0) return;
     const last = Math.min(chunkCount(this.state.sizeBytes) - 1, i + this.readaheadChunks);
     for (let j = i + 1; j <= last; j++) this.prefetchChunk(j);
   }
@@ -283,11 +281,7 @@ export class ReadPath {
     if (entry.id === null) return;
     const key = `${entry.id}/*`;
     if (this.fetches.has(key) || this.frames.has(key) || this.frames.has(`${entry.id}/0`)) return;
-    this.fillChunk(i, entry, key).catch(() => {}); // a real read of it reports the error
-  }
-
-  private async fillChunk(i: number, entry: Entry, key: string, requester?: object): Promise<void> {
-    await (this.fetches.get(key) ?? this.wholeChunk(i, entry, requester));
+    this.wholeChunk(i, entry).catch(() => {}); // a real read of it reports the error
   }
 
   /** One GET of the whole chunk object (single flight), kept in the read cache as one entry
@@ -306,7 +300,7 @@ export class ReadPath {
         const s = spans[next++];
         const entry = this.state.manifest.get(s.chunkIndex);
         if (entry.id === null) continue;
-        if (s.whole) await this.fillChunk(s.chunkIndex, entry, `${entry.id}/*`);
+        if (s.whole) await this.wholeChunk(s.chunkIndex, entry);
         else await this.readSpan(s, Buffer.allocUnsafe(s.length), 0);
       }
     };

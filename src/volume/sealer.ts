@@ -160,10 +160,7 @@ export class Sealer {
       }
       for (const j of journals) s.overlay.apply(j.ref, j.extents, (i) => s.blockCount(i));
       this.dropDeadJournals();
-      for (const t of tokens) {
-        const u = s.unreferenced.get(t);
-        if (u) u.done = true;
-      }
+      s.uploadsApplied(tokens);
       if (entries.size > 0 || journals.length > 0) s.manifestChangedSinceCommit = true;
       s.frozen = s.frozen.filter((b) => !batches.includes(b));
       for (const b of batches) b.releaseBudget();
@@ -173,8 +170,7 @@ export class Sealer {
     } catch (err) {
       // Nothing was applied: the frozen batches stay (readable, retried by the next cycle), and
       // what this attempt stored is garbage nothing will name.
-      for (const t of tokens) s.unreferenced.delete(t);
-      if (written.length > 0) this.objects.store.deleteMany(written).catch(() => {}); // gc takes what this misses
+      this.discardUploads(tokens, written);
       this.failures++;
       this.lastError = err;
       const backoff = Math.min(30_000, 500 * 2 ** Math.min(16, this.failures - 1));
@@ -196,6 +192,13 @@ export class Sealer {
     } finally {
       this.buffers.giveNow(data);
     }
+  }
+
+  /** A job failed before its edit was applied: what it stored is garbage nothing will name.
+   *  Deleted now, best effort (gc takes what this misses). */
+  private discardUploads(tokens: readonly number[], written: readonly string[]): void {
+    for (const t of tokens) this.state.unreferenced.delete(t);
+    if (written.length > 0) this.objects.store.deleteMany(written).catch(() => {});
   }
 
   /** Point chunk i at a new entry; the old object goes once a root no longer names it, if this
@@ -257,8 +260,7 @@ export class Sealer {
       tokens.push(s.startUpload(Date.now()));
       resetJournal = await this.objects.writeJournal(resets, []);
     } catch (err) {
-      for (const t of tokens) s.unreferenced.delete(t);
-      if (written.length > 0) this.objects.store.deleteMany(written).catch(() => {}); // gc takes what this misses
+      this.discardUploads(tokens, written);
       this.logger.warn({ volume: this.name, err: describeError(err) }, 'compaction failed; the journals stay and it is retried later');
       throw err;
     }
@@ -266,10 +268,7 @@ export class Sealer {
     for (const [i, entry] of entries) this.replaceEntry(i, entry);
     s.overlay.apply(resetJournal, resets, (i) => s.blockCount(i));
     this.dropDeadJournals();
-    for (const t of tokens) {
-      const u = s.unreferenced.get(t);
-      if (u) u.done = true;
-    }
+    s.uploadsApplied(tokens);
     if (entries.size > 0) s.manifestChangedSinceCommit = true;
     this.logger.debug({ volume: this.name, chunks: entries.size, journals: s.overlay.journals.length, overlayBlocks: s.overlay.entries }, 'compaction step');
     return entries.size;

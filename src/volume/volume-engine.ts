@@ -142,11 +142,6 @@ export class VolumeEngine implements Export {
     return engine;
   }
 
-  /** Start time (ms since the epoch) of the oldest upload no durable root names yet, or null. */
-  oldestUnreferencedMs(): number | null {
-    return this.state.oldestUnreferencedMs();
-  }
-
   /** Load a volume's manifest: the root, then every page it names (in parallel). */
   static async loadManifest(objects: VolumeObjects, root: RootRecord): Promise<Manifest> {
     const manifest = new Manifest(chunkCount(root.size, root.chunkSize), root.pages);

@@ -3,7 +3,7 @@
 // durable root lets the writer delete. Plain data, no I/O: read-path.ts reads it, write-path.ts
 // adds dirty blocks, sealer.ts (flush cycles, compaction) applies edits to it synchronously, and
 // commit.ts captures it synchronously — so a commit always sees a consistent state.
-import { CHUNK_SIZE, chunkCount, chunkLength } from './chunk-math';
+import { chunkCount, chunkLength } from './chunk-math';
 import { DirtyBatch } from './dirty-blocks';
 import { BLOCK_BYTES } from './journal-record';
 import { JournalOverlay } from './journal-overlay';
@@ -89,6 +89,14 @@ export class VolumeState {
     return token;
   }
 
+  /** These uploads' edit is in the state now: the next root that captures it names them. */
+  uploadsApplied(tokens: readonly number[]): void {
+    for (const t of tokens) {
+      const u = this.unreferenced.get(t);
+      if (u) u.done = true;
+    }
+  }
+
   oldestUnreferencedMs(): number | null {
     let oldest: number | null = null;
     for (const { startMs } of this.unreferenced.values()) if (oldest === null || startMs < oldest) oldest = startMs;
@@ -96,4 +104,3 @@ export class VolumeState {
   }
 }
 
-export { CHUNK_SIZE };

@@ -30,8 +30,6 @@ function viewOf(data: WriteData, from: number): Buffer | null {
 export class WritePath {
   private readonly chunkLocks = new KeyedMutex<number>();
   private roomWaiters: Array<() => void> = [];
-  /** counts writes (flush and snapshot use it to know what they must include) */
-  writeCounter = 0;
 
   constructor(
     private readonly state: VolumeState,
@@ -93,7 +91,6 @@ export class WritePath {
       this.onPressure();
       await new Promise<void>((r) => this.roomWaiters.push(r));
     }
-    this.writeCounter++;
     try {
       await Promise.all(splitRange(offset, length, this.state.sizeBytes).map((s) => this.writeSpan(s, data)));
     } finally {
@@ -112,7 +109,6 @@ export class WritePath {
         if (partial && !this.knownZero(s.chunkIndex)) throw new VaultError('ERR_NOT_SUPPORTED', 'fast zero is not possible: a partial block would need a read');
       }
     }
-    this.writeCounter++;
     const work: Promise<void>[] = [];
     for (const s of spans) {
       // a chunk that is zero already with nothing pending needs nothing (a full-device TRIM of
