@@ -25,7 +25,7 @@ import { createConnection, createServer, type Server } from 'node:net';
 import * as path from 'node:path';
 import { VaultError } from '../errors';
 import { log } from '../util/log';
-import { encodeHeader, entryName, headerBytesFor, MAX_ENTRY_BYTES, MAX_HEADER_BYTES, parseHeader, pieceCrcs, PIECE_BYTES, piecesIntact, storableEtag } from './disk-cache-entry';
+import { encodeHeader, entryName, headerBytesFor, MAX_ENTRY_BYTES, MAX_HEADER_BYTES, parseHeader, pieceCrcs, PIECE_BYTES, piecesIntact, storableEtag, type EntryHeader } from './disk-cache-entry';
 import { SlruPolicy } from './slru-policy';
 
 const FS_BLOCK = 4096;
@@ -39,17 +39,10 @@ export const DISK_CACHE_FIXED_BYTES = (FANOUT + 3) * FS_BLOCK;
 export const DISK_CACHE_MIN_BYTES = DISK_CACHE_FIXED_BYTES + 16 * 1024 * 1024;
 const CACHEDIR_TAG = 'Signature: 8a477f597d28d172789f06886806bc55\n# nbd-vault disk cache: sealed store bytes only, safe to delete while no server runs.\n';
 
-export interface CacheRecord {
+/** An entry's header (the object range it holds: `toEnd` = it reaches the object's end, so
+ *  offset 0 + toEnd is the whole object), plus its file and what it costs. */
+export interface CacheRecord extends EntryHeader {
   readonly name: string;
-  readonly key: string;
-  /** the range of the object this entry holds */
-  readonly offset: number;
-  readonly length: number;
-  /** the data reaches the end of the object (so offset 0 + toEnd = the whole object) */
-  readonly toEnd: boolean;
-  readonly etag: string;
-  readonly headerBytes: number;
-  readonly crcs: Uint32Array;
   /** bytes charged against the bound */
   readonly cost: number;
 }

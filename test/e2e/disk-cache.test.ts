@@ -10,18 +10,9 @@ import { test } from 'node:test';
 import { runCommand } from '../helpers/fuse-disk';
 import { makeTestVault, s3Available, testS3Url, type TestVault, type VaultServer } from '../helpers/vault-server';
 import { startLatencyProxy } from '../helpers/latency-proxy';
+import { parseMetrics } from '../helpers/metrics-text';
 
 const MiB = 2 ** 20;
-
-function parseMetrics(text: string): Map<string, number> {
-  const m = new Map<string, number>();
-  for (const line of text.split('\n')) {
-    if (line === '' || line.startsWith('#')) continue;
-    const at = line.lastIndexOf(' ');
-    m.set(line.slice(0, at), Number(line.slice(at + 1)));
-  }
-  return m;
-}
 
 async function scrape(srv: VaultServer): Promise<Map<string, number>> {
   const m = /"url":"([^"]+)","msg":"metrics listening"/.exec(srv.log());

@@ -7,19 +7,9 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { runCommand } from '../helpers/fuse-disk';
 import { makeTestVault } from '../helpers/vault-server';
+import { parseMetrics } from '../helpers/metrics-text';
 
 const MiB = 2 ** 20;
-
-/** `name{labels}` → value, for every sample line. */
-function parseMetrics(text: string): Map<string, number> {
-  const m = new Map<string, number>();
-  for (const line of text.split('\n')) {
-    if (line === '' || line.startsWith('#')) continue;
-    const at = line.lastIndexOf(' ');
-    m.set(line.slice(0, at), Number(line.slice(at + 1)));
-  }
-  return m;
-}
 
 test('serve --metrics: counters move by what qemu-io, nbdcopy and nbdsh did', async (t) => {
   const v = await makeTestVault();
