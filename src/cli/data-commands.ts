@@ -6,7 +6,7 @@ import { VaultError } from '../errors';
 import { isAllZero } from '../codec';
 import { CHUNK_SIZE, chunkCount, chunkLength } from '../volume/chunk-math';
 import { changeMap, diffManifests } from '../volume/changed-blocks';
-import { verifyManifest, type Damage, type JournalDamage } from '../volume/verify';
+import { verifySource, type Damage, type JournalDamage } from '../volume/verify';
 import { collectGarbage } from '../volume/garbage-collector';
 import { splitExportName } from '../volume/vault';
 import type { VolumeEngine } from '../volume/volume-engine';
@@ -158,8 +158,7 @@ export function registerDataCommands(program: Command): void {
       for (const spec of specs) {
         const bar = new Progress(`verify ${spec}`, 0, 'objects');
         try {
-          const { manifest, root, objects } = await ctx.vault.loadManifestOf(spec);
-          const r = await verifyManifest(objects, manifest, root, { checked, onProgress: (d, t) => bar.update(d, t) });
+          const r = await verifySource(ctx.vault, spec, { checked, onProgress: (d, t) => bar.update(d, t) });
           report.push({ source: spec, chunks: r.chunks, damaged: r.damaged, damagedJournals: r.damagedJournals });
         } catch (err) {
           // the manifest itself (root, a page or a snapshot record) cannot be read

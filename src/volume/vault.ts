@@ -29,6 +29,8 @@ import type { SnapshotRecord } from './snapshot-record';
 export const VAULT_FORMAT = 1;
 export const KEY_CHECK_TEXT = Buffer.from('nbd-vault master key check v1');
 const VOLUME_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+/** How many roots a reader of a live volume follows while a server commits beside it. */
+export const LIVE_READ_ATTEMPTS = 5;
 
 export interface VolumeMeta {
   readonly id: string;
@@ -617,16 +619,32 @@ export class Vault {
     return VolumeEngine.open(`${meta.name}@${snap.name}`, `snapshot ${snap.name} of volume ${meta.name} (${snap.createdAt})`, objects, root, null, manifest, opts, this.opts.logger);
   }
 
-  /** The manifest of a volume (live root) or of one of its snapshots: `name` or `name@snap`. */
+  /**
+   * The manifest of a volume (live root) or of one of its snapshots: `name` or `name@snap`.
+   * A server beside us may commit while we read a live root's pages and journals, and then
+   * deletes what its new root replaced: a read that fails under a root that has since moved is
+   * done again from the new root (a few times), never reported as damage.
+   */
   async loadManifestOf(spec: string): Promise<{ manifest: Manifest; root: RootRecord; objects: VolumeObjects; journalChunks: Set<number> }> {
     const [volumeName, snapName] = splitExportName(spec);
-    const { objects, root } = await this.loadVolume(volumeName);
-    const r = snapName === null ? root : snapshotAsRoot(await this.findSnapshot(objects, volumeName, snapName));
-    // a live root's journals hold writes over its chunks: the chunks they touch are not (only)
-    // what the manifest says (snapshots never name journals)
-    const journalChunks = new Set<number>();
-    for (const ref of journalsOf(r)) for (const e of await objects.readJournalIndex(ref)) journalChunks.add(e.chunkIndex);
-    return { manifest: await VolumeEngine.loadManifest(objects, r), root: r, objects, journalChunks };
+    for (let attempt = 1; ; attempt++) {
+      const { objects, root } = await this.loadVolume(volumeName);
+      const r = snapName === null ? root : snapshotAsRoot(await this.findSnapshot(objects, volumeName, snapName));
+      try {
+        // a live root's journals hold writes over its chunks: the chunks they touch are not (only)
+        // what the manifest says (snapshots never name journals)
+        const journalChunks = new Set<number>();
+        for (const ref of journalsOf(r)) for (const e of await objects.readJournalIndex(ref)) journalChunks.add(e.chunkIndex);
+        return { manifest: await VolumeEngine.loadManifest(objects, r), root: r, objects, journalChunks };
+      } catch (err) {
+        if (snapName !== null || attempt === LIVE_READ_ATTEMPTS || (await this.rootSeqOf(volumeName)) === root.seq) throw err;
+      }
+    }
+  }
+
+  /** The sequence number of a volume's root now (to tell a concurrent commit from damage). */
+  async rootSeqOf(volumeName: string): Promise<number> {
+    return (await this.loadVolume(volumeName)).root.seq;
   }
 
   /**

@@ -7,6 +7,7 @@ import { describeError } from '../errors';
 import { CHUNK_SIZE, chunkLength } from './chunk-math';
 import type { Manifest } from './manifest';
 import { journalsOf, type RootRecord } from './root-record';
+import { LIVE_READ_ATTEMPTS, splitExportName, type Vault } from './vault';
 import type { VolumeObjects } from './volume-objects';
 
 export interface Damage {
@@ -82,4 +83,27 @@ export async function verifyManifest(
     if (verdict !== null) damagedJournals.push({ journal: ref.id, error: verdict });
   }
   return { chunks: todo.length, checkedObjects: fetched, damaged, journals: journals.length, damagedJournals };
+}
+
+/**
+ * Verify `VOL` or `VOL@SNAP`. A live volume may be served while we read it: the server folds
+ * journals into chunks and deletes what its new root no longer names. Damage found under a root
+ * that has since moved is checked again under the new root (objects already found good are not
+ * fetched again); damage under an unchanged root, or in a snapshot, is damage.
+ */
+export async function verifySource(
+  vault: Vault,
+  spec: string,
+  opts: { checked?: Map<string, string | null>; onProgress?: (done: number, total: number) => void } = {},
+): Promise<VerifyResult> {
+  const [volumeName, snapName] = splitExportName(spec);
+  const checked = opts.checked ?? new Map<string, string | null>();
+  for (let attempt = 1; ; attempt++) {
+    const { manifest, root, objects } = await vault.loadManifestOf(spec);
+    const r = await verifyManifest(objects, manifest, root, { checked, onProgress: opts.onProgress });
+    const clean = r.damaged.length === 0 && r.damagedJournals.length === 0;
+    if (clean || snapName !== null || attempt === LIVE_READ_ATTEMPTS) return r;
+    if ((await vault.rootSeqOf(volumeName)) === root.seq) return r;
+    for (const [key, verdict] of checked) if (verdict !== null) checked.delete(key);
+  }
 }

@@ -14,7 +14,7 @@ import type { JournalExtent } from '../../src/volume/journal-record';
 import { chunkKey, journalKey, journalPrefix } from '../../src/volume/object-keys';
 import { Vault, referencedKeys, snapshotAsRoot } from '../../src/volume/vault';
 import { VaultSync } from '../../src/volume/vault-sync';
-import { verifyManifest } from '../../src/volume/verify';
+import { verifyManifest, verifySource } from '../../src/volume/verify';
 import { countKeys, logger, makeVault, SettlingStore } from './vault-fixture';
 
 const extents: JournalExtent[] = [
@@ -126,4 +126,77 @@ test('snapshots never name journals: snapshot delete, clone and sync neither nee
   // volume delete removes its journals with everything else under its prefix
   await f.vault.deleteVolume('vol');
   assert.equal(await countKeys(store, `volumes/${meta.id}/`, ''), 0);
+});
+
+/** A store that runs `hook` once, the first time a journal object is read: a server's commit landing mid-read. */
+class CommitMidReadStore extends SettlingStore {
+  hook: (() => Promise<void>) | null = null;
+  private async maybeHook(key: string): Promise<void> {
+    if (!key.includes('/journals/') || !this.hook) return;
+    const h = this.hook;
+    this.hook = null;
+    await h();
+  }
+  override async get(key: string) {
+    await this.maybeHook(key);
+    return super.get(key);
+  }
+  override async getRange(key: string, offset: number, length: number) {
+    await this.maybeHook(key);
+    return super.getRange(key, offset, length);
+  }
+}
+
+test('verify and diff beside a writer that folds its journals mid-read: no false damage; real damage still found', async (t) => {
+  const store = new CommitMidReadStore();
+  const f = await makeVault(store);
+  t.after(() => f.cleanup());
+  const meta = await f.vault.createVolume('vol', 4 * CHUNK_SIZE);
+  const engine = await f.vault.openEngine('vol');
+  t.after(() => engine.close());
+  await engine.write(0, Buffer.alloc(CHUNK_SIZE, 0x33));
+  await engine.snapshot('s1');
+  await engine.write(4096, Buffer.alloc(8192, 0x44)); // a journal block of chunk 0
+  await engine.write(2 * CHUNK_SIZE, Buffer.alloc(4096, 0x55)); // and of chunk 2
+  await engine.flush();
+  const journalsBefore = await countKeys(store, journalPrefix(meta.id), '/journals/');
+  assert.equal(journalsBefore, 1);
+
+  // the writer compacts (new root, journal deleted) while verify reads the journal of the old root
+  let folded = 0;
+  const fold = async () => {
+    folded++;
+    await engine.compact();
+    await store.settled();
+  };
+  // verifyManifest alone, on the root it loaded before the fold, sees the journal gone: the race
+  const stale = await f.vault.loadManifestOf('vol');
+  store.hook = fold;
+  const raced = await verifyManifest(stale.objects, stale.manifest, stale.root);
+  assert.equal(folded, 1, 'the fold ran during the read');
+  assert.equal(raced.damagedJournals.length, 1, 'under the replaced root the journal is gone (what verify used to report)');
+
+  // verifySource follows the new root: clean
+  await engine.write(8192, Buffer.alloc(4096, 0x66));
+  await engine.flush();
+  store.hook = fold;
+  const r = await verifySource(f.vault, 'vol');
+  assert.equal(folded, 2);
+  assert.deepEqual([r.damaged, r.damagedJournals, r.journals], [[], [], 0], 'checked again under the new root, which names no journal');
+
+  // diff reads the live journals too: a fold while it reads them is followed, not an error
+  await engine.write(12288, Buffer.alloc(4096, 0x77));
+  await engine.flush();
+  store.hook = fold;
+  const live = await f.vault.loadManifestOf('vol');
+  assert.equal(folded, 3);
+  assert.equal(live.root.journals?.length ?? 0, 0);
+  assert.equal(live.journalChunks.size, 0);
+
+  // damage under an unchanged root is still damage: delete a chunk object the root names
+  const entry = live.manifest.get(0);
+  await store.delete(chunkKey(meta.id, entry.id!));
+  const damaged = await verifySource(f.vault, 'vol');
+  assert.deepEqual(damaged.damaged.map((d) => d.chunk), [0]);
+  assert.match(damaged.damaged[0].error, /missing from the store/);
 });
