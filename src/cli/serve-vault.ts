@@ -11,6 +11,7 @@ import { describeError } from '../errors';
 import { openVaultContext, type VaultSettings } from './vault-context';
 import { checkMemoryLimit, parseListen, runServer } from './serve-command';
 import { MemoryBudget } from '../util/memory-budget';
+import { SealMemory, sealShareOf } from '../volume/seal-memory';
 import { startAdminServer, type AdminRequest } from './admin-socket';
 import { resolveServerSecurity, type ServerSecurity } from './tls-setup';
 import { resolve } from 'node:path';
@@ -36,6 +37,10 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
   const policy = s.prune === undefined ? null : parseRetentionPolicy(s.prune);
   // One budget for the process: every engine and every NBD connection draws from it.
   const memoryBudget = new MemoryBudget(checkMemoryLimit(s.memoryLimit!));
+  // Sealing's share of it, held for good: seal cycles and compaction of every volume draw their
+  // in-flight buffers from it (they must never wait behind the writers whose data they drain).
+  const sealMemory = new SealMemory(sealShareOf(memoryBudget.limitBytes));
+  memoryBudget.tryReserve(sealMemory.bytes);
   // The engines are known once the provider exists; the store stack needs the sink before that.
   let exportsForMetrics: VaultExportProvider | null = null;
   const metrics = s.metrics ? new PromMetrics(() => exportsForMetrics?.engineStats() ?? [], () => memoryBudget.stats()) : undefined;
@@ -56,7 +61,7 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
     const provider = new VaultExportProvider(
       ctx.vault,
       defaultName,
-      { dirtyLimitBytes: s.dirtyLimit, readCacheBytes: s.readCache, uploadConcurrency: s.uploadConcurrency, memoryBudget },
+      { dirtyLimitBytes: s.dirtyLimit, readCacheBytes: s.readCache, uploadConcurrency: s.uploadConcurrency, memoryBudget, sealMemory },
       ctx.logger,
     );
     exportsForMetrics = provider;

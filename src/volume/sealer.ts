@@ -20,20 +20,20 @@ import { chunkKey, journalKey } from './object-keys';
 import type { ReadPath } from './read-path';
 import type { VolumeObjects } from './volume-objects';
 import type { VolumeState } from './volume-state';
-import { ChunkBufferPool } from './chunk-buffer-pool';
+import type { ChunkBufferPool } from './chunk-buffer-pool';
+import type { SealMemory } from './seal-memory';
 import { CHUNK_SIZE } from './chunk-math';
 
 /** data blocks per journal frame (128 KiB) */
 const BLOCKS_PER_FRAME = 32;
-/** data frames per journal (format bound: 4,096 frames including the index) */
-const MAX_DATA_FRAMES = 4000;
+/** data frames per journal: 16 MiB, what one journal holds in flight (the format allows 4,095) */
+const MAX_DATA_FRAMES = 128;
 /** chunks a compaction step rewrites */
 const COMPACT_CHUNKS_PER_STEP = 8;
 
 export class Sealer {
-  /** whole-chunk buffers in shared memory, recycled: handed to a codec worker without a copy,
-   *  and no fresh 4 MiB allocation (page faults cost as much as compressing it) per chunk */
-  private readonly buffers = new ChunkBufferPool(CHUNK_SIZE, 8);
+  /** recycled whole-chunk buffers (shared by the volumes of a process, as the memory is) */
+  private readonly buffers: ChunkBufferPool;
   private chain: Promise<unknown> = Promise.resolve();
   /** a seal cycle queued but not started: later requests share it (it freezes what they wrote) */
   private queued: Promise<void> | null = null;
@@ -50,9 +50,13 @@ export class Sealer {
     private readonly uploadConcurrency: number,
     private readonly roomFreed: () => void,
     private readonly logger: Logger,
+    /** what the buffers of a seal cycle or a compaction step hold while they are in flight */
+    private readonly memory: SealMemory,
     /** called when the last job ends: more may be due (no gap until the next tick) */
     private readonly onIdle: () => void = () => {},
-  ) {}
+  ) {
+    this.buffers = memory.buffers;
+  }
 
   get busy(): boolean {
     return this.running > 0 || this.queued !== null;
@@ -133,12 +137,12 @@ export class Sealer {
       const worker = async () => {
         while (next < rewrites.length) {
           const [i, c] = rewrites[next++];
-          const data = assembleChunk(c, s.chunkLength(i), this.buffers);
-          if (data === null) {
-            entries.set(i, { id: null, epoch: s.epoch, storedSize: 0 });
-            continue;
-          }
-          entries.set(i, await this.storeChunk(i, data, tokens, written));
+          // the assembled chunk and its sealed container
+          const entry = await this.memory.hold(2 * s.chunkLength(i), async () => {
+            const data = assembleChunk(c, s.chunkLength(i), this.buffers);
+            return data === null ? { id: null, epoch: s.epoch, storedSize: 0 } : this.storeChunk(i, data, tokens, written);
+          });
+          entries.set(i, entry);
         }
       };
       await Promise.all(Array.from({ length: Math.min(this.uploadConcurrency, rewrites.length) }, worker));
@@ -149,7 +153,9 @@ export class Sealer {
       for (const part of buildJournals(journaled, resets)) {
         const token = s.startUpload(Date.now());
         tokens.push(token);
-        const ref = await this.objects.writeJournal(part.extents, packFrames(part.frames));
+        // the packed frames and their sealed copy
+        const dataBytes = part.frames.reduce((n, f) => n + f.length * BLOCK_BYTES, 0);
+        const ref = await this.memory.hold(2 * dataBytes, () => this.objects.writeJournal(part.extents, packFrames(part.frames)));
         written.push(journalKey(this.objects.volumeId, ref.id));
         journals.push({ ref, extents: part.extents });
       }
@@ -252,8 +258,12 @@ export class Sealer {
       const worker = async () => {
         while (next < picked.length) {
           const i = picked[next++];
-          const data = await this.reads.storedChunk(i, this.buffers.take(s.chunkLength(i), 'overwrite'));
-          entries.set(i, await this.storeChunk(i, data, tokens, written));
+          // the stored container read back, the chunk it decodes to, and the new sealed container
+          const entry = await this.memory.hold(3 * s.chunkLength(i), async () => {
+            const data = await this.reads.storedChunk(i, this.buffers.take(s.chunkLength(i), 'overwrite'));
+            return this.storeChunk(i, data, tokens, written);
+          });
+          entries.set(i, entry);
         }
       };
       await Promise.all(Array.from({ length: Math.min(4, picked.length) }, worker));

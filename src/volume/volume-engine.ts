@@ -12,6 +12,7 @@
 import { VaultError, describeError } from '../errors';
 import type { Logger } from '../util/log';
 import type { MemoryBudget } from '../util/memory-budget';
+import { SealMemory } from './seal-memory';
 import { writeDataLength, type Export, type ExportCaps, type ContextExtent, type Extent, type ReadOptions, type WriteData, type WriteOptions, type ZeroOptions } from './export';
 import { CHUNK_SIZE, chunkCount, chunkLength } from './chunk-math';
 import { Manifest, PAGE_ENTRIES, newObjectId, type PageRef } from './manifest';
@@ -42,9 +43,11 @@ export interface EngineOptions {
   readonly onRootCommitted?: (seq: number) => Promise<void>;
   /** the writer's lease (writable engines): writes stop if it is lost; released on close */
   readonly lease?: VolumeLease;
-  /** the process memory budget (serve --memory-limit) shared with every engine and connection */
   /** the process memory budget (serve --memory-limit): read cache and dirty blocks draw from it */
   readonly memoryBudget?: MemoryBudget;
+  /** what seal cycles and compaction hold in flight, shared by the engines of a process
+   *  (default: this engine's own, for upload-concurrency chunks) */
+  readonly sealMemory?: SealMemory;
 }
 
 /** how often a writer stalled on a full cache of failing uploads is reported */
@@ -112,7 +115,8 @@ export class VolumeEngine implements Export {
     this.state = state;
     this.reads = new ReadPath(name, state, objects, new ReadCache(opts.readCacheBytes, opts.memoryBudget), opts.readaheadChunks, logger);
     this.writes = new WritePath(state, this.reads, opts.dirtyLimitBytes, () => this.sealInBackground(), opts.memoryBudget);
-    this.sealer = new Sealer(name, state, objects, this.reads, opts.uploadConcurrency, () => this.writes.roomFreed(), logger, () => this.sealInBackground());
+    const sealMemory = opts.sealMemory ?? new SealMemory(3 * opts.uploadConcurrency * CHUNK_SIZE);
+    this.sealer = new Sealer(name, state, objects, this.reads, opts.uploadConcurrency, () => this.writes.roomFreed(), logger, sealMemory, () => this.sealInBackground());
     this.committer = new Committer(name, state, objects, root.origin, opts.lease, opts.onRootCommitted, logger);
     this.contexts = new VolumeContexts({
       objects,

@@ -1,0 +1,91 @@
+// Sealing's share of the memory budget is one bound for every volume of a process: however many
+// engines flush at once, the chunks and journals they hold in flight (assembled, sealed,
+// uploading) stay within it. Without the shared SealMemory each engine would upload 16 chunks
+// at once (its upload concurrency), and two engines 32.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { CHUNK_SIZE } from '../../src/volume/chunk-math';
+import { SealMemory, sealShareOf } from '../../src/volume/seal-memory';
+import type { PutOptions } from '../../src/store';
+import { makeVault, SettlingStore } from './vault-fixture';
+
+/** Counts object uploads in flight under `part` (chunks or journals), slowed so they overlap. */
+class InFlightStore extends SettlingStore {
+  uploading = 0;
+  peak = 0;
+  constructor(private readonly part: string) {
+    super();
+  }
+  override async put(key: string, body: Buffer, opts: PutOptions = {}) {
+    if (!key.includes(this.part)) return super.put(key, body, opts);
+    this.peak = Math.max(this.peak, ++this.uploading);
+    try {
+      await new Promise((r) => setTimeout(r, 20));
+      return await super.put(key, body, opts);
+    } finally {
+      this.uploading--;
+    }
+  }
+}
+
+async function flushTogether(store: InFlightStore, memory: SealMemory | undefined, write: (e: import('../../src/volume/volume-engine').VolumeEngine) => Promise<void>) {
+  const f = await makeVault(store);
+  const engines = [];
+  for (const name of ['a', 'b']) {
+    await f.vault.createVolume(name, 16 * CHUNK_SIZE);
+    engines.push(await f.vault.openEngine(name, { autoCommitMs: 0, writebackDelayMs: 60_000, uploadConcurrency: 16, ...(memory ? { sealMemory: memory } : {}) }));
+  }
+  for (const e of engines) await write(e);
+  await Promise.all(engines.map((e) => e.flush()));
+  for (const e of engines) await e.close();
+  f.cleanup();
+}
+
+test('two engines sharing a SealMemory never upload more whole chunks at once than it holds', async () => {
+  const wholeChunks = async (e: import('../../src/volume/volume-engine').VolumeEngine) => {
+    for (let i = 0; i < 12; i++) await e.write(i * CHUNK_SIZE, randomBytes(CHUNK_SIZE));
+  };
+  const unshared = new InFlightStore('/chunks/');
+  await flushTogether(unshared, undefined, wholeChunks);
+  assert.ok(unshared.peak > 6, `each engine alone uploads many chunks at once (peak ${unshared.peak})`);
+
+  const shared = new InFlightStore('/chunks/');
+  const memory = new SealMemory(6 * CHUNK_SIZE); // 3 chunks: each holds 2 (assembled + sealed)
+  await flushTogether(shared, memory, wholeChunks);
+  assert.equal(shared.peak, 3, 'both engines together: at most 3 chunk uploads in flight');
+  assert.equal(memory.stats().usedBytes, 0, 'everything held is given back');
+});
+
+test('journals are at most 16 MiB each and share the bound too; the data reads back', async () => {
+  const store = new InFlightStore('/journals/');
+  const memory = new SealMemory(32 * 2 ** 20 + 1);
+  const f = await makeVault(store);
+  await f.vault.createVolume('v', 16 * CHUNK_SIZE);
+  const e = await f.vault.openEngine('v', { autoCommitMs: 0, writebackDelayMs: 60_000, dirtyLimitBytes: 64 * 2 ** 20, sealMemory: memory });
+  // every other 4 KiB block of 12 chunks: 24 MiB of journal data, no chunk covered
+  const model = Buffer.alloc(16 * CHUNK_SIZE);
+  for (let at = 0; at < 12 * CHUNK_SIZE; at += 8192) {
+    const blk = randomBytes(4096);
+    blk.copy(model, at);
+    await e.write(at, blk);
+  }
+  await e.flush();
+  assert.equal(store.peak, 1, 'journals of one cycle are written one after another');
+  const journals = [];
+  for await (const info of store.list(`volumes/`)) if (info.key.includes('/journals/')) journals.push(info);
+  assert.ok(journals.length >= 2, `24 MiB of blocks make at least two journals (got ${journals.length})`);
+  for (const j of journals) assert.ok(j.size <= 17 * 2 ** 20, `a journal of ${j.size} bytes`);
+  assert.ok((await e.read(0, 16 * CHUNK_SIZE)).equals(model));
+  await e.close();
+  const r = await (await f.reopen()).openEngine('v', { readOnly: true, readCacheBytes: 0 });
+  assert.ok((await r.read(0, 16 * CHUNK_SIZE)).equals(model), 'the journals replay after a reopen');
+  await r.close();
+  f.cleanup();
+});
+
+test('the share of the memory limit set aside for sealing', () => {
+  assert.equal(sealShareOf(128 * 2 ** 20), 16 * 2 ** 20);
+  assert.equal(sealShareOf(2 ** 30), 64 * 2 ** 20);
+  assert.equal(sealShareOf(64 * 2 ** 30), 256 * 2 ** 20);
+});
