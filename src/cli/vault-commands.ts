@@ -88,6 +88,7 @@ export function registerVaultCommands(program: Command): void {
             `size:       ${formatSize(i.size)} (${i.size} bytes)`,
             `allocated:  ${formatSize(i.allocated)} in ${i.allocatedChunks} of ${i.chunks} chunks`,
             `stored:     ${formatSize(i.storedBytes)} (compressed + encrypted)`,
+            ...(i.journals.count > 0 ? [`journals:   ${i.journals.count} (${formatSize(i.journals.storedBytes)} of recent writes, not yet folded into chunks)`] : []),
             `snapshots:  ${i.snapshots}`,
             ...(i.origin ? [`clone of:   ${i.origin}`] : []),
             `root:       sequence ${i.rootSeq}, epoch ${i.epoch}, updated ${i.updatedAt}`,

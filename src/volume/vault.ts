@@ -538,19 +538,26 @@ export class Vault {
     }
   }
 
+  /** What a volume holds. Chunks that only its write journals hold blocks of count as allocated,
+   *  and the journals' bytes as stored: recent writes not yet folded into chunk objects. */
   async volumeInfo(name: string) {
-    const { meta, objects, root } = await this.loadVolume(name);
-    const manifest = await VolumeEngine.loadManifest(objects, root);
+    const meta = await this.findVolume(name);
+    const { manifest, root, objects, journalChunks } = await this.loadManifestOf(meta.name);
     const usage = manifest.usage();
+    let allocatedChunks = usage.allocatedChunks;
+    for (const i of journalChunks) if (i < manifest.chunkCount && manifest.isZero(i)) allocatedChunks++;
+    const journals = journalsOf(root);
+    const journalBytes = journals.reduce((n, j) => n + j.storedSize, 0);
     return {
       name: meta.name,
       id: meta.id,
       createdAt: meta.createdAt,
       size: root.size,
-      allocated: usage.allocatedChunks * CHUNK_SIZE,
-      storedBytes: usage.storedBytes,
+      allocated: allocatedChunks * CHUNK_SIZE,
+      storedBytes: usage.storedBytes + journalBytes,
       chunks: manifest.chunkCount,
-      allocatedChunks: usage.allocatedChunks,
+      allocatedChunks,
+      journals: { count: journals.length, storedBytes: journalBytes },
       snapshots: (await objects.listSnapshots()).length,
       origin: root.origin ? await this.describeOrigin(root.origin) : null,
       rootSeq: root.seq,

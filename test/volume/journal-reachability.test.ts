@@ -2,6 +2,7 @@
 // frame); an unreferenced journal is garbage after the grace; snapshots never name journals, so
 // snapshot delete, clone and sync never touch or need one. Damaged v2 chunk frames are caught.
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -199,4 +200,26 @@ test('verify and diff beside a writer that folds its journals mid-read: no false
   const damaged = await verifySource(f.vault, 'vol');
   assert.deepEqual(damaged.damaged.map((d) => d.chunk), [0]);
   assert.match(damaged.damaged[0].error, /missing from the store/);
+});
+
+test('volume info counts what only journals hold: allocated chunks and stored bytes', async (t) => {
+  const f = await makeVault();
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('vol', 8 * CHUNK_SIZE);
+  const engine = await f.vault.openEngine('vol', { autoCommitMs: 0 });
+  t.after(() => engine.close());
+  await engine.write(0, Buffer.alloc(CHUNK_SIZE, 0x11)); // chunk 0: a chunk object
+  await engine.write(3 * CHUNK_SIZE + 4096, randomBytes(4096)); // chunk 3: one journal block
+  await engine.write(5 * CHUNK_SIZE, randomBytes(8192)); // chunk 5: two (incompressible)
+  await engine.flush();
+  const info = await f.vault.volumeInfo('vol');
+  assert.equal(info.journals.count, 1);
+  assert.ok(info.journals.storedBytes > 12_288, 'the journal holds its blocks (sealed)');
+  assert.equal(info.allocatedChunks, 3, 'chunk 0 from the manifest, chunks 3 and 5 from the journal');
+  assert.equal(info.allocated, 3 * CHUNK_SIZE);
+  await engine.compact();
+  const folded = await f.vault.volumeInfo('vol');
+  assert.equal(folded.journals.count, 0);
+  assert.equal(folded.allocatedChunks, 3, 'the same chunks once folded into chunk objects');
+  assert.ok(folded.storedBytes > 0);
 });
