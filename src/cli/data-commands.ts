@@ -8,7 +8,7 @@ import { CHUNK_SIZE, chunkCount, chunkLength } from '../volume/chunk-math';
 import { changeMap, diffManifests } from '../volume/changed-blocks';
 import { verifySource, type Damage, type JournalDamage } from '../volume/verify';
 import { collectGarbage } from '../volume/garbage-collector';
-import { splitExportName } from '../volume/vault';
+import { splitExportName } from '../volume/volume-references';
 import type { VolumeEngine } from '../volume/volume-engine';
 import { formatSize } from '../util/size';
 import { adminRequest } from './admin-socket';

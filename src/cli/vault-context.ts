@@ -14,7 +14,8 @@ import { isImmutableObjectKey } from '../volume/object-keys';
 import type { ObjectStore } from '../store/object-store';
 import { createLogger, parseLogFormat, setLogger, type Logger } from '../util/log';
 import type { MetricsSink } from '../util/metrics';
-import { Vault, listVolumeIds, vaultIdsOfVolumes } from '../volume/vault';
+import { Vault } from '../volume/vault';
+import { listVolumeIds, vaultIdsOfVolumes } from '../volume/volume-references';
 import { resolveSettings, VAULT_SETTINGS, type Settings } from './settings';
 
 export { VAULT_SETTINGS };

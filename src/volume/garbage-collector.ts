@@ -9,7 +9,7 @@
 import type { Logger } from '../util/log';
 import { VOLUMES_PREFIX, leaseKey, metaKey, rootKey, snapshotPrefix, volumeDeletingKey, volumeIdOfKey } from './object-keys';
 import type { Vault } from './vault';
-import { liveRootKeys, referencedKeys, snapshotAsRoot } from './vault';
+import { liveRootKeys, referencedKeys, snapshotAsRoot } from './volume-references';
 
 export interface GcOptions {
   readonly dryRun: boolean;

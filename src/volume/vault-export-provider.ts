@@ -8,7 +8,8 @@ import { VaultError, isVaultError, describeError } from '../errors';
 import type { Logger } from '../util/log';
 import type { Export, ExportProvider } from './export';
 import type { EngineOptions, EngineStats, VolumeEngine } from './volume-engine';
-import { splitExportName, type Vault } from './vault';
+import { type Vault } from './vault';
+import { splitExportName } from './volume-references';
 import type { SnapshotRecord } from './snapshot-record';
 
 export class VaultExportProvider implements ExportProvider {

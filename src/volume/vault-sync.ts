@@ -21,7 +21,8 @@ import type { Logger } from '../util/log';
 import { VAULT_KEY, leaseKey, metaKey, rootKey, snapshotKey, volumePrefix } from './object-keys';
 import { ROOT_FORMAT, journalsOf, type RootRecord } from './root-record';
 import type { SnapshotRecord } from './snapshot-record';
-import { referencedKeys, snapshotAsRoot, type Vault, type VolumeMeta } from './vault';
+import { type Vault, type VolumeMeta } from './vault';
+import { referencedKeys, snapshotAsRoot } from './volume-references';
 import type { VolumeObjects } from './volume-objects';
 
 export interface SyncOptions {

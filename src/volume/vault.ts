@@ -6,6 +6,7 @@
 // - `volumes/<id>/meta` is sealed with the master key (kind 'volume'): the volume's random key
 //   and its name. Deleting it is crypto-erase; re-keying the master key reseals only these.
 // - The root's sequence number is checked against local state (rollback detection).
+// Not here: clone and the deletions (vault-lifecycle.ts), what roots reference (volume-references.ts).
 import { randomBytes } from 'node:crypto';
 import { VaultError, describeError, isVaultError } from '../errors';
 import type { Codec } from '../codec/codec';
@@ -18,19 +19,18 @@ import type { Logger } from '../util/log';
 import { CHUNK_SIZE } from './chunk-math';
 import { LocalState } from './local-state';
 import { PAGE_ENTRIES, type Manifest } from './manifest';
-import { VAULT_KEY, VOLUMES_PREFIX, leaseKey, metaKey, volumeIdOfKey, volumePrefix, rootKey } from './object-keys';
-import { VolumeLease, readVolumeLease, writerHorizon, type AcquireOptions, type LeaseRecord } from './volume-lease';
+import { VAULT_KEY, leaseKey, metaKey } from './object-keys';
+import { VolumeLease, readVolumeLease, writerHorizon, type AcquireOptions } from './volume-lease';
 import { WriterSession, observeSession, type SessionState } from './writer-session';
 import { ROOT_FORMAT, journalsOf, type RootRecord } from './root-record';
 import { VolumeEngine, DEFAULT_ENGINE_OPTIONS, type EngineOptions } from './volume-engine';
 import { VolumeObjects } from './volume-objects';
 import type { SnapshotRecord } from './snapshot-record';
+import { VaultLifecycle } from './vault-lifecycle';
+import { LIVE_READ_ATTEMPTS, checkVolumeName, listVolumeIds, snapshotAsRoot, splitExportName, vaultIdsOfVolumes } from './volume-references';
 
 export const VAULT_FORMAT = 1;
 export const KEY_CHECK_TEXT = Buffer.from('nbd-vault master key check v1');
-const VOLUME_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
-/** How many roots a reader of a live volume follows while a server commits beside it. */
-export const LIVE_READ_ATTEMPTS = 5;
 
 export interface VolumeMeta {
   readonly id: string;
@@ -52,11 +52,6 @@ export interface VaultOptions {
   readonly waitForDeadHolder?: boolean;
 }
 
-export function checkVolumeName(name: string): void {
-  if (!VOLUME_NAME.test(name)) {
-    throw new VaultError('ERR_INVALID_ARGUMENT', `invalid volume name "${name}": use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit`);
-  }
-}
 
 export class Vault {
   private readonly vaultIdBytes: Buffer;
@@ -286,92 +281,6 @@ export class Vault {
     }
     const { key, ...meta } = origin;
     return this.volumeObjects(meta, key);
-  }
-
-  /** Names of the volumes cloned from `volumeId` (from any snapshot, or from `snapshotId`). */
-  async clonesOf(volumeId: string, snapshotId?: string): Promise<string[]> {
-    const names: string[] = [];
-    for (const v of await this.listVolumes({ strict: true })) {
-      if (v.id === volumeId) continue;
-      let root: RootRecord;
-      try {
-        ({ root } = await this.loadRootOnly(v));
-      } catch (err) {
-        // Deleted meanwhile (no meta), or still being created (no root yet: a clone checks for
-        // deletion marks after writing its root, so it withdraws by itself): not a clone now.
-        const [meta, rootObj] = await Promise.all([this.store.head(metaKey(v.id)), this.store.head(rootKey(v.id))]);
-        if (meta === null || rootObj === null) continue;
-        throw err;
-      }
-      if (root.origin?.volumeId === volumeId && (snapshotId === undefined || root.origin.snapshotId === snapshotId)) names.push(v.name);
-    }
-    return names;
-  }
-
-  private async loadRootOnly(v: VolumeMeta): Promise<{ root: RootRecord }> {
-    const { key, ...meta } = await this.readMeta(v.id);
-    return this.volumeObjects(meta, key).readRoot();
-  }
-
-  /**
-   * `clone VOL@SNAP NEW`: a writable volume that shares the snapshot's chunks, O(pages): its root
-   * names the snapshot's pages with epoch 0 ("the origin's"); nothing is copied. The clone reads
-   * shared chunks with the origin's keys and never deletes them; the snapshot cannot be deleted
-   * while the clone exists. A snapshot of a clone cannot be cloned again (one level of origin).
-   */
-  async cloneVolume(source: string, newName: string): Promise<VolumeMeta> {
-    const [volumeName, snapName] = splitExportName(source);
-    if (snapName === null) throw new VaultError('ERR_INVALID_ARGUMENT', `clone takes a snapshot, VOL@SNAP (got "${source}"): snapshot the volume first`);
-    checkVolumeName(newName);
-    const { meta: originMeta, objects, root: originRoot } = await this.loadVolume(volumeName);
-    if (originRoot.origin) throw new VaultError('ERR_NOT_SUPPORTED', `"${volumeName}" is itself a clone; clone its origin's snapshot instead`);
-    const snap = await this.findSnapshot(objects, volumeName, snapName);
-    await this.assertClonable(objects, snap, source);
-    if ((await this.listVolumes()).some((v) => v.name === newName)) throw new VaultError('ERR_EXISTS', `a volume named "${newName}" exists already`);
-    const id = randomBytes(16).toString('hex');
-    const key = generateVolumeKey();
-    const createdAt = new Date().toISOString();
-    const create = this.store.props.conditionalPut ? { ifNoneMatch: '*' as const } : undefined;
-    await this.store.put(metaKey(id), await this.encodeMeta(id, key, { name: newName, createdAt }), create);
-    const cloneObjects = this.volumeObjects({ id, name: newName, createdAt }, key);
-    const root: RootRecord = {
-      v: ROOT_FORMAT,
-      volumeId: id,
-      seq: 1,
-      size: snap.size,
-      chunkSize: snap.chunkSize,
-      pageEntries: snap.pageEntries,
-      epoch: 1,
-      pages: snap.pages.map((p) => (p ? { id: p.id, epoch: 0 } : null)),
-      updatedAt: createdAt,
-      origin: { volumeId: originMeta.id, snapshotId: snap.id },
-    };
-    await cloneObjects.writeRoot(root, null);
-    // The clone exists now and names the snapshot's objects. A deletion of the snapshot (or of
-    // the origin) that began before this point may not have seen it: look again, and if one
-    // did begin, withdraw the clone. Either the deleter sees the clone or the clone sees the
-    // deletion mark (each writes before it reads).
-    try {
-      await this.assertClonable(objects, snap, source);
-    } catch (err) {
-      await this.eraseVolume(newName, { id, name: newName, createdAt });
-      throw err;
-    }
-    await this.state.recordSeq(id, 1);
-    this.opts.logger.info({ volume: newName, origin: source }, 'volume cloned');
-    return { id, name: newName, createdAt };
-  }
-
-  /** A snapshot may be cloned while it, and its volume, exist and are not being deleted. */
-  private async assertClonable(objects: VolumeObjects, snap: SnapshotRecord, source: string): Promise<void> {
-    const [volumeGone, volumeDeleting, snapGone, snapDeleting] = await Promise.all([
-      this.store.head(metaKey(objects.volumeId)).then((h) => h === null),
-      objects.isMarkedDeleting(null),
-      objects.snapshotExists(snap.id).then((e) => !e),
-      objects.isMarkedDeleting(snap.id),
-    ]);
-    if (volumeGone || volumeDeleting) throw new VaultError('ERR_NOT_FOUND', `cannot clone ${source}: its volume is being deleted`);
-    if (snapGone || snapDeleting) throw new VaultError('ERR_NOT_FOUND', `cannot clone ${source}: the snapshot is being deleted`);
   }
 
   private volumeObjects(meta: VolumeMeta, volumeKey: SecretKey): VolumeObjects {
@@ -654,165 +563,38 @@ export class Vault {
     return (await this.loadVolume(volumeName)).root.seq;
   }
 
-  /**
-   * Delete a snapshot record, then the objects that only it named: those in neither the live
-   * root nor any other snapshot. Safe beside a running server: a server never re-references an
-   * old object, and never deletes an object of an older epoch itself.
-   */
-  async deleteSnapshot(volumeName: string, snapName: string): Promise<{ freedObjects: number }> {
-    const { objects, root, snapshots: snaps } = await this.loadVolume(volumeName);
-    const doomed = snaps.find((s) => s.name === snapName);
-    if (!doomed) throw new VaultError('ERR_NOT_FOUND', `volume "${volumeName}" has no snapshot named "${snapName}"`);
-    if (doomed.keep) throw new VaultError('ERR_EXISTS', `snapshot ${volumeName}@${snapName} has the keep flag: clear it first (snapshot keep --clear)`);
-    // Mark first, then look for clones: a clone made from here on sees the mark and withdraws.
-    await objects.markDeleting(doomed.id);
-    const clones = await this.clonesOf(objects.volumeId, doomed.id).catch(async (err) => {
-      await objects.unmarkDeleting(doomed.id);
-      throw err;
+  // --- lifecycle operations (vault-lifecycle.ts) --------------------------------------------
+
+  /** Names of the volumes cloned from `volumeId` (from any snapshot, or from `snapshotId`). */
+  clonesOf(volumeId: string, snapshotId?: string): Promise<string[]> {
+    return this.lifecycle().clonesOf(volumeId, snapshotId);
+  }
+
+  /** `clone VOL@SNAP NEW`: a writable volume sharing the snapshot's chunks (vault-lifecycle.ts). */
+  cloneVolume(source: string, newName: string): Promise<VolumeMeta> {
+    return this.lifecycle().cloneVolume(source, newName);
+  }
+
+  /** Delete a snapshot record, then the objects only it named (vault-lifecycle.ts). */
+  deleteSnapshot(volumeName: string, snapName: string): Promise<{ freedObjects: number }> {
+    return this.lifecycle().deleteSnapshot(volumeName, snapName);
+  }
+
+  /** Crypto-erase the volume, then delete all of its objects (vault-lifecycle.ts). */
+  deleteVolume(name: string, onProgress?: (done: number, total: number) => void): Promise<number> {
+    return this.lifecycle().deleteVolume(name, onProgress);
+  }
+
+  /** The lifecycle operations, with the parts of this vault they need and nobody else may use. */
+  private lifecycle(): VaultLifecycle {
+    return new VaultLifecycle(this, {
+      logger: this.opts.logger,
+      readMeta: (id) => this.readMeta(id),
+      encodeMeta: (id, key, info) => this.encodeMeta(id, key, info),
+      volumeObjects: (meta, key) => this.volumeObjects(meta, key),
+      findSnapshot: (objects, volumeName, snapName) => this.findSnapshot(objects, volumeName, snapName),
+      acquireLease: (found, purpose) => this.acquireLease(found, purpose),
+      recordSeq: (id, seq) => this.state.recordSeq(id, seq),
     });
-    if (clones.length > 0) {
-      await objects.unmarkDeleting(doomed.id);
-      throw new VaultError('ERR_EXISTS', `snapshot ${volumeName}@${snapName} has clones (${clones.join(', ')}): delete them first`);
-    }
-    const keep = new Set<string>();
-    try {
-      for (const key of await liveRootKeys(objects, root)) keep.add(key);
-      for (const r of snaps.filter((s) => s !== doomed).map(snapshotAsRoot)) {
-        for (const key of await referencedKeys(objects, r)) keep.add(key);
-      }
-    } catch (err) {
-      await objects.unmarkDeleting(doomed.id);
-      throw err;
-    }
-    // Only this volume's own objects: a clone's snapshot also names its origin's chunks.
-    const own = volumePrefix(objects.volumeId);
-    const candidates = (await referencedKeys(objects, snapshotAsRoot(doomed))).filter((k) => k.startsWith(own) && !keep.has(k));
-    await objects.deleteSnapshotRecord(doomed.id);
-    for (let k = 0; k < candidates.length; k += 1000) await this.store.deleteMany(candidates.slice(k, k + 1000));
-    await objects.unmarkDeleting(doomed.id);
-    this.opts.logger.info({ volume: volumeName, snapshot: snapName, freedObjects: candidates.length }, 'snapshot deleted');
-    return { freedObjects: candidates.length };
-  }
-
-  /** Crypto-erase the volume (its sealed key goes first), then delete all of its objects. */
-  async deleteVolume(name: string, onProgress?: (done: number, total: number) => void): Promise<number> {
-    const meta = await this.findVolume(name);
-    // Nobody may be writing it: hold its lease throughout (released, i.e. deleted, last).
-    const lease = await this.acquireLease(meta, 'nbd-vault volume delete');
-    try {
-      // Mark, then look for clones (see cloneVolume): a clone made after the look withdraws.
-      const { key, ...m } = await this.readMeta(meta.id);
-      const objects = this.volumeObjects(m, key);
-      await objects.markDeleting(null);
-      let clones: string[];
-      try {
-        clones = await this.clonesOf(meta.id);
-      } catch (err) {
-        await objects.unmarkDeleting(null);
-        throw err;
-      }
-      if (clones.length > 0) {
-        await objects.unmarkDeleting(null);
-        throw new VaultError('ERR_EXISTS', `volume "${name}" has clones that share its chunks (${clones.join(', ')}): delete them first`);
-      }
-      return await this.eraseVolume(name, meta, onProgress);
-    } finally {
-      await lease.release();
-    }
-  }
-
-  private async eraseVolume(name: string, meta: VolumeMeta, onProgress?: (done: number, total: number) => void): Promise<number> {
-    await this.store.delete(metaKey(meta.id));
-    this.opts.logger.info({ volume: name, volumeId: meta.id }, 'volume key erased; deleting objects');
-    const keys: string[] = [];
-    for await (const info of this.store.list(volumePrefix(meta.id))) if (info.key !== leaseKey(meta.id)) keys.push(info.key);
-    // The root last: a half-deleted volume without its meta is only garbage either way.
-    keys.sort((a, b) => (a === rootKey(meta.id) ? 1 : b === rootKey(meta.id) ? -1 : 0));
-    let done = 0;
-    for (let k = 0; k < keys.length; k += 1000) {
-      const batch = keys.slice(k, k + 1000);
-      await this.store.deleteMany(batch);
-      done += batch.length;
-      onProgress?.(done, keys.length);
-    }
-    return keys.length;
-  }
-}
-
-
-/** `vol` → [vol, null]; `vol@snap` → [vol, snap]. */
-export function splitExportName(spec: string): [string, string | null] {
-  const at = spec.indexOf('@');
-  if (at < 0) return [spec, null];
-  return [spec.slice(0, at), spec.slice(at + 1)];
-}
-
-export function snapshotAsRoot(s: SnapshotRecord): RootRecord {
-  return {
-    v: ROOT_FORMAT,
-    volumeId: s.volumeId,
-    seq: s.rootSeq,
-    size: s.size,
-    chunkSize: s.chunkSize,
-    pageEntries: s.pageEntries,
-    epoch: s.epoch,
-    pages: s.pages,
-    updatedAt: s.createdAt,
-  };
-}
-
-/** Every object key a root (or snapshot) names: its pages, their non-zero chunks, and (a live
- *  root only: snapshots never name one) its write journals. */
-export async function referencedKeys(objects: VolumeObjects, root: RootRecord): Promise<string[]> {
-  const manifest = await VolumeEngine.loadManifest(objects, root);
-  const keys: string[] = journalsOf(root).map((j) => objects.journalKeyOf(j));
-  for (const p of root.pages) if (p) keys.push(objects.pageKeyOf(p));
-  for (let i = 0; i < manifest.chunkCount; i++) {
-    const e = manifest.get(i);
-    if (e.id !== null) keys.push(objects.chunkKeyOf(e));
-  }
-  return keys;
-}
-
-/** Ids of the volumes in a store (those with a metadata object). */
-export async function listVolumeIds(store: ObjectStore): Promise<string[]> {
-  const ids: string[] = [];
-  for await (const info of store.list(VOLUMES_PREFIX)) {
-    const id = volumeIdOfKey(info.key);
-    if (id && info.key === metaKey(id)) ids.push(id);
-  }
-  return ids;
-}
-
-/** The vault ids that volumes' metadata names in clear (for `init --recover`). */
-export async function vaultIdsOfVolumes(store: ObjectStore, volumeIds?: string[]): Promise<string[]> {
-  const found = new Set<string>();
-  for (const id of volumeIds ?? (await listVolumeIds(store))) {
-    try {
-      const doc = JSON.parse((await store.get(metaKey(id))).body.toString('utf8'));
-      if (typeof doc?.vaultId === 'string' && /^[0-9a-f]{32}$/.test(doc.vaultId)) found.add(doc.vaultId);
-    } catch {
-      // unreadable metadata names nothing
-    }
-  }
-  return [...found];
-}
-
-/**
- * The keys the live root names. A running writer may replace (and delete) pages of the root read
- * a moment ago: a page gone missing means a newer root exists, so read that one instead. Any
- * newer root serves (what a snapshot names and one root no longer does, no later root names).
- */
-export async function liveRootKeys(objects: VolumeObjects, first: RootRecord): Promise<string[]> {
-  let root = first;
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await referencedKeys(objects, root);
-    } catch (err) {
-      if (attempt >= 5 || !isVaultError(err, 'ERR_IO') || !/is missing from the store/.test((err as Error).message)) throw err;
-      const fresh = (await objects.readRoot()).root;
-      if (fresh.seq === root.seq) throw err; // the same root names a missing object: real damage
-      root = fresh;
-    }
   }
 }

@@ -7,7 +7,8 @@ import { describeError } from '../errors';
 import { CHUNK_SIZE, chunkLength } from './chunk-math';
 import type { Manifest } from './manifest';
 import { journalsOf, type RootRecord } from './root-record';
-import { LIVE_READ_ATTEMPTS, splitExportName, type Vault } from './vault';
+import { type Vault } from './vault';
+import { LIVE_READ_ATTEMPTS, splitExportName } from './volume-references';
 import type { VolumeObjects } from './volume-objects';
 
 export interface Damage {

@@ -17,7 +17,8 @@ import type { ObjectStore, PutOptions } from '../../src/store/object-store';
 import { PassThroughStore } from '../helpers/pass-through-store';
 import { CHUNK_SIZE } from '../../src/volume/chunk-math';
 import { collectGarbage } from '../../src/volume/garbage-collector';
-import { Vault, vaultIdsOfVolumes } from '../../src/volume/vault';
+import { Vault } from '../../src/volume/vault';
+import { vaultIdsOfVolumes } from '../../src/volume/volume-references';
 import { verifyManifest } from '../../src/volume/verify';
 import { makeVault, logger, countKeys } from './vault-fixture';
 

@@ -1,0 +1,210 @@
+// A vault's lifecycle operations: clone a snapshot into a new volume, delete a snapshot (and the
+// objects only it named), delete a volume (crypto-erase, then its objects), and find the clones
+// of a volume. Each is safe beside a running server and against the others: a deleter marks
+// first and then looks for clones, a clone writes its root first and then looks for marks, so
+// one of them always sees the other (docs/FORMAT.md, "Write ordering").
+import { randomBytes } from 'node:crypto';
+import { VaultError } from '../errors';
+import { generateVolumeKey } from '../keys';
+import type { SecretKey } from '../keys/secret-key';
+import type { ObjectStore } from '../store/object-store';
+import type { Logger } from '../util/log';
+import { leaseKey, metaKey, rootKey, volumePrefix } from './object-keys';
+import { ROOT_FORMAT, type RootRecord } from './root-record';
+import type { SnapshotRecord } from './snapshot-record';
+import type { Vault, VolumeMeta } from './vault';
+import type { VolumeLease } from './volume-lease';
+import type { VolumeObjects } from './volume-objects';
+import { checkVolumeName, liveRootKeys, referencedKeys, snapshotAsRoot, splitExportName } from './volume-references';
+
+/** What of a vault's private parts the lifecycle operations use. */
+export interface VaultParts {
+  readonly logger: Logger;
+  readMeta(volumeId: string): Promise<VolumeMeta & { key: SecretKey }>;
+  encodeMeta(id: string, key: SecretKey, info: { name: string; createdAt: string }): Promise<Buffer>;
+  volumeObjects(meta: VolumeMeta, key: SecretKey): VolumeObjects;
+  findSnapshot(objects: VolumeObjects, volumeName: string, snapName: string): Promise<SnapshotRecord>;
+  acquireLease(found: VolumeMeta, purpose: string): Promise<VolumeLease>;
+  recordSeq(volumeId: string, seq: number): Promise<void>;
+}
+
+export class VaultLifecycle {
+  private readonly store: ObjectStore;
+
+  constructor(
+    private readonly vault: Vault,
+    private readonly parts: VaultParts,
+  ) {
+    this.store = vault.store;
+  }
+
+  /** Names of the volumes cloned from `volumeId` (from any snapshot, or from `snapshotId`). */
+  async clonesOf(volumeId: string, snapshotId?: string): Promise<string[]> {
+    const names: string[] = [];
+    for (const v of await this.vault.listVolumes({ strict: true })) {
+      if (v.id === volumeId) continue;
+      let root: RootRecord;
+      try {
+        ({ root } = await this.loadRootOnly(v));
+      } catch (err) {
+        // Deleted meanwhile (no meta), or still being created (no root yet: a clone checks for
+        // deletion marks after writing its root, so it withdraws by itself): not a clone now.
+        const [meta, rootObj] = await Promise.all([this.store.head(metaKey(v.id)), this.store.head(rootKey(v.id))]);
+        if (meta === null || rootObj === null) continue;
+        throw err;
+      }
+      if (root.origin?.volumeId === volumeId && (snapshotId === undefined || root.origin.snapshotId === snapshotId)) names.push(v.name);
+    }
+    return names;
+  }
+
+  private async loadRootOnly(v: VolumeMeta): Promise<{ root: RootRecord }> {
+    const { key, ...meta } = await this.parts.readMeta(v.id);
+    return this.parts.volumeObjects(meta, key).readRoot();
+  }
+
+  /**
+   * `clone VOL@SNAP NEW`: a writable volume that shares the snapshot's chunks, O(pages): its root
+   * names the snapshot's pages with epoch 0 ("the origin's"); nothing is copied. The clone reads
+   * shared chunks with the origin's keys and never deletes them; the snapshot cannot be deleted
+   * while the clone exists. A snapshot of a clone cannot be cloned again (one level of origin).
+   */
+  async cloneVolume(source: string, newName: string): Promise<VolumeMeta> {
+    const [volumeName, snapName] = splitExportName(source);
+    if (snapName === null) throw new VaultError('ERR_INVALID_ARGUMENT', `clone takes a snapshot, VOL@SNAP (got "${source}"): snapshot the volume first`);
+    checkVolumeName(newName);
+    const { meta: originMeta, objects, root: originRoot } = await this.vault.loadVolume(volumeName);
+    if (originRoot.origin) throw new VaultError('ERR_NOT_SUPPORTED', `"${volumeName}" is itself a clone; clone its origin's snapshot instead`);
+    const snap = await this.parts.findSnapshot(objects, volumeName, snapName);
+    await this.assertClonable(objects, snap, source);
+    if ((await this.vault.listVolumes()).some((v) => v.name === newName)) throw new VaultError('ERR_EXISTS', `a volume named "${newName}" exists already`);
+    const id = randomBytes(16).toString('hex');
+    const key = generateVolumeKey();
+    const createdAt = new Date().toISOString();
+    const create = this.store.props.conditionalPut ? { ifNoneMatch: '*' as const } : undefined;
+    await this.store.put(metaKey(id), await this.parts.encodeMeta(id, key, { name: newName, createdAt }), create);
+    const cloneObjects = this.parts.volumeObjects({ id, name: newName, createdAt }, key);
+    const root: RootRecord = {
+      v: ROOT_FORMAT,
+      volumeId: id,
+      seq: 1,
+      size: snap.size,
+      chunkSize: snap.chunkSize,
+      pageEntries: snap.pageEntries,
+      epoch: 1,
+      pages: snap.pages.map((p) => (p ? { id: p.id, epoch: 0 } : null)),
+      updatedAt: createdAt,
+      origin: { volumeId: originMeta.id, snapshotId: snap.id },
+    };
+    await cloneObjects.writeRoot(root, null);
+    // The clone exists now and names the snapshot's objects. A deletion of the snapshot (or of
+    // the origin) that began before this point may not have seen it: look again, and if one
+    // did begin, withdraw the clone. Either the deleter sees the clone or the clone sees the
+    // deletion mark (each writes before it reads).
+    try {
+      await this.assertClonable(objects, snap, source);
+    } catch (err) {
+      await this.eraseVolume(newName, { id, name: newName, createdAt });
+      throw err;
+    }
+    await this.parts.recordSeq(id, 1);
+    this.parts.logger.info({ volume: newName, origin: source }, 'volume cloned');
+    return { id, name: newName, createdAt };
+  }
+
+  /** A snapshot may be cloned while it, and its volume, exist and are not being deleted. */
+  private async assertClonable(objects: VolumeObjects, snap: SnapshotRecord, source: string): Promise<void> {
+    const [volumeGone, volumeDeleting, snapGone, snapDeleting] = await Promise.all([
+      this.store.head(metaKey(objects.volumeId)).then((h) => h === null),
+      objects.isMarkedDeleting(null),
+      objects.snapshotExists(snap.id).then((e) => !e),
+      objects.isMarkedDeleting(snap.id),
+    ]);
+    if (volumeGone || volumeDeleting) throw new VaultError('ERR_NOT_FOUND', `cannot clone ${source}: its volume is being deleted`);
+    if (snapGone || snapDeleting) throw new VaultError('ERR_NOT_FOUND', `cannot clone ${source}: the snapshot is being deleted`);
+  }
+
+  /**
+   * Delete a snapshot record, then the objects that only it named: those in neither the live
+   * root nor any other snapshot. Safe beside a running server: a server never re-references an
+   * old object, and never deletes an object of an older epoch itself.
+   */
+  async deleteSnapshot(volumeName: string, snapName: string): Promise<{ freedObjects: number }> {
+    const { objects, root, snapshots: snaps } = await this.vault.loadVolume(volumeName);
+    const doomed = snaps.find((s) => s.name === snapName);
+    if (!doomed) throw new VaultError('ERR_NOT_FOUND', `volume "${volumeName}" has no snapshot named "${snapName}"`);
+    if (doomed.keep) throw new VaultError('ERR_EXISTS', `snapshot ${volumeName}@${snapName} has the keep flag: clear it first (snapshot keep --clear)`);
+    // Mark first, then look for clones: a clone made from here on sees the mark and withdraws.
+    await objects.markDeleting(doomed.id);
+    const clones = await this.clonesOf(objects.volumeId, doomed.id).catch(async (err) => {
+      await objects.unmarkDeleting(doomed.id);
+      throw err;
+    });
+    if (clones.length > 0) {
+      await objects.unmarkDeleting(doomed.id);
+      throw new VaultError('ERR_EXISTS', `snapshot ${volumeName}@${snapName} has clones (${clones.join(', ')}): delete them first`);
+    }
+    const keep = new Set<string>();
+    try {
+      for (const key of await liveRootKeys(objects, root)) keep.add(key);
+      for (const r of snaps.filter((s) => s !== doomed).map(snapshotAsRoot)) {
+        for (const key of await referencedKeys(objects, r)) keep.add(key);
+      }
+    } catch (err) {
+      await objects.unmarkDeleting(doomed.id);
+      throw err;
+    }
+    // Only this volume's own objects: a clone's snapshot also names its origin's chunks.
+    const own = volumePrefix(objects.volumeId);
+    const candidates = (await referencedKeys(objects, snapshotAsRoot(doomed))).filter((k) => k.startsWith(own) && !keep.has(k));
+    await objects.deleteSnapshotRecord(doomed.id);
+    for (let k = 0; k < candidates.length; k += 1000) await this.store.deleteMany(candidates.slice(k, k + 1000));
+    await objects.unmarkDeleting(doomed.id);
+    this.parts.logger.info({ volume: volumeName, snapshot: snapName, freedObjects: candidates.length }, 'snapshot deleted');
+    return { freedObjects: candidates.length };
+  }
+
+  /** Crypto-erase the volume (its sealed key goes first), then delete all of its objects. */
+  async deleteVolume(name: string, onProgress?: (done: number, total: number) => void): Promise<number> {
+    const meta = await this.vault.findVolume(name);
+    // Nobody may be writing it: hold its lease throughout (released, i.e. deleted, last).
+    const lease = await this.parts.acquireLease(meta, 'nbd-vault volume delete');
+    try {
+      // Mark, then look for clones (see cloneVolume): a clone made after the look withdraws.
+      const { key, ...m } = await this.parts.readMeta(meta.id);
+      const objects = this.parts.volumeObjects(m, key);
+      await objects.markDeleting(null);
+      let clones: string[];
+      try {
+        clones = await this.clonesOf(meta.id);
+      } catch (err) {
+        await objects.unmarkDeleting(null);
+        throw err;
+      }
+      if (clones.length > 0) {
+        await objects.unmarkDeleting(null);
+        throw new VaultError('ERR_EXISTS', `volume "${name}" has clones that share its chunks (${clones.join(', ')}): delete them first`);
+      }
+      return await this.eraseVolume(name, meta, onProgress);
+    } finally {
+      await lease.release();
+    }
+  }
+
+  private async eraseVolume(name: string, meta: VolumeMeta, onProgress?: (done: number, total: number) => void): Promise<number> {
+    await this.store.delete(metaKey(meta.id));
+    this.parts.logger.info({ volume: name, volumeId: meta.id }, 'volume key erased; deleting objects');
+    const keys: string[] = [];
+    for await (const info of this.store.list(volumePrefix(meta.id))) if (info.key !== leaseKey(meta.id)) keys.push(info.key);
+    // The root last: a half-deleted volume without its meta is only garbage either way.
+    keys.sort((a, b) => (a === rootKey(meta.id) ? 1 : b === rootKey(meta.id) ? -1 : 0));
+    let done = 0;
+    for (let k = 0; k < keys.length; k += 1000) {
+      const batch = keys.slice(k, k + 1000);
+      await this.store.deleteMany(batch);
+      done += batch.length;
+      onProgress?.(done, keys.length);
+    }
+    return keys.length;
+  }
+}
