@@ -61,6 +61,10 @@ export function decodeRoot(bytes: Buffer, volumeId: string): RootRecord & { jour
   } catch {
     throw new VaultError('ERR_CORRUPT', `root of volume ${volumeId} is not valid JSON`);
   }
+  // The root is authenticated: a format number above ours is a newer writer, not damage.
+  if (Number.isSafeInteger(raw?.v) && raw.v > Math.max(...ROOT_FORMATS_READ)) {
+    throw new VaultError('ERR_NOT_SUPPORTED', `root of volume ${volumeId} has format ${raw.v}, newer than this build reads (${ROOT_FORMATS_READ.join(', ')}): upgrade nbd-vault`);
+  }
   const ok =
     raw && ROOT_FORMATS_READ.includes(raw.v) && raw.volumeId === volumeId && Number.isSafeInteger(raw.seq) && Number.isSafeInteger(raw.size) &&
     raw.size >= 0 && Number.isSafeInteger(raw.chunkSize) && raw.chunkSize > 0 && Number.isSafeInteger(raw.pageEntries) &&

@@ -40,9 +40,14 @@ test('format 1 roots are still read, with no journals', () => {
   assert.equal(back.seq, 3);
 });
 
+test('a root of a newer format says so (upgrade), not "malformed"', () => {
+  assert.throws(() => decodeRoot(raw((r) => (r.v = 3)), volumeId), { code: 'ERR_NOT_SUPPORTED', message: /format 3, newer than this build reads \(1, 2\): upgrade nbd-vault/ });
+});
+
 test('malformed: unknown format, v1 with journals, v2 without, bad journal entries', () => {
   const bad: ((r: any) => void)[] = [
-    (r) => (r.v = 3),
+    (r) => (r.v = 0),
+    (r) => (r.v = '2'),
     (r) => (r.v = 1),
     (r) => delete r.journals,
     (r) => (r.journals = {}),
