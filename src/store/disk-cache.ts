@@ -81,6 +81,8 @@ export class DiskCache {
   private laterBytes = 0;
   private lastWriteWarn = 0;
   private readonly later = new Map<string, Set<{ cancelled: boolean }>>();
+  /** unlinks of dropped entries' files in flight, by entry name */
+  private readonly unlinking = new Map<string, Promise<unknown>>();
 
   private constructor(
     readonly dir: string,
@@ -237,6 +239,7 @@ export class DiskCache {
           if (this.closed) throw new Error('disk cache closed');
           await writeAll(fh, encodeHeader(key, offset, data.length, crcs, toEnd, etag), 0);
           await fh.close();
+          await this.unlinking.get(name); // a dropped entry of this name: its unlink must not take the new file
           await fsp.rename(tmp, file);
         } catch (err) {
           await fh.close().catch(() => undefined);
@@ -290,6 +293,16 @@ export class DiskCache {
    *  replaced or deleted: they may hold its old bytes). */
   cancelPending(key: string): void {
     for (const t of this.later.get(key) ?? []) t.cancelled = true;
+  }
+
+  /** Some entry of key is indexed. */
+  hasKey(key: string): boolean {
+    return this.byKey.has(key);
+  }
+
+  /** A background insert of key is under way. */
+  hasPending(key: string): boolean {
+    return this.later.has(key);
   }
 
   /** Forgets every entry of key (but `keepName`); their files are unlinked in the background. */
@@ -375,7 +388,11 @@ export class DiskCache {
   private unlinkLater(name: string): void {
     const p = fsp.unlink(this.fileOf(name)).catch(() => undefined);
     this.pending.add(p);
-    void p.finally(() => this.pending.delete(p));
+    this.unlinking.set(name, p);
+    void p.finally(() => {
+      this.pending.delete(p);
+      if (this.unlinking.get(name) === p) this.unlinking.delete(name);
+    });
   }
 
   private writeFailed(err: unknown, key: string): void {
