@@ -16,14 +16,21 @@ import type { ReadCache } from './read-cache';
 import type { VolumeObjects } from './volume-objects';
 import type { VolumeState } from './volume-state';
 
-/** frame fetches (ranged GET + open) at once, across all requests of this volume */
-const FETCHES_IN_FLIGHT = 16;
+/** frame fetches (ranged GET + open) at once, across all requests of this volume: as many as the
+ *  store serves at once (S3: 32, so a client at queue depth 32 gets QD / latency on cold reads),
+ *  within these bounds */
+const MIN_FETCHES_IN_FLIGHT = 16;
+const MAX_FETCHES_IN_FLIGHT = 32;
+/** whole-chunk fetches at once (sequential reads, readahead, NBD_CMD_CACHE), each also taking a
+ *  fetch slot: each holds a sealed and a decoded 4 MiB chunk until it lands in the read cache */
+const WHOLE_FETCHES_IN_FLIGHT = 16;
 /** how many recent chunk reads the readahead remembers (several sequential streams at once) */
 const RECENT_READS = 16;
 
 export class ReadPath {
   private readonly fetches = new Map<string, Promise<Buffer>>();
-  private readonly fetchSlots = new FetchLimiter(FETCHES_IN_FLIGHT);
+  private readonly fetchSlots: FetchLimiter;
+  private readonly wholeSlots = new FetchLimiter(WHOLE_FETCHES_IN_FLIGHT);
   private readonly recentReads: number[] = [];
 
   constructor(
@@ -33,7 +40,9 @@ export class ReadPath {
     readonly frames: ReadCache,
     private readonly readaheadChunks: number,
     private readonly logger: Logger,
-  ) {}
+  ) {
+    this.fetchSlots = new FetchLimiter(Math.min(MAX_FETCHES_IN_FLIGHT, Math.max(MIN_FETCHES_IN_FLIGHT, objects.store.props.maxConcurrency)));
+  }
 
   async read(offset: number, length: number, requester?: object): Promise<Buffer> {
     const spans = splitRange(offset, length, this.state.sizeBytes);
@@ -222,13 +231,13 @@ export class ReadPath {
     });
   }
 
-  private singleFlight(key: string, requester: object | undefined, fetch: () => Promise<Buffer>, wrap: (err: unknown) => Error, keep = true): Promise<Buffer> {
+  private singleFlight(key: string, requester: object | undefined, fetch: () => Promise<Buffer>, wrap: (err: unknown) => Error, whole = false): Promise<Buffer> {
     let p = this.fetches.get(key);
     if (!p) {
-      p = this.fetchSlots
-        .run(fetch, requester)
+      const slotted = () => this.fetchSlots.run(fetch, requester);
+      p = (whole ? this.wholeSlots.run(slotted, requester) : slotted())
         .then((data) => {
-          if (keep) this.frames.set(key, data);
+          this.frames.set(key, data);
           return data;
         })
         .catch((err) => {
@@ -276,7 +285,7 @@ export class ReadPath {
 
   /** Fetch a whole chunk object in one GET and cache its frames (readahead: never queues). */
   private prefetchChunk(i: number): void {
-    if (!this.fetchSlots.hasFreeSlot) return;
+    if (!this.fetchSlots.hasFreeSlot || !this.wholeSlots.hasFreeSlot) return;
     const entry = this.state.manifest.get(i);
     if (entry.id === null) return;
     const key = `${entry.id}/*`;
@@ -288,7 +297,7 @@ export class ReadPath {
    *  (`id/*`): frames cut from it are views, and the cache counts the buffer they keep alive. */
   private wholeChunk(i: number, entry: Entry, requester?: object): Promise<Buffer> {
     const len = this.state.chunkLength(i);
-    return this.singleFlight(`${entry.id}/*`, requester, () => this.objects.readChunk(i, entry, len), (err) => this.readError(i, err));
+    return this.singleFlight(`${entry.id}/*`, requester, () => this.objects.readChunk(i, entry, len), (err) => this.readError(i, err), true);
   }
 
   /** NBD_CMD_CACHE: bring the range's stored frames into the read cache. */
