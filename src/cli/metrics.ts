@@ -128,6 +128,7 @@ export class PromMetrics implements MetricsSink {
     metric('nbd_vault_disk_cache_inserted_bytes_total', 'Bytes written into the disk cache (misses and write-through)', 'counter', (s) => s.insertedBytes);
     metric('nbd_vault_disk_cache_evictions_total', 'Disk cache entries evicted to stay within --disk-cache-size', 'counter', (s) => s.evictions);
     metric('nbd_vault_disk_cache_corrupt_total', 'Disk cache entries found torn or corrupt (dropped, read from the store)', 'counter', (s) => s.corrupt);
+    metric('nbd_vault_disk_cache_rejected_total', 'Objects whose cached bytes failed authentication (entries dropped, read again from the store)', 'counter', (s) => s.rejected);
     metric('nbd_vault_disk_cache_write_errors_total', 'Disk cache writes that failed (the read or write went on)', 'counter', (s) => s.writeErrors);
     metric('nbd_vault_disk_cache_entries', 'Entries in the disk cache', 'gauge', (s) => s.entries);
     metric('nbd_vault_disk_cache_bytes', 'Bytes the disk cache uses on disk, its metadata included', 'gauge', (s) => s.usedBytes);

@@ -18,13 +18,15 @@
 // - Placement (serve): above the retry layer. A hit costs no store machinery; a miss is retried
 //   below before anything is cached; store metrics count only real store requests.
 // - A cache entry is trusted as much as the store's bytes: a reader whose bytes fail to
-//   authenticate can call forget(key) to have the next read go to the store.
+//   authenticate calls forget(key) to have the next read go to the store (the volume layer does,
+//   and retries once: a bad entry its CRCs missed never becomes a lasting read error).
 // - head, list: the store (sizes and listings are not cached).
 // Concurrent misses of the same object or range share one store read. Hits, misses and bytes are
 // counted here; evictions and corrupt entries in DiskCache.
 import type { ObjectInfo, ObjectStore, PutOptions, StoredObject, StoreLayer, StoreProps } from './object-store';
 import { checkKey, checkRange } from './keys';
 import { DiskCache } from './disk-cache';
+import { log } from '../util/log';
 
 export interface DiskCacheStats {
   readonly hits: number;
@@ -35,6 +37,8 @@ export interface DiskCacheStats {
   readonly evictions: number;
   readonly evictedBytes: number;
   readonly corrupt: number;
+  /** objects whose cached bytes a reader found unusable (forget): dropped, read from the store */
+  readonly rejected: number;
   readonly writeErrors: number;
   readonly entries: number;
   readonly usedBytes: number;
@@ -48,6 +52,7 @@ export class DiskCacheStore implements ObjectStore {
   private misses = 0;
   private hitBytes = 0;
   private missBytes = 0;
+  private rejected = 0;
   private readonly inflight = new Map<string, Promise<unknown>>();
   /** Per key with fills (miss reads) in flight: how many, and a generation that every put and
    *  delete of the key moves at its start and end. A fill that saw it move is not cached: it
@@ -74,6 +79,7 @@ export class DiskCacheStore implements ObjectStore {
       evictions: c.evictions,
       evictedBytes: c.evictedBytes,
       corrupt: c.corrupt,
+      rejected: this.rejected,
       writeErrors: c.writeErrors,
       entries: this.cache.entries,
       usedBytes: this.cache.usedBytes,
@@ -169,10 +175,18 @@ export class DiskCacheStore implements ObjectStore {
   }
 
   /** Drops every entry of key (and any fill of it in flight): for a reader that found the bytes
-   *  it got unusable (an object that failed to authenticate) and wants the store's copy next. */
-  forget(key: string): void {
+   *  it got unusable (an object that failed to authenticate) and wants the store's copy next.
+   *  True when the bytes may have come from (or were going into) the cache: an entry, a fill in
+   *  flight or an entry being written; false when the cache had no part in them. */
+  forget(key: string): boolean {
+    const involved = this.cache.hasKey(key) || this.fills.has(key) || this.cache.hasPending(key);
     this.invalidate(key);
     this.cache.dropKey(key);
+    if (involved) {
+      this.rejected++;
+      log().warn({ objectKey: key, rejected: this.rejected }, 'disk cache: bytes of this object failed authentication above; its entries are dropped and the next read goes to the store');
+    }
+    return involved;
   }
 
   /** Reads `key` into the cache unless a whole-object entry holds it already (cache warm).

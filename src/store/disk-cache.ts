@@ -81,6 +81,8 @@ export class DiskCache {
   private laterBytes = 0;
   private lastWriteWarn = 0;
   private readonly later = new Map<string, Set<{ cancelled: boolean }>>();
+  /** unlinks of dropped entries' files in flight, by entry name */
+  private readonly unlinking = new Map<string, Promise<unknown>>();
 
   private constructor(
     readonly dir: string,
@@ -237,6 +239,7 @@ export class DiskCache {
           if (this.closed) throw new Error('disk cache closed');
           await writeAll(fh, encodeHeader(key, offset, data.length, crcs, toEnd, etag), 0);
           await fh.close();
+          await this.unlinking.get(name); // a dropped entry of this name: its unlink must not take the new file
           await fsp.rename(tmp, file);
         } catch (err) {
           await fh.close().catch(() => undefined);
@@ -248,8 +251,7 @@ export class DiskCache {
         this.writing.delete(name);
         this.used -= cost; // add() charges it again
         if (replace) this.dropKey(key, name);
-        this.add({ name, key, offset, length: data.length, toEnd, etag: storableEtag(etag), headerBytes, crcs, cost });
-        this.counters.insertedBytes += data.length;
+        if (this.add({ name, key, offset, length: data.length, toEnd, etag: storableEtag(etag), headerBytes, crcs, cost })) this.counters.insertedBytes += data.length;
       },
       abort: async () => {
         await fh.close().catch(() => undefined);
@@ -293,6 +295,16 @@ export class DiskCache {
     for (const t of this.later.get(key) ?? []) t.cancelled = true;
   }
 
+  /** Some entry of key is indexed. */
+  hasKey(key: string): boolean {
+    return this.byKey.has(key);
+  }
+
+  /** A background insert of key is under way. */
+  hasPending(key: string): boolean {
+    return this.later.has(key);
+  }
+
   /** Forgets every entry of key (but `keepName`); their files are unlinked in the background. */
   dropKey(key: string, keepName?: string): void {
     for (const r of [...(this.byKey.get(key) ?? [])]) if (r.name !== keepName) this.drop(r);
@@ -325,10 +337,18 @@ export class DiskCache {
     return this.maxBytes - DISK_CACHE_FIXED_BYTES;
   }
 
-  private add(r: CacheRecord): void {
+  /** Indexes an entry whose file is in place; false (and its file unlinked) when a whole-object
+   *  entry of the key covers it already: the whole object may have landed while this range's
+   *  file was being written, or (at open) after it. */
+  private add(r: CacheRecord): boolean {
     const old = this.byName.get(r.name);
     if (old) this.drop(old, false);
-    if (r.offset === 0 && r.toEnd) for (const o of [...(this.byKey.get(r.key) ?? [])]) this.drop(o); // the whole object covers them
+    const whole = r.offset === 0 && r.toEnd;
+    if (whole) for (const o of [...(this.byKey.get(r.key) ?? [])]) this.drop(o); // the whole object covers them
+    else if (this.find(r.key, 0, 'whole')) {
+      this.unlinkLater(r.name);
+      return false;
+    }
     this.makeRoom(r.cost);
     this.byName.set(r.name, r);
     const list = this.byKey.get(r.key);
@@ -336,6 +356,7 @@ export class DiskCache {
     else this.byKey.set(r.key, [r]);
     this.used += r.cost;
     this.policy.insert(r.name, r.cost, this.budget());
+    return true;
   }
 
   private makeRoom(cost: number): void {
@@ -360,11 +381,18 @@ export class DiskCache {
       if (rest.length > 0) this.byKey.set(r.key, rest);
       else this.byKey.delete(r.key);
     }
-    if (unlink && !this.writing.has(r.name)) {
-      const p = fsp.unlink(this.fileOf(r.name)).catch(() => undefined);
-      this.pending.add(p);
-      void p.finally(() => this.pending.delete(p));
-    }
+    if (unlink && !this.writing.has(r.name)) this.unlinkLater(r.name);
+  }
+
+  /** Unlinks an entry's file in the background; settle() and close() wait for it. */
+  private unlinkLater(name: string): void {
+    const p = fsp.unlink(this.fileOf(name)).catch(() => undefined);
+    this.pending.add(p);
+    this.unlinking.set(name, p);
+    void p.finally(() => {
+      this.pending.delete(p);
+      if (this.unlinking.get(name) === p) this.unlinking.delete(name);
+    });
   }
 
   private writeFailed(err: unknown, key: string): void {

@@ -9,6 +9,8 @@ import type { Codec } from '../codec/codec';
 import type { ObjectPlace, ObjectKind } from '../codec/object-place';
 import type { SecretKey } from '../keys/secret-key';
 import type { ObjectStore } from '../store/object-store';
+import { findLayer } from '../store/compose';
+import { DiskCacheStore } from '../store/disk-cache-store';
 import type { ContainerHeaderCache } from './container-header-cache';
 import { FramedReads, annotate } from './framed-reads';
 import { BLOCK_BYTES, decodeJournalIndex, encodeJournalIndex, journalFrameBytesNeeded, type JournalExtent } from './journal-record';
@@ -38,6 +40,8 @@ export class VolumeObjects {
   origin: VolumeObjects | null = null;
   /** ranged reads of framed containers, with their header cache */
   private readonly framed: FramedReads;
+  /** the local disk cache in the store stack (serve --disk-cache), if any */
+  private readonly diskCache: DiskCacheStore | null;
 
   constructor(
     readonly store: ObjectStore,
@@ -51,6 +55,28 @@ export class VolumeObjects {
     this.vaultIdBytes = Buffer.from(vaultId, 'hex');
     this.volumeIdBytes = Buffer.from(volumeId, 'hex');
     this.framed = new FramedReads(store);
+    this.diskCache = findLayer(store, DiskCacheStore);
+  }
+
+  /**
+   * Runs `read`, which reads object `key` and authenticates what it got. Bytes that fail
+   * (ERR_AUTH_FAILED, ERR_CORRUPT) may have come from the local disk cache, whose CRCs catch a
+   * torn or flipped file but not every bad entry (one filled from a bad store answer, or written
+   * by something else with valid CRCs): its entries of the key are dropped and the read runs once
+   * more, from the store. A second failure is the store's: reported as it is, and not cached.
+   */
+  private async authenticated<T>(key: string, read: () => Promise<T>): Promise<T> {
+    try {
+      return await read();
+    } catch (err) {
+      if (!this.diskCache || !isUnusable(err) || !this.diskCache.forget(key)) throw err;
+    }
+    try {
+      return await read();
+    } catch (err) {
+      if (isUnusable(err)) this.diskCache.forget(key);
+      throw err;
+    }
   }
 
   /** parsed container headers by object key (unauthenticated: dropped when a frame fails) */
@@ -102,13 +128,17 @@ export class VolumeObjects {
     if (entry.id === null) return Buffer.alloc(expectedLength);
     if (entry.epoch === 0 && this.origin) return this.origin.readChunk(chunkIndex, entry, expectedLength);
     const key = chunkKey(this.volumeId, entry.id);
+    return this.authenticated(key, () => this.readChunkOnce(chunkIndex, entry.id!, key, expectedLength));
+  }
+
+  private async readChunkOnce(chunkIndex: number, id: string, key: string, expectedLength: number): Promise<Buffer> {
     const what = `chunk ${chunkIndex} of volume "${this.volumeName}"`;
     const { body } = await this.fetch(key, what);
     let plain: Buffer;
     try {
       const format = objectFormatOf(body);
-      if (format === 'chunk') plain = await this.openChunkContainer(chunkIndex, entry.id, body, expectedLength, key);
-      else if (format === 'v1' || format === null) plain = await this.codec.open(this.keys.data, body, this.place('chunk', chunkIndex, generationOfId(entry.id)));
+      if (format === 'chunk') plain = await this.openChunkContainer(chunkIndex, id, body, expectedLength, key);
+      else if (format === 'v1' || format === null) plain = await this.codec.open(this.keys.data, body, this.place('chunk', chunkIndex, generationOfId(id)));
       else throw new VaultError('ERR_CORRUPT', `a ${format} container where a chunk belongs`);
     } catch (err) {
       throw annotate(err, `${what} (object ${key})`);
@@ -134,7 +164,7 @@ export class VolumeObjects {
   async chunkLayout(chunkIndex: number, entry: Entry, chunkLength: number): Promise<ChunkLayout> {
     if (entry.id === null) return { framed: true, frameBytes: FRAME_BYTES, frameCount: Math.ceil(chunkLength / FRAME_BYTES) };
     if (entry.epoch === 0 && this.origin) return this.origin.chunkLayout(chunkIndex, entry, chunkLength);
-    const layout = await this.chunkHeaderOf(chunkIndex, entry, chunkLength);
+    const layout = await this.authenticated(chunkKey(this.volumeId, entry.id), () => this.chunkHeaderOf(chunkIndex, entry, chunkLength));
     return layout.framed ? { framed: true, frameBytes: FRAME_BYTES, frameCount: layout.frameCount } : { framed: false, frameBytes: chunkLength, frameCount: 1 };
   }
 
@@ -149,21 +179,25 @@ export class VolumeObjects {
       return Buffer.alloc(chunkFrameLength(chunkLength, frame));
     }
     if (entry.epoch === 0 && this.origin) return this.origin.readChunkFrame(chunkIndex, entry, chunkLength, frame);
-    const layout = await this.chunkHeaderOf(chunkIndex, entry, chunkLength);
+    const key = chunkKey(this.volumeId, entry.id);
+    const layout = await this.authenticated(key, () => this.chunkHeaderOf(chunkIndex, entry, chunkLength));
     if (!layout.framed) {
       if (frame !== 0) throw new BugError(`frame ${frame} of a version-1 chunk (one frame)`);
       return this.readChunk(chunkIndex, entry, chunkLength).catch((err) => {
-        this.headers.delete(chunkKey(this.volumeId, entry.id!));
+        this.headers.delete(key);
         throw err;
       });
     }
     if (!Number.isInteger(frame) || frame < 0 || frame >= layout.frameCount) throw new BugError(`frame ${frame} of a ${layout.frameCount}-frame chunk`);
-    const key = chunkKey(this.volumeId, entry.id);
     const what = `chunk ${chunkIndex} frame ${frame} of volume "${this.volumeName}"`;
     const id = entry.id;
-    return this.framed.readFrame(key, layout, frame, what, (sealed) =>
-      this.codec.openFrame(this.keys.data, sealed, this.framePlace('chunk-frame', chunkIndex, id, frame), chunkFrameLength(chunkLength, frame)),
-    );
+    const open = (sealed: Buffer) => this.codec.openFrame(this.keys.data, sealed, this.framePlace('chunk-frame', chunkIndex, id, frame), chunkFrameLength(chunkLength, frame));
+    return this.authenticated(key, async () => {
+      // a failed frame dropped the cached header: the retry reads it again (it may be what was bad)
+      const current = await this.chunkHeaderOf(chunkIndex, entry, chunkLength);
+      if (!current.framed || current.frameCount !== layout.frameCount) throw new VaultError('ERR_CORRUPT', `${what}: the container header changed between reads (object ${key})`);
+      return this.framed.readFrame(key, current, frame, what, open);
+    });
   }
 
   private chunkHeaderOf(chunkIndex: number, entry: Entry, chunkLength: number) {
@@ -208,27 +242,38 @@ export class VolumeObjects {
   async readJournalIndex(ref: JournalRef): Promise<JournalExtent[]> {
     const key = journalKey(this.volumeId, ref.id);
     const what = `journal ${ref.id} of volume "${this.volumeName}"`;
-    const { layout, prefix } = await this.framed.journalLayout(key, ref.storedSize, `${what} (object ${key})`);
-    const end = layout.frameOffsets[0] + layout.frameLengths[0];
-    const open = async (sealed: Buffer) => decodeJournalIndex(await this.openJournalFrame(sealed, ref.id, 0), `object ${key}`, layout.frameCount);
-    if (prefix && prefix.length >= end) return this.framed.opening(key, what, () => open(prefix.subarray(layout.frameOffsets[0], end)));
-    return this.framed.readFrame(key, layout, 0, `${what} index`, open);
+    return this.authenticated(key, async () => {
+      const { layout, prefix } = await this.framed.journalLayout(key, ref.storedSize, `${what} (object ${key})`);
+      const end = layout.frameOffsets[0] + layout.frameLengths[0];
+      const open = async (sealed: Buffer) => decodeJournalIndex(await this.openJournalFrame(sealed, ref.id, 0), `object ${key}`, layout.frameCount);
+      if (prefix && prefix.length >= end) return this.framed.opening(key, what, () => open(prefix.subarray(layout.frameOffsets[0], end)));
+      return this.framed.readFrame(key, layout, 0, `${what} index`, open);
+    });
   }
 
   /** One data frame of a journal (frame ≥ 1), authenticated plaintext of whole 4 KiB blocks. */
   async readJournalFrame(ref: JournalRef, frame: number): Promise<Buffer> {
     const key = journalKey(this.volumeId, ref.id);
     const what = `journal ${ref.id} frame ${frame} of volume "${this.volumeName}"`;
-    const { layout } = await this.framed.journalLayout(key, ref.storedSize, what);
     if (!Number.isInteger(frame) || frame < 0) throw new BugError(`journal frame ${frame}`);
-    if (frame >= layout.frameCount) throw new VaultError('ERR_CORRUPT', `${what}: the journal has ${layout.frameCount} frames (object ${key})`);
-    return this.framed.readFrame(key, layout, frame, what, (sealed) => this.openJournalFrame(sealed, ref.id, frame));
+    return this.authenticated(key, async () => {
+      const { layout } = await this.framed.journalLayout(key, ref.storedSize, what);
+      if (frame >= layout.frameCount) {
+        this.headers.delete(key); // unauthenticated: the retry reads it again
+        throw new VaultError('ERR_CORRUPT', `${what}: the journal has ${layout.frameCount} frames (object ${key})`);
+      }
+      return this.framed.readFrame(key, layout, frame, what, (sealed) => this.openJournalFrame(sealed, ref.id, frame));
+    });
   }
 
   /** A whole journal in one read: its extents and data frames (index 0 of `frames` is frame 1). */
   async readJournal(ref: JournalRef): Promise<{ extents: JournalExtent[]; frames: Buffer[] }> {
     const key = journalKey(this.volumeId, ref.id);
     const what = `journal ${ref.id} of volume "${this.volumeName}"`;
+    return this.authenticated(key, () => this.readJournalOnce(ref, key, what));
+  }
+
+  private async readJournalOnce(ref: JournalRef, key: string, what: string): Promise<{ extents: JournalExtent[]; frames: Buffer[] }> {
     const { body } = await this.fetch(key, what);
     try {
       if (body.length !== ref.storedSize) throw new VaultError('ERR_CORRUPT', `object ${key} is ${body.length} bytes, the root says ${ref.storedSize}`);
@@ -262,12 +307,15 @@ export class VolumeObjects {
   async readPage(pageIndex: number, ref: PageRef): Promise<Buffer> {
     if (ref.epoch === 0 && this.origin) return this.origin.readPage(pageIndex, ref);
     const what = `manifest page ${pageIndex} of volume "${this.volumeName}"`;
-    const { body } = await this.fetch(pageKey(this.volumeId, ref.id), what);
-    try {
-      return await this.codec.open(this.keys.manifest, body, this.place('page', pageIndex, generationOfId(ref.id)));
-    } catch (err) {
-      throw annotate(err, what);
-    }
+    const key = pageKey(this.volumeId, ref.id);
+    return this.authenticated(key, async () => {
+      const { body } = await this.fetch(key, what);
+      try {
+        return await this.codec.open(this.keys.manifest, body, this.place('page', pageIndex, generationOfId(ref.id)));
+      } catch (err) {
+        throw annotate(err, what);
+      }
+    });
   }
 
   // --- root -------------------------------------------------------------------------------
@@ -427,4 +475,9 @@ export class VolumeObjects {
       throw annotate(err, what);
     }
   }
+}
+
+/** A read whose bytes were unusable: they failed authentication or did not parse. */
+function isUnusable(err: unknown): boolean {
+  return isVaultError(err, 'ERR_AUTH_FAILED') || isVaultError(err, 'ERR_CORRUPT');
 }

@@ -83,6 +83,7 @@ for (const backend of ['fs', 's3'] as const) {
       let m = await scrape(srv);
       assert.ok(misses(m) >= 5, `cold: misses ${misses(m)}`);
       assert.equal(m.get('nbd_vault_disk_cache_corrupt_total'), 0);
+      assert.equal(m.get('nbd_vault_disk_cache_rejected_total'), 0);
       assert.equal(await srv.stop(), 0);
       srv = await serve('cache-b');
       await readBack(srv, 'nbdcopy', 'b2.img');

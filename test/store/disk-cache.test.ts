@@ -30,6 +30,11 @@ async function cached(inner: ObjectStore, bytes = 64 * MiB, pred: (k: string) =>
   return new DiskCacheStore(inner, await DiskCache.open(dir, bytes), pred);
 }
 
+/** The names of the entry files under a cache directory (temp files included). */
+function entryFiles(dir: string): string[] {
+  return readdirSync(path.join(dir, 'entries')).flatMap((d) => readdirSync(path.join(dir, 'entries', d)));
+}
+
 /** What dir takes on disk: files in 4 KiB blocks, directories at their real size. */
 function diskUse(dir: string): number {
   let total = statSync(dir).size;
@@ -336,6 +341,8 @@ describe('DiskCacheStore', () => {
     const calls = faulty.calls.get;
     const s2 = await cached(faulty, 64 * MiB, isImmutableObjectKey, dir);
     assert.equal(s2.cache.entries, 6, 'warm: every whole object is back (the contained range was folded into it)');
+    await s2.cache.settle();
+    assert.equal(entryFiles(dir).length, 6, 'and no other entry file is left');
     for (let i = 0; i < 6; i++) assert.ok((await s2.get(chunk(i))).body.equals(bodies[i]));
     assert.equal(faulty.calls.get, calls, 'no store read after the restart');
     assert.equal(s2.stats().hits, 6);
@@ -344,6 +351,39 @@ describe('DiskCacheStore', () => {
     const s3 = await cached(faulty, DISK_CACHE_FIXED_BYTES + 16 * MiB, isImmutableObjectKey, dir);
     assert.ok(s3.cache.usedBytes <= DISK_CACHE_FIXED_BYTES + 16 * MiB);
     await s3.close();
+  });
+
+  it('never keeps a range beside the whole object: neither one committed while the whole landed, nor a newer file at open', async () => {
+    const dir = path.join(tmp, `c${n++}`);
+    const body = randomBytes(300_000);
+    let c = await DiskCache.open(dir, 64 * MiB);
+    // a range whose commit began before the whole object landed (the race of a range miss and a
+    // whole-object miss of one key): its commit passed the covered check, then the whole landed
+    const range = (await c.stage(chunk(0), 0, body.subarray(0, 144), false))!;
+    const whole = (await c.stage(chunk(0), 0, body, true))!;
+    const rangeCommit = range.commit('');
+    await whole.commit('etag-0');
+    await rangeCommit;
+    await c.settle();
+    assert.equal(c.entries, 1);
+    assert.deepEqual(entryFiles(dir), [path.basename(c.fileOf(c.find(chunk(0), 0, 'whole')!.name))]);
+    // a range file newer than the whole object's (as a crash could leave): dropped at open
+    const r2 = (await c.stage(chunk(1), 4096, body.subarray(4096, 8192), false))!;
+    await r2.commit('');
+    const rangeFile = c.fileOf(c.find(chunk(1), 4096, 4096)!.name);
+    const rangeBytes = await readFile(rangeFile);
+    const w2 = (await c.stage(chunk(1), 0, body, true))!;
+    await w2.commit('etag-1');
+    await c.close();
+    await writeFile(rangeFile, rangeBytes); // back, and newer than the whole object's file
+    c = await DiskCache.open(dir, 64 * MiB);
+    await c.settle();
+    assert.equal(c.entries, 2, 'one whole entry per object');
+    assert.equal(entryFiles(dir).length, 2, 'the range file is gone');
+    const r = c.find(chunk(1), 4096, 4096)!;
+    assert.ok(r.offset === 0 && r.toEnd);
+    assert.ok((await c.read(r, 4096, 4096))!.equals(body.subarray(4096, 8192)));
+    await c.close();
   });
 
   it('survives kill -9 during cache writes: after a restart every entry is whole and right, or gone', async () => {
