@@ -2,9 +2,9 @@
 // Inputs arrive transferred (the pool copied them into fresh ArrayBuffers); results go back
 // transferred (Piscina.move), so a 4 MiB chunk is never copied by structured clone. Errors come
 // back as records, because a VaultError's `code` does not survive structured cloning.
-import { move } from 'piscina';
+import { move, transferableSymbol, valueSymbol } from 'piscina';
 import { BugError, VaultError, type VaultErrorCode } from '../errors';
-import { openChunkContainerSync, sealFramesSync, type FrameKind, type FramesPlace } from './framed-container';
+import { openChunkContainerSync, openFrameSync, sealFramesSync, type FrameKind, type FramesPlace } from './framed-container';
 import type { ObjectPlace } from './object-place';
 import { openObject } from './open-object';
 import { sealObject } from './seal-object';
@@ -40,6 +40,17 @@ export interface WorkerOpenChunkTask {
   what: string;
 }
 
+/** Frames opened in one task (one message each way, however many frames): see frame-open-batches.ts. */
+export interface WorkerOpenFramesTask {
+  /** distinct keys of the batch; each frame names one by index */
+  keys: Uint8Array[];
+  /** views of one transferred ArrayBuffer */
+  sealed: Uint8Array[];
+  keyIndex: number[];
+  places: ObjectPlace[];
+  expectedLengths: (number | null)[];
+}
+
 export interface WorkerErrorRecord {
   errorCode: VaultErrorCode;
   message: string;
@@ -62,13 +73,30 @@ export function openChunk(task: WorkerOpenChunkTask): WorkerReply {
   return runCatching(() => openChunkContainerSync(task.key, task.container, task.place, task.chunkLength, task.what));
 }
 
+/** Each frame's plaintext (transferred, each its own ArrayBuffer) or its own error record. */
+export function openFrames(task: WorkerOpenFramesTask): WorkerReply[] {
+  const replies: WorkerReply[] = [];
+  const transfer: ArrayBuffer[] = [];
+  for (let i = 0; i < task.sealed.length; i++) {
+    const reply = errorRecordOr(() => openFrameSync(task.keys[task.keyIndex[i]], task.sealed[i], task.places[i], task.expectedLengths[i]));
+    if (ArrayBuffer.isView(reply)) transfer.push(reply.buffer as ArrayBuffer);
+    replies.push(reply);
+  }
+  return move({ [transferableSymbol]: transfer, [valueSymbol]: replies } as never) as unknown as WorkerReply[];
+}
+
 export function open(task: WorkerOpenTask): WorkerReply {
   return runCatching(() => openObject(task.key, task.sealed, task.place));
 }
 
 function runCatching(work: () => Buffer): WorkerReply {
+  const reply = errorRecordOr(work);
+  return ArrayBuffer.isView(reply) ? (move(reply) as Uint8Array) : reply;
+}
+
+function errorRecordOr(work: () => Buffer): WorkerReply {
   try {
-    return move(work()) as Uint8Array;
+    return work();
   } catch (err) {
     if (err instanceof VaultError) return { errorCode: err.code, message: err.message };
     return { errorCode: 'ERR_BUG', message: `codec worker: ${err instanceof Error ? err.message : String(err)}` };

@@ -12,12 +12,14 @@ import { VaultError } from '../errors';
 import type { SecretKey } from '../keys/secret-key';
 import type { Codec } from './codec';
 import { checkWorkerCount, checkZstdLevel } from './codec-options';
-import { errorFromReply, type WorkerOpenChunkTask, type WorkerOpenTask, type WorkerReply, type WorkerSealFramesTask, type WorkerSealTask } from './codec-worker';
-import { assertFramePlace, checkFrameLength, openChunkContainerSync, openFrameSync, sealFramesSync, type FrameKind, type FramesPlace } from './framed-container';
+import { errorFromReply, type WorkerOpenChunkTask, type WorkerOpenFramesTask, type WorkerOpenTask, type WorkerReply, type WorkerSealFramesTask, type WorkerSealTask } from './codec-worker';
+import { assertFramePlace, openChunkContainerSync, openFrameSync, sealFramesSync, type FrameKind, type FramesPlace } from './framed-container';
 import type { ObjectPlace } from './object-place';
 import { openObject } from './open-object';
 import { asBuffer, sealObject } from './seal-object';
+import { FrameOpenBatches } from './frame-open-batches';
 import { Slots } from './slots';
+import { framesPlaceCopy, ownCopy, packedCopy, placeCopy } from './task-copies';
 import { isAllZero } from './zero-detect';
 
 export const INLINE_BELOW_BYTES = 16 * 1024;
@@ -41,6 +43,11 @@ export function createCodec(options: CodecOptions = {}): Codec {
   });
   const slots = new Slots(workers * TASKS_IN_FLIGHT_PER_WORKER);
   let closed = false;
+  const frameOpens = new FrameOpenBatches(
+    slots,
+    (task: WorkerOpenFramesTask, transferList: ArrayBuffer[]) => pool.run(task, { name: 'openFrames', transferList }) as Promise<WorkerReply[]>,
+    () => closed,
+  );
 
   type Task = WorkerSealTask | WorkerOpenTask | WorkerSealFramesTask | WorkerOpenChunkTask;
   async function run(name: 'seal' | 'open' | 'sealFrames' | 'openChunk', makeTask: () => [Task, ArrayBuffer[]]): Promise<Buffer> {
@@ -91,11 +98,7 @@ export function createCodec(options: CodecOptions = {}): Codec {
     async openFrame(key: SecretKey, sealedFrame: Buffer, place: ObjectPlace, expectedLength: number | null): Promise<Buffer> {
       assertFramePlace(place);
       if (sealedFrame.length < INLINE_BELOW_BYTES) return openFrameSync(key.bytes, sealedFrame, place, expectedLength);
-      const plain = await run('open', () => {
-        const task: WorkerOpenTask = { key: ownCopy(key.bytes), sealed: ownCopy(sealedFrame), place: placeCopy(place) };
-        return [task, [task.key.buffer as ArrayBuffer, task.sealed.buffer as ArrayBuffer]];
-      });
-      return checkFrameLength(plain, place, expectedLength);
+      return frameOpens.open(key, sealedFrame, place, expectedLength);
     },
     async openChunkContainer(key: SecretKey, container: Buffer, place: FramesPlace, chunkLength: number, what: string): Promise<Buffer> {
       if (container.length < INLINE_BELOW_BYTES) return openChunkContainerSync(key.bytes, container, place, chunkLength, what);
@@ -110,32 +113,4 @@ export function createCodec(options: CodecOptions = {}): Codec {
       await pool.destroy();
     },
   };
-}
-
-/**
- * A copy that owns an exactly-sized ArrayBuffer. Structured clone of a Buffer view would copy its
- * whole backing store (for a small pooled Buffer: 8 KiB of unrelated, possibly secret, bytes).
- */
-function ownCopy(bytes: Uint8Array): Uint8Array {
-  return new Uint8Array(bytes);
-}
-
-/** All frames copied into one exactly-sized ArrayBuffer (transferred once), as views of it. */
-function packedCopy(frames: readonly Uint8Array[], total: number): Uint8Array[] {
-  const backing = new Uint8Array(total);
-  let at = 0;
-  return frames.map((f) => {
-    backing.set(f, at);
-    const view = backing.subarray(at, at + f.length);
-    at += f.length;
-    return view;
-  });
-}
-
-function framesPlaceCopy(place: FramesPlace): FramesPlace {
-  return { index: place.index, generation: place.generation, vaultId: Buffer.from(ownCopy(place.vaultId).buffer), volumeId: Buffer.from(ownCopy(place.volumeId).buffer) };
-}
-
-function placeCopy(place: ObjectPlace): ObjectPlace {
-  return { ...place, vaultId: Buffer.from(ownCopy(place.vaultId).buffer), volumeId: Buffer.from(ownCopy(place.volumeId).buffer) };
 }
