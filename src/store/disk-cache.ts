@@ -25,6 +25,8 @@ import { createConnection, createServer, type Server } from 'node:net';
 import * as path from 'node:path';
 import { VaultError } from '../errors';
 import { log } from '../util/log';
+import { openFilesShare } from '../util/open-files';
+import { EntryHandles } from './disk-cache-handles';
 import { encodeHeader, entryName, headerBytesFor, MAX_ENTRY_BYTES, MAX_HEADER_BYTES, parseHeader, pieceCrcs, PIECE_BYTES, piecesIntact, storableEtag, type EntryHeader } from './disk-cache-entry';
 import { SlruPolicy } from './slru-policy';
 
@@ -83,6 +85,7 @@ export class DiskCache {
   private readonly later = new Map<string, Set<{ cancelled: boolean }>>();
   /** unlinks of dropped entries' files in flight, by entry name */
   private readonly unlinking = new Map<string, Promise<unknown>>();
+  private readonly handles = new EntryHandles<CacheRecord>(openFilesShare(), (r) => this.fileOf(r.name));
 
   private constructor(
     readonly dir: string,
@@ -154,15 +157,16 @@ export class DiskCache {
     const pieceStart = firstPiece * PIECE_BYTES;
     const pieceEnd = Math.min(Math.ceil(to / PIECE_BYTES) * PIECE_BYTES, r.length);
     const buf = Buffer.allocUnsafe(pieceEnd - pieceStart);
-    let fh: fsp.FileHandle | null = null;
     try {
-      fh = await fsp.open(this.fileOf(r.name), 'r');
-      let got = 0;
-      while (got < buf.length) {
-        const n = (await fh.read(buf, got, buf.length - got, r.headerBytes + pieceStart + got)).bytesRead;
-        if (n === 0) break;
-        got += n;
-      }
+      const got = await this.handles.use(r, async (fh) => {
+        let n = 0;
+        while (n < buf.length) {
+          const { bytesRead } = await fh.read(buf, n, buf.length - n, r.headerBytes + pieceStart + n);
+          if (bytesRead === 0) break;
+          n += bytesRead;
+        }
+        return n;
+      });
       if (got !== buf.length || !piecesIntact(buf, firstPiece, r.crcs)) {
         this.counters.corrupt++;
         log().warn({ cacheEntry: r.name, objectKey: r.key, offset: r.offset, length: r.length }, 'disk cache entry is torn or corrupt: dropped, reading from the store');
@@ -177,8 +181,6 @@ export class DiskCache {
       }
       this.drop(r);
       return null;
-    } finally {
-      await fh?.close().catch(() => undefined);
     }
     if (this.byName.get(r.name) === r) this.policy.touch(r.name, this.budget());
     return buf.subarray(from - pieceStart, to - pieceStart);
@@ -319,6 +321,7 @@ export class DiskCache {
   async close(): Promise<void> {
     await this.settle();
     this.closed = true;
+    await this.handles.closeAll();
     await new Promise<void>((resolve) => this.lock.close(() => resolve()));
   }
 
@@ -372,6 +375,7 @@ export class DiskCache {
 
   private drop(r: CacheRecord, unlink = true): void {
     if (this.byName.get(r.name) !== r) return;
+    this.handles.retire(r);
     this.byName.delete(r.name);
     this.policy.remove(r.name);
     this.used -= r.cost;
