@@ -20,7 +20,9 @@ function timeIt(work: () => void): number {
 export function zstdBench(image: string, threads: number): [number, number] {
   const blocks = threads === 1 ? [`-B${CHUNK_BYTES}`] : [];
   const out = execFileSync('zstd', ['-b3', '-i5', `-T${threads}`, ...blocks, image], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-  const last = out.split(/\r|\n/).filter((l) => /MB\/s/.test(l)).pop() ?? '';
+  // The result line carries both rates; progress lines (\r-separated, in any order around it)
+  // carry one.
+  const last = out.split(/\r|\n/).filter((l) => /MB\/s.*MB\/s/.test(l)).pop() ?? '';
   const rates = [...last.matchAll(/([\d.]+) MB\/s/g)].map((m) => Number(m[1]));
   if (rates.length < 2) throw new Error(`cannot parse zstd -b output: ${last}`);
   return [rates[0], rates[1]];
