@@ -26,8 +26,8 @@ import * as path from 'node:path';
 import { VaultError } from '../errors';
 import { log } from '../util/log';
 import { openFilesShare } from '../util/open-files';
-import { EntryHandles } from './disk-cache-handles';
 import { encodeHeader, entryName, headerBytesFor, MAX_ENTRY_BYTES, MAX_HEADER_BYTES, parseHeader, pieceCrcs, PIECE_BYTES, piecesIntact, storableEtag, type EntryHeader } from './disk-cache-entry';
+import { OpenFileCache } from './open-file-cache';
 import { SlruPolicy } from './slru-policy';
 
 const FS_BLOCK = 4096;
@@ -85,7 +85,7 @@ export class DiskCache {
   private readonly later = new Map<string, Set<{ cancelled: boolean }>>();
   /** unlinks of dropped entries' files in flight, by entry name */
   private readonly unlinking = new Map<string, Promise<unknown>>();
-  private readonly handles = new EntryHandles<CacheRecord>(openFilesShare(), (r) => this.fileOf(r.name));
+  private readonly handles = new OpenFileCache<CacheRecord, fsp.FileHandle>(openFilesShare(), (r) => fsp.open(this.fileOf(r.name), 'r'));
 
   private constructor(
     readonly dir: string,

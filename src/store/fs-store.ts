@@ -29,10 +29,30 @@ import type { ObjectInfo, ObjectStore, PutOptions, StoredObject, StoreProps } fr
 import { checkKey, checkPrefix, checkRange } from './keys';
 import { KeyedMutex } from '../util/keyed-mutex';
 import { compareKeys } from './memory-store';
+import { OpenFileCache } from './open-file-cache';
+import { openFilesShare } from '../util/open-files';
 
 const MAGIC = Buffer.from('NBDVOBJ1', 'ascii');
 const ETAG_BYTES = 16;
 const HEADER_BYTES = MAGIC.length + ETAG_BYTES;
+
+interface OpenObjectFile {
+  readonly handle: fsp.FileHandle;
+  readonly ino: bigint;
+  readonly dev: bigint;
+  readonly fileSize: bigint;
+  readonly bodySize: number;
+  close(): Promise<void>;
+}
+
+async function readFully(handle: fsp.FileHandle, out: Buffer, position: number, key: string, storeName: string): Promise<void> {
+  let got = 0;
+  while (got < out.length) {
+    const r = await handle.read(out, got, out.length - got, position + got);
+    if (r.bytesRead === 0) throw new VaultError('ERR_STORE_IO', `${storeName}: ${key}: file shorter than its size while reading`);
+    got += r.bytesRead;
+  }
+}
 
 // Test hook (crash-safety tests): NBD_VAULT_TEST_FS_CRASH_AT=<step> kills this process at that step
 // of a put; =mutation:<n> right after the n-th durable put or delete of the process.
@@ -56,6 +76,8 @@ export class FsStore implements ObjectStore {
   readonly root: string;
   private readonly fsync: boolean;
   private readonly locks = new KeyedMutex<string>();
+  /** object files kept open for getRange, by key; put and delete retire theirs */
+  private readonly openFiles = new OpenFileCache<string, OpenObjectFile>(openFilesShare(), (key) => this.openForRanges(key));
 
   constructor(root: string, opts: FsStoreOptions = {}) {
     if (typeof root !== 'string' || root === '') {
@@ -87,31 +109,48 @@ export class FsStore implements ObjectStore {
     return { body: data.subarray(HEADER_BYTES), etag };
   }
 
-  /** One open + fstat + pread of the body bytes after the file header (never the whole file). */
+  /**
+   * A pread of the body bytes (never the whole file) from a file kept open between reads (its
+   * header checked and its size taken when opened), beside a stat of the path: a file replaced
+   * (rename of a new one) or deleted since it was opened — by this process or another sharing
+   * the directory — is never read through the stale descriptor. Two thread-pool requests per
+   * read instead of five (open, header, fstat, pread, close).
+   */
   async getRange(key: string, offset: number, length: number): Promise<Buffer> {
     const file = this.pathOf(key);
     checkRange(offset, length);
-    let fh: fsp.FileHandle | null = null;
     try {
-      fh = await fsp.open(file, 'r');
-      const hdr = Buffer.alloc(HEADER_BYTES);
-      const { bytesRead } = await fh.read(hdr, 0, HEADER_BYTES, 0);
-      this.parseHeader(hdr.subarray(0, bytesRead), key);
-      // The file never changes in place (puts rename a new file over it), so its size is stable.
-      const size = (await fh.stat()).size - HEADER_BYTES;
-      const want = Math.max(0, Math.min(offset + length, size) - offset);
-      const out = Buffer.allocUnsafe(want);
-      let got = 0;
-      while (got < want) {
-        const r = await fh.read(out, got, want - got, HEADER_BYTES + offset + got);
-        if (r.bytesRead === 0) throw new VaultError('ERR_STORE_IO', `${this.name}: ${key}: file shorter than its size while reading`);
-        got += r.bytesRead;
+      for (let attempt = 1; ; attempt++) {
+        const got = await this.openFiles.use(key, async (opened) => {
+          const want = Math.max(0, Math.min(offset + length, opened.bodySize) - offset);
+          const out = Buffer.allocUnsafe(want);
+          const [now, read] = await Promise.allSettled([fsp.stat(file, { bigint: true }), readFully(opened.handle, out, HEADER_BYTES + offset, key, this.name)]);
+          if (now.status === 'rejected') throw now.reason; // deleted: ENOENT → not found
+          if (read.status === 'rejected') throw read.reason;
+          const same = now.value.ino === opened.ino && now.value.dev === opened.dev && now.value.size === opened.fileSize;
+          return same ? out : null;
+        });
+        if (got) return got;
+        this.openFiles.retire(key); // a newer file under the same name: open that one
+        if (attempt === 3) throw new VaultError('ERR_STORE_TRANSIENT', `${this.name}: ${key} was replaced during each of 3 reads`);
       }
-      return out;
     } catch (err) {
       throw this.fsError(err, 'getRange', key);
-    } finally {
-      await fh?.close().catch(() => undefined);
+    }
+  }
+
+  /** Opens an object file for ranged reads: its header checked, its identity and size noted. */
+  private async openForRanges(key: string): Promise<OpenObjectFile> {
+    const handle = await fsp.open(this.pathOf(key), 'r');
+    try {
+      const hdr = Buffer.alloc(HEADER_BYTES);
+      const { bytesRead } = await handle.read(hdr, 0, HEADER_BYTES, 0);
+      this.parseHeader(hdr.subarray(0, bytesRead), key);
+      const st = await handle.stat({ bigint: true });
+      return { handle, ino: st.ino, dev: st.dev, fileSize: st.size, bodySize: Number(st.size) - HEADER_BYTES, close: () => handle.close() };
+    } catch (err) {
+      await handle.close().catch(() => undefined);
+      throw err;
     }
   }
 
@@ -157,6 +196,7 @@ export class FsStore implements ObjectStore {
           await fsp.rename(tmp, file);
           crashPoint('renamed');
           tmp = null;
+          this.openFiles.retire(key);
         }
         await this.syncDir(dir);
         crashPoint('dir-synced');
@@ -174,6 +214,7 @@ export class FsStore implements ObjectStore {
     await this.locks.run(key, async () => {
       try {
         await fsp.unlink(file);
+        this.openFiles.retire(key);
         await this.syncDir(path.dirname(file));
         crashPoint('unlinked');
       } catch (err) {
@@ -202,7 +243,7 @@ export class FsStore implements ObjectStore {
   }
 
   async close(): Promise<void> {
-    // No handles are kept open between calls.
+    await this.openFiles.closeAll();
   }
 
   unwrap(): ObjectStore | null {

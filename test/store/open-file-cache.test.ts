@@ -1,15 +1,17 @@
-// Open file handles of disk cache entries (src/store/disk-cache-handles.ts): a hot entry is
-// opened once, at most maxOpen stay open, a handle in use is never closed under its read, a
-// dropped entry's file is not held open (its blocks are freed), and close() leaves nothing open.
-// Open descriptors are counted from /proc/self/fd.
+// Files kept open between reads (src/store/open-file-cache.ts): a hot file is opened once, at
+// most maxOpen stay open, a file in use is never closed under its read, a dropped disk cache
+// entry's file is not held open (its blocks are freed), close() leaves nothing open, and the fs
+// store never reads a replaced or deleted object through a stale descriptor. Open descriptors
+// are counted from /proc/self/fd.
 import { after, describe, it } from 'node:test';
 import * as assert from 'node:assert/strict';
-import { mkdtempSync, readdirSync, readlinkSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readlinkSync, renameSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { promises as fsp } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { MemoryStore } from '../../src/store';
+import { FsStore, MemoryStore } from '../../src/store';
 import { DiskCache, DISK_CACHE_MIN_BYTES } from '../../src/store/disk-cache';
-import { EntryHandles } from '../../src/store/disk-cache-handles';
+import { OpenFileCache } from '../../src/store/open-file-cache';
 import { DiskCacheStore } from '../../src/store/disk-cache-store';
 import { createLogger, setLogger } from '../../src/util/log';
 
@@ -32,11 +34,13 @@ function openUnder(dir: string): string[] {
   return out;
 }
 
-describe('EntryHandles', () => {
+describe('OpenFileCache', () => {
   const dir = mkdtempSync(path.join(tmp, 'files-'));
   const records = ['a', 'b', 'c'].map((name) => ({ name }));
   for (const r of records) writeFileSync(path.join(dir, r.name), `bytes of ${r.name}`);
-  const read = async (handles: EntryHandles<{ name: string }>, r: { name: string }): Promise<string> =>
+  type Files = OpenFileCache<{ name: string }, fsp.FileHandle>;
+  const files = (maxOpen: number): Files => new OpenFileCache(maxOpen, (r: { name: string }) => fsp.open(path.join(dir, r.name), 'r'));
+  const read = async (handles: Files, r: { name: string }): Promise<string> =>
     handles.use(r, async (fh) => {
       const buf = Buffer.alloc(10);
       const { bytesRead } = await fh.read(buf, 0, 10, 0);
@@ -44,7 +48,7 @@ describe('EntryHandles', () => {
     });
 
   it('opens a hot file once, keeps at most maxOpen, closes the least recently used idle one', async () => {
-    const handles = new EntryHandles<{ name: string }>(2, (r) => path.join(dir, r.name));
+    const handles = files(2);
     assert.equal(await read(handles, records[0]), 'bytes of a');
     assert.equal(await read(handles, records[0]), 'bytes of a');
     assert.deepEqual(openUnder(dir), [path.join(dir, 'a')], 'one descriptor for two reads');
@@ -59,7 +63,7 @@ describe('EntryHandles', () => {
   });
 
   it('never closes a handle under a read: a retired one closes when its last read ends', async () => {
-    const handles = new EntryHandles<{ name: string }>(1, (r) => path.join(dir, r.name));
+    const handles = files(1);
     let release!: () => void;
     const held = new Promise<void>((r) => (release = r));
     const slow = handles.use(records[0], async (fh) => {
@@ -80,7 +84,7 @@ describe('EntryHandles', () => {
   });
 
   it('a failed open is not kept: the next use opens again', async () => {
-    const handles = new EntryHandles<{ name: string }>(4, (r) => path.join(dir, r.name));
+    const handles = files(4);
     const late = { name: 'late' };
     await assert.rejects(read(handles, late), { code: 'ENOENT' });
     writeFileSync(path.join(dir, 'late'), 'now here');
@@ -116,5 +120,38 @@ describe('DiskCache open entry files', () => {
     assert.deepEqual(open.filter((t) => t.endsWith(' (deleted)')), [], 'no evicted or deleted entry is held open');
     await store.close();
     assert.deepEqual(openUnder(dir), [], 'close closes every entry file');
+  });
+});
+
+describe('FsStore ranged reads through open files', () => {
+  it('a replaced or deleted object is never read through the stale descriptor, whoever replaced it', async () => {
+    const root = path.join(tmp, 'fs');
+    const store = new FsStore(root, { fsync: false });
+    const other = new FsStore(root, { fsync: false }); // another process sharing the directory
+    const key = 'volumes/v/chunks/c1';
+    await store.put(key, Buffer.alloc(64 * 1024, 1));
+    assert.deepEqual(await store.getRange(key, 100, 4), Buffer.alloc(4, 1));
+    assert.deepEqual(await store.getRange(key, 200, 4), Buffer.alloc(4, 1));
+    assert.equal(openUnder(root).length, 1, 'kept open between reads');
+    await other.put(key, Buffer.alloc(64 * 1024, 2)); // rename of a new file over it
+    assert.deepEqual(await store.getRange(key, 100, 4), Buffer.alloc(4, 2), 'the new file, not the open old one');
+    await other.put(key, Buffer.alloc(1000, 3)); // smaller
+    assert.deepEqual(await store.getRange(key, 996, 100), Buffer.alloc(4, 3), 'clipped at the new end');
+    await other.delete(key);
+    await assert.rejects(store.getRange(key, 0, 4), { code: 'ERR_STORE_NOT_FOUND' });
+    // the same through the path directly (a tool, a restore of the directory): rename over it
+    await store.put(key, Buffer.alloc(4096, 4));
+    assert.deepEqual(await store.getRange(key, 0, 2), Buffer.alloc(2, 4));
+    const file = store.pathOf(key);
+    const staged = path.join(tmp, 'staged');
+    await other.put('volumes/v/chunks/c2', Buffer.alloc(4096, 5));
+    renameSync(other.pathOf('volumes/v/chunks/c2'), staged);
+    renameSync(staged, file);
+    assert.deepEqual(await store.getRange(key, 0, 2), Buffer.alloc(2, 5));
+    unlinkSync(file);
+    await assert.rejects(store.getRange(key, 0, 4), { code: 'ERR_STORE_NOT_FOUND' });
+    await store.close();
+    await other.close();
+    assert.deepEqual(openUnder(root), [], 'close closes every object file');
   });
 });

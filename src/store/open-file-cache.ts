@@ -1,0 +1,87 @@
+// Files kept open between reads (the disk cache's entries, the fs store's objects), so a read
+// costs one pread instead of open + pread + close: each is a trip through libuv's thread pool,
+// and on the 2-core VM of the benchmarks open and close cost the main thread more than the read
+// itself (BENCHMARKS.md). An open file belongs to one key; a key whose file is gone or no longer
+// trusted is retired: its file is closed as soon as no read uses it, so an unlinked file's blocks
+// are not held. At most `maxOpen` files stay open; the least recently used idle one is closed
+// first (busy ones are never closed under a read). What a key's file may do meanwhile (change,
+// be replaced) is the user's to check: the cache only keeps what `open` returned.
+
+/** What `open` returns: a file handle, or a record holding one. */
+export interface Closable {
+  close(): Promise<void>;
+}
+
+interface Handle<F> {
+  readonly file: Promise<F>;
+  refs: number;
+  retired: boolean;
+}
+
+export class OpenFileCache<K, F extends Closable> {
+  /** insertion order = recency: a used handle is moved to the end */
+  readonly #open = new Map<K, Handle<F>>();
+  readonly #closing = new Set<Promise<unknown>>();
+
+  constructor(
+    private readonly maxOpen: number,
+    private readonly openFile: (key: K) => Promise<F>,
+  ) {}
+
+  get openCount(): number {
+    return this.#open.size;
+  }
+
+  /** Runs `work` with the key's file open; concurrent users share one open. A failed open, or a
+   *  `work` that throws, retires the file: the next use opens again. */
+  async use<T>(key: K, work: (file: F) => Promise<T>): Promise<T> {
+    let handle = this.#open.get(key);
+    if (handle) {
+      this.#open.delete(key);
+      this.#open.set(key, handle);
+    } else {
+      handle = { file: this.openFile(key), refs: 0, retired: false };
+      handle.file.catch(() => undefined);
+      this.#open.set(key, handle);
+    }
+    handle.refs++;
+    this.#trim();
+    try {
+      return await work(await handle.file);
+    } catch (err) {
+      if (this.#open.get(key) === handle) this.retire(key);
+      throw err;
+    } finally {
+      handle.refs--;
+      if (handle.retired && handle.refs === 0) this.#close(handle);
+    }
+  }
+
+  /** The key's file is gone or no longer trusted: close it once idle; the next use opens again. */
+  retire(key: K): void {
+    const handle = this.#open.get(key);
+    if (!handle) return;
+    this.#open.delete(key);
+    handle.retired = true;
+    if (handle.refs === 0) this.#close(handle);
+  }
+
+  /** Closes every handle (the cache is closing: no read runs any more). */
+  async closeAll(): Promise<void> {
+    for (const key of [...this.#open.keys()]) this.retire(key);
+    while (this.#closing.size > 0) await Promise.allSettled([...this.#closing]);
+  }
+
+  #trim(): void {
+    for (const [key, handle] of this.#open) {
+      if (this.#open.size <= this.maxOpen) return;
+      if (handle.refs === 0) this.retire(key);
+    }
+  }
+
+  #close(handle: Handle<F>): void {
+    const closing = handle.file.then((file) => file.close()).catch(() => undefined);
+    this.#closing.add(closing);
+    void closing.finally(() => this.#closing.delete(closing));
+  }
+}
