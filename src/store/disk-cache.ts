@@ -25,7 +25,6 @@ import { createConnection, createServer, type Server } from 'node:net';
 import * as path from 'node:path';
 import { VaultError } from '../errors';
 import { log } from '../util/log';
-import { openFilesShare } from '../util/open-files';
 import { encodeHeader, entryName, headerBytesFor, MAX_ENTRY_BYTES, MAX_HEADER_BYTES, parseHeader, pieceCrcs, PIECE_BYTES, piecesIntact, storableEtag, type EntryHeader } from './disk-cache-entry';
 import { OpenFileCache } from './open-file-cache';
 import { SlruPolicy } from './slru-policy';
@@ -85,7 +84,7 @@ export class DiskCache {
   private readonly later = new Map<string, Set<{ cancelled: boolean }>>();
   /** unlinks of dropped entries' files in flight, by entry name */
   private readonly unlinking = new Map<string, Promise<unknown>>();
-  private readonly handles = new OpenFileCache<CacheRecord, fsp.FileHandle>(openFilesShare(), (r) => fsp.open(this.fileOf(r.name), 'r'));
+  private readonly handles = new OpenFileCache<CacheRecord, fsp.FileHandle>((r) => fsp.open(this.fileOf(r.name), 'r'));
 
   private constructor(
     readonly dir: string,

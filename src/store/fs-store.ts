@@ -30,7 +30,6 @@ import { checkKey, checkPrefix, checkRange } from './keys';
 import { KeyedMutex } from '../util/keyed-mutex';
 import { compareKeys } from './memory-store';
 import { OpenFileCache } from './open-file-cache';
-import { openFilesShare } from '../util/open-files';
 
 const MAGIC = Buffer.from('NBDVOBJ1', 'ascii');
 const ETAG_BYTES = 16;
@@ -77,7 +76,7 @@ export class FsStore implements ObjectStore {
   private readonly fsync: boolean;
   private readonly locks = new KeyedMutex<string>();
   /** object files kept open for getRange, by key; put and delete retire theirs */
-  private readonly openFiles = new OpenFileCache<string, OpenObjectFile>(openFilesShare(), (key) => this.openForRanges(key));
+  private readonly openFiles = new OpenFileCache<string, OpenObjectFile>((key) => this.openForRanges(key));
 
   constructor(root: string, opts: FsStoreOptions = {}) {
     if (typeof root !== 'string' || root === '') {

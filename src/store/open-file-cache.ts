@@ -3,9 +3,12 @@
 // and on the 2-core VM of the benchmarks open and close cost the main thread more than the read
 // itself (BENCHMARKS.md). An open file belongs to one key; a key whose file is gone or no longer
 // trusted is retired: its file is closed as soon as no read uses it, so an unlinked file's blocks
-// are not held. At most `maxOpen` files stay open; the least recently used idle one is closed
-// first (busy ones are never closed under a read). What a key's file may do meanwhile (change,
-// be replaced) is the user's to check: the cache only keeps what `open` returned.
+// are not held. All caches of a process share one bound (OpenFilesBudget: a quarter of its
+// open-files limit): over it, the least recently used idle file is closed, the opening cache's
+// own first, then another cache's (busy ones are never closed under a read). What a key's file
+// may do meanwhile (change, be replaced) is the user's to check: the cache only keeps what
+// `open` returned.
+import { openFilesShare } from '../util/open-files';
 
 /** What `open` returns: a file handle, or a record holding one. */
 export interface Closable {
@@ -18,14 +21,53 @@ interface Handle<F> {
   retired: boolean;
 }
 
-export class OpenFileCache<K, F extends Closable> {
+interface IdleCloser {
+  /** Closes this cache's least recently used idle file; false when it has none. */
+  closeIdleOne(): boolean;
+}
+
+/** How many files the OpenFileCaches sharing it may keep open together. */
+export class OpenFilesBudget {
+  open = 0;
+  readonly #caches = new Set<IdleCloser>();
+
+  constructor(readonly limit: number) {}
+
+  opened(cache: IdleCloser): void {
+    this.open++;
+    this.#caches.add(cache);
+  }
+
+  closed(cache: IdleCloser, cacheIsEmpty: boolean): void {
+    this.open--;
+    if (cacheIsEmpty) this.#caches.delete(cache);
+  }
+
+  /** Over the limit: close idle files, `first`'s before the others'. */
+  trim(first: IdleCloser): void {
+    while (this.open > this.limit) {
+      if (first.closeIdleOne()) continue;
+      if (![...this.#caches].some((c) => c !== first && c.closeIdleOne())) return; // all busy: until they finish
+    }
+  }
+}
+
+let processBudget: OpenFilesBudget | undefined;
+
+/** The budget every cache of the process shares by default. */
+export function processOpenFiles(): OpenFilesBudget {
+  processBudget ??= new OpenFilesBudget(openFilesShare());
+  return processBudget;
+}
+
+export class OpenFileCache<K, F extends Closable> implements IdleCloser {
   /** insertion order = recency: a used handle is moved to the end */
   readonly #open = new Map<K, Handle<F>>();
   readonly #closing = new Set<Promise<unknown>>();
 
   constructor(
-    private readonly maxOpen: number,
     private readonly openFile: (key: K) => Promise<F>,
+    private readonly budget: OpenFilesBudget = processOpenFiles(),
   ) {}
 
   get openCount(): number {
@@ -43,9 +85,10 @@ export class OpenFileCache<K, F extends Closable> {
       handle = { file: this.openFile(key), refs: 0, retired: false };
       handle.file.catch(() => undefined);
       this.#open.set(key, handle);
+      this.budget.opened(this);
     }
     handle.refs++;
-    this.#trim();
+    this.budget.trim(this);
     try {
       return await work(await handle.file);
     } catch (err) {
@@ -62,21 +105,25 @@ export class OpenFileCache<K, F extends Closable> {
     const handle = this.#open.get(key);
     if (!handle) return;
     this.#open.delete(key);
+    this.budget.closed(this, this.#open.size === 0);
     handle.retired = true;
     if (handle.refs === 0) this.#close(handle);
+  }
+
+  closeIdleOne(): boolean {
+    for (const [key, handle] of this.#open) {
+      if (handle.refs === 0) {
+        this.retire(key);
+        return true;
+      }
+    }
+    return false;
   }
 
   /** Closes every handle (the cache is closing: no read runs any more). */
   async closeAll(): Promise<void> {
     for (const key of [...this.#open.keys()]) this.retire(key);
     while (this.#closing.size > 0) await Promise.allSettled([...this.#closing]);
-  }
-
-  #trim(): void {
-    for (const [key, handle] of this.#open) {
-      if (this.#open.size <= this.maxOpen) return;
-      if (handle.refs === 0) this.retire(key);
-    }
   }
 
   #close(handle: Handle<F>): void {

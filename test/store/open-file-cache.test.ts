@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { FsStore, MemoryStore } from '../../src/store';
 import { DiskCache, DISK_CACHE_MIN_BYTES } from '../../src/store/disk-cache';
-import { OpenFileCache } from '../../src/store/open-file-cache';
+import { OpenFileCache, OpenFilesBudget } from '../../src/store/open-file-cache';
 import { DiskCacheStore } from '../../src/store/disk-cache-store';
 import { createLogger, setLogger } from '../../src/util/log';
 
@@ -39,7 +39,7 @@ describe('OpenFileCache', () => {
   const records = ['a', 'b', 'c'].map((name) => ({ name }));
   for (const r of records) writeFileSync(path.join(dir, r.name), `bytes of ${r.name}`);
   type Files = OpenFileCache<{ name: string }, fsp.FileHandle>;
-  const files = (maxOpen: number): Files => new OpenFileCache(maxOpen, (r: { name: string }) => fsp.open(path.join(dir, r.name), 'r'));
+  const files = (maxOpen: number, budget = new OpenFilesBudget(maxOpen)): Files => new OpenFileCache((r: { name: string }) => fsp.open(path.join(dir, r.name), 'r'), budget);
   const read = async (handles: Files, r: { name: string }): Promise<string> =>
     handles.use(r, async (fh) => {
       const buf = Buffer.alloc(10);
@@ -81,6 +81,25 @@ describe('OpenFileCache', () => {
     await new Promise((r) => setTimeout(r, 20));
     assert.ok(!openUnder(dir).includes(path.join(dir, 'a')), 'closed once the read ended');
     await handles.closeAll();
+  });
+
+  it("caches sharing a budget stay within it together: the opening cache's idle files go first, then the others'", async () => {
+    const budget = new OpenFilesBudget(2);
+    const x = files(2, budget);
+    const y = files(2, budget);
+    await read(x, records[0]);
+    await read(x, records[1]);
+    await read(y, records[2]); // over by one: y has nothing idle, so x's least recent (a) goes
+    await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(openUnder(dir).sort(), [path.join(dir, 'b'), path.join(dir, 'c')]);
+    assert.equal(budget.open, 2);
+    await read(y, records[0]); // y's own idle file (c) goes first
+    await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(openUnder(dir).sort(), [path.join(dir, 'a'), path.join(dir, 'b')]);
+    await x.closeAll();
+    await y.closeAll();
+    assert.equal(budget.open, 0);
+    assert.deepEqual(openUnder(dir), []);
   });
 
   it('a failed open is not kept: the next use opens again', async () => {
