@@ -9,8 +9,8 @@ import { nbdUri, startNbdServer, type NbdServerHandle } from '../nbd';
 import { createLogger, parseLogFormat, setLogger, type Logger } from '../util/log';
 import type { MetricsSink } from '../util/metrics';
 import { MemoryBudget } from '../util/memory-budget';
-import type { ExportProvider } from '../volume/export';
-import { MemoryExportProvider, parseMemoryExportSpec, type MemoryExportSpec } from '../volume/memory-export';
+import type { ExportProvider } from '../nbd/export';
+import { MemoryExportProvider, parseMemoryExportSpec, type MemoryExportSpec } from '../nbd/memory-export';
 import { addSettings, resolveSettings, SERVE_VAULT_SETTINGS, TLS_SETTINGS } from './settings';
 import { resolveServerSecurity, type ServerSecurity } from './tls-setup';
 

@@ -4,7 +4,7 @@
 import { VaultError } from '../errors';
 import { formatSize } from '../util/size';
 import { createLogger } from '../util/log';
-import { VaultExportProvider } from '../volume/vault-export-provider';
+import { VaultExportProvider } from './vault-export-provider';
 import { resolveSettings, SERVE_VAULT_SETTINGS } from './settings';
 import type { Logger } from '../util/log';
 import { describeError } from '../errors';

@@ -9,7 +9,7 @@ import type { Logger } from '../util/log';
 import { describePolicy, type RetentionPolicy } from '../volume/retention';
 import { pruneSnapshots } from '../volume/snapshot-prune';
 import type { Vault } from '../volume/vault';
-import type { VaultExportProvider } from '../volume/vault-export-provider';
+import type { VaultExportProvider } from './vault-export-provider';
 
 export const AUTO_PREFIX = 'auto-';
 

@@ -1,6 +1,6 @@
 // Who may see and open which export. nbd/ only asks; the policy itself (a config-file section)
 // is built above and passed in. Without a policy every client may open every export.
-import type { ExportCaps } from '../volume/export';
+import type { ExportCaps } from './export';
 
 export type ExportAccess = 'rw' | 'ro' | 'none';
 

@@ -1,8 +1,8 @@
 // The exports one client may reach: the provider seen through the access policy and the
 // client's identity. An export the client may not use is indistinguishable from one that does
 // not exist (not listed, "no export named"), so a stranger learns no names.
-import type { Export, ExportProvider } from '../volume/export';
-import type { ExportCaps } from '../volume/export';
+import type { Export, ExportProvider } from './export';
+import type { ExportCaps } from './export';
 import type { Logger } from '../util/log';
 import { describeError, isVaultError } from '../errors';
 import { capsFor, type ExportAccessPolicy } from './access';

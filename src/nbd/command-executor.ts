@@ -5,7 +5,7 @@
 // Assumes validateRequest() returned 0. Structured reads ask blockStatus first: ranges known to
 // read as zeros go out as OFFSET_HOLE without being read, the rest as OFFSET_DATA; with DF the
 // whole range is a single OFFSET_DATA chunk. A failed read sends one ERROR chunk and no data.
-import type { Export } from '../volume/export';
+import type { Export } from './export';
 import type { Logger } from '../util/log';
 import { BugError, describeError, isVaultError } from '../errors';
 import {

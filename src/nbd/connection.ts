@@ -18,7 +18,7 @@
 // connection, then yields (setImmediate), so a flood on one connection never holds up accepts,
 // handshakes or other connections' requests.
 import type { Socket } from 'node:net';
-import type { Export, ExportProvider } from '../volume/export';
+import type { Export, ExportProvider } from './export';
 import type { ExportAccessPolicy } from './access';
 import { ClientExports } from './client-exports';
 import type { RateLimitedLog } from './rate-limited-log';

@@ -2,7 +2,7 @@
 // selects on an export, the ids SET hands out, and the BLOCK_STATUS reply, one chunk per
 // selected context. Knows only the Export contract: base:allocation comes from blockStatus(),
 // every other context (qemu:dirty-bitmap:*, qemu:allocation-depth, …) from the export's own list.
-import type { Export } from '../volume/export';
+import type { Export } from './export';
 import { BugError, VaultError } from '../errors';
 import { BASE_ALLOCATION, NBD_CMD_FLAG_REQ_ONE, NBD_REPLY_FLAG_DONE, NBD_STATE_HOLE, NBD_STATE_ZERO } from './constants';
 import { MAX_EXTENTS } from './limits';

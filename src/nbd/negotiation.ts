@@ -11,7 +11,7 @@
 // before it (spec); with TLS required, every option but STARTTLS and ABORT is answered
 // ERR_TLS_REQD until then, and EXPORT_NAME before TLS ends the session. Exports are reached
 // through ClientExports, which applies the access policy to the client's TLS identity.
-import type { Export, ExportCaps } from '../volume/export';
+import type { Export, ExportCaps } from './export';
 import type { Logger } from '../util/log';
 import { describeError } from '../errors';
 import { ClientExports } from './client-exports';

@@ -1,7 +1,7 @@
 // Validate at the edge (STYLE.md house rule 7, nbdkit's validate_request): every request is
 // checked here once — command, flags, read-only, capabilities, length and range — so the
 // Export below may assert these facts. Returns 0 when the request may run, else the NBD errno.
-import type { ExportCaps } from '../volume/export';
+import type { ExportCaps } from './export';
 import {
   NBD_CMD_BLOCK_STATUS,
   NBD_CMD_CACHE,

@@ -10,7 +10,7 @@
 // (which flushes every export). close() is idempotent.
 import net from 'node:net';
 import { lstatSync, unlinkSync } from 'node:fs';
-import type { ExportProvider } from '../volume/export';
+import type { ExportProvider } from './export';
 import type { Logger } from '../util/log';
 import type { MetricsSink } from '../util/metrics';
 import type { MemoryBudget } from '../util/memory-budget';

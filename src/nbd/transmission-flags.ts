@@ -1,6 +1,6 @@
 // Transmission flags advertised for an export, computed from its caps (data, computed once at
 // open) and from whether structured replies were negotiated (SEND_DF requires them).
-import type { ExportCaps } from '../volume/export';
+import type { ExportCaps } from './export';
 import {
   NBD_FLAG_CAN_MULTI_CONN,
   NBD_FLAG_HAS_FLAGS,

@@ -6,7 +6,7 @@
 // became zero, or stopped being zero) — written, rewritten, trimmed or zeroed. Chunks still in
 // the write-back cache count from their pending content.
 import { CHUNK_SIZE } from './chunk-math';
-import type { ContextExtent } from './export';
+import type { ContextExtent } from '../block-io';
 import { PAGE_ENTRIES, type Manifest } from './manifest';
 
 /** qemu:dirty-bitmap:* flag: the range changed. */

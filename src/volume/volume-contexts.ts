@@ -8,7 +8,7 @@
 // A reference snapshot's manifest is loaded once (pages only, no chunk) and kept: snapshots are
 // immutable, so after the first query BLOCK_STATUS is pure memory work over manifests.
 import { VaultError } from '../errors';
-import type { ContextExtent } from './export';
+import type { ContextExtent } from '../block-io';
 import type { Manifest } from './manifest';
 import { ROOT_FORMAT, type RootRecord } from './root-record';
 import type { SnapshotRecord } from './snapshot-record';

@@ -1,5 +1,5 @@
-// VolumeEngine: block-device semantics over sealed chunks and journals — the Export that nbd/
-// serves for a volume. One engine per open volume, shared by every connection (so CAN_MULTI_CONN
+// VolumeEngine: block-device semantics over sealed chunks and journals — what nbd/ serves for a
+// volume (it satisfies nbd/'s Export contract structurally; cli/ hands it over). One engine per open volume, shared by every connection (so CAN_MULTI_CONN
 // is honest: a flush from any connection seals every dirty block and commits one root).
 //
 // The engine wires the pieces and owns the lifecycle; each piece says what it does not own:
@@ -13,7 +13,7 @@ import { VaultError, describeError } from '../errors';
 import type { Logger } from '../util/log';
 import type { MemoryBudget } from '../util/memory-budget';
 import { SealMemory } from './seal-memory';
-import { writeDataLength, type Export, type ExportCaps, type ContextExtent, type Extent, type ReadOptions, type WriteData, type WriteOptions, type ZeroOptions } from './export';
+import { writeDataLength, type BlockCaps, type ContextExtent, type Extent, type ReadOptions, type WriteData, type WriteOptions, type ZeroOptions } from '../block-io';
 import { CHUNK_SIZE, chunkCount, chunkLength } from './chunk-math';
 import { Manifest, PAGE_ENTRIES, newObjectId, type PageRef } from './manifest';
 import type { JournalRef, RootRecord } from './root-record';
@@ -85,8 +85,8 @@ export interface EngineStats {
   readonly leaseLost: boolean;
 }
 
-export class VolumeEngine implements Export {
-  readonly caps: ExportCaps;
+export class VolumeEngine {
+  readonly caps: BlockCaps;
   private readonly state: VolumeState;
   private readonly reads: ReadPath;
   private readonly writes: WritePath;

@@ -6,7 +6,7 @@
 // writes never fail for room. Not here: sealing and committing (sealer.ts, commit.ts).
 import { VaultError } from '../errors';
 import { KeyedMutex } from '../util/keyed-mutex';
-import { copyWriteData, writeDataLength, type WriteData } from './export';
+import { copyWriteData, writeDataLength, type WriteData } from '../block-io';
 import { CHUNK_SIZE, splitRange, type ChunkSpan } from './chunk-math';
 import { BLOCK_BYTES } from './journal-record';
 import type { ReadPath } from './read-path';

@@ -10,7 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startNbdServer } from '../../src/nbd';
-import { MemoryExportProvider } from '../../src/volume/memory-export';
+import { MemoryExportProvider } from '../../src/nbd/memory-export';
 import { createLogger } from '../../src/util/log';
 import { MemoryBudget } from '../../src/util/memory-budget';
 import { Wire, greet, go, readSimpleReply, request, MIB } from './raw-client';

@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { assignContextIds, blockStatusReply, matchContexts, offeredContexts } from '../../src/nbd/meta-contexts';
 import { NBD_CMD_FLAG_REQ_ONE, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS } from '../../src/nbd/constants';
-import type { Export } from '../../src/volume/export';
+import type { Export } from '../../src/nbd/export';
 
 const OFFERED = ['base:allocation', 'qemu:allocation-depth', 'qemu:dirty-bitmap:s1', 'qemu:dirty-bitmap:s2'];
 

@@ -22,7 +22,7 @@ import { transmissionFlags } from '../../src/nbd/transmission-flags';
 import * as C from '../../src/nbd/constants';
 import { VaultError, BugError } from '../../src/errors';
 import { createLogger } from '../../src/util/log';
-import { MemoryExport, MemoryExportProvider, parseMemoryExportSpec } from '../../src/volume/memory-export';
+import { MemoryExport, MemoryExportProvider, parseMemoryExportSpec } from '../../src/nbd/memory-export';
 import { request } from './raw-client';
 
 const handle = Buffer.from('0102030405060708', 'hex');

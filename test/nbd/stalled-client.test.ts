@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { startNbdServer } from '../../src/nbd';
-import { MemoryExportProvider } from '../../src/volume/memory-export';
+import { MemoryExportProvider } from '../../src/nbd/memory-export';
 import { createLogger } from '../../src/util/log';
 import { Wire, greet, go, request } from './raw-client';
 

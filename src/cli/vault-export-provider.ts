@@ -6,11 +6,11 @@
 // (NBD_REP_ERR_UNKNOWN), other failures throw.
 import { VaultError, isVaultError, describeError } from '../errors';
 import type { Logger } from '../util/log';
-import type { Export, ExportProvider } from './export';
-import type { EngineOptions, EngineStats, VolumeEngine } from './volume-engine';
-import { type Vault } from './vault';
-import { splitExportName } from './volume-references';
-import type { SnapshotRecord } from './snapshot-record';
+import type { Export, ExportProvider } from '../nbd/export';
+import type { EngineOptions, EngineStats, VolumeEngine } from '../volume/volume-engine';
+import { type Vault } from '../volume/vault';
+import { splitExportName } from '../volume/volume-references';
+import type { SnapshotRecord } from '../volume/snapshot-record';
 
 export class VaultExportProvider implements ExportProvider {
   private readonly engines = new Map<string, Promise<VolumeEngine>>();

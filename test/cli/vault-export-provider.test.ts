@@ -1,8 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { VaultExportProvider } from '../../src/volume/vault-export-provider';
-import { makeVault, logger } from './vault-fixture';
+import { VaultExportProvider } from '../../src/cli/vault-export-provider';
+import { makeVault, logger } from '../volume/vault-fixture';
 
 const MiB = 2 ** 20;
 
