@@ -11,10 +11,14 @@ import { errorFromReply, type WorkerOpenFramesTask, type WorkerReply } from './c
 import type { ObjectPlace } from './object-place';
 import { asBuffer } from './seal-object';
 import type { Slots } from './slots';
+import { MAX_SEALED_FRAME_BYTES } from './format';
 import { ownCopy, placeCopy } from './task-copies';
 
 /** 8 × 128 KiB: a queue depth of 32 fills the 4 slots of a 2-worker pool in one round. */
 export const MAX_FRAMES_PER_TASK = 8;
+/** A task's sealed frames are copied into shared memory kept for the next task: no allocation
+ *  per task (each one made V8 count 1 MiB more external memory toward its next full GC). */
+const STAGING_BYTES = MAX_FRAMES_PER_TASK * MAX_SEALED_FRAME_BYTES;
 
 interface PendingOpen {
   key: SecretKey;
@@ -34,6 +38,8 @@ export class FrameOpenBatches {
   readonly #pending: PendingOpen[] = [];
   #acquiring = false;
   #pumpScheduled = false;
+  /** staging buffers of tasks that finished (at most one per task in flight is ever made) */
+  readonly #staging: Buffer[] = [];
 
   constructor(slots: Slots, dispatch: OpenFramesDispatch, isClosed: () => boolean) {
     this.#slots = slots;
@@ -67,9 +73,10 @@ export class FrameOpenBatches {
   }
 
   async #run(batch: PendingOpen[]): Promise<void> {
+    const staging = this.#staging.pop() ?? Buffer.from(new SharedArrayBuffer(STAGING_BYTES));
     try {
       if (this.#isClosed()) throw new VaultError('ERR_SHUTDOWN', 'the codec is closed');
-      const [task, transferList] = openFramesTask(batch);
+      const [task, transferList] = openFramesTask(batch, staging);
       const replies = await this.#dispatch(task, transferList);
       batch.forEach((open, i) => {
         const reply = replies[i];
@@ -78,16 +85,18 @@ export class FrameOpenBatches {
       });
     } catch (err) {
       for (const open of batch) open.reject(err);
+    } finally {
+      this.#staging.push(staging); // the worker is done with it: its reply came, or it failed
     }
   }
 }
 
 /**
- * The task for a batch: its distinct keys copied once each, all sealed frames copied into one
- * exactly-sized ArrayBuffer (transferred, so nothing else of the process's memory is cloned),
- * places with their ids in buffers of their own.
+ * The task for a batch: its distinct keys copied once each, all sealed frames copied into the
+ * shared staging buffer (sealed bytes only; an oversized batch gets an exactly-sized buffer of
+ * its own, transferred), places with their ids in buffers of their own.
  */
-function openFramesTask(batch: readonly PendingOpen[]): [WorkerOpenFramesTask, ArrayBuffer[]] {
+function openFramesTask(batch: readonly PendingOpen[], staging: Buffer): [WorkerOpenFramesTask, ArrayBuffer[]] {
   const keyIndexOf = new Map<SecretKey, number>();
   const keys: Uint8Array[] = [];
   const keyIndex = batch.map(({ key }) => {
@@ -98,7 +107,8 @@ function openFramesTask(batch: readonly PendingOpen[]): [WorkerOpenFramesTask, A
     }
     return index;
   });
-  const packed = Buffer.allocUnsafeSlow(batch.reduce((n, open) => n + open.sealed.length, 0));
+  const total = batch.reduce((n, open) => n + open.sealed.length, 0);
+  const packed = total <= staging.length ? staging : Buffer.allocUnsafeSlow(total);
   let at = 0;
   const sealed = batch.map((open) => {
     packed.set(open.sealed, at);
@@ -107,5 +117,7 @@ function openFramesTask(batch: readonly PendingOpen[]): [WorkerOpenFramesTask, A
   });
   const places = batch.map(({ place }) => placeCopy(place));
   const task: WorkerOpenFramesTask = { keys, sealed, keyIndex, places, expectedLengths: batch.map((open) => open.expectedLength) };
-  return [task, [packed.buffer, ...keys.map((k) => k.buffer as ArrayBuffer)]];
+  const transfer = keys.map((k) => k.buffer as ArrayBuffer);
+  if (packed !== staging) transfer.push(packed.buffer as ArrayBuffer);
+  return [task, transfer];
 }
