@@ -1,7 +1,8 @@
 // The piscina worker behind createCodec(): runs sealObject/openObject off the main thread.
-// Inputs arrive transferred (the pool copied them into fresh ArrayBuffers); results go back
-// transferred (Piscina.move), so a 4 MiB chunk is never copied by structured clone. Errors come
-// back as records, because a VaultError's `code` does not survive structured cloning.
+// Inputs arrive transferred (the pool copied them into fresh ArrayBuffers) or in shared memory
+// the caller keeps unchanged until the reply; results go back transferred (Piscina.move), so a
+// 4 MiB chunk is never copied by structured clone. Errors come back as records, because a
+// VaultError's `code` does not survive structured cloning.
 import { move, transferableSymbol, valueSymbol } from 'piscina';
 import { BugError, VaultError, type VaultErrorCode } from '../errors';
 import { openChunkContainerSync, openFrameSync, sealFramesSync, type FrameKind, type FramesPlace } from './framed-container';
@@ -44,7 +45,7 @@ export interface WorkerOpenChunkTask {
 export interface WorkerOpenFramesTask {
   /** distinct keys of the batch; each frame names one by index */
   keys: Uint8Array[];
-  /** views of one transferred ArrayBuffer */
+  /** views of the batcher's shared staging memory (or of one transferred ArrayBuffer) */
   sealed: Uint8Array[];
   keyIndex: number[];
   places: ObjectPlace[];

@@ -12,7 +12,7 @@ import type { ObjectPlace } from './object-place';
 import { asBuffer } from './seal-object';
 import type { Slots } from './slots';
 import { MAX_SEALED_FRAME_BYTES } from './format';
-import { ownCopy, placeCopy } from './task-copies';
+import { ownCopy, packInto, placeCopy } from './task-copies';
 
 /** 8 × 128 KiB: a queue depth of 32 fills the 4 slots of a 2-worker pool in one round. */
 export const MAX_FRAMES_PER_TASK = 8;
@@ -109,12 +109,7 @@ function openFramesTask(batch: readonly PendingOpen[], staging: Buffer): [Worker
   });
   const total = batch.reduce((n, open) => n + open.sealed.length, 0);
   const packed = total <= staging.length ? staging : Buffer.allocUnsafeSlow(total);
-  let at = 0;
-  const sealed = batch.map((open) => {
-    packed.set(open.sealed, at);
-    at += open.sealed.length;
-    return packed.subarray(at - open.sealed.length, at);
-  });
+  const sealed = packInto(batch.map((open) => open.sealed), packed);
   const places = batch.map(({ place }) => placeCopy(place));
   const task: WorkerOpenFramesTask = { keys, sealed, keyIndex, places, expectedLengths: batch.map((open) => open.expectedLength) };
   const transfer = keys.map((k) => k.buffer as ArrayBuffer);

@@ -13,7 +13,11 @@ export function ownCopy(bytes: Uint8Array): Uint8Array {
 
 /** All frames copied into one exactly-sized ArrayBuffer (transferred once), as views of it. */
 export function packedCopy(frames: readonly Uint8Array[], total: number): Uint8Array[] {
-  const backing = new Uint8Array(total);
+  return packInto(frames, new Uint8Array(total));
+}
+
+/** All frames copied back to back into `backing` (at least their total size), as views of it. */
+export function packInto(frames: readonly Uint8Array[], backing: Uint8Array): Uint8Array[] {
   let at = 0;
   return frames.map((f) => {
     backing.set(f, at);

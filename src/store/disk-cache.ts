@@ -26,7 +26,7 @@ import * as path from 'node:path';
 import { VaultError } from '../errors';
 import { log } from '../util/log';
 import { encodeHeader, entryName, headerBytesFor, MAX_ENTRY_BYTES, MAX_HEADER_BYTES, parseHeader, pieceCrcs, PIECE_BYTES, piecesIntact, storableEtag, type EntryHeader } from './disk-cache-entry';
-import { OpenFileCache } from './open-file-cache';
+import { OpenFileCache, readAt } from './open-file-cache';
 import { SlruPolicy } from './slru-policy';
 
 const FS_BLOCK = 4096;
@@ -157,15 +157,7 @@ export class DiskCache {
     const pieceEnd = Math.min(Math.ceil(to / PIECE_BYTES) * PIECE_BYTES, r.length);
     const buf = Buffer.allocUnsafe(pieceEnd - pieceStart);
     try {
-      const got = await this.handles.use(r, async (fh) => {
-        let n = 0;
-        while (n < buf.length) {
-          const { bytesRead } = await fh.read(buf, n, buf.length - n, r.headerBytes + pieceStart + n);
-          if (bytesRead === 0) break;
-          n += bytesRead;
-        }
-        return n;
-      });
+      const got = await this.handles.use(r, (fh) => readAt(fh, buf, r.headerBytes + pieceStart));
       if (got !== buf.length || !piecesIntact(buf, firstPiece, r.crcs)) {
         this.counters.corrupt++;
         log().warn({ cacheEntry: r.name, objectKey: r.key, offset: r.offset, length: r.length }, 'disk cache entry is torn or corrupt: dropped, reading from the store');

@@ -29,7 +29,7 @@ import type { ObjectInfo, ObjectStore, PutOptions, StoredObject, StoreProps } fr
 import { checkKey, checkPrefix, checkRange } from './keys';
 import { KeyedMutex } from '../util/keyed-mutex';
 import { compareKeys } from './memory-store';
-import { OpenFileCache } from './open-file-cache';
+import { OpenFileCache, readAt } from './open-file-cache';
 
 const MAGIC = Buffer.from('NBDVOBJ1', 'ascii');
 const ETAG_BYTES = 16;
@@ -42,15 +42,6 @@ interface OpenObjectFile {
   readonly fileSize: bigint;
   readonly bodySize: number;
   close(): Promise<void>;
-}
-
-async function readFully(handle: fsp.FileHandle, out: Buffer, position: number, key: string, storeName: string): Promise<void> {
-  let got = 0;
-  while (got < out.length) {
-    const r = await handle.read(out, got, out.length - got, position + got);
-    if (r.bytesRead === 0) throw new VaultError('ERR_STORE_IO', `${storeName}: ${key}: file shorter than its size while reading`);
-    got += r.bytesRead;
-  }
 }
 
 // Test hook (crash-safety tests): NBD_VAULT_TEST_FS_CRASH_AT=<step> kills this process at that step
@@ -123,9 +114,10 @@ export class FsStore implements ObjectStore {
         const got = await this.openFiles.use(key, async (opened) => {
           const want = Math.max(0, Math.min(offset + length, opened.bodySize) - offset);
           const out = Buffer.allocUnsafe(want);
-          const [now, read] = await Promise.allSettled([fsp.stat(file, { bigint: true }), readFully(opened.handle, out, HEADER_BYTES + offset, key, this.name)]);
+          const [now, read] = await Promise.allSettled([fsp.stat(file, { bigint: true }), readAt(opened.handle, out, HEADER_BYTES + offset)]);
           if (now.status === 'rejected') throw now.reason; // deleted: ENOENT → not found
           if (read.status === 'rejected') throw read.reason;
+          if (read.value < want) throw new VaultError('ERR_STORE_IO', `${this.name}: ${key}: file shorter than its size while reading`);
           const same = now.value.ino === opened.ino && now.value.dev === opened.dev && now.value.size === opened.fileSize;
           return same ? out : null;
         });

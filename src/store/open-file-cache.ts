@@ -8,7 +8,19 @@
 // own first, then another cache's (busy ones are never closed under a read). What a key's file
 // may do meanwhile (change, be replaced) is the user's to check: the cache only keeps what
 // `open` returned.
+import type { promises as fsp } from 'node:fs';
 import { openFilesShare } from '../util/open-files';
+
+/** Reads into `buf` from `position` until it is full or the file ends; the bytes read. */
+export async function readAt(file: fsp.FileHandle, buf: Buffer, position: number): Promise<number> {
+  let got = 0;
+  while (got < buf.length) {
+    const { bytesRead } = await file.read(buf, got, buf.length - got, position + got);
+    if (bytesRead === 0) break;
+    got += bytesRead;
+  }
+  return got;
+}
 
 /** What `open` returns: a file handle, or a record holding one. */
 export interface Closable {

@@ -1,6 +1,7 @@
-// How many file descriptors a cache of open files may keep: a quarter of the process's soft
-// limit (RLIMIT_NOFILE, read from /proc/self/limits), between 64 and 4,096. The rest stays for
-// client connections, the store and the engine's own files. Off Linux, or unreadable: 256.
+// How many file descriptors the process's caches of open files may keep together: a quarter of
+// its soft limit (RLIMIT_NOFILE, read from /proc/self/limits), between 64 and 4,096. The rest
+// stays for client connections, the store and the engine's own files. Off Linux, or unreadable:
+// 256.
 import { readFileSync } from 'node:fs';
 
 const FALLBACK_LIMIT = 1024;

@@ -1,6 +1,7 @@
 // VolumeEngine: block-device semantics over sealed chunks and journals — what nbd/ serves for a
-// volume (it satisfies nbd/'s Export contract structurally; cli/ hands it over). One engine per open volume, shared by every connection (so CAN_MULTI_CONN
-// is honest: a flush from any connection seals every dirty block and commits one root).
+// volume (it satisfies nbd/'s Export contract structurally; cli/ hands it over). One engine per
+// open volume, shared by every connection (so CAN_MULTI_CONN is honest: a flush from any
+// connection seals every dirty block and commits one root).
 //
 // The engine wires the pieces and owns the lifecycle; each piece says what it does not own:
 //   read-path.ts   reads: dirty blocks → journal overlay → chunk frames (ranged reads, cached)
