@@ -69,19 +69,22 @@ export class ReadPath {
     return out;
   }
 
-  /** The current content of one whole chunk (compaction, resize). */
+  /** The current content of one whole chunk (resize: the chunk is about to be rewritten, so what
+   *  is fetched for it is not kept in the read cache). */
   async chunkContent(i: number): Promise<Buffer> {
     const len = this.state.chunkLength(i);
     const out = Buffer.allocUnsafe(len);
-    await this.readSpan({ chunkIndex: i, chunkOffset: 0, length: len, rangeOffset: 0, chunkLength: len, whole: true }, out, 0);
+    await this.readSpan({ chunkIndex: i, chunkOffset: 0, length: len, rangeOffset: 0, chunkLength: len, whole: true }, out, 0, undefined, true, false);
     return out;
   }
 
   /** What the store holds for chunk i now: its chunk object with the journal overlay applied,
-   *  without dirty data (compaction folds exactly this). */
+   *  without dirty data (compaction folds exactly this). What is fetched for it is not kept in the
+   *  read cache: the chunk object and the journal blocks it folds are about to be replaced, and
+   *  caching them (a whole 4 MiB chunk each) would evict a client's hot frames for dead ones. */
   async storedChunk(i: number, out: Buffer = Buffer.allocUnsafe(this.state.chunkLength(i))): Promise<Buffer> {
     const len = this.state.chunkLength(i);
-    await this.readSpan({ chunkIndex: i, chunkOffset: 0, length: len, rangeOffset: 0, chunkLength: len, whole: true }, out, 0, undefined, false);
+    await this.readSpan({ chunkIndex: i, chunkOffset: 0, length: len, rangeOffset: 0, chunkLength: len, whole: true }, out, 0, undefined, false, false);
     return out;
   }
 
@@ -115,13 +118,13 @@ export class ReadPath {
   /**
    * Fill out[at, at + s.length) with the span's current content. Sources are resolved
    * synchronously first (a write that lands later is not seen, one acknowledged before is), then
-   * frames are fetched in parallel.
+   * frames are fetched in parallel. `keep` false: what is fetched is not kept in the read cache.
    */
-  private async readSpan(s: ChunkSpan, out: Buffer, at: number, requester?: object, includeDirty = true): Promise<void> {
+  private async readSpan(s: ChunkSpan, out: Buffer, at: number, requester?: object, includeDirty = true, keep = true): Promise<void> {
     const i = s.chunkIndex;
     const entry = this.state.manifest.get(i);
     const plain = includeDirty ? this.state.isPlain(i) : !this.state.overlay.hasChunk(i);
-    if (plain) return this.readBase(i, entry, s.chunkOffset, s.length, out, at, requester);
+    if (plain) return this.readBase(i, entry, s.chunkOffset, s.length, out, at, requester, keep);
     const batches = includeDirty ? this.state.batchesNewestFirst() : [];
     const overlay = this.state.overlay;
     const work: Promise<void>[] = [];
@@ -129,7 +132,7 @@ export class ReadPath {
     const end = s.chunkOffset + s.length;
     const flushBase = (upTo: number) => {
       if (baseFrom < 0) return;
-      work.push(this.readBase(i, entry, baseFrom, upTo - baseFrom, out, at + baseFrom - s.chunkOffset, requester));
+      work.push(this.readBase(i, entry, baseFrom, upTo - baseFrom, out, at + baseFrom - s.chunkOffset, requester, keep));
       baseFrom = -1;
     };
     for (let pos = s.chunkOffset; pos < end; ) {
@@ -162,7 +165,7 @@ export class ReadPath {
         if (loc) {
           flushBase(pos);
           if (isZeroBlock(loc)) out.fill(0, dst, dst + n);
-          else work.push(this.copyJournalBlock(loc, inBlock, n, out, dst, requester));
+          else work.push(this.copyJournalBlock(loc, inBlock, n, out, dst, requester, keep));
         } else if (baseFrom < 0) baseFrom = pos;
       }
       pos = segEnd;
@@ -171,8 +174,8 @@ export class ReadPath {
     await Promise.all(work);
   }
 
-  private async copyJournalBlock(loc: BlockLocation, inBlock: number, n: number, out: Buffer, dst: number, requester?: object): Promise<void> {
-    const frame = await this.journalFrame(loc.journal, loc.frame, requester);
+  private async copyJournalBlock(loc: BlockLocation, inBlock: number, n: number, out: Buffer, dst: number, requester?: object, keep = true): Promise<void> {
+    const frame = await this.journalFrame(loc.journal, loc.frame, requester, keep);
     const from = loc.frameOffset + inBlock;
     if (from + n > frame.length) {
       throw new VaultError('ERR_IO', `volume "${this.name}": journal ${loc.journal.ref.id} frame ${loc.frame} has ${frame.length} bytes, a block at ${loc.frameOffset} needs more`);
@@ -181,7 +184,7 @@ export class ReadPath {
   }
 
   /** Copy [offset, offset+length) of the chunk object `entry` names into out at `at`. */
-  private async readBase(i: number, entry: Entry, offset: number, length: number, out: Buffer, at: number, requester?: object): Promise<void> {
+  private async readBase(i: number, entry: Entry, offset: number, length: number, out: Buffer, at: number, requester?: object, keep = true): Promise<void> {
     if (entry.id === null) {
       out.fill(0, at, at + length);
       return;
@@ -189,7 +192,7 @@ export class ReadPath {
     // A chunk read sequentially or all at once (or being fetched whole already) comes in one GET,
     // not frame by frame: a streaming reader needs all of it, and one request costs less than 32.
     const everyFrame = offset === 0 && length === this.state.chunkLength(i);
-    const whole = this.fetches.get(`${entry.id}/*`) ?? ((this.sequential(i) || everyFrame) && !this.cachedAt(entry, offset) ? this.wholeChunk(i, entry, requester) : null);
+    const whole = this.fetches.get(`${entry.id}/*`) ?? ((this.sequential(i) || everyFrame) && !this.cachedAt(entry, offset) ? this.wholeChunk(i, entry, requester, keep) : null);
     if (whole) {
       const data = await whole;
       data.copy(out, at, offset, offset + length);
@@ -201,7 +204,7 @@ export class ReadPath {
     const work: Promise<void>[] = [];
     for (let f = first; f <= last; f++) {
       work.push(
-        this.chunkFrame(i, entry, f, frameBytes, requester).then((frame) => {
+        this.chunkFrame(i, entry, f, frameBytes, requester, keep).then((frame) => {
           const from = Math.max(offset, f * frameBytes);
           const to = Math.min(offset + length, (f + 1) * frameBytes);
           frame.copy(out, at + from - offset, from - f * frameBytes, to - f * frameBytes);
@@ -217,7 +220,7 @@ export class ReadPath {
     });
   }
 
-  private chunkFrame(i: number, entry: Entry, f: number, frameBytes: number, requester?: object): Promise<Buffer> {
+  private chunkFrame(i: number, entry: Entry, f: number, frameBytes: number, requester?: object, keep = true): Promise<Buffer> {
     const key = `${entry.id}/${f}`;
     const frameOf = (data: Buffer) => data.subarray(f * frameBytes, Math.min(data.length, (f + 1) * frameBytes));
     const cachedWhole = this.frames.get(`${entry.id}/*`, false);
@@ -226,26 +229,28 @@ export class ReadPath {
     if (cached) return Promise.resolve(cached);
     const whole = this.fetches.get(`${entry.id}/*`);
     if (whole) return whole.then(frameOf);
-    return this.singleFlight(key, requester, () => this.objects.readChunkFrame(i, entry, this.state.chunkLength(i), f), (err) => this.readError(i, err, f * frameBytes));
+    return this.singleFlight(key, requester, () => this.objects.readChunkFrame(i, entry, this.state.chunkLength(i), f), (err) => this.readError(i, err, f * frameBytes), false, keep);
   }
 
-  private journalFrame(journal: JournalHandle, f: number, requester?: object): Promise<Buffer> {
+  private journalFrame(journal: JournalHandle, f: number, requester?: object, keep = true): Promise<Buffer> {
     const key = `j${journal.ref.id}/${f}`;
     const cached = this.frames.get(key);
     if (cached) return Promise.resolve(cached);
     return this.singleFlight(key, requester, () => this.objects.readJournalFrame(journal.ref, f), (err) => {
       this.logger.error({ volume: this.name, journal: journal.ref.id, frame: f, err: describeError(err) }, 'journal read failed');
       return new VaultError('ERR_IO', `volume "${this.name}": cannot read journal ${journal.ref.id} frame ${f}: ${describeError(err)}`, { cause: err });
-    });
+    }, false, keep);
   }
 
-  private singleFlight(key: string, requester: object | undefined, fetch: () => Promise<Buffer>, wrap: (err: unknown) => Error, whole = false): Promise<Buffer> {
+  /** One fetch per key at a time, shared by everyone who asks meanwhile; `keep`: the fetch that
+   *  starts puts its result in the read cache (a fetch already running keeps its own choice). */
+  private singleFlight(key: string, requester: object | undefined, fetch: () => Promise<Buffer>, wrap: (err: unknown) => Error, whole = false, keep = true): Promise<Buffer> {
     let p = this.fetches.get(key);
     if (!p) {
       const slotted = () => this.fetchSlots.run(fetch, requester);
       p = (whole ? this.wholeSlots.run(slotted, requester) : slotted())
         .then((data) => {
-          this.frames.set(key, data);
+          if (keep) this.frames.set(key, data);
           return data;
         })
         .catch((err) => {
@@ -316,9 +321,9 @@ export class ReadPath {
 
   /** One GET of the whole chunk object (single flight), kept in the read cache as one entry
    *  (`id/*`): frames cut from it are views, and the cache counts the buffer they keep alive. */
-  private wholeChunk(i: number, entry: Entry, requester?: object): Promise<Buffer> {
+  private wholeChunk(i: number, entry: Entry, requester?: object, keep = true): Promise<Buffer> {
     const len = this.state.chunkLength(i);
-    return this.singleFlight(`${entry.id}/*`, requester, () => this.objects.readChunk(i, entry, len), (err) => this.readError(i, err), true);
+    return this.singleFlight(`${entry.id}/*`, requester, () => this.objects.readChunk(i, entry, len), (err) => this.readError(i, err), true, keep);
   }
 
   /** NBD_CMD_CACHE: bring the range's stored frames into the read cache. */

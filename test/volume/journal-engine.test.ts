@@ -146,3 +146,30 @@ test('a format 1 volume keeps working: its v1 chunks read, take journal blocks, 
   assert.ok((await r.read(0, 12 * MiB)).equals(model), 'all of it, after a reopen');
   await r.close();
 });
+
+test('compaction keeps nothing it fetched in the read cache: a reader\'s hot frames stay, no dead ones come in', async (t) => {
+  const f = await makeVault();
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 16 * MiB);
+  const e = await f.vault.openEngine('v', { readCacheBytes: 64 * MiB });
+  const model = randomBytes(16 * MiB);
+  await e.write(0, model); // four chunk objects
+  await e.flush();
+  for (const i of [0, 1, 2]) {
+    const block = randomBytes(4 * KiB); // journal blocks over chunks 0..2
+    block.copy(model, i * CHUNK_SIZE + 8 * KiB);
+    await e.write(i * CHUNK_SIZE + 8 * KiB, block);
+  }
+  await e.flush();
+  assert.ok((await e.read(3 * CHUNK_SIZE + 64 * KiB, 4 * KiB)).equals(model.subarray(3 * CHUNK_SIZE + 64 * KiB, 3 * CHUNK_SIZE + 68 * KiB)));
+  const cache = (e as any).reads.frames;
+  const keys = () => new Set<string>([...cache.lru.keys()]);
+  const before = keys();
+  assert.equal(before.size, 1, 'the hot frame of chunk 3 is cached');
+  await e.compact();
+  const after = keys();
+  assert.deepEqual([...after].filter((k) => !before.has(k)), [], 'compaction cached none of the chunks and journal frames it folded');
+  assert.deepEqual([...before].filter((k) => !after.has(k)), [], 'the hot frame is still cached');
+  assert.ok((await e.read(0, 16 * MiB)).equals(model), 'the folded chunks read right');
+  await e.close();
+});
