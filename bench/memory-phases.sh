@@ -53,14 +53,16 @@ run_variant() { # variant round
 import re, sys
 pid, label, rnd = sys.argv[1:4]
 sums = {'heap': 0, 'arenas': 0, 'anon': 0, 'files': 0}
-size = name = None
+start = size = name = None
 for line in open(f'/proc/{pid}/smaps'):
     m = re.match(r'^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+\s*(.*)$', line)
     if m:
-        size, name = int(m.group(2), 16) - int(m.group(1), 16), m.group(3)
+        start, size, name = int(m.group(1), 16), int(m.group(2), 16) - int(m.group(1), 16), m.group(3)
     elif line.startswith('Rss:'):
         kib = int(line.split()[1])
-        kind = 'heap' if name == '[heap]' else 'arenas' if name == '' and size == 64 << 20 else 'anon' if name == '' or name.startswith('[') else 'files'
+        # glibc's heaps of other threads' arenas: 64 MiB-aligned anonymous mappings of at most 64 MiB
+        arena = name == '' and start % (64 << 20) == 0 and size <= 64 << 20
+        kind = 'heap' if name == '[heap]' else 'arenas' if arena else 'anon' if name == '' or name.startswith('[') else 'files'
         sums[kind] += kib
 print(f"round {rnd} smaps {label}: main malloc heap {sums['heap'] >> 10} MiB, thread arenas {sums['arenas'] >> 10} MiB, other anonymous {sums['anon'] >> 10} MiB, files {sums['files'] >> 10} MiB")
 EOF
