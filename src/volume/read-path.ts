@@ -79,9 +79,10 @@ export class ReadPath {
   }
 
   /** What the store holds for chunk i now: its chunk object with the journal overlay applied,
-   *  without dirty data (compaction folds exactly this). What is fetched for it is not kept in the
-   *  read cache: the chunk object and the journal blocks it folds are about to be replaced, and
-   *  caching them (a whole 4 MiB chunk each) would evict a client's hot frames for dead ones. */
+   *  without dirty data (compaction folds exactly this). The chunk object fetched for it is not
+   *  kept in the read cache: it is about to be replaced, and caching it (a whole 4 MiB chunk each)
+   *  evicted a client's hot frames for dead ones. Journal frames are kept: one holds blocks of
+   *  several chunks, which the same compaction folds one after another. */
   async storedChunk(i: number, out: Buffer = Buffer.allocUnsafe(this.state.chunkLength(i))): Promise<Buffer> {
     const len = this.state.chunkLength(i);
     await this.readSpan({ chunkIndex: i, chunkOffset: 0, length: len, rangeOffset: 0, chunkLength: len, whole: true }, out, 0, undefined, false, false);
@@ -118,7 +119,8 @@ export class ReadPath {
   /**
    * Fill out[at, at + s.length) with the span's current content. Sources are resolved
    * synchronously first (a write that lands later is not seen, one acknowledged before is), then
-   * frames are fetched in parallel. `keep` false: what is fetched is not kept in the read cache.
+   * frames are fetched in parallel. `keep` false: chunk frames fetched are not kept in the read
+   * cache (journal frames are).
    */
   private async readSpan(s: ChunkSpan, out: Buffer, at: number, requester?: object, includeDirty = true, keep = true): Promise<void> {
     const i = s.chunkIndex;
@@ -165,7 +167,7 @@ export class ReadPath {
         if (loc) {
           flushBase(pos);
           if (isZeroBlock(loc)) out.fill(0, dst, dst + n);
-          else work.push(this.copyJournalBlock(loc, inBlock, n, out, dst, requester, keep));
+          else work.push(this.copyJournalBlock(loc, inBlock, n, out, dst, requester));
         } else if (baseFrom < 0) baseFrom = pos;
       }
       pos = segEnd;
@@ -174,8 +176,8 @@ export class ReadPath {
     await Promise.all(work);
   }
 
-  private async copyJournalBlock(loc: BlockLocation, inBlock: number, n: number, out: Buffer, dst: number, requester?: object, keep = true): Promise<void> {
-    const frame = await this.journalFrame(loc.journal, loc.frame, requester, keep);
+  private async copyJournalBlock(loc: BlockLocation, inBlock: number, n: number, out: Buffer, dst: number, requester?: object): Promise<void> {
+    const frame = await this.journalFrame(loc.journal, loc.frame, requester);
     const from = loc.frameOffset + inBlock;
     if (from + n > frame.length) {
       throw new VaultError('ERR_IO', `volume "${this.name}": journal ${loc.journal.ref.id} frame ${loc.frame} has ${frame.length} bytes, a block at ${loc.frameOffset} needs more`);
@@ -232,14 +234,14 @@ export class ReadPath {
     return this.singleFlight(key, requester, () => this.objects.readChunkFrame(i, entry, this.state.chunkLength(i), f), (err) => this.readError(i, err, f * frameBytes), false, keep);
   }
 
-  private journalFrame(journal: JournalHandle, f: number, requester?: object, keep = true): Promise<Buffer> {
+  private journalFrame(journal: JournalHandle, f: number, requester?: object): Promise<Buffer> {
     const key = `j${journal.ref.id}/${f}`;
     const cached = this.frames.get(key);
     if (cached) return Promise.resolve(cached);
     return this.singleFlight(key, requester, () => this.objects.readJournalFrame(journal.ref, f), (err) => {
       this.logger.error({ volume: this.name, journal: journal.ref.id, frame: f, err: describeError(err) }, 'journal read failed');
       return new VaultError('ERR_IO', `volume "${this.name}": cannot read journal ${journal.ref.id} frame ${f}: ${describeError(err)}`, { cause: err });
-    }, false, keep);
+    });
   }
 
   /** One fetch per key at a time, shared by everyone who asks meanwhile; `keep`: the fetch that
