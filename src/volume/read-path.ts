@@ -40,7 +40,7 @@ export class ReadPath {
   private readonly fetchSlots: FetchLimiter;
   private readonly wholeSlots = new FetchLimiter(WHOLE_FETCHES_IN_FLIGHT);
   /** journal frames compaction read last (outside the read cache and its budget: at most
-   *  FOLD_MEMO_FRAMES × 128 KiB per volume) */
+   *  FOLD_MEMO_FRAMES × 128 KiB per volume, and only while a compaction step runs) */
   private readonly foldMemo = new LRUCache<string, Buffer>({ max: FOLD_MEMO_FRAMES });
   /** where recent reads ended (byte offset) and how many reads in a row led there, one per
    *  stream, oldest first */
@@ -338,6 +338,12 @@ export class ReadPath {
   private wholeChunk(i: number, entry: Entry, requester?: object, keep = true): Promise<Buffer> {
     const len = this.state.chunkLength(i);
     return this.singleFlight(`${entry.id}/*`, requester, () => this.objects.readChunk(i, entry, len), (err) => this.readError(i, err), true, keep);
+  }
+
+  /** A compaction step is over: the journal frames it kept go (a volume that is not compacting
+   *  holds none). */
+  endFold(): void {
+    this.foldMemo.clear();
   }
 
   /** NBD_CMD_CACHE: bring the range's stored frames into the read cache. */

@@ -273,6 +273,8 @@ export class Sealer {
       this.discardUploads(tokens, written);
       this.logger.warn({ volume: this.name, err: describeError(err) }, 'compaction failed; the journals stay and it is retried later');
       throw err;
+    } finally {
+      this.reads.endFold();
     }
     // Apply the edit: from here to the end nothing awaits.
     for (const [i, entry] of entries) this.replaceEntry(i, entry);
