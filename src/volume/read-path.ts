@@ -77,12 +77,16 @@ export class ReadPath {
     return out;
   }
 
-  /** The current content of one whole chunk (resize: the chunk is about to be rewritten, so what
-   *  is fetched for it is not kept in the read cache). */
+  /** The current content of one whole chunk (resize, in an exclusive section: the chunk is about
+   *  to be rewritten, so nothing fetched for it is kept, in the read cache or the fold memo). */
   async chunkContent(i: number): Promise<Buffer> {
     const len = this.state.chunkLength(i);
     const out = Buffer.allocUnsafe(len);
-    await this.readSpan({ chunkIndex: i, chunkOffset: 0, length: len, rangeOffset: 0, chunkLength: len, whole: true }, out, 0, undefined, true, false);
+    try {
+      await this.readSpan({ chunkIndex: i, chunkOffset: 0, length: len, rangeOffset: 0, chunkLength: len, whole: true }, out, 0, undefined, true, false);
+    } finally {
+      this.endFold();
+    }
     return out;
   }
 
@@ -340,8 +344,8 @@ export class ReadPath {
     return this.singleFlight(`${entry.id}/*`, requester, () => this.objects.readChunk(i, entry, len), (err) => this.readError(i, err), true, keep);
   }
 
-  /** A compaction step is over: the journal frames it kept go (a volume that is not compacting
-   *  holds none). */
+  /** A compaction step (or a resize's read) is over: the journal frames it kept go (a volume
+   *  that is not compacting holds none). */
   endFold(): void {
     this.foldMemo.clear();
   }
