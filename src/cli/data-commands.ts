@@ -12,16 +12,12 @@ import { splitExportName } from '../volume/volume-references';
 import type { VolumeEngine } from '../volume/volume-engine';
 import { formatSize } from '../util/size';
 import { adminRequest } from './admin-socket';
+import { openExportSource } from './export-source';
 import { Progress } from './progress';
 import { addSettings } from './settings';
-import { out, VAULT_SETTINGS, withVault, type VaultContext } from './vault-context';
+import { out, VAULT_SETTINGS, withVault } from './vault-context';
 
 
-
-async function openForRead(ctx: VaultContext, spec: string): Promise<VolumeEngine> {
-  const [volume, snap] = splitExportName(spec);
-  return snap === null ? ctx.vault.openEngine(volume, { readOnly: true, readaheadChunks: 0 }) : ctx.vault.openSnapshotEngine(volume, snap, { readaheadChunks: 0 });
-}
 
 /** 1 for each chunk the volume knows to be all zeros (from block status: no chunk is read). */
 async function zeroChunks(engine: VolumeEngine): Promise<Uint8Array> {
@@ -52,8 +48,9 @@ export function registerDataCommands(program: Command): void {
       .description('Write VOL or VOL@SNAP to FILE (sparse) or - (stdout); rerun to restart'),
     VAULT_SETTINGS,
   ).action(async (source: string, file: string, opts) => {
-    await withVault(opts, async (ctx) => {
-      const engine = await openForRead(ctx, source);
+    await withVault(opts, async (ctx, s) => {
+      const src = await openExportSource(ctx, s, source);
+      const engine = src.engine;
       const toStdout = file === '-';
       const fh = toStdout ? null : await openFile(file, 'w');
       const bar = new Progress(`export ${source}`, engine.size);
@@ -87,12 +84,14 @@ export function registerDataCommands(program: Command): void {
             bar.update((done += data.length));
           }
         }
+      } catch (err) {
+        throw await src.explain(err);
       } finally {
         bar.done();
         await fh?.close();
-        await engine.close();
+        await src.close();
       }
-      if (!toStdout) out(`exported ${source} (${formatSize(engine.size)}) to ${file}`);
+      if (!toStdout) out(`exported ${source} (${formatSize(engine.size)}) to ${file}${src.via}`);
     });
   });
 

@@ -1,0 +1,93 @@
+// What `nbd-vault export` reads. A snapshot is read as it is. A volume that the local server is
+// serving is read through a temporary snapshot taken by that server: the export then holds the
+// writes the server has acknowledged but not yet sealed, is one point in time, and no compaction
+// can delete an object under it (the server folds journals into new chunk objects and deletes the
+// old ones at once, so a reader of a root it has replaced can find an object gone). A volume at
+// rest is read from its root.
+import { VaultError, isVaultError } from '../errors';
+import type { VolumeEngine } from '../volume/volume-engine';
+import { splitExportName } from '../volume/volume-references';
+import { adminRequest } from './admin-socket';
+import type { VaultContext, VaultSettings } from './vault-context';
+
+export interface ExportSource {
+  readonly engine: VolumeEngine;
+  /** how the volume was read, for the closing line; '' for a snapshot or a volume at rest */
+  readonly via: string;
+  /** Maps a read failure to what the user should do about it. */
+  explain(err: unknown): Promise<unknown>;
+  /** Closes the engine and deletes the temporary snapshot, if any. */
+  close(): Promise<void>;
+}
+
+/** The temporary snapshot's name: says what it is, sorts by time, unique per process. */
+export function temporarySnapshotName(now = new Date(), pid = process.pid): string {
+  return `export-${now.toISOString().replace(/\.\d+Z$/, 'Z').replace(/:/g, '-')}-${pid}`;
+}
+
+export async function openExportSource(ctx: VaultContext, s: VaultSettings, spec: string): Promise<ExportSource> {
+  const [volume, snap] = splitExportName(spec);
+  if (snap !== null) return plain(await ctx.vault.openSnapshotEngine(volume, snap, { readaheadChunks: 0 }));
+  if (await servedHere(ctx, s, volume)) return throughSnapshot(ctx, s, volume);
+  const engine = await ctx.vault.openEngine(volume, { readOnly: true, readaheadChunks: 0 });
+  const seq = await ctx.vault.rootSeqOf(volume);
+  return {
+    engine,
+    via: '',
+    async explain(err) {
+      // a writer elsewhere (another machine's server) replaced the root and deleted what it named
+      if (!isVaultError(err, 'ERR_IO') || !/is missing from the store/.test((err as Error).message)) return err;
+      if ((await ctx.vault.rootSeqOf(volume).catch(() => seq)) === seq) return err;
+      return new VaultError('ERR_IO', `volume "${volume}" changed while it was exported (a server elsewhere is writing it): snapshot it (nbd-vault snapshot ${volume} NAME) and export ${volume}@NAME`);
+    },
+    close: () => engine.close(),
+  };
+}
+
+function plain(engine: VolumeEngine): ExportSource {
+  return { engine, via: '', explain: async (err) => err, close: () => engine.close() };
+}
+
+/** True when the server on this state directory (of this vault) has the volume open. */
+async function servedHere(ctx: VaultContext, s: VaultSettings, volume: string): Promise<boolean> {
+  const reply = await adminRequest(s.state, { op: 'ping' });
+  if (!reply || !reply.ok || reply.vaultId !== ctx.vault.vaultId) return false;
+  const open = (reply.result as { open?: unknown }).open;
+  return Array.isArray(open) && open.includes(volume);
+}
+
+async function throughSnapshot(ctx: VaultContext, s: VaultSettings, volume: string): Promise<ExportSource> {
+  const name = temporarySnapshotName();
+  // keep: a retention prune of the server's schedule must not delete it under the export
+  const reply = await adminRequest(s.state, { op: 'snapshot', volume, name, keep: true });
+  if (!reply) throw new VaultError('ERR_IO', `the server serving "${volume}" stopped answering on its admin socket; export again`);
+  if (!reply.ok) throw new VaultError(reply.code, reply.message);
+  const removeSnapshot = async () => {
+    const { objects } = await ctx.vault.loadVolume(volume);
+    const found = (await objects.listSnapshots()).find((x) => x.name === name);
+    if (!found) return;
+    await objects.setSnapshotKeep(found.id, false);
+    await ctx.vault.deleteSnapshot(volume, name);
+  };
+  let engine: VolumeEngine;
+  try {
+    engine = await ctx.vault.openSnapshotEngine(volume, name, { readaheadChunks: 0 });
+  } catch (err) {
+    await removeSnapshot().catch(() => {});
+    throw err;
+  }
+  return {
+    engine,
+    via: ` through the temporary snapshot ${volume}@${name} taken by the running server`,
+    explain: async (err) => err,
+    async close() {
+      try {
+        await engine.close();
+      } finally {
+        await removeSnapshot().catch((err) => {
+          ctx.logger.warn({ volume, snapshot: name, err: (err as Error).message }, `could not delete the temporary snapshot: delete it with nbd-vault snapshot keep --clear ${volume} ${name} && nbd-vault snapshot delete ${volume} ${name}`);
+        });
+      }
+    },
+  };
+}
