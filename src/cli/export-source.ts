@@ -58,10 +58,6 @@ async function servedHere(ctx: VaultContext, s: VaultSettings, volume: string): 
 
 async function throughSnapshot(ctx: VaultContext, s: VaultSettings, volume: string): Promise<ExportSource> {
   const name = temporarySnapshotName();
-  // keep: a retention prune of the server's schedule must not delete it under the export
-  const reply = await adminRequest(s.state, { op: 'snapshot', volume, name, keep: true });
-  if (!reply) throw new VaultError('ERR_IO', `the server serving "${volume}" stopped answering on its admin socket; export again`);
-  if (!reply.ok) throw new VaultError(reply.code, reply.message);
   const removeSnapshot = async () => {
     const { objects } = await ctx.vault.loadVolume(volume);
     const found = (await objects.listSnapshots()).find((x) => x.name === name);
@@ -69,11 +65,31 @@ async function throughSnapshot(ctx: VaultContext, s: VaultSettings, volume: stri
     await objects.setSnapshotKeep(found.id, false);
     await ctx.vault.deleteSnapshot(volume, name);
   };
+  const removeOrSay = () =>
+    removeSnapshot().catch((err) => {
+      ctx.logger.warn({ volume, snapshot: name, err: (err as Error).message }, `could not delete the temporary snapshot: delete it with nbd-vault snapshot keep --clear ${volume} ${name} && nbd-vault snapshot delete ${volume} ${name}`);
+    });
+  // Ctrl-C or a service stop mid-export: delete the snapshot, then exit as the signal would.
+  const onSignal = (signal: NodeJS.Signals) => {
+    process.stderr.write(`export of ${volume} interrupted: deleting the temporary snapshot ${volume}@${name}\n`);
+    void removeOrSay().finally(() => process.exit(signal === 'SIGINT' ? 130 : 143));
+  };
+  const stopWatching = () => {
+    process.removeListener('SIGINT', onSignal);
+    process.removeListener('SIGTERM', onSignal);
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
   let engine: VolumeEngine;
   try {
+    // keep: a retention prune of the server's schedule must not delete it under the export
+    const reply = await adminRequest(s.state, { op: 'snapshot', volume, name, keep: true });
+    if (!reply) throw new VaultError('ERR_IO', `the server serving "${volume}" stopped answering on its admin socket; export again`);
+    if (!reply.ok) throw new VaultError(reply.code, reply.message);
     engine = await ctx.vault.openSnapshotEngine(volume, name, { readaheadChunks: 0 });
   } catch (err) {
-    await removeSnapshot().catch(() => {});
+    stopWatching();
+    await removeOrSay();
     throw err;
   }
   return {
@@ -81,12 +97,11 @@ async function throughSnapshot(ctx: VaultContext, s: VaultSettings, volume: stri
     via: ` through the temporary snapshot ${volume}@${name} taken by the running server`,
     explain: async (err) => err,
     async close() {
+      stopWatching();
       try {
         await engine.close();
       } finally {
-        await removeSnapshot().catch((err) => {
-          ctx.logger.warn({ volume, snapshot: name, err: (err as Error).message }, `could not delete the temporary snapshot: delete it with nbd-vault snapshot keep --clear ${volume} ${name} && nbd-vault snapshot delete ${volume} ${name}`);
-        });
+        await removeOrSay();
       }
     },
   };

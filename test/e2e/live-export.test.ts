@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { runCommand } from '../helpers/fuse-disk';
-import { makeTestVault } from '../helpers/vault-server';
+import { CLI, makeTestVault } from '../helpers/vault-server';
 
 const BLOCKS = 16384; // 64 MiB of 4 KiB blocks
 // Write i (from 1) puts (i, offset) repeated over a 4 KiB block at a seeded random block, with no
@@ -101,5 +101,26 @@ test('export of a served volume under writes: one point in time, with every ackn
 
   const snaps = JSON.parse((await v.cli('snapshot', 'list', 'vm', '--json')).stdout);
   assert.deepEqual(snaps, [], 'the temporary snapshot is deleted');
+
+  // Ctrl-C mid-export (to a pipe nobody reads: it stalls there) deletes the temporary snapshot too
+  const stalled = spawn(process.execPath, [CLI, 'export', 'vm', '-'], { env: v.env, cwd: v.dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  t.after(() => {
+    if (stalled.exitCode === null) stalled.kill('SIGKILL');
+  });
+  let stalledErr = '';
+  stalled.stderr.on('data', (d) => (stalledErr += d));
+  const stalledExit = new Promise<number | null>((r) => stalled.once('exit', (c) => r(c)));
+  const listed = async () => JSON.parse((await v.cli('snapshot', 'list', 'vm', '--json')).stdout) as Array<{ name: string; keep: boolean }>;
+  const until = Date.now() + 60_000;
+  let during: Array<{ name: string; keep: boolean }> = [];
+  while ((during = await listed()).length === 0) {
+    assert.ok(stalled.exitCode === null && Date.now() < until, `the export takes its snapshot: ${stalledErr}`);
+  }
+  assert.match(during[0].name, /^export-/);
+  assert.equal(during[0].keep, true, 'kept from retention prunes while the export reads it');
+  stalled.kill('SIGINT');
+  assert.equal(await stalledExit, 130, stalledErr);
+  assert.match(stalledErr, /interrupted: deleting the temporary snapshot vm@export-/);
+  assert.deepEqual(await listed(), [], 'the interrupted export deleted its snapshot');
   assert.equal(await srv.stop(), 0);
 });
