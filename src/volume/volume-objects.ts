@@ -229,7 +229,7 @@ export class VolumeObjects {
       }
     });
     const id = newObjectId();
-    const frames = [index, ...dataFrames];
+    const frames = [inSharedMemoryLike(index, dataFrames), ...dataFrames];
     const logical = frames.reduce((n, f) => n + f.length, 0);
     const container = await this.codec.sealFrames(this.keys.data, 'journal-frame', frames, this.framesPlace(0, id), logical);
     const key = journalKey(this.volumeId, id);
@@ -480,4 +480,13 @@ export class VolumeObjects {
 /** A read whose bytes were unusable: they failed authentication or did not parse. */
 function isUnusable(err: unknown): boolean {
   return isVaultError(err, 'ERR_AUTH_FAILED') || isVaultError(err, 'ERR_CORRUPT');
+}
+
+/** The journal index in shared memory when the data frames are there: one frame outside it makes
+ *  the codec copy the whole journal (up to 16 MiB) into a fresh transferable buffer. */
+function inSharedMemoryLike(index: Buffer, dataFrames: readonly Buffer[]): Buffer {
+  if (dataFrames.length === 0 || !dataFrames.every((f) => f.buffer instanceof SharedArrayBuffer)) return index;
+  const shared = Buffer.from(new SharedArrayBuffer(index.length));
+  index.copy(shared);
+  return shared;
 }

@@ -184,6 +184,25 @@ test('journals: write, index in one ranged read, frames, whole read', async () =
   assert.deepEqual(await objectsOn(store, objects.volumeId, k).readJournalIndex(zeroOnly), [extents[2]]);
 });
 
+test('a journal whose data frames are in shared memory reaches the codec all in shared memory (no copy of it)', async () => {
+  const seen: boolean[] = [];
+  const spy = { ...codec, sealFrames: (...args: Parameters<typeof codec.sealFrames>) => (seen.push(args[2].every((f) => f.buffer instanceof SharedArrayBuffer)), codec.sealFrames(...args)) };
+  const store = new MemoryStore();
+  const k = keys();
+  const objects = new VolumeObjects(store, spy, k, vaultId, randomBytes(16).toString('hex'), 'vm');
+  const shared = dataFrames.map((f) => {
+    const s = Buffer.from(new SharedArrayBuffer(f.length));
+    f.copy(s);
+    return s;
+  });
+  const ref = await objects.writeJournal(extents, shared);
+  await objects.writeJournal(extents, dataFrames);
+  assert.deepEqual(seen, [true, false], 'the index joins shared data frames; plain frames stay plain');
+  const whole = await objectsOn(store, objects.volumeId, k).readJournal(ref);
+  assert.deepEqual(whole.extents, extents);
+  assert.deepEqual(whole.frames, dataFrames);
+});
+
 test('writeJournal refuses what its index could not describe (writer bugs)', async () => {
   const objects = objectsOn(new MemoryStore());
   await rejects(objects.writeJournal(extents, dataFrames.slice(0, 1)), 'ERR_BUG'); // frame 2 named, not given
