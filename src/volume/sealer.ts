@@ -155,7 +155,14 @@ export class Sealer {
         tokens.push(token);
         // the packed frames and their sealed copy
         const dataBytes = part.frames.reduce((n, f) => n + f.length * BLOCK_BYTES, 0);
-        const ref = await this.memory.hold(2 * dataBytes, () => this.objects.writeJournal(part.extents, packFrames(part.frames)));
+        const ref = await this.memory.hold(2 * dataBytes, async () => {
+          const packed = packFrames(part.frames, this.buffers);
+          try {
+            return await this.objects.writeJournal(part.extents, packed.frames);
+          } finally {
+            for (const b of packed.backings) this.buffers.giveNow(b); // sealed or failed: the codec is done with them
+          }
+        });
         written.push(journalKey(this.objects.volumeId, ref.id));
         journals.push({ ref, extents: part.extents });
       }
@@ -392,14 +399,20 @@ function buildJournals(chunks: ReadonlyArray<[number, ChunkBlocks]>, resets: Jou
   return out;
 }
 
-/** A journal's data frames laid out in one shared-memory buffer: the codec worker reads them
- *  there without a copy, and nothing else is allocated per frame. */
-function packFrames(frames: readonly Buffer[][]): Buffer[] {
-  let total = 0;
-  for (const f of frames) total += f.length * BLOCK_BYTES;
-  const backing = Buffer.from(new SharedArrayBuffer(total));
+/** A journal's data frames laid out in recycled shared-memory chunk buffers (up to 32 frames in
+ *  each): the codec worker reads them there without a copy, and a seal cycle allocates nothing
+ *  for them once the pool is warm. The caller gives the backings back when the seal is done. */
+function packFrames(frames: readonly Buffer[][], buffers: ChunkBufferPool): { frames: Buffer[]; backings: Buffer[] } {
+  const backings: Buffer[] = [];
+  let backing: Buffer | null = null;
   let at = 0;
-  return frames.map((blocks) => {
+  const out = frames.map((blocks) => {
+    const bytes = blocks.length * BLOCK_BYTES;
+    if (backing === null || at + bytes > backing.length) {
+      backing = buffers.take(buffers.chunkSize, 'overwrite');
+      backings.push(backing);
+      at = 0;
+    }
     const start = at;
     for (const b of blocks) {
       backing.set(b, at);
@@ -407,4 +420,5 @@ function packFrames(frames: readonly Buffer[][]): Buffer[] {
     }
     return backing.subarray(start, at);
   });
+  return { frames: out, backings };
 }

@@ -89,3 +89,37 @@ test('the share of the memory limit set aside for sealing', () => {
   assert.equal(sealShareOf(2 ** 30), 64 * 2 ** 20);
   assert.equal(sealShareOf(64 * 2 ** 30), 256 * 2 ** 20);
 });
+
+test('journals are packed into recycled shared buffers: flush after flush allocates none, and every journal reads back', async (t) => {
+  const f = await makeVault(new SettlingStore());
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 16 * CHUNK_SIZE);
+  const memory = new SealMemory(sealShareOf(2 ** 30));
+  const e = await f.vault.openEngine('v', { autoCommitMs: 0, writebackDelayMs: 60_000, readCacheBytes: 0, sealMemory: memory });
+  const model = Buffer.alloc(16 * CHUNK_SIZE);
+  const taken: Buffer[] = [];
+  const take = memory.buffers.take.bind(memory.buffers);
+  memory.buffers.take = (length, from) => {
+    const b = take(length, from);
+    taken.push(b);
+    return b;
+  };
+  for (let round = 0; round < 6; round++) {
+    // 40 scattered 4 KiB blocks (a journal of two frames' worth across chunks), then FLUSH
+    for (let k = 0; k < 40; k++) {
+      const off = ((round * 131 + k * 977) % (16 * 1024)) * 4096;
+      const data = randomBytes(4096);
+      data.copy(model, off);
+      await e.write(off, data);
+    }
+    await e.flush();
+  }
+  assert.ok(taken.length >= 6, `every journal is packed into pool buffers (${taken.length})`);
+  assert.equal(new Set(taken.map((b) => b.buffer)).size, 1, 'one shared buffer, reused by every seal cycle');
+  assert.ok(taken.every((b) => b.buffer instanceof SharedArrayBuffer));
+  assert.ok((await e.read(0, 16 * CHUNK_SIZE)).equals(model), 'what the journals hold reads back');
+  await e.close();
+  const r = await (await f.reopen()).openEngine('v', { readOnly: true, readCacheBytes: 0 });
+  assert.ok((await r.read(0, 16 * CHUNK_SIZE)).equals(model), 'and after a reopen (replayed from the journals)');
+  await r.close();
+});
