@@ -112,13 +112,16 @@ export class VaultLifecycle {
     return { id, name: newName, createdAt };
   }
 
-  /** A snapshot may be cloned while it, and its volume, exist and are not being deleted. */
+  /** A snapshot may be cloned while it, and its volume, exist and are not being deleted. The
+   *  marks are read first, what they guard after: a deleter removes its mark only once the
+   *  snapshot record (or the volume's meta) is gone, so a mark read too late to see the mark is
+   *  followed by a read that sees the deletion. Read together, the existence check could come
+   *  before the deletion and the mark check after the mark's removal, and both pass. */
   private async assertClonable(objects: VolumeObjects, snap: SnapshotRecord, source: string): Promise<void> {
-    const [volumeGone, volumeDeleting, snapGone, snapDeleting] = await Promise.all([
+    const [volumeDeleting, snapDeleting] = await Promise.all([objects.isMarkedDeleting(null), objects.isMarkedDeleting(snap.id)]);
+    const [volumeGone, snapGone] = await Promise.all([
       this.store.head(metaKey(objects.volumeId)).then((h) => h === null),
-      objects.isMarkedDeleting(null),
       objects.snapshotExists(snap.id).then((e) => !e),
-      objects.isMarkedDeleting(snap.id),
     ]);
     if (volumeGone || volumeDeleting) throw new VaultError('ERR_NOT_FOUND', `cannot clone ${source}: its volume is being deleted`);
     if (snapGone || snapDeleting) throw new VaultError('ERR_NOT_FOUND', `cannot clone ${source}: the snapshot is being deleted`);

@@ -1,7 +1,8 @@
 // Lifecycle safety, one case each (the randomized test finds them in interleavings; these pin
 // them down): a replayed old root with no local state, a lost `vault` object, a flush racing a
 // rewritten chunk, an uncertain root put, uploads after a store outage, gc beside a long import,
-// two volumes of one name, a close whose flush fails, a flush with nothing to write.
+// two volumes of one name, a close whose flush fails, a flush with nothing to write, a clone racing
+// a snapshot delete in the store order that let both succeed.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -254,4 +255,79 @@ test('a flush with nothing new writes no root; a close whose flush fails still r
   faulty.setRules({});
   assert.equal(await countKeys(base, 'volumes/', '/lease'), 0, 'the lease was released');
   void MiB;
+});
+
+/** Holds the steps of a clone ∥ snapshot delete race in the one order that slipped through when
+ *  the clone read the deletion mark and the snapshot record at once: the clone passes its first
+ *  check before the deleter marks, the deleter finds no clone (the clone's root is held back), the clone's existence read comes before the record's
+ *  deletion, its mark read after the mark's removal. */
+class CloneDeleteRace extends PassThroughStore {
+  private cloneRootWritten = false;
+  private releaseCloneRoot!: () => void;
+  private readonly cloneRootMayGo = new Promise<void>((r) => (this.releaseCloneRoot = r));
+  private releaseRecordDelete!: () => void;
+  private readonly recordDeleteMayGo = new Promise<void>((r) => (this.releaseRecordDelete = r));
+  private markRemoved!: () => void;
+  private readonly markGone = new Promise<void>((r) => (this.markRemoved = r));
+  constructor(inner: ObjectStore, private readonly originPrefix: string, private readonly recordKey: string) {
+    super(inner, 'clone-delete-race');
+  }
+  private cloneMetaWritten!: () => void;
+  private readonly cloneChecked = new Promise<void>((r) => (this.cloneMetaWritten = r));
+  override async put(key: string, body: Buffer, opts?: PutOptions) {
+    if (key === `${this.recordKey}.deleting`) await this.cloneChecked; // the clone's first check passes before the mark
+    if (key.endsWith('/meta') && !key.startsWith(this.originPrefix)) {
+      const r = await this.inner.put(key, body, opts);
+      this.cloneMetaWritten();
+      return r;
+    }
+    if (key.endsWith('/root') && !key.startsWith(this.originPrefix)) {
+      await this.cloneRootMayGo; // until the deleter has looked for clones
+      const r = await this.inner.put(key, body, opts);
+      this.cloneRootWritten = true;
+      return r;
+    }
+    return this.inner.put(key, body, opts);
+  }
+  override async delete(key: string) {
+    if (key === this.recordKey) {
+      this.releaseCloneRoot(); // the deleter found no clone and deletes the record now: let the clone's root land
+      // held until the clone's existence read is answered (or, if it reads the mark alone first and
+      // waits on it, a moment later: that is the fixed order)
+      await Promise.race([this.recordDeleteMayGo, new Promise((r) => setTimeout(r, 300))]);
+    }
+    await this.inner.delete(key);
+    if (key === `${this.recordKey}.deleting`) this.markRemoved();
+  }
+  override async head(key: string) {
+    if (!this.cloneRootWritten) return this.inner.head(key);
+    if (key === `${this.recordKey}.deleting`) {
+      await this.markGone; // the clone's mark read lands after the deleter removed the mark
+      return this.inner.head(key);
+    }
+    const h = await this.inner.head(key);
+    if (key === this.recordKey) this.releaseRecordDelete();
+    return h;
+  }
+}
+
+test('clone ∥ snapshot delete: a clone never outlives its snapshot, whatever order the store answers in', async (t) => {
+  const base = new MemoryStore();
+  const f0 = await makeVault(base);
+  t.after(() => f0.cleanup());
+  const meta = await f0.vault.createVolume('v', 2 * CHUNK_SIZE);
+  const e = await f0.vault.openEngine('v');
+  await e.write(0, randomBytes(CHUNK_SIZE));
+  await e.snapshot('s');
+  await e.close();
+  let recordKey = '';
+  for await (const o of base.list(`volumes/${meta.id}/snapshots/`)) recordKey = o.key;
+  assert.ok(recordKey);
+  const store = new CloneDeleteRace(base, `volumes/${meta.id}/`, recordKey);
+  const vault = await f0.reopen({}, store);
+  const [cloned, deleted] = await within(20_000, 'the race', Promise.allSettled([vault.cloneVolume('v@s', 'c'), vault.deleteSnapshot('v', 's')]));
+  assert.equal(deleted.status, 'fulfilled', deleted.status === 'rejected' ? String(deleted.reason) : '');
+  assert.equal(cloned.status, 'rejected', 'the clone withdraws: its snapshot was deleted under it');
+  assert.ok(isVaultError((cloned as PromiseRejectedResult).reason, 'ERR_NOT_FOUND'), String((cloned as PromiseRejectedResult).reason));
+  assert.deepEqual((await vault.listVolumes()).map((v) => v.name), ['v'], 'no clone is left naming the deleted snapshot\'s objects');
 });
