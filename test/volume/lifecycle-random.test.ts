@@ -230,8 +230,8 @@ for (const seed of seeds()) {
         await w.checkInvariants(`seed ${seed} step ${k}`);
       } catch (err) {
         const trail = w.log.slice(-25).map((l) => `    ${l}`).join('\n');
-        (err as Error).message = `seed ${seed}, step ${k}: ${(err as Error).message}\n  last steps:\n${trail}`;
-        throw err;
+        // a new error: an AssertionError's printed stack keeps the message it was made with
+        throw new Error(`seed ${seed}, step ${k}: ${(err as Error).message}\n  last steps:\n${trail}`, { cause: err });
       }
     }
     activity.push({ seed, acts: w.nextWrite - 1 });
