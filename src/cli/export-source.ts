@@ -8,6 +8,7 @@ import { VaultError, isVaultError } from '../errors';
 import type { VolumeEngine } from '../volume/volume-engine';
 import { splitExportName } from '../volume/volume-references';
 import { adminRequest } from './admin-socket';
+import { defaultSnapshotName } from './snapshot-commands';
 import type { VaultContext, VaultSettings } from './vault-context';
 
 export interface ExportSource {
@@ -22,15 +23,16 @@ export interface ExportSource {
 
 /** The temporary snapshot's name: says what it is, sorts by time, unique per process. */
 export function temporarySnapshotName(now = new Date(), pid = process.pid): string {
-  return `export-${now.toISOString().replace(/\.\d+Z$/, 'Z').replace(/:/g, '-')}-${pid}`;
+  return `export-${defaultSnapshotName(now)}-${pid}`;
 }
 
 export async function openExportSource(ctx: VaultContext, s: VaultSettings, spec: string): Promise<ExportSource> {
   const [volume, snap] = splitExportName(spec);
   if (snap !== null) return plain(await ctx.vault.openSnapshotEngine(volume, snap, { readaheadChunks: 0 }));
   if (await servedHere(ctx, s, volume)) return throughSnapshot(ctx, s, volume);
-  const engine = await ctx.vault.openEngine(volume, { readOnly: true, readaheadChunks: 0 });
+  // the root's seq before the engine opens: a commit in between then counts as a change
   const seq = await ctx.vault.rootSeqOf(volume);
+  const engine = await ctx.vault.openEngine(volume, { readOnly: true, readaheadChunks: 0 });
   return {
     engine,
     via: '',
