@@ -12,7 +12,7 @@ randread() { fio --ioengine=nbd --uri=nbd://127.0.0.1:10910/bench --name=r --off
 run() { # label checkout round
   local d=$ROOT/$1 cli=$2/bin/nbd-vault.js pid
   rm -rf "$d"; mkdir -p "$d"
-  export NBD_VAULT_STORE=$d/store NBD_VAULT_STATE=$d/state NBD_VAULT_KEY_FILE=$d/master.key
+  export NBD_VAULT_STORE=$d/store NBD_VAULT_STATE=$d/state NBD_VAULT_KEYS=$d/keys
   node "$cli" keys init >/dev/null 2>&1; node "$cli" init >/dev/null 2>&1; node "$cli" volume create bench --size 1G >/dev/null
   node "$cli" serve --listen 127.0.0.1:10910 --metrics 127.0.0.1:10911 > "$d/serve.log" 2>&1 &
   pid=$!; sleep 3

@@ -5,7 +5,7 @@
 #   bench/compaction-cost.sh LABEL PATH/TO/bin/nbd-vault.js
 label=$1; cli=$2
 d=${TMPDIR:-/tmp}/compaction-cost/$label; rm -rf $d; mkdir -p $d
-export NBD_VAULT_STORE=$d/store NBD_VAULT_STATE=$d/state NBD_VAULT_KEY_FILE=$d/master.key
+export NBD_VAULT_STORE=$d/store NBD_VAULT_STATE=$d/state NBD_VAULT_KEYS=$d/keys
 node $cli keys init >/dev/null 2>&1; node $cli init >/dev/null 2>&1; for n in v1 v2 v3 v4 v5 v6 v7 v8; do node $cli volume create $n --size 1G >/dev/null; done
 node $cli serve --listen 127.0.0.1:10930 --metrics 127.0.0.1:10931 > $d/serve.log 2>&1 &
 pid=$!; sleep 3

@@ -24,7 +24,7 @@ run_variant() { # variant round
   label=${v%%|*}; rest=${v#*|}; envs=${rest%%|*}; args=${rest#*|}; [ "$args" = "$rest" ] && args=""
   cli=${args#*|}; [ "$cli" = "$args" ] && cli=$CLI; args=${args%%|*}
   d=$ROOT/$label; rm -rf "$d"; mkdir -p "$d"
-  export NBD_VAULT_STORE=$d/store NBD_VAULT_STATE=$d/state NBD_VAULT_KEY_FILE=$d/master.key
+  export NBD_VAULT_STORE=$d/store NBD_VAULT_STATE=$d/state NBD_VAULT_KEYS=$d/keys
   node "$cli" keys init >/dev/null 2>&1; node "$cli" init >/dev/null 2>&1
   for n in bench vm2 vm3 vm4 vm5 vm6 vm7 vm8; do node "$cli" volume create $n --size 1G >/dev/null; done
   env $envs node "$cli" serve --listen 127.0.0.1:$port $args > "$d/serve.log" 2>&1 &
