@@ -110,13 +110,18 @@ export class ReadPath {
     return out;
   }
 
-  /** A read inside one frame of a chunk with nothing pending: a slice of the cached frame, no copy
-   *  (frames are never modified), when the read is at least half the frame; else null. */
+  /** A read of one chunk with nothing pending, without a copy (decoded chunks and frames are never
+   *  modified): a slice of the chunk held or fetched whole (a stream's read of a frame or more),
+   *  or of the cached frame when the read lies in one frame and is at least half of it; else null. */
   private async plainSlice(s: ChunkSpan, requester?: object): Promise<Buffer | null> {
     const i = s.chunkIndex;
     if (!this.state.isPlain(i)) return null;
     const entry = this.state.manifest.get(i);
     if (entry.id === null) return Buffer.alloc(s.length);
+    // The NBD layer counts an unsent reply as the whole buffer it keeps alive, once however many
+    // replies slice it: a stream's replies share a few chunks; small reads copy instead.
+    const whole = s.length >= FRAME_BYTES ? this.wholeFor(i, entry, s.chunkOffset, s.length, requester) : null;
+    if (whole) return (await whole).subarray(s.chunkOffset, s.chunkOffset + s.length);
     const layout = await this.layout(i, entry);
     const f = Math.floor(s.chunkOffset / layout.frameBytes);
     if (Math.floor((s.chunkOffset + s.length - 1) / layout.frameBytes) !== f) return null;
@@ -204,10 +209,7 @@ export class ReadPath {
       out.fill(0, at, at + length);
       return;
     }
-    // A chunk read sequentially or all at once (or being fetched whole already) comes in one GET,
-    // not frame by frame: a streaming reader needs all of it, and one request costs less than 32.
-    const everyFrame = offset === 0 && length === this.state.chunkLength(i);
-    const whole = this.fetches.get(`${entry.id}/*`) ?? ((this.sequential(i) || everyFrame) && !this.cachedAt(entry, offset) ? this.wholeChunk(i, entry, requester, keep) : null);
+    const whole = this.fetches.get(`${entry.id}/*`) ?? this.startWhole(i, entry, offset, length, requester, keep);
     if (whole) {
       const data = await whole;
       data.copy(out, at, offset, offset + length);
@@ -227,6 +229,21 @@ export class ReadPath {
       );
     }
     await Promise.all(work);
+  }
+
+  /** The whole chunk `entry` names, when it is cached whole, being fetched whole, or about to be
+   *  (startWhole); else null: the read goes frame by frame. */
+  private wholeFor(i: number, entry: Entry, offset: number, length: number, requester?: object): Promise<Buffer> | null {
+    const cached = this.frames.get(`${entry.id}/*`, false);
+    if (cached) return Promise.resolve(cached);
+    return this.fetches.get(`${entry.id}/*`) ?? this.startWhole(i, entry, offset, length, requester, true);
+  }
+
+  /** A chunk read sequentially or all at once comes in one GET, not frame by frame: a streaming
+   *  reader needs all of it, and one request costs less than 32. Null: read it by frames. */
+  private startWhole(i: number, entry: Entry, offset: number, length: number, requester: object | undefined, keep: boolean): Promise<Buffer> | null {
+    const everyFrame = offset === 0 && length === this.state.chunkLength(i);
+    return (this.sequential(i) || everyFrame) && !this.cachedAt(entry, offset) ? this.wholeChunk(i, entry, requester, keep) : null;
   }
 
   private layout(i: number, entry: Entry): Promise<{ frameBytes: number }> {

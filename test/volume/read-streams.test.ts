@@ -70,3 +70,30 @@ test('random 4 KiB reads over every chunk fetch frames, never a whole chunk; a s
   assert.ok(store.rangedChunkGets <= 2 * (1 + 32), `frames only before the stream is seen: ${store.rangedChunkGets}`);
   await e.close();
 });
+
+test("a stream's reads of a frame or more are views of the decoded chunk, and a later write does not change them", async (t) => {
+  const { f, v, data } = await volumeWithData();
+  t.after(() => f.cleanup());
+  const e = await v.openEngine('disk');
+  t.after(() => e.close());
+  const step = 256 * 1024;
+  const reads: Buffer[] = [];
+  for (let at = 0; at < 2 * CHUNK_SIZE; at += step) reads.push(await e.read(at, step));
+  reads.forEach((b, k) => assert.ok(b.equals(data.subarray(k * step, (k + 1) * step)), `stream read ${k}`));
+  // the second chunk is read as a stream throughout: its 16 replies slice one decoded chunk
+  const second = reads.slice(CHUNK_SIZE / step);
+  assert.equal(new Set(second.map((b) => b.buffer)).size, 1, 'one backing buffer for the chunk');
+  assert.equal(second[0].buffer.byteLength, CHUNK_SIZE, 'the backing buffer is the decoded chunk');
+  // small reads copy: a 4 KiB reply must not keep a whole chunk alive
+  const small = await e.read(CHUNK_SIZE + 8192, 4096);
+  assert.ok(small.equals(data.subarray(CHUNK_SIZE + 8192, CHUNK_SIZE + 12288)));
+  assert.ok(small.buffer.byteLength < CHUNK_SIZE, `a small read holds ${small.buffer.byteLength} bytes`);
+  // a write after the reads changes what a new read sees, never what was returned
+  const before = Buffer.from(second[1]);
+  await e.write(CHUNK_SIZE + step, Buffer.alloc(step, 0xab));
+  assert.ok(second[1].equals(before), 'a returned view is never written');
+  const again = await e.read(CHUNK_SIZE + step, step);
+  assert.ok(again.equals(Buffer.alloc(step, 0xab)), 'a new read sees the write');
+  await e.flush();
+  assert.ok(second[1].equals(before), 'nor after the flush seals the write');
+});
