@@ -14,6 +14,7 @@ const BENCHMARKS = [
   { name: 'Metrics overhead', script: 'bench/metrics-bench.mjs' },
   { name: 'Failover (qemu-io pause on restart and takeover)', script: 'dist/bench/failover-bench.js' },
   { name: 'Live-VM performance (issue 10; BENCH_QUICK=1 for a short run)', script: 'bench/live-vm-bench.mjs' },
+  { name: 'Transfer ceilings (the CPU of import and export, and what 2 cores allow)', script: 'dist/bench/transfer-ceilings.js' },
   { name: 'Disk cache (4k random reads, S3 + 25 ms, cold / warm / restarted)', script: 'dist/bench/disk-cache-bench.js' },
 ];
 
