@@ -2,7 +2,8 @@
 export type { ObjectStore, ObjectInfo, StoredObject, PutOptions, StoreProps, StoreLayer } from './object-store';
 export { MemoryStore } from './memory-store';
 export { FsStore, type FsStoreOptions } from './fs-store';
-export { S3Store, type S3StoreOptions } from './s3-store';
+// S3Store is not re-exported: importing it loads the AWS SDK (openStore requires it for s3:// only)
+export type { S3StoreOptions } from './s3-store';
 export { RetryStore, RetriedStoreError, retryLayer, RETRY_DEFAULTS, type RetryPolicy, type RetryEvent } from './retry-store';
 export { composeStore, findLayer } from './compose';
 export { openStore, parseStoreUrl, type OpenStoreOptions, type StoreUrl } from './store-url';

@@ -19,7 +19,7 @@ import type { ObjectStore, StoreLayer } from './object-store';
 import { meteredLayer } from './metered-store';
 import { retryLayer, type RetryPolicy } from './retry-store';
 import type { MetricsSink } from '../util/metrics';
-import { S3Store, type S3StoreOptions } from './s3-store';
+import type { S3StoreOptions } from './s3-store';
 
 export interface OpenStoreOptions {
   /** Retry policy, or false for no RetryStore (tests). Default: RETRY_DEFAULTS. */
@@ -48,7 +48,9 @@ export function openStore(url: string, opts: OpenStoreOptions = {}): ObjectStore
     case 'memory':
       base = parsed.storeName === null ? new MemoryStore() : MemoryStore.named(parsed.storeName);
       break;
-    case 's3':
+    case 's3': {
+      // loaded only for an s3:// store: the AWS SDK is most of the CLI's start-up time (0.24 of 0.38 s)
+      const { S3Store } = require('./s3-store') as typeof import('./s3-store');
       base = new S3Store({
         ...opts.s3,
         bucket: parsed.bucket,
@@ -58,6 +60,7 @@ export function openStore(url: string, opts: OpenStoreOptions = {}): ObjectStore
         forcePathStyle: parsed.forcePathStyle,
       });
       break;
+    }
   }
   const layers = [...(opts.layers ?? [])];
   const metrics = opts.metrics;

@@ -1,7 +1,8 @@
 // The S3 test target: NBD_VAULT_TEST_S3_URL (+ AWS_* credentials) from `scripts/rgw.sh start`.
 // Absent: S3 tests are skipped with a message, unless NBD_VAULT_REQUIRE_S3=1, which makes them fail.
 import { randomBytes } from 'node:crypto';
-import { S3Store, parseStoreUrl, type S3StoreOptions } from '../../src/store';
+import { parseStoreUrl, type S3StoreOptions } from '../../src/store';
+import { S3Store } from '../../src/store/s3-store';
 
 export const S3_URL = process.env.NBD_VAULT_TEST_S3_URL ?? '';
 export const S3_REQUIRED = process.env.NBD_VAULT_REQUIRE_S3 === '1';

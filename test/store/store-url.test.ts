@@ -4,7 +4,8 @@ import * as assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { FaultyStore, FsStore, MemoryStore, RetryStore, S3Store, composeStore, faultyLayer, findLayer, openStore, parseStoreUrl, seededRandom } from '../../src/store';
+import { FaultyStore, FsStore, MemoryStore, RetryStore, composeStore, faultyLayer, findLayer, openStore, parseStoreUrl, seededRandom } from '../../src/store';
+import { S3Store } from '../../src/store/s3-store';
 
 const tmp = mkdtempSync(path.join(tmpdir(), 'nbdv-url-'));
 after(() => rmSync(tmp, { recursive: true, force: true }));
