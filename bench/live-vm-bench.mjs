@@ -404,7 +404,7 @@ async function s3(work, stops) {
     await waitNbd(`nbd://127.0.0.1:${port}`);
     say(`server: nbdkit ${args.join(' ')} (credentials from AWS_* env; the plugin patched to advertise minimum block size 1)`);
     servers.push({ label: 'nbdkit-s3', uri: `nbd://127.0.0.1:${port}`, into: plugin });
-  } else say('nbdkit S3 plugin missing (needs nbdkit-plugin-python and python3-boto3)');
+  } else say('nbdkit S3 plugin missing (needs nbdkit-plugin-python and python3-boto3: scripts/install-test-deps.sh --bench)');
   const url = new URL(base);
   url.pathname = `/${prefix}/vault`;
   const srv = await vaultServer(join(work, 'vault-s3'), url.toString(), ['bench']);
