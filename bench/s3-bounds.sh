@@ -1,0 +1,47 @@
+#!/bin/bash
+# What bounds an import to S3 and a cold 4k random read from it: imports the corpus into a vault
+# on the tests' S3 server (NBD_VAULT_TEST_S3_URL and AWS_* from `. .nbd-vault-test/rgw/s3.env`),
+# lets compaction fold the journals, restarts `serve` (cold read cache) and runs fio 4k randread
+# QD32 for RUNTIME s (10). Prints the import's MB/s and the IOPS, each with the cores every
+# process used meanwhile: the server by thread, radosgw, ceph-osd, and the whole machine.
+# PERF=1 also records the server's threads during the reads (perf record -g, node
+# --perf-basic-prof) into $ROOT/perf.data.
+#   bench/s3-bounds.sh
+set -euo pipefail
+: "${NBD_VAULT_TEST_S3_URL:?source .nbd-vault-test/rgw/s3.env first}"
+CLI=$(cd "$(dirname "$0")/.." && pwd)/bin/nbd-vault.js
+CORPUS=${CORPUS:-/tmp/bench/corpus.img}
+ROOT=${TMPDIR:-/tmp}/s3-bounds
+PORT=10840
+rm -rf "$ROOT"; mkdir -p "$ROOT"
+export NBD_VAULT_STORE="$(echo "$NBD_VAULT_TEST_S3_URL" | sed "s#?#/s3-bounds-$$?#")"
+export NBD_VAULT_STATE=$ROOT/state NBD_VAULT_KEYS=$ROOT/keys
+node "$CLI" keys init >/dev/null; node "$CLI" init >/dev/null; node "$CLI" volume create bench --size 1G >/dev/null
+sample() { # "name ticks" per process (the server by thread), then the machine's busy ticks
+  for t in /proc/$pid/task/*; do echo "server-$(tr ' ' _ < $t/comm) $(awk '{print $14+$15}' $t/stat)"; done
+  for p in $(pgrep -x radosgw) $(pgrep -x ceph-osd); do echo "$(cat /proc/$p/comm) $(awk '{print $14+$15}' /proc/$p/stat)"; done
+  awk 'NR==1 {print "machine", $2+$3+$4+$7+$8}' /proc/stat
+}
+cores() { # cores each used between the samples $1 and $2, over $3 seconds
+  join <(awk '{a[$1]+=$2} END {for (k in a) print k, a[k]}' "$1" | sort) <(awk '{a[$1]+=$2} END {for (k in a) print k, a[k]}' "$2" | sort) |
+    awk -v dt="$3" '{d = ($3 - $2) / 100 / dt; if (d >= 0.01) printf "  %-28s %.2f cores\n", $1, d}'
+}
+node "$CLI" serve --listen 127.0.0.1:$PORT > "$ROOT/serve.log" 2>&1 & pid=$!
+sleep 3
+sample > "$ROOT/before"; t0=$(date +%s.%N)
+nbdcopy --flush "$CORPUS" nbd://127.0.0.1:$PORT/bench
+sample > "$ROOT/after"; t1=$(date +%s.%N)
+echo "import (nbdcopy --flush) to S3: $(echo "$(stat -c %s "$CORPUS") / 1000000 / ($t1 - $t0)" | bc) MB/s"
+cores "$ROOT/before" "$ROOT/after" "$(echo "$t1 - $t0" | bc)"
+sleep 40 # compaction folds the import's journals
+kill $pid; wait $pid || true
+node ${PERF:+--perf-basic-prof} "$CLI" serve --listen 127.0.0.1:$PORT >> "$ROOT/serve.log" 2>&1 & pid=$!
+sleep 3
+sample > "$ROOT/before"; t0=$(date +%s.%N)
+[ -n "${PERF:-}" ] && { perf record -F 999 -g -t $pid -o "$ROOT/perf.data" 2>/dev/null & pp=$!; }
+iops=$(fio --ioengine=nbd --uri=nbd://127.0.0.1:$PORT/bench --name=r --size=1G --rw=randread --bs=4k --iodepth=32 --runtime=${RUNTIME:-10} --time_based --norandommap --randrepeat=0 --output-format=terse 2>/dev/null | tail -1 | cut -d';' -f8)
+[ -n "${PERF:-}" ] && { kill -INT $pp; wait $pp || true; }
+sample > "$ROOT/after"; t1=$(date +%s.%N)
+echo "4k randread QD32, cold, S3: $iops IOPS"
+cores "$ROOT/before" "$ROOT/after" "$(echo "$t1 - $t0" | bc)"
+kill $pid; wait $pid || true
