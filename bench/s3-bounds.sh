@@ -5,7 +5,7 @@
 # QD32 for RUNTIME s (10). Prints the import's MB/s and the IOPS, each with the cores every
 # process used meanwhile: the server by thread, radosgw, ceph-osd, and the whole machine.
 # PERF=1 also records the server's threads during the reads (perf record -g, node
-# --perf-basic-prof) into $ROOT/perf.data.
+# --perf-basic-prof) into $ROOT/perf.data. SERVE_ARGS: extra `serve` options (e.g. --dirty-limit 128M).
 #   bench/s3-bounds.sh
 set -euo pipefail
 : "${NBD_VAULT_TEST_S3_URL:?source .nbd-vault-test/rgw/s3.env first}"
@@ -13,6 +13,7 @@ CLI=$(cd "$(dirname "$0")/.." && pwd)/bin/nbd-vault.js
 CORPUS=${CORPUS:-/tmp/bench/corpus.img}
 ROOT=${TMPDIR:-/tmp}/s3-bounds
 PORT=10840
+SERVE_ARGS=${SERVE_ARGS:-}
 rm -rf "$ROOT"; mkdir -p "$ROOT"
 export NBD_VAULT_STORE="$(echo "$NBD_VAULT_TEST_S3_URL" | sed "s#?#/s3-bounds-$$?#")"
 export NBD_VAULT_STATE=$ROOT/state NBD_VAULT_KEYS=$ROOT/keys
@@ -26,7 +27,7 @@ cores() { # cores each used between the samples $1 and $2, over $3 seconds
   join <(awk '{a[$1]+=$2} END {for (k in a) print k, a[k]}' "$1" | sort) <(awk '{a[$1]+=$2} END {for (k in a) print k, a[k]}' "$2" | sort) |
     awk -v dt="$3" '{d = ($3 - $2) / 100 / dt; if (d >= 0.01) printf "  %-28s %.2f cores\n", $1, d}'
 }
-node "$CLI" serve --listen 127.0.0.1:$PORT > "$ROOT/serve.log" 2>&1 & pid=$!
+node "$CLI" serve --listen 127.0.0.1:$PORT $SERVE_ARGS > "$ROOT/serve.log" 2>&1 & pid=$!
 sleep 3
 sample > "$ROOT/before"; t0=$(date +%s.%N)
 nbdcopy --flush "$CORPUS" nbd://127.0.0.1:$PORT/bench
@@ -35,7 +36,7 @@ echo "import (nbdcopy --flush) to S3: $(echo "$(stat -c %s "$CORPUS") / 1000000 
 cores "$ROOT/before" "$ROOT/after" "$(echo "$t1 - $t0" | bc)"
 sleep 40 # compaction folds the import's journals
 kill $pid; wait $pid || true
-node ${PERF:+--perf-basic-prof} "$CLI" serve --listen 127.0.0.1:$PORT >> "$ROOT/serve.log" 2>&1 & pid=$!
+node ${PERF:+--perf-basic-prof} "$CLI" serve --listen 127.0.0.1:$PORT $SERVE_ARGS >> "$ROOT/serve.log" 2>&1 & pid=$!
 sleep 3
 sample > "$ROOT/before"; t0=$(date +%s.%N)
 [ -n "${PERF:-}" ] && { perf record -F 999 -g -t $pid -o "$ROOT/perf.data" 2>/dev/null & pp=$!; }
