@@ -209,7 +209,7 @@ export class ReadPath {
       out.fill(0, at, at + length);
       return;
     }
-    const whole = this.fetches.get(`${entry.id}/*`) ?? this.startWhole(i, entry, offset, length, requester, keep);
+    const whole = this.wholeFor(i, entry, offset, length, requester, keep);
     if (whole) {
       const data = await whole;
       data.copy(out, at, offset, offset + length);
@@ -231,17 +231,14 @@ export class ReadPath {
     await Promise.all(work);
   }
 
-  /** The whole chunk `entry` names, when it is cached whole, being fetched whole, or about to be
-   *  (startWhole); else null: the read goes frame by frame. */
-  private wholeFor(i: number, entry: Entry, offset: number, length: number, requester?: object): Promise<Buffer> | null {
+  /** The whole chunk `entry` names, when it is cached whole, being fetched whole, or read
+   *  sequentially or all at once: such a chunk comes in one GET, not frame by frame (a streaming
+   *  reader needs all of it, and one request costs less than 32). Null: read it by frames. */
+  private wholeFor(i: number, entry: Entry, offset: number, length: number, requester?: object, keep = true): Promise<Buffer> | null {
     const cached = this.frames.get(`${entry.id}/*`, false);
     if (cached) return Promise.resolve(cached);
-    return this.fetches.get(`${entry.id}/*`) ?? this.startWhole(i, entry, offset, length, requester, true);
-  }
-
-  /** A chunk read sequentially or all at once comes in one GET, not frame by frame: a streaming
-   *  reader needs all of it, and one request costs less than 32. Null: read it by frames. */
-  private startWhole(i: number, entry: Entry, offset: number, length: number, requester: object | undefined, keep: boolean): Promise<Buffer> | null {
+    const fetching = this.fetches.get(`${entry.id}/*`);
+    if (fetching) return fetching;
     const everyFrame = offset === 0 && length === this.state.chunkLength(i);
     return (this.sequential(i) || everyFrame) && !this.cachedAt(entry, offset) ? this.wholeChunk(i, entry, requester, keep) : null;
   }
