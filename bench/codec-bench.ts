@@ -13,6 +13,7 @@ import { sealObject } from '../src/codec/seal-object';
 import { SecretKey } from '../src/keys/secret-key';
 import { buildDiskImage, readChunks } from './disk-image';
 import { rawAead, zstdBench } from './physical-limits';
+import { bestCpuSeconds, framesOf } from './bench-util';
 
 const CHUNK_BYTES = 4 * 1024 * 1024;
 const MB = 1e6; // rates in MB/s (10^6), like zstd -b
@@ -53,10 +54,9 @@ async function framedRates(codec: Codec, chunks: Buffer[], key: SecretKey): Prom
   const place = (index: number) => ({ vaultId: Buffer.alloc(16, 1), volumeId: Buffer.alloc(16, 2), index, generation: 1 });
   const data = chunks.filter((c) => !isAllZero(c)); // writers store no object for a zero chunk
   const bytes = chunks.reduce((s, c) => s + c.length, 0);
-  const split = (c: Buffer) => Array.from({ length: Math.ceil(c.length / FRAME_BYTES) }, (_, f) => c.subarray(f * FRAME_BYTES, Math.min((f + 1) * FRAME_BYTES, c.length)));
   let sealed: Buffer[] = [];
   const sealSeconds = await timeAsync(async () => {
-    sealed = await Promise.all(data.map((c, i) => codec.sealFrames(key, 'chunk-frame', split(c), place(i), c.length)));
+    sealed = await Promise.all(data.map((c, i) => codec.sealFrames(key, 'chunk-frame', framesOf(c), place(i), c.length)));
   });
   const openSeconds = await timeAsync(async () => {
     await Promise.all(sealed.map((container, i) => codec.openChunkContainer(key, container, place(i), data[i].length, 'bench')));
@@ -83,21 +83,11 @@ function cpuRates(chunks: Buffer[], keyBytes: Buffer): string[][] {
   const data = chunks.filter((c) => !isAllZero(c));
   const bytes = data.reduce((n, c) => n + c.length, 0);
   const ids = { vaultId: Buffer.alloc(16, 1), volumeId: Buffer.alloc(16, 2), generation: 1 };
-  const split = (c: Buffer) => Array.from({ length: Math.ceil(c.length / FRAME_BYTES) }, (_, f) => c.subarray(f * FRAME_BYTES, Math.min((f + 1) * FRAME_BYTES, c.length)));
-  const best = (work: () => void) => {
-    let seconds = Infinity;
-    for (let r = 0; r < 3; r++) {
-      const before = process.cpuUsage();
-      work();
-      const d = process.cpuUsage(before);
-      seconds = Math.min(seconds, (d.user + d.system) / 1e6);
-    }
-    return (bytes / seconds / MB).toFixed(0);
-  };
+  const best = (work: () => void) => (bytes / bestCpuSeconds(work) / MB).toFixed(0);
   let v1: Buffer[] = [];
   let v2: Buffer[] = [];
   const v1Seal = best(() => (v1 = data.map((c, i) => sealObject(keyBytes, c, { ...ids, kind: 'chunk', index: i }, 3))));
-  const v2Seal = best(() => (v2 = data.map((c, i) => sealFramesSync(keyBytes, 'chunk-frame', split(c), { ...ids, index: i }, c.length, 3))));
+  const v2Seal = best(() => (v2 = data.map((c, i) => sealFramesSync(keyBytes, 'chunk-frame', framesOf(c), { ...ids, index: i }, c.length, 3))));
   const v1Open = best(() => v1.forEach((s, i) => openObject(keyBytes, s, { ...ids, kind: 'chunk', index: i })));
   const v2Open = best(() => v2.forEach((s, i) => openChunkContainerSync(keyBytes, s, { ...ids, index: i }, data[i].length, 'bench')));
   const v2Frames = best(() =>

@@ -21,6 +21,7 @@ import { DiskCacheStore } from '../src/store/disk-cache-store';
 import { isImmutableObjectKey } from '../src/volume/object-keys';
 import { FRAME_BYTES, createCodec, parseFramedHeader } from '../src/codec';
 import { SecretKey } from '../src/keys/secret-key';
+import { freePort } from './bench-util';
 
 const REPO = path.resolve(__dirname, '../..');
 const CLI = path.join(REPO, 'bin/nbd-vault.js');
@@ -28,15 +29,6 @@ const MiB = 2 ** 20;
 const sizeMiB = Number(process.env.BENCH_DC_MB ?? 1024);
 const passSeconds = Number(process.env.BENCH_DC_SECONDS ?? 10);
 const latencyMs = Number(process.env.BENCH_DC_LATENCY_MS ?? 25);
-
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 async function waitForPort(port: number, child: ChildProcess, what: string): Promise<void> {
   for (const deadline = Date.now() + 60_000; Date.now() < deadline; ) {

@@ -21,9 +21,10 @@ import { spawn, spawnSync } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { FRAME_BYTES, isAllZero, sealFramesSync, type FramesPlace } from '../src/codec';
+import { isAllZero, sealFramesSync, type FramesPlace } from '../src/codec';
 import { openChunkContainerSync } from '../src/codec/framed-container';
 import { zstdBench } from './physical-limits';
+import { bestCpuSeconds, framesOf, freePort } from './bench-util';
 
 const ROOT = join(__dirname, '..', '..');
 const CLI = join(ROOT, 'bin/nbd-vault.js');
@@ -71,24 +72,6 @@ function threadDelta(before: Map<string, number>, after: Map<string, number>): s
     .join(', ');
 }
 
-function cpuTimer(): () => number {
-  const t0 = process.cpuUsage();
-  return () => {
-    const d = process.cpuUsage(t0);
-    return (d.user + d.system) / 1e6;
-  };
-}
-
-function bestOf3(work: () => void): number {
-  let best = Infinity;
-  for (let i = 0; i < 3; i++) {
-    const t = cpuTimer();
-    work();
-    best = Math.min(best, t());
-  }
-  return best;
-}
-
 /** The codec's CPU s on one thread: seal every non-zero chunk of the image, then open them all. */
 function codecWork(image: Buffer): { nonZeroBytes: number; sealS: number; openS: number; storedBytes: number } {
   const key = randomBytes(32);
@@ -98,14 +81,13 @@ function codecWork(image: Buffer): { nonZeroBytes: number; sealS: number; openS:
     const plain = image.subarray(at, Math.min(image.length, at + CHUNK));
     if (!isAllZero(plain)) chunks.push({ index: i, plain });
   }
-  const frames = (b: Buffer) => Array.from({ length: Math.ceil(b.length / FRAME_BYTES) }, (_, f) => b.subarray(f * FRAME_BYTES, (f + 1) * FRAME_BYTES));
   // best of 3: the first pass over a gigabyte runs up to 2x slower on this VM (measured: 4.98,
   // 3.65, 2.16 CPU s for the same seals)
   let sealed: Buffer[] = [];
-  const sealS = bestOf3(() => {
-    sealed = chunks.map((c) => sealFramesSync(key, 'chunk-frame', frames(c.plain), place(c.index), c.plain.length, 3));
+  const sealS = bestCpuSeconds(() => {
+    sealed = chunks.map((c) => sealFramesSync(key, 'chunk-frame', framesOf(c.plain), place(c.index), c.plain.length, 3));
   });
-  const openS = bestOf3(() => {
+  const openS = bestCpuSeconds(() => {
     sealed.forEach((s, n) => {
       const out = openChunkContainerSync(key, s, place(chunks[n].index), chunks[n].plain.length, 'bench');
       if (out.length !== chunks[n].plain.length) throw new Error(`chunk ${chunks[n].index} opened to ${out.length} bytes`);
@@ -180,16 +162,6 @@ function copy(server: Server, args: string[]): Copy {
   const lines = r.stdout.trim().split('\n');
   const [user, sys] = [...(lines[lines.length - 1] ?? '').matchAll(/(\d+)m([\d.]+)s/g)].map((m) => Number(m[1]) * 60 + Number(m[2]));
   return { secs, clientS: user + sys, serverS: cpuOf(server.pid) - before, threads: threadDelta(threadsBefore, cpuByThread(server.pid)) };
-}
-
-async function freePort(): Promise<number> {
-  const { createServer } = await import('node:net');
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      s.close(() => resolve(typeof a === 'object' && a ? a.port : 0));
-    });
-  });
 }
 
 async function main(): Promise<void> {

@@ -12,23 +12,14 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs'
 import os from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import net from 'node:net';
 import { buildDiskImage, readChunks } from './disk-image';
 import { rawAead, zstdBench } from './physical-limits';
+import { freePort } from './bench-util';
 
 const REPO = path.resolve(__dirname, '../..');
 const CLI = path.join(REPO, 'bin/nbd-vault.js');
 const MB = 1e6;
 const imageMiB = Number(process.env.BENCH_IMAGE_MB ?? 1024);
-
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 function seconds(work: () => void): number {
   const t = process.hrtime.bigint();
