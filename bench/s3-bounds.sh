@@ -6,6 +6,7 @@
 # process used meanwhile: the server by thread, radosgw, ceph-osd, and the whole machine.
 # PERF=1 also records the server's threads during the reads (perf record -g, node
 # --perf-basic-prof) into $ROOT/perf.data. SERVE_ARGS: extra `serve` options (e.g. --dirty-limit 128M).
+# The volume is deleted at the end (KEEP=1 keeps it).
 #   bench/s3-bounds.sh
 set -euo pipefail
 : "${NBD_VAULT_TEST_S3_URL:?source .nbd-vault-test/rgw/s3.env first}"
@@ -46,3 +47,5 @@ sample > "$ROOT/after"; t1=$(date +%s.%N)
 echo "4k randread QD32, cold, S3: $iops IOPS"
 cores "$ROOT/before" "$ROOT/after" "$(echo "$t1 - $t0" | bc)"
 kill $pid; wait $pid || true
+# the test RGW keeps objects in a 2 GiB memstore: give it back what this run stored
+[ -n "${KEEP:-}" ] || node "$CLI" volume delete bench --yes > /dev/null 2>&1 || echo "s3-bounds: could not delete the volume (objects stay under $NBD_VAULT_STORE)"

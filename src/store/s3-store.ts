@@ -4,6 +4,9 @@
 // Assumes: the bucket exists; credentials come from the standard AWS chain (env, shared profile,
 // SSO, instance role), or from options.credentials (tests). They are never logged or put in errors.
 // Guarantees:
+// - GETs (whole and ranged) are signed here and sent on the same agents (s3-signed-get.ts): the
+//   SDK's per-request work was half a cold random read's CPU. Where the endpoint needs more than
+//   plain SigV4 (S3 Express, SigV4a) they go through the SDK like everything else.
 // - Exactly one retry layer: the SDK client runs with maxAttempts 1; RetryStore above decides.
 // - NodeHttpHandler with keep-alive agents sized to maxConcurrency, a connection timeout and a
 //   request timeout that THROWS (throwOnRequestTimeout), so a hung endpoint becomes TRANSIENT.
@@ -30,6 +33,7 @@ import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { VaultError, type VaultErrorCode } from '../errors';
 import type { ObjectInfo, ObjectStore, PutOptions, StoredObject, StoreProps } from './object-store';
 import { checkKey, checkPrefix, checkRange } from './keys';
+import { SignedGet } from './s3-signed-get';
 
 export interface S3StoreOptions {
   readonly bucket: string;
@@ -58,6 +62,8 @@ export class S3Store implements ObjectStore {
   readonly prefix: string;
   private readonly client: S3Client;
   private readonly agents: { http: http.Agent; https: https.Agent };
+  /** GETs signed and sent without the SDK's middleware (s3-signed-get.ts) */
+  private readonly signedGet: SignedGet;
 
   constructor(opts: S3StoreOptions) {
     if (!opts.bucket) throw new VaultError('ERR_INVALID_ARGUMENT', 's3 store: bucket is required');
@@ -97,11 +103,17 @@ export class S3Store implements ObjectStore {
         connectionTimeout,
       }),
     });
+    this.signedGet = new SignedGet(this.client, this.bucket, this.agents, requestTimeout, connectionTimeout);
   }
 
   async get(key: string): Promise<StoredObject> {
     checkKey(key);
     try {
+      const direct = await this.signedGet.get(this.prefix + key);
+      if (direct) {
+        if (direct.status === 416) throw Object.assign(new Error('416 without a Range'), { name: 'InvalidRange', $metadata: { httpStatusCode: 416 } });
+        return { body: direct.body, etag: unquote(headerOf(direct.headers.etag)) };
+      }
       const res = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: this.prefix + key }));
       if (!res.Body) throw new VaultError('ERR_STORE_IO', `${this.name}: get ${key}: response without a body`);
       const bytes = await res.Body.transformToByteArray();
@@ -122,16 +134,26 @@ export class S3Store implements ObjectStore {
       return Buffer.alloc(0);
     }
     try {
-      const res = await this.client.send(
-        new GetObjectCommand({ Bucket: this.bucket, Key: this.prefix + key, Range: `bytes=${offset}-${offset + length - 1}` }),
-      );
-      if (!res.Body) throw new VaultError('ERR_STORE_IO', `${this.name}: getRange ${key}: response without a body`);
-      const bytes = await res.Body.transformToByteArray();
-      const body = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-      if (!res.ContentRange) return body.subarray(Math.min(offset, body.length), Math.min(offset + length, body.length));
-      const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(res.ContentRange);
+      let body: Buffer;
+      let contentRange: string | undefined;
+      const direct = await this.signedGet.get(this.prefix + key, { offset, length });
+      if (direct) {
+        if (direct.status === 416) return Buffer.alloc(0);
+        body = direct.body;
+        contentRange = direct.status === 206 ? headerOf(direct.headers['content-range']) : undefined;
+      } else {
+        const res = await this.client.send(
+          new GetObjectCommand({ Bucket: this.bucket, Key: this.prefix + key, Range: `bytes=${offset}-${offset + length - 1}` }),
+        );
+        if (!res.Body) throw new VaultError('ERR_STORE_IO', `${this.name}: getRange ${key}: response without a body`);
+        const bytes = await res.Body.transformToByteArray();
+        body = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+        contentRange = res.ContentRange;
+      }
+      if (!contentRange) return body.subarray(Math.min(offset, body.length), Math.min(offset + length, body.length));
+      const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(contentRange);
       if (!m || Number(m[1]) !== offset || body.length !== Number(m[2]) - Number(m[1]) + 1 || body.length > length) {
-        throw new VaultError('ERR_STORE_IO', `${this.name}: getRange ${key}: asked for ${length} bytes at ${offset}, got Content-Range ${JSON.stringify(res.ContentRange)} with ${body.length} bytes`);
+        throw new VaultError('ERR_STORE_IO', `${this.name}: getRange ${key}: asked for ${length} bytes at ${offset}, got Content-Range ${JSON.stringify(contentRange)} with ${body.length} bytes`);
       }
       return body;
     } catch (err) {
@@ -304,6 +326,10 @@ export function classifyS3Error(err: unknown, what: string, bucketDesc: string, 
     return make('ERR_STORE_TRANSIENT', `${what}: transient failure (${detail})`);
   }
   return make('ERR_STORE_IO', `${what}: failed (${detail}: ${String(e.message ?? '').slice(0, 200)})`);
+}
+
+function headerOf(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value[0] : value;
 }
 
 function unquote(etag: string | undefined): string {

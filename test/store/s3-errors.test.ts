@@ -86,6 +86,8 @@ describe('classifyS3Error against a local S3 look-alike', () => {
       try {
         const e1 = await expectCode(s.get('k'), expected);
         assert.match(e1.message, /get k/);
+        const e2 = await expectCode(s.getRange('k', 0, 10), expected);
+        assert.match(e2.message, /getRange k/);
         if (expected !== 'ERR_STORE_NOT_FOUND') await expectCode(s.put('k', Buffer.from('x')), expected);
         assert.ok(!e1.message.includes('local-secret-not-real'), 'no secret in the message');
       } finally {
@@ -118,6 +120,84 @@ describe('classifyS3Error against a local S3 look-alike', () => {
     assert.ok(took >= 250 && took < 10_000, `timed out after ${took} ms`);
     assert.match(err.message, /transient failure/);
     await s.close();
+  });
+
+  it('getRange of a hung endpoint times out as ERR_STORE_TRANSIENT too', async () => {
+    handler = () => {};
+    const s = store({ requestTimeoutMs: 300 });
+    const t0 = Date.now();
+    await expectCode(s.getRange('k', 0, 10), 'ERR_STORE_TRANSIENT');
+    assert.ok(Date.now() - t0 < 10_000);
+    await s.close();
+  });
+
+  it('GETs are signed here (not by the SDK): path, range, SigV4 headers and a session token as S3 expects them', async () => {
+    const seen: http.IncomingMessage[] = [];
+    handler = (req, _body, res) => {
+      seen.push(req);
+      res.writeHead(206, { 'content-range': 'bytes 5-9/100', 'content-length': '5', etag: '"e1"' });
+      res.end('56789');
+    };
+    const s = store({ credentials: { accessKeyId: 'AKIDLOCALTEST', secretAccessKey: 'local-secret-not-real', sessionToken: 'session-token-xyz' } });
+    try {
+      assert.equal((await s.getRange("dir/a b+c!'()*\u00e9", 5, 5)).toString(), '56789');
+      const req = seen[0];
+      assert.equal(req.method, 'GET');
+      assert.equal(req.url, '/b/p/dir/a%20b%2Bc%21%27%28%29%2A%C3%A9', 'path style, bucket, prefix, key escaped once per RFC 3986');
+      assert.equal(req.headers.range, 'bytes=5-9');
+      assert.equal(req.headers['user-agent'], 'nbd-vault', 'sent by the signed path, not the SDK');
+      assert.equal(req.headers['x-amz-security-token'], 'session-token-xyz');
+      assert.equal(req.headers['x-amz-content-sha256'], 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855');
+      assert.match(String(req.headers['x-amz-date']), /^\d{8}T\d{6}Z$/);
+      assert.match(
+        String(req.headers.authorization),
+        /^AWS4-HMAC-SHA256 Credential=AKIDLOCALTEST\/\d{8}\/us-east-1\/s3\/aws4_request, SignedHeaders=[a-z0-9;-]*range[a-z0-9;-]*, Signature=[0-9a-f]{64}$/,
+      );
+      assert.ok(!String(req.headers.authorization).includes('local-secret-not-real'));
+      handler = (req2, _body, res) => {
+        seen.push(req2);
+        res.writeHead(200, { 'content-length': '5', etag: '"whole-etag"' });
+        res.end('hello');
+      };
+      const whole = await s.get('k');
+      assert.equal(whole.body.toString(), 'hello');
+      assert.equal(whole.etag, 'whole-etag');
+      assert.equal(seen[1].headers.range, undefined);
+      assert.equal(seen[1].headers['user-agent'], 'nbd-vault');
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('a server that lies about ranges and lengths: a wrong Content-Range is ERR_STORE_IO, a cut body is retried, a 200 is sliced', async () => {
+    const s = store();
+    try {
+      handler = (_req, _body, res) => {
+        res.writeHead(206, { 'content-range': 'bytes 0-4/100', 'content-length': '5' });
+        res.end('01234');
+      };
+      const wrong = await expectCode(s.getRange('k', 5, 5), 'ERR_STORE_IO');
+      assert.match(wrong.message, /asked for 5 bytes at 5, got Content-Range "bytes 0-4\/100"/);
+      // 3 of the 5 declared bytes, then the connection closes
+      handler = (req, _body, res) => {
+        res.writeHead(206, { 'content-range': 'bytes 5-9/100', 'content-length': '5' });
+        res.write('567', () => req.socket.destroy());
+      };
+      await expectCode(s.getRange('k', 5, 5), 'ERR_STORE_TRANSIENT');
+      handler = (_req, _body, res) => {
+        res.writeHead(200, { 'content-length': '12' });
+        res.end('0123456789ab');
+      };
+      assert.equal((await s.getRange('k', 5, 5)).toString(), '56789', 'a server that ignores Range: the range is cut out here');
+      assert.equal((await s.getRange('k', 10, 5)).toString(), 'ab');
+      handler = (_req, _body, res) => {
+        res.writeHead(416, { 'content-type': 'application/xml' });
+        res.end(xmlError('InvalidRange'));
+      };
+      assert.equal((await s.getRange('k', 100, 5)).length, 0, '416: a range past the end is empty');
+    } finally {
+      await s.close();
+    }
   });
 
   it('RetryStore retries transient answers and then succeeds; a permanent one is not retried', async () => {

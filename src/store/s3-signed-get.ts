@@ -1,0 +1,171 @@
+// Object GETs signed here and sent with node's http client, beside the SDK client: a random read
+// on S3 is one ranged GET of a 128 KiB frame, and the SDK's per-request work (middleware stack,
+// response deserialization, a body stream concatenated at the end) was half of the server's main
+// thread in a cold random read (BENCHMARKS.md, "What bounds a cold random read on S3"); this path
+// costs about half the CPU per GET.
+//
+// What stays the SDK's: where the bucket is (its endpoint rules, resolved once per store: path or
+// virtual-host style, FIPS, dual-stack, custom endpoints), the credentials (its provider chain and
+// refresh), the hash, and the clock-skew offset it learnt. Only plain SigV4 endpoints take this
+// path; anything else (S3 Express session auth, SigV4a access points) returns null from target()
+// and the caller uses the SDK. Errors come out shaped like the SDK's (name = the S3 error code,
+// $metadata.httpStatusCode), so classifyS3Error treats both paths alike.
+import * as http from 'node:http';
+import * as https from 'node:https';
+import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { getEndpointFromInstructions } from '@smithy/core/endpoints';
+import { SignatureV4 } from '@smithy/signature-v4';
+
+/** SHA-256 of the empty body a GET sends: signed as the payload hash (S3 requires the header). */
+const EMPTY_PAYLOAD_SHA256 = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';
+/** at most this much of an error response is read (its XML names the error code) */
+const MAX_ERROR_BODY = 64 * 1024;
+/** names these requests in the server's logs (the SDK's say aws-sdk-js) */
+const USER_AGENT = 'nbd-vault';
+
+export interface SignedGetResult {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: Buffer;
+}
+
+interface Target {
+  url: URL;
+  signer: SignatureV4;
+  headers: Record<string, string>;
+}
+
+export class SignedGet {
+  private target: Promise<Target | null> | null = null;
+
+  constructor(
+    private readonly client: S3Client,
+    private readonly bucket: string,
+    private readonly agents: { http: http.Agent; https: https.Agent },
+    private readonly requestTimeoutMs: number,
+    private readonly connectionTimeoutMs: number,
+  ) {}
+
+  /**
+   * GET `key` (the full key, prefix included), or `bytes=offset..` of it; the body is read whole.
+   * Null: this endpoint needs the SDK. Throws on a network failure, a timeout or a status of 300
+   * or more other than 416 (the caller decides about 416), as the SDK would.
+   */
+  async get(key: string, range?: { offset: number; length: number }): Promise<SignedGetResult | null> {
+    const target = await this.resolveTarget();
+    if (!target) return null;
+    const { url } = target;
+    const path = `${url.pathname.replace(/\/$/, '')}/${key.split('/').map(escapeSegment).join('/')}`;
+    const headers: Record<string, string> = { ...target.headers, host: url.host, 'user-agent': USER_AGENT, 'x-amz-content-sha256': EMPTY_PAYLOAD_SHA256 };
+    if (range) headers.range = `bytes=${range.offset}-${range.offset + range.length - 1}`;
+    const clockOffset = (this.client.config as { systemClockOffset?: number }).systemClockOffset ?? 0;
+    const signed = await target.signer.sign(
+      { method: 'GET', protocol: url.protocol, hostname: url.hostname, port: url.port ? Number(url.port) : undefined, path, query: {}, headers },
+      { signingDate: new Date(Date.now() + clockOffset) },
+    );
+    const res = await this.send(url, path, signed.headers);
+    if (res.status >= 300 && res.status !== 416) throw s3ErrorOf(res);
+    return res;
+  }
+
+  private resolveTarget(): Promise<Target | null> {
+    this.target ??= this.makeTarget().catch(() => null); // an endpoint the rules reject: the SDK reports it
+    return this.target;
+  }
+
+  private async makeTarget(): Promise<Target | null> {
+    const config = this.client.config;
+    const ep = await getEndpointFromInstructions({ Bucket: this.bucket, Key: 'k' }, GetObjectCommand, config);
+    const schemes = (ep.properties?.authSchemes ?? []) as Array<{ name?: string; signingName?: string; signingRegion?: string }>;
+    const scheme = schemes[0];
+    if (!scheme || scheme.name !== 'sigv4') return null;
+    const url = new URL(ep.url.href);
+    if (url.search !== '' || (url.protocol !== 'http:' && url.protocol !== 'https:')) return null;
+    const headers: Record<string, string> = {};
+    for (const [k, v] of Object.entries(ep.headers ?? {})) headers[k.toLowerCase()] = v.join(',');
+    const signer = new SignatureV4({
+      credentials: config.credentials,
+      region: scheme.signingRegion ?? (await config.region()),
+      service: scheme.signingName ?? 's3',
+      sha256: config.sha256,
+      uriEscapePath: false, // S3 signs the path as sent, escaped once
+      applyChecksum: false,
+    });
+    return { url, signer, headers };
+  }
+
+  private send(url: URL, path: string, headers: Record<string, string>): Promise<SignedGetResult> {
+    const secure = url.protocol === 'https:';
+    const request = secure ? https.request : http.request;
+    return new Promise((resolve, reject) => {
+      const req = request({
+        agent: secure ? this.agents.https : this.agents.http,
+        method: 'GET',
+        protocol: url.protocol,
+        hostname: url.hostname.replace(/^\[(.*)\]$/, '$1'),
+        port: url.port || undefined,
+        path,
+        headers,
+      });
+      const fail = (err: Error) => {
+        clearTimeout(deadline);
+        reject(err);
+      };
+      const deadline = setTimeout(() => req.destroy(timeoutError(`no complete answer within ${this.requestTimeoutMs} ms`)), this.requestTimeoutMs);
+      req.on('socket', (socket) => {
+        if (!socket.connecting) return;
+        const connect = setTimeout(() => req.destroy(timeoutError(`no connection within ${this.connectionTimeoutMs} ms`)), this.connectionTimeoutMs);
+        socket.once('connect', () => clearTimeout(connect));
+        socket.once('close', () => clearTimeout(connect));
+      });
+      req.on('error', fail);
+      req.on('response', (res) => {
+        const status = res.statusCode ?? 0;
+        const declared = Number(res.headers['content-length']);
+        const sized = status < 300 && Number.isSafeInteger(declared) && declared >= 0;
+        const limit = status < 300 ? Infinity : MAX_ERROR_BODY;
+        let body = sized ? Buffer.allocUnsafe(declared) : null;
+        const parts: Buffer[] = [];
+        let at = 0;
+        res.on('data', (chunk: Buffer) => {
+          if (body) {
+            if (at + chunk.length > body.length) return req.destroy(lyingError(`${path}: more than the ${declared} bytes Content-Length declared`));
+            chunk.copy(body, at);
+          } else if (at < limit) parts.push(chunk);
+          at += chunk.length;
+        });
+        res.on('error', fail);
+        res.on('end', () => {
+          clearTimeout(deadline);
+          if (body && at !== body.length) return reject(lyingError(`${path}: ${at} of the ${declared} bytes Content-Length declared`));
+          body ??= Buffer.concat(parts);
+          resolve({ status, headers: res.headers, body });
+        });
+      });
+      req.end();
+    });
+  }
+}
+
+/** RFC 3986 escaping of one path segment, as the SDK does for a key (`!'()*` too). */
+function escapeSegment(s: string): string {
+  return encodeURIComponent(s).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+}
+
+/** An error response as the SDK would throw it: the S3 error code as name, the HTTP status. */
+function s3ErrorOf(res: SignedGetResult): Error {
+  const text = res.body.subarray(0, MAX_ERROR_BODY).toString('utf8');
+  const code = /<Code>([^<]{1,100})<\/Code>/.exec(text)?.[1];
+  const message = /<Message>([^<]{0,300})<\/Message>/.exec(text)?.[1];
+  const name = code ?? (res.status === 404 ? 'NotFound' : `HTTP${res.status}`);
+  return Object.assign(new Error(message ?? name), { name, $metadata: { httpStatusCode: res.status } });
+}
+
+function timeoutError(message: string): Error {
+  return Object.assign(new Error(message), { name: 'TimeoutError' });
+}
+
+/** A body shorter or longer than declared: retried (a cut connection looks the same). */
+function lyingError(message: string): Error {
+  return Object.assign(new Error(message), { name: 'TruncatedBody', $retryable: true });
+}
