@@ -4,6 +4,8 @@
 // can delete an object under it (the server folds journals into new chunk objects and deletes the
 // old ones at once, so a reader of a root it has replaced can find an object gone). A volume at
 // rest is read from its root.
+import { createHash } from 'node:crypto';
+import * as os from 'node:os';
 import { VaultError, isVaultError } from '../errors';
 import type { VolumeEngine } from '../volume/volume-engine';
 import { splitExportName } from '../volume/volume-references';
@@ -21,9 +23,47 @@ export interface ExportSource {
   close(): Promise<void>;
 }
 
-/** The temporary snapshot's name: says what it is, sorts by time, unique per process. */
-export function temporarySnapshotName(now = new Date(), pid = process.pid): string {
-  return `export-${defaultSnapshotName(now)}-${pid}`;
+/** The temporary snapshot's name: says what it is, sorts by time, unique per process, and names
+ *  the machine (a tag of its host name) and process that read it, so that a later export on the
+ *  same machine can tell one whose process is gone. */
+export function temporarySnapshotName(now = new Date(), pid = process.pid, host = hostTag()): string {
+  return `export-${defaultSnapshotName(now)}-${host}-${pid}`;
+}
+
+const TEMPORARY_NAME = /^export-\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ-([0-9a-f]{8})-(\d+)$/;
+
+/** 8 hex digits of the host name's SHA-256: names the machine, fits a snapshot name. */
+export function hostTag(host = os.hostname()): string {
+  return createHash('sha256').update(host).digest('hex').slice(0, 8);
+}
+
+/** The process still runs (EPERM: it does, as another user). */
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Temporary snapshots that exports on this machine left when they were killed (SIGKILL, a crash,
+ * a power cut): their process is gone, so nothing reads them, and kept from retention they would
+ * pin their chunks forever. Deleted before the next export takes its own. One of another machine,
+ * or of a process that runs (or a pid taken again since) is left alone. Returns the names deleted.
+ */
+export async function removeAbandonedSnapshots(ctx: VaultContext, volume: string, host = hostTag()): Promise<string[]> {
+  const { objects } = await ctx.vault.loadVolume(volume);
+  const removed: string[] = [];
+  for (const snap of await objects.listSnapshots()) {
+    const m = TEMPORARY_NAME.exec(snap.name);
+    if (!m || m[1] !== host || Number(m[2]) === process.pid || alive(Number(m[2]))) continue;
+    await objects.setSnapshotKeep(snap.id, false);
+    await ctx.vault.deleteSnapshot(volume, snap.name);
+    removed.push(snap.name);
+  }
+  return removed;
 }
 
 export async function openExportSource(ctx: VaultContext, s: VaultSettings, spec: string): Promise<ExportSource> {
@@ -84,6 +124,9 @@ async function throughSnapshot(ctx: VaultContext, s: VaultSettings, volume: stri
   process.once('SIGTERM', onSignal);
   let engine: VolumeEngine;
   try {
+    for (const old of await removeAbandonedSnapshots(ctx, volume)) {
+      ctx.logger.warn({ volume, snapshot: old }, 'deleted the temporary snapshot an export on this machine left when it was killed');
+    }
     // keep: a retention prune of the server's schedule must not delete it under the export
     const reply = await adminRequest(s.state, { op: 'snapshot', volume, name, keep: true });
     if (!reply) throw new VaultError('ERR_IO', `the server serving "${volume}" stopped answering on its admin socket; export again`);

@@ -122,5 +122,31 @@ test('export of a served volume under writes: one point in time, with every ackn
   assert.equal(await stalledExit, 130, stalledErr);
   assert.match(stalledErr, /interrupted: deleting the temporary snapshot vm@export-/);
   assert.deepEqual(await listed(), [], 'the interrupted export deleted its snapshot');
+
+  // SIGKILL mid-export leaves its snapshot (kept, so retention never prunes it): the next export
+  // on this machine sees that its process is gone and deletes it
+  const killed = spawn(process.execPath, [CLI, 'export', 'vm', '-'], { env: v.env, cwd: v.dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  t.after(() => {
+    if (killed.exitCode === null) killed.kill('SIGKILL');
+  });
+  const killedExit = new Promise<unknown>((r) => killed.once('exit', r));
+  const until2 = Date.now() + 60_000;
+  let left: Array<{ name: string; keep: boolean }> = [];
+  while ((left = await listed()).length === 0) assert.ok(killed.exitCode === null && Date.now() < until2, 'the export takes its snapshot');
+  killed.kill('SIGKILL');
+  await killedExit;
+  assert.deepEqual(await listed(), left, 'a killed export cannot delete its snapshot');
+  assert.match(left[0].name, new RegExp(`^export-\\S+-[0-9a-f]{8}-${killed.pid}$`), 'the name says which machine and process read it');
+  // another machine's (or a running process's) temporary snapshot is not touched
+  await v.cli('snapshot', 'create', 'vm', 'export-2026-01-01T00-00-00Z-0badc0de-1', '--keep');
+  await v.cli('snapshot', 'create', 'vm', `export-2026-01-01T00-00-00Z-${/-([0-9a-f]{8})-\d+$/.exec(left[0].name)![1]}-${process.pid}`, '--keep');
+  const next = await v.cli('export', 'vm', join(v.dir, 'after-kill.img'));
+  const said = next.stderr.split('\n').find((l) => l.includes('deleted the temporary snapshot an export on this machine left when it was killed'));
+  assert.ok(said?.includes(left[0].name), `the export says what it deleted: ${next.stderr}`);
+  assert.deepEqual(
+    (await listed()).map((x) => x.name).sort(),
+    ['export-2026-01-01T00-00-00Z-0badc0de-1', `export-2026-01-01T00-00-00Z-${/-([0-9a-f]{8})-\d+$/.exec(left[0].name)![1]}-${process.pid}`],
+    'only the killed export\'s snapshot was deleted',
+  );
   assert.equal(await srv.stop(), 0);
 });
