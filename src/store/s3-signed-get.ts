@@ -20,6 +20,9 @@ import { SignatureV4 } from '@smithy/signature-v4';
 const EMPTY_PAYLOAD_SHA256 = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';
 /** at most this much of an error response is read (its XML names the error code) */
 const MAX_ERROR_BODY = 64 * 1024;
+/** no object nbd-vault writes comes near this (a chunk container is ~4 MiB, a journal ≤ 17 MiB):
+ *  a body declared or streamed beyond it is a store that lies, not something to buffer */
+const MAX_BODY_BYTES = 1024 * 2 ** 20;
 /** names these requests in the server's logs (the SDK's say aws-sdk-js) */
 const USER_AGENT = 'nbd-vault';
 
@@ -122,8 +125,9 @@ export class SignedGet {
       req.on('response', (res) => {
         const status = res.statusCode ?? 0;
         const declared = Number(res.headers['content-length']);
+        if (declared > MAX_BODY_BYTES) return req.destroy(oversizeError(`${path}: a body of ${declared} bytes declared`));
         const sized = status < 300 && Number.isSafeInteger(declared) && declared >= 0;
-        const limit = status < 300 ? Infinity : MAX_ERROR_BODY;
+        const keep = status < 300 ? MAX_BODY_BYTES : MAX_ERROR_BODY;
         let body = sized ? Buffer.allocUnsafe(declared) : null;
         const parts: Buffer[] = [];
         let at = 0;
@@ -131,7 +135,8 @@ export class SignedGet {
           if (body) {
             if (at + chunk.length > body.length) return req.destroy(lyingError(`${path}: more than the ${declared} bytes Content-Length declared`));
             chunk.copy(body, at);
-          } else if (at < limit) parts.push(chunk);
+          } else if (at + chunk.length <= keep) parts.push(chunk);
+          else if (status < 300) return req.destroy(oversizeError(`${path}: a body of more than ${MAX_BODY_BYTES} bytes`));
           at += chunk.length;
         });
         res.on('error', fail);
@@ -163,6 +168,11 @@ function s3ErrorOf(res: SignedGetResult): Error {
 
 function timeoutError(message: string): Error {
   return Object.assign(new Error(message), { name: 'TimeoutError' });
+}
+
+/** A body bigger than any object: not retried (ERR_STORE_IO). */
+function oversizeError(message: string): Error {
+  return Object.assign(new Error(message), { name: 'OversizeBody' });
 }
 
 /** A body shorter or longer than declared: retried (a cut connection looks the same). */

@@ -169,7 +169,7 @@ describe('classifyS3Error against a local S3 look-alike', () => {
     }
   });
 
-  it('a server that lies about ranges and lengths: a wrong Content-Range is ERR_STORE_IO, a cut body is retried, a 200 is sliced', async () => {
+  it('a server that lies about ranges and lengths: a wrong Content-Range or a body bigger than any object is ERR_STORE_IO, a cut body is retried, a 200 is sliced', async () => {
     const s = store();
     try {
       handler = (_req, _body, res) => {
@@ -190,6 +190,12 @@ describe('classifyS3Error against a local S3 look-alike', () => {
       };
       assert.equal((await s.getRange('k', 5, 5)).toString(), '56789', 'a server that ignores Range: the range is cut out here');
       assert.equal((await s.getRange('k', 10, 5)).toString(), 'ab');
+      handler = (_req, _body, res) => {
+        res.writeHead(200, { 'content-length': String(2 ** 40) }); // a terabyte, declared
+        res.write('x');
+      };
+      const huge = await expectCode(s.get('k'), 'ERR_STORE_IO');
+      assert.match(huge.message, /a body of 1099511627776 bytes declared/);
       handler = (_req, _body, res) => {
         res.writeHead(416, { 'content-type': 'application/xml' });
         res.end(xmlError('InvalidRange'));
