@@ -35,6 +35,10 @@ const RECENT_STREAMS = 16;
 /** a read continues a stream when it starts at most this far after where a recent read ended */
 const STREAM_GAP_BYTES = 128 * 1024;
 
+/** What a fetch leaves in the read cache: kept (true), nothing (false: compaction, resize), or
+ *  kept until the stream reading it has passed ('streamed': see read-cache.ts). */
+type Keep = boolean | 'streamed';
+
 export class ReadPath {
   private readonly fetches = new Map<string, Promise<Buffer>>();
   private readonly fetchSlots: FetchLimiter;
@@ -64,15 +68,18 @@ export class ReadPath {
     // noted before any await: the many reads a streaming client has in flight at once must see
     // each other as a stream (a chunk read whole), not only after the first of them returned
     this.noteRead(offset, length, spans);
+    // what a stream reads is kept only until it has passed (read-cache.ts: a scan must not evict
+    // a guest's working set)
+    const keepOf = (s: ChunkSpan): Keep => (this.sequential(s.chunkIndex) ? 'streamed' : true);
     if (spans.length === 1) {
-      const direct = await this.plainSlice(spans[0], requester);
+      const direct = await this.plainSlice(spans[0], requester, keepOf(spans[0]));
       if (direct) {
         this.readahead(spans[0].chunkIndex);
         return direct;
       }
     }
     const out = Buffer.allocUnsafe(length);
-    await Promise.all(spans.map((s) => this.readSpan(s, out, s.rangeOffset, requester)));
+    await Promise.all(spans.map((s) => this.readSpan(s, out, s.rangeOffset, requester, true, keepOf(s))));
     this.readahead(spans[spans.length - 1].chunkIndex);
     return out;
   }
@@ -113,20 +120,20 @@ export class ReadPath {
   /** A read of one chunk with nothing pending, without a copy (decoded chunks and frames are never
    *  modified): a slice of the chunk held or fetched whole (a stream's read of a frame or more),
    *  or of the cached frame when the read lies in one frame and is at least half of it; else null. */
-  private async plainSlice(s: ChunkSpan, requester?: object): Promise<Buffer | null> {
+  private async plainSlice(s: ChunkSpan, requester: object | undefined, keep: Keep): Promise<Buffer | null> {
     const i = s.chunkIndex;
     if (!this.state.isPlain(i)) return null;
     const entry = this.state.manifest.get(i);
     if (entry.id === null) return Buffer.alloc(s.length);
     // The NBD layer counts an unsent reply as the whole buffer it keeps alive, once however many
     // replies slice it: a stream's replies share a few chunks; small reads copy instead.
-    const whole = s.length >= FRAME_BYTES ? this.wholeFor(i, entry, s.chunkOffset, s.length, requester) : null;
+    const whole = s.length >= FRAME_BYTES ? this.wholeFor(i, entry, s.chunkOffset, s.length, requester, keep) : null;
     if (whole) return (await whole).subarray(s.chunkOffset, s.chunkOffset + s.length);
     const layout = await this.layout(i, entry);
     const f = Math.floor(s.chunkOffset / layout.frameBytes);
     if (Math.floor((s.chunkOffset + s.length - 1) / layout.frameBytes) !== f) return null;
     if (this.state.manifest.get(i).id !== entry.id) return null; // rewritten meanwhile: take the long way
-    const frame = await this.chunkFrame(i, entry, f, layout.frameBytes, requester);
+    const frame = await this.chunkFrame(i, entry, f, layout.frameBytes, requester, keep);
     const at = s.chunkOffset - f * layout.frameBytes;
     // a view only when it is at least half of the memory it keeps alive (a frame may be a view of a
     // whole 4 MiB chunk): an unread reply then holds at most twice its length
@@ -140,7 +147,7 @@ export class ReadPath {
    * frames are fetched in parallel. `keep` false: what is fetched is not kept in the read cache
    * (journal frames go to the fold memo).
    */
-  private async readSpan(s: ChunkSpan, out: Buffer, at: number, requester?: object, includeDirty = true, keep = true): Promise<void> {
+  private async readSpan(s: ChunkSpan, out: Buffer, at: number, requester?: object, includeDirty = true, keep: Keep = true): Promise<void> {
     const i = s.chunkIndex;
     const entry = this.state.manifest.get(i);
     const plain = includeDirty ? this.state.isPlain(i) : !this.state.overlay.hasChunk(i);
@@ -194,7 +201,7 @@ export class ReadPath {
     await Promise.all(work);
   }
 
-  private async copyJournalBlock(loc: BlockLocation, inBlock: number, n: number, out: Buffer, dst: number, requester?: object, keep = true): Promise<void> {
+  private async copyJournalBlock(loc: BlockLocation, inBlock: number, n: number, out: Buffer, dst: number, requester?: object, keep: Keep = true): Promise<void> {
     const frame = await this.journalFrame(loc.journal, loc.frame, requester, keep);
     const from = loc.frameOffset + inBlock;
     if (from + n > frame.length) {
@@ -204,7 +211,7 @@ export class ReadPath {
   }
 
   /** Copy [offset, offset+length) of the chunk object `entry` names into out at `at`. */
-  private async readBase(i: number, entry: Entry, offset: number, length: number, out: Buffer, at: number, requester?: object, keep = true): Promise<void> {
+  private async readBase(i: number, entry: Entry, offset: number, length: number, out: Buffer, at: number, requester?: object, keep: Keep = true): Promise<void> {
     if (entry.id === null) {
       out.fill(0, at, at + length);
       return;
@@ -234,13 +241,23 @@ export class ReadPath {
   /** The whole chunk `entry` names, when it is cached whole, being fetched whole, or read
    *  sequentially or all at once: such a chunk comes in one GET, not frame by frame (a streaming
    *  reader needs all of it, and one request costs less than 32). Null: read it by frames. */
-  private wholeFor(i: number, entry: Entry, offset: number, length: number, requester?: object, keep = true): Promise<Buffer> | null {
-    const cached = this.frames.get(`${entry.id}/*`, false);
+  private wholeFor(i: number, entry: Entry, offset: number, length: number, requester?: object, keep: Keep = true): Promise<Buffer> | null {
+    const cached = this.cachedWhole(i, entry, length, keep);
     if (cached) return Promise.resolve(cached);
     const fetching = this.fetches.get(`${entry.id}/*`);
     if (fetching) return fetching;
     const everyFrame = offset === 0 && length === this.state.chunkLength(i);
-    return (this.sequential(i) || everyFrame) && !this.cachedAt(entry, offset) ? this.wholeChunk(i, entry, requester, keep) : null;
+    return (this.sequential(i) || everyFrame) && !this.cachedAt(entry, offset) ? this.wholeChunk(i, entry, requester, keep && 'streamed') : null;
+  }
+
+  /** The whole chunk `entry` names, when the read cache holds it. One in the stream area goes
+   *  once the stream has passed; a read of part of it that is no stream's keeps it like a frame
+   *  it fetched (a guest's working set stays). */
+  private cachedWhole(i: number, entry: Entry, length: number, keep: Keep): Buffer | undefined {
+    const key = `${entry.id}/*`;
+    const whole = this.frames.get(key, false);
+    if (whole && keep === true && length < whole.length && this.frames.isStreamed(key)) this.frames.set(key, whole);
+    return whole;
   }
 
   private layout(i: number, entry: Entry): Promise<{ frameBytes: number }> {
@@ -249,10 +266,10 @@ export class ReadPath {
     });
   }
 
-  private chunkFrame(i: number, entry: Entry, f: number, frameBytes: number, requester?: object, keep = true): Promise<Buffer> {
+  private chunkFrame(i: number, entry: Entry, f: number, frameBytes: number, requester?: object, keep: Keep = true): Promise<Buffer> {
     const key = `${entry.id}/${f}`;
     const frameOf = (data: Buffer) => data.subarray(f * frameBytes, Math.min(data.length, (f + 1) * frameBytes));
-    const cachedWhole = this.frames.get(`${entry.id}/*`, false);
+    const cachedWhole = this.cachedWhole(i, entry, frameBytes, keep);
     if (cachedWhole) return Promise.resolve(frameOf(cachedWhole));
     const cached = this.frames.get(key);
     if (cached) return Promise.resolve(cached);
@@ -262,7 +279,7 @@ export class ReadPath {
   }
 
   /** `keep` false (compaction): the frame goes to the fold memo, not the read cache. */
-  private journalFrame(journal: JournalHandle, f: number, requester?: object, keep = true): Promise<Buffer> {
+  private journalFrame(journal: JournalHandle, f: number, requester?: object, keep: Keep = true): Promise<Buffer> {
     const key = `j${journal.ref.id}/${f}`;
     const cached = this.frames.get(key) ?? this.foldMemo.get(key);
     if (cached) return Promise.resolve(cached);
@@ -275,14 +292,16 @@ export class ReadPath {
   }
 
   /** One fetch per key at a time, shared by everyone who asks meanwhile; `keep`: the fetch that
-   *  starts puts its result in the read cache (a fetch already running keeps its own choice). */
-  private singleFlight(key: string, requester: object | undefined, fetch: () => Promise<Buffer>, wrap: (err: unknown) => Error, whole = false, keep = true): Promise<Buffer> {
+   *  starts puts its result in the read cache, or its stream area (a fetch already running keeps
+   *  its own choice). */
+  private singleFlight(key: string, requester: object | undefined, fetch: () => Promise<Buffer>, wrap: (err: unknown) => Error, whole = false, keep: Keep = true): Promise<Buffer> {
     let p = this.fetches.get(key);
     if (!p) {
       const slotted = () => this.fetchSlots.run(fetch, requester);
       p = (whole ? this.wholeSlots.run(slotted, requester) : slotted())
         .then((data) => {
-          if (keep) this.frames.set(key, data);
+          if (keep === 'streamed') this.frames.setStreamed(key, data);
+          else if (keep) this.frames.set(key, data);
           return data;
         })
         .catch((err) => {
@@ -352,8 +371,9 @@ export class ReadPath {
   }
 
   /** One GET of the whole chunk object (single flight), kept in the read cache as one entry
-   *  (`id/*`): frames cut from it are views, and the cache counts the buffer they keep alive. */
-  private wholeChunk(i: number, entry: Entry, requester?: object, keep = true): Promise<Buffer> {
+   *  (`id/*`): frames cut from it are views, and the cache counts the buffer they keep alive. A
+   *  stream's (and readahead's) goes to the cache's stream area, NBD_CMD_CACHE's stays. */
+  private wholeChunk(i: number, entry: Entry, requester?: object, keep: Keep = 'streamed'): Promise<Buffer> {
     const len = this.state.chunkLength(i);
     return this.singleFlight(`${entry.id}/*`, requester, () => this.objects.readChunk(i, entry, len), (err) => this.readError(i, err), true, keep);
   }
@@ -373,7 +393,7 @@ export class ReadPath {
         const s = spans[next++];
         const entry = this.state.manifest.get(s.chunkIndex);
         if (entry.id === null) continue;
-        if (s.whole) await this.wholeChunk(s.chunkIndex, entry);
+        if (s.whole) await this.wholeChunk(s.chunkIndex, entry, undefined, true);
         else await this.readSpan(s, Buffer.allocUnsafe(s.length), 0);
       }
     };

@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { ReadCache } from '../../src/volume/read-cache';
+import { MemoryBudget } from '../../src/util/memory-budget';
 
 test('byte-bounded LRU with hit and miss counts', () => {
   const c = new ReadCache(100);
@@ -32,4 +33,42 @@ test('a zero limit caches nothing', () => {
   assert.equal(c.get('f1'), undefined);
   assert.equal(c.sizeBytes, 0);
   assert.equal(c.misses, 1);
+});
+
+test('the stream area: chunks a stream read go once it has passed, the rest of the cache untouched; read again by a stream, kept', () => {
+  const c = new ReadCache(100, undefined, 50);
+  c.set('hot', Buffer.alloc(40, 7));
+  for (let k = 0; k < 6; k++) c.setStreamed(`s${k}/*`, Buffer.alloc(20, k)); // 120 bytes through a 50-byte area
+  assert.equal(c.get('hot')?.[0], 7, 'the working set survives the stream');
+  assert.deepEqual([0, 1, 2, 3].map((k) => c.has(`s${k}/*`)), [false, false, false, false], 'what the stream passed is gone');
+  assert.ok(c.isStreamed('s5/*') && c.get('s5/*')?.[0] === 5, 'the stream window is still there');
+  assert.equal(c.sizeBytes, 40 + 40);
+  c.setStreamed('s0/*', Buffer.alloc(20, 10)); // a second pass over s0: kept like any entry
+  assert.equal(c.isStreamed('s0/*'), false);
+  assert.equal(c.get('s0/*')?.[0], 10);
+  c.set('s5/*', c.get('s5/*')!); // a random read of a streamed chunk keeps it: out of the area, into the cache
+  assert.equal(c.isStreamed('s5/*'), false);
+  assert.ok(c.has('s5/*'));
+  const off = new ReadCache(0);
+  off.setStreamed('x/*', Buffer.alloc(10));
+  assert.equal(off.has('x/*'), false, 'a zero limit caches nothing, streams included');
+});
+
+test('the stream area holds its bytes of the memory budget, and gives them back first when asked', () => {
+  const budget = new MemoryBudget(1000);
+  const c = new ReadCache(500, budget, 200);
+  c.set('frame', Buffer.alloc(100));
+  c.setStreamed('chunk/*', Buffer.alloc(150));
+  assert.equal(budget.usedBytes, 250);
+  c.set('chunk/*', c.get('chunk/*')!); // moved into the cache: held once, not twice
+  assert.equal(budget.usedBytes, 250);
+  c.setStreamed('chunk2/*', Buffer.alloc(150));
+  assert.equal(budget.usedBytes, 400);
+  const release = budget.tryReserve(650); // 50 bytes more than is free: the stream area gives first
+  assert.ok(release);
+  assert.equal(c.has('chunk2/*'), false, 'the streamed chunk went');
+  assert.ok(c.has('frame') && c.has('chunk/*'), 'the cache proper stayed');
+  release();
+  c.clear();
+  assert.equal(budget.usedBytes, 0);
 });
