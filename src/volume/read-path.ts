@@ -67,19 +67,18 @@ export class ReadPath {
     const spans = splitRange(offset, length, this.state.sizeBytes);
     // noted before any await: the many reads a streaming client has in flight at once must see
     // each other as a stream (a chunk read whole), not only after the first of them returned
-    this.noteRead(offset, length, spans);
     // what a stream reads is kept only until it has passed (read-cache.ts: a scan must not evict
     // a guest's working set)
-    const keepOf = (s: ChunkSpan): Keep => (this.sequential(s.chunkIndex) ? 'streamed' : true);
+    const keep: Keep = this.noteRead(offset, length, spans) ? 'streamed' : true;
     if (spans.length === 1) {
-      const direct = await this.plainSlice(spans[0], requester, keepOf(spans[0]));
+      const direct = await this.plainSlice(spans[0], requester, keep);
       if (direct) {
         this.readahead(spans[0].chunkIndex);
         return direct;
       }
     }
     const out = Buffer.allocUnsafe(length);
-    await Promise.all(spans.map((s) => this.readSpan(s, out, s.rangeOffset, requester, true, keepOf(s))));
+    await Promise.all(spans.map((s) => this.readSpan(s, out, s.rangeOffset, requester, true, keep)));
     this.readahead(spans[spans.length - 1].chunkIndex);
     return out;
   }
@@ -242,7 +241,7 @@ export class ReadPath {
    *  sequentially or all at once: such a chunk comes in one GET, not frame by frame (a streaming
    *  reader needs all of it, and one request costs less than 32). Null: read it by frames. */
   private wholeFor(i: number, entry: Entry, offset: number, length: number, requester?: object, keep: Keep = true): Promise<Buffer> | null {
-    const cached = this.cachedWhole(i, entry, length, keep);
+    const cached = this.cachedWhole(entry, length, keep);
     if (cached) return Promise.resolve(cached);
     const fetching = this.fetches.get(`${entry.id}/*`);
     if (fetching) return fetching;
@@ -253,11 +252,17 @@ export class ReadPath {
   /** The whole chunk `entry` names, when the read cache holds it. One in the stream area goes
    *  once the stream has passed; a read of part of it that is no stream's keeps it like a frame
    *  it fetched (a guest's working set stays). */
-  private cachedWhole(i: number, entry: Entry, length: number, keep: Keep): Buffer | undefined {
+  private cachedWhole(entry: Entry, length: number, keep: Keep): Buffer | undefined {
     const key = `${entry.id}/*`;
     const whole = this.frames.get(key, false);
-    if (whole && keep === true && length < whole.length && this.frames.isStreamed(key)) this.frames.set(key, whole);
-    return whole;
+    return whole && length < whole.length ? this.kept(key, whole, keep) : whole;
+  }
+
+  /** A cached entry a read hit: one in the stream area is kept from now on when the read is no
+   *  stream's (`keep` true). */
+  private kept(key: string, buf: Buffer, keep: Keep): Buffer {
+    if (keep === true && this.frames.isStreamed(key)) this.frames.set(key, buf);
+    return buf;
   }
 
   private layout(i: number, entry: Entry): Promise<{ frameBytes: number }> {
@@ -269,10 +274,10 @@ export class ReadPath {
   private chunkFrame(i: number, entry: Entry, f: number, frameBytes: number, requester?: object, keep: Keep = true): Promise<Buffer> {
     const key = `${entry.id}/${f}`;
     const frameOf = (data: Buffer) => data.subarray(f * frameBytes, Math.min(data.length, (f + 1) * frameBytes));
-    const cachedWhole = this.cachedWhole(i, entry, frameBytes, keep);
+    const cachedWhole = this.cachedWhole(entry, frameBytes, keep);
     if (cachedWhole) return Promise.resolve(frameOf(cachedWhole));
     const cached = this.frames.get(key);
-    if (cached) return Promise.resolve(cached);
+    if (cached) return Promise.resolve(this.kept(key, cached, keep));
     const whole = this.fetches.get(`${entry.id}/*`);
     if (whole) return whole.then(frameOf);
     return this.singleFlight(key, requester, () => this.objects.readChunkFrame(i, entry, this.state.chunkLength(i), f), (err) => this.readError(i, err, f * frameBytes), false, keep);
@@ -281,8 +286,10 @@ export class ReadPath {
   /** `keep` false (compaction): the frame goes to the fold memo, not the read cache. */
   private journalFrame(journal: JournalHandle, f: number, requester?: object, keep: Keep = true): Promise<Buffer> {
     const key = `j${journal.ref.id}/${f}`;
-    const cached = this.frames.get(key) ?? this.foldMemo.get(key);
-    if (cached) return Promise.resolve(cached);
+    const cached = this.frames.get(key);
+    if (cached) return Promise.resolve(this.kept(key, cached, keep));
+    const memo = this.foldMemo.get(key);
+    if (memo) return Promise.resolve(memo);
     const fetched = this.singleFlight(key, requester, () => this.objects.readJournalFrame(journal.ref, f), (err) => {
       this.logger.error({ volume: this.name, journal: journal.ref.id, frame: f, err: describeError(err) }, 'journal read failed');
       return new VaultError('ERR_IO', `volume "${this.name}": cannot read journal ${journal.ref.id} frame ${f}: ${describeError(err)}`, { cause: err });
@@ -336,14 +343,14 @@ export class ReadPath {
    *  after). Random reads almost never are: with chunk numbers alone ("chunk i - 1 was read
    *  recently"), one random read in 16 over a 1 GiB volume looked like a stream and fetched its
    *  chunk and the 8 after it whole — 36 MiB from S3 for a 4 KiB read; one chance hit in a row
-   *  (1 in 500 there) still costs that, two in a row do not happen. */
-  private noteRead(offset: number, length: number, spans: readonly ChunkSpan[]): void {
+   *  (1 in 500 there) still costs that, two in a row do not happen. True: this read is a stream's. */
+  private noteRead(offset: number, length: number, spans: readonly ChunkSpan[]): boolean {
     const ends = this.recentEnds;
     const at = ends.findIndex((e) => offset >= e.end && offset - e.end <= STREAM_GAP_BYTES);
     const run = at >= 0 ? ends.splice(at, 1)[0].run + 1 : 0;
     ends.push({ end: offset + length, run });
     if (ends.length > RECENT_STREAMS) ends.shift();
-    if (run < 2) return;
+    if (run < 2) return false;
     const chunks = this.streamChunks;
     for (const s of spans) {
       if (chunks[chunks.length - 1] === s.chunkIndex) continue;
@@ -352,6 +359,7 @@ export class ReadPath {
       chunks.push(s.chunkIndex);
       if (chunks.length > RECENT_STREAMS) chunks.shift();
     }
+    return true;
   }
 
   private readahead(i: number): void {
