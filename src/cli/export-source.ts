@@ -5,6 +5,7 @@
 // old ones at once, so a reader of a root it has replaced can find an object gone). A volume at
 // rest is read from its root.
 import { createHash } from 'node:crypto';
+import { readFileSync, readlinkSync } from 'node:fs';
 import * as os from 'node:os';
 import { VaultError, isVaultError } from '../errors';
 import type { VolumeEngine } from '../volume/volume-engine';
@@ -24,21 +25,42 @@ export interface ExportSource {
 }
 
 /** The temporary snapshot's name: says what it is, sorts by time, unique per process, and names
- *  the machine (a tag of its host name) and process that read it, so that a later export on the
- *  same machine can tell one whose process is gone. */
+ *  the machine (a tag of its host name, machine id and pid namespace) and the process that read
+ *  it, so that a later export on the same machine can tell one whose process is gone. */
 export function temporarySnapshotName(now = new Date(), pid = process.pid, host = hostTag()): string {
   return `export-${defaultSnapshotName(now)}-${host}-${pid}`;
 }
 
 const TEMPORARY_NAME = /^export-\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ-([0-9a-f]{8})-(\d+)$/;
 
-/** 8 hex digits of the host name's SHA-256: names the machine, fits a snapshot name. */
-export function hostTag(host = os.hostname()): string {
-  return createHash('sha256').update(host).digest('hex').slice(0, 8);
+/** 8 hex digits naming where pids mean the same: the host name, the machine id and the pid
+ *  namespace (containers that share a host name have namespaces of their own), hashed. */
+export function hostTag(where = `${os.hostname()}\n${readOr('/etc/machine-id')}\n${linkOr('/proc/self/ns/pid')}`): string {
+  return createHash('sha256').update(where).digest('hex').slice(0, 8);
 }
+
+function readOr(file: string): string {
+  try {
+    return readFileSync(file, 'utf8').trim();
+  } catch {
+    return '';
+  }
+}
+
+function linkOr(file: string): string {
+  try {
+    return readlinkSync(file);
+  } catch {
+    return '';
+  }
+}
+
+/** Linux's largest pid (PID_MAX_LIMIT) */
+const MAX_PID = 4_194_304;
 
 /** The process still runs (EPERM: it does, as another user). */
 function alive(pid: number): boolean {
+  if (!Number.isSafeInteger(pid) || pid < 1 || pid > MAX_PID) return true; // not a pid of ours: leave it
   try {
     process.kill(pid, 0);
     return true;
@@ -59,9 +81,14 @@ export async function removeAbandonedSnapshots(ctx: VaultContext, volume: string
   for (const snap of await objects.listSnapshots()) {
     const m = TEMPORARY_NAME.exec(snap.name);
     if (!m || m[1] !== host || Number(m[2]) === process.pid || alive(Number(m[2]))) continue;
-    await objects.setSnapshotKeep(snap.id, false);
-    await ctx.vault.deleteSnapshot(volume, snap.name);
-    removed.push(snap.name);
+    try {
+      await objects.setSnapshotKeep(snap.id, false);
+      await ctx.vault.deleteSnapshot(volume, snap.name);
+      removed.push(snap.name);
+    } catch (err) {
+      // (another export deleting it at the same moment, or the store): this export goes on
+      ctx.logger.warn({ volume, snapshot: snap.name, err: (err as Error).message }, 'could not delete the temporary snapshot a killed export left; the next export tries again');
+    }
   }
   return removed;
 }

@@ -21,8 +21,11 @@ const EMPTY_PAYLOAD_SHA256 = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca4
 /** at most this much of an error response is read (its XML names the error code) */
 const MAX_ERROR_BODY = 64 * 1024;
 /** no object nbd-vault writes comes near this (a chunk container is ~4 MiB, a journal ≤ 17 MiB):
- *  a body declared or streamed beyond it is a store that lies, not something to buffer */
-const MAX_BODY_BYTES = 1024 * 2 ** 20;
+ *  a whole body declared or streamed beyond it is a store that lies, not something to buffer (a
+ *  ranged one may not exceed its range) */
+const MAX_BODY_BYTES = 64 * 2 ** 20;
+/** a clock this far from the server's is corrected before S3 refuses it (it allows 15 min) */
+const CLOCK_SKEW_MS = 5 * 60_000;
 /** names these requests in the server's logs (the SDK's say aws-sdk-js) */
 const USER_AGENT = 'nbd-vault';
 
@@ -61,14 +64,35 @@ export class SignedGet {
     const path = `${url.pathname.replace(/\/$/, '')}/${key.split('/').map(escapeSegment).join('/')}`;
     const headers: Record<string, string> = { ...target.headers, host: url.host, 'user-agent': USER_AGENT, 'x-amz-content-sha256': EMPTY_PAYLOAD_SHA256 };
     if (range) headers.range = `bytes=${range.offset}-${range.offset + range.length - 1}`;
-    const clockOffset = (this.client.config as { systemClockOffset?: number }).systemClockOffset ?? 0;
-    const signed = await target.signer.sign(
-      { method: 'GET', protocol: url.protocol, hostname: url.hostname, port: url.port ? Number(url.port) : undefined, path, query: {}, headers },
-      { signingDate: new Date(Date.now() + clockOffset) },
-    );
-    const res = await this.send(url, path, signed.headers);
-    if (res.status >= 300 && res.status !== 416) throw s3ErrorOf(res);
-    return res;
+    const limit = range ? range.length : MAX_BODY_BYTES;
+    for (let attempt = 0; ; attempt++) {
+      const signed = await target.signer.sign(
+        { method: 'GET', protocol: url.protocol, hostname: url.hostname, port: url.port ? Number(url.port) : undefined, path, query: {}, headers: { ...headers } },
+        { signingDate: new Date(Date.now() + this.clockOffset) },
+      );
+      const res = await this.send(url, path, signed.headers, limit);
+      const skewed = this.learnClock(res.headers.date);
+      if (res.status < 300 || res.status === 416) return res;
+      const err = s3ErrorOf(res);
+      // a clock S3 refused, now corrected: once more (the SDK does the same)
+      if (skewed && attempt === 0 && err.name === 'RequestTimeTooSkewed') continue;
+      throw err;
+    }
+  }
+
+  private get clockOffset(): number {
+    return (this.client.config as { systemClockOffset?: number }).systemClockOffset ?? 0;
+  }
+
+  /** The server's Date says our clock is off by more than CLOCK_SKEW_MS: remember the offset (in
+   *  the SDK's config, which its own requests use too). Returns whether it changed. */
+  private learnClock(date: string | undefined): boolean {
+    const server = date ? Date.parse(date) : NaN;
+    if (!Number.isFinite(server)) return false;
+    const offset = server - Date.now();
+    if (Math.abs(offset - this.clockOffset) < CLOCK_SKEW_MS) return false;
+    (this.client.config as { systemClockOffset?: number }).systemClockOffset = offset;
+    return true;
   }
 
   private resolveTarget(): Promise<Target | null> {
@@ -97,7 +121,8 @@ export class SignedGet {
     return { url, signer, headers };
   }
 
-  private send(url: URL, path: string, headers: Record<string, string>): Promise<SignedGetResult> {
+  /** `limit`: the most bytes a successful answer may carry (a ranged GET: its range). */
+  private send(url: URL, path: string, headers: Record<string, string>, limit: number): Promise<SignedGetResult> {
     const secure = url.protocol === 'https:';
     const request = secure ? https.request : http.request;
     return new Promise((resolve, reject) => {
@@ -125,9 +150,11 @@ export class SignedGet {
       req.on('response', (res) => {
         const status = res.statusCode ?? 0;
         const declared = Number(res.headers['content-length']);
-        if (declared > MAX_BODY_BYTES) return req.destroy(oversizeError(`${path}: a body of ${declared} bytes declared`));
+        // a server that ignores Range answers 200 with the whole object
+        const most = status === 206 ? limit : MAX_BODY_BYTES;
+        if (status < 300 && declared > most) return req.destroy(oversizeError(`${path}: a body of ${declared} bytes declared, at most ${most} expected`));
         const sized = status < 300 && Number.isSafeInteger(declared) && declared >= 0;
-        const keep = status < 300 ? MAX_BODY_BYTES : MAX_ERROR_BODY;
+        const keep = status < 300 ? most : MAX_ERROR_BODY;
         let body = sized ? Buffer.allocUnsafe(declared) : null;
         const parts: Buffer[] = [];
         let at = 0;
@@ -136,7 +163,7 @@ export class SignedGet {
             if (at + chunk.length > body.length) return req.destroy(lyingError(`${path}: more than the ${declared} bytes Content-Length declared`));
             chunk.copy(body, at);
           } else if (at + chunk.length <= keep) parts.push(chunk);
-          else if (status < 300) return req.destroy(oversizeError(`${path}: a body of more than ${MAX_BODY_BYTES} bytes`));
+          else if (status < 300) return req.destroy(oversizeError(`${path}: a body of more than ${most} bytes`));
           at += chunk.length;
         });
         res.on('error', fail);

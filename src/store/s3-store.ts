@@ -140,7 +140,7 @@ export class S3Store implements ObjectStore {
       if (direct) {
         if (direct.status === 416) return Buffer.alloc(0);
         body = direct.body;
-        contentRange = direct.status === 206 ? headerOf(direct.headers['content-range']) : undefined;
+        contentRange = direct.status === 206 ? (headerOf(direct.headers['content-range']) ?? '(none)') : undefined;
       } else {
         const res = await this.client.send(
           new GetObjectCommand({ Bucket: this.bucket, Key: this.prefix + key, Range: `bytes=${offset}-${offset + length - 1}` }),

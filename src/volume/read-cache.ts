@@ -24,8 +24,12 @@ export class ReadCache {
   private readonly lru: LRUCache<string, Buffer> | null;
   /** chunks read whole by streams, until they have passed */
   private readonly streamed: LRUCache<string, Buffer> | null;
-  /** keys the stream area dropped lately */
+  /** keys the stream area dropped lately, after a read had used them */
   private readonly passed = new LRUCache<string, true>({ max: PASSED_KEYS });
+  /** keys in the stream area a read has used (readahead a stream never reached is not "passed") */
+  private readonly used = new Set<string>();
+  /** the budget is taking memory back: what goes is not a stream passing */
+  private reclaiming = false;
   private readonly held = new Map<string, () => void>();
   hits = 0;
   misses = 0;
@@ -45,7 +49,12 @@ export class ReadCache {
         },
       });
     this.lru = limitBytes > 0 ? lru(limitBytes) : null;
-    this.streamed = this.lru && streamAreaBytes > 0 ? lru(streamAreaBytes, (key) => this.passed.set(key, true)) : null;
+    this.streamed =
+      this.lru && streamAreaBytes > 0
+        ? lru(streamAreaBytes, (key) => {
+            if (this.used.delete(key) && !this.reclaiming) this.passed.set(key, true);
+          })
+        : null;
     if (this.lru && budget) this.unregister = budget.registerCache({ evict: (bytes) => this.evict(bytes) });
   }
 
@@ -54,7 +63,8 @@ export class ReadCache {
 
   /** `count` false: a probe that does not count as a hit or a miss. */
   get(key: string, count = true): Buffer | undefined {
-    const buf = this.lru?.get(key) ?? this.streamed?.get(key);
+    let buf = this.lru?.get(key);
+    if (!buf && (buf = this.streamed?.get(key))) this.used.add(key);
     if (count) {
       if (buf) this.hits++;
       else this.misses++;
@@ -75,13 +85,22 @@ export class ReadCache {
     this.put(this.lru, this.limitBytes, key, buf);
   }
 
-  /** A chunk a stream read whole: kept in the stream area, or like any entry when a stream read
-   *  it before (the area remembers dropping it). */
-  setStreamed(key: string, buf: Buffer): void {
+  /** A chunk a stream read whole (`used` false: readahead fetched it, no read has used it yet):
+   *  kept in the stream area, or like any entry when a stream read it before (the area remembers
+   *  dropping it). */
+  setStreamed(key: string, buf: Buffer, used = true): void {
     if (this.passed.has(key) || !this.streamed) {
       this.passed.delete(key);
       this.set(key, buf);
-    } else this.put(this.streamed, this.streamAreaBytes, key, buf);
+    } else {
+      this.put(this.streamed, this.streamAreaBytes, key, buf);
+      if (used && this.streamed.has(key)) this.used.add(key);
+    }
+  }
+
+  /** A read used the entry (one that readahead fetched, say): dropped, it counts as passed. */
+  noteUse(key: string): void {
+    if (this.streamed?.has(key)) this.used.add(key);
   }
 
   private put(into: LRUCache<string, Buffer> | null, limit: number, key: string, buf: Buffer): void {
@@ -99,6 +118,7 @@ export class ReadCache {
   delete(key: string): void {
     this.lru?.delete(key);
     this.streamed?.delete(key);
+    this.used.delete(key);
   }
 
   /** Drop every entry and leave the budget (the engine closed). */
@@ -106,6 +126,7 @@ export class ReadCache {
     this.lru?.clear();
     this.streamed?.clear();
     this.passed.clear();
+    this.used.clear();
     this.unregister?.();
     this.unregister = null;
   }
@@ -117,12 +138,17 @@ export class ReadCache {
   /** The budget needs memory: chunks streams have read go first, then the least recent frames. */
   private evict(bytes: number): number {
     let freed = 0;
-    for (const lru of [this.streamed, this.lru]) {
-      while (freed < bytes && lru && lru.size > 0) {
-        const before = lru.calculatedSize;
-        lru.pop();
-        freed += before - lru.calculatedSize;
+    this.reclaiming = true;
+    try {
+      for (const lru of [this.streamed, this.lru]) {
+        while (freed < bytes && lru && lru.size > 0) {
+          const before = lru.calculatedSize;
+          lru.pop();
+          freed += before - lru.calculatedSize;
+        }
       }
+    } finally {
+      this.reclaiming = false;
     }
     return freed;
   }

@@ -36,8 +36,9 @@ const RECENT_STREAMS = 16;
 const STREAM_GAP_BYTES = 128 * 1024;
 
 /** What a fetch leaves in the read cache: kept (true), nothing (false: compaction, resize), or
- *  kept until the stream reading it has passed ('streamed': see read-cache.ts). */
-type Keep = boolean | 'streamed';
+ *  kept until the stream reading it has passed ('streamed': see read-cache.ts; 'ahead': the same,
+ *  fetched by readahead, not yet used by a read). */
+type Keep = boolean | 'streamed' | 'ahead';
 
 export class ReadPath {
   private readonly fetches = new Map<string, Promise<Buffer>>();
@@ -244,7 +245,7 @@ export class ReadPath {
     const cached = this.cachedWhole(entry, length, keep);
     if (cached) return Promise.resolve(cached);
     const fetching = this.fetches.get(`${entry.id}/*`);
-    if (fetching) return fetching;
+    if (fetching) return this.used(`${entry.id}/*`, fetching);
     const everyFrame = offset === 0 && length === this.state.chunkLength(i);
     return (this.sequential(i) || everyFrame) && !this.cachedAt(entry, offset) ? this.wholeChunk(i, entry, requester, keep && 'streamed') : null;
   }
@@ -256,6 +257,14 @@ export class ReadPath {
     const key = `${entry.id}/*`;
     const whole = this.frames.get(key, false);
     return whole && length < whole.length ? this.kept(key, whole, keep) : whole;
+  }
+
+  /** A read waits on a fetch another started (readahead's, say): once it lands, it counts as used. */
+  private used(key: string, fetching: Promise<Buffer>): Promise<Buffer> {
+    return fetching.then((data) => {
+      this.frames.noteUse(key);
+      return data;
+    });
   }
 
   /** A cached entry a read hit: one in the stream area is kept from now on when the read is no
@@ -279,7 +288,7 @@ export class ReadPath {
     const cached = this.frames.get(key);
     if (cached) return Promise.resolve(this.kept(key, cached, keep));
     const whole = this.fetches.get(`${entry.id}/*`);
-    if (whole) return whole.then(frameOf);
+    if (whole) return this.used(`${entry.id}/*`, whole).then(frameOf);
     return this.singleFlight(key, requester, () => this.objects.readChunkFrame(i, entry, this.state.chunkLength(i), f), (err) => this.readError(i, err, f * frameBytes), false, keep);
   }
 
@@ -307,7 +316,7 @@ export class ReadPath {
       const slotted = () => this.fetchSlots.run(fetch, requester);
       p = (whole ? this.wholeSlots.run(slotted, requester) : slotted())
         .then((data) => {
-          if (keep === 'streamed') this.frames.setStreamed(key, data);
+          if (keep === 'streamed' || keep === 'ahead') this.frames.setStreamed(key, data, keep === 'streamed');
           else if (keep) this.frames.set(key, data);
           return data;
         })
@@ -375,7 +384,7 @@ export class ReadPath {
     if (entry.id === null) return;
     const key = `${entry.id}/*`;
     if (this.fetches.has(key) || this.frames.has(key) || this.frames.has(`${entry.id}/0`)) return;
-    this.wholeChunk(i, entry).catch(() => {}); // a real read of it reports the error
+    this.wholeChunk(i, entry, undefined, 'ahead').catch(() => {}); // a real read of it reports the error
   }
 
   /** One GET of the whole chunk object (single flight), kept in the read cache as one entry
@@ -403,6 +412,9 @@ export class ReadPath {
         if (entry.id === null) continue;
         if (s.whole) await this.wholeChunk(s.chunkIndex, entry, undefined, true);
         else await this.readSpan(s, Buffer.allocUnsafe(s.length), 0);
+        // a fetch a stream (or readahead) had running put it in the stream area: kept all the same
+        const whole = this.frames.get(`${entry.id}/*`, false);
+        if (whole) this.kept(`${entry.id}/*`, whole, true);
       }
     };
     await Promise.all(Array.from({ length: Math.min(8, spans.length) }, worker));

@@ -169,6 +169,31 @@ describe('classifyS3Error against a local S3 look-alike', () => {
     }
   });
 
+  it('a clock an hour behind the server: S3 refuses the first GET, the server\'s Date corrects it, the retry succeeds', async () => {
+    const serverNow = () => Date.now() + 3_600_000;
+    let requestsSeen = 0;
+    handler = (req, _body, res) => {
+      requestsSeen++;
+      const m = /^(\d{4})(\d\d)(\d\d)T(\d\d)(\d\d)(\d\d)Z$/.exec(String(req.headers['x-amz-date']))!;
+      const signedAt = Date.UTC(+m[1], +m[2] - 1, +m[3], +m[4], +m[5], +m[6]);
+      if (Math.abs(signedAt - serverNow()) > 15 * 60_000) {
+        res.writeHead(403, { 'content-type': 'application/xml', date: new Date(serverNow()).toUTCString() });
+        return res.end(xmlError('RequestTimeTooSkewed'));
+      }
+      res.writeHead(206, { 'content-range': 'bytes 0-4/10', 'content-length': '5', date: new Date(serverNow()).toUTCString() });
+      res.end('01234');
+    };
+    const s = store();
+    try {
+      assert.equal((await s.getRange('k', 0, 5)).toString(), '01234');
+      assert.equal(requestsSeen, 2, 'refused once, then signed with the corrected clock');
+      assert.equal((await s.getRange('k', 0, 5)).toString(), '01234');
+      assert.equal(requestsSeen, 3, 'the offset is remembered');
+    } finally {
+      await s.close();
+    }
+  });
+
   it('a server that lies about ranges and lengths: a wrong Content-Range or a body bigger than any object is ERR_STORE_IO, a cut body is retried, a 200 is sliced', async () => {
     const s = store();
     try {
@@ -196,6 +221,16 @@ describe('classifyS3Error against a local S3 look-alike', () => {
       };
       const huge = await expectCode(s.get('k'), 'ERR_STORE_IO');
       assert.match(huge.message, /a body of 1099511627776 bytes declared/);
+      handler = (_req, _body, res) => {
+        res.writeHead(206, { 'content-range': 'bytes 5-9/100', 'content-length': '1000' }); // more than the range
+        res.write('x');
+      };
+      await expectCode(s.getRange('k', 5, 5), 'ERR_STORE_IO');
+      handler = (_req, _body, res) => {
+        res.writeHead(206, { 'content-length': '5' }); // partial content that does not say which part
+        res.end('56789');
+      };
+      await expectCode(s.getRange('k', 5, 5), 'ERR_STORE_IO');
       handler = (_req, _body, res) => {
         res.writeHead(416, { 'content-type': 'application/xml' });
         res.end(xmlError('InvalidRange'));

@@ -49,6 +49,17 @@ test('the stream area: chunks a stream read go once it has passed, the rest of t
   c.set('s5/*', c.get('s5/*')!); // a random read of a streamed chunk keeps it: out of the area, into the cache
   assert.equal(c.isStreamed('s5/*'), false);
   assert.ok(c.has('s5/*'));
+  // only what a read used counts as passed: readahead a stream never reached, or memory the
+  // budget took back, does not make the next stream's chunk a keeper
+  const d = new ReadCache(100, undefined, 40);
+  d.setStreamed('ahead/*', Buffer.alloc(20), false);
+  d.setStreamed('read/*', Buffer.alloc(20));
+  d.setStreamed('n1/*', Buffer.alloc(20));
+  d.setStreamed('n2/*', Buffer.alloc(20)); // both dropped
+  d.setStreamed('ahead/*', Buffer.alloc(20));
+  d.setStreamed('read/*', Buffer.alloc(20));
+  assert.equal(d.isStreamed('ahead/*'), true, 'readahead nobody read: first use, in the area again');
+  assert.equal(d.isStreamed('read/*'), false, 'read, dropped, read again: kept');
   const off = new ReadCache(0);
   off.setStreamed('x/*', Buffer.alloc(10));
   assert.equal(off.has('x/*'), false, 'a zero limit caches nothing, streams included');
