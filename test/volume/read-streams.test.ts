@@ -25,11 +25,11 @@ class CountingStore extends SettlingStore {
   }
 }
 
-async function volumeWithData() {
+async function volumeWithData(size = SIZE) {
   const store = new CountingStore();
   const f = await makeVault(store);
-  await f.vault.createVolume('disk', SIZE);
-  const data = randomBytes(SIZE);
+  await f.vault.createVolume('disk', size);
+  const data = randomBytes(size);
   const w = await f.vault.openEngine('disk');
   await w.write(0, data);
   await w.flush();
@@ -101,18 +101,11 @@ test("a stream's reads of a frame or more are views of the decoded chunk, and a 
 test("a stream does not evict a guest's working set; what a random read hits, or a second stream reads, is kept", async (t) => {
   // 32 chunks: more than the stream detector remembers, as on any real disk
   const size = 32 * CHUNK_SIZE;
-  const store = new CountingStore();
-  const f = await makeVault(store);
+  const { store, f, v, data } = await volumeWithData(size);
   t.after(() => f.cleanup());
-  await f.vault.createVolume('disk', size);
-  const data = randomBytes(size);
-  const w = await f.vault.openEngine('disk');
-  await w.write(0, data);
-  await w.flush();
-  await w.close();
   // a cache of 24 MiB (and a stream area as big) for 128 MiB; no readahead: the GETs counted
   // are those of the reads
-  const e = await (await f.reopen()).openEngine('disk', { readCacheBytes: 24 * MiB, readaheadChunks: 0 });
+  const e = await v.openEngine('disk', { readCacheBytes: 24 * MiB, readaheadChunks: 0 });
   t.after(() => e.close());
   const hot = Array.from({ length: 64 }, (_, k) => (k % 4) * CHUNK_SIZE + k * 64 * 1024); // 8 MiB of frames in chunks 0-3
   const readHot = async () => {
