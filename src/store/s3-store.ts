@@ -109,15 +109,9 @@ export class S3Store implements ObjectStore {
   async get(key: string): Promise<StoredObject> {
     checkKey(key);
     try {
-      const direct = await this.signedGet.get(this.prefix + key);
-      if (direct) {
-        if (direct.status === 416) throw Object.assign(new Error('416 without a Range'), { name: 'InvalidRange', $metadata: { httpStatusCode: 416 } });
-        return { body: direct.body, etag: unquote(headerOf(direct.headers.etag)) };
-      }
-      const res = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: this.prefix + key }));
-      if (!res.Body) throw new VaultError('ERR_STORE_IO', `${this.name}: get ${key}: response without a body`);
-      const bytes = await res.Body.transformToByteArray();
-      return { body: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), etag: unquote(res.ETag) };
+      const got = await this.getObject(key, 'get');
+      if (!got) throw Object.assign(new Error('416 without a Range'), { name: 'InvalidRange', $metadata: { httpStatusCode: 416 } });
+      return { body: got.body, etag: got.etag };
     } catch (err) {
       throw this.classify(err, 'get', key);
     }
@@ -134,22 +128,9 @@ export class S3Store implements ObjectStore {
       return Buffer.alloc(0);
     }
     try {
-      let body: Buffer;
-      let contentRange: string | undefined;
-      const direct = await this.signedGet.get(this.prefix + key, { offset, length });
-      if (direct) {
-        if (direct.status === 416) return Buffer.alloc(0);
-        body = direct.body;
-        contentRange = direct.status === 206 ? (headerOf(direct.headers['content-range']) ?? '(none)') : undefined;
-      } else {
-        const res = await this.client.send(
-          new GetObjectCommand({ Bucket: this.bucket, Key: this.prefix + key, Range: `bytes=${offset}-${offset + length - 1}` }),
-        );
-        if (!res.Body) throw new VaultError('ERR_STORE_IO', `${this.name}: getRange ${key}: response without a body`);
-        const bytes = await res.Body.transformToByteArray();
-        body = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-        contentRange = res.ContentRange;
-      }
+      const got = await this.getObject(key, 'getRange', { offset, length });
+      if (!got) return Buffer.alloc(0);
+      const { body, contentRange } = got;
       if (!contentRange) return body.subarray(Math.min(offset, body.length), Math.min(offset + length, body.length));
       const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(contentRange);
       if (!m || Number(m[1]) !== offset || body.length !== Number(m[2]) - Number(m[1]) + 1 || body.length > length) {
@@ -161,6 +142,24 @@ export class S3Store implements ObjectStore {
       if (status === 416 || (err as { name?: string }).name === 'InvalidRange') return Buffer.alloc(0);
       throw this.classify(err, 'getRange', key);
     }
+  }
+
+  /** One GET, signed here where the endpoint allows it (s3-signed-get.ts), else through the SDK:
+   *  the body, its etag and Content-Range (undefined: the whole object; a 206 without one says
+   *  "(none)"), or null for HTTP 416 from the signed path (the SDK throws it). */
+  private async getObject(key: string, op: string, range?: { offset: number; length: number }): Promise<{ body: Buffer; etag: string; contentRange?: string } | null> {
+    const direct = await this.signedGet.get(this.prefix + key, range);
+    if (direct) {
+      if (direct.status === 416) return null;
+      const contentRange = direct.status === 206 ? (headerOf(direct.headers['content-range']) ?? '(none)') : undefined;
+      return { body: direct.body, etag: unquote(headerOf(direct.headers.etag)), contentRange };
+    }
+    const res = await this.client.send(
+      new GetObjectCommand({ Bucket: this.bucket, Key: this.prefix + key, Range: range && `bytes=${range.offset}-${range.offset + range.length - 1}` }),
+    );
+    if (!res.Body) throw new VaultError('ERR_STORE_IO', `${this.name}: ${op} ${key}: response without a body`);
+    const bytes = await res.Body.transformToByteArray();
+    return { body: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), etag: unquote(res.ETag), contentRange: res.ContentRange };
   }
 
   async head(key: string): Promise<ObjectInfo | null> {
