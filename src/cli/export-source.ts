@@ -27,8 +27,8 @@ export interface ExportSource {
 /** The temporary snapshot's name: says what it is, sorts by time, unique per process, and names
  *  the machine (a tag of its host name, machine id and pid namespace) and the process that read
  *  it, so that a later export on the same machine can tell one whose process is gone. */
-export function temporarySnapshotName(now = new Date(), pid = process.pid, host = hostTag()): string {
-  return `export-${defaultSnapshotName(now)}-${host}-${pid}`;
+export function temporarySnapshotName(now = new Date(), pid = process.pid, tag = hostTag()): string {
+  return `export-${defaultSnapshotName(now)}-${tag}-${pid}`;
 }
 
 const TEMPORARY_NAME = /^export-\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ-([0-9a-f]{8})-(\d+)$/;
@@ -75,15 +75,13 @@ function alive(pid: number): boolean {
  * pin their chunks forever. Deleted before the next export takes its own. One of another machine,
  * or of a process that runs (or a pid taken again since) is left alone. Returns the names deleted.
  */
-export async function removeAbandonedSnapshots(ctx: VaultContext, volume: string, host = hostTag()): Promise<string[]> {
-  const { objects } = await ctx.vault.loadVolume(volume);
+export async function removeAbandonedSnapshots(ctx: VaultContext, volume: string, tag = hostTag()): Promise<string[]> {
   const removed: string[] = [];
-  for (const snap of await objects.listSnapshots()) {
+  for (const snap of await ctx.vault.listSnapshots(volume)) {
     const m = TEMPORARY_NAME.exec(snap.name);
-    if (!m || m[1] !== host || Number(m[2]) === process.pid || alive(Number(m[2]))) continue;
+    if (!m || m[1] !== tag || Number(m[2]) === process.pid || alive(Number(m[2]))) continue;
     try {
-      await objects.setSnapshotKeep(snap.id, false);
-      await ctx.vault.deleteSnapshot(volume, snap.name);
+      await deleteTemporarySnapshot(ctx, volume, snap.name);
       removed.push(snap.name);
     } catch (err) {
       // (another export deleting it at the same moment, or the store): this export goes on
@@ -91,6 +89,16 @@ export async function removeAbandonedSnapshots(ctx: VaultContext, volume: string
     }
   }
   return removed;
+}
+
+/** A temporary snapshot is kept (a retention prune must not delete it under its export): cleared,
+ *  then deleted. Gone already: nothing to do. */
+async function deleteTemporarySnapshot(ctx: VaultContext, volume: string, name: string): Promise<void> {
+  const { objects } = await ctx.vault.loadVolume(volume);
+  const found = (await objects.listSnapshots()).find((x) => x.name === name);
+  if (!found) return;
+  await objects.setSnapshotKeep(found.id, false);
+  await ctx.vault.deleteSnapshot(volume, name);
 }
 
 export async function openExportSource(ctx: VaultContext, s: VaultSettings, spec: string): Promise<ExportSource> {
@@ -127,15 +135,8 @@ async function servedHere(ctx: VaultContext, s: VaultSettings, volume: string): 
 
 async function throughSnapshot(ctx: VaultContext, s: VaultSettings, volume: string): Promise<ExportSource> {
   const name = temporarySnapshotName();
-  const removeSnapshot = async () => {
-    const { objects } = await ctx.vault.loadVolume(volume);
-    const found = (await objects.listSnapshots()).find((x) => x.name === name);
-    if (!found) return;
-    await objects.setSnapshotKeep(found.id, false);
-    await ctx.vault.deleteSnapshot(volume, name);
-  };
   const removeOrSay = () =>
-    removeSnapshot().catch((err) => {
+    deleteTemporarySnapshot(ctx, volume, name).catch((err) => {
       ctx.logger.warn({ volume, snapshot: name, err: (err as Error).message }, `could not delete the temporary snapshot: delete it with nbd-vault snapshot keep --clear ${volume} ${name} && nbd-vault snapshot delete ${volume} ${name}`);
     });
   // Ctrl-C or a service stop mid-export: delete the snapshot, then exit as the signal would.
