@@ -4,13 +4,13 @@
 // bytes of the budget (taken with tryReserve: a cache never makes anyone wait) and the budget may
 // ask it to evict. Buffers in it are never modified. Counts hits and misses of get() for metrics.
 //
-// Chunks a stream reads whole (an export, a backup, a guest reading a big file) go to a small
-// area of their own and are dropped once the stream has passed: read once, they would otherwise
-// evict a running guest's working set (a 1 GiB export replaced 768 MiB of it), and the memory of
-// dropped chunks is reused at once instead of new memory touched for each (a cold export 1.5x
-// faster, see BENCHMARKS.md). A chunk that a stream reads a second time while the area still
-// remembers dropping it is kept like any other entry (as the page cache's use-once lists, 2Q,
-// PostgreSQL's ring buffers for sequential scans do).
+// What a stream reads (an export, a backup, a guest reading a big file: whole chunks, readahead,
+// frames) goes to a small area of its own and is dropped once the stream has passed: read once,
+// it would otherwise evict a running guest's working set (a 1 GiB export replaced 768 MiB of it),
+// and the memory of dropped chunks is reused at once instead of new memory touched for each (a
+// cold export 1.3-1.5x faster, see BENCHMARKS.md). A hit by a read of no stream's keeps an entry,
+// and so does a second stream pass while the area remembers dropping it after a read used it (as
+// the page cache's use-once lists, 2Q, PostgreSQL's ring buffers for sequential scans do).
 import { LRUCache } from 'lru-cache';
 import type { MemoryBudget } from '../util/memory-budget';
 
@@ -22,7 +22,7 @@ const PASSED_KEYS = 4096;
 export class ReadCache {
   /** null when the limit is 0: caching is off (lru-cache wants a positive maxSize) */
   private readonly lru: LRUCache<string, Buffer> | null;
-  /** chunks read whole by streams, until they have passed */
+  /** what streams read, until they have passed */
   private readonly streamed: LRUCache<string, Buffer> | null;
   /** keys the stream area dropped lately, after a read had used them */
   private readonly passed = new LRUCache<string, true>({ max: PASSED_KEYS });
