@@ -39,6 +39,8 @@ export interface WorkerOpenChunkTask {
   place: FramesPlace;
   chunkLength: number;
   what: string;
+  /** where the chunk goes: shared memory the caller lends (not transferred, not copied) */
+  into?: Uint8Array;
 }
 
 /** Frames opened in one task (one message each way, however many frames): see frame-open-batches.ts. */
@@ -71,7 +73,7 @@ export function sealFrames(task: WorkerSealFramesTask): WorkerReply {
 
 /** A whole chunk container opened in one task. */
 export function openChunk(task: WorkerOpenChunkTask): WorkerReply {
-  return runCatching(() => openChunkContainerSync(task.key, task.container, task.place, task.chunkLength, task.what));
+  return runCatching(() => openChunkContainerSync(task.key, task.container, task.place, task.chunkLength, task.what, task.into));
 }
 
 /** Each frame's plaintext (transferred, each its own ArrayBuffer) or its own error record. */
@@ -92,6 +94,8 @@ export function open(task: WorkerOpenTask): WorkerReply {
 
 function runCatching(work: () => Buffer): WorkerReply {
   const reply = errorRecordOr(work);
+  // shared memory goes back as it is (it cannot be transferred, and is the caller's already)
+  if (ArrayBuffer.isView(reply) && reply.buffer instanceof SharedArrayBuffer) return reply;
   return ArrayBuffer.isView(reply) ? (move(reply) as Uint8Array) : reply;
 }
 

@@ -23,7 +23,9 @@ export interface Codec {
    */
   openFrame(key: SecretKey, sealedFrame: Buffer, place: ObjectPlace, expectedLength: number | null): Promise<Buffer>;
   /** A whole v2 chunk container → the chunk (`chunkLength` bytes), every frame opened at its
-   *  place, in one worker task. `what` names the object in errors. */
-  openChunkContainer(key: SecretKey, container: Buffer, place: FramesPlace, chunkLength: number, what: string): Promise<Buffer>;
+   *  place, in one worker task. `what` names the object in errors. `into` (shared memory of
+   *  `chunkLength` bytes): decoded there and returned (that very object), every byte written, or the call throws
+   *  (what it held is then garbage: its content is not the chunk's). */
+  openChunkContainer(key: SecretKey, container: Buffer, place: FramesPlace, chunkLength: number, what: string, into?: Buffer): Promise<Buffer>;
   close(): Promise<void>;
 }

@@ -197,11 +197,13 @@ export function openFrameSync(keyBytes: Uint8Array, sealedFrame: Uint8Array, pla
  * the container's size and the chunk length, opens every frame at its place, and returns the
  * chunk. Same checks as parseFramedHeader + openFrameSync for each frame.
  */
-export function openChunkContainerSync(keyBytes: Uint8Array, containerBytes: Uint8Array, place: FramesPlace, chunkLength: number, what: string): Buffer {
+export function openChunkContainerSync(keyBytes: Uint8Array, containerBytes: Uint8Array, place: FramesPlace, chunkLength: number, what: string, into?: Uint8Array): Buffer {
   const container = asBuffer(containerBytes);
   const header = parseFramedHeader(container, 'chunk', what, container.length);
   if (header.logicalLength !== chunkLength) throw new VaultError('ERR_CORRUPT', `${what}: holds a chunk of ${header.logicalLength} bytes, expected ${chunkLength}`);
-  const out = Buffer.allocUnsafeSlow(chunkLength);
+  if (into && into.length !== chunkLength) throw new BugError(`openChunkContainer: a ${into.length}-byte buffer for a ${chunkLength}-byte chunk`);
+  // every byte of out is written (frames cover the chunk: parseFramedHeader) or this throws
+  const out = into ? asBuffer(into) : Buffer.allocUnsafeSlow(chunkLength);
   for (let f = 0; f < header.frameCount; f++) {
     const sealed = container.subarray(header.frameOffsets[f], header.frameOffsets[f] + header.frameLengths[f]);
     const framePlace: ObjectPlace = { vaultId: place.vaultId, volumeId: place.volumeId, kind: 'chunk-frame', index: place.index, generation: place.generation, frame: f };

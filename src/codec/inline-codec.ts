@@ -27,8 +27,8 @@ export function createInlineCodec(options: InlineCodecOptions = {}): Codec {
     async openFrame(key: SecretKey, sealedFrame: Buffer, place: ObjectPlace, expectedLength: number | null): Promise<Buffer> {
       return openFrameSync(key.bytes, sealedFrame, place, expectedLength);
     },
-    async openChunkContainer(key: SecretKey, container: Buffer, place: FramesPlace, chunkLength: number, what: string): Promise<Buffer> {
-      return openChunkContainerSync(key.bytes, container, place, chunkLength, what);
+    async openChunkContainer(key: SecretKey, container: Buffer, place: FramesPlace, chunkLength: number, what: string, into?: Buffer): Promise<Buffer> {
+      return openChunkContainerSync(key.bytes, container, place, chunkLength, what, into);
     },
     async close(): Promise<void> {},
   };

@@ -8,7 +8,7 @@
 // (~3 ms each), and queued work holds no second copy of its input.
 import path from 'node:path';
 import { Piscina } from 'piscina';
-import { VaultError } from '../errors';
+import { BugError, VaultError } from '../errors';
 import type { SecretKey } from '../keys/secret-key';
 import type { Codec } from './codec';
 import { checkWorkerCount, checkZstdLevel } from './codec-options';
@@ -100,12 +100,16 @@ export function createCodec(options: CodecOptions = {}): Codec {
       if (sealedFrame.length < INLINE_BELOW_BYTES) return openFrameSync(key.bytes, sealedFrame, place, expectedLength);
       return frameOpens.open(key, sealedFrame, place, expectedLength);
     },
-    async openChunkContainer(key: SecretKey, container: Buffer, place: FramesPlace, chunkLength: number, what: string): Promise<Buffer> {
-      if (container.length < INLINE_BELOW_BYTES) return openChunkContainerSync(key.bytes, container, place, chunkLength, what);
-      return run('openChunk', () => {
-        const task: WorkerOpenChunkTask = { key: ownCopy(key.bytes), container: ownCopy(container), place: framesPlaceCopy(place), chunkLength, what };
+    async openChunkContainer(key: SecretKey, container: Buffer, place: FramesPlace, chunkLength: number, what: string, into?: Buffer): Promise<Buffer> {
+      if (into && !(into.buffer instanceof SharedArrayBuffer)) throw new BugError('openChunkContainer: `into` must be shared memory');
+      if (container.length < INLINE_BELOW_BYTES) return openChunkContainerSync(key.bytes, container, place, chunkLength, what, into);
+      const out = await run('openChunk', () => {
+        const task: WorkerOpenChunkTask = { key: ownCopy(key.bytes), container: ownCopy(container), place: framesPlaceCopy(place), chunkLength, what, into };
         return [task, [task.key.buffer as ArrayBuffer, task.container.buffer as ArrayBuffer]];
       });
+      // the worker's reply is a view of the same memory under another SharedArrayBuffer object:
+      // the caller's own buffer is what it knows (and tells apart by identity)
+      return into ?? out;
     },
     async close(): Promise<void> {
       if (closed) return;

@@ -307,3 +307,24 @@ test('a genuine frame of another length at the right place (same chunk, same id,
   }
   expectCode(() => readAll(lied, data.length), 'ERR_CORRUPT');
 });
+
+test('openChunkContainer into shared memory: decoded there, that very buffer returned; the same refusals; a wrong buffer is a bug', async () => {
+  for (const codec of [createCodec({ workers: 1 }), createInlineCodec()]) {
+    try {
+      const into = Buffer.from(new SharedArrayBuffer(data.length)).fill(0xee);
+      const out = await codec.openChunkContainer(key, container, framesPlace, data.length, 'obj', into);
+      assert.equal(out, into, 'the caller’s own buffer');
+      assert.ok(into.equals(data), 'decoded into it');
+      await assert.rejects(codec.openChunkContainer(key, container, { ...framesPlace, index: 43 }, data.length, 'obj', into), { code: 'ERR_AUTH_FAILED' });
+      await assert.rejects(codec.openChunkContainer(key, container, framesPlace, data.length, 'obj', Buffer.from(new SharedArrayBuffer(data.length - 1))), /buffer for a/);
+    } finally {
+      await codec.close();
+    }
+  }
+  const pool = createCodec({ workers: 1 });
+  try {
+    await assert.rejects(pool.openChunkContainer(key, container, framesPlace, data.length, 'obj', Buffer.alloc(data.length)), /shared memory/);
+  } finally {
+    await pool.close();
+  }
+});
