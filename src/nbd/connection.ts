@@ -423,7 +423,7 @@ export class NbdConnection {
 
   // ---- output ----
 
-  private write(bufs: Buffer[], onWritten?: () => void): void {
+  private write(bufs: Buffer[], onWritten?: (err?: Error | null) => void): void {
     this.writer.write(bufs, onWritten);
   }
 
@@ -432,8 +432,12 @@ export class NbdConnection {
     const s = this.socket;
     if (s.destroyed || s.writableEnded) return;
     const release = this.replyMemory.hold(bufs);
-    this.write(bufs, () => {
+    const exp = this.exp;
+    this.write(bufs, (err) => {
       release();
+      // the export may reuse what a read reply carried (not after an error: the socket may have
+      // dropped it unsent, but nothing says it let go of it)
+      if (!err && exp?.readDone) for (const b of bufs) exp.readDone(b);
       this.trimBudget();
       if (!this.readPaused) return;
       this.pump();

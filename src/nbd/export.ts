@@ -21,7 +21,12 @@ export interface Export {
   readonly size: number;
   readonly caps: ExportCaps;
 
+  /** The result may be a view of memory the export keeps (a cached chunk): nbd/ never changes it. */
   read(offset: number, length: number, opts?: ReadOptions): Promise<Buffer>;
+  /** Optional: nbd/ has written the reply carrying `data` (a read()'s result, once per result,
+   *  only after the socket took it): the export may reuse the memory under it. Never called for
+   *  a reply that was not written; an export must not rely on being called at all. */
+  readDone?(data: Buffer): void;
   /** The export may not change `data`; it may keep references to it (nbd/ never reuses it). */
   write(offset: number, data: WriteData, opts?: WriteOptions): Promise<void>;
   /** Discard: the range may read back as anything afterwards; we make it read as zeros. */

@@ -20,8 +20,9 @@ export class ReplyWriter {
     private readonly onStall: () => void,
   ) {}
 
-  /** `onWritten`: called once the socket has handed the last buffer to the kernel. */
-  write(bufs: readonly Buffer[], onWritten?: () => void): void {
+  /** `onWritten`: called once the socket has handed the last buffer to the kernel, or with the
+   *  error that ended the writing. */
+  write(bufs: readonly Buffer[], onWritten?: (err?: Error | null) => void): void {
     const s = this.socket;
     if (s.destroyed || s.writableEnded) return;
     if (this.corkedSocket !== s) {
