@@ -34,18 +34,22 @@ export class ReadCache {
   hits = 0;
   misses = 0;
 
+  /** told of every buffer the cache lets go (decode-buffers.ts reuses a stream's chunks) */
+  onDrop: ((key: string, buf: Buffer) => void) | null = null;
+
   constructor(
     readonly limitBytes: number,
-    private readonly budget?: MemoryBudget,
+    readonly budget?: MemoryBudget,
     readonly streamAreaBytes = Math.min(STREAM_AREA_BYTES, limitBytes),
   ) {
     const lru = (maxSize: number, onEvict?: (key: string) => void) =>
       new LRUCache<string, Buffer>({
         maxSize,
         sizeCalculation: (buf) => Math.max(1, buf.length),
-        dispose: (_buf, key, reason) => {
+        dispose: (buf, key, reason) => {
           this.releaseHold(key);
           if (reason === 'evict') onEvict?.(key);
+          this.onDrop?.(key, buf);
         },
       });
     this.lru = limitBytes > 0 ? lru(limitBytes) : null;
@@ -74,6 +78,11 @@ export class ReadCache {
 
   has(key: string): boolean {
     return (this.lru?.has(key) ?? false) || (this.streamed?.has(key) ?? false);
+  }
+
+  /** The cache holds this very buffer (or a view of its memory) under `key`. */
+  holds(key: string, buf: Buffer): boolean {
+    return this.lru?.peek(key)?.buffer === buf.buffer || this.streamed?.peek(key)?.buffer === buf.buffer;
   }
 
   /** The entry is in the stream area: it goes once the stream has passed. */

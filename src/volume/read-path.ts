@@ -9,6 +9,7 @@ import { VaultError, describeError } from '../errors';
 import type { Logger } from '../util/log';
 import { CHUNK_SIZE, chunkCount, splitRange, type ChunkSpan } from './chunk-math';
 import type { Entry } from './manifest';
+import { DecodeBuffers } from './decode-buffers';
 import { FetchLimiter } from './fetch-limiter';
 import { FRAME_BYTES } from '../codec';
 import { BLOCK_BYTES } from './journal-record';
@@ -52,6 +53,8 @@ export class ReadPath {
   private readonly recentEnds: Array<{ end: number; run: number }> = [];
   /** chunks recent stream reads touched, oldest first */
   private readonly streamChunks: number[] = [];
+  /** buffers a stream's whole chunks are decoded into, reused once dropped and given back */
+  readonly decodeBuffers: DecodeBuffers;
 
   constructor(
     private readonly name: string,
@@ -62,6 +65,21 @@ export class ReadPath {
     private readonly logger: Logger,
   ) {
     this.fetchSlots = new FetchLimiter(Math.min(MAX_FETCHES_IN_FLIGHT, Math.max(MIN_FETCHES_IN_FLIGHT, objects.store.props.maxConcurrency)));
+    this.decodeBuffers = new DecodeBuffers(CHUNK_SIZE, (key, buf) => frames.holds(key, buf), frames.budget);
+    frames.onDrop = (key, buf) => this.decodeBuffers.dropped(buf, key);
+  }
+
+  /** The caller of read() is done with what it returned (the NBD reply is written): a view of a
+   *  decoded chunk no longer keeps that chunk's buffer from reuse. */
+  readDone(data: Buffer): void {
+    this.decodeBuffers.giveBack(data);
+  }
+
+  /** The engine closed: nothing more is reused or kept. */
+  close(): void {
+    this.frames.onDrop = null;
+    this.frames.clear();
+    this.decodeBuffers.close();
   }
 
   async read(offset: number, length: number, requester?: object): Promise<Buffer> {
@@ -128,7 +146,7 @@ export class ReadPath {
     // The NBD layer counts an unsent reply as the whole buffer it keeps alive, once however many
     // replies slice it: a stream's replies share a few chunks; small reads copy instead.
     const whole = s.length >= FRAME_BYTES ? this.wholeFor(i, entry, s.chunkOffset, s.length, requester, keep) : null;
-    if (whole) return (await whole).subarray(s.chunkOffset, s.chunkOffset + s.length);
+    if (whole) return this.lent((await whole).subarray(s.chunkOffset, s.chunkOffset + s.length));
     const layout = await this.layout(i, entry);
     const f = Math.floor(s.chunkOffset / layout.frameBytes);
     if (Math.floor((s.chunkOffset + s.length - 1) / layout.frameBytes) !== f) return null;
@@ -137,8 +155,14 @@ export class ReadPath {
     const at = s.chunkOffset - f * layout.frameBytes;
     // a view only when it is at least half of the memory it keeps alive (a frame may be a view of a
     // whole 4 MiB chunk): an unread reply then holds at most twice its length
-    if (s.length * 2 >= frame.buffer.byteLength) return frame.subarray(at, at + s.length);
+    if (s.length * 2 >= frame.buffer.byteLength) return this.lent(frame.subarray(at, at + s.length));
     return Buffer.from(frame.subarray(at, at + s.length));
+  }
+
+  /** A view read() returns: its chunk's buffer is not reused until the view is given back. */
+  private lent(view: Buffer): Buffer {
+    this.decodeBuffers.lend(view);
+    return view;
   }
 
   /**
@@ -318,6 +342,9 @@ export class ReadPath {
         .then((data) => {
           if (keep === 'streamed' || keep === 'ahead') this.frames.setStreamed(key, data, keep === 'streamed');
           else if (keep) this.frames.set(key, data);
+          // not cached (the budget is full, caching is off): decoded into a reused buffer, it
+          // goes back once the reads waiting on this fetch have copied from it
+          if (!this.frames.holds(key, data)) this.decodeBuffers.dropped(data, key);
           return data;
         })
         .catch((err) => {
@@ -392,7 +419,23 @@ export class ReadPath {
    *  stream's (and readahead's) goes to the cache's stream area, NBD_CMD_CACHE's stays. */
   private wholeChunk(i: number, entry: Entry, requester?: object, keep: Keep = 'streamed'): Promise<Buffer> {
     const len = this.state.chunkLength(i);
-    return this.singleFlight(`${entry.id}/*`, requester, () => this.objects.readChunk(i, entry, len), (err) => this.readError(i, err), true, keep);
+    // a stream's chunk (or readahead's) goes to the stream area and is dropped soon: decoded into
+    // a buffer a dropped one left (decode-buffers.ts); NBD_CMD_CACHE's and partial chunks' are kept
+    const reuse = (keep === 'streamed' || keep === 'ahead') && len === CHUNK_SIZE;
+    const fetch = reuse ? () => this.readChunkInto(i, entry, len) : () => this.objects.readChunk(i, entry, len);
+    return this.singleFlight(`${entry.id}/*`, requester, fetch, (err) => this.readError(i, err), true, keep);
+  }
+
+  private async readChunkInto(i: number, entry: Entry, len: number): Promise<Buffer> {
+    const into = this.decodeBuffers.take();
+    let data: Buffer | null = null;
+    try {
+      data = await this.objects.readChunk(i, entry, len, into);
+      return data;
+    } finally {
+      // not decoded there (a format 1 chunk, a zero entry) or failed: nobody has seen it
+      if (data?.buffer !== into.buffer) this.decodeBuffers.dropped(into, '');
+    }
   }
 
   /** A compaction step (or a resize's read) is over: the journal frames it kept go (a volume

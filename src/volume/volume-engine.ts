@@ -74,6 +74,8 @@ export interface EngineStats {
   readonly readCacheHits: number;
   readonly readCacheMisses: number;
   readonly readCacheBytes: number;
+  /** whole chunks a stream decoded into a buffer an earlier one left (decode-buffers.ts) */
+  readonly decodeBuffersReused: number;
   readonly dirtyBytes: number;
   /** chunks with dirty blocks (being sealed included) */
   readonly dirtyChunks: number;
@@ -174,6 +176,7 @@ export class VolumeEngine {
       readCacheHits: this.reads.frames.hits,
       readCacheMisses: this.reads.frames.misses,
       readCacheBytes: this.reads.frames.sizeBytes,
+      decodeBuffersReused: this.reads.decodeBuffers.reused,
       dirtyBytes: s.dirtyBytes,
       dirtyChunks: dirtyChunks.size,
       uploadsInFlight: this.sealer.busy ? 1 : 0,
@@ -226,6 +229,10 @@ export class VolumeEngine {
     await this.opts.lease?.ensure();
     this.assertOpen();
     return this.reads.read(offset, length, opts.requester);
+  }
+
+  readDone(data: Buffer): void {
+    this.reads.readDone(data);
   }
 
   async cache(offset: number, length: number): Promise<void> {
@@ -436,7 +443,7 @@ export class VolumeEngine {
       if (!this.opts.readOnly && !this.opts.lease?.lost) await this.flush();
     } finally {
       this.closed = true;
-      this.reads.frames.clear();
+      this.reads.close();
       if (this.timer) clearInterval(this.timer);
       this.timer = null;
       await this.opts.lease?.release();

@@ -123,21 +123,22 @@ export class VolumeObjects {
     return { id, epoch, storedSize: container.length };
   }
 
-  /** The whole chunk, format 1 or 2, every frame authenticated. */
-  async readChunk(chunkIndex: number, entry: Entry, expectedLength: number): Promise<Buffer> {
+  /** The whole chunk, format 1 or 2, every frame authenticated. `into` (shared memory, the
+   *  chunk's length): a format 2 chunk is decoded there (the result is then a view of it). */
+  async readChunk(chunkIndex: number, entry: Entry, expectedLength: number, into?: Buffer): Promise<Buffer> {
     if (entry.id === null) return Buffer.alloc(expectedLength);
-    if (entry.epoch === 0 && this.origin) return this.origin.readChunk(chunkIndex, entry, expectedLength);
+    if (entry.epoch === 0 && this.origin) return this.origin.readChunk(chunkIndex, entry, expectedLength, into);
     const key = chunkKey(this.volumeId, entry.id);
-    return this.authenticated(key, () => this.readChunkOnce(chunkIndex, entry.id!, key, expectedLength));
+    return this.authenticated(key, () => this.readChunkOnce(chunkIndex, entry.id!, key, expectedLength, into));
   }
 
-  private async readChunkOnce(chunkIndex: number, id: string, key: string, expectedLength: number): Promise<Buffer> {
+  private async readChunkOnce(chunkIndex: number, id: string, key: string, expectedLength: number, into?: Buffer): Promise<Buffer> {
     const what = `chunk ${chunkIndex} of volume "${this.volumeName}"`;
     const { body } = await this.fetch(key, what);
     let plain: Buffer;
     try {
       const format = objectFormatOf(body);
-      if (format === 'chunk') plain = await this.openChunkContainer(chunkIndex, id, body, expectedLength, key);
+      if (format === 'chunk') plain = await this.openChunkContainer(chunkIndex, id, body, expectedLength, key, into);
       else if (format === 'v1' || format === null) plain = await this.codec.open(this.keys.data, body, this.place('chunk', chunkIndex, generationOfId(id)));
       else throw new VaultError('ERR_CORRUPT', `a ${format} container where a chunk belongs`);
     } catch (err) {
@@ -149,9 +150,9 @@ export class VolumeObjects {
     return plain;
   }
 
-  private async openChunkContainer(chunkIndex: number, id: string, body: Buffer, chunkLength: number, key: string): Promise<Buffer> {
+  private async openChunkContainer(chunkIndex: number, id: string, body: Buffer, chunkLength: number, key: string, into?: Buffer): Promise<Buffer> {
     try {
-      const plain = await this.codec.openChunkContainer(this.keys.data, body, this.framesPlace(chunkIndex, id), chunkLength, `object ${key}`);
+      const plain = await this.codec.openChunkContainer(this.keys.data, body, this.framesPlace(chunkIndex, id), chunkLength, `object ${key}`, into);
       this.headers.set(key, { framed: true, ...parseFramedHeader(body, 'chunk', key, body.length) });
       return plain;
     } catch (err) {

@@ -1,0 +1,124 @@
+// A stream's whole chunks are decoded into buffers that dropped chunks left (decode-buffers.ts).
+// What must hold: a view a read handed out never changes until it is given back, whatever the
+// stream, random reads and writes do meanwhile; buffers are reused once dropped and given back;
+// nothing is reused while the read cache still holds it.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { seededRandom } from '../../src/store/seeded-random';
+import { CHUNK_SIZE } from '../../src/volume/chunk-math';
+import { DecodeBuffers } from '../../src/volume/decode-buffers';
+import { MemoryBudget } from '../../src/util/memory-budget';
+import { makeVault } from './vault-fixture';
+
+const MiB = 2 ** 20;
+const tick = () => new Promise<void>((r) => setImmediate(r));
+
+test('a buffer is reused only once the cache dropped it and every view lent is back (once each)', async () => {
+  const cached = new Set<string>();
+  const pool = new DecodeBuffers(1024, (key) => cached.has(key));
+  const a = pool.take();
+  const v1 = a.subarray(0, 100);
+  const v2 = a.subarray(100, 200);
+  pool.lend(v1);
+  pool.lend(v2);
+  pool.dropped(a, 'k');
+  await tick();
+  assert.equal(pool.freeCount, 0, 'two views out');
+  pool.giveBack(v1);
+  pool.giveBack(v1); // twice: counts once
+  pool.giveBack(Buffer.from(a.buffer, 0, 10)); // never lent: counts nothing
+  await tick();
+  assert.equal(pool.freeCount, 0, 'one view still out');
+  pool.giveBack(v2);
+  await tick();
+  assert.equal(pool.freeCount, 1);
+  assert.equal(pool.take().buffer, a.buffer, 'the same memory again');
+  assert.equal(pool.reused, 1);
+
+  // dropped under a key the cache holds it by again (kept for a random read): not reused
+  const b = pool.take();
+  cached.add('b');
+  pool.dropped(b, 'b');
+  await tick();
+  assert.equal(pool.freeCount, 0);
+  cached.delete('b');
+  pool.dropped(b, 'b');
+  await tick();
+  assert.equal(pool.freeCount, 1);
+
+  // a view lent after the drop but before the next macrotask (a read that joined the fetch)
+  const c = pool.take(); // b's memory again
+  assert.equal(c.buffer, b.buffer);
+  pool.dropped(c, 'c');
+  const late = c.subarray(0, 10);
+  pool.lend(late);
+  await tick();
+  assert.equal(pool.freeCount, 0, 'c is not free while a view is out');
+  pool.giveBack(late);
+  await tick();
+  assert.equal(pool.freeCount, 1);
+  pool.close();
+  assert.equal(pool.freeCount, 0);
+});
+
+test('free buffers hold memory budget; at the limit they are left to the collector', async () => {
+  const budget = new MemoryBudget(1536);
+  const pool = new DecodeBuffers(1024, () => false, budget);
+  const a = pool.take();
+  const b = pool.take();
+  pool.dropped(a, 'a');
+  pool.dropped(b, 'b');
+  await tick();
+  assert.equal(pool.freeCount, 1, 'one fits in the budget');
+  assert.equal(budget.usedBytes, 1024);
+  pool.take();
+  assert.equal(budget.usedBytes, 0, 'taken: its reservation goes with it');
+  pool.close();
+});
+
+test('views a stream got stay intact until given back, while streams, random reads and writes reuse the buffers', async (t) => {
+  const f = await makeVault();
+  t.after(() => f.cleanup());
+  const size = 48 * MiB; // 12 chunks; a 16 MiB read cache streams through a 16 MiB stream area
+  await f.vault.createVolume('disk', size);
+  const model = randomBytes(size);
+  let e = await f.vault.openEngine('disk');
+  await e.write(0, model);
+  await e.flush();
+  await e.close();
+  e = await f.vault.openEngine('disk', { readCacheBytes: 16 * MiB, readaheadChunks: 2 });
+  t.after(() => e.close());
+
+  const rnd = seededRandom(7);
+  const step = 256 * 1024;
+  const held: Array<{ view: Buffer; expected: Buffer }> = [];
+  for (let pass = 0; pass < 4; pass++) {
+    for (let at = 0; at < size; at += 8 * step) {
+      const offsets = Array.from({ length: 8 }, (_, k) => at + k * step);
+      const randomAt = Math.floor(rnd() * (size / 4096)) * 4096;
+      const [got, random] = await Promise.all([Promise.all(offsets.map((o) => e.read(o, step))), e.read(randomAt, 4096)]);
+      assert.ok(random.equals(model.subarray(randomAt, randomAt + 4096)), `random read at ${randomAt}`);
+      got.forEach((b, k) => {
+        assert.ok(b.equals(model.subarray(offsets[k], offsets[k] + step)), `pass ${pass}: stream read at ${offsets[k]}`);
+        // one reply in 16 is slow: its view must not change until it is given back
+        if (rnd() < 1 / 16) held.push({ view: b, expected: Buffer.from(b) });
+        else e.readDone(b);
+      });
+      // a write now and then: later passes read the new bytes, held views keep the old ones
+      if (rnd() < 0.2) {
+        const w = Math.floor(rnd() * (size / 4096)) * 4096;
+        const data = randomBytes(4096);
+        await e.write(w, data);
+        data.copy(model, w);
+      }
+    }
+    await e.flush();
+    for (const h of held) assert.ok(h.view.equals(h.expected), `pass ${pass}: a view not given back changed`);
+  }
+  for (const h of held) e.readDone(h.view);
+  assert.ok(held.length > 0, 'some replies were slow');
+  assert.ok(e.stats().decodeBuffersReused >= 8, `buffers reused: ${e.stats().decodeBuffersReused}`);
+  // and the whole volume reads back right
+  for (let at = 0; at < size; at += CHUNK_SIZE) assert.ok((await e.read(at, CHUNK_SIZE)).equals(model.subarray(at, at + CHUNK_SIZE)), `chunk at ${at}`);
+});
