@@ -1,6 +1,5 @@
 // Copies that make a codec task's inputs safe to transfer to a worker: each owns an exactly-sized
 // ArrayBuffer, so structured clone and transfer never carry (or detach) unrelated memory.
-import { copyIntoShared } from '../util/shared-copy';
 import type { FramesPlace } from './framed-container';
 import type { ObjectPlace } from './object-place';
 
@@ -21,7 +20,7 @@ export function packedCopy(frames: readonly Uint8Array[], total: number): Uint8A
 export function packInto(frames: readonly Uint8Array[], backing: Uint8Array): Uint8Array[] {
   let at = 0;
   return frames.map((f) => {
-    copyIntoShared(backing, at, f);
+    backing.set(f, at);
     const view = backing.subarray(at, at + f.length);
     at += f.length;
     return view;

@@ -18,7 +18,6 @@ import type { ObjectPlace } from './object-place';
 import { openObject } from './open-object';
 import { asBuffer, sealObject } from './seal-object';
 import { FrameOpenBatches } from './frame-open-batches';
-import { copyIntoShared } from '../util/shared-copy';
 import { FRAMED_HEADER_MAX_CHUNK, MAX_CHUNK_FRAMES, MAX_SEALED_FRAME_BYTES } from './format';
 import { Slots } from './slots';
 import { framesPlaceCopy, ownCopy, packedCopy, placeCopy } from './task-copies';
@@ -118,8 +117,7 @@ export function createCodec(options: CodecOptions = {}): Codec {
         'openChunk',
         () => {
           staging = container.length <= CONTAINER_STAGING_BYTES ? (containerStaging.pop() ?? Buffer.from(new SharedArrayBuffer(CONTAINER_STAGING_BYTES))) : null;
-          if (staging) copyIntoShared(staging, 0, container);
-          const input = staging ? staging.subarray(0, container.length) : ownCopy(container);
+          const input = staging ? staging.subarray(0, container.copy(staging)) : ownCopy(container);
           const task: WorkerOpenChunkTask = { key: ownCopy(key.bytes), container: input, place: framesPlaceCopy(place), chunkLength, what, into };
           return [task, staging ? [task.key.buffer as ArrayBuffer] : [task.key.buffer as ArrayBuffer, input.buffer as ArrayBuffer]];
         },

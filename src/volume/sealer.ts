@@ -23,7 +23,6 @@ import type { VolumeState } from './volume-state';
 import type { ChunkBufferPool } from './chunk-buffer-pool';
 import type { SealMemory } from './seal-memory';
 import { CHUNK_SIZE } from './chunk-math';
-import { copyIntoShared } from '../util/shared-copy';
 
 /** data blocks per journal frame (128 KiB) */
 const BLOCKS_PER_FRAME = 32;
@@ -330,7 +329,7 @@ function assembleChunk(c: ChunkBlocks, length: number, buffers: ChunkBufferPool)
     if (runFirst === null) return;
     const at = runStart * BLOCK_BYTES;
     const n = Math.min(runBlocks * BLOCK_BYTES, length - at);
-    copyIntoShared(out, at, new Uint8Array(runFirst.buffer, runFirst.byteOffset, n));
+    out.set(new Uint8Array(runFirst.buffer, runFirst.byteOffset, n), at);
     runFirst = null;
   };
   for (let b = 0; b * BLOCK_BYTES < length; b++) {
@@ -416,7 +415,7 @@ function packFrames(frames: readonly Buffer[][], buffers: ChunkBufferPool): { fr
     }
     const start = at;
     for (const b of blocks) {
-      copyIntoShared(backing, at, b);
+      backing.set(b, at);
       at += BLOCK_BYTES;
     }
     return backing.subarray(start, at);
