@@ -4,6 +4,8 @@
 # 2: the first cold, the second after the stream area passed), the CPU seconds the server's
 # threads used meanwhile (codec workers, V8's collector, main thread, libuv) and its VmHWM.
 # The volume is imported (nbdcopy --flush) and compacted once, with the first build.
+# IMPORT=1 measures imports instead: each build imports the corpus into a fresh volume on a fresh
+# server (MB/s, CPU by thread, VmHWM).
 #   bench/cold-export.sh LABEL=PATH/TO/bin/nbd-vault.js ...
 #   e.g. bench/cold-export.sh base=/work/wt/base/bin/nbd-vault.js new=bin/nbd-vault.js
 set -euo pipefail
@@ -17,11 +19,27 @@ export NBD_VAULT_STORE=file://$ROOT/store NBD_VAULT_STATE=$ROOT/state NBD_VAULT_
 first=${BUILDS[0]#*=}
 node "$first" keys init >/dev/null; node "$first" init >/dev/null; node "$first" volume create bench --size "$(stat -c %s "$CORPUS")" >/dev/null
 serve() { node "$1" serve --listen 127.0.0.1:$PORT > "$ROOT/serve.log" 2>&1 & pid=$!; for _ in $(seq 100); do nbdinfo --size nbd://127.0.0.1:$PORT/bench >/dev/null 2>&1 && return; sleep 0.1; done; echo "serve did not start"; exit 1; }
+ticks() { for t in /proc/$pid/task/*; do echo "$(tr ' ' _ < "$t/comm") $(awk '{print $14+$15}' "$t/stat")"; done | awk '{a[$1]+=$2} END {for (k in a) print k, a[k]}' | sort; }
+cpu() { join "$ROOT/before" "$ROOT/after" | awk '{d = ($3 - $2) / 100; if (d >= 0.02) printf " %s %.2f", $1, d}'; }
+mbps() { echo "$(stat -c %s "$CORPUS") / 1000000 / ($(date +%s.%N) - $1)" | bc; }
+if [ -n "${IMPORT:-}" ]; then
+  for round in $(seq "${ROUNDS:-2}"); do
+    for b in "${BUILDS[@]}"; do
+      label=${b%%=*}; node "${b#*=}" volume delete bench --yes >/dev/null 2>&1 || true
+      node "${b#*=}" volume create bench --size "$(stat -c %s "$CORPUS")" >/dev/null
+      serve "${b#*=}"; ticks > "$ROOT/before"; t0=$(date +%s.%N)
+      nbdcopy --flush "$CORPUS" nbd://127.0.0.1:$PORT/bench
+      line="round $round $label: import $(mbps "$t0") MB/s"; ticks > "$ROOT/after"
+      echo "$line | CPU s:$(cpu) | VmHWM $(awk '/VmHWM/ {print int($2/1024)}' /proc/$pid/status) MiB"
+      kill $pid; wait $pid || true
+    done
+  done
+  exit 0
+fi
 serve "$first"
 nbdcopy --flush "$CORPUS" nbd://127.0.0.1:$PORT/bench
 sleep 45 # compaction folds the import's journals
 kill $pid; wait $pid || true
-ticks() { for t in /proc/$pid/task/*; do echo "$(tr ' ' _ < "$t/comm") $(awk '{print $14+$15}' "$t/stat")"; done | awk '{a[$1]+=$2} END {for (k in a) print k, a[k]}' | sort; }
 for round in $(seq "${ROUNDS:-2}"); do
   for b in "${BUILDS[@]}"; do
     label=${b%%=*}; serve "${b#*=}"
@@ -29,11 +47,10 @@ for round in $(seq "${ROUNDS:-2}"); do
     for n in $(seq "${EXPORTS:-2}"); do
       t0=$(date +%s.%N)
       nbdcopy nbd://127.0.0.1:$PORT/bench null:
-      line="$line export$n $(echo "$(stat -c %s "$CORPUS") / 1000000 / ($(date +%s.%N) - $t0)" | bc) MB/s"
+      line="$line export$n $(mbps "$t0") MB/s"
     done
     ticks > "$ROOT/after"
-    cpu=$(join "$ROOT/before" "$ROOT/after" | awk '{d = ($3 - $2) / 100; if (d >= 0.02) printf " %s %.2f", $1, d}')
-    echo "$line | CPU s:$cpu | VmHWM $(awk '/VmHWM/ {print int($2/1024)}' /proc/$pid/status) MiB"
+    echo "$line | CPU s:$(cpu) | VmHWM $(awk '/VmHWM/ {print int($2/1024)}' /proc/$pid/status) MiB"
     kill $pid; wait $pid || true
   done
 done
