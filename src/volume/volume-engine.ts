@@ -76,6 +76,8 @@ export interface EngineStats {
   readonly readCacheBytes: number;
   /** whole chunks a stream decoded into a buffer an earlier one left (decode-buffers.ts) */
   readonly decodeBuffersReused: number;
+  /** bytes of such buffers waiting for the next chunk (they hold memory budget) */
+  readonly decodeBuffersFreeBytes: number;
   readonly dirtyBytes: number;
   /** chunks with dirty blocks (being sealed included) */
   readonly dirtyChunks: number;
@@ -177,6 +179,7 @@ export class VolumeEngine {
       readCacheMisses: this.reads.frames.misses,
       readCacheBytes: this.reads.frames.sizeBytes,
       decodeBuffersReused: this.reads.decodeBuffers.reused,
+      decodeBuffersFreeBytes: this.reads.decodeBuffers.freeCount * this.reads.decodeBuffers.bufferBytes,
       dirtyBytes: s.dirtyBytes,
       dirtyChunks: dirtyChunks.size,
       uploadsInFlight: this.sealer.busy ? 1 : 0,
