@@ -62,18 +62,34 @@ test('a buffer is reused only once the cache dropped it and every view lent is b
   assert.equal(pool.freeCount, 0);
 });
 
-test('free buffers hold memory budget; at the limit they are left to the collector', async () => {
-  const budget = new MemoryBudget(1536);
+test('free buffers hold memory budget, only room it has free: never by evicting a cache', async () => {
+  const budget = new MemoryBudget(2048);
+  let evictAsked = 0;
+  const held: Array<() => void> = [];
+  budget.registerCache({
+    evict: (bytes) => {
+      evictAsked++;
+      let freed = 0;
+      while (freed < bytes && held.length > 0) {
+        held.pop()!();
+        freed += 512;
+      }
+      return freed;
+    },
+  });
+  held.push(budget.tryReserve(512)!); // a cache entry that could be evicted
   const pool = new DecodeBuffers(1024, () => false, budget);
   const a = pool.take();
   const b = pool.take();
   pool.dropped(a, 'a');
   pool.dropped(b, 'b');
   await tick();
-  assert.equal(pool.freeCount, 1, 'one fits in the budget');
-  assert.equal(budget.usedBytes, 1024);
+  assert.equal(pool.freeCount, 1, 'one fits in the free room; a second would need the cache entry evicted');
+  assert.equal(budget.usedBytes, 1536);
+  assert.equal(evictAsked, 0, 'the cache entry was not evicted for the second');
+  assert.equal(held.length, 1);
   pool.take();
-  assert.equal(budget.usedBytes, 0, 'taken: its reservation goes with it');
+  assert.equal(budget.usedBytes, 512, 'taken: its reservation goes with it');
   pool.close();
 });
 
