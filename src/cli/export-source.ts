@@ -35,21 +35,14 @@ const TEMPORARY_NAME = /^export-\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ-([0-9a-f]{8})-(\
 
 /** 8 hex digits naming where pids mean the same: the host name, the machine id and the pid
  *  namespace (containers that share a host name have namespaces of their own), hashed. */
-export function hostTag(where = `${os.hostname()}\n${readOr('/etc/machine-id')}\n${linkOr('/proc/self/ns/pid')}`): string {
+export function hostTag(where = `${os.hostname()}\n${orEmpty(() => readFileSync('/etc/machine-id', 'utf8').trim())}\n${orEmpty(() => readlinkSync('/proc/self/ns/pid'))}`): string {
   return createHash('sha256').update(where).digest('hex').slice(0, 8);
 }
 
-function readOr(file: string): string {
+/** What `read` returns, or '' where it fails (no such file: another OS, a container without it). */
+function orEmpty(read: () => string): string {
   try {
-    return readFileSync(file, 'utf8').trim();
-  } catch {
-    return '';
-  }
-}
-
-function linkOr(file: string): string {
-  try {
-    return readlinkSync(file);
+    return read();
   } catch {
     return '';
   }

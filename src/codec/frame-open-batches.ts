@@ -12,12 +12,12 @@ import type { ObjectPlace } from './object-place';
 import { asBuffer } from './seal-object';
 import type { Slots } from './slots';
 import { MAX_SEALED_FRAME_BYTES } from './format';
+import { StagingBuffers } from './staging-buffers';
 import { ownCopy, packInto, placeCopy } from './task-copies';
 
 /** 8 × 128 KiB: a queue depth of 32 fills the 4 slots of a 2-worker pool in one round. */
 export const MAX_FRAMES_PER_TASK = 8;
-/** A task's sealed frames are copied into shared memory kept for the next task: no allocation
- *  per task (each one made V8 count 1 MiB more external memory toward its next full GC). */
+/** A task's sealed frames are copied into shared memory kept for the next task (staging-buffers.ts). */
 const STAGING_BYTES = MAX_FRAMES_PER_TASK * MAX_SEALED_FRAME_BYTES;
 
 interface PendingOpen {
@@ -38,8 +38,7 @@ export class FrameOpenBatches {
   readonly #pending: PendingOpen[] = [];
   #acquiring = false;
   #pumpScheduled = false;
-  /** staging buffers of tasks that finished (at most one per task in flight is ever made) */
-  readonly #staging: Buffer[] = [];
+  readonly #staging = new StagingBuffers(STAGING_BYTES);
 
   constructor(slots: Slots, dispatch: OpenFramesDispatch, isClosed: () => boolean) {
     this.#slots = slots;
@@ -73,7 +72,7 @@ export class FrameOpenBatches {
   }
 
   async #run(batch: PendingOpen[]): Promise<void> {
-    const staging = this.#staging.pop() ?? Buffer.from(new SharedArrayBuffer(STAGING_BYTES));
+    const staging = this.#staging.take();
     try {
       if (this.#isClosed()) throw new VaultError('ERR_SHUTDOWN', 'the codec is closed');
       const [task, transferList] = openFramesTask(batch, staging);
@@ -86,7 +85,7 @@ export class FrameOpenBatches {
     } catch (err) {
       for (const open of batch) open.reject(err);
     } finally {
-      this.#staging.push(staging); // the worker is done with it: its reply came, or it failed
+      this.#staging.give(staging); // the worker is done with it: its reply came, or it failed
     }
   }
 }

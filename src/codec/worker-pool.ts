@@ -18,6 +18,7 @@ import type { ObjectPlace } from './object-place';
 import { openObject } from './open-object';
 import { asBuffer, sealObject } from './seal-object';
 import { FrameOpenBatches } from './frame-open-batches';
+import { StagingBuffers } from './staging-buffers';
 import { FRAMED_HEADER_MAX_CHUNK, MAX_CHUNK_FRAMES, MAX_SEALED_FRAME_BYTES } from './format';
 import { Slots } from './slots';
 import { framesPlaceCopy, ownCopy, packedCopy, placeCopy } from './task-copies';
@@ -45,10 +46,9 @@ export function createCodec(options: CodecOptions = {}): Codec {
     idleTimeout: 60_000,
   });
   const slots = new Slots(workers * TASKS_IN_FLIGHT_PER_WORKER);
-  /** shared memory a chunk container is copied into for its task, kept for the next one (at
-   *  most one per slot): a fresh buffer per container cost the main thread a page fault per
-   *  4 KiB and V8 external memory toward its next full GC (a cold export: ~10 % of all CPU) */
-  const containerStaging: Buffer[] = [];
+  /** where a chunk container is copied for its task: a fresh buffer per container cost a cold
+   *  export ~10 % of all CPU (page faults, V8's collector) */
+  const containerStaging = new StagingBuffers(CONTAINER_STAGING_BYTES);
   let closed = false;
   const frameOpens = new FrameOpenBatches(
     slots,
@@ -116,13 +116,13 @@ export function createCodec(options: CodecOptions = {}): Codec {
       const out = await run(
         'openChunk',
         () => {
-          staging = container.length <= CONTAINER_STAGING_BYTES ? (containerStaging.pop() ?? Buffer.from(new SharedArrayBuffer(CONTAINER_STAGING_BYTES))) : null;
+          staging = container.length <= containerStaging.bytes ? containerStaging.take() : null;
           const input = staging ? staging.subarray(0, container.copy(staging)) : ownCopy(container);
           const task: WorkerOpenChunkTask = { key: ownCopy(key.bytes), container: input, place: framesPlaceCopy(place), chunkLength, what, into };
           return [task, staging ? [task.key.buffer as ArrayBuffer] : [task.key.buffer as ArrayBuffer, input.buffer as ArrayBuffer]];
         },
         () => {
-          if (staging) containerStaging.push(staging);
+          if (staging) containerStaging.give(staging);
         },
       );
       // the worker's reply is a view of the same memory under another SharedArrayBuffer object:

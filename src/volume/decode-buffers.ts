@@ -129,4 +129,8 @@ export class DecodeBuffers {
   get freeCount(): number {
     return this.free.length;
   }
+
+  get freeBytes(): number {
+    return this.free.length * this.bufferBytes;
+  }
 }

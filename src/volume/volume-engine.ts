@@ -179,7 +179,7 @@ export class VolumeEngine {
       readCacheMisses: this.reads.frames.misses,
       readCacheBytes: this.reads.frames.sizeBytes,
       decodeBuffersReused: this.reads.decodeBuffers.reused,
-      decodeBuffersFreeBytes: this.reads.decodeBuffers.freeCount * this.reads.decodeBuffers.bufferBytes,
+      decodeBuffersFreeBytes: this.reads.decodeBuffers.freeBytes,
       dirtyBytes: s.dirtyBytes,
       dirtyChunks: dirtyChunks.size,
       uploadsInFlight: this.sealer.busy ? 1 : 0,
