@@ -87,11 +87,13 @@ export class DiskCacheStore implements ObjectStore {
     };
   }
 
-  async get(key: string): Promise<StoredObject> {
-    if (!this.isCacheable(key)) return this.inner.get(key);
+  /** `into`: a hit is read into it; a miss is not (its bytes are shared with concurrent misses
+   *  and copied for the cache). */
+  async get(key: string, into?: Buffer): Promise<StoredObject> {
+    if (!this.isCacheable(key)) return this.inner.get(key, into);
     const r = this.cache.find(key, 0, 'whole');
     if (r) {
-      const body = await this.cache.read(r, 0, r.length);
+      const body = await this.cache.read(r, 0, r.length, into);
       if (body) return this.hit({ body, etag: r.etag }, body.length);
     }
     return this.once(`w\0${key}`, () => this.fill(key, async (unchanged) => {

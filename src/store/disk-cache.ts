@@ -148,14 +148,16 @@ export class DiskCache {
 
   /** The bytes [offset, offset + length) of the object from entry r (clipped at the object's
    *  end), CRC-checked; null if the file is gone, short or corrupt (then the entry is dropped). */
-  async read(r: CacheRecord, offset: number, length: number): Promise<Buffer | null> {
+  /** `into`: memory the pieces are read into when they fit (ObjectStore.get's `into`). */
+  async read(r: CacheRecord, offset: number, length: number, into?: Buffer): Promise<Buffer | null> {
     const from = offset - r.offset;
     const to = Math.min(from + length, r.length);
     if (from >= r.length) return Buffer.alloc(0); // at/after the end of an entry that reaches it
     const firstPiece = Math.floor(from / PIECE_BYTES);
     const pieceStart = firstPiece * PIECE_BYTES;
     const pieceEnd = Math.min(Math.ceil(to / PIECE_BYTES) * PIECE_BYTES, r.length);
-    const buf = Buffer.allocUnsafe(pieceEnd - pieceStart);
+    const size = pieceEnd - pieceStart;
+    const buf = into && size <= into.length ? into.subarray(0, size) : Buffer.allocUnsafe(size);
     try {
       const got = await this.handles.use(r, (fh) => readAt(fh, buf, r.headerBytes + pieceStart));
       if (got !== buf.length || !piecesIntact(buf, firstPiece, r.crcs)) {

@@ -108,9 +108,9 @@ export class FaultyStore implements ObjectStore {
     return Object.values(this.injected).reduce((a, b) => a + b, 0);
   }
 
-  async get(key: string): Promise<StoredObject> {
+  async get(key: string, into?: Buffer): Promise<StoredObject> {
     const phase = await this.enter('get', key);
-    const r = await this.inner.get(key);
+    const r = await this.inner.get(key, into);
     this.leave('get', key, phase);
     return r;
   }

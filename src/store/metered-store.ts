@@ -36,9 +36,9 @@ export class MeteredStore implements ObjectStore {
     if (n > 0) this.metrics.storeBytes?.(op, n);
   }
 
-  get(key: string): Promise<StoredObject> {
+  get(key: string, into?: Buffer): Promise<StoredObject> {
     return this.timed('get', async () => {
-      const r = await this.inner.get(key);
+      const r = await this.inner.get(key, into);
       this.bytes('get', r.body.length);
       return r;
     });

@@ -3,6 +3,10 @@
 // - Keys are '/'-separated strings such as `volumes/<id>/chunks/ab/<id>`; no leading '/'.
 // - put() stores a whole Buffer (never a stream) so that any layer may replay it.
 // - get() of a missing key throws VaultError ERR_STORE_NOT_FOUND; it never returns empty bytes.
+//   get(key, into): a store may read the object into the caller's memory `into` instead of fresh
+//   memory (the body is then a view of it; a store that cannot, or an object that does not fit,
+//   gets fresh memory as without it). No layer keeps `into` or writes to it once the call settled,
+//   and none hands out a view of it but the body it returns.
 // - getRange(key, offset, length) returns the bytes [offset, min(offset + length, size)): a range
 //   reaching past the end returns what exists (a shorter buffer; offset >= size → empty buffer);
 //   a missing key throws ERR_STORE_NOT_FOUND. offset and length are integers >= 0, else
@@ -46,7 +50,8 @@ export interface ObjectStore {
   /** A secret-free description of the stack, e.g. `retry(s3(bucket/prefix))`. */
   readonly name: string;
   readonly props: StoreProps;
-  get(key: string): Promise<StoredObject>;
+  /** `into`: memory the body may be read into (see the contract above). */
+  get(key: string, into?: Buffer): Promise<StoredObject>;
   /** The bytes [offset, min(offset + length, size)) of `key` (see the contract above). */
   getRange(key: string, offset: number, length: number): Promise<Buffer>;
   /** Returns info, or null when the object does not exist. */

@@ -82,8 +82,9 @@ export class RetryStore implements ObjectStore {
     this.p = resolvePolicy(policy);
   }
 
-  get(key: string): Promise<StoredObject> {
-    return this.run('get', key, () => this.inner.get(key));
+  get(key: string, into?: Buffer): Promise<StoredObject> {
+    // a failed attempt's partial bytes in `into` are overwritten by the next attempt's
+    return this.run('get', key, () => this.inner.get(key, into));
   }
 
   getRange(key: string, offset: number, length: number): Promise<Buffer> {

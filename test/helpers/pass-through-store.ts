@@ -7,8 +7,8 @@ export class PassThroughStore implements ObjectStore {
   get props() {
     return this.inner.props;
   }
-  get(key: string): Promise<StoredObject> {
-    return this.inner.get(key);
+  get(key: string, into?: Buffer): Promise<StoredObject> {
+    return this.inner.get(key, into);
   }
   getRange(key: string, offset: number, length: number): Promise<Buffer> {
     return this.inner.getRange(key, offset, length);

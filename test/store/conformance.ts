@@ -66,6 +66,33 @@ export function describeObjectStore(name: string, makeStore: () => Promise<Objec
       }
     });
 
+    it('get(key, into): the object whether read into the memory or not, never a write to it after the call', async () => {
+      const s = await open();
+      const small = randomBytes(1000);
+      const big = randomBytes(70_000);
+      await s.put('into/small', small);
+      await s.put('into/big', big);
+      for (const shared of [false, true]) {
+        const into = shared ? Buffer.from(new SharedArrayBuffer(4096)) : Buffer.alloc(4096);
+        into.fill(0xa5);
+        const got = await s.get('into/small', into);
+        assert.ok(got.body.equals(small), 'the body is the object');
+        if (got.body.buffer === into.buffer) {
+          // read into it: only where the body lies, and the rest is not the store's to use
+          assert.ok(got.body.byteOffset >= into.byteOffset && got.body.byteOffset + got.body.length <= into.byteOffset + into.length);
+        }
+        const after = Buffer.from(into);
+        // an object that does not fit is read into fresh memory, whole
+        const bigGot = await s.get('into/big', into);
+        assert.ok(bigGot.body.equals(big), 'an object bigger than `into` is read whole');
+        assert.notEqual(bigGot.body.buffer, into.buffer);
+        await new Promise((r) => setTimeout(r, 20));
+        assert.ok(into.equals(after), 'nothing is written to `into` after the call that got it, nor by a get it did not fit');
+        assert.ok(got.body.equals(small), 'the body read into `into` is unchanged');
+        await expectCode(s.get('into/missing', into), 'ERR_STORE_NOT_FOUND');
+      }
+    });
+
     it('get of a missing key is ERR_STORE_NOT_FOUND; head is null', async () => {
       const s = await open();
       await expectCode(s.get('missing/key'), 'ERR_STORE_NOT_FOUND');

@@ -111,10 +111,16 @@ describe('DiskCacheStore', () => {
     assert.equal(faulty.calls.get, 1);
     for (let i = 0; i < 3; i++) assert.ok((await s.get(chunk(1))).body.equals(body));
     assert.equal(faulty.calls.get, 1, 'hits do not reach the store');
+    // a hit with memory to read into lands there (no fresh 3 MiB)
+    const into = Buffer.from(new SharedArrayBuffer(4 * MiB));
+    const intoHit = await s.get(chunk(1), into);
+    assert.ok(intoHit.body.equals(body));
+    assert.equal(intoHit.body.buffer, into.buffer, 'a hit is read into `into`');
+    assert.equal(faulty.calls.get, 1);
     const st = s.stats();
-    assert.equal(st.hits, 3);
+    assert.equal(st.hits, 4);
     assert.equal(st.misses, 1);
-    assert.equal(st.hitBytes, 3 * body.length);
+    assert.equal(st.hitBytes, 4 * body.length);
     assert.equal(st.missBytes, body.length);
     // ranges of a whole cached object are hits too, clipped at its end
     assert.ok((await s.getRange(chunk(1), 1_000_000, 200_000)).equals(body.subarray(1_000_000, 1_200_000)));

@@ -63,6 +63,23 @@ describe('FsStore', () => {
     assert.deepEqual(readdirSync(dir), ['k']);
   });
 
+  it('get(key, into) reads a fitting object file into the caller\'s memory, header and all, and nothing past it', async () => {
+    const store = new FsStore(path.join(tmp, 'into'), { fsync: false });
+    const body = randomBytes(300_000);
+    await store.put('volumes/v/chunks/bb', body);
+    const into = Buffer.from(new SharedArrayBuffer(400_000)).fill(7);
+    const got = await store.get('volumes/v/chunks/bb', into);
+    assert.ok(got.body.equals(body));
+    assert.equal(got.body.buffer, into.buffer, 'the body is a view of `into`, not fresh memory');
+    const end = got.body.byteOffset + got.body.length;
+    assert.equal(end, statSync(store.pathOf('volumes/v/chunks/bb')).size, 'the file lies at the start of `into`');
+    assert.ok(into.subarray(end).every((b) => b === 7), 'nothing written past the file');
+    assert.equal(got.etag, (await store.get('volumes/v/chunks/bb')).etag);
+    // a file cut short is an error, not a shorter body
+    await fsp.writeFile(store.pathOf('volumes/v/chunks/bb'), (await fsp.readFile(store.pathOf('volumes/v/chunks/bb'))).subarray(0, 20));
+    await expectCode(store.get('volumes/v/chunks/bb', into), 'ERR_STORE_IO');
+  });
+
   it('a file without the object header is ERR_STORE_IO, not data', async () => {
     const store = new FsStore(path.join(tmp, 'corrupt'));
     await store.put('x/y', Buffer.from('good'));
