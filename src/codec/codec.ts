@@ -27,5 +27,11 @@ export interface Codec {
    *  `chunkLength` bytes): decoded there and returned (that very object), every byte written, or the call throws
    *  (what it held is then garbage: its content is not the chunk's). */
   openChunkContainer(key: SecretKey, container: Buffer, place: FramesPlace, chunkLength: number, what: string, into?: Buffer): Promise<Buffer>;
+  /**
+   * Lends memory (CONTAINER_MEMORY_BYTES) to read a stored chunk container into while `use` runs:
+   * openChunkContainer of a container there reads it where it is (a worker reads shared memory;
+   * any other container is copied for it). Nothing `use` returns may be a view of the memory.
+   */
+  withContainerMemory<T>(use: (memory: Buffer) => Promise<T>): Promise<T>;
   close(): Promise<void>;
 }

@@ -7,6 +7,7 @@ import { openChunkContainerSync, openFrameSync, sealFramesSync, type FrameKind, 
 import type { ObjectPlace } from './object-place';
 import { openSync } from './open-object';
 import { sealSync } from './seal-object';
+import { containerMemory } from './staging-buffers';
 
 export interface InlineCodecOptions {
   zstdLevel?: number;
@@ -14,6 +15,7 @@ export interface InlineCodecOptions {
 
 export function createInlineCodec(options: InlineCodecOptions = {}): Codec {
   const zstdLevel = checkZstdLevel(options.zstdLevel);
+  const containersRead = containerMemory();
   return {
     async seal(key: SecretKey, plaintext: Buffer, place: ObjectPlace): Promise<Buffer | null> {
       return sealSync(key, plaintext, place, { zstdLevel });
@@ -29,6 +31,9 @@ export function createInlineCodec(options: InlineCodecOptions = {}): Codec {
     },
     async openChunkContainer(key: SecretKey, container: Buffer, place: FramesPlace, chunkLength: number, what: string, into?: Buffer): Promise<Buffer> {
       return openChunkContainerSync(key.bytes, container, place, chunkLength, what, into);
+    },
+    withContainerMemory<T>(use: (memory: Buffer) => Promise<T>): Promise<T> {
+      return containersRead.lend(use);
     },
     async close(): Promise<void> {},
   };

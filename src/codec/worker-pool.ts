@@ -18,7 +18,7 @@ import type { ObjectPlace } from './object-place';
 import { openObject } from './open-object';
 import { asBuffer, sealObject } from './seal-object';
 import { FrameOpenBatches } from './frame-open-batches';
-import { StagingBuffers } from './staging-buffers';
+import { StagingBuffers, containerMemory } from './staging-buffers';
 import { FRAMED_HEADER_MAX_CHUNK, MAX_CHUNK_FRAMES, MAX_SEALED_FRAME_BYTES } from './format';
 import { Slots } from './slots';
 import { framesPlaceCopy, ownCopy, packedCopy, placeCopy } from './task-copies';
@@ -49,6 +49,8 @@ export function createCodec(options: CodecOptions = {}): Codec {
   /** where a chunk container is copied for its task: a fresh buffer per container cost a cold
    *  export ~10 % of all CPU (page faults, V8's collector) */
   const containerStaging = new StagingBuffers(CONTAINER_STAGING_BYTES);
+  /** lent to read a stored container into: it then goes to its worker without that copy */
+  const containersRead = containerMemory();
   let closed = false;
   const frameOpens = new FrameOpenBatches(
     slots,
@@ -116,10 +118,12 @@ export function createCodec(options: CodecOptions = {}): Codec {
       const out = await run(
         'openChunk',
         () => {
-          staging = container.length <= containerStaging.bytes ? containerStaging.take() : null;
-          const input = staging ? staging.subarray(0, container.copy(staging)) : ownCopy(container);
+          // shared memory (withContainerMemory's) goes as it is: the caller keeps it until this settles
+          const shared = container.buffer instanceof SharedArrayBuffer;
+          staging = !shared && container.length <= containerStaging.bytes ? containerStaging.take() : null;
+          const input = shared ? container : staging ? staging.subarray(0, container.copy(staging)) : ownCopy(container);
           const task: WorkerOpenChunkTask = { key: ownCopy(key.bytes), container: input, place: framesPlaceCopy(place), chunkLength, what, into };
-          return [task, staging ? [task.key.buffer as ArrayBuffer] : [task.key.buffer as ArrayBuffer, input.buffer as ArrayBuffer]];
+          return [task, shared || staging ? [task.key.buffer as ArrayBuffer] : [task.key.buffer as ArrayBuffer, input.buffer as ArrayBuffer]];
         },
         () => {
           if (staging) containerStaging.give(staging);
@@ -128,6 +132,9 @@ export function createCodec(options: CodecOptions = {}): Codec {
       // the worker's reply is a view of the same memory under another SharedArrayBuffer object:
       // the caller's own buffer is what it knows (and tells apart by identity)
       return into ?? out;
+    },
+    withContainerMemory<T>(use: (memory: Buffer) => Promise<T>): Promise<T> {
+      return containersRead.lend(use);
     },
     async close(): Promise<void> {
       if (closed) return;

@@ -132,9 +132,15 @@ export class VolumeObjects {
     return this.authenticated(key, () => this.readChunkOnce(chunkIndex, entry.id!, key, expectedLength, into));
   }
 
-  private async readChunkOnce(chunkIndex: number, id: string, key: string, expectedLength: number, into?: Buffer): Promise<Buffer> {
+  /** The stored object is read into memory the codec lends (no fresh 4 MiB per read, and no copy
+   *  of it for a worker); the chunk it returns is never a view of that memory. */
+  private readChunkOnce(chunkIndex: number, id: string, key: string, expectedLength: number, into?: Buffer): Promise<Buffer> {
+    return this.codec.withContainerMemory((memory) => this.readChunkVia(memory, chunkIndex, id, key, expectedLength, into));
+  }
+
+  private async readChunkVia(memory: Buffer, chunkIndex: number, id: string, key: string, expectedLength: number, into?: Buffer): Promise<Buffer> {
     const what = `chunk ${chunkIndex} of volume "${this.volumeName}"`;
-    const { body } = await this.fetch(key, what);
+    const { body } = await this.fetch(key, what, memory);
     let plain: Buffer;
     try {
       const format = objectFormatOf(body);
@@ -466,9 +472,9 @@ export class VolumeObjects {
     return (await this.store.head(snapshotKey(this.volumeId, snapshotId))) !== null;
   }
 
-  private async fetch(key: string, what: string) {
+  private async fetch(key: string, what: string, into?: Buffer) {
     try {
-      return await this.store.get(key);
+      return await this.store.get(key, into);
     } catch (err) {
       if (isVaultError(err, 'ERR_STORE_NOT_FOUND')) {
         throw new VaultError('ERR_IO', `${what} is missing from the store (object ${key})`, { cause: err });

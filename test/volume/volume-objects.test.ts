@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { FRAME_BYTES, createInlineCodec } from '../../src/codec';
+import { FRAME_BYTES, createCodec, createInlineCodec } from '../../src/codec';
 import { SecretKey } from '../../src/keys/secret-key';
 import { FsStore } from '../../src/store/fs-store';
 import { MemoryStore } from '../../src/store/memory-store';
@@ -135,6 +135,48 @@ test('a v1 chunk is still read: one frame, the whole chunk', async () => {
   // at another index it fails authentication, whole or by frame
   await rejects(objectsOn(store, objects.volumeId, k).readChunkFrame(5, entry, CHUNK, 0), 'ERR_AUTH_FAILED');
 });
+
+/** Records the memory each get was offered, and holds each answer a random while (reads overlap). */
+class SlowStore extends PassThroughStore {
+  offered: Buffer[] = [];
+  override async get(key: string, into?: Buffer) {
+    if (into) this.offered.push(into);
+    const o = await this.inner.get(key, into);
+    await new Promise((r) => setTimeout(r, Math.random() * 4));
+    return o;
+  }
+}
+
+for (const [name, makeCodec] of [['inline', () => codec], ['worker', () => createCodec({ workers: 2 })]] as const) {
+  test(`whole chunks are read through lent container memory (${name} codec): overlapping reads each get their own chunk, and a chunk read stays put`, async (t) => {
+    const c = makeCodec();
+    if (c !== codec) t.after(() => c.close());
+    const store = new SlowStore(new MemoryStore()); // the memory store reads into the memory it is offered
+    const k = keys();
+    const objects = new VolumeObjects(store, c, k, vaultId, randomBytes(16).toString('hex'), 'vm');
+    const data = Array.from({ length: 6 }, (_, i) => chunkData(CHUNK, 40 + i));
+    const entries = await Promise.all(data.map((d, i) => objects.writeChunk(i, d, 1)));
+    const v1 = newObjectId(); // a v1 chunk goes through the same memory
+    await store.put(chunkKey(objects.volumeId, v1), (await c.seal(k.data, data[0], objects.place('chunk', 6, generationOfId(v1))))!);
+    entries.push({ id: v1, epoch: 1, storedSize: 0 });
+    data.push(data[0]);
+    const kept: Array<[Buffer, number]> = [];
+    for (let round = 0; round < 4; round++) {
+      const order = [...entries.keys(), ...entries.keys()].sort(() => Math.random() - 0.5);
+      const got = await Promise.all(order.map((i) => objects.readChunk(i, entries[i], CHUNK)));
+      got.forEach((g, n) => assert.ok(g.equals(data[order[n]]), `round ${round}: chunk ${order[n]}`));
+      kept.push([got[0], order[0]]);
+    }
+    // what a read returned is never the lent memory, which later reads filled again
+    for (const [g, i] of kept) assert.ok(g.equals(data[i]), `chunk ${i}, read in an earlier round, unchanged`);
+    for (const [g] of kept) assert.ok(!store.offered.some((m) => m.buffer === g.buffer), 'a chunk is not a view of container memory');
+    assert.equal(store.offered.length, 4 * 2 * entries.length, 'every whole-chunk get was offered memory');
+    // one read after another: one piece of memory serves them all
+    store.offered = [];
+    for (const [i, e] of entries.entries()) assert.ok((await objects.readChunk(i, e, CHUNK)).equals(data[i]));
+    assert.equal(new Set(store.offered.map((m) => m.buffer)).size, 1, 'the memory is reused');
+  });
+}
 
 test('clone: epoch-0 entries are read from the origin volume with the origin keys', async () => {
   const store = new LyingStore(new MemoryStore());
