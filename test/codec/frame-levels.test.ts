@@ -1,0 +1,66 @@
+// The zstd level of each frame of a container: the configured one, zstd's fastest after a frame
+// that saved less than 1/8, back after one that saved 1/4 (framed-container.ts, nextFrameLevel).
+// Checked on the sealed lengths, which are what each level's zstd output makes them.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { FRAME_BYTES, SEAL_OVERHEAD_BYTES, openFrameSync, parseFramedHeader, sealFramesSync } from '../../src/codec';
+import { POOR_DATA_ZSTD_LEVEL, nextFrameLevel } from '../../src/codec/framed-container';
+import { compressBound, compressInto } from '../../src/codec/zstd-contexts';
+import { seededBytes, testKey, testPlace } from './codec-fixtures';
+
+const key = testKey();
+const base = testPlace();
+const place = { vaultId: base.vaultId, volumeId: base.volumeId, index: 3, generation: 9 };
+
+/** Words from a small vocabulary in a seeded order: compresses to about a third, and better at
+ *  level 3 than at -1. */
+function textLike(length: number, seed: number): Buffer {
+  const words = ['volume', 'chunk', 'frame', 'journal', 'snapshot', 'kernel:', 'EXT4-fs', 'mounted', 'with', 'data', '\n', 'the', 'of', '2026-12-05'];
+  const rnd = seededBytes(length, seed);
+  const out = Buffer.alloc(length);
+  for (let at = 0, i = 0; at < length; i++) at += out.write(words[rnd[i] % words.length] + ' ', at);
+  return out;
+}
+
+/** Random bytes after a zero run of `zeroShare` of the frame: saves about that share at any level. */
+function poor(length: number, seed: number, zeroShare: number): Buffer {
+  const out = seededBytes(length, seed);
+  out.fill(0, 0, Math.floor(length * zeroShare));
+  return out;
+}
+
+function payloadAt(frame: Buffer, level: number): number {
+  const dst = Buffer.alloc(compressBound(frame.length));
+  return Math.min(compressInto(dst, frame, level), frame.length);
+}
+
+test('nextFrameLevel: below 1/8 saved goes fast, 1/4 saved comes back, a configured fast level stays', () => {
+  const n = 1000;
+  assert.equal(nextFrameLevel(3, 3, 880, n), POOR_DATA_ZSTD_LEVEL, 'saved 12 %: fast next');
+  assert.equal(nextFrameLevel(3, 3, 875, n), 3, 'saved exactly 1/8: stays');
+  assert.equal(nextFrameLevel(3, 3, 1000, n), POOR_DATA_ZSTD_LEVEL, 'stored raw: fast next');
+  assert.equal(nextFrameLevel(POOR_DATA_ZSTD_LEVEL, 3, 800, n), POOR_DATA_ZSTD_LEVEL, 'saved 20 % at the fast level: stays fast');
+  assert.equal(nextFrameLevel(POOR_DATA_ZSTD_LEVEL, 3, 750, n), 3, 'saved 1/4: back');
+  assert.equal(nextFrameLevel(19, 19, 990, n), POOR_DATA_ZSTD_LEVEL, 'any configured level');
+  assert.equal(nextFrameLevel(-5, -5, 1000, n), -5, 'a configured level at or below the fast one is kept');
+  assert.equal(nextFrameLevel(POOR_DATA_ZSTD_LEVEL, POOR_DATA_ZSTD_LEVEL, 1000, n), POOR_DATA_ZSTD_LEVEL);
+});
+
+test('a container: text at level 3; poorly compressible frames after the first at the fast level; text after them fast once, then level 3 again', () => {
+  const frames = [textLike(FRAME_BYTES, 1), poor(FRAME_BYTES, 2, 0.06), poor(FRAME_BYTES, 3, 0.06), textLike(FRAME_BYTES, 4), textLike(FRAME_BYTES, 5), poor(FRAME_BYTES / 2, 6, 0.2)];
+  for (const f of [0, 3, 4]) assert.notEqual(payloadAt(frames[f], 3), payloadAt(frames[f], POOR_DATA_ZSTD_LEVEL), `text frame ${f}: the levels differ in size`);
+  const container = sealFramesSync(key.bytes, 'chunk-frame', frames, place, 5.5 * FRAME_BYTES, 3);
+  const header = parseFramedHeader(container, 'chunk', 'test', container.length);
+  const levels = [3, 3, POOR_DATA_ZSTD_LEVEL, POOR_DATA_ZSTD_LEVEL, 3, 3];
+  //   frame 1 saved ~6 % at level 3 → frame 2 fast; frame 2 saved ~6 % → frame 3 fast; frame 3
+  //   (text) saved > 1/4 → frame 4 at 3; frame 4 saved > 1/8 → frame 5 at 3
+  frames.forEach((frame, f) => {
+    assert.equal(header.frameLengths[f], SEAL_OVERHEAD_BYTES + payloadAt(frame, levels[f]), `frame ${f} sealed at level ${levels[f]}`);
+    const sealed = container.subarray(header.frameOffsets[f], header.frameOffsets[f] + header.frameLengths[f]);
+    assert.ok(openFrameSync(key.bytes, sealed, { ...place, kind: 'chunk-frame', frame: f }, frame.length).equals(frame), `frame ${f} opens to its bytes`);
+  });
+  // the same frames at a configured level of -1: every one at -1
+  const fast = sealFramesSync(key.bytes, 'chunk-frame', frames, place, 5.5 * FRAME_BYTES, POOR_DATA_ZSTD_LEVEL);
+  const fastHeader = parseFramedHeader(fast, 'chunk', 'test', fast.length);
+  frames.forEach((frame, f) => assert.equal(fastHeader.frameLengths[f], SEAL_OVERHEAD_BYTES + payloadAt(frame, POOR_DATA_ZSTD_LEVEL)));
+});
