@@ -80,6 +80,16 @@ describe('FsStore', () => {
     await expectCode(store.get('volumes/v/chunks/bb', into), 'ERR_STORE_IO');
   });
 
+  it('every put is a version of its own: the same bytes put again get a new etag, and an If-Match on the old one loses', async () => {
+    const store = new FsStore(path.join(tmp, 'versions'), { fsync: false });
+    const first = await store.put('volumes/v/lease', Buffer.from('same'));
+    const second = await store.put('volumes/v/lease', Buffer.from('same'));
+    assert.notEqual(first.etag, second.etag);
+    assert.equal((await store.head('volumes/v/lease'))!.etag, second.etag);
+    await expectCode(store.put('volumes/v/lease', Buffer.from('same'), { ifMatch: first.etag }), 'ERR_STORE_PRECONDITION');
+    assert.match(second.etag, /^[0-9a-f]{32}$/);
+  });
+
   it('a file without the object header is ERR_STORE_IO, not data', async () => {
     const store = new FsStore(path.join(tmp, 'corrupt'));
     await store.put('x/y', Buffer.from('good'));
