@@ -31,6 +31,8 @@ export interface WorkerSealFramesTask {
   place: FramesPlace;
   logicalLength: number;
   zstdLevel: number;
+  /** shared memory the container is written into when it fits */
+  into?: Uint8Array;
 }
 
 export interface WorkerOpenChunkTask {
@@ -68,7 +70,7 @@ export function seal(task: WorkerSealTask): WorkerReply {
 
 /** A whole container in one task: 32 frames of a 4 MiB chunk are sealed back to back here. */
 export function sealFrames(task: WorkerSealFramesTask): WorkerReply {
-  return runCatching(() => sealFramesSync(task.key, task.kind, task.frames, task.place, task.logicalLength, task.zstdLevel));
+  return runCatching(() => sealFramesSync(task.key, task.kind, task.frames, task.place, task.logicalLength, task.zstdLevel, undefined, task.into));
 }
 
 /** A whole chunk container opened in one task. */

@@ -15,8 +15,10 @@ export interface Codec {
    * Format 2: seals frame f of `frames` as a sealed frame (version 2, kind, frame number f in the
    * AD; each compressed on its own) and returns the whole framed container (framed-container.ts).
    * One worker task per container. Always seals, zero frames too: callers skip all-zero chunks.
+   * `into` (shared memory, as withContainerMemory lends): the container is written there when it
+   * fits and returned as a view of that very buffer; else into fresh memory.
    */
-  sealFrames(key: SecretKey, kind: FrameKind, frames: Buffer[], place: FramesPlace, logicalLength: number): Promise<Buffer>;
+  sealFrames(key: SecretKey, kind: FrameKind, frames: Buffer[], place: FramesPlace, logicalLength: number, into?: Buffer): Promise<Buffer>;
   /**
    * Opens one sealed frame at `place` (kind chunk-frame or journal-frame, frame set). Its
    * plaintext must be `expectedLength` bytes, or with null at most FRAME_BYTES (journal frames).
@@ -28,9 +30,10 @@ export interface Codec {
    *  (what it held is then garbage: its content is not the chunk's). */
   openChunkContainer(key: SecretKey, container: Buffer, place: FramesPlace, chunkLength: number, what: string, into?: Buffer): Promise<Buffer>;
   /**
-   * Lends memory (CONTAINER_MEMORY_BYTES) to read a stored chunk container into while `use` runs:
-   * openChunkContainer of a container there reads it where it is (a worker reads shared memory;
-   * any other container is copied for it). Nothing `use` returns may be a view of the memory.
+   * Lends memory (CONTAINER_MEMORY_BYTES) for a chunk container while `use` runs: to read a stored
+   * one into (openChunkContainer reads it where it is: a worker reads shared memory; any other
+   * container is copied for it), or to seal one into (sealFrames `into`). Nothing `use` returns
+   * may be a view of the memory.
    */
   withContainerMemory<T>(use: (memory: Buffer) => Promise<T>): Promise<T>;
   close(): Promise<void>;

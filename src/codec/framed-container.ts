@@ -147,7 +147,8 @@ function checkFrames(kind: FrameKind, frames: readonly Uint8Array[], logicalLeng
 /**
  * Seals every frame (frame f with frame number f in its AD, each compressed on its own) and lays
  * them out as one container. Synchronous: a worker runs it for a whole chunk in one task.
- * `nonces` is a test hook for known-answer vectors only.
+ * `nonces` is a test hook for known-answer vectors only. `into`: the container is written there
+ * when it fits (a view of it is returned), else into fresh memory of its own.
  */
 export function sealFramesSync(
   keyBytes: Uint8Array,
@@ -157,6 +158,7 @@ export function sealFramesSync(
   logicalLength: number,
   zstdLevel: number,
   nonces?: readonly Uint8Array[],
+  into?: Uint8Array,
 ): Buffer {
   checkFrames(kind, frames, logicalLength);
   // Frames are sealed one after the other into a per-thread scratch laid out as the container,
@@ -172,8 +174,8 @@ export function sealFramesSync(
     total += sealedLengths[f];
     level = nextFrameLevel(level, zstdLevel, sealedLengths[f] - SEAL_OVERHEAD_BYTES, frames[f].length);
   }
-  // Exactly sized and owning its ArrayBuffer: safe to transfer from a worker.
-  const out = Buffer.allocUnsafeSlow(total);
+  // Exactly sized and owning its ArrayBuffer (safe to transfer from a worker), or the caller's.
+  const out = into && total <= into.length ? asBuffer(into).subarray(0, total) : Buffer.allocUnsafeSlow(total);
   (kind === 'chunk-frame' ? CHUNK_CONTAINER_MAGIC : JOURNAL_CONTAINER_MAGIC).copy(out, 0);
   out.writeUInt8(CONTAINER_VERSION, CONTAINER_OFFSET_VERSION);
   out.writeUIntLE(0, CONTAINER_OFFSET_RESERVED, 3);

@@ -23,8 +23,8 @@ export function createInlineCodec(options: InlineCodecOptions = {}): Codec {
     async open(key: SecretKey, sealed: Buffer, place: ObjectPlace): Promise<Buffer> {
       return openSync(key, sealed, place);
     },
-    async sealFrames(key: SecretKey, kind: FrameKind, frames: Buffer[], place: FramesPlace, logicalLength: number): Promise<Buffer> {
-      return sealFramesSync(key.bytes, kind, frames, place, logicalLength, zstdLevel);
+    async sealFrames(key: SecretKey, kind: FrameKind, frames: Buffer[], place: FramesPlace, logicalLength: number, into?: Buffer): Promise<Buffer> {
+      return sealFramesSync(key.bytes, kind, frames, place, logicalLength, zstdLevel, undefined, into);
     },
     async openFrame(key: SecretKey, sealedFrame: Buffer, place: ObjectPlace, expectedLength: number | null): Promise<Buffer> {
       return openFrameSync(key.bytes, sealedFrame, place, expectedLength);

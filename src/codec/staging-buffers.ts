@@ -1,37 +1,49 @@
-// Shared memory a task's inputs are copied into for a worker, kept for the next task: no allocation
-// per task (each fresh buffer cost page faults on first touch and V8 external memory toward its
-// next full GC). At most one buffer per task in flight is ever made: a task takes one when it is
-// dispatched and gives it back once the worker is done with it (replied, or never got it).
+// Shared memory kept for the next task: no allocation per task (each fresh buffer cost page faults
+// on first touch and V8 external memory toward its next full GC, and garbage buffers waiting for
+// that GC raised the peak RSS). A task takes a buffer and gives it back once done with it, so no
+// more buffers are ever made than tasks were in flight at once.
+// - A worker's staging (inputs copied for it): at most one per task in flight in the pool.
+// - Container memory (Codec.withContainerMemory): one per chunk object being read or sealed and
+//   stored; the callers bound those (fetches, uploads, the memory budget). Kept while in use,
+//   let go after IDLE_RELEASE_MS without a take.
 import { FRAMED_HEADER_MAX_CHUNK, MAX_CHUNK_FRAMES, MAX_SEALED_FRAME_BYTES } from './format';
 
 /** The largest stored chunk container, with room to spare for a store's own framing around it
  *  (the fs store reads its object header into the same memory). */
 export const CONTAINER_MEMORY_BYTES = FRAMED_HEADER_MAX_CHUNK + MAX_CHUNK_FRAMES * MAX_SEALED_FRAME_BYTES + 64 * 1024;
 
-/** Given-back container memory kept for the next read, per process: reads in flight beyond it
- *  (many streams at once) get fresh memory, left to the collector when given back. */
-const CONTAINER_MEMORY_KEPT = 4;
+/** Free buffers are let go after this long without a take (an idle server holds none). */
+export const IDLE_RELEASE_MS = 5_000;
 
 /** The memory Codec.withContainerMemory lends. */
 export function containerMemory(): StagingBuffers {
-  return new StagingBuffers(CONTAINER_MEMORY_BYTES, CONTAINER_MEMORY_KEPT);
+  return new StagingBuffers(CONTAINER_MEMORY_BYTES, IDLE_RELEASE_MS);
 }
 
 export class StagingBuffers {
   private readonly free: Buffer[] = [];
+  private lastTakeMs = 0;
+  private idleTimer: NodeJS.Timeout | null = null;
 
-  /** `maxFree`: how many given-back buffers are kept; more go to the collector */
+  /** `idleReleaseMs`: free buffers are dropped after this long without a take (default: kept) */
   constructor(
     readonly bytes: number,
-    private readonly maxFree = Infinity,
+    private readonly idleReleaseMs = Infinity,
   ) {}
 
+  /** Buffers kept for the next take (tests, stats). */
+  get freeCount(): number {
+    return this.free.length;
+  }
+
   take(): Buffer {
+    this.lastTakeMs = Date.now();
     return this.free.pop() ?? Buffer.from(new SharedArrayBuffer(this.bytes));
   }
 
   give(buf: Buffer): void {
-    if (this.free.length < this.maxFree) this.free.push(buf);
+    this.free.push(buf);
+    if (this.idleReleaseMs !== Infinity && !this.idleTimer) this.armRelease(this.idleReleaseMs);
   }
 
   /** Lends a buffer for as long as `use` runs. */
@@ -42,5 +54,15 @@ export class StagingBuffers {
     } finally {
       this.give(buf);
     }
+  }
+
+  private armRelease(ms: number): void {
+    this.idleTimer = setTimeout(() => {
+      this.idleTimer = null;
+      const idle = Date.now() - this.lastTakeMs;
+      if (idle >= this.idleReleaseMs) this.free.length = 0;
+      else this.armRelease(this.idleReleaseMs - idle);
+    }, ms);
+    this.idleTimer.unref();
   }
 }

@@ -93,18 +93,22 @@ export function createCodec(options: CodecOptions = {}): Codec {
         return [task, [task.key.buffer as ArrayBuffer, task.sealed.buffer as ArrayBuffer]];
       });
     },
-    async sealFrames(key: SecretKey, kind: FrameKind, frames: Buffer[], place: FramesPlace, logicalLength: number): Promise<Buffer> {
+    async sealFrames(key: SecretKey, kind: FrameKind, frames: Buffer[], place: FramesPlace, logicalLength: number, into?: Buffer): Promise<Buffer> {
+      if (into && !(into.buffer instanceof SharedArrayBuffer)) throw new BugError('sealFrames: `into` must be shared memory');
       const total = frames.reduce((n, f) => n + f.length, 0);
-      if (total < INLINE_BELOW_BYTES) return sealFramesSync(key.bytes, kind, frames, place, logicalLength, zstdLevel);
-      return run('sealFrames', () => {
+      if (total < INLINE_BELOW_BYTES) return sealFramesSync(key.bytes, kind, frames, place, logicalLength, zstdLevel, undefined, into);
+      const out = await run('sealFrames', () => {
         // Frames in shared memory go as they are (the caller keeps them unchanged until the seal
         // completes); otherwise one copy of all frames into one fresh ArrayBuffer, transferred.
         const shared = frames.every((f) => f.buffer instanceof SharedArrayBuffer);
-        const task: WorkerSealFramesTask = { key: ownCopy(key.bytes), kind, frames: shared ? frames : packedCopy(frames, total), place: framesPlaceCopy(place), logicalLength, zstdLevel };
+        const task: WorkerSealFramesTask = { key: ownCopy(key.bytes), kind, frames: shared ? frames : packedCopy(frames, total), place: framesPlaceCopy(place), logicalLength, zstdLevel, into };
         const transfer = [task.key.buffer as ArrayBuffer];
         if (!shared && task.frames.length > 0) transfer.push(task.frames[0].buffer as ArrayBuffer);
         return [task, transfer];
       });
+      // written into `into`: the reply is that memory under another SharedArrayBuffer object, and
+      // the caller's own buffer is the one it knows
+      return into && out.buffer instanceof SharedArrayBuffer ? into.subarray(0, out.length) : out;
     },
     async openFrame(key: SecretKey, sealedFrame: Buffer, place: ObjectPlace, expectedLength: number | null): Promise<Buffer> {
       assertFramePlace(place);

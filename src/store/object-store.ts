@@ -1,7 +1,8 @@
 // The ObjectStore contract: the only thing store/ offers to the layers above.
 //
 // - Keys are '/'-separated strings such as `volumes/<id>/chunks/ab/<id>`; no leading '/'.
-// - put() stores a whole Buffer (never a stream) so that any layer may replay it.
+// - put() stores a whole Buffer (never a stream) so that any layer may replay it; no layer keeps
+//   `body` or a view of it once the call settled (the caller reuses that memory).
 // - get() of a missing key throws VaultError ERR_STORE_NOT_FOUND; it never returns empty bytes.
 //   get(key, into): a store may read the object into the caller's memory `into` instead of fresh
 //   memory (the body is then a view of it; a store that cannot, or an object that does not fit,

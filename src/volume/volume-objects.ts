@@ -116,11 +116,14 @@ export class VolumeObjects {
     const id = newObjectId();
     const frames: Buffer[] = [];
     for (let at = 0; at < data.length; at += FRAME_BYTES) frames.push(data.subarray(at, Math.min(at + FRAME_BYTES, data.length)));
-    const container = await this.codec.sealFrames(this.keys.data, 'chunk-frame', frames, this.framesPlace(chunkIndex, id), data.length);
-    const key = chunkKey(this.volumeId, id);
-    await this.store.put(key, container);
-    this.headers.set(key, { framed: true, ...parseFramedHeader(container, 'chunk', key, container.length) });
-    return { id, epoch, storedSize: container.length };
+    // sealed into memory the codec lends (no fresh 4 MiB per chunk), given back once stored
+    return this.codec.withContainerMemory(async (memory) => {
+      const container = await this.codec.sealFrames(this.keys.data, 'chunk-frame', frames, this.framesPlace(chunkIndex, id), data.length, memory);
+      const key = chunkKey(this.volumeId, id);
+      await this.store.put(key, container);
+      this.headers.set(key, { framed: true, ...parseFramedHeader(container, 'chunk', key, container.length) });
+      return { id, epoch, storedSize: container.length };
+    });
   }
 
   /** The whole chunk, format 1 or 2, every frame authenticated. `into` (shared memory, the

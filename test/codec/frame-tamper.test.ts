@@ -328,3 +328,32 @@ test('openChunkContainer into shared memory: decoded there, that very buffer ret
     await pool.close();
   }
 });
+
+test('sealFrames into shared memory: the container written there (a view of that very buffer), the same container as without; one that does not fit gets its own memory', async () => {
+  const frames = split(data);
+  for (const codec of [createCodec({ workers: 1 }), createInlineCodec()]) {
+    try {
+      const into = Buffer.from(new SharedArrayBuffer(data.length + 4096)).fill(0xee);
+      const sealed = await codec.sealFrames(key, 'chunk-frame', frames, framesPlace, data.length, into);
+      assert.equal(sealed.buffer, into.buffer, 'the caller’s own memory');
+      assert.equal(sealed.byteOffset, into.byteOffset);
+      assert.ok(into.subarray(sealed.length).every((b) => b === 0xee), 'nothing written past the container');
+      assert.ok((await codec.openChunkContainer(key, sealed, framesPlace, data.length, 'obj')).equals(data), 'it opens to the chunk');
+      const plain = await codec.sealFrames(key, 'chunk-frame', frames, framesPlace, data.length);
+      assert.deepEqual(parseFramedHeader(sealed, 'chunk', 'a').frameLengths, parseFramedHeader(plain, 'chunk', 'b').frameLengths, 'the same frames as without `into`');
+      const small = Buffer.from(new SharedArrayBuffer(64)).fill(0xee);
+      const own = await codec.sealFrames(key, 'chunk-frame', frames, framesPlace, data.length, small);
+      assert.notEqual(own.buffer, small.buffer);
+      assert.ok(small.every((b) => b === 0xee), 'a buffer it does not fit is left alone');
+      assert.ok((await codec.openChunkContainer(key, own, framesPlace, data.length, 'obj')).equals(data));
+    } finally {
+      await codec.close();
+    }
+  }
+  const pool = createCodec({ workers: 1 });
+  try {
+    await assert.rejects(pool.sealFrames(key, 'chunk-frame', frames, framesPlace, data.length, Buffer.alloc(data.length + 4096)), /shared memory/);
+  } finally {
+    await pool.close();
+  }
+});

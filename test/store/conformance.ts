@@ -93,6 +93,20 @@ export function describeObjectStore(name: string, makeStore: () => Promise<Objec
       }
     });
 
+    it('put keeps nothing of the caller\'s memory: the body changed after the call is not what is stored', async () => {
+      const s = await open();
+      const want = randomBytes(300_000);
+      for (const shared of [false, true]) {
+        const body = shared ? Buffer.from(new SharedArrayBuffer(want.length)) : Buffer.alloc(want.length);
+        want.copy(body);
+        await s.put(`kept/${shared}`, body);
+        body.fill(0x5a); // the caller reuses its memory at once
+        await new Promise((r) => setTimeout(r, 20));
+        assert.ok((await s.get(`kept/${shared}`)).body.equals(want), 'stored as it was when put');
+        assert.ok((await s.getRange(`kept/${shared}`, 1000, 5000)).equals(want.subarray(1000, 6000)));
+      }
+    });
+
     it('get of a missing key is ERR_STORE_NOT_FOUND; head is null', async () => {
       const s = await open();
       await expectCode(s.get('missing/key'), 'ERR_STORE_NOT_FOUND');
