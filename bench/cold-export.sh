@@ -5,7 +5,8 @@
 # threads used meanwhile (codec workers, V8's collector, main thread, libuv) and its VmHWM.
 # The volume is imported (nbdcopy --flush) and compacted once, with the first build.
 # IMPORT=1 measures imports instead: each build imports the corpus into a fresh volume on a fresh
-# server (MB/s, CPU by thread, VmHWM).
+# server (MB/s, CPU by thread, VmHWM). SEQWRITE=1 likewise writes the whole volume with fio (1M
+# sequential writes, QD8, end_fsync; fio's own buffers, which compress poorly).
 #   bench/cold-export.sh LABEL=PATH/TO/bin/nbd-vault.js ...
 #   e.g. bench/cold-export.sh base=/work/wt/base/bin/nbd-vault.js new=bin/nbd-vault.js
 set -euo pipefail
@@ -22,14 +23,21 @@ serve() { node "$1" serve --listen 127.0.0.1:$PORT > "$ROOT/serve.log" 2>&1 & pi
 ticks() { for t in /proc/$pid/task/*; do echo "$(tr ' ' _ < "$t/comm") $(awk '{print $14+$15}' "$t/stat")"; done | awk '{a[$1]+=$2} END {for (k in a) print k, a[k]}' | sort; }
 cpu() { join "$ROOT/before" "$ROOT/after" | awk '{d = ($3 - $2) / 100; if (d >= 0.02) printf " %s %.2f", $1, d}'; }
 mbps() { echo "$(stat -c %s "$CORPUS") / 1000000 / ($(date +%s.%N) - $1)" | bc; }
-if [ -n "${IMPORT:-}" ]; then
+if [ -n "${IMPORT:-}${SEQWRITE:-}" ]; then
   for round in $(seq "${ROUNDS:-2}"); do
     for b in "${BUILDS[@]}"; do
       label=${b%%=*}; node "${b#*=}" volume delete bench --yes >/dev/null 2>&1 || true
       node "${b#*=}" volume create bench --size "$(stat -c %s "$CORPUS")" >/dev/null
       serve "${b#*=}"; ticks > "$ROOT/before"; t0=$(date +%s.%N)
-      nbdcopy --flush "$CORPUS" nbd://127.0.0.1:$PORT/bench
-      line="round $round $label: import $(mbps "$t0") MB/s"; ticks > "$ROOT/after"
+      if [ -n "${SEQWRITE:-}" ]; then
+        fio --name=seqwrite --ioengine=nbd --uri=nbd://127.0.0.1:$PORT/bench --rw=write --bs=1M --iodepth=8 --end_fsync=1 \
+          --size="$(stat -c %s "$CORPUS")" --output-format=json --output="$ROOT/fio.json" >/dev/null
+        line="round $round $label: seqwrite $(mbps "$t0") MB/s"
+      else
+        nbdcopy --flush "$CORPUS" nbd://127.0.0.1:$PORT/bench
+        line="round $round $label: import $(mbps "$t0") MB/s"
+      fi
+      ticks > "$ROOT/after"
       echo "$line | CPU s:$(cpu) | VmHWM $(awk '/VmHWM/ {print int($2/1024)}' /proc/$pid/status) MiB"
       kill $pid; wait $pid || true
     done
