@@ -14,6 +14,7 @@
 //   that lost its lease without knowing it cannot commit.
 // - Once its session is dead, or a commit found the root changed, the lease is lost for good:
 //   the engine refuses every write (ERR_LEASE) and its owner reopens the volume afresh.
+import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { VaultError, describeError, isVaultError } from '../errors';
 import type { Codec } from '../codec/codec';
@@ -134,6 +135,11 @@ function processAlive(pid: number): boolean {
   }
 }
 
+/** A takeover token's body: unique to its writer, so that a create-only put whose reply was lost
+ *  and which the retry layer reads back finds its own bytes, never a rival's token taken for its
+ *  own (with one body for all, two contenders could both win). */
+const takeoverToken = () => Buffer.from(JSON.stringify({ v: 1, by: randomBytes(16).toString('hex') }));
+
 export const takeoverKey = (leaseObjectKey: string, staleEtag: string) =>
   `${leaseObjectKey.replace(/lease$/, '')}takeover/${staleEtag.replace(/[^0-9A-Za-z_-]/g, '_')}`;
 
@@ -195,7 +201,7 @@ export class VolumeLease {
       if (!current || current.etag !== this.etag) return false;
       // The same token a contender taking this lease version over must create: one of us wins
       // (on the fs store too, whose If-Match is atomic within one process only).
-      await this.ctx.store.put(takeoverKey(this.ctx.objectKey, this.etag), Buffer.from(JSON.stringify({ v: 1 })), { ifNoneMatch: '*' });
+      await this.ctx.store.put(takeoverKey(this.ctx.objectKey, this.etag), takeoverToken(), { ifNoneMatch: '*' });
       const purpose = current.record?.purpose ?? 'nbd-vault';
       const record: LeaseRecord = { v: LEASE_FORMAT, instance: this.ctx.instance, session: session.id, host: hostname(), pid: process.pid, purpose };
       const sealed = (await this.ctx.codec.seal(this.ctx.key, Buffer.from(JSON.stringify(record)), this.ctx.place))!;
@@ -246,7 +252,7 @@ export class VolumeLease {
     ctx.logger.warn({ volume: ctx.volumeName, previous: describeHolder(r0), holderState: state }, 'taking over the volume lease');
     // Exactly one contender per stale lease version gets past this create-only put.
     try {
-      await ctx.store.put(takeoverKey(ctx.objectKey, current.etag), Buffer.from(JSON.stringify({ v: 1 })), { ifNoneMatch: '*' });
+      await ctx.store.put(takeoverKey(ctx.objectKey, current.etag), takeoverToken(), { ifNoneMatch: '*' });
     } catch (err) {
       if (isVaultError(err, 'ERR_STORE_PRECONDITION')) throw await VolumeLease.lostRace(ctx, current.etag);
       throw err;

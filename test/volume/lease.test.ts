@@ -9,6 +9,8 @@ import { randomBytes } from 'node:crypto';
 import { createInlineCodec } from '../../src/codec';
 import { FsStore } from '../../src/store/fs-store';
 import { MemoryStore } from '../../src/store/memory-store';
+import { RetryStore } from '../../src/store/retry-store';
+import { PassThroughStore } from '../helpers/pass-through-store';
 import type { ObjectStore, PutOptions } from '../../src/store/object-store';
 import { Vault, type VaultOptions } from '../../src/volume/vault';
 import { VaultError } from '../../src/errors';
@@ -137,6 +139,45 @@ test('two contenders racing for a dead holder: exactly one wins, the loser names
   assert.equal(lost.length, 1);
   assert.match(lost[0].reason.message, /took the lease first; it is held by contender [XY] \(pid \d+ on /);
   await (won[0] as PromiseFulfilledResult<any>).value.close();
+});
+
+/** The store as a contender sees it: an If-None-Match refusal of a takeover token comes back once
+ *  as a transient error (a 412 whose reply was lost); counts the takeover puts of the lease. */
+class LostRefusalStore extends PassThroughStore {
+  leasePuts = 0;
+  private lost = false;
+  override async put(key: string, body: Buffer, opts?: PutOptions) {
+    if (key.endsWith('/lease') && opts?.ifMatch) this.leasePuts++; // the put that takes a lease over
+    try {
+      return await this.inner.put(key, body, opts);
+    } catch (err) {
+      if (key.includes('/takeover/') && !this.lost && (err as VaultError).code === 'ERR_STORE_PRECONDITION') {
+        this.lost = true;
+        throw new VaultError('ERR_STORE_TRANSIENT', 'reply lost');
+      }
+      throw err;
+    }
+  }
+}
+
+test('a contender whose takeover token was refused, the refusal lost and the put retried, does not take the rival\'s token for its own', async (t) => {
+  const f = await makeVault();
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 8 * MiB);
+  const va = await f.reopen({ leaseTiming: FAST });
+  await va.openEngine('v');
+  await freezeSession(va);
+  const stores = [new LostRefusalStore(f.store), new LostRefusalStore(f.store)];
+  const retried = (s: ObjectStore) => new RetryStore(s, { baseDelayMs: 1, maxDelayMs: 2, budgetMs: 5_000 });
+  const [x, y] = await Promise.all(stores.map((s, i) => elsewhere(f, t, { leasePurpose: `contender ${i}` }, retried(s))));
+  const results = await Promise.allSettled([x.openEngine('v'), y.openEngine('v')]);
+  const won = results.findIndex((r) => r.status === 'fulfilled');
+  assert.equal(results.filter((r) => r.status === 'fulfilled').length, 1, 'exactly one winner');
+  const lost = 1 - won;
+  assert.match((results[lost] as PromiseRejectedResult).reason.message, /took the lease first/);
+  // the retry read the token back: it was the winner's, so the loser stopped at the token
+  assert.equal(stores[lost].leasePuts, 0, 'the loser never got as far as putting the lease');
+  await (results[won] as PromiseFulfilledResult<any>).value.close();
 });
 
 test('one heartbeat request per renewal period whatever the number of volumes; none per volume', async (t) => {
