@@ -1,23 +1,23 @@
-// Reading and writing the sealed objects of one volume: chunks, journals, manifest pages, the
-// root. Knows names (object-keys.ts), places (associated data) and which subkey seals what; knows
-// nothing about caching or NBD (except a small LRU of container headers, so a ranged frame read
-// costs one request). Every failure is a VaultError naming the volume and the object.
+// Reading and writing the sealed data objects of one volume: chunks, journals, manifest pages (the
+// root, snapshot records and deletion marks are its base's: volume-records.ts). Knows names
+// (object-keys.ts), places (associated data) and which subkey seals what; knows nothing about
+// caching or NBD (except a small LRU of container headers, so a ranged frame read costs one
+// request). Every failure is a VaultError naming the volume and the object.
 // Chunks are written as format 2 framed containers and read in both formats (docs/FORMAT.md).
 import { BugError, VaultError, isVaultError } from '../errors';
 import { FRAME_BYTES, chunkFrameLength, isAllZero, objectFormatOf, parseFramedHeader, type FramesPlace } from '../codec';
 import type { Codec } from '../codec/codec';
-import type { ObjectPlace, ObjectKind } from '../codec/object-place';
-import type { SecretKey } from '../keys/secret-key';
+import type { ObjectPlace } from '../codec/object-place';
 import type { ObjectStore } from '../store/object-store';
 import { findLayer } from '../store/compose';
 import { DiskCacheStore } from '../store/disk-cache-store';
 import type { ContainerHeaderCache } from './container-header-cache';
 import { FramedReads, annotate } from './framed-reads';
 import { BLOCK_BYTES, decodeJournalIndex, encodeJournalIndex, journalFrameBytesNeeded, type JournalExtent } from './journal-record';
-import { chunkKey, journalKey, pageKey, rootKey, snapshotDeletingKey, snapshotKey, snapshotPrefix, volumeDeletingKey } from './object-keys';
-import { decodeSnapshot, encodeSnapshot, type SnapshotRecord } from './snapshot-record';
+import { chunkKey, journalKey, pageKey } from './object-keys';
 import { generationOfId, newObjectId, type Entry, type PageRef } from './manifest';
-import { decodeRoot, encodeRoot, type JournalRef, type RootRecord } from './root-record';
+import type { JournalRef } from './root-record';
+import { VolumeRecords, type VolumeKeys } from './volume-records';
 
 /** How a stored chunk is laid out: v1 is one frame, the whole chunk. */
 export interface ChunkLayout {
@@ -26,16 +26,7 @@ export interface ChunkLayout {
   readonly frameCount: number;
 }
 
-export interface VolumeKeys {
-  /** seals chunk objects */
-  readonly data: SecretKey;
-  /** seals pages, roots and snapshot records */
-  readonly manifest: SecretKey;
-}
-
-export class VolumeObjects {
-  private readonly vaultIdBytes: Buffer;
-  private readonly volumeIdBytes: Buffer;
+export class VolumeObjects extends VolumeRecords {
   /** For a clone: the origin volume's objects, where entries and page refs of epoch 0 live. */
   origin: VolumeObjects | null = null;
   /** ranged reads of framed containers, with their header cache */
@@ -43,17 +34,8 @@ export class VolumeObjects {
   /** the local disk cache in the store stack (serve --disk-cache), if any */
   private readonly diskCache: DiskCacheStore | null;
 
-  constructor(
-    readonly store: ObjectStore,
-    readonly codec: Codec,
-    private readonly keys: VolumeKeys,
-    readonly vaultId: string,
-    readonly volumeId: string,
-    /** for messages only */
-    readonly volumeName: string,
-  ) {
-    this.vaultIdBytes = Buffer.from(vaultId, 'hex');
-    this.volumeIdBytes = Buffer.from(volumeId, 'hex');
+  constructor(store: ObjectStore, codec: Codec, keys: VolumeKeys, vaultId: string, volumeId: string, volumeName: string) {
+    super(store, codec, keys, vaultId, volumeId, volumeName);
     this.framed = new FramedReads(store);
     this.diskCache = findLayer(store, DiskCacheStore);
   }
@@ -87,10 +69,6 @@ export class VolumeObjects {
   /** The same volume's objects (same keys, same places) in another store: a replica's. */
   onStore(store: ObjectStore): VolumeObjects {
     return new VolumeObjects(store, this.codec, this.keys, this.vaultId, this.volumeId, this.volumeName);
-  }
-
-  place(kind: ObjectKind, index: number, generation: number): ObjectPlace {
-    return { vaultId: this.vaultIdBytes, volumeId: this.volumeIdBytes, kind, index, generation };
   }
 
   /** The store key of a chunk entry or page ref (the origin's for epoch 0 in a clone). */
@@ -138,7 +116,11 @@ export class VolumeObjects {
   /** The stored object is read into memory the codec lends (no fresh 4 MiB per read, and no copy
    *  of it for a worker); the chunk it returns is never a view of that memory. */
   private readChunkOnce(chunkIndex: number, id: string, key: string, expectedLength: number, into?: Buffer): Promise<Buffer> {
-    return this.codec.withContainerMemory((memory) => this.readChunkVia(memory, chunkIndex, id, key, expectedLength, into));
+    return this.codec.withContainerMemory(async (memory) => {
+      const plain = await this.readChunkVia(memory, chunkIndex, id, key, expectedLength, into);
+      if (plain.buffer === memory.buffer) throw new BugError(`chunk ${chunkIndex}: decoded into the memory lent for its object`);
+      return plain;
+    });
   }
 
   private async readChunkVia(memory: Buffer, chunkIndex: number, id: string, key: string, expectedLength: number, into?: Buffer): Promise<Buffer> {
@@ -326,164 +308,6 @@ export class VolumeObjects {
         throw annotate(err, what);
       }
     });
-  }
-
-  // --- root -------------------------------------------------------------------------------
-
-  async readRoot(): Promise<{ root: RootRecord; etag: string }> {
-    const what = `root of volume "${this.volumeName}"`;
-    const { body, etag } = await this.fetch(rootKey(this.volumeId), what);
-    let plain: Buffer;
-    try {
-      plain = await this.codec.open(this.keys.manifest, body, this.place('root', 0, 0));
-    } catch (err) {
-      throw annotate(err, what);
-    }
-    return { root: decodeRoot(plain, this.volumeId), etag };
-  }
-
-  /** Replace the root. With `ifMatch` (the etag this writer last saw) where the store supports
-   *  conditional puts, so a second writer fails loudly instead of forking the volume. */
-  async writeRoot(root: RootRecord, previousEtag: string | null): Promise<string> {
-    return this.putRoot(await this.sealRoot(root), previousEtag);
-  }
-
-  async sealRoot(root: RootRecord): Promise<Buffer> {
-    const sealed = await this.codec.seal(this.keys.manifest, encodeRoot(root), this.place('root', 0, 0));
-    if (sealed === null) throw new VaultError('ERR_BUG', 'codec returned no object for a root');
-    return sealed;
-  }
-
-  /** The root object's stored bytes and etag, unopened (null: there is none). */
-  async readRootBytes(): Promise<{ body: Buffer; etag: string } | null> {
-    try {
-      return await this.store.get(rootKey(this.volumeId));
-    } catch (err) {
-      if (isVaultError(err, 'ERR_STORE_NOT_FOUND')) return null;
-      throw annotate(err, `root of volume "${this.volumeName}"`);
-    }
-  }
-
-  async putRoot(sealed: Buffer, previousEtag: string | null): Promise<string> {
-    const opts = !this.store.props.conditionalPut ? undefined : previousEtag === null ? { ifNoneMatch: '*' as const } : { ifMatch: previousEtag };
-    try {
-      const { etag } = await this.store.put(rootKey(this.volumeId), sealed, opts);
-      return etag;
-    } catch (err) {
-      if (isVaultError(err, 'ERR_STORE_PRECONDITION')) {
-        throw new VaultError('ERR_LEASE', `the root of volume "${this.volumeName}" was changed by another writer; refusing to overwrite it`, { cause: err });
-      }
-      throw err;
-    }
-  }
-
-  // --- snapshots ---------------------------------------------------------------------------
-
-  async writeSnapshot(record: SnapshotRecord): Promise<void> {
-    const sealed = await this.codec.seal(this.keys.manifest, encodeSnapshot(record), this.place('snapshot', 0, generationOfId(record.id)));
-    await this.store.put(snapshotKey(this.volumeId, record.id), sealed!, this.store.props.conditionalPut ? { ifNoneMatch: '*' } : undefined);
-  }
-
-  async readSnapshot(id: string): Promise<SnapshotRecord> {
-    const what = `snapshot ${id} of volume "${this.volumeName}"`;
-    const { body } = await this.fetch(snapshotKey(this.volumeId, id), what);
-    try {
-      return decodeSnapshot(await this.codec.open(this.keys.manifest, body, this.place('snapshot', 0, generationOfId(id))), this.volumeId, id);
-    } catch (err) {
-      throw annotate(err, what);
-    }
-  }
-
-  /**
-   * Set or clear a snapshot's keep flag: the one change a record ever gets. It is sealed again at
-   * the same place (same id) and replaces the old one only if nobody replaced it meanwhile.
-   */
-  async setSnapshotKeep(id: string, keep: boolean): Promise<SnapshotRecord> {
-    const what = `snapshot ${id} of volume "${this.volumeName}"`;
-    const { body, etag } = await this.fetch(snapshotKey(this.volumeId, id), what);
-    const place = this.place('snapshot', 0, generationOfId(id));
-    let record: SnapshotRecord;
-    try {
-      record = decodeSnapshot(await this.codec.open(this.keys.manifest, body, place), this.volumeId, id);
-    } catch (err) {
-      throw annotate(err, what);
-    }
-    if (Boolean(record.keep) === keep) return record;
-    const updated: SnapshotRecord = { ...record, keep };
-    const sealed = await this.codec.seal(this.keys.manifest, encodeSnapshot(updated), place);
-    try {
-      await this.store.put(snapshotKey(this.volumeId, id), sealed!, this.store.props.conditionalPut ? { ifMatch: etag } : undefined);
-    } catch (err) {
-      if (isVaultError(err, 'ERR_STORE_PRECONDITION')) throw new VaultError('ERR_LEASE', `${what} was changed or deleted meanwhile; try again`, { cause: err });
-      throw err;
-    }
-    return updated;
-  }
-
-  async listSnapshots(): Promise<SnapshotRecord[]> {
-    const ids: string[] = [];
-    const prefix = snapshotPrefix(this.volumeId);
-    for await (const info of this.store.list(prefix)) {
-      const id = info.key.slice(prefix.length);
-      if (/^[0-9a-f]{32}$/.test(id)) ids.push(id);
-    }
-    // a record deleted since the listing is gone, not damaged
-    const read = await Promise.all(
-      ids.map((id) =>
-        this.readSnapshot(id).catch(async (err) => {
-          if ((await this.store.head(snapshotKey(this.volumeId, id))) === null) return null;
-          throw err;
-        }),
-      ),
-    );
-    const records = read.filter((r): r is SnapshotRecord => r !== null);
-    return records.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.name.localeCompare(b.name));
-  }
-
-  async deleteSnapshotRecord(id: string): Promise<void> {
-    await this.store.delete(snapshotKey(this.volumeId, id));
-  }
-
-  // --- deletion marks ----------------------------------------------------------------------
-  // A mark says "deletion of this snapshot (or of the whole volume) has begun": a clone made
-  // after it would name objects about to go, so cloning checks for marks after writing the
-  // clone's root (docs/FORMAT.md, "Deleting and cloning"). Only existence matters; the body is
-  // sealed like every object so the store learns nothing from it.
-
-  private deletionMark(snapshotId: string | null): { key: string; place: ObjectPlace } {
-    return snapshotId === null
-      ? { key: volumeDeletingKey(this.volumeId), place: this.place('snapshot', 2, 0) }
-      : { key: snapshotDeletingKey(this.volumeId, snapshotId), place: this.place('snapshot', 1, generationOfId(snapshotId)) };
-  }
-
-  /** Mark a snapshot (or, with null, the volume) as being deleted. */
-  async markDeleting(snapshotId: string | null): Promise<void> {
-    const { key, place } = this.deletionMark(snapshotId);
-    const body = JSON.stringify({ v: 1, deleting: snapshotId ?? 'volume', at: new Date().toISOString() });
-    await this.store.put(key, (await this.codec.seal(this.keys.manifest, Buffer.from(body), place))!);
-  }
-
-  async unmarkDeleting(snapshotId: string | null): Promise<void> {
-    await this.store.delete(this.deletionMark(snapshotId).key);
-  }
-
-  async isMarkedDeleting(snapshotId: string | null): Promise<boolean> {
-    return (await this.store.head(this.deletionMark(snapshotId).key)) !== null;
-  }
-
-  async snapshotExists(snapshotId: string): Promise<boolean> {
-    return (await this.store.head(snapshotKey(this.volumeId, snapshotId))) !== null;
-  }
-
-  private async fetch(key: string, what: string, into?: Buffer) {
-    try {
-      return await this.store.get(key, into);
-    } catch (err) {
-      if (isVaultError(err, 'ERR_STORE_NOT_FOUND')) {
-        throw new VaultError('ERR_IO', `${what} is missing from the store (object ${key})`, { cause: err });
-      }
-      throw annotate(err, what);
-    }
   }
 }
 
