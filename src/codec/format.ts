@@ -79,3 +79,5 @@ export const FRAMED_HEADER_MAX_CHUNK = FRAMED_HEADER_FIXED_BYTES + 4 * MAX_CHUNK
  *  compresses only when that is strictly smaller). The +64 is slack, never written. */
 export const MIN_SEALED_FRAME_BYTES = SEAL_OVERHEAD_BYTES;
 export const MAX_SEALED_FRAME_BYTES = FRAME_BYTES + SEAL_OVERHEAD_BYTES + 64;
+/** The largest chunk container: its longest header, every frame at its longest. */
+export const MAX_CHUNK_CONTAINER_BYTES = FRAMED_HEADER_MAX_CHUNK + MAX_CHUNK_FRAMES * MAX_SEALED_FRAME_BYTES;

@@ -15,7 +15,7 @@ export interface InlineCodecOptions {
 
 export function createInlineCodec(options: InlineCodecOptions = {}): Codec {
   const zstdLevel = checkZstdLevel(options.zstdLevel);
-  const containersRead = containerMemory();
+  const containerLoans = containerMemory();
   return {
     async seal(key: SecretKey, plaintext: Buffer, place: ObjectPlace): Promise<Buffer | null> {
       return sealSync(key, plaintext, place, { zstdLevel });
@@ -33,7 +33,7 @@ export function createInlineCodec(options: InlineCodecOptions = {}): Codec {
       return openChunkContainerSync(key.bytes, container, place, chunkLength, what, into);
     },
     withContainerMemory<T>(use: (memory: Buffer) => Promise<T>): Promise<T> {
-      return containersRead.lend(use);
+      return containerLoans.lend(use);
     },
     async close(): Promise<void> {},
   };

@@ -6,11 +6,11 @@
 // - Container memory (Codec.withContainerMemory): one per chunk object being read or sealed and
 //   stored; the callers bound those (fetches, uploads, the memory budget). Kept while in use,
 //   let go after IDLE_RELEASE_MS without a take.
-import { FRAMED_HEADER_MAX_CHUNK, MAX_CHUNK_FRAMES, MAX_SEALED_FRAME_BYTES } from './format';
+import { MAX_CHUNK_CONTAINER_BYTES } from './format';
 
 /** The largest stored chunk container, with room to spare for a store's own framing around it
  *  (the fs store reads its object header into the same memory). */
-export const CONTAINER_MEMORY_BYTES = FRAMED_HEADER_MAX_CHUNK + MAX_CHUNK_FRAMES * MAX_SEALED_FRAME_BYTES + 64 * 1024;
+export const CONTAINER_MEMORY_BYTES = MAX_CHUNK_CONTAINER_BYTES + 64 * 1024;
 
 /** Free buffers are let go after this long without a take (an idle server holds none). */
 export const IDLE_RELEASE_MS = 5_000;

@@ -1,7 +1,9 @@
 // createCodec(): the Codec servers use. seal/open of anything but small objects runs in a piscina
 // worker pool so the event loop stays responsive (a 4 MiB chunk is ~10 ms of CPU). Per call the
-// main thread does only the all-zero check and one copy of the input into a fresh ArrayBuffer that
-// is then transferred (the caller keeps its Buffer untouched); the result comes back transferred.
+// main thread does only the all-zero check and, for input outside shared memory, one copy into
+// memory the worker may read (staging kept for the next task, or a fresh transferred buffer); the
+// caller keeps its Buffer untouched. Shared memory goes as it is, and a result lands in the
+// caller's shared memory (`into`) or comes back transferred.
 // Objects below INLINE_BELOW_BYTES run on the calling thread: a round trip to a worker costs more.
 // At most TASKS_IN_FLIGHT_PER_WORKER × workers tasks are handed to piscina at once; the rest wait
 // here *uncopied*, so a burst of 32 chunks costs the event loop one copy at a time, not 32 at once
@@ -19,7 +21,7 @@ import { openObject } from './open-object';
 import { asBuffer, sealObject } from './seal-object';
 import { FrameOpenBatches } from './frame-open-batches';
 import { StagingBuffers, containerMemory } from './staging-buffers';
-import { FRAMED_HEADER_MAX_CHUNK, MAX_CHUNK_FRAMES, MAX_SEALED_FRAME_BYTES } from './format';
+import { MAX_CHUNK_CONTAINER_BYTES } from './format';
 import { Slots } from './slots';
 import { framesPlaceCopy, ownCopy, packedCopy, placeCopy } from './task-copies';
 import { isAllZero } from './zero-detect';
@@ -27,7 +29,7 @@ import { isAllZero } from './zero-detect';
 export const INLINE_BELOW_BYTES = 16 * 1024;
 const TASKS_IN_FLIGHT_PER_WORKER = 2;
 /** the largest chunk container: its header and 32 sealed frames */
-const CONTAINER_STAGING_BYTES = FRAMED_HEADER_MAX_CHUNK + MAX_CHUNK_FRAMES * MAX_SEALED_FRAME_BYTES;
+
 
 export interface CodecOptions {
   /** Worker threads; default os.availableParallelism(). */
@@ -48,9 +50,9 @@ export function createCodec(options: CodecOptions = {}): Codec {
   const slots = new Slots(workers * TASKS_IN_FLIGHT_PER_WORKER);
   /** where a chunk container is copied for its task: a fresh buffer per container cost a cold
    *  export ~10 % of all CPU (page faults, V8's collector) */
-  const containerStaging = new StagingBuffers(CONTAINER_STAGING_BYTES);
-  /** lent to read a stored container into: it then goes to its worker without that copy */
-  const containersRead = containerMemory();
+  const containerStaging = new StagingBuffers(MAX_CHUNK_CONTAINER_BYTES);
+  /** lent to read a stored container into or seal one into (withContainerMemory) */
+  const containerLoans = containerMemory();
   let closed = false;
   const frameOpens = new FrameOpenBatches(
     slots,
@@ -138,7 +140,7 @@ export function createCodec(options: CodecOptions = {}): Codec {
       return into ?? out;
     },
     withContainerMemory<T>(use: (memory: Buffer) => Promise<T>): Promise<T> {
-      return containersRead.lend(use);
+      return containerLoans.lend(use);
     },
     async close(): Promise<void> {
       if (closed) return;

@@ -147,8 +147,8 @@ export class DiskCache {
   }
 
   /** The bytes [offset, offset + length) of the object from entry r (clipped at the object's
-   *  end), CRC-checked; null if the file is gone, short or corrupt (then the entry is dropped). */
-  /** `into`: memory the pieces are read into when they fit (ObjectStore.get's `into`). */
+   *  end), CRC-checked; null if the file is gone, short or corrupt (then the entry is dropped).
+   *  `into`: memory the pieces are read into when they fit (ObjectStore.get's `into`). */
   async read(r: CacheRecord, offset: number, length: number, into?: Buffer): Promise<Buffer | null> {
     const from = offset - r.offset;
     const to = Math.min(from + length, r.length);

@@ -93,12 +93,29 @@ export class FsStore implements ObjectStore {
     const file = this.pathOf(key);
     let data: Buffer;
     try {
-      data = await readWholeFile(file, into);
+      data = await this.readWhole(file, key, into);
     } catch (err) {
       throw this.fsError(err, 'get', key);
     }
     const etag = this.parseHeader(data, key);
     return { body: data.subarray(HEADER_BYTES), etag };
+  }
+
+  /**
+   * A whole object file in one pread, into `into` when it fits, else into fresh memory (readFile
+   * reads in 512 KiB pieces, a thread-pool request each, and always into fresh memory).
+   */
+  private async readWhole(file: string, key: string, into?: Buffer): Promise<Buffer> {
+    const fh = await fsp.open(file, 'r');
+    try {
+      const { size } = await fh.stat();
+      const out = into && size <= into.length ? into.subarray(0, size) : Buffer.allocUnsafe(size);
+      // objects are replaced by rename, never rewritten in place: the open file keeps its size
+      if ((await readAt(fh, out, 0)) < size) throw new VaultError('ERR_STORE_IO', `${this.name}: ${key}: file shorter than its size while reading`);
+      return out;
+    } finally {
+      await fh.close().catch(() => undefined);
+    }
   }
 
   /**
@@ -402,21 +419,4 @@ function escapeSegment(seg: string): string {
 function unescapeSegment(name: string): string | null {
   if (!/^(?:[A-Za-z0-9._-]|%[0-9A-F]{2})+$/.test(name)) return null; // not ours: ignore
   return Buffer.from(name.replace(/%([0-9A-F]{2})/g, (_m, h: string) => String.fromCharCode(parseInt(h, 16))), 'latin1').toString('utf8');
-}
-
-/**
- * A whole file in one pread, into `into` when it fits, else into fresh memory (readFile reads in
- * 512 KiB pieces, a thread-pool request each, and always into fresh memory).
- */
-async function readWholeFile(file: string, into?: Buffer): Promise<Buffer> {
-  const fh = await fsp.open(file, 'r');
-  try {
-    const { size } = await fh.stat();
-    const out = into && size <= into.length ? into.subarray(0, size) : Buffer.allocUnsafe(size);
-    // objects are replaced by rename, never rewritten in place: the open file keeps its size
-    if ((await readAt(fh, out, 0)) < size) throw new VaultError('ERR_STORE_IO', `${file}: shorter than its size while reading`);
-    return out;
-  } finally {
-    await fh.close().catch(() => undefined);
-  }
 }

@@ -5,7 +5,7 @@
 // later microtask (never synchronously), so callers see the same ordering hazards as a real store.
 // Conditional puts are atomic (the check and the write run in one synchronous step). Bodies are
 // copied on put and on get, so a caller mutating its Buffer cannot change stored bytes.
-// etag: sha256 of the body, hex, first 32 chars (the same scheme as FsStore).
+// etag: sha256 of the body, hex, first 32 chars (a content hash, as S3's single-part ETag is; FsStore draws one per put).
 // Named stores (`MemoryStore.named('x')`) are shared within a process, so two `memory://x` opens see
 // the same objects; close() does not drop the data (a reopen sees it), `MemoryStore.dropNamed` does.
 import { createHash } from 'node:crypto';

@@ -20,7 +20,8 @@
 
 export interface StoredObject {
   readonly body: Buffer;
-  /** Opaque version tag (S3 ETag, unquoted; fs: content hash). */
+  /** Opaque version tag (S3 ETag, unquoted; fs: random per put; memory: content hash). Equal
+   *  bytes may or may not get equal tags: compare tags, never infer content from them. */
   readonly etag: string;
 }
 

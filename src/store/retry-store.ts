@@ -83,7 +83,7 @@ export class RetryStore implements ObjectStore {
   }
 
   get(key: string, into?: Buffer): Promise<StoredObject> {
-    // a failed attempt's partial bytes in `into` are overwritten by the next attempt's
+    // a failed attempt may have left bytes in `into`: only the body a call returns counts
     return this.run('get', key, () => this.inner.get(key, into));
   }
 

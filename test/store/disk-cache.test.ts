@@ -99,6 +99,20 @@ describe('SlruPolicy', () => {
 });
 
 describe('DiskCacheStore', () => {
+  it('a put keeps nothing of its body: changed at once after the call, the entry holds the bytes put and reads back as a hit', async () => {
+    const s = await cached(new MemoryStore());
+    const want = randomBytes(2 * MiB + 5);
+    const body = Buffer.from(new SharedArrayBuffer(want.length));
+    want.copy(body);
+    await s.put(chunk(7), body);
+    body.fill(0x5a); // the caller reuses its memory at once
+    await s.cache.settle();
+    assert.ok((await s.get(chunk(7))).body.equals(want));
+    const st = s.stats();
+    assert.deepEqual([st.hits, st.corrupt], [1, 0], 'a hit, and no entry found torn (a late write would be)');
+    await s.close();
+  });
+
   it('caches immutable objects on a miss and answers them from disk; mutable keys always go to the store', async () => {
     const faulty = new FaultyStore(new MemoryStore(), {}, seededRandom(1));
     const s = await cached(faulty);

@@ -12,6 +12,7 @@ import { FRAME_BYTES, createCodec, createInlineCodec } from '../../src/codec';
 import { SecretKey } from '../../src/keys/secret-key';
 import { FsStore } from '../../src/store/fs-store';
 import { MemoryStore } from '../../src/store/memory-store';
+import { seededRandom } from '../../src/store/seeded-random';
 import type { ObjectStore } from '../../src/store/object-store';
 import { ContainerHeaderCache } from '../../src/volume/container-header-cache';
 import { generationOfId, newObjectId, type Entry } from '../../src/volume/manifest';
@@ -136,13 +137,16 @@ test('a v1 chunk is still read: one frame, the whole chunk', async () => {
   await rejects(objectsOn(store, objects.volumeId, k).readChunkFrame(5, entry, CHUNK, 0), 'ERR_AUTH_FAILED');
 });
 
+/** delays and orders of the overlapping-reads test: the same every run */
+const random = seededRandom(28);
+
 /** Records the memory each get was offered, and holds each answer a random while (reads overlap). */
 class SlowStore extends PassThroughStore {
   offered: Buffer[] = [];
   override async get(key: string, into?: Buffer) {
     if (into) this.offered.push(into);
     const o = await this.inner.get(key, into);
-    await new Promise((r) => setTimeout(r, Math.random() * 4));
+    await new Promise((r) => setTimeout(r, random() * 4));
     return o;
   }
 }
@@ -162,7 +166,7 @@ for (const [name, makeCodec] of [['inline', () => codec], ['worker', () => creat
     data.push(data[0]);
     const kept: Array<[Buffer, number]> = [];
     for (let round = 0; round < 4; round++) {
-      const order = [...entries.keys(), ...entries.keys()].sort(() => Math.random() - 0.5);
+      const order = [...entries.keys(), ...entries.keys()].sort(() => random() - 0.5);
       const got = await Promise.all(order.map((i) => objects.readChunk(i, entries[i], CHUNK)));
       got.forEach((g, n) => assert.ok(g.equals(data[order[n]]), `round ${round}: chunk ${order[n]}`));
       kept.push([got[0], order[0]]);
