@@ -37,6 +37,17 @@ async function freezeSession(v: Vault): Promise<WriterSession> {
   return s;
 }
 
+/** A vault whose volume 'v' is held by a server that stopped beating (its session frozen). */
+async function withDeadHolder(t: { after(fn: () => void): void }): Promise<Fixture> {
+  const f = await makeVault();
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 8 * MiB);
+  const va = await f.reopen({ leaseTiming: FAST });
+  await va.openEngine('v');
+  await freezeSession(va);
+  return f;
+}
+
 for (const kind of ['memory', 'fs'] as const) {
   test(`${kind} store: a second writer elsewhere is refused while the first is alive, and gets in once it closes`, async (t) => {
     const dir = mkdtempSync(join(tmpdir(), 'nbd-vault-lease-'));
@@ -109,12 +120,7 @@ test('a dead holder is taken over within its ttl; woken up, it can neither write
 });
 
 test('a server that watched the holders from its start takes a dead one\'s volume at once when asked', async (t) => {
-  const f = await makeVault();
-  t.after(() => f.cleanup());
-  await f.vault.createVolume('v', 8 * MiB);
-  const va = await f.reopen({ leaseTiming: FAST });
-  await va.openEngine('v');
-  await freezeSession(va);
+  const f = await withDeadHolder(t);
   const other = await elsewhere(f, t);
   assert.equal(await other.watchLeaseHolders(), 1);
   await new Promise((r) => setTimeout(r, FAST.ttlMs * 1.5));
@@ -125,12 +131,7 @@ test('a server that watched the holders from its start takes a dead one\'s volum
 });
 
 test('two contenders racing for a dead holder: exactly one wins, the loser names the holder', async (t) => {
-  const f = await makeVault();
-  t.after(() => f.cleanup());
-  await f.vault.createVolume('v', 8 * MiB);
-  const va = await f.reopen({ leaseTiming: FAST });
-  await va.openEngine('v');
-  await freezeSession(va);
+  const f = await withDeadHolder(t);
   const [x, y] = await Promise.all([elsewhere(f, t, { leasePurpose: 'contender X' }), elsewhere(f, t, { leasePurpose: 'contender Y' })]);
   const results = await Promise.allSettled([x.openEngine('v'), y.openEngine('v')]);
   const won = results.filter((r) => r.status === 'fulfilled');
@@ -161,12 +162,7 @@ class LostRefusalStore extends PassThroughStore {
 }
 
 test('a contender whose takeover token was refused, the refusal lost and the put retried, does not take the rival\'s token for its own', async (t) => {
-  const f = await makeVault();
-  t.after(() => f.cleanup());
-  await f.vault.createVolume('v', 8 * MiB);
-  const va = await f.reopen({ leaseTiming: FAST });
-  await va.openEngine('v');
-  await freezeSession(va);
+  const f = await withDeadHolder(t);
   const stores = [new LostRefusalStore(f.store), new LostRefusalStore(f.store)];
   const retried = (s: ObjectStore) => new RetryStore(s, { baseDelayMs: 1, maxDelayMs: 2, budgetMs: 5_000 });
   const [x, y] = await Promise.all(stores.map((s, i) => elsewhere(f, t, { leasePurpose: `contender ${i}` }, retried(s))));
