@@ -1,8 +1,8 @@
 // createCodec(): the Codec servers use. seal/open of anything but small objects runs in a piscina
 // worker pool so the event loop stays responsive (a 4 MiB chunk is ~10 ms of CPU). Per call the
 // main thread does only the all-zero check and, for input outside shared memory, one copy into
-// memory the worker may read (staging kept for the next task, or a fresh transferred buffer); the
-// caller keeps its Buffer untouched. Shared memory goes as it is, and a result lands in the
+// memory the worker may read (a fresh transferred buffer; opened frames: staging kept for the next
+// task); the caller keeps its Buffer untouched. Shared memory goes as it is, and a result lands in the
 // caller's shared memory (`into`) or comes back transferred.
 // Objects below INLINE_BELOW_BYTES run on the calling thread: a round trip to a worker costs more.
 // At most TASKS_IN_FLIGHT_PER_WORKER × workers tasks are handed to piscina at once; the rest wait
@@ -20,16 +20,13 @@ import type { ObjectPlace } from './object-place';
 import { openObject } from './open-object';
 import { asBuffer, sealObject } from './seal-object';
 import { FrameOpenBatches } from './frame-open-batches';
-import { StagingBuffers, containerMemory } from './staging-buffers';
-import { MAX_CHUNK_CONTAINER_BYTES } from './format';
+import { containerMemory } from './staging-buffers';
 import { Slots } from './slots';
 import { framesPlaceCopy, ownCopy, packedCopy, placeCopy } from './task-copies';
 import { isAllZero } from './zero-detect';
 
 export const INLINE_BELOW_BYTES = 16 * 1024;
 const TASKS_IN_FLIGHT_PER_WORKER = 2;
-/** the largest chunk container: its header and 32 sealed frames */
-
 
 export interface CodecOptions {
   /** Worker threads; default os.availableParallelism(). */
@@ -48,9 +45,6 @@ export function createCodec(options: CodecOptions = {}): Codec {
     idleTimeout: 60_000,
   });
   const slots = new Slots(workers * TASKS_IN_FLIGHT_PER_WORKER);
-  /** where a chunk container is copied for its task: a fresh buffer per container cost a cold
-   *  export ~10 % of all CPU (page faults, V8's collector) */
-  const containerStaging = new StagingBuffers(MAX_CHUNK_CONTAINER_BYTES);
   /** lent to read a stored container into or seal one into (withContainerMemory) */
   const containerLoans = containerMemory();
   let closed = false;
@@ -61,8 +55,7 @@ export function createCodec(options: CodecOptions = {}): Codec {
   );
 
   type Task = WorkerSealTask | WorkerOpenTask | WorkerSealFramesTask | WorkerOpenChunkTask;
-  /** `done`: called once the worker is done with the task's inputs (it replied, or never got it) */
-  async function run(name: 'seal' | 'open' | 'sealFrames' | 'openChunk', makeTask: () => [Task, ArrayBuffer[]], done?: () => void): Promise<Buffer> {
+  async function run(name: 'seal' | 'open' | 'sealFrames' | 'openChunk', makeTask: () => [Task, ArrayBuffer[]]): Promise<Buffer> {
     await slots.acquire();
     try {
       if (closed) throw new VaultError('ERR_SHUTDOWN', 'the codec is closed');
@@ -71,7 +64,6 @@ export function createCodec(options: CodecOptions = {}): Codec {
       if (ArrayBuffer.isView(reply)) return asBuffer(reply);
       throw errorFromReply(reply);
     } finally {
-      done?.();
       slots.release();
     }
   }
@@ -120,21 +112,13 @@ export function createCodec(options: CodecOptions = {}): Codec {
     async openChunkContainer(key: SecretKey, container: Buffer, place: FramesPlace, chunkLength: number, what: string, into?: Buffer): Promise<Buffer> {
       if (into && !(into.buffer instanceof SharedArrayBuffer)) throw new BugError('openChunkContainer: `into` must be shared memory');
       if (container.length < INLINE_BELOW_BYTES) return openChunkContainerSync(key.bytes, container, place, chunkLength, what, into);
-      let staging: Buffer | null = null;
-      const out = await run(
-        'openChunk',
-        () => {
-          // shared memory (withContainerMemory's) goes as it is: the caller keeps it until this settles
-          const shared = container.buffer instanceof SharedArrayBuffer;
-          staging = !shared && container.length <= containerStaging.bytes ? containerStaging.take() : null;
-          const input = shared ? container : staging ? staging.subarray(0, container.copy(staging)) : ownCopy(container);
-          const task: WorkerOpenChunkTask = { key: ownCopy(key.bytes), container: input, place: framesPlaceCopy(place), chunkLength, what, into };
-          return [task, shared || staging ? [task.key.buffer as ArrayBuffer] : [task.key.buffer as ArrayBuffer, input.buffer as ArrayBuffer]];
-        },
-        () => {
-          if (staging) containerStaging.give(staging);
-        },
-      );
+      const out = await run('openChunk', () => {
+        // shared memory (withContainerMemory's) goes as it is: the caller keeps it until this settles
+        const shared = container.buffer instanceof SharedArrayBuffer;
+        const input = shared ? container : ownCopy(container);
+        const task: WorkerOpenChunkTask = { key: ownCopy(key.bytes), container: input, place: framesPlaceCopy(place), chunkLength, what, into };
+        return [task, shared ? [task.key.buffer as ArrayBuffer] : [task.key.buffer as ArrayBuffer, input.buffer as ArrayBuffer]];
+      });
       // the worker's reply is a view of the same memory under another SharedArrayBuffer object:
       // the caller's own buffer is what it knows (and tells apart by identity)
       return into ?? out;

@@ -129,7 +129,7 @@ export class VolumeObjects extends VolumeRecords {
     let plain: Buffer;
     try {
       const format = objectFormatOf(body);
-      if (format === 'chunk') plain = await this.openChunkContainer(chunkIndex, id, body, expectedLength, key, into);
+      if (format === 'chunk') plain = await this.openChunkContainer(chunkIndex, id, inLentMemory(body, memory), expectedLength, key, into);
       else if (format === 'v1' || format === null) plain = await this.codec.open(this.keys.data, body, this.place('chunk', chunkIndex, generationOfId(id)));
       else throw new VaultError('ERR_CORRUPT', `a ${format} container where a chunk belongs`);
     } catch (err) {
@@ -309,6 +309,13 @@ export class VolumeObjects extends VolumeRecords {
       }
     });
   }
+}
+
+/** `body` in the lent memory: where the store read it, else copied there (a store that reads into
+ *  fresh memory: S3, a disk-cache miss), so that its worker reads it without another copy. */
+function inLentMemory(body: Buffer, memory: Buffer): Buffer {
+  if (body.buffer === memory.buffer || body.length > memory.length) return body;
+  return memory.subarray(0, body.copy(memory));
 }
 
 /** A read whose bytes were unusable: they failed authentication or did not parse. */
