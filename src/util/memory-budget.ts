@@ -7,7 +7,8 @@
 // - reserve() waiters are served strictly in arrival order (FIFO): a later small request never
 //   overtakes an earlier large one, so a greedy client cannot starve a big writer.
 // - Caches come last: before anyone waits, registered caches are asked to evict the shortfall;
-//   tryReserve() (what caches use to grow) refuses while anyone waits.
+//   tryReserve() (what caches use to grow) refuses while anyone waits; tryReserveFree() takes
+//   only free room, never evicting.
 // - Every release function is idempotent; releasing wakes waiters synchronously.
 // It counts what callers declare: it does not measure the heap.
 
@@ -75,6 +76,15 @@ export class MemoryBudget {
     checkBytes(bytes);
     if (this.waiters.length > this.head || bytes > this.limitBytes) return null;
     return this.fitsAfterEviction(bytes) ? this.hold(bytes) : null;
+  }
+
+  /** Hold `bytes` now only from room that is free (no cache is asked to evict), else null: for
+   *  memory kept on speculation, which must not push out what caches hold. Like tryReserve, it
+   *  refuses while reserve() calls wait and never admits more than the limit. */
+  tryReserveFree(bytes: number): (() => void) | null {
+    checkBytes(bytes);
+    if (this.waiters.length > this.head || this.used + bytes > this.limitBytes) return null;
+    return this.hold(bytes);
   }
 
   /** A cache that can give memory back; returns what unregisters it. */

@@ -94,10 +94,8 @@ export class DecodeBuffers {
       this.states.delete(whole.buffer); // from now on no read can lend it until take() again
       if (this.free.length >= MAX_FREE) return;
       // kept only in room the budget has free: never by evicting another cache's entries
-      const b = this.budget;
-      if (b && b.stats().usedBytes + this.bufferBytes > b.limitBytes) return;
-      const release = b ? b.tryReserve(this.bufferBytes) : () => {};
-      if (!release) return; // the process is at its limit: let the collector have it
+      const release = this.budget ? this.budget.tryReserveFree(this.bufferBytes) : () => {};
+      if (!release) return; // no free room: let the collector have it
       this.free.push({ buf: whole, release });
     });
   }

@@ -137,6 +137,29 @@ test('caches are asked to evict before anyone waits, and before a cache is refus
   assert.equal(b.usedBytes, 70);
 });
 
+test('tryReserveFree: only free room, never by eviction; refused while anyone waits', async () => {
+  const b = new MemoryBudget(100);
+  const cache = new FakeCache(b, 10);
+  b.registerCache(cache);
+  for (let i = 0; i < 8; i++) assert.ok(cache.add());
+  const a = b.tryReserveFree(20);
+  assert.ok(a, 'the free 20 bytes');
+  assert.equal(b.tryReserveFree(10), null, 'nothing free: refused');
+  assert.equal(cache.evictCalls, 0, 'no cache was asked to evict');
+  assert.equal(cache.entries.length, 8);
+  a!();
+  assert.equal(b.tryReserveFree(101), null, 'never more than the limit');
+  const big = b.reserve(90); // reserve() has the cache evict for it
+  const release = await big;
+  assert.equal(b.tryReserveFree(1), null, 'full');
+  release();
+  const held = b.tryReserve(100)!;
+  const waiting = b.reserve(10);
+  assert.equal(b.tryReserveFree(0), null, 'refused while a reserve() waits');
+  held();
+  (await waiting)();
+});
+
 test('a waiter at the head gets what caches give back as other holders release', async () => {
   const b = new MemoryBudget(100);
   const pinned = await b.reserve(60); // not evictable
