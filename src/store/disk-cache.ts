@@ -27,6 +27,7 @@ import { VaultError } from '../errors';
 import { log } from '../util/log';
 import { encodeHeader, entryName, headerBytesFor, MAX_ENTRY_BYTES, MAX_HEADER_BYTES, parseHeader, pieceCrcs, PIECE_BYTES, piecesIntact, storableEtag, type EntryHeader } from './disk-cache-entry';
 import { OpenFileCache, readAt } from './open-file-cache';
+import { readTarget } from './object-store';
 import { SlruPolicy } from './slru-policy';
 
 const FS_BLOCK = 4096;
@@ -156,8 +157,7 @@ export class DiskCache {
     const firstPiece = Math.floor(from / PIECE_BYTES);
     const pieceStart = firstPiece * PIECE_BYTES;
     const pieceEnd = Math.min(Math.ceil(to / PIECE_BYTES) * PIECE_BYTES, r.length);
-    const size = pieceEnd - pieceStart;
-    const buf = into && size <= into.length ? into.subarray(0, size) : Buffer.allocUnsafe(size);
+    const buf = readTarget(into, pieceEnd - pieceStart);
     try {
       const got = await this.handles.use(r, (fh) => readAt(fh, buf, r.headerBytes + pieceStart));
       if (got !== buf.length || !piecesIntact(buf, firstPiece, r.crcs)) {

@@ -27,7 +27,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { promises as fsp, constants as fsc } from 'node:fs';
 import * as path from 'node:path';
 import { VaultError, isVaultError } from '../errors';
-import type { ObjectInfo, ObjectStore, PutOptions, StoredObject, StoreProps } from './object-store';
+import { readTarget, type ObjectInfo, type ObjectStore, type PutOptions, type StoredObject, type StoreProps } from './object-store';
 import { checkKey, checkPrefix, checkRange } from './keys';
 import { KeyedMutex } from '../util/keyed-mutex';
 import { compareKeys } from './memory-store';
@@ -109,7 +109,7 @@ export class FsStore implements ObjectStore {
     const fh = await fsp.open(file, 'r');
     try {
       const { size } = await fh.stat();
-      const out = into && size <= into.length ? into.subarray(0, size) : Buffer.allocUnsafe(size);
+      const out = readTarget(into, size);
       // objects are replaced by rename, never rewritten in place: the open file keeps its size
       if ((await readAt(fh, out, 0)) < size) throw new VaultError('ERR_STORE_IO', `${this.name}: ${key}: file shorter than its size while reading`);
       return out;

@@ -68,3 +68,8 @@ export interface ObjectStore {
 }
 
 export type StoreLayer = (inner: ObjectStore) => ObjectStore;
+
+/** Where a get reads `bytes` (see the contract): the caller's `into` when they fit, else fresh memory. */
+export function readTarget(into: Buffer | undefined, bytes: number): Buffer {
+  return into && bytes <= into.length ? into.subarray(0, bytes) : Buffer.allocUnsafe(bytes);
+}
