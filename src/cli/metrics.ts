@@ -61,8 +61,8 @@ export class PromMetrics implements MetricsSink {
     perVolume('nbd_vault_read_cache_hits_total', 'Frame reads answered from the read cache', 'counter', (s) => s.readCacheHits);
     perVolume('nbd_vault_read_cache_misses_total', 'Frame reads the read cache could not answer', 'counter', (s) => s.readCacheMisses);
     perVolume('nbd_vault_read_cache_bytes', 'Bytes of decoded frames in the read cache', 'gauge', (s) => s.readCacheBytes);
-    perVolume('nbd_vault_decode_buffers_reused_total', 'Whole chunks a stream decoded into memory a dropped chunk left', 'counter', (s) => s.decodeBuffersReused);
-    perVolume('nbd_vault_decode_buffers_free_bytes', 'Bytes of dropped chunks kept for the next chunk a stream decodes', 'gauge', (s) => s.decodeBuffersFreeBytes);
+    perVolume('nbd_vault_decode_buffers_reused_total', 'Whole chunks (a stream\'s) and frames (a random read\'s miss) decoded into memory a dropped one left', 'counter', (s) => s.decodeBuffersReused);
+    perVolume('nbd_vault_decode_buffers_free_bytes', 'Bytes of dropped chunks and frames kept for the next decode', 'gauge', (s) => s.decodeBuffersFreeBytes);
     perVolume('nbd_vault_dirty_bytes', 'Bytes written by clients and not yet stored (dirty 4 KiB blocks)', 'gauge', (s) => s.dirtyBytes);
     perVolume('nbd_vault_upload_queue_chunks', 'Chunks with dirty blocks (being sealed included)', 'gauge', (s) => s.dirtyChunks);
     perVolume('nbd_vault_uploads_in_flight', 'Seal cycles or compaction steps running (0 or 1)', 'gauge', (s) => s.uploadsInFlight);

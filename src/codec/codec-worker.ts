@@ -54,6 +54,8 @@ export interface WorkerOpenFramesTask {
   keyIndex: number[];
   places: ObjectPlace[];
   expectedLengths: (number | null)[];
+  /** per frame: shared memory the caller lends to decode it into, or null (fresh memory) */
+  into: (Uint8Array | null)[];
 }
 
 export interface WorkerErrorRecord {
@@ -78,13 +80,14 @@ export function openChunk(task: WorkerOpenChunkTask): WorkerReply {
   return runCatching(() => openChunkContainerSync(task.key, task.container, task.place, task.chunkLength, task.what, task.into));
 }
 
-/** Each frame's plaintext (transferred, each its own ArrayBuffer) or its own error record. */
+/** Each frame's plaintext (transferred, each its own ArrayBuffer; or in the memory the caller
+ *  lent, which goes back as it is) or its own error record. */
 export function openFrames(task: WorkerOpenFramesTask): WorkerReply[] {
   const replies: WorkerReply[] = [];
   const transfer: ArrayBuffer[] = [];
   for (let i = 0; i < task.sealed.length; i++) {
-    const reply = errorRecordOr(() => openFrameSync(task.keys[task.keyIndex[i]], task.sealed[i], task.places[i], task.expectedLengths[i]));
-    if (ArrayBuffer.isView(reply)) transfer.push(reply.buffer as ArrayBuffer);
+    const reply = errorRecordOr(() => openFrameSync(task.keys[task.keyIndex[i]], task.sealed[i], task.places[i], task.expectedLengths[i], task.into[i] ?? undefined));
+    if (ArrayBuffer.isView(reply) && !(reply.buffer instanceof SharedArrayBuffer)) transfer.push(reply.buffer as ArrayBuffer);
     replies.push(reply);
   }
   return move({ [transferableSymbol]: transfer, [valueSymbol]: replies } as never) as unknown as WorkerReply[];

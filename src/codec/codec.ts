@@ -22,8 +22,10 @@ export interface Codec {
   /**
    * Opens one sealed frame at `place` (kind chunk-frame or journal-frame, frame set). Its
    * plaintext must be `expectedLength` bytes, or with null at most FRAME_BYTES (journal frames).
+   * `into` (shared memory of exactly `expectedLength` bytes): decoded there and returned (that
+   * very object), or the call throws (what it held is then garbage).
    */
-  openFrame(key: SecretKey, sealedFrame: Buffer, place: ObjectPlace, expectedLength: number | null): Promise<Buffer>;
+  openFrame(key: SecretKey, sealedFrame: Buffer, place: ObjectPlace, expectedLength: number | null, into?: Buffer): Promise<Buffer>;
   /** A whole v2 chunk container → the chunk (`chunkLength` bytes), every frame opened at its
    *  place, in one worker task. `what` names the object in errors. `into` (shared memory of
    *  `chunkLength` bytes): decoded there and returned (that very object), every byte written, or the call throws

@@ -25,6 +25,8 @@ interface PendingOpen {
   sealed: Buffer;
   place: ObjectPlace;
   expectedLength: number | null;
+  /** shared memory to decode into (returned as it is), or undefined */
+  into: Buffer | undefined;
   resolve(plain: Buffer): void;
   reject(err: unknown): void;
 }
@@ -46,9 +48,9 @@ export class FrameOpenBatches {
     this.#isClosed = isClosed;
   }
 
-  open(key: SecretKey, sealed: Buffer, place: ObjectPlace, expectedLength: number | null): Promise<Buffer> {
+  open(key: SecretKey, sealed: Buffer, place: ObjectPlace, expectedLength: number | null, into?: Buffer): Promise<Buffer> {
     return new Promise<Buffer>((resolve, reject) => {
-      this.#pending.push({ key, sealed, place, expectedLength, resolve, reject });
+      this.#pending.push({ key, sealed, place, expectedLength, into, resolve, reject });
       // Opens requested in the same event-loop turn (reads completing together) go together.
       if (this.#pumpScheduled) return;
       this.#pumpScheduled = true;
@@ -79,7 +81,9 @@ export class FrameOpenBatches {
       const replies = await this.#dispatch(task, transferList);
       batch.forEach((open, i) => {
         const reply = replies[i];
-        if (ArrayBuffer.isView(reply)) open.resolve(asBuffer(reply));
+        // decoded into lent memory: the reply is that memory under another SharedArrayBuffer
+        // object, and the caller's own buffer is the one it knows (and tells apart by identity)
+        if (ArrayBuffer.isView(reply)) open.resolve(open.into ?? asBuffer(reply));
         else open.reject(errorFromReply(reply));
       });
     } catch (err) {
@@ -110,7 +114,7 @@ function openFramesTask(batch: readonly PendingOpen[], staging: Buffer): [Worker
   const packed = total <= staging.length ? staging : Buffer.allocUnsafeSlow(total);
   const sealed = packInto(batch.map((open) => open.sealed), packed);
   const places = batch.map(({ place }) => placeCopy(place));
-  const task: WorkerOpenFramesTask = { keys, sealed, keyIndex, places, expectedLengths: batch.map((open) => open.expectedLength) };
+  const task: WorkerOpenFramesTask = { keys, sealed, keyIndex, places, expectedLengths: batch.map((open) => open.expectedLength), into: batch.map((open) => open.into ?? null) };
   const transfer = keys.map((k) => k.buffer as ArrayBuffer);
   if (packed !== staging) transfer.push(packed.buffer as ArrayBuffer);
   return [task, transfer];

@@ -192,9 +192,10 @@ export function sealFramesSync(
  * `expectedLength` bytes exactly, or with null (journal frames, whose lengths the reader learns
  * only from them) at most FRAME_BYTES.
  */
-export function openFrameSync(keyBytes: Uint8Array, sealedFrame: Uint8Array, place: ObjectPlace, expectedLength: number | null): Buffer {
+export function openFrameSync(keyBytes: Uint8Array, sealedFrame: Uint8Array, place: ObjectPlace, expectedLength: number | null, into?: Uint8Array): Buffer {
   assertFramePlace(place);
-  return checkFrameLength(openObject(keyBytes, sealedFrame, place), place, expectedLength);
+  if (into && into.length !== expectedLength) throw new BugError(`openFrame: a ${into.length}-byte buffer for a frame of ${expectedLength ?? 'unknown length'}`);
+  return checkFrameLength(openObject(keyBytes, sealedFrame, place, into && asBuffer(into)), place, expectedLength);
 }
 
 /**

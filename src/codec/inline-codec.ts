@@ -26,8 +26,8 @@ export function createInlineCodec(options: InlineCodecOptions = {}): Codec {
     async sealFrames(key: SecretKey, kind: FrameKind, frames: Buffer[], place: FramesPlace, logicalLength: number, into?: Buffer): Promise<Buffer> {
       return sealFramesSync(key.bytes, kind, frames, place, logicalLength, zstdLevel, undefined, into);
     },
-    async openFrame(key: SecretKey, sealedFrame: Buffer, place: ObjectPlace, expectedLength: number | null): Promise<Buffer> {
-      return openFrameSync(key.bytes, sealedFrame, place, expectedLength);
+    async openFrame(key: SecretKey, sealedFrame: Buffer, place: ObjectPlace, expectedLength: number | null, into?: Buffer): Promise<Buffer> {
+      return openFrameSync(key.bytes, sealedFrame, place, expectedLength, into);
     },
     async openChunkContainer(key: SecretKey, container: Buffer, place: FramesPlace, chunkLength: number, what: string, into?: Buffer): Promise<Buffer> {
       return openChunkContainerSync(key.bytes, container, place, chunkLength, what, into);

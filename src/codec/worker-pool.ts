@@ -104,10 +104,11 @@ export function createCodec(options: CodecOptions = {}): Codec {
       // the caller's own buffer is the one it knows
       return into && out.buffer instanceof SharedArrayBuffer ? into.subarray(0, out.length) : out;
     },
-    async openFrame(key: SecretKey, sealedFrame: Buffer, place: ObjectPlace, expectedLength: number | null): Promise<Buffer> {
+    async openFrame(key: SecretKey, sealedFrame: Buffer, place: ObjectPlace, expectedLength: number | null, into?: Buffer): Promise<Buffer> {
       assertFramePlace(place);
-      if (sealedFrame.length < INLINE_BELOW_BYTES) return openFrameSync(key.bytes, sealedFrame, place, expectedLength);
-      return frameOpens.open(key, sealedFrame, place, expectedLength);
+      if (into && !(into.buffer instanceof SharedArrayBuffer)) throw new BugError('openFrame: `into` must be shared memory');
+      if (sealedFrame.length < INLINE_BELOW_BYTES) return openFrameSync(key.bytes, sealedFrame, place, expectedLength, into);
+      return frameOpens.open(key, sealedFrame, place, expectedLength, into);
     },
     async openChunkContainer(key: SecretKey, container: Buffer, place: FramesPlace, chunkLength: number, what: string, into?: Buffer): Promise<Buffer> {
       if (into && !(into.buffer instanceof SharedArrayBuffer)) throw new BugError('openChunkContainer: `into` must be shared memory');

@@ -3,7 +3,9 @@
 // and, counted as external memory, drives V8's collector. Reused, two cold exports of the 1 GiB
 // corpus cost the workers 1.3 CPU-s and the collector 0.8 CPU-s less, and run 1.1-1.2x faster
 // (BENCHMARKS.md). Chunks in the read cache's stream area are dropped a moment after the stream
-// passed; their buffers come back here and the next chunk is decoded into them.
+// passed; their buffers come back here and the next chunk is decoded into them. A second pool of
+// 128 KiB does the same for the frames random reads fetch: once the read cache is full, each miss
+// decodes into the memory of the frame it evicted.
 //
 // A buffer is reused only when nothing can still see it:
 // - the read cache no longer holds it (checked when it would be reused, not when it was dropped:
@@ -17,8 +19,9 @@
 // Buffers are per volume, so even a mistake here could not show one volume's data to another.
 import type { MemoryBudget } from '../util/memory-budget';
 
-/** free buffers kept at most (per volume); more are left to the collector */
-const MAX_FREE = 8;
+/** free bytes kept at most (per pool, per volume): 8 whole chunks, 256 frames; more are left to
+ *  the collector. Frames need the deeper list: 32 random misses in flight drop 32 frames at once. */
+const MAX_FREE_BYTES = 32 * 2 ** 20;
 /** free buffers are let go when no stream has taken one for this long (an idle volume holds none) */
 const IDLE_MS = 5_000;
 
@@ -92,7 +95,7 @@ export class DecodeBuffers {
       const s = this.states.get(whole.buffer);
       if (this.closed || !s || s.lent > 0 || s.droppedKey !== key || this.cached(key, whole)) return;
       this.states.delete(whole.buffer); // from now on no read can lend it until take() again
-      if (this.free.length >= MAX_FREE) return;
+      if ((this.free.length + 1) * this.bufferBytes > MAX_FREE_BYTES) return;
       // kept only in room the budget has free: never by evicting another cache's entries
       const release = this.budget ? this.budget.tryReserveFree(this.bufferBytes) : () => {};
       if (!release) return; // no free room: let the collector have it

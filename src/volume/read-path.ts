@@ -55,6 +55,9 @@ export class ReadPath {
   private readonly streamChunks: number[] = [];
   /** buffers a stream's whole chunks are decoded into, reused once dropped and given back */
   readonly decodeBuffers: DecodeBuffers;
+  /** the same for single chunk frames (a random read's miss): once the read cache is full, each
+   *  miss decodes into the memory of the frame it evicted, not fresh memory (BENCHMARKS.md) */
+  readonly frameBuffers: DecodeBuffers;
 
   constructor(
     private readonly name: string,
@@ -66,13 +69,32 @@ export class ReadPath {
   ) {
     this.fetchSlots = new FetchLimiter(Math.min(MAX_FETCHES_IN_FLIGHT, Math.max(MIN_FETCHES_IN_FLIGHT, objects.store.props.maxConcurrency)));
     this.decodeBuffers = new DecodeBuffers(CHUNK_SIZE, (key, buf) => frames.holds(key, buf), frames.budget);
-    frames.onDrop = (key, buf) => this.decodeBuffers.dropped(buf, key);
+    this.frameBuffers = new DecodeBuffers(FRAME_BYTES, (key, buf) => frames.holds(key, buf), frames.budget);
+    frames.onDrop = (key, buf) => this.dropped(buf, key);
   }
 
   /** The caller of read() is done with what it returned (the NBD reply is written): a view of a
-   *  decoded chunk no longer keeps that chunk's buffer from reuse. */
+   *  decoded chunk or frame no longer keeps its buffer from reuse. */
   readDone(data: Buffer): void {
     this.decodeBuffers.giveBack(data);
+    this.frameBuffers.giveBack(data);
+  }
+
+  /** Whole chunks and frames decoded into reused memory, since the start (metrics). */
+  get buffersReused(): number {
+    return this.decodeBuffers.reused + this.frameBuffers.reused;
+  }
+
+  /** Bytes of dropped chunks and frames kept for the next decode (metrics). */
+  get buffersFreeBytes(): number {
+    return this.decodeBuffers.freeBytes + this.frameBuffers.freeBytes;
+  }
+
+  /** The read cache let `buf` go, or nobody kept it: a pool that owns its memory may reuse it
+   *  (each pool ignores buffers it does not own). */
+  private dropped(buf: Buffer, key: string): void {
+    this.decodeBuffers.dropped(buf, key);
+    this.frameBuffers.dropped(buf, key);
   }
 
   /** The engine closed: nothing more is reused or kept. */
@@ -80,6 +102,7 @@ export class ReadPath {
     this.frames.onDrop = null;
     this.frames.clear();
     this.decodeBuffers.close();
+    this.frameBuffers.close();
   }
 
   async read(offset: number, length: number, requester?: object): Promise<Buffer> {
@@ -162,6 +185,7 @@ export class ReadPath {
   /** A view read() returns: its chunk's buffer is not reused until the view is given back. */
   private lent(view: Buffer): Buffer {
     this.decodeBuffers.lend(view);
+    this.frameBuffers.lend(view);
     return view;
   }
 
@@ -313,7 +337,21 @@ export class ReadPath {
     if (cached) return Promise.resolve(this.kept(key, cached, keep));
     const whole = this.fetches.get(`${entry.id}/*`);
     if (whole) return this.used(`${entry.id}/*`, whole).then(frameOf);
-    return this.singleFlight(key, requester, () => this.objects.readChunkFrame(i, entry, this.state.chunkLength(i), f), (err) => this.readError(i, err, f * frameBytes), false, keep);
+    return this.singleFlight(key, requester, () => this.readFrameInto(i, entry, f), (err) => this.readError(i, err, f * frameBytes), false, keep);
+  }
+
+  /** A chunk frame decoded into a buffer a dropped frame left. Only chunk frames: journal frames
+   *  may sit in the fold memo, which lends nothing and gives nothing back. */
+  private async readFrameInto(i: number, entry: Entry, f: number): Promise<Buffer> {
+    const into = this.frameBuffers.take();
+    let data: Buffer | null = null;
+    try {
+      data = await this.objects.readChunkFrame(i, entry, this.state.chunkLength(i), f, into);
+      return data;
+    } finally {
+      // not decoded there (a version-1 chunk, a zero entry) or failed: nobody has seen it
+      if (data?.buffer !== into.buffer) this.frameBuffers.dropped(into, '');
+    }
   }
 
   /** `keep` false (compaction): the frame goes to the fold memo, not the read cache. */
@@ -344,7 +382,7 @@ export class ReadPath {
           else if (keep) this.frames.set(key, data);
           // not cached (the budget is full, caching is off): decoded into a reused buffer, it
           // goes back once the reads waiting on this fetch have copied from it
-          if (!this.frames.holds(key, data)) this.decodeBuffers.dropped(data, key);
+          if (!this.frames.holds(key, data)) this.dropped(data, key);
           return data;
         })
         .catch((err) => {

@@ -74,7 +74,8 @@ export interface EngineStats {
   readonly readCacheHits: number;
   readonly readCacheMisses: number;
   readonly readCacheBytes: number;
-  /** whole chunks a stream decoded into a buffer an earlier one left (decode-buffers.ts) */
+  /** whole chunks (a stream's) and frames (a random read's miss) decoded into a buffer an earlier
+   *  one left (decode-buffers.ts) */
   readonly decodeBuffersReused: number;
   /** bytes of such buffers waiting for the next chunk (they hold memory budget) */
   readonly decodeBuffersFreeBytes: number;
@@ -178,8 +179,8 @@ export class VolumeEngine {
       readCacheHits: this.reads.frames.hits,
       readCacheMisses: this.reads.frames.misses,
       readCacheBytes: this.reads.frames.sizeBytes,
-      decodeBuffersReused: this.reads.decodeBuffers.reused,
-      decodeBuffersFreeBytes: this.reads.decodeBuffers.freeBytes,
+      decodeBuffersReused: this.reads.buffersReused,
+      decodeBuffersFreeBytes: this.reads.buffersFreeBytes,
       dirtyBytes: s.dirtyBytes,
       dirtyChunks: dirtyChunks.size,
       uploadsInFlight: this.sealer.busy ? 1 : 0,

@@ -163,14 +163,15 @@ export class VolumeObjects extends VolumeRecords {
   /**
    * One frame of a chunk (FRAME_BYTES, the last one shorter), authenticated: one ranged read once
    * the container header is known. A v1 chunk has one frame, 0, read whole. A zero entry reads
-   * as zeros.
+   * as zeros. `into` (shared memory of at least FRAME_BYTES): a v2 frame is decoded there and
+   * returned as a view of it; anything else comes in memory of its own.
    */
-  async readChunkFrame(chunkIndex: number, entry: Entry, chunkLength: number, frame: number): Promise<Buffer> {
+  async readChunkFrame(chunkIndex: number, entry: Entry, chunkLength: number, frame: number, into?: Buffer): Promise<Buffer> {
     if (entry.id === null) {
       if (!Number.isInteger(frame) || frame < 0 || frame * FRAME_BYTES >= chunkLength) throw new BugError(`frame ${frame} of a ${chunkLength}-byte chunk`);
       return Buffer.alloc(chunkFrameLength(chunkLength, frame));
     }
-    if (entry.epoch === 0 && this.origin) return this.origin.readChunkFrame(chunkIndex, entry, chunkLength, frame);
+    if (entry.epoch === 0 && this.origin) return this.origin.readChunkFrame(chunkIndex, entry, chunkLength, frame, into);
     const key = chunkKey(this.volumeId, entry.id);
     const layout = await this.authenticated(key, () => this.chunkHeaderOf(chunkIndex, entry, chunkLength));
     if (!layout.framed) {
@@ -183,7 +184,9 @@ export class VolumeObjects extends VolumeRecords {
     if (!Number.isInteger(frame) || frame < 0 || frame >= layout.frameCount) throw new BugError(`frame ${frame} of a ${layout.frameCount}-frame chunk`);
     const what = `chunk ${chunkIndex} frame ${frame} of volume "${this.volumeName}"`;
     const id = entry.id;
-    const open = (sealed: Buffer) => this.codec.openFrame(this.keys.data, sealed, this.framePlace('chunk-frame', chunkIndex, id, frame), chunkFrameLength(chunkLength, frame));
+    const frameLength = chunkFrameLength(chunkLength, frame);
+    const target = into && into.length >= frameLength ? into.subarray(0, frameLength) : undefined;
+    const open = (sealed: Buffer) => this.codec.openFrame(this.keys.data, sealed, this.framePlace('chunk-frame', chunkIndex, id, frame), frameLength, target);
     return this.authenticated(key, async () => {
       // a failed frame dropped the cached header: the retry reads it again (it may be what was bad)
       const current = await this.chunkHeaderOf(chunkIndex, entry, chunkLength);
