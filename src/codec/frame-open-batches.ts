@@ -5,7 +5,7 @@
 // thread. Opens wait here while every codec slot is busy; the next free slot takes all that wait
 // (up to MAX_FRAMES_PER_TASK) as one task: one copy, one message each way. A frame that finds a
 // slot free goes alone, at once, so batching adds no latency at low load.
-import { VaultError } from '../errors';
+import { BugError, VaultError } from '../errors';
 import type { SecretKey } from '../keys/secret-key';
 import { errorFromReply, type WorkerOpenFramesTask, type WorkerReply } from './codec-worker';
 import type { ObjectPlace } from './object-place';
@@ -83,8 +83,10 @@ export class FrameOpenBatches {
         const reply = replies[i];
         // decoded into lent memory: the reply is that memory under another SharedArrayBuffer
         // object, and the caller's own buffer is the one it knows (and tells apart by identity)
-        if (ArrayBuffer.isView(reply)) open.resolve(open.into ?? asBuffer(reply));
-        else open.reject(errorFromReply(reply));
+        if (!ArrayBuffer.isView(reply)) open.reject(errorFromReply(reply));
+        else if (!open.into) open.resolve(asBuffer(reply));
+        else if (inLentMemory(reply, open.into)) open.resolve(open.into);
+        else open.reject(new BugError('openFrame: the frame was not decoded into the memory lent for it'));
       });
     } catch (err) {
       for (const open of batch) open.reject(err);
@@ -92,6 +94,12 @@ export class FrameOpenBatches {
       this.#staging.give(staging); // the worker is done with it: its reply came, or it failed
     }
   }
+}
+
+/** A worker's reply is the lent memory itself (shared, the same length): never fresh bytes, which
+ *  would leave the caller's buffer holding whatever an earlier frame left there. */
+export function inLentMemory(reply: Uint8Array, into: Uint8Array): boolean {
+  return reply.buffer instanceof SharedArrayBuffer && reply.byteOffset === into.byteOffset && reply.length === into.length;
 }
 
 /**

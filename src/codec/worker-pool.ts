@@ -19,7 +19,7 @@ import { assertFramePlace, openChunkContainerSync, openFrameSync, sealFramesSync
 import type { ObjectPlace } from './object-place';
 import { openObject } from './open-object';
 import { asBuffer, sealObject } from './seal-object';
-import { FrameOpenBatches } from './frame-open-batches';
+import { FrameOpenBatches, inLentMemory } from './frame-open-batches';
 import { containerMemory } from './staging-buffers';
 import { Slots } from './slots';
 import { framesPlaceCopy, ownCopy, packedCopy, placeCopy } from './task-copies';
@@ -122,6 +122,7 @@ export function createCodec(options: CodecOptions = {}): Codec {
       });
       // the worker's reply is a view of the same memory under another SharedArrayBuffer object:
       // the caller's own buffer is what it knows (and tells apart by identity)
+      if (into && !inLentMemory(out, into)) throw new BugError('openChunkContainer: the chunk was not decoded into the memory lent for it');
       return into ?? out;
     },
     withContainerMemory<T>(use: (memory: Buffer) => Promise<T>): Promise<T> {

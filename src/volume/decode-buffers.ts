@@ -22,7 +22,7 @@ import type { MemoryBudget } from '../util/memory-budget';
 /** free bytes kept at most (per pool, per volume): 8 whole chunks, 256 frames; more are left to
  *  the collector. Frames need the deeper list: 32 random misses in flight drop 32 frames at once. */
 const MAX_FREE_BYTES = 32 * 2 ** 20;
-/** free buffers are let go when no stream has taken one for this long (an idle volume holds none) */
+/** free buffers are let go when no decode has taken one for this long (an idle volume holds none) */
 const IDLE_MS = 5_000;
 
 interface BufferState {

@@ -34,7 +34,7 @@ export class ReadCache {
   hits = 0;
   misses = 0;
 
-  /** told of every buffer the cache lets go (decode-buffers.ts reuses a stream's chunks) */
+  /** told of every buffer the cache lets go (decode-buffers.ts reuses streams' chunks and frames) */
   onDrop: ((key: string, buf: Buffer) => void) | null = null;
 
   constructor(

@@ -56,7 +56,8 @@ export class ReadPath {
   /** buffers a stream's whole chunks are decoded into, reused once dropped and given back */
   readonly decodeBuffers: DecodeBuffers;
   /** the same for single chunk frames (a random read's miss): once the read cache is full, each
-   *  miss decodes into the memory of the frame it evicted, not fresh memory (BENCHMARKS.md) */
+   *  miss decodes into the memory of a frame it evicted, not fresh memory that V8's collector must
+   *  free (BENCHMARKS.md, "Random reads through a full read cache") */
   readonly frameBuffers: DecodeBuffers;
 
   constructor(

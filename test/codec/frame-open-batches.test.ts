@@ -92,3 +92,19 @@ test('the worker pool opens 96 frames of two volumes at once, each with its own 
   }
   await assert.rejects(pool.openFrame(testKey(3), Buffer.alloc(FRAME_BYTES), testPlace({ kind: 'chunk-frame', frame: 0 }), FRAME_BYTES), { code: 'ERR_SHUTDOWN' });
 });
+
+test('a frame opened into lent memory comes back as that very buffer, every byte written; fresh bytes from a worker are a bug', async () => {
+  const frames = chunkFrames(2, 4).slice(0, 4);
+  const run = (task: WorkerOpenFramesTask) => (openFrames(task) as unknown as Record<symbol, WorkerReply[]>)[valueSymbol];
+  const batches = new FrameOpenBatches(new Slots(1), async (task) => run(task), () => false);
+  const lent = frames.map(() => Buffer.from(new SharedArrayBuffer(FRAME_BYTES)).fill(0xee));
+  const got = await Promise.all(frames.map((f, i) => batches.open(f.key, f.sealed, f.place, FRAME_BYTES, lent[i])));
+  got.forEach((b, i) => {
+    assert.equal(b, lent[i], 'the caller gets its own buffer back');
+    assert.ok(b.equals(frames[i].plain), `frame ${i} decoded into it`);
+  });
+  // a worker that answers with bytes of its own (not the lent memory) leaves the lent buffer stale
+  const liar = new FrameOpenBatches(new Slots(1), async (task) => run({ ...task, into: task.into.map(() => null) }), () => false);
+  const stale = Buffer.from(new SharedArrayBuffer(FRAME_BYTES));
+  await assert.rejects(liar.open(frames[0].key, frames[0].sealed, frames[0].place, FRAME_BYTES, stale), (err: Error) => err.name === 'BugError' || /not decoded into the memory lent/.test(err.message));
+});
