@@ -13,12 +13,12 @@ import { asBuffer } from './seal-object';
 import type { Slots } from './slots';
 import { MAX_SEALED_FRAME_BYTES } from './format';
 import { StagingBuffers } from './staging-buffers';
-import { ownCopy, packInto, placeCopy } from './task-copies';
+import { ownCopy, packedBytes, packInto, placeCopy } from './task-copies';
 
 /** 8 × 128 KiB: a queue depth of 32 fills the 4 slots of a 2-worker pool in one round. */
 export const MAX_FRAMES_PER_TASK = 8;
 /** A task's sealed frames are copied into shared memory kept for the next task (staging-buffers.ts). */
-const STAGING_BYTES = MAX_FRAMES_PER_TASK * MAX_SEALED_FRAME_BYTES;
+const STAGING_BYTES = MAX_FRAMES_PER_TASK * (MAX_SEALED_FRAME_BYTES + 8);
 
 interface PendingOpen {
   key: SecretKey;
@@ -118,9 +118,10 @@ function openFramesTask(batch: readonly PendingOpen[], staging: Buffer): [Worker
     }
     return index;
   });
-  const total = batch.reduce((n, open) => n + open.sealed.length, 0);
+  const frames = batch.map((open) => open.sealed);
+  const total = packedBytes(frames);
   const packed = total <= staging.length ? staging : Buffer.allocUnsafeSlow(total);
-  const sealed = packInto(batch.map((open) => open.sealed), packed);
+  const sealed = packInto(frames, packed);
   const places = batch.map(({ place }) => placeCopy(place));
   const task: WorkerOpenFramesTask = { keys, sealed, keyIndex, places, expectedLengths: batch.map((open) => open.expectedLength), into: batch.map((open) => open.into ?? null) };
   const transfer = keys.map((k) => k.buffer as ArrayBuffer);

@@ -11,20 +11,34 @@ export function ownCopy(bytes: Uint8Array): Uint8Array {
   return new Uint8Array(bytes);
 }
 
-/** All frames copied into one exactly-sized ArrayBuffer (transferred once), as views of it. */
-export function packedCopy(frames: readonly Uint8Array[], total: number): Uint8Array[] {
-  return packInto(frames, new Uint8Array(total));
+/** All frames copied into one ArrayBuffer of packedBytes (transferred once), as views of it. */
+export function packedCopy(frames: readonly Uint8Array[]): Uint8Array[] {
+  return packInto(frames, new Uint8Array(packedBytes(frames)));
 }
 
-/** All frames copied back to back into `backing` (at least their total size), as views of it. */
+/** Each frame starts at a multiple of this: V8 copies into shared memory with relaxed atomics, a
+ *  word at a time only where source and target are equally aligned, else a byte at a time
+ *  (sources are Buffers, 8-aligned). */
+const PACK_ALIGN = 8;
+
+/** The bytes packInto needs for `frames` (each padded to PACK_ALIGN). */
+export function packedBytes(frames: readonly Uint8Array[]): number {
+  return frames.reduce((n, f) => n + alignUp(f.length), 0);
+}
+
+/** All frames copied into `backing` (at least packedBytes), each at an aligned offset, as views. */
 export function packInto(frames: readonly Uint8Array[], backing: Uint8Array): Uint8Array[] {
   let at = 0;
   return frames.map((f) => {
     backing.set(f, at);
     const view = backing.subarray(at, at + f.length);
-    at += f.length;
+    at += alignUp(f.length);
     return view;
   });
+}
+
+function alignUp(n: number): number {
+  return Math.ceil(n / PACK_ALIGN) * PACK_ALIGN;
 }
 
 export function framesPlaceCopy(place: FramesPlace): FramesPlace {

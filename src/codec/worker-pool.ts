@@ -95,7 +95,7 @@ export function createCodec(options: CodecOptions = {}): Codec {
         // Frames in shared memory go as they are (the caller keeps them unchanged until the seal
         // completes); otherwise one copy of all frames into one fresh ArrayBuffer, transferred.
         const shared = frames.every((f) => f.buffer instanceof SharedArrayBuffer);
-        const task: WorkerSealFramesTask = { key: ownCopy(key.bytes), kind, frames: shared ? frames : packedCopy(frames, total), place: framesPlaceCopy(place), logicalLength, zstdLevel, into };
+        const task: WorkerSealFramesTask = { key: ownCopy(key.bytes), kind, frames: shared ? frames : packedCopy(frames), place: framesPlaceCopy(place), logicalLength, zstdLevel, into };
         const transfer = [task.key.buffer as ArrayBuffer];
         if (!shared && task.frames.length > 0) transfer.push(task.frames[0].buffer as ArrayBuffer);
         return [task, transfer];
