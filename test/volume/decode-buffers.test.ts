@@ -2,17 +2,38 @@
 // What must hold: a view a read handed out never changes until it is given back, whatever the
 // stream, random reads and writes do meanwhile; buffers are reused once dropped and given back;
 // nothing is reused while the read cache still holds it.
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { seededRandom } from '../../src/store/seeded-random';
 import { CHUNK_SIZE } from '../../src/volume/chunk-math';
 import { DecodeBuffers } from '../../src/volume/decode-buffers';
 import { MemoryBudget } from '../../src/util/memory-budget';
+import type { EngineOptions, VolumeEngine } from '../../src/volume/volume-engine';
 import { makeVault } from './vault-fixture';
 
 const MiB = 2 ** 20;
 const tick = () => new Promise<void>((r) => setImmediate(r));
+
+/** A volume of `size` random bytes, stored, then opened again with `options` (an empty cache). */
+async function storedRandomVolume(t: TestContext, size: number, options: Partial<EngineOptions>): Promise<{ e: VolumeEngine; model: Buffer }> {
+  const f = await makeVault();
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('disk', size);
+  const model = randomBytes(size);
+  const writer = await f.vault.openEngine('disk');
+  await writer.write(0, model);
+  await writer.flush();
+  await writer.close();
+  const e = await f.vault.openEngine('disk', options);
+  t.after(() => e.close());
+  return { e, model };
+}
+
+/** Every chunk of the volume reads back as `model`. */
+async function assertReadsBack(e: VolumeEngine, model: Buffer): Promise<void> {
+  for (let at = 0; at < model.length; at += CHUNK_SIZE) assert.ok((await e.read(at, CHUNK_SIZE)).equals(model.subarray(at, at + CHUNK_SIZE)), `chunk at ${at}`);
+}
 
 test('a buffer is reused only once the cache dropped it and every view lent is back (once each)', async () => {
   const cached = new Set<string>();
@@ -94,17 +115,8 @@ test('free buffers hold memory budget, only room it has free: never by evicting 
 });
 
 test('views a stream got stay intact until given back, while streams, random reads and writes reuse the buffers', async (t) => {
-  const f = await makeVault();
-  t.after(() => f.cleanup());
   const size = 48 * MiB; // 12 chunks; a 16 MiB read cache streams through a 16 MiB stream area
-  await f.vault.createVolume('disk', size);
-  const model = randomBytes(size);
-  let e = await f.vault.openEngine('disk');
-  await e.write(0, model);
-  await e.flush();
-  await e.close();
-  e = await f.vault.openEngine('disk', { readCacheBytes: 16 * MiB, readaheadChunks: 2 });
-  t.after(() => e.close());
+  const { e, model } = await storedRandomVolume(t, size, { readCacheBytes: 16 * MiB, readaheadChunks: 2 });
 
   const rnd = seededRandom(7);
   const step = 256 * 1024;
@@ -135,22 +147,12 @@ test('views a stream got stay intact until given back, while streams, random rea
   for (const h of held) e.readDone(h.view);
   assert.ok(held.length > 0, 'some replies were slow');
   assert.ok(e.stats().decodeBuffersReused >= 8, `buffers reused: ${e.stats().decodeBuffersReused}`);
-  // and the whole volume reads back right
-  for (let at = 0; at < size; at += CHUNK_SIZE) assert.ok((await e.read(at, CHUNK_SIZE)).equals(model.subarray(at, at + CHUNK_SIZE)), `chunk at ${at}`);
+  await assertReadsBack(e, model);
 });
 
 test('random reads through a full read cache decode into evicted frames; a view lent stays intact until given back', async (t) => {
-  const f = await makeVault();
-  t.after(() => f.cleanup());
   const size = 16 * MiB; // 128 frames; a 2 MiB read cache holds 16 of them
-  await f.vault.createVolume('disk', size);
-  const model = randomBytes(size);
-  let e = await f.vault.openEngine('disk');
-  await e.write(0, model);
-  await e.flush();
-  await e.close();
-  e = await f.vault.openEngine('disk', { readCacheBytes: 2 * MiB, readaheadChunks: 0 });
-  t.after(() => e.close());
+  const { e, model } = await storedRandomVolume(t, size, { readCacheBytes: 2 * MiB, readaheadChunks: 0 });
 
   const rnd = seededRandom(11);
   const frame = 128 * 1024;
@@ -184,5 +186,5 @@ test('random reads through a full read cache decode into evicted frames; a view 
   for (const h of held) e.readDone(h.view);
   assert.ok(held.length > 0, 'some replies were slow');
   assert.ok(e.stats().decodeBuffersReused >= 100, `frames decoded into reused memory: ${e.stats().decodeBuffersReused}`);
-  for (let at = 0; at < size; at += CHUNK_SIZE) assert.ok((await e.read(at, CHUNK_SIZE)).equals(model.subarray(at, at + CHUNK_SIZE)), `chunk at ${at}`);
+  await assertReadsBack(e, model);
 });
