@@ -338,7 +338,9 @@ export class ReadPath {
     if (cached) return Promise.resolve(this.kept(key, cached, keep));
     const whole = this.fetches.get(`${entry.id}/*`);
     if (whole) return this.used(`${entry.id}/*`, whole).then(frameOf);
-    return this.singleFlight(key, requester, () => this.readFrameInto(i, entry, f), (err) => this.readError(i, err, f * frameBytes), false, keep);
+    // a version-1 chunk is one frame of the whole chunk: not a 128 KiB frame to decode into reused memory
+    const fetch = frameBytes === FRAME_BYTES ? () => this.readFrameInto(i, entry, f) : () => this.objects.readChunkFrame(i, entry, this.state.chunkLength(i), f);
+    return this.singleFlight(key, requester, fetch, (err) => this.readError(i, err, f * frameBytes), false, keep);
   }
 
   /** A chunk frame decoded into a buffer a dropped frame left. Only chunk frames: journal frames
@@ -350,7 +352,7 @@ export class ReadPath {
       data = await this.objects.readChunkFrame(i, entry, this.state.chunkLength(i), f, into);
       return data;
     } finally {
-      // not decoded there (a version-1 chunk, a zero entry) or failed: nobody has seen it
+      // not decoded there (a zero entry, a version-1 chunk of 128 KiB) or failed: nobody has seen it
       if (data?.buffer !== into.buffer) this.frameBuffers.dropped(into, '');
     }
   }
