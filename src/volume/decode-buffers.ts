@@ -17,7 +17,9 @@
 // - reads inside the read path that copy from it have run: their continuations are microtasks of
 //   the fetch or cache hit, so a buffer waits for the next macrotask (setImmediate) before reuse.
 // Buffers are per volume, so even a mistake here could not show one volume's data to another.
+import { FRAME_BYTES } from '../codec';
 import type { MemoryBudget } from '../util/memory-budget';
+import { CHUNK_SIZE } from './chunk-math';
 
 /** free bytes kept at most (per pool, per volume): 8 whole chunks, 256 frames; more are left to
  *  the collector. Frames need the deeper list: 32 random misses in flight drop 32 frames at once. */
@@ -133,5 +135,61 @@ export class DecodeBuffers {
 
   get freeBytes(): number {
     return this.free.length * this.bufferBytes;
+  }
+}
+
+/** The read path's recycled decode memory: whole chunks (a stream's) and single frames (a random
+ *  read's miss), a pool each under the rule above. Views are lent, given back and dropped through
+ *  here; each pool ignores buffers it does not own. */
+export class ReadBuffers {
+  readonly chunks: DecodeBuffers;
+  readonly frames: DecodeBuffers;
+
+  constructor(cached: (key: string, buf: Buffer) => boolean, budget?: MemoryBudget) {
+    this.chunks = new DecodeBuffers(CHUNK_SIZE, cached, budget);
+    this.frames = new DecodeBuffers(FRAME_BYTES, cached, budget);
+  }
+
+  /** `read` decodes into a buffer of `pool`. One it did not decode into (a zero entry, a
+   *  version-1 chunk), or a failed read's, goes straight back: nobody has seen it. */
+  async decodeInto(pool: DecodeBuffers, read: (into: Buffer) => Promise<Buffer>): Promise<Buffer> {
+    const into = pool.take();
+    let data: Buffer | null = null;
+    try {
+      data = await read(into);
+      return data;
+    } finally {
+      if (data?.buffer !== into.buffer) pool.dropped(into, '');
+    }
+  }
+
+  lend(view: Buffer): void {
+    this.chunks.lend(view);
+    this.frames.lend(view);
+  }
+
+  giveBack(view: Buffer): void {
+    this.chunks.giveBack(view);
+    this.frames.giveBack(view);
+  }
+
+  dropped(buf: Buffer, key: string): void {
+    this.chunks.dropped(buf, key);
+    this.frames.dropped(buf, key);
+  }
+
+  /** chunks and frames decoded into reused memory, since the start (metrics) */
+  get reused(): number {
+    return this.chunks.reused + this.frames.reused;
+  }
+
+  /** bytes kept for the next decode (metrics) */
+  get freeBytes(): number {
+    return this.chunks.freeBytes + this.frames.freeBytes;
+  }
+
+  close(): void {
+    this.chunks.close();
+    this.frames.close();
   }
 }

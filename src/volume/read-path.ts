@@ -9,7 +9,7 @@ import { VaultError, describeError } from '../errors';
 import type { Logger } from '../util/log';
 import { CHUNK_SIZE, chunkCount, splitRange, type ChunkSpan } from './chunk-math';
 import type { Entry } from './manifest';
-import { DecodeBuffers } from './decode-buffers';
+import { ReadBuffers } from './decode-buffers';
 import { FetchLimiter } from './fetch-limiter';
 import { FRAME_BYTES } from '../codec';
 import { BLOCK_BYTES } from './journal-record';
@@ -53,12 +53,11 @@ export class ReadPath {
   private readonly recentEnds: Array<{ end: number; run: number }> = [];
   /** chunks recent stream reads touched, oldest first */
   private readonly streamChunks: number[] = [];
-  /** buffers a stream's whole chunks are decoded into, reused once dropped and given back */
-  readonly decodeBuffers: DecodeBuffers;
-  /** the same for single chunk frames (a random read's miss): once the read cache is full, each
-   *  miss decodes into the memory of a frame it evicted, not fresh memory that V8's collector must
-   *  free (BENCHMARKS.md, "Random reads through a full read cache") */
-  readonly frameBuffers: DecodeBuffers;
+  /** what a stream's whole chunks and a random read's frames are decoded into, reused once the
+   *  cache dropped them and every view is back: once the read cache is full, a miss decodes into
+   *  the memory of a frame it evicted, not fresh memory that V8's collector must free
+   *  (BENCHMARKS.md, "Random reads through a full read cache") */
+  readonly buffers: ReadBuffers;
 
   constructor(
     private readonly name: string,
@@ -69,41 +68,21 @@ export class ReadPath {
     private readonly logger: Logger,
   ) {
     this.fetchSlots = new FetchLimiter(FETCHES_IN_FLIGHT);
-    this.decodeBuffers = new DecodeBuffers(CHUNK_SIZE, (key, buf) => frames.holds(key, buf), frames.budget);
-    this.frameBuffers = new DecodeBuffers(FRAME_BYTES, (key, buf) => frames.holds(key, buf), frames.budget);
-    frames.onDrop = (key, buf) => this.dropped(buf, key);
+    this.buffers = new ReadBuffers((key, buf) => frames.holds(key, buf), frames.budget);
+    frames.onDrop = (key, buf) => this.buffers.dropped(buf, key);
   }
 
   /** The caller of read() is done with what it returned (the NBD reply is written): a view of a
    *  decoded chunk or frame no longer keeps its buffer from reuse. */
   readDone(data: Buffer): void {
-    this.decodeBuffers.giveBack(data);
-    this.frameBuffers.giveBack(data);
-  }
-
-  /** Whole chunks and frames decoded into reused memory, since the start (metrics). */
-  get buffersReused(): number {
-    return this.decodeBuffers.reused + this.frameBuffers.reused;
-  }
-
-  /** Bytes of dropped chunks and frames kept for the next decode (metrics). */
-  get buffersFreeBytes(): number {
-    return this.decodeBuffers.freeBytes + this.frameBuffers.freeBytes;
-  }
-
-  /** The read cache let `buf` go, or nobody kept it: a pool that owns its memory may reuse it
-   *  (each pool ignores buffers it does not own). */
-  private dropped(buf: Buffer, key: string): void {
-    this.decodeBuffers.dropped(buf, key);
-    this.frameBuffers.dropped(buf, key);
+    this.buffers.giveBack(data);
   }
 
   /** The engine closed: nothing more is reused or kept. */
   close(): void {
     this.frames.onDrop = null;
     this.frames.clear();
-    this.decodeBuffers.close();
-    this.frameBuffers.close();
+    this.buffers.close();
   }
 
   async read(offset: number, length: number, requester?: object): Promise<Buffer> {
@@ -185,8 +164,7 @@ export class ReadPath {
 
   /** A view read() returns: its chunk's buffer is not reused until the view is given back. */
   private lent(view: Buffer): Buffer {
-    this.decodeBuffers.lend(view);
-    this.frameBuffers.lend(view);
+    this.buffers.lend(view);
     return view;
   }
 
@@ -345,16 +323,8 @@ export class ReadPath {
 
   /** A chunk frame decoded into a buffer a dropped frame left. Only chunk frames: journal frames
    *  may sit in the fold memo, which lends nothing and gives nothing back. */
-  private async readFrameInto(i: number, entry: Entry, f: number): Promise<Buffer> {
-    const into = this.frameBuffers.take();
-    let data: Buffer | null = null;
-    try {
-      data = await this.objects.readChunkFrame(i, entry, this.state.chunkLength(i), f, into);
-      return data;
-    } finally {
-      // not decoded there (a zero entry, a version-1 chunk of 128 KiB) or failed: nobody has seen it
-      if (data?.buffer !== into.buffer) this.frameBuffers.dropped(into, '');
-    }
+  private readFrameInto(i: number, entry: Entry, f: number): Promise<Buffer> {
+    return this.buffers.decodeInto(this.buffers.frames, (into) => this.objects.readChunkFrame(i, entry, this.state.chunkLength(i), f, into));
   }
 
   /** `keep` false (compaction): the frame goes to the fold memo, not the read cache. */
@@ -385,7 +355,7 @@ export class ReadPath {
           else if (keep) this.frames.set(key, data);
           // not cached (the budget is full, caching is off): decoded into a reused buffer, it
           // goes back once the reads waiting on this fetch have copied from it
-          if (!this.frames.holds(key, data)) this.dropped(data, key);
+          if (!this.frames.holds(key, data)) this.buffers.dropped(data, key);
           return data;
         })
         .catch((err) => {
@@ -467,16 +437,8 @@ export class ReadPath {
     return this.singleFlight(`${entry.id}/*`, requester, fetch, (err) => this.readError(i, err), true, keep);
   }
 
-  private async readChunkInto(i: number, entry: Entry, len: number): Promise<Buffer> {
-    const into = this.decodeBuffers.take();
-    let data: Buffer | null = null;
-    try {
-      data = await this.objects.readChunk(i, entry, len, into);
-      return data;
-    } finally {
-      // not decoded there (a format 1 chunk, a zero entry) or failed: nobody has seen it
-      if (data?.buffer !== into.buffer) this.decodeBuffers.dropped(into, '');
-    }
+  private readChunkInto(i: number, entry: Entry, len: number): Promise<Buffer> {
+    return this.buffers.decodeInto(this.buffers.chunks, (into) => this.objects.readChunk(i, entry, len, into));
   }
 
   /** A compaction step (or a resize's read) is over: the journal frames it kept go (a volume

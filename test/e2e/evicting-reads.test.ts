@@ -1,6 +1,6 @@
 // Random reads through a read cache far smaller than the volume, from a real client (python3-libnbd)
 // that sends 24 MiB of reads at once and drains its socket late, so replies queue in the server while
-// later misses decode into the memory of frames the cache evicted (read-path.ts, frameBuffers).
+// later misses decode into the memory of frames the cache evicted (decode-buffers.ts, ReadBuffers).
 // Every byte must be the image's: a reply whose view was reused before it was written would show
 // another frame's bytes. The server's metrics must show that frames were in fact decoded into
 // reused memory, or the test proves nothing.
