@@ -2,8 +2,8 @@
 // worker pool so the event loop stays responsive (a 4 MiB chunk is ~10 ms of CPU). Per call the
 // main thread does only the all-zero check and, for input outside shared memory, one copy into
 // memory the worker may read (a fresh transferred buffer; opened frames: staging kept for the next
-// task); the caller keeps its Buffer untouched. Shared memory goes as it is, and a result lands in the
-// caller's shared memory (`into`) or comes back transferred.
+// task); the caller keeps its Buffer untouched. Shared memory goes as it is, and a result lands
+// in the caller's shared memory (`into`) or comes back transferred.
 // Objects below INLINE_BELOW_BYTES run on the calling thread: a round trip to a worker costs more.
 // At most TASKS_IN_FLIGHT_PER_WORKER × workers tasks are handed to piscina at once; the rest wait
 // here *uncopied*, so a burst of 32 chunks costs the event loop one copy at a time, not 32 at once
@@ -88,7 +88,7 @@ export function createCodec(options: CodecOptions = {}): Codec {
       });
     },
     async sealFrames(key: SecretKey, kind: FrameKind, frames: Buffer[], place: FramesPlace, logicalLength: number, into?: Buffer): Promise<Buffer> {
-      if (into && !(into.buffer instanceof SharedArrayBuffer)) throw new BugError('sealFrames: `into` must be shared memory');
+      assertShared(into, 'sealFrames');
       const total = frames.reduce((n, f) => n + f.length, 0);
       if (total < INLINE_BELOW_BYTES) return sealFramesSync(key.bytes, kind, frames, place, logicalLength, zstdLevel, undefined, into);
       const out = await run('sealFrames', () => {
@@ -106,12 +106,12 @@ export function createCodec(options: CodecOptions = {}): Codec {
     },
     async openFrame(key: SecretKey, sealedFrame: Buffer, place: ObjectPlace, expectedLength: number | null, into?: Buffer): Promise<Buffer> {
       assertFramePlace(place);
-      if (into && !(into.buffer instanceof SharedArrayBuffer)) throw new BugError('openFrame: `into` must be shared memory');
+      assertShared(into, 'openFrame');
       if (sealedFrame.length < INLINE_BELOW_BYTES) return openFrameSync(key.bytes, sealedFrame, place, expectedLength, into);
       return frameOpens.open(key, sealedFrame, place, expectedLength, into);
     },
     async openChunkContainer(key: SecretKey, container: Buffer, place: FramesPlace, chunkLength: number, what: string, into?: Buffer): Promise<Buffer> {
-      if (into && !(into.buffer instanceof SharedArrayBuffer)) throw new BugError('openChunkContainer: `into` must be shared memory');
+      assertShared(into, 'openChunkContainer');
       if (container.length < INLINE_BELOW_BYTES) return openChunkContainerSync(key.bytes, container, place, chunkLength, what, into);
       const out = await run('openChunk', () => {
         // shared memory (withContainerMemory's) goes as it is: the caller keeps it until this settles
@@ -134,4 +134,9 @@ export function createCodec(options: CodecOptions = {}): Codec {
       await pool.destroy();
     },
   };
+}
+
+/** Memory lent for a result (`into`) must be shared: a worker writes there, and it is never transferred. */
+function assertShared(into: Buffer | undefined, call: string): void {
+  if (into && !(into.buffer instanceof SharedArrayBuffer)) throw new BugError(`${call}: \`into\` must be shared memory`);
 }
