@@ -2,6 +2,7 @@
 // ArrayBuffer, so structured clone and transfer never carry (or detach) unrelated memory.
 import type { FramesPlace } from './framed-container';
 import type { ObjectPlace } from './object-place';
+import { copyBytes } from '../util/shared-copy';
 
 /**
  * A copy that owns an exactly-sized ArrayBuffer. Structured clone of a Buffer view would copy its
@@ -16,9 +17,8 @@ export function packedCopy(frames: readonly Uint8Array[]): Uint8Array[] {
   return packInto(frames, new Uint8Array(packedBytes(frames)));
 }
 
-/** Each frame starts at a multiple of this: V8 copies into shared memory with relaxed atomics, a
- *  word at a time only where source and target are equally aligned, else a byte at a time
- *  (sources are Buffers, 8-aligned). */
+/** Each frame starts at a multiple of this, so that a worker's copies out of shared memory into
+ *  its (aligned) scratch go a word at a time (util/shared-copy.ts). */
 const PACK_ALIGN = 8;
 
 /** The bytes packInto needs for `frames` (each padded to PACK_ALIGN). */
@@ -30,7 +30,7 @@ export function packedBytes(frames: readonly Uint8Array[]): number {
 export function packInto(frames: readonly Uint8Array[], backing: Uint8Array): Uint8Array[] {
   let at = 0;
   return frames.map((f) => {
-    backing.set(f, at);
+    copyBytes(backing, at, f);
     const view = backing.subarray(at, at + f.length);
     at += alignUp(f.length);
     return view;

@@ -23,6 +23,7 @@ import type { VolumeState } from './volume-state';
 import type { ChunkBufferPool } from './chunk-buffer-pool';
 import type { SealMemory } from './seal-memory';
 import { CHUNK_SIZE } from './chunk-math';
+import { copyBytes } from '../util/shared-copy';
 
 /** data blocks per journal frame (128 KiB) */
 const BLOCKS_PER_FRAME = 32;
@@ -329,7 +330,7 @@ function assembleChunk(c: ChunkBlocks, length: number, buffers: ChunkBufferPool)
     if (runFirst === null) return;
     const at = runStart * BLOCK_BYTES;
     const n = Math.min(runBlocks * BLOCK_BYTES, length - at);
-    out.set(new Uint8Array(runFirst.buffer, runFirst.byteOffset, n), at);
+    copyBytes(out, at, new Uint8Array(runFirst.buffer, runFirst.byteOffset, n));
     runFirst = null;
   };
   for (let b = 0; b * BLOCK_BYTES < length; b++) {
@@ -415,7 +416,7 @@ function packFrames(frames: readonly Buffer[][], buffers: ChunkBufferPool): { fr
     }
     const start = at;
     for (const b of blocks) {
-      backing.set(b, at);
+      copyBytes(backing, at, b);
       at += BLOCK_BYTES;
     }
     return backing.subarray(start, at);

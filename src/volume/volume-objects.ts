@@ -18,6 +18,7 @@ import { chunkKey, journalKey, pageKey } from './object-keys';
 import { generationOfId, newObjectId, type Entry, type PageRef } from './manifest';
 import type { JournalRef } from './root-record';
 import { VolumeRecords, type VolumeKeys } from './volume-records';
+import { copyBytes } from '../util/shared-copy';
 
 /** How a stored chunk is laid out: v1 is one frame, the whole chunk. */
 export interface ChunkLayout {
@@ -318,7 +319,8 @@ export class VolumeObjects extends VolumeRecords {
  *  fresh memory: S3, a disk-cache miss), so that its worker reads it without another copy. */
 function inLentMemory(body: Buffer, memory: Buffer): Buffer {
   if (body.buffer === memory.buffer || body.length > memory.length) return body;
-  return memory.subarray(0, body.copy(memory));
+  copyBytes(memory, 0, body);
+  return memory.subarray(0, body.length);
 }
 
 /** A read whose bytes were unusable: they failed authentication or did not parse. */

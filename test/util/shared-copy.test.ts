@@ -1,0 +1,38 @@
+// copyBytes (util/shared-copy.ts): target.set(source, at) for every relative alignment, either side
+// in shared memory, pieces longer than its bounce buffer, and copies short enough to go direct.
+// Its speed is in BENCHMARKS.md; here, only that every byte lands where set() would put it.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { randomBytes } from 'node:crypto';
+import { copyBytes } from '../../src/util/shared-copy';
+
+function memory(shared: boolean, length: number): Uint8Array {
+  return new Uint8Array(shared ? new SharedArrayBuffer(length) : new ArrayBuffer(length));
+}
+
+for (const [targetShared, sourceShared] of [[true, false], [false, true], [true, true], [false, false]]) {
+  test(`copyBytes: ${targetShared ? 'shared' : 'plain'} target, ${sourceShared ? 'shared' : 'plain'} source, every alignment`, () => {
+    for (const length of [0, 100, 511, 512, 4096, 300_001, 600_000]) {
+      for (let s = 0; s < 8; s++) {
+        for (const t of [0, 1, 3, 4, 7]) {
+          const bytes = randomBytes(length);
+          const source = memory(sourceShared, length + 16).subarray(s, s + length);
+          source.set(bytes);
+          const target = memory(targetShared, length + 64);
+          const before = randomBytes(target.length);
+          target.set(before);
+          const at = t + 8;
+          copyBytes(target.subarray(3), at, source);
+          const expected = Buffer.from(before);
+          expected.set(bytes, 3 + at);
+          assert.ok(Buffer.from(target).equals(expected), `length ${length}, source offset ${s}, target offset ${3 + at}: bytes outside or inside the copy differ`);
+        }
+      }
+    }
+  });
+}
+
+test('copyBytes: a view whose source runs past the target fails as set() does', () => {
+  const target = memory(true, 1024);
+  assert.throws(() => copyBytes(target, 600, randomBytes(1000)), RangeError);
+});
