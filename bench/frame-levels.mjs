@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // How 128 KiB frames of a file compress at zstd level 3 and at the fast level, and what
-// sealFramesSync stores with its per-frame choice (framed-container.ts, nextFrameLevel): MB/s per
+// sealFramesSync stores with its per-frame choice (frame-compression.ts): MB/s per
 // CPU-second on one thread and bytes out. Build first (npm run build).
 //   node bench/frame-levels.mjs FILE [MiB, default 256]
 // e.g. a file of fio's write buffers: fio --name=f --filename=/tmp/fio.dat --rw=write --bs=1M --size=256M
@@ -9,7 +9,7 @@ import { createRequire } from 'node:module';
 
 const require = createRequire(import.meta.url);
 const { sealFramesSync, FRAME_BYTES } = require('../dist/src/codec');
-const { POOR_DATA_ZSTD_LEVEL } = require('../dist/src/codec/framed-container');
+const { POOR_DATA_ZSTD_LEVEL } = require('../dist/src/codec/frame-compression');
 const { compressBound, compressInto } = require('../dist/src/codec/zstd-contexts');
 
 const [file, mib = '256'] = process.argv.slice(2);

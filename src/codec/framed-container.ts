@@ -24,7 +24,8 @@ import {
 } from './format';
 import type { ObjectPlace } from './object-place';
 import { openObject } from './open-object';
-import { asBuffer, sealObjectInto, sealedBound } from './seal-object';
+import { asBuffer, sealObjectInto, sealUncompressedInto, sealedBound } from './seal-object';
+import { POOR_DATA_ZSTD_LEVEL, nextFrameLevel, worthCompressing } from './frame-compression';
 import { frameScratchBuffer } from './scratch-buffer';
 
 export type ContainerMagic = 'chunk' | 'journal';
@@ -170,7 +171,12 @@ export function sealFramesSync(
   let level = zstdLevel;
   for (let f = 0; f < frames.length; f++) {
     const framePlace: ObjectPlace = { vaultId: place.vaultId, volumeId: place.volumeId, kind, index: place.index, generation: place.generation, frame: f };
-    sealedLengths[f] = sealObjectInto(scratch.subarray(total), keyBytes, frames[f], framePlace, level, nonces?.[f]);
+    // after a frame that compressed poorly, one whose sample does not compress is stored as it is
+    const poorRun = level === POOR_DATA_ZSTD_LEVEL && level !== zstdLevel;
+    sealedLengths[f] =
+      poorRun && !worthCompressing(frames[f])
+        ? sealUncompressedInto(scratch.subarray(total), keyBytes, frames[f], framePlace, nonces?.[f])
+        : sealObjectInto(scratch.subarray(total), keyBytes, frames[f], framePlace, level, nonces?.[f]);
     total += sealedLengths[f];
     level = nextFrameLevel(level, zstdLevel, sealedLengths[f] - SEAL_OVERHEAD_BYTES, frames[f].length);
   }
@@ -216,27 +222,6 @@ export function openChunkContainerSync(keyBytes: Uint8Array, containerBytes: Uin
     openObject(keyBytes, sealed, framePlace, out.subarray(f * FRAME_BYTES, f * FRAME_BYTES + chunkFrameLength(chunkLength, f)));
   }
   return out;
-}
-
-/** zstd's fastest level that still compresses (`--fast=1`). */
-export const POOR_DATA_ZSTD_LEVEL = -1;
-
-/**
- * The zstd level of a container's next frame, from how the last one compressed. On data that
- * compresses poorly a higher level buys almost nothing for 2-3x the time (fio's write buffers:
- * 0.917 of their size at level 3 and at -1, 138 against 329 MB/s a core), so:
- * - a frame at the configured level that saved less than 1/8 (ZFS's bar for storing a block
- *   compressed at all) sends the next frame to POOR_DATA_ZSTD_LEVEL;
- * - a frame there that saved 1/4 or more sends the next back (the gap keeps data near the bar
- *   from flipping at every frame).
- * Each container starts at the configured level. The choice depends only on the last frame's
- * sealed length, which the container's header shows anyway: it tells the store nothing new.
- */
-export function nextFrameLevel(level: number, configured: number, payloadBytes: number, plainBytes: number): number {
-  if (configured <= POOR_DATA_ZSTD_LEVEL) return configured;
-  const saved = plainBytes - payloadBytes;
-  if (level === configured) return saved * 8 < plainBytes ? POOR_DATA_ZSTD_LEVEL : configured;
-  return saved * 4 >= plainBytes ? configured : POOR_DATA_ZSTD_LEVEL;
 }
 
 export function assertFramePlace(place: ObjectPlace): void {

@@ -52,23 +52,29 @@ export function sealObjectInto(target: Buffer, keyBytes: Uint8Array, plaintext: 
   return sealCompressedInto(target, keyBytes, plaintext, scratch.subarray(0, compressedLength), place, nonce);
 }
 
-function sealCompressedInto(target: Buffer, keyBytes: Uint8Array, plaintext: Uint8Array, compressedBytes: Buffer, place: ObjectPlace, nonce?: Uint8Array): number {
+/** sealObjectInto without compressing: the payload is the plaintext (flags 0). For data that a
+ *  sample showed not worth compressing (framed-container.ts); readers need nothing new. */
+export function sealUncompressedInto(target: Buffer, keyBytes: Uint8Array, plaintext: Uint8Array, place: ObjectPlace, nonce?: Uint8Array): number {
+  return sealCompressedInto(target, keyBytes, plaintext, null, place, nonce);
+}
+
+function sealCompressedInto(target: Buffer, keyBytes: Uint8Array, plaintext: Uint8Array, compressedBytes: Buffer | null, place: ObjectPlace, nonce?: Uint8Array): number {
   assertValidPlace(place);
   if (plaintext.length > MAX_PLAINTEXT_BYTES) throw new BugError(`cannot seal ${plaintext.length} bytes (max ${MAX_PLAINTEXT_BYTES})`);
   const nonceBytes = nonce ?? randomNonce();
   if (nonceBytes.length !== NONCE_BYTES) throw new BugError(`nonce must be ${NONCE_BYTES} bytes`);
 
-  const compressed = compressedBytes.length < plaintext.length;
-  const payload = compressed ? compressedBytes : plaintext;
+  const payload = compressedBytes !== null && compressedBytes.length < plaintext.length ? compressedBytes : plaintext;
+  const compressed = payload !== plaintext;
   const sealedLength = SEAL_OVERHEAD_BYTES + payload.length;
   if (target.length < sealedLength) throw new BugError(`seal target of ${target.length} bytes, ${sealedLength} needed`);
   const out = target.subarray(0, sealedLength);
   writeHeader(out, place.kind, compressed ? FLAG_COMPRESSED : 0, plaintext.length, nonceBytes);
-  out.set(payload, HEADER_BYTES);
-  const body = out.subarray(HEADER_BYTES); // payload then room for the tag; encrypted in place
+  // encrypted from where the payload is straight into place (ciphertext then tag): no copy first,
+  // which for an uncompressed frame would be a byte-wise one out of shared memory
   sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
-    body,
-    body.subarray(0, payload.length),
+    out.subarray(HEADER_BYTES),
+    asBuffer(payload),
     buildAssociatedData(out, place),
     null,
     asBuffer(nonceBytes),
