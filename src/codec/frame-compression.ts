@@ -33,7 +33,8 @@ let sample: Buffer | null = null;
 let sampleOut: Buffer | null = null;
 
 /**
- * Whether a frame at POOR_DATA_ZSTD_LEVEL is worth compressing at all: a 16 KiB sample of it,
+ * Whether a frame with no history (a container's first) or at POOR_DATA_ZSTD_LEVEL is worth
+ * compressing at all: a 16 KiB sample of it,
  * compressed at that level, must save 1/8 (ZFS's bar for storing a block compressed). Else the
  * frame is stored uncompressed and costs encryption alone: on fio's write buffers (a frame saves
  * ~7 % at -1, its sample ~6 %) zstd at -1 takes ~2 CPU-s per GiB, twice the XChaCha20-Poly1305

@@ -171,10 +171,11 @@ export function sealFramesSync(
   let level = zstdLevel;
   for (let f = 0; f < frames.length; f++) {
     const framePlace: ObjectPlace = { vaultId: place.vaultId, volumeId: place.volumeId, kind, index: place.index, generation: place.generation, frame: f };
-    // after a frame that compressed poorly, one whose sample does not compress is stored as it is
-    const poorRun = level === POOR_DATA_ZSTD_LEVEL && level !== zstdLevel;
+    // with no history yet (a container's first frame) or after a frame that compressed poorly,
+    // one whose sample does not compress is stored as it is
+    const sampled = zstdLevel > POOR_DATA_ZSTD_LEVEL && (f === 0 || level === POOR_DATA_ZSTD_LEVEL);
     sealedLengths[f] =
-      poorRun && !worthCompressing(frames[f])
+      sampled && !worthCompressing(frames[f])
         ? sealUncompressedInto(scratch.subarray(total), keyBytes, frames[f], framePlace, nonces?.[f])
         : sealObjectInto(scratch.subarray(total), keyBytes, frames[f], framePlace, level, nonces?.[f]);
     total += sealedLengths[f];

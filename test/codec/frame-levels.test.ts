@@ -106,3 +106,17 @@ test('in a run of poor frames, one whose sample does not compress is stored unco
   const journal = sealFramesSync(key.bytes, 'journal-frame', frames, place, 5 * FRAME_BYTES, 3);
   assert.deepEqual(parseFramedHeader(journal, 'journal', 'test', journal.length).frameLengths, expected);
 });
+
+test("a container's first frame is sampled too: one whose sample does not compress is stored as it is, and the next is at the fast level", () => {
+  const frames = [evenlyPoor(FRAME_BYTES, 30, 0.06), textLike(FRAME_BYTES, 31), textLike(FRAME_BYTES, 32)];
+  assert.ok(payloadAt(frames[0], 3) < FRAME_BYTES * 0.96, 'level 3 would shrink frame 0');
+  const container = sealFramesSync(key.bytes, 'chunk-frame', frames, place, 3 * FRAME_BYTES, 3);
+  const header = parseFramedHeader(container, 'chunk', 'test', container.length);
+  assert.deepEqual(header.frameLengths, [SEAL_OVERHEAD_BYTES + FRAME_BYTES, SEAL_OVERHEAD_BYTES + payloadAt(frames[1], POOR_DATA_ZSTD_LEVEL), SEAL_OVERHEAD_BYTES + payloadAt(frames[2], 3)]);
+  // text first: sampled, compressed at level 3
+  const text = sealFramesSync(key.bytes, 'chunk-frame', [frames[1]], place, FRAME_BYTES, 3);
+  assert.equal(parseFramedHeader(text, 'chunk', 'test', text.length).frameLengths[0], SEAL_OVERHEAD_BYTES + payloadAt(frames[1], 3));
+  // a configured fast level never samples: it compresses what shrinks
+  const fast = sealFramesSync(key.bytes, 'chunk-frame', frames, place, 3 * FRAME_BYTES, POOR_DATA_ZSTD_LEVEL);
+  assert.equal(parseFramedHeader(fast, 'chunk', 'test', fast.length).frameLengths[0], SEAL_OVERHEAD_BYTES + payloadAt(frames[0], POOR_DATA_ZSTD_LEVEL));
+});
