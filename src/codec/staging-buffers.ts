@@ -5,14 +5,15 @@
 // - A worker's staging (inputs copied for it): at most one per task in flight in the pool.
 // - Container memory (Codec.withContainerMemory): one per chunk object being read or sealed and
 //   stored; the callers bound those (fetches, uploads, the memory budget). Kept while in use,
-//   let go after IDLE_RELEASE_MS without a take.
+//   let go after IDLE_RELEASE_MS in which none was taken or given back.
+import { IdleTimer } from '../util/idle-timer';
 import { MAX_CHUNK_CONTAINER_BYTES } from './format';
 
 /** The largest stored chunk container, with room to spare for a store's own framing around it
  *  (the fs store reads its object header into the same memory). */
 export const CONTAINER_MEMORY_BYTES = MAX_CHUNK_CONTAINER_BYTES + 64 * 1024;
 
-/** Free buffers are let go after this long without a take (an idle server holds none). */
+/** Free buffers are let go after this long unused (an idle server holds none). */
 export const IDLE_RELEASE_MS = 5_000;
 
 /** The memory Codec.withContainerMemory lends. */
@@ -22,14 +23,15 @@ export function containerMemory(): StagingBuffers {
 
 export class StagingBuffers {
   private readonly free: Buffer[] = [];
-  private lastTakeMs = 0;
-  private idleTimer: NodeJS.Timeout | null = null;
+  private readonly idle: IdleTimer;
 
-  /** `idleReleaseMs`: free buffers are dropped after this long without a take (default: kept) */
+  /** `idleReleaseMs`: free buffers are dropped after this long unused (default: kept) */
   constructor(
     readonly bytes: number,
-    private readonly idleReleaseMs = Infinity,
-  ) {}
+    idleReleaseMs = Infinity,
+  ) {
+    this.idle = new IdleTimer(idleReleaseMs, () => (this.free.length = 0));
+  }
 
   /** Buffers kept for the next take (tests, stats). */
   get freeCount(): number {
@@ -37,13 +39,13 @@ export class StagingBuffers {
   }
 
   take(): Buffer {
-    this.lastTakeMs = Date.now();
+    this.idle.touch();
     return this.free.pop() ?? Buffer.from(new SharedArrayBuffer(this.bytes));
   }
 
   give(buf: Buffer): void {
     this.free.push(buf);
-    if (this.idleReleaseMs !== Infinity && !this.idleTimer) this.armRelease(this.idleReleaseMs);
+    this.idle.touch();
   }
 
   /** Lends a buffer for as long as `use` runs. */
@@ -54,15 +56,5 @@ export class StagingBuffers {
     } finally {
       this.give(buf);
     }
-  }
-
-  private armRelease(ms: number): void {
-    this.idleTimer = setTimeout(() => {
-      this.idleTimer = null;
-      const idle = Date.now() - this.lastTakeMs;
-      if (idle >= this.idleReleaseMs) this.free.length = 0;
-      else this.armRelease(this.idleReleaseMs - idle);
-    }, ms);
-    this.idleTimer.unref();
   }
 }

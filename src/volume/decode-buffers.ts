@@ -18,6 +18,7 @@
 //   the fetch or cache hit, so a buffer waits for the next macrotask (setImmediate) before reuse.
 // Buffers are per volume, so even a mistake here could not show one volume's data to another.
 import { FRAME_BYTES } from '../codec';
+import { IdleTimer } from '../util/idle-timer';
 import type { MemoryBudget } from '../util/memory-budget';
 import { CHUNK_SIZE } from './chunk-math';
 
@@ -39,7 +40,7 @@ export class DecodeBuffers {
   private readonly states = new WeakMap<ArrayBufferLike, BufferState>();
   /** the views lent and not given back (a view given back twice, or never lent, counts nothing) */
   private readonly lentViews = new WeakSet<Buffer>();
-  private idleTimer: NodeJS.Timeout | null = null;
+  private readonly idle = new IdleTimer(IDLE_MS, () => this.clear());
   private closed = false;
   /** buffers reused (for metrics and tests) */
   reused = 0;
@@ -54,7 +55,7 @@ export class DecodeBuffers {
   /** A buffer of bufferBytes in shared memory (the codec worker decodes into it without a copy);
    *  its content is whatever it held before: the decoder writes every byte or fails. */
   take(): Buffer {
-    this.armIdleTimer();
+    this.idle.touch();
     const f = this.free.pop();
     if (f) {
       f.release();
@@ -105,22 +106,10 @@ export class DecodeBuffers {
     });
   }
 
-  private armIdleTimer(): void {
-    if (this.idleTimer) this.idleTimer.refresh();
-    else {
-      this.idleTimer = setTimeout(() => {
-        this.idleTimer = null;
-        this.clear();
-      }, IDLE_MS);
-      this.idleTimer.unref();
-    }
-  }
-
   /** Let every free buffer go (idle, or the engine closed). */
   clear(): void {
     for (const f of this.free.splice(0)) f.release();
-    if (this.idleTimer) clearTimeout(this.idleTimer);
-    this.idleTimer = null;
+    this.idle.cancel();
   }
 
   /** The engine closed: nothing is kept from now on. */

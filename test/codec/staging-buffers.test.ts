@@ -16,9 +16,9 @@ test('buffers are reused, as many are made as were in flight at once, and an idl
     assert.equal(pool.freeCount, 2);
     assert.equal(pool.take().buffer, b.buffer, 'the last given back is taken first');
     mock.timers.tick(4_000);
-    assert.equal(pool.freeCount, 1, 'busy a second ago: kept');
+    assert.equal(pool.freeCount, 1, 'used a second ago: kept');
     pool.give(b);
-    pool.give(pool.take()); // a take at 4 s
+    pool.give(pool.take()); // used at 4 s
     mock.timers.tick(4_000); // 4 s after it: still kept
     assert.equal(pool.freeCount, 2);
     mock.timers.tick(1_500);
