@@ -162,10 +162,13 @@ export function sealFramesSync(
   into?: Uint8Array,
 ): Buffer {
   checkFrames(kind, frames, logicalLength);
-  // Frames are sealed one after the other into a per-thread scratch laid out as the container,
-  // then copied once into the exactly-sized result (one allocation per container, not per frame).
+  // Frames are sealed one after the other laid out as the container: straight into `into` when
+  // the largest container fits there, else into a per-thread scratch copied once into the
+  // exactly-sized result (one allocation per container, not per frame).
   const headerBytes = FRAMED_HEADER_FIXED_BYTES + 4 * frames.length;
-  const scratch = frameScratchBuffer(headerBytes + frames.reduce((n, fr) => n + sealedBound(fr.length), 0));
+  const bound = headerBytes + frames.reduce((n, fr) => n + sealedBound(fr.length), 0);
+  const direct = into !== undefined && into.length >= bound;
+  const scratch = direct ? asBuffer(into) : frameScratchBuffer(bound);
   const sealedLengths: number[] = new Array(frames.length);
   let total = headerBytes;
   let level = zstdLevel;
@@ -182,7 +185,7 @@ export function sealFramesSync(
     level = nextFrameLevel(level, zstdLevel, sealedLengths[f] - SEAL_OVERHEAD_BYTES, frames[f].length);
   }
   // Exactly sized and owning its ArrayBuffer (safe to transfer from a worker), or the caller's.
-  const out = into && total <= into.length ? asBuffer(into).subarray(0, total) : Buffer.allocUnsafeSlow(total);
+  const out = direct ? scratch.subarray(0, total) : into && total <= into.length ? asBuffer(into).subarray(0, total) : Buffer.allocUnsafeSlow(total);
   (kind === 'chunk-frame' ? CHUNK_CONTAINER_MAGIC : JOURNAL_CONTAINER_MAGIC).copy(out, 0);
   out.writeUInt8(CONTAINER_VERSION, CONTAINER_OFFSET_VERSION);
   out.writeUIntLE(0, CONTAINER_OFFSET_RESERVED, 3);
@@ -190,7 +193,7 @@ export function sealFramesSync(
   out.writeUInt32LE(frames.length, CONTAINER_OFFSET_FRAME_COUNT);
   let at = FRAMED_HEADER_FIXED_BYTES + 4 * frames.length;
   for (let f = 0; f < frames.length; f++) out.writeUInt32LE(sealedLengths[f], FRAMED_HEADER_FIXED_BYTES + 4 * f);
-  scratch.copy(out, at, at, total);
+  if (!direct) scratch.copy(out, at, at, total);
   return out;
 }
 

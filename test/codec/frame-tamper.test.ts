@@ -341,6 +341,10 @@ test('sealFrames into shared memory: the container written there (a view of that
       assert.ok((await codec.openChunkContainer(key, sealed, framesPlace, data.length, 'obj')).equals(data), 'it opens to the chunk');
       const plain = await codec.sealFrames(key, 'chunk-frame', frames, framesPlace, data.length);
       assert.deepEqual(parseFramedHeader(sealed, 'chunk', 'a').frameLengths, parseFramedHeader(plain, 'chunk', 'b').frameLengths, 'the same frames as without `into`');
+      const exact = Buffer.from(new SharedArrayBuffer(plain.length)).fill(0xee);
+      const fitted = await codec.sealFrames(key, 'chunk-frame', frames, framesPlace, data.length, exact);
+      assert.equal(fitted.buffer, exact.buffer, 'memory of exactly the container\'s size: written there');
+      assert.ok((await codec.openChunkContainer(key, fitted, framesPlace, data.length, 'obj')).equals(data));
       const small = Buffer.from(new SharedArrayBuffer(64)).fill(0xee);
       const own = await codec.sealFrames(key, 'chunk-frame', frames, framesPlace, data.length, small);
       assert.notEqual(own.buffer, small.buffer);
