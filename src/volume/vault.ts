@@ -6,7 +6,8 @@
 // - `volumes/<id>/meta` is sealed with the master key (kind 'volume'): the volume's random key
 //   and its name. Deleting it is crypto-erase; re-keying the master key reseals only these.
 // - The root's sequence number is checked against local state (rollback detection).
-// Not here: clone and the deletions (vault-lifecycle.ts), what roots reference (volume-references.ts).
+// Not here: clone and the deletions (vault-lifecycle.ts), what roots reference
+// (volume-references.ts), the writer sessions behind the leases (vault-writers.ts).
 import { randomBytes } from 'node:crypto';
 import { VaultError, describeError, isVaultError } from '../errors';
 import type { Codec } from '../codec/codec';
@@ -21,12 +22,12 @@ import { LocalState } from './local-state';
 import { PAGE_ENTRIES, type Manifest } from './manifest';
 import { VAULT_KEY, leaseKey, metaKey } from './object-keys';
 import { VolumeLease, readVolumeLease, writerHorizon, type AcquireOptions } from './volume-lease';
-import { WriterSession, observeSession, type SessionState } from './writer-session';
 import { ROOT_FORMAT, journalsOf, type RootRecord } from './root-record';
 import { VolumeEngine, DEFAULT_ENGINE_OPTIONS, type EngineOptions } from './volume-engine';
 import { VolumeObjects } from './volume-objects';
 import type { SnapshotRecord } from './snapshot-record';
 import { VaultLifecycle } from './vault-lifecycle';
+import { VaultWriters } from './vault-writers';
 import { LIVE_READ_ATTEMPTS, checkVolumeName, listVolumeIds, snapshotAsRoot, splitExportName, vaultIdsOfVolumes } from './volume-references';
 
 export const VAULT_FORMAT = 1;
@@ -56,8 +57,8 @@ export interface VaultOptions {
 export class Vault {
   private readonly vaultIdBytes: Buffer;
   private readonly state: LocalState;
-  /** this process's writer session (one heartbeat for all its leases), started on first use */
-  private session: Promise<WriterSession> | null = null;
+  /** this process's writer session and its watches of other writers' (vault-writers.ts) */
+  private readonly writers: VaultWriters;
 
   private constructor(
     readonly store: ObjectStore,
@@ -68,6 +69,7 @@ export class Vault {
   ) {
     this.vaultIdBytes = Buffer.from(vaultId, 'hex');
     this.state = new LocalState(opts.stateDir, vaultId);
+    this.writers = new VaultWriters(store, opts.logger, opts.leaseTiming);
   }
 
   /**
@@ -344,40 +346,6 @@ export class Vault {
     }
   }
 
-  /** The live writer session, a new one if the last has ended (its leases are lost). */
-  private async writerSession(): Promise<WriterSession> {
-    const current = this.session ? await this.session.catch(() => null) : null;
-    if (current?.alive) return current;
-    const p = WriterSession.start(this.store, this.opts.logger, this.opts.leaseTiming);
-    this.session = p;
-    p.catch(() => {
-      if (this.session === p) this.session = null;
-    });
-    return p;
-  }
-
-  /** Watches of other writers' sessions: 'dead' and 'gone' are final (a session never revives),
-   *  so they are kept; 'live' is dropped once answered (it may have died since). */
-  private readonly watches = new Map<string, Promise<SessionState>>();
-
-  private observe(sessionId: string): Promise<SessionState> {
-    let w = this.watches.get(sessionId);
-    if (!w) {
-      w = observeSession(this.store, sessionId);
-      this.watches.set(sessionId, w);
-    }
-    return w.then(
-      (state) => {
-        if (state === 'live' && this.watches.get(sessionId) === w) this.watches.delete(sessionId);
-        return state;
-      },
-      (err) => {
-        if (this.watches.get(sessionId) === w) this.watches.delete(sessionId);
-        throw err;
-      },
-    );
-  }
-
   /**
    * Start watching the heartbeat of every other writer that holds a lease here (a server at
    * startup): if one died, its volumes can be taken over as soon as a client asks, a ttl after
@@ -386,18 +354,16 @@ export class Vault {
   async watchLeaseHolders(): Promise<number> {
     let n = 0;
     for (const v of await this.listVolumes()) {
-      const { key, ...meta } = await this.readMeta(v.id);
-      const metaSubkey = deriveSubkey(key, 'meta');
-      key.wipe();
+      const { meta, lease: access } = await this.leaseAccess(v.id);
       try {
-        const lease = await readVolumeLease({ store: this.store, codec: this.codec, key: metaSubkey, place: { vaultId: this.vaultIdBytes, volumeId: Buffer.from(meta.id, 'hex'), kind: 'lease', index: 0, generation: 0 }, objectKey: leaseKey(meta.id) });
+        const lease = await readVolumeLease(access);
         const session = lease?.record?.v === 2 ? lease.record.session : undefined;
-        if (session && !this.watches.has(session)) {
+        if (session && !this.writers.watching(session)) {
           n++;
-          this.observe(session).catch(() => {}); // (answered to the acquirer; here only started)
+          this.writers.observe(session).catch(() => {}); // (answered to the acquirer; here only started)
         }
       } finally {
-        metaSubkey.wipe();
+        access.key.wipe();
       }
     }
     return n;
@@ -405,27 +371,29 @@ export class Vault {
 
   /** Stop the writer session's heartbeat and delete it (after every engine has been closed). */
   async close(): Promise<void> {
-    const s = this.session;
-    this.session = null;
-    await (await s?.catch(() => null))?.stop();
+    await this.writers.stop();
+  }
+
+  /** What reads and writes volume `id`'s lease: its object, place and key (the caller wipes it). */
+  private async leaseAccess(id: string) {
+    const { key, ...meta } = await this.readMeta(id);
+    const metaSubkey = deriveSubkey(key, 'meta');
+    key.wipe();
+    const place: ObjectPlace = { vaultId: this.vaultIdBytes, volumeId: Buffer.from(meta.id, 'hex'), kind: 'lease', index: 0, generation: 0 };
+    return { meta, lease: { store: this.store, codec: this.codec, key: metaSubkey, place, objectKey: leaseKey(meta.id) } };
   }
 
   private async acquireLease(found: VolumeMeta, purpose: string, opts: AcquireOptions = { waitForDeadHolder: this.opts.waitForDeadHolder }): Promise<VolumeLease> {
-    const { key, ...meta } = await this.readMeta(found.id);
-    const metaKey = deriveSubkey(key, 'meta');
-    key.wipe();
+    const { meta, lease } = await this.leaseAccess(found.id);
+    const writers = this.writers;
     return VolumeLease.acquire(
       {
-        store: this.store,
-        codec: this.codec,
-        key: metaKey,
-        place: { vaultId: this.vaultIdBytes, volumeId: Buffer.from(meta.id, 'hex'), kind: 'lease', index: 0, generation: 0 },
-        objectKey: leaseKey(meta.id),
+        ...lease, // the lease keeps its key
         volumeName: meta.name,
         instance: await this.state.instanceId(),
-        session: await this.writerSession(),
-        currentSession: () => this.writerSession(),
-        observe: (sessionId) => this.observe(sessionId),
+        session: await writers.current(),
+        currentSession: () => writers.current(),
+        observe: (sessionId) => writers.observe(sessionId),
         logger: this.opts.logger,
       },
       purpose,
@@ -436,14 +404,11 @@ export class Vault {
   /** What gc must keep of a volume: from when its live writer's oldest unreferenced upload began
    *  (writerHorizon), or null when no live writer holds its lease. */
   async liveWriterHorizon(found: VolumeMeta, nowMs: number, graceMs: number): Promise<number | null> {
-    const { key, ...meta } = await this.readMeta(found.id);
-    const metaSubkey = deriveSubkey(key, 'meta');
-    key.wipe();
+    const { lease: access } = await this.leaseAccess(found.id);
     try {
-      const lease = await readVolumeLease({ store: this.store, codec: this.codec, key: metaSubkey, place: { vaultId: this.vaultIdBytes, volumeId: Buffer.from(meta.id, 'hex'), kind: 'lease', index: 0, generation: 0 }, objectKey: leaseKey(meta.id) });
-      return await writerHorizon(this.store, lease, nowMs, graceMs);
+      return await writerHorizon(this.store, await readVolumeLease(access), nowMs, graceMs);
     } finally {
-      metaSubkey.wipe();
+      access.key.wipe();
     }
   }
 

@@ -31,7 +31,7 @@ async function elsewhere(f: Fixture, t: { after(fn: () => void): void }, opts: P
 
 /** A SIGSTOP of the holder's process, as far as its session goes: no more heartbeats. */
 async function freezeSession(v: Vault): Promise<WriterSession> {
-  const s = (await (v as any).session) as WriterSession;
+  const s = (await (v as any).writers.session) as WriterSession;
   (s as any).clearTimer();
   (s as any).schedule = () => {};
   return s;
@@ -200,7 +200,7 @@ test('one heartbeat request per renewal period whatever the number of volumes; n
   const beats = puts.get('session') ?? 0;
   assert.equal(puts.get('lease') ?? 0, 0, 'leases are not renewed one by one');
   assert.ok(beats >= 2 && beats <= Math.ceil(elapsed / 200) + 1, `${beats} heartbeats in ${Math.round(elapsed)} ms for 6 volumes`);
-  const sessionId = ((await (v as any).session) as WriterSession).id;
+  const sessionId = ((await (v as any).writers.session) as WriterSession).id;
   assert.ok(await f.store.head(`sessions/${sessionId}`));
   for (const e of engines) await e.close();
   await v.close();
