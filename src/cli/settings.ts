@@ -42,7 +42,7 @@ export const SETTINGS = {
   memoryLimit: { flag: '--memory-limit <size>', kind: 'size', help: 'memory for the read caches, dirty data and in-flight NBD requests of all volumes and connections together (full: clients wait, never fail)', def: '1G' },
   uploadConcurrency: { flag: '--upload-concurrency <n>', kind: 'int', help: 'parallel chunk uploads per volume', def: 16 },
   workers: { flag: '--workers <n>', kind: 'int', help: 'compression/encryption worker threads', def: availableParallelism() },
-  zstdLevel: { flag: '--zstd-level <n>', kind: 'int', help: 'zstd compression level (frames of poorly compressible data: the fastest level)', def: 3 },
+  zstdLevel: { flag: '--zstd-level <n>', kind: 'int', help: 'zstd compression level (poorly compressible frames: the fastest level, or stored uncompressed when a sample shows they would not shrink by 1/8)', def: 3 },
   leaseTtl: { flag: '--lease-ttl <seconds>', kind: 'int', help: "a dead writer's volumes are taken over once its heartbeat stood still this long (heartbeat every ttl/2, at most every 5 s)", def: 10 },
   acceptRollback: { flag: '--accept-rollback', kind: 'bool', help: 'open a volume whose root is older than this machine has seen', def: false },
   snapshotEvery: { flag: '--snapshot-every <duration>', kind: 'string', help: 'snapshot the volumes this server writes on a schedule, e.g. 1h, 30m, 1d', def: undefined },

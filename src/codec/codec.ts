@@ -16,7 +16,8 @@ export interface Codec {
    * AD; each compressed on its own) and returns the whole framed container (framed-container.ts).
    * One worker task per container. Always seals, zero frames too: callers skip all-zero chunks.
    * `into` (shared memory, as withContainerMemory lends): the container is written there when it
-   * fits and returned as a view of that very buffer; else into fresh memory.
+   * fits and returned as a view of that very buffer; else into fresh memory. A seal that fails
+   * may leave `into` partly written.
    */
   sealFrames(key: SecretKey, kind: FrameKind, frames: Buffer[], place: FramesPlace, logicalLength: number, into?: Buffer): Promise<Buffer>;
   /**

@@ -38,8 +38,9 @@ let sampleOut: Buffer | null = null;
  * compressed at that level, must save 1/8 (ZFS's bar for storing a block compressed). Else the
  * frame is stored uncompressed and costs encryption alone: on fio's write buffers (a frame saves
  * ~7 % at -1, its sample ~6 %) zstd at -1 takes ~2 CPU-s per GiB, twice the XChaCha20-Poly1305
- * after it. The sample costs 1/8 of compressing the frame. Whether a frame is
- * stored compressed is in its header and its sealed length: the store learns no more than before.
+ * after it. The sample costs 1/8 of compressing the frame. The store sees whether a frame is
+ * stored compressed (its header, its sealed length): of one stored as it is, it learns that the
+ * sample did not compress, instead of the frame's compressed size (FORMAT.md).
  */
 export function worthCompressing(frame: Uint8Array): boolean {
   if (frame.length <= SAMPLE_BYTES) return true;

@@ -167,7 +167,8 @@ export function sealFramesSync(
   // exactly-sized result (one allocation per container, not per frame).
   const headerBytes = FRAMED_HEADER_FIXED_BYTES + 4 * frames.length;
   const bound = headerBytes + frames.reduce((n, fr) => n + sealedBound(fr.length), 0);
-  const direct = into !== undefined && into.length >= bound;
+  // (never when a frame is a view of `into`: a frame sealed early would overwrite a later one)
+  const direct = into !== undefined && into.length >= bound && frames.every((fr) => fr.buffer !== into.buffer);
   const scratch = direct ? asBuffer(into) : frameScratchBuffer(bound);
   const sealedLengths: number[] = new Array(frames.length);
   let total = headerBytes;

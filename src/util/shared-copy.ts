@@ -16,6 +16,8 @@ let bounce: Uint8Array | null = null;
 export function copyBytes(target: Uint8Array, at: number, source: Uint8Array): void {
   const targetShared = target.buffer instanceof SharedArrayBuffer;
   const sourceShared = source.buffer instanceof SharedArrayBuffer;
+  // set()'s own check, made before the first piece: a copy that does not fit writes nothing
+  if (!(at >= 0 && at + source.length <= target.length)) throw new RangeError(`copyBytes: ${source.length} bytes at ${at} do not fit in ${target.length}`);
   const targetAlign = (target.byteOffset + at) % ALIGN;
   const sourceAlign = source.byteOffset % ALIGN;
   if (targetShared === sourceShared || source.length < BOUNCE_ABOVE || sourceAlign === targetAlign) {

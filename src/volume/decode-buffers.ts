@@ -103,6 +103,7 @@ export class DecodeBuffers {
       const release = this.budget ? this.budget.tryReserveFree(this.bufferBytes) : () => {};
       if (!release) return; // no free room: let the collector have it
       this.free.push({ buf: whole, release });
+      this.idle.touch(); // kept from now: let go 5 s after, unless a decode takes it first
     });
   }
 

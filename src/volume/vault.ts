@@ -354,7 +354,7 @@ export class Vault {
   async watchLeaseHolders(): Promise<number> {
     let n = 0;
     for (const v of await this.listVolumes()) {
-      const { meta, lease: access } = await this.leaseAccess(v.id);
+      const { lease: access } = await this.leaseAccess(v.id);
       try {
         const lease = await readVolumeLease(access);
         const session = lease?.record?.v === 2 ? lease.record.session : undefined;
@@ -386,19 +386,24 @@ export class Vault {
   private async acquireLease(found: VolumeMeta, purpose: string, opts: AcquireOptions = { waitForDeadHolder: this.opts.waitForDeadHolder }): Promise<VolumeLease> {
     const { meta, lease } = await this.leaseAccess(found.id);
     const writers = this.writers;
-    return VolumeLease.acquire(
-      {
-        ...lease, // the lease keeps its key
-        volumeName: meta.name,
-        instance: await this.state.instanceId(),
-        session: await writers.current(),
-        currentSession: () => writers.current(),
-        observe: (sessionId) => writers.observe(sessionId),
-        logger: this.opts.logger,
-      },
-      purpose,
-      opts,
-    );
+    try {
+      return await VolumeLease.acquire(
+        {
+          ...lease, // a lease acquired keeps its key
+          volumeName: meta.name,
+          instance: await this.state.instanceId(),
+          session: await writers.current(),
+          currentSession: () => writers.current(),
+          observe: (sessionId) => writers.observe(sessionId),
+          logger: this.opts.logger,
+        },
+        purpose,
+        opts,
+      );
+    } catch (err) {
+      lease.key.wipe(); // no lease: nobody else has the key
+      throw err;
+    }
   }
 
   /** What gc must keep of a volume: from when its live writer's oldest unreferenced upload began

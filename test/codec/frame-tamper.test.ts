@@ -18,7 +18,7 @@ import {
   type FrameKind,
   type ObjectPlace,
 } from '../../src/codec';
-import { MAX_JOURNAL_FRAMES, MAX_SEALED_FRAME_BYTES, OFFSET_KIND, OFFSET_VERSION } from '../../src/codec/format';
+import { FRAMED_HEADER_FIXED_BYTES, SEAL_OVERHEAD_BYTES, MAX_JOURNAL_FRAMES, MAX_SEALED_FRAME_BYTES, OFFSET_KIND, OFFSET_VERSION } from '../../src/codec/format';
 import { CHUNK_BYTES, mixedBytes, seededBytes, testKey, testPlace } from './codec-fixtures';
 
 const key = testKey();
@@ -341,6 +341,19 @@ test('sealFrames into shared memory: the container written there (a view of that
       assert.ok((await codec.openChunkContainer(key, sealed, framesPlace, data.length, 'obj')).equals(data), 'it opens to the chunk');
       const plain = await codec.sealFrames(key, 'chunk-frame', frames, framesPlace, data.length);
       assert.deepEqual(parseFramedHeader(sealed, 'chunk', 'a').frameLengths, parseFramedHeader(plain, 'chunk', 'b').frameLengths, 'the same frames as without `into`');
+      // exactly the largest container these frames could make: sealed straight into it
+      const bound = FRAMED_HEADER_FIXED_BYTES + frames.reduce((n, f) => n + 4 + f.length + SEAL_OVERHEAD_BYTES, 0);
+      const largest = Buffer.from(new SharedArrayBuffer(bound)).fill(0xee);
+      const straight = await codec.sealFrames(key, 'chunk-frame', frames, framesPlace, data.length, largest);
+      assert.equal(straight.buffer, largest.buffer);
+      assert.ok(largest.subarray(straight.length).every((b) => b === 0xee), 'nothing written past the container');
+      assert.ok((await codec.openChunkContainer(key, straight, framesPlace, data.length, 'obj')).equals(data));
+      // frames that are views of `into` itself: sealed first elsewhere, never over frames not yet read
+      const overlapping = Buffer.from(new SharedArrayBuffer(2 * bound));
+      data.copy(overlapping);
+      const inside = split(overlapping.subarray(0, data.length));
+      const overSealed = await codec.sealFrames(key, 'chunk-frame', inside, framesPlace, data.length, overlapping);
+      assert.ok((await codec.openChunkContainer(key, Buffer.from(overSealed), framesPlace, data.length, 'obj')).equals(data), 'frames read from `into` seal to the chunk');
       const exact = Buffer.from(new SharedArrayBuffer(plain.length)).fill(0xee);
       const fitted = await codec.sealFrames(key, 'chunk-frame', frames, framesPlace, data.length, exact);
       assert.equal(fitted.buffer, exact.buffer, 'memory of exactly the container\'s size: written there');

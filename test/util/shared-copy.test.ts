@@ -32,7 +32,14 @@ for (const [targetShared, sourceShared] of [[true, false], [false, true], [true,
   });
 }
 
-test('copyBytes: a view whose source runs past the target fails as set() does', () => {
+test('copyBytes: a source that runs past the target fails as set() does, and writes nothing', () => {
   const target = memory(true, 1024);
   assert.throws(() => copyBytes(target, 600, randomBytes(1000)), RangeError);
+  // misaligned and longer than the bounce buffer: the path that copies in pieces
+  const big = memory(true, 600_000);
+  const source = memory(false, 600_016).subarray(3, 3 + 599_990);
+  source.fill(7);
+  assert.throws(() => copyBytes(big, 16, source), RangeError);
+  assert.ok(big.every((b) => b === 0), 'no piece was copied before the error');
+  assert.throws(() => copyBytes(big, -1, source.subarray(0, 1000)), RangeError);
 });
