@@ -68,7 +68,9 @@ mon allow pool size one = true
 mon warn on pool no redundancy = false
 mon max pg per osd = 1000
 osd objectstore = memstore
-memstore device bytes = 2147483648
+# 4 GiB of RAM at most: the live-VM bench's S3 phase (nbdkit's S3 plugin and the vault, 1 GiB
+# imported each, then random writes) filled 2 GiB and the OSD stopped taking writes (99 % full)
+memstore device bytes = 4294967296
 osd crush chooseleaf type = 0
 osd crush update on start = false
 run dir = $DIR/run
