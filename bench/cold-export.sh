@@ -5,8 +5,8 @@
 # threads used meanwhile (codec workers, V8's collector, main thread, libuv) and its VmHWM.
 # The volume is imported (nbdcopy --flush) and compacted once, with the first build.
 # IMPORT=1 measures imports instead: each build imports the corpus into a fresh volume on a fresh
-# server (MB/s, CPU by thread, VmHWM). SEQWRITE=1 likewise writes the whole volume with fio (1M
-# sequential writes, QD8, end_fsync; fio's own buffers, which compress poorly).
+# server (MB/s, CPU by thread, VmHWM, MB stored). SEQWRITE=1 likewise writes the whole volume
+# with fio (1M sequential writes, QD8, end_fsync; fio's own buffers, which compress poorly).
 #   bench/cold-export.sh LABEL=PATH/TO/bin/nbd-vault.js ...
 #   e.g. bench/cold-export.sh base=/work/wt/base/bin/nbd-vault.js new=bin/nbd-vault.js
 set -euo pipefail
@@ -38,7 +38,7 @@ if [ -n "${IMPORT:-}${SEQWRITE:-}" ]; then
         line="round $round $label: import $(mbps "$t0") MB/s"
       fi
       ticks > "$ROOT/after"
-      echo "$line | CPU s:$(cpu) | VmHWM $(awk '/VmHWM/ {print int($2/1024)}' /proc/$pid/status) MiB"
+      echo "$line | CPU s:$(cpu) | VmHWM $(awk '/VmHWM/ {print int($2/1024)}' /proc/$pid/status) MiB | stored $(du -sm "$ROOT/store" | cut -f1) MB"
       kill $pid; wait $pid || true
     done
   done
