@@ -17,8 +17,8 @@ export function packedCopy(frames: readonly Uint8Array[]): Uint8Array[] {
   return packInto(frames, new Uint8Array(packedBytes(frames)));
 }
 
-/** Each frame starts at a multiple of this, so that a worker's copies out of shared memory into
- *  its (aligned) scratch go a word at a time (util/shared-copy.ts). */
+/** Each frame starts at a multiple of this: copies from aligned sources into shared staging go a
+ *  word at a time without a bounce, and so do a worker's copies out of it (util/shared-copy.ts). */
 const PACK_ALIGN = 8;
 
 /** The bytes packInto needs for `frames` (each padded to PACK_ALIGN). */

@@ -30,6 +30,15 @@ async function storedRandomVolume(t: TestContext, size: number, options: Partial
   return { e, model };
 }
 
+/** A 4 KiB write at a random block of the volume, into the model too: later reads see it, views
+ *  held from before keep what they showed. */
+async function writeRandomBlock(e: VolumeEngine, model: Buffer, rnd: () => number): Promise<void> {
+  const w = Math.floor(rnd() * (model.length / 4096)) * 4096;
+  const data = randomBytes(4096);
+  await e.write(w, data);
+  data.copy(model, w);
+}
+
 /** Every chunk of the volume reads back as `model`. */
 async function assertReadsBack(e: VolumeEngine, model: Buffer): Promise<void> {
   for (let at = 0; at < model.length; at += CHUNK_SIZE) assert.ok((await e.read(at, CHUNK_SIZE)).equals(model.subarray(at, at + CHUNK_SIZE)), `chunk at ${at}`);
@@ -134,12 +143,7 @@ test('views a stream got stay intact until given back, while streams, random rea
         else e.readDone(b);
       });
       // a write now and then: later passes read the new bytes, held views keep the old ones
-      if (rnd() < 0.2) {
-        const w = Math.floor(rnd() * (size / 4096)) * 4096;
-        const data = randomBytes(4096);
-        await e.write(w, data);
-        data.copy(model, w);
-      }
+      if (rnd() < 0.2) await writeRandomBlock(e, model, rnd);
     }
     await e.flush();
     for (const h of held) assert.ok(h.view.equals(h.expected), `pass ${pass}: a view not given back changed`);
@@ -173,11 +177,7 @@ test('random reads through a full read cache decode into evicted frames; a view 
       else e.readDone(b);
     });
     if (rnd() < 0.25) {
-      // a write: later reads see it, views held keep what they showed
-      const w = Math.floor(rnd() * (size / 4096)) * 4096;
-      const data = randomBytes(4096);
-      await e.write(w, data);
-      data.copy(model, w);
+      await writeRandomBlock(e, model, rnd);
       if (rnd() < 0.5) await e.flush();
     }
     await tick();
