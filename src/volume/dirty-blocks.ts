@@ -8,6 +8,7 @@
 // wholly trimmed or is being wholly rewritten; nothing below shows through). A chunk is
 // `covered` when nothing below shows through: it can be sealed as a whole new chunk object
 // without reading anything.
+import type { BlockSlabs } from './block-slabs';
 import { BLOCK_BYTES } from './journal-record';
 
 export class ChunkBlocks {
@@ -43,7 +44,11 @@ export class DirtyBatch {
   /** bytes of block data held */
   bytes = 0;
   frozen = false;
-  constructor(private readonly blockCountOf: (chunkIndex: number) => number) {}
+  constructor(
+    private readonly blockCountOf: (chunkIndex: number) => number,
+    /** where block memory comes from and goes back to once no batch holds it */
+    private readonly slabs: BlockSlabs,
+  ) {}
 
   chunk(chunkIndex: number): ChunkBlocks {
     let c = this.chunks.get(chunkIndex);
@@ -59,7 +64,10 @@ export class DirtyBatch {
     this.assertOpen();
     const c = this.chunk(chunkIndex);
     const old = c.blocks.get(block);
-    if (old) this.bytes -= BLOCK_BYTES;
+    if (old) {
+      this.bytes -= BLOCK_BYTES;
+      if (old !== content) this.slabs.give(old); // replaced: an open batch's block has no reader
+    }
     if (content !== null) this.bytes += BLOCK_BYTES;
     c.blocks.set(block, content);
     c.lastWriteMs = nowMs;
@@ -70,6 +78,7 @@ export class DirtyBatch {
     this.assertOpen();
     const c = this.chunk(chunkIndex);
     this.bytes -= c.bytes;
+    this.giveBlocks(c);
     c.blocks.clear();
     c.zeroBase = true;
     c.lastWriteMs = nowMs;
@@ -77,7 +86,7 @@ export class DirtyBatch {
 
   /** Move the chunks `pick` chooses into a new batch (the active batch keeps taking writes). */
   split(pick: (c: ChunkBlocks) => boolean): DirtyBatch {
-    const out = new DirtyBatch(this.blockCountOf);
+    const out = new DirtyBatch(this.blockCountOf, this.slabs);
     for (const [i, c] of this.chunks) {
       if (!pick(c)) continue;
       const bytes = c.bytes;
@@ -89,9 +98,15 @@ export class DirtyBatch {
     return out;
   }
 
-  /** The batch is sealed (or gone): give its memory back to the process budget. */
-  releaseBudget(): void {
-    for (const c of this.chunks.values()) for (const r of c.budgetHolds.splice(0)) r();
+  /** The batch is sealed (its blocks were copied into what was stored) or gone: give its blocks
+   *  back to the slabs and its share of the process budget back. */
+  release(): void {
+    for (const c of this.chunks.values()) {
+      this.giveBlocks(c);
+      c.blocks.clear();
+      for (const r of c.budgetHolds.splice(0)) r();
+    }
+    this.bytes = 0;
   }
 
   /** Drop chunks at or past `chunkCount` (a shrink). */
@@ -99,10 +114,15 @@ export class DirtyBatch {
     for (const [i, c] of this.chunks) {
       if (i >= chunkCount) {
         this.bytes -= c.bytes;
+        this.giveBlocks(c);
         for (const r of c.budgetHolds.splice(0)) r();
         this.chunks.delete(i);
       }
     }
+  }
+
+  private giveBlocks(c: ChunkBlocks): void {
+    for (const b of c.blocks.values()) if (b !== null) this.slabs.give(b);
   }
 
   private assertOpen(): void {

@@ -133,8 +133,14 @@ export class ReadPath {
   /** One block's current content (a partial-block write merges into it). */
   async block(i: number, b: number): Promise<Buffer> {
     const len = Math.min(BLOCK_BYTES, this.state.chunkLength(i) - b * BLOCK_BYTES);
-    const out = Buffer.alloc(BLOCK_BYTES);
-    await this.readSpan({ chunkIndex: i, chunkOffset: b * BLOCK_BYTES, length: len, rangeOffset: 0, chunkLength: this.state.chunkLength(i), whole: false }, out, 0);
+    const out = this.state.blocks.take();
+    try {
+      await this.readSpan({ chunkIndex: i, chunkOffset: b * BLOCK_BYTES, length: len, rangeOffset: 0, chunkLength: this.state.chunkLength(i), whole: false }, out, 0);
+    } catch (err) {
+      this.state.blocks.give(out);
+      throw err;
+    }
+    out.fill(0, len); // past the end of a short last chunk
     return out;
   }
 

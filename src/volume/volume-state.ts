@@ -3,6 +3,7 @@
 // durable root lets the writer delete. Plain data, no I/O: read-path.ts reads it, write-path.ts
 // adds dirty blocks, sealer.ts (flush cycles, compaction) applies edits to it synchronously, and
 // commit.ts captures it synchronously — so a commit always sees a consistent state.
+import { BlockSlabs } from './block-slabs';
 import { chunkCount, chunkLength } from './chunk-math';
 import { DirtyBatch } from './dirty-blocks';
 import { BLOCK_BYTES } from './journal-record';
@@ -12,6 +13,8 @@ import type { RootRecord } from './root-record';
 
 export class VolumeState {
   readonly overlay = new JournalOverlay();
+  /** memory of the dirty blocks small writes copy */
+  readonly blocks = new BlockSlabs();
   /** where writes go now */
   active: DirtyBatch;
   /** batches being sealed (or whose sealing failed and will be retried), oldest first */
@@ -41,7 +44,7 @@ export class VolumeState {
   }
 
   newBatch(): DirtyBatch {
-    return new DirtyBatch((i) => this.blockCount(i));
+    return new DirtyBatch((i) => this.blockCount(i), this.blocks);
   }
 
   get chunkCount(): number {

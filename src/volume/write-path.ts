@@ -146,11 +146,16 @@ export class WritePath {
       const bFirst = Math.floor(s.chunkOffset / BLOCK_BYTES);
       const bLast = Math.floor((end - 1) / BLOCK_BYTES);
       const merged = new Map<number, Buffer>();
-      for (const b of new Set([bFirst, bLast])) {
-        const bStart = b * BLOCK_BYTES;
-        const bEnd = Math.min(bStart + BLOCK_BYTES, s.chunkLength);
-        if (s.chunkOffset <= bStart && end >= bEnd) continue; // covered
-        merged.set(b, await this.reads.block(i, b));
+      try {
+        for (const b of new Set([bFirst, bLast])) {
+          const bStart = b * BLOCK_BYTES;
+          const bEnd = Math.min(bStart + BLOCK_BYTES, s.chunkLength);
+          if (s.chunkOffset <= bStart && end >= bEnd) continue; // covered
+          merged.set(b, await this.reads.block(i, b));
+        }
+      } catch (err) {
+        for (const blk of merged.values()) this.state.blocks.give(blk);
+        throw err;
       }
       this.setBlocks(s, data, merged);
     });
@@ -181,7 +186,7 @@ export class WritePath {
         const from = s.rangeOffset + pos - s.chunkOffset;
         let blk = large && n === BLOCK_BYTES ? viewOf(data, from) : null;
         if (!blk) {
-          blk = Buffer.allocUnsafe(BLOCK_BYTES);
+          blk = this.state.blocks.take();
           copyWriteData(data, from, blk, 0, n);
           if (n < BLOCK_BYTES) blk.fill(0, n); // the short last block of a volume
         }

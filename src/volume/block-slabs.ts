@@ -1,0 +1,104 @@
+// Memory for a volume's dirty 4 KiB blocks, carved from 1 MiB slabs and reused. One malloc per
+// small write made the allocator, not the data, the largest part of a busy server's memory: with
+// eight volumes taking 4 KiB random writes, 400–500 MiB of the main malloc heap was freed blocks
+// the allocator kept (they outlive young-generation collection, are freed in random order by the
+// old-generation collector, and glibc returns a heap's free middle only to malloc_trim), and as
+// much again were dead blocks waiting for that collector (BENCHMARKS.md). Slabs hold the blocks of
+// whole batches, which are given back together when sealed, so a slab empties as its batch goes.
+//
+// A block goes back to the pool only when nothing can read it any more: the batch that held it
+// was sealed (the sealer copied it into a chunk or a journal frame), a newer write replaced it in
+// the active batch, or a zero or shrink dropped it. Reads copy out of dirty blocks, never lend
+// them. give() ignores a buffer the pool did not hand out (large writes keep views of their own
+// payload) and a block already free, so a mistake cannot hand one slot to two owners.
+// Per volume, like decode-buffers.ts: even a mistake here could not show one volume's data to
+// another.
+import { FRAME_BYTES } from '../codec';
+import { IdleTimer } from '../util/idle-timer';
+import { BLOCK_BYTES } from './journal-record';
+
+/** A decoded frame's size: memory the read cache gives up when dirty data grows (the budget makes
+ *  it evict) is a free heap chunk of exactly a slab's size, so the slab takes that memory instead
+ *  of growing the heap (1 MiB slabs did not fit the 128 KiB holes: no gain once the cache was full). */
+export const SLAB_BYTES = FRAME_BYTES;
+const SLOTS = SLAB_BYTES / BLOCK_BYTES;
+/** empty slabs kept for the next writes (4 MiB); more are left to the collector */
+export const MAX_EMPTY_SLABS = 32;
+/** empty slabs are let go when no write has taken a block for this long */
+const IDLE_MS = 5_000;
+
+class Slab {
+  readonly buf = Buffer.allocUnsafeSlow(SLAB_BYTES);
+  /** 1 where the slot is free */
+  readonly isFree = new Uint8Array(SLOTS).fill(1);
+  /** free slot numbers, a stack */
+  readonly free: number[] = Array.from({ length: SLOTS }, (_, k) => SLOTS - 1 - k);
+}
+
+export class BlockSlabs {
+  private readonly slabs = new Map<ArrayBufferLike, Slab>();
+  /** slabs with a free slot, taken from in insertion order */
+  private readonly partial = new Set<Slab>();
+  private empty = 0;
+  private readonly idle = new IdleTimer(IDLE_MS, () => this.dropEmpty());
+
+  /** A 4 KiB block of slab memory, its content whatever it held before. */
+  take(): Buffer {
+    this.idle.touch();
+    let slab: Slab | undefined;
+    for (const s of this.partial) {
+      slab = s;
+      break;
+    }
+    if (!slab) {
+      slab = new Slab();
+      this.slabs.set(slab.buf.buffer, slab);
+      this.partial.add(slab);
+    } else if (slab.free.length === SLOTS) this.empty--;
+    const k = slab.free.pop()!;
+    slab.isFree[k] = 0;
+    if (slab.free.length === 0) this.partial.delete(slab);
+    return slab.buf.subarray(k * BLOCK_BYTES, (k + 1) * BLOCK_BYTES);
+  }
+
+  /** Give a block back (nothing may read it afterwards). Not ours, or already free: nothing. */
+  give(blk: Buffer): void {
+    const slab = this.slabs.get(blk.buffer);
+    if (!slab || blk.length !== BLOCK_BYTES || blk.byteOffset % BLOCK_BYTES !== 0) return;
+    const k = blk.byteOffset / BLOCK_BYTES;
+    if (slab.isFree[k] === 1) return;
+    slab.isFree[k] = 1;
+    slab.free.push(k);
+    if (slab.free.length === 1) this.partial.add(slab);
+    if (slab.free.length === SLOTS) {
+      if (this.empty < MAX_EMPTY_SLABS) this.empty++;
+      else this.drop(slab);
+    }
+  }
+
+  /** bytes of slab memory held, blocks in use and free (for tests and metrics) */
+  get heldBytes(): number {
+    return this.slabs.size * SLAB_BYTES;
+  }
+
+  /** blocks handed out and not given back */
+  get blocksInUse(): number {
+    let n = 0;
+    for (const s of this.slabs.values()) n += SLOTS - s.free.length;
+    return n;
+  }
+
+  /** Let every empty slab go (idle). */
+  private dropEmpty(): void {
+    for (const s of this.slabs.values()) {
+      if (s.free.length !== SLOTS) continue;
+      this.drop(s);
+      this.empty--;
+    }
+  }
+
+  private drop(s: Slab): void {
+    this.slabs.delete(s.buf.buffer);
+    this.partial.delete(s);
+  }
+}

@@ -1,0 +1,112 @@
+// Dirty 4 KiB blocks come from reused slabs (block-slabs.ts). What must hold: a slot has one owner
+// at a time (a block given back twice, or a buffer the pool never handed out, frees nothing);
+// empty slabs beyond a few, and all of them after an idle spell, are let go; and in a volume,
+// reused memory never shows one write's data in place of another's, while every block goes back
+// once its batch is sealed.
+import { test, mock } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { seededRandom } from '../../src/store/seeded-random';
+import { BlockSlabs, MAX_EMPTY_SLABS, SLAB_BYTES } from '../../src/volume/block-slabs';
+import { CHUNK_SIZE } from '../../src/volume/chunk-math';
+import { makeVault } from './vault-fixture';
+
+const MiB = 2 ** 20;
+
+test('slots have one owner: given back twice or never handed out frees nothing', () => {
+  const slabs = new BlockSlabs();
+  const a = slabs.take();
+  const b = slabs.take();
+  assert.equal(a.length, 4096);
+  assert.ok(a.buffer === b.buffer && a.byteOffset !== b.byteOffset, 'two slots of one slab');
+  a.fill(1);
+  b.fill(2);
+  slabs.give(a);
+  slabs.give(a); // twice: once
+  slabs.give(Buffer.alloc(4096)); // not ours
+  slabs.give(b.subarray(0, 100)); // not a block
+  assert.equal(slabs.blocksInUse, 1);
+  const c = slabs.take();
+  const d = slabs.take();
+  assert.notEqual(c.byteOffset, d.byteOffset, 'a slot given back twice is handed out once');
+  assert.ok(c.byteOffset === a.byteOffset || d.byteOffset === a.byteOffset, "a's slot is reused");
+  assert.ok(c.byteOffset !== b.byteOffset && d.byteOffset !== b.byteOffset, "b's slot is still b's");
+  assert.ok(b.every((x) => x === 2), 'b unchanged');
+  assert.equal(slabs.blocksInUse, 3);
+});
+
+test('empty slabs beyond a few are let go at once, the rest after an idle spell', () => {
+  mock.timers.enable({ apis: ['setTimeout', 'Date'] });
+  try {
+    const slabs = new BlockSlabs();
+    const perSlab = SLAB_BYTES / 4096;
+    const count = MAX_EMPTY_SLABS + 6;
+    const blocks = Array.from({ length: count * perSlab }, () => slabs.take()); // full slabs
+    assert.equal(slabs.heldBytes, count * SLAB_BYTES);
+    assert.equal(new Set(blocks.map((x) => x.buffer)).size, count, 'one slab per perSlab blocks');
+    for (const x of blocks.slice(0, (MAX_EMPTY_SLABS + 2) * perSlab)) slabs.give(x);
+    assert.equal(slabs.heldBytes, (count - 2) * SLAB_BYTES, 'two empty slabs past the kept ones let go');
+    for (const x of blocks.slice((MAX_EMPTY_SLABS + 2) * perSlab, count * perSlab - 1)) slabs.give(x);
+    assert.equal(slabs.heldBytes, (MAX_EMPTY_SLABS + 1) * SLAB_BYTES, 'the kept empty slabs, and the slab with one block in use');
+    assert.equal(slabs.blocksInUse, 1);
+    mock.timers.tick(6_000);
+    assert.equal(slabs.heldBytes, SLAB_BYTES, 'idle: only the slab in use is held');
+    const again = slabs.take();
+    assert.equal(again.buffer, blocks[count * perSlab - 1].buffer, 'the partly used slab is taken from first');
+    assert.equal(slabs.blocksInUse, 2);
+  } finally {
+    mock.timers.reset();
+  }
+});
+
+test('a volume reuses block memory without mixing writes up, and gives every block back when sealed', async (t) => {
+  const f = await makeVault();
+  t.after(() => f.cleanup());
+  const size = 8 * CHUNK_SIZE + 12_288; // a short last chunk: its last block is partial
+  await f.vault.createVolume('disk', size);
+  const e = await f.vault.openEngine('disk', { readCacheBytes: 4 * MiB });
+  t.after(() => e.close());
+  const slabs: BlockSlabs = (e as any).state.blocks;
+  const model = Buffer.alloc(size);
+  const rnd = seededRandom(7);
+  let peakInUse = 0;
+  for (let round = 0; round < 6; round++) {
+    for (let k = 0; k < 400; k++) {
+      const kind = rnd();
+      let at: number;
+      let len: number;
+      if (kind < 0.6) {
+        at = Math.floor(rnd() * (size / 4096)) * 4096; // whole blocks, often the same ones again
+        len = Math.min(4096 * (1 + Math.floor(rnd() * 3)), size - at);
+      } else {
+        at = Math.floor(rnd() * (size - 1)); // partial blocks: merged with what is there
+        len = Math.min(1 + Math.floor(rnd() * 6000), size - at);
+      }
+      if (kind > 0.95) {
+        await e.writeZeroes(at, len);
+        model.fill(0, at, at + len);
+      } else {
+        const data = randomBytes(len);
+        await e.write(at, data);
+        data.copy(model, at);
+      }
+      peakInUse = Math.max(peakInUse, slabs.blocksInUse);
+      if (k % 97 === 0) {
+        const r = Math.floor(rnd() * (size - 8192));
+        assert.ok((await e.read(r, 8192)).equals(model.subarray(r, r + 8192)), `round ${round} write ${k}: read at ${r}`);
+      }
+    }
+    await e.flush();
+    assert.equal(slabs.blocksInUse, 0, `round ${round}: every block back once sealed`);
+    for (let at = 0; at < size; at += CHUNK_SIZE) {
+      const n = Math.min(CHUNK_SIZE, size - at);
+      assert.ok((await e.read(at, n)).equals(model.subarray(at, at + n)), `round ${round}: chunk at ${at}`);
+    }
+  }
+  assert.ok(peakInUse > 100, `blocks were held from slabs (${peakInUse} at most)`);
+  assert.ok(slabs.heldBytes <= 3 * MiB, `slab memory is reused, not grown (${slabs.heldBytes} bytes held)`);
+  await e.close();
+  const again = await f.vault.openEngine('disk');
+  t.after(() => again.close());
+  assert.ok((await again.read(0, size)).equals(model), 'stored as written');
+});
