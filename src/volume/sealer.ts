@@ -8,6 +8,7 @@
 //     into new chunk objects; a journal nothing points into any more leaves the root.
 //   - exclusive sections (snapshot, resize) run between jobs.
 // Not here: the root (commit.ts) — the sealer only edits the state; deletes wait for a root.
+import { MAX_CHUNK_FRAMES } from '../codec';
 import { VaultError, describeError } from '../errors';
 import type { Logger } from '../util/log';
 import type { DirtyBatch } from './dirty-blocks';
@@ -27,8 +28,10 @@ import { copyBytes } from '../util/shared-copy';
 
 /** data blocks per journal frame (128 KiB) */
 const BLOCKS_PER_FRAME = 32;
-/** data frames per journal: 16 MiB, what one journal holds in flight (the format allows 4,095) */
-const MAX_DATA_FRAMES = 128;
+/** data frames per journal: with its index frame, as many frames as a chunk container, so a
+ *  journal is sealed into the memory the codec lends for containers (a 16 MiB journal was a fresh
+ *  buffer per seal, garbage once stored). The format allows 4,095. */
+const MAX_DATA_FRAMES = MAX_CHUNK_FRAMES - 1;
 /** chunks a compaction step rewrites */
 const COMPACT_CHUNKS_PER_STEP = 8;
 
@@ -150,23 +153,30 @@ export class Sealer {
       // A rewritten chunk that older journals still hold blocks of: its journal says "reset", so
       // a reopen applies none of those older blocks over the new chunk object.
       const resets: JournalExtent[] = rewrites.filter(([i]) => s.overlay.hasChunk(i)).map(([i]) => ({ chunkIndex: i, firstBlock: 0, blockCount: 0, zero: false, reset: true, frame: 0, frameOffset: 0 }));
-      const journals: Array<{ ref: JournalRef; extents: JournalExtent[] }> = [];
-      for (const part of buildJournals(journaled, resets)) {
-        const token = s.startUpload(Date.now());
-        tokens.push(token);
-        // the packed frames and their sealed copy
-        const dataBytes = part.frames.reduce((n, f) => n + f.length * BLOCK_BYTES, 0);
-        const ref = await this.memory.hold(2 * dataBytes, async () => {
-          const packed = packFrames(part.frames, this.buffers);
-          try {
-            return await this.objects.writeJournal(part.extents, packed.frames);
-          } finally {
-            for (const b of packed.backings) this.buffers.giveNow(b); // sealed or failed: the codec is done with them
-          }
-        });
-        written.push(journalKey(this.objects.volumeId, ref.id));
-        journals.push({ ref, extents: part.extents });
-      }
+      // Journals are stored side by side (their blocks are disjoint) and listed in this order.
+      const parts = buildJournals(journaled, resets);
+      const journals: Array<{ ref: JournalRef; extents: JournalExtent[] }> = new Array(parts.length);
+      let nextPart = 0;
+      const journalWorker = async () => {
+        while (nextPart < parts.length) {
+          const k = nextPart++;
+          const part = parts[k];
+          tokens.push(s.startUpload(Date.now()));
+          // the packed frames and their sealed copy
+          const dataBytes = part.frames.reduce((n, f) => n + f.length * BLOCK_BYTES, 0);
+          const ref = await this.memory.hold(2 * dataBytes, async () => {
+            const packed = packFrames(part.frames, this.buffers);
+            try {
+              return await this.objects.writeJournal(part.extents, packed.frames);
+            } finally {
+              for (const b of packed.backings) this.buffers.giveNow(b); // sealed or failed: the codec is done with them
+            }
+          });
+          written.push(journalKey(this.objects.volumeId, ref.id));
+          journals[k] = { ref, extents: part.extents };
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(this.uploadConcurrency, parts.length) }, journalWorker));
       // Apply the edit: from here to the end nothing awaits.
       for (const [i, entry] of entries) {
         this.replaceEntry(i, entry);
@@ -177,7 +187,7 @@ export class Sealer {
       s.uploadsApplied(tokens);
       if (entries.size > 0 || journals.length > 0) s.manifestChangedSinceCommit = true;
       s.frozen = s.frozen.filter((b) => !batches.includes(b));
-      for (const b of batches) b.releaseBudget();
+      for (const b of batches) b.release();
       this.failures = 0;
       this.lastError = null;
       this.roomFreed();

@@ -5,7 +5,7 @@
 // request). Every failure is a VaultError naming the volume and the object.
 // Chunks are written as format 2 framed containers and read in both formats (docs/FORMAT.md).
 import { BugError, VaultError, isVaultError } from '../errors';
-import { FRAME_BYTES, chunkFrameLength, isAllZero, objectFormatOf, parseFramedHeader, type FramesPlace } from '../codec';
+import { FRAME_BYTES, MAX_CHUNK_FRAMES, chunkFrameLength, isAllZero, objectFormatOf, parseFramedHeader, type FramesPlace } from '../codec';
 import type { Codec } from '../codec/codec';
 import type { ObjectPlace } from '../codec/object-place';
 import type { ObjectStore } from '../store/object-store';
@@ -227,11 +227,17 @@ export class VolumeObjects extends VolumeRecords {
     const id = newObjectId();
     const frames = [inSharedMemoryLike(index, dataFrames), ...dataFrames];
     const logical = frames.reduce((n, f) => n + f.length, 0);
-    const container = await this.codec.sealFrames(this.keys.data, 'journal-frame', frames, this.framesPlace(0, id), logical);
     const key = journalKey(this.volumeId, id);
-    await this.store.put(key, container);
-    this.headers.set(key, { framed: true, ...parseFramedHeader(container, 'journal', key, container.length) });
-    return { id, storedSize: container.length };
+    const store = async (container: Buffer): Promise<JournalRef> => {
+      await this.store.put(key, container);
+      this.headers.set(key, { framed: true, ...parseFramedHeader(container, 'journal', key, container.length) });
+      return { id, storedSize: container.length };
+    };
+    const place = this.framesPlace(0, id);
+    // as many frames as a chunk's (what the sealer writes): sealed into memory the codec lends,
+    // given back once stored, like a chunk; a longer journal gets a buffer of its own
+    if (frames.length > MAX_CHUNK_FRAMES) return store(await this.codec.sealFrames(this.keys.data, 'journal-frame', frames, place, logical));
+    return this.codec.withContainerMemory(async (memory) => store(await this.codec.sealFrames(this.keys.data, 'journal-frame', frames, place, logical, memory)));
   }
 
   /** A journal's extents, authenticated (frame 0); usually one ranged read for header and index. */
@@ -329,7 +335,7 @@ function isUnusable(err: unknown): boolean {
 }
 
 /** The journal index in shared memory when the data frames are there: one frame outside it makes
- *  the codec copy the whole journal (up to 16 MiB) into a fresh transferable buffer. */
+ *  the codec copy the whole journal into a fresh transferable buffer. */
 function inSharedMemoryLike(index: Buffer, dataFrames: readonly Buffer[]): Buffer {
   if (dataFrames.length === 0 || !dataFrames.every((f) => f.buffer instanceof SharedArrayBuffer)) return index;
   const shared = Buffer.from(new SharedArrayBuffer(index.length));
