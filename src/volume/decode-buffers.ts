@@ -25,6 +25,13 @@ import { CHUNK_SIZE } from './chunk-math';
 /** free bytes kept at most (per pool, per volume): 8 whole chunks, 256 frames; more are left to
  *  the collector. Frames need the deeper list: 32 random misses in flight drop 32 frames at once. */
 const MAX_FREE_BYTES = 32 * 2 ** 20;
+/** free bytes kept even when the budget has no free room, by taking it from the caches (per
+ *  pool, per volume): 32 frames, one QD32 burst of misses, or one whole chunk. A full budget is
+ *  the steady state of a read cache smaller than the working set: every miss evicts a frame. Left
+ *  to the collector, each evicted frame was shared memory V8 does not count (its collections follow
+ *  the heap and external memory, not SharedArrayBuffers): random reads with a 640 MiB limit grew
+ *  the server past 2 GiB (BENCHMARKS.md). Kept, the next miss decodes into it. */
+const MAX_FREE_EVICTING_BYTES = 4 * 2 ** 20;
 /** free buffers are let go when no decode has taken one for this long (an idle volume holds none) */
 const IDLE_MS = 5_000;
 
@@ -99,9 +106,11 @@ export class DecodeBuffers {
       if (this.closed || !s || s.lent > 0 || s.droppedKey !== key || this.cached(key, whole)) return;
       this.states.delete(whole.buffer); // from now on no read can lend it until take() again
       if ((this.free.length + 1) * this.bufferBytes > MAX_FREE_BYTES) return;
-      // kept only in room the budget has free: never by evicting another cache's entries
-      const release = this.budget ? this.budget.tryReserveFree(this.bufferBytes) : () => {};
-      if (!release) return; // no free room: let the collector have it
+      // kept in room the budget has free; without any, a few by evicting cached entries
+      const release = !this.budget
+        ? () => {}
+        : (this.budget.tryReserveFree(this.bufferBytes) ?? ((this.free.length + 1) * this.bufferBytes <= MAX_FREE_EVICTING_BYTES ? this.budget.tryReserve(this.bufferBytes) : null));
+      if (!release) return; // no room: let the collector have it
       this.free.push({ buf: whole, release });
       this.idle.touch(); // kept from now: let go 5 s after, unless a decode takes it first
     });

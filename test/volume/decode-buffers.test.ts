@@ -92,35 +92,54 @@ test('a buffer is reused only once the cache dropped it and every view lent is b
   assert.equal(pool.freeCount, 0);
 });
 
-test('free buffers hold memory budget, only room it has free: never by evicting a cache', async () => {
-  const budget = new MemoryBudget(2048);
-  let evictAsked = 0;
-  const held: Array<() => void> = [];
+/** A budget of `limit` filled by a cache of `entry`-byte entries the budget may evict. */
+function fullBudget(limit: number, entry: number): { budget: MemoryBudget; entries: Array<() => void>; evicted: () => number } {
+  const budget = new MemoryBudget(limit);
+  const entries: Array<() => void> = [];
+  let evicted = 0;
   budget.registerCache({
     evict: (bytes) => {
-      evictAsked++;
       let freed = 0;
-      while (freed < bytes && held.length > 0) {
-        held.pop()!();
-        freed += 512;
+      while (freed < bytes && entries.length > 0) {
+        entries.pop()!();
+        evicted++;
+        freed += entry;
       }
       return freed;
     },
   });
-  held.push(budget.tryReserve(512)!); // a cache entry that could be evicted
-  const pool = new DecodeBuffers(1024, () => false, budget);
-  const a = pool.take();
-  const b = pool.take();
-  pool.dropped(a, 'a');
-  pool.dropped(b, 'b');
+  for (let k = 0; k < limit / entry; k++) entries.push(budget.tryReserve(entry)!);
+  return { budget, entries, evicted: () => evicted };
+}
+
+test('free buffers hold memory budget: free room first, then up to 4 MiB of them by evicting cached entries', async () => {
+  // room is free: nothing is evicted
+  const roomy = new MemoryBudget(4096);
+  const p1 = new DecodeBuffers(1024, () => false, roomy);
+  const a = p1.take();
+  p1.dropped(a, 'a');
   await tick();
-  assert.equal(pool.freeCount, 1, 'one fits in the free room; a second would need the cache entry evicted');
-  assert.equal(budget.usedBytes, 1536);
-  assert.equal(evictAsked, 0, 'the cache entry was not evicted for the second');
-  assert.equal(held.length, 1);
-  pool.take();
-  assert.equal(budget.usedBytes, 512, 'taken: its reservation goes with it');
-  pool.close();
+  assert.equal(p1.freeCount, 1);
+  assert.equal(roomy.usedBytes, 1024, 'a free buffer holds its bytes of the budget');
+  p1.take();
+  assert.equal(roomy.usedBytes, 0, 'taken: its reservation goes with it');
+  p1.close();
+
+  // the budget is full of cache entries (a cache smaller than the working set): a dropped
+  // buffer is kept by evicting entries, so the next miss decodes into it, up to 4 MiB of them
+  const MiB = 2 ** 20;
+  const full = fullBudget(8 * MiB, MiB);
+  const p2 = new DecodeBuffers(2 * MiB, () => false, full.budget);
+  const bufs = [p2.take(), p2.take(), p2.take()];
+  bufs.forEach((b, k) => p2.dropped(b, `k${k}`));
+  await tick();
+  assert.equal(p2.freeCount, 2, 'two 2 MiB buffers kept, the third left to the collector');
+  assert.equal(full.evicted(), 4, 'four 1 MiB entries evicted for them');
+  assert.equal(full.budget.usedBytes, 8 * MiB, 'never more than the limit');
+  assert.equal(p2.take().buffer, bufs[1].buffer, 'the next decode reuses one');
+  assert.equal(full.budget.usedBytes, 6 * MiB);
+  p2.close();
+  assert.equal(full.budget.usedBytes, 4 * MiB, 'closed: the free buffer let go');
 });
 
 test('views a stream got stay intact until given back, while streams, random reads and writes reuse the buffers', async (t) => {
@@ -187,4 +206,28 @@ test('random reads through a full read cache decode into evicted frames; a view 
   assert.ok(held.length > 0, 'some replies were slow');
   assert.ok(e.stats().decodeBuffersReused >= 100, `frames decoded into reused memory: ${e.stats().decodeBuffersReused}`);
   await assertReadsBack(e, model);
+});
+
+test('random reads through a cache the memory budget keeps small decode into evicted frames too', async (t) => {
+  // the cache may hold 64 MiB but the process budget only 3 MiB: every miss evicts a frame while
+  // the budget is full, and without reuse each would be fresh shared memory the collector ignores
+  const size = 16 * MiB;
+  const budget = new MemoryBudget(3 * MiB);
+  const { e, model } = await storedRandomVolume(t, size, { readCacheBytes: 64 * MiB, readaheadChunks: 0, memoryBudget: budget });
+  const rnd = seededRandom(5);
+  const frame = 128 * 1024;
+  let reads = 0;
+  for (let round = 0; round < 40; round++) {
+    const spans = Array.from({ length: 8 }, () => Math.floor(rnd() * (size / frame)) * frame + Math.floor(rnd() * (frame / 4096)) * 4096);
+    const got = await Promise.all(spans.map((at) => e.read(at, 4096)));
+    got.forEach((b, k) => {
+      assert.ok(b.equals(model.subarray(spans[k], spans[k] + 4096)), `round ${round}: read at ${spans[k]}`);
+      e.readDone(b);
+    });
+    reads += spans.length;
+    await tick();
+    assert.ok(budget.usedBytes <= budget.limitBytes, 'within the budget');
+  }
+  const { decodeBuffersReused } = e.stats();
+  assert.ok(decodeBuffersReused >= reads / 2, `most misses decoded into reused memory: ${decodeBuffersReused} of ${reads} reads`);
 });
