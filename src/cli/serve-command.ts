@@ -92,6 +92,17 @@ export function parseListen(text: string): { host: string; port: number } {
 /** Below this, one connection's largest request plus its in-flight share could not fit. */
 export const MIN_MEMORY_LIMIT = 128 * 2 ** 20;
 
+/**
+ * The share of --memory-limit left to the runtime itself: V8's heaps (the main thread's and the
+ * codec workers'), code, thread stacks and what the allocator keeps between uses. None of it is
+ * data the budget counts, yet under load it is 400–550 MiB of the process (BENCHMARKS.md), so a
+ * budget of the whole limit let the server grow to 1.5x it. A quarter, at most 512 MiB, and only
+ * what leaves the rest (`rest`: what else is set aside, the sealing share) at least the minimum.
+ */
+export function runtimeShareOf(memoryLimitBytes: number, rest: number): number {
+  return Math.max(0, Math.min(512 * 2 ** 20, Math.floor(memoryLimitBytes / 4), memoryLimitBytes - rest - MIN_MEMORY_LIMIT));
+}
+
 /** --memory-limit, checked: the whole limit is shared, so too small a one deadlocks nothing but
  *  would serialize every client. */
 export function checkMemoryLimit(bytes: number): number {

@@ -9,7 +9,7 @@ import { resolveSettings, SERVE_VAULT_SETTINGS } from './settings';
 import type { Logger } from '../util/log';
 import { describeError } from '../errors';
 import { openVaultContext, type VaultSettings } from './vault-context';
-import { checkMemoryLimit, parseListen, runServer } from './serve-command';
+import { checkMemoryLimit, parseListen, runServer, runtimeShareOf } from './serve-command';
 import { MemoryBudget } from '../util/memory-budget';
 import { SealMemory, sealShareOf } from '../volume/seal-memory';
 import { startAdminServer, type AdminRequest } from './admin-socket';
@@ -41,6 +41,8 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
   // in-flight buffers from it (they must never wait behind the writers whose data they drain).
   const sealMemory = new SealMemory(sealShareOf(memoryBudget.limitBytes));
   memoryBudget.tryReserve(sealMemory.bytes);
+  // The runtime's share, held for good too: the limit bounds the process, not only its data.
+  memoryBudget.tryReserve(runtimeShareOf(memoryBudget.limitBytes, sealMemory.bytes));
   // The engines are known once the provider exists; the store stack needs the sink before that.
   let exportsForMetrics: VaultExportProvider | null = null;
   const metrics = s.metrics ? new PromMetrics(() => exportsForMetrics?.engineStats() ?? [], () => memoryBudget.stats()) : undefined;

@@ -39,7 +39,7 @@ export const SETTINGS = {
   defaultVolume: { flag: '--default-volume <name>', kind: 'string', help: 'volume served under the empty export name', def: undefined },
   dirtyLimit: { flag: '--dirty-limit <size>', kind: 'size', help: 'dirty data (written, not yet stored) per volume, within --memory-limit; sealed into a journal at half of it', def: '64M' },
   readCache: { flag: '--read-cache <size>', kind: 'size', help: 'read cache (decoded 128 KiB frames) per volume, plus up to 96 MiB for what streams read once, within --memory-limit (caches give way to writes and requests)', def: '768M' },
-  memoryLimit: { flag: '--memory-limit <size>', kind: 'size', help: 'memory for the read caches, dirty data and in-flight NBD requests of all volumes and connections together (full: clients wait, never fail)', def: '1G' },
+  memoryLimit: { flag: '--memory-limit <size>', kind: 'size', help: 'memory for the process: a quarter (at most 512M) left to the runtime, the rest for the read caches, dirty data and in-flight NBD requests of all volumes and connections together (full: clients wait, never fail)', def: '1G' },
   uploadConcurrency: { flag: '--upload-concurrency <n>', kind: 'int', help: 'parallel chunk uploads per volume', def: 16 },
   workers: { flag: '--workers <n>', kind: 'int', help: 'compression/encryption worker threads', def: availableParallelism() },
   zstdLevel: { flag: '--zstd-level <n>', kind: 'int', help: 'zstd compression level (poorly compressible frames: the fastest level, or stored uncompressed when a sample shows they would not shrink by 1/8)', def: 3 },
