@@ -162,9 +162,11 @@ export class Sealer {
           const k = nextPart++;
           const part = parts[k];
           tokens.push(s.startUpload(Date.now()));
-          // the packed frames and their sealed copy
-          const dataBytes = part.frames.reduce((n, f) => n + f.length * BLOCK_BYTES, 0);
-          const ref = await this.memory.hold(2 * dataBytes, async () => {
+          // what sealing it really holds, however little data it has: the chunk-sized buffer its
+          // frames are packed into and the container memory it is sealed into (counted by data
+          // bytes, eight volumes' small journals held many times the share)
+          const holds = part.frames.length === 0 ? 0 : 2 * CHUNK_SIZE;
+          const ref = await this.memory.hold(holds, async () => {
             const packed = packFrames(part.frames, this.buffers);
             try {
               return await this.objects.writeJournal(part.extents, packed.frames);

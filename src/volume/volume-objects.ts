@@ -234,9 +234,10 @@ export class VolumeObjects extends VolumeRecords {
       return { id, storedSize: container.length };
     };
     const place = this.framesPlace(0, id);
-    // as many frames as a chunk's (what the sealer writes): sealed into memory the codec lends,
-    // given back once stored, like a chunk; a longer journal gets a buffer of its own
-    if (frames.length > MAX_CHUNK_FRAMES) return store(await this.codec.sealFrames(this.keys.data, 'journal-frame', frames, place, logical));
+    // data in as many frames as a chunk's (what the sealer writes): sealed into memory the codec
+    // lends, given back once stored, like a chunk; an index alone (resets, zeroes) or a longer
+    // journal gets a buffer of its own
+    if (dataFrames.length === 0 || frames.length > MAX_CHUNK_FRAMES) return store(await this.codec.sealFrames(this.keys.data, 'journal-frame', frames, place, logical));
     return this.codec.withContainerMemory(async (memory) => store(await this.codec.sealFrames(this.keys.data, 'journal-frame', frames, place, logical, memory)));
   }
 
