@@ -1,4 +1,4 @@
-// Memory for a volume's dirty 4 KiB blocks, carved from 1 MiB slabs and reused. One malloc per
+// Memory for a volume's dirty 4 KiB blocks, carved from 128 KiB slabs and reused. One malloc per
 // small write made the allocator, not the data, the largest part of a busy server's memory: with
 // eight volumes taking 4 KiB random writes, 400–500 MiB of the main malloc heap was freed blocks
 // the allocator kept (they outlive young-generation collection, are freed in random order by the
@@ -22,8 +22,9 @@ import { BLOCK_BYTES } from './journal-record';
  *  of growing the heap (1 MiB slabs did not fit the 128 KiB holes: no gain once the cache was full). */
 export const SLAB_BYTES = FRAME_BYTES;
 const SLOTS = SLAB_BYTES / BLOCK_BYTES;
-/** empty slabs kept for the next writes (4 MiB); more are left to the collector */
-export const MAX_EMPTY_SLABS = 32;
+/** empty slabs kept for the next writes (1 MiB; a new slab mostly takes a hole a cached frame left,
+ *  the same size); more are left to the collector */
+export const MAX_EMPTY_SLABS = 8;
 /** empty slabs are let go when no write has taken a block for this long */
 const IDLE_MS = 5_000;
 

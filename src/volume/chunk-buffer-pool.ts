@@ -3,9 +3,9 @@
 // it comes back here instead of becoming garbage: an import then allocates almost nothing, and
 // the process does not wait on the garbage collector to give 4 MiB buffers back (peak RSS).
 //
-// Contract: give() only buffers nothing else refers to. A reader may still be in the middle of
-// copying out of it in the current microtask checkpoint (volume-engine.ts copies dirty data right
-// after an await that did no I/O), so a given buffer becomes reusable only on the next macrotask.
+// Contract: give() only buffers nothing else refers to. As a safety margin against a reader still
+// copying out of it in the current microtask checkpoint, a given buffer becomes reusable only on
+// the next macrotask (giveNow() is for buffers no reader can be copying from).
 
 export class ChunkBufferPool {
   private readonly free: Buffer[] = [];

@@ -137,48 +137,39 @@ export class Sealer {
     const written: string[] = [];
     try {
       const entries = new Map<number, Entry>();
-      let next = 0;
-      const worker = async () => {
-        while (next < rewrites.length) {
-          const [i, c] = rewrites[next++];
-          // the assembled chunk and its sealed container
-          const entry = await this.memory.hold(2 * s.chunkLength(i), async () => {
-            const data = assembleChunk(c, s.chunkLength(i), this.buffers);
-            return data === null ? { id: null, epoch: s.epoch, storedSize: 0 } : this.storeChunk(i, data, tokens, written);
-          });
-          entries.set(i, entry);
-        }
-      };
-      await Promise.all(Array.from({ length: Math.min(this.uploadConcurrency, rewrites.length) }, worker));
+      await eachConcurrently(rewrites.length, this.uploadConcurrency, async (k) => {
+        const [i, c] = rewrites[k];
+        // the assembled chunk and its sealed container
+        const entry = await this.memory.hold(2 * s.chunkLength(i), async () => {
+          const data = assembleChunk(c, s.chunkLength(i), this.buffers);
+          return data === null ? { id: null, epoch: s.epoch, storedSize: 0 } : this.storeChunk(i, data, tokens, written);
+        });
+        entries.set(i, entry);
+      });
       // A rewritten chunk that older journals still hold blocks of: its journal says "reset", so
       // a reopen applies none of those older blocks over the new chunk object.
       const resets: JournalExtent[] = rewrites.filter(([i]) => s.overlay.hasChunk(i)).map(([i]) => ({ chunkIndex: i, firstBlock: 0, blockCount: 0, zero: false, reset: true, frame: 0, frameOffset: 0 }));
       // Journals are stored side by side (their blocks are disjoint) and listed in this order.
       const parts = buildJournals(journaled, resets);
       const journals: Array<{ ref: JournalRef; extents: JournalExtent[] }> = new Array(parts.length);
-      let nextPart = 0;
-      const journalWorker = async () => {
-        while (nextPart < parts.length) {
-          const k = nextPart++;
-          const part = parts[k];
-          tokens.push(s.startUpload(Date.now()));
-          // what sealing it really holds, however little data it has: the chunk-sized buffer its
-          // frames are packed into and the container memory it is sealed into (counted by data
-          // bytes, eight volumes' small journals held many times the share)
-          const holds = part.frames.length === 0 ? 0 : 2 * CHUNK_SIZE;
-          const ref = await this.memory.hold(holds, async () => {
-            const packed = packFrames(part.frames, this.buffers);
-            try {
-              return await this.objects.writeJournal(part.extents, packed.frames);
-            } finally {
-              for (const b of packed.backings) this.buffers.giveNow(b); // sealed or failed: the codec is done with them
-            }
-          });
-          written.push(journalKey(this.objects.volumeId, ref.id));
-          journals[k] = { ref, extents: part.extents };
-        }
-      };
-      await Promise.all(Array.from({ length: Math.min(this.uploadConcurrency, parts.length) }, journalWorker));
+      await eachConcurrently(parts.length, this.uploadConcurrency, async (k) => {
+        const part = parts[k];
+        tokens.push(s.startUpload(Date.now()));
+        // what sealing it really holds, however little data it has: the chunk-sized buffer its
+        // frames are packed into and the container memory it is sealed into (counted by data
+        // bytes, eight volumes' small journals held many times the share)
+        const holds = part.frames.length === 0 ? 0 : 2 * CHUNK_SIZE;
+        const ref = await this.memory.hold(holds, async () => {
+          const packed = packFrames(part.frames, this.buffers);
+          try {
+            return await this.objects.writeJournal(part.extents, packed.frames);
+          } finally {
+            for (const b of packed.backings) this.buffers.giveNow(b); // sealed or failed: the codec is done with them
+          }
+        });
+        written.push(journalKey(this.objects.volumeId, ref.id));
+        journals[k] = { ref, extents: part.extents };
+      });
       // Apply the edit: from here to the end nothing awaits.
       for (const [i, entry] of entries) {
         this.replaceEntry(i, entry);
@@ -274,19 +265,15 @@ export class Sealer {
     // stay in the root while other chunks still need them).
     const resets: JournalExtent[] = picked.map((i) => ({ chunkIndex: i, firstBlock: 0, blockCount: 0, zero: false, reset: true, frame: 0, frameOffset: 0 }));
     try {
-      let next = 0;
-      const worker = async () => {
-        while (next < picked.length) {
-          const i = picked[next++];
-          // the stored container read back, the chunk it decodes to, and the new sealed container
-          const entry = await this.memory.hold(3 * s.chunkLength(i), async () => {
-            const data = await this.reads.storedChunk(i, this.buffers.take(s.chunkLength(i), 'overwrite'));
-            return this.storeChunk(i, data, tokens, written);
-          });
-          entries.set(i, entry);
-        }
-      };
-      await Promise.all(Array.from({ length: Math.min(4, picked.length) }, worker));
+      await eachConcurrently(picked.length, 4, async (k) => {
+        const i = picked[k];
+        // the stored container read back, the chunk it decodes to, and the new sealed container
+        const entry = await this.memory.hold(3 * s.chunkLength(i), async () => {
+          const data = await this.reads.storedChunk(i, this.buffers.take(s.chunkLength(i), 'overwrite'));
+          return this.storeChunk(i, data, tokens, written);
+        });
+        entries.set(i, entry);
+      });
       tokens.push(s.startUpload(Date.now()));
       resetJournal = await this.objects.writeJournal(resets, []);
     } catch (err) {
@@ -305,6 +292,28 @@ export class Sealer {
     this.logger.debug({ volume: this.name, chunks: entries.size, journals: s.overlay.journals.length, overlayBlocks: s.overlay.entries }, 'compaction step');
     return entries.size;
   }
+}
+
+/**
+ * Runs task(0 … n-1) on up to `width` workers. After the first failure no worker starts another
+ * task, and the call settles only once every started task has, then rethrows that failure: the
+ * caller's cleanup (deleting what was stored) must not race uploads still running, nor may a
+ * late task copy blocks a retry has already sealed and given back.
+ */
+async function eachConcurrently(n: number, width: number, task: (k: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  const failures: unknown[] = [];
+  const worker = async () => {
+    while (failures.length === 0 && next < n) {
+      try {
+        await task(next++);
+      } catch (err) {
+        failures.push(err);
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(width, n) }, worker));
+  if (failures.length > 0) throw failures[0];
 }
 
 /** One view of several batches, oldest first: newer blocks win, a newer zeroed chunk hides all

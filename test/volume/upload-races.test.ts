@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { CHUNK_SIZE } from '../../src/volume/chunk-math';
 import { MemoryStore } from '../../src/store/memory-store';
 import type { PutOptions } from '../../src/store/object-store';
-import { makeVault } from './vault-fixture';
+import { makeVault, SettlingStore } from './vault-fixture';
 
 /** The first chunk put is slow: a later upload of the same chunk would finish first. */
 class SlowFirstChunkPut extends MemoryStore {
@@ -84,4 +84,48 @@ test('FLUSH makes durable a write acknowledged before it, even when a newer writ
   const e3 = await (await f.reopen()).openEngine('v', { readOnly: true });
   assert.equal((await e3.read(0, 1))[0], 0x42, 'B is durable after close');
   await e3.close();
+});
+
+test('a seal cycle that fails one journal stops its other uploads before it reports, and a retry stores everything', async (t) => {
+  /** journal puts take 20 ms; the third one fails (once) */
+  class ThirdJournalFails extends SettlingStore {
+    journalPuts = 0;
+    started = 0;
+    override async put(key: string, body: Buffer, opts?: PutOptions) {
+      if (!key.includes('/journals/')) return super.put(key, body, opts);
+      this.started++;
+      await new Promise((r) => setTimeout(r, 20));
+      if (++this.journalPuts === 3) throw new Error('injected: journal upload failed');
+      return super.put(key, body, opts);
+    }
+  }
+  const store = new ThirdJournalFails();
+  const f = await makeVault(store);
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 16 * CHUNK_SIZE);
+  const e = await f.vault.openEngine('v', { autoCommitMs: 0, writebackDelayMs: 60_000, dirtyLimitBytes: 64 * 2 ** 20, uploadConcurrency: 2 });
+  t.after(() => e.close());
+  // every other block of 12 chunks: 24 MiB of journal data, at least seven journals
+  const model = Buffer.alloc(16 * CHUNK_SIZE);
+  for (let at = 0; at < 12 * CHUNK_SIZE; at += 8192) {
+    const blk = randomBytes(4096);
+    blk.copy(model, at);
+    await e.write(at, blk);
+  }
+  await assert.rejects(e.flush(), /journal upload failed/);
+  const startedAtFailure = store.started;
+  assert.ok(startedAtFailure < 7, `uploads stopped at the failure (${startedAtFailure} started)`);
+  await new Promise((r) => setTimeout(r, 100));
+  assert.equal(store.started, startedAtFailure, 'no journal upload starts after the cycle reported its failure');
+  assert.equal((e as any).state.unreferenced.size, 0, 'every upload of the failed cycle is forgotten (gc is not held back)');
+  await store.settled();
+  const orphans: string[] = [];
+  for await (const info of store.list('volumes/')) if (info.key.includes('/journals/')) orphans.push(info.key);
+  assert.deepEqual(orphans, [], 'what the failed cycle stored is deleted');
+  await e.flush(); // the retry
+  assert.ok((await e.read(0, 16 * CHUNK_SIZE)).equals(model));
+  await e.close();
+  const r = await (await f.reopen()).openEngine('v', { readOnly: true, readCacheBytes: 0 });
+  assert.ok((await r.read(0, 16 * CHUNK_SIZE)).equals(model), 'stored as written');
+  await r.close();
 });
