@@ -9,7 +9,8 @@ import { Option, type Command } from 'commander';
 import { VaultError } from '../errors';
 import { parseSize } from '../util/size';
 
-type Kind = 'string' | 'size' | 'int' | 'bool';
+/** int: a whole number; count: a whole number of at least 1 (a concurrency, a thread count) */
+type Kind = 'string' | 'size' | 'int' | 'count' | 'bool';
 
 interface SettingSpec {
   readonly flag: string;
@@ -35,13 +36,13 @@ export const SETTINGS = {
   state: { flag: '--state <dir>', kind: 'string', help: 'local state directory (rollback detection, admin socket)', def: defaultStateDir() },
   listen: { flag: '--listen <host:port>', kind: 'string', help: 'TCP address to serve NBD on', def: '127.0.0.1:10809' },
   socket: { flag: '--socket <path>', kind: 'string', help: 'also serve NBD on this Unix socket', def: undefined },
-  maxConnections: { flag: '--max-connections <n>', kind: 'int', help: 'most NBD connections past negotiation at once (negotiating ones are bounded apart: 128 in all, 32 per address)', def: 128 },
+  maxConnections: { flag: '--max-connections <n>', kind: 'count', help: 'most NBD connections past negotiation at once (negotiating ones are bounded apart: 128 in all, 32 per address)', def: 128 },
   defaultVolume: { flag: '--default-volume <name>', kind: 'string', help: 'volume served under the empty export name', def: undefined },
   dirtyLimit: { flag: '--dirty-limit <size>', kind: 'size', help: 'dirty data (written, not yet stored) per volume, within --memory-limit; sealed into a journal at half of it', def: '64M' },
   readCache: { flag: '--read-cache <size>', kind: 'size', help: 'read cache (decoded 128 KiB frames) per volume, plus up to 96 MiB for what streams read once, within --memory-limit (caches give way to writes and requests)', def: '768M' },
-  memoryLimit: { flag: '--memory-limit <size>', kind: 'size', help: 'memory for the process: a quarter (at most 512M) left to the runtime, the rest for the read caches, dirty data and in-flight NBD requests of all volumes and connections together (full: clients wait, never fail)', def: '1G' },
-  uploadConcurrency: { flag: '--upload-concurrency <n>', kind: 'int', help: 'parallel chunk uploads per volume', def: 16 },
-  workers: { flag: '--workers <n>', kind: 'int', help: 'compression/encryption worker threads', def: availableParallelism() },
+  memoryLimit: { flag: '--memory-limit <size>', kind: 'size', help: 'memory for the process (vault serving): up to a quarter (at most 512M) left to the runtime, a sixteenth held for sealing, the rest for the read caches, dirty data and in-flight NBD requests of all volumes and connections together (full: clients wait, never fail); --memory exports: their in-flight requests', def: '1G' },
+  uploadConcurrency: { flag: '--upload-concurrency <n>', kind: 'count', help: 'parallel chunk uploads per volume', def: 16 },
+  workers: { flag: '--workers <n>', kind: 'count', help: 'compression/encryption worker threads', def: availableParallelism() },
   zstdLevel: { flag: '--zstd-level <n>', kind: 'int', help: 'zstd compression level (poorly compressible frames: the fastest level, or stored uncompressed when a sample shows they would not shrink by 1/8)', def: 3 },
   leaseTtl: { flag: '--lease-ttl <seconds>', kind: 'int', help: "a dead writer's volumes are taken over once its heartbeat stood still this long (heartbeat every ttl/2, at most every 5 s)", def: 10 },
   acceptRollback: { flag: '--accept-rollback', kind: 'bool', help: 'open a volume whose root is older than this machine has seen', def: false },
@@ -165,9 +166,11 @@ function coerce(kind: Kind, raw: unknown, from: string): string | number | boole
       if (raw === '1' || raw === 'true' || raw === 'yes') return true;
       if (raw === '0' || raw === 'false' || raw === 'no') return false;
       throw bad(`expected true or false, got ${JSON.stringify(raw)}`);
-    case 'int': {
+    case 'int':
+    case 'count': {
       const v = typeof raw === 'number' ? raw : /^\d+$/.test(String(raw)) ? Number(raw) : NaN;
       if (!Number.isSafeInteger(v) || v < 0) throw bad(`expected a whole number, got ${JSON.stringify(raw)}`);
+      if (kind === 'count' && v < 1) throw bad(`expected at least 1, got ${JSON.stringify(raw)}`);
       return v;
     }
     case 'size':

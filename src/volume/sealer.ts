@@ -137,10 +137,11 @@ export class Sealer {
     const written: string[] = [];
     try {
       const entries = new Map<number, Entry>();
-      await eachConcurrently(rewrites.length, this.uploadConcurrency, async (k) => {
+      await eachConcurrently(rewrites.length, this.uploadConcurrency, async (k, stopped) => {
         const [i, c] = rewrites[k];
         // the assembled chunk and its sealed container
         const entry = await this.memory.hold(2 * s.chunkLength(i), async () => {
+          if (stopped()) throw STOPPED;
           const data = assembleChunk(c, s.chunkLength(i), this.buffers);
           return data === null ? { id: null, epoch: s.epoch, storedSize: 0 } : this.storeChunk(i, data, tokens, written);
         });
@@ -152,7 +153,7 @@ export class Sealer {
       // Journals are stored side by side (their blocks are disjoint) and listed in this order.
       const parts = buildJournals(journaled, resets);
       const journals: Array<{ ref: JournalRef; extents: JournalExtent[] }> = new Array(parts.length);
-      await eachConcurrently(parts.length, this.uploadConcurrency, async (k) => {
+      await eachConcurrently(parts.length, this.uploadConcurrency, async (k, stopped) => {
         const part = parts[k];
         tokens.push(s.startUpload(Date.now()));
         // what sealing it really holds, however little data it has: the chunk-sized buffer its
@@ -160,6 +161,7 @@ export class Sealer {
         // bytes, eight volumes' small journals held many times the share)
         const holds = part.frames.length === 0 ? 0 : 2 * CHUNK_SIZE;
         const ref = await this.memory.hold(holds, async () => {
+          if (stopped()) throw STOPPED;
           const packed = packFrames(part.frames, this.buffers);
           try {
             return await this.objects.writeJournal(part.extents, packed.frames);
@@ -265,10 +267,11 @@ export class Sealer {
     // stay in the root while other chunks still need them).
     const resets: JournalExtent[] = picked.map((i) => ({ chunkIndex: i, firstBlock: 0, blockCount: 0, zero: false, reset: true, frame: 0, frameOffset: 0 }));
     try {
-      await eachConcurrently(picked.length, 4, async (k) => {
+      await eachConcurrently(picked.length, 4, async (k, stopped) => {
         const i = picked[k];
         // the stored container read back, the chunk it decodes to, and the new sealed container
         const entry = await this.memory.hold(3 * s.chunkLength(i), async () => {
+          if (stopped()) throw STOPPED;
           const data = await this.reads.storedChunk(i, this.buffers.take(s.chunkLength(i), 'overwrite'));
           return this.storeChunk(i, data, tokens, written);
         });
@@ -294,25 +297,30 @@ export class Sealer {
   }
 }
 
+/** what a task that gave up after another failed throws (never reported: the first failure is) */
+const STOPPED = new Error('stopped: another upload of this job failed');
+
 /**
- * Runs task(0 … n-1) on up to `width` workers. After the first failure no worker starts another
- * task, and the call settles only once every started task has, then rethrows that failure: the
- * caller's cleanup (deleting what was stored) must not race uploads still running, nor may a
+ * Runs task(0 … n-1) on up to `width` workers (at least one). After the first failure no worker
+ * starts another task, a started one that still waits for seal memory checks `stopped()` and
+ * gives up, and the call settles only once every started task has, then rethrows that failure:
+ * the caller's cleanup (deleting what was stored) must not race uploads still running, nor may a
  * late task copy blocks a retry has already sealed and given back.
  */
-async function eachConcurrently(n: number, width: number, task: (k: number) => Promise<void>): Promise<void> {
+async function eachConcurrently(n: number, width: number, task: (k: number, stopped: () => boolean) => Promise<void>): Promise<void> {
   let next = 0;
   const failures: unknown[] = [];
+  const stopped = () => failures.length > 0;
   const worker = async () => {
-    while (failures.length === 0 && next < n) {
+    while (!stopped() && next < n) {
       try {
-        await task(next++);
+        await task(next++, stopped);
       } catch (err) {
         failures.push(err);
       }
     }
   };
-  await Promise.all(Array.from({ length: Math.min(width, n) }, worker));
+  await Promise.all(Array.from({ length: Math.min(Math.max(1, width), n) }, worker));
   if (failures.length > 0) throw failures[0];
 }
 

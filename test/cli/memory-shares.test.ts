@@ -23,21 +23,31 @@ test("the runtime's share: a quarter, at most 512 MiB, never leaving the rest be
   }
 });
 
-test('serve replaces itself with a 16 MiB semi-space, same pid; a semi-space of the user wins', async (t) => {
-  if (typeof (process as { execve?: unknown }).execve !== 'function') return t.skip('this Node has no process.execve: serve keeps the default');
-  const v = await makeTestVault();
-  t.after(() => v.cleanup());
+test('serve replaces itself with a 16 MiB semi-space and two malloc arenas, same pid; what the user chose wins', async (t) => {
+  if (typeof (process as { execve?: unknown }).execve !== 'function') return t.skip('this Node has no process.execve: serve keeps the defaults');
   const cmdline = (pid: number) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-  const srv = await v.serve();
-  const args = cmdline(srv.process.pid!);
-  assert.ok(args.includes('--max-semi-space-size=16'), `the serve process runs with the flag: ${args.join(' ')}`);
-  assert.ok(args.includes('serve'), 'and still serves');
-  assert.equal(await srv.stop(), 0, 'a clean stop: SIGTERM reached the replaced process');
+  const environ = (pid: number) => readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0');
+  const serveWith = async (env: Record<string, string>) => {
+    const v = await makeTestVault();
+    t.after(() => v.cleanup());
+    delete v.env.MALLOC_ARENA_MAX;
+    delete v.env.NODE_OPTIONS;
+    Object.assign(v.env, env);
+    const srv = await v.serve();
+    const pid = srv.process.pid!;
+    const seen = { args: cmdline(pid), env: environ(pid) };
+    assert.ok(seen.args.includes('serve'), 'it still serves');
+    assert.equal(await srv.stop(), 0, 'a clean stop: SIGTERM reached the replaced process');
+    return seen;
+  };
+  const plain = await serveWith({});
+  assert.ok(plain.args.includes('--max-semi-space-size=16'), `runs with the flag: ${plain.args.join(' ')}`);
+  assert.ok(plain.env.includes('MALLOC_ARENA_MAX=2'), 'and two arenas');
 
-  const own = await makeTestVault();
-  t.after(() => own.cleanup());
-  own.env.NODE_OPTIONS = '--max-semi-space-size=32';
-  const srv2 = await own.serve();
-  assert.ok(!cmdline(srv2.process.pid!).includes('--max-semi-space-size=16'), "NODE_OPTIONS' semi-space is kept");
-  assert.equal(await srv2.stop(), 0);
+  const own = await serveWith({ NODE_OPTIONS: '--max_semi_space_size=32', MALLOC_ARENA_MAX: '4' });
+  assert.ok(!own.args.includes('--max-semi-space-size=16'), "NODE_OPTIONS' semi-space (either spelling) is kept");
+  assert.ok(own.env.includes('MALLOC_ARENA_MAX=4'), "the user's arena count is kept");
+
+  const off = await serveWith({ NBD_VAULT_REEXEC: '0' });
+  assert.ok(!off.args.includes('--max-semi-space-size=16') && !off.env.includes('MALLOC_ARENA_MAX=2'), 'NBD_VAULT_REEXEC=0: as started');
 });

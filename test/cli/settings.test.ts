@@ -33,6 +33,10 @@ test('malformed configuration fails with a message naming the culprit', () => {
   fails(() => resolveSettings({ config: join(dir, 'missing.json') }, ['store'], {}), /no such file/);
   fails(() => resolveSettings({}, ['dirtyLimit'], { NBD_VAULT_DIRTY_LIMIT: 'lots' }), /\$NBD_VAULT_DIRTY_LIMIT: not a size/);
   fails(() => resolveSettings({ workers: 'two' }, ['workers'], {}), /option --workers: expected a whole number/);
+  // 0 upload workers would store nothing and release the dirty data: a count is at least 1
+  fails(() => resolveSettings({ uploadConcurrency: '0' }, ['uploadConcurrency'], {}), /--upload-concurrency: expected at least 1/);
+  fails(() => resolveSettings({}, ['workers'], { NBD_VAULT_WORKERS: '0' }), /\$NBD_VAULT_WORKERS: expected at least 1/);
+  assert.equal(resolveSettings({ uploadConcurrency: '1' }, ['uploadConcurrency'], {}).uploadConcurrency, 1);
   fails(() => resolveSettings({ config: config({ acceptRollback: 'maybe' }) }, ['acceptRollback'], {}), /expected true or false/);
 });
 
