@@ -1,6 +1,7 @@
 // How hard a writer compresses each frame of a container. A reader needs none of this: zstd frames
 // describe themselves, and the header's compressed flag says whether there is one (FORMAT.md,
 // "Compression level"). Pure policy over lengths and one small sample: no keys, no I/O.
+import { copyBytes } from '../util/shared-copy';
 import { compressBound, compressInto } from './zstd-contexts';
 
 /** zstd's fastest level that still compresses (`--fast=1`). */
@@ -46,9 +47,10 @@ export function worthCompressing(frame: Uint8Array): boolean {
   if (frame.length <= SAMPLE_BYTES) return true;
   sample ??= Buffer.allocUnsafeSlow(SAMPLE_BYTES);
   sampleOut ??= Buffer.allocUnsafeSlow(compressBound(SAMPLE_BYTES));
-  // a multiple of 8: pieces copied out of shared memory go a word at a time (util/shared-copy.ts)
+  // a multiple of 8: an aligned frame's pieces copy out of shared memory a word at a time
+  // without a bounce (util/shared-copy.ts)
   const stride = Math.floor((frame.length - PIECE_BYTES) / (SAMPLE_PIECES - 1) / 8) * 8;
-  for (let p = 0; p < SAMPLE_PIECES; p++) sample.set(frame.subarray(p * stride, p * stride + PIECE_BYTES), p * PIECE_BYTES);
+  for (let p = 0; p < SAMPLE_PIECES; p++) copyBytes(sample, p * PIECE_BYTES, frame.subarray(p * stride, p * stride + PIECE_BYTES));
   const saved = SAMPLE_BYTES - compressInto(sampleOut, sample, POOR_DATA_ZSTD_LEVEL);
   return saved * 8 >= SAMPLE_BYTES;
 }

@@ -46,11 +46,7 @@ export class BlockSlabs {
   /** A 4 KiB block of slab memory, its content whatever it held before. */
   take(): Buffer {
     this.idle.touch();
-    let slab: Slab | undefined;
-    for (const s of this.partial) {
-      slab = s;
-      break;
-    }
+    let slab: Slab | undefined = this.partial.values().next().value;
     if (!slab) {
       slab = new Slab();
       this.slabs.set(slab.buf.buffer, slab);

@@ -107,9 +107,8 @@ export class DecodeBuffers {
       this.states.delete(whole.buffer); // from now on no read can lend it until take() again
       if ((this.free.length + 1) * this.bufferBytes > MAX_FREE_BYTES) return;
       // kept in room the budget has free; without any, a few by evicting cached entries
-      const release = !this.budget
-        ? () => {}
-        : (this.budget.tryReserveFree(this.bufferBytes) ?? ((this.free.length + 1) * this.bufferBytes <= MAX_FREE_EVICTING_BYTES ? this.budget.tryReserve(this.bufferBytes) : null));
+      const mayEvict = (this.free.length + 1) * this.bufferBytes <= MAX_FREE_EVICTING_BYTES;
+      const release = this.budget ? (this.budget.tryReserveFree(this.bufferBytes) ?? (mayEvict ? this.budget.tryReserve(this.bufferBytes) : null)) : () => {};
       if (!release) return; // no room: let the collector have it
       this.free.push({ buf: whole, release });
       this.idle.touch(); // kept from now: let go 5 s after, unless a decode takes it first

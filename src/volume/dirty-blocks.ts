@@ -78,8 +78,7 @@ export class DirtyBatch {
     this.assertOpen();
     const c = this.chunk(chunkIndex);
     this.bytes -= c.bytes;
-    this.giveBlocks(c);
-    c.blocks.clear();
+    this.dropBlocks(c);
     c.zeroBase = true;
     c.lastWriteMs = nowMs;
   }
@@ -102,8 +101,7 @@ export class DirtyBatch {
    *  back to the slabs and its share of the process budget back. */
   release(): void {
     for (const c of this.chunks.values()) {
-      this.giveBlocks(c);
-      c.blocks.clear();
+      this.dropBlocks(c);
       for (const r of c.budgetHolds.splice(0)) r();
     }
     this.bytes = 0;
@@ -114,15 +112,17 @@ export class DirtyBatch {
     for (const [i, c] of this.chunks) {
       if (i >= chunkCount) {
         this.bytes -= c.bytes;
-        this.giveBlocks(c);
+        this.dropBlocks(c);
         for (const r of c.budgetHolds.splice(0)) r();
         this.chunks.delete(i);
       }
     }
   }
 
-  private giveBlocks(c: ChunkBlocks): void {
+  /** The chunk's blocks leave it, their memory back to the slabs. */
+  private dropBlocks(c: ChunkBlocks): void {
     for (const b of c.blocks.values()) if (b !== null) this.slabs.give(b);
+    c.blocks.clear();
   }
 
   private assertOpen(): void {
