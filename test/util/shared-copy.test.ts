@@ -1,5 +1,5 @@
 // copyBytes (util/shared-copy.ts): target.set(source, at) for every relative alignment, either side
-// in shared memory, pieces longer than its bounce buffer, and copies short enough to go direct.
+// in shared memory, long copies and copies short enough to go direct, overlapping ones.
 // Its speed is in BENCHMARKS.md; here, only that every byte lands where set() would put it.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -42,4 +42,18 @@ test('copyBytes: a source that runs past the target fails as set() does, and wri
   assert.throws(() => copyBytes(big, 16, source), RangeError);
   assert.ok(big.every((b) => b === 0), 'no piece was copied before the error');
   assert.throws(() => copyBytes(big, -1, source.subarray(0, 1000)), RangeError);
+});
+
+test('copyBytes: overlapping source and target in one shared buffer move like set() (memmove)', () => {
+  for (const shift of [-9, -1, 1, 3, 4096]) {
+    const bytes = randomBytes(20_000);
+    const mem = memory(true, bytes.length);
+    mem.set(bytes);
+    const expected = Buffer.from(bytes);
+    const from = 5_000;
+    const n = 10_000;
+    expected.set(bytes.subarray(from, from + n), from + shift);
+    copyBytes(mem, from + shift, mem.subarray(from, from + n));
+    assert.ok(Buffer.from(mem).equals(expected), `shift ${shift}`);
+  }
 });
