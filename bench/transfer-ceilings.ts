@@ -12,7 +12,11 @@
 //     `nbdkit memory`, qemu-nbd on a raw file, `nbdkit null` (import only) and `nbd-vault serve` (fresh vault, fs store,
 //     default settings; restarted before its export, so the read cache is cold): wall time, the
 //     client's CPU s (bash `times`), the server's CPU s (/proc/PID/stat, all threads);
-//   - `zstd -b3 -T2` over the image: the reference issue 10 sets for import.
+//   - `zstd -b3 -T2` over the image: the reference issue 10 sets for import;
+//   - fio's 1 MiB sequential write (QD8, end_fsync, fio's own buffers, which compress poorly) into
+//     the same servers, and the codec's work on the data it wrote (sealed like the corpus).
+// `nbd-vault serve --memory` is our NBD layer alone (no codec, no store): what a copy costs in
+// this process before any chunk is sealed or opened.
 // The ceiling of a copy through a server that seals is 2 cores' seconds divided by the CPU a copy
 // cannot avoid: the client's and the cheapest server's CPU for the same copy (the socket, the
 // page cache) plus the codec's work on the chunks. It assumes both cores busy all the time, so
@@ -151,21 +155,22 @@ interface Copy {
   threads: string;
 }
 
-/** One nbdcopy, timed; its CPU from bash's `times` (children), the server's from /proc. */
-function copy(server: Server, args: string[]): Copy {
+/** One client run (nbdcopy or fio), timed; its CPU from bash's `times` (children), the server's
+ *  from /proc. */
+function copy(server: Server, args: string[], client = 'nbdcopy'): Copy {
   const before = cpuOf(server.pid);
   const threadsBefore = cpuByThread(server.pid);
   const t0 = process.hrtime.bigint();
-  const r = run('bash', ['-c', 'nbdcopy "$@" || exit $?; times', 'nbdcopy', ...args]);
+  const r = run('bash', ['-c', '"$@" >/dev/null || exit $?; times', client, client, ...args]);
   const secs = Number(process.hrtime.bigint() - t0) / 1e9;
-  if (!r.ok) throw new Error(`nbdcopy ${args.join(' ')}: ${r.err}`);
+  if (!r.ok) throw new Error(`${client} ${args.join(' ')}: ${r.err}`);
   const lines = r.stdout.trim().split('\n');
   const [user, sys] = [...(lines[lines.length - 1] ?? '').matchAll(/(\d+)m([\d.]+)s/g)].map((m) => Number(m[1]) * 60 + Number(m[2]));
   return { secs, clientS: user + sys, serverS: cpuOf(server.pid) - before, threads: threadDelta(threadsBefore, cpuByThread(server.pid)) };
 }
 
 async function main(): Promise<void> {
-  for (const tool of ['nbdcopy', 'nbdkit', 'qemu-nbd', 'zstd']) {
+  for (const tool of ['nbdcopy', 'nbdkit', 'qemu-nbd', 'zstd', 'fio']) {
     if (!run('sh', ['-c', `command -v ${tool}`]).ok) throw new Error(`${tool} is missing (scripts/install-test-deps.sh installs it)`);
   }
   if (!existsSync(CORPUS)) {
@@ -203,6 +208,9 @@ async function main(): Promise<void> {
       const r = run(process.execPath, [CLI, ...args], env);
       if (!r.ok) throw new Error(`nbd-vault ${args.join(' ')}: ${r.err}`);
     }
+    port = await freePort();
+    // our NBD layer alone: the same server code with an in-memory export
+    servers.push(start('nbd-vault-memory', process.execPath, [CLI, 'serve', '--listen', `127.0.0.1:${port}`, '--memory', `bench=${size}`], join(work, 'memory.log'), `nbd://127.0.0.1:${port}/bench`, env));
     const vport = await freePort();
     const startVault = () => start('nbd-vault', process.execPath, [CLI, 'serve', '--listen', `127.0.0.1:${vport}`], join(vdir, 'serve.log'), `nbd://127.0.0.1:${vport}/bench`, env);
     let vault = startVault();
@@ -225,14 +233,21 @@ async function main(): Promise<void> {
       rmSync(out, { force: true });
     }
 
+    // 1 MiB sequential writes over what each server holds (fio's buffers, not the corpus)
+    const writes = new Map<string, Copy>();
+    const seqwrite = (uri: string) => ['--name=seqwrite', '--ioengine=nbd', `--uri=${uri}`, '--rw=write', '--bs=1M', '--iodepth=8', '--end_fsync=1', `--size=${size}`, '--output=/dev/null'];
+    for (const s of servers) if (s !== discard) writes.set(s.label, copy(s, seqwrite(s.uri), 'fio'));
+    const fioCodec = codecWork(readFileSync(raw)); // what fio wrote, as qemu-nbd stored it
+
     const row = (what: string, c: Copy) => console.log(`${what.padEnd(24)} ${(size / MB / c.secs).toFixed(0).padStart(6)} MB/s  ${c.secs.toFixed(2).padStart(6)} s  client ${c.clientS.toFixed(2)} CPU s  server ${c.serverS.toFixed(2)} CPU s`);
     for (const [l, c] of imports) row(`import ${l}`, c);
     for (const [l, c] of exports) row(`export ${l}`, c);
-    for (const [what, m] of [['import', imports], ['export', exports]] as const) console.log(`${what} nbd-vault, server CPU s by thread: ${m.get('nbd-vault')!.threads}`);
+    for (const [l, c] of writes) row(`seqwrite ${l}`, c);
+    for (const [what, m] of [['import', imports], ['export', exports], ['seqwrite', writes]] as const) console.log(`${what} nbd-vault, server CPU s by thread: ${m.get('nbd-vault')!.threads}`);
 
     // the least CPU a copy costs besides the codec: the cheapest peer's client + server (an
     // import into `nbdkit null` only receives; an export needs a server holding the image)
-    const floor = (m: Map<string, Copy>) => Math.min(...[...m].filter(([l]) => l !== 'nbd-vault').map(([, c]) => c.clientS + c.serverS));
+    const floor = (m: Map<string, Copy>) => Math.min(...[...m].filter(([l]) => !l.startsWith('nbd-vault')).map(([, c]) => c.clientS + c.serverS));
     const importCeiling = (CORES * size) / MB / (floor(imports) + codec.sealS);
     const exportCeiling = (CORES * size) / MB / (floor(exports) + codec.openS);
     const vi = size / MB / imports.get('nbd-vault')!.secs;
@@ -240,6 +255,12 @@ async function main(): Promise<void> {
     const me = size / MB / exports.get('nbdkit-memory')!.secs;
     console.log(`zstd -b3 -T2 on the image: ${zstdT2} MB/s (issue 10: import >= 0.8x = ${(0.8 * zstdT2).toFixed(0)} MB/s)`);
     console.log(`import ceiling (2 cores / (copy ${floor(imports).toFixed(2)} + seal ${codec.sealS.toFixed(2)} CPU s)): ${importCeiling.toFixed(0)} MB/s = ${(importCeiling / zstdT2).toFixed(2)}x zstd -T2; nbd-vault ${vi.toFixed(0)} MB/s = ${(vi / importCeiling).toFixed(2)} of the ceiling`);
+    const rate = (m: Map<string, Copy>, l: string) => size / MB / m.get(l)!.secs;
+    const seqCeiling = (CORES * size) / MB / (floor(writes) + fioCodec.sealS);
+    const vw = rate(writes, 'nbd-vault');
+    const qw = rate(writes, 'qemu-nbd');
+    console.log(`seqwrite: fio's data seals in ${fioCodec.sealS.toFixed(2)} CPU s (${(fioCodec.storedBytes / MB).toFixed(0)} MB sealed); our NBD layer alone (serve --memory) ${rate(writes, 'nbd-vault-memory').toFixed(0)} MB/s = ${(rate(writes, 'nbd-vault-memory') / qw).toFixed(2)}x qemu-nbd`);
+    console.log(`seqwrite ceiling (2 cores / (write ${floor(writes).toFixed(2)} + seal ${fioCodec.sealS.toFixed(2)} CPU s)): ${seqCeiling.toFixed(0)} MB/s = ${(seqCeiling / qw).toFixed(2)}x qemu-nbd (issue 10: >= 0.5x = ${(0.5 * qw).toFixed(0)} MB/s); nbd-vault ${vw.toFixed(0)} MB/s = ${(vw / qw).toFixed(2)}x qemu-nbd, ${(vw / seqCeiling).toFixed(2)} of the ceiling`);
     console.log(`export ceiling (2 cores / (copy ${floor(exports).toFixed(2)} + open ${codec.openS.toFixed(2)} CPU s)): ${exportCeiling.toFixed(0)} MB/s = ${(exportCeiling / me).toFixed(2)}x nbdkit memory (issue 10: >= 0.7x = ${(0.7 * me).toFixed(0)} MB/s); nbd-vault ${ve.toFixed(0)} MB/s = ${(ve / exportCeiling).toFixed(2)} of the ceiling`);
   } finally {
     for (const s of servers) await s.stop();

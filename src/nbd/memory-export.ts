@@ -8,6 +8,7 @@
 // adopts whole-page slices of its `data` Buffer: the caller must not modify it afterwards.
 // Assumes nbd/ validated ranges (contract in export.ts); a broken range throws BugError.
 import { BugError, VaultError } from '../errors';
+import { copyWriteData, writeDataLength } from '../block-io';
 import { parseSize } from '../util/size';
 import type { Export, ExportCaps, ExportProvider, Extent, WriteData, WriteOptions, ZeroOptions } from './export';
 
@@ -61,27 +62,28 @@ export class MemoryExport implements Export {
   }
 
   async write(offset: number, input: WriteData, _opts?: WriteOptions): Promise<void> {
-    const data = Buffer.isBuffer(input) ? input : Buffer.concat(input as readonly Buffer[]);
-    this.checkWritable(offset, data.length);
+    const length = writeDataLength(input);
+    this.checkWritable(offset, length);
     let at = 0;
-    while (at < data.length) {
+    while (at < length) {
       const pos = offset + at;
       const index = Math.floor(pos / MEMORY_PAGE_SIZE);
       const inPage = pos - index * MEMORY_PAGE_SIZE;
-      const n = Math.min(MEMORY_PAGE_SIZE - inPage, data.length - at);
-      if (n === MEMORY_PAGE_SIZE) {
+      const n = Math.min(MEMORY_PAGE_SIZE - inPage, length - at);
+      if (n === MEMORY_PAGE_SIZE && Buffer.isBuffer(input)) {
         // A whole page: adopt the slice instead of copying it (nbd/ hands over a payload
         // Buffer it never touches again). Saves one copy on sequential writes.
-        this.pages.set(index, data.subarray(at, at + n));
+        this.pages.set(index, input.subarray(at, at + n));
         at += n;
         continue;
       }
+      // a payload in socket-chunk pieces is copied page by page (never joined into one first)
       let page = this.pages.get(index);
       if (!page) {
-        page = Buffer.alloc(MEMORY_PAGE_SIZE);
+        page = n === MEMORY_PAGE_SIZE ? Buffer.allocUnsafe(MEMORY_PAGE_SIZE) : Buffer.alloc(MEMORY_PAGE_SIZE);
         this.pages.set(index, page);
       }
-      data.copy(page, inPage, at, at + n);
+      copyWriteData(input, at, page, inPage, n);
       at += n;
     }
   }

@@ -2,6 +2,7 @@
 // validation, the errno mapping, option parsing, the state table, and the memory export.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { RequestReader, type NbdRequest } from '../../src/nbd/request-reader';
 import {
   encodeBlockStatus,
@@ -221,6 +222,26 @@ test('memory export: sparse pages, holes in block status, trim frees pages', asy
   assert.equal(p.defaultName, 'a');
   assert.equal(await p.open('a'), await p.open('a'), 'one shared instance per name');
   assert.equal(await p.open('zz'), null);
+});
+
+test('memory export: a payload in pieces lands byte for byte, across pages and over old data', async () => {
+  const m = new MemoryExport('m', 1 << 20);
+  const old = randomBytes(1 << 20);
+  await m.write(0, old);
+  // a 300,000-byte write at an odd offset, in pieces that do not line up with pages
+  const bytes = randomBytes(300_000);
+  const cuts = [0, 28, 65_536, 65_600, 200_001, 300_000];
+  const pieces = cuts.slice(1).map((end, k) => bytes.subarray(cuts[k], end));
+  await m.write(70_001, pieces);
+  const expected = Buffer.from(old);
+  bytes.copy(expected, 70_001);
+  assert.ok((await m.read(0, 1 << 20)).equals(expected));
+  // and into pages never written (zeros around it)
+  const fresh = new MemoryExport('f', 1 << 20);
+  await fresh.write(131_072 + 5, pieces);
+  const all = await fresh.read(0, 1 << 20);
+  assert.ok(all.subarray(131_077, 131_077 + 300_000).equals(bytes));
+  assert.ok(all.subarray(0, 131_077).every((b) => b === 0) && all.subarray(131_077 + 300_000).every((b) => b === 0));
 });
 
 test('request reader: a large payload that spans socket chunks comes as their pieces, in order', () => {
