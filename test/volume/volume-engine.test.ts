@@ -221,6 +221,37 @@ test('a full write cache makes writers wait, never fail', async (t) => {
   await e.close();
 });
 
+test('a sequential writer past the half-limit has whole chunks sealed, not its half-written ones journaled', async (t) => {
+  const store = new ControlledStore();
+  store.putDelayMs = 20; // a seal cycle takes a while: the writer gets a few chunks ahead of it
+  const f = await makeVault(store);
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('seq', 64 * MiB);
+  const e = await f.vault.openEngine('seq', { dirtyLimitBytes: 16 * MiB, uploadConcurrency: 4 });
+  const puts = { journal: 0, chunk: 0 };
+  const put = store.put.bind(store);
+  store.put = async (key: string, body: Buffer, opts?: PutOptions) => {
+    if (key.includes('/journals/')) puts.journal++;
+    if (key.includes('/chunks/')) puts.chunk++;
+    return put(key, body, opts);
+  };
+  const data = randomBytes(64 * MiB);
+  const state = (e as any).state;
+  let pressure = false;
+  // 1 MiB writes in order, arriving over time as from a socket (before the fix: 4-6 journals of
+  // chunks caught half-written, 13-14 chunks sealed whole)
+  for (let k = 0; k < 64; k++) {
+    await new Promise((r) => setTimeout(r, 1));
+    await e.write(k * MiB, data.subarray(k * MiB, (k + 1) * MiB));
+    if (state.dirtyBytes >= 8 * MiB) pressure = true;
+  }
+  assert.ok(pressure, 'dirty data reached half the limit while writing');
+  await e.flush();
+  assert.deepEqual(puts, { journal: 0, chunk: 16 }, 'every chunk sealed whole, none journaled half-written');
+  assert.ok((await e.read(0, data.length)).equals(data));
+  await e.close();
+});
+
 test('a second writer of the same volume fails loudly instead of forking it', async (t) => {
   const f = await makeVault();
   t.after(() => f.cleanup());
