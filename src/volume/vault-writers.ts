@@ -1,28 +1,112 @@
 // Who writes in this vault, as one process sees it: its own writer session (one heartbeat for all
-// the leases it holds, started on first use and restarted if it ended) and watches of the other
-// writers' sessions named by the leases it meets (docs/RECONNECT.md). The leases themselves are
-// volume-lease.ts; the Vault hands these to each lease it acquires.
+// the leases it holds, started on first use and restarted if it ended), watches of the other
+// writers' sessions named by the leases it meets (docs/RECONNECT.md), and the volumes' leases it
+// acquires with them. The lease itself is volume-lease.ts.
+import type { Codec } from '../codec/codec';
+import type { ObjectPlace } from '../codec/object-place';
+import { deriveSubkey } from '../keys';
+import type { SecretKey } from '../keys/secret-key';
 import type { ObjectStore } from '../store/object-store';
 import type { Logger } from '../util/log';
+import { leaseKey } from './object-keys';
+import { VolumeLease, readVolumeLease, writerHorizon, type AcquireOptions } from './volume-lease';
 import { WriterSession, observeSession, type SessionState, type SessionTiming } from './writer-session';
+
+/** What of a vault the leases need: where they live and how a volume's metadata is read. */
+export interface LeaseParts {
+  readonly store: ObjectStore;
+  readonly codec: Codec;
+  readonly vaultIdBytes: Buffer;
+  readonly logger: Logger;
+  readonly timing?: SessionTiming;
+  /** a foreign lease holder: watch its heartbeat to tell dead from alive (default), or refuse at once */
+  readonly waitForDeadHolder?: boolean;
+  readMeta(volumeId: string): Promise<{ id: string; name: string; key: SecretKey }>;
+  instanceId(): Promise<string>;
+}
 
 export class VaultWriters {
   private session: Promise<WriterSession> | null = null;
   /** Watches of other writers' sessions: 'dead' and 'gone' are final (a session never revives),
    *  so they are kept; 'live' is dropped once answered (it may have died since). */
   private readonly watches = new Map<string, Promise<SessionState>>();
+  private readonly store: ObjectStore;
 
-  constructor(
-    private readonly store: ObjectStore,
-    private readonly logger: Logger,
-    private readonly timing?: SessionTiming,
-  ) {}
+  constructor(private readonly parts: LeaseParts) {
+    this.store = parts.store;
+  }
+
+  /** Volume `volumeId`'s lease for a writer, held until released (waits out a dead holder). */
+  async acquireLease(volumeId: string, purpose: string, opts: AcquireOptions = { waitForDeadHolder: this.parts.waitForDeadHolder }): Promise<VolumeLease> {
+    const { meta, lease } = await this.leaseAccess(volumeId);
+    try {
+      return await VolumeLease.acquire(
+        {
+          ...lease, // a lease acquired keeps its key
+          volumeName: meta.name,
+          instance: await this.parts.instanceId(),
+          session: await this.current(),
+          currentSession: () => this.current(),
+          observe: (sessionId) => this.observe(sessionId),
+          logger: this.parts.logger,
+        },
+        purpose,
+        opts,
+      );
+    } catch (err) {
+      lease.key.wipe(); // no lease: nobody else has the key
+      throw err;
+    }
+  }
+
+  /**
+   * Start watching the heartbeat of every other writer that holds a lease on one of `volumeIds`
+   * (a server at startup): if one died, its volumes can be taken over as soon as a client asks, a
+   * ttl after this call rather than a ttl after the client's request. Nothing is taken here.
+   */
+  async watchLeaseHolders(volumeIds: readonly string[]): Promise<number> {
+    let n = 0;
+    for (const id of volumeIds) {
+      const { lease: access } = await this.leaseAccess(id);
+      try {
+        const lease = await readVolumeLease(access);
+        const session = lease?.record?.v === 2 ? lease.record.session : undefined;
+        if (session && !this.watches.has(session)) {
+          n++;
+          this.observe(session).catch(() => {}); // (answered to the acquirer; here only started)
+        }
+      } finally {
+        access.key.wipe();
+      }
+    }
+    return n;
+  }
+
+  /** What gc must keep of a volume: from when its live writer's oldest unreferenced upload began
+   *  (writerHorizon), or null when no live writer holds its lease. */
+  async liveWriterHorizon(volumeId: string, nowMs: number, graceMs: number): Promise<number | null> {
+    const { lease: access } = await this.leaseAccess(volumeId);
+    try {
+      return await writerHorizon(this.store, await readVolumeLease(access), nowMs, graceMs);
+    } finally {
+      access.key.wipe();
+    }
+  }
+
+  /** What reads and writes volume `id`'s lease: its object, place and key (the caller wipes it). */
+  private async leaseAccess(id: string) {
+    const { key, ...meta } = await this.parts.readMeta(id);
+    const metaSubkey = deriveSubkey(key, 'meta');
+    key.wipe();
+    const place: ObjectPlace = { vaultId: this.parts.vaultIdBytes, volumeId: Buffer.from(meta.id, 'hex'), kind: 'lease', index: 0, generation: 0 };
+    return { meta, lease: { store: this.store, codec: this.parts.codec, key: metaSubkey, place, objectKey: leaseKey(meta.id) } };
+  }
 
   /** The live writer session, a new one if the last has ended (its leases are lost). */
   async current(): Promise<WriterSession> {
     const current = this.session ? await this.session.catch(() => null) : null;
     if (current?.alive) return current;
-    const p = WriterSession.start(this.store, this.logger, this.timing);
+    const p = WriterSession.start(this.store, this.parts.logger, this.parts.timing);
     this.session = p;
     p.catch(() => {
       if (this.session === p) this.session = null;
@@ -47,10 +131,6 @@ export class VaultWriters {
         throw err;
       },
     );
-  }
-
-  watching(sessionId: string): boolean {
-    return this.watches.has(sessionId);
   }
 
   /** Stop our session's heartbeat and delete it (after every engine has been closed). */

@@ -7,7 +7,7 @@
 //   and its name. Deleting it is crypto-erase; re-keying the master key reseals only these.
 // - The root's sequence number is checked against local state (rollback detection).
 // Not here: clone and the deletions (vault-lifecycle.ts), what roots reference
-// (volume-references.ts), the writer sessions behind the leases (vault-writers.ts).
+// (volume-references.ts), the leases and the writer sessions behind them (vault-writers.ts).
 import { randomBytes } from 'node:crypto';
 import { VaultError, describeError, isVaultError } from '../errors';
 import type { Codec } from '../codec/codec';
@@ -20,8 +20,8 @@ import type { Logger } from '../util/log';
 import { CHUNK_SIZE } from './chunk-math';
 import { LocalState } from './local-state';
 import { PAGE_ENTRIES, type Manifest } from './manifest';
-import { VAULT_KEY, leaseKey, metaKey } from './object-keys';
-import { VolumeLease, readVolumeLease, writerHorizon, type AcquireOptions } from './volume-lease';
+import { VAULT_KEY, metaKey } from './object-keys';
+import type { VolumeLease } from './volume-lease';
 import { ROOT_FORMAT, journalsOf, type RootRecord } from './root-record';
 import { VolumeEngine, DEFAULT_ENGINE_OPTIONS, type EngineOptions } from './volume-engine';
 import { VolumeObjects } from './volume-objects';
@@ -57,7 +57,7 @@ export interface VaultOptions {
 export class Vault {
   private readonly vaultIdBytes: Buffer;
   private readonly state: LocalState;
-  /** this process's writer session and its watches of other writers' (vault-writers.ts) */
+  /** this process's writer session, its watches of other writers' and the leases (vault-writers.ts) */
   private readonly writers: VaultWriters;
 
   private constructor(
@@ -69,7 +69,16 @@ export class Vault {
   ) {
     this.vaultIdBytes = Buffer.from(vaultId, 'hex');
     this.state = new LocalState(opts.stateDir, vaultId);
-    this.writers = new VaultWriters(store, opts.logger, opts.leaseTiming);
+    this.writers = new VaultWriters({
+      store,
+      codec,
+      vaultIdBytes: this.vaultIdBytes,
+      logger: opts.logger,
+      timing: opts.leaseTiming,
+      waitForDeadHolder: opts.waitForDeadHolder,
+      readMeta: (id) => this.readMeta(id),
+      instanceId: () => this.state.instanceId(),
+    });
   }
 
   /**
@@ -346,27 +355,10 @@ export class Vault {
     }
   }
 
-  /**
-   * Start watching the heartbeat of every other writer that holds a lease here (a server at
-   * startup): if one died, its volumes can be taken over as soon as a client asks, a ttl after
-   * this call rather than a ttl after the client's request. Nothing is taken here.
-   */
+  /** Watch the heartbeats of the other writers holding leases here (a server at startup: see
+   *  VaultWriters.watchLeaseHolders). */
   async watchLeaseHolders(): Promise<number> {
-    let n = 0;
-    for (const v of await this.listVolumes()) {
-      const { lease: access } = await this.leaseAccess(v.id);
-      try {
-        const lease = await readVolumeLease(access);
-        const session = lease?.record?.v === 2 ? lease.record.session : undefined;
-        if (session && !this.writers.watching(session)) {
-          n++;
-          this.writers.observe(session).catch(() => {}); // (answered to the acquirer; here only started)
-        }
-      } finally {
-        access.key.wipe();
-      }
-    }
-    return n;
+    return this.writers.watchLeaseHolders((await this.listVolumes()).map((v) => v.id));
   }
 
   /** Stop the writer session's heartbeat and delete it (after every engine has been closed). */
@@ -374,47 +366,13 @@ export class Vault {
     await this.writers.stop();
   }
 
-  /** What reads and writes volume `id`'s lease: its object, place and key (the caller wipes it). */
-  private async leaseAccess(id: string) {
-    const { key, ...meta } = await this.readMeta(id);
-    const metaSubkey = deriveSubkey(key, 'meta');
-    key.wipe();
-    const place: ObjectPlace = { vaultId: this.vaultIdBytes, volumeId: Buffer.from(meta.id, 'hex'), kind: 'lease', index: 0, generation: 0 };
-    return { meta, lease: { store: this.store, codec: this.codec, key: metaSubkey, place, objectKey: leaseKey(meta.id) } };
+  private acquireLease(found: VolumeMeta, purpose: string): Promise<VolumeLease> {
+    return this.writers.acquireLease(found.id, purpose);
   }
 
-  private async acquireLease(found: VolumeMeta, purpose: string, opts: AcquireOptions = { waitForDeadHolder: this.opts.waitForDeadHolder }): Promise<VolumeLease> {
-    const { meta, lease } = await this.leaseAccess(found.id);
-    const writers = this.writers;
-    try {
-      return await VolumeLease.acquire(
-        {
-          ...lease, // a lease acquired keeps its key
-          volumeName: meta.name,
-          instance: await this.state.instanceId(),
-          session: await writers.current(),
-          currentSession: () => writers.current(),
-          observe: (sessionId) => writers.observe(sessionId),
-          logger: this.opts.logger,
-        },
-        purpose,
-        opts,
-      );
-    } catch (err) {
-      lease.key.wipe(); // no lease: nobody else has the key
-      throw err;
-    }
-  }
-
-  /** What gc must keep of a volume: from when its live writer's oldest unreferenced upload began
-   *  (writerHorizon), or null when no live writer holds its lease. */
-  async liveWriterHorizon(found: VolumeMeta, nowMs: number, graceMs: number): Promise<number | null> {
-    const { lease: access } = await this.leaseAccess(found.id);
-    try {
-      return await writerHorizon(this.store, await readVolumeLease(access), nowMs, graceMs);
-    } finally {
-      access.key.wipe();
-    }
+  /** What gc must keep of a volume (VaultWriters.liveWriterHorizon). */
+  liveWriterHorizon(found: VolumeMeta, nowMs: number, graceMs: number): Promise<number | null> {
+    return this.writers.liveWriterHorizon(found.id, nowMs, graceMs);
   }
 
   /** What a volume holds. Chunks that only its write journals hold blocks of count as allocated,
