@@ -7,6 +7,7 @@
 //   read-path.ts   reads: dirty blocks → journal overlay → chunk frames (ranged reads, cached)
 //   write-path.ts  writes and zeroes into 4 KiB dirty blocks, backpressure
 //   sealer.ts      seal cycles (chunk objects + one journal), compaction, exclusive sections
+//                  (seal-layout.ts: how dirty blocks are laid out for them)
 //   commit.ts      the only root writer: pages, then root, then deletes
 //   volume-state.ts the state they share (manifest, overlay, dirty batches, epoch, seq)
 // FLUSH = a seal cycle of everything written before it, then a root naming it (durable).
