@@ -44,6 +44,8 @@ export class DirtyBatch {
   /** bytes of block data held */
   bytes = 0;
   frozen = false;
+  /** frozen for one whole chunk rewritten on its own (Sealer.rewriteWhole), not for a cycle */
+  rewriting = false;
   constructor(
     private readonly blockCountOf: (chunkIndex: number) => number,
     /** where block memory comes from and goes back to once no batch holds it */

@@ -7,8 +7,13 @@
 //   - compaction step: fold the journal blocks of a few chunks (those of the oldest journal first)
 //     into new chunk objects; a journal nothing points into any more leaves the root.
 //   - exclusive sections (snapshot, resize) run between jobs.
+//   - whole-chunk rewrites, beside the chain: a chunk written whole that needs nothing else (no
+//     older journal blocks, no older frozen batch) is sealed and stored on its own, several side
+//     by side, each applied as soon as it is stored; chain jobs wait for them, and none starts
+//     while a chain job waits or runs. A stream of whole chunks (sequential writes) then keeps
+//     the codec busy instead of waiting, cycle after cycle, for each cycle's slowest upload.
 // Not here: the root (commit.ts) — the sealer only edits the state; deletes wait for a root.
-import { VaultError, describeError } from '../errors';
+import { BugError, VaultError, describeError } from '../errors';
 import type { Logger } from '../util/log';
 import type { ChunkBlocks } from './dirty-blocks';
 import type { JournalExtent } from './journal-record';
@@ -34,6 +39,12 @@ export class Sealer {
   /** a seal cycle queued but not started: later requests share it (it freezes what they wrote) */
   private queued: Promise<void> | null = null;
   private running = 0;
+  /** chain jobs queued or running: no whole-chunk rewrite starts meanwhile */
+  private jobs = 0;
+  /** whole-chunk rewrites in flight, the blocks they hold, and chain jobs waiting for them */
+  private rewrites = 0;
+  rewritingBlocks = 0;
+  private rewritesDone: Array<() => void> = [];
   failures = 0;
   retryAtMs = 0;
   lastError: unknown = null;
@@ -54,8 +65,14 @@ export class Sealer {
     this.buffers = memory.buffers;
   }
 
+  /** a chain job (cycle, compaction, exclusive section) is queued or running */
   get busy(): boolean {
-    return this.running > 0 || this.queued !== null;
+    return this.jobs > 0;
+  }
+
+  /** anything being stored: a chain job or a whole-chunk rewrite */
+  get storing(): boolean {
+    return this.jobs > 0 || this.rewrites > 0;
   }
 
   /** Seal everything dirty at the time of this call (in a cycle that starts after it). */
@@ -94,17 +111,91 @@ export class Sealer {
   }
 
   private enqueue<T>(job: () => Promise<T>): Promise<T> {
+    this.jobs++;
     const run = this.chain.then(async () => {
+      // whole-chunk rewrites edit the state too: a job runs once they are done (none starts now)
+      while (this.rewrites > 0) await new Promise<void>((r) => this.rewritesDone.push(r));
       this.running++;
       try {
         return await job();
       } finally {
         this.running--;
-        if (this.running === 0 && this.queued === null) queueMicrotask(this.onIdle);
+        this.jobs--;
+        if (this.jobs === 0) queueMicrotask(this.onIdle);
       }
     });
     this.chain = run.catch(() => {});
     return run;
+  }
+
+  // --- whole-chunk rewrites -----------------------------------------------------------------
+
+  /** Whether chunk i, written whole in the active batch, can be rewritten on its own now. */
+  rewritable(i: number): boolean {
+    const s = this.state;
+    return i < s.chunkCount && !s.overlay.hasChunk(i) && !s.frozen.some((b) => b.chunks.has(i));
+  }
+
+  /** Start a rewrite of every whole chunk of the active batch that can have one, up to the
+   *  upload concurrency. Not while a chain job waits or runs, a failure backs off, or a frozen
+   *  batch waits for its retry (a cycle stores those, in order). */
+  rewriteWhole(nowMs: number): void {
+    const s = this.state;
+    if (this.jobs > 0 || nowMs < this.retryAtMs || s.frozen.some((b) => !b.rewriting)) return;
+    for (const [i, c] of [...s.active.chunks]) {
+      if (this.rewrites >= this.uploadConcurrency) return;
+      if (c.covered && this.rewritable(i)) void this.rewriteOne(i, c);
+    }
+  }
+
+  private async rewriteOne(i: number, c: ChunkBlocks): Promise<void> {
+    const s = this.state;
+    const batch = s.active.split((x) => x === c);
+    batch.frozen = true;
+    batch.rewriting = true;
+    s.frozen.push(batch);
+    const blocks = c.blocks.size;
+    this.rewrites++;
+    this.rewritingBlocks += blocks;
+    const tokens: number[] = [];
+    const written: string[] = [];
+    try {
+      const entry = await this.memory.hold(2 * s.chunkLength(i), async () => {
+        const data = assembleChunk(c, s.chunkLength(i), this.buffers);
+        return data === null ? { id: null, epoch: s.epoch, storedSize: 0 } : this.storeChunk(i, data, tokens, written);
+      });
+      // Apply the edit: from here to the end nothing awaits.
+      this.replaceEntry(i, entry);
+      s.uploadsApplied(tokens);
+      s.manifestChangedSinceCommit = true;
+      s.frozen = s.frozen.filter((b) => b !== batch);
+      batch.release();
+      if (!s.frozen.some((b) => !b.rewriting)) {
+        // (while a failed attempt's batch waits for its cycle, its backoff and report stand)
+        this.failures = 0;
+        this.lastError = null;
+      }
+    } catch (err) {
+      // The batch stays frozen, in its place: the next cycle stores it with the others.
+      batch.rewriting = false;
+      this.discardUploads(tokens, written);
+      this.failed(err);
+    } finally {
+      this.rewrites--;
+      this.rewritingBlocks -= blocks;
+      this.roomFreed();
+      if (this.rewrites === 0) for (const r of this.rewritesDone.splice(0)) r();
+      queueMicrotask(this.onIdle); // more may be due
+    }
+  }
+
+  /** Storing dirty data failed: kept in memory, retried after a backoff. */
+  private failed(err: unknown): void {
+    this.failures++;
+    this.lastError = err;
+    const backoff = Math.min(30_000, 500 * 2 ** Math.min(16, this.failures - 1));
+    this.retryAtMs = Date.now() + backoff / 2 + Math.random() * (backoff / 2);
+    this.logger.error({ volume: this.name, failures: this.failures, dirtyBytes: this.state.dirtyBytes, err: describeError(err) }, 'storing dirty data failed; kept in memory and retried');
   }
 
   // --- seal cycle ---------------------------------------------------------------------------
@@ -117,6 +208,7 @@ export class Sealer {
       s.frozen.push(taken);
     }
     if (s.frozen.length === 0) return;
+    if (s.frozen.some((b) => b.rewriting)) throw new BugError(`volume "${this.name}": a seal cycle beside a whole-chunk rewrite`);
     const batches = [...s.frozen];
     const merged = mergeBatches(batches);
     const rewrites: Array<[number, ChunkBlocks]> = [];
@@ -182,11 +274,7 @@ export class Sealer {
       // Nothing was applied: the frozen batches stay (readable, retried by the next cycle), and
       // what this attempt stored is garbage nothing will name.
       this.discardUploads(tokens, written);
-      this.failures++;
-      this.lastError = err;
-      const backoff = Math.min(30_000, 500 * 2 ** Math.min(16, this.failures - 1));
-      this.retryAtMs = Date.now() + backoff / 2 + Math.random() * (backoff / 2);
-      this.logger.error({ volume: this.name, failures: this.failures, dirtyBytes: s.dirtyBytes, err: describeError(err) }, 'storing dirty data failed; kept in memory and retried');
+      this.failed(err);
       throw new VaultError('ERR_IO', `volume "${this.name}": cannot store written data: ${describeError(err)}`, { cause: err });
     }
   }

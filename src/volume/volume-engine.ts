@@ -185,7 +185,7 @@ export class VolumeEngine {
       decodeBuffersFreeBytes: this.reads.buffers.freeBytes,
       dirtyBytes: s.dirtyBytes,
       dirtyChunks: dirtyChunks.size,
-      uploadsInFlight: this.sealer.busy ? 1 : 0,
+      uploadsInFlight: this.sealer.storing ? 1 : 0,
       journals: s.overlay.journals.length,
       journalBlocks: s.overlay.entries,
       leaseHeld: lease !== undefined && !lease.lost,
@@ -317,27 +317,33 @@ export class VolumeEngine {
     }
   }
 
-  /** Background write-back: whole chunks at once, other chunks once idle, and under pressure
-   *  (dirty data at half its limit, writers or the memory budget waiting) the chunks still being
-   *  written too, unless the whole and idle ones hold at least half the dirty data. Sealing a
-   *  chunk a writer is half-way through journals its first part, and its rest, never whole in
-   *  one batch, is journaled again and folded later: a 1 MiB sequential writer at the
-   *  half-limit sent 2 of every 9 chunks that way. */
+  /** Background write-back: whole chunks at once (on their own: Sealer.rewriteWhole), other
+   *  chunks once idle, and under pressure (dirty data at half its limit, writers or the memory
+   *  budget waiting) the chunks still being written too, unless the whole and idle ones hold at
+   *  least half the dirty data. Sealing a chunk a writer is half-way through journals its first
+   *  part, and its rest, never whole in one batch, is journaled again and folded later: a 1 MiB
+   *  sequential writer at the half-limit sent 2 of every 9 chunks that way. */
   private sealInBackground(): void {
-    if (this.closed || this.sealer.busy || Date.now() < this.sealer.retryAtMs) return;
-    const s = this.state;
+    if (this.closed) return;
     const now = Date.now();
+    this.sealer.rewriteWhole(now);
+    if (this.sealer.busy || now < this.sealer.retryAtMs) return;
+    const s = this.state;
     const pressure = s.dirtyBytes >= this.opts.dirtyLimitBytes / 2 || this.writes.waiting > 0 || (this.opts.memoryBudget?.stats().waiting ?? 0) > 0;
     const idleBefore = now - this.opts.writebackDelayMs;
     const ready = (c: ChunkBlocks) => c.covered || c.lastWriteMs <= idleBefore;
+    // whole chunks waiting for a rewrite slot, and those being rewritten, are on their way out
+    let leaving = this.sealer.rewritingBlocks;
     let readyBlocks = 0;
     let hotBlocks = 0;
-    for (const c of s.active.chunks.values()) {
-      if (ready(c)) readyBlocks += c.blocks.size;
+    for (const [i, c] of s.active.chunks) {
+      if (c.covered && this.sealer.rewritable(i)) leaving += c.blocks.size;
+      else if (ready(c)) readyBlocks += c.blocks.size;
       else hotBlocks += c.blocks.size;
     }
-    const hotToo = pressure && hotBlocks > readyBlocks;
-    if (s.frozen.length === 0 && readyBlocks === 0 && !hotToo) return; // (frozen: a failed cycle's batches, retried)
+    const hotToo = pressure && hotBlocks > readyBlocks + leaving;
+    // (a frozen batch not being rewritten: a failed attempt's, retried by a cycle)
+    if (!s.frozen.some((b) => !b.rewriting) && readyBlocks === 0 && !hotToo) return;
     this.sealer.sealSome((c) => hotToo || ready(c)).catch(() => {}); // logged by the sealer; a flush reports it
   }
 

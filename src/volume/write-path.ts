@@ -95,9 +95,23 @@ export class WritePath {
       await Promise.all(splitRange(offset, length, this.state.sizeBytes).map((s) => this.writeSpan(s, data)));
     } finally {
       admitted();
-      // held by the write's first chunk in the active batch: sealed with (or after) its blocks
-      if (release) this.state.active.chunk(Math.floor(offset / CHUNK_SIZE)).budgetHolds.push(release);
+      if (release) this.holdUntilStored(Math.floor(offset / CHUNK_SIZE), release);
     }
+  }
+
+  /** The write's budget share stays with its first chunk's blocks until they are stored: on the
+   *  newest batch that holds them (a whole chunk may have left the active batch for its rewrite
+   *  already), given back with it; at once if they are stored already or were never set (a
+   *  failed write). Never on an empty entry, which no cycle would take. */
+  private holdUntilStored(chunkIndex: number, release: () => void): void {
+    for (const batch of this.state.batchesNewestFirst()) {
+      const c = batch.chunks.get(chunkIndex);
+      if (c && c.blocks.size > 0) {
+        c.budgetHolds.push(release);
+        return;
+      }
+    }
+    release();
   }
 
   async zero(offset: number, length: number, fastZero: boolean): Promise<void> {
