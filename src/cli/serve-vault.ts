@@ -37,8 +37,9 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
   const policy = s.prune === undefined ? null : parseRetentionPolicy(s.prune);
   // One budget for the process: every engine and every NBD connection draws from it.
   const memoryBudget = new MemoryBudget(checkMemoryLimit(s.memoryLimit!));
-  // Sealing's share of it, held for good: seal cycles and compaction of every volume draw their
-  // in-flight buffers from it (they must never wait behind the writers whose data they drain).
+  // Sealing's share of it, held for good: seal cycles, whole-chunk rewrites and compaction of
+  // every volume draw their in-flight buffers from it (they must never wait behind the writers
+  // whose data they drain).
   const sealMemory = new SealMemory(sealShareOf(memoryBudget.limitBytes));
   memoryBudget.tryReserve(sealMemory.bytes);
   // The runtime's share, held for good too: the limit bounds the process, not only its data.

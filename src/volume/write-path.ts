@@ -7,7 +7,7 @@
 import { VaultError } from '../errors';
 import { KeyedMutex } from '../util/keyed-mutex';
 import { copyWriteData, writeDataLength, type WriteData } from '../block-io';
-import { CHUNK_SIZE, splitRange, type ChunkSpan } from './chunk-math';
+import { splitRange, type ChunkSpan } from './chunk-math';
 import { BLOCK_BYTES } from './journal-record';
 import type { ReadPath } from './read-path';
 import type { VolumeState } from './volume-state';
@@ -91,27 +91,37 @@ export class WritePath {
       this.onPressure();
       await new Promise<void>((r) => this.roomWaiters.push(r));
     }
+    const spans = splitRange(offset, length, this.state.sizeBytes);
     try {
-      await Promise.all(splitRange(offset, length, this.state.sizeBytes).map((s) => this.writeSpan(s, data)));
+      await Promise.all(spans.map((s) => this.writeSpan(s, data)));
     } finally {
       admitted();
-      if (release) this.holdUntilStored(Math.floor(offset / CHUNK_SIZE), release);
+      if (release) this.holdUntilStored(spans, release);
     }
   }
 
-  /** The write's budget share stays with its first chunk's blocks until they are stored: on the
-   *  newest batch that holds them (a whole chunk may have left the active batch for its rewrite
-   *  already), given back with it; at once if they are stored already or were never set (a
-   *  failed write). Never on an empty entry, which no cycle would take. */
-  private holdUntilStored(chunkIndex: number, release: () => void): void {
-    for (const batch of this.state.batchesNewestFirst()) {
-      const c = batch.chunks.get(chunkIndex);
-      if (c && c.blocks.size > 0) {
-        c.budgetHolds.push(release);
-        return;
+  /** The write's budget share stays with its blocks until every chunk's are stored: one hold on
+   *  each chunk's newest batch holding blocks of it (a whole chunk may have left the active batch
+   *  for its own rewrite already, and chunks are stored apart), given back with the last; at once
+   *  if none holds any (stored already, or a failed write). Never on an empty entry, which no
+   *  cycle would take. */
+  private holdUntilStored(spans: readonly ChunkSpan[], release: () => void): void {
+    const holders = [];
+    for (const { chunkIndex } of spans) {
+      for (const batch of this.state.batchesNewestFirst()) {
+        const c = batch.chunks.get(chunkIndex);
+        if (c && c.blocks.size > 0) {
+          holders.push(c);
+          break;
+        }
       }
     }
-    release();
+    let left = holders.length;
+    if (left === 0) return release();
+    const one = () => {
+      if (--left === 0) release();
+    };
+    for (const c of holders) c.budgetHolds.push(one);
   }
 
   async zero(offset: number, length: number, fastZero: boolean): Promise<void> {

@@ -158,3 +158,24 @@ test('the memory budget a whole-chunk write holds goes back once the chunk is st
   assert.ok((await e.read(0, data.length)).equals(data));
   await e.close();
 });
+
+test('a write over several chunks keeps its budget share until the last of them is stored', async (t) => {
+  const store = new GatedStore();
+  const f = await makeVault(store);
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 8 * CHUNK_SIZE);
+  const budget = new MemoryBudget(256 * 2 ** 20);
+  const e = await f.vault.openEngine('v', { dirtyLimitBytes: 64 * 2 ** 20, uploadConcurrency: 4, memoryBudget: budget });
+  store.gated = true;
+  const data = randomBytes(8 * CHUNK_SIZE); // one 32 MiB request (NBD's largest payload)
+  await e.write(0, data);
+  await eventually(() => store.waiting.length === 4, 'four chunk puts wait');
+  assert.equal(budget.usedBytes, data.length);
+  store.openOne();
+  await eventually(() => store.chunkPuts === 1, 'one chunk is stored');
+  assert.equal(budget.usedBytes, data.length, 'the other seven chunks of the write are still dirty: its share stays');
+  store.openAll();
+  await eventually(() => budget.usedBytes === 0, 'the share is back once every chunk is stored');
+  assert.ok((await e.read(0, data.length)).equals(data));
+  await e.close();
+});
