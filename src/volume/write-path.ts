@@ -106,6 +106,12 @@ export class WritePath {
    *  if none holds any (stored already, or a failed write). Never on an empty entry, which no
    *  cycle would take. */
   private holdUntilStored(spans: readonly ChunkSpan[], release: () => void): void {
+    // the common case first, allocating nothing: one chunk, its blocks in the active batch
+    const only = spans.length === 1 ? this.state.active.chunks.get(spans[0].chunkIndex) : undefined;
+    if (only && only.blocks.size > 0) {
+      only.budgetHolds.push(release);
+      return;
+    }
     const holders = [];
     for (const { chunkIndex } of spans) {
       for (const batch of this.state.batchesNewestFirst()) {
