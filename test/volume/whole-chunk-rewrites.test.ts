@@ -36,13 +36,16 @@ class GatedStore extends SettlingStore {
   }
 }
 
-async function setup(t: { after(fn: () => void): void }, chunks = 8) {
+async function setup(t: { after(fn: () => void): void }, chunks = 8, memoryBudget?: MemoryBudget) {
   const store = new GatedStore();
   const f = await makeVault(store);
   t.after(() => f.cleanup());
   await f.vault.createVolume('v', chunks * CHUNK_SIZE);
-  const e = await f.vault.openEngine('v', { dirtyLimitBytes: 64 * 2 ** 20, uploadConcurrency: 4 });
-  const internals = e as unknown as { state: { dirtyBytes: number; overlay: { hasChunk(i: number): boolean } }; sealer: { failures: number; rewritable(i: number): boolean } };
+  const e = await f.vault.openEngine('v', { dirtyLimitBytes: 64 * 2 ** 20, uploadConcurrency: 4, memoryBudget });
+  const internals = e as unknown as {
+    state: { dirtyBytes: number; overlay: { hasChunk(i: number): boolean }; active: { chunks: Map<number, unknown> } };
+    sealer: { failures: number; rewritable(i: number): boolean };
+  };
   /** the volume as a fresh process finds it in the store (the last durable root) */
   const durable = async (offset: number, length: number) => {
     const r = await (await f.reopen()).openEngine('v', { readOnly: true });
@@ -138,13 +141,8 @@ test('a whole chunk that older journals hold blocks of is sealed by a cycle (wit
 });
 
 test('the memory budget a whole-chunk write holds goes back once the chunk is stored, without a flush', async (t) => {
-  const store = new GatedStore();
-  const f = await makeVault(store);
-  t.after(() => f.cleanup());
-  await f.vault.createVolume('v', 16 * CHUNK_SIZE);
   const budget = new MemoryBudget(48 * 2 ** 20);
-  const e = await f.vault.openEngine('v', { dirtyLimitBytes: 64 * 2 ** 20, uploadConcurrency: 4, memoryBudget: budget });
-  const state = (e as unknown as { state: { dirtyBytes: number; active: { chunks: Map<number, unknown> } } }).state;
+  const { e, state } = await setup(t, 16, budget);
   const data = randomBytes(11 * CHUNK_SIZE);
   // chunk-aligned writes (dd bs=4M): no block is ever left half-written to trigger a cycle
   for (let k = 0; k < 11; k++) await e.write(k * CHUNK_SIZE, data.subarray(k * CHUNK_SIZE, (k + 1) * CHUNK_SIZE));
@@ -160,12 +158,8 @@ test('the memory budget a whole-chunk write holds goes back once the chunk is st
 });
 
 test('a write over several chunks keeps its budget share until the last of them is stored', async (t) => {
-  const store = new GatedStore();
-  const f = await makeVault(store);
-  t.after(() => f.cleanup());
-  await f.vault.createVolume('v', 8 * CHUNK_SIZE);
   const budget = new MemoryBudget(256 * 2 ** 20);
-  const e = await f.vault.openEngine('v', { dirtyLimitBytes: 64 * 2 ** 20, uploadConcurrency: 4, memoryBudget: budget });
+  const { store, e } = await setup(t, 8, budget);
   store.gated = true;
   const data = randomBytes(8 * CHUNK_SIZE); // one 32 MiB request (NBD's largest payload)
   await e.write(0, data);
