@@ -468,6 +468,9 @@ export class VolumeEngine {
       this.reads.close();
       if (this.timer) clearInterval(this.timer);
       this.timer = null;
+      // Dirty data a flush could not store (a lost lease, a failing store) is given up with the
+      // engine: its share of the process budget goes back to the other volumes.
+      for (const batch of this.state.batchesNewestFirst()) for (const c of batch.chunks.values()) for (const r of c.budgetHolds.splice(0)) r();
       await this.opts.lease?.release();
     }
   }

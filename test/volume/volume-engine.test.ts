@@ -5,6 +5,7 @@ import { CHUNK_SIZE } from '../../src/volume/chunk-math';
 import { MemoryStore } from '../../src/store/memory-store';
 import type { ObjectStore, PutOptions } from '../../src/store/object-store';
 import { VaultError } from '../../src/errors';
+import { MemoryBudget } from '../../src/util/memory-budget';
 import { makeVault, countKeys, SettlingStore } from './vault-fixture';
 
 const MiB = 2 ** 20;
@@ -188,6 +189,20 @@ test('a failing store fails FLUSH with ERR_IO and loses nothing; the next flush 
   const e2 = await (await f.reopen()).openEngine('f');
   assert.ok((await e2.read(1000, data.length)).equals(data));
   await e2.close();
+});
+
+test('closing an engine whose dirty data cannot be stored gives its budget share back', async (t) => {
+  const store = new ControlledStore();
+  const f = await makeVault(store);
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('g', 16 * MiB);
+  const budget = new MemoryBudget(64 * MiB);
+  const e = await f.vault.openEngine('g', { memoryBudget: budget });
+  store.failPuts = true;
+  await e.write(1000, randomBytes(6 * MiB));
+  assert.ok(budget.usedBytes >= 6 * MiB, 'the dirty data holds its share');
+  await assert.rejects(e.close(), (err: VaultError) => err.code === 'ERR_IO', 'close reports that its flush failed');
+  assert.equal(budget.usedBytes, 0, 'the share of the data given up is back');
 });
 
 test('a full write cache makes writers wait, never fail', async (t) => {
