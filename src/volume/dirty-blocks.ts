@@ -26,6 +26,11 @@ export class ChunkBlocks {
     return this.zeroBase || this.blocks.size === this.blockCount;
   }
 
+  /** The process budget its writes held goes back (sealed, cut off, or given up). */
+  giveBudgetBack(): void {
+    for (const r of this.budgetHolds.splice(0)) r();
+  }
+
   /** bytes of memory held (what the dirty budget counts) */
   get bytes(): number {
     let n = 0;
@@ -104,7 +109,7 @@ export class DirtyBatch {
   release(): void {
     for (const c of this.chunks.values()) {
       this.dropBlocks(c);
-      for (const r of c.budgetHolds.splice(0)) r();
+      c.giveBudgetBack();
     }
     this.bytes = 0;
   }
@@ -115,7 +120,7 @@ export class DirtyBatch {
       if (i >= chunkCount) {
         this.bytes -= c.bytes;
         this.dropBlocks(c);
-        for (const r of c.budgetHolds.splice(0)) r();
+        c.giveBudgetBack();
         this.chunks.delete(i);
       }
     }

@@ -72,6 +72,11 @@ export class Sealer {
     return this.running > 0 || this.queued !== null;
   }
 
+  /** a frozen batch that no rewrite holds: a failed attempt's, which a cycle stores (in order) */
+  get retryWaiting(): boolean {
+    return this.state.frozen.some((b) => !b.rewriting);
+  }
+
   /** anything being stored: a chain job or a whole-chunk rewrite */
   get storing(): boolean {
     return this.jobs > 0 || this.rewrites > 0;
@@ -143,7 +148,7 @@ export class Sealer {
    *  batch waits for its retry (a cycle stores those, in order). */
   rewriteWhole(nowMs: number): void {
     const s = this.state;
-    if (this.jobs > 0 || nowMs < this.retryAtMs || s.frozen.some((b) => !b.rewriting)) return;
+    if (this.jobs > 0 || nowMs < this.retryAtMs || this.retryWaiting) return;
     for (const [i, c] of [...s.active.chunks]) {
       if (this.rewrites >= this.uploadConcurrency) return;
       if (c.covered && this.rewritable(i)) void this.rewriteOne(i, c);
@@ -162,17 +167,14 @@ export class Sealer {
     const tokens: number[] = [];
     const written: string[] = [];
     try {
-      const entry = await this.memory.hold(2 * s.chunkLength(i), async () => {
-        const data = assembleChunk(c, s.chunkLength(i), this.buffers);
-        return data === null ? { id: null, epoch: s.epoch, storedSize: 0 } : this.storeChunk(i, data, tokens, written);
-      });
+      const entry = await this.sealWhole(i, c, tokens, written);
       // Apply the edit: from here to the end nothing awaits.
       this.replaceEntry(i, entry);
       s.uploadsApplied(tokens);
       s.manifestChangedSinceCommit = true;
       s.frozen = s.frozen.filter((b) => b !== batch);
       batch.release();
-      if (!s.frozen.some((b) => !b.rewriting)) {
+      if (!this.retryWaiting) {
         // (while a failed attempt's batch waits for its cycle, its backoff and report stand)
         this.failures = 0;
         this.lastError = null;
@@ -225,13 +227,7 @@ export class Sealer {
       const entries = new Map<number, Entry>();
       await eachConcurrently(rewrites.length, this.uploadConcurrency, async (k, stopped) => {
         const [i, c] = rewrites[k];
-        // the assembled chunk and its sealed container
-        const entry = await this.memory.hold(2 * s.chunkLength(i), async () => {
-          if (stopped()) throw STOPPED;
-          const data = assembleChunk(c, s.chunkLength(i), this.buffers);
-          return data === null ? { id: null, epoch: s.epoch, storedSize: 0 } : this.storeChunk(i, data, tokens, written);
-        });
-        entries.set(i, entry);
+        entries.set(i, await this.sealWhole(i, c, tokens, written, stopped));
       });
       // A rewritten chunk that older journals still hold blocks of: its journal says "reset", so
       // a reopen applies none of those older blocks over the new chunk object.
@@ -279,6 +275,17 @@ export class Sealer {
       this.failed(err);
       throw new VaultError('ERR_IO', `volume "${this.name}": cannot store written data: ${describeError(err)}`, { cause: err });
     }
+  }
+
+  /** Assemble a chunk whose dirty state hides everything below, seal and store it (in the seal
+   *  memory its buffer and sealed container hold; none stored if it is all zero). */
+  private sealWhole(i: number, c: ChunkBlocks, tokens: number[], written: string[], stopped: () => boolean = () => false): Promise<Entry> {
+    const s = this.state;
+    return this.memory.hold(2 * s.chunkLength(i), async () => {
+      if (stopped()) throw STOPPED;
+      const data = assembleChunk(c, s.chunkLength(i), this.buffers);
+      return data === null ? { id: null, epoch: s.epoch, storedSize: 0 } : this.storeChunk(i, data, tokens, written);
+    });
   }
 
   /** Seal and store one assembled chunk (its buffer goes back to the pool), counting the upload

@@ -342,8 +342,7 @@ export class VolumeEngine {
       else hotBlocks += c.blocks.size;
     }
     const hotToo = pressure && hotBlocks > readyBlocks + leaving;
-    // (a frozen batch not being rewritten: a failed attempt's, retried by a cycle)
-    if (!s.frozen.some((b) => !b.rewriting) && readyBlocks === 0 && !hotToo) return;
+    if (!this.sealer.retryWaiting && readyBlocks === 0 && !hotToo) return;
     this.sealer.sealSome((c) => hotToo || ready(c)).catch(() => {}); // logged by the sealer; a flush reports it
   }
 
@@ -470,7 +469,7 @@ export class VolumeEngine {
       this.timer = null;
       // Dirty data a flush could not store (a lost lease, a failing store) is given up with the
       // engine: its share of the process budget goes back to the other volumes.
-      for (const batch of this.state.batchesNewestFirst()) for (const c of batch.chunks.values()) for (const r of c.budgetHolds.splice(0)) r();
+      for (const batch of this.state.batchesNewestFirst()) for (const c of batch.chunks.values()) c.giveBudgetBack();
       await this.opts.lease?.release();
     }
   }
