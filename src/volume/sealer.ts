@@ -45,6 +45,8 @@ export class Sealer {
   private rewrites = 0;
   rewritingBlocks = 0;
   private rewritesDone: Array<() => void> = [];
+  /** the engine is closing: a compaction step gives up at its next chunk (the journals stay) */
+  private compactionStopped = false;
   failures = 0;
   retryAtMs = 0;
   lastError: unknown = null;
@@ -100,7 +102,22 @@ export class Sealer {
   }
 
   compactStep(): Promise<number> {
-    return this.enqueue(() => this.compactNow(COMPACT_CHUNKS_PER_STEP));
+    return this.enqueue(() => this.compactNow(COMPACT_CHUNKS_PER_STEP, true));
+  }
+
+  /** No background compaction step goes on past its chunks in flight (closing: folding is never
+   *  owed; the journals stay for the next open). */
+  stopCompaction(): void {
+    this.compactionStopped = true;
+  }
+
+  /** Settles once no job and no whole-chunk rewrite is queued or running (closing: nothing may
+   *  store after the lease is given back). */
+  async drain(): Promise<void> {
+    while (this.jobs > 0 || this.rewrites > 0) {
+      await this.chain;
+      while (this.rewrites > 0) await new Promise<void>((r) => this.rewritesDone.push(r));
+    }
   }
 
   /** Run `work` between jobs, after sealing what is dirty and folding every journal: the state
@@ -182,7 +199,7 @@ export class Sealer {
     } catch (err) {
       // The batch stays frozen, in its place: the next cycle stores it with the others.
       batch.rewriting = false;
-      this.discardUploads(tokens, written);
+      void this.discardUploads(tokens, written);
       this.failed(err);
     } finally {
       this.rewrites--;
@@ -271,7 +288,7 @@ export class Sealer {
     } catch (err) {
       // Nothing was applied: the frozen batches stay (readable, retried by the next cycle), and
       // what this attempt stored is garbage nothing will name.
-      this.discardUploads(tokens, written);
+      void this.discardUploads(tokens, written);
       this.failed(err);
       throw new VaultError('ERR_IO', `volume "${this.name}": cannot store written data: ${describeError(err)}`, { cause: err });
     }
@@ -303,10 +320,10 @@ export class Sealer {
   }
 
   /** A job failed before its edit was applied: what it stored is garbage nothing will name.
-   *  Deleted now, best effort (gc takes what this misses). */
-  private discardUploads(tokens: readonly number[], written: readonly string[]): void {
+   *  Deleted now, best effort (gc takes what this misses); settles once the delete has. */
+  private discardUploads(tokens: readonly number[], written: readonly string[]): Promise<void> {
     for (const t of tokens) this.state.unreferenced.delete(t);
-    if (written.length > 0) this.objects.store.deleteMany(written).catch(() => {});
+    return written.length > 0 ? this.objects.store.deleteMany(written).catch(() => {}) : Promise.resolve();
   }
 
   /** Point chunk i at a new entry; the old object goes once a root no longer names it, if this
@@ -331,8 +348,11 @@ export class Sealer {
 
   /** Fold every journal block of up to `max` chunks (those the oldest journal holds blocks of
    *  first) into new chunk objects. Returns how many chunks it rewrote. */
-  private async compactNow(max: number): Promise<number> {
+  /** `background`: a step the engine chose, which a close stops (an exclusive section's folds
+   *  are what its caller asked for, and a close waits for them). */
+  private async compactNow(max: number, background = false): Promise<number> {
     const s = this.state;
+    const closing = () => background && this.compactionStopped;
     this.dropDeadJournals();
     const oldest: JournalHandle | undefined = s.overlay.journals[0];
     if (!oldest) return 0;
@@ -357,10 +377,11 @@ export class Sealer {
     const resets: JournalExtent[] = picked.map((i) => ({ chunkIndex: i, firstBlock: 0, blockCount: 0, zero: false, reset: true, frame: 0, frameOffset: 0 }));
     try {
       await eachConcurrently(picked.length, 4, async (k, stopped) => {
+        if (closing()) throw STOPPED;
         const i = picked[k];
         // the stored container read back, the chunk it decodes to, and the new sealed container
         const entry = await this.memory.hold(3 * s.chunkLength(i), async () => {
-          if (stopped()) throw STOPPED;
+          if (stopped() || closing()) throw STOPPED;
           const data = await this.reads.storedChunk(i, this.buffers.take(s.chunkLength(i), 'overwrite'));
           return this.storeChunk(i, data, tokens, written);
         });
@@ -369,7 +390,12 @@ export class Sealer {
       tokens.push(s.startUpload(Date.now()));
       resetJournal = await this.objects.writeJournal(resets, []);
     } catch (err) {
-      this.discardUploads(tokens, written);
+      const discarded = this.discardUploads(tokens, written);
+      if (closing()) {
+        await discarded; // before the engine gives its lease back and the store closes
+        this.logger.debug({ volume: this.name }, 'compaction stopped: the volume is closing (the journals stay)');
+        return 0;
+      }
       this.logger.warn({ volume: this.name, err: describeError(err) }, 'compaction failed; the journals stay and it is retried later');
       throw err;
     } finally {
@@ -387,7 +413,7 @@ export class Sealer {
 }
 
 /** what a task that gave up after another failed throws (never reported: the first failure is) */
-const STOPPED = new Error('stopped: another upload of this job failed');
+const STOPPED = new Error('stopped: another upload of this job failed, or the volume is closing');
 
 /**
  * Runs task(0 … n-1) on up to `width` workers (at least one). After the first failure no worker

@@ -103,6 +103,7 @@ export class VolumeEngine {
   private snapshotChain: Promise<unknown> = Promise.resolve();
   private timer: NodeJS.Timeout | null = null;
   private closed = false;
+  private closing: Promise<void> | null = null;
   private lastWriteMs = 0;
   private lastStallLogMs = 0;
   /** qemu:dirty-bitmap:* and qemu:allocation-depth (volume-contexts.ts) */
@@ -303,6 +304,7 @@ export class VolumeEngine {
   // --- background work, flush, commit ------------------------------------------------------
 
   private tick(): void {
+    if (this.closing) return; // a close stopped the timer: no background work starts from here on
     const s = this.state;
     const now = Date.now();
     this.reportStall(now);
@@ -456,17 +458,27 @@ export class VolumeEngine {
     await this.flush();
   }
 
-  /** Flush, stop background work, release the lease — also when the flush fails (the error is
-   *  rethrown: what was not flushed is lost, and the caller must say so). */
-  async close(): Promise<void> {
-    if (this.closed) return;
+  /** Stop background work, flush, release the lease — also when the flush fails (the error is
+   *  rethrown: what was not flushed is lost, and the caller must say so). Nothing is stored once
+   *  it settles: a compaction step in flight stops at its next chunk and is waited for, as are
+   *  seal cycles and whole-chunk rewrites (a step that went on past the close wrote objects no
+   *  root would name, after the lease was given back, and failed loudly once the process took
+   *  its codec threads away). */
+  close(): Promise<void> {
+    this.closing ??= this.closeNow();
+    return this.closing;
+  }
+
+  private async closeNow(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    this.sealer.stopCompaction();
     try {
       if (!this.opts.readOnly && !this.opts.lease?.lost) await this.flush();
     } finally {
       this.closed = true;
+      await this.sealer.drain();
       this.reads.close();
-      if (this.timer) clearInterval(this.timer);
-      this.timer = null;
       // Dirty data a flush could not store (a lost lease, a failing store) is given up with the
       // engine: its share of the process budget goes back to the other volumes.
       for (const batch of this.state.batchesNewestFirst()) for (const c of batch.chunks.values()) c.giveBudgetBack();
