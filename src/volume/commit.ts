@@ -38,6 +38,16 @@ export class Committer {
     return this.chain;
   }
 
+  /** deletes of objects a committed root no longer names, still running */
+  private readonly deleting = new Set<Promise<void>>();
+
+  /** Resolves once every commit started so far has ended, and the deletes after them (a closing
+   *  engine: nothing of it may reach the store once the store closes). */
+  async settled(): Promise<void> {
+    await this.chain.catch(() => {}); // a commit's failure is its caller's
+    await Promise.allSettled([...this.deleting]);
+  }
+
   hasUncommittedChanges(): boolean {
     const s = this.state;
     return s.manifestChangedSinceCommit || s.manifest.dirtyPages.size > 0 || s.pendingDeletes.length > 0;
@@ -114,7 +124,9 @@ export class Committer {
       const doomed = [...deletes, ...oldPages.map((r) => pageKey(this.objects.volumeId, r.id)), ...this.orphanPages];
       this.orphanPages = [];
       if (doomed.length > 0) {
-        this.objects.store.deleteMany(doomed).catch((err) => this.logger.warn({ volume: this.name, objects: doomed.length, err: describeError(err) }, 'deleting unreferenced objects failed; gc will remove them'));
+        const deleted = this.objects.store.deleteMany(doomed).catch((err) => this.logger.warn({ volume: this.name, objects: doomed.length, err: describeError(err) }, 'deleting unreferenced objects failed; gc will remove them'));
+        this.deleting.add(deleted);
+        void deleted.finally(() => this.deleting.delete(deleted));
       }
       return committed;
     } catch (err) {

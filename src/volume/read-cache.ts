@@ -64,6 +64,8 @@ export class ReadCache {
 
   /** stops the budget from asking this cache (the engine closed) */
   private unregister: (() => void) | null = null;
+  /** the engine closed: a fetch that lands later keeps nothing (nor any of the budget) */
+  private closed = false;
 
   /** `count` false: a probe that does not count as a hit or a miss. */
   get(key: string, count = true): Buffer | undefined {
@@ -113,7 +115,7 @@ export class ReadCache {
   }
 
   private put(into: LRUCache<string, Buffer> | null, limit: number, key: string, buf: Buffer): void {
-    if (!into) return;
+    if (!into || this.closed) return;
     this.delete(key); // in neither place twice, and its old hold released before a new one is taken
     if (buf.length > limit) return;
     if (this.budget) {
@@ -130,8 +132,9 @@ export class ReadCache {
     this.used.delete(key);
   }
 
-  /** Drop every entry and leave the budget (the engine closed). */
-  clear(): void {
+  /** Drop every entry, leave the budget, and keep nothing from now on (the engine closed). */
+  close(): void {
+    this.closed = true;
     this.lru?.clear();
     this.streamed?.clear();
     this.passed.clear();

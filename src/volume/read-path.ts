@@ -78,10 +78,13 @@ export class ReadPath {
     this.buffers.giveBack(data);
   }
 
-  /** The engine closed: nothing more is reused or kept. */
-  close(): void {
+  /** The engine closes: nothing more is reused or kept, and once this settles no fetch is in
+   *  flight (readahead's included: one that landed later held budget in a cache nobody clears,
+   *  or failed loudly once the process had closed its codec). */
+  async close(): Promise<void> {
     this.frames.onDrop = null;
-    this.frames.clear();
+    this.frames.close();
+    await Promise.allSettled([...this.fetches.values()]);
     this.buffers.close();
   }
 

@@ -47,6 +47,9 @@ export class Sealer {
   private rewritesDone: Array<() => void> = [];
   /** the engine is closing: a compaction step gives up at its next chunk (the journals stay) */
   private compactionStopped = false;
+  private closed = false;
+  /** deletes of what failed jobs had stored, still running */
+  private readonly discarding = new Set<Promise<void>>();
   failures = 0;
   retryAtMs = 0;
   lastError: unknown = null;
@@ -111,13 +114,17 @@ export class Sealer {
     this.compactionStopped = true;
   }
 
-  /** Settles once no job and no whole-chunk rewrite is queued or running (closing: nothing may
-   *  store after the lease is given back). */
-  async drain(): Promise<void> {
+  /** The engine closes: background compaction stops at its next chunk, and once this settles no
+   *  job or whole-chunk rewrite is queued or running, and none starts (nothing may store after
+   *  the lease is given back). */
+  async close(): Promise<void> {
+    this.stopCompaction();
     while (this.jobs > 0 || this.rewrites > 0) {
       await this.chain;
       while (this.rewrites > 0) await new Promise<void>((r) => this.rewritesDone.push(r));
     }
+    this.closed = true;
+    await Promise.allSettled([...this.discarding]);
   }
 
   /** Run `work` between jobs, after sealing what is dirty and folding every journal: the state
@@ -135,6 +142,7 @@ export class Sealer {
   }
 
   private enqueue<T>(job: () => Promise<T>): Promise<T> {
+    if (this.closed) return Promise.reject(new VaultError('ERR_SHUTDOWN', `volume "${this.name}" is closed`));
     this.jobs++;
     const run = this.chain.then(async () => {
       // whole-chunk rewrites edit the state too: a job runs once they are done (none starts now)
@@ -165,7 +173,7 @@ export class Sealer {
    *  batch waits for its retry (a cycle stores those, in order). */
   rewriteWhole(nowMs: number): void {
     const s = this.state;
-    if (this.jobs > 0 || nowMs < this.retryAtMs || this.retryWaiting) return;
+    if (this.closed || this.jobs > 0 || nowMs < this.retryAtMs || this.retryWaiting) return;
     for (const [i, c] of [...s.active.chunks]) {
       if (this.rewrites >= this.uploadConcurrency) return;
       if (c.covered && this.rewritable(i)) void this.rewriteOne(i, c);
@@ -323,7 +331,11 @@ export class Sealer {
    *  Deleted now, best effort (gc takes what this misses); settles once the delete has. */
   private discardUploads(tokens: readonly number[], written: readonly string[]): Promise<void> {
     for (const t of tokens) this.state.unreferenced.delete(t);
-    return written.length > 0 ? this.objects.store.deleteMany(written).catch(() => {}) : Promise.resolve();
+    if (written.length === 0) return Promise.resolve();
+    const deleted = this.objects.store.deleteMany(written).catch(() => {});
+    this.discarding.add(deleted);
+    void deleted.finally(() => this.discarding.delete(deleted));
+    return deleted;
   }
 
   /** Point chunk i at a new entry; the old object goes once a root no longer names it, if this

@@ -372,7 +372,7 @@ export class VolumeEngine {
   /** Fold every journal into chunk objects now and commit (the background does this on its own
    *  when journals grow or the volume is idle). */
   async compact(): Promise<void> {
-    this.assertWritable();
+    this.assertNotClosing();
     await this.sealer.exclusive(async () => {});
     await this.flush();
   }
@@ -390,6 +390,11 @@ export class VolumeEngine {
    * the cost is O(pages) plus the journal blocks not yet folded.
    */
   snapshot(name: string, opts: { keep?: boolean } = {}): Promise<SnapshotRecord> {
+    try {
+      this.assertNotClosing(); // asked before a close began: taken before the close flushes
+    } catch (err) {
+      return Promise.reject(err);
+    }
     // One at a time: the name check below must see the previous snapshot's record.
     const run = this.snapshotChain.then(() => this.snapshotNow(name, opts.keep === true));
     this.snapshotChain = run.catch(() => {});
@@ -429,7 +434,7 @@ export class VolumeEngine {
    * zeroed first, so a later grow shows zeros there, never old data.
    */
   async resize(newSize: number): Promise<void> {
-    this.assertWritable();
+    this.assertNotClosing();
     const s = this.state;
     if (newSize === s.sizeBytes) return;
     await this.sealer.exclusive(async () => {
@@ -459,11 +464,12 @@ export class VolumeEngine {
   }
 
   /** Stop background work, flush, release the lease — also when the flush fails (the error is
-   *  rethrown: what was not flushed is lost, and the caller must say so). Nothing is stored once
-   *  it settles: a compaction step in flight stops at its next chunk and is waited for, as are
-   *  seal cycles and whole-chunk rewrites (a step that went on past the close wrote objects no
-   *  root would name, after the lease was given back, and failed loudly once the process took
-   *  its codec threads away). */
+   *  rethrown: what was not flushed is lost, and the caller must say so). Snapshots asked for
+   *  before the close are taken first; none can start after it began. Nothing is stored once it
+   *  settles: a background compaction step stops at its next chunk, and seal jobs, whole-chunk
+   *  rewrites, a background commit and read fetches in flight are waited for (work that went on
+   *  past the close stored objects after the lease was given back, and failed loudly once the
+   *  process had closed its codec threads). */
   close(): Promise<void> {
     this.closing ??= this.closeNow();
     return this.closing;
@@ -474,11 +480,13 @@ export class VolumeEngine {
     this.timer = null;
     this.sealer.stopCompaction();
     try {
+      await this.snapshotChain;
       if (!this.opts.readOnly && !this.opts.lease?.lost) await this.flush();
     } finally {
       this.closed = true;
-      await this.sealer.drain();
-      this.reads.close();
+      await this.sealer.close();
+      await this.committer.settled();
+      await this.reads.close();
       // Dirty data a flush could not store (a lost lease, a failing store) is given up with the
       // engine: its share of the process budget goes back to the other volumes.
       for (const batch of this.state.batchesNewestFirst()) for (const c of batch.chunks.values()) c.giveBudgetBack();
@@ -507,5 +515,12 @@ export class VolumeEngine {
   private assertWritable(): void {
     this.assertOpen();
     if (this.opts.readOnly) throw new VaultError('ERR_READ_ONLY', `volume "${this.name}" is read-only`);
+  }
+
+  /** Work that folds or commits on its own (snapshot, resize, compact) starts only before a close
+   *  does; reads and writes still in flight meanwhile are the close's flush to store. */
+  private assertNotClosing(): void {
+    this.assertWritable();
+    if (this.closing) throw new VaultError('ERR_SHUTDOWN', `volume "${this.name}" is closing`);
   }
 }

@@ -291,9 +291,10 @@ export class VolumeLease {
   }
 
   /** Throws ERR_LEASE once the lease is lost (its session ended, or the root was changed by
-   *  someone else). Called before every write and commit. */
+   *  someone else) or released. Called before every write and commit. */
   check(): void {
     if (this.lostError) throw this.lostError;
+    if (this.released) throw new VaultError('ERR_LEASE', `volume "${this.ctx.volumeName}": its lease was given back when the volume closed`);
     try {
       this.session.check();
     } catch (err) {

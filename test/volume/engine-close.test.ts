@@ -9,6 +9,7 @@ import { CHUNK_SIZE } from '../../src/volume/chunk-math';
 import { makeVault, countKeys, eventually, SettlingStore } from './vault-fixture';
 import { PassThroughStore } from '../helpers/pass-through-store';
 import type { PutOptions, StoredObject } from '../../src/store/object-store';
+import { MemoryBudget } from '../../src/util/memory-budget';
 
 const MiB = 2 ** 20;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -113,4 +114,74 @@ test('no compaction step starts while a close flushes, so none runs on after it'
   assert.ok((await r.read(0, 4096)).equals(Buffer.alloc(4096, 0xee)), 'the close flushed the last write');
   for (let i = 1; i < 12; i++) assert.ok((await r.read(i * CHUNK_SIZE + 4096, 4096)).equals(Buffer.alloc(4096, i + 1)), `chunk ${i}'s block`);
   await r.close();
+});
+
+/** Lists of snapshot records wait while asked to: a snapshot is then between its start and its
+ *  exclusive section. */
+class SlowListStore extends HoldingStore {
+  holdSnapshotLists = false;
+  override async *list(prefix: string) {
+    if (this.holdSnapshotLists && prefix.includes('/snapshots/')) await new Promise((r) => setTimeout(r, 300));
+    yield* super.list(prefix);
+  }
+}
+
+test('a snapshot asked for before a close is taken before the close settles; one asked for after is refused, and nothing is stored after the close', async (t) => {
+  const inner = new SettlingStore();
+  const store = new SlowListStore(inner);
+  const f = await makeVault(store);
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 16 * CHUNK_SIZE);
+  const e = await f.vault.openEngine('v', { autoCommitMs: 0 });
+  for (let k = 0; k < 16; k++) await e.write(k * CHUNK_SIZE + 8192, Buffer.alloc(4096, k + 1)); // journal blocks
+  await e.flush();
+  store.holdSnapshotLists = true;
+  const snap = e.snapshot('s1');
+  let taken = false;
+  void snap.then(() => (taken = true));
+  const closing = e.close();
+  const late = e.snapshot('s2').then(() => null, (err: any) => err);
+  await closing;
+  const after = store.writes.length;
+  assert.ok(taken, 'the snapshot asked for first was taken before the close settled');
+  assert.equal((await snap).name, 's1');
+  assert.equal((await late)?.code, 'ERR_SHUTDOWN', 'a snapshot asked for once the close began is refused');
+  assert.throws(() => (e as any).opts.lease.check(), (err: any) => err.code === 'ERR_LEASE', 'a released lease fences every later commit');
+  await inner.settled();
+  await sleep(200);
+  assert.deepEqual(store.writes.slice(after), [], 'nothing stored or deleted after the close settled');
+  const v2 = await f.reopen();
+  const r = await v2.openSnapshotEngine('v', 's1', { readCacheBytes: 0 });
+  for (let k = 0; k < 16; k++) assert.ok((await r.read(k * CHUNK_SIZE + 8192, 4096)).equals(Buffer.alloc(4096, k + 1)), `snapshot block ${k}`);
+  await r.close();
+});
+
+test('readahead in flight at a close is waited for, and keeps no share of the memory budget', async (t) => {
+  const inner = new SettlingStore();
+  const store = new HoldingStore(inner);
+  const f = await makeVault(store);
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 16 * CHUNK_SIZE);
+  const w = await f.vault.openEngine('v');
+  await w.write(0, Buffer.alloc(12 * CHUNK_SIZE, 0x5a));
+  await w.close();
+  const budget = new MemoryBudget(1024 * MiB);
+  const e = await f.vault.openEngine('v', { memoryBudget: budget, readCacheBytes: 256 * MiB, readaheadChunks: 8 });
+  let fetching = 0;
+  let landed = 0;
+  const slowGet = store.get.bind(store);
+  store.get = async (key: string, into?: Buffer) => {
+    if (!key.includes('/chunks/')) return slowGet(key, into);
+    fetching++;
+    await sleep(200);
+    landed++;
+    return slowGet(key, into);
+  };
+  for (let k = 0; k < 3; k++) e.readDone(await e.read(k * MiB, MiB)); // a stream: readahead starts
+  assert.ok(fetching > landed, 'readahead fetches are in flight');
+  await e.close();
+  assert.equal(landed, fetching, 'the close waited for every fetch');
+  assert.equal(budget.usedBytes, 0, 'the closed engine holds none of the budget');
+  await sleep(300);
+  assert.equal(budget.usedBytes, 0);
 });

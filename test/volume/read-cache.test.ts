@@ -80,6 +80,10 @@ test('the stream area holds its bytes of the memory budget, and gives them back 
   assert.equal(c.has('chunk2/*'), false, 'the streamed chunk went');
   assert.ok(c.has('frame') && c.has('chunk/*'), 'the cache proper stayed');
   release();
-  c.clear();
+  c.close();
   assert.equal(budget.usedBytes, 0);
+  c.set('late', Buffer.alloc(100)); // a fetch that lands after the engine closed
+  c.setStreamed('late/*', Buffer.alloc(100));
+  assert.equal(budget.usedBytes, 0, 'a closed cache takes no budget');
+  assert.equal(c.has('late') || c.has('late/*'), false, 'and keeps nothing');
 });
