@@ -1,7 +1,7 @@
 // The local admin socket of a running `nbd-vault serve`: <state>/admin.sock, mode 0600 (root or
 // the server's user only). CLI commands that must go through the server — a snapshot of a volume
 // it is writing — send one JSON line and read one JSON line back. Nothing secret crosses it.
-import { createServer, createConnection, type Server } from 'node:net';
+import { createServer, createConnection } from 'node:net';
 import { chmod, mkdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { VaultError, describeError, isVaultError, type VaultErrorCode } from '../errors';
@@ -17,13 +17,22 @@ export type AdminReply = { ok: true; vaultId: string; result: unknown } | { ok: 
 export const adminSocketPath = (stateDir: string) => join(stateDir, 'admin.sock');
 const MAX_REQUEST_BYTES = 64 * 1024;
 
-export async function startAdminServer(stateDir: string, vaultId: string, handle: (req: AdminRequest) => Promise<unknown>, logger: Logger): Promise<Server> {
+/** The admin socket of a running server. */
+export interface AdminServer {
+  /** Stop listening and refuse new requests (ERR_SHUTDOWN); settles once the requests being
+   *  handled have been answered (a snapshot asked for just before a shutdown is taken first). */
+  close(): Promise<void>;
+}
+
+export async function startAdminServer(stateDir: string, vaultId: string, handle: (req: AdminRequest) => Promise<unknown>, logger: Logger): Promise<AdminServer> {
   const path = adminSocketPath(stateDir);
   await mkdir(stateDir, { recursive: true, mode: 0o700 });
   if ((await adminRequest(stateDir, { op: 'ping' }).catch(() => null)) !== null) {
     throw new VaultError('ERR_EXISTS', `another nbd-vault server is running with state directory ${stateDir}`);
   }
   await unlink(path).catch(() => {}); // a stale socket from a crash
+  const handling = new Set<Promise<void>>();
+  let closing = false;
   const server = createServer((sock) => {
     let buf = '';
     sock.setEncoding('utf8');
@@ -35,9 +44,10 @@ export async function startAdminServer(stateDir: string, vaultId: string, handle
       if (nl < 0) return;
       const line = buf.slice(0, nl);
       sock.removeAllListeners('data');
-      void (async () => {
+      const answered = (async () => {
         let reply: AdminReply;
         try {
+          if (closing) throw new VaultError('ERR_SHUTDOWN', 'the server is stopping');
           const req = JSON.parse(line) as AdminRequest;
           logger.info({ op: req.op }, 'admin request');
           reply = { ok: true, vaultId, result: await handle(req) };
@@ -46,6 +56,8 @@ export async function startAdminServer(stateDir: string, vaultId: string, handle
         }
         sock.end(JSON.stringify(reply) + '\n');
       })();
+      handling.add(answered);
+      void answered.finally(() => handling.delete(answered));
     });
   });
   await new Promise<void>((resolve, reject) => {
@@ -53,7 +65,13 @@ export async function startAdminServer(stateDir: string, vaultId: string, handle
     server.listen(path, () => resolve());
   });
   await chmod(path, 0o600);
-  return server;
+  return {
+    async close() {
+      closing = true;
+      server.close();
+      await Promise.allSettled([...handling]);
+    },
+  };
 }
 
 /** Send one request; null when no server listens on this state directory. */

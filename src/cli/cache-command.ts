@@ -27,8 +27,9 @@ export interface WarmProgress {
 
 const WARM_CONCURRENCY = 16;
 
-/** Reads every object `spec` names into the disk cache of `store`, reporting as it goes. */
-export async function warmCache(vault: Vault, store: DiskCacheStore, spec: string, progress: WarmProgress): Promise<WarmProgress> {
+/** Reads every object `spec` names into the disk cache of `store`, reporting as it goes; stops
+ *  with ERR_SHUTDOWN once `signal` aborts (the server stops). */
+export async function warmCache(vault: Vault, store: DiskCacheStore, spec: string, progress: WarmProgress, signal?: AbortSignal): Promise<WarmProgress> {
   const [volumeName, snapName] = splitExportName(spec);
   const { objects, root, snapshots } = await vault.loadVolume(volumeName);
   let keys: string[];
@@ -43,6 +44,7 @@ export async function warmCache(vault: Vault, store: DiskCacheStore, spec: strin
   await Promise.all(
     Array.from({ length: WARM_CONCURRENCY }, async () => {
       while (next < keys.length) {
+        if (signal?.aborted) throw new VaultError('ERR_SHUTDOWN', 'the server is stopping');
         const key = keys[next++];
         const fetched = await store.warm(key); // (not `+= await`: that would add to a stale total)
         progress.fetchedBytes += fetched;
@@ -58,18 +60,29 @@ export async function warmCache(vault: Vault, store: DiskCacheStore, spec: strin
 /** The running server's warm jobs, one per volume spec (the admin op starts or reports one). */
 export class WarmJobs {
   private readonly jobs = new Map<string, WarmProgress>();
+  private readonly running = new Set<Promise<unknown>>();
+  private readonly stopping = new AbortController();
   constructor(private readonly vault: Vault, private readonly store: DiskCacheStore | null) {}
+
+  /** The server stops: no job starts, and once this settles none reads the store any more. */
+  async stop(): Promise<void> {
+    this.stopping.abort();
+    await Promise.allSettled([...this.running]);
+  }
 
   startOrReport(spec: string): WarmProgress {
     if (!this.store) throw new VaultError('ERR_INVALID_ARGUMENT', 'this server runs without --disk-cache: there is no disk cache to warm');
+    if (this.stopping.signal.aborted) throw new VaultError('ERR_SHUTDOWN', 'the server is stopping');
     const cur = this.jobs.get(spec);
     if (cur && !cur.finished) return { ...cur };
     const p: WarmProgress = { volume: spec, done: 0, total: 0, fetchedBytes: 0, finished: false };
     this.jobs.set(spec, p);
-    warmCache(this.vault, this.store, spec, p).catch((err) => {
+    const job = warmCache(this.vault, this.store, spec, p, this.stopping.signal).catch((err) => {
       p.error = err instanceof Error ? err.message : String(err);
       p.finished = true;
     });
+    this.running.add(job);
+    void job.finally(() => this.running.delete(job));
     return { ...p };
   }
 

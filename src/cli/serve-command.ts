@@ -30,6 +30,10 @@ export interface ServeOptions {
   readonly onReload?: () => void;
   /** serve --memory-limit: shared by every connection (and, for a vault, every engine) */
   readonly memoryBudget?: MemoryBudget;
+  /** Once a signal came, before the server stops: stop what starts work on the exports by
+   *  itself (scheduled snapshots, admin requests, cache warming), so that none runs on after
+   *  the exports are flushed and closed. */
+  readonly onShutdown?: () => Promise<void>;
 }
 
 /** Starts the server for `provider`, logs where it listens, waits for SIGINT/SIGTERM, then closes
@@ -72,6 +76,7 @@ export async function runServer(provider: ExportProvider, opts: ServeOptions): P
   process.removeListener('SIGTERM', onSignal);
   process.removeListener('SIGHUP', onHup);
   opts.logger.info({ signal }, 'signal received');
+  await opts.onShutdown?.().catch((err) => opts.logger.warn({ err: describeError(err) }, 'stopping background work failed; the exports close anyway'));
   await server.close();
   opts.logger.info('stopped');
 }

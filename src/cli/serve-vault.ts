@@ -89,6 +89,10 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
       ctx.logger,
     );
     const schedule = everyMs === null ? null : new SnapshotSchedule({ vault: ctx.vault, provider, everyMs, policy, logger: ctx.logger });
+    // Before the exports close (and again after, should the server fail): a round, an admin
+    // request or a warm job running on would snapshot a closed engine or read a closed store.
+    let stopped: Promise<void> | null = null;
+    const stopBackgroundWork = () => (stopped ??= Promise.all([schedule?.stop(), admin.close(), warmJobs.stop()]).then(() => {}));
     let metricsServer: import('node:http').Server | null = null;
     try {
       if (metrics && metricsAddress) metricsServer = await startMetricsServer(metrics, metricsAddress, ctx.logger);
@@ -102,12 +106,12 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
         security,
         memoryBudget,
         onReload: () => reloadSettings(opts, s, ctx.logger),
+        onShutdown: stopBackgroundWork,
         // for people (stdout): where to point a client first
         onListening: (uris) => process.stdout.write(`serving ${volumes.length} volume(s) from ${ctx.store.name} at ${uris[0]}\ntry: ${tryHint(uris[0], s.tlsPsk, security)}\n`),
       });
     } finally {
-      await schedule?.stop();
-      admin.close();
+      await stopBackgroundWork();
       metricsServer?.close();
       metricsServer?.closeAllConnections();
     }

@@ -38,6 +38,7 @@ export interface ScheduleOptions {
 export class SnapshotSchedule {
   private readonly timer: NodeJS.Timeout;
   private running: Promise<void> | null = null;
+  private stopped = false;
 
   constructor(private readonly opts: ScheduleOptions) {
     this.timer = setInterval(() => void this.tick(), opts.everyMs);
@@ -57,6 +58,7 @@ export class SnapshotSchedule {
     const now = (this.opts.now ?? (() => new Date()))();
     const volumes = provider.openNames().filter((n) => !n.includes('@'));
     for (const volume of volumes) {
+      if (this.stopped) return; // the server stops: the round's other volumes wait for the next start
       try {
         const snap = await provider.snapshot(volume, autoSnapshotName(now));
         logger.info({ volume, snapshot: snap.name }, 'scheduled snapshot taken');
@@ -67,7 +69,9 @@ export class SnapshotSchedule {
     }
   }
 
+  /** No round starts, and the running one takes no further volume; settles once it has ended. */
   async stop(): Promise<void> {
+    this.stopped = true;
     clearInterval(this.timer);
     await this.running;
   }

@@ -383,6 +383,7 @@ export class Sealer {
     const entries = new Map<number, Entry>();
     const written: string[] = [];
     let resetJournal: JournalRef;
+    this.logger.debug({ volume: this.name, chunks: picked.length, journals: s.overlay.journals.length }, 'compaction step started');
     // The new chunk objects hold what the journals held for these chunks; a reset journal after
     // every journal of the root voids those journals' extents of them on replay (the journals
     // stay in the root while other chunks still need them).

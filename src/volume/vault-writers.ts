@@ -30,6 +30,8 @@ export class VaultWriters {
   /** Watches of other writers' sessions: 'dead' and 'gone' are final (a session never revives),
    *  so they are kept; 'live' is dropped once answered (it may have died since). */
   private readonly watches = new Map<string, Promise<SessionState>>();
+  /** the vault closes: watches end at once ('live': nothing is taken over) */
+  private readonly stopping = new AbortController();
   private readonly store: ObjectStore;
 
   constructor(private readonly parts: LeaseParts) {
@@ -118,7 +120,7 @@ export class VaultWriters {
   observe(sessionId: string): Promise<SessionState> {
     let w = this.watches.get(sessionId);
     if (!w) {
-      w = observeSession(this.store, sessionId);
+      w = observeSession(this.store, sessionId, { signal: this.stopping.signal });
       this.watches.set(sessionId, w);
     }
     return w.then(
@@ -133,8 +135,11 @@ export class VaultWriters {
     );
   }
 
-  /** Stop our session's heartbeat and delete it (after every engine has been closed). */
+  /** End the watches of other writers, stop our session's heartbeat and delete it (after every
+   *  engine has been closed). */
   async stop(): Promise<void> {
+    this.stopping.abort();
+    await Promise.allSettled([...this.watches.values()]);
     const s = this.session;
     this.session = null;
     await (await s?.catch(() => null))?.stop();

@@ -15,6 +15,7 @@
 //   a new session for new leases.
 import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { VaultError, describeError, isVaultError } from '../errors';
 import type { ObjectStore } from '../store/object-store';
 import type { Logger } from '../util/log';
@@ -181,9 +182,18 @@ export class WriterSession {
     this.timer = null;
   }
 
-  /** One renewal (tests call it directly). */
-  async renew(): Promise<void> {
-    if (this.stopped || this.deadError) return;
+  /** One renewal (tests call it directly). A stop waits for it: a put landing after the stop's
+   *  delete would leave the heartbeat behind, one failing after it would report a clean stop as
+   *  a lost session. */
+  renew(): Promise<void> {
+    if (this.stopped || this.deadError) return Promise.resolve();
+    this.renewing ??= this.renewNow().finally(() => (this.renewing = null));
+    return this.renewing;
+  }
+
+  private renewing: Promise<void> | null = null;
+
+  private async renewNow(): Promise<void> {
     this.clearTimer();
     const m0 = this.clock.monotonic();
     const w0 = this.clock.wall();
@@ -209,6 +219,7 @@ export class WriterSession {
     if (this.stopped) return;
     this.stopped = true;
     this.clearTimer();
+    await this.renewing;
     if (this.deadError) return;
     try {
       const cur = await this.store.head(sessionKey(this.id));
@@ -224,9 +235,10 @@ export type SessionState = 'gone' | 'live' | 'dead';
 /**
  * Watch another session's heartbeat on our own monotonic clock: 'live' as soon as it changes,
  * 'dead' once it stood still for the session's ttl (from our first look), 'gone' if it does not
- * exist. `maxWaitMs` 0 answers at once: 'live' for a heartbeat that exists (conservative).
+ * exist. `maxWaitMs` 0 answers at once: 'live' for a heartbeat that exists (conservative), as
+ * does an aborted `signal` (the watcher stops).
  */
-export async function observeSession(store: ObjectStore, sessionId: string, opts: { maxWaitMs?: number; clock?: Clock; pollMs?: number } = {}): Promise<SessionState> {
+export async function observeSession(store: ObjectStore, sessionId: string, opts: { maxWaitMs?: number; clock?: Clock; pollMs?: number; signal?: AbortSignal } = {}): Promise<SessionState> {
   const clock = opts.clock ?? systemClock;
   const first = await headOrNull(store, sessionId, true);
   if (!first) return 'gone';
@@ -236,8 +248,9 @@ export async function observeSession(store: ObjectStore, sessionId: string, opts
   const poll = opts.pollMs ?? Math.min(1000, Math.max(10, ttl / 10));
   for (;;) {
     const elapsed = clock.monotonic() - t0;
-    if (elapsed >= maxWait) return 'live';
-    await new Promise((r) => setTimeout(r, Math.min(poll, Math.max(1, ttl - elapsed))));
+    if (elapsed >= maxWait || opts.signal?.aborted) return 'live';
+    await sleep(Math.min(poll, Math.max(1, ttl - elapsed)), undefined, { signal: opts.signal }).catch(() => {}); // (aborted: below)
+    if (opts.signal?.aborted) return 'live'; // the watcher stops: nobody takes anything over
     const cur = await headOrNull(store, sessionId, false);
     if (!cur) return 'gone';
     if (cur.etag !== first.etag) return 'live';

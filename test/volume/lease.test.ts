@@ -14,7 +14,7 @@ import { PassThroughStore } from '../helpers/pass-through-store';
 import type { ObjectStore, PutOptions } from '../../src/store/object-store';
 import { Vault, type VaultOptions } from '../../src/volume/vault';
 import { VaultError } from '../../src/errors';
-import { WriterSession, observeSession, type Clock } from '../../src/volume/writer-session';
+import { WriterSession, observeSession, sessionKey, type Clock } from '../../src/volume/writer-session';
 import { readVolumeLease, writerHorizon } from '../../src/volume/volume-lease';
 import { makeVault, logger, type Fixture } from './vault-fixture';
 
@@ -288,6 +288,46 @@ test('observeSession: live while the heartbeat changes, dead after a still ttl, 
   await live.stop();
   assert.equal(await observeSession(store, live.id), 'gone');
   await frozen.stop();
+});
+
+test('a stop waits for a renewal in flight: the heartbeat is deleted and the session does not end as lost', async () => {
+  let hold: (() => void) | null = null;
+  const store = new (class extends PassThroughStore {
+    override async put(key: string, body: Buffer, opts?: PutOptions) {
+      if (hold === null && opts?.ifMatch !== undefined && key === sessionKey(s.id)) await new Promise<void>((r) => (hold = r));
+      return super.put(key, body, opts);
+    }
+  })(new MemoryStore());
+  const s = await WriterSession.start(store, logger, { ttlMs: 10_000, renewMs: 3_600_000 });
+  const renewal = s.renew(); // its put waits
+  await new Promise((r) => setImmediate(r));
+  assert.ok(hold, 'the renewal is in flight');
+  const stopping = s.stop();
+  await new Promise((r) => setTimeout(r, 50)); // time for a stop that did not wait to delete the heartbeat first
+  (hold as unknown as () => void)();
+  await Promise.all([renewal, stopping]);
+  assert.equal(await store.head(sessionKey(s.id)), null, 'the heartbeat object is deleted, not left behind by the late put');
+  assert.equal((s as any).deadError, null, 'a clean stop is not a lost session');
+});
+
+test('a closing vault ends its watches of other writers at once', async (t) => {
+  const store = new MemoryStore();
+  const frozen = await WriterSession.start(store, logger, { ttlMs: 60_000, renewMs: 3_600_000 }); // a holder that stopped beating
+  t.after(() => frozen.stop());
+  const f = await makeVault(store);
+  t.after(() => f.cleanup());
+  const watch = (f.vault as any).writers.observe(frozen.id) as Promise<string>;
+  let heads = 0;
+  const head = store.head.bind(store);
+  store.head = (key: string) => {
+    if (key === sessionKey(frozen.id)) heads++;
+    return head(key);
+  };
+  await f.vault.close();
+  assert.equal(await watch, 'live', 'an ended watch takes nothing over');
+  const seen = heads;
+  await new Promise((r) => setTimeout(r, 1500)); // its polls came every second
+  assert.equal(heads, seen, 'no poll of the holder after the close');
 });
 
 test('gc horizon: the heartbeat publishes the oldest pending upload of the session\'s volumes', async (t) => {

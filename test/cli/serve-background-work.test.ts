@@ -1,0 +1,103 @@
+// What `serve` stops before its exports close (runServer's onShutdown): admin requests, cache
+// warming and scheduled snapshots. Each ran on after the exports were flushed and closed: a
+// snapshot of a closed engine, a warm job reading the store for minutes after "stopped".
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startAdminServer, adminRequest } from '../../src/cli/admin-socket';
+import { WarmJobs } from '../../src/cli/cache-command';
+import { SnapshotSchedule } from '../../src/cli/snapshot-schedule';
+import { DiskCache, DISK_CACHE_MIN_BYTES } from '../../src/store/disk-cache';
+import { DiskCacheStore } from '../../src/store/disk-cache-store';
+import { isImmutableObjectKey } from '../../src/volume/object-keys';
+import { CHUNK_SIZE } from '../../src/volume/chunk-math';
+import { makeVault, logger, eventually, SettlingStore } from '../volume/vault-fixture';
+import { PassThroughStore } from '../helpers/pass-through-store';
+import type { StoredObject } from '../../src/store/object-store';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function tempDir(t: { after(fn: () => void): void }, prefix: string): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+test('the admin socket: a close answers the request being handled first, then refuses and stops listening', async (t) => {
+  const dir = tempDir(t, 'nbd-vault-admin-');
+  let release = () => {};
+  const gate = new Promise<void>((r) => (release = r));
+  const admin = await startAdminServer(dir, 'vault-id', async () => {
+    await gate;
+    return 'taken';
+  }, logger);
+  const reply = adminRequest(dir, { op: 'ping' });
+  await sleep(100);
+  let closed = false;
+  const closing = admin.close().then(() => (closed = true));
+  await sleep(100);
+  assert.equal(closed, false, 'the close waits for the request being handled');
+  release();
+  await closing;
+  assert.deepEqual(await reply, { ok: true, vaultId: 'vault-id', result: 'taken' });
+  assert.equal(await adminRequest(dir, { op: 'ping' }), null, 'nobody listens after the close');
+});
+
+test('cache warming: a stop ends the jobs, and no job reads the store once it settled', async (t) => {
+  let gets = 0;
+  const slow = new (class extends PassThroughStore {
+    override async get(key: string, into?: Buffer): Promise<StoredObject> {
+      if (key.includes('/chunks/')) {
+        gets++;
+        await sleep(20);
+      }
+      return super.get(key, into);
+    }
+  })(new SettlingStore());
+  const f = await makeVault(slow);
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 64 * CHUNK_SIZE);
+  const e = await f.vault.openEngine('v');
+  for (let i = 0; i < 64; i++) await e.write(i * CHUNK_SIZE, Buffer.alloc(CHUNK_SIZE, i + 1));
+  await e.close();
+  const store = new DiskCacheStore(slow, await DiskCache.open(tempDir(t, 'nbd-vault-warm-'), 16 * DISK_CACHE_MIN_BYTES), isImmutableObjectKey);
+  const jobs = new WarmJobs(f.vault, store);
+  jobs.startOrReport('v');
+  await eventually(() => gets > 0, 'the job reads chunks');
+  await jobs.stop();
+  const seen = gets;
+  const report = jobs.report('v')!;
+  assert.equal(report.finished, true);
+  assert.match(report.error ?? '', /stopping/, 'the job says why it ended');
+  assert.ok(report.done < 64, `stopped early (${report.done} of 64 objects)`);
+  await sleep(200);
+  assert.equal(gets, seen, 'no read of the store after the stop');
+  assert.throws(() => jobs.startOrReport('v'), /stopping/, 'no job starts after the stop');
+});
+
+test('the snapshot schedule: a stop during a round lets the volume being snapshotted finish, and takes no other', async (t) => {
+  const taken: string[] = [];
+  let inFirst = () => {};
+  const first = new Promise<void>((r) => (inFirst = r));
+  const provider = {
+    openNames: () => ['a', 'b', 'c'],
+    snapshot: async (volume: string, name: string) => {
+      inFirst();
+      await sleep(100);
+      taken.push(volume);
+      return { name };
+    },
+  };
+  const f = await makeVault();
+  t.after(() => f.cleanup());
+  const schedule = new SnapshotSchedule({ vault: f.vault, provider: provider as any, everyMs: 3_600_000, policy: null, logger });
+  const round = schedule.tick();
+  await first;
+  await schedule.stop();
+  await round;
+  assert.deepEqual(taken, ['a'], 'the snapshot under way is taken, the other volumes wait for the next start');
+  await schedule.tick();
+  assert.deepEqual(taken, ['a'], 'a stopped schedule starts no round');
+});
