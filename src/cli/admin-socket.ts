@@ -19,8 +19,11 @@ const MAX_REQUEST_BYTES = 64 * 1024;
 
 /** The admin socket of a running server. */
 export interface AdminServer {
-  /** Stop listening and refuse new requests (ERR_SHUTDOWN); settles once the requests being
-   *  handled have been answered (a snapshot asked for just before a shutdown is taken first). */
+  /** The server stops: new requests are refused (ERR_SHUTDOWN, so a CLI command says the server
+   *  is stopping instead of taking its direct path against a volume still leased); settles once
+   *  the requests being handled have been answered (a snapshot asked for just before is taken). */
+  refuse(): Promise<void>;
+  /** Refuse, then stop listening (the exports are closed). */
   close(): Promise<void>;
 }
 
@@ -47,7 +50,7 @@ export async function startAdminServer(stateDir: string, vaultId: string, handle
       const answered = (async () => {
         let reply: AdminReply;
         try {
-          if (closing) throw new VaultError('ERR_SHUTDOWN', 'the server is stopping');
+          if (closing) throw new VaultError('ERR_SHUTDOWN', 'the server is stopping; try again once it has restarted');
           const req = JSON.parse(line) as AdminRequest;
           logger.info({ op: req.op }, 'admin request');
           reply = { ok: true, vaultId, result: await handle(req) };
@@ -65,11 +68,15 @@ export async function startAdminServer(stateDir: string, vaultId: string, handle
     server.listen(path, () => resolve());
   });
   await chmod(path, 0o600);
+  const refuse = async () => {
+    closing = true;
+    await Promise.allSettled([...handling]);
+  };
   return {
+    refuse,
     async close() {
-      closing = true;
+      await refuse();
       server.close();
-      await Promise.allSettled([...handling]);
     },
   };
 }

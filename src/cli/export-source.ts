@@ -121,6 +121,7 @@ function plain(engine: VolumeEngine): ExportSource {
 /** True when the server on this state directory (of this vault) has the volume open. */
 async function servedHere(ctx: VaultContext, s: VaultSettings, volume: string): Promise<boolean> {
   const reply = await adminRequest(s.state, { op: 'ping' });
+  if (reply?.ok === false && reply.code === 'ERR_SHUTDOWN') throw new VaultError(reply.code, reply.message); // its volumes are still leased
   if (!reply || !reply.ok || reply.vaultId !== ctx.vault.vaultId) return false;
   const open = (reply.result as { open?: unknown }).open;
   return Array.isArray(open) && open.includes(volume);

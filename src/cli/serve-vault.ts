@@ -92,7 +92,7 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
     // Before the exports close (and again after, should the server fail): a round, an admin
     // request or a warm job running on would snapshot a closed engine or read a closed store.
     let stopped: Promise<void> | null = null;
-    const stopBackgroundWork = () => (stopped ??= Promise.all([schedule?.stop(), admin.close(), warmJobs.stop()]).then(() => {}));
+    const stopBackgroundWork = () => (stopped ??= Promise.all([schedule?.stop(), admin.refuse(), warmJobs.stop()]).then(() => {}));
     let metricsServer: import('node:http').Server | null = null;
     try {
       if (metrics && metricsAddress) metricsServer = await startMetricsServer(metrics, metricsAddress, ctx.logger);
@@ -112,6 +112,7 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
       });
     } finally {
       await stopBackgroundWork();
+      await admin.close();
       metricsServer?.close();
       metricsServer?.closeAllConnections();
     }

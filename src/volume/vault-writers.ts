@@ -2,6 +2,7 @@
 // the leases it holds, started on first use and restarted if it ended), watches of the other
 // writers' sessions named by the leases it meets (docs/RECONNECT.md), and the volumes' leases it
 // acquires with them. The lease itself is volume-lease.ts.
+import { setMaxListeners } from 'node:events';
 import type { Codec } from '../codec/codec';
 import type { ObjectPlace } from '../codec/object-place';
 import { deriveSubkey } from '../keys';
@@ -36,6 +37,7 @@ export class VaultWriters {
 
   constructor(private readonly parts: LeaseParts) {
     this.store = parts.store;
+    setMaxListeners(0, this.stopping.signal); // one listener per watched writer: no leak warning at 11
   }
 
   /** Volume `volumeId`'s lease for a writer, held until released (waits out a dead holder). */
@@ -69,6 +71,7 @@ export class VaultWriters {
   async watchLeaseHolders(volumeIds: readonly string[]): Promise<number> {
     let n = 0;
     for (const id of volumeIds) {
+      if (this.stopping.signal.aborted) break; // the vault closes
       const { lease: access } = await this.leaseAccess(id);
       try {
         const lease = await readVolumeLease(access);

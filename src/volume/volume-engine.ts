@@ -233,8 +233,7 @@ export class VolumeEngine {
   // --- reads ------------------------------------------------------------------------------
 
   async read(offset: number, length: number, opts: ReadOptions = {}): Promise<Buffer> {
-    await this.opts.lease?.ensure();
-    this.assertOpen();
+    await this.enter(false);
     return this.reads.read(offset, length, opts.requester);
   }
 
@@ -243,14 +242,12 @@ export class VolumeEngine {
   }
 
   async cache(offset: number, length: number): Promise<void> {
-    await this.opts.lease?.ensure();
-    this.assertOpen();
+    await this.enter(false);
     await this.reads.cache(offset, length);
   }
 
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
-    await this.opts.lease?.ensure();
-    this.assertOpen();
+    await this.enter(false);
     const s = this.state;
     const extents: Extent[] = [];
     const end = Math.min(s.sizeBytes, offset + length);
@@ -282,8 +279,7 @@ export class VolumeEngine {
   // --- writes -----------------------------------------------------------------------------
 
   async write(offset: number, data: WriteData, opts: WriteOptions = {}): Promise<void> {
-    await this.opts.lease?.ensure();
-    this.assertWritable();
+    await this.enter(true);
     this.lastWriteMs = Date.now();
     await this.writes.write(offset, writeDataLength(data), data);
     if (opts.fua) await this.flush();
@@ -294,8 +290,7 @@ export class VolumeEngine {
   }
 
   async writeZeroes(offset: number, length: number, opts: ZeroOptions = {}): Promise<void> {
-    await this.opts.lease?.ensure();
-    this.assertWritable();
+    await this.enter(true);
     this.lastWriteMs = Date.now();
     await this.writes.zero(offset, length, opts.fastZero === true);
     if (opts.fua) await this.flush();
@@ -357,8 +352,7 @@ export class VolumeEngine {
   }
 
   async flush(): Promise<void> {
-    await this.opts.lease?.ensure();
-    this.assertOpen();
+    await this.enter(false);
     if (this.opts.readOnly) return;
     this.opts.lease?.check(); // a writer without its lease cannot promise anything is durable
     await this.sealer.sealDirty();
@@ -403,6 +397,7 @@ export class VolumeEngine {
 
   private async snapshotNow(name: string, keep: boolean): Promise<SnapshotRecord> {
     this.assertWritable();
+    this.opts.lease?.check(); // a lost lease: not a fold of every journal first, only to fail at the commit
     checkSnapshotName(name);
     if ((await this.objects.listSnapshots()).some((x) => x.name === name)) {
       throw new VaultError('ERR_EXISTS', `volume "${this.name}" has a snapshot named "${name}" already`);
@@ -484,6 +479,7 @@ export class VolumeEngine {
       if (!this.opts.readOnly && !this.opts.lease?.lost) await this.flush();
     } finally {
       this.closed = true;
+      this.writes.close();
       await this.sealer.close();
       await this.committer.settled();
       await this.reads.close();
@@ -508,6 +504,16 @@ export class VolumeEngine {
   // late heartbeat is resumed first): at the entry of read, write, zero and flush, and before
   // every root commit, the one write that other writers could conflict with (fenced by the
   // root's If-Match too). Writes into dirty blocks in between need no lease.
+
+  /** A request's entry: a closed engine says so (not that its released lease refuses), and a
+   *  lease lost only to a late heartbeat is resumed first (lease.ensure). */
+  private async enter(writable: boolean): Promise<void> {
+    const check = writable ? () => this.assertWritable() : () => this.assertOpen();
+    check();
+    await this.opts.lease?.ensure();
+    check();
+  }
+
   private assertOpen(): void {
     if (this.closed) throw new VaultError('ERR_SHUTDOWN', `volume "${this.name}" is closed`);
   }

@@ -45,6 +45,23 @@ export class WritePath {
     return this.roomWaiters.length;
   }
 
+  private closed = false;
+
+  /** The engine closed: writers still waiting for room wake with ERR_SHUTDOWN (nothing seals for
+   *  them any more: before, they waited for good). */
+  close(): void {
+    this.closed = true;
+    this.roomFreed();
+  }
+
+  private async waitForRoom(): Promise<void> {
+    if (!this.closed) {
+      this.onPressure();
+      await new Promise<void>((r) => this.roomWaiters.push(r));
+    }
+    if (this.closed) throw new VaultError('ERR_SHUTDOWN', 'the volume was closed while this write waited for room');
+  }
+
   /** Wake writers waiting for room (the sealer released dirty bytes). */
   roomFreed(): void {
     const w = this.roomWaiters;
@@ -61,10 +78,7 @@ export class WritePath {
    * the same free room. The caller releases once its blocks are in the batch (counted there).
    */
   private async admit(bytes: number): Promise<() => void> {
-    while (this.state.dirtyBytes + this.reserved > 0 && this.state.dirtyBytes + this.reserved + bytes > this.dirtyLimitBytes) {
-      this.onPressure();
-      await new Promise<void>((r) => this.roomWaiters.push(r));
-    }
+    while (this.state.dirtyBytes + this.reserved > 0 && this.state.dirtyBytes + this.reserved + bytes > this.dirtyLimitBytes) await this.waitForRoom();
     this.reserved += bytes;
     if (this.state.dirtyBytes + this.reserved >= this.dirtyLimitBytes / 2) this.onPressure();
     let released = false;
@@ -82,17 +96,17 @@ export class WritePath {
     // gives it all back when it is sealed)
     const blocks = Math.floor((offset + length - 1) / BLOCK_BYTES) - Math.floor(offset / BLOCK_BYTES) + 1;
     let release: (() => void) | null = null;
-    // The budget is taken with tryReserve and waited for only while this volume has dirty data to
-    // seal: waiting on room that only others (in-flight requests, other volumes) can free could
-    // deadlock with the very requests that wait here. With nothing of ours to seal, go on unheld.
-    while (this.budget) {
-      release = this.budget.tryReserve(blocks * BLOCK_BYTES);
-      if (release || this.state.dirtyBytes === 0) break;
-      this.onPressure();
-      await new Promise<void>((r) => this.roomWaiters.push(r));
-    }
     const spans = splitRange(offset, length, this.state.sizeBytes);
     try {
+      // The budget is taken with tryReserve and waited for only while this volume has dirty data
+      // to seal: waiting on room that only others (in-flight requests, other volumes) can free
+      // could deadlock with the very requests that wait here. With nothing of ours to seal, go on
+      // unheld.
+      while (this.budget) {
+        release = this.budget.tryReserve(blocks * BLOCK_BYTES);
+        if (release || this.state.dirtyBytes === 0) break;
+        await this.waitForRoom();
+      }
       await Promise.all(spans.map((s) => this.writeSpan(s, data)));
     } finally {
       admitted();

@@ -25,7 +25,7 @@ function tempDir(t: { after(fn: () => void): void }, prefix: string): string {
   return dir;
 }
 
-test('the admin socket: a close answers the request being handled first, then refuses and stops listening', async (t) => {
+test('the admin socket: a stop answers the requests being handled, refuses new ones (ERR_SHUTDOWN) until the exports are closed, then stops listening', async (t) => {
   const dir = tempDir(t, 'nbd-vault-admin-');
   let release = () => {};
   const gate = new Promise<void>((r) => (release = r));
@@ -35,13 +35,17 @@ test('the admin socket: a close answers the request being handled first, then re
   }, logger);
   const reply = adminRequest(dir, { op: 'ping' });
   await sleep(100);
-  let closed = false;
-  const closing = admin.close().then(() => (closed = true));
+  let refusing = false;
+  const refused = admin.refuse().then(() => (refusing = true));
   await sleep(100);
-  assert.equal(closed, false, 'the close waits for the request being handled');
+  assert.equal(refusing, false, 'the stop waits for the request being handled');
+  const late = await adminRequest(dir, { op: 'ping' });
+  assert.equal(late?.ok, false);
+  assert.equal(late?.ok === false && late.code, 'ERR_SHUTDOWN', 'a request during the stop: refused, not unanswered (a CLI command then says the server is stopping)');
   release();
-  await closing;
+  await refused;
   assert.deepEqual(await reply, { ok: true, vaultId: 'vault-id', result: 'taken' });
+  await admin.close();
   assert.equal(await adminRequest(dir, { op: 'ping' }), null, 'nobody listens after the close');
 });
 

@@ -185,3 +185,30 @@ test('readahead in flight at a close is waited for, and keeps no share of the me
   await sleep(300);
   assert.equal(budget.usedBytes, 0);
 });
+
+test('a write waiting for room when the close gives up on a failing store is refused (ERR_SHUTDOWN), not left waiting for good', async (t) => {
+  const inner = new SettlingStore();
+  const store = new (class extends HoldingStore {
+    failing = false;
+    override async put(key: string, body: Buffer, opts?: PutOptions): Promise<{ etag: string }> {
+      if (this.failing && /\/(chunks|journals)\//.test(key)) throw Object.assign(new Error('the store is down'), { code: 'ERR_IO' });
+      return super.put(key, body, opts);
+    }
+  })(inner);
+  const f = await makeVault(store);
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 4 * CHUNK_SIZE);
+  const e = await f.vault.openEngine('v', { dirtyLimitBytes: MiB, readCacheBytes: 0 });
+  store.failing = true;
+  await e.write(0, Buffer.alloc(MiB, 1)); // the dirty limit is full, and sealing fails
+  let outcome: unknown = 'waiting';
+  const waiting = e.write(CHUNK_SIZE, Buffer.alloc(64 * 1024, 2)).then(
+    () => (outcome = 'written'),
+    (err) => (outcome = err),
+  );
+  await sleep(200);
+  assert.equal(outcome, 'waiting', 'the write waits for room');
+  await assert.rejects(e.close(), 'the close says its flush failed');
+  await Promise.race([waiting, sleep(2000)]);
+  assert.equal((outcome as any)?.code, 'ERR_SHUTDOWN', 'the waiting write is refused once the volume closed');
+});
