@@ -466,8 +466,10 @@ export class VolumeEngine {
    *  past the close stored objects after the lease was given back, and failed loudly once the
    *  process had closed its codec threads). */
   close(): Promise<void> {
-    this.closing ??= this.closeNow();
-    return this.closing;
+    if (this.closing) return this.closing; // settles with the first close; its caller has the error
+    const run = this.closeNow();
+    this.closing = run.catch(() => {});
+    return run;
   }
 
   private async closeNow(): Promise<void> {
