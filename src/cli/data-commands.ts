@@ -16,6 +16,7 @@ import { openExportSource } from './export-source';
 import { Progress } from './progress';
 import { addSettings } from './settings';
 import { out, VAULT_SETTINGS, withVault } from './vault-context';
+import { writeAll } from '../util/write-all';
 
 
 
@@ -64,7 +65,7 @@ export function registerDataCommands(program: Command): void {
             const len = chunkLength(engine.size, i);
             if (!zero[i]) {
               const data = await engine.read(i * CHUNK_SIZE, len);
-              if (!isAllZero(data)) await fh.write(data, 0, len, i * CHUNK_SIZE);
+              if (!isAllZero(data)) await writeAll(fh, data.subarray(0, len), i * CHUNK_SIZE);
             }
             bar.update((done += len));
           });

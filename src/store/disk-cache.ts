@@ -29,6 +29,7 @@ import { encodeHeader, entryName, headerBytesFor, MAX_ENTRY_BYTES, MAX_HEADER_BY
 import { OpenFileCache, readAt } from './open-file-cache';
 import { readTarget } from './object-store';
 import { SlruPolicy } from './slru-policy';
+import { writeAll } from '../util/write-all';
 
 const FS_BLOCK = 4096;
 /** A 40-character name in an ext4/xfs directory, rounded up. */
@@ -446,14 +447,6 @@ export class DiskCache {
     found.sort((a, b) => a.mtimeMs - b.mtimeMs);
     for (const { rec } of found) this.add(rec);
     log().info({ dir: this.dir, entries: this.byName.size, bytes: this.used, dropped: this.counters.droppedAtOpen, ms: Date.now() - started }, 'disk cache opened');
-  }
-}
-
-async function writeAll(fh: fsp.FileHandle, buf: Buffer, position: number): Promise<void> {
-  for (let done = 0; done < buf.length; ) {
-    const { bytesWritten } = await fh.write(buf, done, buf.length - done, position + done);
-    if (bytesWritten === 0) throw new Error('write wrote nothing');
-    done += bytesWritten;
   }
 }
 

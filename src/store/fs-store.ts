@@ -32,6 +32,7 @@ import { checkKey, checkPrefix, checkRange } from './keys';
 import { KeyedMutex } from '../util/keyed-mutex';
 import { compareKeys } from './memory-store';
 import { OpenFileCache, readAt } from './open-file-cache';
+import { writevAll } from '../util/write-all';
 
 const MAGIC = Buffer.from('NBDVOBJ1', 'ascii');
 const ETAG_BYTES = 16;
@@ -343,7 +344,7 @@ export class FsStore implements ObjectStore {
     crashPoint('temp-created');
     try {
       if (CRASH_AT === 'temp-half') await fh.write(Buffer.concat([MAGIC, etagRaw, body]).subarray(0, (HEADER_BYTES + body.length) >> 1)).then(() => crashPoint('temp-half'));
-      await fh.writev([MAGIC, etagRaw, body]);
+      await writevAll(fh, [MAGIC, etagRaw, body], 0);
       crashPoint('temp-written');
       if (this.fsync) await fh.sync();
       crashPoint('temp-synced');

@@ -2,7 +2,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { readFileSync, writeFileSync, readdirSync, statSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync, readdirSync, statSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { makeTestVault } from '../helpers/vault-server';
 
@@ -89,4 +90,26 @@ test('resize and delete refuse while a server serves the vault; snapshot goes th
   assert.match(s.stdout, /created snapshot live@\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ .* through the running server/);
   assert.equal(await srv.stop(), 0);
   await v.cli('volume', 'resize', 'live', '--size', '128M');
+});
+
+test('export to a filesystem too small for the data fails (exit 1), never a file with zeros where the data was', async (t) => {
+  // write(2) writes what fits and returns a short count without an error: unchecked, the export
+  // exited 0 with the rest of the chunk missing (zeros in a sparse file).
+  if (process.getuid?.() !== 0) return t.skip('needs root to mount a small tmpfs');
+  const v = await makeTestVault();
+  t.after(() => v.cleanup());
+  const small = join(v.dir, 'small');
+  mkdirSync(small);
+  const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', small], { encoding: 'utf8' });
+  if (mounted.status !== 0) {
+    if (process.env.NBD_VAULT_REQUIRE_ALL === '1') assert.fail(`mount tmpfs: ${mounted.stderr}`);
+    return t.skip(`cannot mount a tmpfs: ${mounted.stderr.trim()}`);
+  }
+  t.after(() => spawnSync('umount', [small]));
+  await v.cli('volume', 'create', 'e', '--size', '8M');
+  writeFileSync(join(v.dir, 'one-chunk.img'), randomBytes(4 * 2 ** 20)); // one chunk of data, 4 MiB: more than fits
+  await v.cli('import', join(v.dir, 'one-chunk.img'), 'e');
+  const r = await v.cliResult('export', 'e', join(small, 'out.img'));
+  assert.equal(r.code, 1, `exit code (stdout: ${r.stdout.trim()})`);
+  assert.match(r.stderr, /ENOSPC|no space|short write/i);
 });
