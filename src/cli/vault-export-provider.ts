@@ -43,11 +43,18 @@ export class VaultExportProvider implements ExportProvider {
     if (this.closing) return null;
     const wanted = name === '' ? this.defaultName : name;
     let p = this.engines.get(wanted);
-    if (p && (await p.then(async (e) => e.leaseLost && !(await e.regainLease()), () => false))) {
-      // This server lost the volume's lease (its session ended, or another server took it over):
-      // forget the engine (its unflushed writes cannot be committed) and try to take it again.
+    const lost = await p?.then(async (e) => (e.leaseLost && !(await e.regainLease()) ? e : null), () => null);
+    if (lost && !lost.leaseLostForGood) {
+      // Lost in a store outage (its heartbeats failed) and not taken back yet: the engine keeps
+      // the writes it acknowledged, for when the store answers again. Opening the volume afresh
+      // would throw them away while later FLUSHes succeeded.
+      throw new VaultError('ERR_STORE_TRANSIENT', `volume "${wanted}": this server lost its lease while the store failed and cannot take it back yet; the writes it holds wait for the store (try again)`);
+    }
+    if (lost) {
+      // Another server has the volume now: forget the engine (what it holds unflushed cannot be
+      // committed: its close says how much) and try to take the volume again.
       if (this.engines.get(wanted) === p) this.engines.delete(wanted);
-      await (await p).close().catch((err) => this.logger.warn({ volume: wanted, err: describeError(err) }, 'closing an engine that lost its lease failed'));
+      await lost.close().catch((err) => this.logger.error({ volume: wanted, err: describeError(err) }, 'unflushed writes lost with the lease'));
       this.logger.warn({ volume: wanted }, 'volume lease was lost: opening the volume again');
       p = this.engines.get(wanted);
     }

@@ -42,7 +42,9 @@ export class ClientExports {
       // The client learns why in general terms; the details (hosts, objects) stay in the log.
       const failure = isVaultError(err, 'ERR_LEASE')
         ? `export "${resolved}" is being written by another server or command (a client may retry: it is served here once that writer stops or dies)`
-        : `export "${resolved}" cannot be opened (see the server log)`;
+        : isVaultError(err, 'ERR_STORE_TRANSIENT')
+          ? `export "${resolved}" waits for its store to answer again (a client may retry)`
+          : `export "${resolved}" cannot be opened (see the server log)`;
       return { exp: null, failure };
     }
   }

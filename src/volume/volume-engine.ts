@@ -11,6 +11,7 @@
 //   commit.ts      the only root writer: pages, then root, then deletes
 //   volume-state.ts the state they share (manifest, overlay, dirty batches, epoch, seq)
 // FLUSH = a seal cycle of everything written before it, then a root naming it (durable).
+import { formatSize } from '../util/size';
 import { VaultError, describeError } from '../errors';
 import type { Logger } from '../util/log';
 import type { MemoryBudget } from '../util/memory-budget';
@@ -478,7 +479,8 @@ export class VolumeEngine {
     this.sealer.stopCompaction();
     try {
       await this.snapshotChain;
-      if (!this.opts.readOnly && !this.opts.lease?.lost) await this.flush();
+      if (!this.opts.readOnly && this.opts.lease?.lost) this.refuseLostWrites();
+      else if (!this.opts.readOnly) await this.flush();
     } finally {
       this.closed = true;
       this.writes.close();
@@ -492,9 +494,24 @@ export class VolumeEngine {
     }
   }
 
+  /** A close without the lease: written data that no durable root holds yet is lost, and the
+   *  caller must say so (a clean "flushed and closed" here hid acknowledged writes going away). */
+  private refuseLostWrites(): void {
+    const dirty = this.state.dirtyBytes;
+    if (dirty === 0 && !this.committer.hasUncommittedChanges()) return;
+    const what = dirty > 0 ? `${formatSize(dirty)} of written data no FLUSH had covered` : 'written data stored since the last FLUSH';
+    throw new VaultError('ERR_LEASE', `volume "${this.name}": the lease was lost, so ${what} could not be made durable and is given up`);
+  }
+
   /** The writer's lease was lost: this engine serves nothing more (reads could be stale). */
   get leaseLost(): boolean {
     return this.opts.lease?.lost ?? false;
+  }
+
+  /** The lost lease is another writer's now: what this engine holds unflushed can never be
+   *  stored. (Lost otherwise, in a store outage say, it may be taken back: regainLease.) */
+  get leaseLostForGood(): boolean {
+    return this.opts.lease?.lostForGood ?? false;
   }
 
   /** Take a lost lease back if nobody else took it (see VolumeLease.resume). */

@@ -183,6 +183,16 @@ export class VolumeLease {
   }
 
   private resuming: Promise<boolean> | null = null;
+  /** the lease object is no longer the one we wrote: another writer has the volume now */
+  private takenOver = false;
+  /** the lease version whose takeover token a resume of ours created */
+  private resumeTokenFor: string | null = null;
+
+  /** Lost for good: another writer has the volume (our unflushed writes can never be committed).
+   *  Otherwise a lost lease may still be resumed (resume()) once the store answers again. */
+  get lostForGood(): boolean {
+    return this.lostError !== null && (!this.lostWithSession || this.takenOver || this.released);
+  }
 
   /** check(), but a lease lost only with our session is first resumed if it can be. */
   async ensure(): Promise<void> {
@@ -198,10 +208,18 @@ export class VolumeLease {
     try {
       const session = await this.ctx.currentSession();
       const current = await readVolumeLease(this.ctx);
-      if (!current || current.etag !== this.etag) return false;
+      if (!current || current.etag !== this.etag) {
+        this.takenOver = true;
+        return false;
+      }
       // The same token a contender taking this lease version over must create: one of us wins
-      // (on the fs store too, whose If-Match is atomic within one process only).
-      await this.ctx.store.put(takeoverKey(this.ctx.objectKey, this.etag), takeoverToken(), { ifNoneMatch: '*' });
+      // (on the fs store too, whose If-Match is atomic within one process only). Ours from an
+      // attempt that failed after it (the store filled up, say) is not created again: that put
+      // would lose to our own token for good.
+      if (this.resumeTokenFor !== this.etag) {
+        await this.ctx.store.put(takeoverKey(this.ctx.objectKey, this.etag), takeoverToken(), { ifNoneMatch: '*' });
+        this.resumeTokenFor = this.etag;
+      }
       const purpose = current.record?.purpose ?? 'nbd-vault';
       const record: LeaseRecord = { v: LEASE_FORMAT, instance: this.ctx.instance, session: session.id, host: hostname(), pid: process.pid, purpose };
       const sealed = (await this.ctx.codec.seal(this.ctx.key, Buffer.from(JSON.stringify(record)), this.ctx.place))!;
@@ -214,6 +232,8 @@ export class VolumeLease {
       this.ctx.logger.warn({ volume: this.ctx.volumeName, session: session.id }, 'volume lease resumed under a new writer session (nobody had taken it)');
       return true;
     } catch (err) {
+      // A token or lease that changed under us: another writer is taking the volume over.
+      if (isVaultError(err, 'ERR_STORE_PRECONDITION')) this.takenOver = true;
       this.ctx.logger.warn({ volume: this.ctx.volumeName, err: describeError(err) }, 'volume lease could not be resumed');
       return false;
     }

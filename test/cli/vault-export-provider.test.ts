@@ -2,7 +2,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { VaultExportProvider } from '../../src/cli/vault-export-provider';
-import { makeVault, logger } from '../volume/vault-fixture';
+import { makeVault, logger, eventually, SettlingStore } from '../volume/vault-fixture';
+import { PassThroughStore } from '../helpers/pass-through-store';
+import { VaultError } from '../../src/errors';
+import type { PutOptions } from '../../src/store/object-store';
+import type { VolumeEngine } from '../../src/volume/volume-engine';
 
 const MiB = 2 ** 20;
 
@@ -35,4 +39,47 @@ test('export provider: volumes and VOL@SNAP listed; shared engines; a snapshot e
   await p.release(b);
   await p.closeAll();
   assert.equal(await p.open('vol'), null, 'nothing opens after closeAll');
+});
+
+/** A store whose puts fail while `down` (a full disk, a read-only mount). */
+class DownStore extends PassThroughStore {
+  down = false;
+  override put(key: string, body: Buffer, opts?: PutOptions) {
+    if (this.down) return Promise.reject(new VaultError('ERR_STORE_IO', `${key}: ENOSPC: no space left on device`));
+    return super.put(key, body, opts);
+  }
+}
+
+async function leaseLostInOutage(t: { after(fn: () => void): void }) {
+  const store = new DownStore(new SettlingStore());
+  const f = await makeVault(store);
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('vol', 8 * MiB);
+  const v = await f.reopen({ leaseTiming: { ttlMs: 600, renewMs: 100 } });
+  const p = new VaultExportProvider(v, 'vol', {}, logger);
+  const e = (await p.open('vol'))! as unknown as VolumeEngine;
+  const data = randomBytes(64 * 1024);
+  await e.write(0, data); // acknowledged, not flushed
+  store.down = true;
+  await eventually(() => e.leaseLost, 'the lease is lost: its heartbeats fail');
+  return { f, store, p, e, data };
+}
+
+test('a lease lost while the store fails: the engine keeps its unflushed writes, opens are refused as transient, and once the store answers the lease is taken back and the writes are flushed', async (t) => {
+  const { f, store, p, e, data } = await leaseLostInOutage(t);
+  await assert.rejects(p.open('vol'), (err: any) => err.code === 'ERR_STORE_TRANSIENT', 'a client connecting now is told to retry');
+  await assert.rejects(p.open('vol'), (err: any) => err.code === 'ERR_STORE_TRANSIENT', 'also the next time (the failed resume is retried)');
+  store.down = false;
+  const again = await p.open('vol');
+  assert.equal(again, e, 'the same engine, holding the writes it acknowledged');
+  await e.flush();
+  await p.closeAll();
+  const r = await (await f.reopen()).openEngine('vol', { readOnly: true, readCacheBytes: 0 });
+  assert.ok((await r.read(0, data.length)).equals(data), 'the writes acknowledged before the outage are durable');
+  await r.close();
+});
+
+test('a stop while the store still fails: closing says the unflushed writes are lost, never "flushed and closed"', async (t) => {
+  const { p } = await leaseLostInOutage(t);
+  await assert.rejects(p.closeAll(), (err: any) => err.code === 'ERR_LEASE' && /64 KiB of written data no FLUSH had covered could not be made durable/.test(err.message));
 });
