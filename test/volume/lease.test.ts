@@ -330,6 +330,37 @@ test('a closing vault ends its watches of other writers at once', async (t) => {
   assert.equal(heads, seen, 'no poll of the holder after the close');
 });
 
+test('a resume that created its takeover token and then failed to write the lease is retried, not blocked by its own token', async (t) => {
+  let sessionsDown = false;
+  let leaseDown = false;
+  const store = new (class extends PassThroughStore {
+    override put(key: string, body: Buffer, opts?: PutOptions) {
+      if ((sessionsDown && key.startsWith('sessions/')) || (leaseDown && key.endsWith('/lease'))) return Promise.reject(new VaultError('ERR_STORE_IO', `${key}: ENOSPC`));
+      return super.put(key, body, opts);
+    }
+  })(new MemoryStore());
+  const f = await makeVault(store);
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 8 * MiB);
+  const v = await f.reopen({ leaseTiming: FAST });
+  const e = await v.openEngine('v');
+  await e.write(0, Buffer.alloc(4096, 7));
+  sessionsDown = true;
+  await new Promise((r) => setTimeout(r, 900)); // past the ttl: the session ends
+  assert.equal(e.leaseLost, true);
+  sessionsDown = false;
+  leaseDown = true; // the token goes in, the lease put fails
+  assert.equal(await e.regainLease(), false);
+  assert.equal(e.leaseLostForGood, false, 'nobody else took it: still ours to take back');
+  leaseDown = false;
+  assert.equal(await e.regainLease(), true, 'taken back on the next attempt');
+  await e.flush();
+  await e.close();
+  const r = await (await f.reopen()).openEngine('v', { readOnly: true });
+  assert.ok((await r.read(0, 4096)).equals(Buffer.alloc(4096, 7)));
+  await r.close();
+});
+
 test('gc horizon: the heartbeat publishes the oldest pending upload of the session\'s volumes', async (t) => {
   const f = await makeVault();
   t.after(() => f.cleanup());
