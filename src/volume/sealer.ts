@@ -52,6 +52,10 @@ export class Sealer {
   private readonly discarding = new Set<Promise<void>>();
   failures = 0;
   retryAtMs = 0;
+  /** background compaction failed this many times in a row, and waits until compactRetryAtMs
+   *  (a full or read-only store failed every step, 11 times a second, one warning each) */
+  private compactFailures = 0;
+  compactRetryAtMs = 0;
   lastError: unknown = null;
 
   constructor(
@@ -222,7 +226,7 @@ export class Sealer {
   private failed(err: unknown): void {
     this.failures++;
     this.lastError = err;
-    const backoff = Math.min(30_000, 500 * 2 ** Math.min(16, this.failures - 1));
+    const backoff = retryDelayMs(this.failures);
     this.retryAtMs = Date.now() + backoff / 2 + Math.random() * (backoff / 2);
     this.logger.error({ volume: this.name, failures: this.failures, dirtyBytes: this.state.dirtyBytes, err: describeError(err) }, 'storing dirty data failed; kept in memory and retried');
   }
@@ -409,12 +413,16 @@ export class Sealer {
         this.logger.debug({ volume: this.name }, 'compaction stopped: the volume is closing (the journals stay)');
         return 0;
       }
-      this.logger.warn({ volume: this.name, err: describeError(err) }, 'compaction failed; the journals stay and it is retried later');
+      this.compactFailures++;
+      const backoff = retryDelayMs(this.compactFailures);
+      this.compactRetryAtMs = Date.now() + backoff;
+      this.logger.warn({ volume: this.name, failures: this.compactFailures, retryInMs: backoff, err: describeError(err) }, 'compaction failed; the journals stay and it is retried later');
       throw err;
     } finally {
       this.reads.endFold();
     }
     // Apply the edit: from here to the end nothing awaits.
+    this.compactFailures = 0;
     for (const [i, entry] of entries) this.replaceEntry(i, entry);
     s.overlay.apply(resetJournal, resets, (i) => s.blockCount(i));
     this.dropDeadJournals();
@@ -423,6 +431,11 @@ export class Sealer {
     this.logger.debug({ volume: this.name, chunks: entries.size, journals: s.overlay.journals.length, overlayBlocks: s.overlay.entries }, 'compaction step');
     return entries.size;
   }
+}
+
+/** How long to wait after `failures` failed attempts in a row: 0.5 s, doubling, at most 30 s. */
+function retryDelayMs(failures: number): number {
+  return Math.min(30_000, 500 * 2 ** Math.min(16, failures - 1));
 }
 
 /** what a task that gave up after another failed throws (never reported: the first failure is) */

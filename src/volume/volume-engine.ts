@@ -305,7 +305,7 @@ export class VolumeEngine {
     const now = Date.now();
     this.reportStall(now);
     if ((s.active.chunks.size > 0 || s.frozen.length > 0) && now >= this.sealer.retryAtMs) this.sealInBackground();
-    if (!this.sealer.busy && s.overlay.journals.length > 0) {
+    if (!this.sealer.busy && s.overlay.journals.length > 0 && now >= this.sealer.compactRetryAtMs) {
       const due = s.overlay.entries >= COMPACT_AT_BLOCKS || s.overlay.journals.length >= COMPACT_AT_JOURNALS || now - this.lastWriteMs >= COMPACT_WHEN_IDLE_MS;
       if (due) this.sealer.compactStep().catch(() => {}); // logged by the sealer; retried next tick
     }

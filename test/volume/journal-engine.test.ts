@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { CHUNK_SIZE } from '../../src/volume/chunk-math';
-import { makeVault, countKeys, SettlingStore } from './vault-fixture';
+import { makeVault, countKeys, eventually, SettlingStore } from './vault-fixture';
 import { generationOfId, newObjectId } from '../../src/volume/manifest';
 import { chunkKey } from '../../src/volume/object-keys';
 
@@ -181,4 +181,38 @@ test('compaction keeps nothing it fetched in the read cache: a reader\'s hot fra
   assert.deepEqual([...before].filter((k) => !after.has(k)), [], 'the hot frame is still cached');
   assert.ok((await e.read(0, 16 * MiB)).equals(model), 'the folded chunks read right');
   await e.close();
+});
+
+test('compaction that keeps failing backs off instead of retrying at every tick', async (t) => {
+  let failing = false;
+  const store = new (class extends SettlingStore {
+    override get(key: string, into?: Buffer) {
+      if (failing && key.includes('/journals/')) return Promise.reject(Object.assign(new Error('EIO: i/o error'), { code: 'ERR_STORE_IO' }));
+      return super.get(key, into);
+    }
+    override getRange(key: string, offset: number, length: number) {
+      if (failing && key.includes('/journals/')) return Promise.reject(Object.assign(new Error('EIO: i/o error'), { code: 'ERR_STORE_IO' }));
+      return super.getRange(key, offset, length);
+    }
+  })();
+  const f = await makeVault(store);
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 4 * CHUNK_SIZE);
+  const e = await f.vault.openEngine('v', { readCacheBytes: 0 });
+  t.after(() => e.close().catch(() => {}));
+  await e.write(4096, Buffer.alloc(4096, 1));
+  await e.flush(); // one journal
+  failing = true;
+  const sealer = (e as any).sealer;
+  let steps = 0;
+  const step = sealer.compactStep.bind(sealer);
+  sealer.compactStep = () => {
+    steps++;
+    return step();
+  };
+  (e as any).lastWriteMs = 0; // idle for long: compaction is due at every tick (100 ms)
+  await new Promise((r) => setTimeout(r, 2000));
+  assert.ok(steps >= 2 && steps <= 4, `${steps} compaction attempts in 2 s (0.5 s, 1 s, 2 s apart; not 20)`);
+  failing = false;
+  await eventually(() => (e as any).state.overlay.journals.length === 0, 'compaction succeeds once the store answers', 20_000);
 });
