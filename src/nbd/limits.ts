@@ -27,3 +27,6 @@ export const DEFAULT_MAX_HANDSHAKES = 128;
 export const DEFAULT_MAX_HANDSHAKES_PER_ADDRESS = 32;
 /** Graceful shutdown waits this long for in-flight requests before cutting connections. */
 export const DEFAULT_SHUTDOWN_GRACE_MS = 10_000;
+/** After the grace period: how long dropped connections' requests get to end, before and after
+ *  the exports close (a request waiting on a failing store ends only when its export closes). */
+export const SHUTDOWN_STRAGGLER_WAIT_MS = 2_000;

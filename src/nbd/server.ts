@@ -26,6 +26,7 @@ import {
   DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
   DEFAULT_MAX_IN_FLIGHT_BYTES,
   DEFAULT_SHUTDOWN_GRACE_MS,
+  SHUTDOWN_STRAGGLER_WAIT_MS,
 } from './limits';
 
 export interface NbdServerOptions {
@@ -163,17 +164,24 @@ export async function startNbdServer(opts: NbdServerOptions): Promise<NbdServerH
     opts.logger.info({ connections: connections.size }, 'shutting down: finishing in-flight requests');
     for (const c of connections) c.beginShutdown();
     const drained = Promise.all([...connections].map((c) => c.done));
-    let timer: NodeJS.Timeout | undefined;
-    const timedOut = new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), graceMs)));
-    if ((await Promise.race([drained, timedOut])) === 'timeout') {
+    let stragglers = false;
+    if (!(await settledWithin(drained, graceMs))) {
       opts.logger.warn({ connections: connections.size }, 'shutdown grace period over: dropping connections');
       for (const c of connections) c.destroy();
-      await drained;
+      // A request can wait on its export for as long as the export waits (a write waiting for
+      // room while the store fails): it ends once the exports close below, unanswered (its client
+      // replays it on the next server). Waiting for it first hung the stop for good.
+      stragglers = !(await settledWithin(drained, SHUTDOWN_STRAGGLER_WAIT_MS));
     }
-    clearTimeout(timer);
-    await stopped;
-    await opts.provider.closeAll();
-    opts.logger.info('all exports flushed and closed');
+    await settledWithin(stopped, SHUTDOWN_STRAGGLER_WAIT_MS);
+    try {
+      await opts.provider.closeAll();
+      opts.logger.info('all exports flushed and closed');
+    } finally {
+      if (stragglers && !(await settledWithin(drained, SHUTDOWN_STRAGGLER_WAIT_MS))) {
+        opts.logger.warn({ connections: connections.size }, 'requests still running after the exports closed: stopping without them');
+      }
+    }
   };
 
   return {
@@ -184,6 +192,18 @@ export async function startNbdServer(opts: NbdServerOptions): Promise<NbdServerH
     connectionCount: () => connections.size,
     close: () => (closing ??= close()),
   };
+}
+
+/** Whether `p` settles within `ms` (the timer keeps a stopping process alive until one of the
+ *  two happens, and no longer). */
+function settledWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve(false), ms);
+    p.then(
+      () => (clearTimeout(timer), resolve(true)),
+      () => (clearTimeout(timer), resolve(true)),
+    );
+  });
 }
 
 function removeStaleSocket(path: string): void {
