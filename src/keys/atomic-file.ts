@@ -16,9 +16,12 @@ export async function writePrivateFileAtomic(target: string, data: Buffer, mode:
     await handle.chmod(0o600); // whatever the umask
     await handle.writeFile(data);
     await handle.sync();
-  } finally {
-    await handle.close();
+  } catch (err) {
+    await handle.close().catch(() => {});
+    await fs.unlink(temp).catch(() => {}); // a full disk must not collect temp files
+    throw err;
   }
+  await handle.close();
   try {
     if (mode === 'replace') {
       await fs.rename(temp, target);

@@ -3,10 +3,11 @@
 // <stateDir>/<vaultId>/, written atomically (temp file, fsync, rename, directory fsync). Losing
 // it loses only the local half of rollback detection; the store's snapshot records still catch a
 // root older than a snapshot (vault.ts, loadVolume).
-import { mkdir, readFile, rename, writeFile, open } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
 import { KeyedMutex } from '../util/keyed-mutex';
+import { writePrivateFileAtomic } from '../keys/atomic-file';
 import { VaultError } from '../errors';
 
 export class LocalState {
@@ -67,21 +68,6 @@ export class LocalState {
   private async writeSeq(volumeId: string, seq: number): Promise<void> {
     const path = this.file(volumeId);
     await mkdir(join(this.dir, this.vaultId), { recursive: true, mode: 0o700 });
-    const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-    await writeFile(tmp, JSON.stringify({ highestSeq: seq, updatedAt: new Date().toISOString() }));
-    const fh = await open(tmp, 'r');
-    try {
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(tmp, path);
-    // the rename itself must survive a crash too
-    const dir = await open(join(this.dir, this.vaultId), 'r');
-    try {
-      await dir.sync();
-    } finally {
-      await dir.close();
-    }
+    await writePrivateFileAtomic(path, Buffer.from(JSON.stringify({ highestSeq: seq, updatedAt: new Date().toISOString() })), 'replace');
   }
 }
