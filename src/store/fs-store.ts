@@ -358,7 +358,16 @@ export class FsStore implements ObjectStore {
   }
 
   private async ensureDir(dir: string): Promise<void> {
-    const first = await fsp.mkdir(dir, { recursive: true });
+    const first = await fsp.mkdir(dir, { recursive: true }).catch(async (err: NodeJS.ErrnoException) => {
+      // Node's recursive mkdir says ENOENT where a directory could not be made on a read-only
+      // filesystem: a plain mkdir of the first missing one tells the real cause (EROFS).
+      for (let d = dir; err.code === 'ENOENT' && d !== path.dirname(d); d = path.dirname(d)) {
+        const real = await fsp.mkdir(d).then(() => null, (e: NodeJS.ErrnoException) => e);
+        if (real === null) break;
+        if (real.code !== 'ENOENT') throw real;
+      }
+      throw err;
+    });
     if (first === undefined || !this.fsync) return;
     // Make each new directory entry durable: fsync the parent of every directory we created.
     let d = dir;

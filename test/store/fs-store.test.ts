@@ -126,6 +126,29 @@ describe('FsStore', () => {
     }
   });
 
+  it('a read-only filesystem: a put into a new directory says EROFS, not ENOENT', async (t) => {
+    if (process.getuid?.() !== 0) return t.skip('needs root to mount a tmpfs');
+    const dir = mkdtempSync(path.join(tmpdir(), 'nbdv-fs-ro-'));
+    const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', dir], { encoding: 'utf8' });
+    if (mounted.status !== 0) {
+      rmSync(dir, { recursive: true, force: true });
+      if (process.env.NBD_VAULT_REQUIRE_ALL === '1') assert.fail(`mount tmpfs: ${mounted.stderr}`);
+      return t.skip(`cannot mount a tmpfs: ${mounted.stderr.trim()}`);
+    }
+    try {
+      const store = new FsStore(dir);
+      await store.put('a/b', Buffer.from('x'));
+      assert.equal(spawnSync('mount', ['-o', 'remount,ro', dir]).status, 0);
+      const err = await store.put('volumes/v/chunks/c', Buffer.from('x')).then(() => null, (e) => e);
+      assert.equal(err?.code, 'ERR_STORE_DENIED');
+      assert.match(err.message, /EROFS|read-only/);
+      assert.ok((await store.get('a/b')).body.equals(Buffer.from('x')), 'reads go on');
+    } finally {
+      spawnSync('umount', [dir]);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('an unwritable directory is ERR_STORE_DENIED', async () => {
     if (process.getuid?.() !== 0) {
       const dir = path.join(tmp, 'ro');
