@@ -75,6 +75,8 @@ export class Committer {
     const pages = [...s.manifest.pages];
     const journals = s.overlay.journals.map((j) => j.ref);
     s.manifestChangedSinceCommit = false;
+    const writesAtCapture = s.writesSinceCommit;
+    s.writesSinceCommit = false;
     if (snapshot) s.epoch++;
     // uploads this root will name; page uploads get their own tokens below
     const captured = [...s.unreferenced].filter(([, u]) => u.done).map(([t]) => t);
@@ -139,6 +141,7 @@ export class Committer {
       for (const p of dirty) if (p < s.manifest.pageCount) s.manifest.dirtyPages.add(p);
       s.pendingDeletes.unshift(...deletes);
       s.manifestChangedSinceCommit = true;
+      s.writesSinceCommit ||= writesAtCapture;
       throw err;
     }
   }

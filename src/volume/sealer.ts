@@ -201,6 +201,7 @@ export class Sealer {
       this.replaceEntry(i, entry);
       s.uploadsApplied(tokens);
       s.manifestChangedSinceCommit = true;
+      s.writesSinceCommit = true;
       s.frozen = s.frozen.filter((b) => b !== batch);
       batch.release();
       if (!this.retryWaiting) {
@@ -291,7 +292,7 @@ export class Sealer {
       for (const j of journals) s.overlay.apply(j.ref, j.extents, (i) => s.blockCount(i));
       this.dropDeadJournals();
       s.uploadsApplied(tokens);
-      if (entries.size > 0 || journals.length > 0) s.manifestChangedSinceCommit = true;
+      if (entries.size > 0 || journals.length > 0) s.manifestChangedSinceCommit = s.writesSinceCommit = true;
       s.frozen = s.frozen.filter((b) => !batches.includes(b));
       for (const b of batches) b.release();
       this.failures = 0;

@@ -31,6 +31,8 @@ export class VaultWriters {
   /** Watches of other writers' sessions: 'dead' and 'gone' are final (a session never revives),
    *  so they are kept; 'live' is dropped once answered (it may have died since). */
   private readonly watches = new Map<string, Promise<SessionState>>();
+  /** takeover tokens this writer made (VolumeLease: a retry finds its own) */
+  private readonly ownTokens = new Map<string, Buffer>();
   /** the vault closes: watches end at once ('live': nothing is taken over) */
   private readonly stopping = new AbortController();
   private readonly store: ObjectStore;
@@ -52,6 +54,7 @@ export class VaultWriters {
           session: await this.current(),
           currentSession: () => this.current(),
           observe: (sessionId) => this.observe(sessionId),
+          ownTokens: this.ownTokens,
           logger: this.parts.logger,
         },
         purpose,

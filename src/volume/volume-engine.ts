@@ -498,7 +498,7 @@ export class VolumeEngine {
    *  caller must say so (a clean "flushed and closed" here hid acknowledged writes going away). */
   private refuseLostWrites(): void {
     const dirty = this.state.dirtyBytes;
-    if (dirty === 0 && !this.committer.hasUncommittedChanges()) return;
+    if (dirty === 0 && !this.state.writesSinceCommit) return; // (a compaction's edits hold nothing new)
     const what = dirty > 0 ? `${formatSize(dirty)} of written data no FLUSH had covered` : 'written data stored since the last FLUSH';
     throw new VaultError('ERR_LEASE', `volume "${this.name}": the lease was lost, so ${what} could not be made durable and is given up`);
   }

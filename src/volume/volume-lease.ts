@@ -60,6 +60,10 @@ export interface LeaseContext extends LeaseReadContext {
   readonly currentSession?: () => Promise<WriterSession>;
   /** watch a holder's session (may answer from a watch started earlier: see Vault.watchLeaseHolders) */
   readonly observe?: (sessionId: string) => Promise<SessionState>;
+  /** takeover tokens this writer made, by key: an attempt that failed after its token (the store
+   *  filled up before the lease was written, a put that landed after the retry layer gave up)
+   *  finds its own token on the next attempt instead of losing to it for good */
+  readonly ownTokens?: Map<string, Buffer>;
   readonly logger: Logger;
 }
 
@@ -140,6 +144,27 @@ function processAlive(pid: number): boolean {
  *  own (with one body for all, two contenders could both win). */
 const takeoverToken = () => Buffer.from(JSON.stringify({ v: 1, by: randomBytes(16).toString('hex') }));
 
+/** Create the takeover token `key`, or find it ours already (LeaseContext.ownTokens): true when
+ *  this writer holds it. */
+async function takeTakeoverToken(store: ObjectStore, key: string, ownTokens = new Map<string, Buffer>()): Promise<boolean> {
+  let body = ownTokens.get(key);
+  if (!body) ownTokens.set(key, (body = takeoverToken())); // before the put: one that lands unanswered is still ours
+  try {
+    await store.put(key, body, { ifNoneMatch: '*' });
+    return true;
+  } catch (err) {
+    if (!isVaultError(err, 'ERR_STORE_PRECONDITION')) throw err;
+    if ((await store.get(key)).body.equals(body)) return true;
+    ownTokens.delete(key); // a rival's
+    return false;
+  }
+}
+
+/** This very process wrote the lease record (same state directory, host and pid). */
+function writtenByThisProcess(r: LeaseRecord | null, instance: string): boolean {
+  return r !== null && r.instance === instance && r.host === hostname() && r.pid === process.pid;
+}
+
 export const takeoverKey = (leaseObjectKey: string, staleEtag: string) =>
   `${leaseObjectKey.replace(/lease$/, '')}takeover/${staleEtag.replace(/[^0-9A-Za-z_-]/g, '_')}`;
 
@@ -185,8 +210,6 @@ export class VolumeLease {
   private resuming: Promise<boolean> | null = null;
   /** the lease object is no longer the one we wrote: another writer has the volume now */
   private takenOver = false;
-  /** the lease version whose takeover token a resume of ours created */
-  private resumeTokenFor: string | null = null;
 
   /** Lost for good: another writer has the volume (our unflushed writes can never be committed).
    *  Otherwise a lost lease may still be resumed (resume()) once the store answers again. */
@@ -208,17 +231,18 @@ export class VolumeLease {
     try {
       const session = await this.ctx.currentSession();
       const current = await readVolumeLease(this.ctx);
+      // A lease this very process wrote since (an earlier attempt's put that landed, its reply
+      // lost) is ours: go on from it.
+      if (current && current.etag !== this.etag && writtenByThisProcess(current.record, this.ctx.instance)) this.etag = current.etag;
       if (!current || current.etag !== this.etag) {
         this.takenOver = true;
         return false;
       }
       // The same token a contender taking this lease version over must create: one of us wins
-      // (on the fs store too, whose If-Match is atomic within one process only). Ours from an
-      // attempt that failed after it (the store filled up, say) is not created again: that put
-      // would lose to our own token for good.
-      if (this.resumeTokenFor !== this.etag) {
-        await this.ctx.store.put(takeoverKey(this.ctx.objectKey, this.etag), takeoverToken(), { ifNoneMatch: '*' });
-        this.resumeTokenFor = this.etag;
+      // (on the fs store too, whose If-Match is atomic within one process only).
+      if (!(await takeTakeoverToken(this.ctx.store, takeoverKey(this.ctx.objectKey, this.etag), this.ctx.ownTokens))) {
+        this.takenOver = true;
+        return false;
       }
       const purpose = current.record?.purpose ?? 'nbd-vault';
       const record: LeaseRecord = { v: LEASE_FORMAT, instance: this.ctx.instance, session: session.id, host: hostname(), pid: process.pid, purpose };
@@ -271,12 +295,7 @@ export class VolumeLease {
     }
     ctx.logger.warn({ volume: ctx.volumeName, previous: describeHolder(r0), holderState: state }, 'taking over the volume lease');
     // Exactly one contender per stale lease version gets past this create-only put.
-    try {
-      await ctx.store.put(takeoverKey(ctx.objectKey, current.etag), takeoverToken(), { ifNoneMatch: '*' });
-    } catch (err) {
-      if (isVaultError(err, 'ERR_STORE_PRECONDITION')) throw await VolumeLease.lostRace(ctx, current.etag);
-      throw err;
-    }
+    if (!(await takeTakeoverToken(ctx.store, takeoverKey(ctx.objectKey, current.etag), ctx.ownTokens))) throw await VolumeLease.lostRace(ctx, current.etag);
     try {
       const { etag } = await ctx.store.put(ctx.objectKey, await body(), { ifMatch: current.etag });
       return new VolumeLease(ctx, etag);

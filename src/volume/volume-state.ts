@@ -26,6 +26,9 @@ export class VolumeState {
   /** objects (chunks, pages, journals) no longer referenced once the next root is durable */
   pendingDeletes: string[] = [];
   manifestChangedSinceCommit = false;
+  /** written data stored (chunk objects, journals) that no durable root names yet: unlike a
+   *  compaction's edits, lost if the root never comes (the lease went, say) */
+  writesSinceCommit = false;
   /** Uploads no durable root names yet, by token → start time: what gc must not take. A token is
    *  `done` once its edit is in the state; a commit that captured it retires it when durable. */
   readonly unreferenced = new Map<number, { startMs: number; done: boolean }>();

@@ -179,7 +179,12 @@ for (const store of ['fs', 's3'] as const) {
     assert.doesNotMatch(check.stdout + check.stderr, /failed/i, check.stdout + check.stderr);
     assert.equal(check.code, 0, check.stderr);
     dirty.kill('SIGKILL');
-    assert.equal(await a.stop(), 0, 'the woken server still shuts down cleanly');
+    if (round0 === 238) assert.equal(await a.stop(), 0, 'the woken server, which lost nothing (its auto-commit came first), shuts down cleanly');
+    else {
+      // The 0xee write it acknowledged never reached a root: the stop says it is given up.
+      assert.equal(await a.stop(), 1, 'the woken server ends its stop with an error');
+      assert.match(a.log(), /the lease was lost, so 1 MiB of written data no FLUSH had covered could not be made durable and is given up/);
+    }
     assert.equal(await b.stop(), 0);
   });
 

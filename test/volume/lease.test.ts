@@ -361,6 +361,82 @@ test('a resume that created its takeover token and then failed to write the leas
   await r.close();
 });
 
+for (const lost of ['its takeover token', 'its new lease'] as const) {
+  test(`a resume whose put of ${lost} landed with its reply lost is completed by the next attempt, not taken for a rival's takeover`, async (t) => {
+    let sessionsDown = false;
+    let replyLost: string | null = null;
+    const store = new (class extends PassThroughStore {
+      override async put(key: string, body: Buffer, opts?: PutOptions) {
+        if (sessionsDown && key.startsWith('sessions/')) throw new VaultError('ERR_STORE_TRANSIENT', 'the store is down');
+        const landed = await super.put(key, body, opts);
+        if (replyLost !== null && key.includes(replyLost)) {
+          replyLost = null;
+          throw new VaultError('ERR_STORE_TRANSIENT', 'no reply before the retry budget ran out');
+        }
+        return landed;
+      }
+    })(new MemoryStore());
+    const f = await makeVault(store);
+    t.after(() => f.cleanup());
+    await f.vault.createVolume('v', 8 * MiB);
+    const v = await f.reopen({ leaseTiming: FAST });
+    const e = await v.openEngine('v');
+    await e.write(0, Buffer.alloc(4096, 7)); // acknowledged, not flushed
+    sessionsDown = true;
+    await new Promise((r) => setTimeout(r, 900));
+    assert.equal(e.leaseLost, true);
+    sessionsDown = false;
+    replyLost = lost === 'its takeover token' ? '/takeover/' : '/lease';
+    assert.equal(await e.regainLease(), false, 'the first attempt fails');
+    assert.equal(e.leaseLostForGood, false, 'what landed is ours, not a rival\'s');
+    assert.equal(await e.regainLease(), true, 'the next attempt takes it back');
+    await e.close(); // flushes the write
+    const r = await (await f.reopen()).openEngine('v', { readOnly: true });
+    assert.ok((await r.read(0, 4096)).equals(Buffer.alloc(4096, 7)), 'the acknowledged write survived');
+    await r.close();
+  });
+}
+
+test('a takeover whose lease put failed after its token can be tried again (its own token does not stop it)', async (t) => {
+  let failLease = false;
+  const store = new (class extends PassThroughStore {
+    override put(key: string, body: Buffer, opts?: PutOptions) {
+      if (failLease && key.endsWith('/lease') && opts?.ifMatch) return Promise.reject(new VaultError('ERR_STORE_IO', 'ENOSPC'));
+      return super.put(key, body, opts);
+    }
+  })(new MemoryStore());
+  const f = await makeVault(store);
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 8 * MiB);
+  const va = await f.reopen({ leaseTiming: FAST });
+  await va.openEngine('v');
+  await freezeSession(va);
+  const vb = await f.reopen({ leaseTiming: FAST }); // same state directory: takes its own dead lease over
+  failLease = true;
+  await assert.rejects(vb.openEngine('v'), (err: VaultError) => err.code === 'ERR_STORE_IO');
+  failLease = false;
+  const e = await vb.openEngine('v');
+  await e.close();
+});
+
+test('a lease lost after a compaction step (no write since the last FLUSH) closes cleanly: nothing was lost', async (t) => {
+  const f = await makeVault();
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 8 * MiB);
+  const v = await f.reopen({ leaseTiming: FAST });
+  const e = await v.openEngine('v', { autoCommitMs: 0 });
+  await e.write(0, Buffer.alloc(4096, 7));
+  await e.flush();
+  assert.ok((await (e as any).sealer.compactStep()) > 0, 'the compaction step edits the manifest (uncommitted)');
+  await freezeSession(v);
+  await new Promise((r) => setTimeout(r, 900));
+  assert.equal(e.leaseLost, true);
+  await e.close(); // before: "written data stored since the last FLUSH ... is given up"
+  const r = await (await f.reopen()).openEngine('v', { readOnly: true });
+  assert.ok((await r.read(0, 4096)).equals(Buffer.alloc(4096, 7)));
+  await r.close();
+});
+
 test('gc horizon: the heartbeat publishes the oldest pending upload of the session\'s volumes', async (t) => {
   const f = await makeVault();
   t.after(() => f.cleanup());
