@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { FsStore } from '../../src/store';
 import { expectCode } from './conformance';
+import { smallTmpfs } from '../helpers/small-tmpfs';
 
 const tmp = mkdtempSync(path.join(tmpdir(), 'nbdv-fs-'));
 after(() => rmSync(tmp, { recursive: true, force: true }));
@@ -100,53 +101,31 @@ describe('FsStore', () => {
   it('a full filesystem: a put that does not fit fails, and leaves neither a truncated object nor a temp file', async (t) => {
     // A put larger than the free space: write(2) writes what fits and returns that count without
     // an error. Unchecked, the fs store renamed the truncated file into place and reported success.
-    if (process.getuid?.() !== 0) return t.skip('needs root to mount a small tmpfs');
-    const dir = mkdtempSync(path.join(tmpdir(), 'nbdv-fs-full-'));
-    const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', dir], { encoding: 'utf8' });
-    if (mounted.status !== 0) {
-      rmSync(dir, { recursive: true, force: true });
-      if (process.env.NBD_VAULT_REQUIRE_ALL === '1') assert.fail(`mount tmpfs: ${mounted.stderr}`);
-      return t.skip(`cannot mount a tmpfs: ${mounted.stderr.trim()}`);
-    }
-    try {
-      const store = new FsStore(dir);
-      const small = randomBytes(2 << 20);
-      await store.put('a/small', small);
-      await expectCode(store.put('a/big', randomBytes(12 << 20)), 'ERR_STORE_IO');
-      assert.equal(await store.head('a/big'), null, 'no object for the put that failed');
-      const leftovers: string[] = [];
-      const walk = (d: string) => readdirSync(d, { withFileTypes: true }).forEach((e) => (e.isDirectory() ? walk(path.join(d, e.name)) : e.name.startsWith('~') && leftovers.push(e.name)));
-      walk(dir);
-      assert.deepEqual(leftovers, [], 'no temp file left');
-      assert.ok((await store.get('a/small')).body.equals(small), 'what was there is intact');
-      await store.put('a/next', randomBytes(1 << 20)); // what fits still goes in
-    } finally {
-      spawnSync('umount', [dir]);
-      rmSync(dir, { recursive: true, force: true });
-    }
+    const dir = smallTmpfs(t, '8m');
+    if (!dir) return;
+    const store = new FsStore(dir);
+    const small = randomBytes(2 << 20);
+    await store.put('a/small', small);
+    await expectCode(store.put('a/big', randomBytes(12 << 20)), 'ERR_STORE_IO');
+    assert.equal(await store.head('a/big'), null, 'no object for the put that failed');
+    const leftovers: string[] = [];
+    const walk = (d: string) => readdirSync(d, { withFileTypes: true }).forEach((e) => (e.isDirectory() ? walk(path.join(d, e.name)) : e.name.startsWith('~') && leftovers.push(e.name)));
+    walk(dir);
+    assert.deepEqual(leftovers, [], 'no temp file left');
+    assert.ok((await store.get('a/small')).body.equals(small), 'what was there is intact');
+    await store.put('a/next', randomBytes(1 << 20)); // what fits still goes in
   });
 
   it('a read-only filesystem: a put into a new directory says EROFS, not ENOENT', async (t) => {
-    if (process.getuid?.() !== 0) return t.skip('needs root to mount a tmpfs');
-    const dir = mkdtempSync(path.join(tmpdir(), 'nbdv-fs-ro-'));
-    const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', dir], { encoding: 'utf8' });
-    if (mounted.status !== 0) {
-      rmSync(dir, { recursive: true, force: true });
-      if (process.env.NBD_VAULT_REQUIRE_ALL === '1') assert.fail(`mount tmpfs: ${mounted.stderr}`);
-      return t.skip(`cannot mount a tmpfs: ${mounted.stderr.trim()}`);
-    }
-    try {
-      const store = new FsStore(dir);
-      await store.put('a/b', Buffer.from('x'));
-      assert.equal(spawnSync('mount', ['-o', 'remount,ro', dir]).status, 0);
-      const err = await store.put('volumes/v/chunks/c', Buffer.from('x')).then(() => null, (e) => e);
-      assert.equal(err?.code, 'ERR_STORE_DENIED');
-      assert.match(err.message, /EROFS|read-only/);
-      assert.ok((await store.get('a/b')).body.equals(Buffer.from('x')), 'reads go on');
-    } finally {
-      spawnSync('umount', [dir]);
-      rmSync(dir, { recursive: true, force: true });
-    }
+    const dir = smallTmpfs(t, '4m');
+    if (!dir) return;
+    const store = new FsStore(dir);
+    await store.put('a/b', Buffer.from('x'));
+    assert.equal(spawnSync('mount', ['-o', 'remount,ro', dir]).status, 0);
+    const err = await store.put('volumes/v/chunks/c', Buffer.from('x')).then(() => null, (e) => e);
+    assert.equal(err?.code, 'ERR_STORE_DENIED');
+    assert.match(err.message, /EROFS|read-only/);
+    assert.ok((await store.get('a/b')).body.equals(Buffer.from('x')), 'reads go on');
   });
 
   it('an unwritable directory is ERR_STORE_DENIED', async () => {
