@@ -6,6 +6,7 @@ import { chmod, mkdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { VaultError, describeError, isVaultError, type VaultErrorCode } from '../errors';
 import type { Logger } from '../util/log';
+import { InFlight } from '../util/in-flight';
 
 export type AdminRequest =
   | { op: 'ping' }
@@ -34,7 +35,7 @@ export async function startAdminServer(stateDir: string, vaultId: string, handle
     throw new VaultError('ERR_EXISTS', `another nbd-vault server is running with state directory ${stateDir}`);
   }
   await unlink(path).catch(() => {}); // a stale socket from a crash
-  const handling = new Set<Promise<void>>();
+  const handling = new InFlight();
   let closing = false;
   const server = createServer((sock) => {
     let buf = '';
@@ -47,7 +48,7 @@ export async function startAdminServer(stateDir: string, vaultId: string, handle
       if (nl < 0) return;
       const line = buf.slice(0, nl);
       sock.removeAllListeners('data');
-      const answered = (async () => {
+      void handling.track((async () => {
         let reply: AdminReply;
         try {
           if (closing) throw new VaultError('ERR_SHUTDOWN', 'the server is stopping; try again once it has restarted');
@@ -58,9 +59,7 @@ export async function startAdminServer(stateDir: string, vaultId: string, handle
           reply = { ok: false, vaultId, code: isVaultError(err) ? err.code : 'ERR_INVALID_ARGUMENT', message: describeError(err) };
         }
         sock.end(JSON.stringify(reply) + '\n');
-      })();
-      handling.add(answered);
-      void answered.finally(() => handling.delete(answered));
+      })());
     });
   });
   await new Promise<void>((resolve, reject) => {
@@ -70,7 +69,7 @@ export async function startAdminServer(stateDir: string, vaultId: string, handle
   await chmod(path, 0o600);
   const refuse = async () => {
     closing = true;
-    await Promise.allSettled([...handling]);
+    await handling.settled();
   };
   return {
     refuse,

@@ -15,6 +15,7 @@ import { adminRequest } from './admin-socket';
 import { Progress } from './progress';
 import { addSettings, resolveSettings, VAULT_SETTINGS, type Settings } from './settings';
 import { openVaultContext, out, type VaultSettings } from './vault-context';
+import { InFlight } from '../util/in-flight';
 
 export interface WarmProgress {
   volume: string;
@@ -60,14 +61,14 @@ export async function warmCache(vault: Vault, store: DiskCacheStore, spec: strin
 /** The running server's warm jobs, one per volume spec (the admin op starts or reports one). */
 export class WarmJobs {
   private readonly jobs = new Map<string, WarmProgress>();
-  private readonly running = new Set<Promise<unknown>>();
+  private readonly running = new InFlight();
   private readonly stopping = new AbortController();
   constructor(private readonly vault: Vault, private readonly store: DiskCacheStore | null) {}
 
   /** The server stops: no job starts, and once this settles none reads the store any more. */
   async stop(): Promise<void> {
     this.stopping.abort();
-    await Promise.allSettled([...this.running]);
+    await this.running.settled();
   }
 
   startOrReport(spec: string): WarmProgress {
@@ -77,12 +78,12 @@ export class WarmJobs {
     if (cur && !cur.finished) return { ...cur };
     const p: WarmProgress = { volume: spec, done: 0, total: 0, fetchedBytes: 0, finished: false };
     this.jobs.set(spec, p);
-    const job = warmCache(this.vault, this.store, spec, p, this.stopping.signal).catch((err) => {
-      p.error = err instanceof Error ? err.message : String(err);
-      p.finished = true;
-    });
-    this.running.add(job);
-    void job.finally(() => this.running.delete(job));
+    void this.running.track(
+      warmCache(this.vault, this.store, spec, p, this.stopping.signal).catch((err) => {
+        p.error = err instanceof Error ? err.message : String(err);
+        p.finished = true;
+      }),
+    );
     return { ...p };
   }
 

@@ -30,6 +30,7 @@ import { OpenFileCache, readAt } from './open-file-cache';
 import { readTarget } from './object-store';
 import { SlruPolicy } from './slru-policy';
 import { writeAll } from '../util/write-all';
+import { InFlight } from '../util/in-flight';
 
 const FS_BLOCK = 4096;
 /** A 40-character name in an ext4/xfs directory, rounded up. */
@@ -79,7 +80,7 @@ export class DiskCache {
   /** bytes charged: entries indexed plus room reserved for entries being written */
   private used = DISK_CACHE_FIXED_BYTES;
   private readonly writing = new Set<string>();
-  private readonly pending = new Set<Promise<unknown>>();
+  private readonly pending = new InFlight();
   private closed = false;
   private laterBytes = 0;
   private lastWriteWarn = 0;
@@ -281,8 +282,7 @@ export class DiskCache {
         set.delete(token);
         if (set.size === 0 && this.later.get(key) === set) this.later.delete(key);
       });
-    this.pending.add(p);
-    void p.finally(() => this.pending.delete(p));
+    void this.pending.track(p);
   }
 
   /** Background inserts of key begun so far will not be committed (the object is being
@@ -308,7 +308,7 @@ export class DiskCache {
 
   /** Resolves once the background writes and unlinks begun so far are done. */
   async settle(): Promise<void> {
-    while (this.pending.size > 0) await Promise.allSettled([...this.pending]);
+    await this.pending.settled();
   }
 
   /** Waits for background writes, then releases the lock. Entries stay for the next open. */
@@ -385,10 +385,8 @@ export class DiskCache {
   /** Unlinks an entry's file in the background; settle() and close() wait for it. */
   private unlinkLater(name: string): void {
     const p = fsp.unlink(this.fileOf(name)).catch(() => undefined);
-    this.pending.add(p);
-    this.unlinking.set(name, p);
+    this.unlinking.set(name, this.pending.track(p));
     void p.finally(() => {
-      this.pending.delete(p);
       if (this.unlinking.get(name) === p) this.unlinking.delete(name);
     });
   }

@@ -10,6 +10,7 @@
 // `open` returned.
 import type { promises as fsp } from 'node:fs';
 import { openFilesShare } from '../util/open-files';
+import { InFlight } from '../util/in-flight';
 
 /** Reads into `buf` from `position` until it is full or the file ends; the bytes read. */
 export async function readAt(file: fsp.FileHandle, buf: Buffer, position: number): Promise<number> {
@@ -75,7 +76,7 @@ export function processOpenFiles(): OpenFilesBudget {
 export class OpenFileCache<K, F extends Closable> implements IdleCloser {
   /** insertion order = recency: a used handle is moved to the end */
   readonly #open = new Map<K, Handle<F>>();
-  readonly #closing = new Set<Promise<unknown>>();
+  readonly #closing = new InFlight();
 
   constructor(
     private readonly openFile: (key: K) => Promise<F>,
@@ -135,12 +136,10 @@ export class OpenFileCache<K, F extends Closable> implements IdleCloser {
   /** Closes every handle (the cache is closing: no read runs any more). */
   async closeAll(): Promise<void> {
     for (const key of [...this.#open.keys()]) this.retire(key);
-    while (this.#closing.size > 0) await Promise.allSettled([...this.#closing]);
+    await this.#closing.settled();
   }
 
   #close(handle: Handle<F>): void {
-    const closing = handle.file.then((file) => file.close()).catch(() => undefined);
-    this.#closing.add(closing);
-    void closing.finally(() => this.#closing.delete(closing));
+    void this.#closing.track(handle.file.then((file) => file.close()).catch(() => undefined));
   }
 }

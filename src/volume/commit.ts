@@ -13,6 +13,7 @@ import { ROOT_FORMAT, type RootRecord } from './root-record';
 import type { VolumeLease } from './volume-lease';
 import type { VolumeObjects } from './volume-objects';
 import type { VolumeState } from './volume-state';
+import { InFlight } from '../util/in-flight';
 
 export class Committer {
   private chain: Promise<unknown> = Promise.resolve();
@@ -39,13 +40,13 @@ export class Committer {
   }
 
   /** deletes of objects a committed root no longer names, still running */
-  private readonly deleting = new Set<Promise<void>>();
+  private readonly deleting = new InFlight();
 
   /** Resolves once every commit started so far has ended, and the deletes after them (a closing
    *  engine: nothing of it may reach the store once the store closes). */
   async settled(): Promise<void> {
     await this.chain.catch(() => {}); // a commit's failure is its caller's
-    await Promise.allSettled([...this.deleting]);
+    await this.deleting.settled();
   }
 
   hasUncommittedChanges(): boolean {
@@ -126,9 +127,7 @@ export class Committer {
       const doomed = [...deletes, ...oldPages.map((r) => pageKey(this.objects.volumeId, r.id)), ...this.orphanPages];
       this.orphanPages = [];
       if (doomed.length > 0) {
-        const deleted = this.objects.store.deleteMany(doomed).catch((err) => this.logger.warn({ volume: this.name, objects: doomed.length, err: describeError(err) }, 'deleting unreferenced objects failed; gc will remove them'));
-        this.deleting.add(deleted);
-        void deleted.finally(() => this.deleting.delete(deleted));
+        void this.deleting.track(this.objects.store.deleteMany(doomed).catch((err) => this.logger.warn({ volume: this.name, objects: doomed.length, err: describeError(err) }, 'deleting unreferenced objects failed; gc will remove them')));
       }
       return committed;
     } catch (err) {

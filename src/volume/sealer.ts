@@ -28,6 +28,7 @@ import type { ChunkBufferPool } from './chunk-buffer-pool';
 import type { SealMemory } from './seal-memory';
 import { CHUNK_SIZE } from './chunk-math';
 import { assembleChunk, buildJournals, mergeBatches, packFrames } from './seal-layout';
+import { InFlight } from '../util/in-flight';
 
 /** chunks a compaction step rewrites */
 const COMPACT_CHUNKS_PER_STEP = 8;
@@ -49,7 +50,7 @@ export class Sealer {
   private compactionStopped = false;
   private closed = false;
   /** deletes of what failed jobs had stored, still running */
-  private readonly discarding = new Set<Promise<void>>();
+  private readonly discarding = new InFlight();
   failures = 0;
   retryAtMs = 0;
   /** background compaction failed this many times in a row, and waits until compactRetryAtMs
@@ -128,7 +129,7 @@ export class Sealer {
       while (this.rewrites > 0) await new Promise<void>((r) => this.rewritesDone.push(r));
     }
     this.closed = true;
-    await Promise.allSettled([...this.discarding]);
+    await this.discarding.settled();
   }
 
   /** Run `work` between jobs, after sealing what is dirty and folding every journal: the state
@@ -337,10 +338,7 @@ export class Sealer {
   private discardUploads(tokens: readonly number[], written: readonly string[]): Promise<void> {
     for (const t of tokens) this.state.unreferenced.delete(t);
     if (written.length === 0) return Promise.resolve();
-    const deleted = this.objects.store.deleteMany(written).catch(() => {});
-    this.discarding.add(deleted);
-    void deleted.finally(() => this.discarding.delete(deleted));
-    return deleted;
+    return this.discarding.track(this.objects.store.deleteMany(written).catch(() => {}));
   }
 
   /** Point chunk i at a new entry; the old object goes once a root no longer names it, if this
@@ -364,9 +362,9 @@ export class Sealer {
   // --- compaction ---------------------------------------------------------------------------
 
   /** Fold every journal block of up to `max` chunks (those the oldest journal holds blocks of
-   *  first) into new chunk objects. Returns how many chunks it rewrote. */
-  /** `background`: a step the engine chose, which a close stops (an exclusive section's folds
-   *  are what its caller asked for, and a close waits for them). */
+   *  first) into new chunk objects. Returns how many chunks it rewrote. `background`: a step the
+   *  engine chose, which a close stops (an exclusive section's folds are what its caller asked
+   *  for, and a close waits for them). */
   private async compactNow(max: number, background = false): Promise<number> {
     const s = this.state;
     const closing = () => background && this.compactionStopped;
