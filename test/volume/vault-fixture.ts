@@ -9,6 +9,7 @@ import { MemoryStore } from '../../src/store/memory-store';
 import type { ObjectStore } from '../../src/store/object-store';
 import { Vault, type VaultOptions } from '../../src/volume/vault';
 import { createLogger } from '../../src/util/log';
+import { InFlight } from '../../src/util/in-flight';
 
 export const logger = createLogger(process.env.TEST_LOG_LEVEL ?? 'silent');
 
@@ -31,17 +32,13 @@ const TEST_LEASE_TIMING = { ttlMs: 300_000, renewMs: 5_000 };
  * the background after a durable root; `settled()` waits for exactly those, instead of a sleep.
  */
 export class SettlingStore extends MemoryStore {
-  private readonly inFlight = new Set<Promise<unknown>>();
+  private readonly deleting = new InFlight();
   override deleteMany(keys: readonly string[]): Promise<void> {
-    const p = super.deleteMany(keys);
-    this.inFlight.add(p);
-    const done = () => this.inFlight.delete(p);
-    p.then(done, done);
-    return p;
+    return this.deleting.track(super.deleteMany(keys));
   }
   /** Resolves once every delete started so far (and any started meanwhile) has finished. */
-  async settled(): Promise<void> {
-    while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight]);
+  settled(): Promise<void> {
+    return this.deleting.settled();
   }
 }
 
