@@ -527,10 +527,14 @@ export class VolumeEngine {
   /** A request's entry: a closed engine says so (not that its released lease refuses), and a
    *  lease lost only to a late heartbeat is resumed first (lease.ensure). */
   private async enter(writable: boolean): Promise<void> {
-    const check = writable ? () => this.assertWritable() : () => this.assertOpen();
-    check();
+    this.assertEntry(writable);
     await this.opts.lease?.ensure();
-    check();
+    this.assertEntry(writable);
+  }
+
+  private assertEntry(writable: boolean): void {
+    if (writable) this.assertWritable();
+    else this.assertOpen();
   }
 
   private assertOpen(): void {
