@@ -33,14 +33,43 @@ http_ok() { # any HTTP answer from the gateway counts
   node -e "require('http').get('http://127.0.0.1:$port/',r=>process.exit(0)).on('error',()=>process.exit(1)).setTimeout(2000,function(){this.destroy()})" 2>/dev/null
 }
 
+kill_wait() { # kill_wait PID: TERM, up to 5 s, then KILL
+  kill "$1" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$1" 2>/dev/null || true
+}
+
+# Daemons started from this DIR's ceph.conf, found by their environment: a run that was killed
+# (or a DIR wiped by hand) leaves daemons whose pid files are gone, and a stale monitor on our
+# port answers for a cluster that is not the one being started.
+daemons_of_dir() {
+  local p
+  for p in $(pgrep -x 'ceph-mon|ceph-osd|radosgw' 2>/dev/null); do
+    grep -qxF "CEPH_CONF=$CONF" < <(tr "\\0" "\\n" 2>/dev/null < "/proc/$p/environ") && echo "$p"
+  done
+  return 0
+}
+
 stop_all() {
   local f p
   for f in "$DIR"/run/client.rgw.*.pid "$DIR"/run/osd.*.pid "$DIR"/run/mon.*.pid; do
     [ -f "$f" ] || continue
-    p=$(cat "$f"); kill "$p" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$p" 2>/dev/null || true
+    kill_wait "$(cat "$f")"
     rm -f "$f"
+  done
+  for p in $(daemons_of_dir); do say "stopping stale daemon $p"; kill_wait "$p"; done
+}
+
+port_free() { # nobody listens on 127.0.0.1:PORT
+  node -e "const s=require('net').createServer();s.once('error',()=>process.exit(1));s.listen($1,'127.0.0.1',()=>s.close(()=>process.exit(0)))" 2>/dev/null
+}
+
+show_logs() { # the tail of every log, so a failed start in CI says why
+  local f
+  for f in "$DIR"/log/*; do
+    [ -s "$f" ] || continue
+    say "--- last lines of $f"
+    tail -n 12 "$f" | sed 's/^/rgw.sh:   /' >&2
   done
 }
 
@@ -94,6 +123,8 @@ wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
 }
 
 osd_up() { ceph --connect-timeout 5 osd stat 2>/dev/null | grep -q ' 1 up'; }
+# The monitor that answers is ours: a foreign one on the port would answer `mon stat` too.
+mon_is_ours() { [ "$(ceph --connect-timeout 5 fsid 2>/dev/null)" = "$1" ]; }
 
 start_once() {
   local port=$1 fsid uuid
@@ -101,16 +132,23 @@ start_once() {
   rm -rf "$DIR/mon" "$DIR/osd" "$DIR/run" "$DIR/log" "$DIR/rgw" "$DIR/monmap" "$DIR/s3.env"
   mkdir -p "$DIR/mon/mon.a" "$DIR/osd/osd.0" "$DIR/run" "$DIR/log" "$DIR/rgw"
   : > "$DIR/keyring"
+  # The monitor listens on PORT+1 (override: RGW_MON_PORT), so clusters on different PORTs coexist.
+  # Ports someone else holds (another cluster, a stale one from a killed run) are skipped upward.
+  local mon_port
+  for _ in $(seq 20); do
+    mon_port=${RGW_MON_PORT:-$((port + 1))}
+    port_free "$port" && port_free "$mon_port" && break
+    say "port $port or $mon_port is in use; trying $((port + 10))"
+    port=$((port + 10))
+  done
   echo "$port" > "$DIR/port"
   fsid=$(cat /proc/sys/kernel/random/uuid); uuid=$(cat /proc/sys/kernel/random/uuid)
-  # The monitor listens on PORT+1 (override: RGW_MON_PORT), so clusters on different PORTs coexist.
-  local mon_port=${RGW_MON_PORT:-$((port + 1))}
   write_conf "$port" "$fsid" "$mon_port"
   say "creating monitor on 127.0.0.1:$mon_port (fsid $fsid)"
   monmaptool --create --addv a "[v1:127.0.0.1:$mon_port]" --fsid "$fsid" "$DIR/monmap" >/dev/null 2>&1
   ceph-mon --mkfs -i a --monmap "$DIR/monmap" >/dev/null 2>&1
   ceph-mon -i a
-  wait_for 30 "monitor" ceph --connect-timeout 5 mon stat || return 1
+  wait_for 30 "monitor" mon_is_ours "$fsid" || return 1
   say "creating memstore OSD"
   ceph osd new "$uuid" >/dev/null
   ceph-osd -i 0 --mkfs --osd-uuid "$uuid" >/dev/null 2>&1
@@ -122,6 +160,7 @@ start_once() {
   say "starting radosgw on 127.0.0.1:$port"
   radosgw -n client.rgw.test
   wait_for 90 "radosgw HTTP" http_ok || return 1
+  pid_alive "$DIR/run/client.rgw.test.pid" || { say "a gateway answers on $port but ours is not running"; return 1; }
 }
 
 write_env() {
@@ -160,8 +199,9 @@ case "$cmd" in
     fi
     t0=$(date +%s)
     if ! start_once "$PORT"; then
-      say "start failed (see $DIR/log), retrying once"
-      start_once "$PORT" || { stop_all; die "could not start RGW; logs in $DIR/log"; }
+      show_logs
+      say "start failed, retrying once"
+      start_once "$PORT" || { show_logs; stop_all; die "could not start RGW; logs in $DIR/log"; }
     fi
     write_env
     say "started in $(( $(date +%s) - t0 )) s"
