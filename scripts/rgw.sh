@@ -42,9 +42,9 @@ kill_wait() { # kill_wait PID: TERM, up to 5 s, then KILL
 # Daemons started from this DIR's ceph.conf, found by their environment: a run that was killed
 # (or a DIR wiped by hand) leaves daemons whose pid files are gone, and a stale monitor on our
 # port answers for a cluster that is not the one being started.
-daemons_of_dir() {
+daemons_of_dir() { # [NAME-REGEX]
   local p
-  for p in $(pgrep -x 'ceph-mon|ceph-osd|radosgw' 2>/dev/null); do
+  for p in $(pgrep -x "${1:-ceph-mon|ceph-osd|radosgw}" 2>/dev/null); do
     grep -qxF "CEPH_CONF=$CONF" < <(tr "\\0" "\\n" 2>/dev/null < "/proc/$p/environ") && echo "$p"
   done
   return 0
@@ -102,6 +102,10 @@ osd objectstore = memstore
 memstore device bytes = 4294967296
 osd crush chooseleaf type = 0
 osd crush update on start = false
+# Ceph 16 races here: the OSD's first command (set its device class) may leave before its monitor
+# client has the monmap, carry fsid 0, be refused 'wrong fsid', and the OSD exits (1 start in ~5
+# on this machine, twice in a row in one CI run). We set no device class, so skip that command.
+osd class update on start = false
 run dir = $DIR/run
 pid file = $DIR/run/\$name.pid
 admin socket = $DIR/run/\$name.asok
@@ -123,6 +127,7 @@ wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
 }
 
 osd_up() { ceph --connect-timeout 5 osd stat 2>/dev/null | grep -q ' 1 up'; }
+osd_up_or_gone() { osd_up || [ -z "$(daemons_of_dir ceph-osd)" ]; } # a dead OSD is not waited for
 # The monitor that answers is ours: a foreign one on the port would answer `mon stat` too.
 mon_is_ours() { [ "$(ceph --connect-timeout 5 fsid 2>/dev/null)" = "$1" ]; }
 
@@ -156,7 +161,8 @@ start_once() {
   ceph osd crush move localhost root=default >/dev/null 2>&1
   ceph osd crush add osd.0 1.0 host=localhost >/dev/null 2>&1
   ceph-osd -i 0 2>>"$DIR/log/start.err"
-  wait_for 60 "OSD up" osd_up || return 1
+  wait_for 60 "OSD up" osd_up_or_gone || return 1
+  osd_up || { say "the OSD exited"; return 1; }
   say "starting radosgw on 127.0.0.1:$port"
   radosgw -n client.rgw.test
   wait_for 90 "radosgw HTTP" http_ok || return 1
