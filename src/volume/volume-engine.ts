@@ -9,10 +9,11 @@
 //   sealer.ts      seal cycles (chunk objects + one journal), compaction, exclusive sections
 //                  (seal-layout.ts: how dirty blocks are laid out for them)
 //   commit.ts      the only root writer: pages, then root, then deletes
+//   write-back.ts  what is sealed, folded and committed without being asked (a 100 ms tick)
 //   volume-state.ts the state they share (manifest, overlay, dirty batches, epoch, seq)
 // FLUSH = a seal cycle of everything written before it, then a root naming it (durable).
 import { formatSize } from '../util/size';
-import { VaultError, describeError } from '../errors';
+import { VaultError } from '../errors';
 import type { Logger } from '../util/log';
 import type { MemoryBudget } from '../util/memory-budget';
 import { SealMemory } from './seal-memory';
@@ -26,12 +27,12 @@ import type { VolumeObjects } from './volume-objects';
 import { chunkKey } from './object-keys';
 import { SNAPSHOT_FORMAT, checkSnapshotName, type SnapshotRecord } from './snapshot-record';
 import { VolumeContexts } from './volume-contexts';
-import type { ChunkBlocks } from './dirty-blocks';
 import { VolumeState } from './volume-state';
 import { ReadPath } from './read-path';
 import { WritePath } from './write-path';
 import { Sealer } from './sealer';
 import { Committer } from './commit';
+import { WriteBack } from './write-back';
 
 export interface EngineOptions {
   readonly dirtyLimitBytes: number;
@@ -53,15 +54,6 @@ export interface EngineOptions {
    *  (default: this engine's own, for upload-concurrency chunks) */
   readonly sealMemory?: SealMemory;
 }
-
-/** how often a writer stalled on a full cache of failing uploads is reported */
-const STALL_LOG_MS = 10_000;
-/** compaction starts when the overlay holds this many blocks (~100 bytes of memory each) ... */
-const COMPACT_AT_BLOCKS = 65_536;
-/** ... or the root names this many journals ... */
-const COMPACT_AT_JOURNALS = 256;
-/** ... or the volume has been idle (no write) this long with journals left */
-const COMPACT_WHEN_IDLE_MS = 10_000;
 
 export const DEFAULT_ENGINE_OPTIONS: EngineOptions = {
   dirtyLimitBytes: 64 * 2 ** 20,
@@ -102,11 +94,9 @@ export class VolumeEngine {
   private readonly sealer: Sealer;
   private readonly committer: Committer;
   private snapshotChain: Promise<unknown> = Promise.resolve();
-  private timer: NodeJS.Timeout | null = null;
+  private readonly writeBack: WriteBack;
   private closed = false;
   private closing: Promise<void> | null = null;
-  private lastWriteMs = 0;
-  private lastStallLogMs = 0;
   /** qemu:dirty-bitmap:* and qemu:allocation-depth (volume-contexts.ts) */
   private readonly contexts: VolumeContexts;
 
@@ -124,10 +114,11 @@ export class VolumeEngine {
     const state = new VolumeState(manifest, root, rootEtag);
     this.state = state;
     this.reads = new ReadPath(name, state, objects, new ReadCache(opts.readCacheBytes, opts.memoryBudget), opts.readaheadChunks, logger);
-    this.writes = new WritePath(state, this.reads, opts.dirtyLimitBytes, () => this.sealInBackground(), opts.memoryBudget);
+    this.writes = new WritePath(state, this.reads, opts.dirtyLimitBytes, () => this.writeBack.sealSome(), opts.memoryBudget);
     const sealMemory = opts.sealMemory ?? new SealMemory(3 * opts.uploadConcurrency * CHUNK_SIZE);
-    this.sealer = new Sealer(name, state, objects, this.reads, opts.uploadConcurrency, () => this.writes.roomFreed(), logger, sealMemory, () => this.sealInBackground());
+    this.sealer = new Sealer(name, state, objects, this.reads, opts.uploadConcurrency, () => this.writes.roomFreed(), logger, sealMemory, () => this.writeBack.sealSome());
     this.committer = new Committer(name, state, objects, root.origin, opts.lease, opts.onRootCommitted, logger);
+    this.writeBack = new WriteBack(name, { state, writes: this.writes, sealer: this.sealer, committer: this.committer }, opts, logger);
     this.contexts = new VolumeContexts({
       objects,
       origin: root.origin,
@@ -149,8 +140,7 @@ export class VolumeEngine {
     const indexes = await Promise.all(journals.map((ref) => objects.readJournalIndex(ref)));
     journals.forEach((ref, k) => engine.state.overlay.apply(ref, indexes[k], (i) => engine.state.blockCount(i)));
     if (!opts.readOnly) {
-      engine.timer = setInterval(() => engine.tick(), 100);
-      engine.timer.unref();
+      engine.writeBack.start();
       opts.lease?.reportPending(() => engine.state.oldestUnreferencedMs());
     }
     return engine;
@@ -281,7 +271,7 @@ export class VolumeEngine {
 
   async write(offset: number, data: WriteData, opts: WriteOptions = {}): Promise<void> {
     await this.enter(true);
-    this.lastWriteMs = Date.now();
+    this.writeBack.noteWrite(Date.now());
     await this.writes.write(offset, writeDataLength(data), data);
     if (opts.fua) await this.flush();
   }
@@ -292,65 +282,12 @@ export class VolumeEngine {
 
   async writeZeroes(offset: number, length: number, opts: ZeroOptions = {}): Promise<void> {
     await this.enter(true);
-    this.lastWriteMs = Date.now();
+    this.writeBack.noteWrite(Date.now());
     await this.writes.zero(offset, length, opts.fastZero === true);
     if (opts.fua) await this.flush();
   }
 
-  // --- background work, flush, commit ------------------------------------------------------
-
-  private tick(): void {
-    if (this.closing) return; // a close stopped the timer: no background work starts from here on
-    const s = this.state;
-    const now = Date.now();
-    this.reportStall(now);
-    if ((s.active.chunks.size > 0 || s.frozen.length > 0) && now >= this.sealer.retryAtMs) this.sealInBackground();
-    if (!this.sealer.busy && s.overlay.journals.length > 0 && now >= this.sealer.compactRetryAtMs) {
-      const due = s.overlay.entries >= COMPACT_AT_BLOCKS || s.overlay.journals.length >= COMPACT_AT_JOURNALS || now - this.lastWriteMs >= COMPACT_WHEN_IDLE_MS;
-      if (due) this.sealer.compactStep().catch(() => {}); // logged by the sealer; retried next tick
-    }
-    if (this.opts.autoCommitMs > 0 && now - this.committer.lastCommitMs >= this.opts.autoCommitMs && this.committer.hasUncommittedChanges()) {
-      this.committer.lastCommitMs = now;
-      this.committer.commit().catch((err) => this.logger.warn({ volume: this.name, err: describeError(err) }, 'background commit failed; will retry'));
-    }
-  }
-
-  /** Background write-back: whole chunks at once (on their own: Sealer.rewriteWhole), other
-   *  chunks once idle, and under pressure (dirty data at half its limit, writers or the memory
-   *  budget waiting) the chunks still being written too, unless the whole and idle ones hold at
-   *  least half the dirty data. Sealing a chunk a writer is half-way through journals its first
-   *  part, and its rest, never whole in one batch, is journaled again and folded later: a 1 MiB
-   *  sequential writer at the half-limit sent 2 of every 9 chunks that way. */
-  private sealInBackground(): void {
-    if (this.closed) return;
-    const now = Date.now();
-    this.sealer.rewriteWhole(now);
-    if (this.sealer.busy || now < this.sealer.retryAtMs) return;
-    const s = this.state;
-    const pressure = s.dirtyBytes >= this.opts.dirtyLimitBytes / 2 || this.writes.waiting > 0 || (this.opts.memoryBudget?.stats().waiting ?? 0) > 0;
-    const idleBefore = now - this.opts.writebackDelayMs;
-    const ready = (c: ChunkBlocks) => c.covered || c.lastWriteMs <= idleBefore;
-    // whole chunks waiting for a rewrite slot, and those being rewritten, are on their way out
-    let leaving = this.sealer.rewritingBlocks;
-    let readyBlocks = 0;
-    let hotBlocks = 0;
-    for (const [i, c] of s.active.chunks) {
-      if (c.covered && this.sealer.rewritable(i)) leaving += c.blocks.size;
-      else if (ready(c)) readyBlocks += c.blocks.size;
-      else hotBlocks += c.blocks.size;
-    }
-    const hotToo = pressure && hotBlocks > readyBlocks + leaving;
-    if (!this.sealer.retryWaiting && readyBlocks === 0 && !hotToo) return;
-    this.sealer.sealSome((c) => hotToo || ready(c)).catch(() => {}); // logged by the sealer; a flush reports it
-  }
-
-  /** Writers waiting for room while sealing fails: the store is down. Said in the log, not hidden. */
-  private reportStall(now: number): void {
-    if (this.writes.waiting === 0 || this.sealer.failures === 0) return;
-    if (now - this.lastStallLogMs < STALL_LOG_MS) return;
-    this.lastStallLogMs = now;
-    this.logger.warn({ volume: this.name, waitingWriters: this.writes.waiting, dirtyBytes: this.state.dirtyBytes, err: describeError(this.sealer.lastError) }, 'writes are waiting: dirty data is at its limit and storing it keeps failing; retrying in the background');
-  }
+  // --- flush, commit (background work: write-back.ts) -------------------------------------
 
   async flush(): Promise<void> {
     await this.enter(false);
@@ -474,8 +411,7 @@ export class VolumeEngine {
   }
 
   private async closeNow(): Promise<void> {
-    if (this.timer) clearInterval(this.timer);
-    this.timer = null;
+    this.writeBack.stopTicking(); // no background work starts from the timer from here on
     this.sealer.stopCompaction();
     try {
       await this.snapshotChain;
@@ -483,6 +419,7 @@ export class VolumeEngine {
       else if (!this.opts.readOnly) await this.flush();
     } finally {
       this.closed = true;
+      this.writeBack.stop();
       this.writes.close();
       await this.sealer.close();
       await this.committer.settled();
