@@ -2,7 +2,7 @@
 // Long work shows a progress bar on a terminal and stays quiet in pipes.
 import type { Command } from 'commander';
 import { open as openFile, stat } from 'node:fs/promises';
-import { VaultError } from '../errors';
+import { VaultError, describeError } from '../errors';
 import { isAllZero } from '../codec';
 import { CHUNK_SIZE, chunkCount, chunkLength } from '../volume/chunk-math';
 import { changeMap, diffManifests } from '../volume/changed-blocks';
@@ -17,6 +17,7 @@ import { Progress } from './progress';
 import { addSettings } from './settings';
 import { out, VAULT_SETTINGS, withVault } from './vault-context';
 import { writeAll } from '../util/write-all';
+import { closeAfter } from '../util/close-after';
 
 
 
@@ -56,7 +57,7 @@ export function registerDataCommands(program: Command): void {
       const fh = toStdout ? null : await openFile(file, 'w');
       const bar = new Progress(`export ${source}`, engine.size);
       let done = 0;
-      try {
+      const copy = async () => {
         if (fh) await fh.truncate(engine.size); // holes where the volume is zero
         const n = chunkCount(engine.size);
         const zero = await zeroChunks(engine);
@@ -85,13 +86,17 @@ export function registerDataCommands(program: Command): void {
             bar.update((done += data.length));
           }
         }
-      } catch (err) {
-        throw await src.explain(err);
-      } finally {
+      };
+      const suppressed = (err: unknown) => ctx.logger.warn({ source, err: describeError(err) }, 'closing after the failure failed too');
+      const close = async () => {
         bar.done();
-        await fh?.close();
-        await src.close();
-      }
+        await closeAfter(async () => void (await fh?.close()), () => src.close(), suppressed);
+      };
+      const explained = () =>
+        copy().catch(async (err) => {
+          throw await src.explain(err);
+        });
+      await closeAfter(explained, close, suppressed);
       if (!toStdout) out(`exported ${source} (${formatSize(engine.size)}) to ${file}${src.via}`);
     });
   });
@@ -109,7 +114,7 @@ export function registerDataCommands(program: Command): void {
         const fh = await openFile(file, 'r');
         let done = 0;
         let skipped = 0;
-        try {
+        const copy = async () => {
           if (size > engine.size) throw new VaultError('ERR_NO_SPACE', `${file} (${size} bytes) is larger than volume "${volume}" (${engine.size} bytes)`);
           const volumeZero = await zeroChunks(engine);
           await forEachLimited(chunkCount(size), 4, async (i) => {
@@ -125,11 +130,13 @@ export function registerDataCommands(program: Command): void {
           // not part of it (a restore of a smaller image must not keep old bytes there).
           if (size < engine.size) await engine.trim(size, engine.size - size);
           await engine.flush();
-        } finally {
+        };
+        const close = async () => {
           bar.done();
-          await fh.close();
+          await fh.close().catch(() => {}); // (read-only: nothing to lose)
           await engine.close();
-        }
+        };
+        await closeAfter(copy, close, (err) => ctx.logger.warn({ volume, err: describeError(err) }, 'closing the volume after the failure failed too'));
         const rest = size < engine.size ? `; the ${formatSize(engine.size - size)} past its end now read as zeros` : '';
         out(`imported ${formatSize(size)} from ${file} into ${volume} (${skipped} zero chunks skipped)${rest}`);
       });

@@ -4,7 +4,7 @@
 import { existsSync } from 'node:fs';
 import { createCodec } from '../codec';
 import type { Codec } from '../codec/codec';
-import { VaultError, isVaultError } from '../errors';
+import { VaultError, describeError, isVaultError } from '../errors';
 import { createMasterKey, describeMasterKey, masterKeyPath, MasterKeyRing, PASSPHRASE_ENV, readPassphrase } from '../keys';
 import type { SecretKey } from '../keys/secret-key';
 import { openStore } from '../store';
@@ -14,6 +14,7 @@ import { isImmutableObjectKey } from '../volume/object-keys';
 import type { ObjectStore } from '../store/object-store';
 import { createLogger, parseLogFormat, setLogger, type Logger } from '../util/log';
 import type { MetricsSink } from '../util/metrics';
+import { closeAfter } from '../util/close-after';
 import { Vault } from '../volume/vault';
 import { listVolumeIds, vaultIdsOfVolumes } from '../volume/volume-references';
 import { resolveSettings, VAULT_SETTINGS, type Settings } from './settings';
@@ -132,11 +133,11 @@ export async function openVaultContext(s: VaultSettings, opts: OpenVaultOptions 
 export async function withVault<T>(opts: Record<string, unknown>, fn: (ctx: VaultContext, s: VaultSettings) => Promise<T>, open: OpenVaultOptions = {}): Promise<T> {
   const s = resolveSettings(opts, VAULT_SETTINGS, process.env, { logLevel: 'warn' }) as VaultSettings;
   const ctx = await openVaultContext(s, open);
-  try {
-    return await fn(ctx, s);
-  } finally {
-    await ctx.close();
-  }
+  return closeAfter(
+    () => fn(ctx, s),
+    () => ctx.close(),
+    (err) => ctx.logger.warn({ err: describeError(err) }, 'closing the vault after the failure failed too'),
+  );
 }
 
 export function out(text: string): void {

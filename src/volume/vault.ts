@@ -17,6 +17,7 @@ import { deriveSubkey, generateVolumeKey, unwrapVolumeKey, wrapVolumeKey, type M
 import { KEY_ID_BYTES, WRAPPED_KEY_OFFSET_KEY_ID } from '../keys/key-format';
 import type { ObjectStore } from '../store/object-store';
 import type { Logger } from '../util/log';
+import { closeAfter } from '../util/close-after';
 import { CHUNK_SIZE } from './chunk-math';
 import { LocalState } from './local-state';
 import { PAGE_ENTRIES, type Manifest } from './manifest';
@@ -419,14 +420,13 @@ export class Vault {
     // The size is read under the writer's lease, from the engine: one load, and no writer between.
     const engine = await this.openEngine(name, { autoCommitMs: 0 });
     const oldSize = engine.size;
-    try {
+    const resize = async () => {
       if (size < oldSize && !force) {
         throw new VaultError('ERR_INVALID_ARGUMENT', `shrinking "${name}" from ${oldSize} to ${size} bytes discards data; add --force to do it`);
       }
       await engine.resize(size);
-    } finally {
-      await engine.close();
-    }
+    };
+    await closeAfter(resize, () => engine.close(), (err) => this.closeFailedToo(name, err));
     return { oldSize, newSize: size };
   }
 
@@ -446,11 +446,12 @@ export class Vault {
   /** Snapshot a volume that no server is serving (a server does it through its admin socket). */
   async createSnapshot(volumeName: string, snapName: string, opts: { keep?: boolean } = {}): Promise<SnapshotRecord> {
     const engine = await this.openEngine(volumeName, { autoCommitMs: 0 });
-    try {
-      return await engine.snapshot(snapName, opts);
-    } finally {
-      await engine.close();
-    }
+    return closeAfter(() => engine.snapshot(snapName, opts), () => engine.close(), (err) => this.closeFailedToo(volumeName, err));
+  }
+
+  /** A close that failed after the operation had failed: the operation's error is the one thrown. */
+  private closeFailedToo(volume: string, err: unknown): void {
+    this.opts.logger.warn({ volume, err: describeError(err) }, 'closing the volume after the failure failed too');
   }
 
   /** A read-only engine over a snapshot: the export `VOL@SNAP`. */

@@ -9,7 +9,9 @@ import { FaultyStore } from '../../src/store/faulty-store';
 import { seededRandom } from '../../src/store/seeded-random';
 import { RetryStore } from '../../src/store/retry-store';
 import { CHUNK_SIZE } from '../../src/volume/chunk-math';
-import { VaultError } from '../../src/errors';
+import { VaultError, type VaultErrorCode } from '../../src/errors';
+import type { PutOptions } from '../../src/store/object-store';
+import { PassThroughStore } from '../helpers/pass-through-store';
 import { makeVault } from './vault-fixture';
 
 const MiB = 2 ** 20;
@@ -67,4 +69,36 @@ test('faults without a retry layer surface as typed errors; nothing acknowledged
   await assert.rejects(e.read(100, 4096), (err: VaultError) => err.code === 'ERR_IO', 'a failed fetch is EIO, never zeros');
   assert.ok((await e.read(100, 4096)).equals(data.subarray(0, 4096)), 'the next read succeeds');
   await e.close();
+});
+
+/** Root puts (commits) fail with the codes given, one per put, the last one for good. */
+class RootPutsFail extends PassThroughStore {
+  codes: VaultErrorCode[] = [];
+  override put(key: string, body: Buffer, opts?: PutOptions): Promise<{ etag: string }> {
+    if (this.codes.length > 0 && key.endsWith('/root')) {
+      const code = this.codes.length > 1 ? this.codes.shift()! : this.codes[0];
+      return Promise.reject(new VaultError(code, `test: root put refused (${code})`));
+    }
+    return super.put(key, body, opts);
+  }
+}
+
+test('a resize that fails keeps its own error when the close after it fails differently', async (t) => {
+  const store = new RootPutsFail(new MemoryStore());
+  const f = await makeVault(store);
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', CHUNK_SIZE + MiB); // a short last chunk: growing rewrites it
+  const e = await f.vault.openEngine('v');
+  const data = randomBytes(MiB);
+  await e.write(CHUNK_SIZE, data);
+  await e.close();
+  // The resize's commit meets one failure, the close's commit after it another.
+  store.codes = ['ERR_STORE_DENIED', 'ERR_STORE_IO'];
+  await assert.rejects(f.vault.resizeVolume('v', 3 * CHUNK_SIZE, false), (err: VaultError) => /ERR_STORE_DENIED/.test(err.message));
+  assert.deepEqual(store.codes, ['ERR_STORE_IO'], 'the close tried to store again and failed differently');
+  store.codes = [];
+  const e2 = await (await f.reopen()).openEngine('v', { readCacheBytes: 0 });
+  assert.equal(e2.size, CHUNK_SIZE + MiB, 'the failed resize committed nothing');
+  assert.ok((await e2.read(CHUNK_SIZE, MiB)).equals(data));
+  await e2.close();
 });
