@@ -6,7 +6,8 @@
 //
 // - A lease whose session is dead (heartbeat unchanged for its ttl, watched on our monotonic
 //   clock) or gone is taken over: first a create-only `takeover/<stale etag>` token (exactly one
-//   contender creates it, on every store including fs), then the lease with If-Match.
+//   contender creates it, on every store including fs), then the lease with If-Match. A token
+//   whose maker died before the lease put is passed by a next-generation token (claimTakeover).
 // - A lease held by this same instance (same state directory on this machine) whose process is
 //   gone (a restart after a crash) or is this very process is taken over at once.
 // - Sealed like every other object (kind 'lease', the volume's meta subkey): the store does not
@@ -141,23 +142,59 @@ function processAlive(pid: number): boolean {
 
 /** A takeover token's body: unique to its writer, so that a create-only put whose reply was lost
  *  and which the retry layer reads back finds its own bytes, never a rival's token taken for its
- *  own (with one body for all, two contenders could both win). */
-const takeoverToken = () => Buffer.from(JSON.stringify({ v: 1, by: randomBytes(16).toString('hex') }));
+ *  own (with one body for all, two contenders could both win). `session` names its maker's writer
+ *  session: a token whose maker died before it wrote the lease can be passed (claimTakeover). */
+const takeoverToken = (session: string) => Buffer.from(JSON.stringify({ v: 1, by: randomBytes(16).toString('hex'), session }));
 
 /** Create the takeover token `key`, or find it ours already (LeaseContext.ownTokens): true when
- *  this writer holds it. */
-async function takeTakeoverToken(store: ObjectStore, key: string, ownTokens = new Map<string, Buffer>()): Promise<boolean> {
+ *  this writer holds it; otherwise the rival token's maker session (null: none named, a token of
+ *  an older version or unreadable). */
+async function takeTakeoverToken(store: ObjectStore, key: string, session: string, ownTokens = new Map<string, Buffer>()): Promise<true | { rival: string | null }> {
   let body = ownTokens.get(key);
-  if (!body) ownTokens.set(key, (body = takeoverToken())); // before the put: one that lands unanswered is still ours
+  if (!body) ownTokens.set(key, (body = takeoverToken(session))); // before the put: one that lands unanswered is still ours
   try {
     await store.put(key, body, { ifNoneMatch: '*' });
     return true;
   } catch (err) {
     if (!isVaultError(err, 'ERR_STORE_PRECONDITION')) throw err;
-    if ((await store.get(key)).body.equals(body)) return true;
+    const found = (await store.get(key)).body;
+    if (found.equals(body)) return true;
     ownTokens.delete(key); // a rival's
-    return false;
+    return { rival: tokenSession(found) };
   }
+}
+
+function tokenSession(body: Buffer): string | null {
+  try {
+    const t = JSON.parse(body.toString('utf8')) as { session?: unknown };
+    return typeof t.session === 'string' && /^[0-9a-f]{32}$/.test(t.session) ? t.session : null;
+  } catch {
+    return null;
+  }
+}
+
+/** how many dead makers' tokens one lease version may pass before a claim gives up */
+const MAX_TOKEN_GENERATIONS = 16;
+
+/**
+ * Claim the right to replace lease version `etag` (a takeover, or a holder resuming its own):
+ * create its takeover token; exactly one contender can. A token whose maker's session died
+ * before the lease changed (a crash between its token and its lease put) blocked that version
+ * for good; it is now passed: the next generation's token (`…/takeover/<etag>.<n>`) is claimed
+ * the same create-only way, so two contenders passing it still cannot both win. False: another
+ * writer holds the claim and is alive, or the lease changed meanwhile.
+ */
+async function claimTakeover(ctx: LeaseContext, etag: string, session: string): Promise<boolean> {
+  for (let gen = 0; gen < MAX_TOKEN_GENERATIONS; gen++) {
+    const got = await takeTakeoverToken(ctx.store, takeoverKey(ctx.objectKey, etag, gen), session, ctx.ownTokens);
+    if (got === true) return true;
+    if (got.rival === null) return false; // its maker cannot be watched: it may be alive
+    const state = ctx.observe ? await ctx.observe(got.rival) : await observeSession(ctx.store, got.rival);
+    if (state === 'live') return false;
+    if ((await readVolumeLease(ctx))?.etag !== etag) return false; // its maker did write the lease
+    ctx.logger.warn({ volume: ctx.volumeName, generation: gen, maker: got.rival, makerState: state }, 'passing a takeover token whose maker stopped before it wrote the lease');
+  }
+  return false;
 }
 
 /** This very process wrote the lease record (same state directory, host and pid). */
@@ -165,8 +202,10 @@ function writtenByThisProcess(r: LeaseRecord | null, instance: string): boolean 
   return r !== null && r.instance === instance && r.host === hostname() && r.pid === process.pid;
 }
 
-export const takeoverKey = (leaseObjectKey: string, staleEtag: string) =>
-  `${leaseObjectKey.replace(/lease$/, '')}takeover/${staleEtag.replace(/[^0-9A-Za-z_-]/g, '_')}`;
+/** Generation 0 is `takeover/<etag>`, later ones `takeover/<etag>.<n>` ('.' is never in the
+ *  sanitized etag, so no two (etag, generation) pairs share a key). */
+export const takeoverKey = (leaseObjectKey: string, staleEtag: string, generation = 0) =>
+  `${leaseObjectKey.replace(/lease$/, '')}takeover/${staleEtag.replace(/[^0-9A-Za-z_-]/g, '_')}${generation > 0 ? `.${generation}` : ''}`;
 
 function describeHolder(r: LeaseRecord | null): string {
   return r ? `${r.purpose} (pid ${r.pid} on ${r.host})` : 'an unreadable lease';
@@ -240,10 +279,11 @@ export class VolumeLease {
       }
       // The same token a contender taking this lease version over must create: one of us wins
       // (on the fs store too, whose If-Match is atomic within one process only).
-      if (!(await takeTakeoverToken(this.ctx.store, takeoverKey(this.ctx.objectKey, this.etag), this.ctx.ownTokens))) {
+      if (!(await claimTakeover(this.ctx, this.etag, session.id))) {
         this.takenOver = true;
         return false;
       }
+      session.check(); // a session that ended while we claimed must not write the lease
       const purpose = current.record?.purpose ?? 'nbd-vault';
       const record: LeaseRecord = { v: LEASE_FORMAT, instance: this.ctx.instance, session: session.id, host: hostname(), pid: process.pid, purpose };
       const sealed = (await this.ctx.codec.seal(this.ctx.key, Buffer.from(JSON.stringify(record)), this.ctx.place))!;
@@ -295,7 +335,8 @@ export class VolumeLease {
     }
     ctx.logger.warn({ volume: ctx.volumeName, previous: describeHolder(r0), holderState: state }, 'taking over the volume lease');
     // Exactly one contender per stale lease version gets past this create-only put.
-    if (!(await takeTakeoverToken(ctx.store, takeoverKey(ctx.objectKey, current.etag), ctx.ownTokens))) throw await VolumeLease.lostRace(ctx, current.etag);
+    if (!(await claimTakeover(ctx, current.etag, ctx.session.id))) throw await VolumeLease.lostRace(ctx, current.etag);
+    ctx.session.check(); // a writer whose session ended while it claimed must not write (its token is passed)
     try {
       const { etag } = await ctx.store.put(ctx.objectKey, await body(), { ifMatch: current.etag });
       return new VolumeLease(ctx, etag);

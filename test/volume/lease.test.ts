@@ -16,7 +16,7 @@ import { Vault, type VaultOptions } from '../../src/volume/vault';
 import { VaultError } from '../../src/errors';
 import { WriterSession, observeSession, sessionKey, type Clock } from '../../src/volume/writer-session';
 import { readVolumeLease, writerHorizon } from '../../src/volume/volume-lease';
-import { makeVault, logger, type Fixture } from './vault-fixture';
+import { makeVault, logger, eventually, type Fixture } from './vault-fixture';
 
 const MiB = 2 ** 20;
 const FAST = { ttlMs: 600, renewMs: 100 };
@@ -416,6 +416,75 @@ test('a takeover whose lease put failed after its token can be tried again (its 
   await assert.rejects(vb.openEngine('v'), (err: VaultError) => err.code === 'ERR_STORE_IO');
   failLease = false;
   const e = await vb.openEngine('v');
+  await e.close();
+});
+
+test('a contender that died between its takeover token and the lease put does not block the volume: the next one passes its token', async (t) => {
+  let failTakeover = true;
+  const store = new (class extends PassThroughStore {
+    override put(key: string, body: Buffer, opts?: PutOptions) {
+      // contender X's machine dies right after its token: its lease put never lands
+      if (failTakeover && key.endsWith('/lease') && opts?.ifMatch) return Promise.reject(new VaultError('ERR_STORE_IO', 'the machine died'));
+      return super.put(key, body, opts);
+    }
+  })(new MemoryStore());
+  const f = await makeVault(store);
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 8 * MiB);
+  const va = await f.reopen({ leaseTiming: FAST });
+  const a = await va.openEngine('v');
+  const flushed = randomBytes(4096);
+  await a.write(0, flushed);
+  await a.flush();
+  await freezeSession(va); // the holder dies
+  const x = await elsewhere(f, t, { leasePurpose: 'contender X' });
+  await assert.rejects(x.openEngine('v'), (err: VaultError) => err.code === 'ERR_STORE_IO');
+  await freezeSession(x); // ... and so does X, its token left behind
+  const tokens = async () => {
+    const keys: string[] = [];
+    for await (const o of store.list('volumes/')) if (o.key.includes('/takeover/')) keys.push(o.key);
+    return keys.sort();
+  };
+  assert.equal((await tokens()).length, 1, 'X left its token');
+  failTakeover = false;
+  const y = await elsewhere(f, t, { leasePurpose: 'contender Y' });
+  const b = await y.openEngine('v');
+  assert.ok((await b.read(0, 4096)).equals(flushed));
+  assert.equal((await readVolumeLease((b as any).opts.lease.ctx))?.record?.purpose, 'contender Y');
+  const after = await tokens();
+  assert.equal(after.length, 2);
+  assert.match(after[1], /\/takeover\/[^/]+\.1$/, 'Y claimed the next generation');
+  await b.close();
+});
+
+test('a token whose maker is alive is not passed: the contender loses, whatever the wait', async (t) => {
+  let holdTakeover = true;
+  let release: () => void = () => {};
+  const held = new Promise<void>((r) => (release = r));
+  const store = new (class extends PassThroughStore {
+    override async put(key: string, body: Buffer, opts?: PutOptions) {
+      if (holdTakeover && key.endsWith('/lease') && opts?.ifMatch) await held; // X's lease put is slow, X alive
+      return super.put(key, body, opts);
+    }
+  })(new MemoryStore());
+  const f = await makeVault(store);
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 8 * MiB);
+  const va = await f.reopen({ leaseTiming: FAST });
+  await va.openEngine('v');
+  await freezeSession(va);
+  const x = await elsewhere(f, t, { leasePurpose: 'contender X' });
+  const xOpen = x.openEngine('v');
+  await eventually(async () => {
+    for await (const o of store.list('volumes/')) if (o.key.includes('/takeover/')) return true;
+    return false;
+  }, 'X made its token');
+  holdTakeover = false; // (Y's own lease put, if it got that far, is not held)
+  const y = await elsewhere(f, t, { leasePurpose: 'contender Y' });
+  const yOpen = y.openEngine('v');
+  setTimeout(release, FAST.ttlMs * 3); // X's put lands long after a ttl: its heartbeat went on
+  await assert.rejects(yOpen, isLease(/took the lease first; it is held by contender X/));
+  const e = await xOpen;
   await e.close();
 });
 
