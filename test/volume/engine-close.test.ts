@@ -97,8 +97,8 @@ test('no compaction step starts while a close flushes, so none runs on after it'
   let closed = false;
   const closing = e.close().then(() => (closed = true));
   await eventually(() => store.held.length > 0, 'the close commits its root');
-  (e as any).lastWriteMs = 0; // idle for long: the timer's next tick would fold the journals
-  (e as any).tick();
+  (e as any).writeBack.lastWriteMs = 0; // idle for long: the timer's next tick would fold the journals
+  (e as any).writeBack.tick();
   await sleep(300); // two timer periods
   const duringClose = store.writes.filter((w) => w.includes('/chunks/'));
   store.release();

@@ -210,7 +210,7 @@ test('compaction that keeps failing backs off instead of retrying at every tick'
     steps++;
     return step();
   };
-  (e as any).lastWriteMs = 0; // idle for long: compaction is due at every tick (100 ms)
+  (e as any).writeBack.lastWriteMs = 0; // idle for long: compaction is due at every tick (100 ms)
   await new Promise((r) => setTimeout(r, 2000));
   assert.ok(steps >= 2 && steps <= 4, `${steps} compaction attempts in 2 s (0.5 s, 1 s, 2 s apart; not 20)`);
   failing = false;
