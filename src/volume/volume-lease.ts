@@ -151,7 +151,9 @@ const takeoverToken = (session: string) => Buffer.from(JSON.stringify({ v: 1, by
  *  an older version or unreadable). */
 async function takeTakeoverToken(store: ObjectStore, key: string, session: string, ownTokens = new Map<string, Buffer>()): Promise<true | { rival: string | null }> {
   let body = ownTokens.get(key);
-  if (!body) ownTokens.set(key, (body = takeoverToken(session))); // before the put: one that lands unanswered is still ours
+  // Ours only under the session that made it: once that session ended, a contender may have seen
+  // it dead and passed the token; a later session of ours must pass it too, never reuse it.
+  if (!body || tokenSession(body) !== session) ownTokens.set(key, (body = takeoverToken(session))); // before the put: one that lands unanswered is still ours
   try {
     await store.put(key, body, { ifNoneMatch: '*' });
     return true;
@@ -173,6 +175,13 @@ function tokenSession(body: Buffer): string | null {
   }
 }
 
+/** Between a takeover token and the lease put: a session that died or stopped (its heartbeat
+ *  deleted: others see it gone and pass its token) must not write the lease. */
+function assertLive(session: WriterSession): void {
+  session.check();
+  if (!session.alive) throw new VaultError('ERR_SHUTDOWN', 'the writer session stopped before the lease could be written');
+}
+
 /** how many dead makers' tokens one lease version may pass before a claim gives up */
 const MAX_TOKEN_GENERATIONS = 16;
 
@@ -184,12 +193,17 @@ const MAX_TOKEN_GENERATIONS = 16;
  * the same create-only way, so two contenders passing it still cannot both win. False: another
  * writer holds the claim and is alive, or the lease changed meanwhile.
  */
-async function claimTakeover(ctx: LeaseContext, etag: string, session: string): Promise<boolean> {
+async function claimTakeover(ctx: LeaseContext, etag: string, session: string, waitForDeadMaker = true): Promise<boolean> {
   for (let gen = 0; gen < MAX_TOKEN_GENERATIONS; gen++) {
     const got = await takeTakeoverToken(ctx.store, takeoverKey(ctx.objectKey, etag, gen), session, ctx.ownTokens);
     if (got === true) return true;
     if (got.rival === null) return false; // its maker cannot be watched: it may be alive
-    const state = ctx.observe ? await ctx.observe(got.rival) : await observeSession(ctx.store, got.rival);
+    // (refusing at once, AcquireOptions.waitForDeadHolder false: only a maker certainly gone is passed)
+    const state = !waitForDeadMaker
+      ? await observeSession(ctx.store, got.rival, { maxWaitMs: 0 })
+      : ctx.observe
+        ? await ctx.observe(got.rival)
+        : await observeSession(ctx.store, got.rival);
     if (state === 'live') return false;
     if ((await readVolumeLease(ctx))?.etag !== etag) return false; // its maker did write the lease
     ctx.logger.warn({ volume: ctx.volumeName, generation: gen, maker: got.rival, makerState: state }, 'passing a takeover token whose maker stopped before it wrote the lease');
@@ -283,7 +297,7 @@ export class VolumeLease {
         this.takenOver = true;
         return false;
       }
-      session.check(); // a session that ended while we claimed must not write the lease
+      assertLive(session); // a session that ended while we claimed must not write the lease
       const purpose = current.record?.purpose ?? 'nbd-vault';
       const record: LeaseRecord = { v: LEASE_FORMAT, instance: this.ctx.instance, session: session.id, host: hostname(), pid: process.pid, purpose };
       const sealed = (await this.ctx.codec.seal(this.ctx.key, Buffer.from(JSON.stringify(record)), this.ctx.place))!;
@@ -335,8 +349,8 @@ export class VolumeLease {
     }
     ctx.logger.warn({ volume: ctx.volumeName, previous: describeHolder(r0), holderState: state }, 'taking over the volume lease');
     // Exactly one contender per stale lease version gets past this create-only put.
-    if (!(await claimTakeover(ctx, current.etag, ctx.session.id))) throw await VolumeLease.lostRace(ctx, current.etag);
-    ctx.session.check(); // a writer whose session ended while it claimed must not write (its token is passed)
+    if (!(await claimTakeover(ctx, current.etag, ctx.session.id, opts.waitForDeadHolder !== false))) throw await VolumeLease.lostRace(ctx, current.etag);
+    assertLive(ctx.session); // a writer whose session ended while it claimed must not write (its token is passed)
     try {
       const { etag } = await ctx.store.put(ctx.objectKey, await body(), { ifMatch: current.etag });
       return new VolumeLease(ctx, etag);

@@ -488,6 +488,55 @@ test('a token whose maker is alive is not passed: the contender loses, whatever 
   await e.close();
 });
 
+/** The fs store as two processes see it: If-Match is checked, and the rename lands later, not
+ *  serialised with the other process's (If-Match on fs is atomic within one process only). */
+class TwoProcessFsLike extends PassThroughStore {
+  failLease = false;
+  holdLease: Promise<void> | null = null;
+  leaseChecked = false;
+  override async put(key: string, body: Buffer, opts?: PutOptions) {
+    if (key.endsWith('/lease') && opts?.ifMatch) {
+      if (this.failLease) throw new VaultError('ERR_STORE_IO', 'the put failed');
+      if (this.holdLease) {
+        if ((await this.inner.head(key))?.etag !== opts.ifMatch) throw new VaultError('ERR_STORE_PRECONDITION', 'changed');
+        this.leaseChecked = true;
+        await this.holdLease;
+        return super.put(key, body, {});
+      }
+    }
+    return super.put(key, body, opts);
+  }
+}
+
+test('a maker whose token was passed (its session died) does not reuse it under its next session: one winner', async (t) => {
+  const mem = new MemoryStore();
+  const f = await makeVault(mem);
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 8 * MiB);
+  const va = await f.reopen({ leaseTiming: FAST });
+  await va.openEngine('v');
+  await freezeSession(va); // the holder dies
+  const sx = new TwoProcessFsLike(mem);
+  const x = await elsewhere(f, t, { leasePurpose: 'contender X' }, sx);
+  sx.failLease = true;
+  await assert.rejects(x.openEngine('v'), (e: VaultError) => e.code === 'ERR_STORE_IO'); // X made generation 0, its lease put failed
+  sx.failLease = false;
+  await freezeSession(x); // X's session dies; its process lives on
+  const sy = new TwoProcessFsLike(mem);
+  let release!: () => void;
+  sy.holdLease = new Promise((r) => (release = r));
+  const y = await elsewhere(f, t, { leasePurpose: 'contender Y' }, sy);
+  const yOpen = y.openEngine('v'); // passes X's dead token, claims generation 1, checks If-Match, then is slow
+  await eventually(() => sy.leaseChecked, 'Y claimed generation 1 and is writing the lease', 20_000);
+  const xAgain = x.openEngine('v'); // X again, under a new session
+  xAgain.catch(() => {});
+  await assert.rejects(xAgain, isLease(/took the lease first/), 'X does not take its passed token for its own');
+  release();
+  const e = await yOpen;
+  assert.equal((await readVolumeLease((e as any).opts.lease.ctx))?.record?.purpose, 'contender Y');
+  await e.close();
+});
+
 test('a lease lost after a compaction step (no write since the last FLUSH) closes cleanly: nothing was lost', async (t) => {
   const f = await makeVault();
   t.after(() => f.cleanup());
