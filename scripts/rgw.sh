@@ -45,16 +45,18 @@ kill_wait() { # kill_wait PID: TERM, up to 5 s, then KILL
 daemons_of_dir() { # [NAME-REGEX]
   local p
   for p in $(pgrep -x "${1:-ceph-mon|ceph-osd|radosgw}" 2>/dev/null); do
-    grep -qxF "CEPH_CONF=$CONF" < <(tr "\\0" "\\n" 2>/dev/null < "/proc/$p/environ") && echo "$p"
+    ours "$p" && echo "$p"
   done
   return 0
 }
+ours() { grep -qxF "CEPH_CONF=$CONF" < <(tr "\\0" "\\n" 2>/dev/null < "/proc/$1/environ"); } # PID runs from this DIR
 
 stop_all() {
   local f p
   for f in "$DIR"/run/client.rgw.*.pid "$DIR"/run/osd.*.pid "$DIR"/run/mon.*.pid; do
     [ -f "$f" ] || continue
-    kill_wait "$(cat "$f")"
+    # a pid file can outlive its daemon (SIGKILL, reboot) and name a reused pid: only ours is killed
+    if ours "$(cat "$f")"; then kill_wait "$(cat "$f")"; fi
     rm -f "$f"
   done
   for p in $(daemons_of_dir); do say "stopping stale daemon $p"; kill_wait "$p"; done
@@ -120,12 +122,18 @@ rgw dns name = localhost
 CONF
 }
 
-wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
-  local secs=$1 what=$2; shift 2
-  for _ in $(seq $((secs * 5))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
+wait_for() { # wait_for SECONDS DESCRIPTION COMMAND... (a deadline: a probe may itself take seconds)
+  local deadline=$((SECONDS + $1)) what=$2; shift 2
+  while [ "$SECONDS" -lt "$deadline" ]; do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
   say "timed out waiting for $what"; return 1
 }
 
+# The listener on 127.0.0.1:PORT is our radosgw (not a gateway that took the port meanwhile).
+listens_ours() {
+  local p
+  p=$(ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n1 | cut -d= -f2)
+  [ -n "$p" ] && [ "$p" = "$(cat "$DIR/run/client.rgw.test.pid" 2>/dev/null)" ] && ours "$p"
+}
 osd_up() { ceph --connect-timeout 5 osd stat 2>/dev/null | grep -q ' 1 up'; }
 osd_up_or_gone() { osd_up || [ -z "$(daemons_of_dir ceph-osd)" ]; } # a dead OSD is not waited for
 # The monitor that answers is ours: a foreign one on the port would answer `mon stat` too.
@@ -139,10 +147,12 @@ start_once() {
   : > "$DIR/keyring"
   # The monitor listens on PORT+1 (override: RGW_MON_PORT), so clusters on different PORTs coexist.
   # Ports someone else holds (another cluster, a stale one from a killed run) are skipped upward.
-  local mon_port
-  for _ in $(seq 20); do
+  local mon_port tries=0
+  while :; do
     mon_port=${RGW_MON_PORT:-$((port + 1))}
     port_free "$port" && port_free "$mon_port" && break
+    tries=$((tries + 1))
+    [ -z "${RGW_MON_PORT:-}" ] && [ "$tries" -lt 20 ] || { say "ports $port/$mon_port are in use"; return 1; }
     say "port $port or $mon_port is in use; trying $((port + 10))"
     port=$((port + 10))
   done
@@ -162,11 +172,11 @@ start_once() {
   ceph osd crush add osd.0 1.0 host=localhost >/dev/null 2>&1
   ceph-osd -i 0 2>>"$DIR/log/start.err"
   wait_for 60 "OSD up" osd_up_or_gone || return 1
-  osd_up || { say "the OSD exited"; return 1; }
+  [ -n "$(daemons_of_dir ceph-osd)" ] || { say "the OSD exited"; return 1; }
   say "starting radosgw on 127.0.0.1:$port"
   radosgw -n client.rgw.test
   wait_for 90 "radosgw HTTP" http_ok || return 1
-  pid_alive "$DIR/run/client.rgw.test.pid" || { say "a gateway answers on $port but ours is not running"; return 1; }
+  listens_ours "$port" || { say "something else answers on port $port"; return 1; }
 }
 
 write_env() {
@@ -199,7 +209,8 @@ ENV
 case "$cmd" in
   start)
     PORT=${3:-}; [ -n "$PORT" ] || die "usage: rgw.sh start DIR PORT"
-    if pid_alive "$DIR/run/client.rgw.test.pid" && [ "$(cat "$DIR/port" 2>/dev/null)" = "$PORT" ] && http_ok; then
+    # ours, healthy, on PORT or on the port a busy PORT made it skip to (s3.env names it)
+    if pid_alive "$DIR/run/client.rgw.test.pid" && http_ok && listens_ours "$(cat "$DIR/port")"; then
       say "already running in $DIR"
       write_env; exit 0
     fi
