@@ -10,7 +10,11 @@ export async function closeAfter<T>(body: () => Promise<T>, close: () => Promise
     try {
       await close();
     } catch (closeErr) {
-      suppressed(closeErr);
+      try {
+        suppressed(closeErr);
+      } catch {
+        // (reporting it failed too: the body's error still goes out)
+      }
     }
     throw err;
   }
