@@ -22,7 +22,8 @@ import { VAULT_KEY, leaseKey, metaKey, rootKey, snapshotKey, volumePrefix } from
 import { ROOT_FORMAT, journalsOf, type RootRecord } from './root-record';
 import type { SnapshotRecord } from './snapshot-record';
 import { type Vault, type VolumeMeta } from './vault';
-import { referencedKeys, snapshotAsRoot } from './volume-references';
+import { listVolumeIds, referencedKeys, snapshotAsRoot } from './volume-references';
+import { KEY_ID_BYTES, WRAPPED_KEY_OFFSET_KEY_ID } from '../keys/key-format';
 import type { VolumeObjects } from './volume-objects';
 
 export interface SyncOptions {
@@ -119,6 +120,7 @@ export class VaultSync {
       // A new volume becomes visible only once a snapshot and its root are there.
       if (!isNew || results.some((r) => r.status !== 'vanished')) await this.copyMeta(job);
     }
+    await this.followKeyRotation();
     const pruned = this.opts.prune ? await this.pruneReplica(jobs.filter((j) => j.full)) : [];
     this.logger.info({ to: this.dest.name, copied: this.copied, bytes: this.bytes, skipped: this.skipped, snapshots: snapshots.length, pruned: pruned.length }, 'sync finished');
     return { copied: this.copied, bytes: this.bytes, skipped: this.skipped, snapshots, pruned, withoutSnapshots };
@@ -140,6 +142,45 @@ export class VaultSync {
     }
     await this.dest.put(VAULT_KEY, body, this.dest.props.conditionalPut ? { ifNoneMatch: '*' } : undefined);
     this.count(body.length);
+  }
+
+  /**
+   * After a master key rotation in the source (FORMAT.md "Rotating the master key"), the same
+   * steps in the replica: every `meta` it shares with the source rewrapped (all of them, not only
+   * this run's volumes: the new key must open each), then the vault object's key check. Before,
+   * the replica kept the old key check over rewrapped metas, and neither key opened it.
+   */
+  private async followKeyRotation(): Promise<void> {
+    const { body } = await this.source.store.get(VAULT_KEY);
+    const theirs = await this.dest.get(VAULT_KEY);
+    if (theirs.body.equals(body)) return;
+    const sourceIds = new Set(await listVolumeIds(this.source.store));
+    const sourceKeyIds = new Set<string>();
+    const strays: string[] = [];
+    for (const id of await listVolumeIds(this.dest)) {
+      if (sourceIds.has(id)) {
+        const meta = (await this.source.store.get(metaKey(id))).body;
+        sourceKeyIds.add(wrappingKeyId(meta));
+        const mine = await this.getOrNull(this.dest, metaKey(id));
+        if (mine !== null && !mine.equals(meta)) {
+          await this.dest.put(metaKey(id), meta);
+          this.count(meta.length);
+        }
+      } else strays.push(id);
+    }
+    await this.dest.put(VAULT_KEY, body, theirs.etag && this.dest.props.conditionalPut ? { ifMatch: theirs.etag } : undefined);
+    this.count(body.length);
+    // Volumes only the replica has (deleted in the source) cannot be rewrapped here: a sync opens
+    // no volume key. They open only where the old master key is loaded beside the new one.
+    const stale = [];
+    for (const id of strays) {
+      const meta = await this.getOrNull(this.dest, metaKey(id));
+      if (meta !== null && !sourceKeyIds.has(wrappingKeyId(meta))) stale.push(id);
+    }
+    if (stale.length > 0) {
+      this.logger.warn({ to: this.dest.name, volumeIds: stale }, 'the replica now takes the source\'s master key; volumes only the replica has stay wrapped by an older key (delete them from the replica, or open it with that key beside the new one)');
+    }
+    this.logger.info({ to: this.dest.name }, 'replica follows the source\'s master key rotation');
   }
 
   private async planJobs(): Promise<{ jobs: Job[]; withoutSnapshots: string[] }> {
@@ -324,6 +365,16 @@ export class VaultSync {
       if (isVaultError(err, 'ERR_STORE_NOT_FOUND')) return null;
       throw err;
     }
+  }
+}
+
+/** The id of the master key that wraps a `meta` object's volume key (public bytes); '' if unreadable. */
+function wrappingKeyId(meta: Buffer): string {
+  try {
+    const wrapped = Buffer.from(String(JSON.parse(meta.toString('utf8'))?.wrappedKey), 'base64');
+    return wrapped.subarray(WRAPPED_KEY_OFFSET_KEY_ID, WRAPPED_KEY_OFFSET_KEY_ID + KEY_ID_BYTES).toString('hex');
+  } catch {
+    return '';
   }
 }
 

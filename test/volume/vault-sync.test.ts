@@ -16,6 +16,8 @@ import { CHUNK_SIZE } from '../../src/volume/chunk-math';
 import { Vault } from '../../src/volume/vault';
 import { VaultSync, type SyncResult } from '../../src/volume/vault-sync';
 import { verifyManifest } from '../../src/volume/verify';
+import { rewrapVolumeKeys, rewriteKeyCheck } from '../../src/volume/key-rotation';
+import { SecretKey } from '../../src/keys/secret-key';
 import { logger, makeVault, type Fixture } from './vault-fixture';
 
 const SIZE = 6 * CHUNK_SIZE;
@@ -232,4 +234,32 @@ test('sync while a writer changes the source and takes snapshots: every copied s
   for (const s of snaps) assert.ok((await readAll(replica, `vol@${s.name}`)).equals(await readAll(vault, `vol@${s.name}`)), s.name);
   await e.close();
   await verifyVault(replica);
+});
+
+test('a replica follows a master key rotation of its source: after the next sync the new key opens it, the old one does not', async (t) => {
+  const w = await world(t);
+  const { vault } = w.f;
+  await vault.createVolume('vol', SIZE);
+  await vault.createVolume('quiet', SIZE); // in the replica, not in the next run's selection
+  for (const name of ['vol', 'quiet']) {
+    const e = await vault.openEngine(name, { autoCommitMs: 0 });
+    await e.write(0, randomBytes(CHUNK_SIZE + 77));
+    await e.snapshot('s1');
+    await e.close();
+  }
+  await w.sync();
+  // Rotate the source's master key (what `keys rotate` does to the store).
+  const next = new SecretKey(randomBytes(32), 'master');
+  const target = { store: w.f.store, codec: createInlineCodec(), vaultId: vault.vaultId, logger };
+  assert.equal((await rewrapVolumeKeys(target, w.f.master, next)).rewrapped, 2);
+  assert.equal(await rewriteKeyCheck(target, w.f.master, next), true);
+  const rotated = await Vault.open(w.f.store, next, createInlineCodec(), { stateDir: mkdtempSync(join(w.dir, 'rotated-state-')), logger });
+  const r = await new VaultSync(rotated, w.dest, async () => Vault.open(w.dest, next, createInlineCodec(), { stateDir: mkdtempSync(join(w.dir, 'r-')), logger }), { volumes: ['vol'], prune: true }, logger).run();
+  assert.ok(r.copied >= 3, 'the metas and the vault object were copied again');
+  const replica = await Vault.open(w.dest, next, createInlineCodec(), { stateDir: mkdtempSync(join(w.dir, 'replica-new-')), logger });
+  assert.deepEqual((await replica.listVolumes({ strict: true })).map((v) => v.name), ['quiet', 'vol'], 'the new key opens every volume of the replica');
+  for (const spec of ['vol@s1', 'quiet@s1']) assert.ok((await readAll(replica, spec)).equals(await readAll(rotated, spec)), `${spec} reads back with the new key`);
+  await assert.rejects(Vault.open(w.dest, w.f.master, createInlineCodec(), { stateDir: mkdtempSync(join(w.dir, 'replica-old-')), logger }), (err: VaultError) => err.code === 'ERR_WRONG_KEY');
+  const again = await new VaultSync(rotated, w.dest, async () => replica, {}, logger).run();
+  assert.equal(again.copied, 0, 'nothing more to copy');
 });
