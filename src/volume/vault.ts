@@ -18,6 +18,7 @@ import { KEY_ID_BYTES, WRAPPED_KEY_OFFSET_KEY_ID } from '../keys/key-format';
 import type { ObjectStore } from '../store/object-store';
 import type { Logger } from '../util/log';
 import { closeAfter } from '../util/close-after';
+import { InFlight } from '../util/in-flight';
 import { CHUNK_SIZE } from './chunk-math';
 import { LocalState } from './local-state';
 import { PAGE_ENTRIES, type Manifest } from './manifest';
@@ -60,6 +61,8 @@ export class Vault {
   private readonly state: LocalState;
   /** this process's writer session, its watches of other writers' and the leases (vault-writers.ts) */
   private readonly writers: VaultWriters;
+  /** work started for the caller that a close waits for (watchLeaseHolders) */
+  private readonly background = new InFlight();
 
   private constructor(
     readonly store: ObjectStore,
@@ -358,13 +361,17 @@ export class Vault {
 
   /** Watch the heartbeats of the other writers holding leases here (a server at startup: see
    *  VaultWriters.watchLeaseHolders). */
-  async watchLeaseHolders(): Promise<number> {
-    return this.writers.watchLeaseHolders((await this.listVolumes()).map((v) => v.id));
+  watchLeaseHolders(): Promise<number> {
+    // Tracked: a close waits for it, so it never reads a volume key after the master key is wiped
+    // (a server refused at startup logged one false "wrong key" error per volume).
+    return this.background.track((async () => this.writers.watchLeaseHolders((await this.listVolumes()).map((v) => v.id)))());
   }
 
-  /** Stop the writer session's heartbeat and delete it (after every engine has been closed). */
+  /** Stop the writer session's heartbeat and delete it (after every engine has been closed), and
+   *  end the watches of other writers. */
   async close(): Promise<void> {
     await this.writers.stop();
+    await this.background.settled();
   }
 
   private acquireLease(found: VolumeMeta, purpose: string): Promise<VolumeLease> {

@@ -106,3 +106,18 @@ test('export to a filesystem too small for the data fails (exit 1), never a file
   assert.equal(r.code, 1, `exit code (stdout: ${r.stdout.trim()})`);
   assert.match(r.stderr, /ENOSPC|no space|short write/i);
 });
+
+test('a second server refused at startup says why, and nothing else: no volume is reported unreadable', async (t) => {
+  const v = await makeTestVault();
+  t.after(() => v.cleanup());
+  for (const name of ['a', 'b', 'c', 'd']) await v.cli('volume', 'create', name, '--size', '64M');
+  const srv = await v.serve();
+  for (let round = 0; round < 3; round++) {
+    const second = await v.cliResult('serve', '--listen', '127.0.0.1:0');
+    assert.equal(second.code, 1, second.stderr);
+    assert.match(second.stderr, /another nbd-vault server is running with state directory/);
+    // the startup scan of other writers' leases read volume keys after the master key was wiped
+    assert.doesNotMatch(second.stderr, /cannot be read|ERR_WRONG_KEY|is wrapped by master key/);
+  }
+  assert.equal(await srv.stop(), 0);
+});
