@@ -44,14 +44,25 @@ function promptHidden(prompt: string, io: PassphraseIo): Promise<string> {
     },
   });
   const rl = readline.createInterface({ input: io.input, output, terminal: true });
-  return new Promise<string>((resolve) => {
+  return new Promise<string>((resolve, reject) => {
+    let answered = false;
     io.output.write(prompt);
     muted = true;
     rl.question('', (answer) => {
+      answered = true;
       muted = false;
       io.output.write('\n');
       rl.close();
       resolve(answer);
+    });
+    // Ctrl+C, or Ctrl+D on an empty line: say so and stop (the promise used to stay pending, and
+    // the command exited 0 having done nothing).
+    rl.on('SIGINT', () => rl.close());
+    rl.on('close', () => {
+      if (answered) return;
+      muted = false;
+      io.output.write('\n');
+      reject(new VaultError('ERR_INVALID_ARGUMENT', 'no passphrase entered (the prompt was interrupted); nothing was done'));
     });
   });
 }

@@ -4,7 +4,8 @@
 // (A typo in a typed recovery key: test/keys/recovery-key.test.ts.)
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { runCommand } from '../helpers/fuse-disk';
@@ -84,4 +85,29 @@ test('recovery key: printed and typed on a terminal; refused through pipes unles
   assert.match(typed.text, new RegExp(`restored master key ${keyId}`));
   const noStdin = await runCommand(process.execPath, [CLI, 'keys', 'import-recovery', '--keys', join(v.dir, 'k3')], { env: v.env, input: paper.join('\n'), okCodes: [2] });
   assert.match(noStdin.stderr, /refusing to read the master key from a non-terminal.*--stdin/);
+});
+
+test('a passphrase prompt ended by Ctrl+C or Ctrl+D says so and fails (exit 2), having written no key', async (t) => {
+  const v = await makeTestVault({ init: false });
+  t.after(() => v.cleanup());
+  for (const [what, key] of [['Ctrl+C', '\x03'], ['Ctrl+D', '\x04']] as const) {
+    const keys = join(v.dir, `keys-${what}`);
+    const quoted = [process.execPath, CLI, 'keys', 'init', '--passphrase', '--keys', keys].map((a) => `'${a}'`).join(' ');
+    const child = spawn('script', ['-qec', `${quoted}; echo EXIT=$?`, '/dev/null'], { env: { ...v.env, NBD_VAULT_PASSPHRASE: '' }, stdio: ['pipe', 'pipe', 'pipe'] });
+    let shown = '';
+    child.stdout.on('data', (d) => (shown += d));
+    const exited = new Promise((r) => child.once('exit', r));
+    // The key only once the prompt is up: the terminal is in raw mode then (before, the tty
+    // itself would turn Ctrl+C into a signal).
+    for (let i = 0; i < 400 && !/New passphrase:/.test(shown); i++) await new Promise((r) => setTimeout(r, 50));
+    assert.match(shown, /New passphrase:/);
+    child.stdin.write(key);
+    const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+    await exited;
+    clearTimeout(timer);
+    child.stdin.end();
+    assert.match(shown, /no passphrase entered \(the prompt was interrupted\); nothing was done/, `${what}: ${shown}`);
+    assert.match(shown, /EXIT=2/, `${what}: a failure, not a silent exit 0`);
+    assert.equal(existsSync(keys) && readdirSync(keys).length > 0, false, 'no key written');
+  }
 });
