@@ -101,7 +101,7 @@ export function registerDataCommands(program: Command): void {
     });
   });
 
-  addSettings(program.command('import <file> <volume>').description('Copy a raw image FILE into VOLUME (zero-aware); the volume must not be served'), VAULT_SETTINGS).action(
+  addSettings(program.command('import <file> <volume>').description('Copy a raw image FILE into an existing VOLUME (zero-aware); refused while a server serves the vault from the same --state (import through it with nbdcopy)'), VAULT_SETTINGS).action(
     async (file: string, volume: string, opts) => {
       await withVault(opts, async (ctx, s) => {
         const ping = await adminRequest(s.state, { op: 'ping' });

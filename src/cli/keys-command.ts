@@ -36,7 +36,9 @@ export function registerKeysCommands(program: Command): void {
 
   keys
     .command('passwd')
-    .description('Change, add or remove the passphrase of the master key (the key itself is unchanged)')
+    .description(
+      `Change, add or remove the passphrase of the master key (the key itself is unchanged): the current one from $${PASSPHRASE_ENV}, the new one from $${NEW_PASSPHRASE_ENV}, else no-echo prompts`,
+    )
     .option('--keys <dir>', KEYS_OPTION_HELP)
     .option('--remove', 'store the key without a passphrase (protected by file mode 0600 only)')
     .action(async (opts: { keys?: string; remove?: boolean }) => {

@@ -41,7 +41,7 @@ export function registerSnapshotCommands(program: Command): void {
   const snap = addSettings(
     program
       .command('snapshot')
-      .description('Snapshot a volume (O(1): copies no chunk); also: snapshot create|list|delete')
+      .description('Snapshot a volume (O(1): copies no chunk); also: snapshot create|list|delete|prune|keep')
       .argument('[volume]', 'volume to snapshot')
       .argument('[name]', 'snapshot name (default: the UTC time)')
       .option('--keep', 'flag it so that prune never removes it')

@@ -98,7 +98,7 @@ export function registerVaultCommands(program: Command): void {
       });
     });
 
-  addSettings(volume.command('resize <name>').description('Grow a volume (shrinking needs --force)').requiredOption('--size <size>', 'new size'), VAULT_SETTINGS)
+  addSettings(volume.command('resize <name>').description('Grow a volume (shrinking needs --force); refused while a server serves the vault from the same --state').requiredOption('--size <size>', 'new size'), VAULT_SETTINGS)
     .option('--force', 'allow shrinking (discards the data past the new end)')
     .action(async (name: string, opts) => {
       const size = sizeArg(opts.size);
@@ -109,7 +109,7 @@ export function registerVaultCommands(program: Command): void {
       });
     });
 
-  addSettings(volume.command('delete <name>').description('Crypto-erase a volume (its key first), then delete its objects'), VAULT_SETTINGS)
+  addSettings(volume.command('delete <name>').description('Crypto-erase a volume (its key first), then delete its objects; refused while a server serves the vault from the same --state, or while it has clones'), VAULT_SETTINGS)
     .option('--yes', 'do not ask (required when stdin is not a terminal)')
     .action(async (name: string, opts) => {
       if (!opts.yes) {
