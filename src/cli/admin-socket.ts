@@ -56,7 +56,8 @@ export async function startAdminServer(stateDir: string, vaultId: string, handle
           logger.info({ op: req.op }, 'admin request');
           reply = { ok: true, vaultId, result: await handle(req) };
         } catch (err) {
-          reply = { ok: false, vaultId, code: isVaultError(err) ? err.code : 'ERR_INVALID_ARGUMENT', message: describeError(err) };
+          // the code travels on its own: the caller's VaultError prints it once, after the message
+          reply = { ok: false, vaultId, code: isVaultError(err) ? err.code : 'ERR_INVALID_ARGUMENT', message: isVaultError(err) ? err.message : describeError(err) };
         }
         sock.end(JSON.stringify(reply) + '\n');
       })());

@@ -88,6 +88,13 @@ test('resize and delete refuse while a server serves the vault; snapshot goes th
   assert.equal(i.code, 1);
   const s = await v.cli('snapshot', 'live');
   assert.match(s.stdout, /created snapshot live@\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ .* through the running server/);
+  // the server's refusals read like the CLI's own: the message, then the code once
+  await v.cli('snapshot', 'live', 'twice');
+  const again = await v.cliResult('snapshot', 'live', 'twice');
+  assert.equal(again.code, 1);
+  assert.equal(again.stderr.trim(), 'nbd-vault: volume "live" has a snapshot named "twice" already [ERR_EXISTS]');
+  const none = await v.cliResult('snapshot', 'nosuch', 'x');
+  assert.equal(none.stderr.trim(), 'nbd-vault: no volume named "nosuch" [ERR_NOT_FOUND]');
   assert.equal(await srv.stop(), 0);
   await v.cli('volume', 'resize', 'live', '--size', '128M');
 });
