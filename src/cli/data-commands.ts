@@ -2,7 +2,7 @@
 // Long work shows a progress bar on a terminal and stays quiet in pipes.
 import type { Command } from 'commander';
 import { open as openFile, stat } from 'node:fs/promises';
-import { VaultError, describeError } from '../errors';
+import { VaultError, describeError, isVaultError } from '../errors';
 import { isAllZero } from '../codec';
 import { CHUNK_SIZE, chunkCount, chunkLength } from '../volume/chunk-math';
 import { changeMap, diffManifests } from '../volume/changed-blocks';
@@ -168,6 +168,12 @@ export function registerDataCommands(program: Command): void {
           const r = await verifySource(ctx.vault, spec, { checked, onProgress: (d, t) => bar.update(d, t) });
           report.push({ source: spec, chunks: r.chunks, damaged: r.damaged, damagedJournals: r.damagedJournals });
         } catch (err) {
+          // A name that does not exist is the caller's mistake, not damage: say it as every other
+          // command does ("no volume named ..."). Under --all it was deleted while verify ran.
+          if (isVaultError(err, 'ERR_NOT_FOUND')) {
+            if (!opts.all) throw err;
+            continue;
+          }
           // the manifest itself (root, a page or a snapshot record) cannot be read
           report.push({ source: spec, chunks: 0, damaged: [], damagedJournals: [], error: (err as Error).message });
         } finally {

@@ -59,6 +59,13 @@ test('import, export, verify, diff and gc from the command line; quiet in pipes'
 
   const ok = JSON.parse((await v.cli('verify', '--all', '--json')).stdout);
   assert.equal(ok.ok, true);
+  // a typo is a typo, not damage
+  for (const [spec, said] of [['dd', 'no volume named "dd"'], ['d@nosuch', 'volume "d" has no snapshot named "nosuch"']]) {
+    const typo = await v.cliResult('verify', spec);
+    assert.equal(typo.code, 1);
+    assert.equal(typo.stderr.trim(), `nbd-vault: ${said} [ERR_NOT_FOUND]`);
+    assert.doesNotMatch(typo.stdout, /DAMAGED/);
+  }
   // damage one chunk object on disk: verify names its byte range and exits 1
   const victim = files(join(v.dir, 'data')).find((p) => p.includes('/chunks/'))!;
   const bytes = readFileSync(victim);
