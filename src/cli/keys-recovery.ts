@@ -49,15 +49,21 @@ export async function importRecoveryKey(opts: { keys?: string; stdin?: boolean; 
   }
 }
 
-/** On a terminal: lines until an empty line after the 4th data line (or end of input). */
+/** On a terminal: lines until an empty line after some text (or end of input); what is missing
+ *  or mistyped then is parseRecoveryKey's to name (waiting for 4 numbered lines hung on lines
+ *  typed without their numbers). */
 async function readRecoveryText(tty: boolean): Promise<string> {
   const lines: string[] = [];
-  let data = 0;
-  for await (const line of createInterface({ input: process.stdin, terminal: false })) {
-    lines.push(line);
-    if (/^\s*\d/.test(line)) data++;
-    if (tty && line.trim() === '' && data >= 4) break;
-    if (lines.length > 100) throw new VaultError('ERR_INVALID_ARGUMENT', 'recovery key: too many lines');
+  let typed = 0;
+  try {
+    for await (const line of createInterface({ input: process.stdin, terminal: false })) {
+      lines.push(line);
+      if (line.trim() !== '') typed++;
+      if (tty && line.trim() === '' && typed > 0) break;
+      if (lines.length > 100) throw new VaultError('ERR_INVALID_ARGUMENT', 'recovery key: too many lines');
+    }
+  } finally {
+    process.stdin.pause(); // a terminal still open must not keep the process alive once we are done
   }
   return lines.join('\n');
 }

@@ -21,6 +21,24 @@ async function onTerminal(v: TestVault, args: string[], opts: { env?: NodeJS.Pro
   return { code: r.code, raw: r.stdout, text: r.stdout.replace(ANSI, '').replace(/\r/g, '\n') };
 }
 
+/** Runs the CLI on a pty whose input stays open (a person at the keyboard): once `ready` shows,
+ *  types `keys`; returns what the terminal showed, ending with EXIT=<code> (or killed after 20 s). */
+async function typedOnTerminal(v: TestVault, args: string[], ready: RegExp, keys: string): Promise<string> {
+  const quoted = [process.execPath, CLI, ...args].map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ');
+  const child = spawn('script', ['-qec', `${quoted}; echo EXIT=$?`, '/dev/null'], { env: v.env, cwd: v.dir, stdio: ['pipe', 'pipe', 'pipe'] });
+  let shown = '';
+  child.stdout.on('data', (d) => (shown += d));
+  const exited = new Promise((r) => child.once('exit', r));
+  for (let i = 0; i < 400 && !ready.test(shown); i++) await new Promise((r) => setTimeout(r, 50));
+  assert.match(shown, ready);
+  child.stdin.write(keys);
+  const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+  await exited;
+  clearTimeout(timer);
+  child.stdin.end();
+  return shown.replace(ANSI, '');
+}
+
 function jsonLines(stderr: string): unknown[] {
   return stderr
     .split('\n')
@@ -79,10 +97,16 @@ test('recovery key: printed and typed on a terminal; refused through pipes unles
   assert.equal(refused.stdout, '', 'not a character of the key into the pipe');
   assert.match(refused.stderr, /refusing to write the master key to a non-terminal.*--force/);
 
-  const typed = await onTerminal(v, ['keys', 'import-recovery', '--keys', join(v.dir, 'k2')], { input: paper.join('\n') + '\n\n' });
-  assert.equal(typed.code, 0, typed.text);
+  // typed by a person: the terminal stays open after the empty line
+  const typed = await typedOnTerminal(v, ['keys', 'import-recovery', '--keys', join(v.dir, 'k2')], /Type the recovery key/, paper.join('\n') + '\n\n');
+  assert.match(typed, /EXIT=0/, typed);
   const keyId = /master key id ([0-9a-f]{16})/.exec(paper[0])![1];
-  assert.match(typed.text, new RegExp(`restored master key ${keyId}`));
+  assert.match(typed, new RegExp(`restored master key ${keyId}`));
+  // typed without the line numbers: the empty line ends the input and the mistake is named (it hung)
+  const unnumbered = paper.slice(1).map((l) => l.replace(/^[1-4]: /, ''));
+  const bare = await typedOnTerminal(v, ['keys', 'import-recovery', '--keys', join(v.dir, 'k4')], /Type the recovery key/, unnumbered.join('\n') + '\n\n');
+  assert.match(bare, /every line must start with its number/);
+  assert.match(bare, /EXIT=2/);
   const noStdin = await runCommand(process.execPath, [CLI, 'keys', 'import-recovery', '--keys', join(v.dir, 'k3')], { env: v.env, input: paper.join('\n'), okCodes: [2] });
   assert.match(noStdin.stderr, /refusing to read the master key from a non-terminal.*--stdin/);
 });
@@ -92,20 +116,7 @@ test('a passphrase prompt ended by Ctrl+C or Ctrl+D says so and fails (exit 2), 
   t.after(() => v.cleanup());
   for (const [what, key] of [['Ctrl+C', '\x03'], ['Ctrl+D', '\x04']] as const) {
     const keys = join(v.dir, `keys-${what}`);
-    const quoted = [process.execPath, CLI, 'keys', 'init', '--passphrase', '--keys', keys].map((a) => `'${a}'`).join(' ');
-    const child = spawn('script', ['-qec', `${quoted}; echo EXIT=$?`, '/dev/null'], { env: { ...v.env, NBD_VAULT_PASSPHRASE: '' }, stdio: ['pipe', 'pipe', 'pipe'] });
-    let shown = '';
-    child.stdout.on('data', (d) => (shown += d));
-    const exited = new Promise((r) => child.once('exit', r));
-    // The key only once the prompt is up: the terminal is in raw mode then (before, the tty
-    // itself would turn Ctrl+C into a signal).
-    for (let i = 0; i < 400 && !/New passphrase:/.test(shown); i++) await new Promise((r) => setTimeout(r, 50));
-    assert.match(shown, /New passphrase:/);
-    child.stdin.write(key);
-    const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
-    await exited;
-    clearTimeout(timer);
-    child.stdin.end();
+    const shown = await typedOnTerminal({ ...v, env: { ...v.env, NBD_VAULT_PASSPHRASE: '' } }, ['keys', 'init', '--passphrase', '--keys', keys], /New passphrase:/, key);
     assert.match(shown, /no passphrase entered \(the prompt was interrupted\); nothing was done/, `${what}: ${shown}`);
     assert.match(shown, /EXIT=2/, `${what}: a failure, not a silent exit 0`);
     assert.equal(existsSync(keys) && readdirSync(keys).length > 0, false, 'no key written');
