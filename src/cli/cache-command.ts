@@ -4,7 +4,7 @@
 // asks it over the admin socket (it reports progress, polled); with no server running it opens the
 // vault and the cache itself (--disk-cache DIR). Objects already whole in the cache are skipped.
 import type { Command } from 'commander';
-import { VaultError } from '../errors';
+import { VaultError, isVaultError, type VaultErrorCode } from '../errors';
 import { findLayer } from '../store';
 import { DiskCacheStore } from '../store/disk-cache-store';
 import { formatSize } from '../util/size';
@@ -22,8 +22,11 @@ export interface WarmProgress {
   done: number;
   total: number;
   fetchedBytes: number;
+  /** objects read from the store (the others were in the cache already) */
+  fetched?: number;
   finished: boolean;
   error?: string;
+  code?: VaultErrorCode;
 }
 
 const WARM_CONCURRENCY = 16;
@@ -49,6 +52,7 @@ export async function warmCache(vault: Vault, store: DiskCacheStore, spec: strin
         const key = keys[next++];
         const fetched = await store.warm(key); // (not `+= await`: that would add to a stale total)
         progress.fetchedBytes += fetched;
+        if (fetched > 0) progress.fetched = (progress.fetched ?? 0) + 1;
         progress.done++;
       }
     }),
@@ -81,6 +85,7 @@ export class WarmJobs {
     void this.running.track(
       warmCache(this.vault, this.store, spec, p, this.stopping.signal).catch((err) => {
         p.error = err instanceof Error ? err.message : String(err);
+        if (isVaultError(err)) p.code = err.code;
         p.finished = true;
       }),
     );
@@ -105,8 +110,9 @@ export function registerCacheCommands(program: Command): void {
   ).action(async (volume: string, o: Record<string, unknown>) => {
     const s = resolveSettings(o, [...VAULT_SETTINGS, 'diskCache', 'diskCacheSize'] as const, process.env, { logLevel: 'warn' });
     const result = (await warmThroughServer(s.state, volume)) ?? (await warmHere(s, volume));
-    if (result.error) throw new VaultError('ERR_IO', `cache warm ${volume}: ${result.error}`);
-    out(`warmed ${volume}: ${result.total} objects, ${formatSize(result.fetchedBytes)} read from the store (the rest was cached already)`);
+    if (result.error) throw new VaultError(result.code ?? 'ERR_IO', `cache warm ${volume}: ${result.error}`);
+    const cached = result.total - (result.fetched ?? 0);
+    out(`warmed ${volume}: ${result.total} objects, ${formatSize(result.fetchedBytes)} read from the store${cached > 0 ? ` (${cached} were cached already)` : ''}`);
   });
 }
 

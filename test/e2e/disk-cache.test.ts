@@ -124,6 +124,12 @@ for (const backend of ['fs', 's3'] as const) {
     assert.ok(counted, here.stdout);
     assert.equal(Number(counted[1]), 6, '5 chunks and 1 page');
     assert.ok(Number(counted[2]) > 12.5, `every byte counted: ${counted[2]} MiB`);
+    assert.doesNotMatch(here.stdout, /cached already/, 'a fresh cache held nothing');
+    const again = await v.cli('cache', 'warm', 'd', '--disk-cache', join(v.dir, 'cache-e'), '--disk-cache-size', '64M');
+    assert.match(again.stdout, /^warmed d: 6 objects, 0 B read from the store \(6 were cached already\)$/m);
+    const typo = await v.cliResult('cache', 'warm', 'nosuch', '--disk-cache', join(v.dir, 'cache-e'), '--disk-cache-size', '64M');
+    assert.equal(typo.code, 1);
+    assert.match(typo.stderr, /no volume named "nosuch" \[ERR_NOT_FOUND\]/);
     srv = await serve('cache-e');
     await readBack(srv, 'nbdcopy', 'e.img');
     assert.equal(misses(await scrape(srv)), 0);
