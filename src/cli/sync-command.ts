@@ -44,7 +44,7 @@ export function registerSyncCommand(program: Command): void {
         bar.done();
         if (opts.json) return out(JSON.stringify(r, null, 2));
         const fresh = r.snapshots.filter((s) => s.status === 'copied').length;
-        out(`synced to ${dest.name}: ${fresh} new snapshot(s) of ${r.snapshots.length}, ${r.copied} objects copied (${formatSize(r.bytes)}), ${r.skipped} already there`);
+        out(`synced to ${dest.name}: ${fresh} new snapshot(s) of ${r.snapshots.length}, ${r.copied} objects copied (${formatSize(r.bytes)}), ${r.skipped} already in the replica (from an earlier sync, or shared with a snapshot copied before)`);
         for (const s of r.snapshots) if (s.status !== 'present') out(`  ${s.status.padEnd(8)} ${s.export}`);
         for (const p of r.pruned) out(`  pruned   ${p}`);
         for (const v of r.withoutSnapshots) out(`  skipped  ${v} (no snapshot: snapshot it first)`);
