@@ -125,7 +125,10 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
 function tryHint(uri: string, pskFile: string | undefined, security: ServerSecurity): string {
   if (!security.tls) return `qemu-img info ${uri}`;
   if (!pskFile || !security.tls.pskKeys) return `nbdinfo '${uri}?tls-certificates=DIR' (DIR: ca-cert.pem, client-cert.pem, client-key.pem)`;
-  const identity = [...security.tls.pskKeys.keys()][0];
+  // an identity the access config lets open the export in the URI (the first one may be refused it)
+  const exportName = decodeURIComponent(new URL(uri).pathname.replace(/^\//, ''));
+  const identities = [...security.tls.pskKeys.keys()];
+  const identity = identities.find((id) => !security.access || security.access.accessTo(id, exportName) !== 'none') ?? identities[0];
   return `nbdinfo '${uri.replace('nbds://', `nbds://${encodeURIComponent(identity)}@`)}?tls-psk-file=${resolve(pskFile)}'`;
 }
 

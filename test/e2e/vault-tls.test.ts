@@ -55,3 +55,13 @@ test('vault over TLS: write, snapshot, read the snapshot back; each identity see
   const denied = await runTool('nbdinfo', [pskUri(srv.port, 'web01', 'bob', fx.pskFile)], { timeoutMs: 30_000 });
   assert.notEqual(denied.code, 0, 'bob opened web01');
 });
+
+test('the startup hint names an identity the access config lets open the export it names, and works as printed', async () => {
+  const hint = /^try: nbdinfo '([^']+)'$/m.exec(srv.log());
+  assert.ok(hint, srv.log());
+  const uri = new URL(hint[1]);
+  const id = decodeURIComponent(uri.username);
+  const exportName = decodeURIComponent(uri.pathname.slice(1));
+  assert.ok((id === 'alice' && exportName === 'web01') || (id === 'bob' && exportName === 'db'), `${id} may open ${exportName}`);
+  assert.match(await ok('nbdinfo', [hint[1]]), /export-size/);
+});
