@@ -85,6 +85,8 @@ export class NbdConnection {
   private exp: Export | null = null;
   private exportReleased = false;
   private handshakeTimer: NodeJS.Timeout | null = null;
+  /** when the handshake timer fires (performance.now() time): negotiation answers before it */
+  private handshakeDeadline = Infinity;
   private inFlightBytes = 0;
   private inFlightRequests = 0;
   private readonly replyMemory = new ReplyMemory();
@@ -131,6 +133,7 @@ export class NbdConnection {
     this.rawSocket.setNoDelay(true);
     this.detachRaw = this.listen(this.rawSocket);
     this.handshakeTimer = setTimeout(() => this.die('handshake timeout', 'warn'), this.opts.handshakeTimeoutMs);
+    this.handshakeDeadline = performance.now() + this.opts.handshakeTimeoutMs;
     this.handshakeTimer.unref();
     this.write([encodeGreeting()]);
     this.handshake().catch((err) => {
@@ -190,6 +193,7 @@ export class NbdConnection {
       write: (buf: Buffer) => this.write([buf]),
       startTls: (ack: Buffer) => this.startTls(ack),
       isShuttingDown: () => this.shuttingDown,
+      msLeft: () => this.handshakeDeadline - performance.now(),
     };
     const noZeroes = await readClientFlags(ctx);
     this.fsm.enter('options');

@@ -14,7 +14,7 @@
 import type { Export, ExportCaps } from './export';
 import type { Logger } from '../util/log';
 import { describeError } from '../errors';
-import { ClientExports } from './client-exports';
+import { ClientExports, type OpenResult } from './client-exports';
 import type { TlsMode } from './tls';
 import {
   IHAVEOPT,
@@ -42,6 +42,7 @@ import {
   NBD_REP_ERR_SHUTDOWN,
   NBD_REP_ERR_TLS_REQD,
   NBD_REP_ERR_TOO_BIG,
+  NBD_REP_ERR_PLATFORM,
   NBD_REP_ERR_UNKNOWN,
   NBD_REP_ERR_UNSUP,
   NBD_REP_INFO,
@@ -78,7 +79,13 @@ export interface NegotiationContext {
    *  identity once the handshake is done (rejects when it fails: the connection is lost). */
   startTls(ack: Buffer): Promise<string | null>;
   isShuttingDown(): boolean;
+  /** ms until the handshake timer drops the connection (Infinity: no timer) */
+  msLeft?(): number;
 }
+
+/** Store work in negotiation ends this long before the handshake timer would drop the client. */
+const ANSWER_MARGIN_MS = 1000;
+const LATE = Symbol('late');
 
 export interface Negotiated {
   readonly exp: Export;
@@ -202,7 +209,7 @@ class OptionHaggler {
 
   private async exportName(data: Buffer): Promise<Negotiated | null> {
     // No way to report an error here: an unknown export ends the session (spec).
-    const opened = await this.ctx.exports.open(data.toString('utf8'));
+    const opened = await this.openInTime(data.toString('utf8'));
     if (!opened.exp) return null;
     const { exp, caps } = opened;
     // Structured replies and meta contexts negotiated before EXPORT_NAME still apply.
@@ -219,7 +226,18 @@ class OptionHaggler {
 
   private async list(option: number, data: Buffer): Promise<'continue'> {
     if (data.length !== 0) return this.invalid(option, 'LIST takes no data');
-    const exports = await this.ctx.exports.list();
+    let exports;
+    try {
+      exports = await this.inTime(this.ctx.exports.list());
+    } catch (err) {
+      this.ctx.logger.warn({ err: describeError(err) }, 'exports cannot be listed');
+      exports = LATE;
+    }
+    if (exports === LATE) {
+      // an error reply the client shows, where a dropped connection said nothing
+      this.reply(option, NBD_REP_ERR_PLATFORM, 'the exports cannot be listed now: the store does not answer (see the server log); try again');
+      return 'continue';
+    }
     for (const e of exports) this.ctx.write(encodeOptionReply(option, NBD_REP_SERVER, encodeServerEntry(e.name, e.description)));
     this.reply(option, NBD_REP_ACK);
     return 'continue';
@@ -229,7 +247,7 @@ class OptionHaggler {
     const parsed = parseInfoRequest(data);
     if (!parsed.ok) return this.invalid(option, parsed.reason);
     const { name, infos } = parsed.value;
-    const opened = await this.ctx.exports.open(name);
+    const opened = await this.openInTime(name);
     if (!opened.exp) {
       this.reply(option, NBD_REP_ERR_UNKNOWN, opened.failure);
       return 'continue';
@@ -263,7 +281,7 @@ class OptionHaggler {
     const parsed = parseMetaContextRequest(data);
     if (!parsed.ok) return this.invalid(option, parsed.reason);
     const { name, queries } = parsed.value;
-    const opened = await this.ctx.exports.open(name);
+    const opened = await this.openInTime(name);
     if (!opened.exp) {
       this.reply(option, NBD_REP_ERR_UNKNOWN, opened.failure);
       return 'continue';
@@ -271,7 +289,9 @@ class OptionHaggler {
     const exp = opened.exp;
     let offered: string[];
     try {
-      offered = await offeredContexts(exp);
+      const listed = await this.inTime(offeredContexts(exp));
+      if (listed === LATE) throw new Error('the store did not answer in time');
+      offered = listed;
     } catch (err) {
       this.ctx.logger.warn({ exportName: exp.name, err: describeError(err) }, 'metadata contexts cannot be listed');
       this.reply(option, NBD_REP_ERR_UNKNOWN, `the metadata contexts of "${exp.name}" cannot be listed (see the server log)`);
@@ -289,6 +309,35 @@ class OptionHaggler {
     }
     this.reply(option, NBD_REP_ACK);
     return 'continue';
+  }
+
+  /**
+   * Store work during negotiation (listing, opening, metadata contexts) gets what is left of the
+   * handshake time, less a margin: a store that does not answer then gets the client an error
+   * reply it can show, where the handshake timer dropped the connection with nothing said. A
+   * late answer is let go (`late` gets it: an export opened late is released).
+   */
+  private async inTime<T>(work: Promise<T>, late?: (value: T) => void): Promise<T | typeof LATE> {
+    const budget = (this.ctx.msLeft?.() ?? Infinity) - ANSWER_MARGIN_MS;
+    if (budget === Infinity) return work;
+    let timer: NodeJS.Timeout | undefined;
+    const expired = new Promise<typeof LATE>((resolve) => (timer = setTimeout(() => resolve(LATE), Math.max(0, budget))));
+    try {
+      const winner = await Promise.race([work, expired]);
+      if (winner === LATE) work.then((v) => late?.(v), () => {});
+      return winner;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private async openInTime(name: string): Promise<OpenResult> {
+    const opened = await this.inTime(this.ctx.exports.open(name), (o) => {
+      if (o.exp) void this.ctx.exports.release(o.exp).catch(() => {});
+    });
+    if (opened !== LATE) return opened;
+    this.ctx.logger.warn({ exportName: name }, 'export not opened within the handshake time: its store does not answer');
+    return { exp: null, failure: `export "${name}" cannot be opened now: its store does not answer (a client may retry)` };
   }
 
   private selectedFor(exp: Export): SelectedContext[] {
