@@ -315,6 +315,15 @@ export function classifyS3Error(err: unknown, what: string, bucketDesc: string, 
   if (name === 'NoSuchKey' || name === 'NotFound' || (status === 404 && name !== 'NoSuchBucket')) return make('ERR_STORE_NOT_FOUND', `${what}: not found`);
   if (name === 'NoSuchBucket') return make('ERR_STORE_IO', `${what}: ${bucketDesc} does not exist (${detail})`);
   if (status === 412 || name === 'PreconditionFailed') return make('ERR_STORE_PRECONDITION', `${what}: precondition failed (${detail})`);
+  if (name === 'CredentialsProviderError') {
+    // no request was made: the SDK found no credentials (or not the profile named)
+    return make('ERR_STORE_DENIED', `${what}: no S3 credentials (${String(e.message ?? '').slice(0, 200)}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE`);
+  }
+  if (sys === 'ENOTFOUND') {
+    // virtual-hosted style puts the bucket in the host name, which a self-hosted S3 rarely resolves
+    const hint = String(e.message ?? '').includes(`ENOTFOUND ${bucketDesc.replace(/^bucket /, '')}.`) ? '; a self-hosted S3 (Ceph RGW, MinIO) needs path_style=true in the store URL' : '';
+    return make('ERR_STORE_IO', `${what}: the endpoint's host name does not resolve (${String(e.message ?? '').slice(0, 200)})${hint}`);
+  }
   if (status === 401 || status === 403 || DENIED_NAMES.has(name)) {
     return make(
       'ERR_STORE_DENIED',

@@ -110,7 +110,10 @@ export function parseStoreUrl(url: string): StoreUrl {
       let prefix = decodeURIComponent(u.pathname.replace(/^\/+/, ''));
       if (prefix !== '' && !prefix.endsWith('/')) prefix += '/';
       if (prefix.includes('//')) throw bad('empty segment in prefix');
-      for (const k of u.searchParams.keys()) if (!S3_PARAMS.has(k)) throw bad(`unknown parameter ${JSON.stringify(k)} (known: endpoint, region, path_style)`);
+      for (const k of u.searchParams.keys()) {
+        if (!S3_PARAMS.has(k)) throw bad(`unknown parameter ${JSON.stringify(k)} (known: endpoint, region, path_style)`);
+        if (u.searchParams.getAll(k).length > 1) throw bad(`${k} is given more than once`);
+      }
       const endpoint = u.searchParams.get('endpoint') ?? undefined;
       if (endpoint !== undefined) {
         let e: URL;
@@ -121,6 +124,8 @@ export function parseStoreUrl(url: string): StoreUrl {
         }
         if (e.protocol !== 'http:' && e.protocol !== 'https:') throw bad('endpoint must be http:// or https://');
         if (e.username || e.password) throw bad('credentials do not belong in the endpoint');
+        // (a path or query there is not sent as the caller thinks: the SDK puts the bucket after it)
+        if ((e.pathname !== '' && e.pathname !== '/') || e.search || e.hash) throw bad('the endpoint is scheme://host[:port] only (no path or query; the bucket and prefix go in s3://BUCKET/PREFIX)');
       }
       const region = u.searchParams.get('region') ?? undefined;
       if (region !== undefined && !/^[a-z0-9-]+$/.test(region)) throw bad(`bad region ${JSON.stringify(region)}`);

@@ -317,6 +317,18 @@ describe('classifyS3Error against a local S3 look-alike', () => {
     const timeout = classifyS3Error(Object.assign(new Error('timed out'), { name: 'TimeoutError' }), 'w', 'b', 'get');
     assert.equal(timeout.code, 'ERR_STORE_TRANSIENT');
   });
+
+  it('no credentials at all is said as such, not as a refusal; a bucket host name that does not resolve hints at path_style', async () => {
+    const { classifyS3Error } = await import('../../src/store/s3-store');
+    const none = classifyS3Error(Object.assign(new Error('Could not load credentials from any providers'), { name: 'CredentialsProviderError' }), 'get vault', 'bucket b1', 'get');
+    assert.equal(none.code, 'ERR_STORE_DENIED');
+    assert.match(none.message, /^get vault: no S3 credentials \(Could not load credentials from any providers\); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE$/);
+    const dns = classifyS3Error(Object.assign(new Error('getaddrinfo ENOTFOUND b1.localhost'), { code: 'ENOTFOUND' }), 'get vault', 'bucket b1', 'get');
+    assert.equal(dns.code, 'ERR_STORE_IO');
+    assert.match(dns.message, /host name does not resolve .*needs path_style=true/);
+    const other = classifyS3Error(Object.assign(new Error('getaddrinfo ENOTFOUND s3.example.invalid'), { code: 'ENOTFOUND' }), 'get vault', 'bucket b1', 'get');
+    assert.doesNotMatch(other.message, /path_style/);
+  });
 });
 
 describe('classifyS3Error on RGW (the cases a real gateway produces)', { skip: S3_SKIP }, () => {

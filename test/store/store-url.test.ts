@@ -64,6 +64,10 @@ describe('openStore', () => {
       ['file://otherhost/x', /file:\/\/\/absolute/],
       ['file:///', /refusing to use \//],
       ['s3:bkt', /expected s3:\/\//],
+      ['s3://bkt/x?path_style=true&path_style=false', /path_style is given more than once/],
+      ['s3://bkt/x?region=us-east-1&region=eu-west-1', /region is given more than once/],
+      ['s3://bkt/x?endpoint=http://127.0.0.1:7480/sub/path', /the endpoint is scheme:\/\/host\[:port\] only/],
+      ['s3://bkt/x?endpoint=' + encodeURIComponent('http://127.0.0.1:7480?x=1'), /no path or query/],
     ];
     for (const [url, re] of cases) {
       assert.throws(() => openStore(url), (err: Error & { code?: string }) => {
