@@ -37,15 +37,19 @@ async function freezeSession(v: Vault): Promise<WriterSession> {
   return s;
 }
 
-/** A vault whose volume 'v' is held by a server that stopped beating (its session frozen). */
-async function withDeadHolder(t: { after(fn: () => void): void }): Promise<Fixture> {
-  const f = await makeVault();
+/** A vault whose volume 'v' is held by a server that stopped beating (its session frozen), after
+ *  it flushed `flushed` at offset 0. */
+async function withDeadHolder(t: { after(fn: () => void): void }, store?: ObjectStore): Promise<Fixture & { flushed: Buffer }> {
+  const f = await makeVault(store);
   t.after(() => f.cleanup());
   await f.vault.createVolume('v', 8 * MiB);
   const va = await f.reopen({ leaseTiming: FAST });
-  await va.openEngine('v');
+  const e = await va.openEngine('v');
+  const flushed = randomBytes(4096);
+  await e.write(0, flushed);
+  await e.flush();
   await freezeSession(va);
-  return f;
+  return { ...f, flushed };
 }
 
 for (const kind of ['memory', 'fs'] as const) {
@@ -397,46 +401,44 @@ for (const lost of ['its takeover token', 'its new lease'] as const) {
   });
 }
 
-test('a takeover whose lease put failed after its token can be tried again (its own token does not stop it)', async (t) => {
-  let failLease = false;
-  const store = new (class extends PassThroughStore {
-    override put(key: string, body: Buffer, opts?: PutOptions) {
-      if (failLease && key.endsWith('/lease') && opts?.ifMatch) return Promise.reject(new VaultError('ERR_STORE_IO', 'ENOSPC'));
-      return super.put(key, body, opts);
-    }
-  })(new MemoryStore());
-  const f = await makeVault(store);
-  t.after(() => f.cleanup());
-  await f.vault.createVolume('v', 8 * MiB);
-  const va = await f.reopen({ leaseTiming: FAST });
-  await va.openEngine('v');
-  await freezeSession(va);
-  const vb = await f.reopen({ leaseTiming: FAST }); // same state directory: takes its own dead lease over
-  failLease = true;
-  await assert.rejects(vb.openEngine('v'), (err: VaultError) => err.code === 'ERR_STORE_IO');
+/** The put that takes a lease over (If-Match), as a test needs it: failing (`failLease`: a full
+ *  disk, a machine that died right after its token), or, with `holdLease`, as the fs store looks
+ *  from two processes: If-Match is checked, and the rename lands later, not serialised with the
+ *  other process's (If-Match on fs is atomic within one process only). */
+class LeasePutHooks extends PassThroughStore {
   failLease = false;
+  holdLease: Promise<void> | null = null;
+  leaseChecked = false;
+  override async put(key: string, body: Buffer, opts?: PutOptions) {
+    if (key.endsWith('/lease') && opts?.ifMatch) {
+      if (this.failLease) throw new VaultError('ERR_STORE_IO', 'the put failed');
+      if (this.holdLease) {
+        if ((await this.inner.head(key))?.etag !== opts.ifMatch) throw new VaultError('ERR_STORE_PRECONDITION', 'changed');
+        this.leaseChecked = true;
+        await this.holdLease;
+        return super.put(key, body, {});
+      }
+    }
+    return super.put(key, body, opts);
+  }
+}
+
+test('a takeover whose lease put failed after its token can be tried again (its own token does not stop it)', async (t) => {
+  const store = new LeasePutHooks(new MemoryStore());
+  const f = await withDeadHolder(t, store);
+  const vb = await f.reopen({ leaseTiming: FAST }); // same state directory: takes its own dead lease over
+  store.failLease = true;
+  await assert.rejects(vb.openEngine('v'), (err: VaultError) => err.code === 'ERR_STORE_IO');
+  store.failLease = false;
   const e = await vb.openEngine('v');
   await e.close();
 });
 
 test('a contender that died between its takeover token and the lease put does not block the volume: the next one passes its token', async (t) => {
-  let failTakeover = true;
-  const store = new (class extends PassThroughStore {
-    override put(key: string, body: Buffer, opts?: PutOptions) {
-      // contender X's machine dies right after its token: its lease put never lands
-      if (failTakeover && key.endsWith('/lease') && opts?.ifMatch) return Promise.reject(new VaultError('ERR_STORE_IO', 'the machine died'));
-      return super.put(key, body, opts);
-    }
-  })(new MemoryStore());
-  const f = await makeVault(store);
-  t.after(() => f.cleanup());
-  await f.vault.createVolume('v', 8 * MiB);
-  const va = await f.reopen({ leaseTiming: FAST });
-  const a = await va.openEngine('v');
-  const flushed = randomBytes(4096);
-  await a.write(0, flushed);
-  await a.flush();
-  await freezeSession(va); // the holder dies
+  const store = new LeasePutHooks(new MemoryStore());
+  const f = await withDeadHolder(t, store);
+  const flushed = f.flushed;
+  store.failLease = true; // contender X's machine dies right after its token: its lease put never lands
   const x = await elsewhere(f, t, { leasePurpose: 'contender X' });
   await assert.rejects(x.openEngine('v'), (err: VaultError) => err.code === 'ERR_STORE_IO');
   await freezeSession(x); // ... and so does X, its token left behind
@@ -446,7 +448,7 @@ test('a contender that died between its takeover token and the lease put does no
     return keys.sort();
   };
   assert.equal((await tokens()).length, 1, 'X left its token');
-  failTakeover = false;
+  store.failLease = false;
   const y = await elsewhere(f, t, { leasePurpose: 'contender Y' });
   const b = await y.openEngine('v');
   assert.ok((await b.read(0, 4096)).equals(flushed));
@@ -467,12 +469,7 @@ test('a token whose maker is alive is not passed: the contender loses, whatever 
       return super.put(key, body, opts);
     }
   })(new MemoryStore());
-  const f = await makeVault(store);
-  t.after(() => f.cleanup());
-  await f.vault.createVolume('v', 8 * MiB);
-  const va = await f.reopen({ leaseTiming: FAST });
-  await va.openEngine('v');
-  await freezeSession(va);
+  const f = await withDeadHolder(t, store);
   const x = await elsewhere(f, t, { leasePurpose: 'contender X' });
   const xOpen = x.openEngine('v');
   await eventually(async () => {
@@ -488,41 +485,16 @@ test('a token whose maker is alive is not passed: the contender loses, whatever 
   await e.close();
 });
 
-/** The fs store as two processes see it: If-Match is checked, and the rename lands later, not
- *  serialised with the other process's (If-Match on fs is atomic within one process only). */
-class TwoProcessFsLike extends PassThroughStore {
-  failLease = false;
-  holdLease: Promise<void> | null = null;
-  leaseChecked = false;
-  override async put(key: string, body: Buffer, opts?: PutOptions) {
-    if (key.endsWith('/lease') && opts?.ifMatch) {
-      if (this.failLease) throw new VaultError('ERR_STORE_IO', 'the put failed');
-      if (this.holdLease) {
-        if ((await this.inner.head(key))?.etag !== opts.ifMatch) throw new VaultError('ERR_STORE_PRECONDITION', 'changed');
-        this.leaseChecked = true;
-        await this.holdLease;
-        return super.put(key, body, {});
-      }
-    }
-    return super.put(key, body, opts);
-  }
-}
-
 test('a maker whose token was passed (its session died) does not reuse it under its next session: one winner', async (t) => {
   const mem = new MemoryStore();
-  const f = await makeVault(mem);
-  t.after(() => f.cleanup());
-  await f.vault.createVolume('v', 8 * MiB);
-  const va = await f.reopen({ leaseTiming: FAST });
-  await va.openEngine('v');
-  await freezeSession(va); // the holder dies
-  const sx = new TwoProcessFsLike(mem);
+  const f = await withDeadHolder(t, mem);
+  const sx = new LeasePutHooks(mem);
   const x = await elsewhere(f, t, { leasePurpose: 'contender X' }, sx);
   sx.failLease = true;
   await assert.rejects(x.openEngine('v'), (e: VaultError) => e.code === 'ERR_STORE_IO'); // X made generation 0, its lease put failed
   sx.failLease = false;
   await freezeSession(x); // X's session dies; its process lives on
-  const sy = new TwoProcessFsLike(mem);
+  const sy = new LeasePutHooks(mem);
   let release!: () => void;
   sy.holdLease = new Promise((r) => (release = r));
   const y = await elsewhere(f, t, { leasePurpose: 'contender Y' }, sy);
