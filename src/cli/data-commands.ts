@@ -1,7 +1,7 @@
 // Commands that move or check data without an NBD client: export, import, verify, diff, gc.
 // Long work shows a progress bar on a terminal and stays quiet in pipes.
 import type { Command } from 'commander';
-import { open as openFile, stat } from 'node:fs/promises';
+import { open as openFile, readFile, stat } from 'node:fs/promises';
 import { VaultError, describeError, isVaultError } from '../errors';
 import { isAllZero } from '../codec';
 import { CHUNK_SIZE, chunkCount, chunkLength } from '../volume/chunk-math';
@@ -34,6 +34,24 @@ async function zeroChunks(engine: VolumeEngine): Promise<Uint8Array> {
   return zero;
 }
 
+/**
+ * The length of an image to import: a regular file's, or a block device's (from sysfs: stat says
+ * 0 for one). Anything else is refused: a pipe's length is known only once it is read, and a
+ * length of 0 would import nothing and zero the whole volume (it did, exiting 0).
+ */
+async function imageSize(file: string): Promise<number> {
+  const st = await stat(file);
+  if (st.isFile()) return st.size;
+  if (st.isBlockDevice()) {
+    const major = Math.floor(st.rdev / 256) & 0xfff;
+    const minor = (st.rdev & 0xff) | (Math.floor(st.rdev / 4096) & 0xfff00);
+    const sectors = Number((await readFile(`/sys/dev/block/${major}:${minor}/size`, 'utf8').catch(() => '')).trim());
+    if (Number.isSafeInteger(sectors) && sectors > 0) return sectors * 512;
+    throw new VaultError('ERR_INVALID_ARGUMENT', `cannot tell the size of block device ${file}`);
+  }
+  throw new VaultError('ERR_INVALID_ARGUMENT', `${file} is not a regular file or a block device (a pipe's length is unknown until it ends): save it to a file first, or copy it in through a running server with nbdcopy`);
+}
+
 /** Run `work(i)` for i in [0, n) with at most `limit` in flight, in order of start. */
 async function forEachLimited(n: number, limit: number, work: (i: number) => Promise<void>): Promise<void> {
   let next = 0;
@@ -54,6 +72,11 @@ export function registerDataCommands(program: Command): void {
       const src = await openExportSource(ctx, s, source);
       const engine = src.engine;
       const toStdout = file === '-';
+      // A sparse file: zero chunks are holes left by a truncate, which a device cannot take.
+      const existing = toStdout ? null : await stat(file).catch(() => null);
+      if (existing && !existing.isFile()) {
+        throw new VaultError('ERR_INVALID_ARGUMENT', `${file} is not a regular file: export writes a sparse file, or - for standard output (to fill a block device, nbdcopy from the export, or \`export ${source} - | dd of=${file}\`)`);
+      }
       const fh = toStdout ? null : await openFile(file, 'w');
       const bar = new Progress(`export ${source}`, engine.size);
       let done = 0;
@@ -108,7 +131,7 @@ export function registerDataCommands(program: Command): void {
         if (ping && ping.vaultId === ctx.vault.vaultId) {
           throw new VaultError('ERR_LEASE', `a server is serving this vault (state ${s.state}); import through it with nbdcopy or qemu-img convert, or stop it`);
         }
-        const size = (await stat(file)).size;
+        const size = await imageSize(file);
         const engine = await ctx.vault.openEngine(volume, { autoCommitMs: 0 });
         const bar = new Progress(`import ${volume}`, size);
         const fh = await openFile(file, 'r');

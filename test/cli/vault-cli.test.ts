@@ -6,6 +6,7 @@ import { readFileSync, writeFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { makeTestVault } from '../helpers/vault-server';
 import { smallTmpfs } from '../helpers/small-tmpfs';
+import { runCommand } from '../helpers/fuse-disk';
 
 function files(dir: string): string[] {
   return readdirSync(dir).flatMap((n) => (statSync(join(dir, n)).isDirectory() ? files(join(dir, n)) : [join(dir, n)]));
@@ -134,4 +135,30 @@ test('a second server refused at startup says why, and nothing else: no volume i
     assert.doesNotMatch(second.stderr, /cannot be read|ERR_WRONG_KEY|is wrapped by master key/);
   }
   assert.equal(await srv.stop(), 0);
+});
+
+test('import reads a block device whole, and refuses a pipe (its length is unknown) without touching the volume', async (t) => {
+  const v = await makeTestVault();
+  t.after(() => v.cleanup());
+  await v.cli('volume', 'create', 'v', '--size', '16M');
+  const img = randomBytes(12 * 2 ** 20);
+  writeFileSync(join(v.dir, 'img'), img);
+  const loop = (await runCommand('losetup', ['-f', '--show', join(v.dir, 'img')])).stdout.trim();
+  t.after(() => runCommand('losetup', ['-d', loop]).catch(() => {}));
+  // stat says 0 bytes for a block device: this imported nothing and zeroed the volume, exit 0
+  const r = await v.cli('import', loop, 'v');
+  assert.match(r.stdout, /^imported 12 MiB from \/dev\/loop\d+ into v/);
+  await v.cli('export', 'v', join(v.dir, 'out.img'));
+  assert.ok(readFileSync(join(v.dir, 'out.img')).subarray(0, img.length).equals(img), 'the device\'s bytes');
+  const fifo = join(v.dir, 'fifo');
+  await runCommand('mkfifo', [fifo]);
+  const refused = await v.cliResult('import', fifo, 'v');
+  assert.equal(refused.code, 2);
+  assert.match(refused.stderr, /is not a regular file or a block device/);
+  await v.cli('export', 'v', join(v.dir, 'out2.img'));
+  assert.ok(readFileSync(join(v.dir, 'out2.img')).subarray(0, img.length).equals(img), 'the volume is untouched');
+  // export writes sparse files: a device is refused with the way to do it (it failed with EINVAL on ftruncate)
+  const toDevice = await v.cliResult('export', 'v', loop);
+  assert.equal(toDevice.code, 2);
+  assert.match(toDevice.stderr, /is not a regular file: export writes a sparse file/);
 });
