@@ -385,9 +385,11 @@ export class Vault {
 
   /** What a volume holds. Chunks that only its write journals hold blocks of count as allocated,
    *  and the journals' bytes as stored: recent writes not yet folded into chunk objects. */
-  async volumeInfo(name: string) {
-    const meta = await this.findVolume(name);
-    const { manifest, root, objects, journalChunks } = await this.loadManifestOf(meta.name);
+  /** `found`: the volume as a listing found it (a list of N volumes read every metadata object N²
+   *  times, asking by name). */
+  async volumeInfo(name: string, found?: VolumeMeta) {
+    const meta = found ?? (await this.findVolume(name));
+    const { manifest, root, objects, journalChunks } = await this.loadManifestOf(meta.name, meta);
     const usage = manifest.usage();
     let allocatedChunks = usage.allocatedChunks;
     for (const i of journalChunks) if (i < manifest.chunkCount && manifest.isZero(i)) allocatedChunks++;
@@ -477,10 +479,10 @@ export class Vault {
    * deletes what its new root replaced: a read that fails under a root that has since moved is
    * done again from the new root (a few times), never reported as damage.
    */
-  async loadManifestOf(spec: string): Promise<{ manifest: Manifest; root: RootRecord; objects: VolumeObjects; journalChunks: Set<number> }> {
+  async loadManifestOf(spec: string, found?: VolumeMeta): Promise<{ manifest: Manifest; root: RootRecord; objects: VolumeObjects; journalChunks: Set<number> }> {
     const [volumeName, snapName] = splitExportName(spec);
     for (let attempt = 1; ; attempt++) {
-      const { objects, root } = await this.loadVolume(volumeName);
+      const { objects, root } = await this.loadVolume(volumeName, found);
       const r = snapName === null ? root : snapshotAsRoot(await this.findSnapshot(objects, volumeName, snapName));
       try {
         // a live root's journals hold writes over its chunks: the chunks they touch are not (only)
