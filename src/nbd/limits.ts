@@ -13,8 +13,13 @@ export const MAX_PAYLOAD = 32 * MIB;
 export const MAX_OPTION_LENGTH = 64 * 1024;
 /** An option payload over this is not even drained: the client is disconnected. */
 export const MAX_OPTION_DRAIN = 16 * MIB;
-/** Options per handshake, as nbdkit: a client looping forever in negotiation is cut off. */
-export const MAX_OPTIONS = 32;
+/** Options per handshake: a client looping forever in negotiation is cut off (the handshake
+ *  timeout bounds it too). nbdkit's fixed 32 was too few here: `nbdinfo --list` sends several per
+ *  export it lists (INFO, meta contexts), and every snapshot is an export, so one volume with 14
+ *  daily snapshots was cut off. A LIST raises the allowance by OPTIONS_PER_LISTED_EXPORT for each
+ *  export it returned. */
+export const MAX_OPTIONS = 64;
+export const OPTIONS_PER_LISTED_EXPORT = 8;
 /** Extents per BLOCK_STATUS reply. */
 export const MAX_EXTENTS = 1024;
 

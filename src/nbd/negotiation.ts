@@ -49,7 +49,7 @@ import {
   NBD_REP_META_CONTEXT,
   NBD_REP_SERVER,
 } from './constants';
-import { MAX_OPTIONS, MAX_OPTION_DRAIN, MAX_OPTION_LENGTH, MAX_PAYLOAD, MIN_BLOCK_SIZE, PREFERRED_BLOCK_SIZE } from './limits';
+import { MAX_OPTIONS, OPTIONS_PER_LISTED_EXPORT, MAX_OPTION_DRAIN, MAX_OPTION_LENGTH, MAX_PAYLOAD, MIN_BLOCK_SIZE, PREFERRED_BLOCK_SIZE } from './limits';
 import type { ByteQueue } from './byte-queue';
 import { parseInfoRequest, parseMetaContextRequest } from './option-parsing';
 import { assignContextIds, matchContexts, offeredContexts, type SelectedContext } from './meta-contexts';
@@ -126,6 +126,8 @@ class OptionHaggler {
   /** What the last SET_META_CONTEXT selected, and for which (resolved) export name. */
   private selection: { exportName: string; contexts: SelectedContext[] } | null = null;
   private tlsUp = false;
+  /** options this handshake may send: grows with the exports a LIST returned (limits.ts) */
+  private optionAllowance = MAX_OPTIONS;
 
   constructor(
     private readonly ctx: NegotiationContext,
@@ -139,7 +141,7 @@ class OptionHaggler {
       if (header.readBigUInt64BE(0) !== IHAVEOPT) throw new ProtocolViolation('bad option magic');
       const option = header.readUInt32BE(8);
       const length = header.readUInt32BE(12);
-      if (count > MAX_OPTIONS) throw new ProtocolViolation(`more than ${MAX_OPTIONS} options`);
+      if (count > this.optionAllowance) throw new ProtocolViolation(`more than ${this.optionAllowance} options`);
       if (length > MAX_OPTION_LENGTH) {
         if (length > MAX_OPTION_DRAIN) throw new ProtocolViolation(`option ${option} length ${length} is absurd`);
         await queue.skip(length);
@@ -239,6 +241,7 @@ class OptionHaggler {
       return 'continue';
     }
     for (const e of exports) this.ctx.write(encodeOptionReply(option, NBD_REP_SERVER, encodeServerEntry(e.name, e.description)));
+    this.optionAllowance = Math.max(this.optionAllowance, MAX_OPTIONS + OPTIONS_PER_LISTED_EXPORT * exports.length);
     this.reply(option, NBD_REP_ACK);
     return 'continue';
   }
