@@ -262,8 +262,9 @@ export function registerDataCommands(program: Command): void {
       .option('--json', 'print JSON'),
     VAULT_SETTINGS,
   ).action(async (opts) => {
-    const grace = Number(opts.grace);
-    if (!Number.isFinite(grace) || grace < 0) throw new VaultError('ERR_INVALID_ARGUMENT', '--grace wants a number of minutes');
+    // Number('') is 0, the most aggressive grace: a \`--grace "$UNSET"\` in a cron line must not mean it
+    const grace = /^\d+(\.\d+)?$/.test(String(opts.grace)) ? Number(opts.grace) : NaN;
+    if (!Number.isFinite(grace)) throw new VaultError('ERR_INVALID_ARGUMENT', `--grace wants a number of minutes (got ${JSON.stringify(String(opts.grace))})`);
     await withVault(opts, async (ctx) => {
       const bar = new Progress('gc', 0, 'objects');
       const r = await collectGarbage(ctx.vault, { dryRun: Boolean(opts.dryRun), graceMs: grace * 60_000, onProgress: (d, t) => bar.update(d, t) }, ctx.logger);

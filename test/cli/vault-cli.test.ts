@@ -77,8 +77,11 @@ test('import, export, verify, diff and gc from the command line; quiet in pipes'
   assert.match(bad.stdout, /d: DAMAGED 1 of 2 chunks\n {2}bytes \d+-\d+ \(chunk \d\): .*authentication failed/);
   const gc = await v.cli('gc', '--dry-run', '--grace', '0');
   assert.match(gc.stdout, /would remove 0 unreferenced objects/);
-  const badGrace = await v.cliResult('gc', '--grace', 'soon');
-  assert.equal(badGrace.code, 2);
+  for (const grace of ['soon', '', ' ', '0x10', '-5']) {
+    const badGrace = await v.cliResult('gc', '--grace', grace);
+    assert.equal(badGrace.code, 2, `--grace ${JSON.stringify(grace)}: ${badGrace.stdout}`);
+    assert.match(badGrace.stderr, /--grace wants a number of minutes/);
+  }
 });
 
 test('resize and delete refuse while a server serves the vault; snapshot goes through it', async (t) => {
