@@ -1,6 +1,16 @@
 // Offset → chunk arithmetic. A volume is a sequence of CHUNK_SIZE chunks; the last may be short.
+import { VaultError } from '../errors';
 
 export const CHUNK_SIZE = 4 * 1024 * 1024;
+
+/** The largest volume: 256 TiB (64 Mi chunks; a manifest this size opens in ~2 s). Sizes up to
+ *  2^53 were accepted, and a volume of petabytes then could not be opened or even listed. */
+export const MAX_VOLUME_SIZE = 256 * 2 ** 40;
+
+export function checkVolumeSize(size: number): void {
+  if (!Number.isSafeInteger(size) || size <= 0) throw new VaultError('ERR_INVALID_ARGUMENT', 'volume size must be a positive number of bytes');
+  if (size > MAX_VOLUME_SIZE) throw new VaultError('ERR_INVALID_ARGUMENT', `volume size ${size} is over the largest a volume may have, 256 TiB`);
+}
 
 /** One piece of a byte range that falls inside a single chunk. */
 export interface ChunkSpan {

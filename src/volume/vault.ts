@@ -19,7 +19,7 @@ import type { ObjectStore } from '../store/object-store';
 import type { Logger } from '../util/log';
 import { closeAfter } from '../util/close-after';
 import { InFlight } from '../util/in-flight';
-import { CHUNK_SIZE } from './chunk-math';
+import { CHUNK_SIZE, checkVolumeSize } from './chunk-math';
 import { LocalState } from './local-state';
 import { PAGE_ENTRIES, type Manifest } from './manifest';
 import { VAULT_KEY, metaKey } from './object-keys';
@@ -261,7 +261,7 @@ export class Vault {
 
   async createVolume(name: string, size: number): Promise<VolumeMeta> {
     checkVolumeName(name);
-    if (!Number.isSafeInteger(size) || size <= 0) throw new VaultError('ERR_INVALID_ARGUMENT', 'volume size must be a positive number of bytes');
+    checkVolumeSize(size);
     if ((await this.listVolumes()).some((v) => v.name === name)) throw new VaultError('ERR_EXISTS', `a volume named "${name}" exists already`);
     const id = randomBytes(16).toString('hex');
     const key = generateVolumeKey();
@@ -425,7 +425,7 @@ export class Vault {
 
   /** Grow (or with `force`, shrink) a volume that no server is serving. */
   async resizeVolume(name: string, size: number, force: boolean): Promise<{ oldSize: number; newSize: number }> {
-    if (!Number.isSafeInteger(size) || size <= 0) throw new VaultError('ERR_INVALID_ARGUMENT', 'volume size must be a positive number of bytes');
+    checkVolumeSize(size);
     // The size is read under the writer's lease, from the engine: one load, and no writer between.
     const engine = await this.openEngine(name, { autoCommitMs: 0 });
     const oldSize = engine.size;

@@ -27,6 +27,13 @@ test('volume commands: JSON output, exit codes 0/1/2, clear messages', async (t)
   const badSize = await v.cliResult('volume', 'create', 'b', '--size', 'huge');
   assert.equal(badSize.code, 2);
   assert.match(badSize.stderr, /not a size: "huge"/);
+  // petabytes were accepted, and such a volume then could not be opened or even listed
+  const tooBig = await v.cliResult('volume', 'create', 'b', '--size', '257T');
+  assert.equal(tooBig.code, 2);
+  assert.match(tooBig.stderr, /over the largest a volume may have, 256 TiB/);
+  const growTooBig = await v.cliResult('volume', 'resize', 'a', '--size', '1P');
+  assert.equal(growTooBig.code, 2);
+  assert.match(growTooBig.stderr, /256 TiB/);
   const missing = await v.cliResult('volume', 'info', 'nope');
   assert.equal(missing.code, 1);
   assert.match(missing.stderr, /no volume named "nope"/);
