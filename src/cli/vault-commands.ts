@@ -77,6 +77,10 @@ export function registerVaultCommands(program: Command): void {
         const rows = [['NAME', 'SIZE', 'ALLOCATED', 'STORED', 'SNAPSHOTS'], ...infos.map((i) => [i.name, formatSize(i.size), formatSize(i.allocated), formatSize(i.storedBytes), String(i.snapshots)])];
         const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
         out(rows.map((r) => r.map((cell, c) => cell.padEnd(widths[c])).join('  ').trimEnd()).join('\n'));
+        for (const name of new Set(infos.map((i) => i.name))) {
+          const twins = infos.filter((i) => i.name === name);
+          if (twins.length > 1) out(`${twins.length} volumes are named "${name}" (ids ${twins.map((i) => i.id).join(', ')}): not served; delete the unwanted one with "volume delete ${name} --id ID"`);
+        }
       });
     });
 
@@ -116,6 +120,7 @@ export function registerVaultCommands(program: Command): void {
 
   addSettings(volume.command('delete <name>').description('Crypto-erase a volume (its key first), then delete its objects; refused while a server serves the vault from the same --state, or while it has clones'), VAULT_SETTINGS)
     .option('--yes', 'do not ask (required when stdin is not a terminal)')
+    .option('--id <id>', 'which of two volumes sharing the name (see volume list)')
     .action(async (name: string, opts) => {
       if (!opts.yes) {
         if (!process.stdin.isTTY) throw new VaultError('ERR_INVALID_ARGUMENT', 'volume delete destroys data: add --yes');
@@ -127,7 +132,7 @@ export function registerVaultCommands(program: Command): void {
       await withVault(opts, async (ctx, s) => {
         await refuseWhileServed(ctx, s.state, 'delete a volume');
         const bar = new Progress(`deleting ${name}`, 0, 'objects');
-        const n = await ctx.vault.deleteVolume(name, (done, total) => bar.update(done, total));
+        const n = await ctx.vault.deleteVolume(name, (done, total) => bar.update(done, total), opts.id);
         bar.done();
         out(`deleted volume ${name} (${n} objects)`);
       });

@@ -30,9 +30,17 @@ export class VaultExportProvider implements ExportProvider {
   /** Every volume, and every snapshot as `VOL@SNAP` (read-only). */
   async list(): Promise<Array<{ name: string; description: string }>> {
     const out: Array<{ name: string; description: string }> = [];
-    for (const v of await this.vault.listVolumes()) {
+    const volumes = await this.vault.listVolumes();
+    for (const v of volumes) {
+      // Two volumes of one name (created at once on two machines): neither can be opened by that
+      // name, and they must not make the whole list fail (every client's listing did).
+      const named = volumes.filter((x) => x.name === v.name);
+      if (named.length > 1) {
+        if (named[0] === v) this.logger.error({ volume: v.name, ids: named.map((x) => x.id) }, 'volumes share a name: not served (delete one with `volume delete NAME --id ID`)');
+        continue;
+      }
       out.push({ name: v.name, description: `nbd-vault volume ${v.name}` });
-      for (const s of await this.vault.listSnapshots(v.name)) {
+      for (const s of await this.vault.listSnapshots(v.name, v)) {
         out.push({ name: `${v.name}@${s.name}`, description: `snapshot ${s.name} of ${v.name} (${s.createdAt}), read-only` });
       }
     }

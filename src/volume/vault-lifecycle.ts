@@ -168,8 +168,10 @@ export class VaultLifecycle {
   }
 
   /** Crypto-erase the volume (its sealed key goes first), then delete all of its objects. */
-  async deleteVolume(name: string, onProgress?: (done: number, total: number) => void): Promise<number> {
-    const meta = await this.vault.findVolume(name);
+  /** `id`: which one of two volumes that share the name (created at once on two machines). */
+  async deleteVolume(name: string, onProgress?: (done: number, total: number) => void, id?: string): Promise<number> {
+    const meta = id === undefined ? await this.vault.findVolume(name) : (await this.vault.listVolumes()).find((v) => v.name === name && v.id === id);
+    if (!meta) throw new VaultError('ERR_NOT_FOUND', `no volume named "${name}" has id ${id}`);
     // Nobody may be writing it: hold its lease throughout (released, i.e. deleted, last).
     const lease = await this.parts.acquireLease(meta, 'nbd-vault volume delete');
     try {

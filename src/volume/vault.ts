@@ -216,7 +216,7 @@ export class Vault {
   async findVolume(name: string): Promise<VolumeMeta> {
     const found = (await this.listVolumes()).filter((v) => v.name === name);
     if (found.length === 0) throw new VaultError('ERR_NOT_FOUND', `no volume named "${name}"`);
-    if (found.length > 1) throw new VaultError('ERR_EXISTS', `${found.length} volumes are named "${name}" (ids ${found.map((v) => v.id).join(', ')}); created concurrently? delete the unwanted one's objects under volumes/<id>/`);
+    if (found.length > 1) throw new VaultError('ERR_EXISTS', `${found.length} volumes are named "${name}" (ids ${found.map((v) => v.id).join(', ')}); created at once on two machines? delete the unwanted one with "volume delete ${name} --id ID"`);
     return found[0];
   }
 
@@ -441,8 +441,8 @@ export class Vault {
 
   // --- snapshots ---------------------------------------------------------------------------
 
-  async listSnapshots(volumeName: string): Promise<SnapshotRecord[]> {
-    const { objects } = await this.loadVolume(volumeName);
+  async listSnapshots(volumeName: string, found?: VolumeMeta): Promise<SnapshotRecord[]> {
+    const { objects } = await this.loadVolume(volumeName, found);
     return objects.listSnapshots();
   }
 
@@ -519,8 +519,8 @@ export class Vault {
   }
 
   /** Crypto-erase the volume, then delete all of its objects (vault-lifecycle.ts). */
-  deleteVolume(name: string, onProgress?: (done: number, total: number) => void): Promise<number> {
-    return this.lifecycle().deleteVolume(name, onProgress);
+  deleteVolume(name: string, onProgress?: (done: number, total: number) => void, id?: string): Promise<number> {
+    return this.lifecycle().deleteVolume(name, onProgress, id);
   }
 
   /** The lifecycle operations, with the parts of this vault they need and nobody else may use. */

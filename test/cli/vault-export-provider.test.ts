@@ -83,3 +83,25 @@ test('a stop while the store still fails: closing says the unflushed writes are 
   const { p } = await leaseLostInOutage(t);
   await assert.rejects(p.closeAll(), (err: any) => err.code === 'ERR_LEASE' && /64 KiB of written data no FLUSH had covered could not be made durable/.test(err.message));
 });
+
+test('two volumes of one name (created at once on two machines): the export list skips them instead of failing, and one can be deleted by id', async (t) => {
+  const f = await makeVault();
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('other', 4 * 2 ** 20);
+  await f.vault.createVolume('dup', 4 * 2 ** 20);
+  // the second machine's name check ran before the first one's create landed
+  const list = f.vault.listVolumes.bind(f.vault);
+  (f.vault as any).listVolumes = async () => [];
+  await f.vault.createVolume('dup', 8 * 2 ** 20);
+  (f.vault as any).listVolumes = list;
+  const twins = (await f.vault.listVolumes()).filter((v) => v.name === 'dup');
+  assert.equal(twins.length, 2);
+  const p = new VaultExportProvider(f.vault, 'other', {}, logger);
+  assert.deepEqual((await p.list()).map((e) => e.name), ['other'], 'listed, without the twins (it threw for every client)');
+  await assert.rejects(f.vault.volumeInfo('dup'), /2 volumes are named "dup" .*volume delete dup --id ID/);
+  assert.equal((await f.vault.volumeInfo('dup', twins[0])).id, twins[0].id, 'each one still shows by its meta');
+  await f.vault.deleteVolume('dup', undefined, twins[1].id);
+  assert.equal((await f.vault.volumeInfo('dup')).id, twins[0].id);
+  assert.deepEqual((await p.list()).map((e) => e.name).sort(), ['dup', 'other']);
+  await p.closeAll();
+});
