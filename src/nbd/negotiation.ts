@@ -14,7 +14,7 @@
 import type { Export, ExportCaps } from './export';
 import type { Logger } from '../util/log';
 import { describeError } from '../errors';
-import { ClientExports, type OpenResult } from './client-exports';
+import { ClientExports } from './client-exports';
 import type { TlsMode } from './tls';
 import {
   IHAVEOPT,
@@ -211,7 +211,7 @@ class OptionHaggler {
 
   private async exportName(data: Buffer): Promise<Negotiated | null> {
     // No way to report an error here: an unknown export ends the session (spec).
-    const opened = await this.openInTime(data.toString('utf8'));
+    const opened = await this.ctx.exports.open(data.toString('utf8'));
     if (!opened.exp) return null;
     const { exp, caps } = opened;
     // Structured replies and meta contexts negotiated before EXPORT_NAME still apply.
@@ -250,7 +250,7 @@ class OptionHaggler {
     const parsed = parseInfoRequest(data);
     if (!parsed.ok) return this.invalid(option, parsed.reason);
     const { name, infos } = parsed.value;
-    const opened = await this.openInTime(name);
+    const opened = await this.ctx.exports.open(name);
     if (!opened.exp) {
       this.reply(option, NBD_REP_ERR_UNKNOWN, opened.failure);
       return 'continue';
@@ -284,7 +284,7 @@ class OptionHaggler {
     const parsed = parseMetaContextRequest(data);
     if (!parsed.ok) return this.invalid(option, parsed.reason);
     const { name, queries } = parsed.value;
-    const opened = await this.openInTime(name);
+    const opened = await this.ctx.exports.open(name);
     if (!opened.exp) {
       this.reply(option, NBD_REP_ERR_UNKNOWN, opened.failure);
       return 'continue';
@@ -315,33 +315,26 @@ class OptionHaggler {
   }
 
   /**
-   * Store work during negotiation (listing, opening, metadata contexts) gets what is left of the
-   * handshake time, less a margin: a store that does not answer then gets the client an error
-   * reply it can show, where the handshake timer dropped the connection with nothing said. A
-   * late answer is let go (`late` gets it: an export opened late is released).
+   * Store work during negotiation (listing exports, an export's metadata contexts) gets what is
+   * left of the handshake time, less a margin: a store that does not answer then gets the client
+   * an error reply it can show, where the handshake timer dropped the connection with nothing
+   * said. A late answer is dropped. Opening an export is not cut short: it may
+   * be watching another writer's heartbeat to tell the client who holds the volume.
    */
-  private async inTime<T>(work: Promise<T>, late?: (value: T) => void): Promise<T | typeof LATE> {
+  private async inTime<T>(work: Promise<T>): Promise<T | typeof LATE> {
     const budget = (this.ctx.msLeft?.() ?? Infinity) - ANSWER_MARGIN_MS;
     if (budget === Infinity) return work;
     let timer: NodeJS.Timeout | undefined;
     const expired = new Promise<typeof LATE>((resolve) => (timer = setTimeout(() => resolve(LATE), Math.max(0, budget))));
     try {
       const winner = await Promise.race([work, expired]);
-      if (winner === LATE) work.then((v) => late?.(v), () => {});
+      if (winner === LATE) work.catch(() => {}); // (settles unobserved)
       return winner;
     } finally {
       clearTimeout(timer);
     }
   }
 
-  private async openInTime(name: string): Promise<OpenResult> {
-    const opened = await this.inTime(this.ctx.exports.open(name), (o) => {
-      if (o.exp) void this.ctx.exports.release(o.exp).catch(() => {});
-    });
-    if (opened !== LATE) return opened;
-    this.ctx.logger.warn({ exportName: name }, 'export not opened within the handshake time: its store does not answer');
-    return { exp: null, failure: `export "${name}" cannot be opened now: its store does not answer (a client may retry)` };
-  }
 
   private selectedFor(exp: Export): SelectedContext[] {
     return this.selection?.exportName === exp.name ? this.selection.contexts : [];
