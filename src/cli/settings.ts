@@ -128,6 +128,10 @@ export function resolveSettings<N extends SettingName>(
     else if (n in file) [raw, from] = [file[n], `"${n}" in ${configPath}`];
     else [raw, from] = [n in defaults ? defaults[n] : s.def, 'default'];
     out[n] = raw === undefined ? undefined : coerce(s.kind, raw, from);
+    // (pino's own refusal of an unknown level was a runtime error, exit 1, in its words)
+    if (n === 'logLevel' && out[n] !== undefined && !LOG_LEVELS.includes(String(out[n]))) {
+      throw new VaultError('ERR_INVALID_ARGUMENT', `${from}: unknown log level ${JSON.stringify(out[n])} (use ${LOG_LEVELS.join(', ')})`);
+    }
   }
   return out as Pick<Settings, N>;
 }
@@ -155,6 +159,8 @@ function readConfigFile(path: string): Record<string, unknown> {
   return doc as Record<string, unknown>;
 }
 
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
 function coerce(kind: Kind, raw: unknown, from: string): string | number | boolean {
   const bad = (why: string) => new VaultError('ERR_INVALID_ARGUMENT', `${from}: ${why}`);
   switch (kind) {
@@ -175,7 +181,8 @@ function coerce(kind: Kind, raw: unknown, from: string): string | number | boole
     }
     case 'size':
       try {
-        return typeof raw === 'number' ? raw : parseSize(String(raw));
+        // a JSON number is a count of bytes, checked as the text form is (-1 and 0.5 started a server)
+        return typeof raw === 'number' ? parseSize(Number.isSafeInteger(raw) && raw >= 0 ? String(raw) : `${raw} (a whole number of bytes)`) : parseSize(String(raw));
       } catch (err) {
         throw bad((err as Error).message);
       }

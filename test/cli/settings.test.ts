@@ -32,6 +32,11 @@ test('malformed configuration fails with a message naming the culprit', () => {
   fails(() => resolveSettings({ config: config([1, 2]) }, ['store'], {}), /must hold a JSON object/);
   fails(() => resolveSettings({ config: join(dir, 'missing.json') }, ['store'], {}), /no such file/);
   fails(() => resolveSettings({}, ['dirtyLimit'], { NBD_VAULT_DIRTY_LIMIT: 'lots' }), /\$NBD_VAULT_DIRTY_LIMIT: not a size/);
+  // sizes as JSON numbers are checked like their text (a negative or fractional one started a server)
+  for (const bad of [-1, 0.5, 1e30]) fails(() => resolveSettings({ config: config({ dirtyLimit: bad }) }, ['dirtyLimit'], {}), /not a size: .*a whole number of bytes/);
+  assert.equal(resolveSettings({ config: config({ readCache: 4096 }) }, ['readCache'], {}).readCache, 4096);
+  fails(() => resolveSettings({ logLevel: 'verbose' }, ['logLevel'], {}), /option --log-level: unknown log level "verbose" \(use fatal, error/);
+  assert.equal(resolveSettings({ logLevel: 'debug' }, ['logLevel'], {}).logLevel, 'debug');
   fails(() => resolveSettings({ workers: 'two' }, ['workers'], {}), /option --workers: expected a whole number/);
   // 0 upload workers would store nothing and release the dirty data: a count is at least 1
   fails(() => resolveSettings({ uploadConcurrency: '0' }, ['uploadConcurrency'], {}), /--upload-concurrency: expected at least 1/);
