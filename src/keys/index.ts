@@ -14,7 +14,7 @@ export {
 } from './master-key-file';
 export { formatRecoveryKey, parseRecoveryKey } from './recovery-key';
 export { MasterKeyRing } from './master-key-ring';
-export { generateVolumeKey, wrapVolumeKey, unwrapVolumeKey, type VolumeKeyPlace } from './volume-key';
+export { generateVolumeKey, wrapVolumeKey, unwrapVolumeKey, wrappingKeyId, type VolumeKeyPlace } from './volume-key';
 export { deriveSubkey, masterKeyId } from './key-derivation';
 export { readPassphrase, type PassphraseRequest, type PassphraseIo } from './passphrase-source';
 export { resolveKeysDir, masterKeyPath, pendingMasterKeyPath } from './keys-dir';

@@ -59,6 +59,11 @@ export function wrapVolumeKey(master: SecretKey, volumeKey: SecretKey, place: Vo
   return out;
 }
 
+/** The id of the master key that wrapped `wrapped` (public bytes of the wrapped key, in hex). */
+export function wrappingKeyId(wrapped: Buffer): string {
+  return wrapped.subarray(WRAPPED_KEY_OFFSET_KEY_ID, WRAPPED_KEY_OFFSET_KEY_ID + KEY_ID_BYTES).toString('hex');
+}
+
 /**
  * Throws ERR_CORRUPT (not a wrapped key), ERR_WRONG_KEY (wrapped by another master key) or
  * ERR_AUTH_FAILED (tampered, or belongs to another volume or vault).
@@ -72,12 +77,12 @@ export function unwrapVolumeKey(master: SecretKey, wrapped: Buffer, place: Volum
   if (version !== WRAPPED_KEY_VERSION) {
     throw new VaultError('ERR_CORRUPT', `wrapped key of volume ${volume}…: unsupported version ${version}`);
   }
-  const storedKeyId = wrapped.subarray(WRAPPED_KEY_OFFSET_KEY_ID, WRAPPED_KEY_OFFSET_KEY_ID + KEY_ID_BYTES);
-  const ourKeyId = masterKeyId(master);
-  if (!storedKeyId.equals(ourKeyId)) {
+  const storedKeyId = wrappingKeyId(wrapped);
+  const ourKeyId = masterKeyId(master).toString('hex');
+  if (storedKeyId !== ourKeyId) {
     throw new VaultError(
       'ERR_WRONG_KEY',
-      `volume ${volume}… is wrapped by master key ${storedKeyId.toString('hex')}, but the loaded master key is ${ourKeyId.toString('hex')}`,
+      `volume ${volume}… is wrapped by master key ${storedKeyId}, but the loaded master key is ${ourKeyId}`,
     );
   }
   const nonce = wrapped.subarray(WRAPPED_KEY_OFFSET_NONCE, WRAPPED_KEY_OFFSET_NONCE + AEAD_NONCE_BYTES);

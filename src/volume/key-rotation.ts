@@ -7,8 +7,7 @@
 import { VaultError, isVaultError } from '../errors';
 import type { Codec } from '../codec/codec';
 import type { ObjectPlace } from '../codec/object-place';
-import { masterKeyId, unwrapVolumeKey, wrapVolumeKey } from '../keys';
-import { KEY_ID_BYTES, WRAPPED_KEY_OFFSET_KEY_ID } from '../keys/key-format';
+import { masterKeyId, unwrapVolumeKey, wrapVolumeKey, wrappingKeyId } from '../keys';
 import type { SecretKey } from '../keys/secret-key';
 import type { ObjectStore } from '../store/object-store';
 import type { Logger } from '../util/log';
@@ -82,7 +81,7 @@ async function rewrapOne(t: RotationTarget, id: string, from: SecretKey, fromId:
     throw new VaultError('ERR_CORRUPT', `metadata of volume ${id} is malformed; the rotation stops here (run it again once it is repaired or deleted)`);
   }
   const wrapped = Buffer.from(doc.wrappedKey, 'base64');
-  const keyId = wrapped.subarray(WRAPPED_KEY_OFFSET_KEY_ID, WRAPPED_KEY_OFFSET_KEY_ID + KEY_ID_BYTES).toString('hex');
+  const keyId = wrappingKeyId(wrapped);
   if (keyId === toId) return 'already';
   if (keyId !== fromId) {
     throw new VaultError('ERR_WRONG_KEY', `volume ${id} is wrapped by master key ${keyId}, which is neither the old key ${fromId} nor the new key ${toId}`);

@@ -23,7 +23,7 @@ import { ROOT_FORMAT, journalsOf, type RootRecord } from './root-record';
 import type { SnapshotRecord } from './snapshot-record';
 import { type Vault, type VolumeMeta } from './vault';
 import { listVolumeIds, referencedKeys, snapshotAsRoot } from './volume-references';
-import { KEY_ID_BYTES, WRAPPED_KEY_OFFSET_KEY_ID } from '../keys/key-format';
+import { wrappingKeyId } from '../keys';
 import type { VolumeObjects } from './volume-objects';
 
 export interface SyncOptions {
@@ -160,7 +160,7 @@ export class VaultSync {
     for (const id of await listVolumeIds(this.dest)) {
       if (sourceIds.has(id)) {
         const meta = (await this.source.store.get(metaKey(id))).body;
-        sourceKeyIds.add(wrappingKeyId(meta));
+        sourceKeyIds.add(metaKeyId(meta));
         const mine = await this.getOrNull(this.dest, metaKey(id));
         if (mine !== null && !mine.equals(meta)) {
           await this.dest.put(metaKey(id), meta);
@@ -175,7 +175,7 @@ export class VaultSync {
     const stale = [];
     for (const id of strays) {
       const meta = await this.getOrNull(this.dest, metaKey(id));
-      if (meta !== null && !sourceKeyIds.has(wrappingKeyId(meta))) stale.push(id);
+      if (meta !== null && !sourceKeyIds.has(metaKeyId(meta))) stale.push(id);
     }
     if (stale.length > 0) {
       this.logger.warn({ to: this.dest.name, volumeIds: stale }, 'the replica now takes the source\'s master key; volumes only the replica has stay wrapped by an older key (delete them from the replica, or open it with that key beside the new one)');
@@ -368,11 +368,10 @@ export class VaultSync {
   }
 }
 
-/** The id of the master key that wraps a `meta` object's volume key (public bytes); '' if unreadable. */
-function wrappingKeyId(meta: Buffer): string {
+/** The id of the master key that wraps a `meta` object's volume key; '' if unreadable. */
+function metaKeyId(meta: Buffer): string {
   try {
-    const wrapped = Buffer.from(String(JSON.parse(meta.toString('utf8'))?.wrappedKey), 'base64');
-    return wrapped.subarray(WRAPPED_KEY_OFFSET_KEY_ID, WRAPPED_KEY_OFFSET_KEY_ID + KEY_ID_BYTES).toString('hex');
+    return wrappingKeyId(Buffer.from(String(JSON.parse(meta.toString('utf8'))?.wrappedKey), 'base64'));
   } catch {
     return '';
   }

@@ -13,8 +13,7 @@ import { VaultError, describeError, isVaultError } from '../errors';
 import type { Codec } from '../codec/codec';
 import type { ObjectPlace } from '../codec/object-place';
 import { SecretKey } from '../keys/secret-key';
-import { deriveSubkey, generateVolumeKey, unwrapVolumeKey, wrapVolumeKey, type MasterKeyRing } from '../keys';
-import { KEY_ID_BYTES, WRAPPED_KEY_OFFSET_KEY_ID } from '../keys/key-format';
+import { deriveSubkey, generateVolumeKey, unwrapVolumeKey, wrapVolumeKey, wrappingKeyId, type MasterKeyRing } from '../keys';
 import type { ObjectStore } from '../store/object-store';
 import type { Logger } from '../util/log';
 import { closeAfter } from '../util/close-after';
@@ -233,8 +232,7 @@ export class Vault {
     }
     const place = this.metaPlace(volumeId);
     const wrapped = Buffer.from(doc.wrappedKey, 'base64');
-    const keyId = wrapped.subarray(WRAPPED_KEY_OFFSET_KEY_ID, WRAPPED_KEY_OFFSET_KEY_ID + KEY_ID_BYTES).toString('hex');
-    const key = unwrapVolumeKey((await this.opts.keyRing?.findOrReload(keyId)) ?? this.master, wrapped, place);
+    const key = unwrapVolumeKey((await this.opts.keyRing?.findOrReload(wrappingKeyId(wrapped))) ?? this.master, wrapped, place);
     let info: any;
     try {
       const meta = deriveSubkey(key, 'meta');
