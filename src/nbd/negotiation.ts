@@ -14,6 +14,7 @@
 import type { Export, ExportCaps } from './export';
 import type { Logger } from '../util/log';
 import { describeError } from '../errors';
+import { TIMED_OUT, within } from '../util/within';
 import { ClientExports } from './client-exports';
 import type { TlsMode } from './tls';
 import {
@@ -85,7 +86,6 @@ export interface NegotiationContext {
 
 /** Store work in negotiation ends this long before the handshake timer would drop the client. */
 const ANSWER_MARGIN_MS = 1000;
-const LATE = Symbol('late');
 
 export interface Negotiated {
   readonly exp: Export;
@@ -228,14 +228,11 @@ class OptionHaggler {
 
   private async list(option: number, data: Buffer): Promise<'continue'> {
     if (data.length !== 0) return this.invalid(option, 'LIST takes no data');
-    let exports;
-    try {
-      exports = await this.inTime(this.ctx.exports.list());
-    } catch (err) {
+    const exports = await this.inTime(this.ctx.exports.list()).catch((err): typeof TIMED_OUT => {
       this.ctx.logger.warn({ err: describeError(err) }, 'exports cannot be listed');
-      exports = LATE;
-    }
-    if (exports === LATE) {
+      return TIMED_OUT;
+    });
+    if (exports === TIMED_OUT) {
       // an error reply the client shows, where a dropped connection said nothing
       this.reply(option, NBD_REP_ERR_PLATFORM, 'the exports cannot be listed now: the store does not answer (see the server log); try again');
       return 'continue';
@@ -293,7 +290,7 @@ class OptionHaggler {
     let offered: string[];
     try {
       const listed = await this.inTime(offeredContexts(exp));
-      if (listed === LATE) throw new Error('the store did not answer in time');
+      if (listed === TIMED_OUT) throw new Error('the store did not answer in time');
       offered = listed;
     } catch (err) {
       this.ctx.logger.warn({ exportName: exp.name, err: describeError(err) }, 'metadata contexts cannot be listed');
@@ -321,20 +318,10 @@ class OptionHaggler {
    * said. A late answer is dropped. Opening an export is not cut short: it may
    * be watching another writer's heartbeat to tell the client who holds the volume.
    */
-  private async inTime<T>(work: Promise<T>): Promise<T | typeof LATE> {
+  private inTime<T>(work: Promise<T>): Promise<T | typeof TIMED_OUT> {
     const budget = (this.ctx.msLeft?.() ?? Infinity) - ANSWER_MARGIN_MS;
-    if (budget === Infinity) return work;
-    let timer: NodeJS.Timeout | undefined;
-    const expired = new Promise<typeof LATE>((resolve) => (timer = setTimeout(() => resolve(LATE), Math.max(0, budget))));
-    try {
-      const winner = await Promise.race([work, expired]);
-      if (winner === LATE) work.catch(() => {}); // (settles unobserved)
-      return winner;
-    } finally {
-      clearTimeout(timer);
-    }
+    return budget === Infinity ? work : within(work, budget);
   }
-
 
   private selectedFor(exp: Export): SelectedContext[] {
     return this.selection?.exportName === exp.name ? this.selection.contexts : [];

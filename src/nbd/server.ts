@@ -28,6 +28,7 @@ import {
   DEFAULT_SHUTDOWN_GRACE_MS,
   SHUTDOWN_STRAGGLER_WAIT_MS,
 } from './limits';
+import { settledWithin } from '../util/within';
 
 export interface NbdServerOptions {
   readonly listen?: { readonly host: string; readonly port: number };
@@ -192,18 +193,6 @@ export async function startNbdServer(opts: NbdServerOptions): Promise<NbdServerH
     connectionCount: () => connections.size,
     close: () => (closing ??= close()),
   };
-}
-
-/** Whether `p` settles within `ms` (the timer keeps a stopping process alive until one of the
- *  two happens, and no longer). */
-function settledWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => resolve(false), ms);
-    p.then(
-      () => (clearTimeout(timer), resolve(true)),
-      () => (clearTimeout(timer), resolve(true)),
-    );
-  });
 }
 
 function removeStaleSocket(path: string): void {
