@@ -262,7 +262,7 @@ export function registerDataCommands(program: Command): void {
       .option('--json', 'print JSON'),
     VAULT_SETTINGS,
   ).action(async (opts) => {
-    // Number('') is 0, the most aggressive grace: a \`--grace "$UNSET"\` in a cron line must not mean it
+    // Number('') is 0, the most aggressive grace: a `--grace "$UNSET"` in a cron line must not mean it
     const grace = /^\d+(\.\d+)?$/.test(String(opts.grace)) ? Number(opts.grace) : NaN;
     if (!Number.isFinite(grace)) throw new VaultError('ERR_INVALID_ARGUMENT', `--grace wants a number of minutes (got ${JSON.stringify(String(opts.grace))})`);
     await withVault(opts, async (ctx) => {

@@ -68,10 +68,11 @@ export function registerVaultCommands(program: Command): void {
         const vols = await ctx.vault.listVolumes();
         // Every one settles before a failure is thrown: the close after it wipes the key, and the
         // reads still running then each logged a false "wrong key" error.
-        const settled = await Promise.allSettled(vols.map((v) => ctx.vault.volumeInfo(v.name, v)));
-        const failed = settled.find((r) => r.status === 'rejected');
-        if (failed) throw failed.reason;
-        const infos = settled.map((r) => (r as PromiseFulfilledResult<Awaited<ReturnType<typeof ctx.vault.volumeInfo>>>).value);
+        const infos = [];
+        for (const r of await Promise.allSettled(vols.map((v) => ctx.vault.volumeInfo(v.name, v)))) {
+          if (r.status === 'rejected') throw r.reason;
+          infos.push(r.value);
+        }
         if (opts.json) return out(JSON.stringify(infos, null, 2));
         if (infos.length === 0) return out('no volumes');
         const rows = [['NAME', 'SIZE', 'ALLOCATED', 'STORED', 'SNAPSHOTS'], ...infos.map((i) => [i.name, formatSize(i.size), formatSize(i.allocated), formatSize(i.storedBytes), String(i.snapshots)])];

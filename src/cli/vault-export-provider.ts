@@ -31,10 +31,12 @@ export class VaultExportProvider implements ExportProvider {
   async list(): Promise<Array<{ name: string; description: string }>> {
     const out: Array<{ name: string; description: string }> = [];
     const volumes = await this.vault.listVolumes();
+    const byName = new Map<string, typeof volumes>();
+    for (const v of volumes) byName.set(v.name, [...(byName.get(v.name) ?? []), v]);
     for (const v of volumes) {
       // Two volumes of one name (created at once on two machines): neither can be opened by that
       // name, and they must not make the whole list fail (every client's listing did).
-      const named = volumes.filter((x) => x.name === v.name);
+      const named = byName.get(v.name)!;
       if (named.length > 1) {
         if (named[0] === v) this.logger.error({ volume: v.name, ids: named.map((x) => x.id) }, 'volumes share a name: not served (delete one with `volume delete NAME --id ID`)');
         continue;
