@@ -23,7 +23,7 @@ export interface WarmProgress {
   total: number;
   fetchedBytes: number;
   /** objects read from the store (the others were in the cache already) */
-  fetched?: number;
+  fetched: number;
   finished: boolean;
   error?: string;
   code?: VaultErrorCode;
@@ -52,7 +52,7 @@ export async function warmCache(vault: Vault, store: DiskCacheStore, spec: strin
         const key = keys[next++];
         const fetched = await store.warm(key); // (not `+= await`: that would add to a stale total)
         progress.fetchedBytes += fetched;
-        if (fetched > 0) progress.fetched = (progress.fetched ?? 0) + 1;
+        if (fetched > 0) progress.fetched++;
         progress.done++;
       }
     }),
@@ -80,7 +80,7 @@ export class WarmJobs {
     if (this.stopping.signal.aborted) throw new VaultError('ERR_SHUTDOWN', 'the server is stopping');
     const cur = this.jobs.get(spec);
     if (cur && !cur.finished) return { ...cur };
-    const p: WarmProgress = { volume: spec, done: 0, total: 0, fetchedBytes: 0, finished: false };
+    const p: WarmProgress = { volume: spec, done: 0, total: 0, fetchedBytes: 0, fetched: 0, finished: false };
     this.jobs.set(spec, p);
     void this.running.track(
       warmCache(this.vault, this.store, spec, p, this.stopping.signal).catch((err) => {
@@ -111,7 +111,7 @@ export function registerCacheCommands(program: Command): void {
     const s = resolveSettings(o, [...VAULT_SETTINGS, 'diskCache', 'diskCacheSize'] as const, process.env, { logLevel: 'warn' });
     const result = (await warmThroughServer(s.state, volume)) ?? (await warmHere(s, volume));
     if (result.error) throw new VaultError(result.code ?? 'ERR_IO', `cache warm ${volume}: ${result.error}`);
-    const cached = result.total - (result.fetched ?? 0);
+    const cached = result.total - result.fetched;
     out(`warmed ${volume}: ${result.total} objects, ${formatSize(result.fetchedBytes)} read from the store${cached > 0 ? ` (${cached} were cached already)` : ''}`);
   });
 }
@@ -140,7 +140,7 @@ async function warmHere(s: VaultSettings & Partial<Settings>, volume: string): P
   if (!s.diskCache) throw new VaultError('ERR_INVALID_ARGUMENT', 'no server is running on this state directory: give the cache directory with --disk-cache DIR');
   const ctx = await openVaultContext(s, { diskCache: { dir: s.diskCache, bytes: s.diskCacheSize! } });
   const bar = new Progress(`warming ${volume}`, 0, 'objects');
-  const p: WarmProgress = { volume, done: 0, total: 0, fetchedBytes: 0, finished: false };
+  const p: WarmProgress = { volume, done: 0, total: 0, fetchedBytes: 0, fetched: 0, finished: false };
   const timer = setInterval(() => bar.update(p.done, p.total), 200);
   try {
     await warmCache(ctx.vault, findLayer(ctx.store, DiskCacheStore)!, volume, p);
