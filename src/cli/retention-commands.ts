@@ -6,6 +6,7 @@ import { VaultError } from '../errors';
 import { BUCKET_RULES, describePolicy, isEmptyPolicy, parseCalendarDuration, parseKeepCount, type BucketRule, type RetentionPolicy } from '../volume/retention';
 import { pruneSnapshots, type PruneResult } from '../volume/snapshot-prune';
 import { addSettings } from './settings';
+import { snapshotArgs } from './snapshot-commands';
 import { out, VAULT_SETTINGS, withVault } from './vault-context';
 
 /** The policy from `--keep-*` flags. */
@@ -63,10 +64,11 @@ export function registerRetentionCommands(program: Command): void {
   });
 
   addSettings(
-    snap.command('keep <volume> <name>').description('Set the keep flag of a snapshot (prune never removes it); --clear clears it').option('--clear', 'clear the flag'),
+    snap.command('keep <volume> [name]').description('Set the keep flag of a snapshot (VOLUME NAME or VOLUME@NAME; prune never removes it); --clear clears it').option('--clear', 'clear the flag'),
     VAULT_SETTINGS,
-  ).action(async (volume: string, name: string, opts, cmd: Command) =>
+  ).action(async (volumeArg: string, nameArg: string | undefined, opts, cmd: Command) =>
     withVault(cmd.optsWithGlobals(), async (ctx) => {
+      const [volume, name] = snapshotArgs('keep', volumeArg, nameArg);
       const { objects } = await ctx.vault.loadVolume(volume);
       const found = (await objects.listSnapshots()).find((s) => s.name === name);
       if (!found) throw new VaultError('ERR_NOT_FOUND', `volume "${volume}" has no snapshot named "${name}"`);

@@ -6,10 +6,22 @@ import type { Command } from 'commander';
 import { VaultError } from '../errors';
 import type { SnapshotRecord } from '../volume/snapshot-record';
 import { formatSize } from '../util/size';
+import { splitExportName } from '../volume/volume-references';
 import { adminRequest } from './admin-socket';
 import { addSettings } from './settings';
 import { out, VAULT_SETTINGS, withVault } from './vault-context';
 
+
+/**
+ * The snapshot a command names, as `VOL NAME` or as the export name `VOL@NAME` that `snapshot
+ * list` prints. Both at once, or neither name, is a usage error.
+ */
+export function snapshotArgs(command: string, volume: string, name: string | undefined): [string, string] {
+  const [vol, snap] = splitExportName(volume);
+  if (snap !== null && name === undefined && vol && snap) return [vol, snap];
+  if (snap === null && name !== undefined) return [volume, name];
+  throw new VaultError('ERR_INVALID_ARGUMENT', `which snapshot? usage: nbd-vault snapshot ${command} VOLUME NAME (or VOLUME@NAME)`);
+}
 
 export function defaultSnapshotName(now = new Date()): string {
   return now.toISOString().replace(/\.\d+Z$/, 'Z').replace(/:/g, '-');
@@ -70,9 +82,10 @@ export function registerSnapshotCommands(program: Command): void {
     },
   );
 
-  addSettings(snap.command('delete <volume> <name>').description('Delete a snapshot and the objects only it referenced'), VAULT_SETTINGS).action(
-    async (volume: string, name: string, _opts, cmd: Command) =>
+  addSettings(snap.command('delete <volume> [name]').description('Delete a snapshot (VOLUME NAME or VOLUME@NAME) and the objects only it referenced'), VAULT_SETTINGS).action(
+    async (volumeArg: string, nameArg: string | undefined, _opts, cmd: Command) =>
       withVault(cmd.optsWithGlobals(), async (ctx) => {
+        const [volume, name] = snapshotArgs('delete', volumeArg, nameArg);
         const r = await ctx.vault.deleteSnapshot(volume, name);
         out(`deleted snapshot ${volume}@${name} (freed ${r.freedObjects} objects)`);
       }),

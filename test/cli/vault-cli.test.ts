@@ -172,3 +172,25 @@ test('import reads a block device whole, and refuses a pipe (its length is unkno
   assert.equal(toDevice.code, 2);
   assert.match(toDevice.stderr, /is not a regular file: export writes a sparse file/);
 });
+
+test('snapshot keep and delete take VOLUME NAME or the export name VOLUME@NAME that snapshot list prints', async (t) => {
+  const v = await makeTestVault();
+  t.after(() => v.cleanup());
+  await v.cli('volume', 'create', 's', '--size', '8M');
+  await v.cli('snapshot', 's', 'one');
+  await v.cli('snapshot', 's', 'two');
+  const listed = (await v.cli('snapshot', 'list', 's')).stdout;
+  assert.match(listed, /^s@one /m);
+  await v.cli('snapshot', 'keep', 's@one');
+  const kept = JSON.parse((await v.cli('snapshot', 'list', 's', '--json')).stdout);
+  assert.deepEqual(kept.map((x: any) => [x.name, x.keep]), [['one', true], ['two', false]]);
+  await v.cli('snapshot', 'keep', 's', 'one', '--clear');
+  await v.cli('snapshot', 'delete', 's@two');
+  await v.cli('snapshot', 'delete', 's', 'one');
+  assert.match((await v.cli('snapshot', 'list', 's')).stdout, /volume s has no snapshots/);
+  for (const args of [['s'], ['s@one', 'one'], ['s@'], ['@one']]) {
+    const r = await v.cliResult('snapshot', 'delete', ...args);
+    assert.equal(r.code, 2, `snapshot delete ${args.join(' ')} is a usage error`);
+    assert.match(r.stderr, /usage: nbd-vault snapshot delete VOLUME NAME \(or VOLUME@NAME\)/);
+  }
+});
