@@ -174,7 +174,7 @@ export function registerDataCommands(program: Command): void {
       .option('--json', 'print JSON'),
     VAULT_SETTINGS,
   ).action(async (source: string | undefined, opts) => {
-    if (!source && !opts.all) throw new VaultError('ERR_INVALID_ARGUMENT', 'name a volume (VOL or VOL@SNAP) or use --all');
+    if (!source === !opts.all) throw new VaultError('ERR_INVALID_ARGUMENT', 'name a volume (VOL or VOL@SNAP) or use --all, not both');
     await withVault(opts, async (ctx) => {
       const specs: string[] = [];
       if (opts.all) {
@@ -184,12 +184,12 @@ export function registerDataCommands(program: Command): void {
         }
       } else specs.push(source!);
       const checked = new Map<string, string | null>();
-      const report: Array<{ source: string; chunks: number; damaged: Damage[]; damagedJournals: JournalDamage[]; error?: string }> = [];
+      const report: Array<{ source: string; chunks: number; journals: number; damaged: Damage[]; damagedJournals: JournalDamage[]; error?: string }> = [];
       for (const spec of specs) {
         const bar = new Progress(`verify ${spec}`, 0, 'objects');
         try {
           const r = await verifySource(ctx.vault, spec, { checked, onProgress: (d, t) => bar.update(d, t) });
-          report.push({ source: spec, chunks: r.chunks, damaged: r.damaged, damagedJournals: r.damagedJournals });
+          report.push({ source: spec, chunks: r.chunks, journals: r.journals, damaged: r.damaged, damagedJournals: r.damagedJournals });
         } catch (err) {
           // A name that does not exist is the caller's mistake, not damage: say it as every other
           // command does ("no volume named ..."). Under --all it was deleted while verify ran.
@@ -198,7 +198,7 @@ export function registerDataCommands(program: Command): void {
             continue;
           }
           // the manifest itself (root, a page or a snapshot record) cannot be read
-          report.push({ source: spec, chunks: 0, damaged: [], damagedJournals: [], error: (err as Error).message });
+          report.push({ source: spec, chunks: 0, journals: 0, damaged: [], damagedJournals: [], error: (err as Error).message });
         } finally {
           bar.done();
         }
@@ -208,7 +208,7 @@ export function registerDataCommands(program: Command): void {
       else {
         for (const r of report) {
           if (r.error) out(`${r.source}: DAMAGED manifest: ${r.error}`);
-          else if (r.damaged.length === 0 && r.damagedJournals.length === 0) out(`${r.source}: ok (${r.chunks} chunks)`);
+          else if (r.damaged.length === 0 && r.damagedJournals.length === 0) out(`${r.source}: ok (${r.chunks} chunks${r.journals > 0 ? `, ${r.journals} write journals` : ''})`);
           else {
             if (r.damaged.length > 0) out(`${r.source}: DAMAGED ${r.damaged.length} of ${r.chunks} chunks`);
             for (const d of r.damaged) out(`  bytes ${d.offset}-${d.offset + d.length - 1} (chunk ${d.chunk}): ${d.error}`);

@@ -74,6 +74,10 @@ test('import, export, verify, diff and gc from the command line; quiet in pipes'
     assert.equal(typo.stderr.trim(), `nbd-vault: ${said} [ERR_NOT_FOUND]`);
     assert.doesNotMatch(typo.stdout, /DAMAGED/);
   }
+  // a source and --all: one of them was not meant (it used to verify everything, silently)
+  const both = await v.cliResult('verify', 'd@one', '--all');
+  assert.equal(both.code, 2);
+  assert.match(both.stderr, /or use --all, not both/);
   // damage one chunk object on disk: verify names its byte range and exits 1
   const victim = files(join(v.dir, 'data')).find((p) => p.includes('/chunks/'))!;
   const bytes = readFileSync(victim);
