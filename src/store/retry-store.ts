@@ -13,12 +13,13 @@
 //   back before it is retried: if the object now holds our bytes, the put succeeded and returns.
 // - list() resumes after a failure by listing again and skipping keys up to the last one yielded
 //   (lists are in key order), so no key is yielded twice.
-// - Each retry is logged at warn with store, op, key (as `objectKey`), attempt, delay and error code;
-//   never bodies. sleep, random and now are injectable so tests check the schedule without waiting.
-import { VaultError, isVaultError, describeError } from '../errors';
-import { log } from '../util/log';
+// - Each retry is logged with store, op, key (as `objectKey`), attempt, delay and error code, never
+//   bodies: at warn at most once per 10 s, else at debug (RetryReport). sleep, random and now are
+//   injectable so tests check the schedule without waiting.
+import { VaultError, isVaultError } from '../errors';
 import type { ObjectInfo, ObjectStore, PutOptions, StoredObject, StoreLayer, StoreProps } from './object-store';
 import { compareKeys } from './memory-store';
+import { RetryReport } from './retry-report';
 
 export interface RetryPolicy {
   /** First backoff cap (ms); doubles per retry. */
@@ -74,12 +75,14 @@ export class RetryStore implements ObjectStore {
   readonly props: StoreProps;
   private readonly inner: ObjectStore;
   private readonly p: Resolved;
+  private readonly report: RetryReport;
 
   constructor(inner: ObjectStore, policy: RetryPolicy = {}) {
     this.inner = inner;
     this.name = `retry(${inner.name})`;
     this.props = inner.props;
     this.p = resolvePolicy(policy);
+    this.report = new RetryReport(inner.name, this.p.now);
   }
 
   get(key: string, into?: Buffer): Promise<StoredObject> {
@@ -133,6 +136,7 @@ export class RetryStore implements ObjectStore {
           lastKey = info.key;
           yield info;
         }
+        this.report.succeeded();
         return;
       } catch (err) {
         await this.backoffOrThrow('list', prefix, err, st);
@@ -155,7 +159,9 @@ export class RetryStore implements ObjectStore {
     for (;;) {
       st.attempts++;
       try {
-        return await attempt();
+        const result = await attempt();
+        this.report.succeeded();
+        return result;
       } catch (err) {
         await this.backoffOrThrow(op, key, err, st);
       }
@@ -170,10 +176,7 @@ export class RetryStore implements ObjectStore {
     const cap = Math.min(this.p.baseDelayMs * 2 ** (st.attempts - 1), this.p.maxDelayMs);
     const delayMs = this.p.random() * cap;
     if (this.p.now() - st.start + delayMs > this.p.budgetMs) throw new RetriedStoreError(err, st.attempts, st.delayMs);
-    log().warn(
-      { store: this.inner.name, op, objectKey: key, attempt: st.attempts, delayMs: Math.round(delayMs), code: err.code, err: describeError(err) },
-      'store operation failed, retrying',
-    );
+    this.report.retrying({ op, key, attempt: st.attempts, delayMs, error: err });
     this.p.onRetry?.({ op, key, attempt: st.attempts, delayMs, error: err });
     st.delayMs += delayMs;
     await this.p.sleep(delayMs);

@@ -15,6 +15,8 @@ import {
   seededRandom,
   type RetryPolicy,
 } from '../../src/store';
+import { Writable } from 'node:stream';
+import pino from 'pino';
 import { createLogger, setLogger } from '../../src/util/log';
 import { expectCode } from './conformance';
 
@@ -199,5 +201,40 @@ describe('RetryStore', () => {
     faulty.failNext('get', 10);
     const err = (await expectCode(retry.get('x'), 'ERR_STORE_TRANSIENT')) as RetriedStoreError;
     assert.equal(err.attempts, 3);
+  });
+
+  it('an outage is reported once per 10 s of failing, not once per retry, and its end once', async () => {
+    const clock = virtualClock();
+    const base = new MemoryStore();
+    for (let i = 0; i < 40; i++) await base.put(`k/${i}`, Buffer.from([i]));
+    const faulty = new FaultyStore(base, { outages: [{ fromMs: 0, toMs: 45_000 }] }, seededRandom(3), { now: clock.now, sleep: clock.sleep });
+    const retry = new RetryStore(faulty, { now: clock.now, sleep: clock.sleep, random: seededRandom(4), budgetMs: 600_000 });
+    const lines: Array<Record<string, any>> = [];
+    const sink = new Writable({ write: (chunk, _enc, done) => (lines.push(JSON.parse(String(chunk))), done()) });
+    setLogger(pino({ level: 'debug' }, sink));
+    try {
+      const got = await Promise.all(Array.from({ length: 40 }, (_, i) => retry.get(`k/${i}`)));
+      assert.deepEqual(got.map((g) => g.body[0]), Array.from({ length: 40 }, (_, i) => i));
+      await retry.get('k/0'); // no failure: nothing logged
+    } finally {
+      setLogger(createLogger(process.env.NBD_VAULT_LOG_LEVEL ?? 'error'));
+    }
+    const retries = lines.filter((l) => l.msg === 'store operation failed, retrying');
+    const warned = retries.filter((l) => l.level === 40);
+    const recovered = lines.filter((l) => l.msg === 'store operations succeed again');
+    assert.ok(retries.length >= 100, `every operation retried many times: ${retries.length}`);
+    assert.ok(clock.now() >= 45_000);
+    // one warn line per 10 s of virtual time at most, each saying what it stands for
+    assert.ok(warned.length >= 2 && warned.length <= Math.ceil(clock.now() / 10_000) + 1, `${warned.length} warn lines in ${clock.now()} ms`);
+    assert.equal(warned[0].objectKey.startsWith('k/'), true);
+    assert.equal(warned[0].code, 'ERR_STORE_TRANSIENT');
+    const afterLastWarn = retries.length - 1 - retries.lastIndexOf(warned[warned.length - 1]);
+    assert.equal(warned.reduce((n, l) => n + l.retries, 0) + afterLastWarn, retries.length, 'each warn line counts the retries since the one before');
+    assert.ok(warned[1].failingForMs >= 10_000, 'a later line says how long the store has failed');
+    assert.equal(retries.length - warned.length, retries.filter((l) => l.level === 20).length, 'the others are debug lines');
+    assert.equal(recovered.length, 1, 'the end of the outage is one line');
+    assert.equal(recovered[0].level, 30);
+    assert.equal(recovered[0].retries, retries.length);
+    assert.ok(recovered[0].failedForMs >= 45_000);
   });
 });
