@@ -62,13 +62,31 @@ export function upgradeSocket(raw: Socket, config: TlsServerConfig): TlsUpgrade 
     socket.once('secure', () => {
       socket.off('error', onError);
       if (config.pskKeys) return resolve(pskIdentity);
-      if (!config.verifyPeer || !socket.authorized) return resolve(null);
+      if (!config.verifyPeer) return resolve(null);
+      const refused = clientCertificateError(socket);
+      if (refused) return reject(new Error(`TLS handshake failed: client certificate refused: ${refused}`));
       const cn = socket.getPeerCertificate().subject?.CN;
       resolve(typeof cn === 'string' && cn !== '' ? cn : null);
     });
   });
   secure.catch(() => {}); // the caller awaits it; a rejection before that must not be "unhandled"
   return { socket, secure };
+}
+
+/**
+ * Why the client's certificate chain does not verify against the CA file, or null if it does.
+ * Node accepts every chain during the handshake (its OpenSSL verify callback returns 1) and checks
+ * the result afterwards, but only for sockets a tls.Server made; a socket upgraded in place, as
+ * STARTTLS needs, gets no check at all, and `authorized` stays false. So we ask the TLS handle
+ * for OpenSSL's verdict ourselves, the call Node's own server makes, and refuse when it cannot
+ * be asked.
+ */
+function clientCertificateError(socket: tls.TLSSocket): string | null {
+  const handle = (socket as unknown as { _handle?: { verifyError?: () => (Error & { code?: string }) | null } })._handle;
+  if (typeof handle?.verifyError !== 'function') return 'this Node.js offers no way to verify it';
+  const err = handle.verifyError();
+  if (err) return err.code ?? err.message;
+  return Object.keys(socket.getPeerCertificate()).length === 0 ? 'no certificate' : null;
 }
 
 /** OpenSSL's reason (e.g. "decryption failed", "certificate verify failed") without the stack. */

@@ -4,7 +4,9 @@
 //   wrong-psk/keys.psk         alice with another key
 //   server/                    ca-cert.pem, server-cert.pem (CN/SAN localhost, 127.0.0.1), server-key.pem
 //   client-alice/              ca-cert.pem, client-cert.pem (CN alice), client-key.pem
-//   client-stranger/           same CA file, but a client certificate from another CA
+//   client-stranger/           same CA file, but a client certificate (CN alice) from another CA
+//                              whose name is the real CA's (a client only offers a certificate
+//                              whose issuer's name the server asked for)
 // Nothing here is a secret worth keeping: a fresh set per test run, in a temp directory.
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -27,8 +29,8 @@ function openssl(args: string[], cwd: string): void {
   execFileSync('openssl', args, { cwd, stdio: ['ignore', 'ignore', 'pipe'] });
 }
 
-function makeCa(cwd: string, name: string): void {
-  openssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${name}-key.pem`, '-out', `${name}-cert.pem`, '-days', '2', '-subj', `/CN=${name}`], cwd);
+function makeCa(cwd: string, name: string, cn = name): void {
+  openssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${name}-key.pem`, '-out', `${name}-cert.pem`, '-days', '2', '-subj', `/CN=${cn}`], cwd);
 }
 
 function makeCert(cwd: string, ca: string, out: string, cn: string, ext: string): void {
@@ -52,7 +54,7 @@ export function makeTlsFixtures(): TlsFixtures {
   const work = join(dir, 'work');
   mkdirSync(work);
   makeCa(work, 'ca');
-  makeCa(work, 'otherca');
+  makeCa(work, 'otherca', 'ca');
   makeCert(work, 'ca', 'server', 'localhost', 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth');
   makeCert(work, 'ca', 'alice', 'alice', 'extendedKeyUsage=clientAuth');
   makeCert(work, 'otherca', 'stranger', 'alice', 'extendedKeyUsage=clientAuth');

@@ -102,3 +102,27 @@ test('an export outside the grants cannot be opened and looks nonexistent', asyn
   }
   t.destroy();
 });
+
+test('X.509: the verified certificate\'s CN is the identity; a certificate of another CA with the same issuer name is refused', async () => {
+  const config = join(fx.dir, 'config-x509.json');
+  writeFileSync(config, JSON.stringify({ access: { alice: { rw: ['web01'] } } }));
+  const x509 = await startNbdServerProcess({
+    memory: ['web01=16M', 'db=16M'],
+    extraArgs: ['--tls-certificates', fx.serverCertDir, '--tls-verify-peer', '--config', config],
+  });
+  try {
+    const uri = (certDir: string) => `nbds://localhost:${x509.port}/?tls-certificates=${encodeURIComponent(certDir)}`;
+    const alice = await run('nbdinfo', ['--list', '--json', uri(fx.aliceCertDir)]);
+    assert.equal(alice.code, 0, alice.stderr);
+    assert.deepEqual(JSON.parse(alice.stdout).exports.map((e: { 'export-name': string }) => e['export-name']), ['web01'], 'alice\'s grants apply to her certificate');
+    // CN alice too, signed by a CA named like the server's: gnutls (nbdinfo, qemu) sends it, and
+    // it used to be let in with the access of a client without identity
+    const stranger = await run('nbdinfo', ['--list', '--json', uri(fx.strangerCertDir)]);
+    assert.notEqual(stranger.code, 0, stranger.stdout);
+    const write = await run('qemu-io', [...qemuTlsArgs(x509.port, 'web01', { x509: fx.strangerCertDir }), '-c', 'write -P 0x77 0 64k']);
+    assert.notEqual(write.code, 0, write.stdout);
+    assert.match(x509.log(), /client certificate refused: [A-Z_]+/);
+  } finally {
+    assert.equal(await x509.stop(), 0);
+  }
+});
