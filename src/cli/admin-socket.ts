@@ -52,7 +52,7 @@ export async function startAdminServer(stateDir: string, vaultId: string, handle
         let reply: AdminReply;
         try {
           if (closing) throw new VaultError('ERR_SHUTDOWN', 'the server is stopping; try again once it has restarted');
-          const req = JSON.parse(line) as AdminRequest;
+          const req = parseAdminRequest(line);
           logger.info({ op: req.op }, 'admin request');
           reply = { ok: true, vaultId, result: await handle(req) };
         } catch (err) {
@@ -79,6 +79,37 @@ export async function startAdminServer(stateDir: string, vaultId: string, handle
       server.close();
     },
   };
+}
+
+/** A request line, checked field by field: the socket is local, but what it asks for is written
+ *  to the store (a snapshot named `undefined` was, and no command could list snapshots after). */
+export function parseAdminRequest(line: string): AdminRequest {
+  let req: Record<string, unknown>;
+  try {
+    req = JSON.parse(line);
+  } catch {
+    throw new VaultError('ERR_INVALID_ARGUMENT', 'an admin request is one line of JSON');
+  }
+  const bad = (what: string) => new VaultError('ERR_INVALID_ARGUMENT', `malformed admin request: ${what}`);
+  if (typeof req !== 'object' || req === null || Array.isArray(req)) throw bad('not an object');
+  const text = (field: string) => {
+    if (typeof req[field] !== 'string') throw bad(`"${field}" must be a string`);
+    return req[field] as string;
+  };
+  const flag = (field: string) => {
+    if (req[field] !== undefined && typeof req[field] !== 'boolean') throw bad(`"${field}" must be true or false`);
+    return req[field] === true;
+  };
+  switch (req.op) {
+    case 'ping':
+      return { op: 'ping' };
+    case 'snapshot':
+      return { op: 'snapshot', volume: text('volume'), name: text('name'), keep: flag('keep') };
+    case 'cacheWarm':
+      return { op: 'cacheWarm', volume: text('volume'), report: flag('report') };
+    default:
+      throw bad(`unknown op ${JSON.stringify(req.op)}`);
+  }
 }
 
 /** Send one request; null when no server listens on this state directory. */

@@ -24,8 +24,9 @@ export interface SnapshotRecord {
   readonly keep?: boolean;
 }
 
-export function checkSnapshotName(name: string): void {
-  if (!SNAPSHOT_NAME.test(name)) {
+export function checkSnapshotName(name: unknown): asserts name is string {
+  // (a test of a non-string passes when its String() does: `undefined`, 12345)
+  if (typeof name !== 'string' || !SNAPSHOT_NAME.test(name)) {
     throw new VaultError('ERR_INVALID_ARGUMENT', `invalid snapshot name "${name}": use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit`);
   }
 }

@@ -11,8 +11,8 @@ import type { VolumeObjects } from './volume-objects';
 
 const VOLUME_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
-export function checkVolumeName(name: string): void {
-  if (!VOLUME_NAME.test(name)) {
+export function checkVolumeName(name: unknown): asserts name is string {
+  if (typeof name !== 'string' || !VOLUME_NAME.test(name)) {
     throw new VaultError('ERR_INVALID_ARGUMENT', `invalid volume name "${name}": use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit`);
   }
 }

@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import { createConnection } from 'node:net';
 import { makeTestVault } from '../helpers/vault-server';
 import { smallTmpfs } from '../helpers/small-tmpfs';
 import { runCommand } from '../helpers/fuse-disk';
@@ -197,4 +198,40 @@ test('snapshot keep and delete take VOLUME NAME or the export name VOLUME@NAME t
     assert.equal(r.code, 2, `snapshot delete ${args.join(' ')} is a usage error`);
     assert.match(r.stderr, /usage: nbd-vault snapshot delete VOLUME NAME \(or VOLUME@NAME\)/);
   }
+});
+
+test('a malformed admin request gets an error and stores nothing (a snapshot named "undefined" made every snapshot listing fail)', async (t) => {
+  const v = await makeTestVault();
+  t.after(() => v.cleanup());
+  await v.cli('volume', 'create', 'live', '--size', '8M');
+  const srv = await v.serve();
+  t.after(() => srv.kill());
+  const ask = (line: string) =>
+    new Promise<any>((resolve, reject) => {
+      const sock = createConnection(join(v.dir, 'state', 'admin.sock'));
+      let buf = '';
+      sock.setEncoding('utf8');
+      sock.on('connect', () => sock.write(line + '\n'));
+      sock.on('data', (d: string) => (buf += d));
+      sock.on('end', () => resolve(JSON.parse(buf)));
+      sock.on('error', reject);
+    });
+  for (const [line, said] of [
+    ['{"op":"snapshot","volume":"live"}', /"name" must be a string/],
+    ['{"op":"snapshot","volume":"live","name":12345}', /"name" must be a string/],
+    ['{"op":"snapshot","volume":"live","name":"x","keep":"yes"}', /"keep" must be true or false/],
+    ['{"op":"cacheWarm"}', /"volume" must be a string/],
+    ['{"op":"format"}', /unknown op "format"/],
+    ['[1]', /not an object/],
+    ['nonsense', /one line of JSON/],
+  ] as const) {
+    const reply = await ask(line);
+    assert.equal(reply.ok, false, line);
+    assert.equal(reply.code, 'ERR_INVALID_ARGUMENT', line);
+    assert.match(reply.message, said, line);
+  }
+  const listed = await v.cli('snapshot', 'list', 'live');
+  assert.match(listed.stdout, /volume live has no snapshots/);
+  assert.equal((await ask('{"op":"snapshot","volume":"live","name":"fine"}')).ok, true);
+  assert.match((await v.cli('snapshot', 'list', 'live')).stdout, /^live@fine /m);
 });
