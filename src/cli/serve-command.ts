@@ -115,10 +115,10 @@ export function checkMemoryLimit(bytes: number): number {
   return bytes;
 }
 
-function positiveInt(name: string) {
+function positiveInt(name: string, max = Number.MAX_SAFE_INTEGER) {
   return (text: string): number => {
     const n = Number(text);
-    if (!Number.isSafeInteger(n) || n <= 0) throw new VaultError('ERR_INVALID_ARGUMENT', `${name} wants a positive integer, got "${text}"`);
+    if (!Number.isSafeInteger(n) || n <= 0 || n > max) throw new VaultError('ERR_INVALID_ARGUMENT', `${name} wants a whole number from 1 to ${max}, got "${text}"`);
     return n;
   };
 }
@@ -128,7 +128,7 @@ export function registerServeCommand(program: Command): void {
     .command('serve')
     .description('Serve the vault\'s volumes (and VOL@SNAP snapshots, read-only) over NBD until SIGINT/SIGTERM; with --memory, serve in-memory exports instead')
     .option('--memory <name=size>', 'serve an in-memory export instead of the vault (repeatable; first is the default; append :ro for read-only)', (v: string, acc: string[]) => [...acc, v], [] as string[])
-    .option('--handshake-timeout <seconds>', 'drop a client that has not finished negotiating (TLS included) by then', positiveInt('--handshake-timeout'), 10);
+    .option('--handshake-timeout <seconds>', 'drop a client that has not finished negotiating (TLS included) by then', positiveInt('--handshake-timeout', 3600), 10);
   // listen, socket, max-connections, log-level and the vault settings: flag > env > config > default
   addSettings(cmd, SERVE_VAULT_SETTINGS).action(async (o: { memory: string[]; handshakeTimeout: number } & Record<string, unknown>) => {
     if (o.memory.length === 0) {

@@ -14,11 +14,16 @@ import type { VaultExportProvider } from './vault-export-provider';
 export const AUTO_PREFIX = 'auto-';
 
 /** `90s`, `15m`, `1h30m`, `1d` (m = minutes here) → milliseconds. */
+const MAX_INTERVAL_MS = 366 * 86_400_000;
+/** Node fires a timer of more than 2^31 - 1 ms (24.8 days) after 1 ms: longer periods are
+ *  checked hourly against the time the next round is due. */
+const LONGEST_TIMER_MS = 3_600_000;
+
 export function parseInterval(text: string): number {
   const m = /^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$/.exec(text.trim());
   const [d, h, min, s] = (m?.slice(1) ?? []).map((v) => Number(v ?? 0));
   const ms = m && text.trim() !== '' ? (((d * 24 + h) * 60 + min) * 60 + s) * 1000 : NaN;
-  if (!(ms >= 1000)) throw new VaultError('ERR_INVALID_ARGUMENT', `--snapshot-every wants a duration of at least 1s such as 90s, 15m, 1h or 1d, got "${text}"`);
+  if (!(ms >= 1000 && ms <= MAX_INTERVAL_MS)) throw new VaultError('ERR_INVALID_ARGUMENT', `--snapshot-every wants a duration from 1s to 366d such as 90s, 15m, 1h or 1d, got "${text}"`);
   return ms;
 }
 
@@ -41,7 +46,15 @@ export class SnapshotSchedule {
   private stopped = false;
 
   constructor(private readonly opts: ScheduleOptions) {
-    this.timer = setInterval(() => void this.tick(), opts.everyMs);
+    if (opts.everyMs <= LONGEST_TIMER_MS) this.timer = setInterval(() => void this.tick(), opts.everyMs);
+    else {
+      let dueAt = Date.now() + opts.everyMs;
+      this.timer = setInterval(() => {
+        if (Date.now() < dueAt) return;
+        dueAt = Date.now() + opts.everyMs;
+        void this.tick();
+      }, LONGEST_TIMER_MS);
+    }
     this.timer.unref();
     opts.logger.info({ everyMs: opts.everyMs, prune: opts.policy ? describePolicy(opts.policy) : null }, 'snapshot schedule started');
   }

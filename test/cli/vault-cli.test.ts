@@ -43,6 +43,12 @@ test('volume commands: JSON output, exit codes 0/1/2, clear messages', async (t)
   assert.match(shrink.stderr, /add --force/);
   await v.cli('volume', 'resize', 'a', '--size', '2G');
   assert.equal(JSON.parse((await v.cli('volume', 'info', 'a', '--json')).stdout).size, 2 * 2 ** 30);
+  for (const [flag, value] of [['--handshake-timeout', '3000000'], ['--handshake-timeout', '0'], ['--snapshot-every', '30000d']]) {
+    // a timeout past 24.8 days was a 1 ms timer that dropped every client
+    const r = await v.cliResult('serve', flag, value);
+    assert.equal(r.code, 2, `serve ${flag} ${value}`);
+    assert.match(r.stderr, flag === '--handshake-timeout' ? /from 1 to 3600/ : /from 1s to 366d/);
+  }
   const noYes = await v.cliResult('volume', 'delete', 'a');
   assert.equal(noYes.code, 2, 'delete without --yes in a pipe refuses');
   assert.match(noYes.stderr, /add --yes/);
