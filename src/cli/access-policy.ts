@@ -33,6 +33,11 @@ export class ConfigAccessPolicy implements ExportAccessPolicy {
     return new ConfigAccessPolicy(grants);
   }
 
+  /** The identities the section grants something to. */
+  get identities(): string[] {
+    return [...this.grants.keys()];
+  }
+
   accessTo(identity: string | null, exportName: string): ExportAccess {
     const g = identity === null ? undefined : this.grants.get(identity);
     if (!g) return 'none';

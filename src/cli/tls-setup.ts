@@ -2,6 +2,7 @@
 // and the config file, checked at startup. Refuses to serve in plaintext off loopback unless
 // told to (--insecure-no-tls), and refuses combinations that would not do what they say (an
 // access section nobody can be identified for).
+import { statSync } from 'node:fs';
 import { VaultError } from '../errors';
 import { loadTlsConfig, type ExportAccessPolicy, type TlsServerConfig } from '../nbd';
 import type { Logger } from '../util/log';
@@ -16,6 +17,12 @@ export interface ServerSecurity {
 type TlsSettings = Partial<Pick<Settings, 'tls' | 'tlsCertificates' | 'tlsPsk' | 'tlsVerifyPeer' | 'insecureNoTls'>>;
 
 const bad = (msg: string) => new VaultError('ERR_INVALID_ARGUMENT', msg);
+
+/** A PSK file is as secret as a key file; qemu-nbd and nbdkit do not check either, so a warning. */
+function warnIfOthersCanRead(path: string, logger: Logger): void {
+  const mode = statSync(path).mode & 0o777;
+  if (mode & 0o077) logger.warn({ pskFile: path, mode: mode.toString(8).padStart(4, '0') }, 'the PSK file can be read by other users: chmod 600 it');
+}
 
 export function isLoopbackHost(host: string): boolean {
   return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host) || /^::ffff:127\./i.test(host);
@@ -45,8 +52,13 @@ export function resolveServerSecurity(s: TlsSettings, listen: { host: string; po
   let access: ExportAccessPolicy | undefined;
   if (accessSection) {
     if (!tls.pskKeys && !tls.verifyPeer) throw bad(`the "access" section of ${accessSection.path} needs client identities: use --tls-psk, or --tls-verify-peer with --tls-certificates`);
-    access = ConfigAccessPolicy.parse(accessSection.value, accessSection.path);
+    const policy = ConfigAccessPolicy.parse(accessSection.value, accessSection.path);
+    // (a typo in a name grants nothing to anyone; with X.509 the names are CNs we cannot list)
+    const unknown = tls.pskKeys ? policy.identities.filter((id) => !tls.pskKeys!.has(id)) : [];
+    if (unknown.length > 0) logger.warn({ identities: unknown, pskFile: s.tlsPsk }, `the "access" section of ${accessSection.path} names identities the PSK file does not hold: nobody can use their grants`);
+    access = policy;
   }
+  if (s.tlsPsk) warnIfOthersCanRead(s.tlsPsk, logger);
   if (mode === 'on' && listen && !isLoopbackHost(listen.host)) logger.warn({ host: listen.host, port: listen.port }, '--tls on also serves plaintext clients on a non-loopback address; --tls require refuses them');
   logger.info({ tls: mode, kind: tls.pskKeys ? 'psk' : 'x509', identities: tls.pskKeys?.size, verifyPeer: tls.verifyPeer === true, accessControl: access !== undefined }, 'TLS enabled');
   return { tls, access };

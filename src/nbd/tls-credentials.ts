@@ -3,6 +3,7 @@
 //   X.509: a directory with ca-cert.pem (needed to verify clients), server-cert.pem, server-key.pem
 //   PSK:   a psktool file, one `identity:hexkey` line per client (libnbd's tls-psk-file= format)
 // Errors name the file and line, never a key.
+import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import tls from 'node:tls';
@@ -41,6 +42,14 @@ export function loadTlsConfig(o: TlsCredentialOptions): TlsServerConfig {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw bad(`cannot read ${join(dir, 'ca-cert.pem')}: ${(err as Error).message}`);
     if (o.verifyPeer) throw bad(`--tls-verify-peer needs ${join(dir, 'ca-cert.pem')} (the CA that signs client certificates)`);
   }
+  // OpenSSL skips what is not a certificate in a CA file: a garbage file would verify no client
+  if (ca !== undefined) {
+    try {
+      new X509Certificate(ca);
+    } catch {
+      throw bad(`${join(dir, 'ca-cert.pem')} holds no PEM certificate`);
+    }
+  }
   let secureContext: tls.SecureContext;
   try {
     secureContext = tls.createSecureContext({ cert, key, ca, ciphers: `${TLS13_SUITES}:${tls.DEFAULT_CIPHERS}`, honorCipherOrder: true, minVersion: 'TLSv1.2' });
@@ -58,7 +67,9 @@ export function parsePskFile(text: string, path: string): Map<string, Buffer> {
     const line = raw.trim();
     if (line === '' || line.startsWith('#')) return;
     const at = `${path} line ${i + 1}`;
-    const colon = line.lastIndexOf(':');
+    // the first colon, as gnutls reads the file: an identity has none, and a stray colon after
+    // the key must not make the key part of the identity a message prints
+    const colon = line.indexOf(':');
     if (colon <= 0) throw bad(`${at}: expected identity:hexkey`);
     const identity = line.slice(0, colon);
     const hex = line.slice(colon + 1);

@@ -3,7 +3,7 @@
 // (no plaintext off loopback, no contradictory TLS settings).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parsePskFile } from '../../src/nbd/tls-credentials';
@@ -14,6 +14,7 @@ import { isLoopbackHost, resolveServerSecurity } from '../../src/cli/tls-setup';
 import { createLogger, type Logger } from '../../src/util/log';
 import { VaultError } from '../../src/errors';
 import { startNbdServerProcess } from '../helpers/nbd-server';
+import { makeTlsFixtures } from '../helpers/tls-fixtures';
 
 const KEY = 'c0ffee'.repeat(8);
 
@@ -30,6 +31,8 @@ test('PSK file: identity:hexkey lines; errors name the line, never the key', () 
   const bad = (text: string, re: RegExp) =>
     assert.throws(() => parsePskFile(text, 'k.psk'), (e: VaultError) => e.code === 'ERR_INVALID_ARGUMENT' && re.test(e.message) && !e.message.includes(KEY.slice(0, 12)));
   bad(`alice:${KEY}x\n`, /k\.psk line 1: the key of "alice" is not an even number of hex digits/);
+  // a trailing colon made everything before it the identity, and the message printed the key
+  bad(`alice:${KEY}:\n`, /k\.psk line 1: the key of "alice" is not an even number of hex digits/);
   bad(`alice:${KEY}\nalice:${KEY}\n`, /line 2: identity "alice" appears twice/);
   bad(`${KEY}\n`, /line 1: expected identity:hexkey/);
   bad('alice:abcd\n', /shorter than 16 bytes/);
@@ -126,6 +129,30 @@ test('startup checks: no plaintext off loopback unless told, no contradictions',
   writeFileSync(config, JSON.stringify({ access: { alice: { rw: ['*'] } } }));
   bad(() => resolveServerSecurity({}, undefined, { config }, silent), /"access" section .* needs TLS/);
   assert.ok(resolveServerSecurity({ tlsPsk: psk }, undefined, { config }, silent).access);
+  // a grant to a name the PSK file lacks (a typo), and a PSK file others can read: warnings
+  writeFileSync(config, JSON.stringify({ access: { alice: { rw: ['*'] }, alcie: { ro: ['*'] } } }));
+  chmodSync(psk, 0o644);
+  const warned = capturingLogger();
+  resolveServerSecurity({ tlsPsk: psk }, undefined, { config }, warned.logger);
+  const msgs = warned.lines.map((l) => l.msg);
+  assert.ok(msgs.some((m) => /names identities the PSK file does not hold/.test(m)), msgs.join('\n'));
+  assert.deepEqual(warned.lines.find((l) => /does not hold/.test(l.msg))!.identities, ['alcie']);
+  assert.ok(msgs.some((m) => /PSK file can be read by other users/.test(m)), msgs.join('\n'));
+  chmodSync(psk, 0o600);
+  writeFileSync(config, JSON.stringify({ access: { alice: { rw: ['*'] } } }));
+  const quiet = capturingLogger();
+  resolveServerSecurity({ tlsPsk: psk }, undefined, { config }, quiet.logger);
+  assert.deepEqual(quiet.lines, [], 'no warning when the names match and the file is private');
+  // a CA file OpenSSL would read as "no CA at all"
+  const certs = join(dir, 'certs');
+  mkdirSync(certs);
+  const fx = makeTlsFixtures();
+  for (const f of ['server-cert.pem', 'server-key.pem']) copyFileSync(join(fx.serverCertDir, f), join(certs, f));
+  writeFileSync(join(certs, 'ca-cert.pem'), 'not a certificate\n');
+  bad(() => resolveServerSecurity({ tlsCertificates: certs, tlsVerifyPeer: true }, undefined, {}, silent), /ca-cert\.pem holds no PEM certificate/);
+  copyFileSync(join(fx.serverCertDir, 'ca-cert.pem'), join(certs, 'ca-cert.pem'));
+  assert.equal(resolveServerSecurity({ tlsCertificates: certs, tlsVerifyPeer: true }, undefined, {}, silent).tls?.verifyPeer, true);
+  rmSync(fx.dir, { recursive: true, force: true });
 });
 
 test('serve --listen 0.0.0.0 without TLS exits with the reason (and starts with --insecure-no-tls)', async () => {
