@@ -26,8 +26,9 @@ export interface ServeOptions {
   readonly metrics?: MetricsSink;
   /** Called once the server listens, with the URI of the default export on each address. */
   readonly onListening?: (uris: string[]) => void;
-  /** SIGHUP: reload the configuration (clients stay connected). */
-  readonly onReload?: () => void;
+  /** SIGHUP: reload the configuration (clients stay connected). What it returns replaces the
+   *  TLS credentials and access policy: sessions they no longer allow end. */
+  readonly onReload?: () => ServerSecurity | void;
   /** serve --memory-limit: shared by every connection (and, for a vault, every engine) */
   readonly memoryBudget?: MemoryBudget;
   /** Once a signal came, before the server stops: stop what starts work on the exports by
@@ -48,10 +49,12 @@ export async function runServer(provider: ExportProvider, opts: ServeOptions): P
   };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
+  let running: NbdServerHandle | null = null;
   const onHup = () => {
     opts.logger.info({ signal: 'SIGHUP' }, 'reloading the configuration');
     try {
-      opts.onReload?.();
+      const security = opts.onReload?.();
+      if (security && running) running.setSecurity(security);
     } catch (err) {
       opts.logger.error({ err: describeError(err) }, 'configuration not reloaded; the running one stays');
     }
@@ -69,6 +72,7 @@ export async function runServer(provider: ExportProvider, opts: ServeOptions): P
     metrics: opts.metrics,
     memoryBudget: opts.memoryBudget,
   });
+  running = server;
   opts.onListening?.(server.addresses().map((a) => nbdUri(a, provider.defaultName, opts.security.tls !== undefined)));
   logListening(server, provider, opts.logger);
   const signal: NodeJS.Signals = signalled ?? (await new Promise<NodeJS.Signals>((resolve) => (wake = () => resolve(signalled!))));
@@ -135,7 +139,8 @@ export function registerServeCommand(program: Command): void {
       const { serveVault } = await import('./serve-vault'); // (serve-vault imports runServer from here)
       return serveVault(o, o.handshakeTimeout * 1000);
     }
-    const s = resolveSettings(o, ['listen', 'socket', 'maxConnections', 'logLevel', 'logFormat', 'metrics', 'memoryLimit', ...TLS_SETTINGS] as const);
+    const names = ['listen', 'socket', 'maxConnections', 'logLevel', 'logFormat', 'metrics', 'memoryLimit', ...TLS_SETTINGS] as const;
+    const s = resolveSettings(o, names);
     const logger = createLogger(s.logLevel, parseLogFormat(s.logFormat));
     setLogger(logger);
     const listen = parseListen(s.listen);
@@ -156,6 +161,12 @@ export function registerServeCommand(program: Command): void {
       handshakeTimeoutMs: o.handshakeTimeout * 1000,
       logger,
       memoryBudget,
+      // the PSK file, certificates and access section, read again (the settings stay as started)
+      onReload: () => {
+        const reloaded = resolveServerSecurity(s, listen, o, logger);
+        logger.info({ tls: reloaded.tls ? { pskIdentities: reloaded.tls.pskKeys?.size, accessControl: reloaded.access !== undefined } : undefined }, 'configuration reloaded');
+        return reloaded;
+      },
     }).finally(() => {
       metricsServer?.close();
       metricsServer?.closeAllConnections();

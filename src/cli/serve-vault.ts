@@ -5,7 +5,7 @@ import { VaultError } from '../errors';
 import { formatSize } from '../util/size';
 import { createLogger } from '../util/log';
 import { VaultExportProvider } from './vault-export-provider';
-import { resolveSettings, SERVE_VAULT_SETTINGS } from './settings';
+import { resolveSettings, SERVE_VAULT_SETTINGS, type Settings } from './settings';
 import type { Logger } from '../util/log';
 import { describeError } from '../errors';
 import { openVaultContext, type VaultSettings } from './vault-context';
@@ -105,7 +105,7 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
         logger: ctx.logger,
         security,
         memoryBudget,
-        onReload: () => reloadSettings(opts, s, ctx.logger),
+        onReload: () => reloadSettings(opts, s, listen, ctx.logger),
         onShutdown: stopBackgroundWork,
         // for people (stdout): where to point a client first
         onListening: (uris) => process.stdout.write(`serving ${volumes.length} volume(s) from ${ctx.store.name} at ${uris[0]}\ntry: ${tryHint(uris[0], s.tlsPsk, security)}\n`),
@@ -133,18 +133,23 @@ function tryHint(uri: string, pskFile: string | undefined, security: ServerSecur
 }
 
 /** SIGHUP: read the config file and environment again. The log level applies at once, without
- *  dropping anyone; a setting that needs a restart (listen address, store, keys …) is named in
- *  the log and keeps its running value. A bad file changes nothing. */
-function reloadSettings(opts: Record<string, unknown>, running: Record<string, unknown>, logger: Logger): void {
+ *  dropping anyone, and so do the files behind the running TLS settings (PSK file, certificates)
+ *  and the config's access section: open sessions they no longer allow end. A setting that needs
+ *  a restart (listen address, store, keys, TLS paths …) is named in the log and keeps its running
+ *  value. A bad file changes nothing. */
+function reloadSettings(opts: Record<string, unknown>, running: Settings, listen: { host: string; port: number }, logger: Logger): ServerSecurity {
   const fresh = resolveSettings(opts, SERVE_VAULT_SETTINGS) as Record<string, unknown>;
+  const security = resolveServerSecurity(running, listen, opts, logger);
   const needRestart: string[] = [];
   for (const [name, value] of Object.entries(fresh)) {
-    if (value === running[name] || name === 'logLevel') continue;
+    if (value === (running as Record<string, unknown>)[name] || name === 'logLevel') continue;
     needRestart.push(name);
   }
   if (fresh.logLevel !== logger.level) {
     logger.level = String(fresh.logLevel);
-    running.logLevel = fresh.logLevel;
+    running.logLevel = String(fresh.logLevel);
   }
-  logger.info({ logLevel: logger.level, needRestart }, needRestart.length ? 'configuration reloaded; some changes need a restart' : 'configuration reloaded');
+  const tls = security.tls ? { pskIdentities: security.tls.pskKeys?.size, accessControl: security.access !== undefined } : undefined;
+  logger.info({ logLevel: logger.level, tls, needRestart }, needRestart.length ? 'configuration reloaded; some changes need a restart' : 'configuration reloaded');
+  return security;
 }

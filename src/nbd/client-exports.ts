@@ -16,8 +16,13 @@ export class ClientExports {
   constructor(
     private readonly provider: ExportProvider,
     private readonly logger: Logger,
-    private readonly policy: ExportAccessPolicy | undefined,
+    /** the server's policy now (a reload may replace it while a client negotiates) */
+    private readonly policyNow: () => ExportAccessPolicy | undefined,
   ) {}
+
+  private get policy(): ExportAccessPolicy | undefined {
+    return this.policyNow();
+  }
 
   async list(): Promise<Array<{ name: string; description: string }>> {
     const all = await this.provider.list();

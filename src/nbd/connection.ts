@@ -24,6 +24,7 @@ import { ClientExports } from './client-exports';
 import type { RateLimitedLog } from './rate-limited-log';
 import { ReplyWriter } from './reply-writer';
 import { safeTlsReason, upgradeSocket, type TlsServerConfig } from './tls';
+import { revokedBecause, type SessionGrant } from './session-grant';
 import type { Logger } from '../util/log';
 import { describeError } from '../errors';
 import { ByteQueue } from './byte-queue';
@@ -64,9 +65,9 @@ export interface ConnectionOptions {
   readonly logger: Logger;
   readonly maxInFlightBytes: number;
   readonly handshakeTimeoutMs: number;
-  /** absent: TLS off (STARTTLS not offered) */
-  readonly tls?: TlsServerConfig;
-  readonly access?: ExportAccessPolicy;
+  /** absent: TLS off (STARTTLS not offered). The server replaces both on a reload. */
+  tls?: TlsServerConfig;
+  access?: ExportAccessPolicy;
   /** Called as the client enters transmission; false: no room for another established
    *  connection (the client is dropped). */
   readonly onEstablished?: (conn: NbdConnection) => boolean;
@@ -84,6 +85,10 @@ export class NbdConnection {
   private session: (SessionFacts & ExecutionSession) | null = null;
   private exp: Export | null = null;
   private exportReleased = false;
+  /** who the client authenticated as, with which PSK, and what it was let in to */
+  private identity: string | null = null;
+  private pskKey: Buffer | null = null;
+  private grant: SessionGrant | null = null;
   private handshakeTimer: NodeJS.Timeout | null = null;
   /** when the handshake timer fires (performance.now() time): negotiation answers before it */
   private handshakeDeadline = Infinity;
@@ -151,6 +156,13 @@ export class NbdConnection {
     else if (this.state === 'transmission' && this.inFlightRequests === 0) this.finish('closed', 'server shutting down');
   }
 
+  /** The server reloaded its PSK file or access policy: a session they no longer allow ends. */
+  recheckGrant(): void {
+    if (this.state !== 'transmission' || !this.grant) return;
+    const revoked = revokedBecause(this.grant, this.opts.tls, this.opts.access);
+    if (revoked) this.die(`${revoked} (configuration reloaded)`, 'warn');
+  }
+
   /** Admission gave this connection's handshake slot to a newer one. */
   evict(why: string): void {
     this.die(why, 'debug');
@@ -187,7 +199,7 @@ export class NbdConnection {
   private async handshake(): Promise<void> {
     const ctx = {
       queue: this.queue,
-      exports: new ClientExports(this.opts.provider, this.opts.logger, this.opts.access),
+      exports: new ClientExports(this.opts.provider, this.opts.logger, () => this.opts.access),
       logger: this.opts.logger,
       tls: this.opts.tls?.mode ?? ('off' as const),
       write: (buf: Buffer) => this.write([buf]),
@@ -214,15 +226,18 @@ export class NbdConnection {
    *  byte of the client's TLS handshake can be read as plaintext. */
   private async startTls(ack: Buffer): Promise<string | null> {
     const raw = this.rawSocket;
+    const config = this.opts.tls!;
     this.detachRaw?.(); // the TLS socket reports everything from here on (server.ts keeps a no-op 'error' handler on raw)
     this.writer.writeNow(ack);
-    const { socket, secure } = upgradeSocket(raw, this.opts.tls!);
+    const { socket, secure } = upgradeSocket(raw, config);
     this.writer.switchTo(socket);
     this.socket = socket;
     socket.once('close', () => raw.destroy());
     this.listen(socket);
     try {
       const identity = await secure;
+      this.identity = identity;
+      this.pskKey = identity !== null ? (config.pskKeys?.get(identity) ?? null) : null;
       this.opts.logger.debug({ conn: this.id, remote: this.remote, identity, protocol: socket.getProtocol(), cipher: socket.getCipher()?.name }, 'TLS established');
       return identity;
     } catch (err) {
@@ -235,6 +250,13 @@ export class NbdConnection {
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
     this.handshakeTimer = null;
     this.exp = n.exp;
+    this.grant = { identity: this.identity, pskKey: this.pskKey, exportName: n.exp.name, writable: !n.caps.readOnly };
+    // the keys or the policy may have been reloaded while this client negotiated
+    const revoked = revokedBecause(this.grant, this.opts.tls, this.opts.access);
+    if (revoked) {
+      this.die(`${revoked} (configuration reloaded)`, 'warn');
+      return;
+    }
     if (this.opts.onEstablished && !this.opts.onEstablished(this)) {
       this.die('connection limit reached', 'warn');
       return;

@@ -14,8 +14,8 @@ import type { ExportProvider } from './export';
 import type { Logger } from '../util/log';
 import type { MetricsSink } from '../util/metrics';
 import type { MemoryBudget } from '../util/memory-budget';
-import { describeError } from '../errors';
-import { NbdConnection } from './connection';
+import { VaultError, describeError } from '../errors';
+import { NbdConnection, type ConnectionOptions } from './connection';
 import { Admission } from './admission';
 import type { ExportAccessPolicy } from './access';
 import type { TlsServerConfig } from './tls';
@@ -66,6 +66,9 @@ export interface NbdServerHandle {
   connectionCount(): number;
   /** STARTTLS is offered */
   readonly tls: boolean;
+  /** New TLS credentials and access policy (a reload): new clients get them, and open sessions
+   *  they no longer allow end. STARTTLS stays offered or not: that needs a restart. */
+  setSecurity(security: { tls?: TlsServerConfig; access?: ExportAccessPolicy }): void;
   close(): Promise<void>;
 }
 
@@ -88,7 +91,7 @@ export async function startNbdServer(opts: NbdServerOptions): Promise<NbdServerH
     },
     opts.logger,
   );
-  const connOpts = {
+  const connOpts: ConnectionOptions = {
     provider: opts.provider,
     logger: opts.logger,
     maxInFlightBytes: opts.maxInFlightBytes ?? DEFAULT_MAX_IN_FLIGHT_BYTES,
@@ -191,6 +194,12 @@ export async function startNbdServer(opts: NbdServerOptions): Promise<NbdServerH
     uri: (name?: string) => nbdUri(addresses()[0], name, opts.tls !== undefined),
     tls: opts.tls !== undefined,
     connectionCount: () => connections.size,
+    setSecurity: (security) => {
+      if ((security.tls === undefined) !== (connOpts.tls === undefined)) throw new VaultError('ERR_INVALID_ARGUMENT', 'turning TLS on or off needs a restart');
+      connOpts.tls = security.tls;
+      connOpts.access = security.access;
+      for (const conn of connections) conn.recheckGrant();
+    },
     close: () => (closing ??= close()),
   };
 }

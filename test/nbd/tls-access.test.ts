@@ -4,10 +4,11 @@
 // grant shows as a read-only export whose writes the server answers with EPERM.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { runTool, startNbdServerProcess, type NbdServerProcess } from '../helpers/nbd-server';
 import { makeTlsFixtures, pskUri, qemuTlsArgs, type TlsFixtures } from '../helpers/tls-fixtures';
+import { waitFor } from '../helpers/fuse-disk';
 import { Wire, go, infoPayload, option, readOptionReply, readSimpleReply, request } from './raw-client';
 import { pskKeyOf, startTls, tlsWire } from './tls-wire';
 
@@ -124,5 +125,61 @@ test('X.509: the verified certificate\'s CN is the identity; a certificate of an
     assert.match(x509.log(), /client certificate refused: [A-Z_]+/);
   } finally {
     assert.equal(await x509.stop(), 0);
+  }
+});
+
+test('SIGHUP applies a new PSK file and access section: open sessions they no longer allow end, new clients get the new grants', async () => {
+  const dir = join(fx.dir, 'reload');
+  mkdirSync(dir);
+  const pskFile = join(dir, 'keys.psk');
+  const config = join(dir, 'config.json');
+  const text = readFileSync(fx.pskFile, 'utf8');
+  writeFileSync(pskFile, text, { mode: 0o600 });
+  writeFileSync(config, JSON.stringify({ access: { alice: { rw: ['web01'] }, bob: { rw: ['web01', 'db'] } } }));
+  const hup = await startNbdServerProcess({ memory: ['web01=16M', 'db=16M'], extraArgs: ['--tls-psk', pskFile, '--config', config] });
+  try {
+    const session = async (identity: string, exportName: string) => {
+      const raw = new Wire(hup.port);
+      await startTls(raw);
+      const w = await tlsWire(raw, identity, pskKeyOf(text, identity));
+      await go(w, exportName);
+      return w;
+    };
+    const readOk = async (w: Wire, handle: number) => {
+      await w.write(request(0, 0, handle, 0, 4096));
+      const r = await readSimpleReply(w, 4096);
+      assert.equal(r.error, 0);
+    };
+    const aliceWeb = await session('alice', 'web01');
+    const bobDb = await session('bob', 'db');
+    const bobWeb = await session('bob', 'web01');
+    await readOk(aliceWeb, 1);
+    // alice's key is gone from the file; bob keeps web01 only, and read-only
+    writeFileSync(pskFile, text.split('\n').filter((l) => !l.startsWith('alice:')).join('\n'));
+    writeFileSync(config, JSON.stringify({ access: { bob: { ro: ['web01'] } } }));
+    const logged = hup.log().length;
+    hup.process.kill('SIGHUP');
+    for (const w of [aliceWeb, bobDb, bobWeb]) {
+      await Promise.race([w.closed, new Promise((_, reject) => setTimeout(() => reject(new Error('session still open after the reload')), 10_000))]);
+    }
+    const log = hup.log().slice(logged);
+    assert.match(log, /PSK identity \\"alice\\" was removed \(configuration reloaded\)/);
+    assert.match(log, /access to \\"db\\" was withdrawn/);
+    assert.match(log, /write access to \\"web01\\" was withdrawn/);
+    assert.match(log, /"msg":"configuration reloaded"/);
+    // new clients: alice cannot get in at all, bob sees web01 only, read-only
+    assert.notEqual((await run('nbdinfo', [pskUri(hup.port, 'web01', 'alice', fx.pskFile)])).code, 0);
+    const listed = await run('nbdinfo', ['--list', '--json', pskUri(hup.port, '', 'bob', fx.pskFile)]);
+    assert.equal(listed.code, 0, listed.stderr);
+    const exportsSeen = JSON.parse(listed.stdout).exports;
+    assert.deepEqual(exportsSeen.map((e: { 'export-name': string }) => e['export-name']), ['web01']);
+    assert.equal(exportsSeen[0]['is_read_only'], true);
+    // a reload that fails (a broken access section) changes nothing
+    writeFileSync(config, '{"access": {"bob": {"rw": 5}}}');
+    hup.process.kill('SIGHUP');
+    assert.ok(await waitFor(() => /configuration not reloaded/.test(hup.log()), 10_000));
+    assert.equal((await run('nbdinfo', ['--list', '--json', pskUri(hup.port, '', 'bob', fx.pskFile)])).code, 0);
+  } finally {
+    assert.equal(await hup.stop(), 0);
   }
 });
