@@ -250,19 +250,30 @@ export class VaultSync {
     if (record === null) return { export: name, id: snap.id, status: 'vanished' };
     let status: SyncedSnapshot['status'] = 'copied';
     if (this.present.has(recordKey)) {
-      // Records change only to set or clear the keep flag: copy it again when it differs.
+      // Records change only to set or clear the keep flag: copy it again when it differs, except
+      // to clear a keep flag the replica's record has (set there, or copied before): a flag on
+      // the off-site copy must protect it from what happens to the source.
       const theirs = await this.getOrNull(this.dest, recordKey);
       if (theirs !== null && theirs.equals(record)) status = 'present';
+      else if (!snap.keep && (await this.replicaKeeps(job, snap.id))) status = 'present';
       else status = 'updated';
     }
+    // The root first: a record newer than the replica's root would read as a rollback there
+    // (an interrupted run made the replica volume unreadable until the next one).
+    await this.updateReplicaRoot(job, snap);
     if (status !== 'present') {
       await this.dest.put(recordKey, record);
       this.present.add(recordKey);
       this.count(record.length);
     }
-    await this.updateReplicaRoot(job, snap);
     if (status !== 'present') this.logger.info({ snapshot: name, status }, 'snapshot synced');
     return { export: name, id: snap.id, status };
+  }
+
+  /** The replica's record of snapshot `id` has the keep flag. */
+  private async replicaKeeps(job: Job, id: string): Promise<boolean> {
+    const objects = job.objects.onStore(this.dest);
+    return (await objects.readSnapshot(id)).keep === true;
   }
 
   /** Copy objects source → destination, `concurrency` at a time, bytes untouched. */
@@ -300,7 +311,9 @@ export class VaultSync {
     const wanted: RootRecord = {
       v: ROOT_FORMAT,
       volumeId: job.meta.id,
-      seq: Math.max((current?.root.seq ?? 0) + 1, job.root.seq),
+      // the seq of the source's root the snapshot was taken from, which holds this very state:
+      // never ahead of the source, so a state directory that reads both sees no rollback
+      seq: Math.max((current?.root.seq ?? 0) + 1, snap.rootSeq),
       size: snap.size,
       chunkSize: snap.chunkSize,
       pageEntries: snap.pageEntries,
@@ -310,6 +323,12 @@ export class VaultSync {
       ...(job.root.origin ? { origin: job.root.origin } : {}),
     };
     if (current && sameState(current.root, wanted)) return;
+    if (current && current.root.epoch === wanted.epoch && current.root.seq > snap.rootSeq) {
+      // Written past this snapshot's state in its epoch: a writer served the replica volume, or
+      // the destination is the source itself under another name (a symlink, another endpoint).
+      this.logger.warn({ volume: job.meta.name, seq: current.root.seq, snapshot: snap.name }, 'the replica volume was written after this snapshot: its root is left alone (the snapshots are copied)');
+      return;
+    }
     if (await this.dest.head(leaseKey(job.meta.id))) {
       this.logger.warn({ volume: job.meta.name }, 'a writer holds the replica volume\'s lease: its root is left alone (the snapshots are copied)');
       return;
@@ -341,7 +360,10 @@ export class VaultSync {
       const { objects } = await replica.loadVolume(job.meta.name);
       for (const s of await objects.listSnapshots()) {
         if (sourceIds.has(s.id)) continue;
-        if (s.keep) await objects.setSnapshotKeep(s.id, false); // cleared at the source before its deletion
+        if (s.keep) {
+          this.logger.warn({ snapshot: `${job.meta.name}@${s.name}` }, 'replica snapshot kept: it has the keep flag there (clear it on the replica to let prune remove it)');
+          continue;
+        }
         try {
           await replica.deleteSnapshot(job.meta.name, s.name);
           pruned.push(`${job.meta.name}@${s.name}`);

@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VaultError } from '../../src/errors';
@@ -140,17 +140,24 @@ test('sync fs→fs: a complete replica (clones and their origins too), then incr
   const destBefore = new Set(files(w.destDir));
   const third = await w.sync();
   const added = files(w.destDir).filter((p) => !destBefore.has(p));
-  assert.deepEqual(third.snapshots.filter((s) => s.status !== 'present').map((s) => [s.export, s.status]), [['vol@s2', 'updated'], ['vol@s3', 'copied']]);
+  // a keep flag on the off-site copy protects it from the source: clearing it there does not
+  // travel (it used to, and --prune then removed the snapshot)
+  assert.deepEqual(third.snapshots.filter((s) => s.status !== 'present').map((s) => [s.export, s.status]), [['vol@s3', 'copied']]);
   assert.deepEqual(added.map((p) => p.split('/').at(-3)).sort(), ['chunks', 'pages', 'snapshots'], 'one chunk, one page, one record');
-  assert.equal(third.copied, 4, 'chunk, page, new record, updated record');
+  assert.equal(third.copied, 3, 'chunk, page, new record');
   const replica2 = await w.replica();
-  assert.equal(Boolean((await replica2.listSnapshots('vol')).find((s) => s.name === 's2')!.keep), false, 'and so does clearing it');
+  assert.equal((await replica2.listSnapshots('vol')).find((s) => s.name === 's2')!.keep, true, 'the replica keeps its flag');
   assert.ok((await readAll(replica2, 'vol')).equals(await readAll(vault, 'vol@s3')));
 
-  // --prune mirrors deletions; without it the replica keeps what it has
+  // --prune mirrors deletions, but not of a snapshot with the keep flag on the replica; without
+  // --prune the replica keeps what it has
   await vault.deleteSnapshot('vol', 's2');
   assert.equal((await w.sync()).pruned.length, 0);
   assert.equal((await replica2.listSnapshots('vol')).length, 3);
+  assert.deepEqual((await w.sync({ prune: true })).pruned, [], 'kept: it has the keep flag on the replica');
+  assert.equal((await replica2.listSnapshots('vol')).length, 3);
+  const { objects: onReplica } = await replica2.loadVolume('vol');
+  await onReplica.setSnapshotKeep((await onReplica.listSnapshots()).find((s) => s.name === 's2')!.id, false);
   const pruned = await w.sync({ prune: true });
   assert.deepEqual(pruned.pruned, ['vol@s2']);
   const replica3 = await w.replica();
@@ -189,6 +196,36 @@ test('an interrupted sync leaves a consistent replica at every point; rerun, it 
   assert.deepEqual((await replica.listSnapshots('vol')).map((s) => s.name), ['a', 'b', 'c']);
   for (const spec of ['vol@a', 'vol@b', 'vol@c']) assert.ok((await readAll(replica, spec)).equals(await readAll(vault, spec)));
   assert.equal((await w.sync()).copied, 0);
+  // the replica's root holds the state of the source's root the newest snapshot was taken from,
+  // with its seq: never ahead of the source (it ran ahead by one per snapshot copied)
+  const newest = (await vault.listSnapshots('vol')).find((s) => s.name === 'c')!;
+  assert.equal((await replica.loadVolume('vol')).root.seq, newest.rootSeq);
+  // so the source's state directory may read the replica, and still opens the source
+  const sameState = await w.f.reopen({}, w.dest);
+  await verifyVault(sameState);
+  const reopened = await w.f.reopen();
+  assert.ok((await readAll(reopened, 'vol@c')).equals(await readAll(vault, 'vol@c')));
+
+  // an incremental sync interrupted anywhere: the replica shows its old snapshots or the new one,
+  // and opens (a record copied before the root read as a rollback there)
+  const again = await vault.openEngine('vol', { autoCommitMs: 0 });
+  await again.write(CHUNK_SIZE, randomBytes(CHUNK_SIZE));
+  await again.snapshot('d');
+  await again.close();
+  let incremental: SyncResult | null = null;
+  for (let okPuts = 0; incremental === null; okPuts++) {
+    try {
+      incremental = await w.sync({ store: new BreakingStore(w.dest, okPuts) });
+    } catch (err) {
+      assert.match(String((err as Error).message), /connection lost/);
+      const shown = await w.replica();
+      await verifyVault(shown);
+      // its live root: the newest snapshot's state (d's once the root is written, before d's record)
+      const live = await readAll(shown, 'vol');
+      assert.ok(live.equals(await readAll(vault, 'vol@d')) || ((await shown.listSnapshots('vol')).length === 3 && live.equals(await readAll(vault, 'vol@c'))));
+    }
+  }
+  assert.deepEqual((await w.replica().then((r) => r.listSnapshots('vol'))).map((s) => s.name), ['a', 'b', 'c', 'd']);
 
   // flip one byte of one stored chunk in the replica: verify names it
   const chunk = files(w.destDir).find((p) => p.includes('/chunks/'))!;
@@ -263,3 +300,26 @@ test('a replica follows a master key rotation of its source: after the next sync
   const again = await new VaultSync(rotated, w.dest, async () => replica, {}, logger).run();
   assert.equal(again.copied, 0, 'nothing more to copy');
 });
+
+test('sync to the source store under another name (a symlink) changes nothing: the live root is not rolled back to the newest snapshot', async (t) => {
+  const w = await world(t);
+  const { vault } = w.f;
+  await vault.createVolume('vol', SIZE);
+  const e = await vault.openEngine('vol', { autoCommitMs: 0 });
+  await e.write(0, randomBytes(2 * CHUNK_SIZE));
+  await e.snapshot('s1');
+  const after = randomBytes(CHUNK_SIZE);
+  await e.write(4 * CHUNK_SIZE, after);
+  await e.flush();
+  const before = await e.read(0, e.size);
+  await e.close();
+  const link = join(w.dir, 'src-link');
+  symlinkSync(join(w.dir, 'src'), link);
+  const self = new FsStore(link);
+  const r = await new VaultSync(vault, self, () => w.f.reopen({}, self), { prune: true, concurrency: 4 }, logger).run();
+  assert.deepEqual(r.pruned, []);
+  const reopened = await w.f.reopen();
+  assert.ok((await readAll(reopened, 'vol')).equals(before), 'the writes after the snapshot are still there');
+  assert.deepEqual((await reopened.listSnapshots('vol')).map((s) => s.name), ['s1']);
+});
+
