@@ -1,7 +1,7 @@
 // Commands that move or check data without an NBD client: export, import, verify, diff, gc.
 // Long work shows a progress bar on a terminal and stays quiet in pipes.
 import type { Command } from 'commander';
-import { open as openFile, readFile, stat } from 'node:fs/promises';
+import { open as openFile, readFile, stat, type FileHandle } from 'node:fs/promises';
 import { VaultError, describeError, isVaultError } from '../errors';
 import { isAllZero } from '../codec';
 import { CHUNK_SIZE, chunkCount, chunkLength } from '../volume/chunk-math';
@@ -15,7 +15,8 @@ import { adminRequest } from './admin-socket';
 import { openExportSource } from './export-source';
 import { Progress } from './progress';
 import { addSettings } from './settings';
-import { out, VAULT_SETTINGS, withVault } from './vault-context';
+import { VAULT_SETTINGS, withVault } from './vault-context';
+import { out, writeStdout } from './stdout';
 import { writeAll } from '../util/write-all';
 import { closeAfter } from '../util/close-after';
 
@@ -69,27 +70,33 @@ export function registerDataCommands(program: Command): void {
     VAULT_SETTINGS,
   ).action(async (source: string, file: string, opts) => {
     await withVault(opts, async (ctx, s) => {
-      const src = await openExportSource(ctx, s, source);
-      const engine = src.engine;
       const toStdout = file === '-';
       // A sparse file: zero chunks are holes left by a truncate, which a device cannot take.
+      // (Checked before the source opens: a served volume's is a temporary snapshot to delete.)
       const existing = toStdout ? null : await stat(file).catch(() => null);
       if (existing && !existing.isFile()) {
         throw new VaultError('ERR_INVALID_ARGUMENT', `${file} is not a regular file: export writes a sparse file, or - for standard output (to fill a block device, nbdcopy from the export, or \`export ${source} - | dd of=${file}\`)`);
       }
-      const fh = toStdout ? null : await openFile(file, 'w');
+      const src = await openExportSource(ctx, s, source);
+      const engine = src.engine;
+      let fh: FileHandle | null = null;
       const bar = new Progress(`export ${source}`, engine.size);
       let done = 0;
       const copy = async () => {
+        // opened (and truncated) only once the source is known to open, and inside the close below
+        if (!toStdout) fh = await openFile(file, 'w').catch((err: NodeJS.ErrnoException) => {
+          throw new VaultError('ERR_IO', `cannot write ${file}: ${err.code === 'ENOENT' ? 'no such directory' : err.message}`);
+        });
         if (fh) await fh.truncate(engine.size); // holes where the volume is zero
         const n = chunkCount(engine.size);
         const zero = await zeroChunks(engine);
         if (fh) {
+          const f = fh;
           await forEachLimited(n, 8, async (i) => {
             const len = chunkLength(engine.size, i);
             if (!zero[i]) {
               const data = await engine.read(i * CHUNK_SIZE, len);
-              if (!isAllZero(data)) await writeAll(fh, data.subarray(0, len), i * CHUNK_SIZE);
+              if (!isAllZero(data)) await writeAll(f, data.subarray(0, len), i * CHUNK_SIZE);
             }
             bar.update((done += len));
           });
@@ -105,7 +112,7 @@ export function registerDataCommands(program: Command): void {
           for (let i = 0; i < n; i++) {
             const data = await ahead.shift()!;
             if (i + 8 < n) ahead.push(fetch(i + 8));
-            if (!process.stdout.write(data)) await new Promise((r) => process.stdout.once('drain', r));
+            await writeStdout(data);
             bar.update((done += data.length));
           }
         }

@@ -10,6 +10,7 @@ import { registerDataCommands } from './data-commands';
 import { registerRetentionCommands } from './retention-commands';
 import { registerSyncCommand } from './sync-command';
 import { registerCacheCommands } from './cache-command';
+import { watchStdout } from './stdout';
 
 export function buildProgram(): Command {
   const program = new Command('nbd-vault')
@@ -30,6 +31,7 @@ export function buildProgram(): Command {
 
 /** Exit codes a script can rely on: 0 ok, 1 runtime error, 2 usage / invalid argument. */
 export async function main(argv: string[]): Promise<void> {
+  watchStdout();
   const program = buildProgram();
   try {
     await program.parseAsync(argv);

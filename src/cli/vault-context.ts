@@ -140,9 +140,7 @@ export async function withVault<T>(opts: Record<string, unknown>, fn: (ctx: Vaul
   );
 }
 
-export function out(text: string): void {
-  process.stdout.write(text.endsWith('\n') ? text : text + '\n');
-}
+export { out } from './stdout';
 
 /** The vault id to rebuild: the one given, or the one the volumes' metadata names. */
 async function recoverVaultId(store: ObjectStore, given: true | string): Promise<string> {

@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { createConnection } from 'node:net';
-import { makeTestVault } from '../helpers/vault-server';
+import { CLI, makeTestVault } from '../helpers/vault-server';
 import { smallTmpfs } from '../helpers/small-tmpfs';
 import { runCommand } from '../helpers/fuse-disk';
 
@@ -240,4 +240,35 @@ test('a malformed admin request gets an error and stores nothing (a snapshot nam
   assert.match(listed.stdout, /volume live has no snapshots/);
   assert.equal((await ask('{"op":"snapshot","volume":"live","name":"fine"}')).ok, true);
   assert.match((await v.cli('snapshot', 'list', 'live')).stdout, /^live@fine /m);
+});
+
+test('export of a served volume that fails leaves no temporary snapshot; a reader that closes the pipe early is no crash', async (t) => {
+  const v = await makeTestVault();
+  t.after(() => v.cleanup());
+  await v.cli('volume', 'create', 'live', '--size', '16M');
+  for (const name of ['a', 'b', 'c']) await v.cli('snapshot', 'live', name);
+  writeFileSync(join(v.dir, 'in.img'), randomBytes(16 * 2 ** 20));
+  await v.cli('import', join(v.dir, 'in.img'), 'live');
+  const srv = await v.serve();
+  t.after(() => srv.kill());
+  const snapshots = async () => JSON.parse((await v.cli('snapshot', 'list', 'live', '--json')).stdout).map((s: { name: string }) => s.name);
+  const shell = (line: string) => runCommand('bash', ['-c', line], { env: { ...v.env, CLI, NODE: process.execPath }, cwd: v.dir, okCodes: [0, 1, 2] });
+
+  const device = await v.cliResult('export', 'live', '/dev/null');
+  assert.equal(device.code, 2);
+  assert.match(device.stderr, /not a regular file/);
+  const nodir = await v.cliResult('export', 'live', join(v.dir, 'no', 'such', 'x.img'));
+  assert.equal(nodir.code, 1);
+  assert.match(nodir.stderr, /cannot write .*x\.img: no such directory/);
+  // export to a pipe its reader closes after 1 MiB: a clear error, exit 1, no stack trace
+  const cut = await shell('"$NODE" "$CLI" export live - | head -c 1048576 > /dev/null; echo "exit ${PIPESTATUS[0]}" >&2');
+  assert.match(cut.stderr, /exit 1/);
+  assert.match(cut.stderr, /standard output was closed before all the data was written/);
+  assert.doesNotMatch(cut.stderr, /\n\s+at /, 'no stack trace');
+  assert.deepEqual(await snapshots(), ['a', 'b', 'c'], 'no export-… snapshot left behind, with its keep flag');
+  // a listing cut short by head: exit 0, no stack trace
+  const head = await shell('"$NODE" "$CLI" snapshot list live | head -1; echo "exit ${PIPESTATUS[0]}" >&2');
+  assert.match(head.stdout, /^live@a /);
+  assert.match(head.stderr, /exit 0/);
+  assert.doesNotMatch(head.stderr, /EPIPE|\n\s+at /);
 });
