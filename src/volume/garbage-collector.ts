@@ -85,7 +85,8 @@ export async function collectGarbage(vault: Vault, opts: GcOptions, logger: Logg
     }
     candidates.push({ key: info.key, size: info.size, volumeId: id });
   }
-  // A volume created after the listing above: its metadata is written before anything else.
+  // A volume created after the listing above: its root is written before its metadata, within
+  // moments, so its objects are younger than any grace but 0; then the metadata is seen here.
   const unknown = [...new Set(candidates.filter((c) => !live.has(c.volumeId)).map((c) => c.volumeId))];
   const created = new Set<string>();
   for (const id of unknown) if (await vault.store.head(metaKey(id))) created.add(id);

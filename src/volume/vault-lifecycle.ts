@@ -82,7 +82,6 @@ export class VaultLifecycle {
     const key = generateVolumeKey();
     const createdAt = new Date().toISOString();
     const create = this.store.props.conditionalPut ? { ifNoneMatch: '*' as const } : undefined;
-    await this.store.put(metaKey(id), await this.parts.encodeMeta(id, key, { name: newName, createdAt }), create);
     const cloneObjects = this.parts.volumeObjects({ id, name: newName, createdAt }, key);
     const root: RootRecord = {
       v: ROOT_FORMAT,
@@ -96,7 +95,10 @@ export class VaultLifecycle {
       updatedAt: createdAt,
       origin: { volumeId: originMeta.id, snapshotId: snap.id },
     };
+    // The root, then the metadata (the clone exists from its metadata on: one killed in between
+    // leaves an unreferenced root for gc, not a volume without a root every listing fails on).
     await cloneObjects.writeRoot(root, null);
+    await this.store.put(metaKey(id), await this.parts.encodeMeta(id, key, { name: newName, createdAt }), create);
     // The clone exists now and names the snapshot's objects. A deletion of the snapshot (or of
     // the origin) that began before this point may not have seen it: look again, and if one
     // did begin, withdraw the clone. Either the deleter sees the clone or the clone sees the

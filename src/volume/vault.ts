@@ -265,7 +265,6 @@ export class Vault {
     const key = generateVolumeKey();
     const createdAt = new Date().toISOString();
     const create = this.store.props.conditionalPut ? { ifNoneMatch: '*' as const } : undefined;
-    await this.store.put(metaKey(id), await this.encodeMeta(id, key, { name, createdAt }), create);
     const objects = this.volumeObjects({ id, name, createdAt }, key);
     const root: RootRecord = {
       v: ROOT_FORMAT,
@@ -278,7 +277,10 @@ export class Vault {
       pages: new Array(Math.ceil(Math.ceil(size / CHUNK_SIZE) / PAGE_ENTRIES)).fill(null),
       updatedAt: createdAt,
     };
+    // The root first: a volume exists from its metadata on, so one killed in between leaves an
+    // unreferenced root for gc, not a volume without a root that every listing fails on.
     await objects.writeRoot(root, null);
+    await this.store.put(metaKey(id), await this.encodeMeta(id, key, { name, createdAt }), create);
     await this.state.recordSeq(id, 1);
     this.opts.logger.info({ volume: name, volumeId: id, size }, 'volume created');
     return { id, name, createdAt };

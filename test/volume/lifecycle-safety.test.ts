@@ -259,12 +259,13 @@ test('a flush with nothing new writes no root; a close whose flush fails still r
 
 /** Holds the steps of a clone ∥ snapshot delete race in the one order that slipped through when
  *  the clone read the deletion mark and the snapshot record at once: the clone passes its first
- *  check before the deleter marks, the deleter finds no clone (the clone's root is held back), the clone's existence read comes before the record's
- *  deletion, its mark read after the mark's removal. */
+ *  check before the deleter marks, the deleter finds no clone (the clone's metadata, written
+ *  last, is held back), the clone's existence read comes before the record's deletion, its mark
+ *  read after the mark's removal. */
 class CloneDeleteRace extends PassThroughStore {
-  private cloneRootWritten = false;
-  private releaseCloneRoot!: () => void;
-  private readonly cloneRootMayGo = new Promise<void>((r) => (this.releaseCloneRoot = r));
+  private cloneVisible = false;
+  private releaseCloneMeta!: () => void;
+  private readonly cloneMetaMayGo = new Promise<void>((r) => (this.releaseCloneMeta = r));
   private releaseRecordDelete!: () => void;
   private readonly recordDeleteMayGo = new Promise<void>((r) => (this.releaseRecordDelete = r));
   private markRemoved!: () => void;
@@ -272,26 +273,26 @@ class CloneDeleteRace extends PassThroughStore {
   constructor(inner: ObjectStore, private readonly originPrefix: string, private readonly recordKey: string) {
     super(inner, 'clone-delete-race');
   }
-  private cloneMetaWritten!: () => void;
-  private readonly cloneChecked = new Promise<void>((r) => (this.cloneMetaWritten = r));
+  private cloneRootWritten!: () => void;
+  private readonly cloneChecked = new Promise<void>((r) => (this.cloneRootWritten = r));
   override async put(key: string, body: Buffer, opts?: PutOptions) {
     if (key === `${this.recordKey}.deleting`) await this.cloneChecked; // the clone's first check passes before the mark
-    if (key.endsWith('/meta') && !key.startsWith(this.originPrefix)) {
+    if (key.endsWith('/root') && !key.startsWith(this.originPrefix)) {
       const r = await this.inner.put(key, body, opts);
-      this.cloneMetaWritten();
+      this.cloneRootWritten();
       return r;
     }
-    if (key.endsWith('/root') && !key.startsWith(this.originPrefix)) {
-      await this.cloneRootMayGo; // until the deleter has looked for clones
+    if (key.endsWith('/meta') && !key.startsWith(this.originPrefix)) {
+      await this.cloneMetaMayGo; // until the deleter has looked for clones
       const r = await this.inner.put(key, body, opts);
-      this.cloneRootWritten = true;
+      this.cloneVisible = true;
       return r;
     }
     return this.inner.put(key, body, opts);
   }
   override async delete(key: string) {
     if (key === this.recordKey) {
-      this.releaseCloneRoot(); // the deleter found no clone and deletes the record now: let the clone's root land
+      this.releaseCloneMeta(); // the deleter found no clone and deletes the record now: let the clone appear
       // held until the clone's existence read is answered (or, if it reads the mark alone first and
       // waits on it, a moment later: that is the fixed order)
       await Promise.race([this.recordDeleteMayGo, new Promise((r) => setTimeout(r, 300))]);
@@ -300,7 +301,7 @@ class CloneDeleteRace extends PassThroughStore {
     if (key === `${this.recordKey}.deleting`) this.markRemoved();
   }
   override async head(key: string) {
-    if (!this.cloneRootWritten) return this.inner.head(key);
+    if (!this.cloneVisible) return this.inner.head(key);
     if (key === `${this.recordKey}.deleting`) {
       await this.markGone; // the clone's mark read lands after the deleter removed the mark
       return this.inner.head(key);
@@ -330,4 +331,46 @@ test('clone ∥ snapshot delete: a clone never outlives its snapshot, whatever o
   assert.equal(cloned.status, 'rejected', 'the clone withdraws: its snapshot was deleted under it');
   assert.ok(isVaultError((cloned as PromiseRejectedResult).reason, 'ERR_NOT_FOUND'), String((cloned as PromiseRejectedResult).reason));
   assert.deepEqual((await vault.listVolumes()).map((v) => v.name), ['v'], 'no clone is left naming the deleted snapshot\'s objects');
+});
+
+/** A process killed between the two objects of a new volume (its root and its metadata, in
+ *  whichever order the code writes them): once armed, the second put fails. */
+class KilledBetweenWrites extends PassThroughStore {
+  private puts = -1;
+  constructor(inner: ObjectStore) {
+    super(inner, 'killed-between-writes');
+  }
+  arm(): void {
+    this.puts = 0;
+  }
+  override async put(key: string, body: Buffer, opts?: PutOptions): Promise<{ etag: string }> {
+    if (this.puts >= 0 && ++this.puts === 2) throw new VaultError('ERR_STORE_IO', 'killed');
+    return this.inner.put(key, body, opts);
+  }
+}
+
+test('a create or clone killed between its root and its metadata leaves no half volume: listings work, the name is free, gc takes the root', async (t) => {
+  const store = new KilledBetweenWrites(new MemoryStore());
+  const f = await makeVault(store);
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('src', 2 * CHUNK_SIZE);
+  const e = await f.vault.openEngine('src', { autoCommitMs: 0 });
+  await e.write(0, randomBytes(CHUNK_SIZE));
+  await e.snapshot('s1');
+  await e.close();
+  store.arm();
+  await assert.rejects(f.vault.createVolume('half', CHUNK_SIZE), /killed/);
+  store.arm();
+  await assert.rejects(f.vault.cloneVolume('src@s1', 'halfclone'), /killed/);
+  // every vault-wide listing works (a volume with metadata and no root failed them all)
+  assert.deepEqual((await f.vault.listVolumes({ strict: true })).map((v) => v.name), ['src']);
+  assert.deepEqual(await f.vault.clonesOf((await f.vault.findVolume('src')).id), []);
+  const gc = await collectGarbage(f.vault, { dryRun: true, graceMs: 0 }, logger);
+  assert.equal(gc.keys.filter((k) => k.endsWith('/root')).length, 2, 'the two roots without metadata are garbage');
+  await collectGarbage(f.vault, { dryRun: false, graceMs: 0 }, logger);
+  assert.equal(await countKeys(f.store, 'volumes/', '/root'), 1);
+  // and the names are free
+  await f.vault.createVolume('half', CHUNK_SIZE);
+  await f.vault.cloneVolume('src@s1', 'halfclone');
+  assert.deepEqual((await f.vault.listVolumes()).map((v) => v.name).sort(), ['half', 'halfclone', 'src']);
 });
