@@ -125,8 +125,13 @@ export class VaultLifecycle {
       this.store.head(metaKey(objects.volumeId)).then((h) => h === null),
       objects.snapshotExists(snap.id).then((e) => !e),
     ]);
-    if (volumeGone || volumeDeleting) throw new VaultError('ERR_NOT_FOUND', `cannot clone ${source}: its volume is being deleted`);
-    if (snapGone || snapDeleting) throw new VaultError('ERR_NOT_FOUND', `cannot clone ${source}: the snapshot is being deleted`);
+    // A mark outlives a deletion that was killed: say how to finish it (marks never expire: a
+    // deletion under way cannot be told from a dead one here)
+    const [volumeName, snapName] = splitExportName(source);
+    if (volumeGone) throw new VaultError('ERR_NOT_FOUND', `cannot clone ${source}: its volume was deleted`);
+    if (volumeDeleting) throw new VaultError('ERR_NOT_FOUND', `cannot clone ${source}: its volume is being deleted (if no deletion is running, one was interrupted: \`nbd-vault volume delete ${volumeName}\` finishes it)`);
+    if (snapGone) throw new VaultError('ERR_NOT_FOUND', `cannot clone ${source}: the snapshot was deleted`);
+    if (snapDeleting) throw new VaultError('ERR_NOT_FOUND', `cannot clone ${source}: the snapshot is being deleted (if no deletion is running, one was interrupted: \`nbd-vault snapshot delete ${volumeName} ${snapName}\` finishes it)`);
   }
 
   /**

@@ -374,3 +374,30 @@ test('a create or clone killed between its root and its metadata leaves no half 
   await f.vault.cloneVolume('src@s1', 'halfclone');
   assert.deepEqual((await f.vault.listVolumes()).map((v) => v.name).sort(), ['half', 'halfclone', 'src']);
 });
+
+test('a snapshot delete killed after its mark: a clone says how to finish it, and a rerun does', async (t) => {
+  class KilledAtRecordDelete extends PassThroughStore {
+    armed = true;
+    override async delete(key: string) {
+      if (this.armed && key.includes('/snapshots/') && !key.endsWith('.deleting')) {
+        this.armed = false;
+        throw new VaultError('ERR_STORE_IO', 'killed');
+      }
+      return this.inner.delete(key);
+    }
+  }
+  const base = new MemoryStore();
+  const f = await makeVault(base);
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 2 * CHUNK_SIZE);
+  const e = await f.vault.openEngine('v');
+  await e.write(0, randomBytes(CHUNK_SIZE));
+  await e.snapshot('s');
+  await e.close();
+  const vault = await f.reopen({}, new KilledAtRecordDelete(base, 'killed-at-record-delete'));
+  await assert.rejects(vault.deleteSnapshot('v', 's'), /killed/);
+  await assert.rejects(vault.cloneVolume('v@s', 'c'), (err: Error) => /the snapshot is being deleted \(if no deletion is running, one was interrupted: `nbd-vault snapshot delete v s` finishes it\)/.test(err.message));
+  await vault.deleteSnapshot('v', 's');
+  assert.deepEqual(await vault.listSnapshots('v'), []);
+  await assert.rejects(vault.cloneVolume('v@s', 'c'), /has no snapshot named "s"/);
+});
