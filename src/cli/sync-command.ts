@@ -42,12 +42,16 @@ export function registerSyncCommand(program: Command): void {
         );
         const r = await sync.run();
         bar.done();
+        if (r.nameTaken.length > 0) process.exitCode = 1;
         if (opts.json) return out(JSON.stringify(r, null, 2));
         const fresh = r.snapshots.filter((s) => s.status === 'copied').length;
         out(`synced to ${dest.name}: ${fresh} new snapshot(s) of ${r.snapshots.length}, ${r.copied} objects copied (${formatSize(r.bytes)}), ${r.skipped} already in the replica (from an earlier sync, or shared with a snapshot copied before)`);
         for (const s of r.snapshots) if (s.status !== 'present') out(`  ${s.status.padEnd(8)} ${s.export}`);
         for (const p of r.pruned) out(`  pruned   ${p}`);
         for (const v of r.withoutSnapshots) out(`  skipped  ${v} (no snapshot: snapshot it first)`);
+        for (const c of r.nameTaken) {
+          out(`  FAILED   ${c.volume}: the replica has another volume of this name (id ${c.replicaId}; the source's is ${c.sourceId}). ` + `Delete that one from the replica (nbd-vault volume delete ${c.volume} --id ${c.replicaId} --store ${dest.name} --yes) or clone what you need from it first, then sync again`);
+        }
       } finally {
         await rm(replicaState, { recursive: true, force: true });
         await dest.close();

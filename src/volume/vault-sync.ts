@@ -55,6 +55,9 @@ export interface SyncResult {
   readonly pruned: string[];
   /** selected volumes with no snapshot: nothing consistent to copy (snapshot them first) */
   readonly withoutSnapshots: string[];
+  /** source volumes not copied: the replica has another volume of that name (the source's was
+   *  deleted and made again); the run fails (exit 1) until that one is deleted or renamed there */
+  readonly nameTaken: Array<{ volume: string; sourceId: string; replicaId: string }>;
 }
 
 interface Job {
@@ -90,21 +93,23 @@ export class VaultSync {
 
   async run(): Promise<SyncResult> {
     await this.copyVaultObject();
-    const { jobs, withoutSnapshots } = await this.planJobs();
+    const planned = await this.planJobs();
+    const { withoutSnapshots } = planned;
+    const { jobs, nameTaken } = await this.withoutNameClashes(planned.jobs);
     // What the destination holds, and how big each source object is (for progress and bytes).
     for (const job of jobs) {
       for await (const info of this.dest.list(volumePrefix(job.meta.id))) this.present.add(info.key);
       for await (const info of this.source.store.list(volumePrefix(job.meta.id))) this.sizes.set(info.key, info.size);
     }
     const plans: Array<{ job: Job; snap: SnapshotRecord; keys: string[] }> = [];
-    const planned = new Set<string>();
+    const plannedKeys = new Set<string>();
     for (const job of jobs) {
       for (const snap of job.snapshots) {
         const keys = await this.namedKeys(job, snap);
         if (keys === null) continue; // deleted meanwhile
         for (const k of keys) {
-          if (this.present.has(k) || planned.has(k)) continue;
-          planned.add(k);
+          if (this.present.has(k) || plannedKeys.has(k)) continue;
+          plannedKeys.add(k);
           this.totalBytes += this.sizes.get(k) ?? 0;
         }
         plans.push({ job, snap, keys });
@@ -123,7 +128,35 @@ export class VaultSync {
     await this.followKeyRotation();
     const pruned = this.opts.prune ? await this.pruneReplica(jobs.filter((j) => j.full)) : [];
     this.logger.info({ to: this.dest.name, copied: this.copied, bytes: this.bytes, skipped: this.skipped, snapshots: snapshots.length, pruned: pruned.length }, 'sync finished');
-    return { copied: this.copied, bytes: this.bytes, skipped: this.skipped, snapshots, pruned, withoutSnapshots };
+    return { copied: this.copied, bytes: this.bytes, skipped: this.skipped, snapshots, pruned, withoutSnapshots, nameTaken };
+  }
+
+  /**
+   * Jobs whose volume the replica does not hold under its name with another id. Copying one
+   * would make two volumes of one name there, which nothing can open by name, and prune fails on.
+   * (A clone's origin is kept whatever its name: the clone's snapshots need its objects.)
+   */
+  private async withoutNameClashes(jobs: Job[]): Promise<{ jobs: Job[]; nameTaken: SyncResult['nameTaken'] }> {
+    const nameTaken: SyncResult['nameTaken'] = [];
+    const fresh = new Set<Job>();
+    for (const job of jobs) if (job.full && !(await this.dest.head(metaKey(job.meta.id)))) fresh.add(job);
+    if (fresh.size === 0) return { jobs, nameTaken };
+    let theirs: VolumeMeta[];
+    try {
+      theirs = await (await this.openReplica()).listVolumes();
+    } catch (err) {
+      // (a replica still on a rotated-away key: the run follows the rotation at its end)
+      this.logger.warn({ err: describeError(err) }, "could not list the replica's volumes to look for a name taken twice");
+      return { jobs, nameTaken };
+    }
+    const kept = jobs.filter((job) => {
+      const other = theirs.find((v) => v.name === job.meta.name && v.id !== job.meta.id);
+      if (!other || !fresh.has(job)) return true;
+      nameTaken.push({ volume: job.meta.name, sourceId: job.meta.id, replicaId: other.id });
+      this.logger.error({ volume: job.meta.name, sourceId: job.meta.id, replicaId: other.id }, 'not copied: the replica has another volume of this name (deleted and made again in the source?); delete or keep it there, then sync again');
+      return false;
+    });
+    return { jobs: kept, nameTaken };
   }
 
   /** The public vault object, first; a destination holding another vault is refused. */

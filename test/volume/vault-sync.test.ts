@@ -323,3 +323,30 @@ test('sync to the source store under another name (a symlink) changes nothing: t
   assert.deepEqual((await reopened.listSnapshots('vol')).map((s) => s.name), ['s1']);
 });
 
+
+test('a source volume deleted and made again under its name is not copied beside the replica\'s old one; once that is gone, it is', async (t) => {
+  const w = await world(t);
+  const { vault } = w.f;
+  const snapshotOf = async (name: string) => {
+    const e = await vault.openEngine(name, { autoCommitMs: 0 });
+    await e.write(0, randomBytes(CHUNK_SIZE));
+    await e.snapshot('s');
+    await e.close();
+  };
+  const old = await vault.createVolume('sched', SIZE);
+  await snapshotOf('sched');
+  await w.sync();
+  await vault.deleteVolume('sched');
+  const made = await vault.createVolume('sched', SIZE);
+  await snapshotOf('sched');
+  const r = await w.sync({ prune: true });
+  assert.deepEqual(r.nameTaken, [{ volume: 'sched', sourceId: made.id, replicaId: old.id }]);
+  const replica = await w.replica();
+  assert.deepEqual((await replica.listVolumes()).map((v) => [v.name, v.id]), [['sched', old.id]], 'one volume of that name, the old one');
+  await replica.deleteVolume('sched', undefined, old.id);
+  const again = await w.sync();
+  assert.deepEqual(again.nameTaken, []);
+  const replica2 = await w.replica();
+  assert.deepEqual((await replica2.listVolumes()).map((v) => [v.name, v.id]), [['sched', made.id]]);
+  assert.ok((await readAll(replica2, 'sched@s')).equals(await readAll(vault, 'sched@s')));
+});
