@@ -278,7 +278,7 @@ export function registerDataCommands(program: Command): void {
       bar.done();
       if (opts.json) return out(JSON.stringify({ ...r, keys: undefined, dryRun: Boolean(opts.dryRun) }));
       out(`${opts.dryRun ? 'would remove' : 'removed'} ${r.garbageObjects} unreferenced objects (${formatSize(r.garbageBytes)}) of ${r.scannedObjects}; ${r.tooYoung} unreferenced objects younger than ${grace} min kept`);
-      if (r.heldByWriters > 0 || r.writingVolumes.length > 0) {
+      if (r.heldByWriters > 0) {
         out(`kept ${r.heldByWriters} unreferenced objects that writers of ${r.writingVolumes.join(', ')} may still commit (they hold leases); a later gc takes what they leave`);
       }
       if (r.newVolumeObjects > 0) out(`kept ${r.newVolumeObjects} objects of volumes created while gc ran`);

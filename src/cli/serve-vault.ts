@@ -60,6 +60,9 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
       ctx.logger.warn({ volume: FIRST_VOLUME.name, size: FIRST_VOLUME.size }, `created volume "${FIRST_VOLUME.name}" (${formatSize(FIRST_VOLUME.size)}) in an empty vault`);
       volumes = await ctx.vault.listVolumes();
     }
+    if (s.defaultVolume !== undefined && !volumes.some((v) => v.name === s.defaultVolume)) {
+      throw new VaultError('ERR_INVALID_ARGUMENT', `--default-volume names no volume: "${s.defaultVolume}" (the vault has ${volumes.map((v) => v.name).join(', ')})`);
+    }
     const defaultName = s.defaultVolume ?? (volumes.some((v) => v.name === 'default') ? 'default' : volumes[0].name);
     const provider = new VaultExportProvider(
       ctx.vault,

@@ -5,7 +5,8 @@
 // left when the walk reaches the oldest snapshot — that oldest one too; `keep-last N` keeps the N
 // newest; `keep-within D` keeps every snapshot created within D of the newest one (not of now). A
 // snapshot kept by any rule is kept. Buckets are taken in UTC, so a plan is the same on every
-// machine. Snapshots carrying the keep flag are always kept and do not use up a rule's count.
+// machine. Snapshots carrying the keep flag are always kept, and count in the rules like any other (as
+// restic's tagged keeps do): `--keep-last 1` with the newest flagged keeps that one alone.
 // Pure: the caller passes the snapshots and the clock.
 import { VaultError } from '../errors';
 

@@ -18,7 +18,7 @@ import type { ObjectStore } from '../store/object-store';
 import type { Logger } from '../util/log';
 import { closeAfter } from '../util/close-after';
 import { InFlight } from '../util/in-flight';
-import { CHUNK_SIZE, checkVolumeSize } from './chunk-math';
+import { CHUNK_SIZE, checkVolumeSize, chunkLength } from './chunk-math';
 import { LocalState } from './local-state';
 import { PAGE_ENTRIES, type Manifest } from './manifest';
 import { VAULT_KEY, metaKey } from './object-keys';
@@ -395,12 +395,15 @@ export class Vault {
     for (const i of journalChunks) if (i < manifest.chunkCount && manifest.isZero(i)) allocatedChunks++;
     const journals = journalsOf(root);
     const journalBytes = journals.reduce((n, j) => n + j.storedSize, 0);
+    // the last chunk of a size that is no multiple of 4 MiB (a shrink) holds only its part
+    const last = manifest.chunkCount - 1;
+    const tail = last >= 0 && (!manifest.isZero(last) || journalChunks.has(last)) ? CHUNK_SIZE - chunkLength(root.size, last) : 0;
     return {
       name: meta.name,
       id: meta.id,
       createdAt: meta.createdAt,
       size: root.size,
-      allocated: allocatedChunks * CHUNK_SIZE,
+      allocated: allocatedChunks * CHUNK_SIZE - tail,
       storedBytes: usage.storedBytes + journalBytes,
       chunks: manifest.chunkCount,
       allocatedChunks,

@@ -43,11 +43,13 @@ test('volume commands: JSON output, exit codes 0/1/2, clear messages', async (t)
   assert.match(shrink.stderr, /add --force/);
   await v.cli('volume', 'resize', 'a', '--size', '2G');
   assert.equal(JSON.parse((await v.cli('volume', 'info', 'a', '--json')).stdout).size, 2 * 2 ** 30);
-  for (const [flag, value] of [['--handshake-timeout', '3000000'], ['--handshake-timeout', '0'], ['--snapshot-every', '30000d']]) {
-    // a timeout past 24.8 days was a 1 ms timer that dropped every client
+  const said: Record<string, RegExp> = { '--handshake-timeout': /from 1 to 3600/, '--snapshot-every': /from 1s to 366d/, '--default-volume': /--default-volume names no volume: "nosuch" \(the vault has a\)/ };
+  for (const [flag, value] of [['--handshake-timeout', '3000000'], ['--handshake-timeout', '0'], ['--snapshot-every', '30000d'], ['--default-volume', 'nosuch']]) {
+    // a timeout past 24.8 days was a 1 ms timer that dropped every client; an unknown default
+    // volume was served as the default export, which nothing could open
     const r = await v.cliResult('serve', flag, value);
     assert.equal(r.code, 2, `serve ${flag} ${value}`);
-    assert.match(r.stderr, flag === '--handshake-timeout' ? /from 1 to 3600/ : /from 1s to 366d/);
+    assert.match(r.stderr, said[flag]);
   }
   const noYes = await v.cliResult('volume', 'delete', 'a');
   assert.equal(noYes.code, 2, 'delete without --yes in a pipe refuses');
@@ -271,4 +273,15 @@ test('export of a served volume that fails leaves no temporary snapshot; a reade
   assert.match(head.stdout, /^live@a /);
   assert.match(head.stderr, /exit 0/);
   assert.doesNotMatch(head.stderr, /EPIPE|\n\s+at /);
+});
+
+test('after a shrink to a size that is no multiple of 4 MiB, allocated is never more than the size', async (t) => {
+  const v = await makeTestVault();
+  t.after(() => v.cleanup());
+  await v.cli('volume', 'create', 'rz', '--size', '16M');
+  writeFileSync(join(v.dir, 'full.img'), randomBytes(16 * 2 ** 20));
+  await v.cli('import', join(v.dir, 'full.img'), 'rz');
+  await v.cli('volume', 'resize', 'rz', '--size', '6M', '--force');
+  const info = JSON.parse((await v.cli('volume', 'info', 'rz', '--json')).stdout);
+  assert.deepEqual([info.size, info.allocated], [6 * 2 ** 20, 6 * 2 ** 20]);
 });
