@@ -69,7 +69,7 @@ export class SnapshotSchedule {
   private async round(): Promise<void> {
     const { provider, vault, logger, policy } = this.opts;
     const now = (this.opts.now ?? (() => new Date()))();
-    const volumes = provider.openNames().filter((n) => !n.includes('@'));
+    const volumes = provider.takeRecentNames();
     for (const volume of volumes) {
       if (this.stopped) return; // the server stops: the round's other volumes wait for the next start
       try {

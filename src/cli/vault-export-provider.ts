@@ -1,9 +1,11 @@
 // Serves a vault's volumes as NBD exports. One VolumeEngine per volume, opened on first use and
-// shared by every connection to it (multi-conn). Volume engines stay open (warm caches, and the
-// volume's lease: this server is its writer) until closeAll, which flushes each. Snapshot engines
-// (VOL@SNAP, read-only) close when their last connection ends, so a deleted or re-created
-// snapshot is never served from a stale manifest. Unknown names answer null
-// (NBD_REP_ERR_UNKNOWN), other failures throw.
+// shared by every connection to it (multi-conn). A volume engine stays open while clients use it
+// and for `idleCloseMs` after the last one leaves (warm caches for a reconnecting client), then
+// it is flushed and closed, which gives its lease back: a server asked once for a volume's size
+// (NBD_OPT_INFO, nbdinfo --list) no longer keeps every other server from writing it. closeAll
+// flushes the rest. Snapshot engines (VOL@SNAP, read-only) close when their last connection
+// ends, so a deleted or re-created snapshot is never served from a stale manifest. Unknown names
+// answer null (NBD_REP_ERR_UNKNOWN), other failures throw.
 import { VaultError, isVaultError, describeError } from '../errors';
 import type { Logger } from '../util/log';
 import type { Export, ExportProvider } from '../nbd/export';
@@ -12,12 +14,21 @@ import { type Vault } from '../volume/vault';
 import { splitExportName } from '../volume/volume-references';
 import type { SnapshotRecord } from '../volume/snapshot-record';
 
+/** how long a volume nobody uses stays open (its caches warm, its lease held) */
+export const DEFAULT_IDLE_CLOSE_MS = 60_000;
+
 export class VaultExportProvider implements ExportProvider {
   private readonly engines = new Map<string, Promise<VolumeEngine>>();
   /** the engines of `engines` that have opened (for metrics) */
   private readonly opened = new Map<string, VolumeEngine>();
-  /** open connections per snapshot export */
-  private readonly snapshotRefs = new Map<string, number>();
+  /** open connections (and admin requests) per export */
+  private readonly refs = new Map<string, number>();
+  /** volumes without users, closed when their timer fires */
+  private readonly idleTimers = new Map<string, NodeJS.Timeout>();
+  /** idle volumes being flushed and closed: an open waits for that (the lease is still ours) */
+  private readonly closingIdle = new Map<string, Promise<void>>();
+  /** volumes opened since takeRecentNames() last asked (the snapshot schedule) */
+  private readonly recent = new Set<string>();
   private closing = false;
 
   constructor(
@@ -25,6 +36,7 @@ export class VaultExportProvider implements ExportProvider {
     readonly defaultName: string,
     private readonly engineOptions: Partial<EngineOptions>,
     private readonly logger: Logger,
+    private readonly idleCloseMs = DEFAULT_IDLE_CLOSE_MS,
   ) {}
 
   /** Every volume, and every snapshot as `VOL@SNAP` (read-only). */
@@ -52,6 +64,7 @@ export class VaultExportProvider implements ExportProvider {
   async open(name: string): Promise<Export | null> {
     if (this.closing) return null;
     const wanted = name === '' ? this.defaultName : name;
+    await this.closingIdle.get(wanted);
     let p = this.engines.get(wanted);
     const lost = await p?.then(async (e) => (e.leaseLost && !(await e.regainLease()) ? e : null), () => null);
     if (lost && !lost.leaseLostForGood) {
@@ -83,7 +96,10 @@ export class VaultExportProvider implements ExportProvider {
     try {
       const engine = await p;
       if (this.engines.get(wanted) !== p) return this.open(name); // released (closed) meanwhile
-      if (splitExportName(wanted)[1] !== null) this.snapshotRefs.set(wanted, (this.snapshotRefs.get(wanted) ?? 0) + 1);
+      this.refs.set(wanted, (this.refs.get(wanted) ?? 0) + 1);
+      clearTimeout(this.idleTimers.get(wanted));
+      this.idleTimers.delete(wanted);
+      if (!engine.caps.readOnly) this.recent.add(wanted);
       return engine;
     } catch (err) {
       if (isVaultError(err, 'ERR_NOT_FOUND')) return null;
@@ -97,7 +113,11 @@ export class VaultExportProvider implements ExportProvider {
     if (splitExportName(volume)[1] !== null) throw new VaultError('ERR_INVALID_ARGUMENT', `cannot snapshot a snapshot ("${volume}")`);
     const engine = (await this.open(volume)) as VolumeEngine | null;
     if (!engine) throw new VaultError('ERR_NOT_FOUND', `no volume named "${volume}"`);
-    return engine.snapshot(name, opts);
+    try {
+      return await engine.snapshot(name, opts);
+    } finally {
+      await this.release(engine);
+    }
   }
 
   /** Cache, upload and lease state of every open engine (metrics, at scrape time). */
@@ -110,22 +130,65 @@ export class VaultExportProvider implements ExportProvider {
     return [...this.engines.keys()];
   }
 
+  /** The writable volumes opened since the last call, closed since or not (what may have changed
+   *  since the snapshot schedule's last round). */
+  takeRecentNames(): string[] {
+    const names = [...new Set([...this.recent, ...[...this.engines.keys()].filter((n) => splitExportName(n)[1] === null)])];
+    this.recent.clear();
+    return names;
+  }
+
   async release(exp: Export): Promise<void> {
-    const refs = this.snapshotRefs.get(exp.name);
-    if (refs === undefined) return; // a volume: stays open
+    const refs = this.refs.get(exp.name);
+    if (refs === undefined) return;
     if (refs > 1) {
-      this.snapshotRefs.set(exp.name, refs - 1);
+      this.refs.set(exp.name, refs - 1);
       return;
     }
-    this.snapshotRefs.delete(exp.name);
+    this.refs.delete(exp.name);
+    if (splitExportName(exp.name)[1] === null) {
+      // a volume: stays open a while for a client that comes back, then gives its lease back
+      if (!this.closing) this.idleTimers.set(exp.name, setTimeout(() => this.closeIdle(exp.name), this.idleCloseMs).unref());
+      return;
+    }
     const p = this.engines.get(exp.name);
     this.engines.delete(exp.name);
     this.opened.delete(exp.name);
     await (await p)?.close();
   }
 
+  private closeIdle(name: string): void {
+    this.idleTimers.delete(name);
+    const p = this.engines.get(name);
+    if (this.closing || this.refs.has(name) || !p) return;
+    this.engines.delete(name);
+    this.opened.delete(name);
+    const closed = p
+      .then(async (engine) => {
+        try {
+          // flushed first, and kept when that fails (a store outage): a close would give up
+          // what the clients wrote and no FLUSH covered
+          if (!engine.leaseLost) await engine.flush();
+        } catch (err) {
+          this.logger.warn({ volume: name, err: describeError(err) }, 'a volume no client uses could not be flushed: it stays open, and is tried again later');
+          this.engines.set(name, p);
+          this.opened.set(name, engine);
+          this.idleTimers.set(name, setTimeout(() => this.closeIdle(name), this.idleCloseMs).unref());
+          return;
+        }
+        await engine.close();
+        this.logger.info({ volume: name, seq: engine.currentSeq, idleMs: this.idleCloseMs }, 'volume flushed and closed: no client used it');
+      })
+      .catch((err) => this.logger.error({ volume: name, err: describeError(err) }, 'closing a volume no client used failed'))
+      .finally(() => this.closingIdle.delete(name));
+    this.closingIdle.set(name, closed);
+  }
+
   async closeAll(): Promise<void> {
     this.closing = true;
+    for (const t of this.idleTimers.values()) clearTimeout(t);
+    this.idleTimers.clear();
+    await Promise.all(this.closingIdle.values());
     const results = await Promise.allSettled(
       [...this.engines.entries()].map(async ([name, p]) => {
         const engine = await p;

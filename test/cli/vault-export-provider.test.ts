@@ -1,6 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { VaultExportProvider } from '../../src/cli/vault-export-provider';
 import { makeVault, logger, eventually, SettlingStore } from '../volume/vault-fixture';
 import { PassThroughStore } from '../helpers/pass-through-store';
@@ -104,4 +107,35 @@ test('two volumes of one name (created at once on two machines): the export list
   assert.equal((await f.vault.volumeInfo('dup')).id, twins[0].id);
   assert.deepEqual((await p.list()).map((e) => e.name).sort(), ['dup', 'other']);
   await p.closeAll();
+});
+
+test('a volume no client uses is flushed, closed and its lease given back after the idle time; a client back before that gets the warm engine', async (t) => {
+  const f = await makeVault();
+  t.after(() => f.cleanup());
+  const meta = await f.vault.createVolume('vol', 8 * MiB);
+  const p = new VaultExportProvider(f.vault, 'vol', {}, logger, 300);
+  t.after(() => p.closeAll());
+  const data = randomBytes(4096);
+  const a = (await p.open('vol'))!;
+  await a.write(0, data); // no FLUSH: the idle close stores it
+  await p.release(a);
+  const back = (await p.open('vol'))!;
+  assert.equal(back, a, 'back within the idle time: the same engine');
+  await p.release(back);
+  await eventually(async () => (await f.store.head(`volumes/${meta.id}/lease`)) === null, 'the lease is given back', 5_000);
+  assert.deepEqual(p.openNames(), []);
+  assert.deepEqual(p.takeRecentNames(), ['vol'], 'the schedule still snapshots a volume written before it closed');
+  assert.deepEqual(p.takeRecentNames(), []);
+  // another writer (another server) may take it now, and reads what the idle close stored
+  const otherState = mkdtempSync(join(tmpdir(), 'nbd-vault-other-'));
+  t.after(() => rmSync(otherState, { recursive: true, force: true }));
+  const other = await f.reopen({ stateDir: otherState });
+  const e = await other.openEngine('vol');
+  assert.ok((await e.read(0, 4096)).equals(data));
+  await e.close();
+  // and this provider opens it afresh
+  const again = (await p.open('vol'))!;
+  assert.notEqual(again, a);
+  assert.ok((await again.read(0, 4096)).equals(data));
+  await p.release(again);
 });
