@@ -129,9 +129,13 @@ export async function startNbdServer(opts: NbdServerOptions): Promise<NbdServerH
   const servers: net.Server[] = [];
   const listenOn = (server: net.Server, arg: net.ListenOptions) =>
     new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
+      // the address in the message: a bare "listen EACCES" does not say which one, or why
+      const where = arg.path !== undefined ? `the Unix socket ${arg.path}` : `${arg.host}:${arg.port}`;
+      const hint = (code: string | undefined) =>
+        code === 'EADDRINUSE' ? ' (something listens there already)' : code === 'EACCES' || code === 'ENOENT' ? (arg.path !== undefined ? ' (does its directory exist, and may this user write it?)' : ' (a port below 1024 needs root)') : '';
+      server.once('error', (err: NodeJS.ErrnoException) => reject(new VaultError('ERR_IO', `cannot listen on ${where}: ${err.code ?? err.message}${hint(err.code)}`)));
       server.listen(arg, () => {
-        server.off('error', reject);
+        server.removeAllListeners('error');
         server.on('error', (err) => opts.logger.error({ err: describeError(err) }, 'server socket error'));
         resolve();
       });

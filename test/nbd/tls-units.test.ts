@@ -164,3 +164,19 @@ test('serve --listen 0.0.0.0 without TLS exits with the reason (and starts with 
   assert.match(srv.log(), /serving WITHOUT TLS/);
   assert.equal(await srv.stop(), 0);
 });
+
+test('serve on an address it cannot take says which one and why', async () => {
+  await assert.rejects(
+    startNbdServerProcess({ memory: ['d=1M'], socketPath: '/nonexistent/dir/x.sock' }),
+    (e: Error) => /cannot listen on the Unix socket \/nonexistent\/dir\/x\.sock: E[A-Z]+ \(does its directory exist/.test(e.message),
+  );
+  const first = await startNbdServerProcess({ memory: ['d=1M'] });
+  try {
+    await assert.rejects(
+      startNbdServerProcess({ memory: ['d=1M'], extraArgs: ['--listen', `127.0.0.1:${first.port}`] }),
+      (e: Error) => new RegExp(`cannot listen on 127\\.0\\.0\\.1:${first.port}: EADDRINUSE \\(something listens there already\\)`).test(e.message),
+    );
+  } finally {
+    assert.equal(await first.stop(), 0);
+  }
+});
