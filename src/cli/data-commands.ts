@@ -1,7 +1,7 @@
 // Commands that move or check data without an NBD client: export, import, verify, diff, gc.
 // Long work shows a progress bar on a terminal and stays quiet in pipes.
 import type { Command } from 'commander';
-import { open as openFile, readFile, stat, type FileHandle } from 'node:fs/promises';
+import { open as openFile, readFile, rm, stat, type FileHandle } from 'node:fs/promises';
 import { VaultError, describeError, isVaultError } from '../errors';
 import { isAllZero } from '../codec';
 import { CHUNK_SIZE, chunkCount, chunkLength } from '../volume/chunk-math';
@@ -41,7 +41,9 @@ async function zeroChunks(engine: VolumeEngine): Promise<Uint8Array> {
  * length of 0 would import nothing and zero the whole volume (it did, exiting 0).
  */
 async function imageSize(file: string): Promise<number> {
-  const st = await stat(file);
+  const st = await stat(file).catch((err: NodeJS.ErrnoException) => {
+    throw new VaultError(err.code === 'ENOENT' ? 'ERR_NOT_FOUND' : 'ERR_IO', `cannot read ${file}: ${err.code === 'ENOENT' ? 'no such file' : err.message}`);
+  });
   if (st.isFile()) return st.size;
   if (st.isBlockDevice()) {
     const major = Math.floor(st.rdev / 256) & 0xfff;
@@ -87,7 +89,12 @@ export function registerDataCommands(program: Command): void {
         if (!toStdout) fh = await openFile(file, 'w').catch((err: NodeJS.ErrnoException) => {
           throw new VaultError('ERR_IO', `cannot write ${file}: ${err.code === 'ENOENT' ? 'no such directory' : err.message}`);
         });
-        if (fh) await fh.truncate(engine.size); // holes where the volume is zero
+        if (fh) {
+          await fh.truncate(engine.size).catch(async (err: NodeJS.ErrnoException) => {
+            if (!existing) await rm(file, { force: true }); // made by us, and empty: not left behind
+            throw new VaultError('ERR_IO', `cannot write ${file}: ${err.code === 'EFBIG' ? `its filesystem does not take a file of ${formatSize(engine.size)}` : err.message}`);
+          });
+        } // holes where the volume is zero
         const n = chunkCount(engine.size);
         const zero = await zeroChunks(engine);
         if (fh) {

@@ -69,7 +69,7 @@ export class SnapshotSchedule {
   private async round(): Promise<void> {
     const { provider, vault, logger, policy } = this.opts;
     const now = (this.opts.now ?? (() => new Date()))();
-    const volumes = provider.takeRecentNames();
+    const volumes = provider.takeWrittenNames();
     for (const volume of volumes) {
       if (this.stopped) return; // the server stops: the round's other volumes wait for the next start
       try {
@@ -77,6 +77,7 @@ export class SnapshotSchedule {
         logger.info({ volume, snapshot: snap.name }, 'scheduled snapshot taken');
         if (policy) await pruneSnapshots(vault, volume, { policy, dryRun: false, now, match: (n) => n.startsWith(AUTO_PREFIX) }, logger);
       } catch (err) {
+        provider.stillUnsnapshotted(volume);
         logger.error({ volume, err: describeError(err) }, 'scheduled snapshot or prune failed; next period tries again');
       }
     }

@@ -27,8 +27,10 @@ export class VaultExportProvider implements ExportProvider {
   private readonly idleTimers = new Map<string, NodeJS.Timeout>();
   /** idle volumes being flushed and closed: an open waits for that (the lease is still ours) */
   private readonly closingIdle = new Map<string, Promise<void>>();
-  /** volumes opened since takeRecentNames() last asked (the snapshot schedule) */
-  private readonly recent = new Set<string>();
+  /** volumes written, then closed for want of clients, since takeWrittenNames() last asked */
+  private readonly writtenThenClosed = new Set<string>();
+  /** each open volume's write count when takeWrittenNames() last asked */
+  private readonly seenWrites = new Map<string, number>();
   private closing = false;
 
   constructor(
@@ -99,7 +101,6 @@ export class VaultExportProvider implements ExportProvider {
       this.refs.set(wanted, (this.refs.get(wanted) ?? 0) + 1);
       clearTimeout(this.idleTimers.get(wanted));
       this.idleTimers.delete(wanted);
-      if (!engine.caps.readOnly) this.recent.add(wanted);
       return engine;
     } catch (err) {
       if (isVaultError(err, 'ERR_NOT_FOUND')) return null;
@@ -130,12 +131,22 @@ export class VaultExportProvider implements ExportProvider {
     return [...this.engines.keys()];
   }
 
-  /** The writable volumes opened since the last call, closed since or not (what may have changed
-   *  since the snapshot schedule's last round). */
-  takeRecentNames(): string[] {
-    const names = [...new Set([...this.recent, ...[...this.engines.keys()].filter((n) => splitExportName(n)[1] === null)])];
-    this.recent.clear();
-    return names;
+  /** The volumes clients wrote since the last call, closed since or not: what the snapshot
+   *  schedule snapshots (a volume only listed, or unchanged, gets no snapshot and keeps no lease). */
+  takeWrittenNames(): string[] {
+    const names = new Set(this.writtenThenClosed);
+    this.writtenThenClosed.clear();
+    for (const [name, engine] of this.opened) {
+      if (engine.caps.readOnly) continue;
+      if (engine.writeCount !== (this.seenWrites.get(name) ?? 0)) names.add(name);
+      this.seenWrites.set(name, engine.writeCount);
+    }
+    return [...names];
+  }
+
+  /** A scheduled snapshot of `name` failed: the next round tries it again. */
+  stillUnsnapshotted(name: string): void {
+    this.writtenThenClosed.add(name);
   }
 
   async release(exp: Export): Promise<void> {
@@ -166,16 +177,20 @@ export class VaultExportProvider implements ExportProvider {
     const closed = p
       .then(async (engine) => {
         try {
-          // flushed first, and kept when that fails (a store outage): a close would give up
-          // what the clients wrote and no FLUSH covered
+          // Flushed first, and kept when that fails (a store outage), or while a lease lost in an
+          // outage cannot be taken back yet: a close would give up what the clients wrote and no
+          // FLUSH covered. Only a lease another server has now ends it (the close says what is lost).
+          if (engine.leaseLost && !(await engine.regainLease()) && !engine.leaseLostForGood) throw new VaultError('ERR_STORE_TRANSIENT', 'the lease was lost in a store outage and is not back yet');
           if (!engine.leaseLost) await engine.flush();
         } catch (err) {
           this.logger.warn({ volume: name, err: describeError(err) }, 'a volume no client uses could not be flushed: it stays open, and is tried again later');
           this.engines.set(name, p);
           this.opened.set(name, engine);
-          this.idleTimers.set(name, setTimeout(() => this.closeIdle(name), this.idleCloseMs).unref());
+          if (!this.closing) this.idleTimers.set(name, setTimeout(() => this.closeIdle(name), this.idleCloseMs).unref());
           return;
         }
+        if (engine.writeCount !== (this.seenWrites.get(name) ?? 0)) this.writtenThenClosed.add(name);
+        this.seenWrites.delete(name);
         await engine.close();
         this.logger.info({ volume: name, seq: engine.currentSeq, idleMs: this.idleCloseMs }, 'volume flushed and closed: no client used it');
       })

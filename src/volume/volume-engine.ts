@@ -269,8 +269,12 @@ export class VolumeEngine {
 
   // --- writes -----------------------------------------------------------------------------
 
+  /** Writes, zeroes and trims accepted so far (the snapshot schedule asks what changed). */
+  writeCount = 0;
+
   async write(offset: number, data: WriteData, opts: WriteOptions = {}): Promise<void> {
     await this.enter(true);
+    this.writeCount++;
     this.writeBack.noteWrite(Date.now());
     await this.writes.write(offset, writeDataLength(data), data);
     if (opts.fua) await this.flush();
@@ -282,6 +286,7 @@ export class VolumeEngine {
 
   async writeZeroes(offset: number, length: number, opts: ZeroOptions = {}): Promise<void> {
     await this.enter(true);
+    this.writeCount++;
     this.writeBack.noteWrite(Date.now());
     await this.writes.zero(offset, length, opts.fastZero === true);
     if (opts.fua) await this.flush();

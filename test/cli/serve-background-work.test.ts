@@ -86,7 +86,8 @@ test('the snapshot schedule: a stop during a round lets the volume being snapsho
   let inFirst = () => {};
   const first = new Promise<void>((r) => (inFirst = r));
   const provider = {
-    takeRecentNames: () => ['a', 'b', 'c'],
+    takeWrittenNames: () => ['a', 'b', 'c'],
+    stillUnsnapshotted: () => {},
     snapshot: async (volume: string, name: string) => {
       inFirst();
       await sleep(100);
@@ -110,7 +111,7 @@ test('the snapshot schedule: a period past what a Node timer holds (24.8 days) w
   assert.equal(parseInterval('30d'), 30 * 86_400_000);
   for (const text of ['367d', '0s', '', '1x']) assert.throws(() => parseInterval(text), /from 1s to 366d/, text);
   const taken: string[] = [];
-  const provider = { takeRecentNames: () => ['a'], snapshot: async (volume: string, name: string) => (taken.push(volume), { name }) };
+  const provider = { takeWrittenNames: () => ['a'], stillUnsnapshotted: () => {}, snapshot: async (volume: string, name: string) => (taken.push(volume), { name }) };
   const f = await makeVault();
   t.after(() => f.cleanup());
   // a 30-day interval timer used to fire every millisecond: 4 snapshots and 400 errors in 3 s

@@ -63,6 +63,9 @@ test('import, export, verify, diff and gc from the command line; quiet in pipes'
   const img = Buffer.alloc(20 * 2 ** 20);
   randomBytes(6 * 2 ** 20).copy(img, 2 ** 20);
   writeFileSync(join(v.dir, 'in.img'), img);
+  const noImage = await v.cliResult('import', join(v.dir, 'no-such.img'), 'd');
+  assert.equal(noImage.code, 1);
+  assert.equal(noImage.stderr.trim(), `nbd-vault: cannot read ${join(v.dir, 'no-such.img')}: no such file [ERR_NOT_FOUND]`);
   const imp = await v.cli('import', join(v.dir, 'in.img'), 'd');
   assert.match(imp.stdout, /imported 20 MiB .* into d \(\d+ zero chunks skipped\)/);
   assert.doesNotMatch(imp.stderr, /\[#|%/, 'no progress bar when stderr is not a terminal');

@@ -124,8 +124,8 @@ test('a volume no client uses is flushed, closed and its lease given back after 
   await p.release(back);
   await eventually(async () => (await f.store.head(`volumes/${meta.id}/lease`)) === null, 'the lease is given back', 5_000);
   assert.deepEqual(p.openNames(), []);
-  assert.deepEqual(p.takeRecentNames(), ['vol'], 'the schedule still snapshots a volume written before it closed');
-  assert.deepEqual(p.takeRecentNames(), []);
+  assert.deepEqual(p.takeWrittenNames(), ['vol'], 'the schedule still snapshots a volume written before it closed');
+  assert.deepEqual(p.takeWrittenNames(), []);
   // another writer (another server) may take it now, and reads what the idle close stored
   const otherState = mkdtempSync(join(tmpdir(), 'nbd-vault-other-'));
   t.after(() => rmSync(otherState, { recursive: true, force: true }));
@@ -133,9 +133,13 @@ test('a volume no client uses is flushed, closed and its lease given back after 
   const e = await other.openEngine('vol');
   assert.ok((await e.read(0, 4096)).equals(data));
   await e.close();
-  // and this provider opens it afresh
+  // and this provider opens it afresh; opened and read, not written: nothing for the schedule
   const again = (await p.open('vol'))!;
   assert.notEqual(again, a);
   assert.ok((await again.read(0, 4096)).equals(data));
+  assert.deepEqual(p.takeWrittenNames(), []);
+  await again.write(4096, data);
+  assert.deepEqual(p.takeWrittenNames(), ['vol'], 'written while open');
+  assert.deepEqual(p.takeWrittenNames(), [], 'and not again until written again');
   await p.release(again);
 });
