@@ -10,6 +10,7 @@ import * as os from 'node:os';
 import { VaultError, isVaultError } from '../errors';
 import type { VolumeEngine } from '../volume/volume-engine';
 import { splitExportName } from '../volume/volume-references';
+import { TEMPORARY_EXPORT_SNAPSHOT } from '../volume/snapshot-record';
 import { adminRequest } from './admin-socket';
 import { defaultSnapshotName } from './snapshot-commands';
 import type { VaultContext, VaultSettings } from './vault-context';
@@ -31,7 +32,7 @@ export function temporarySnapshotName(now = new Date(), pid = process.pid, tag =
   return `export-${defaultSnapshotName(now)}-${tag}-${pid}`;
 }
 
-const TEMPORARY_NAME = /^export-\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ-([0-9a-f]{8})-(\d+)$/;
+const TEMPORARY_NAME = TEMPORARY_EXPORT_SNAPSHOT;
 
 /** 8 hex digits naming where pids mean the same: the host name, the machine id and the pid
  *  namespace (containers that share a host name have namespaces of their own), hashed. */

@@ -50,7 +50,9 @@ export function registerSyncCommand(program: Command): void {
         for (const p of r.pruned) out(`  pruned   ${p}`);
         for (const v of r.withoutSnapshots) out(`  skipped  ${v} (no snapshot: snapshot it first)`);
         for (const c of r.nameTaken) {
-          out(`  FAILED   ${c.volume}: the replica has another volume of this name (id ${c.replicaId}; the source's is ${c.sourceId}). ` + `Delete that one from the replica (nbd-vault volume delete ${c.volume} --id ${c.replicaId} --store ${dest.name} --yes) or clone what you need from it first, then sync again`);
+          const fix = `delete that one from the replica (nbd-vault volume delete ${c.origin ?? c.volume} --id ${c.replicaId} --store '${opts.to}' --yes), then sync again`;
+          if (c.origin) out(`  FAILED   ${c.volume}: a clone of ${c.origin}, whose name the replica has for another volume (id ${c.replicaId}): ${fix}`);
+          else out(`  FAILED   ${c.volume}: the replica has another volume of this name (id ${c.replicaId}; the source's is ${c.sourceId}): ${fix}`);
         }
       } finally {
         await rm(replicaState, { recursive: true, force: true });

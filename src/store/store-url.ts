@@ -138,7 +138,19 @@ export function parseStoreUrl(url: string): StoreUrl {
   }
 }
 
-/** The URL with anything that looks like a credential removed, for error messages. */
+/** The URL with anything that looks like a credential removed, for error messages: user info
+ *  (also an endpoint's), and the value of every query parameter that is not a known one (a
+ *  `secret_key=` a user tried). */
 function redactUrl(url: string): string {
-  return String(url).replace(/\/\/[^/@?#]*@/, '//[redacted]@');
+  const text = String(url).replace(/\/\/[^/@?#]*@/g, '//[redacted]@');
+  const q = text.indexOf('?');
+  if (q < 0) return text;
+  const params = text
+    .slice(q + 1)
+    .split('&')
+    .map((kv) => {
+      const eq = kv.indexOf('=');
+      return eq < 0 || S3_PARAMS.has(kv.slice(0, eq)) ? kv : `${kv.slice(0, eq)}=[redacted]`;
+    });
+  return `${text.slice(0, q + 1)}${params.join('&')}`;
 }

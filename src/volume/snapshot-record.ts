@@ -24,6 +24,10 @@ export interface SnapshotRecord {
   readonly keep?: boolean;
 }
 
+/** The name `export` gives the temporary snapshot it reads a served volume through (with the
+ *  keep flag, deleted afterwards): `export-<UTC time>-<host tag>-<pid>`. */
+export const TEMPORARY_EXPORT_SNAPSHOT = /^export-\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ-([0-9a-f]{8})-(\d+)$/;
+
 export function checkSnapshotName(name: unknown): asserts name is string {
   // (a test of a non-string passes when its String() does: `undefined`, 12345)
   if (typeof name !== 'string' || !SNAPSHOT_NAME.test(name)) {

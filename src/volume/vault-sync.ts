@@ -6,7 +6,7 @@
 // - Only snapshots are copied: they are immutable and their objects live until the snapshot is
 //   deleted, so a sync is safe while servers write the source (a live root's objects come and go).
 // - Order, so the replica is a consistent vault at every moment: the public `vault` object first;
-//   per snapshot, every object it names, then its record; then the volume's replica root; and for
+//   per snapshot, every object it names, then the volume's replica root, then its record; and for
 //   a volume new to the replica its metadata last (a volume is visible only from its `meta` on,
 //   and by then its root and everything the root and its records name are there).
 // - The replica root of a volume names the pages of its newest copied snapshot (epoch one above
@@ -22,6 +22,7 @@ import { VAULT_KEY, leaseKey, metaKey, rootKey, snapshotKey, volumePrefix } from
 import { ROOT_FORMAT, journalsOf, type RootRecord } from './root-record';
 import type { SnapshotRecord } from './snapshot-record';
 import { type Vault, type VolumeMeta } from './vault';
+import { TEMPORARY_EXPORT_SNAPSHOT } from './snapshot-record';
 import { listVolumeIds, referencedKeys, snapshotAsRoot } from './volume-references';
 import { wrappingKeyId } from '../keys';
 import type { VolumeObjects } from './volume-objects';
@@ -57,7 +58,7 @@ export interface SyncResult {
   readonly withoutSnapshots: string[];
   /** source volumes not copied: the replica has another volume of that name (the source's was
    *  deleted and made again); the run fails (exit 1) until that one is deleted or renamed there */
-  readonly nameTaken: Array<{ volume: string; sourceId: string; replicaId: string }>;
+  readonly nameTaken: Array<{ volume: string; sourceId: string; replicaId: string; origin?: string }>;
 }
 
 interface Job {
@@ -139,7 +140,7 @@ export class VaultSync {
   private async withoutNameClashes(jobs: Job[]): Promise<{ jobs: Job[]; nameTaken: SyncResult['nameTaken'] }> {
     const nameTaken: SyncResult['nameTaken'] = [];
     const fresh = new Set<Job>();
-    for (const job of jobs) if (job.full && !(await this.dest.head(metaKey(job.meta.id)))) fresh.add(job);
+    for (const job of jobs) if (!(await this.dest.head(metaKey(job.meta.id)))) fresh.add(job);
     if (fresh.size === 0) return { jobs, nameTaken };
     let theirs: VolumeMeta[];
     try {
@@ -149,12 +150,26 @@ export class VaultSync {
       this.logger.warn({ err: describeError(err) }, "could not list the replica's volumes to look for a name taken twice");
       return { jobs, nameTaken };
     }
-    const kept = jobs.filter((job) => {
+    const clashing = new Map<string, string>(); // source volume id → the replica's volume of its name
+    for (const job of fresh) {
       const other = theirs.find((v) => v.name === job.meta.name && v.id !== job.meta.id);
-      if (!other || !fresh.has(job)) return true;
-      nameTaken.push({ volume: job.meta.name, sourceId: job.meta.id, replicaId: other.id });
-      this.logger.error({ volume: job.meta.name, sourceId: job.meta.id, replicaId: other.id }, 'not copied: the replica has another volume of this name (deleted and made again in the source?); delete or keep it there, then sync again');
-      return false;
+      if (other) clashing.set(job.meta.id, other.id);
+    }
+    const kept = jobs.filter((job) => {
+      const replicaId = clashing.get(job.meta.id);
+      if (replicaId !== undefined) {
+        nameTaken.push({ volume: job.meta.name, sourceId: job.meta.id, replicaId });
+        this.logger.error({ volume: job.meta.name, sourceId: job.meta.id, replicaId }, 'not copied: the replica has another volume of this name (deleted and made again in the source?); delete that one there, then sync again');
+        return false;
+      }
+      // a clone of an origin that cannot be copied would name objects the replica lacks
+      const origin = job.root.origin && clashing.has(job.root.origin.volumeId) ? jobs.find((j) => j.meta.id === job.root.origin!.volumeId) : undefined;
+      if (origin) {
+        nameTaken.push({ volume: job.meta.name, sourceId: job.meta.id, replicaId: clashing.get(origin.meta.id)!, origin: origin.meta.name });
+        this.logger.error({ volume: job.meta.name, origin: origin.meta.name }, 'not copied: its origin volume cannot be copied (its name is taken in the replica)');
+        return false;
+      }
+      return true;
     });
     return { jobs: kept, nameTaken };
   }
@@ -226,7 +241,9 @@ export class VaultSync {
       const found = all.find((v) => v.name === name);
       if (!found) throw new VaultError('ERR_NOT_FOUND', `no volume named "${name}" in the source vault`);
       const { meta, objects, root } = await this.source.loadVolume(name, found);
-      const snapshots = await objects.listSnapshots();
+      // (the temporary snapshot an export reads a served volume through is no backup, and its
+      // keep flag would pin it on the replica for good)
+      const snapshots = (await objects.listSnapshots()).filter((s) => !TEMPORARY_EXPORT_SNAPSHOT.test(s.name));
       if (snapshots.length === 0) {
         withoutSnapshots.push(name);
         continue;

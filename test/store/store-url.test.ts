@@ -60,6 +60,9 @@ describe('openStore', () => {
       ['s3://bkt/x?endpoint=notaurl', /endpoint is not a URL/],
       ['s3://bkt:9000/x', /port belongs in \?endpoint=/],
       ['s3://AKIA:secret@bkt/x', /credentials do not belong/],
+      // a credential tried as a parameter: named, its value not echoed
+      ['s3://bkt/x?endpoint=http://127.0.0.1:11050&secret_key=SUPERsecret', /"s3:\/\/bkt\/x\?endpoint=http:\/\/127\.0\.0\.1:11050&secret_key=\[redacted\]": unknown parameter "secret_key"/],
+      ['s3://bkt/x?endpoint=http://AK:secret@127.0.0.1:7480', /credentials do not belong in the endpoint/],
       ['memory://a/b', /memory:\/\/NAME/],
       ['file://otherhost/x', /file:\/\/\/absolute/],
       ['file:///', /refusing to use \//],
@@ -73,7 +76,7 @@ describe('openStore', () => {
       assert.throws(() => openStore(url), (err: Error & { code?: string }) => {
         assert.equal(err.code, 'ERR_INVALID_ARGUMENT', url);
         assert.match(err.message, re, url);
-        assert.ok(!err.message.includes('secret'), 'no secret in the message');
+        assert.ok(!/secret(?!_key)/i.test(err.message), `no secret in the message: ${err.message}`);
         return true;
       });
     }
