@@ -339,14 +339,26 @@ test('a source volume deleted and made again under its name is not copied beside
   await vault.deleteVolume('sched');
   const made = await vault.createVolume('sched', SIZE);
   await snapshotOf('sched');
+  // a clone of it needs its objects: held back with it
+  const clone = await vault.cloneVolume('sched@s', 'kid');
+  await snapshotOf('kid');
+  // export's temporary snapshot (keep flag) is no backup: never copied
+  const e = await vault.openEngine('sched', { autoCommitMs: 0 });
+  await e.snapshot('export-2026-12-05T10-00-00Z-abcdef12-4242', { keep: true });
+  await e.close();
   const r = await w.sync({ prune: true });
-  assert.deepEqual(r.nameTaken, [{ volume: 'sched', sourceId: made.id, replicaId: old.id }]);
+  assert.deepEqual(r.nameTaken, [
+    { volume: 'sched', sourceId: made.id, replicaId: old.id },
+    { volume: 'kid', sourceId: clone.id, replicaId: old.id, origin: 'sched' },
+  ]);
   const replica = await w.replica();
   assert.deepEqual((await replica.listVolumes()).map((v) => [v.name, v.id]), [['sched', old.id]], 'one volume of that name, the old one');
   await replica.deleteVolume('sched', undefined, old.id);
   const again = await w.sync();
   assert.deepEqual(again.nameTaken, []);
   const replica2 = await w.replica();
-  assert.deepEqual((await replica2.listVolumes()).map((v) => [v.name, v.id]), [['sched', made.id]]);
+  assert.deepEqual((await replica2.listVolumes()).map((v) => [v.name, v.id]).sort(), [['kid', clone.id], ['sched', made.id]]);
   assert.ok((await readAll(replica2, 'sched@s')).equals(await readAll(vault, 'sched@s')));
+  assert.ok((await readAll(replica2, 'kid@s')).equals(await readAll(vault, 'kid@s')));
+  assert.deepEqual((await replica2.listSnapshots('sched')).map((s) => s.name), ['s'], 'no temporary export snapshot');
 });
