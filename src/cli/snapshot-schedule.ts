@@ -15,9 +15,9 @@ export const AUTO_PREFIX = 'auto-';
 
 /** `90s`, `15m`, `1h30m`, `1d` (m = minutes here) → milliseconds. */
 const MAX_INTERVAL_MS = 366 * 86_400_000;
-/** Node fires a timer of more than 2^31 - 1 ms (24.8 days) after 1 ms: longer periods are
- *  checked hourly against the time the next round is due. */
-const LONGEST_TIMER_MS = 3_600_000;
+/** Node fires a timer of more than 2^31 - 1 ms (24.8 days) after 1 ms: a longer wait is taken
+ *  in pieces. */
+const LONGEST_TIMER_MS = 2 ** 31 - 1;
 
 export function parseInterval(text: string): number {
   const m = /^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$/.exec(text.trim());
@@ -41,22 +41,32 @@ export interface ScheduleOptions {
 }
 
 export class SnapshotSchedule {
-  private readonly timer: NodeJS.Timeout;
+  private timer: NodeJS.Timeout | null = null;
+  /** when the next round is due (wall clock): rounds keep their cadence, as setInterval's did */
+  private dueAt: number;
   private running: Promise<void> | null = null;
   private stopped = false;
 
   constructor(private readonly opts: ScheduleOptions) {
-    if (opts.everyMs <= LONGEST_TIMER_MS) this.timer = setInterval(() => void this.tick(), opts.everyMs);
-    else {
-      let dueAt = Date.now() + opts.everyMs;
-      this.timer = setInterval(() => {
-        if (Date.now() < dueAt) return;
-        dueAt = Date.now() + opts.everyMs;
-        void this.tick();
-      }, LONGEST_TIMER_MS);
-    }
-    this.timer.unref();
+    this.dueAt = Date.now() + opts.everyMs;
+    this.arm();
     opts.logger.info({ everyMs: opts.everyMs, prune: opts.policy ? describePolicy(opts.policy) : null }, 'snapshot schedule started');
+  }
+
+  private arm(): void {
+    if (this.stopped) return;
+    this.timer = setTimeout(() => this.fire(), Math.min(Math.max(0, this.dueAt - Date.now()), LONGEST_TIMER_MS));
+    this.timer.unref();
+  }
+
+  private fire(): void {
+    // a piece of a long wait, or a timer a few ms ahead of the wall clock: wait for the rest
+    if (Date.now() < this.dueAt - 1000) return this.arm();
+    const now = Date.now();
+    this.dueAt += this.opts.everyMs;
+    if (this.dueAt <= now) this.dueAt = now + this.opts.everyMs; // (the machine slept through rounds)
+    this.arm();
+    void this.tick();
   }
 
   /** One round now (the timer calls it; tests may too). Skipped while the previous one runs. */
@@ -86,7 +96,7 @@ export class SnapshotSchedule {
   /** No round starts, and the running one takes no further volume; settles once it has ended. */
   async stop(): Promise<void> {
     this.stopped = true;
-    clearInterval(this.timer);
+    if (this.timer) clearTimeout(this.timer);
     await this.running;
   }
 }

@@ -120,3 +120,14 @@ test('the snapshot schedule: a period past what a Node timer holds (24.8 days) w
   await schedule.stop();
   assert.deepEqual(taken, []);
 });
+
+test('the snapshot schedule keeps its period: a round every everyMs', async (t) => {
+  const taken: string[] = [];
+  const provider = { takeWrittenNames: () => ['a'], stillUnsnapshotted: () => {}, snapshot: async (volume: string, name: string) => (taken.push(volume), { name }) };
+  const f = await makeVault();
+  t.after(() => f.cleanup());
+  const schedule = new SnapshotSchedule({ vault: f.vault, provider: provider as any, everyMs: 200, policy: null, logger });
+  await sleep(1_100);
+  await schedule.stop();
+  assert.ok(taken.length >= 3 && taken.length <= 6, `${taken.length} rounds in 1.1 s`);
+});
