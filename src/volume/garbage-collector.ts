@@ -11,6 +11,10 @@ import { VOLUMES_PREFIX, leaseKey, metaKey, rootKey, snapshotPrefix, volumeDelet
 import type { Vault } from './vault';
 import { liveRootKeys, referencedKeys, snapshotAsRoot } from './volume-references';
 
+/** how long the root of a volume without metadata is kept whatever the grace (a create or clone
+ *  writes its metadata moments after its root) */
+export const NEW_VOLUME_ROOT_MS = 10 * 60_000;
+
 export interface GcOptions {
   readonly dryRun: boolean;
   readonly graceMs: number;
@@ -62,7 +66,9 @@ export async function collectGarbage(vault: Vault, opts: GcOptions, logger: Logg
       keepFrom.delete(v.id);
     }
   }
-  const candidates: Array<{ key: string; size: number; volumeId: string }> = [];
+  const candidates: Array<{ key: string; size: number; volumeId: string; newRoot: boolean }> = [];
+  /** volumes with a deletion mark (volume delete under way, or interrupted) */
+  const marked = new Set<string>();
   let scanned = 0;
   let tooYoung = 0;
   let heldByWriters = 0;
@@ -79,14 +85,25 @@ export async function collectGarbage(vault: Vault, opts: GcOptions, logger: Logg
         continue;
       }
     }
+    // (the root of a volume being created or cloned comes moments before its metadata: never
+    // taken before NEW_VOLUME_ROOT_MS, whatever the grace, or a gc --grace 0 racing a create
+    // could leave a volume without its root)
+    if (info.key === volumeDeletingKey(id)) marked.add(id);
     if (now - info.lastModified.getTime() < opts.graceMs) {
       tooYoung++;
       continue;
     }
-    candidates.push({ key: info.key, size: info.size, volumeId: id });
+    const newRoot = !live.has(id) && info.key === rootKey(id) && now - info.lastModified.getTime() < NEW_VOLUME_ROOT_MS;
+    candidates.push({ key: info.key, size: info.size, volumeId: id, newRoot });
   }
-  // A volume created after the listing above: its root is written before its metadata, within
-  // moments, so its objects are younger than any grace but 0; then the metadata is seen here.
+  // (a volume being deleted, its deletion mark there, has no create under way)
+  for (let i = candidates.length - 1; i >= 0; i--) {
+    if (candidates[i].newRoot && !marked.has(candidates[i].volumeId)) {
+      candidates.splice(i, 1);
+      tooYoung++;
+    }
+  }
+  // A volume created after the listing above: its metadata is seen here (its root was kept above).
   const unknown = [...new Set(candidates.filter((c) => !live.has(c.volumeId)).map((c) => c.volumeId))];
   const created = new Set<string>();
   for (const id of unknown) if (await vault.store.head(metaKey(id))) created.add(id);

@@ -9,7 +9,7 @@ import { generateVolumeKey } from '../keys';
 import type { SecretKey } from '../keys/secret-key';
 import type { ObjectStore } from '../store/object-store';
 import type { Logger } from '../util/log';
-import { leaseKey, metaKey, rootKey, volumePrefix } from './object-keys';
+import { leaseKey, metaKey, rootKey, volumeDeletingKey, volumePrefix } from './object-keys';
 import { ROOT_FORMAT, type RootRecord } from './root-record';
 import type { SnapshotRecord } from './snapshot-record';
 import type { Vault, VolumeMeta } from './vault';
@@ -208,8 +208,11 @@ export class VaultLifecycle {
     this.parts.logger.info({ volume: name, volumeId: meta.id }, 'volume key erased; deleting objects');
     const keys: string[] = [];
     for await (const info of this.store.list(volumePrefix(meta.id))) if (info.key !== leaseKey(meta.id)) keys.push(info.key);
-    // The root last: a half-deleted volume without its meta is only garbage either way.
-    keys.sort((a, b) => (a === rootKey(meta.id) ? 1 : b === rootKey(meta.id) ? -1 : 0));
+    // The root, then the deletion mark last: a half-deleted volume without its meta is only
+    // garbage either way, and while its root is left the mark tells gc it is no volume being
+    // created (whose root gc leaves alone for a while).
+    const rank = (k: string) => (k === volumeDeletingKey(meta.id) ? 2 : k === rootKey(meta.id) ? 1 : 0);
+    keys.sort((a, b) => rank(a) - rank(b));
     let done = 0;
     for (let k = 0; k < keys.length; k += 1000) {
       const batch = keys.slice(k, k + 1000);

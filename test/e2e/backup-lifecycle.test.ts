@@ -79,16 +79,24 @@ test('snapshot prune and keep flags from the command line; serve --snapshot-ever
   assert.equal(badPolicy.code, 2);
   assert.match(badPolicy.stderr, /unknown rule "fortnightly"/);
 
-  // the schedule: every second, the volume a client wrote is snapshotted; `auto-` ones pruned to 2
+  // the schedule: every second, the volume a client wrote since the last round is snapshotted;
+  // `auto-` ones pruned to 2
   const srv = await v.serve(['--snapshot-every', '1s', '--prune', 'last=2']);
   t.after(() => srv.kill());
-  await runCommand('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5a 0 1M', srv.uri('vol')]);
+  const write = () => runCommand('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5a 0 1M', srv.uri('vol')]);
+  await write();
   const seen = new Set<string>();
   await until('3 scheduled snapshots, pruned to 2', async () => {
     const names: string[] = (await list()).filter((n: string) => n.startsWith('auto-'));
     names.forEach((n) => seen.add(n));
-    return seen.size >= 3 && names.length === 2;
+    if (seen.size >= 3 && names.length === 2) return true;
+    await write();
+    return false;
   });
+  // unchanged, the volume gets no more (it did, every period, while it was open)
+  const before = (await list()).filter((n: string) => n.startsWith('auto-'));
+  await new Promise((r) => setTimeout(r, 2_500));
+  assert.deepEqual((await list()).filter((n: string) => n.startsWith('auto-')), before, 'no snapshot of an unchanged volume');
   assert.deepEqual((await list()).filter((n: string) => !n.startsWith('auto-')), ['a', 'c'], 'snapshots taken by hand are left alone');
   assert.equal(await srv.stop(), 0);
   assert.match(srv.log(), /"msg":"scheduled snapshot taken"/);
