@@ -98,7 +98,15 @@ async function deleteTemporarySnapshot(ctx: VaultContext, volume: string, name: 
 export async function openExportSource(ctx: VaultContext, s: VaultSettings, spec: string): Promise<ExportSource> {
   const [volume, snap] = splitExportName(spec);
   if (snap !== null) return plain(await ctx.vault.openSnapshotEngine(volume, snap, { readaheadChunks: 0 }));
-  if (await servedHere(ctx, s, volume)) return throughSnapshot(ctx, s, volume);
+  if (await servedHere(ctx, s)) {
+    // Through the server, whether it has the volume open now or not (it closes volumes nobody
+    // uses, and a client may come back mid-export); unless another server writes it.
+    try {
+      return await throughSnapshot(ctx, s, volume);
+    } catch (err) {
+      if (!isVaultError(err, 'ERR_LEASE')) throw err;
+    }
+  }
   // the root's seq before the engine opens: a commit in between then counts as a change
   const seq = await ctx.vault.rootSeqOf(volume);
   const engine = await ctx.vault.openEngine(volume, { readOnly: true, readaheadChunks: 0 });
@@ -119,13 +127,11 @@ function plain(engine: VolumeEngine): ExportSource {
   return { engine, via: '', explain: async (err) => err, close: () => engine.close() };
 }
 
-/** True when the server on this state directory (of this vault) has the volume open. */
-async function servedHere(ctx: VaultContext, s: VaultSettings, volume: string): Promise<boolean> {
+/** True when a server on this state directory serves this vault. */
+async function servedHere(ctx: VaultContext, s: VaultSettings): Promise<boolean> {
   const reply = await adminRequest(s.state, { op: 'ping' });
   if (reply?.ok === false && reply.code === 'ERR_SHUTDOWN') throw new VaultError(reply.code, reply.message); // its volumes are still leased
-  if (!reply || !reply.ok || reply.vaultId !== ctx.vault.vaultId) return false;
-  const open = (reply.result as { open?: unknown }).open;
-  return Array.isArray(open) && open.includes(volume);
+  return Boolean(reply && reply.ok && reply.vaultId === ctx.vault.vaultId);
 }
 
 async function throughSnapshot(ctx: VaultContext, s: VaultSettings, volume: string): Promise<ExportSource> {
