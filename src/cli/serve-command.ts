@@ -6,7 +6,7 @@
 import type { Command } from 'commander';
 import { VaultError, describeError } from '../errors';
 import { nbdUri, startNbdServer, type NbdServerHandle } from '../nbd';
-import { createLogger, parseLogFormat, setLogger, type Logger } from '../util/log';
+import { createLogger, log, parseLogFormat, setLogger, type Logger } from '../util/log';
 import type { MetricsSink } from '../util/metrics';
 import { MemoryBudget } from '../util/memory-budget';
 import type { ExportProvider } from '../nbd/export';
@@ -37,6 +37,18 @@ export interface ServeOptions {
   readonly onShutdown?: () => Promise<void>;
 }
 
+/** What SIGHUP does now: reload while a server runs; log and go on while it starts or stops. */
+let onSighup: (() => void) | null = null;
+let sighupGuarded = false;
+
+/** From a serve's first moment on: SIGHUP's default action ends a process, and a `systemctl
+ *  reload` while the vault opens (or the exports flush) must not end it unflushed. */
+export function guardSighup(): void {
+  if (sighupGuarded) return;
+  sighupGuarded = true;
+  process.on('SIGHUP', () => (onSighup ? onSighup() : log().info({ signal: 'SIGHUP' }, 'not reloaded: the server is starting or stopping')));
+}
+
 /** Starts the server for `provider`, logs where it listens, waits for SIGINT/SIGTERM, then closes
  *  it gracefully. Resolves when everything is flushed and closed. */
 export async function runServer(provider: ExportProvider, opts: ServeOptions): Promise<void> {
@@ -59,7 +71,8 @@ export async function runServer(provider: ExportProvider, opts: ServeOptions): P
       opts.logger.error({ err: describeError(err) }, 'configuration not reloaded; the running one stays');
     }
   };
-  process.on('SIGHUP', onHup);
+  guardSighup();
+  onSighup = onHup;
   const server = await startNbdServer({
     listen: opts.listen,
     socket: opts.socket,
@@ -78,7 +91,7 @@ export async function runServer(provider: ExportProvider, opts: ServeOptions): P
   const signal: NodeJS.Signals = signalled ?? (await new Promise<NodeJS.Signals>((resolve) => (wake = () => resolve(signalled!))));
   process.removeListener('SIGINT', onSignal);
   process.removeListener('SIGTERM', onSignal);
-  process.removeListener('SIGHUP', onHup);
+  onSighup = null;
   opts.logger.info({ signal }, 'signal received');
   await opts.onShutdown?.().catch((err) => opts.logger.warn({ err: describeError(err) }, 'stopping background work failed; the exports close anyway'));
   await server.close();
@@ -143,6 +156,7 @@ export function registerServeCommand(program: Command): void {
     const s = resolveSettings(o, names);
     const logger = createLogger(s.logLevel, parseLogFormat(s.logFormat));
     setLogger(logger);
+    guardSighup();
     const listen = parseListen(s.listen);
     const security = resolveServerSecurity(s, listen, o, logger);
     const specs: MemoryExportSpec[] = o.memory.map(parseMemoryExportSpec);

@@ -9,7 +9,7 @@ import { resolveSettings, SERVE_VAULT_SETTINGS, type Settings } from './settings
 import type { Logger } from '../util/log';
 import { describeError } from '../errors';
 import { openVaultContext, type VaultSettings } from './vault-context';
-import { checkMemoryLimit, parseListen, runServer, runtimeShareOf } from './serve-command';
+import { checkMemoryLimit, guardSighup, parseListen, runServer, runtimeShareOf } from './serve-command';
 import { MemoryBudget } from '../util/memory-budget';
 import { SealMemory, sealShareOf } from '../volume/seal-memory';
 import { startAdminServer, type AdminRequest } from './admin-socket';
@@ -27,6 +27,7 @@ export { SERVE_VAULT_SETTINGS };
 const FIRST_VOLUME = { name: 'default', size: 10 * 2 ** 30 };
 
 export async function serveVault(opts: Record<string, unknown>, handshakeTimeoutMs: number): Promise<void> {
+  guardSighup();
   const s = resolveSettings(opts, SERVE_VAULT_SETTINGS);
   // checked before the vault is opened: a refused TLS setup must not create a first volume
   const securityCheck = () => resolveServerSecurity(s, parseListen(s.listen!), opts, createLogger('silent'));
