@@ -57,8 +57,10 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
   try {
     let volumes = await ctx.vault.listVolumes();
     if (volumes.length === 0) {
-      await ctx.vault.createVolume(FIRST_VOLUME.name, FIRST_VOLUME.size);
-      ctx.logger.warn({ volume: FIRST_VOLUME.name, size: FIRST_VOLUME.size }, `created volume "${FIRST_VOLUME.name}" (${formatSize(FIRST_VOLUME.size)}) in an empty vault`);
+      // (named as --default-volume asks, if it does: that is the volume the user means)
+      const first = s.defaultVolume ?? FIRST_VOLUME.name;
+      await ctx.vault.createVolume(first, FIRST_VOLUME.size);
+      ctx.logger.warn({ volume: first, size: FIRST_VOLUME.size }, `created volume "${first}" (${formatSize(FIRST_VOLUME.size)}) in an empty vault`);
       volumes = await ctx.vault.listVolumes();
     }
     if (s.defaultVolume !== undefined && !volumes.some((v) => v.name === s.defaultVolume)) {

@@ -43,6 +43,15 @@ test('first run: `serve` in an empty directory creates a key, a vault and a defa
   const secrets = [...keyFile.matchAll(/"([A-Za-z0-9+/=_-]{40,})"/g)].map((m) => m[1]);
   assert.ok(secrets.length > 0, 'found the key in the key file');
   for (const secret of secrets) assert.ok(!srv.log().includes(secret), 'key material in the server log');
+
+  // a first run told which volume is the default makes that one
+  const named = await makeTestVault({ init: false });
+  t.after(() => named.cleanup());
+  const srv2 = await startVaultServer(named.env, named.dir, ['--default-volume', 'web01']);
+  t.after(() => srv2.kill());
+  const list2 = await runCommand('nbdinfo', ['--list', '--json', `nbd://127.0.0.1:${srv2.port}`]);
+  assert.deepEqual(JSON.parse(list2.stdout).exports.map((e: any) => e['export-name']), ['web01']);
+  assert.equal(await srv2.stop(), 0);
 });
 
 for (const backend of ['fs', 's3'] as const) test(`qemu-img convert into a volume and back, nbdcopy, qemu-io and fio on the ${backend} store`, async (t) => {
