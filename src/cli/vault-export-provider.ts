@@ -25,7 +25,9 @@ export class VaultExportProvider implements ExportProvider {
   private readonly refs = new Map<string, number>();
   /** volumes without users, closed when their timer fires */
   private readonly idleTimers = new Map<string, NodeJS.Timeout>();
-  /** idle volumes being flushed and closed: an open waits for that (the lease is still ours) */
+  /** idle volumes being flushed, then closed */
+  private readonly idleWork = new Map<string, Promise<void>>();
+  /** idle volumes being closed (after their flush): an open waits for that (the lease is still ours) */
   private readonly closingIdle = new Map<string, Promise<void>>();
   /** volumes written, then closed for want of clients, since takeWrittenNames() last asked */
   private readonly writtenThenClosed = new Set<string>();
@@ -171,39 +173,43 @@ export class VaultExportProvider implements ExportProvider {
   private closeIdle(name: string): void {
     this.idleTimers.delete(name);
     const p = this.engines.get(name);
-    if (this.closing || this.refs.has(name) || !p) return;
-    this.engines.delete(name);
-    this.opened.delete(name);
-    const closed = p
+    if (this.closing || this.refs.has(name) || !p || this.idleWork.has(name)) return;
+    const work = p
       .then(async (engine) => {
         try {
-          // Flushed first, and kept when that fails (a store outage), or while a lease lost in an
-          // outage cannot be taken back yet: a close would give up what the clients wrote and no
-          // FLUSH covered. Only a lease another server has now ends it (the close says what is lost).
+          // Flushed first, the engine still served (a client that comes back meanwhile gets it,
+          // without waiting for a flush that may retry for a minute), and kept when the flush
+          // fails (a store outage), or while a lease lost in an outage cannot be taken back yet:
+          // a close would give up what the clients wrote and no FLUSH covered. Only a lease
+          // another server has now ends it (the close says what is lost).
           if (engine.leaseLost && !(await engine.regainLease()) && !engine.leaseLostForGood) throw new VaultError('ERR_STORE_TRANSIENT', 'the lease was lost in a store outage and is not back yet');
           if (!engine.leaseLost) await engine.flush();
         } catch (err) {
           this.logger.warn({ volume: name, err: describeError(err) }, 'a volume no client uses could not be flushed: it stays open, and is tried again later');
-          this.engines.set(name, p);
-          this.opened.set(name, engine);
-          if (!this.closing) this.idleTimers.set(name, setTimeout(() => this.closeIdle(name), this.idleCloseMs).unref());
+          if (!this.closing && !this.refs.has(name)) this.idleTimers.set(name, setTimeout(() => this.closeIdle(name), this.idleCloseMs).unref());
           return;
         }
+        if (this.closing || this.refs.has(name) || this.engines.get(name) !== p) return; // a client came back, or the server stops
+        this.engines.delete(name);
+        this.opened.delete(name);
         if (engine.writeCount !== (this.seenWrites.get(name) ?? 0)) this.writtenThenClosed.add(name);
         this.seenWrites.delete(name);
-        await engine.close();
+        // (an open from here on waits for this close: the lease is still ours until it ends)
+        const closed = engine.close().finally(() => this.closingIdle.delete(name));
+        this.closingIdle.set(name, closed);
+        await closed;
         this.logger.info({ volume: name, seq: engine.currentSeq, idleMs: this.idleCloseMs }, 'volume flushed and closed: no client used it');
       })
       .catch((err) => this.logger.error({ volume: name, err: describeError(err) }, 'closing a volume no client used failed'))
-      .finally(() => this.closingIdle.delete(name));
-    this.closingIdle.set(name, closed);
+      .finally(() => this.idleWork.delete(name));
+    this.idleWork.set(name, work);
   }
 
   async closeAll(): Promise<void> {
     this.closing = true;
     for (const t of this.idleTimers.values()) clearTimeout(t);
     this.idleTimers.clear();
-    await Promise.all(this.closingIdle.values());
+    await Promise.all(this.idleWork.values());
     const results = await Promise.allSettled(
       [...this.engines.entries()].map(async ([name, p]) => {
         const engine = await p;

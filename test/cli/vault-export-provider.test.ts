@@ -143,3 +143,32 @@ test('a volume no client uses is flushed, closed and its lease given back after 
   assert.deepEqual(p.takeWrittenNames(), [], 'and not again until written again');
   await p.release(again);
 });
+
+test('an idle volume whose flush fails stays open (nothing given up) and closes once the store takes the data', async (t) => {
+  class FailingData extends PassThroughStore {
+    failing = false;
+    override async put(key: string, body: Buffer, opts?: PutOptions) {
+      if (this.failing && /\/(chunks|journals)\//.test(key)) throw new VaultError('ERR_STORE_IO', 'test: the store refuses data');
+      return this.inner.put(key, body, opts);
+    }
+  }
+  const store = new FailingData(new SettlingStore(), 'failing-data');
+  const f = await makeVault(store);
+  t.after(() => f.cleanup());
+  const meta = await f.vault.createVolume('vol', 8 * MiB);
+  const p = new VaultExportProvider(f.vault, 'vol', {}, logger, 200);
+  t.after(() => p.closeAll());
+  const data = randomBytes(4096);
+  const a = (await p.open('vol'))!;
+  await a.write(0, data);
+  store.failing = true;
+  await p.release(a);
+  await new Promise((r) => setTimeout(r, 700));
+  assert.deepEqual(p.openNames(), ['vol'], 'kept open while its data cannot be stored');
+  assert.ok(await f.store.head(`volumes/${meta.id}/lease`), 'and its lease held');
+  store.failing = false;
+  await eventually(async () => (await f.store.head(`volumes/${meta.id}/lease`)) === null, 'closed once the store answers', 10_000);
+  const e = await f.vault.openEngine('vol', { readOnly: true });
+  assert.ok((await e.read(0, 4096)).equals(data), 'what the client wrote was stored');
+  await e.close();
+});
