@@ -7,7 +7,8 @@
 //   and its name. Deleting it is crypto-erase; re-keying the master key reseals only these.
 // - The root's sequence number is checked against local state (rollback detection).
 // Not here: clone and the deletions (vault-lifecycle.ts), what roots reference
-// (volume-references.ts), the leases and the writer sessions behind them (vault-writers.ts).
+// (volume-references.ts), the leases and the writer sessions behind them (vault-writers.ts),
+// what a volume holds and its manifest as a report reads them (volume-info.ts).
 import { randomBytes } from 'node:crypto';
 import { VaultError, describeError, isVaultError } from '../errors';
 import type { Codec } from '../codec/codec';
@@ -18,18 +19,19 @@ import type { ObjectStore } from '../store/object-store';
 import type { Logger } from '../util/log';
 import { closeAfter } from '../util/close-after';
 import { InFlight } from '../util/in-flight';
-import { CHUNK_SIZE, checkVolumeSize, chunkLength } from './chunk-math';
+import { CHUNK_SIZE, checkVolumeSize } from './chunk-math';
 import { LocalState } from './local-state';
-import { PAGE_ENTRIES, type Manifest } from './manifest';
+import { PAGE_ENTRIES } from './manifest';
 import { VAULT_KEY, metaKey } from './object-keys';
 import type { VolumeLease } from './volume-lease';
-import { ROOT_FORMAT, journalsOf, type RootRecord } from './root-record';
+import { ROOT_FORMAT, type RootRecord } from './root-record';
 import { VolumeEngine, DEFAULT_ENGINE_OPTIONS, type EngineOptions } from './volume-engine';
 import { VolumeObjects } from './volume-objects';
 import type { SnapshotRecord } from './snapshot-record';
 import { VaultLifecycle } from './vault-lifecycle';
 import { VaultWriters } from './vault-writers';
-import { LIVE_READ_ATTEMPTS, checkVolumeName, listVolumeIds, snapshotAsRoot, splitExportName, vaultIdsOfVolumes } from './volume-references';
+import { loadManifestOf, volumeInfo, type LoadedManifest, type VolumeInfo } from './volume-info';
+import { checkVolumeName, listVolumeIds, snapshotAsRoot, vaultIdsOfVolumes } from './volume-references';
 
 export const VAULT_FORMAT = 1;
 export const KEY_CHECK_TEXT = Buffer.from('nbd-vault master key check v1');
@@ -383,40 +385,14 @@ export class Vault {
     return this.writers.liveWriterHorizon(found.id, nowMs, graceMs);
   }
 
-  /** What a volume holds. Chunks that only its write journals hold blocks of count as allocated,
-   *  and the journals' bytes as stored: recent writes not yet folded into chunk objects. */
-  /** `found`: the volume as a listing found it (a list of N volumes read every metadata object N²
-   *  times, asking by name). */
-  async volumeInfo(name: string, found?: VolumeMeta) {
-    const meta = found ?? (await this.findVolume(name));
-    const { manifest, root, objects, journalChunks } = await this.loadManifestOf(meta.name, meta);
-    const usage = manifest.usage();
-    let allocatedChunks = usage.allocatedChunks;
-    for (const i of journalChunks) if (i < manifest.chunkCount && manifest.isZero(i)) allocatedChunks++;
-    const journals = journalsOf(root);
-    const journalBytes = journals.reduce((n, j) => n + j.storedSize, 0);
-    // the last chunk of a size that is no multiple of 4 MiB (a shrink) holds only its part
-    const last = manifest.chunkCount - 1;
-    const tail = last >= 0 && (!manifest.isZero(last) || journalChunks.has(last)) ? CHUNK_SIZE - chunkLength(root.size, last) : 0;
-    return {
-      name: meta.name,
-      id: meta.id,
-      createdAt: meta.createdAt,
-      size: root.size,
-      allocated: allocatedChunks * CHUNK_SIZE - tail,
-      storedBytes: usage.storedBytes + journalBytes,
-      chunks: manifest.chunkCount,
-      allocatedChunks,
-      journals: { count: journals.length, storedBytes: journalBytes },
-      snapshots: (await objects.listSnapshots()).length,
-      origin: root.origin ? await this.describeOrigin(root.origin) : null,
-      rootSeq: root.seq,
-      epoch: root.epoch,
-      updatedAt: root.updatedAt,
-    };
+  /** What a volume holds (volume-info.ts). `found`: the volume as a listing found it (a list of
+   *  N volumes read every metadata object N² times, asking by name). */
+  volumeInfo(name: string, found?: VolumeMeta): Promise<VolumeInfo> {
+    return volumeInfo(this, name, found);
   }
 
-  private async describeOrigin(origin: NonNullable<RootRecord['origin']>): Promise<string> {
+  /** `VOL@SNAP` of a clone's origin, for people. */
+  async describeOrigin(origin: NonNullable<RootRecord['origin']>): Promise<string> {
     try {
       const { key, ...meta } = await this.readMeta(origin.volumeId);
       const snap = await this.volumeObjects(meta, key).readSnapshot(origin.snapshotId);
@@ -476,27 +452,10 @@ export class Vault {
     return VolumeEngine.open(`${meta.name}@${snap.name}`, `snapshot ${snap.name} of volume ${meta.name} (${snap.createdAt})`, objects, root, null, manifest, opts, this.opts.logger);
   }
 
-  /**
-   * The manifest of a volume (live root) or of one of its snapshots: `name` or `name@snap`.
-   * A server beside us may commit while we read a live root's pages and journals, and then
-   * deletes what its new root replaced: a read that fails under a root that has since moved is
-   * done again from the new root (a few times), never reported as damage.
-   */
-  async loadManifestOf(spec: string, found?: VolumeMeta): Promise<{ manifest: Manifest; root: RootRecord; objects: VolumeObjects; journalChunks: Set<number> }> {
-    const [volumeName, snapName] = splitExportName(spec);
-    for (let attempt = 1; ; attempt++) {
-      const { objects, root } = await this.loadVolume(volumeName, found);
-      const r = snapName === null ? root : snapshotAsRoot(await this.findSnapshot(objects, volumeName, snapName));
-      try {
-        // a live root's journals hold writes over its chunks: the chunks they touch are not (only)
-        // what the manifest says (snapshots never name journals)
-        const journalChunks = new Set<number>();
-        for (const ref of journalsOf(r)) for (const e of await objects.readJournalIndex(ref)) journalChunks.add(e.chunkIndex);
-        return { manifest: await VolumeEngine.loadManifest(objects, r), root: r, objects, journalChunks };
-      } catch (err) {
-        if (snapName !== null || attempt === LIVE_READ_ATTEMPTS || (await this.rootSeqOf(volumeName)) === root.seq) throw err;
-      }
-    }
+  /** The manifest of `name` or `name@snap`, read again when a commit beside us moved the root
+   *  (volume-info.ts). */
+  loadManifestOf(spec: string, found?: VolumeMeta): Promise<LoadedManifest> {
+    return loadManifestOf(this, spec, found);
   }
 
   /** The sequence number of a volume's root now (to tell a concurrent commit from damage). */
