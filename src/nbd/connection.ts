@@ -13,10 +13,8 @@
 // --memory-limit), what the connection holds (requests in flight, unsent replies, the WRITE
 // payload being read) plus the next request must also be covered by its share of that budget
 // (budget-share.ts), checked between requests: while the budget has no room the connection
-// waits its turn (FIFO with every other holder) without reading. Fairness: one event-loop turn
-// starts at most REQUESTS_PER_TURN requests (or REQUEST_BYTES_PER_TURN bytes of them) per
-// connection, then yields (setImmediate), so a flood on one connection never holds up accepts,
-// handshakes or other connections' requests.
+// waits its turn (FIFO with every other holder) without reading. Fairness between connections:
+// fair-turns.ts.
 import type { Socket } from 'node:net';
 import type { Export, ExportProvider } from './export';
 import type { ExportAccessPolicy } from './access';
@@ -29,16 +27,18 @@ import type { Logger } from '../util/log';
 import { describeError } from '../errors';
 import { ByteQueue } from './byte-queue';
 import { ConnStateMachine, isTerminal, type ConnState } from './conn-state';
-import { NBD_CMD_DISC, NBD_CMD_NAMES, NBD_CMD_READ, NBD_CMD_WRITE, NBD_ERRNO_NAMES, NBD_ESHUTDOWN } from './constants';
-import { errorReply, executeRequestWithStatus, mustDropConnection, type ExecutionSession } from './command-executor';
-import { NO_METRICS, type MetricsSink } from '../util/metrics';
+import { NBD_CMD_DISC, NBD_CMD_READ, NBD_CMD_WRITE } from './constants';
+import type { ExecutionSession } from './command-executor';
+import type { MetricsSink } from '../util/metrics';
 import { encodeGreeting, negotiateOptions, ProtocolViolation, readClientFlags, type Negotiated } from './negotiation';
 import { MAX_PAYLOAD } from './limits';
 import type { MemoryBudget } from '../util/memory-budget';
 import { BudgetShare } from './budget-share';
 import { ReplyMemory } from './reply-memory';
 import { RequestReader, type NbdRequest } from './request-reader';
-import { validateRequest, type SessionFacts } from './request-validation';
+import type { SessionFacts } from './request-validation';
+import { FairTurns } from './fair-turns';
+import { answerRequest, type AnswerContext } from './request-answer';
 
 /** Requests in flight plus unsent replies per connection, whatever their size (bounds floods
  *  of tiny requests and of replies that share one buffer). */
@@ -53,10 +53,6 @@ const MAX_UNSENT_REPLY_BYTES = 8 * 1024 * 1024;
 const CLOSE_LINGER_MS = 30_000;
 /** Handshake input buffered before the socket is paused. */
 const HANDSHAKE_HIGH_WATER = 256 * 1024;
-/** Requests started per connection in one event-loop turn before it yields to the others. */
-const REQUESTS_PER_TURN = 64;
-/** READ/WRITE bytes started per connection in one turn (their copies are the CPU they cost). */
-const REQUEST_BYTES_PER_TURN = 256 * 1024;
 /** Input left unparsed at the end of a turn above which the socket is paused until the next. */
 const TURN_PAUSE_BYTES = 1024 * 1024;
 
@@ -103,9 +99,8 @@ export class NbdConnection {
   private readPaused = false;
   private readonly writer: ReplyWriter;
   /** requests and their bytes started in this turn; reset by the scheduled next turn */
-  private turnRequests = 0;
-  private turnBytes = 0;
-  private nextTurn: NodeJS.Immediate | null = null;
+  private readonly turns = new FairTurns();
+  private readonly answering: AnswerContext;
   private socketClosed = false;
   private detachRaw: (() => void) | null = null;
   /** The socket we speak NBD on: the accepted one, or the TLS socket wrapping it after STARTTLS. */
@@ -128,6 +123,14 @@ export class NbdConnection {
     this.writer = new ReplyWriter(rawSocket, () => this.die('client stopped reading replies', 'warn'));
     this.queue = new ByteQueue(HANDSHAKE_HIGH_WATER, () => this.socket.pause(), () => this.socket.resume());
     this.budget = new BudgetShare(opts.memoryBudget, () => this.pump());
+    this.answering = {
+      connId: id,
+      logger: opts.logger,
+      metrics: opts.metrics,
+      shuttingDown: () => this.shuttingDown,
+      writeReply: (bufs) => this.writeReply(bufs),
+      drop: (why) => this.die(why, 'warn'),
+    };
   }
 
   get state(): ConnState {
@@ -329,16 +332,12 @@ export class NbdConnection {
   }
 
   private turnUsedUp(): boolean {
-    return this.turnRequests >= REQUESTS_PER_TURN || this.turnBytes >= REQUEST_BYTES_PER_TURN;
+    return this.turns.usedUp;
   }
 
   /** This turn's share is used up: go on in a later turn, after other connections and I/O. */
   private yieldTurn(): void {
-    if (this.nextTurn) return;
-    this.nextTurn = setImmediate(() => {
-      this.nextTurn = null;
-      this.turnRequests = 0;
-      this.turnBytes = 0;
+    this.turns.yield(() => {
       this.pump();
       if (this.clientEnded) this.maybeCloseAfterDrain('client closed, requests drained');
     });
@@ -379,9 +378,8 @@ export class NbdConnection {
     const bytes = (req.type === NBD_CMD_READ || req.type === NBD_CMD_WRITE) && req.length <= MAX_PAYLOAD ? req.length : 0;
     this.inFlightBytes += bytes;
     this.inFlightRequests++;
-    this.turnRequests++;
-    this.turnBytes += bytes;
-    this.process(req, session)
+    this.turns.count(bytes);
+    answerRequest(req, session, this.answering)
       .catch((err) => {
         // executeRequest turns export errors into replies; only a bug of ours lands here.
         this.opts.logger.error({ conn: this.id, err: describeError(err) }, 'request handling failed');
@@ -399,45 +397,12 @@ export class NbdConnection {
       });
   }
 
-  private async process(req: NbdRequest, session: SessionFacts & ExecutionSession): Promise<void> {
-    const started = process.hrtime.bigint();
-    const errno = await this.answer(req, session);
-    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-    const moved = errno === 0 && (req.type === NBD_CMD_READ || req.type === NBD_CMD_WRITE) ? req.length : 0;
-    (this.opts.metrics ?? NO_METRICS).nbdRequest(session.exp.name, NBD_CMD_NAMES[req.type] ?? `cmd${req.type}`, NBD_ERRNO_NAMES[errno] ?? `errno${errno}`, moved, seconds);
-  }
-
-  /** Writes the reply; returns the errno it carried. */
-  private async answer(req: NbdRequest, session: SessionFacts & ExecutionSession): Promise<number> {
-    if (this.shuttingDown) {
-      // Not answered: the connection closes once what started before the shutdown is answered,
-      // and a reconnecting client replays this request to the next server (an ESHUTDOWN reply
-      // would be an I/O error in the guest).
-      return NBD_ESHUTDOWN;
-    }
-    const errno = validateRequest(req, session);
-    if (errno !== 0) {
-      this.opts.logger.debug({ conn: this.id, cmd: req.type, flags: req.flags, offset: req.offset, length: req.length, errno }, 'request refused');
-      this.writeReply(errorReply(req, session.structuredReplies, errno, 'request refused'));
-      return errno;
-    }
-    try {
-      const { reply, errno: result } = await executeRequestWithStatus(req, session);
-      this.writeReply(reply);
-      return result;
-    } catch (err) {
-      if (!mustDropConnection(err)) throw err;
-      this.die(`export cannot serve here any more: ${describeError(err)}`, 'warn');
-      return NBD_ESHUTDOWN;
-    }
-  }
-
   private maybeCloseAfterDrain(why: string): void {
     if (this.inFlightRequests > 0) return;
     if (!isTerminal(this.state)) {
       // After the client's FIN, requests may still wait behind backpressure (unsent replies) or
       // for their turn: pump() parses them later, and their completion comes back here.
-      const waiting = this.readPaused || this.nextTurn !== null;
+      const waiting = this.readPaused || this.turns.waiting;
       if (this.clientEnded && !this.discReceived && !this.shuttingDown && waiting && (this.reader?.pendingBytes ?? 0) > 0) return;
       // Otherwise, with nothing in flight, every whole request has been parsed: what is left is
       // an incomplete request that can never finish.
@@ -527,8 +492,7 @@ export class NbdConnection {
 
   private teardown(): void {
     this.writer.stopStallTimer();
-    if (this.nextTurn) clearImmediate(this.nextTurn);
-    this.nextTurn = null;
+    this.turns.cancel();
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
     this.handshakeTimer = null;
     this.queue.fail(new Error('connection ended'));
