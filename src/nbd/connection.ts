@@ -161,8 +161,10 @@ export class NbdConnection {
 
   /** The server reloaded its PSK file or access policy: a session they no longer allow ends. */
   recheckGrant(): void {
-    if (this.state !== 'transmission' || !this.grant) return;
-    const revoked = revokedBecause(this.grant, this.opts.tls, this.opts.access);
+    let revoked: string | null = null;
+    if (this.state === 'transmission' && this.grant) revoked = revokedBecause(this.grant, this.opts.tls, this.opts.access);
+    // still negotiating, over TLS with a PSK: its key must still be there (it could LIST and INFO)
+    else if (this.state === 'options' && this.pskKey) revoked = revokedBecause({ identity: this.identity, pskKey: this.pskKey, exportName: '', writable: false }, this.opts.tls, undefined);
     if (revoked) this.die(`${revoked} (configuration reloaded)`, 'warn');
   }
 

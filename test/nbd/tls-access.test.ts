@@ -153,13 +153,17 @@ test('SIGHUP applies a new PSK file and access section: open sessions they no lo
     const aliceWeb = await session('alice', 'web01');
     const bobDb = await session('bob', 'db');
     const bobWeb = await session('bob', 'web01');
+    // TLS up, still negotiating (it could LIST and INFO)
+    const aliceRaw = new Wire(hup.port);
+    await startTls(aliceRaw);
+    const aliceNegotiating = await tlsWire(aliceRaw, 'alice', pskKeyOf(text, 'alice'));
     await readOk(aliceWeb, 1);
     // alice's key is gone from the file; bob keeps web01 only, and read-only
     writeFileSync(pskFile, text.split('\n').filter((l) => !l.startsWith('alice:')).join('\n'));
     writeFileSync(config, JSON.stringify({ access: { bob: { ro: ['web01'] } } }));
     const logged = hup.log().length;
     hup.process.kill('SIGHUP');
-    for (const w of [aliceWeb, bobDb, bobWeb]) {
+    for (const w of [aliceWeb, bobDb, bobWeb, aliceNegotiating]) {
       await Promise.race([w.closed, new Promise((_, reject) => setTimeout(() => reject(new Error('session still open after the reload')), 10_000))]);
     }
     const log = hup.log().slice(logged);
