@@ -8,7 +8,7 @@
 // answer null (NBD_REP_ERR_UNKNOWN), other failures throw.
 import { VaultError, isVaultError, describeError } from '../errors';
 import type { Logger } from '../util/log';
-import type { Export, ExportProvider } from '../nbd/export';
+import type { Export, ExportProvider, OpenPurpose } from '../nbd/export';
 import type { EngineOptions, EngineStats, VolumeEngine } from '../volume/volume-engine';
 import { type Vault } from '../volume/vault';
 import { splitExportName } from '../volume/volume-references';
@@ -34,6 +34,8 @@ export class VaultExportProvider implements ExportProvider {
   /** each open volume's write count when takeWrittenNames() last asked */
   private readonly seenWrites = new Map<string, number>();
   private closing = false;
+  /** volumes opened to be looked at (inspect), each with its read-only engine */
+  private readonly inspecting = new Map<Export, VolumeEngine>();
 
   constructor(
     private readonly vault: Vault,
@@ -65,9 +67,10 @@ export class VaultExportProvider implements ExportProvider {
     return out;
   }
 
-  async open(name: string): Promise<Export | null> {
+  async open(name: string, purpose: OpenPurpose = 'serve'): Promise<Export | null> {
     if (this.closing) return null;
     const wanted = name === '' ? this.defaultName : name;
+    if (purpose === 'inspect' && !this.engines.has(wanted) && splitExportName(wanted)[1] === null) return this.inspect(wanted);
     await this.closingIdle.get(wanted);
     let p = this.engines.get(wanted);
     const lost = await p?.then(async (e) => (e.leaseLost && !(await e.regainLease()) ? e : null), () => null);
@@ -111,6 +114,42 @@ export class VaultExportProvider implements ExportProvider {
     }
   }
 
+  /**
+   * A volume no client has open here, for NBD_OPT_INFO or a meta context query: read without
+   * its writer's lease (which another server may hold: waiting to see whether that one is alive
+   * took seconds per volume, and `nbdinfo --list` ran out of handshake time), and shown with the
+   * flags a client that opens it to write gets. Closed on release.
+   */
+  private async inspect(volume: string): Promise<Export | null> {
+    let engine: VolumeEngine;
+    try {
+      engine = await this.vault.openEngine(volume, { ...this.engineOptions, readOnly: true, readaheadChunks: 0 });
+    } catch (err) {
+      if (isVaultError(err, 'ERR_NOT_FOUND')) return null;
+      throw err;
+    }
+    const refuse = async (): Promise<never> => {
+      throw new VaultError('ERR_NOT_SUPPORTED', 'an export opened to be looked at serves no request');
+    };
+    const view: Export = {
+      name: engine.name,
+      description: engine.description,
+      size: engine.size,
+      caps: { ...engine.caps, readOnly: false, canFlush: true, canFua: true, canTrim: true, canZero: true, canFastZero: true },
+      read: refuse,
+      write: refuse,
+      trim: refuse,
+      writeZeroes: refuse,
+      flush: refuse,
+      cache: refuse,
+      blockStatus: refuse,
+      listMetaContexts: () => engine.listMetaContexts(),
+      metaContextStatus: refuse,
+    };
+    this.inspecting.set(view, engine);
+    return view;
+  }
+
   /** Snapshot a served volume at one consistent point while its clients keep writing. */
   async snapshot(volume: string, name: string, opts: { keep?: boolean } = {}): Promise<SnapshotRecord> {
     if (splitExportName(volume)[1] !== null) throw new VaultError('ERR_INVALID_ARGUMENT', `cannot snapshot a snapshot ("${volume}")`);
@@ -152,6 +191,11 @@ export class VaultExportProvider implements ExportProvider {
   }
 
   async release(exp: Export): Promise<void> {
+    const inspected = this.inspecting.get(exp);
+    if (inspected) {
+      this.inspecting.delete(exp);
+      return inspected.close();
+    }
     const refs = this.refs.get(exp.name);
     if (refs === undefined) return;
     if (refs > 1) {
@@ -207,6 +251,10 @@ export class VaultExportProvider implements ExportProvider {
 
   async closeAll(): Promise<void> {
     this.closing = true;
+    for (const [view, engine] of this.inspecting) {
+      this.inspecting.delete(view);
+      await engine.close().catch(() => {}); // read-only: nothing of it to store
+    }
     for (const t of this.idleTimers.values()) clearTimeout(t);
     this.idleTimers.clear();
     await Promise.all(this.idleWork.values());

@@ -1,7 +1,7 @@
 // The exports one client may reach: the provider seen through the access policy and the
 // client's identity. An export the client may not use is indistinguishable from one that does
 // not exist (not listed, "no export named"), so a stranger learns no names.
-import type { Export, ExportProvider } from './export';
+import type { Export, ExportProvider, OpenPurpose } from './export';
 import type { ExportCaps } from './export';
 import type { Logger } from '../util/log';
 import { describeError, isVaultError } from '../errors';
@@ -31,7 +31,7 @@ export class ClientExports {
   }
 
   /** Opens `name` ("" is the default export) with the caps this client gets. */
-  async open(name: string): Promise<OpenResult> {
+  async open(name: string, purpose: OpenPurpose = 'serve'): Promise<OpenResult> {
     const resolved = name === '' ? this.provider.defaultName : name;
     const access = this.policy ? this.policy.accessTo(this.identity, resolved) : 'rw';
     if (access === 'none') {
@@ -39,7 +39,7 @@ export class ClientExports {
       return { exp: null, failure: `no export named "${name}"` };
     }
     try {
-      const exp = await this.provider.open(resolved);
+      const exp = await this.provider.open(resolved, purpose);
       if (!exp) return { exp: null, failure: `no export named "${name}"` };
       return { exp, caps: capsFor(exp.caps, access) };
     } catch (err) {

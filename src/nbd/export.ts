@@ -51,13 +51,18 @@ export interface Export {
 
 /** What the NBD server asks for exports by name. Implemented by the memory exports (tests) and
  *  by the vault's provider in cli/ (volumes and `VOL@SNAP` snapshot exports). */
+export type OpenPurpose = 'serve' | 'inspect';
+
 export interface ExportProvider {
   /** The name a client gets when it asks for the empty export name "". */
   readonly defaultName: string;
   list(): Promise<Array<{ name: string; description: string }>>;
   /** The shared Export for `name` (every connection to one name gets the same instance), or
-   *  null when no such export exists. Each successful open is paired with one release(). */
-  open(name: string): Promise<Export | null>;
+   *  null when no such export exists. Each successful open is paired with one release().
+   *  `inspect`: the caller only reads the export's size, flags and metadata contexts and serves
+   *  no request (NBD_OPT_INFO, the meta context options): a provider may answer from something
+   *  lighter than what serving takes (no writer's lease). */
+  open(name: string, purpose?: OpenPurpose): Promise<Export | null>;
   release(exp: Export): Promise<void>;
   /** Shutdown: flush every open export and close it. */
   closeAll(): Promise<void>;

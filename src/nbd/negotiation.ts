@@ -247,7 +247,7 @@ class OptionHaggler {
     const parsed = parseInfoRequest(data);
     if (!parsed.ok) return this.invalid(option, parsed.reason);
     const { name, infos } = parsed.value;
-    const opened = await this.ctx.exports.open(name);
+    const opened = await this.ctx.exports.open(name, option === NBD_OPT_INFO ? 'inspect' : 'serve');
     if (!opened.exp) {
       this.reply(option, NBD_REP_ERR_UNKNOWN, opened.failure);
       return 'continue';
@@ -281,7 +281,7 @@ class OptionHaggler {
     const parsed = parseMetaContextRequest(data);
     if (!parsed.ok) return this.invalid(option, parsed.reason);
     const { name, queries } = parsed.value;
-    const opened = await this.ctx.exports.open(name);
+    const opened = await this.ctx.exports.open(name, 'inspect');
     if (!opened.exp) {
       this.reply(option, NBD_REP_ERR_UNKNOWN, opened.failure);
       return 'continue';

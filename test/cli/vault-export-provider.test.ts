@@ -172,3 +172,24 @@ test('an idle volume whose flush fails stays open (nothing given up) and closes 
   assert.ok((await e.read(0, 4096)).equals(data), 'what the client wrote was stored');
   await e.close();
 });
+
+test('NBD_OPT_INFO on a volume another server writes answers at once, without its lease, with the flags a writer gets', async (t) => {
+  const f = await makeVault();
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('vol', 8 * MiB);
+  const writer = await f.vault.openEngine('vol'); // "server A", holding the lease
+  t.after(() => writer.close());
+  const otherState = mkdtempSync(join(tmpdir(), 'nbd-vault-other-'));
+  t.after(() => rmSync(otherState, { recursive: true, force: true }));
+  const other = await f.reopen({ stateDir: otherState }); // "server B"
+  const p = new VaultExportProvider(other, 'vol', {}, logger);
+  t.after(() => p.closeAll());
+  const started = Date.now();
+  const seen = (await p.open('vol', 'inspect'))!;
+  assert.ok(Date.now() - started < 2_000, `answered in ${Date.now() - started} ms`);
+  assert.equal(seen.size, 8 * MiB);
+  assert.equal(seen.caps.readOnly, false, 'the flags a client that opens it to write gets');
+  assert.deepEqual(p.openNames(), [], 'no engine kept, no lease taken');
+  await p.release(seen);
+  assert.equal(await p.open('nope', 'inspect'), null);
+});
