@@ -344,7 +344,8 @@ export class ReadPath {
     const memo = this.foldMemo.get(key);
     if (memo) return Promise.resolve(memo);
     const fetched = this.singleFlight(key, requester, () => this.objects.readJournalFrame(journal.ref, f), (err) => {
-      this.logger.error({ volume: this.name, journal: journal.ref.id, frame: f, err: describeError(err) }, 'journal read failed');
+      // (compaction's reads fail together in an outage, one line per frame: its own failure line says it)
+      if (keep !== false) this.logger.error({ volume: this.name, journal: journal.ref.id, frame: f, err: describeError(err) }, 'journal read failed');
       return new VaultError('ERR_IO', `volume "${this.name}": cannot read journal ${journal.ref.id} frame ${f}: ${describeError(err)}`, { cause: err });
     }, false, keep);
     if (!keep) fetched.then((frame) => this.foldMemo.set(key, frame), () => {}); // the caller sees the error
