@@ -41,8 +41,9 @@ export interface SyncedSnapshot {
   readonly export: string;
   readonly id: string;
   /** copied: new in the replica; updated: its record changed (keep flag); present: there
-   *  already; vanished: deleted from the source during the sync (not copied) */
-  readonly status: 'copied' | 'updated' | 'present' | 'vanished';
+   *  already; vanished: deleted from the source during the sync (not copied); held: newer than
+   *  what a writer on the replica made of its volume (not copied: it would read as a rollback) */
+  readonly status: 'copied' | 'updated' | 'present' | 'vanished' | 'held';
 }
 
 export interface SyncResult {
@@ -124,7 +125,7 @@ export class VaultSync {
       for (const p of plans.filter((x) => x.job === job)) results.push(await this.copySnapshot(job, p.snap, p.keys));
       snapshots.push(...results);
       // A new volume becomes visible only once a snapshot and its root are there.
-      if (!isNew || results.some((r) => r.status !== 'vanished')) await this.copyMeta(job);
+      if (!isNew || results.some((r) => r.status !== 'vanished' && r.status !== 'held')) await this.copyMeta(job);
     }
     await this.followKeyRotation();
     const pruned = this.opts.prune ? await this.pruneReplica(jobs.filter((j) => j.full)) : [];
@@ -309,8 +310,12 @@ export class VaultSync {
       else status = 'updated';
     }
     // The root first: a record newer than the replica's root would read as a rollback there
-    // (an interrupted run made the replica volume unreadable until the next one).
-    await this.updateReplicaRoot(job, snap);
+    // (an interrupted run made the replica volume unreadable until the next one). A root left
+    // alone (written on the replica) keeps out the records newer than it, for the same reason.
+    if (!(await this.updateReplicaRoot(job, snap)) && status === 'copied') {
+      this.logger.warn({ snapshot: name }, 'snapshot not copied: it is newer than the replica volume\'s own writes (clone what you need on the replica, delete the volume there, then sync again)');
+      return { export: name, id: snap.id, status: 'held' };
+    }
     if (status !== 'present') {
       await this.dest.put(recordKey, record);
       this.present.add(recordKey);
@@ -318,6 +323,16 @@ export class VaultSync {
     }
     if (status !== 'present') this.logger.info({ snapshot: name, status }, 'snapshot synced');
     return { export: name, id: snap.id, status };
+  }
+
+  /** `root` holds the state of a snapshot the replica has (epoch one above, same pages), as the
+   *  roots sync writes do: nobody wrote the replica volume since. */
+  private async heldBySync(objects: VolumeObjects, root: RootRecord): Promise<boolean> {
+    if (journalsOf(root).length > 0) return false;
+    for (const s of await objects.listSnapshots()) {
+      if (s.epoch + 1 === root.epoch && s.size === root.size && JSON.stringify(s.pages) === JSON.stringify(root.pages)) return true;
+    }
+    return false;
   }
 
   /** The replica's record of snapshot `id` has the keep flag. */
@@ -353,11 +368,13 @@ export class VaultSync {
    * The replica's root names the newest copied snapshot's pages. Left alone when it names a newer
    * one already, or when a writer holds the replica volume's lease (someone serves it writable).
    */
-  private async updateReplicaRoot(job: Job, snap: SnapshotRecord): Promise<void> {
+  /** True when the replica's root covers the snapshot afterwards (its epoch is above the
+   *  snapshot's), so its record may be copied. */
+  private async updateReplicaRoot(job: Job, snap: SnapshotRecord): Promise<boolean> {
     const objects = job.objects.onStore(this.dest);
     let current: { root: RootRecord; etag: string } | null = null;
     if (this.present.has(rootKey(job.meta.id)) || (await this.dest.head(rootKey(job.meta.id)))) current = await objects.readRoot();
-    if (current && current.root.epoch > snap.epoch + 1) return;
+    if (current && current.root.epoch > snap.epoch + 1) return true;
     const wanted: RootRecord = {
       v: ROOT_FORMAT,
       volumeId: job.meta.id,
@@ -372,19 +389,20 @@ export class VaultSync {
       updatedAt: snap.createdAt,
       ...(job.root.origin ? { origin: job.root.origin } : {}),
     };
-    if (current && sameState(current.root, wanted)) return;
-    if (current && current.root.epoch === wanted.epoch && current.root.seq > snap.rootSeq) {
-      // Written past this snapshot's state in its epoch: a writer served the replica volume, or
-      // the destination is the source itself under another name (a symlink, another endpoint).
-      this.logger.warn({ volume: job.meta.name, seq: current.root.seq, snapshot: snap.name }, 'the replica volume was written after this snapshot: its root is left alone (the snapshots are copied)');
-      return;
+    if (current && sameState(current.root, wanted)) return true;
+    if (current && !(await this.heldBySync(objects, current.root))) {
+      // Not a state sync wrote (a copied snapshot's): a writer served the replica volume, or the
+      // destination is the source itself under another name (a symlink, another endpoint).
+      this.logger.warn({ volume: job.meta.name, seq: current.root.seq, snapshot: snap.name }, 'the replica volume was written since sync last set its root: its root is left alone');
+      return current.root.epoch > snap.epoch;
     }
     if (await this.dest.head(leaseKey(job.meta.id))) {
-      this.logger.warn({ volume: job.meta.name }, 'a writer holds the replica volume\'s lease: its root is left alone (the snapshots are copied)');
-      return;
+      this.logger.warn({ volume: job.meta.name }, 'a writer holds the replica volume\'s lease: its root is left alone');
+      return current !== null && current.root.epoch > snap.epoch;
     }
     await objects.writeRoot(wanted, current?.etag ?? null);
     this.present.add(rootKey(job.meta.id));
+    return true;
   }
 
   /** The volume's metadata, verbatim (again if the source's was rewrapped by a key rotation). */

@@ -362,3 +362,32 @@ test('a source volume deleted and made again under its name is not copied beside
   assert.ok((await readAll(replica2, 'kid@s')).equals(await readAll(vault, 'kid@s')));
   assert.deepEqual((await replica2.listSnapshots('sched')).map((s) => s.name), ['s'], 'no temporary export snapshot');
 });
+
+test('a replica volume written since sync set its root keeps its writes at the next sync (a later snapshot no longer wipes them)', async (t) => {
+  const w = await world(t);
+  const { vault } = w.f;
+  await vault.createVolume('vol', SIZE);
+  const e = await vault.openEngine('vol', { autoCommitMs: 0 });
+  await e.write(0, randomBytes(CHUNK_SIZE));
+  await e.snapshot('s1');
+  await w.sync();
+  // a VM booted from the replica's VOL writes there
+  const replica = await w.replica();
+  const onReplica = await replica.openEngine('vol', { autoCommitMs: 0 });
+  const written = randomBytes(CHUNK_SIZE);
+  await onReplica.write(CHUNK_SIZE, written);
+  await onReplica.flush();
+  await onReplica.close();
+  const before = await readAll(replica, 'vol');
+  // a newer snapshot at the source, synced
+  await e.write(0, randomBytes(CHUNK_SIZE));
+  await e.snapshot('s2');
+  await e.close();
+  const r = await w.sync();
+  assert.deepEqual(r.snapshots.filter((s) => s.status !== 'present').map((s) => [s.export, s.status]), [['vol@s2', 'held']]);
+  const after = await w.replica();
+  assert.ok((await readAll(after, 'vol')).equals(before), 'the replica\'s writes are still there');
+  // a record newer than the replica's own root would read as a rollback there: not copied
+  assert.deepEqual((await after.listSnapshots('vol')).map((s) => s.name), ['s1']);
+  await verifyVault(after);
+});
