@@ -16,6 +16,8 @@ import type { SnapshotRecord } from '../volume/snapshot-record';
 
 /** how long a volume nobody uses stays open (its caches warm, its lease held) */
 export const DEFAULT_IDLE_CLOSE_MS = 60_000;
+/** how many times a look at a volume another server writes is read again */
+const INSPECT_ATTEMPTS = 3;
 
 export class VaultExportProvider implements ExportProvider {
   private readonly engines = new Map<string, Promise<VolumeEngine>>();
@@ -121,12 +123,16 @@ export class VaultExportProvider implements ExportProvider {
    * flags a client that opens it to write gets. Closed on release.
    */
   private async inspect(volume: string): Promise<Export | null> {
-    let engine: VolumeEngine;
-    try {
-      engine = await this.vault.openEngine(volume, { ...this.engineOptions, readOnly: true, readaheadChunks: 0 });
-    } catch (err) {
-      if (isVaultError(err, 'ERR_NOT_FOUND')) return null;
-      throw err;
+    let engine: VolumeEngine | null = null;
+    for (let attempt = 1; engine === null; attempt++) {
+      try {
+        engine = await this.vault.openEngine(volume, { ...this.engineOptions, readOnly: true, readaheadChunks: 0 });
+      } catch (err) {
+        if (isVaultError(err, 'ERR_NOT_FOUND')) return null;
+        // a writer elsewhere committed while the root's journals were read, and deleted one: the
+        // new root names what is there now
+        if (!isVaultError(err, 'ERR_IO') || attempt === INSPECT_ATTEMPTS) throw err;
+      }
     }
     const refuse = async (): Promise<never> => {
       throw new VaultError('ERR_NOT_SUPPORTED', 'an export opened to be looked at serves no request');
