@@ -13,7 +13,14 @@ export type AdminRequest =
   | { op: 'snapshot'; volume: string; name: string; keep?: boolean }
   /** start (or, with report, poll) a disk cache warm of a volume */
   | { op: 'cacheWarm'; volume: string; report?: boolean };
-export type AdminReply = { ok: true; vaultId: string; result: unknown } | { ok: false; vaultId: string; code: VaultErrorCode; message: string };
+/** Every reply names the vault and the store the server serves: a replica has the source's vault
+ *  id, and a command on the replica must not take the source's server for its own. */
+export type AdminReply = { ok: true; vaultId: string; store: string; result: unknown } | { ok: false; vaultId: string; store: string; code: VaultErrorCode; message: string };
+
+/** The reply came from a server of this vault on this store. */
+export function servesThis(reply: AdminReply | null, vaultId: string, store: string): reply is AdminReply {
+  return reply !== null && reply.vaultId === vaultId && reply.store === store;
+}
 
 export const adminSocketPath = (stateDir: string) => join(stateDir, 'admin.sock');
 const MAX_REQUEST_BYTES = 64 * 1024;
@@ -28,7 +35,7 @@ export interface AdminServer {
   close(): Promise<void>;
 }
 
-export async function startAdminServer(stateDir: string, vaultId: string, handle: (req: AdminRequest) => Promise<unknown>, logger: Logger): Promise<AdminServer> {
+export async function startAdminServer(stateDir: string, vaultId: string, store: string, handle: (req: AdminRequest) => Promise<unknown>, logger: Logger): Promise<AdminServer> {
   const path = adminSocketPath(stateDir);
   await mkdir(stateDir, { recursive: true, mode: 0o700 });
   if ((await adminRequest(stateDir, { op: 'ping' }).catch(() => null)) !== null) {
@@ -54,10 +61,10 @@ export async function startAdminServer(stateDir: string, vaultId: string, handle
           if (closing) throw new VaultError('ERR_SHUTDOWN', 'the server is stopping; try again once it has restarted');
           const req = parseAdminRequest(line);
           logger.info({ op: req.op }, 'admin request');
-          reply = { ok: true, vaultId, result: await handle(req) };
+          reply = { ok: true, vaultId, store, result: await handle(req) };
         } catch (err) {
           // the code travels on its own: the caller's VaultError prints it once, after the message
-          reply = { ok: false, vaultId, code: isVaultError(err) ? err.code : 'ERR_INVALID_ARGUMENT', message: isVaultError(err) ? err.message : describeError(err) };
+          reply = { ok: false, vaultId, store, code: isVaultError(err) ? err.code : 'ERR_INVALID_ARGUMENT', message: isVaultError(err) ? err.message : describeError(err) };
         }
         sock.end(JSON.stringify(reply) + '\n');
       })());

@@ -11,7 +11,8 @@ import { collectGarbage } from '../volume/garbage-collector';
 import { splitExportName } from '../volume/volume-references';
 import type { VolumeEngine } from '../volume/volume-engine';
 import { formatSize } from '../util/size';
-import { adminRequest } from './admin-socket';
+import { adminRequest, servesThis } from './admin-socket';
+import { baseStoreName } from '../store';
 import { openExportSource } from './export-source';
 import { Progress } from './progress';
 import { addSettings } from './settings';
@@ -142,7 +143,7 @@ export function registerDataCommands(program: Command): void {
     async (file: string, volume: string, opts) => {
       await withVault(opts, async (ctx, s) => {
         const ping = await adminRequest(s.state, { op: 'ping' });
-        if (ping && ping.vaultId === ctx.vault.vaultId) {
+        if (servesThis(ping, ctx.vault.vaultId, baseStoreName(ctx.store))) {
           throw new VaultError('ERR_LEASE', `a server is serving this vault (state ${s.state}); import through it with nbdcopy or qemu-img convert, or stop it`);
         }
         const size = await imageSize(file);

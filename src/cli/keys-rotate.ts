@@ -65,7 +65,7 @@ export async function rotateMasterKey(opts: Record<string, unknown>): Promise<vo
     out(`rotated master key ${oldId} -> ${nextId}: ${rewrapped + late.rewrapped} volume key(s) rewrapped${already > 0 ? `, ${already} already done by an earlier run` : ''}; no data object was rewritten`);
     out(`the old key no longer opens this vault; back up the new key file ${info.path} (or print a recovery key: nbd-vault keys export-recovery)`);
     const server = await adminRequest(s.state, { op: 'ping' }, 5000).catch(() => null);
-    if (server?.ok && server.vaultId === vault.vaultId) {
+    if (server?.ok && server.vaultId === vault.vaultId) { // (any store: the key directory is shared)
       out('a server is running on this state directory: it loads the new key from the key directory by itself when it next reads a volume (no restart needed), with the passphrase it was started with: if `keys passwd` changed the passphrase since, restart it with the new one');
     }
   } finally {

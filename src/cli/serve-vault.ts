@@ -18,7 +18,7 @@ import { resolve } from 'node:path';
 import { parseRetentionPolicy } from '../volume/retention';
 import { parseInterval, SnapshotSchedule } from './snapshot-schedule';
 import { parseMetricsAddress, PromMetrics, startMetricsServer } from './metrics';
-import { findLayer } from '../store';
+import { baseStoreName, findLayer } from '../store';
 import { DiskCacheStore } from '../store/disk-cache-store';
 import { WarmJobs } from './cache-command';
 
@@ -86,6 +86,7 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
     const admin = await startAdminServer(
       s.state,
       ctx.vault.vaultId,
+      baseStoreName(ctx.store),
       async (req: AdminRequest) => {
         if (req.op === 'ping') return { pid: process.pid, open: provider.openNames() };
         if (req.op === 'snapshot') return provider.snapshot(req.volume, req.name, { keep: req.keep === true });

@@ -31,6 +31,14 @@ export function findLayer<T extends ObjectStore>(store: ObjectStore, cls: abstra
   return null;
 }
 
+/** The name of the innermost store: where the objects are (the same for a CLI command and a
+ *  server on one store, whatever layers each adds, a disk cache say). */
+export function baseStoreName(store: ObjectStore): string {
+  let s = store;
+  for (let inner = s.unwrap(); inner; inner = s.unwrap()) s = inner;
+  return s.name;
+}
+
 function isStore(x: unknown): x is ObjectStore {
   const s = x as ObjectStore | null;
   return !!s && typeof s.get === 'function' && typeof s.put === 'function' && typeof s.unwrap === 'function';

@@ -29,7 +29,7 @@ test('the admin socket: a stop answers the requests being handled, refuses new o
   const dir = tempDir(t, 'nbd-vault-admin-');
   let release = () => {};
   const gate = new Promise<void>((r) => (release = r));
-  const admin = await startAdminServer(dir, 'vault-id', async () => {
+  const admin = await startAdminServer(dir, 'vault-id', 'memory', async () => {
     await gate;
     return 'taken';
   }, logger);
@@ -44,7 +44,7 @@ test('the admin socket: a stop answers the requests being handled, refuses new o
   assert.equal(late?.ok === false && late.code, 'ERR_SHUTDOWN', 'a request during the stop: refused, not unanswered (a CLI command then says the server is stopping)');
   release();
   await refused;
-  assert.deepEqual(await reply, { ok: true, vaultId: 'vault-id', result: 'taken' });
+  assert.deepEqual(await reply, { ok: true, vaultId: 'vault-id', store: 'memory', result: 'taken' });
   await admin.close();
   assert.equal(await adminRequest(dir, { op: 'ping' }), null, 'nobody listens after the close');
 });

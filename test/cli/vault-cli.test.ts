@@ -288,3 +288,23 @@ test('after a shrink to a size that is no multiple of 4 MiB, allocated is never 
   const info = JSON.parse((await v.cli('volume', 'info', 'rz', '--json')).stdout);
   assert.deepEqual([info.size, info.allocated], [6 * 2 ** 20, 6 * 2 ** 20]);
 });
+
+test('a command on a replica, from the state directory of the source\'s running server, acts on the replica', async (t) => {
+  const v = await makeTestVault();
+  t.after(() => v.cleanup());
+  await v.cli('volume', 'create', 'vol', '--size', '8M');
+  await v.cli('snapshot', 'vol', 's1');
+  const replica = join(v.dir, 'replica');
+  await v.cli('sync', '--to', replica);
+  const srv = await v.serve();
+  t.after(() => srv.kill());
+  // the replica has the source's vault id: the server used to take the command for its own
+  // (the replica's root is older than what this state directory saw of the source: hence
+  // --accept-rollback, as the README's restore says of a shared state directory)
+  const made = await v.cli('snapshot', 'vol', 'onrep', '--store', replica, '--accept-rollback');
+  assert.match(made.stdout, /created snapshot vol@onrep .* on the store/);
+  const names = async (...store: string[]) => JSON.parse((await v.cli('snapshot', 'list', 'vol', '--json', ...store)).stdout).map((s: { name: string }) => s.name);
+  assert.deepEqual(await names('--store', replica, '--accept-rollback'), ['s1', 'onrep']);
+  // and on the source, the running server still takes it
+  assert.match((await v.cli('snapshot', 'vol', 'here')).stdout, /through the running server/);
+});
