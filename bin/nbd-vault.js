@@ -4,6 +4,9 @@
 // and fsyncs in flight, and with the default 4 threads a small, urgent one (the writer session's
 // heartbeat) waited behind them for seconds.
 process.env.UV_THREADPOOL_SIZE = process.env.UV_THREADPOOL_SIZE || '32';
+// serve: a SIGHUP (`systemctl reload`) before the server's own handler is in (modules load first)
+// must not end it: its default action would. This listener does nothing; the server's reloads.
+if (process.argv[2] === 'serve') process.on('SIGHUP', () => {});
 // serve runs for long under --memory-limit, and two process settings that only act at startup
 // keep it near that limit (BENCHMARKS.md, peak RSS by phase):
 // - V8 sizes its young generation from the machine's RAM (128 MiB on a 24 GiB machine), and a busy
