@@ -327,12 +327,8 @@ export class VaultSync {
 
   /** `root` holds the state of a snapshot the replica has (epoch one above, same pages), as the
    *  roots sync writes do: nobody wrote the replica volume since. */
-  private async heldBySync(objects: VolumeObjects, root: RootRecord): Promise<boolean> {
-    if (journalsOf(root).length > 0) return false;
-    for (const s of await objects.listSnapshots()) {
-      if (s.epoch + 1 === root.epoch && s.size === root.size && JSON.stringify(s.pages) === JSON.stringify(root.pages)) return true;
-    }
-    return false;
+  private async heldBySync(job: Job, objects: VolumeObjects, root: RootRecord): Promise<boolean> {
+    return (await objects.listSnapshots()).some((s) => sameState(root, replicaRootOf(job, s, root.seq)));
   }
 
   /** The replica's record of snapshot `id` has the keep flag. */
@@ -375,22 +371,11 @@ export class VaultSync {
     let current: { root: RootRecord; etag: string } | null = null;
     if (this.present.has(rootKey(job.meta.id)) || (await this.dest.head(rootKey(job.meta.id)))) current = await objects.readRoot();
     if (current && current.root.epoch > snap.epoch + 1) return true;
-    const wanted: RootRecord = {
-      v: ROOT_FORMAT,
-      volumeId: job.meta.id,
-      // the seq of the source's root the snapshot was taken from, which holds this very state:
-      // never ahead of the source, so a state directory that reads both sees no rollback
-      seq: Math.max((current?.root.seq ?? 0) + 1, snap.rootSeq),
-      size: snap.size,
-      chunkSize: snap.chunkSize,
-      pageEntries: snap.pageEntries,
-      epoch: snap.epoch + 1,
-      pages: snap.pages,
-      updatedAt: snap.createdAt,
-      ...(job.root.origin ? { origin: job.root.origin } : {}),
-    };
+    // the seq of the source's root the snapshot was taken from, which holds this very state:
+    // never ahead of the source, so a state directory that reads both sees no rollback
+    const wanted = replicaRootOf(job, snap, Math.max((current?.root.seq ?? 0) + 1, snap.rootSeq));
     if (current && sameState(current.root, wanted)) return true;
-    if (current && !(await this.heldBySync(objects, current.root))) {
+    if (current && !(await this.heldBySync(job, objects, current.root))) {
       // Not a state sync wrote (a copied snapshot's): a writer served the replica volume, or the
       // destination is the source itself under another name (a symlink, another endpoint).
       this.logger.warn({ volume: job.meta.name, seq: current.root.seq, snapshot: snap.name }, 'the replica volume was written since sync last set its root: its root is left alone');
@@ -465,6 +450,22 @@ function metaKeyId(meta: Buffer): string {
   } catch {
     return '';
   }
+}
+
+/** The replica root sync writes for `snap`: its pages, one epoch above it. */
+function replicaRootOf(job: Job, snap: SnapshotRecord, seq: number): RootRecord {
+  return {
+    v: ROOT_FORMAT,
+    volumeId: job.meta.id,
+    seq,
+    size: snap.size,
+    chunkSize: snap.chunkSize,
+    pageEntries: snap.pageEntries,
+    epoch: snap.epoch + 1,
+    pages: snap.pages,
+    updatedAt: snap.createdAt,
+    ...(job.root.origin ? { origin: job.root.origin } : {}),
+  };
 }
 
 function sameState(a: RootRecord, b: RootRecord): boolean {
