@@ -12,7 +12,7 @@ import { MemoryBudget } from '../util/memory-budget';
 import type { ExportProvider } from '../nbd/export';
 import { MemoryExportProvider, parseMemoryExportSpec, type MemoryExportSpec } from '../nbd/memory-export';
 import { addSettings, resolveSettings, SERVE_VAULT_SETTINGS, TLS_SETTINGS } from './settings';
-import { resolveServerSecurity, type ServerSecurity } from './tls-setup';
+import { resolveServerSecurity, securitySummary, type ServerSecurity } from './tls-setup';
 
 export interface ServeOptions {
   readonly listen?: { host: string; port: number };
@@ -152,8 +152,7 @@ export function registerServeCommand(program: Command): void {
       const { serveVault } = await import('./serve-vault'); // (serve-vault imports runServer from here)
       return serveVault(o, o.handshakeTimeout * 1000);
     }
-    const names = ['listen', 'socket', 'maxConnections', 'logLevel', 'logFormat', 'metrics', 'memoryLimit', ...TLS_SETTINGS] as const;
-    const s = resolveSettings(o, names);
+    const s = resolveSettings(o, ['listen', 'socket', 'maxConnections', 'logLevel', 'logFormat', 'metrics', 'memoryLimit', ...TLS_SETTINGS] as const);
     const logger = createLogger(s.logLevel, parseLogFormat(s.logFormat));
     setLogger(logger);
     guardSighup();
@@ -178,7 +177,7 @@ export function registerServeCommand(program: Command): void {
       // the PSK file, certificates and access section, read again (the settings stay as started)
       onReload: () => {
         const reloaded = resolveServerSecurity(s, listen, o, logger);
-        logger.info({ tls: reloaded.tls ? { pskIdentities: reloaded.tls.pskKeys?.size, accessControl: reloaded.access !== undefined } : undefined }, 'configuration reloaded');
+        logger.info({ tls: securitySummary(reloaded) }, 'configuration reloaded');
         return reloaded;
       },
     }).finally(() => {

@@ -13,7 +13,7 @@ import { checkMemoryLimit, guardSighup, parseListen, runServer, runtimeShareOf }
 import { MemoryBudget } from '../util/memory-budget';
 import { SealMemory, sealShareOf } from '../volume/seal-memory';
 import { startAdminServer, type AdminRequest } from './admin-socket';
-import { resolveServerSecurity, type ServerSecurity } from './tls-setup';
+import { resolveServerSecurity, securitySummary, type ServerSecurity } from './tls-setup';
 import { resolve } from 'node:path';
 import { parseRetentionPolicy } from '../volume/retention';
 import { parseInterval, SnapshotSchedule } from './snapshot-schedule';
@@ -156,7 +156,6 @@ function reloadSettings(opts: Record<string, unknown>, running: Settings, listen
     logger.level = String(fresh.logLevel);
     running.logLevel = String(fresh.logLevel);
   }
-  const tls = security.tls ? { pskIdentities: security.tls.pskKeys?.size, accessControl: security.access !== undefined } : undefined;
-  logger.info({ logLevel: logger.level, tls, needRestart }, needRestart.length ? 'configuration reloaded; some changes need a restart' : 'configuration reloaded');
+  logger.info({ logLevel: logger.level, tls: securitySummary(security), needRestart }, needRestart.length ? 'configuration reloaded; some changes need a restart' : 'configuration reloaded');
   return security;
 }

@@ -18,6 +18,11 @@ type TlsSettings = Partial<Pick<Settings, 'tls' | 'tlsCertificates' | 'tlsPsk' |
 
 const bad = (msg: string) => new VaultError('ERR_INVALID_ARGUMENT', msg);
 
+/** What a reload applied, for its log line (undefined without TLS). */
+export function securitySummary(security: ServerSecurity): { pskIdentities?: number; accessControl: boolean } | undefined {
+  return security.tls ? { pskIdentities: security.tls.pskKeys?.size, accessControl: security.access !== undefined } : undefined;
+}
+
 /** A PSK file is as secret as a key file; qemu-nbd and nbdkit do not check either, so a warning. */
 function warnIfOthersCanRead(path: string, logger: Logger): void {
   const mode = statSync(path).mode & 0o777;

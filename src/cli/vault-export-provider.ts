@@ -211,13 +211,17 @@ export class VaultExportProvider implements ExportProvider {
     this.refs.delete(exp.name);
     if (splitExportName(exp.name)[1] === null) {
       // a volume: stays open a while for a client that comes back, then gives its lease back
-      if (!this.closing) this.idleTimers.set(exp.name, setTimeout(() => this.closeIdle(exp.name), this.idleCloseMs).unref());
+      if (!this.closing) this.armIdleClose(exp.name);
       return;
     }
     const p = this.engines.get(exp.name);
     this.engines.delete(exp.name);
     this.opened.delete(exp.name);
     await (await p)?.close();
+  }
+
+  private armIdleClose(name: string): void {
+    this.idleTimers.set(name, setTimeout(() => this.closeIdle(name), this.idleCloseMs).unref());
   }
 
   private closeIdle(name: string): void {
@@ -236,7 +240,7 @@ export class VaultExportProvider implements ExportProvider {
           if (!engine.leaseLost) await engine.flush();
         } catch (err) {
           this.logger.warn({ volume: name, err: describeError(err) }, 'a volume no client uses could not be flushed: it stays open, and is tried again later');
-          if (!this.closing && !this.refs.has(name)) this.idleTimers.set(name, setTimeout(() => this.closeIdle(name), this.idleCloseMs).unref());
+          if (!this.closing && !this.refs.has(name)) this.armIdleClose(name);
           return;
         }
         if (this.closing || this.refs.has(name) || this.engines.get(name) !== p) return; // a client came back, or the server stops
