@@ -139,9 +139,11 @@ export class VaultLifecycle {
    * root nor any other snapshot. Safe beside a running server: a server never re-references an
    * old object, and never deletes an object of an older epoch itself.
    */
-  async deleteSnapshot(volumeName: string, snapName: string): Promise<{ freedObjects: number }> {
+  /** `id`: which one of two snapshots that share the name (a replica synced before sync refused
+   *  a name taken again in the source). */
+  async deleteSnapshot(volumeName: string, snapName: string, id?: string): Promise<{ freedObjects: number }> {
     const { objects, root, snapshots: snaps } = await this.vault.loadVolume(volumeName);
-    const doomed = snaps.find((s) => s.name === snapName);
+    const doomed = snaps.find((s) => s.name === snapName && (id === undefined || s.id === id));
     if (!doomed) throw new VaultError('ERR_NOT_FOUND', `volume "${volumeName}" has no snapshot named "${snapName}"`);
     if (doomed.keep) throw new VaultError('ERR_EXISTS', `snapshot ${volumeName}@${snapName} has the keep flag: clear it first (snapshot keep --clear)`);
     // Mark first, then look for clones: a clone made from here on sees the mark and withdraws.

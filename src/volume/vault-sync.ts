@@ -19,12 +19,13 @@ import { VaultError, describeError, isVaultError } from '../errors';
 import type { ObjectStore } from '../store/object-store';
 import type { Logger } from '../util/log';
 import { VAULT_KEY, leaseKey, metaKey, rootKey, snapshotKey, volumePrefix } from './object-keys';
-import { ROOT_FORMAT, journalsOf, type RootRecord } from './root-record';
+import type { RootRecord } from './root-record';
 import type { SnapshotRecord } from './snapshot-record';
 import { type Vault, type VolumeMeta } from './vault';
 import { TEMPORARY_EXPORT_SNAPSHOT } from './snapshot-record';
 import { listVolumeIds, referencedKeys, snapshotAsRoot } from './volume-references';
 import { wrappingKeyId } from '../keys';
+import { ReplicaSnapshots, replicaRootOf, sameState, type SyncJob as Job } from './replica-snapshots';
 import type { VolumeObjects } from './volume-objects';
 
 export interface SyncOptions {
@@ -42,8 +43,10 @@ export interface SyncedSnapshot {
   readonly id: string;
   /** copied: new in the replica; updated: its record changed (keep flag); present: there
    *  already; vanished: deleted from the source during the sync (not copied); held: newer than
-   *  what a writer on the replica made of its volume (not copied: it would read as a rollback) */
-  readonly status: 'copied' | 'updated' | 'present' | 'vanished' | 'held';
+   *  what a writer on the replica made of its volume (not copied: it would read as a rollback);
+   *  name-taken: the replica has another snapshot of this name (deleted and taken again in the
+   *  source), kept there (no --prune, or its keep flag): not copied, the run fails (exit 1) */
+  readonly status: 'copied' | 'updated' | 'present' | 'vanished' | 'held' | 'name-taken';
 }
 
 export interface SyncResult {
@@ -62,15 +65,6 @@ export interface SyncResult {
   readonly nameTaken: Array<{ volume: string; sourceId: string; replicaId: string; origin?: string }>;
 }
 
-interface Job {
-  readonly meta: VolumeMeta;
-  readonly objects: VolumeObjects;
-  readonly root: RootRecord;
-  readonly snapshots: SnapshotRecord[];
-  /** every snapshot of the volume (false: only those a selected clone is made from) */
-  readonly full: boolean;
-}
-
 export class VaultSync {
   private readonly concurrency: number;
   /** keys the destination holds (listed once per volume, then kept up to date) */
@@ -81,6 +75,7 @@ export class VaultSync {
   private skipped = 0;
   private doneBytes = 0;
   private totalBytes = 0;
+  private readonly replicaSnapshots: ReplicaSnapshots;
 
   constructor(
     private readonly source: Vault,
@@ -91,12 +86,13 @@ export class VaultSync {
     private readonly logger: Logger,
   ) {
     this.concurrency = Math.max(1, opts.concurrency ?? 16);
+    this.replicaSnapshots = new ReplicaSnapshots(source.store, dest, openReplica, opts.prune === true, logger);
   }
 
   async run(): Promise<SyncResult> {
     await this.copyVaultObject();
     const planned = await this.planJobs();
-    const { withoutSnapshots } = planned;
+    const { withoutSnapshots, bare } = planned;
     const { jobs, nameTaken } = await this.withoutNameClashes(planned.jobs);
     // What the destination holds, and how big each source object is (for progress and bytes).
     for (const job of jobs) {
@@ -128,7 +124,8 @@ export class VaultSync {
       if (!isNew || results.some((r) => r.status !== 'vanished' && r.status !== 'held')) await this.copyMeta(job);
     }
     await this.followKeyRotation();
-    const pruned = this.opts.prune ? await this.pruneReplica(jobs.filter((j) => j.full)) : [];
+    if (this.opts.prune) await this.replicaSnapshots.pruneVolumes([...jobs.filter((j) => j.full), ...bare]);
+    const { pruned } = this.replicaSnapshots;
     this.logger.info({ to: this.dest.name, copied: this.copied, bytes: this.bytes, skipped: this.skipped, snapshots: snapshots.length, pruned: pruned.length }, 'sync finished');
     return { copied: this.copied, bytes: this.bytes, skipped: this.skipped, snapshots, pruned, withoutSnapshots, nameTaken };
   }
@@ -145,7 +142,7 @@ export class VaultSync {
     if (fresh.size === 0) return { jobs, nameTaken };
     let theirs: VolumeMeta[];
     try {
-      theirs = await (await this.openReplica()).listVolumes();
+      theirs = await (await this.replicaSnapshots.replica()).listVolumes();
     } catch (err) {
       // (a replica still on a rotated-away key: the run follows the rotation at its end)
       this.logger.warn({ err: describeError(err) }, "could not list the replica's volumes to look for a name taken twice");
@@ -232,11 +229,14 @@ export class VaultSync {
     this.logger.info({ to: this.dest.name }, 'replica follows the source\'s master key rotation');
   }
 
-  private async planJobs(): Promise<{ jobs: Job[]; withoutSnapshots: string[] }> {
+  /** jobs: volumes with snapshots to copy, origins first; bare: those with none (--prune still
+   *  mirrors their deletions) */
+  private async planJobs(): Promise<{ jobs: Job[]; withoutSnapshots: string[]; bare: Job[] }> {
     const all = await this.source.listVolumes({ strict: true });
     const wanted = this.opts.volumes && this.opts.volumes.length > 0 ? this.opts.volumes : all.map((v) => v.name);
     const jobs: Job[] = [];
     const withoutSnapshots: string[] = [];
+    const bare: Job[] = [];
     const origins = new Map<string, Set<string>>(); // origin volume id → snapshot ids clones need
     for (const name of wanted) {
       const found = all.find((v) => v.name === name);
@@ -247,6 +247,7 @@ export class VaultSync {
       const snapshots = (await objects.listSnapshots()).filter((s) => !TEMPORARY_EXPORT_SNAPSHOT.test(s.name));
       if (snapshots.length === 0) {
         withoutSnapshots.push(name);
+        bare.push({ meta, objects, root, snapshots, full: true });
         continue;
       }
       if (root.origin) {
@@ -271,7 +272,7 @@ export class VaultSync {
       const snapshots = (await objects.listSnapshots()).filter((s) => snapIds.has(s.id));
       originJobs.push({ meta, objects, root, snapshots, full: false });
     }
-    return { jobs: [...originJobs, ...jobs], withoutSnapshots };
+    return { jobs: [...originJobs, ...jobs], withoutSnapshots, bare };
   }
 
   /** Everything a snapshot names (its pages and chunks, a clone's origin ones too); null if the
@@ -288,6 +289,14 @@ export class VaultSync {
   private async copySnapshot(job: Job, snap: SnapshotRecord, keys: string[]): Promise<SyncedSnapshot> {
     const name = `${job.meta.name}@${snap.name}`;
     const recordKey = snapshotKey(job.meta.id, snap.id);
+    // Another snapshot of this name in the replica (the name was taken again in the source): two
+    // of one name there would leave VOL@NAME reading the old one. --prune replaces it, once the
+    // replica's root has moved past it (below); otherwise it stays and this one waits.
+    const namesake = this.present.has(recordKey) || !this.present.has(metaKey(job.meta.id)) ? undefined : await this.replicaSnapshots.namesake(job, snap);
+    if (namesake && !(await this.replicaSnapshots.mayPrune(job, namesake))) {
+      this.logger.error({ snapshot: name, replicaId: namesake.id, keep: namesake.keep === true }, this.opts.prune ? 'snapshot not copied: the replica has another snapshot of this name, with the keep flag there (clear it on the replica, then sync --prune again)' : 'snapshot not copied: the replica has another snapshot of this name (deleted and taken again in the source); sync --prune replaces it');
+      return { export: name, id: snap.id, status: 'name-taken' };
+    }
     const todo = keys.filter((k) => !this.present.has(k));
     this.skipped += keys.length - todo.length;
     try {
@@ -316,6 +325,7 @@ export class VaultSync {
       this.logger.warn({ snapshot: name }, 'snapshot not copied: it is newer than the replica volume\'s own writes (clone what you need on the replica, delete the volume there, then sync again)');
       return { export: name, id: snap.id, status: 'held' };
     }
+    if (namesake && !(await this.replicaSnapshots.prune(job, namesake))) return { export: name, id: snap.id, status: 'name-taken' };
     if (status !== 'present') {
       await this.dest.put(recordKey, record);
       this.present.add(recordKey);
@@ -402,32 +412,6 @@ export class VaultSync {
     this.count(body.length);
   }
 
-  /** --prune: the replica's snapshots of fully synced volumes that the source no longer has. */
-  private async pruneReplica(jobs: Job[]): Promise<string[]> {
-    if (jobs.length === 0) return [];
-    const replica = await this.openReplica();
-    const pruned: string[] = [];
-    for (const job of jobs) {
-      if (!this.present.has(metaKey(job.meta.id))) continue;
-      const sourceIds = new Set((await job.objects.listSnapshots()).map((s) => s.id));
-      const { objects } = await replica.loadVolume(job.meta.name);
-      for (const s of await objects.listSnapshots()) {
-        if (sourceIds.has(s.id)) continue;
-        if (s.keep) {
-          this.logger.warn({ snapshot: `${job.meta.name}@${s.name}` }, 'replica snapshot kept: it has the keep flag there (clear it on the replica to let prune remove it)');
-          continue;
-        }
-        try {
-          await replica.deleteSnapshot(job.meta.name, s.name);
-          pruned.push(`${job.meta.name}@${s.name}`);
-        } catch (err) {
-          this.logger.warn({ snapshot: `${job.meta.name}@${s.name}`, err: describeError(err) }, 'replica snapshot kept');
-        }
-      }
-    }
-    return pruned;
-  }
-
   private count(n: number): void {
     this.copied++;
     this.bytes += n;
@@ -450,31 +434,4 @@ function metaKeyId(meta: Buffer): string {
   } catch {
     return '';
   }
-}
-
-/** The replica root sync writes for `snap`: its pages, one epoch above it. */
-function replicaRootOf(job: Job, snap: SnapshotRecord, seq: number): RootRecord {
-  return {
-    v: ROOT_FORMAT,
-    volumeId: job.meta.id,
-    seq,
-    size: snap.size,
-    chunkSize: snap.chunkSize,
-    pageEntries: snap.pageEntries,
-    epoch: snap.epoch + 1,
-    pages: snap.pages,
-    updatedAt: snap.createdAt,
-    ...(job.root.origin ? { origin: job.root.origin } : {}),
-  };
-}
-
-function sameState(a: RootRecord, b: RootRecord): boolean {
-  return (
-    a.size === b.size &&
-    a.epoch === b.epoch &&
-    JSON.stringify(a.pages) === JSON.stringify(b.pages) &&
-    JSON.stringify(a.origin ?? null) === JSON.stringify(b.origin ?? null) &&
-    journalsOf(a).length === 0 && // a replica root with journals (a writer there) is not a snapshot's state
-    journalsOf(b).length === 0
-  );
 }

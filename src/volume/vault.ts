@@ -476,8 +476,8 @@ export class Vault {
   }
 
   /** Delete a snapshot record, then the objects only it named (vault-lifecycle.ts). */
-  deleteSnapshot(volumeName: string, snapName: string): Promise<{ freedObjects: number }> {
-    return this.lifecycle().deleteSnapshot(volumeName, snapName);
+  deleteSnapshot(volumeName: string, snapName: string, id?: string): Promise<{ freedObjects: number }> {
+    return this.lifecycle().deleteSnapshot(volumeName, snapName, id);
   }
 
   /** Crypto-erase the volume, then delete all of its objects (vault-lifecycle.ts). */

@@ -308,3 +308,36 @@ test('a command on a replica, from the state directory of the source\'s running 
   // and on the source, the running server still takes it
   assert.match((await v.cli('snapshot', 'vol', 'here')).stdout, /through the running server/);
 });
+
+test('sync: a snapshot name taken again at the source fails the run (exit 1, with the fix) until --prune replaces the replica\'s one', async (t) => {
+  const v = await makeTestVault();
+  t.after(() => v.cleanup());
+  await v.cli('volume', 'create', 'vol', '--size', '8M');
+  const first = randomBytes(8 * 2 ** 20);
+  const second = randomBytes(8 * 2 ** 20);
+  writeFileSync(join(v.dir, 'a.img'), first);
+  writeFileSync(join(v.dir, 'b.img'), second);
+  await v.cli('import', join(v.dir, 'a.img'), 'vol');
+  await v.cli('snapshot', 'vol', 'daily');
+  const replica = join(v.dir, 'replica');
+  await v.cli('sync', '--to', replica);
+  await v.cli('snapshot', 'delete', 'vol@daily');
+  await v.cli('import', join(v.dir, 'b.img'), 'vol');
+  await v.cli('snapshot', 'vol', 'daily');
+  const refused = await v.cliResult('sync', '--to', replica);
+  assert.equal(refused.code, 1, refused.stderr);
+  assert.match(refused.stdout, /FAILED +vol@daily: the replica has another snapshot of this name .*sync --prune replaces it/);
+  const state2 = join(v.dir, 'state-replica');
+  let exports = 0;
+  const exportOf = async (name: string) => {
+    const out = join(v.dir, `export-${++exports}.img`);
+    await v.cli('export', name, out, '--store', replica, '--state', state2);
+    return readFileSync(out);
+  };
+  assert.ok((await exportOf('vol@daily')).equals(first), 'the replica still has the old one, whole');
+  const replaced = await v.cliResult('sync', '--to', replica, '--prune', '--json');
+  assert.equal(replaced.code, 0, replaced.stderr);
+  const r = JSON.parse(replaced.stdout);
+  assert.deepEqual([r.snapshots.map((s: { status: string }) => s.status), r.pruned], [['copied'], ['vol@daily']]);
+  assert.ok((await exportOf('vol@daily')).equals(second), 'the replica\'s vol@daily is the new one');
+});

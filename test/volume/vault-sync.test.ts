@@ -391,3 +391,71 @@ test('a replica volume written since sync set its root keeps its writes at the n
   assert.deepEqual((await after.listSnapshots('vol')).map((s) => s.name), ['s1']);
   await verifyVault(after);
 });
+
+test('--prune never takes the snapshot whose state the replica volume holds: later snapshots still arrive (the source deleted its newest, or all of them)', async (t) => {
+  const w = await world(t);
+  const { vault } = w.f;
+  await vault.createVolume('vol', SIZE);
+  const e = await vault.openEngine('vol', { autoCommitMs: 0 });
+  await e.write(0, randomBytes(CHUNK_SIZE));
+  await e.snapshot('s1');
+  await e.write(CHUNK_SIZE, randomBytes(CHUNK_SIZE));
+  await e.snapshot('s2');
+  await w.sync();
+  // the source deletes its newest snapshot: the replica's VOL holds s2's state, so s2 stays
+  await vault.deleteSnapshot('vol', 's2');
+  const r1 = await w.sync({ prune: true });
+  assert.deepEqual(r1.pruned, []);
+  assert.deepEqual((await (await w.replica()).listSnapshots('vol')).map((s) => s.name), ['s1', 's2']);
+  // then every snapshot: s1 goes, s2 still holds the replica's VOL
+  await vault.deleteSnapshot('vol', 's1');
+  const r2 = await w.sync({ prune: true });
+  assert.deepEqual(r2.withoutSnapshots, ['vol']);
+  assert.deepEqual(r2.pruned, ['vol@s1'], 'a volume with no snapshot left at the source is pruned too');
+  // a new snapshot at the source arrives (it was "held" for good once s2 was pruned), and s2 goes
+  await e.write(2 * CHUNK_SIZE, randomBytes(CHUNK_SIZE));
+  await e.snapshot('s3');
+  await e.close();
+  const r3 = await w.sync({ prune: true });
+  assert.deepEqual(r3.snapshots.map((s) => [s.export, s.status]), [['vol@s3', 'copied']]);
+  assert.deepEqual(r3.pruned, ['vol@s2']);
+  const replica = await w.replica();
+  assert.deepEqual((await replica.listSnapshots('vol')).map((s) => s.name), ['s3']);
+  assert.ok((await readAll(replica, 'vol')).equals(await readAll(vault, 'vol@s3')));
+  await verifyVault(replica);
+});
+
+test('a snapshot name taken again at the source: not copied beside the replica\'s old one (exit 1); --prune replaces it', async (t) => {
+  const w = await world(t);
+  const { vault } = w.f;
+  await vault.createVolume('vol', SIZE);
+  const e = await vault.openEngine('vol', { autoCommitMs: 0 });
+  await e.write(0, randomBytes(CHUNK_SIZE));
+  await e.snapshot('daily');
+  const oldDaily = await readAll(vault, 'vol@daily');
+  await w.sync();
+  await vault.deleteSnapshot('vol', 'daily');
+  await e.write(0, randomBytes(CHUNK_SIZE));
+  await e.snapshot('daily');
+  await e.close();
+  const newDaily = await readAll(vault, 'vol@daily');
+  const r1 = await w.sync();
+  assert.deepEqual(r1.snapshots.map((s) => [s.export, s.status]), [['vol@daily', 'name-taken']]);
+  const replica = await w.replica();
+  assert.deepEqual((await replica.listSnapshots('vol')).map((s) => s.name), ['daily'], 'one snapshot of that name');
+  assert.ok((await readAll(replica, 'vol@daily')).equals(oldDaily), 'the old one, whole');
+  // a keep flag on the replica's one protects it from --prune too
+  const { objects: onReplica } = await replica.loadVolume('vol');
+  const old = (await onReplica.listSnapshots())[0];
+  await onReplica.setSnapshotKeep(old.id, true);
+  const r2 = await w.sync({ prune: true });
+  assert.deepEqual([r2.snapshots.map((s) => s.status), r2.pruned], [['name-taken'], []]);
+  await onReplica.setSnapshotKeep(old.id, false);
+  const r3 = await w.sync({ prune: true });
+  assert.deepEqual([r3.snapshots.map((s) => [s.export, s.status]), r3.pruned], [[['vol@daily', 'copied']], ['vol@daily']]);
+  const after = await w.replica();
+  assert.deepEqual((await after.listSnapshots('vol')).map((s) => s.name), ['daily']);
+  assert.ok((await readAll(after, 'vol@daily')).equals(newDaily), 'the new one');
+  assert.ok((await readAll(after, 'vol')).equals(newDaily));
+  await verifyVault(after);
+});
