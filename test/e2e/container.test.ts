@@ -9,12 +9,23 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { createServer } from 'node:net';
 import { freeLoopbackPort, runCommand, waitFor } from '../helpers/fuse-disk';
 import { docker, dockerUnavailableReason, startDockerEngine } from '../helpers/docker';
 import { REPO } from '../helpers/vault-server';
 
 const BASE_IMAGE = 'nbd-vault-test/node:24-bookworm-slim';
 const IMAGE = 'nbd-vault-test/nbd-vault:latest';
+/** the port the image's own command listens on (Dockerfile CMD) */
+const DEFAULT_PORT = 10809;
+
+function portFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = createServer();
+    probe.once('error', () => resolve(false));
+    probe.listen(port, '0.0.0.0', () => probe.close(() => resolve(true)));
+  });
+}
 
 test('the Dockerfile builds; its container serves qemu-img over NBD and keeps the data across a restart', async (t) => {
   const unavailable = await dockerUnavailableReason();
@@ -111,6 +122,31 @@ test('the Dockerfile builds; its container serves qemu-img over NBD and keeps th
     assert.ok((await readBack(join(dir, 'back2.bin'))).equals(first), 'a new container on the same volumes serves the same data');
     const logs = await stop(c2);
     assert.doesNotMatch(logs, /created a new (master key|vault)/, 'the restart opened the kept key and vault');
+  });
+  // The image's own command (the README's `docker run`): it listens on every address, so without
+  // TLS it refuses to start and says how to go on; with NBD_VAULT_INSECURE_NO_TLS=1 it serves.
+  await timed('default command', async () => {
+    const vflags = volumes.flatMap((v) => ['-v', v]);
+    const refused = await docker(['run', '--rm', '--init', '--network', 'host', ...vflags, IMAGE]).then(
+      () => null,
+      (err: Error) => err.message,
+    );
+    assert.ok(refused !== null, 'the default command without TLS must not serve');
+    assert.match(refused, /--insecure-no-tls/, refused);
+    if (!(await portFree(DEFAULT_PORT))) {
+      console.log(`port ${DEFAULT_PORT} is taken on this host: the default command was not run to serve`);
+      return;
+    }
+    const name = `nbd-vault-test-${id}-default`;
+    containers.push(name);
+    await docker(['run', '-d', '--init', '--network', 'host', '--name', name, '-e', 'NBD_VAULT_INSECURE_NO_TLS=1', ...vflags, IMAGE]);
+    const defaultUri = `nbd://127.0.0.1:${DEFAULT_PORT}/default`;
+    const up = await waitFor(async () => (await runCommand('qemu-img', ['info', defaultUri]).then(() => true, () => false)), 90_000, 500);
+    assert.ok(up, `the default command did not serve in 90 s:\n${(await docker(['logs', name])).stderr}`);
+    await runCommand('qemu-img', ['dd', '-f', 'raw', '-O', 'raw', 'bs=1M', 'count=6', `if=${defaultUri}`, `of=${join(dir, 'back3.bin')}`], { timeoutMs: 120_000 });
+    assert.ok(readFileSync(join(dir, 'back3.bin')).equals(first), 'the default command serves the same data');
+    const logs = await stop(name);
+    assert.match(logs, /serving WITHOUT TLS on a non-loopback address/);
   });
   console.log(`container test timings (s): ${JSON.stringify(timings)}`);
 });
