@@ -1,9 +1,8 @@
-// What sync knows of a replica volume's snapshots: which replica root holds a copied snapshot's
-// state, which replica snapshot has a name the source took again, and what --prune may delete.
-// The rules (FORMAT.md "Replicas"): a replica snapshot with the keep flag is never pruned; nor is
-// the one whose state the replica's root holds (deleting it frees nothing, and the next sync
-// would take that root for a writer's and hold back every newer snapshot) until a newer one is
-// synced; two snapshots of one name are never left side by side (VOL@NAME would read the old).
+// What sync knows of a replica volume's snapshots: which replica root is one sync wrote, which
+// replica snapshot has a name the source took again, and what --prune may delete.
+// The rules (FORMAT.md "Replicas"): a replica snapshot with the keep flag, or with clones there,
+// is never pruned; two snapshots of one name are never left side by side (VOL@NAME would read
+// the old one).
 import { describeError } from '../errors';
 import type { ObjectStore } from '../store/object-store';
 import type { Logger } from '../util/log';
@@ -67,6 +66,18 @@ export class ReplicaSnapshots {
     return true;
   }
 
+  /** Why the replica's snapshot `s`, of a name the source took again, cannot be replaced (null:
+   *  --prune may delete it). */
+  async whyNamesakeStays(job: SyncJob, s: SnapshotRecord): Promise<string | null> {
+    const taken = 'the replica has another snapshot of this name (deleted and taken again in the source)';
+    if (!this.pruneAllowed) return `${taken}: sync --prune replaces it`;
+    if (s.keep) return `${taken}, with the keep flag there: clear it on the replica (snapshot keep ${job.meta.name}@${s.name} --clear, with --store the replica and a state directory of its own), then sync --prune again`;
+    if (!(await this.mayPrune(job, s))) return `${taken}, which the source has too`;
+    const clones = await (await this.replica()).clonesOf(job.meta.id, s.id);
+    if (clones.length > 0) return `${taken}, which clones on the replica are made from (${clones.join(', ')}): delete them there, then sync --prune again`;
+    return null;
+  }
+
   /** Delete the replica's snapshot `s` (by id: a replica may hold two of one name from before). */
   async prune(job: SyncJob, s: SnapshotRecord): Promise<boolean> {
     this.listed.delete(job.meta.id);
@@ -89,7 +100,9 @@ export class ReplicaSnapshots {
       const root = (await objects.readRoot()).root;
       for (const s of await objects.listSnapshots()) {
         if (!(await this.mayPrune(job, s))) continue;
-        if (sameState(root, replicaRootOf(job, s, root.seq))) {
+        if (root.syncedFrom === undefined && sameState(root, replicaRootOf(job, s, root.seq))) {
+          // (an unmarked root, from a sync before roots were marked: without this record, nothing
+          // would tell it from a writer's, and every newer snapshot would be held back)
           this.logger.info({ snapshot: `${job.meta.name}@${s.name}` }, 'replica snapshot kept until a newer one is synced: the replica volume holds its state');
           continue;
         }
@@ -112,7 +125,16 @@ export function replicaRootOf(job: SyncJob, snap: SnapshotRecord, seq: number): 
     pages: snap.pages,
     updatedAt: snap.createdAt,
     ...(job.root.origin ? { origin: job.root.origin } : {}),
+    syncedFrom: snap.id,
   };
+}
+
+/** `root` is a replica root as sync wrote it (no writer committed since): marked, or, for one
+ *  written before roots were marked, holding the state of a snapshot the replica has. */
+export function isSyncedRoot(job: SyncJob, root: RootRecord, replicaSnapshots: readonly SnapshotRecord[]): boolean {
+  if (journalsOf(root).length > 0) return false;
+  if (root.syncedFrom !== undefined) return true;
+  return replicaSnapshots.some((s) => sameState(root, replicaRootOf(job, s, root.seq)));
 }
 
 export function sameState(a: RootRecord, b: RootRecord): boolean {

@@ -34,6 +34,10 @@ export interface RootRecord {
   /** Format 2: the write journals applied over the manifest, oldest first. decodeRoot always
    *  sets it ([] for format 1); optional only so roots built without journals need not say so. */
   readonly journals?: readonly JournalRef[];
+  /** A replica's root as sync wrote it: the id of the snapshot whose state it holds. A writer's
+   *  commit drops it, so it tells sync's roots from a writer's even once that snapshot's record
+   *  is gone (pruned, or never written: an interrupted run). */
+  readonly syncedFrom?: string;
 }
 
 /** The journals of a root, oldest first ([] for none). */
@@ -72,6 +76,7 @@ export function decodeRoot(bytes: Buffer, volumeId: string): RootRecord & { jour
     raw.pages.length === Math.ceil(Math.ceil(raw.size / raw.chunkSize) / raw.pageEntries) &&
     raw.pages.every((p: unknown) => p === null || (Array.isArray(p) && typeof p[0] === 'string' && ID_PATTERN.test(p[0]) && Number.isSafeInteger(p[1]))) &&
     (raw.origin === undefined || (ID_PATTERN.test(raw.origin?.volumeId) && ID_PATTERN.test(raw.origin?.snapshotId))) &&
+    (raw.syncedFrom === undefined || (typeof raw.syncedFrom === 'string' && ID_PATTERN.test(raw.syncedFrom))) &&
     (raw.v === 1 ? raw.journals === undefined : validJournals(raw.journals));
   if (!ok) throw new VaultError('ERR_CORRUPT', `root of volume ${volumeId} is malformed`);
   return {

@@ -25,8 +25,7 @@ import { type Vault, type VolumeMeta } from './vault';
 import { TEMPORARY_EXPORT_SNAPSHOT } from './snapshot-record';
 import { listVolumeIds, referencedKeys, snapshotAsRoot } from './volume-references';
 import { wrappingKeyId } from '../keys';
-import { ReplicaSnapshots, replicaRootOf, sameState, type SyncJob as Job } from './replica-snapshots';
-import type { VolumeObjects } from './volume-objects';
+import { ReplicaSnapshots, isSyncedRoot, replicaRootOf, sameState, type SyncJob as Job } from './replica-snapshots';
 
 export interface SyncOptions {
   /** volume names to copy (default: every volume); their clones' origins come along */
@@ -43,10 +42,13 @@ export interface SyncedSnapshot {
   readonly id: string;
   /** copied: new in the replica; updated: its record changed (keep flag); present: there
    *  already; vanished: deleted from the source during the sync (not copied); held: newer than
-   *  what a writer on the replica made of its volume (not copied: it would read as a rollback);
+   *  what a writer on the replica made of its volume, or a server holds it there (not copied:
+   *  it would read as a rollback); the run fails (exit 1);
    *  name-taken: the replica has another snapshot of this name (deleted and taken again in the
    *  source), kept there (no --prune, or its keep flag): not copied, the run fails (exit 1) */
   readonly status: 'copied' | 'updated' | 'present' | 'vanished' | 'held' | 'name-taken';
+  /** held, name-taken: why, and what to do */
+  readonly reason?: string;
 }
 
 export interface SyncResult {
@@ -292,10 +294,13 @@ export class VaultSync {
     // Another snapshot of this name in the replica (the name was taken again in the source): two
     // of one name there would leave VOL@NAME reading the old one. --prune replaces it, once the
     // replica's root has moved past it (below); otherwise it stays and this one waits.
-    const namesake = this.present.has(recordKey) || !this.present.has(metaKey(job.meta.id)) ? undefined : await this.replicaSnapshots.namesake(job, snap);
-    if (namesake && !(await this.replicaSnapshots.mayPrune(job, namesake))) {
-      this.logger.error({ snapshot: name, replicaId: namesake.id, keep: namesake.keep === true }, this.opts.prune ? 'snapshot not copied: the replica has another snapshot of this name, with the keep flag there (clear it on the replica, then sync --prune again)' : 'snapshot not copied: the replica has another snapshot of this name (deleted and taken again in the source); sync --prune replaces it');
-      return { export: name, id: snap.id, status: 'name-taken' };
+    const namesake = this.present.has(recordKey) ? undefined : await this.replicaSnapshots.namesake(job, snap);
+    if (namesake) {
+      const kept = await this.replicaSnapshots.whyNamesakeStays(job, namesake);
+      if (kept !== null) {
+        this.logger.error({ snapshot: name, replicaId: namesake.id }, `snapshot not copied: ${kept}`);
+        return { export: name, id: snap.id, status: 'name-taken', reason: kept };
+      }
     }
     const todo = keys.filter((k) => !this.present.has(k));
     this.skipped += keys.length - todo.length;
@@ -321,11 +326,14 @@ export class VaultSync {
     // The root first: a record newer than the replica's root would read as a rollback there
     // (an interrupted run made the replica volume unreadable until the next one). A root left
     // alone (written on the replica) keeps out the records newer than it, for the same reason.
-    if (!(await this.updateReplicaRoot(job, snap)) && status === 'copied') {
-      this.logger.warn({ snapshot: name }, 'snapshot not copied: it is newer than the replica volume\'s own writes (clone what you need on the replica, delete the volume there, then sync again)');
-      return { export: name, id: snap.id, status: 'held' };
+    const held = await this.updateReplicaRoot(job, snap);
+    if (held !== null && status === 'copied') {
+      this.logger.warn({ snapshot: name }, `snapshot not copied: ${held}`);
+      return { export: name, id: snap.id, status: 'held', reason: held };
     }
-    if (namesake && !(await this.replicaSnapshots.prune(job, namesake))) return { export: name, id: snap.id, status: 'name-taken' };
+    if (namesake && !(await this.replicaSnapshots.prune(job, namesake))) {
+      return { export: name, id: snap.id, status: 'name-taken', reason: 'the replica has another snapshot of this name, which could not be deleted (see the log)' };
+    }
     if (status !== 'present') {
       await this.dest.put(recordKey, record);
       this.present.add(recordKey);
@@ -333,12 +341,6 @@ export class VaultSync {
     }
     if (status !== 'present') this.logger.info({ snapshot: name, status }, 'snapshot synced');
     return { export: name, id: snap.id, status };
-  }
-
-  /** `root` holds the state of a snapshot the replica has (epoch one above, same pages), as the
-   *  roots sync writes do: nobody wrote the replica volume since. */
-  private async heldBySync(job: Job, objects: VolumeObjects, root: RootRecord): Promise<boolean> {
-    return (await objects.listSnapshots()).some((s) => sameState(root, replicaRootOf(job, s, root.seq)));
   }
 
   /** The replica's record of snapshot `id` has the keep flag. */
@@ -372,32 +374,34 @@ export class VaultSync {
 
   /**
    * The replica's root names the newest copied snapshot's pages. Left alone when it names a newer
-   * one already, or when a writer holds the replica volume's lease (someone serves it writable).
+   * one already, when a writer committed there since sync set it, or when a server holds the
+   * replica volume's lease. Null when the root covers the snapshot afterwards (its epoch is above
+   * the snapshot's), so its record may be copied; else why not.
    */
-  /** True when the replica's root covers the snapshot afterwards (its epoch is above the
-   *  snapshot's), so its record may be copied. */
-  private async updateReplicaRoot(job: Job, snap: SnapshotRecord): Promise<boolean> {
+  private async updateReplicaRoot(job: Job, snap: SnapshotRecord): Promise<string | null> {
     const objects = job.objects.onStore(this.dest);
     let current: { root: RootRecord; etag: string } | null = null;
     if (this.present.has(rootKey(job.meta.id)) || (await this.dest.head(rootKey(job.meta.id)))) current = await objects.readRoot();
-    if (current && current.root.epoch > snap.epoch + 1) return true;
+    if (current && current.root.epoch > snap.epoch + 1) return null;
     // the seq of the source's root the snapshot was taken from, which holds this very state:
-    // never ahead of the source, so a state directory that reads both sees no rollback
+    // never ahead of the source's root
     const wanted = replicaRootOf(job, snap, Math.max((current?.root.seq ?? 0) + 1, snap.rootSeq));
-    if (current && sameState(current.root, wanted)) return true;
-    if (current && !(await this.heldBySync(job, objects, current.root))) {
-      // Not a state sync wrote (a copied snapshot's): a writer served the replica volume, or the
-      // destination is the source itself under another name (a symlink, another endpoint).
+    if (current && sameState(current.root, wanted)) return null;
+    if (current && !isSyncedRoot(job, current.root, await objects.listSnapshots())) {
+      // A writer committed on the replica volume, or the destination is the source itself under
+      // another name (a symlink, another endpoint).
       this.logger.warn({ volume: job.meta.name, seq: current.root.seq, snapshot: snap.name }, 'the replica volume was written since sync last set its root: its root is left alone');
-      return current.root.epoch > snap.epoch;
+      if (current.root.epoch > snap.epoch) return null;
+      return "it is newer than the replica volume's own writes: clone what you need on the replica, delete the volume there, then sync again";
     }
     if (await this.dest.head(leaseKey(job.meta.id))) {
-      this.logger.warn({ volume: job.meta.name }, 'a writer holds the replica volume\'s lease: its root is left alone');
-      return current !== null && current.root.epoch > snap.epoch;
+      this.logger.warn({ volume: job.meta.name }, 'a server holds the replica volume\'s lease: its root is left alone');
+      if (current !== null && current.root.epoch > snap.epoch) return null;
+      return 'a server holds the replica volume (it serves it, or was killed less than a lease term ago): sync again once it has stopped';
     }
     await objects.writeRoot(wanted, current?.etag ?? null);
     this.present.add(rootKey(job.meta.id));
-    return true;
+    return null;
   }
 
   /** The volume's metadata, verbatim (again if the source's was rewrapped by a key rotation). */

@@ -326,7 +326,7 @@ test('sync: a snapshot name taken again at the source fails the run (exit 1, wit
   await v.cli('snapshot', 'vol', 'daily');
   const refused = await v.cliResult('sync', '--to', replica);
   assert.equal(refused.code, 1, refused.stderr);
-  assert.match(refused.stdout, /FAILED +vol@daily: the replica has another snapshot of this name .*sync --prune replaces it/);
+  assert.match(refused.stdout, /FAILED +vol@daily \(name-taken\): the replica has another snapshot of this name .*sync --prune replaces it/);
   const state2 = join(v.dir, 'state-replica');
   let exports = 0;
   const exportOf = async (name: string) => {

@@ -227,13 +227,13 @@ test('an interrupted sync leaves a consistent replica at every point; rerun, it 
   }
   assert.deepEqual((await w.replica().then((r) => r.listSnapshots('vol'))).map((s) => s.name), ['a', 'b', 'c', 'd']);
 
-  // flip one byte of one stored chunk in the replica: verify names it
+  // flip one byte of one stored chunk in the replica (any: d's own too): verify names it
   const chunk = files(w.destDir).find((p) => p.includes('/chunks/'))!;
   const bytes = readFileSync(chunk);
   bytes[bytes.length - 20] ^= 1;
   writeFileSync(chunk, bytes);
   const damaged: string[] = [];
-  for (const spec of ['vol@a', 'vol@b', 'vol@c']) {
+  for (const spec of ['vol@a', 'vol@b', 'vol@c', 'vol@d']) {
     const { manifest, root, objects } = await replica.loadManifestOf(spec);
     if ((await verifyManifest(objects, manifest, root)).damaged.length > 0) damaged.push(spec);
   }
@@ -392,7 +392,7 @@ test('a replica volume written since sync set its root keeps its writes at the n
   await verifyVault(after);
 });
 
-test('--prune never takes the snapshot whose state the replica volume holds: later snapshots still arrive (the source deleted its newest, or all of them)', async (t) => {
+test('--prune mirrors every deletion, the newest snapshot and a volume\'s last one too; later snapshots still arrive', async (t) => {
   const w = await world(t);
   const { vault } = w.f;
   await vault.createVolume('vol', SIZE);
@@ -401,28 +401,85 @@ test('--prune never takes the snapshot whose state the replica volume holds: lat
   await e.snapshot('s1');
   await e.write(CHUNK_SIZE, randomBytes(CHUNK_SIZE));
   await e.snapshot('s2');
+  const s2 = await readAll(vault, 'vol@s2');
   await w.sync();
-  // the source deletes its newest snapshot: the replica's VOL holds s2's state, so s2 stays
+  // the source deletes its newest snapshot: the replica's VOL keeps its state (its root names
+  // those pages), and the record goes
   await vault.deleteSnapshot('vol', 's2');
   const r1 = await w.sync({ prune: true });
-  assert.deepEqual(r1.pruned, []);
-  assert.deepEqual((await (await w.replica()).listSnapshots('vol')).map((s) => s.name), ['s1', 's2']);
-  // then every snapshot: s1 goes, s2 still holds the replica's VOL
+  assert.deepEqual(r1.pruned, ['vol@s2']);
+  assert.deepEqual((await (await w.replica()).listSnapshots('vol')).map((s) => s.name), ['s1']);
+  assert.ok((await readAll(await w.replica(), 'vol')).equals(s2));
+  // then its last one: a volume with no snapshot left at the source is pruned too
   await vault.deleteSnapshot('vol', 's1');
   const r2 = await w.sync({ prune: true });
-  assert.deepEqual(r2.withoutSnapshots, ['vol']);
-  assert.deepEqual(r2.pruned, ['vol@s1'], 'a volume with no snapshot left at the source is pruned too');
-  // a new snapshot at the source arrives (it was "held" for good once s2 was pruned), and s2 goes
+  assert.deepEqual([r2.withoutSnapshots, r2.pruned], [['vol'], ['vol@s1']]);
+  // a new snapshot at the source arrives: the replica's root is still known for sync's own (it
+  // used to be taken for a writer's once its snapshot was pruned, and every later one was held)
   await e.write(2 * CHUNK_SIZE, randomBytes(CHUNK_SIZE));
   await e.snapshot('s3');
   await e.close();
   const r3 = await w.sync({ prune: true });
-  assert.deepEqual(r3.snapshots.map((s) => [s.export, s.status]), [['vol@s3', 'copied']]);
-  assert.deepEqual(r3.pruned, ['vol@s2']);
+  assert.deepEqual([r3.snapshots.map((s) => [s.export, s.status]), r3.pruned], [[['vol@s3', 'copied']], []]);
   const replica = await w.replica();
   assert.deepEqual((await replica.listSnapshots('vol')).map((s) => s.name), ['s3']);
   assert.ok((await readAll(replica, 'vol')).equals(await readAll(vault, 'vol@s3')));
   await verifyVault(replica);
+});
+
+test('a replica root from before roots were marked: --prune keeps the snapshot it holds until a newer one is synced', async (t) => {
+  const w = await world(t);
+  const { vault } = w.f;
+  const { id } = await vault.createVolume('vol', SIZE);
+  const e = await vault.openEngine('vol', { autoCommitMs: 0 });
+  await e.write(0, randomBytes(CHUNK_SIZE));
+  await e.snapshot('s1');
+  await w.sync();
+  // what an older sync wrote: the same root without its mark
+  const { objects } = await (await w.replica()).loadVolume('vol');
+  const { root, etag } = await objects.readRoot();
+  assert.equal(root.syncedFrom, (await vault.listSnapshots('vol'))[0].id, 'sync marks its roots');
+  const { syncedFrom: _, ...unmarked } = root;
+  await objects.writeRoot({ ...unmarked, seq: root.seq + 1 }, etag);
+  assert.equal(id, objects.volumeId);
+  await vault.deleteSnapshot('vol', 's1');
+  assert.deepEqual((await w.sync({ prune: true })).pruned, [], 'kept: without it nothing tells that root from a writer\'s');
+  await e.write(0, randomBytes(CHUNK_SIZE));
+  await e.snapshot('s2');
+  await e.close();
+  const r = await w.sync({ prune: true });
+  assert.deepEqual([r.snapshots.map((s) => [s.export, s.status]), r.pruned], [[['vol@s2', 'copied']], ['vol@s1']]);
+  assert.ok((await readAll(await w.replica(), 'vol')).equals(await readAll(vault, 'vol@s2')));
+});
+
+test('a run cut off between the replica root and its record, whose snapshot is then deleted at the source: later snapshots still arrive', async (t) => {
+  const w = await world(t, 'memory');
+  const { vault } = w.f;
+  await vault.createVolume('vol', SIZE);
+  const e = await vault.openEngine('vol', { autoCommitMs: 0 });
+  await e.write(0, randomBytes(CHUNK_SIZE));
+  await e.snapshot('s1');
+  await w.sync();
+  await e.write(0, randomBytes(CHUNK_SIZE));
+  await e.snapshot('s2');
+  // every put of the next run lands except the record's: it stops after the root
+  const s2 = (await vault.listSnapshots('vol')).find((s) => s.name === 's2')!;
+  const cut = new (class extends PassThroughStore {
+    override async put(key: string, body: Buffer, opts?: PutOptions): Promise<{ etag: string }> {
+      if (key.endsWith(s2.id)) throw new VaultError('ERR_STORE_TRANSIENT', 'test: connection lost');
+      return this.inner.put(key, body, opts);
+    }
+  })(w.dest, 'cut');
+  await assert.rejects(w.sync({ store: cut }), /connection lost/);
+  await vault.deleteSnapshot('vol', 's2');
+  await e.write(CHUNK_SIZE, randomBytes(CHUNK_SIZE));
+  await e.snapshot('s3');
+  await e.close();
+  const r = await w.sync({ prune: true });
+  assert.deepEqual(r.snapshots.map((s) => [s.export, s.status]), [['vol@s1', 'present'], ['vol@s3', 'copied']]);
+  const replica = await w.replica();
+  assert.deepEqual((await replica.listSnapshots('vol')).map((s) => s.name), ['s1', 's3']);
+  assert.ok((await readAll(replica, 'vol')).equals(await readAll(vault, 'vol@s3')));
 });
 
 test('a snapshot name taken again at the source: not copied beside the replica\'s old one (exit 1); --prune replaces it', async (t) => {
@@ -458,4 +515,76 @@ test('a snapshot name taken again at the source: not copied beside the replica\'
   assert.ok((await readAll(after, 'vol@daily')).equals(newDaily), 'the new one');
   assert.ok((await readAll(after, 'vol')).equals(newDaily));
   await verifyVault(after);
+});
+
+test('a snapshot name taken again: a replica clone of the old one keeps it (its root stays put); a first run cut short is checked too', async (t) => {
+  const w = await world(t);
+  const { vault } = w.f;
+  await vault.createVolume('vol', SIZE);
+  const e = await vault.openEngine('vol', { autoCommitMs: 0 });
+  await e.write(0, randomBytes(CHUNK_SIZE));
+  await e.snapshot('n');
+  const oldN = await readAll(vault, 'vol@n');
+  await w.sync();
+  const replica = await w.replica();
+  await replica.cloneVolume('vol@n', 'kid');
+  await vault.deleteSnapshot('vol', 'n');
+  await e.write(0, randomBytes(CHUNK_SIZE));
+  await e.snapshot('n');
+  const r1 = await w.sync({ prune: true });
+  assert.deepEqual(r1.snapshots.map((s) => s.status), ['name-taken']);
+  assert.match(r1.snapshots[0].reason!, /clones on the replica .*\(kid\)/);
+  assert.ok((await readAll(await w.replica(), 'vol')).equals(oldN), "the replica's VOL did not move to a state whose record could not follow");
+  await (await w.replica()).deleteVolume('kid');
+  const r2 = await w.sync({ prune: true });
+  assert.deepEqual([r2.snapshots.map((s) => s.status), r2.pruned], [['copied'], ['vol@n']]);
+  assert.ok((await readAll(await w.replica(), 'vol@n')).equals(await readAll(vault, 'vol@n')));
+
+  // a first run cut short after a record, before the volume's meta: the next run still sees it
+  await vault.createVolume('fresh', SIZE);
+  const f = await vault.openEngine('fresh', { autoCommitMs: 0 });
+  await f.write(0, randomBytes(CHUNK_SIZE));
+  await f.snapshot('a');
+  const cut = new (class extends PassThroughStore {
+    override async put(key: string, body: Buffer, opts?: PutOptions): Promise<{ etag: string }> {
+      if (key.endsWith('/meta')) throw new VaultError('ERR_STORE_TRANSIENT', 'test: connection lost');
+      return this.inner.put(key, body, opts);
+    }
+  })(w.dest, 'cut');
+  await assert.rejects(w.sync({ store: cut, volumes: ['fresh'] }), /connection lost/);
+  await vault.deleteSnapshot('fresh', 'a');
+  await f.write(0, randomBytes(CHUNK_SIZE));
+  await f.snapshot('a');
+  await f.close();
+  const r3 = await w.sync({ volumes: ['fresh'] });
+  assert.deepEqual(r3.snapshots.map((s) => s.status), ['name-taken']);
+  const r4 = await w.sync({ volumes: ['fresh'], prune: true });
+  assert.deepEqual([r4.snapshots.map((s) => s.status), r4.pruned], [['copied'], ['fresh@a']]);
+  const after = await w.replica();
+  assert.deepEqual((await after.listSnapshots('fresh')).map((s) => s.name), ['a']);
+  assert.ok((await readAll(after, 'fresh@a')).equals(await readAll(vault, 'fresh@a')));
+  await e.close();
+  await verifyVault(after);
+});
+
+test('a replica volume a server holds (a client reads it): its newer snapshot is held with that reason, and arrives once the server is gone', async (t) => {
+  const w = await world(t);
+  const { vault } = w.f;
+  await vault.createVolume('vol', SIZE);
+  const e = await vault.openEngine('vol', { autoCommitMs: 0 });
+  await e.write(0, randomBytes(CHUNK_SIZE));
+  await e.snapshot('s1');
+  await w.sync();
+  const served = await (await w.replica()).openEngine('vol', { autoCommitMs: 0 });
+  await served.read(0, 4096);
+  await e.write(0, randomBytes(CHUNK_SIZE));
+  await e.snapshot('s2');
+  await e.close();
+  const r1 = await w.sync();
+  assert.deepEqual(r1.snapshots.filter((s) => s.status !== 'present').map((s) => s.status), ['held']);
+  assert.match(r1.snapshots[1].reason!, /a server holds the replica volume/);
+  await served.close();
+  const r2 = await w.sync();
+  assert.deepEqual(r2.snapshots.map((s) => [s.export, s.status]), [['vol@s1', 'present'], ['vol@s2', 'copied']]);
+  assert.ok((await readAll(await w.replica(), 'vol')).equals(await readAll(vault, 'vol@s2')));
 });
