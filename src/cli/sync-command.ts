@@ -1,13 +1,17 @@
 // `nbd-vault sync --to STORE [VOL…]`: copy the vault's snapshots to a second store (a replica
 // that is itself a complete vault). Thin: open both stores, run VaultSync, print. The master key
 // reads manifests and seals the replica's roots; chunks are copied sealed, never opened.
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import { VaultError } from '../errors';
 import { openStore } from '../store';
+import { baseStore, baseStoreName } from '../store/compose';
+import { FsStore } from '../store/fs-store';
+import type { ObjectStore } from '../store/object-store';
 import { formatSize } from '../util/size';
+import { VAULT_KEY } from '../volume/object-keys';
 import { Vault } from '../volume/vault';
 import { VaultSync } from '../volume/vault-sync';
 import { Progress } from './progress';
@@ -31,7 +35,9 @@ export function registerSyncCommand(program: Command): void {
       // The replica has the source's vault id: it gets a private state directory, so its roots are
       // never compared with the source's sequence numbers this machine remembers.
       const replicaState = await mkdtemp(join(tmpdir(), 'nbd-vault-sync-'));
-      const bar = new Progress(`sync to ${dest.name}`, 0, 'bytes');
+      const destName = baseStoreName(dest);
+      await refuseForeignDirectory(dest);
+      const bar = new Progress(`sync to ${destName}`, 0, 'bytes');
       try {
         const sync = new VaultSync(
           ctx.vault,
@@ -47,7 +53,7 @@ export function registerSyncCommand(program: Command): void {
         if (r.nameTaken.length > 0 || notCopied.length > 0) process.exitCode = 1;
         if (opts.json) return out(JSON.stringify(r, null, 2));
         const fresh = r.snapshots.filter((s) => s.status === 'copied').length;
-        out(`synced to ${dest.name}: ${fresh} new snapshot(s) of ${r.snapshots.length}, ${r.copied} objects copied (${formatSize(r.bytes)}), ${r.skipped} already in the replica (from an earlier sync, or shared with a snapshot copied before)`);
+        out(`synced to ${destName}: ${fresh} new snapshot(s) of ${r.snapshots.length}, ${r.copied} objects copied (${formatSize(r.bytes)}), ${r.skipped} already in the replica (from an earlier sync, or shared with a snapshot copied before)`);
         for (const s of r.snapshots) {
           if (s.status === 'name-taken' || s.status === 'held') out(`  FAILED   ${s.export} (${s.status}): ${s.reason}`);
           else if (s.status !== 'present') out(`  ${s.status.padEnd(8)} ${s.export}`);
@@ -65,4 +71,18 @@ export function registerSyncCommand(program: Command): void {
       }
     });
   });
+}
+
+/** A directory that holds files but no vault (a mistyped path): sync would write a vault among
+ *  them. (The store's own listing sees only names of its layout; an S3 bucket is checked by the
+ *  sync itself.) */
+async function refuseForeignDirectory(dest: ObjectStore): Promise<void> {
+  const base = baseStore(dest);
+  if (!(base instanceof FsStore) || (await dest.head(VAULT_KEY))) return;
+  const names = await readdir(base.root).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT') return [] as string[];
+    throw err;
+  });
+  const foreign = names.filter((n) => !n.startsWith('~'));
+  if (foreign.length > 0) throw new VaultError('ERR_EXISTS', `${base.root} is not empty (it holds "${foreign[0]}", and no vault): a replica must start empty or hold this vault`);
 }

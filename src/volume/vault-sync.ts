@@ -16,6 +16,7 @@
 //   (fs: temporary file + rename, S3: whole object), so an interrupted run leaves whole objects.
 // - Memory: at most `concurrency` objects (≤ 4 MiB + 52 bytes each) in flight.
 import { VaultError, describeError, isVaultError } from '../errors';
+import { baseStoreName } from '../store/compose';
 import type { ObjectStore } from '../store/object-store';
 import type { Logger } from '../util/log';
 import { VAULT_KEY, leaseKey, metaKey, rootKey, snapshotKey, volumePrefix } from './object-keys';
@@ -91,6 +92,11 @@ export class VaultSync {
     this.replicaSnapshots = new ReplicaSnapshots(source.store, dest, openReplica, opts.prune === true, logger);
   }
 
+  /** the replica's store as the user named it (not its retry/metrics wrappers) */
+  private get destName(): string {
+    return baseStoreName(this.dest);
+  }
+
   async run(): Promise<SyncResult> {
     await this.copyVaultObject();
     const planned = await this.planJobs();
@@ -128,7 +134,7 @@ export class VaultSync {
     await this.followKeyRotation();
     if (this.opts.prune) await this.replicaSnapshots.pruneVolumes([...jobs.filter((j) => j.full), ...bare]);
     const { pruned } = this.replicaSnapshots;
-    this.logger.info({ to: this.dest.name, copied: this.copied, bytes: this.bytes, skipped: this.skipped, snapshots: snapshots.length, pruned: pruned.length }, 'sync finished');
+    this.logger.info({ to: this.destName, copied: this.copied, bytes: this.bytes, skipped: this.skipped, snapshots: snapshots.length, pruned: pruned.length }, 'sync finished');
     return { copied: this.copied, bytes: this.bytes, skipped: this.skipped, snapshots, pruned, withoutSnapshots, nameTaken };
   }
 
@@ -185,8 +191,13 @@ export class VaultSync {
       } catch {
         id = undefined;
       }
-      if (id !== this.source.vaultId) throw new VaultError('ERR_EXISTS', `${this.dest.name} holds another vault (${String(id)}); a replica must start empty or hold vault ${this.source.vaultId}`);
+      if (id !== this.source.vaultId) throw new VaultError('ERR_EXISTS', `${this.destName} holds another vault (${String(id)}); a replica must start empty or hold vault ${this.source.vaultId}`);
       return;
+    }
+    // Not a vault, yet not empty: a mistyped path or bucket, or a replica whose `vault` object
+    // is gone. Writing a vault into it would mix our objects with whatever it holds.
+    for await (const info of this.dest.list('')) {
+      throw new VaultError('ERR_EXISTS', `${this.destName} is not empty (it holds "${info.key}", and no \`vault\` object): a replica must start empty or hold vault ${this.source.vaultId} (a replica that lost its \`vault\` object: rebuild it there with \`nbd-vault init --recover\`)`);
     }
     await this.dest.put(VAULT_KEY, body, this.dest.props.conditionalPut ? { ifNoneMatch: '*' } : undefined);
     this.count(body.length);
@@ -226,9 +237,9 @@ export class VaultSync {
       if (meta !== null && !sourceKeyIds.has(metaKeyId(meta))) stale.push(id);
     }
     if (stale.length > 0) {
-      this.logger.warn({ to: this.dest.name, volumeIds: stale }, 'the replica now takes the source\'s master key; volumes only the replica has stay wrapped by an older key (delete them from the replica, or open it with that key beside the new one)');
+      this.logger.warn({ to: this.destName, volumeIds: stale }, 'the replica now takes the source\'s master key; volumes only the replica has stay wrapped by an older key (delete them from the replica, or open it with that key beside the new one)');
     }
-    this.logger.info({ to: this.dest.name }, 'replica follows the source\'s master key rotation');
+    this.logger.info({ to: this.destName }, 'replica follows the source\'s master key rotation');
   }
 
   /** jobs: volumes with snapshots to copy, origins first; bare: those with none (--prune still

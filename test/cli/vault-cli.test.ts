@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { readFileSync, writeFileSync, readdirSync, statSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { createConnection } from 'node:net';
 import { CLI, makeTestVault } from '../helpers/vault-server';
@@ -319,8 +319,17 @@ test('sync: a snapshot name taken again at the source fails the run (exit 1, wit
   writeFileSync(join(v.dir, 'b.img'), second);
   await v.cli('import', join(v.dir, 'a.img'), 'vol');
   await v.cli('snapshot', 'vol', 'daily');
+  // a directory that is no vault but holds files (a mistyped path) is refused, and left as it was
+  const elsewhere = join(v.dir, 'photos');
+  mkdirSync(elsewhere);
+  writeFileSync(join(elsewhere, 'beach.jpg'), 'not ours');
+  const wrongDir = await v.cliResult('sync', '--to', elsewhere);
+  assert.equal(wrongDir.code, 1);
+  assert.match(wrongDir.stderr, /photos is not empty \(it holds "beach.jpg", and no vault\)/);
+  assert.deepEqual(readdirSync(elsewhere), ['beach.jpg']);
   const replica = join(v.dir, 'replica');
   await v.cli('sync', '--to', replica);
+  assert.match((await v.cli('sync', '--to', replica)).stdout, new RegExp(`^synced to fs\\(${replica}\\)`), 'the store as named, without its wrappers');
   await v.cli('snapshot', 'delete', 'vol@daily');
   await v.cli('import', join(v.dir, 'b.img'), 'vol');
   await v.cli('snapshot', 'vol', 'daily');

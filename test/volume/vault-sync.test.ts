@@ -169,6 +169,11 @@ test('sync fs→fs: a complete replica (clones and their origins too), then incr
   const other = await makeVault(new FsStore(join(w.dir, 'other')));
   t.after(() => other.cleanup());
   await assert.rejects(new VaultSync(other.vault, w.dest, w.replica, {}, logger).run(), (err: VaultError) => err.code === 'ERR_EXISTS' && /another vault/.test(err.message));
+  // and so is one that is no vault but not empty (a mistyped path or bucket): nothing written
+  const unrelated = new FsStore(join(w.dir, 'unrelated'));
+  await unrelated.put('photos/2026/beach.jpg', Buffer.from('not ours'));
+  await assert.rejects(new VaultSync(vault, unrelated, w.replica, {}, logger).run(), (err: VaultError) => err.code === 'ERR_EXISTS' && /is not empty \(it holds "photos\/2026\/beach.jpg"/.test(err.message));
+  assert.equal(files(join(w.dir, 'unrelated')).length, 1, 'nothing written');
 });
 
 test('an interrupted sync leaves a consistent replica at every point; rerun, it ends complete; tampering is caught', async (t) => {
