@@ -12,7 +12,7 @@ import { splitExportName } from '../volume/volume-references';
 import type { VolumeEngine } from '../volume/volume-engine';
 import { formatSize } from '../util/size';
 import { adminRequest, servesThis } from './admin-socket';
-import { baseStoreName } from '../store';
+import { FsStore, baseStore, baseStoreName } from '../store';
 import { openExportSource } from './export-source';
 import { Progress } from './progress';
 import { addSettings } from './settings';
@@ -21,7 +21,8 @@ import { out, writeStdout } from './stdout';
 import { writeAll } from '../util/write-all';
 import { closeAfter } from '../util/close-after';
 
-
+/** a temporary file of a put this old is one whose process died (a put takes seconds) */
+const TEMPORARY_FILE_AGE_MS = 24 * 3600_000;
 
 /** 1 for each chunk the volume knows to be all zeros (from block status: no chunk is read). */
 async function zeroChunks(engine: VolumeEngine): Promise<Uint8Array> {
@@ -283,9 +284,14 @@ export function registerDataCommands(program: Command): void {
     await withVault(opts, async (ctx) => {
       const bar = new Progress('gc', 0, 'objects');
       const r = await collectGarbage(ctx.vault, { dryRun: Boolean(opts.dryRun), graceMs: grace * 60_000, onProgress: (d, t) => bar.update(d, t) }, ctx.logger);
+      // a directory store also keeps the temporary files of puts cut off by a kill
+      const base = baseStore(ctx.store);
+      const temporary = base instanceof FsStore ? await base.sweepTemporaryFiles(TEMPORARY_FILE_AGE_MS, Boolean(opts.dryRun)) : { files: 0, bytes: 0 };
+      if (temporary.files > 0) ctx.logger.info({ files: temporary.files, bytes: temporary.bytes, dryRun: Boolean(opts.dryRun) }, 'temporary files of interrupted writes swept');
       bar.done();
-      if (opts.json) return out(JSON.stringify({ ...r, keys: undefined, dryRun: Boolean(opts.dryRun) }));
+      if (opts.json) return out(JSON.stringify({ ...r, keys: undefined, temporaryFiles: temporary.files, temporaryBytes: temporary.bytes, dryRun: Boolean(opts.dryRun) }));
       out(`${opts.dryRun ? 'would remove' : 'removed'} ${r.garbageObjects} unreferenced objects (${formatSize(r.garbageBytes)}) of ${r.scannedObjects}; ${r.tooYoung} unreferenced objects younger than ${grace} min kept`);
+      if (temporary.files > 0) out(`${opts.dryRun ? 'would remove' : 'removed'} ${temporary.files} temporary files (${formatSize(temporary.bytes)}) of writes cut off more than a day ago`);
       if (r.heldByWriters > 0) {
         out(`kept ${r.heldByWriters} unreferenced objects that writers of ${r.writingVolumes.join(', ')} may still commit (they hold leases); a later gc takes what they leave`);
       }

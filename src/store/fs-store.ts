@@ -253,6 +253,38 @@ export class FsStore implements ObjectStore {
     yield* this.walk(dir, base === '' ? '' : `${base}/`, partial);
   }
 
+  /**
+   * Remove the temporary files of puts that never finished (`~tmp-*`: the process was killed
+   * while it wrote) once they are older than `olderThanMs`, far longer than any put takes. list()
+   * never shows them, so nothing else ever would.
+   */
+  async sweepTemporaryFiles(olderThanMs: number, dryRun: boolean, now = Date.now()): Promise<{ files: number; bytes: number }> {
+    let files = 0;
+    let bytes = 0;
+    const visit = async (dir: string): Promise<void> => {
+      let entries: import('node:fs').Dirent[];
+      try {
+        entries = await fsp.readdir(dir, { withFileTypes: true });
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+        throw this.fsError(err, 'list', '');
+      }
+      for (const e of entries) {
+        const full = path.join(dir, e.name);
+        if (e.isDirectory()) await visit(full);
+        else if (e.isFile() && e.name.startsWith('~tmp-')) {
+          const st = await fsp.stat(full).catch(() => null);
+          if (!st || now - st.mtimeMs < olderThanMs) continue;
+          if (!dryRun && !(await fsp.unlink(full).then(() => true, () => false))) continue;
+          files++;
+          bytes += st.size;
+        }
+      }
+    };
+    await visit(this.root);
+    return { files, bytes };
+  }
+
   async close(): Promise<void> {
     await this.openFiles.closeAll();
   }

@@ -2,8 +2,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync, readdirSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, mkdirSync, readFileSync, writeFileSync, readdirSync, statSync, utimesSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { createConnection } from 'node:net';
 import { CLI, makeTestVault } from '../helpers/vault-server';
 import { smallTmpfs } from '../helpers/small-tmpfs';
@@ -349,4 +349,26 @@ test('sync: a snapshot name taken again at the source fails the run (exit 1, wit
   const r = JSON.parse(replaced.stdout);
   assert.deepEqual([r.snapshots.map((s: { status: string }) => s.status), r.pruned], [['copied'], ['vol@daily']]);
   assert.ok((await exportOf('vol@daily')).equals(second), 'the replica\'s vol@daily is the new one');
+});
+
+test('gc sweeps the temporary files of puts cut off by a kill (older than a day), never a fresh one', async (t) => {
+  const v = await makeTestVault();
+  t.after(() => v.cleanup());
+  await v.cli('volume', 'create', 'vol', '--size', '8M');
+  const chunkFile = files(join(v.dir, 'data')).find((p) => p.includes('/volumes/'))!;
+  const dir = dirname(chunkFile);
+  const stale = join(dir, '~tmp-4242-0123456789ab');
+  const fresh = join(dir, '~tmp-4243-ba9876543210');
+  writeFileSync(stale, randomBytes(3 * 2 ** 20));
+  writeFileSync(fresh, randomBytes(2 ** 20));
+  const twoDaysAgo = new Date(Date.now() - 2 * 86_400_000);
+  utimesSync(stale, twoDaysAgo, twoDaysAgo);
+  const dry = JSON.parse((await v.cli('gc', '--dry-run', '--json')).stdout);
+  assert.deepEqual([dry.temporaryFiles, dry.temporaryBytes], [1, 3 * 2 ** 20]);
+  assert.ok(existsSync(stale), 'a dry run removes nothing');
+  const run = await v.cli('gc');
+  assert.match(run.stdout, /removed 1 temporary files \(3 MiB\) of writes cut off more than a day ago/);
+  assert.deepEqual([existsSync(stale), existsSync(fresh)], [false, true]);
+  const again = JSON.parse((await v.cli('gc', '--json')).stdout);
+  assert.equal(again.temporaryFiles, 0);
 });
