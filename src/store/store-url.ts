@@ -150,7 +150,26 @@ function redactUrl(url: string): string {
     .split('&')
     .map((kv) => {
       const eq = kv.indexOf('=');
-      return eq < 0 || S3_PARAMS.has(kv.slice(0, eq)) ? kv : `${kv.slice(0, eq)}=[redacted]`;
+      if (eq < 0) return kv;
+      const name = kv.slice(0, eq);
+      if (name === 'endpoint') return `${name}=${redactEndpoint(kv.slice(eq + 1))}`;
+      return S3_PARAMS.has(name) ? kv : `${name}=[redacted]`;
     });
   return `${text.slice(0, q + 1)}${params.join('&')}`;
+}
+
+/** An endpoint as far as its host and port: user info, path and query go (percent-encoded as
+ *  a parameter value, `u%3Apw%40host` or `?sig=` hide from a plain look). */
+function redactEndpoint(value: string): string {
+  let decoded: string;
+  try {
+    decoded = decodeURIComponent(value);
+  } catch {
+    return '[redacted]';
+  }
+  const m = /^([a-zA-Z][a-zA-Z0-9+.-]*:\/\/)([^/?#]*)(.*)$/s.exec(decoded);
+  if (!m) return '[redacted]';
+  const at = m[2].lastIndexOf('@');
+  const host = at < 0 ? m[2] : `[redacted]@${m[2].slice(at + 1)}`;
+  return `${m[1]}${host}${m[3] === '' || m[3] === '/' ? m[3] : '/[redacted]'}`;
 }

@@ -71,6 +71,10 @@ describe('openStore', () => {
       ['s3://bkt/x?region=us-east-1&region=eu-west-1', /region is given more than once/],
       ['s3://bkt/x?endpoint=http://127.0.0.1:7480/sub/path', /the endpoint is scheme:\/\/host\[:port\] only/],
       ['s3://bkt/x?endpoint=' + encodeURIComponent('http://127.0.0.1:7480?x=1'), /no path or query/],
+      // a secret in the endpoint, percent-encoded or in its query: refused, and not echoed either
+      ['s3://bkt/x?endpoint=' + encodeURIComponent('http://u:SECRETpw@127.0.0.1:7480'), /"s3:\/\/bkt\/x\?endpoint=http:\/\/\[redacted\]@127\.0\.0\.1:7480": credentials do not belong in the endpoint/],
+      ['s3://bkt/x?endpoint=http://127.0.0.1:7480/?sig=SECRETsig', /"s3:\/\/bkt\/x\?endpoint=http:\/\/127\.0\.0\.1:7480\/\[redacted\]": the endpoint is scheme/],
+      ['s3://bkt/x?endpoint=' + encodeURIComponent('http://127.0.0.1:7480/p?token=SECRETtok'), /endpoint=http:\/\/127\.0\.0\.1:7480\/\[redacted\]"/],
     ];
     for (const [url, re] of cases) {
       assert.throws(() => openStore(url), (err: Error & { code?: string }) => {
