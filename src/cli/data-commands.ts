@@ -193,14 +193,17 @@ export function registerDataCommands(program: Command): void {
     if (!source === !opts.all) throw new VaultError('ERR_INVALID_ARGUMENT', 'name a volume (VOL or VOL@SNAP) or use --all, not both');
     await withVault(opts, async (ctx) => {
       const specs: string[] = [];
+      const report: Array<{ source: string; chunks: number; journals: number; damaged: Damage[]; damagedJournals: JournalDamage[]; error?: string }> = [];
       if (opts.all) {
-        for (const v of await ctx.vault.listVolumes()) {
+        // a volume whose metadata cannot be read is damage too: its data opens no more
+        const unreadable: Array<{ id: string; error: string }> = [];
+        for (const v of await ctx.vault.listVolumes({ unreadable })) {
           specs.push(v.name);
           for (const sn of await ctx.vault.listSnapshots(v.name)) specs.push(`${v.name}@${sn.name}`);
         }
+        for (const u of unreadable) report.push({ source: `volume id ${u.id}`, chunks: 0, journals: 0, damaged: [], damagedJournals: [], error: `its metadata cannot be read: ${u.error}` });
       } else specs.push(source!);
       const checked = new Map<string, string | null>();
-      const report: Array<{ source: string; chunks: number; journals: number; damaged: Damage[]; damagedJournals: JournalDamage[]; error?: string }> = [];
       for (const spec of specs) {
         const bar = new Progress(`verify ${spec}`, 0, 'objects');
         try {

@@ -66,7 +66,11 @@ export function registerVaultCommands(program: Command): void {
     .option('--json', 'print JSON')
     .action(async (opts) => {
       await withVault(opts, async (ctx) => {
-        const vols = await ctx.vault.listVolumes();
+        const unreadable: Array<{ id: string; error: string }> = [];
+        const vols = await ctx.vault.listVolumes({ unreadable });
+        // (a volume whose metadata cannot be read is listed as such, and the command fails)
+        if (unreadable.length > 0) process.exitCode = 1;
+        for (const u of unreadable) ctx.logger.error({ volumeId: u.id, err: u.error }, 'volume metadata cannot be read');
         // Every one settles before a failure is thrown: the close after it wipes the key, and the
         // reads still running then each logged a false "wrong key" error.
         const infos = [];
@@ -74,8 +78,9 @@ export function registerVaultCommands(program: Command): void {
           if (r.status === 'rejected') throw r.reason;
           infos.push(r.value);
         }
-        if (opts.json) return out(JSON.stringify(infos, null, 2));
-        if (infos.length === 0) return out('no volumes');
+        if (opts.json) return out(JSON.stringify(infos, null, 2)); // (the unreadable ones: logged, exit 1)
+        for (const u of unreadable) out(`volume id ${u.id}: UNREADABLE metadata (${u.error}): restore its meta object from a replica or a backup`);
+        if (infos.length === 0) return out(unreadable.length > 0 ? 'no readable volumes' : 'no volumes');
         const rows = [['NAME', 'SIZE', 'ALLOCATED', 'STORED', 'SNAPSHOTS'], ...infos.map((i) => [i.name, formatSize(i.size), formatSize(i.allocated), formatSize(i.storedBytes), String(i.snapshots)])];
         const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
         out(rows.map((r) => r.map((cell, c) => cell.padEnd(widths[c])).join('  ').trimEnd()).join('\n'));

@@ -194,7 +194,8 @@ export class Vault {
    * skipped — unless `strict`, for callers that would otherwise take a skipped volume for a
    * deleted one (gc, and the clone checks before deleting anything): they fail instead.
    */
-  async listVolumes(opts: { strict?: boolean } = {}): Promise<VolumeMeta[]> {
+  /** `unreadable`: gets the volumes whose metadata cannot be read (else only logged). */
+  async listVolumes(opts: { strict?: boolean; unreadable?: Array<{ id: string; error: string }> } = {}): Promise<VolumeMeta[]> {
     const ids = await listVolumeIds(this.store);
     // One damaged metadata object must not hide every other volume: it is logged and skipped.
     const results = await Promise.allSettled(ids.map((id) => this.readMeta(id)));
@@ -207,7 +208,8 @@ export class Vault {
         // deleted since the listing (or a clone withdrawn): gone, not unreadable
       } else if (opts.strict) {
         throw new VaultError(isVaultError(r.reason) ? r.reason.code : 'ERR_IO', `the metadata of volume ${ids[k]} cannot be read, so nothing can be deleted safely: ${describeError(r.reason)}`, { cause: r.reason });
-      } else this.opts.logger.error({ volumeId: ids[k], err: describeError(r.reason) }, 'volume metadata cannot be read; volume skipped');
+      } else if (opts.unreadable) opts.unreadable.push({ id: ids[k], error: describeError(r.reason) });
+      else this.opts.logger.error({ volumeId: ids[k], err: describeError(r.reason) }, 'volume metadata cannot be read; volume skipped');
     });
     return metas.sort((a, b) => a.name.localeCompare(b.name));
   }

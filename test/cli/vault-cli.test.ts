@@ -372,3 +372,24 @@ test('gc sweeps the temporary files of puts cut off by a kill (older than a day)
   const again = JSON.parse((await v.cli('gc', '--json')).stdout);
   assert.equal(again.temporaryFiles, 0);
 });
+
+test('a volume whose metadata another tool overwrote: verify --all and volume list say so and exit 1, the other volumes still listed', async (t) => {
+  const v = await makeTestVault();
+  t.after(() => v.cleanup());
+  await v.cli('volume', 'create', 'good', '--size', '8M');
+  await v.cli('volume', 'create', 'lost', '--size', '8M');
+  const id = JSON.parse((await v.cli('volume', 'info', 'lost', '--json')).stdout).id;
+  const metaFile = files(join(v.dir, 'data')).find((p) => p.includes(id) && p.endsWith('/meta'))!;
+  const header = readFileSync(metaFile).subarray(0, 24); // the fs store's file header stays valid
+  writeFileSync(metaFile, Buffer.concat([header, Buffer.from('overwritten by another tool')]));
+  const verify = await v.cliResult('verify', '--all');
+  assert.equal(verify.code, 1, verify.stdout);
+  assert.match(verify.stdout, new RegExp(`volume id ${id}: DAMAGED manifest: its metadata cannot be read: .*malformed`));
+  assert.match(verify.stdout, /^good: ok/m);
+  const json = JSON.parse((await v.cliResult('verify', '--all', '--json')).stdout);
+  assert.equal(json.ok, false);
+  const list = await v.cliResult('volume', 'list');
+  assert.equal(list.code, 1);
+  assert.match(list.stdout, new RegExp(`volume id ${id}: UNREADABLE metadata`));
+  assert.match(list.stdout, /^good +8 MiB/m);
+});
