@@ -48,8 +48,7 @@ export class SignedGet {
     private readonly client: S3Client,
     private readonly bucket: string,
     private readonly agents: { http: http.Agent; https: https.Agent },
-    private readonly requestTimeoutMs: number,
-    private readonly connectionTimeoutMs: number,
+    private readonly timeouts: { readonly requestTimeoutMs: number; readonly connectionTimeoutMs: number; readonly idleTimeoutMs: number },
   ) {}
 
   /**
@@ -139,10 +138,12 @@ export class SignedGet {
         clearTimeout(deadline);
         reject(err);
       };
-      const deadline = setTimeout(() => req.destroy(timeoutError(`no complete answer within ${this.requestTimeoutMs} ms`)), this.requestTimeoutMs);
+      const { requestTimeoutMs, connectionTimeoutMs, idleTimeoutMs } = this.timeouts;
+      const deadline = setTimeout(() => req.destroy(timeoutError(`no complete answer within ${requestTimeoutMs} ms`)), requestTimeoutMs);
+      req.setTimeout(idleTimeoutMs, () => req.destroy(timeoutError(`no byte for ${idleTimeoutMs} ms`)));
       req.on('socket', (socket) => {
         if (!socket.connecting) return;
-        const connect = setTimeout(() => req.destroy(timeoutError(`no connection within ${this.connectionTimeoutMs} ms`)), this.connectionTimeoutMs);
+        const connect = setTimeout(() => req.destroy(timeoutError(`no connection within ${connectionTimeoutMs} ms`)), connectionTimeoutMs);
         socket.once('connect', () => clearTimeout(connect));
         socket.once('close', () => clearTimeout(connect));
       });

@@ -45,8 +45,11 @@ export interface S3StoreOptions {
   readonly forcePathStyle?: boolean;
   /** Sockets per agent and props.maxConcurrency (default 32). */
   readonly maxConcurrency?: number;
-  /** Per request, connect to last byte (default 60,000 ms). */
+  /** Per request, until the answer's headers (a body sent slowly included; default 60,000 ms). */
   readonly requestTimeoutMs?: number;
+  /** Per request, no byte moving either way for this long (default 20,000 ms): a hung endpoint
+   *  is retried and warned of after this, not after the request timeout. */
+  readonly idleTimeoutMs?: number;
   /** TCP/TLS connect (default 5,000 ms). */
   readonly connectionTimeoutMs?: number;
   /** Explicit credentials (tests); default: the AWS chain. */
@@ -74,7 +77,8 @@ export class S3Store implements ObjectStore {
     const maxConcurrency = opts.maxConcurrency ?? 32;
     const requestTimeout = opts.requestTimeoutMs ?? 60_000;
     const connectionTimeout = opts.connectionTimeoutMs ?? 5_000;
-    for (const [k, v] of Object.entries({ maxConcurrency, requestTimeout, connectionTimeout })) {
+    const idleTimeout = Math.min(opts.idleTimeoutMs ?? 20_000, requestTimeout);
+    for (const [k, v] of Object.entries({ maxConcurrency, requestTimeout, connectionTimeout, idleTimeout })) {
       if (!Number.isInteger(v) || v < 1) throw new VaultError('ERR_INVALID_ARGUMENT', `s3 store: ${k} must be a positive integer`);
     }
     this.bucket = opts.bucket;
@@ -101,9 +105,10 @@ export class S3Store implements ObjectStore {
         requestTimeout,
         throwOnRequestTimeout: true,
         connectionTimeout,
+        socketTimeout: idleTimeout,
       }),
     });
-    this.signedGet = new SignedGet(this.client, this.bucket, this.agents, requestTimeout, connectionTimeout);
+    this.signedGet = new SignedGet(this.client, this.bucket, this.agents, { requestTimeoutMs: requestTimeout, connectionTimeoutMs: connectionTimeout, idleTimeoutMs: idleTimeout });
   }
 
   async get(key: string): Promise<StoredObject> {

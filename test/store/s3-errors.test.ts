@@ -122,6 +122,28 @@ describe('classifyS3Error against a local S3 look-alike', () => {
     await s.close();
   });
 
+  it('a hung endpoint is given up at the idle timeout, well before the request timeout: get, getRange, put, list', async () => {
+    handler = () => {};
+    const s = store({ requestTimeoutMs: 60_000, idleTimeoutMs: 400 });
+    try {
+      for (const [what, op] of [
+        ['get', () => s.get('k')],
+        ['getRange', () => s.getRange('k', 0, 10)],
+        ['put', () => s.put('k', Buffer.from('x'))],
+        ['list', async () => {
+          for await (const _ of s.list('')) void _;
+        }],
+      ] as const) {
+        const t0 = Date.now();
+        await expectCode((op as () => Promise<unknown>)(), 'ERR_STORE_TRANSIENT');
+        const took = Date.now() - t0;
+        assert.ok(took >= 350 && took < 10_000, `${what}: gave up after ${took} ms`);
+      }
+    } finally {
+      await s.close();
+    }
+  });
+
   it('getRange of a hung endpoint times out as ERR_STORE_TRANSIENT too', async () => {
     handler = () => {};
     const s = store({ requestTimeoutMs: 300 });
