@@ -71,8 +71,12 @@ export class SignedGet {
       );
       const res = await this.send(url, path, signed.headers, limit);
       const skewed = this.learnClock(res.headers.date);
+      // S3 (and every S3-compatible server) names an object's version in its ETag, and explains
+      // a missing key in XML: a web server or proxy at the endpoint does neither
+      if (res.status === 200 && res.headers.etag === undefined) throw notS3(res, 'an object without an ETag');
       if (res.status < 300 || res.status === 416) return res;
       const err = s3ErrorOf(res);
+      if (res.status === 404 && !/<Code>/.test(res.body.toString('utf8'))) throw notS3(res, 'a 404 without an S3 error');
       // a clock S3 refused, now corrected: once more (the SDK does the same)
       if (skewed && attempt === 0 && err.name === 'RequestTimeTooSkewed') continue;
       throw err;
@@ -192,6 +196,16 @@ function s3ErrorOf(res: SignedGetResult): Error {
   const message = /<Message>([^<]{0,300})<\/Message>/.exec(text)?.[1];
   const name = code ?? (res.status === 404 ? 'NotFound' : `HTTP${res.status}`);
   return Object.assign(new Error(message ?? name), { name, $metadata: { httpStatusCode: res.status } });
+}
+
+/** An answer no S3 service gives: the endpoint is something else (a web server, a proxy's page). */
+function notS3(res: SignedGetResult, what: string): Error {
+  const type = headerValue(res.headers['content-type']) ?? 'no content type';
+  return Object.assign(new Error(`the endpoint does not answer like S3 (${what}: HTTP ${res.status}, ${type.slice(0, 60)}); check ?endpoint= and path_style in the store URL`), { name: 'NotS3' });
+}
+
+function headerValue(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value[0] : value;
 }
 
 function timeoutError(message: string): Error {

@@ -249,7 +249,10 @@ export class S3Store implements ObjectStore {
           new ListObjectsV2Command({ Bucket: this.bucket, Prefix: this.prefix + prefix, ContinuationToken: token }),
         );
       } catch (err) {
-        throw this.classify(err, 'list', prefix);
+        const e = this.classify(err, 'list', prefix);
+        // S3 answers a listing 404 only for a missing bucket, and says so (NoSuchBucket)
+        if (e.code === 'ERR_STORE_NOT_FOUND') throw new VaultError('ERR_STORE_IO', `${this.name}: list ${prefix}: the endpoint does not answer like S3 (a listing answered 404 without NoSuchBucket); check ?endpoint= and path_style in the store URL`, { cause: err });
+        throw e;
       }
       for (const o of res.Contents ?? []) {
         if (!o.Key || !o.Key.startsWith(this.prefix)) continue;
@@ -317,6 +320,7 @@ export function classifyS3Error(err: unknown, what: string, bucketDesc: string, 
   const sys = e.code ?? e.cause?.code;
   const detail = `${status ? `HTTP ${status} ` : ''}${name}${sys && sys !== name ? ` ${sys}` : ''}`;
   const make = (code: VaultErrorCode, msg: string): VaultError => new VaultError(code, msg, { cause: err });
+  if (name === 'NotS3') return make('ERR_STORE_IO', `${what}: ${String(e.message)}`);
   if (name === 'NoSuchKey' || name === 'NotFound' || (status === 404 && name !== 'NoSuchBucket')) return make('ERR_STORE_NOT_FOUND', `${what}: not found`);
   if (name === 'NoSuchBucket') return make('ERR_STORE_IO', `${what}: ${bucketDesc} does not exist (${detail})`);
   if (status === 412 || name === 'PreconditionFailed') return make('ERR_STORE_PRECONDITION', `${what}: precondition failed (${detail})`);
