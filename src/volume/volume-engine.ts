@@ -421,7 +421,7 @@ export class VolumeEngine {
     try {
       await this.snapshotChain;
       if (!this.opts.readOnly && this.opts.lease?.lost) this.refuseLostWrites();
-      else if (!this.opts.readOnly) await this.flush();
+      else if (!this.opts.readOnly) await this.flush().catch((err) => this.refuseUnstoredWrites(err));
     } finally {
       this.closed = true;
       this.writeBack.stop();
@@ -443,6 +443,12 @@ export class VolumeEngine {
     if (dirty === 0 && !this.state.writesSinceCommit) return; // (a compaction's edits hold nothing new)
     const what = dirty > 0 ? `${formatSize(dirty)} of written data no FLUSH had covered` : 'written data stored since the last FLUSH';
     throw new VaultError('ERR_LEASE', `volume "${this.name}": the lease was lost, so ${what} could not be made durable and is given up`);
+  }
+
+  /** A close whose last flush failed (the store still fails): say how much is given up. */
+  private refuseUnstoredWrites(err: unknown): never {
+    if (this.state.dirtyBytes === 0 || !(err instanceof VaultError)) throw err;
+    throw new VaultError(err.code, `volume "${this.name}": ${formatSize(this.state.dirtyBytes)} of written data could not be stored and is given up: ${err.message}`, { cause: err });
   }
 
   /** The writer's lease was lost: this engine serves nothing more (reads could be stale). */
