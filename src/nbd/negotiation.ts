@@ -11,11 +11,11 @@
 // before it (spec); with TLS required, every option but STARTTLS and ABORT is answered
 // ERR_TLS_REQD until then, and EXPORT_NAME before TLS ends the session. Exports are reached
 // through ClientExports, which applies the access policy to the client's TLS identity.
-import type { Export, ExportCaps } from './export';
+import type { Export, ExportCaps, OpenPurpose } from './export';
 import type { Logger } from '../util/log';
 import { describeError } from '../errors';
 import { TIMED_OUT, within } from '../util/within';
-import { ClientExports } from './client-exports';
+import { ClientExports, type OpenResult } from './client-exports';
 import type { TlsMode } from './tls';
 import {
   IHAVEOPT,
@@ -211,7 +211,7 @@ class OptionHaggler {
 
   private async exportName(data: Buffer): Promise<Negotiated | null> {
     // No way to report an error here: an unknown export ends the session (spec).
-    const opened = await this.ctx.exports.open(data.toString('utf8'));
+    const opened = await this.openInTime(data.toString('utf8'), 'serve');
     if (!opened.exp) return null;
     const { exp, caps } = opened;
     // Structured replies and meta contexts negotiated before EXPORT_NAME still apply.
@@ -247,7 +247,7 @@ class OptionHaggler {
     const parsed = parseInfoRequest(data);
     if (!parsed.ok) return this.invalid(option, parsed.reason);
     const { name, infos } = parsed.value;
-    const opened = await this.ctx.exports.open(name, option === NBD_OPT_INFO ? 'inspect' : 'serve');
+    const opened = await this.openInTime(name, option === NBD_OPT_INFO ? 'inspect' : 'serve');
     if (!opened.exp) {
       this.reply(option, NBD_REP_ERR_UNKNOWN, opened.failure);
       return 'continue';
@@ -281,7 +281,7 @@ class OptionHaggler {
     const parsed = parseMetaContextRequest(data);
     if (!parsed.ok) return this.invalid(option, parsed.reason);
     const { name, queries } = parsed.value;
-    const opened = await this.ctx.exports.open(name, 'inspect');
+    const opened = await this.openInTime(name, 'inspect');
     if (!opened.exp) {
       this.reply(option, NBD_REP_ERR_UNKNOWN, opened.failure);
       return 'continue';
@@ -315,12 +315,23 @@ class OptionHaggler {
    * Store work during negotiation (listing exports, an export's metadata contexts) gets what is
    * left of the handshake time, less a margin: a store that does not answer then gets the client
    * an error reply it can show, where the handshake timer dropped the connection with nothing
-   * said. A late answer is dropped. Opening an export is not cut short: it may
-   * be watching another writer's heartbeat to tell the client who holds the volume.
+   * said. A late answer is dropped.
    */
   private inTime<T>(work: Promise<T>): Promise<T | typeof TIMED_OUT> {
     const budget = (this.ctx.msLeft?.() ?? Infinity) - ANSWER_MARGIN_MS;
     return budget === Infinity ? work : within(work, budget);
+  }
+
+  /** Opening an export in the handshake's time too (a store that does not answer retries for
+   *  longer; a previous writer's heartbeat may be watched). Too late: the client is told to
+   *  retry, and the export, once open, goes straight back. */
+  private async openInTime(name: string, purpose: OpenPurpose): Promise<OpenResult> {
+    const opening = this.ctx.exports.open(name, purpose);
+    const opened = await this.inTime(opening);
+    if (opened !== TIMED_OUT) return opened;
+    void opening.then((late) => (late.exp ? this.ctx.exports.release(late.exp) : undefined)).catch(() => undefined);
+    this.ctx.logger.warn({ exportName: name }, 'export not open within the handshake time (is the store answering?)');
+    return { exp: null, failure: `export "${name}" is not ready in time: its store is slow to answer (see the server log); a client may retry` };
   }
 
   private selectedFor(exp: Export): SelectedContext[] {

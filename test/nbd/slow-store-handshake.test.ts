@@ -46,3 +46,40 @@ test('a store that hangs during negotiation: nbdinfo gets an error reply and qem
   assert.match((await runCommand('qemu-img', ['info', '--output=json', `nbd://127.0.0.1:${port}/a`], { timeoutMs: 30_000 })).stdout, /"virtual-size": 16777216/);
   assert.match((await runCommand('nbdinfo', ['--list', `nbd://127.0.0.1:${port}`], { timeoutMs: 30_000 })).stdout, /export="a"/);
 });
+
+test('an export whose opening hangs (a store that does not answer): qemu-io and nbdinfo are told to retry within the handshake time, and the late export goes back', async (t) => {
+  const provider = new MemoryExportProvider([{ name: 'a', size: 16 * 2 ** 20, readOnly: false }]);
+  let hanging = true;
+  const waiting: Array<() => void> = [];
+  let released = 0;
+  const open = provider.open.bind(provider);
+  const release = provider.release.bind(provider);
+  provider.open = async (name: string) => {
+    if (hanging) await new Promise<void>((r) => waiting.push(r));
+    return open(name);
+  };
+  provider.release = async (exp) => {
+    released++;
+    return release(exp);
+  };
+  const server = await startNbdServer({ listen: { host: '127.0.0.1', port: 0 }, provider, logger: createLogger('silent'), maxConnections: 8, handshakeTimeoutMs: HANDSHAKE_MS });
+  t.after(() => server.close());
+  const port = (server.address() as { port: number }).port;
+
+  const t0 = performance.now();
+  const io = await runCommand('qemu-io', ['-f', 'raw', '-c', 'read 0 4k', `nbd://127.0.0.1:${port}/a`], { okCodes: [0, 1], timeoutMs: 30_000 });
+  assert.notEqual(io.code, 0, io.stdout + io.stderr);
+  assert.match(io.stderr + io.stdout, /export "a" is not ready in time: its store is slow to answer .*a client may retry/);
+  assert.ok(performance.now() - t0 < HANDSHAKE_MS + 1000, 'answered within the handshake time');
+  const info = await runCommand('nbdinfo', [`nbd://127.0.0.1:${port}/a`], { okCodes: [0, 1], timeoutMs: 30_000 });
+  assert.equal(info.code, 1);
+  assert.doesNotMatch(info.stderr, /end-of-file/i);
+  // the store answers: the opens still pending finish, and each late export is handed back
+  hanging = false;
+  const late = waiting.length;
+  assert.ok(late >= 2, `${late} opens were waiting`);
+  for (const go of waiting) go();
+  await new Promise((r) => setTimeout(r, 200));
+  assert.equal(released, late, 'every late export released');
+  assert.match((await runCommand('qemu-io', ['-f', 'raw', '-c', 'read 0 4k', `nbd://127.0.0.1:${port}/a`], { timeoutMs: 30_000 })).stdout, /read 4096\/4096 bytes/);
+});
