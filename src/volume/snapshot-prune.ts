@@ -2,11 +2,12 @@
 // what it does not keep, each through Vault.deleteSnapshot — the same path as `snapshot delete`,
 // so objects are freed the same way and a running server, clones and gc are as safe as there.
 // Never removed: snapshots with the keep flag (deleteSnapshot refuses them too, closing the race
-// with a flag set after the plan) and snapshots a clone is made from.
+// with a flag set after the plan) and snapshots a clone is made from. Not counted: the temporary
+// snapshot an export reads a served volume through.
 import { isVaultError } from '../errors';
 import type { Logger } from '../util/log';
 import { planRetention, type RetentionPolicy } from './retention';
-import type { SnapshotRecord } from './snapshot-record';
+import { TEMPORARY_EXPORT_SNAPSHOT, type SnapshotRecord } from './snapshot-record';
 import type { Vault } from './vault';
 
 export interface PruneOptions {
@@ -51,7 +52,9 @@ async function clonedSnapshotIds(vault: Vault, volumeId: string): Promise<Set<st
 
 export async function pruneSnapshots(vault: Vault, volumeName: string, opts: PruneOptions, logger: Logger): Promise<PruneResult> {
   const { meta, objects } = await vault.loadVolume(volumeName);
-  const snaps: SnapshotRecord[] = (await objects.listSnapshots()).filter((x) => opts.match?.(x.name) ?? true);
+  // (an export's temporary snapshot is no backup: counted, it took the "last" or today's slot
+  // from a real one, which was removed, and the export then deleted its own)
+  const snaps: SnapshotRecord[] = (await objects.listSnapshots()).filter((x) => !TEMPORARY_EXPORT_SNAPSHOT.test(x.name) && (opts.match?.(x.name) ?? true));
   const cloned = await clonedSnapshotIds(vault, meta.id);
   const plan = planRetention(snaps, opts.policy, opts.now ?? new Date());
   const decisions: PruneDecision[] = [];

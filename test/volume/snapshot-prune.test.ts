@@ -103,3 +103,22 @@ test('prune keeps a snapshot that a clone is made from, and only the matching na
   const only = await pruneSnapshots(f.vault, 'vol', { policy: parseRetentionPolicy('last=1'), dryRun: true, now: NOW, match: (n) => n.startsWith('2019-11') }, logger);
   assert.deepEqual(only.snapshots.map((d) => d.name), ['2019-11-17']);
 });
+
+test("an export's temporary snapshot is no backup: prune neither counts it nor removes it (it took the last slot, and the real snapshots went)", async (t) => {
+  const f = await makeVault(new MemoryStore());
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('vol', 2 * CHUNK_SIZE);
+  const engine = await f.vault.openEngine('vol', { autoCommitMs: 0 });
+  await engine.write(0, randomBytes(CHUNK_SIZE));
+  await engine.snapshot('n1');
+  await engine.write(0, randomBytes(CHUNK_SIZE));
+  await engine.snapshot('n2');
+  const n2 = await snapshotBytes(f.vault, 'n2');
+  // what `export vol` takes while a server serves the volume: newest, and with the keep flag
+  await engine.snapshot('export-2026-12-05T23-40-00Z-0a1b2c3d-6324', { keep: true });
+  await engine.close();
+  const r = await pruneSnapshots(f.vault, 'vol', { policy: parseRetentionPolicy('last=1'), dryRun: false }, logger);
+  assert.deepEqual(r.snapshots.map((d) => [d.name, d.keep]), [['n2', true], ['n1', false]]);
+  assert.deepEqual((await f.vault.listSnapshots('vol')).map((s) => s.name).sort(), ['export-2026-12-05T23-40-00Z-0a1b2c3d-6324', 'n2']);
+  assert.ok((await snapshotBytes(f.vault, 'n2')).equals(n2));
+});
