@@ -140,14 +140,20 @@ export class NbdConnection {
   start(): void {
     this.rawSocket.setNoDelay(true);
     this.detachRaw = this.listen(this.rawSocket);
-    this.handshakeTimer = setTimeout(() => this.die('handshake timeout', 'warn'), this.opts.handshakeTimeoutMs);
-    this.handshakeDeadline = performance.now() + this.opts.handshakeTimeoutMs;
-    this.handshakeTimer.unref();
+    this.armHandshakeTimer(this.opts.handshakeTimeoutMs);
     this.write([encodeGreeting()]);
     this.handshake().catch((err) => {
       if (err instanceof ProtocolViolation) this.die(err.message, 'warn', true);
       else this.die(`handshake failed: ${describeError(err)}`, isTerminal(this.state) ? 'debug' : 'error');
     });
+  }
+
+  /** (Re)starts the handshake timer: the connection is dropped `ms` from now unless it is done. */
+  private armHandshakeTimer(ms: number): void {
+    if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
+    this.handshakeTimer = setTimeout(() => this.die('handshake timeout', 'warn'), ms);
+    this.handshakeDeadline = performance.now() + ms;
+    this.handshakeTimer.unref();
   }
 
   /** Graceful shutdown: a negotiating client is cut off; a transmitting one gets its in-flight
@@ -211,6 +217,9 @@ export class NbdConnection {
       startTls: (ack: Buffer) => this.startTls(ack),
       isShuttingDown: () => this.shuttingDown,
       msLeft: () => this.handshakeDeadline - performance.now(),
+      extendHandshake: (ms: number) => {
+        if (this.handshakeTimer) this.armHandshakeTimer(this.handshakeDeadline - performance.now() + ms);
+      },
     };
     const noZeroes = await readClientFlags(ctx);
     this.fsm.enter('options');

@@ -20,6 +20,8 @@ export const MAX_OPTION_DRAIN = 16 * MIB;
  *  export it returned. */
 export const MAX_OPTIONS = 64;
 export const OPTIONS_PER_LISTED_EXPORT = 8;
+/** ...and the handshake timer that much more time per listed export (once per handshake). */
+export const HANDSHAKE_MS_PER_LISTED_EXPORT = 1000;
 /** Extents per BLOCK_STATUS reply. */
 export const MAX_EXTENTS = 1024;
 

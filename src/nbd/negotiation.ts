@@ -50,7 +50,7 @@ import {
   NBD_REP_META_CONTEXT,
   NBD_REP_SERVER,
 } from './constants';
-import { MAX_OPTIONS, OPTIONS_PER_LISTED_EXPORT, MAX_OPTION_DRAIN, MAX_OPTION_LENGTH, MAX_PAYLOAD, MIN_BLOCK_SIZE, PREFERRED_BLOCK_SIZE } from './limits';
+import { HANDSHAKE_MS_PER_LISTED_EXPORT, MAX_OPTIONS, OPTIONS_PER_LISTED_EXPORT, MAX_OPTION_DRAIN, MAX_OPTION_LENGTH, MAX_PAYLOAD, MIN_BLOCK_SIZE, PREFERRED_BLOCK_SIZE } from './limits';
 import type { ByteQueue } from './byte-queue';
 import { parseInfoRequest, parseMetaContextRequest } from './option-parsing';
 import { assignContextIds, matchContexts, offeredContexts, type SelectedContext } from './meta-contexts';
@@ -82,6 +82,8 @@ export interface NegotiationContext {
   isShuttingDown(): boolean;
   /** ms until the handshake timer drops the connection (Infinity: no timer) */
   msLeft?(): number;
+  /** more time for the handshake (a client that listed exports asks about each) */
+  extendHandshake?(ms: number): void;
 }
 
 /** Store work in negotiation ends this long before the handshake timer would drop the client. */
@@ -128,6 +130,7 @@ class OptionHaggler {
   private tlsUp = false;
   /** options this handshake may send: grows with the exports a LIST returned (limits.ts) */
   private optionAllowance = MAX_OPTIONS;
+  private listExtended = false;
 
   constructor(
     private readonly ctx: NegotiationContext,
@@ -239,6 +242,10 @@ class OptionHaggler {
     }
     for (const e of exports) this.ctx.write(encodeOptionReply(option, NBD_REP_SERVER, encodeServerEntry(e.name, e.description)));
     this.optionAllowance = Math.max(this.optionAllowance, MAX_OPTIONS + OPTIONS_PER_LISTED_EXPORT * exports.length);
+    // and time to ask about each (`nbdinfo --list`: INFO and LIST_META_CONTEXT per export, ~0.25 s
+    // each with libnbd; 40 snapshots ran out of the 10 s handshake), once per handshake
+    if (!this.listExtended) this.ctx.extendHandshake?.(HANDSHAKE_MS_PER_LISTED_EXPORT * exports.length);
+    this.listExtended = true;
     this.reply(option, NBD_REP_ACK);
     return 'continue';
   }

@@ -83,3 +83,21 @@ test('an export whose opening hangs (a store that does not answer): qemu-io and 
   assert.equal(released, late, 'every late export released');
   assert.match((await runCommand('qemu-io', ['-f', 'raw', '-c', 'read 0 4k', `nbd://127.0.0.1:${port}/a`], { timeoutMs: 30_000 })).stdout, /read 4096\/4096 bytes/);
 });
+
+test('nbdinfo --list of many exports, each slow to describe, takes longer than the handshake timeout and still completes', async (t) => {
+  const names = Array.from({ length: 24 }, (_, k) => `e${k}`);
+  const provider = new MemoryExportProvider(names.map((name) => ({ name, size: 2 ** 20, readOnly: true })));
+  const open = provider.open.bind(provider);
+  provider.open = async (name: string) => {
+    await new Promise((r) => setTimeout(r, 150)); // a store round trip per export
+    return open(name);
+  };
+  const server = await startNbdServer({ listen: { host: '127.0.0.1', port: 0 }, provider, logger: createLogger('silent'), maxConnections: 8, handshakeTimeoutMs: 2000 });
+  t.after(() => server.close());
+  const port = (server.address() as { port: number }).port;
+  const t0 = performance.now();
+  const listed = await runCommand('nbdinfo', ['--list', '--json', `nbd://127.0.0.1:${port}`], { timeoutMs: 60_000 });
+  const took = performance.now() - t0;
+  assert.deepEqual(JSON.parse(listed.stdout).exports.map((e: { 'export-name': string }) => e['export-name']).sort(), [...names].sort());
+  assert.ok(took > 2000, `the listing took ${Math.round(took)} ms: longer than the handshake timeout, as meant`);
+});
