@@ -337,8 +337,8 @@ class OptionHaggler {
     const opened = await this.inTime(opening);
     if (opened !== TIMED_OUT) return opened;
     void opening.then((late) => (late.exp ? this.ctx.exports.release(late.exp) : undefined)).catch(() => undefined);
-    this.ctx.logger.warn({ exportName: name }, 'export not open within the handshake time (is the store answering?)');
-    return { exp: null, failure: `export "${name}" is not ready in time: its store is slow to answer (see the server log); a client may retry` };
+    this.ctx.logger.warn({ exportName: name }, 'export not open within the handshake time (a store not answering, or a takeover waiting for a lease to run out)');
+    return { exp: null, failure: `export "${name}" is not ready in time: its store is slow to answer, or the lease of a server that stopped is running out (see the server log); a client may retry` };
   }
 
   private selectedFor(exp: Export): SelectedContext[] {
