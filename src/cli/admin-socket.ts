@@ -128,7 +128,10 @@ export function adminRequest(stateDir: string, req: AdminRequest, timeoutMs = 60
     sock.setTimeout(timeoutMs, () => sock.destroy(new Error('the server did not answer on its admin socket')));
     sock.on('connect', () => sock.write(JSON.stringify(req) + '\n'));
     sock.on('data', (d: string) => (buf += d));
+    // (the server stopped or was killed while it handled the request: whether it was done is unknown)
+    const goneAway = () => new VaultError('ERR_IO', `the server went away before it answered (stopped or killed): the ${req.op} may or may not have been done; look before you retry`);
     sock.on('end', () => {
+      if (buf.trim() === '') return reject(goneAway());
       try {
         resolve(JSON.parse(buf) as AdminReply);
       } catch {
@@ -137,6 +140,7 @@ export function adminRequest(stateDir: string, req: AdminRequest, timeoutMs = 60
     });
     sock.on('error', (err: NodeJS.ErrnoException) => {
       if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') resolve(null);
+      else if (err.code === 'ECONNRESET' || err.code === 'EPIPE') reject(goneAway());
       else reject(new VaultError('ERR_IO', `admin socket: ${err.message}`));
     });
   });

@@ -6,7 +6,8 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startAdminServer, adminRequest } from '../../src/cli/admin-socket';
+import { createServer } from 'node:net';
+import { startAdminServer, adminRequest, adminSocketPath } from '../../src/cli/admin-socket';
 import { WarmJobs } from '../../src/cli/cache-command';
 import { SnapshotSchedule, parseInterval } from '../../src/cli/snapshot-schedule';
 import { DiskCache, DISK_CACHE_MIN_BYTES } from '../../src/store/disk-cache';
@@ -130,4 +131,14 @@ test('the snapshot schedule keeps its period: a round every everyMs', async (t) 
   await sleep(1_100);
   await schedule.stop();
   assert.ok(taken.length >= 3 && taken.length <= 6, `${taken.length} rounds in 1.1 s`);
+});
+
+test('a server that goes away while it handles an admin request: the command says so, not "malformed reply"', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'nbd-vault-admin-gone-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  // what a server killed mid-request leaves: the socket accepts, then closes with nothing said
+  const server = createServer((sock) => sock.once('data', () => sock.end()));
+  await new Promise<void>((r) => server.listen(adminSocketPath(dir), r));
+  t.after(() => server.close());
+  await assert.rejects(adminRequest(dir, { op: 'snapshot', volume: 'v', name: 's' }), (err: Error) => /the server went away before it answered \(stopped or killed\): the snapshot may or may not have been done/.test(err.message));
 });
