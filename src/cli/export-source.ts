@@ -110,18 +110,22 @@ export async function openExportSource(ctx: VaultContext, s: VaultSettings, spec
   }
   // the root's seq before the engine opens: a commit in between then counts as a change
   const seq = await ctx.vault.rootSeqOf(volume);
-  const engine = await ctx.vault.openEngine(volume, { readOnly: true, readaheadChunks: 0 });
-  return {
-    engine,
-    via: '',
-    async explain(err) {
-      // a writer elsewhere (another machine's server) replaced the root and deleted what it named
-      if (!isVaultError(err, 'ERR_IO') || !/is missing from the store/.test((err as Error).message)) return err;
-      if ((await ctx.vault.rootSeqOf(volume).catch(() => seq)) === seq) return err;
-      return new VaultError('ERR_IO', `volume "${volume}" changed while it was exported (a server elsewhere is writing it): snapshot it (nbd-vault snapshot ${volume} NAME) and export ${volume}@NAME`);
-    },
-    close: () => engine.close(),
+  // a writer elsewhere (another machine's server) replaced the root and deleted what it named
+  const explain = async (err: unknown) => {
+    if (!isVaultError(err, 'ERR_IO') || !/is missing from the store/.test((err as Error).message)) return err;
+    if ((await ctx.vault.rootSeqOf(volume).catch(() => seq)) === seq) return err;
+    return new VaultError('ERR_IO', `volume "${volume}" changed while it was exported (a server elsewhere is writing it): snapshot it (nbd-vault snapshot ${volume} NAME) and export ${volume}@NAME`);
   };
+  if ((await ctx.vault.liveWriterHorizon(await ctx.vault.findVolume(volume), Date.now(), 0)) !== null) {
+    ctx.logger.warn({ volume }, 'a server elsewhere is writing this volume: the export holds what it has stored (FLUSHed writes), not what it acknowledged since, and may fail if it changes meanwhile; for one point in time, snapshot it through that server and export VOL@SNAP');
+  }
+  let engine: VolumeEngine;
+  try {
+    engine = await ctx.vault.openEngine(volume, { readOnly: true, readaheadChunks: 0 });
+  } catch (err) {
+    throw await explain(err); // (its manifest pages, replaced between reading the root and them)
+  }
+  return { engine, via: '', explain, close: () => engine.close() };
 }
 
 function plain(engine: VolumeEngine): ExportSource {

@@ -393,3 +393,21 @@ test('a volume whose metadata another tool overwrote: verify --all and volume li
   assert.match(list.stdout, new RegExp(`volume id ${id}: UNREADABLE metadata`));
   assert.match(list.stdout, /^good +8 MiB/m);
 });
+
+test('export of a volume a server elsewhere writes (another state directory): it says the copy holds what that server has stored', async (t) => {
+  const v = await makeTestVault();
+  t.after(() => v.cleanup());
+  await v.cli('volume', 'create', 'live', '--size', '8M');
+  const srv = await v.serve();
+  t.after(() => srv.kill());
+  await runCommand('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5a 0 1M', srv.uri('live')]); // (flushed at its close)
+  const out = join(v.dir, 'elsewhere.img');
+  const r = await v.cliResult('export', 'live', out, '--state', join(v.dir, 'state-elsewhere'));
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, /a server elsewhere is writing this volume: the export holds what it has stored \(FLUSHed writes\)/);
+  const img = readFileSync(out);
+  assert.ok(img.subarray(0, 2 ** 20).every((b) => b === 0x5a) && img.subarray(2 ** 20).every((b) => b === 0), 'the flushed write is there');
+  // through the server's own state directory: through a snapshot, no warning
+  const here = await v.cliResult('export', 'live', join(v.dir, 'here.img'));
+  assert.doesNotMatch(here.stderr, /a server elsewhere/);
+});
