@@ -304,7 +304,7 @@ export class VaultSync {
     const recordKey = snapshotKey(job.meta.id, snap.id);
     // Another snapshot of this name in the replica (the name was taken again in the source): two
     // of one name there would leave VOL@NAME reading the old one. --prune replaces it, once the
-    // replica's root has moved past it (below); otherwise it stays and this one waits.
+    // new record is written (below); otherwise it stays and this one waits.
     const namesake = this.present.has(recordKey) ? undefined : await this.replicaSnapshots.namesake(job, snap);
     if (namesake) {
       const kept = await this.replicaSnapshots.whyNamesakeStays(job, namesake);
@@ -342,16 +342,28 @@ export class VaultSync {
       this.logger.warn({ snapshot: name }, `snapshot not copied: ${held}`);
       return { export: name, id: snap.id, status: 'held', reason: held };
     }
-    if (namesake && !(await this.replicaSnapshots.prune(job, namesake))) {
-      return { export: name, id: snap.id, status: 'name-taken', reason: 'the replica has another snapshot of this name, which could not be deleted (see the log)' };
-    }
     if (status !== 'present') {
       await this.dest.put(recordKey, record);
       this.present.add(recordKey);
       this.count(record.length);
     }
+    // The old one of this name goes after the new record is there: a snapshot delete keeps what
+    // the other records name, so the objects the two share stay (the replica's root may name
+    // neither). Cut off in between, the two stand side by side until the next --prune.
+    if (namesake) {
+      const pruned = await this.replicaSnapshots.prune(job, namesake);
+      await this.relistPresent(job.meta.id); // (what the delete freed is no longer there)
+      if (!pruned) return { export: name, id: snap.id, status: 'name-taken', reason: 'copied, but the replica\'s older snapshot of this name could not be deleted (see the log): sync --prune again' };
+    }
     if (status !== 'present') this.logger.info({ snapshot: name, status }, 'snapshot synced');
     return { export: name, id: snap.id, status };
+  }
+
+  /** What the destination holds of volume `id`, listed again (after objects were deleted there). */
+  private async relistPresent(id: string): Promise<void> {
+    const prefix = volumePrefix(id);
+    for (const key of [...this.present]) if (key.startsWith(prefix)) this.present.delete(key);
+    for await (const info of this.dest.list(prefix)) this.present.add(info.key);
   }
 
   /** The replica's record of snapshot `id` has the keep flag. */

@@ -593,3 +593,27 @@ test('a replica volume a server holds (a client reads it): its newer snapshot is
   assert.deepEqual(r2.snapshots.map((s) => [s.export, s.status]), [['vol@s1', 'present'], ['vol@s2', 'copied']]);
   assert.ok((await readAll(await w.replica(), 'vol')).equals(await readAll(vault, 'vol@s2')));
 });
+
+test('a snapshot name taken again, replaced by --prune while the replica root names a newer one: the objects the old and new share stay', async (t) => {
+  const w = await world(t);
+  const { vault } = w.f;
+  await vault.createVolume('vol', SIZE);
+  const e = await vault.openEngine('vol', { autoCommitMs: 0 });
+  await e.write(0, randomBytes(2 * CHUNK_SIZE));
+  await e.snapshot('weekly'); // A: chunks 0 and 1
+  await w.sync();
+  await vault.deleteSnapshot('vol', 'weekly');
+  await e.write(CHUNK_SIZE, randomBytes(CHUNK_SIZE));
+  await e.snapshot('weekly'); // D2: A's chunk 0, a new chunk 1
+  await e.write(0, randomBytes(CHUNK_SIZE));
+  await e.snapshot('later'); // E: neither of A's chunks
+  await e.close();
+  const r1 = await w.sync();
+  assert.deepEqual(r1.snapshots.map((s) => [s.export, s.status]), [['vol@weekly', 'name-taken'], ['vol@later', 'copied']]);
+  const r2 = await w.sync({ prune: true });
+  assert.deepEqual([r2.snapshots.map((s) => [s.export, s.status]), r2.pruned], [[['vol@weekly', 'copied'], ['vol@later', 'present']], ['vol@weekly']]);
+  const replica = await w.replica();
+  assert.deepEqual((await replica.listSnapshots('vol')).map((s) => s.name).sort(), ['later', 'weekly']);
+  assert.ok((await readAll(replica, 'vol@weekly')).equals(await readAll(vault, 'vol@weekly')), 'the new weekly reads whole (its chunk 0 was deleted with the old one)');
+  await verifyVault(replica);
+});
