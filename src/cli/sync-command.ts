@@ -29,11 +29,14 @@ export function registerSyncCommand(program: Command): void {
     await withVault(opts, async (ctx) => {
       const dest = openStore(opts.to);
       if (dest.name === ctx.store.name) throw new VaultError('ERR_INVALID_ARGUMENT', `--to names the source store itself (${dest.name})`);
+      await refuseForeignDirectory(dest).catch(async (err) => {
+        await dest.close();
+        throw err;
+      });
       // The replica has the source's vault id: it gets a private state directory, so its roots are
       // never compared with the source's sequence numbers this machine remembers.
       const replicaState = await mkdtemp(join(tmpdir(), 'nbd-vault-sync-'));
       const destName = baseStoreName(dest);
-      await refuseForeignDirectory(dest);
       const bar = new Progress(`sync to ${destName}`, 0, 'bytes');
       try {
         const sync = new VaultSync(
@@ -80,6 +83,8 @@ async function refuseForeignDirectory(dest: ObjectStore): Promise<void> {
     if (err.code === 'ENOENT') return [] as string[];
     throw err;
   });
-  const foreign = names.filter((n) => !n.startsWith('~'));
+  // (the store's own names: a first sync cut off before its `vault` object leaves them; and a
+  // file system's own directory at the root of a disk mounted for backups)
+  const foreign = names.filter((n) => !n.startsWith('~') && !n.endsWith('~') && n !== 'volumes' && n !== 'vault' && n !== 'lost+found');
   if (foreign.length > 0) throw new VaultError('ERR_EXISTS', `${base.root} is not empty (it holds "${foreign[0]}", and no vault): a replica must start empty or hold this vault`);
 }

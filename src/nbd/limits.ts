@@ -22,6 +22,8 @@ export const MAX_OPTIONS = 64;
 export const OPTIONS_PER_LISTED_EXPORT = 8;
 /** ...and the handshake timer that much more time per listed export (once per handshake). */
 export const HANDSHAKE_MS_PER_LISTED_EXPORT = 1000;
+/** ...for at most this many exports (a client holds a negotiating slot at most ~5 min longer). */
+export const HANDSHAKE_LISTED_EXPORTS_MAX = 300;
 /** Extents per BLOCK_STATUS reply. */
 export const MAX_EXTENTS = 1024;
 

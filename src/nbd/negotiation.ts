@@ -50,7 +50,7 @@ import {
   NBD_REP_META_CONTEXT,
   NBD_REP_SERVER,
 } from './constants';
-import { HANDSHAKE_MS_PER_LISTED_EXPORT, MAX_OPTIONS, OPTIONS_PER_LISTED_EXPORT, MAX_OPTION_DRAIN, MAX_OPTION_LENGTH, MAX_PAYLOAD, MIN_BLOCK_SIZE, PREFERRED_BLOCK_SIZE } from './limits';
+import { HANDSHAKE_LISTED_EXPORTS_MAX, HANDSHAKE_MS_PER_LISTED_EXPORT, MAX_OPTIONS, OPTIONS_PER_LISTED_EXPORT, MAX_OPTION_DRAIN, MAX_OPTION_LENGTH, MAX_PAYLOAD, MIN_BLOCK_SIZE, PREFERRED_BLOCK_SIZE } from './limits';
 import type { ByteQueue } from './byte-queue';
 import { parseInfoRequest, parseMetaContextRequest } from './option-parsing';
 import { assignContextIds, matchContexts, offeredContexts, type SelectedContext } from './meta-contexts';
@@ -244,7 +244,7 @@ class OptionHaggler {
     this.optionAllowance = Math.max(this.optionAllowance, MAX_OPTIONS + OPTIONS_PER_LISTED_EXPORT * exports.length);
     // and time to ask about each (`nbdinfo --list`: INFO and LIST_META_CONTEXT per export, ~0.25 s
     // each with libnbd; 40 snapshots ran out of the 10 s handshake), once per handshake
-    if (!this.listExtended) this.ctx.extendHandshake?.(HANDSHAKE_MS_PER_LISTED_EXPORT * exports.length);
+    if (!this.listExtended) this.ctx.extendHandshake?.(HANDSHAKE_MS_PER_LISTED_EXPORT * Math.min(exports.length, HANDSHAKE_LISTED_EXPORTS_MAX));
     this.listExtended = true;
     this.reply(option, NBD_REP_ACK);
     return 'continue';

@@ -142,7 +142,7 @@ export function parseStoreUrl(url: string): StoreUrl {
  *  (also an endpoint's), and the value of every query parameter that is not a known one (a
  *  `secret_key=` a user tried). */
 function redactUrl(url: string): string {
-  const text = String(url).replace(/\/\/[^/@?#]*@/g, '//[redacted]@');
+  const text = redactUserInfo(String(url));
   const q = text.indexOf('?');
   if (q < 0) return text;
   const params = text
@@ -167,9 +167,17 @@ function redactEndpoint(value: string): string {
   } catch {
     return '[redacted]';
   }
-  const m = /^([a-zA-Z][a-zA-Z0-9+.-]*:\/\/)([^/?#]*)(.*)$/s.exec(decoded);
+  const m = /^([a-zA-Z][a-zA-Z0-9+.-]*:\/\/)([^/?#]*)(.*)$/s.exec(redactUserInfo(decoded));
   if (!m) return '[redacted]';
-  const at = m[2].lastIndexOf('@');
-  const host = at < 0 ? m[2] : `[redacted]@${m[2].slice(at + 1)}`;
-  return `${m[1]}${host}${m[3] === '' || m[3] === '/' ? m[3] : '/[redacted]'}`;
+  return `${m[1]}${m[2]}${m[3] === '' || m[3] === '/' ? m[3] : '/[redacted]'}`;
+}
+
+/** `scheme://` up to the last `@` before the query: user info, whatever it holds (a secret key
+ *  may contain `/`, which ends no user info here). */
+function redactUserInfo(text: string): string {
+  const start = text.indexOf('://');
+  if (start < 0) return text;
+  const q = text.indexOf('?', start);
+  const at = text.lastIndexOf('@', q < 0 ? text.length : q);
+  return at < start ? text : `${text.slice(0, start + 3)}[redacted]${text.slice(at)}`;
 }

@@ -327,6 +327,10 @@ test('sync: a snapshot name taken again at the source fails the run (exit 1, wit
   assert.equal(wrongDir.code, 1);
   assert.match(wrongDir.stderr, /photos is not empty \(it holds "beach.jpg", and no vault\)/);
   assert.deepEqual(readdirSync(elsewhere), ['beach.jpg']);
+  // but a disk mounted for backups (lost+found at its root) is taken, as is an empty directory
+  const disk = join(v.dir, 'backup-disk');
+  mkdirSync(join(disk, 'lost+found'), { recursive: true });
+  assert.equal((await v.cliResult('sync', '--to', disk)).code, 0);
   const replica = join(v.dir, 'replica');
   await v.cli('sync', '--to', replica);
   assert.match((await v.cli('sync', '--to', replica)).stdout, new RegExp(`^synced to fs\\(${replica}\\)`), 'the store as named, without its wrappers');
