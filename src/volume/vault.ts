@@ -349,8 +349,9 @@ export class Vault {
     try {
       // Read the root only under the lease: whatever the last writer committed is in it.
       const { meta, objects, root, etag } = await this.loadVolume(name, found);
-      // a `volume delete` under way or cut off: its objects are going, and writes would be lost
-      if (await objects.isMarkedDeleting(null)) throw new VaultError('ERR_EXISTS', `volume "${name}" is being deleted (if no deletion is running, one was interrupted: \`nbd-vault volume delete ${name}\` finishes it)`);
+      // a `volume delete` under way or cut off: writes would be lost with it (reads are whole
+      // until its metadata goes, and can rescue what it holds)
+      if (!readOnly && (await objects.isMarkedDeleting(null))) throw new VaultError('ERR_EXISTS', `volume "${name}" is being deleted (if no deletion is running, one was interrupted: \`nbd-vault volume delete ${name}\` finishes it)`);
       const manifest = await VolumeEngine.loadManifest(objects, root);
       const opts: EngineOptions = {
         ...DEFAULT_ENGINE_OPTIONS,
