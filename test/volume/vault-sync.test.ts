@@ -11,6 +11,7 @@ import { createInlineCodec } from '../../src/codec';
 import { FsStore } from '../../src/store/fs-store';
 import { MemoryStore } from '../../src/store/memory-store';
 import type { ObjectStore, PutOptions } from '../../src/store/object-store';
+import type { VolumeEngine } from '../../src/volume/volume-engine';
 import { PassThroughStore } from '../helpers/pass-through-store';
 import { CHUNK_SIZE } from '../../src/volume/chunk-math';
 import { Vault } from '../../src/volume/vault';
@@ -87,6 +88,16 @@ async function verifyVault(vault: Vault): Promise<string[]> {
     }
   }
   return checked;
+}
+
+/** Volume `vol` with one chunk written and snapshot `snap` taken, synced once; its engine stays open. */
+async function syncedVolume(w: World, snap: string): Promise<VolumeEngine> {
+  await w.f.vault.createVolume('vol', SIZE);
+  const e = await w.f.vault.openEngine('vol', { autoCommitMs: 0 });
+  await e.write(0, randomBytes(CHUNK_SIZE));
+  await e.snapshot(snap);
+  await w.sync();
+  return e;
 }
 
 function files(dir: string): string[] {
@@ -371,11 +382,7 @@ test('a source volume deleted and made again under its name is not copied beside
 test('a replica volume written since sync set its root keeps its writes at the next sync (a later snapshot no longer wipes them)', async (t) => {
   const w = await world(t);
   const { vault } = w.f;
-  await vault.createVolume('vol', SIZE);
-  const e = await vault.openEngine('vol', { autoCommitMs: 0 });
-  await e.write(0, randomBytes(CHUNK_SIZE));
-  await e.snapshot('s1');
-  await w.sync();
+  const e = await syncedVolume(w, 's1');
   // a VM booted from the replica's VOL writes there
   const replica = await w.replica();
   const onReplica = await replica.openEngine('vol', { autoCommitMs: 0 });
@@ -460,11 +467,7 @@ test('a replica root from before roots were marked: --prune keeps the snapshot i
 test('a run cut off between the replica root and its record, whose snapshot is then deleted at the source: later snapshots still arrive', async (t) => {
   const w = await world(t, 'memory');
   const { vault } = w.f;
-  await vault.createVolume('vol', SIZE);
-  const e = await vault.openEngine('vol', { autoCommitMs: 0 });
-  await e.write(0, randomBytes(CHUNK_SIZE));
-  await e.snapshot('s1');
-  await w.sync();
+  const e = await syncedVolume(w, 's1');
   await e.write(0, randomBytes(CHUNK_SIZE));
   await e.snapshot('s2');
   // every put of the next run lands except the record's: it stops after the root
@@ -575,11 +578,7 @@ test('a snapshot name taken again: a replica clone of the old one keeps it (its 
 test('a replica volume a server holds (a client reads it): its newer snapshot is held with that reason, and arrives once the server is gone', async (t) => {
   const w = await world(t);
   const { vault } = w.f;
-  await vault.createVolume('vol', SIZE);
-  const e = await vault.openEngine('vol', { autoCommitMs: 0 });
-  await e.write(0, randomBytes(CHUNK_SIZE));
-  await e.snapshot('s1');
-  await w.sync();
+  const e = await syncedVolume(w, 's1');
   const served = await (await w.replica()).openEngine('vol', { autoCommitMs: 0 });
   await served.read(0, 4096);
   await e.write(0, randomBytes(CHUNK_SIZE));
