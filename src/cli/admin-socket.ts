@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { VaultError, describeError, isVaultError, type VaultErrorCode } from '../errors';
 import type { Logger } from '../util/log';
 import { InFlight } from '../util/in-flight';
+import { baseStoreName, type ObjectStore } from '../store';
 
 export type AdminRequest =
   | { op: 'ping' }
@@ -17,9 +18,9 @@ export type AdminRequest =
  *  id, and a command on the replica must not take the source's server for its own. */
 export type AdminReply = { ok: true; vaultId: string; store: string; result: unknown } | { ok: false; vaultId: string; store: string; code: VaultErrorCode; message: string };
 
-/** The reply came from a server of this vault on this store. */
-export function servesThis(reply: AdminReply | null, vaultId: string, store: string): reply is AdminReply {
-  return reply !== null && reply.vaultId === vaultId && reply.store === store;
+/** The reply came from a server of the command's vault on its store. */
+export function servesThis(reply: AdminReply | null, ctx: { readonly vault: { readonly vaultId: string }; readonly store: ObjectStore }): reply is AdminReply {
+  return reply !== null && reply.vaultId === ctx.vault.vaultId && reply.store === baseStoreName(ctx.store);
 }
 
 export const adminSocketPath = (stateDir: string) => join(stateDir, 'admin.sock');

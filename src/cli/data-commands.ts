@@ -12,7 +12,7 @@ import { splitExportName } from '../volume/volume-references';
 import type { VolumeEngine } from '../volume/volume-engine';
 import { formatSize } from '../util/size';
 import { adminRequest, servesThis } from './admin-socket';
-import { FsStore, baseStore, baseStoreName } from '../store';
+import { FsStore, findLayer } from '../store';
 import { openExportSource } from './export-source';
 import { Progress } from './progress';
 import { addSettings } from './settings';
@@ -144,7 +144,7 @@ export function registerDataCommands(program: Command): void {
     async (file: string, volume: string, opts) => {
       await withVault(opts, async (ctx, s) => {
         const ping = await adminRequest(s.state, { op: 'ping' });
-        if (servesThis(ping, ctx.vault.vaultId, baseStoreName(ctx.store))) {
+        if (servesThis(ping, ctx)) {
           throw new VaultError('ERR_LEASE', `a server is serving this vault (state ${s.state}); import through it with nbdcopy or qemu-img convert, or stop it`);
         }
         const size = await imageSize(file);
@@ -288,8 +288,8 @@ export function registerDataCommands(program: Command): void {
       const bar = new Progress('gc', 0, 'objects');
       const r = await collectGarbage(ctx.vault, { dryRun: Boolean(opts.dryRun), graceMs: grace * 60_000, onProgress: (d, t) => bar.update(d, t) }, ctx.logger);
       // a directory store also keeps the temporary files of puts cut off by a kill
-      const base = baseStore(ctx.store);
-      const temporary = base instanceof FsStore ? await base.sweepTemporaryFiles(TEMPORARY_FILE_AGE_MS, Boolean(opts.dryRun)) : { files: 0, bytes: 0 };
+      const fs = findLayer(ctx.store, FsStore);
+      const temporary = fs ? await fs.sweepTemporaryFiles(TEMPORARY_FILE_AGE_MS, Boolean(opts.dryRun)) : { files: 0, bytes: 0 };
       if (temporary.files > 0) ctx.logger.info({ files: temporary.files, bytes: temporary.bytes, dryRun: Boolean(opts.dryRun) }, 'temporary files of interrupted writes swept');
       bar.done();
       if (opts.json) return out(JSON.stringify({ ...r, keys: undefined, temporaryFiles: temporary.files, temporaryBytes: temporary.bytes, dryRun: Boolean(opts.dryRun) }));

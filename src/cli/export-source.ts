@@ -12,7 +12,6 @@ import type { VolumeEngine } from '../volume/volume-engine';
 import { splitExportName } from '../volume/volume-references';
 import { TEMPORARY_EXPORT_SNAPSHOT } from '../volume/snapshot-record';
 import { adminRequest, servesThis } from './admin-socket';
-import { baseStoreName } from '../store';
 import { defaultSnapshotName } from './snapshot-commands';
 import type { VaultContext, VaultSettings } from './vault-context';
 
@@ -136,7 +135,7 @@ function plain(engine: VolumeEngine): ExportSource {
 async function servedHere(ctx: VaultContext, s: VaultSettings): Promise<boolean> {
   const reply = await adminRequest(s.state, { op: 'ping' });
   if (reply?.ok === false && reply.code === 'ERR_SHUTDOWN') throw new VaultError(reply.code, reply.message); // its volumes are still leased
-  return servesThis(reply, ctx.vault.vaultId, baseStoreName(ctx.store)) && reply.ok;
+  return servesThis(reply, ctx) && reply.ok;
 }
 
 async function throughSnapshot(ctx: VaultContext, s: VaultSettings, volume: string): Promise<ExportSource> {

@@ -8,7 +8,6 @@ import type { SnapshotRecord } from '../volume/snapshot-record';
 import { formatSize } from '../util/size';
 import { splitExportName } from '../volume/volume-references';
 import { adminRequest, servesThis } from './admin-socket';
-import { baseStoreName } from '../store';
 import { addSettings } from './settings';
 import { out, VAULT_SETTINGS, withVault } from './vault-context';
 
@@ -36,7 +35,7 @@ async function createSnapshot(volume: string, name: string | undefined, opts: Re
     const reply = await adminRequest(s.state, { op: 'snapshot', volume, name: snapName, ...(keep ? { keep } : {}) });
     let record: SnapshotRecord;
     let via: string;
-    if (servesThis(reply, ctx.vault.vaultId, baseStoreName(ctx.store))) {
+    if (servesThis(reply, ctx)) {
       if (!reply.ok) throw new VaultError(reply.code, reply.message);
       record = reply.result as SnapshotRecord;
       via = 'through the running server';

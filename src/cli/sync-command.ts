@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import { VaultError } from '../errors';
-import { FsStore, baseStore, baseStoreName, openStore, type ObjectStore } from '../store';
+import { FsStore, baseStoreName, findLayer, openStore, type ObjectStore } from '../store';
 import { formatSize } from '../util/size';
 import { VAULT_KEY } from '../volume/object-keys';
 import { Vault } from '../volume/vault';
@@ -77,14 +77,14 @@ export function registerSyncCommand(program: Command): void {
  *  them. (The store's own listing sees only names of its layout; an S3 bucket is checked by the
  *  sync itself.) */
 async function refuseForeignDirectory(dest: ObjectStore): Promise<void> {
-  const base = baseStore(dest);
-  if (!(base instanceof FsStore) || (await dest.head(VAULT_KEY))) return;
-  const names = await readdir(base.root).catch((err: NodeJS.ErrnoException) => {
+  const fs = findLayer(dest, FsStore);
+  if (!fs || (await dest.head(VAULT_KEY))) return;
+  const names = await readdir(fs.root).catch((err: NodeJS.ErrnoException) => {
     if (err.code === 'ENOENT') return [] as string[];
     throw err;
   });
   // (the store's own names: a first sync cut off before its `vault` object leaves them; and a
   // file system's own directory at the root of a disk mounted for backups)
   const foreign = names.filter((n) => !n.startsWith('~') && !n.endsWith('~') && n !== 'volumes' && n !== 'vault' && n !== 'lost+found');
-  if (foreign.length > 0) throw new VaultError('ERR_EXISTS', `${base.root} is not empty (it holds "${foreign[0]}", and no vault): a replica must start empty or hold this vault`);
+  if (foreign.length > 0) throw new VaultError('ERR_EXISTS', `${fs.root} is not empty (it holds "${foreign[0]}", and no vault): a replica must start empty or hold this vault`);
 }

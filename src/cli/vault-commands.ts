@@ -5,14 +5,13 @@ import { VaultError } from '../errors';
 import { formatSize, parseSize } from '../util/size';
 import { Progress } from './progress';
 import { adminRequest, servesThis } from './admin-socket';
-import { baseStoreName } from '../store';
 import { addSettings } from './settings';
 import { out, VAULT_SETTINGS, withVault, type VaultContext } from './vault-context';
 
 /** resize and delete change what a running server may be serving: refuse while one runs here. */
 async function refuseWhileServed(ctx: VaultContext, stateDir: string, what: string): Promise<void> {
   const ping = await adminRequest(stateDir, { op: 'ping' });
-  if (servesThis(ping, ctx.vault.vaultId, baseStoreName(ctx.store))) {
+  if (servesThis(ping, ctx)) {
     throw new VaultError('ERR_LEASE', `a server is serving this vault (state ${stateDir}): stop it before you ${what}`);
   }
 }

@@ -34,14 +34,9 @@ export function findLayer<T extends ObjectStore>(store: ObjectStore, cls: abstra
 /** The name of the innermost store: where the objects are (the same for a CLI command and a
  *  server on one store, whatever layers each adds, a disk cache say). */
 export function baseStoreName(store: ObjectStore): string {
-  return baseStore(store).name;
-}
-
-/** The innermost store under retry, metrics and cache wrappers. */
-export function baseStore(store: ObjectStore): ObjectStore {
   let s = store;
   for (let inner = s.unwrap(); inner; inner = s.unwrap()) s = inner;
-  return s;
+  return s.name;
 }
 
 function isStore(x: unknown): x is ObjectStore {

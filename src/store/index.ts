@@ -6,7 +6,7 @@ export { FsStore, type FsStoreOptions } from './fs-store';
 export type { S3StoreOptions } from './s3-store';
 export { RetryStore, RetriedStoreError, retryLayer, RETRY_DEFAULTS, type RetryPolicy, type RetryEvent } from './retry-store';
 export { RetryReport, RETRY_REPORT_MS } from './retry-report';
-export { baseStore, baseStoreName, composeStore, findLayer } from './compose';
+export { baseStoreName, composeStore, findLayer } from './compose';
 export { openStore, parseStoreUrl, type OpenStoreOptions, type StoreUrl } from './store-url';
 export { FaultyStore, faultyLayer, type FaultRules, type FaultRule, type Outage, type StoreOp, type FaultPhase, type FaultyOptions } from './faulty-store';
 export { seededRandom } from './seeded-random';

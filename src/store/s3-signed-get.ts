@@ -198,13 +198,19 @@ function s3ErrorOf(res: SignedGetResult): Error {
   return Object.assign(new Error(message ?? name), { name, $metadata: { httpStatusCode: res.status } });
 }
 
-/** An answer no S3 service gives: the endpoint is something else (a web server, a proxy's page). */
-function notS3(res: SignedGetResult, what: string): Error {
-  const type = headerValue(res.headers['content-type']) ?? 'no content type';
-  return Object.assign(new Error(`the endpoint does not answer like S3 (${what}: HTTP ${res.status}, ${type.slice(0, 60)}); check ?endpoint= and path_style in the store URL`), { name: 'NotS3' });
+/** An answer no S3 service gives (`what`): the endpoint is something else (a web server, a
+ *  proxy's page). classifyS3Error makes it ERR_STORE_IO. */
+export function notS3Error(what: string): Error {
+  return Object.assign(new Error(`the endpoint does not answer like S3 (${what}); check ?endpoint= and path_style in the store URL`), { name: 'NotS3' });
 }
 
-function headerValue(value: string | string[] | undefined): string | undefined {
+function notS3(res: SignedGetResult, what: string): Error {
+  const type = headerOf(res.headers['content-type']) ?? 'no content type';
+  return notS3Error(`${what}: HTTP ${res.status}, ${type.slice(0, 60)}`);
+}
+
+/** A header's (first) value. */
+export function headerOf(value: string | string[] | undefined): string | undefined {
   return Array.isArray(value) ? value[0] : value;
 }
 

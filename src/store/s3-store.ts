@@ -33,7 +33,7 @@ import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { VaultError, type VaultErrorCode } from '../errors';
 import type { ObjectInfo, ObjectStore, PutOptions, StoredObject, StoreProps } from './object-store';
 import { checkKey, checkPrefix, checkRange } from './keys';
-import { SignedGet } from './s3-signed-get';
+import { SignedGet, headerOf, notS3Error } from './s3-signed-get';
 
 export interface S3StoreOptions {
   readonly bucket: string;
@@ -251,8 +251,7 @@ export class S3Store implements ObjectStore {
       } catch (err) {
         const e = this.classify(err, 'list', prefix);
         // S3 answers a listing 404 only for a missing bucket, and says so (NoSuchBucket)
-        if (e.code === 'ERR_STORE_NOT_FOUND') throw new VaultError('ERR_STORE_IO', `${this.name}: list ${prefix}: the endpoint does not answer like S3 (a listing answered 404 without NoSuchBucket); check ?endpoint= and path_style in the store URL`, { cause: err });
-        throw e;
+        throw e.code === 'ERR_STORE_NOT_FOUND' ? this.classify(notS3Error('a listing answered 404 without NoSuchBucket'), 'list', prefix) : e;
       }
       for (const o of res.Contents ?? []) {
         if (!o.Key || !o.Key.startsWith(this.prefix)) continue;
@@ -343,10 +342,6 @@ export function classifyS3Error(err: unknown, what: string, bucketDesc: string, 
     return make('ERR_STORE_TRANSIENT', `${what}: transient failure (${detail})`);
   }
   return make('ERR_STORE_IO', `${what}: failed (${detail}: ${String(e.message ?? '').slice(0, 200)})`);
-}
-
-function headerOf(value: string | string[] | undefined): string | undefined {
-  return Array.isArray(value) ? value[0] : value;
 }
 
 function unquote(etag: string | undefined): string {

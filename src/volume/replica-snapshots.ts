@@ -130,11 +130,12 @@ export function replicaRootOf(job: SyncJob, snap: SnapshotRecord, seq: number): 
 }
 
 /** `root` is a replica root as sync wrote it (no writer committed since): marked, or, for one
- *  written before roots were marked, holding the state of a snapshot the replica has. */
-export function isSyncedRoot(job: SyncJob, root: RootRecord, replicaSnapshots: readonly SnapshotRecord[]): boolean {
+ *  written before roots were marked, holding the state of a snapshot the replica has (listed
+ *  only then). */
+export async function isSyncedRoot(job: SyncJob, root: RootRecord, replicaSnapshots: () => Promise<readonly SnapshotRecord[]>): Promise<boolean> {
   if (journalsOf(root).length > 0) return false;
   if (root.syncedFrom !== undefined) return true;
-  return replicaSnapshots.some((s) => sameState(root, replicaRootOf(job, s, root.seq)));
+  return (await replicaSnapshots()).some((s) => sameState(root, replicaRootOf(job, s, root.seq)));
 }
 
 export function sameState(a: RootRecord, b: RootRecord): boolean {

@@ -100,7 +100,8 @@ export class VaultSync {
   async run(): Promise<SyncResult> {
     await this.copyVaultObject();
     const planned = await this.planJobs();
-    const { withoutSnapshots, bare } = planned;
+    const { bare } = planned;
+    const withoutSnapshots = bare.map((j) => j.meta.name);
     const { jobs, nameTaken } = await this.withoutNameClashes(planned.jobs);
     // What the destination holds, and how big each source object is (for progress and bytes).
     for (const job of jobs) {
@@ -244,11 +245,10 @@ export class VaultSync {
 
   /** jobs: volumes with snapshots to copy, origins first; bare: those with none (--prune still
    *  mirrors their deletions) */
-  private async planJobs(): Promise<{ jobs: Job[]; withoutSnapshots: string[]; bare: Job[] }> {
+  private async planJobs(): Promise<{ jobs: Job[]; bare: Job[] }> {
     const all = await this.source.listVolumes({ strict: true });
     const wanted = this.opts.volumes && this.opts.volumes.length > 0 ? this.opts.volumes : all.map((v) => v.name);
     const jobs: Job[] = [];
-    const withoutSnapshots: string[] = [];
     const bare: Job[] = [];
     const origins = new Map<string, Set<string>>(); // origin volume id → snapshot ids clones need
     for (const name of wanted) {
@@ -259,7 +259,6 @@ export class VaultSync {
       // keep flag would pin it on the replica for good)
       const snapshots = (await objects.listSnapshots()).filter((s) => !TEMPORARY_EXPORT_SNAPSHOT.test(s.name));
       if (snapshots.length === 0) {
-        withoutSnapshots.push(name);
         bare.push({ meta, objects, root, snapshots, full: true });
         continue;
       }
@@ -285,7 +284,7 @@ export class VaultSync {
       const snapshots = (await objects.listSnapshots()).filter((s) => snapIds.has(s.id));
       originJobs.push({ meta, objects, root, snapshots, full: false });
     }
-    return { jobs: [...originJobs, ...jobs], withoutSnapshots, bare };
+    return { jobs: [...originJobs, ...jobs], bare };
   }
 
   /** Everything a snapshot names (its pages and chunks, a clone's origin ones too); null if the
@@ -410,7 +409,7 @@ export class VaultSync {
     // never ahead of the source's root
     const wanted = replicaRootOf(job, snap, Math.max((current?.root.seq ?? 0) + 1, snap.rootSeq));
     if (current && sameState(current.root, wanted)) return null;
-    if (current && !isSyncedRoot(job, current.root, await objects.listSnapshots())) {
+    if (current && !(await isSyncedRoot(job, current.root, () => objects.listSnapshots()))) {
       // A writer committed on the replica volume, or the destination is the source itself under
       // another name (a symlink, another endpoint).
       this.logger.warn({ volume: job.meta.name, seq: current.root.seq, snapshot: snap.name }, 'the replica volume was written since sync last set its root: its root is left alone');
