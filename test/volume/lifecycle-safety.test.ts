@@ -378,17 +378,22 @@ test('a create or clone killed between its root and its metadata leaves no half 
   assert.deepEqual((await f.vault.listVolumes()).map((v) => v.name).sort(), ['half', 'halfclone', 'src']);
 });
 
-test('a snapshot delete killed after its mark: a clone says how to finish it, and a rerun does', async (t) => {
-  class KilledAtRecordDelete extends PassThroughStore {
-    armed = true;
-    override async delete(key: string) {
-      if (this.armed && key.includes('/snapshots/') && !key.endsWith('.deleting')) {
-        this.armed = false;
-        throw new VaultError('ERR_STORE_IO', 'killed');
-      }
-      return this.inner.delete(key);
-    }
+/** A process killed at its first delete of a key `at` accepts (the delete does not happen). */
+class KilledAtDelete extends PassThroughStore {
+  private armed = true;
+  constructor(inner: ObjectStore, name: string, private readonly at: (key: string) => boolean) {
+    super(inner, name);
   }
+  override async delete(key: string) {
+    if (this.armed && this.at(key)) {
+      this.armed = false;
+      throw new VaultError('ERR_STORE_IO', 'killed');
+    }
+    return this.inner.delete(key);
+  }
+}
+
+test('a snapshot delete killed after its mark: a clone says how to finish it, and a rerun does', async (t) => {
   const base = new MemoryStore();
   const f = await makeVault(base);
   t.after(() => f.cleanup());
@@ -397,7 +402,7 @@ test('a snapshot delete killed after its mark: a clone says how to finish it, an
   await e.write(0, randomBytes(CHUNK_SIZE));
   await e.snapshot('s');
   await e.close();
-  const vault = await f.reopen({}, new KilledAtRecordDelete(base, 'killed-at-record-delete'));
+  const vault = await f.reopen({}, new KilledAtDelete(base, 'killed-at-record-delete', (key) => key.includes('/snapshots/') && !key.endsWith('.deleting')));
   await assert.rejects(vault.deleteSnapshot('v', 's'), /killed/);
   await assert.rejects(vault.cloneVolume('v@s', 'c'), (err: Error) => /the snapshot is being deleted \(if no deletion is running, one was interrupted: `nbd-vault snapshot delete v s` finishes it\)/.test(err.message));
   await vault.deleteSnapshot('v', 's');
@@ -406,17 +411,6 @@ test('a snapshot delete killed after its mark: a clone says how to finish it, an
 });
 
 test('a volume delete killed after its mark: the volume is not opened for writing again (writes would go with it), and a rerun finishes it', async (t) => {
-  // killed between its mark and the erasing of the volume's key (the clone check runs there)
-  class KilledAtFirstDelete extends PassThroughStore {
-    armed = true;
-    override async delete(key: string) {
-      if (this.armed && key.endsWith('/meta')) {
-        this.armed = false;
-        throw new VaultError('ERR_STORE_IO', 'killed');
-      }
-      return this.inner.delete(key);
-    }
-  }
   const base = new MemoryStore();
   const f = await makeVault(base);
   t.after(() => f.cleanup());
@@ -425,7 +419,8 @@ test('a volume delete killed after its mark: the volume is not opened for writin
   const written = randomBytes(CHUNK_SIZE);
   await e.write(0, written);
   await e.close();
-  const vault = await f.reopen({}, new KilledAtFirstDelete(base, 'killed-at-first-delete'));
+  // killed between its mark and the erasing of the volume's key (the clone check runs there)
+  const vault = await f.reopen({}, new KilledAtDelete(base, 'killed-at-meta-delete', (key) => key.endsWith('/meta')));
   await assert.rejects(vault.deleteVolume('v'), /killed/);
   // a server would have taken the lease over and accepted writes that the finished delete then threw away
   await assert.rejects(vault.openEngine('v'), (err: VaultError) => err.code === 'ERR_EXISTS' && /volume "v" is being deleted \(if no deletion is running, one was interrupted: `nbd-vault volume delete v` finishes it\)/.test(err.message));
