@@ -116,6 +116,12 @@ export class VaultExportProvider implements ExportProvider {
     }
   }
 
+  /** A volume's open waiting out the lease of a server that stopped (Vault.leaseWaitLeftMs). */
+  openWaitLeftMs(name: string): number | undefined {
+    const [volume, snap] = splitExportName(name === '' ? this.defaultName : name);
+    return snap === null ? this.vault.leaseWaitLeftMs(volume) : undefined;
+  }
+
   /**
    * A volume no client has open here, for NBD_OPT_INFO or a meta context query: read without
    * its writer's lease (which another server may hold: waiting to see whether that one is alive

@@ -54,6 +54,13 @@ export class ClientExports {
     }
   }
 
+  /** ExportProvider.openWaitLeftMs of an export this client may open ("" is the default). */
+  openWaitLeftMs(name: string): number | undefined {
+    const resolved = name === '' ? this.provider.defaultName : name;
+    if (this.policy?.accessTo(this.identity, resolved) === 'none') return undefined;
+    return this.provider.openWaitLeftMs?.(resolved);
+  }
+
   release(exp: Export): Promise<void> {
     return this.provider.release(exp);
   }

@@ -63,6 +63,10 @@ export interface ExportProvider {
    *  no request (NBD_OPT_INFO, the meta context options): a provider may answer from something
    *  lighter than what serving takes (no writer's lease). */
   open(name: string, purpose?: OpenPurpose): Promise<Export | null>;
+  /** Optional: how long an open of `name` under way still waits, at most, for something that
+   *  ends by itself (the lease of a server that stopped running out); undefined when it waits on
+   *  nothing known. The server extends the waiting client's handshake by it. */
+  openWaitLeftMs?(name: string): number | undefined;
   release(exp: Export): Promise<void>;
   /** Shutdown: flush every open export and close it. */
   closeAll(): Promise<void>;

@@ -30,6 +30,12 @@ export const MAX_EXTENTS = 1024;
 export const DEFAULT_MAX_IN_FLIGHT_BYTES = 64 * MIB;
 /** Short: a real client negotiates (TLS included) in milliseconds; an idle socket holds a slot. */
 export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
+/** An export whose open waits for something that ends by itself (a stopped server's lease
+ *  running out) extends its client's handshake by that wait plus this slack (the open's own
+ *  work after it), once per handshake and at most by HANDSHAKE_OPEN_WAIT_MAX_MS: the lease
+ *  ttl is at most 600 s. */
+export const HANDSHAKE_OPEN_WAIT_SLACK_MS = 5_000;
+export const HANDSHAKE_OPEN_WAIT_MAX_MS = 600_000;
 export const DEFAULT_MAX_CONNECTIONS = 256;
 /** Connections still negotiating, in all and from one address (admission.ts). */
 export const DEFAULT_MAX_HANDSHAKES = 128;

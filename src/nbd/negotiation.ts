@@ -50,7 +50,7 @@ import {
   NBD_REP_META_CONTEXT,
   NBD_REP_SERVER,
 } from './constants';
-import { HANDSHAKE_LISTED_EXPORTS_MAX, HANDSHAKE_MS_PER_LISTED_EXPORT, MAX_OPTIONS, OPTIONS_PER_LISTED_EXPORT, MAX_OPTION_DRAIN, MAX_OPTION_LENGTH, MAX_PAYLOAD, MIN_BLOCK_SIZE, PREFERRED_BLOCK_SIZE } from './limits';
+import { HANDSHAKE_LISTED_EXPORTS_MAX, HANDSHAKE_MS_PER_LISTED_EXPORT, HANDSHAKE_OPEN_WAIT_MAX_MS, HANDSHAKE_OPEN_WAIT_SLACK_MS, MAX_OPTIONS, OPTIONS_PER_LISTED_EXPORT, MAX_OPTION_DRAIN, MAX_OPTION_LENGTH, MAX_PAYLOAD, MIN_BLOCK_SIZE, PREFERRED_BLOCK_SIZE } from './limits';
 import type { ByteQueue } from './byte-queue';
 import { parseInfoRequest, parseMetaContextRequest } from './option-parsing';
 import { assignContextIds, matchContexts, offeredContexts, type SelectedContext } from './meta-contexts';
@@ -131,6 +131,8 @@ class OptionHaggler {
   /** options this handshake may send: grows with the exports a LIST returned (limits.ts) */
   private optionAllowance = MAX_OPTIONS;
   private listExtended = false;
+  /** the handshake was extended once for an open waiting out a stopped server's lease */
+  private openExtended = false;
 
   constructor(
     private readonly ctx: NegotiationContext,
@@ -334,7 +336,17 @@ class OptionHaggler {
    *  retry, and the export, once open, goes straight back. */
   private async openInTime(name: string, purpose: OpenPurpose): Promise<OpenResult> {
     const opening = this.ctx.exports.open(name, purpose);
-    const opened = await this.inTime(opening);
+    let opened = await this.inTime(opening);
+    // A takeover waiting out the lease of a server that stopped (a restart after a crash, the
+    // client connecting at once): that wait ends by itself, so the client is kept waiting with it
+    // rather than refused (qemu does not retry a first connection).
+    const waitLeft = opened === TIMED_OUT && !this.openExtended ? this.ctx.exports.openWaitLeftMs(name) : undefined;
+    if (waitLeft !== undefined && this.ctx.extendHandshake) {
+      this.openExtended = true;
+      this.ctx.logger.info({ exportName: name, waitMs: Math.round(waitLeft) }, 'export waits for the lease of a server that stopped to run out: the client waits with it');
+      this.ctx.extendHandshake(Math.min(waitLeft + HANDSHAKE_OPEN_WAIT_SLACK_MS, HANDSHAKE_OPEN_WAIT_MAX_MS));
+      opened = await this.inTime(opening);
+    }
     if (opened !== TIMED_OUT) return opened;
     void opening.then((late) => (late.exp ? this.ctx.exports.release(late.exp) : undefined)).catch(() => undefined);
     this.ctx.logger.warn({ exportName: name }, 'export not open within the handshake time (a store not answering, or a takeover waiting for a lease to run out)');

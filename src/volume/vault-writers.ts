@@ -11,7 +11,7 @@ import type { ObjectStore } from '../store/object-store';
 import type { Logger } from '../util/log';
 import { leaseKey } from './object-keys';
 import { VolumeLease, readVolumeLease, writerHorizon, type AcquireOptions } from './volume-lease';
-import { WriterSession, observeSession, type SessionState, type SessionTiming } from './writer-session';
+import { WriterSession, observeSession, systemClock, type SessionState, type SessionTiming } from './writer-session';
 
 /** What of a vault the leases need: where they live and how a volume's metadata is read. */
 export interface LeaseParts {
@@ -31,6 +31,10 @@ export class VaultWriters {
   /** Watches of other writers' sessions: 'dead' and 'gone' are final (a session never revives),
    *  so they are kept; 'live' is dropped once answered (it may have died since). */
   private readonly watches = new Map<string, Promise<SessionState>>();
+  /** when each watch answers at the latest (performance.now), once its heartbeat was first seen */
+  private readonly verdictDue = new Map<string, number>();
+  /** the session each volume's lease acquisition is waiting on, by volume name */
+  private readonly waitingOn = new Map<string, string>();
   /** takeover tokens this writer made (VolumeLease: a retry finds its own) */
   private readonly ownTokens = new Map<string, Buffer>();
   /** the vault closes: watches end at once ('live': nothing is taken over) */
@@ -53,7 +57,7 @@ export class VaultWriters {
           instance: await this.parts.instanceId(),
           session: await this.current(),
           currentSession: () => this.current(),
-          observe: (sessionId) => this.observe(sessionId),
+          observe: (sessionId) => this.observeFor(meta.name, sessionId),
           ownTokens: this.ownTokens,
           logger: this.parts.logger,
         },
@@ -126,8 +130,10 @@ export class VaultWriters {
   observe(sessionId: string): Promise<SessionState> {
     let w = this.watches.get(sessionId);
     if (!w) {
-      w = observeSession(this.store, sessionId, { signal: this.stopping.signal });
-      this.watches.set(sessionId, w);
+      const watch = observeSession(this.store, sessionId, { signal: this.stopping.signal, onWatching: (due) => this.verdictDue.set(sessionId, due) });
+      w = watch;
+      this.watches.set(sessionId, watch);
+      void watch.then(() => this.verdictDue.delete(sessionId), () => this.verdictDue.delete(sessionId));
     }
     return w.then(
       (state) => {
@@ -139,6 +145,25 @@ export class VaultWriters {
         throw err;
       },
     );
+  }
+
+  /** observe(), remembered as what volume `volumeName`'s acquisition waits on (leaseWaitLeftMs) */
+  private async observeFor(volumeName: string, sessionId: string): Promise<SessionState> {
+    this.waitingOn.set(volumeName, sessionId);
+    try {
+      return await this.observe(sessionId);
+    } finally {
+      if (this.waitingOn.get(volumeName) === sessionId) this.waitingOn.delete(volumeName);
+    }
+  }
+
+  /** How long the acquisition of volume `volumeName`'s lease still waits, at most, for another
+   *  writer's heartbeat to stand still (a takeover after a server stopped), or undefined when it
+   *  waits on no heartbeat it has seen. */
+  leaseWaitLeftMs(volumeName: string): number | undefined {
+    const session = this.waitingOn.get(volumeName);
+    const due = session === undefined ? undefined : this.verdictDue.get(session);
+    return due === undefined ? undefined : Math.max(0, due - systemClock.monotonic());
   }
 
   /** End the watches of other writers, stop our session's heartbeat and delete it (after every

@@ -366,6 +366,12 @@ export class Vault {
     }
   }
 
+  /** How long opening volume `name` for writing still waits, at most, for a stopped writer's
+   *  lease to run out (VaultWriters.leaseWaitLeftMs); undefined when it waits on none. */
+  leaseWaitLeftMs(name: string): number | undefined {
+    return this.writers.leaseWaitLeftMs(name);
+  }
+
   /** Watch the heartbeats of the other writers holding leases here (a server at startup: see
    *  VaultWriters.watchLeaseHolders). */
   watchLeaseHolders(): Promise<number> {

@@ -232,18 +232,29 @@ export class WriterSession {
 
 export type SessionState = 'gone' | 'live' | 'dead';
 
+export interface ObserveOptions {
+  readonly maxWaitMs?: number;
+  readonly clock?: Clock;
+  readonly pollMs?: number;
+  readonly signal?: AbortSignal;
+  /** told, once the heartbeat was first seen, when (on `clock`'s monotonic time) the watch
+   *  answers at the latest, give or take a poll (a server extends a waiting client's handshake) */
+  readonly onWatching?: (verdictDueMono: number) => void;
+}
+
 /**
  * Watch another session's heartbeat on our own monotonic clock: 'live' as soon as it changes,
  * 'dead' once it stood still for the session's ttl (from our first look), 'gone' if it does not
  * exist. `maxWaitMs` 0 answers at once: 'live' for a heartbeat that exists (conservative), as
  * does an aborted `signal` (the watcher stops).
  */
-export async function observeSession(store: ObjectStore, sessionId: string, opts: { maxWaitMs?: number; clock?: Clock; pollMs?: number; signal?: AbortSignal } = {}): Promise<SessionState> {
+export async function observeSession(store: ObjectStore, sessionId: string, opts: ObserveOptions = {}): Promise<SessionState> {
   const clock = opts.clock ?? systemClock;
   const first = await headOrNull(store, sessionId, true);
   if (!first) return 'gone';
   const ttl = Math.min(Math.max(first.record?.ttlMs ?? SESSION_TTL_MS, 1), 600_000);
   const t0 = clock.monotonic();
+  opts.onWatching?.(t0 + Math.min(ttl, opts.maxWaitMs ?? Infinity));
   const maxWait = opts.maxWaitMs ?? Infinity;
   const poll = opts.pollMs ?? Math.min(1000, Math.max(10, ttl / 10));
   for (;;) {
