@@ -74,8 +74,9 @@ export class VaultLifecycle {
     if (snapName === null) throw new VaultError('ERR_INVALID_ARGUMENT', `clone takes a snapshot, VOL@SNAP (got "${source}"): snapshot the volume first`);
     checkVolumeName(newName);
     const { meta: originMeta, objects, root: originRoot } = await this.vault.loadVolume(volumeName);
-    if (originRoot.origin) throw new VaultError('ERR_NOT_SUPPORTED', `"${volumeName}" is itself a clone; clone its origin's snapshot instead`);
     const snap = await this.parts.findSnapshot(objects, volumeName, snapName);
+    // (cloning the origin's snapshot instead would drop what the clone wrote: a copy keeps it)
+    if (originRoot.origin) throw new VaultError('ERR_NOT_SUPPORTED', `"${volumeName}" is itself a clone, and a snapshot of a clone cannot be cloned (one level of origin); copy it instead: \`nbd-vault volume create ${newName} --size ${snap.size}\`, \`nbd-vault export ${source} FILE\`, \`nbd-vault import FILE ${newName}\``);
     await this.assertClonable(objects, snap, source);
     if ((await this.vault.listVolumes()).some((v) => v.name === newName)) throw new VaultError('ERR_EXISTS', `a volume named "${newName}" exists already`);
     const id = randomBytes(16).toString('hex');

@@ -110,6 +110,27 @@ test('snapshot prune and keep flags from the command line; serve --snapshot-ever
   assert.ok(img.subarray(0, MiB).every((b) => b === 0x5a) && img.subarray(MiB).every((b) => b === 0), 'a scheduled snapshot holds what the client wrote');
 });
 
+test('a snapshot of a clone cannot be cloned: the refusal says how to copy it, and following it keeps the clone\'s own writes', async (t) => {
+  const v = await makeTestVault();
+  t.after(() => v.cleanup());
+  const { s1 } = await twoSnapshots(v);
+  await v.cli('clone', 'vol@s1', 'c');
+  const mine = Buffer.from(s1);
+  randomBytes(2 * MiB).copy(mine, 12 * MiB); // what only the clone wrote
+  writeFileSync(join(v.dir, 'mine.img'), mine);
+  await v.cli('import', join(v.dir, 'mine.img'), 'c');
+  await v.cli('snapshot', 'create', 'c', 'cs');
+  const refused = await v.cliResult('clone', 'c@cs', 'd');
+  assert.equal(refused.code, 1, refused.stderr);
+  assert.match(refused.stderr, /"c" is itself a clone/);
+  // the advice, run as given (FILE: a path of the user's)
+  const advice = [...refused.stderr.matchAll(/`nbd-vault ([^`]+)`/g)].map((m) => m[1].replace('FILE', join(v.dir, 'copy.img')).split(' '));
+  assert.equal(advice.length, 3, refused.stderr);
+  for (const args of advice) await v.cli(...args);
+  await v.cli('export', 'd', join(v.dir, 'd.img'));
+  assert.equal(sha(readFileSync(join(v.dir, 'd.img'))), sha(mine), 'the copy holds the clone\'s snapshot, its own writes included');
+});
+
 test('sync fs→fs: --json, incremental, verify and tampering, then serve the replica and restore from it', async (t) => {
   const v = await makeTestVault();
   t.after(() => v.cleanup());
