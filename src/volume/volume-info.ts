@@ -70,6 +70,8 @@ export async function volumeInfo(vault: Vault, name: string, found?: VolumeMeta)
     allocatedChunks,
     journals: { count: journals.length, storedBytes: journalBytes },
     snapshots: (await objects.listSnapshots()).length,
+    /** a `volume delete` has begun (runs now, or was cut off): writers are refused */
+    deleting: await objects.isMarkedDeleting(null),
     origin: root.origin ? await vault.describeOrigin(root.origin) : null,
     rootSeq: root.seq,
     epoch: root.epoch,

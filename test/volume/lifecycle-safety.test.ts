@@ -419,11 +419,14 @@ test('a volume delete killed after its mark: the volume is not opened for writin
   const written = randomBytes(CHUNK_SIZE);
   await e.write(0, written);
   await e.close();
+  assert.equal((await f.vault.volumeInfo('v')).deleting, false);
   // killed between its mark and the erasing of the volume's key (the clone check runs there)
   const vault = await f.reopen({}, new KilledAtDelete(base, 'killed-at-meta-delete', (key) => key.endsWith('/meta')));
   await assert.rejects(vault.deleteVolume('v'), /killed/);
   // a server would have taken the lease over and accepted writes that the finished delete then threw away
   await assert.rejects(vault.openEngine('v'), (err: VaultError) => err.code === 'ERR_EXISTS' && /volume "v" is being deleted \(if no deletion is running, one was interrupted: `nbd-vault volume delete v` finishes it\)/.test(err.message));
+  // `volume list` and `volume info` say so
+  assert.equal((await vault.volumeInfo('v')).deleting, true);
   // read-only, it still reads whole (its objects go only after its metadata): what it holds can be rescued
   const ro = await vault.openEngine('v', { readOnly: true });
   assert.ok((await ro.read(0, CHUNK_SIZE)).equals(written));
