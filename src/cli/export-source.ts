@@ -144,10 +144,15 @@ async function throughSnapshot(ctx: VaultContext, s: VaultSettings, volume: stri
     deleteTemporarySnapshot(ctx, volume, name).catch((err) => {
       ctx.logger.warn({ volume, snapshot: name, err: (err as Error).message }, `could not delete the temporary snapshot: delete it with nbd-vault snapshot keep --clear ${volume} ${name} && nbd-vault snapshot delete ${volume} ${name}`);
     });
-  // Ctrl-C or a service stop mid-export: delete the snapshot, then exit as the signal would.
+  let engine: VolumeEngine | undefined;
+  // Ctrl-C or a service stop mid-export: close the engine (its reader mark goes with it: a
+  // snapshot being read is not deleted), delete the snapshot, then exit as the signal would.
   const onSignal = (signal: NodeJS.Signals) => {
     process.stderr.write(`export of ${volume} interrupted: deleting the temporary snapshot ${volume}@${name}\n`);
-    void removeOrSay().finally(() => process.exit(signal === 'SIGINT' ? 130 : 143));
+    void Promise.resolve(engine?.close())
+      .catch(() => {})
+      .then(removeOrSay)
+      .finally(() => process.exit(signal === 'SIGINT' ? 130 : 143));
   };
   const stopWatching = () => {
     process.removeListener('SIGINT', onSignal);
@@ -155,7 +160,6 @@ async function throughSnapshot(ctx: VaultContext, s: VaultSettings, volume: stri
   };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
-  let engine: VolumeEngine;
   try {
     for (const old of await removeAbandonedSnapshots(ctx, volume)) {
       ctx.logger.warn({ volume, snapshot: old }, 'deleted the temporary snapshot an export on this machine left when it was killed');
@@ -170,14 +174,15 @@ async function throughSnapshot(ctx: VaultContext, s: VaultSettings, volume: stri
     await removeOrSay();
     throw err;
   }
+  const opened = engine;
   return {
-    engine,
+    engine: opened,
     via: ` through the temporary snapshot ${volume}@${name} taken by the running server`,
     explain: async (err) => err,
     async close() {
       stopWatching();
       try {
-        await engine.close();
+        await opened.close();
       } finally {
         await removeOrSay();
       }

@@ -19,6 +19,9 @@ export const snapshotPrefix = (volumeIdHex: string) => `${volumePrefix(volumeIdH
 export const snapshotKey = (volumeIdHex: string, snapshotIdHex: string) => `${snapshotPrefix(volumeIdHex)}${snapshotIdHex}`;
 /** deletion marks: a snapshot or a volume whose deletion has begun (no new clone may name it) */
 export const snapshotDeletingKey = (volumeIdHex: string, snapshotIdHex: string) => `${snapshotKey(volumeIdHex, snapshotIdHex)}.deleting`;
+/** reader marks: a live process reads this snapshot (a delete refuses); id `<session id>-<random>` */
+export const snapshotReaderPrefix = (volumeIdHex: string, snapshotIdHex: string) => `${snapshotKey(volumeIdHex, snapshotIdHex)}.reader.`;
+export const snapshotReaderKey = (volumeIdHex: string, snapshotIdHex: string, markId: string) => `${snapshotReaderPrefix(volumeIdHex, snapshotIdHex)}${markId}`;
 export const volumeDeletingKey = (volumeIdHex: string) => `${volumePrefix(volumeIdHex)}deleting`;
 
 /** The volume id of a key under volumes/, or null. */

@@ -70,7 +70,7 @@ export async function pruneSnapshots(vault: Vault, volumeName: string, opts: Pru
         // A clone made, or the keep flag set, after the plan: the snapshot stays.
         if (isVaultError(err, 'ERR_EXISTS')) {
           keep = true;
-          reasons.push(err.message.includes('keep flag') ? 'keep flag' : 'has clones');
+          reasons.push(err.message.includes('keep flag') ? 'keep flag' : err.message.includes('is being read by') ? 'being read' : 'has clones');
         } else if (!isVaultError(err, 'ERR_NOT_FOUND')) throw err; // (gone already: removed all the same)
       }
     }

@@ -15,6 +15,8 @@ import type { SnapshotRecord } from './snapshot-record';
 import type { Vault, VolumeMeta } from './vault';
 import type { VolumeLease } from './volume-lease';
 import type { VolumeObjects } from './volume-objects';
+import { liveReaders } from './snapshot-readers';
+import type { SessionState } from './writer-session';
 import { checkVolumeName, liveRootKeys, referencedKeys, snapshotAsRoot, splitExportName } from './volume-references';
 
 /** What of a vault's private parts the lifecycle operations use. */
@@ -25,6 +27,8 @@ export interface VaultParts {
   volumeObjects(meta: VolumeMeta, key: SecretKey): VolumeObjects;
   findSnapshot(objects: VolumeObjects, volumeName: string, snapName: string): Promise<SnapshotRecord>;
   acquireLease(found: VolumeMeta, purpose: string): Promise<VolumeLease>;
+  /** is the session named by a snapshot's reader mark alive (snapshot-readers.ts) */
+  observeReader(sessionId: string): Promise<SessionState>;
   recordSeq(volumeId: string, seq: number): Promise<void>;
 }
 
@@ -156,6 +160,15 @@ export class VaultLifecycle {
     if (clones.length > 0) {
       await objects.unmarkDeleting(doomed.id);
       throw new VaultError('ERR_EXISTS', `snapshot ${volumeName}@${snapName} has clones (${clones.join(', ')}): delete them first`);
+    }
+    // ...and for readers, the same way (a restore reading it would get EIO half way)
+    const readers = await liveReaders(objects, doomed.id, (s) => this.parts.observeReader(s), this.parts.logger).catch(async (err) => {
+      await objects.unmarkDeleting(doomed.id);
+      throw err;
+    });
+    if (readers.length > 0) {
+      await objects.unmarkDeleting(doomed.id);
+      throw new VaultError('ERR_EXISTS', `snapshot ${volumeName}@${snapName} is being read by ${readers.map((r) => r.describe).join(', ')}: delete it once the reader is done (a server's snapshot export ends with its last client)`);
     }
     const keep = new Set<string>();
     try {

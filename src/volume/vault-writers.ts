@@ -147,6 +147,14 @@ export class VaultWriters {
     );
   }
 
+  /** The state of a snapshot reader's session: this process's own live session is 'live' at
+   *  once (a server's schedule pruning a snapshot its clients read), others are watched. */
+  async observeReader(sessionId: string): Promise<SessionState> {
+    const own = this.session ? await this.session.catch(() => null) : null;
+    if (own?.alive && own.id === sessionId) return 'live';
+    return this.observe(sessionId);
+  }
+
   /** observe(), remembered as what volume `volumeName`'s acquisition waits on (leaseWaitLeftMs) */
   private async observeFor(volumeName: string, sessionId: string): Promise<SessionState> {
     this.waitingOn.set(volumeName, sessionId);

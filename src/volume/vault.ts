@@ -30,6 +30,8 @@ import { VolumeObjects } from './volume-objects';
 import type { SnapshotRecord } from './snapshot-record';
 import { VaultLifecycle } from './vault-lifecycle';
 import { VaultWriters } from './vault-writers';
+import { markReader } from './snapshot-readers';
+import type { WriterSession } from './writer-session';
 import { loadManifestOf, volumeInfo, type LoadedManifest, type VolumeInfo } from './volume-info';
 import { checkVolumeName, listVolumeIds, snapshotAsRoot, vaultIdsOfVolumes } from './volume-references';
 
@@ -345,7 +347,7 @@ export class Vault {
   async openEngine(name: string, options: Partial<EngineOptions> = {}): Promise<VolumeEngine> {
     const readOnly = options.readOnly ?? false;
     const found = await this.findVolume(name); // once: it unwraps every volume's metadata
-    const lease = readOnly ? undefined : await this.acquireLease(found, this.opts.leasePurpose ?? `nbd-vault (${process.argv.slice(2, 3).join(' ') || 'library'})`);
+    const lease = readOnly ? undefined : await this.acquireLease(found, this.purpose());
     try {
       // Read the root only under the lease: whatever the last writer committed is in it.
       const { meta, objects, root, etag } = await this.loadVolume(name, found);
@@ -457,10 +459,34 @@ export class Vault {
   async openSnapshotEngine(volumeName: string, snapName: string, options: Partial<EngineOptions> = {}): Promise<VolumeEngine> {
     const { meta, objects, root: live } = await this.loadVolume(volumeName);
     const snap = await this.findSnapshot(objects, volumeName, snapName);
-    const root = { ...snapshotAsRoot(snap), origin: live.origin }; // a clone's snapshot shares its origin
-    const manifest = await VolumeEngine.loadManifest(objects, root);
-    const opts: EngineOptions = { ...DEFAULT_ENGINE_OPTIONS, ...options, readOnly: true };
-    return VolumeEngine.open(`${meta.name}@${snap.name}`, `snapshot ${snap.name} of volume ${meta.name} (${snap.createdAt})`, objects, root, null, manifest, opts, this.opts.logger);
+    const exportName = `${meta.name}@${snap.name}`;
+    // (marked before its pages are read: a delete that began before the mark is seen by it)
+    const unmark = await markReader(objects, snap.id, exportName, await this.readerSession(exportName), this.purpose(), this.opts.logger);
+    try {
+      const root = { ...snapshotAsRoot(snap), origin: live.origin }; // a clone's snapshot shares its origin
+      const manifest = await VolumeEngine.loadManifest(objects, root);
+      const opts: EngineOptions = { ...DEFAULT_ENGINE_OPTIONS, ...options, readOnly: true, onClosed: unmark };
+      return await VolumeEngine.open(exportName, `snapshot ${snap.name} of volume ${meta.name} (${snap.createdAt})`, objects, root, null, manifest, opts, this.opts.logger);
+    } catch (err) {
+      await unmark();
+      throw err;
+    }
+  }
+
+  /** Who writes or reads, as a lease or reader mark tells others ("nbd-vault (serve)"). */
+  private purpose(): string {
+    return this.opts.leasePurpose ?? `nbd-vault (${process.argv.slice(2, 3).join(' ') || 'library'})`;
+  }
+
+  /** This process's writer session, which a snapshot's reader mark names; null when none can be
+   *  started (a store that refuses writes: the snapshot is read unmarked). */
+  private async readerSession(exportName: string): Promise<WriterSession | null> {
+    try {
+      return await this.writers.current();
+    } catch (err) {
+      this.opts.logger.warn({ snapshot: exportName, err: describeError(err) }, 'no writer session for a reader mark: a snapshot delete elsewhere will not see this reader');
+      return null;
+    }
   }
 
   /** The manifest of `name` or `name@snap`, read again when a commit beside us moved the root
@@ -505,6 +531,7 @@ export class Vault {
       volumeObjects: (meta, key) => this.volumeObjects(meta, key),
       findSnapshot: (objects, volumeName, snapName) => this.findSnapshot(objects, volumeName, snapName),
       acquireLease: (found, purpose) => this.acquireLease(found, purpose),
+      observeReader: (sessionId) => this.writers.observeReader(sessionId),
       recordSeq: (id, seq) => this.state.recordSeq(id, seq),
     });
   }

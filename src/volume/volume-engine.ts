@@ -48,6 +48,8 @@ export interface EngineOptions {
   readonly onRootCommitted?: (seq: number) => Promise<void>;
   /** the writer's lease (writable engines): writes stop if it is lost; released on close */
   readonly lease?: VolumeLease;
+  /** called once the engine has closed (a snapshot's reader mark is removed) */
+  readonly onClosed?: () => Promise<void>;
   /** the process memory budget (serve --memory-limit): read cache and dirty blocks draw from it */
   readonly memoryBudget?: MemoryBudget;
   /** what seal cycles and compaction hold in flight, shared by the engines of a process
@@ -433,6 +435,7 @@ export class VolumeEngine {
       // engine: its share of the process budget goes back to the other volumes.
       for (const batch of this.state.batchesNewestFirst()) for (const c of batch.chunks.values()) c.giveBudgetBack();
       await this.opts.lease?.release();
+      await this.opts.onClosed?.();
     }
   }
 

@@ -8,7 +8,7 @@ import type { ObjectPlace, ObjectKind } from '../codec/object-place';
 import type { SecretKey } from '../keys/secret-key';
 import type { ObjectStore } from '../store/object-store';
 import { annotate } from './framed-reads';
-import { rootKey, snapshotDeletingKey, snapshotKey, snapshotPrefix, volumeDeletingKey } from './object-keys';
+import { rootKey, snapshotDeletingKey, snapshotKey, snapshotPrefix, snapshotReaderKey, snapshotReaderPrefix, volumeDeletingKey } from './object-keys';
 import { decodeSnapshot, encodeSnapshot, type SnapshotRecord } from './snapshot-record';
 import { generationOfId } from './manifest';
 import { decodeRoot, encodeRoot, type RootRecord } from './root-record';
@@ -182,6 +182,45 @@ export class VolumeRecords {
 
   async isMarkedDeleting(snapshotId: string | null): Promise<boolean> {
     return (await this.store.head(this.deletionMark(snapshotId).key)) !== null;
+  }
+
+  // --- reader marks (snapshot-readers.ts) --------------------------------------------------
+  // "Session S reads this snapshot": a snapshot delete refuses while a live session reads it. One
+  // mark per reader (an engine), `<session id>-<random>`: two engines of one snapshot in one
+  // process (one closing as the next opens) must not remove each other's mark.
+  // Sealed like the deletion marks (index 3 of kind `snapshot`, bound to the snapshot's id).
+
+  private readerPlace(snapshotId: string): ObjectPlace {
+    return this.place('snapshot', 3, generationOfId(snapshotId));
+  }
+
+  async putReaderMark(snapshotId: string, markId: string, record: object): Promise<void> {
+    await this.store.put(snapshotReaderKey(this.volumeId, snapshotId, markId), (await this.codec.seal(this.keys.manifest, Buffer.from(JSON.stringify(record)), this.readerPlace(snapshotId)))!);
+  }
+
+  /** The mark's record, or null when it is gone or cannot be opened. */
+  async readReaderMark(snapshotId: string, markId: string): Promise<unknown> {
+    try {
+      const { body } = await this.store.get(snapshotReaderKey(this.volumeId, snapshotId, markId));
+      return JSON.parse((await this.codec.open(this.keys.manifest, body, this.readerPlace(snapshotId))).toString('utf8'));
+    } catch {
+      return null;
+    }
+  }
+
+  async deleteReaderMark(snapshotId: string, markId: string): Promise<void> {
+    await this.store.delete(snapshotReaderKey(this.volumeId, snapshotId, markId));
+  }
+
+  /** The reader marks snapshot `snapshotId` has: their ids, `<session id>-<random>`. */
+  async listReaderMarks(snapshotId: string): Promise<string[]> {
+    const prefix = snapshotReaderPrefix(this.volumeId, snapshotId);
+    const marks: string[] = [];
+    for await (const info of this.store.list(prefix)) {
+      const mark = info.key.slice(prefix.length);
+      if (/^[0-9a-f]{32}-[0-9a-f]{16}$/.test(mark)) marks.push(mark);
+    }
+    return marks;
   }
 
   async snapshotExists(snapshotId: string): Promise<boolean> {

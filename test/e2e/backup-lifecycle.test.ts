@@ -131,6 +131,34 @@ test('a snapshot of a clone cannot be cloned: the refusal says how to copy it, a
   assert.equal(sha(readFileSync(join(v.dir, 'd.img'))), sha(mine), 'the copy holds the clone\'s snapshot, its own writes included');
 });
 
+test('a snapshot a client is restoring from is not deleted under it: snapshot delete and prune beside the server refuse, the restore completes', async (t) => {
+  const v = await makeTestVault();
+  t.after(() => v.cleanup());
+  const { s1 } = await twoSnapshots(v);
+  const srv = await v.serve();
+  t.after(() => srv.kill());
+  // a slow restore: qemu-io reads vol@s1 in pieces, pausing between them (~30 s: a refused delete
+  // takes up to the 5 s heartbeat period to see the reader alive)
+  const args = ['-f', 'raw', '-r'];
+  for (let i = 0; i < 16; i++) args.push('-c', `read -P ${s1[i * MiB]} ${i * MiB} 1`, '-c', 'sleep 2000');
+  const restore = runCommand('qemu-io', [...args, srv.uri('vol@s1')], { timeoutMs: 90_000 });
+  restore.catch(() => {}); // (awaited below; a failure before that must not go unhandled)
+  await new Promise((r) => setTimeout(r, 1000));
+  const refused = await v.cliResult('snapshot', 'delete', 'vol', 's1');
+  assert.equal(refused.code, 1, refused.stdout + refused.stderr);
+  assert.match(refused.stderr, /snapshot vol@s1 is being read by nbd-vault \(serve\) \(pid \d+ on .*\): delete it once the reader is done/);
+  const pruned = await v.cliResult('snapshot', 'prune', 'vol', '--keep-last', '1', '--json');
+  assert.equal(pruned.code, 0, pruned.stderr);
+  assert.deepEqual(JSON.parse(pruned.stdout).volumes[0].snapshots.map((d: { name: string; keep: boolean; reasons: string[] }) => [d.name, d.keep, d.reasons]), [['s2', true, ['keep flag', 'last snapshot']], ['s1', true, ['being read']]]);
+  const r = await restore;
+  assert.doesNotMatch(r.stdout + r.stderr, /fail|error/i, r.stdout + r.stderr);
+  assert.equal((r.stdout.match(/^read 1\/1 bytes/gm) ?? []).length, 16);
+  // the server stopped (its snapshot export closed): the snapshot goes
+  assert.equal(await srv.stop(), 0);
+  await v.cli('snapshot', 'delete', 'vol', 's1');
+  assert.deepEqual((JSON.parse((await v.cli('snapshot', 'list', 'vol', '--json')).stdout) as Array<{ name: string }>).map((x) => x.name), ['s2']);
+});
+
 test('sync fs→fs: --json, incremental, verify and tampering, then serve the replica and restore from it', async (t) => {
   const v = await makeTestVault();
   t.after(() => v.cleanup());
