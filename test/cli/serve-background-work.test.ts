@@ -30,12 +30,15 @@ test('the admin socket: a stop answers the requests being handled, refuses new o
   const dir = tempDir(t, 'nbd-vault-admin-');
   let release = () => {};
   const gate = new Promise<void>((r) => (release = r));
+  let entered = () => {};
+  const inHandler = new Promise<void>((r) => (entered = r));
   const admin = await startAdminServer(dir, 'vault-id', 'memory', async () => {
+    entered();
     await gate;
     return 'taken';
   }, logger);
   const reply = adminRequest(dir, { op: 'ping' });
-  await sleep(100);
+  await inHandler; // (a fixed sleep raced the request on a loaded machine)
   let refusing = false;
   const refused = admin.refuse().then(() => (refusing = true));
   await sleep(100);

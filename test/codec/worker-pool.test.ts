@@ -90,7 +90,8 @@ test('event loop stays responsive while 32 chunks are sealed and opened in the p
     // Sealing inline blocks the loop for the whole run (one gap = all of it); the pool's
     // main-thread share is copies and a zero check. The bound is relative to the run's length
     // because on a shared, loaded machine the whole run (and every gap) stretches alike.
-    const bound = Math.max(100, elapsedMs / 3);
+    // (0.6: under a 4-5x load the longest gap reached 26 % of the run; inline sealing is ~100 %)
+    const bound = Math.max(100, elapsedMs * 0.6);
     assert.ok(maxGapMs < bound, `event loop stalled for ${maxGapMs.toFixed(1)} ms of ${elapsedMs.toFixed(0)} ms`);
   } finally {
     await pool.close();

@@ -13,34 +13,36 @@ const HANDSHAKE_MS = 3000;
 test('a store that hangs during negotiation: nbdinfo gets an error reply and qemu-img opens without metadata contexts, not an EOF', async (t) => {
   const provider = new MemoryExportProvider([{ name: 'a', size: 16 * 2 ** 20, readOnly: false }]);
   let hang = true;
-  const never = new Promise<never>(() => {});
+  let hungAt = 0; // (timed from the hang, not from a client's start: qemu-img starts slowly under load)
+  const never = () => {
+    hungAt = performance.now();
+    return new Promise<never>(() => {});
+  };
   const list = provider.list.bind(provider);
   const open = provider.open.bind(provider);
-  provider.list = () => (hang ? never : list());
+  provider.list = () => (hang ? never() : list());
   // the export opens (its engine was open already), but its metadata contexts need the store
   provider.open = async (name: string) => {
     const exp = await open(name);
-    if (exp) exp.listMetaContexts = () => (hang ? never : Promise.resolve([]));
+    if (exp) exp.listMetaContexts = () => (hang ? never() : Promise.resolve([]));
     return exp;
   };
   const server = await startNbdServer({ listen: { host: '127.0.0.1', port: 0 }, provider, logger: createLogger('silent'), maxConnections: 8, handshakeTimeoutMs: HANDSHAKE_MS });
   t.after(() => server.close());
   const port = (server.address() as { port: number }).port;
 
-  const started = performance.now();
   const listed = await runCommand('nbdinfo', ['--list', `nbd://127.0.0.1:${port}`], { okCodes: [0, 1], timeoutMs: 30_000 });
   assert.equal(listed.code, 1);
   // (libnbd shows its own text for a list error; the server's message is in its debug output)
   assert.match(listed.stderr, /server replied with error to list request/);
   assert.doesNotMatch(listed.stderr, /disconnected|end-of-file/i);
-  assert.ok(performance.now() - started < HANDSHAKE_MS + 1000, 'answered within the handshake time');
+  assert.ok(performance.now() - hungAt < HANDSHAKE_MS + 500, 'answered within the handshake time (the client exits soon after)');
 
   // qemu asks for metadata contexts: refused in time, it opens the export without them (an EOF
   // after 10 s before)
-  const t0 = performance.now();
   const info = await runCommand('qemu-img', ['info', '--output=json', `nbd://127.0.0.1:${port}/a`], { timeoutMs: 30_000 });
   assert.match(info.stdout, /"virtual-size": 16777216/);
-  assert.ok(performance.now() - t0 < HANDSHAKE_MS + 1000, 'answered within the handshake time');
+  assert.ok(performance.now() - hungAt < HANDSHAKE_MS + 500, 'answered within the handshake time (the client exits soon after)');
 
   hang = false; // the store answers again: the same clients get in
   assert.match((await runCommand('qemu-img', ['info', '--output=json', `nbd://127.0.0.1:${port}/a`], { timeoutMs: 30_000 })).stdout, /"virtual-size": 16777216/);
@@ -54,8 +56,12 @@ test('an export whose opening hangs (a store that does not answer): qemu-io and 
   let released = 0;
   const open = provider.open.bind(provider);
   const release = provider.release.bind(provider);
+  let hungAt = 0;
   provider.open = async (name: string) => {
-    if (hanging) await new Promise<void>((r) => waiting.push(r));
+    if (hanging) {
+      hungAt ||= performance.now();
+      await new Promise<void>((r) => waiting.push(r));
+    }
     return open(name);
   };
   provider.release = async (exp) => {
@@ -66,11 +72,10 @@ test('an export whose opening hangs (a store that does not answer): qemu-io and 
   t.after(() => server.close());
   const port = (server.address() as { port: number }).port;
 
-  const t0 = performance.now();
   const io = await runCommand('qemu-io', ['-f', 'raw', '-c', 'read 0 4k', `nbd://127.0.0.1:${port}/a`], { okCodes: [0, 1], timeoutMs: 30_000 });
   assert.notEqual(io.code, 0, io.stdout + io.stderr);
   assert.match(io.stderr + io.stdout, /export "a" is not ready in time: its store is slow to answer, or the lease of a server that stopped is running out .*a client may retry/);
-  assert.ok(performance.now() - t0 < HANDSHAKE_MS + 1000, 'answered within the handshake time');
+  assert.ok(performance.now() - hungAt < HANDSHAKE_MS + 500, 'answered within the handshake time (the client exits soon after)');
   const info = await runCommand('nbdinfo', [`nbd://127.0.0.1:${port}/a`], { okCodes: [0, 1], timeoutMs: 30_000 });
   assert.equal(info.code, 1);
   assert.doesNotMatch(info.stderr, /end-of-file/i);

@@ -202,7 +202,7 @@ test('gc beside a long import (commits only at its end) takes none of its upload
   const image = randomBytes(3 * CHUNK_SIZE);
   await imp.write(0, image.subarray(0, 2 * CHUNK_SIZE));
   // wait until the first chunks are stored (uploaded, not yet named by any root)
-  for (let k = 0; k < 200 && (await countKeys(f.store, 'volumes/', '/chunks/')) < 2; k++) await new Promise((r) => setTimeout(r, 10));
+  for (let k = 0; k < 3000 && (await countKeys(f.store, 'volumes/', '/chunks/')) < 2; k++) await new Promise((r) => setTimeout(r, 10));
   assert.equal(await countKeys(f.store, 'volumes/', '/chunks/'), 2);
   const gc = await collectGarbage(await f.reopen(), { dryRun: false, graceMs: 0 }, logger);
   assert.equal(gc.deleted, 0, 'nothing of the import was taken');
