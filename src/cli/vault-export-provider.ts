@@ -72,7 +72,7 @@ export class VaultExportProvider implements ExportProvider {
   async open(name: string, purpose: OpenPurpose = 'serve'): Promise<Export | null> {
     if (this.closing) return null;
     const wanted = name === '' ? this.defaultName : name;
-    if (purpose === 'inspect' && !this.engines.has(wanted) && splitExportName(wanted)[1] === null) return this.inspect(wanted);
+    if (purpose === 'inspect' && !this.engines.has(wanted)) return this.inspect(wanted);
     await this.closingIdle.get(wanted);
     let p = this.engines.get(wanted);
     const lost = await p?.then(async (e) => (e.leaseLost && !(await e.regainLease()) ? e : null), () => null);
@@ -126,13 +126,17 @@ export class VaultExportProvider implements ExportProvider {
    * A volume no client has open here, for NBD_OPT_INFO or a meta context query: read without
    * its writer's lease (which another server may hold: waiting to see whether that one is alive
    * took seconds per volume, and `nbdinfo --list` ran out of handshake time), and shown with the
-   * flags a client that opens it to write gets. Closed on release.
+   * flags a client that opens it to write gets. Closed on release. A snapshot likewise, without
+   * the reader mark that serving it writes (snapshot-readers.ts: no store writes per export that
+   * `nbdinfo --list` asks about).
    */
-  private async inspect(volume: string): Promise<Export | null> {
+  private async inspect(name: string): Promise<Export | null> {
+    const [volume, snap] = splitExportName(name);
     let engine: VolumeEngine | null = null;
     for (let attempt = 1; engine === null; attempt++) {
       try {
-        engine = await this.vault.openEngine(volume, { ...this.engineOptions, readOnly: true, readaheadChunks: 0 });
+        const options = { ...this.engineOptions, readOnly: true, readaheadChunks: 0 };
+        engine = snap === null ? await this.vault.openEngine(volume, options) : await this.vault.openSnapshotEngine(volume, snap, options, 'inspect');
       } catch (err) {
         if (isVaultError(err, 'ERR_NOT_FOUND')) return null;
         // a writer elsewhere committed while the root's journals were read, and deleted one: the
@@ -147,7 +151,7 @@ export class VaultExportProvider implements ExportProvider {
       name: engine.name,
       description: engine.description,
       size: engine.size,
-      caps: { ...engine.caps, readOnly: false, canFlush: true, canFua: true, canTrim: true, canZero: true, canFastZero: true },
+      caps: snap !== null ? engine.caps : { ...engine.caps, readOnly: false, canFlush: true, canFua: true, canTrim: true, canZero: true, canFastZero: true },
       read: refuse,
       write: refuse,
       trim: refuse,

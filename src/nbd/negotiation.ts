@@ -88,6 +88,8 @@ export interface NegotiationContext {
 
 /** Store work in negotiation ends this long before the handshake timer would drop the client. */
 const ANSWER_MARGIN_MS = 1000;
+/** what is left of an extended handshake once the open it waited for was refused */
+const AFTER_REFUSAL_MS = 3000;
 
 export interface Negotiated {
   readonly exp: Export;
@@ -346,6 +348,10 @@ class OptionHaggler {
       this.ctx.logger.info({ exportName: name, waitMs: Math.round(waitLeft) }, 'export waits for the lease of a server that stopped to run out: the client waits with it');
       this.ctx.extendHandshake(Math.min(waitLeft + HANDSHAKE_OPEN_WAIT_SLACK_MS, HANDSHAKE_OPEN_WAIT_MAX_MS));
       opened = await this.inTime(opening);
+      // refused after all (another server won the takeover): the extension ends with the wait,
+      // and the client has a moment to read why
+      const left = this.ctx.msLeft?.();
+      if ((opened === TIMED_OUT || opened.exp === null) && left !== undefined && left > AFTER_REFUSAL_MS) this.ctx.extendHandshake(AFTER_REFUSAL_MS - left);
     }
     if (opened !== TIMED_OUT) return opened;
     void opening.then((late) => (late.exp ? this.ctx.exports.release(late.exp) : undefined)).catch(() => undefined);

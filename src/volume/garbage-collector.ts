@@ -7,9 +7,12 @@
 // Objects of a volume whose metadata is gone (a crypto-erased, half-deleted volume) are garbage
 // too — unless the metadata appeared while gc ran (a volume created meanwhile).
 import type { Logger } from '../util/log';
-import { VOLUMES_PREFIX, leaseKey, metaKey, rootKey, snapshotPrefix, volumeDeletingKey, volumeIdOfKey } from './object-keys';
+import { VOLUMES_PREFIX, leaseKey, metaKey, rootKey, snapshotKey, snapshotPrefix, volumeDeletingKey, volumeIdOfKey } from './object-keys';
 import type { Vault } from './vault';
 import { liveRootKeys, referencedKeys, snapshotAsRoot } from './volume-references';
+
+/** a snapshot's reader mark (snapshot-readers.ts), under `snapshots/`: the snapshot's id */
+const READER_MARK = /^([0-9a-f]{32})\.reader\.[0-9a-f]{32}-[0-9a-f]{16}$/;
 
 /** how long the root of a volume without metadata is kept whatever the grace (a create or clone
  *  writes its metadata moments after its root) */
@@ -69,6 +72,8 @@ export async function collectGarbage(vault: Vault, opts: GcOptions, logger: Logg
   const candidates: Array<{ key: string; size: number; volumeId: string; newRoot: boolean }> = [];
   /** volumes with a deletion mark (volume delete under way, or interrupted) */
   const marked = new Set<string>();
+  /** reader marks (snapshot-readers.ts) older than the grace: garbage once their snapshot is gone */
+  const strayMarks: Array<{ key: string; size: number; volumeId: string; snapshotId: string }> = [];
   let scanned = 0;
   let tooYoung = 0;
   let heldByWriters = 0;
@@ -78,7 +83,14 @@ export async function collectGarbage(vault: Vault, opts: GcOptions, logger: Logg
     if (id === null) continue;
     if (live.has(id)) {
       // a volume's own records are never garbage while the volume exists
-      if (info.key === metaKey(id) || info.key === rootKey(id) || info.key === leaseKey(id) || info.key === volumeDeletingKey(id) || info.key.startsWith(snapshotPrefix(id))) continue;
+      if (info.key.startsWith(snapshotPrefix(id))) {
+        // a reader mark left behind (a reader killed after a delete looked for it) once its
+        // snapshot is gone: looked at below
+        const mark = READER_MARK.exec(info.key.slice(snapshotPrefix(id).length));
+        if (mark && now - info.lastModified.getTime() >= opts.graceMs) strayMarks.push({ key: info.key, size: info.size, volumeId: id, snapshotId: mark[1] });
+        continue;
+      }
+      if (info.key === metaKey(id) || info.key === rootKey(id) || info.key === leaseKey(id) || info.key === volumeDeletingKey(id)) continue;
       if (keep.has(info.key)) continue;
       if (info.lastModified.getTime() >= (keepFrom.get(id) ?? Infinity)) {
         heldByWriters++;
@@ -96,6 +108,7 @@ export async function collectGarbage(vault: Vault, opts: GcOptions, logger: Logg
     const newRoot = !live.has(id) && info.key === rootKey(id) && now - info.lastModified.getTime() < NEW_VOLUME_ROOT_MS;
     candidates.push({ key: info.key, size: info.size, volumeId: id, newRoot });
   }
+  for (const m of strayMarks) if ((await vault.store.head(snapshotKey(m.volumeId, m.snapshotId))) === null) candidates.push({ key: m.key, size: m.size, volumeId: m.volumeId, newRoot: false });
   // (a volume being deleted, its deletion mark there, has no create under way)
   for (let i = candidates.length - 1; i >= 0; i--) {
     if (candidates[i].newRoot && !marked.has(candidates[i].volumeId)) {

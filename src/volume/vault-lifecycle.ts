@@ -15,7 +15,7 @@ import type { SnapshotRecord } from './snapshot-record';
 import type { Vault, VolumeMeta } from './vault';
 import type { VolumeLease } from './volume-lease';
 import type { VolumeObjects } from './volume-objects';
-import { liveReaders } from './snapshot-readers';
+import { liveReaders, type SnapshotReader } from './snapshot-readers';
 import type { SessionState } from './writer-session';
 import { checkVolumeName, liveRootKeys, referencedKeys, snapshotAsRoot, splitExportName } from './volume-references';
 
@@ -151,25 +151,18 @@ export class VaultLifecycle {
     const doomed = snaps.find((s) => s.name === snapName && (id === undefined || s.id === id));
     if (!doomed) throw new VaultError('ERR_NOT_FOUND', `volume "${volumeName}" has no snapshot named "${snapName}"`);
     if (doomed.keep) throw new VaultError('ERR_EXISTS', `snapshot ${volumeName}@${snapName} has the keep flag: clear it first (snapshot keep --clear)`);
-    // Mark first, then look for clones: a clone made from here on sees the mark and withdraws.
-    await objects.markDeleting(doomed.id);
-    const clones = await this.clonesOf(objects.volumeId, doomed.id).catch(async (err) => {
-      await objects.unmarkDeleting(doomed.id);
+    // Mark first, then look for clones and readers: a clone made, or a reader come, from here on
+    // sees the mark and withdraws. (Every way out takes back only a mark that is still ours.)
+    const mark = await objects.markDeleting(doomed.id);
+    const refuse = async (err: unknown): Promise<never> => {
+      await objects.unmarkDeleting(doomed.id, mark);
       throw err;
-    });
-    if (clones.length > 0) {
-      await objects.unmarkDeleting(doomed.id);
-      throw new VaultError('ERR_EXISTS', `snapshot ${volumeName}@${snapName} has clones (${clones.join(', ')}): delete them first`);
-    }
-    // ...and for readers, the same way (a restore reading it would get EIO half way)
-    const readers = await liveReaders(objects, doomed.id, (s) => this.parts.observeReader(s), this.parts.logger).catch(async (err) => {
-      await objects.unmarkDeleting(doomed.id);
-      throw err;
-    });
-    if (readers.length > 0) {
-      await objects.unmarkDeleting(doomed.id);
-      throw new VaultError('ERR_EXISTS', `snapshot ${volumeName}@${snapName} is being read by ${readers.map((r) => r.describe).join(', ')}: delete it once the reader is done (a server's snapshot export ends with its last client)`);
-    }
+    };
+    const clones = await this.clonesOf(objects.volumeId, doomed.id).catch(refuse);
+    if (clones.length > 0) await refuse(new VaultError('ERR_EXISTS', `snapshot ${volumeName}@${snapName} has clones (${clones.join(', ')}): delete them first`));
+    // (a restore reading it would get EIO half way)
+    const readers = await liveReaders(objects, doomed.id, (s) => this.parts.observeReader(s), this.parts.logger).catch(refuse);
+    if (readers.length > 0) await refuse(beingRead(`${volumeName}@${snapName}`, readers));
     const keep = new Set<string>();
     try {
       for (const key of await liveRootKeys(objects, root)) keep.add(key);
@@ -177,14 +170,14 @@ export class VaultLifecycle {
         for (const key of await referencedKeys(objects, r)) keep.add(key);
       }
     } catch (err) {
-      await objects.unmarkDeleting(doomed.id);
-      throw err;
+      await refuse(err);
     }
     // Only this volume's own objects: a clone's snapshot also names its origin's chunks.
     const own = volumePrefix(objects.volumeId);
     const candidates = (await referencedKeys(objects, snapshotAsRoot(doomed))).filter((k) => k.startsWith(own) && !keep.has(k));
     await objects.deleteSnapshotRecord(doomed.id);
     for (let k = 0; k < candidates.length; k += 1000) await this.store.deleteMany(candidates.slice(k, k + 1000));
+    // (whoever's it is now: the record is gone, so no clone or reader can pass it any more)
     await objects.unmarkDeleting(doomed.id);
     this.parts.logger.info({ volume: volumeName, snapshot: snapName, freedObjects: candidates.length }, 'snapshot deleted');
     return { freedObjects: candidates.length };
@@ -201,17 +194,17 @@ export class VaultLifecycle {
       // Mark, then look for clones (see cloneVolume): a clone made after the look withdraws.
       const { key, ...m } = await this.parts.readMeta(meta.id);
       const objects = this.parts.volumeObjects(m, key);
-      await objects.markDeleting(null);
-      let clones: string[];
-      try {
-        clones = await this.clonesOf(meta.id);
-      } catch (err) {
-        await objects.unmarkDeleting(null);
+      const mark = await objects.markDeleting(null);
+      const refuse = async (err: unknown): Promise<never> => {
+        await objects.unmarkDeleting(null, mark);
         throw err;
-      }
-      if (clones.length > 0) {
-        await objects.unmarkDeleting(null);
-        throw new VaultError('ERR_EXISTS', `volume "${name}" has clones that share its chunks (${clones.join(', ')}): delete them first`);
+      };
+      const clones = await this.clonesOf(meta.id).catch(refuse);
+      if (clones.length > 0) await refuse(new VaultError('ERR_EXISTS', `volume "${name}" has clones that share its chunks (${clones.join(', ')}): delete them first`));
+      // ...and for readers of its snapshots (a reader looks for the volume's mark too)
+      for (const snap of await objects.listSnapshots().catch(refuse)) {
+        const readers = await liveReaders(objects, snap.id, (s) => this.parts.observeReader(s), this.parts.logger).catch(refuse);
+        if (readers.length > 0) await refuse(beingRead(`${name}@${snap.name}`, readers));
       }
       return await this.eraseVolume(name, meta, onProgress);
     } finally {
@@ -238,4 +231,8 @@ export class VaultLifecycle {
     }
     return keys.length;
   }
+}
+
+function beingRead(snapshot: string, readers: readonly SnapshotReader[]): VaultError {
+  return new VaultError('ERR_EXISTS', `snapshot ${snapshot} is being read by ${readers.map((r) => r.describe).join(', ')}: delete it once the reader is done (a server's snapshot export ends with its last client)`);
 }

@@ -30,8 +30,7 @@ import { VolumeObjects } from './volume-objects';
 import type { SnapshotRecord } from './snapshot-record';
 import { VaultLifecycle } from './vault-lifecycle';
 import { VaultWriters } from './vault-writers';
-import { markReader } from './snapshot-readers';
-import type { WriterSession } from './writer-session';
+import { ReaderMarks } from './snapshot-readers';
 import { loadManifestOf, volumeInfo, type LoadedManifest, type VolumeInfo } from './volume-info';
 import { checkVolumeName, listVolumeIds, snapshotAsRoot, vaultIdsOfVolumes } from './volume-references';
 
@@ -64,6 +63,8 @@ export class Vault {
   private readonly state: LocalState;
   /** this process's writer session, its watches of other writers' and the leases (vault-writers.ts) */
   private readonly writers: VaultWriters;
+  /** the marks of the snapshots this process reads (snapshot-readers.ts) */
+  private readonly readerMarks: ReaderMarks;
   /** work started for the caller that a close waits for (watchLeaseHolders) */
   private readonly background = new InFlight();
 
@@ -86,6 +87,7 @@ export class Vault {
       readMeta: (id) => this.readMeta(id),
       instanceId: () => this.state.instanceId(),
     });
+    this.readerMarks = new ReaderMarks(() => this.writers.current(), this.purpose(), opts.logger);
   }
 
   /**
@@ -385,6 +387,7 @@ export class Vault {
   /** Stop the writer session's heartbeat and delete it (after every engine has been closed), and
    *  end the watches of other writers. */
   async close(): Promise<void> {
+    await this.readerMarks.retryLeftovers();
     await this.writers.stop();
     await this.background.settled();
   }
@@ -456,12 +459,13 @@ export class Vault {
   }
 
   /** A read-only engine over a snapshot: the export `VOL@SNAP`. */
-  async openSnapshotEngine(volumeName: string, snapName: string, options: Partial<EngineOptions> = {}): Promise<VolumeEngine> {
+  /** `inspect`: only its size, flags and contexts are read (NBD_OPT_INFO): no reader mark. */
+  async openSnapshotEngine(volumeName: string, snapName: string, options: Partial<EngineOptions> = {}, purpose: 'serve' | 'inspect' = 'serve'): Promise<VolumeEngine> {
     const { meta, objects, root: live } = await this.loadVolume(volumeName);
     const snap = await this.findSnapshot(objects, volumeName, snapName);
     const exportName = `${meta.name}@${snap.name}`;
     // (marked before its pages are read: a delete that began before the mark is seen by it)
-    const unmark = await markReader(objects, snap.id, exportName, await this.readerSession(exportName), this.purpose(), this.opts.logger);
+    const unmark = purpose === 'inspect' ? async () => {} : await this.readerMarks.mark(objects, snap.id, exportName);
     try {
       const root = { ...snapshotAsRoot(snap), origin: live.origin }; // a clone's snapshot shares its origin
       const manifest = await VolumeEngine.loadManifest(objects, root);
@@ -476,17 +480,6 @@ export class Vault {
   /** Who writes or reads, as a lease or reader mark tells others ("nbd-vault (serve)"). */
   private purpose(): string {
     return this.opts.leasePurpose ?? `nbd-vault (${process.argv.slice(2, 3).join(' ') || 'library'})`;
-  }
-
-  /** This process's writer session, which a snapshot's reader mark names; null when none can be
-   *  started (a store that refuses writes: the snapshot is read unmarked). */
-  private async readerSession(exportName: string): Promise<WriterSession | null> {
-    try {
-      return await this.writers.current();
-    } catch (err) {
-      this.opts.logger.warn({ snapshot: exportName, err: describeError(err) }, 'no writer session for a reader mark: a snapshot delete elsewhere will not see this reader');
-      return null;
-    }
   }
 
   /** The manifest of `name` or `name@snap`, read again when a commit beside us moved the root
@@ -531,7 +524,7 @@ export class Vault {
       volumeObjects: (meta, key) => this.volumeObjects(meta, key),
       findSnapshot: (objects, volumeName, snapName) => this.findSnapshot(objects, volumeName, snapName),
       acquireLease: (found, purpose) => this.acquireLease(found, purpose),
-      observeReader: (sessionId) => this.writers.observeReader(sessionId),
+      observeReader: async (sessionId) => (this.readerMarks.ownsSession(sessionId) ? 'live' : this.writers.observeReader(sessionId)),
       recordSeq: (id, seq) => this.state.recordSeq(id, seq),
     });
   }

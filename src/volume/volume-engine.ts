@@ -418,6 +418,14 @@ export class VolumeEngine {
   }
 
   private async closeNow(): Promise<void> {
+    try {
+      await this.closeParts();
+    } finally {
+      await this.opts.onClosed?.(); // (also when a part failed to close)
+    }
+  }
+
+  private async closeParts(): Promise<void> {
     this.writeBack.stopTicking(); // no background work starts from the timer from here on
     this.sealer.stopCompaction();
     try {
@@ -435,7 +443,6 @@ export class VolumeEngine {
       // engine: its share of the process budget goes back to the other volumes.
       for (const batch of this.state.batchesNewestFirst()) for (const c of batch.chunks.values()) c.giveBudgetBack();
       await this.opts.lease?.release();
-      await this.opts.onClosed?.();
     }
   }
 

@@ -169,15 +169,20 @@ export class VolumeRecords {
       : { key: snapshotDeletingKey(this.volumeId, snapshotId), place: this.place('snapshot', 1, generationOfId(snapshotId)) };
   }
 
-  /** Mark a snapshot (or, with null, the volume) as being deleted. */
-  async markDeleting(snapshotId: string | null): Promise<void> {
+  /** Mark a snapshot (or, with null, the volume) as being deleted; returns the mark's etag. */
+  async markDeleting(snapshotId: string | null): Promise<string> {
     const { key, place } = this.deletionMark(snapshotId);
     const body = JSON.stringify({ v: 1, deleting: snapshotId ?? 'volume', at: new Date().toISOString() });
-    await this.store.put(key, (await this.codec.seal(this.keys.manifest, Buffer.from(body), place))!);
+    return (await this.store.put(key, (await this.codec.seal(this.keys.manifest, Buffer.from(body), place))!)).etag;
   }
 
-  async unmarkDeleting(snapshotId: string | null): Promise<void> {
-    await this.store.delete(this.deletionMark(snapshotId).key);
+  /** Remove the deletion mark; with `etag`, only if it is still the one this deleter wrote: a
+   *  second deleter that marked since holds it now (a refused delete that removed it let a
+   *  clone or reader in under the other one). */
+  async unmarkDeleting(snapshotId: string | null, etag?: string): Promise<void> {
+    const { key } = this.deletionMark(snapshotId);
+    if (etag !== undefined && (await this.store.head(key))?.etag !== etag) return;
+    await this.store.delete(key);
   }
 
   async isMarkedDeleting(snapshotId: string | null): Promise<boolean> {

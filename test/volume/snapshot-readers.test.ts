@@ -6,10 +6,20 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { MemoryStore } from '../../src/store/memory-store';
+import type { ObjectInfo, PutOptions } from '../../src/store/object-store';
+import { VaultError } from '../../src/errors';
+import { collectGarbage } from '../../src/volume/garbage-collector';
+import { PassThroughStore } from '../helpers/pass-through-store';
 import { CHUNK_SIZE } from '../../src/volume/chunk-math';
 import { pruneSnapshots } from '../../src/volume/snapshot-prune';
 import { sessionKey } from '../../src/volume/writer-session';
 import { makeVault, logger, countKeys } from './vault-fixture';
+
+async function readerMarks(store: MemoryStore): Promise<string[]> {
+  const keys: string[] = [];
+  for await (const i of store.list('volumes/')) if (i.key.includes('.reader.')) keys.push(i.key);
+  return keys;
+}
 
 async function volumeWithSnapshots(f: Awaited<ReturnType<typeof makeVault>>, names: string[]): Promise<Buffer[]> {
   await f.vault.createVolume('v', 2 * CHUNK_SIZE);
@@ -106,4 +116,116 @@ test('a reader that comes while a delete is under way is refused and leaves no m
   await objects.deleteSnapshotRecord(snap.id);
   await assert.rejects(opening, /snapshot v@s1 is being deleted|has no snapshot named "s1"/);
   assert.equal(await countKeys(store, 'volumes/', '.reader.'), 0);
+});
+
+/** Runs `after` once a put whose key contains `putKey`, or a head of a key containing `headKey`,
+ *  has happened: a deleter acting between the reader's steps. */
+class Between extends PassThroughStore {
+  afterPut: { part: string; fn: () => Promise<void> } | null = null;
+  afterHead: { part: string; fn: () => Promise<void> } | null = null;
+  failSessionPuts = false;
+  override async put(key: string, body: Buffer, opts?: PutOptions): Promise<{ etag: string }> {
+    if (this.failSessionPuts && key.startsWith('sessions/')) throw new VaultError('ERR_STORE_TRANSIENT', `injected: put ${key}`);
+    const r = await super.put(key, body, opts);
+    const hook = this.afterPut;
+    if (hook && key.includes(hook.part)) {
+      this.afterPut = null;
+      await hook.fn();
+    }
+    return r;
+  }
+  override async head(key: string): Promise<ObjectInfo | null> {
+    const r = await super.head(key);
+    const hook = this.afterHead;
+    if (hook && key.includes(hook.part)) {
+      this.afterHead = null;
+      await hook.fn();
+    }
+    return r;
+  }
+}
+
+test('the reader writes its mark before it looks: a deletion marked right after the mark, or finished between its two looks, is seen', async (t) => {
+  const base = new MemoryStore();
+  const store = new Between(base);
+  const f = await makeVault(store);
+  t.after(() => f.cleanup());
+  await volumeWithSnapshots(f, ['s1']);
+  const { objects } = await f.vault.loadVolume('v');
+  const snap = (await f.vault.listSnapshots('v'))[0];
+  // a deleter marks just after the reader's mark landed (it then finds the mark and refuses)
+  store.afterPut = { part: '.reader.', fn: async () => void (await objects.markDeleting(snap.id)) };
+  await assert.rejects(f.vault.openSnapshotEngine('v', 's1'), /snapshot v@s1 is being deleted \(a delete runs, or was cut off: `nbd-vault snapshot delete v s1` finishes it/);
+  assert.equal(await countKeys(base, 'volumes/', '.reader.'), 0, 'no mark left');
+  await objects.unmarkDeleting(snap.id);
+  // a deleter that marked before and finished (record gone, mark removed) between the reader's
+  // look at the deletion mark and its look at the record
+  store.afterHead = { part: `${snap.id}.deleting`, fn: async () => void (await objects.deleteSnapshotRecord(snap.id)) };
+  await assert.rejects(f.vault.openSnapshotEngine('v', 's1'), /snapshot v@s1 is being deleted/);
+  assert.equal(await countKeys(base, 'volumes/', '.reader.'), 0, 'no mark left');
+});
+
+test('a reader whose writer session ended in a store outage marks the snapshot again under a new one: a delete elsewhere stays refused', async (t) => {
+  const base = new MemoryStore();
+  const store = new Between(base);
+  const f = await makeVault(base);
+  t.after(() => f.cleanup());
+  const [s1] = await volumeWithSnapshots(f, ['s1']);
+  const server = await f.reopen({ leaseTiming: { ttlMs: 600, renewMs: 150 } }, store);
+  t.after(() => server.close());
+  const reader = await server.openSnapshotEngine('v', 's1');
+  const before = (await readerMarks(base))[0];
+  store.failSessionPuts = true; // renewals fail: the session dies after its ttl
+  await new Promise((r) => setTimeout(r, 900));
+  store.failSessionPuts = false;
+  // the reader renews its mark under a new session (retried every second)
+  const deadline = Date.now() + 10_000;
+  let after: string[] = [];
+  while (Date.now() < deadline) {
+    after = await readerMarks(base);
+    if (after.length === 1 && after[0] !== before) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.equal(after.length, 1, 'one mark');
+  assert.notEqual(after[0], before, 'under a new session');
+  await assert.rejects(f.vault.deleteSnapshot('v', 's1'), /is being read by/);
+  assert.ok((await reader.read(0, CHUNK_SIZE)).equals(s1));
+  await reader.close();
+  assert.equal(await countKeys(base, 'volumes/', '.reader.'), 0);
+});
+
+test('a delete refused takes back only its own deletion mark: one a second deleter wrote since stays', async (t) => {
+  const f = await makeVault(new MemoryStore());
+  t.after(() => f.cleanup());
+  await volumeWithSnapshots(f, ['s1']);
+  const { objects } = await f.vault.loadVolume('v');
+  const snap = (await f.vault.listSnapshots('v'))[0];
+  const a = await objects.markDeleting(snap.id);
+  const b = await objects.markDeleting(snap.id); // a second deleter, still at work
+  await objects.unmarkDeleting(snap.id, a); // the first one refused
+  assert.equal(await objects.isMarkedDeleting(snap.id), true, "the second deleter's mark stays");
+  await objects.unmarkDeleting(snap.id, b);
+  assert.equal(await objects.isMarkedDeleting(snap.id), false);
+});
+
+test('volume delete is refused while a snapshot of it is read; gc removes the marks of deleted snapshots, and only those', async (t) => {
+  const store = new MemoryStore();
+  const f = await makeVault(store);
+  t.after(() => f.cleanup());
+  await volumeWithSnapshots(f, ['s1', 's2']);
+  const reader = await f.vault.openSnapshotEngine('v', 's1');
+  await assert.rejects(f.vault.deleteVolume('v'), /snapshot v@s1 is being read by/);
+  assert.deepEqual((await f.vault.listVolumes()).map((v) => v.name), ['v'], 'the volume is whole');
+  assert.equal(await f.vault.volumeInfo('v').then((i) => i.deleting), false, 'its deletion mark taken back');
+  await reader.close();
+  // stray marks: one of a snapshot since deleted, one of a snapshot that exists
+  const { objects } = await f.vault.loadVolume('v');
+  const [s1, s2] = await f.vault.listSnapshots('v');
+  const dead = 'ab'.repeat(16);
+  await objects.putReaderMark(s1.id, `${dead}-0123456789abcdef`, { v: 1 });
+  await objects.putReaderMark(s2.id, `${dead}-0123456789abcdef`, { v: 1 });
+  await objects.deleteSnapshotRecord(s1.id); // (as a delete does, before it frees the objects)
+  const gc = await collectGarbage(f.vault, { dryRun: false, graceMs: 0 }, logger);
+  assert.deepEqual(gc.keys.filter((k) => k.includes('.reader.')), [`volumes/${objects.volumeId}/snapshots/${s1.id}.reader.${dead}-0123456789abcdef`]);
+  assert.equal(await countKeys(store, 'volumes/', '.reader.'), 1, "the existing snapshot's mark stays (a delete of it decides)");
 });
