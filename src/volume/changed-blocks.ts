@@ -119,7 +119,10 @@ export interface ChangedRange {
 
 /** Every extent of a whole volume's dirty map, clean ones too (the shape of `nbdinfo --map`). */
 export function changeMap(a: Manifest, sizeA: number, b: Manifest, sizeB: number, pending: PendingChunks = NONE): Array<ChangedRange & { dirty: boolean }> {
-  const size = Math.max(sizeA, sizeB);
+  // The map of B (the export its dirty bitmap describes): after a shrink, what lay past B's end
+  // is gone, not changed (a range there named bytes a client cannot read from B).
+  void sizeA;
+  const size = sizeB;
   let offset = 0;
   return chunkRuns(dirtyState(a, b, pending), 0, size, size).map((r) => {
     const e = { offset, length: r.length, dirty: r.flags === STATE_DIRTY };
@@ -128,8 +131,8 @@ export function changeMap(a: Manifest, sizeA: number, b: Manifest, sizeB: number
   });
 }
 
-/** Changed byte ranges between two manifests of one volume (past the end of the smaller one,
- *  any data counts as a change; zeros do not). `pending`: chunks whose content is not (only) their
+/** Changed byte ranges between two manifests of one volume, within B (past the end of A, any
+ *  data counts as a change; zeros do not). `pending`: chunks whose content is not (only) their
  *  manifest entry (journal blocks of a live root), counted as changed. */
 export function diffManifests(a: Manifest, sizeA: number, b: Manifest, sizeB: number, pending: PendingChunks = NONE): ChangedRange[] {
   return changeMap(a, sizeA, b, sizeB, pending)

@@ -134,3 +134,30 @@ test('engine contexts: snapshots, the live volume with unflushed writes, a clone
   assert.deepEqual(flagged(c1depth, 1), [0]);
   assert.deepEqual(flagged(c1depth, 2), [2, 5, 6, 7, 12]);
 });
+
+test('diff after a shrink names no byte past the newer end, as the dirty-bitmap context of that export does', async (t) => {
+  const f = await makeVault();
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 3 * CHUNK_SIZE);
+  const e = await f.vault.openEngine('v');
+  await e.write(0, randomBytes(3 * CHUNK_SIZE));
+  await e.close();
+  await f.vault.createSnapshot('v', 'a');
+  const small = CHUNK_SIZE + CHUNK_SIZE / 2;
+  await f.vault.resizeVolume('v', small, true);
+  await f.vault.createSnapshot('v', 'b');
+  const a = await f.vault.loadManifestOf('v@a');
+  const b = await f.vault.loadManifestOf('v@b');
+  const ranges = diffManifests(a.manifest, a.root.size, b.manifest, b.root.size);
+  assert.ok(ranges.every((r) => r.offset + r.length <= small), `within the ${small}-byte export: ${JSON.stringify(ranges)}`);
+  const exp = await f.vault.openSnapshotEngine('v', 'b');
+  t.after(() => exp.close());
+  const map = await exp.metaContextStatus('qemu:dirty-bitmap:a', 0, small);
+  let offset = 0;
+  const dirty = map.flatMap((x) => {
+    const r = { offset, length: x.length };
+    offset += x.length;
+    return x.flags === 1 ? [r] : [];
+  });
+  assert.deepEqual(ranges, dirty, 'diff agrees with the context');
+});
