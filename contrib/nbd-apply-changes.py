@@ -5,14 +5,32 @@
 
 IMAGE must hold VOL@S1 (e.g. `qemu-img convert -O raw nbd://HOST:PORT/VOL@S1 IMAGE`). The
 script asks the server for the context qemu:dirty-bitmap:S1 on VOL@S2 (NBD BLOCK_STATUS) and
-copies every dirty extent from VOL@S2 into IMAGE; afterwards IMAGE equals VOL@S2. Needs
-python3-libnbd (Debian: python3-libnbd). Prints how much it copied.
+copies every dirty extent from VOL@S2 into IMAGE; afterwards IMAGE equals VOL@S2. A volume
+resized between the two snapshots: IMAGE, as large as VOL@S1, is first cut or extended (with
+zeros, which the bitmap does not mark) to the size of VOL@S2. Needs python3-libnbd (Debian:
+python3-libnbd). Prints how much it copied.
 """
 import sys
 import nbd
 
 MAX_READ = 32 * 1024 * 1024  # nbd-vault's largest read
 MAX_STATUS = 2**32 - 2**22  # one BLOCK_STATUS request at most (4 MiB aligned)
+
+
+def base_uri(uri, base):
+    """nbd://HOST:PORT/VOL@S2 -> nbd://HOST:PORT/VOL@S1 (the export name is after the last '/')."""
+    head, _, export = uri.rpartition("/")
+    volume = export.split("?")[0].rsplit("@", 1)[0]
+    query = export[len(export.split("?")[0]):]
+    return f"{head}/{volume}@{base}{query}"
+
+
+def size_of(uri):
+    h = nbd.NBD()
+    h.connect_uri(uri)
+    size = h.get_size()
+    h.shutdown()
+    return size
 
 
 def main():
@@ -40,7 +58,12 @@ def main():
     with open(image, "r+b") as f:
         f.seek(0, 2)
         if f.tell() != size:
-            sys.exit(f"{image} is {f.tell()} bytes, the export {size}: restore the base snapshot first")
+            # resized between the snapshots: fine if IMAGE is as large as the base snapshot
+            base_size = size_of(base_uri(uri, base))
+            if f.tell() != base_size:
+                sys.exit(f"{image} is {f.tell()} bytes, but {base} is {base_size} and the export {size}: restore the base snapshot first")
+            f.truncate(size)
+            print(f"{image} resized from {base_size} to {size} bytes, as the volume was between {base} and the export")
         for off, length in dirty:
             for piece in range(off, off + length, MAX_READ):
                 n = min(MAX_READ, off + length - piece)
@@ -54,5 +77,5 @@ def main():
 if __name__ == "__main__":
     try:
         main()
-    except nbd.Error as e:
+    except (nbd.Error, OSError) as e:
         sys.exit(f"nbd-apply-changes: {e}")

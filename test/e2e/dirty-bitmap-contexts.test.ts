@@ -142,3 +142,43 @@ test('qemu:dirty-bitmap and allocation-depth contexts through nbdinfo, qemu-img,
   assert.deepEqual(chunksOf(cloneDirty, 1), [0], 'a clone: changed since its origin snapshot');
   assert.equal(await srv.stop(), 0);
 });
+
+test('nbd-apply-changes.py across resizes (grown, then shrunk) restores each snapshot exactly; a missing image is a message, not a traceback', async (t) => {
+  const v = await makeTestVault();
+  t.after(() => v.cleanup());
+  const { randomBytes } = await import('node:crypto');
+  const { writeFileSync } = await import('node:fs');
+  await v.cli('volume', 'create', 'b', '--size', `${10 * M + 512}`);
+  const img = (size: number) => {
+    const b = randomBytes(size);
+    b.fill(0, 2 * M, 5 * M); // some zeros
+    return b;
+  };
+  writeFileSync(join(v.dir, 'r1.img'), img(10 * M + 512));
+  await v.cli('import', join(v.dir, 'r1.img'), 'b');
+  await v.cli('snapshot', 'create', 'b', 'r1');
+  await v.cli('volume', 'resize', 'b', '--size', '20M');
+  writeFileSync(join(v.dir, 'r2.img'), img(20 * M));
+  await v.cli('import', join(v.dir, 'r2.img'), 'b');
+  await v.cli('snapshot', 'create', 'b', 'r2');
+  await v.cli('volume', 'resize', 'b', '--size', `${7 * M + 4096}`, '--force');
+  await v.cli('snapshot', 'create', 'b', 'r3');
+  const srv = await v.serve();
+  t.after(() => srv.kill());
+  const restore = join(v.dir, 'restore.img');
+  await runCommand('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', srv.uri('b@r1'), restore], { timeoutMs: 60_000 });
+  for (const [snap, base] of [['r2', 'r1'], ['r3', 'r2']]) {
+    const apply = await runCommand(SYSTEM_PYTHON, [join(REPO_ROOT, 'contrib/nbd-apply-changes.py'), srv.uri(`b@${snap}`), base, restore], { timeoutMs: 120_000 });
+    assert.match(apply.stdout, new RegExp(`resized from \\d+ to \\d+ bytes, as the volume was between ${base} and the export`));
+    await runCommand('nbdcopy', [srv.uri(`b@${snap}`), join(v.dir, `${snap}.out`)], { timeoutMs: 60_000 });
+    assert.equal(await fileSha256(restore), await fileSha256(join(v.dir, `${snap}.out`)), `restore + dirty extents = b@${snap}`);
+  }
+  // an image that is neither the base nor the export's size: refused, left alone
+  const wrong = join(v.dir, 'wrong.img');
+  writeFileSync(wrong, Buffer.alloc(3 * M));
+  const refused = await runCommand(SYSTEM_PYTHON, [join(REPO_ROOT, 'contrib/nbd-apply-changes.py'), srv.uri('b@r2'), 'r1', wrong], { okCodes: [1] });
+  assert.match(refused.stderr, /wrong\.img is 3145728 bytes, but r1 is 10486272 and the export 20971520: restore the base snapshot first/);
+  const missing = await runCommand(SYSTEM_PYTHON, [join(REPO_ROOT, 'contrib/nbd-apply-changes.py'), srv.uri('b@r2'), 'r1', join(v.dir, 'nope.img')], { okCodes: [1] });
+  assert.match(missing.stderr, /^nbd-apply-changes: \[Errno 2\] No such file or directory/m);
+  assert.doesNotMatch(missing.stderr, /Traceback/);
+});
