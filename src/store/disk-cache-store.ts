@@ -23,7 +23,7 @@
 // - head, list: the store (sizes and listings are not cached).
 // Concurrent misses of the same object or range share one store read. Hits, misses and bytes are
 // counted here; evictions and corrupt entries in DiskCache.
-import type { ObjectInfo, ObjectStore, PutOptions, StoredObject, StoreLayer, StoreProps } from './object-store';
+import { childSegments, type ObjectInfo, type ObjectStore, type PutOptions, type StoredObject, type StoreLayer, type StoreProps } from './object-store';
 import { checkKey, checkRange } from './keys';
 import { DiskCache } from './disk-cache';
 import { log } from '../util/log';
@@ -170,6 +170,10 @@ export class DiskCacheStore implements ObjectStore {
         if (this.isCacheable(k)) this.cache.dropKey(k);
       }
     }
+  }
+
+  listChildren(prefix: string): Promise<string[]> {
+    return childSegments(this.inner, prefix);
   }
 
   list(prefix: string): AsyncIterable<ObjectInfo> {

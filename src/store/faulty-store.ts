@@ -15,7 +15,7 @@
 // Guarantees: with no rules, no script and `armed` true, it is a transparent decorator; every
 // method is written out. Counters (`calls`, `injected`) let tests assert what happened.
 import { VaultError, type VaultErrorCode } from '../errors';
-import type { ObjectInfo, ObjectStore, PutOptions, StoredObject, StoreLayer, StoreProps } from './object-store';
+import { childSegments, type ObjectInfo, type ObjectStore, type PutOptions, type StoredObject, type StoreLayer, type StoreProps } from './object-store';
 
 export type StoreOp = 'get' | 'getRange' | 'head' | 'put' | 'delete' | 'deleteMany' | 'list';
 export type FaultPhase = 'before' | 'after';
@@ -146,6 +146,13 @@ export class FaultyStore implements ObjectStore {
     const phase = await this.enter('deleteMany', keys[0] ?? '');
     await this.inner.deleteMany(keys);
     this.leave('deleteMany', keys[0] ?? '', phase);
+  }
+
+  async listChildren(prefix: string): Promise<string[]> {
+    const phase = await this.enter('list', prefix);
+    const segs = await childSegments(this.inner, prefix);
+    this.leave('list', prefix, phase);
+    return segs;
   }
 
   async *list(prefix: string): AsyncIterable<ObjectInfo> {

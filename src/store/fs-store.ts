@@ -24,7 +24,7 @@
 // - Errors: ENOENT on read → ERR_STORE_NOT_FOUND; EACCES/EPERM/EROFS → ERR_STORE_DENIED; a file with a
 //   bad header → ERR_STORE_IO; EMFILE/ENFILE/EAGAIN/EBUSY → ERR_STORE_TRANSIENT; others → ERR_STORE_IO.
 import { createHash, randomBytes } from 'node:crypto';
-import { promises as fsp, constants as fsc } from 'node:fs';
+import { promises as fsp, constants as fsc, type Dirent } from 'node:fs';
 import * as path from 'node:path';
 import { VaultError, isVaultError } from '../errors';
 import { readTarget, type ObjectInfo, type ObjectStore, type PutOptions, type StoredObject, type StoreProps } from './object-store';
@@ -251,6 +251,37 @@ export class FsStore implements ObjectStore {
     const base = segs.join('/');
     const dir = path.join(this.root, ...segs.map(escapeSegment));
     yield* this.walk(dir, base === '' ? '' : `${base}/`, partial);
+  }
+
+  /** The key segments below `prefix`: the subdirectories of its directory that are key
+   *  segments (not fan-out directories, not leftovers). A prefix that ends mid-segment is
+   *  answered from a listing. */
+  async listChildren(prefix: string): Promise<string[]> {
+    checkPrefix(prefix);
+    if (prefix !== '' && !prefix.endsWith('/')) {
+      const found = new Set<string>();
+      for await (const info of this.list(prefix)) {
+        const slash = info.key.indexOf('/', prefix.length);
+        if (slash > prefix.length) found.add(info.key.slice(prefix.length, slash));
+      }
+      return [...found].sort();
+    }
+    const dir = path.join(this.root, ...prefix.split('/').filter((seg) => seg !== '').map(escapeSegment));
+    let entries: Dirent[];
+    try {
+      entries = await fsp.readdir(dir, { withFileTypes: true });
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ENOTDIR') return [];
+      throw this.fsError(err, 'list', prefix);
+    }
+    const segs: string[] = [];
+    for (const e of entries) {
+      if (!e.isDirectory() || e.name.startsWith('~') || e.name.endsWith('~')) continue;
+      const seg = unescapeSegment(e.name);
+      if (seg !== null) segs.push(seg);
+    }
+    return segs.sort();
   }
 
   /**

@@ -120,6 +120,18 @@ export class MemoryStore implements ObjectStore {
     }
   }
 
+  async listChildren(prefix: string): Promise<string[]> {
+    checkPrefix(prefix);
+    await tick();
+    const found = new Set<string>();
+    for (const key of this.objects.keys()) {
+      if (!key.startsWith(prefix)) continue;
+      const slash = key.indexOf('/', prefix.length);
+      if (slash > prefix.length) found.add(key.slice(prefix.length, slash));
+    }
+    return [...found].sort();
+  }
+
   async close(): Promise<void> {
     // Nothing to release; the objects stay for other handles on a named store.
   }

@@ -5,7 +5,7 @@
 // Body bytes of successful get, getRange and put attempts are counted too (storeBytes).
 import { isVaultError } from '../errors';
 import type { MetricsSink } from '../util/metrics';
-import type { ObjectInfo, ObjectStore, PutOptions, StoredObject, StoreLayer, StoreProps } from './object-store';
+import { childSegments, type ObjectInfo, type ObjectStore, type PutOptions, type StoredObject, type StoreLayer, type StoreProps } from './object-store';
 
 export class MeteredStore implements ObjectStore {
   readonly name: string;
@@ -70,6 +70,10 @@ export class MeteredStore implements ObjectStore {
 
   deleteMany(keys: readonly string[]): Promise<void> {
     return this.timed('deleteMany', () => this.inner.deleteMany(keys));
+  }
+
+  listChildren(prefix: string): Promise<string[]> {
+    return this.timed('list', () => childSegments(this.inner, prefix));
   }
 
   /** One 'list' per listing, timed from the first call to the end of the iteration. */

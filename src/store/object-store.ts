@@ -62,6 +62,11 @@ export interface ObjectStore {
   delete(key: string): Promise<void>;
   deleteMany(keys: readonly string[]): Promise<void>;
   list(prefix: string): AsyncIterable<ObjectInfo>;
+  /** Optional: the distinct segments S such that some key starts with `prefix` + S + '/' (a
+   *  listing with a delimiter: `volumes/` → the volume ids, without walking their objects).
+   *  May name a segment whose objects were deleted since. Use childSegments(), which falls back
+   *  to a full listing for a store without it. */
+  listChildren?(prefix: string): Promise<string[]>;
   close(): Promise<void>;
   /** The store this one decorates, or null for a base store (tests reach a FaultyStore with it). */
   unwrap(): ObjectStore | null;
@@ -72,4 +77,15 @@ export type StoreLayer = (inner: ObjectStore) => ObjectStore;
 /** Where a get reads `bytes` (see the contract): the caller's `into` when they fit, else fresh memory. */
 export function readTarget(into: Buffer | undefined, bytes: number): Buffer {
   return into && bytes <= into.length ? into.subarray(0, bytes) : Buffer.allocUnsafe(bytes);
+}
+
+/** ObjectStore.listChildren, or the same from a full listing (a store without it). Sorted. */
+export async function childSegments(store: ObjectStore, prefix: string): Promise<string[]> {
+  if (store.listChildren) return store.listChildren(prefix);
+  const found = new Set<string>();
+  for await (const info of store.list(prefix)) {
+    const slash = info.key.indexOf('/', prefix.length);
+    if (slash > prefix.length) found.add(info.key.slice(prefix.length, slash));
+  }
+  return [...found].sort();
 }

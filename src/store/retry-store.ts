@@ -17,7 +17,7 @@
 //   bodies: at warn at most once per 10 s, else at debug (RetryReport). sleep, random and now are
 //   injectable so tests check the schedule without waiting.
 import { VaultError, isVaultError } from '../errors';
-import type { ObjectInfo, ObjectStore, PutOptions, StoredObject, StoreLayer, StoreProps } from './object-store';
+import { childSegments, type ObjectInfo, type ObjectStore, type PutOptions, type StoredObject, type StoreLayer, type StoreProps } from './object-store';
 import { compareKeys } from './memory-store';
 import { RetryReport } from './retry-report';
 
@@ -142,6 +142,10 @@ export class RetryStore implements ObjectStore {
         await this.backoffOrThrow('list', prefix, err, st);
       }
     }
+  }
+
+  listChildren(prefix: string): Promise<string[]> {
+    return this.run('list', prefix, () => childSegments(this.inner, prefix));
   }
 
   close(): Promise<void> {

@@ -262,6 +262,31 @@ export class S3Store implements ObjectStore {
     } while (token);
   }
 
+  /** A listing with Delimiter '/': its CommonPrefixes, without the objects below them. */
+  async listChildren(prefix: string): Promise<string[]> {
+    checkPrefix(prefix);
+    const segs = new Set<string>();
+    let token: string | undefined;
+    do {
+      let res;
+      try {
+        res = await this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: this.prefix + prefix, Delimiter: '/', ContinuationToken: token }));
+      } catch (err) {
+        const e = this.classify(err, 'list', prefix);
+        throw e.code === 'ERR_STORE_NOT_FOUND' ? this.classify(notS3Error('a listing answered 404 without NoSuchBucket'), 'list', prefix) : e;
+      }
+      for (const p of res.CommonPrefixes ?? []) {
+        const full = p.Prefix ?? '';
+        if (!full.startsWith(this.prefix + prefix) || !full.endsWith('/')) continue;
+        const seg = full.slice(this.prefix.length + prefix.length, -1);
+        if (seg !== '' && !seg.includes('/')) segs.add(seg);
+      }
+      token = res.IsTruncated ? res.NextContinuationToken : undefined;
+      if (res.IsTruncated && !token) throw new VaultError('ERR_STORE_IO', `${this.name}: list ${prefix}: truncated listing without a continuation token`);
+    } while (token);
+    return [...segs].sort();
+  }
+
   async close(): Promise<void> {
     this.client.destroy();
     this.agents.http.destroy();

@@ -32,7 +32,7 @@ import { VaultLifecycle } from './vault-lifecycle';
 import { VaultWriters } from './vault-writers';
 import { ReaderMarks } from './snapshot-readers';
 import { loadManifestOf, volumeInfo, type LoadedManifest, type VolumeInfo } from './volume-info';
-import { checkVolumeName, listVolumeIds, snapshotAsRoot, vaultIdsOfVolumes } from './volume-references';
+import { checkVolumeName, listVolumeIds, snapshotAsRoot, vaultIdsOfVolumes, volumeIdCandidates } from './volume-references';
 
 export const VAULT_FORMAT = 1;
 export const KEY_CHECK_TEXT = Buffer.from('nbd-vault master key check v1');
@@ -200,7 +200,8 @@ export class Vault {
    */
   /** `unreadable`: gets the volumes whose metadata cannot be read (else only logged). */
   async listVolumes(opts: { strict?: boolean; unreadable?: Array<{ id: string; error: string }> } = {}): Promise<VolumeMeta[]> {
-    const ids = await listVolumeIds(this.store);
+    // (candidates: a leftover whose metadata is gone reads as NOT_FOUND below, and is no volume)
+    const ids = await volumeIdCandidates(this.store);
     // One damaged metadata object must not hide every other volume: it is logged and skipped.
     const results = await Promise.allSettled(ids.map((id) => this.readMeta(id)));
     const metas: VolumeMeta[] = [];

@@ -2,8 +2,8 @@
 // snapshot read as a root, every object key a root names (gc, snapshot delete, sync, cache warm),
 // and the volume ids a store holds.
 import { VaultError, isVaultError } from '../errors';
-import type { ObjectStore } from '../store/object-store';
-import { VOLUMES_PREFIX, metaKey, volumeIdOfKey } from './object-keys';
+import { childSegments, type ObjectStore } from '../store/object-store';
+import { VOLUMES_PREFIX, metaKey } from './object-keys';
 import { ROOT_FORMAT, journalsOf, type RootRecord } from './root-record';
 import type { SnapshotRecord } from './snapshot-record';
 import { VolumeEngine } from './volume-engine';
@@ -56,12 +56,17 @@ export async function referencedKeys(objects: VolumeObjects, root: RootRecord): 
 
 /** Ids of the volumes in a store (those with a metadata object). */
 export async function listVolumeIds(store: ObjectStore): Promise<string[]> {
-  const ids: string[] = [];
-  for await (const info of store.list(VOLUMES_PREFIX)) {
-    const id = volumeIdOfKey(info.key);
-    if (id && info.key === metaKey(id)) ids.push(id);
-  }
-  return ids;
+  const candidates = await volumeIdCandidates(store);
+  const exists = await Promise.all(candidates.map(async (id) => (await store.head(metaKey(id))) !== null));
+  return candidates.filter((_, k) => exists[k]);
+}
+
+/** The ids of `volumes/` with objects under them, from a listing with a delimiter: every volume,
+ *  and the leftovers of deleted ones (their metadata is gone). Listing every object instead made
+ *  each export's open cost time linear in the whole store (0.45 ms per object: an `nbdinfo
+ *  --list` of a 4,600-object store failed). */
+export async function volumeIdCandidates(store: ObjectStore): Promise<string[]> {
+  return (await childSegments(store, VOLUMES_PREFIX)).filter((seg) => /^[0-9a-f]{32}$/.test(seg));
 }
 
 /** The vault ids that volumes' metadata names in clear (for `init --recover`). */

@@ -1,6 +1,6 @@
 // A store decorator that passes every call through: tests that change one operation (a put that
 // fails, or lands with its reply lost) extend it and override only that one.
-import type { ObjectInfo, ObjectStore, PutOptions, StoredObject } from '../../src/store/object-store';
+import { childSegments, type ObjectInfo, type ObjectStore, type PutOptions, type StoredObject } from '../../src/store/object-store';
 
 export class PassThroughStore implements ObjectStore {
   constructor(protected readonly inner: ObjectStore, readonly name = `test(${inner.name})`) {}
@@ -27,6 +27,9 @@ export class PassThroughStore implements ObjectStore {
   }
   list(prefix: string): AsyncIterable<ObjectInfo> {
     return this.inner.list(prefix);
+  }
+  listChildren(prefix: string): Promise<string[]> {
+    return childSegments(this.inner, prefix);
   }
   close(): Promise<void> {
     return this.inner.close();

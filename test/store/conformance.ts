@@ -7,6 +7,7 @@ import { describe, it, afterEach } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import type { ObjectStore } from '../../src/store';
+import { childSegments } from '../../src/store/object-store';
 
 export interface ConformanceOptions {
   /** Keys to use in the pagination/batch cases (S3: > 1,000). */
@@ -220,6 +221,22 @@ export function describeObjectStore(name: string, makeStore: () => Promise<Objec
       for (const k of keys) assert.equal((await s.get(k)).body.toString(), k);
       assert.deepEqual(await collect(s, 'n/'), [...keys].sort(byteOrder));
       assert.deepEqual(await collect(s, 'n/a/'), ['n/a/b', 'n/a/b/c/d/e']);
+    });
+
+    it('listChildren names the segments below a prefix, as a full listing would, without the objects below them', async () => {
+      const s = await open();
+      const keys = ['ch/v1/meta', 'ch/v1/chunks/aa', 'ch/v2/root', 'ch/v2/x/y/z', 'ch/top', 'ch/v%20 é/meta', 'chx/v9/meta'];
+      for (const k of keys) await s.put(k, Buffer.from('x'));
+      assert.ok(s.listChildren, `${name} answers listChildren itself (not a full listing)`);
+      const viaList = new Set<string>();
+      for await (const info of s.list('ch/')) {
+        const slash = info.key.indexOf('/', 3);
+        if (slash > 3) viaList.add(info.key.slice(3, slash));
+      }
+      assert.deepEqual(await childSegments(s, 'ch/'), [...viaList].sort());
+      assert.deepEqual(await childSegments(s, 'ch/'), ['v%20 é', 'v1', 'v2'].sort());
+      assert.deepEqual(await childSegments(s, 'ch/v2/'), ['x']);
+      assert.deepEqual(await childSegments(s, 'nothing/'), []);
     });
 
     it('ifNoneMatch "*": creates once; 16 racing creators, exactly one wins', async (t) => {
