@@ -116,10 +116,11 @@ export class VaultExportProvider implements ExportProvider {
     }
   }
 
-  /** A volume's open waiting out the lease of a server that stopped (Vault.leaseWaitLeftMs). */
+  /** An open waiting out the lease of a server that stopped, or (a snapshot) the heartbeat of a
+   *  delete that was cut off (Vault.leaseWaitLeftMs). */
   openWaitLeftMs(name: string): number | undefined {
-    const [volume, snap] = splitExportName(name === '' ? this.defaultName : name);
-    return snap === null ? this.vault.leaseWaitLeftMs(volume) : undefined;
+    const [volume] = splitExportName(name === '' ? this.defaultName : name);
+    return this.vault.leaseWaitLeftMs(volume);
   }
 
   /**

@@ -60,6 +60,8 @@ export class ReaderMarks {
   constructor(
     /** this process's live writer session (a new one when the last ended) */
     private readonly session: () => Promise<WriterSession>,
+    /** is the deleter that wrote a deletion mark (its writer session) alive; of which volume */
+    private readonly observeDeleter: (volumeName: string, sessionId: string) => Promise<SessionState>,
     private readonly purpose: string,
     private readonly logger: Logger,
   ) {}
@@ -103,7 +105,7 @@ export class ReaderMarks {
       await m.objects.putReaderMark(m.snapshotId, markId, { ...m.record, session: session.id });
       // Written first, read after: a deleter that marked before these reads is seen here; one
       // that marks after them sees our mark.
-      deleting = (await m.objects.isMarkedDeleting(m.snapshotId)) || (await m.objects.isMarkedDeleting(null)) || !(await m.objects.snapshotExists(m.snapshotId));
+      deleting = (await this.deleteUnderWay(m, m.snapshotId)) || (await this.deleteUnderWay(m, null)) || !(await m.objects.snapshotExists(m.snapshotId));
     } catch (err) {
       await this.remove(m.objects, m.snapshotId, markId); // (a put that failed may have landed)
       this.release(session.id);
@@ -112,7 +114,7 @@ export class ReaderMarks {
     if (deleting) {
       await this.remove(m.objects, m.snapshotId, markId);
       this.release(session.id);
-      throw new VaultError('ERR_EXISTS', `snapshot ${m.exportName} is being deleted (a delete runs, or was cut off: \`nbd-vault snapshot delete ${m.exportName.replace('@', ' ')}\` finishes it, or a refused one lets go in a few seconds; a client may retry)`);
+      throw new VaultError('ERR_EXISTS', `snapshot ${m.exportName} is being deleted (a delete of it runs now; one that is refused lets go within seconds, so a client may retry)`);
     }
     const previous = m.markId;
     m.markId = markId;
@@ -120,6 +122,19 @@ export class ReaderMarks {
     m.unlisten?.();
     m.unlisten = session.onLost(() => void this.remark(m, markId));
     if (previous !== null) await this.remove(m.objects, m.snapshotId, previous);
+  }
+
+  /** A deletion mark of the snapshot (or, with null, of its volume) whose deleter is alive. A
+   *  mark whose deleter stopped (a delete cut off) does not keep the snapshot from being read:
+   *  a rerun of the delete marks again and then finds this reader. A mark without a session
+   *  (an older build's) counts as cut off too: such a build never looks for readers anyway. */
+  private async deleteUnderWay(m: OpenMark, snapshotId: string | null): Promise<boolean> {
+    const mark = await m.objects.deletionMarkOf(snapshotId);
+    if (mark === null) return false;
+    const state = mark.session === null ? 'gone' : await this.observeDeleter(m.objects.volumeName, mark.session);
+    if (state === 'live') return true;
+    this.logger.warn({ snapshot: m.exportName, of: snapshotId === null ? 'volume' : 'snapshot' }, 'a delete of this was cut off (its mark stays until the delete is run again): read all the same');
+    return false;
   }
 
   /** `m`'s session ended (renewals failed): mark it again under a new one, as soon as the store

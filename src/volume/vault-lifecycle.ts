@@ -16,7 +16,7 @@ import type { Vault, VolumeMeta } from './vault';
 import type { VolumeLease } from './volume-lease';
 import type { VolumeObjects } from './volume-objects';
 import { liveReaders, type SnapshotReader } from './snapshot-readers';
-import type { SessionState } from './writer-session';
+import type { SessionState, WriterSession } from './writer-session';
 import { checkVolumeName, liveRootKeys, referencedKeys, snapshotAsRoot, splitExportName } from './volume-references';
 
 /** What of a vault's private parts the lifecycle operations use. */
@@ -29,6 +29,9 @@ export interface VaultParts {
   acquireLease(found: VolumeMeta, purpose: string): Promise<VolumeLease>;
   /** is the session named by a snapshot's reader mark alive (snapshot-readers.ts) */
   observeReader(sessionId: string): Promise<SessionState>;
+  /** this process's writer session: a deletion mark names it (a reader tells a delete under
+   *  way from one that was cut off) */
+  session(): Promise<WriterSession>;
   recordSeq(volumeId: string, seq: number): Promise<void>;
 }
 
@@ -153,7 +156,7 @@ export class VaultLifecycle {
     if (doomed.keep) throw new VaultError('ERR_EXISTS', `snapshot ${volumeName}@${snapName} has the keep flag: clear it first (snapshot keep --clear)`);
     // Mark first, then look for clones and readers: a clone made, or a reader come, from here on
     // sees the mark and withdraws. (Every way out takes back only a mark that is still ours.)
-    const mark = await objects.markDeleting(doomed.id);
+    const mark = await objects.markDeleting(doomed.id, (await this.parts.session()).id);
     const refuse = async (err: unknown): Promise<never> => {
       await objects.unmarkDeleting(doomed.id, mark);
       throw err;
@@ -194,7 +197,7 @@ export class VaultLifecycle {
       // Mark, then look for clones (see cloneVolume): a clone made after the look withdraws.
       const { key, ...m } = await this.parts.readMeta(meta.id);
       const objects = this.parts.volumeObjects(m, key);
-      const mark = await objects.markDeleting(null);
+      const mark = await objects.markDeleting(null, (await this.parts.session()).id);
       const refuse = async (err: unknown): Promise<never> => {
         await objects.unmarkDeleting(null, mark);
         throw err;

@@ -150,9 +150,18 @@ export class VaultWriters {
   /** The state of a snapshot reader's session: this process's own live session is 'live' at
    *  once (a server's schedule pruning a snapshot its clients read), others are watched. */
   async observeReader(sessionId: string): Promise<SessionState> {
+    return (await this.isOwnLiveSession(sessionId)) ? 'live' : this.observe(sessionId);
+  }
+
+  private async isOwnLiveSession(sessionId: string): Promise<boolean> {
     const own = this.session ? await this.session.catch(() => null) : null;
-    if (own?.alive && own.id === sessionId) return 'live';
-    return this.observe(sessionId);
+    return own?.alive === true && own.id === sessionId;
+  }
+
+  /** The state of the deleter named by a deletion mark that a reader of volume `volumeName`
+   *  meets (own session: live), remembered as what that open waits on (leaseWaitLeftMs). */
+  async observeDeleter(volumeName: string, sessionId: string): Promise<SessionState> {
+    return (await this.isOwnLiveSession(sessionId)) ? 'live' : this.observeFor(volumeName, sessionId);
   }
 
   /** observe(), remembered as what volume `volumeName`'s acquisition waits on (leaseWaitLeftMs) */

@@ -87,7 +87,7 @@ export class Vault {
       readMeta: (id) => this.readMeta(id),
       instanceId: () => this.state.instanceId(),
     });
-    this.readerMarks = new ReaderMarks(() => this.writers.current(), this.purpose(), opts.logger);
+    this.readerMarks = new ReaderMarks(() => this.writers.current(), (volume, session) => this.writers.observeDeleter(volume, session), this.purpose(), opts.logger);
   }
 
   /**
@@ -525,6 +525,7 @@ export class Vault {
       volumeObjects: (meta, key) => this.volumeObjects(meta, key),
       findSnapshot: (objects, volumeName, snapName) => this.findSnapshot(objects, volumeName, snapName),
       acquireLease: (found, purpose) => this.acquireLease(found, purpose),
+      session: () => this.writers.current(),
       observeReader: async (sessionId) => (this.readerMarks.ownsSession(sessionId) ? 'live' : this.writers.observeReader(sessionId)),
       recordSeq: (id, seq) => this.state.recordSeq(id, seq),
     });

@@ -169,10 +169,12 @@ export class VolumeRecords {
       : { key: snapshotDeletingKey(this.volumeId, snapshotId), place: this.place('snapshot', 1, generationOfId(snapshotId)) };
   }
 
-  /** Mark a snapshot (or, with null, the volume) as being deleted; returns the mark's etag. */
-  async markDeleting(snapshotId: string | null): Promise<string> {
+  /** Mark a snapshot (or, with null, the volume) as being deleted by the writer session
+   *  `session` (a reader tells a delete under way from one cut off by it); returns the mark's
+   *  etag. */
+  async markDeleting(snapshotId: string | null, session?: string): Promise<string> {
     const { key, place } = this.deletionMark(snapshotId);
-    const body = JSON.stringify({ v: 1, deleting: snapshotId ?? 'volume', at: new Date().toISOString() });
+    const body = JSON.stringify({ v: 1, deleting: snapshotId ?? 'volume', at: new Date().toISOString(), ...(session ? { session } : {}) });
     return (await this.store.put(key, (await this.codec.seal(this.keys.manifest, Buffer.from(body), place))!)).etag;
   }
 
@@ -183,6 +185,25 @@ export class VolumeRecords {
     const { key } = this.deletionMark(snapshotId);
     if (etag !== undefined && (await this.store.head(key))?.etag !== etag) return;
     await this.store.delete(key);
+  }
+
+  /** The deletion mark: null when there is none; `session` names the deleter's writer session
+   *  (null: a mark without one, from an older build, or one that cannot be opened). */
+  async deletionMarkOf(snapshotId: string | null): Promise<{ session: string | null } | null> {
+    const { key, place } = this.deletionMark(snapshotId);
+    let body: Buffer;
+    try {
+      body = (await this.store.get(key)).body;
+    } catch (err) {
+      if (isVaultError(err, 'ERR_STORE_NOT_FOUND')) return null;
+      throw err;
+    }
+    try {
+      const r = JSON.parse((await this.codec.open(this.keys.manifest, body, place)).toString('utf8'));
+      return { session: typeof r?.session === 'string' && /^[0-9a-f]{32}$/.test(r.session) ? r.session : null };
+    } catch {
+      return { session: null };
+    }
   }
 
   async isMarkedDeleting(snapshotId: string | null): Promise<boolean> {

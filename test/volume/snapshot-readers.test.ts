@@ -6,13 +6,13 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { MemoryStore } from '../../src/store/memory-store';
-import type { ObjectInfo, PutOptions } from '../../src/store/object-store';
+import type { ObjectInfo, PutOptions, StoredObject } from '../../src/store/object-store';
 import { VaultError } from '../../src/errors';
 import { collectGarbage } from '../../src/volume/garbage-collector';
 import { PassThroughStore } from '../helpers/pass-through-store';
 import { CHUNK_SIZE } from '../../src/volume/chunk-math';
 import { pruneSnapshots } from '../../src/volume/snapshot-prune';
-import { sessionKey } from '../../src/volume/writer-session';
+import { WriterSession, sessionKey } from '../../src/volume/writer-session';
 import { makeVault, logger, countKeys } from './vault-fixture';
 
 async function readerMarks(store: MemoryStore): Promise<string[]> {
@@ -37,6 +37,16 @@ async function volumeWithSnapshots(f: Awaited<ReturnType<typeof makeVault>>, nam
   await e.write(0, randomBytes(CHUNK_SIZE));
   await e.close();
   return images;
+}
+
+/** A vault whose volume `v` has one snapshot `s1`, with the volume's objects and its record. */
+async function oneSnapshot(t: { after(fn: () => void): void }, store: MemoryStore = new MemoryStore()) {
+  const f = await makeVault(store);
+  t.after(() => f.cleanup());
+  await volumeWithSnapshots(f, ['s1']);
+  const { objects } = await f.vault.loadVolume('v');
+  const snap = (await f.vault.listSnapshots('v'))[0];
+  return { store, f, objects, snap };
 }
 
 test('a snapshot read by another process is not deleted (by hand or by prune) until its reader closes; the reader reads whole throughout', async (t) => {
@@ -80,12 +90,7 @@ test('a snapshot read by this very process (a server whose schedule prunes) is r
 });
 
 test('the mark of a reader that was killed (its heartbeat stands still) is removed once the heartbeat is found dead, and the delete goes on', async (t) => {
-  const store = new MemoryStore();
-  const f = await makeVault(store);
-  t.after(() => f.cleanup());
-  await volumeWithSnapshots(f, ['s1']);
-  const { objects } = await f.vault.loadVolume('v');
-  const snap = (await f.vault.listSnapshots('v'))[0];
+  const { store, f, objects, snap } = await oneSnapshot(t);
   // what a killed reader leaves: its mark, and a heartbeat (ttl 400 ms) nobody renews
   const dead = randomBytes(16).toString('hex');
   await store.put(sessionKey(dead), Buffer.from(JSON.stringify({ v: 1, ttlMs: 400, renewMs: 200, beat: 7, writtenAt: Date.now(), pendingSince: null })));
@@ -100,17 +105,23 @@ test('the mark of a reader that was killed (its heartbeat stands still) is remov
   assert.equal(await countKeys(store, 'volumes/', '.reader.'), 0, 'both stale marks removed');
 });
 
-test('a reader that comes while a delete is under way is refused and leaves no mark; one whose snapshot is gone likewise', async (t) => {
-  const store = new MemoryStore();
-  const f = await makeVault(store);
-  t.after(() => f.cleanup());
-  await volumeWithSnapshots(f, ['s1']);
-  const { objects } = await f.vault.loadVolume('v');
-  const snap = (await f.vault.listSnapshots('v'))[0];
-  await objects.markDeleting(snap.id); // the deleter marked and is now looking for readers
-  await assert.rejects(f.vault.openSnapshotEngine('v', 's1'), /snapshot v@s1 is being deleted/);
+test('a reader that comes while a delete is under way is refused and leaves no mark; one whose snapshot is gone likewise; a delete that was cut off does not keep it from being read', async (t) => {
+  const { store, f, objects, snap } = await oneSnapshot(t);
+  const deleter = await WriterSession.start(store, logger, { ttlMs: 60_000, renewMs: 1000 });
+  t.after(() => deleter.stop());
+  await objects.markDeleting(snap.id, deleter.id); // the deleter marked and is now looking for readers
+  await assert.rejects(f.vault.openSnapshotEngine('v', 's1'), /snapshot v@s1 is being deleted \(a delete of it runs now; one that is refused lets go within seconds, so a client may retry\)/);
   assert.equal(await countKeys(store, 'volumes/', '.reader.'), 0);
-  await objects.unmarkDeleting(snap.id);
+  // the deleter stops (killed after its mark: its heartbeat goes, or stands still for its ttl)
+  await deleter.stop();
+  const reader = await f.vault.openSnapshotEngine('v', 's1');
+  assert.equal(await countKeys(store, 'volumes/', '.reader.'), 1, 'read, and marked');
+  await assert.rejects(f.vault.deleteSnapshot('v', 's1'), /is being read by/, 'the delete run again finds the reader');
+  await reader.close();
+  // the volume's mark of a delete cut off, from a build without sessions in marks: read too
+  await objects.markDeleting(null);
+  await (await f.vault.openSnapshotEngine('v', 's1')).close();
+  await objects.unmarkDeleting(null);
   // the record deleted between the reader's look-up and its mark (the deletion mark already gone)
   const opening = f.vault.openSnapshotEngine('v', 's1');
   await objects.deleteSnapshotRecord(snap.id);
@@ -123,6 +134,18 @@ test('a reader that comes while a delete is under way is refused and leaves no m
 class Between extends PassThroughStore {
   afterPut: { part: string; fn: () => Promise<void> } | null = null;
   afterHead: { part: string; fn: () => Promise<void> } | null = null;
+  afterGet: { part: string; fn: () => Promise<void> } | null = null;
+  override async get(key: string, into?: Buffer): Promise<StoredObject> {
+    try {
+      return await super.get(key, into);
+    } finally {
+      const hook = this.afterGet;
+      if (hook && key.includes(hook.part)) {
+        this.afterGet = null;
+        await hook.fn();
+      }
+    }
+  }
   failSessionPuts = false;
   override async put(key: string, body: Buffer, opts?: PutOptions): Promise<{ etag: string }> {
     if (this.failSessionPuts && key.startsWith('sessions/')) throw new VaultError('ERR_STORE_TRANSIENT', `injected: put ${key}`);
@@ -154,13 +177,15 @@ test('the reader writes its mark before it looks: a deletion marked right after 
   const { objects } = await f.vault.loadVolume('v');
   const snap = (await f.vault.listSnapshots('v'))[0];
   // a deleter marks just after the reader's mark landed (it then finds the mark and refuses)
-  store.afterPut = { part: '.reader.', fn: async () => void (await objects.markDeleting(snap.id)) };
-  await assert.rejects(f.vault.openSnapshotEngine('v', 's1'), /snapshot v@s1 is being deleted \(a delete runs, or was cut off: `nbd-vault snapshot delete v s1` finishes it/);
+  const deleter = await WriterSession.start(store, logger, { ttlMs: 60_000, renewMs: 1000 });
+  t.after(() => deleter.stop());
+  store.afterPut = { part: '.reader.', fn: async () => void (await objects.markDeleting(snap.id, deleter.id)) };
+  await assert.rejects(f.vault.openSnapshotEngine('v', 's1'), /snapshot v@s1 is being deleted/);
   assert.equal(await countKeys(base, 'volumes/', '.reader.'), 0, 'no mark left');
   await objects.unmarkDeleting(snap.id);
   // a deleter that marked before and finished (record gone, mark removed) between the reader's
   // look at the deletion mark and its look at the record
-  store.afterHead = { part: `${snap.id}.deleting`, fn: async () => void (await objects.deleteSnapshotRecord(snap.id)) };
+  store.afterGet = { part: `${snap.id}.deleting`, fn: async () => void (await objects.deleteSnapshotRecord(snap.id)) };
   await assert.rejects(f.vault.openSnapshotEngine('v', 's1'), /snapshot v@s1 is being deleted/);
   assert.equal(await countKeys(base, 'volumes/', '.reader.'), 0, 'no mark left');
 });
