@@ -119,8 +119,7 @@ export class VaultExportProvider implements ExportProvider {
   /** An open waiting out the lease of a server that stopped, or (a snapshot) the heartbeat of a
    *  delete that was cut off (Vault.leaseWaitLeftMs). */
   openWaitLeftMs(name: string): number | undefined {
-    const [volume] = splitExportName(name === '' ? this.defaultName : name);
-    return this.vault.leaseWaitLeftMs(volume);
+    return this.vault.leaseWaitLeftMs(name === '' ? this.defaultName : name);
   }
 
   /**

@@ -277,7 +277,8 @@ export class FsStore implements ObjectStore {
     }
     const segs: string[] = [];
     for (const e of entries) {
-      if (!e.isDirectory() || e.name.startsWith('~') || e.name.endsWith('~')) continue;
+      // (as list() does: every other name is a key segment; a symlink to a directory counts)
+      if (e.isFile() || e.name.startsWith('~') || e.name.endsWith('~')) continue;
       const seg = unescapeSegment(e.name);
       if (seg !== null) segs.push(seg);
     }

@@ -60,8 +60,8 @@ export class ReaderMarks {
   constructor(
     /** this process's live writer session (a new one when the last ended) */
     private readonly session: () => Promise<WriterSession>,
-    /** is the deleter that wrote a deletion mark (its writer session) alive; of which volume */
-    private readonly observeDeleter: (volumeName: string, sessionId: string) => Promise<SessionState>,
+    /** is the deleter that wrote a deletion mark (its writer session) alive; for which export */
+    private readonly observeDeleter: (exportName: string, sessionId: string) => Promise<SessionState>,
     private readonly purpose: string,
     private readonly logger: Logger,
   ) {}
@@ -105,7 +105,7 @@ export class ReaderMarks {
       await m.objects.putReaderMark(m.snapshotId, markId, { ...m.record, session: session.id });
       // Written first, read after: a deleter that marked before these reads is seen here; one
       // that marks after them sees our mark.
-      deleting = (await this.deleteUnderWay(m, m.snapshotId)) || (await this.deleteUnderWay(m, null)) || !(await m.objects.snapshotExists(m.snapshotId));
+      deleting = (await this.deleteUnderWay(m, m.snapshotId)) || (await this.deleteUnderWay(m, null)) || !(await m.objects.snapshotExists(m.snapshotId)) || !(await m.objects.metaExists());
     } catch (err) {
       await this.remove(m.objects, m.snapshotId, markId); // (a put that failed may have landed)
       this.release(session.id);
@@ -131,7 +131,8 @@ export class ReaderMarks {
   private async deleteUnderWay(m: OpenMark, snapshotId: string | null): Promise<boolean> {
     const mark = await m.objects.deletionMarkOf(snapshotId);
     if (mark === null) return false;
-    const state = mark.session === null ? 'gone' : await this.observeDeleter(m.objects.volumeName, mark.session);
+    if (mark.unreadable) return true; // (a mark that cannot be opened: nothing says its delete stopped)
+    const state = mark.session === null ? 'gone' : await this.observeDeleter(m.exportName, mark.session);
     if (state === 'live') return true;
     this.logger.warn({ snapshot: m.exportName, of: snapshotId === null ? 'volume' : 'snapshot' }, 'a delete of this was cut off (its mark stays until the delete is run again): read all the same');
     return false;

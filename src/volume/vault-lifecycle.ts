@@ -9,7 +9,7 @@ import { generateVolumeKey } from '../keys';
 import type { SecretKey } from '../keys/secret-key';
 import type { ObjectStore } from '../store/object-store';
 import type { Logger } from '../util/log';
-import { leaseKey, metaKey, rootKey, volumeDeletingKey, volumePrefix } from './object-keys';
+import { leaseKey, metaKey, rootKey, snapshotKey, volumeDeletingKey, volumePrefix } from './object-keys';
 import { ROOT_FORMAT, type RootRecord } from './root-record';
 import type { SnapshotRecord } from './snapshot-record';
 import type { Vault, VolumeMeta } from './vault';
@@ -156,7 +156,8 @@ export class VaultLifecycle {
     if (doomed.keep) throw new VaultError('ERR_EXISTS', `snapshot ${volumeName}@${snapName} has the keep flag: clear it first (snapshot keep --clear)`);
     // Mark first, then look for clones and readers: a clone made, or a reader come, from here on
     // sees the mark and withdraws. (Every way out takes back only a mark that is still ours.)
-    const mark = await objects.markDeleting(doomed.id, (await this.parts.session()).id);
+    const session = await this.parts.session();
+    const mark = await objects.markDeleting(doomed.id, session.id);
     const refuse = async (err: unknown): Promise<never> => {
       await objects.unmarkDeleting(doomed.id, mark);
       throw err;
@@ -177,8 +178,17 @@ export class VaultLifecycle {
     }
     // Only this volume's own objects: a clone's snapshot also names its origin's chunks.
     const own = volumePrefix(objects.volumeId);
-    const candidates = (await referencedKeys(objects, snapshotAsRoot(doomed))).filter((k) => k.startsWith(own) && !keep.has(k));
-    await objects.deleteSnapshotRecord(doomed.id);
+    const candidates = (await referencedKeys(objects, snapshotAsRoot(doomed)).catch(refuse)).filter((k) => k.startsWith(own) && !keep.has(k));
+    const record = await this.store.get(snapshotKey(objects.volumeId, doomed.id)).catch(refuse);
+    await objects.deleteSnapshotRecord(doomed.id).catch(async (err) => {
+      // (a record delete that failed may have landed: then the mark stays, and a rerun finishes)
+      if (await objects.snapshotExists(doomed.id).catch(() => false)) await refuse(err);
+      throw err;
+    });
+    // A reader that found our session dead (a store outage ended it) read past our mark: only
+    // if it is still alive now that the record is gone did no reader pass (the holder's deadline
+    // comes before any observer's verdict); else the record goes back and the delete stops.
+    await this.stillOurs(session, `snapshot ${volumeName}@${snapName}`, () => this.store.put(snapshotKey(objects.volumeId, doomed.id), record.body), () => objects.unmarkDeleting(doomed.id, mark));
     for (let k = 0; k < candidates.length; k += 1000) await this.store.deleteMany(candidates.slice(k, k + 1000));
     // (whoever's it is now: the record is gone, so no clone or reader can pass it any more)
     await objects.unmarkDeleting(doomed.id);
@@ -197,7 +207,8 @@ export class VaultLifecycle {
       // Mark, then look for clones (see cloneVolume): a clone made after the look withdraws.
       const { key, ...m } = await this.parts.readMeta(meta.id);
       const objects = this.parts.volumeObjects(m, key);
-      const mark = await objects.markDeleting(null, (await this.parts.session()).id);
+      const session = await this.parts.session();
+      const mark = await objects.markDeleting(null, session.id);
       const refuse = async (err: unknown): Promise<never> => {
         await objects.unmarkDeleting(null, mark);
         throw err;
@@ -209,14 +220,25 @@ export class VaultLifecycle {
         const readers = await liveReaders(objects, snap.id, (s) => this.parts.observeReader(s), this.parts.logger).catch(refuse);
         if (readers.length > 0) await refuse(beingRead(`${name}@${snap.name}`, readers));
       }
-      return await this.eraseVolume(name, meta, onProgress);
+      return await this.eraseVolume(name, meta, onProgress, session);
     } finally {
       await lease.release();
     }
   }
 
-  private async eraseVolume(name: string, meta: VolumeMeta, onProgress?: (done: number, total: number) => void): Promise<number> {
+  /** After the delete that decides (a snapshot's record, a volume's metadata): throws, putting
+   *  it back, when the writer session our deletion mark names has ended meanwhile. */
+  private async stillOurs(session: WriterSession, what: string, putBack: () => Promise<unknown>, unmark: () => Promise<void>): Promise<void> {
+    if (session.alive) return;
+    await putBack();
+    await unmark();
+    throw new VaultError('ERR_LEASE', `the delete of ${what} lost its writer session (the store failed for longer than the lease ttl), so a reader may have opened it meanwhile: it is left as it was; run the delete again`);
+  }
+
+  private async eraseVolume(name: string, meta: VolumeMeta, onProgress?: (done: number, total: number) => void, session?: WriterSession): Promise<number> {
+    const metaBytes = session ? (await this.store.get(metaKey(meta.id))).body : null;
     await this.store.delete(metaKey(meta.id));
+    if (session && metaBytes) await this.stillOurs(session, `volume "${name}"`, () => this.store.put(metaKey(meta.id), metaBytes), () => Promise.resolve());
     this.parts.logger.info({ volume: name, volumeId: meta.id }, 'volume key erased; deleting objects');
     const keys: string[] = [];
     for await (const info of this.store.list(volumePrefix(meta.id))) if (info.key !== leaseKey(meta.id)) keys.push(info.key);

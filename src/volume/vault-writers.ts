@@ -33,7 +33,8 @@ export class VaultWriters {
   private readonly watches = new Map<string, Promise<SessionState>>();
   /** when each watch answers at the latest (performance.now), once its heartbeat was first seen */
   private readonly verdictDue = new Map<string, number>();
-  /** the session each volume's lease acquisition is waiting on, by volume name */
+  /** the session each open is waiting on, by export name (a volume's lease acquisition: the
+   *  volume's name; a snapshot reader meeting a deletion mark: VOL@SNAP) */
   private readonly waitingOn = new Map<string, string>();
   /** takeover tokens this writer made (VolumeLease: a retry finds its own) */
   private readonly ownTokens = new Map<string, Buffer>();
@@ -158,10 +159,10 @@ export class VaultWriters {
     return own?.alive === true && own.id === sessionId;
   }
 
-  /** The state of the deleter named by a deletion mark that a reader of volume `volumeName`
+  /** The state of the deleter named by a deletion mark that a reader of `exportName` (VOL@SNAP)
    *  meets (own session: live), remembered as what that open waits on (leaseWaitLeftMs). */
-  async observeDeleter(volumeName: string, sessionId: string): Promise<SessionState> {
-    return (await this.isOwnLiveSession(sessionId)) ? 'live' : this.observeFor(volumeName, sessionId);
+  async observeDeleter(exportName: string, sessionId: string): Promise<SessionState> {
+    return (await this.isOwnLiveSession(sessionId)) ? 'live' : this.observeFor(exportName, sessionId);
   }
 
   /** observe(), remembered as what volume `volumeName`'s acquisition waits on (leaseWaitLeftMs) */

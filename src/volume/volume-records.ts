@@ -8,7 +8,7 @@ import type { ObjectPlace, ObjectKind } from '../codec/object-place';
 import type { SecretKey } from '../keys/secret-key';
 import type { ObjectStore } from '../store/object-store';
 import { annotate } from './framed-reads';
-import { rootKey, snapshotDeletingKey, snapshotKey, snapshotPrefix, snapshotReaderKey, snapshotReaderPrefix, volumeDeletingKey } from './object-keys';
+import { metaKey, rootKey, snapshotDeletingKey, snapshotKey, snapshotPrefix, snapshotReaderKey, snapshotReaderPrefix, volumeDeletingKey } from './object-keys';
 import { decodeSnapshot, encodeSnapshot, type SnapshotRecord } from './snapshot-record';
 import { generationOfId } from './manifest';
 import { decodeRoot, encodeRoot, type RootRecord } from './root-record';
@@ -188,8 +188,8 @@ export class VolumeRecords {
   }
 
   /** The deletion mark: null when there is none; `session` names the deleter's writer session
-   *  (null: a mark without one, from an older build, or one that cannot be opened). */
-  async deletionMarkOf(snapshotId: string | null): Promise<{ session: string | null } | null> {
+   *  (null: a mark without one, from an older build); `unreadable`: it cannot be opened. */
+  async deletionMarkOf(snapshotId: string | null): Promise<{ session: string | null; unreadable?: true } | null> {
     const { key, place } = this.deletionMark(snapshotId);
     let body: Buffer;
     try {
@@ -202,7 +202,7 @@ export class VolumeRecords {
       const r = JSON.parse((await this.codec.open(this.keys.manifest, body, place)).toString('utf8'));
       return { session: typeof r?.session === 'string' && /^[0-9a-f]{32}$/.test(r.session) ? r.session : null };
     } catch {
-      return { session: null };
+      return { session: null, unreadable: true };
     }
   }
 
@@ -247,6 +247,10 @@ export class VolumeRecords {
       if (/^[0-9a-f]{32}-[0-9a-f]{16}$/.test(mark)) marks.push(mark);
     }
     return marks;
+  }
+
+  async metaExists(): Promise<boolean> {
+    return (await this.store.head(metaKey(this.volumeId))) !== null;
   }
 
   async snapshotExists(snapshotId: string): Promise<boolean> {

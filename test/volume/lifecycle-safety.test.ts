@@ -381,15 +381,30 @@ test('a create or clone killed between its root and its metadata leaves no half 
 /** A process killed at its first delete of a key `at` accepts (the delete does not happen). */
 class KilledAtDelete extends PassThroughStore {
   private armed = true;
+  /** the process is dead: nothing it would still do reaches the store (until revive(), the restart) */
+  private dead = false;
   constructor(inner: ObjectStore, name: string, private readonly at: (key: string) => boolean) {
     super(inner, name);
   }
+  revive(): void {
+    this.dead = false;
+  }
   override async delete(key: string) {
+    if (this.dead) throw new VaultError('ERR_STORE_IO', 'killed');
     if (this.armed && this.at(key)) {
       this.armed = false;
+      this.dead = true;
       throw new VaultError('ERR_STORE_IO', 'killed');
     }
     return this.inner.delete(key);
+  }
+  override async deleteMany(keys: readonly string[]) {
+    if (this.dead) throw new VaultError('ERR_STORE_IO', 'killed');
+    return this.inner.deleteMany(keys);
+  }
+  override async put(key: string, body: Buffer, opts?: PutOptions) {
+    if (this.dead) throw new VaultError('ERR_STORE_IO', 'killed');
+    return this.inner.put(key, body, opts);
   }
 }
 
@@ -402,8 +417,10 @@ test('a snapshot delete killed after its mark: a clone says how to finish it, an
   await e.write(0, randomBytes(CHUNK_SIZE));
   await e.snapshot('s');
   await e.close();
-  const vault = await f.reopen({}, new KilledAtDelete(base, 'killed-at-record-delete', (key) => key.includes('/snapshots/') && !key.endsWith('.deleting')));
+  const killed = new KilledAtDelete(base, 'killed-at-record-delete', (key) => key.includes('/snapshots/') && !key.endsWith('.deleting'));
+  const vault = await f.reopen({}, killed);
   await assert.rejects(vault.deleteSnapshot('v', 's'), /killed/);
+  killed.revive();
   await assert.rejects(vault.cloneVolume('v@s', 'c'), (err: Error) => /the snapshot is being deleted \(if no deletion is running, one was interrupted: `nbd-vault snapshot delete v s` finishes it\)/.test(err.message));
   await vault.deleteSnapshot('v', 's');
   assert.deepEqual(await vault.listSnapshots('v'), []);
@@ -421,8 +438,10 @@ test('a volume delete killed after its mark: the volume is not opened for writin
   await e.close();
   assert.equal((await f.vault.volumeInfo('v')).deleting, false);
   // killed between its mark and the erasing of the volume's key (the clone check runs there)
-  const vault = await f.reopen({}, new KilledAtDelete(base, 'killed-at-meta-delete', (key) => key.endsWith('/meta')));
+  const killed = new KilledAtDelete(base, 'killed-at-meta-delete', (key) => key.endsWith('/meta'));
+  const vault = await f.reopen({}, killed);
   await assert.rejects(vault.deleteVolume('v'), /killed/);
+  killed.revive();
   // a server would have taken the lease over and accepted writes that the finished delete then threw away
   await assert.rejects(vault.openEngine('v'), (err: VaultError) => err.code === 'ERR_EXISTS' && /volume "v" is being deleted \(if no deletion is running, one was interrupted: `nbd-vault volume delete v` finishes it\)/.test(err.message));
   // `volume list` and `volume info` say so

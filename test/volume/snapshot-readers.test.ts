@@ -11,6 +11,7 @@ import { VaultError } from '../../src/errors';
 import { collectGarbage } from '../../src/volume/garbage-collector';
 import { PassThroughStore } from '../helpers/pass-through-store';
 import { CHUNK_SIZE } from '../../src/volume/chunk-math';
+import type { VolumeEngine } from '../../src/volume/volume-engine';
 import { pruneSnapshots } from '../../src/volume/snapshot-prune';
 import { WriterSession, sessionKey } from '../../src/volume/writer-session';
 import { makeVault, logger, countKeys } from './vault-fixture';
@@ -43,10 +44,10 @@ async function volumeWithSnapshots(f: Awaited<ReturnType<typeof makeVault>>, nam
 async function oneSnapshot(t: { after(fn: () => void): void }, store: MemoryStore = new MemoryStore()) {
   const f = await makeVault(store);
   t.after(() => f.cleanup());
-  await volumeWithSnapshots(f, ['s1']);
+  const [data] = await volumeWithSnapshots(f, ['s1']);
   const { objects } = await f.vault.loadVolume('v');
   const snap = (await f.vault.listSnapshots('v'))[0];
-  return { store, f, objects, snap };
+  return { store, f, objects, snap, data };
 }
 
 test('a snapshot read by another process is not deleted (by hand or by prune) until its reader closes; the reader reads whole throughout', async (t) => {
@@ -253,4 +254,42 @@ test('volume delete is refused while a snapshot of it is read; gc removes the ma
   const gc = await collectGarbage(f.vault, { dryRun: false, graceMs: 0 }, logger);
   assert.deepEqual(gc.keys.filter((k) => k.includes('.reader.')), [`volumes/${objects.volumeId}/snapshots/${s1.id}.reader.${dead}-0123456789abcdef`]);
   assert.equal(await countKeys(store, 'volumes/', '.reader.'), 1, "the existing snapshot's mark stays (a delete of it decides)");
+});
+
+test('a delete whose writer session ends (a store outage) after its look for readers puts the record back: a reader that found it stopped and opened reads whole', async (t) => {
+  const base = new MemoryStore();
+  const { f, snap, data } = await oneSnapshot(t, base);
+  const recordKey = `volumes/${(await f.vault.loadVolume('v')).objects.volumeId}/snapshots/${snap.id}`;
+  const opened: { reader: Promise<VolumeEngine> | null } = { reader: null };
+  const store = new (class extends PassThroughStore {
+    scanned = false;
+    failSessions = false;
+    override list(prefix: string) {
+      if (prefix.includes('.reader.')) this.scanned = true;
+      return super.list(prefix);
+    }
+    override async get(key: string, into?: Buffer): Promise<StoredObject> {
+      if (this.scanned && key === recordKey && opened.reader === null) {
+        // between the deleter's look for readers and its record delete: its heartbeat stops, and
+        // a reader comes, finds the deleter's session dead after its ttl, and opens
+        this.failSessions = true;
+        opened.reader = f.vault.openSnapshotEngine('v', 's1');
+        await opened.reader.catch(() => {});
+      }
+      return super.get(key, into);
+    }
+    override async put(key: string, body: Buffer, opts?: PutOptions): Promise<{ etag: string }> {
+      if (this.failSessions && key.startsWith('sessions/')) throw new VaultError('ERR_STORE_TRANSIENT', `injected: put ${key}`);
+      return super.put(key, body, opts);
+    }
+  })(base);
+  const deleter = await f.reopen({ leaseTiming: { ttlMs: 600, renewMs: 100 } }, store);
+  t.after(() => deleter.close());
+  await assert.rejects(deleter.deleteSnapshot('v', 's1'), /the delete of snapshot v@s1 lost its writer session .* it is left as it was; run the delete again/);
+  assert.ok(opened.reader, 'the reader came');
+  const reader = await opened.reader;
+  assert.ok((await reader.read(0, CHUNK_SIZE)).equals(data), 'the reader reads the snapshot whole');
+  await reader.close();
+  assert.deepEqual((await f.vault.listSnapshots('v')).map((s) => s.name), ['s1'], 'the record is back');
+  assert.equal(await countKeys(base, 'volumes/', '.deleting'), 0);
 });
