@@ -27,7 +27,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { promises as fsp, constants as fsc, type Dirent } from 'node:fs';
 import * as path from 'node:path';
 import { VaultError, isVaultError } from '../errors';
-import { readTarget, type ObjectInfo, type ObjectStore, type PutOptions, type StoredObject, type StoreProps } from './object-store';
+import { childSegmentsFromList, readTarget, type ObjectInfo, type ObjectStore, type PutOptions, type StoredObject, type StoreProps } from './object-store';
 import { checkKey, checkPrefix, checkRange } from './keys';
 import { KeyedMutex } from '../util/keyed-mutex';
 import { compareKeys } from './memory-store';
@@ -258,14 +258,7 @@ export class FsStore implements ObjectStore {
    *  answered from a listing. */
   async listChildren(prefix: string): Promise<string[]> {
     checkPrefix(prefix);
-    if (prefix !== '' && !prefix.endsWith('/')) {
-      const found = new Set<string>();
-      for await (const info of this.list(prefix)) {
-        const slash = info.key.indexOf('/', prefix.length);
-        if (slash > prefix.length) found.add(info.key.slice(prefix.length, slash));
-      }
-      return [...found].sort();
-    }
+    if (prefix !== '' && !prefix.endsWith('/')) return childSegmentsFromList(this, prefix);
     const dir = path.join(this.root, ...prefix.split('/').filter((seg) => seg !== '').map(escapeSegment));
     let entries: Dirent[];
     try {

@@ -10,7 +10,7 @@
 // the same objects; close() does not drop the data (a reopen sees it), `MemoryStore.dropNamed` does.
 import { createHash } from 'node:crypto';
 import { VaultError } from '../errors';
-import { readTarget, type ObjectInfo, type ObjectStore, type PutOptions, type StoredObject, type StoreProps } from './object-store';
+import { childSegmentsFromList, readTarget, type ObjectInfo, type ObjectStore, type PutOptions, type StoredObject, type StoreProps } from './object-store';
 import { checkKey, checkPrefix, checkRange } from './keys';
 
 interface Entry {
@@ -120,16 +120,8 @@ export class MemoryStore implements ObjectStore {
     }
   }
 
-  async listChildren(prefix: string): Promise<string[]> {
-    checkPrefix(prefix);
-    await tick();
-    const found = new Set<string>();
-    for (const key of this.objects.keys()) {
-      if (!key.startsWith(prefix)) continue;
-      const slash = key.indexOf('/', prefix.length);
-      if (slash > prefix.length) found.add(key.slice(prefix.length, slash));
-    }
-    return [...found].sort();
+  listChildren(prefix: string): Promise<string[]> {
+    return childSegmentsFromList(this, prefix);
   }
 
   async close(): Promise<void> {

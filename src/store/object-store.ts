@@ -81,7 +81,11 @@ export function readTarget(into: Buffer | undefined, bytes: number): Buffer {
 
 /** ObjectStore.listChildren, or the same from a full listing (a store without it). Sorted. */
 export async function childSegments(store: ObjectStore, prefix: string): Promise<string[]> {
-  if (store.listChildren) return store.listChildren(prefix);
+  return store.listChildren ? store.listChildren(prefix) : childSegmentsFromList(store, prefix);
+}
+
+/** The segments below `prefix` from a full listing (what listChildren answers without one). */
+export async function childSegmentsFromList(store: Pick<ObjectStore, 'list'>, prefix: string): Promise<string[]> {
   const found = new Set<string>();
   for await (const info of store.list(prefix)) {
     const slash = info.key.indexOf('/', prefix.length);

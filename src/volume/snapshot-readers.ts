@@ -51,7 +51,6 @@ const REMARK_RETRY_MS = 1000;
 
 /** The reader marks of one process (one per Vault). */
 export class ReaderMarks {
-  private readonly open = new Set<OpenMark>();
   /** every session an open mark has named: this process's readers, whatever became of them */
   private readonly sessions = new Map<string, number>();
   /** marks whose removal failed: tried again on the next removal and at close */
@@ -118,7 +117,6 @@ export class ReaderMarks {
     }
     const previous = m.markId;
     m.markId = markId;
-    this.open.add(m);
     m.unlisten?.();
     m.unlisten = session.onLost(() => void this.remark(m, markId));
     if (previous !== null) await this.remove(m.objects, m.snapshotId, previous);
@@ -162,7 +160,6 @@ export class ReaderMarks {
     if (m.closed) return;
     m.closed = true;
     m.unlisten?.();
-    this.open.delete(m);
     if (m.markId !== null) {
       await this.remove(m.objects, m.snapshotId, m.markId);
       this.release(m.markId.slice(0, 32));
