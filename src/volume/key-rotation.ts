@@ -6,12 +6,13 @@
 // again. Rewrites use If-Match where the store has it, so a concurrent change is re-read, not lost.
 import { VaultError, isVaultError } from '../errors';
 import type { Codec } from '../codec/codec';
-import type { ObjectPlace } from '../codec/object-place';
 import { masterKeyId, unwrapVolumeKey, wrapVolumeKey, wrappingKeyId } from '../keys';
 import type { SecretKey } from '../keys/secret-key';
 import type { ObjectStore } from '../store/object-store';
 import type { Logger } from '../util/log';
-import { VAULT_KEY, VOLUMES_PREFIX, metaKey, volumeIdOfKey } from './object-keys';
+import { VAULT_KEY, metaKey } from './object-keys';
+import { keyCheckPlace, metaPlace, parseMetaDocument } from './volume-metadata';
+import { volumeIdCandidates } from './volume-references';
 import { KEY_CHECK_TEXT } from './vault';
 
 export interface RotationResult {
@@ -41,11 +42,8 @@ export async function rewrapVolumeKeys(t: RotationTarget, from: SecretKey, to: S
   let rewrapped = 0;
   let already = 0;
   for (let pass = 1; pass <= MAX_PASSES; pass++) {
-    const ids: string[] = [];
-    for await (const info of t.store.list(VOLUMES_PREFIX)) {
-      const id = volumeIdOfKey(info.key);
-      if (id && info.key === metaKey(id)) ids.push(id);
-    }
+    // (candidates: one of a deleted volume has no metadata left, and reads as deleted meanwhile)
+    const ids = await volumeIdCandidates(t.store);
     let changed = 0;
     let raced = 0;
     let done = 0;
@@ -53,7 +51,7 @@ export async function rewrapVolumeKeys(t: RotationTarget, from: SecretKey, to: S
       const outcome = await rewrapOne(t, id, from, fromId, to, toId);
       if (outcome === 'rewrapped') changed++;
       else if (outcome === 'raced') raced++;
-      else if (pass === 1) already++;
+      else if (outcome === 'already' && pass === 1) already++;
       onProgress?.(++done, ids.length);
     }
     rewrapped += changed;
@@ -63,21 +61,16 @@ export async function rewrapVolumeKeys(t: RotationTarget, from: SecretKey, to: S
   throw new VaultError('ERR_IO', `volume metadata kept changing during ${MAX_PASSES} passes of the key rotation; run it again`);
 }
 
-async function rewrapOne(t: RotationTarget, id: string, from: SecretKey, fromId: string, to: SecretKey, toId: string): Promise<'rewrapped' | 'already' | 'raced'> {
+async function rewrapOne(t: RotationTarget, id: string, from: SecretKey, fromId: string, to: SecretKey, toId: string): Promise<'rewrapped' | 'already' | 'raced' | 'gone'> {
   let got;
   try {
     got = await t.store.get(metaKey(id));
   } catch (err) {
-    if (isVaultError(err, 'ERR_STORE_NOT_FOUND')) return 'already'; // deleted meanwhile
+    if (isVaultError(err, 'ERR_STORE_NOT_FOUND')) return 'gone'; // deleted meanwhile, or a deleted volume's leftovers
     throw err;
   }
-  let doc: any;
-  try {
-    doc = JSON.parse(got.body.toString('utf8'));
-  } catch {
-    doc = null;
-  }
-  if (doc?.v !== 1 || typeof doc.wrappedKey !== 'string' || typeof doc.info !== 'string') {
+  const doc = parseMetaDocument(got.body);
+  if (!doc) {
     throw new VaultError('ERR_CORRUPT', `metadata of volume ${id} is malformed; the rotation stops here (run it again once it is repaired or deleted)`);
   }
   const wrapped = Buffer.from(doc.wrappedKey, 'base64');
@@ -86,7 +79,7 @@ async function rewrapOne(t: RotationTarget, id: string, from: SecretKey, fromId:
   if (keyId !== fromId) {
     throw new VaultError('ERR_WRONG_KEY', `volume ${id} is wrapped by master key ${keyId}, which is neither the old key ${fromId} nor the new key ${toId}`);
   }
-  const place = metaPlace(t.vaultId, id);
+  const place = metaPlace(Buffer.from(t.vaultId, 'hex'), id);
   const volumeKey = unwrapVolumeKey(from, wrapped, place);
   try {
     doc.wrappedKey = wrapVolumeKey(to, volumeKey, place).toString('base64');
@@ -106,7 +99,7 @@ async function rewrapOne(t: RotationTarget, id: string, from: SecretKey, fromId:
 export async function rewriteKeyCheck(t: RotationTarget, from: SecretKey, to: SecretKey): Promise<boolean> {
   const { body, etag } = await t.store.get(VAULT_KEY);
   const doc = JSON.parse(body.toString('utf8'));
-  const place = keyCheckPlace(t.vaultId);
+  const place = keyCheckPlace(Buffer.from(t.vaultId, 'hex'));
   const opens = async (key: SecretKey) => {
     try {
       return (await t.codec.open(key, Buffer.from(String(doc.keyCheck), 'base64'), place)).equals(KEY_CHECK_TEXT);
@@ -119,12 +112,4 @@ export async function rewriteKeyCheck(t: RotationTarget, from: SecretKey, to: Se
   doc.keyCheck = (await t.codec.seal(to, KEY_CHECK_TEXT, place))!.toString('base64');
   await t.store.put(VAULT_KEY, Buffer.from(JSON.stringify(doc, null, 2) + '\n'), t.store.props.conditionalPut ? { ifMatch: etag } : undefined);
   return true;
-}
-
-function metaPlace(vaultId: string, volumeId: string): ObjectPlace {
-  return { vaultId: Buffer.from(vaultId, 'hex'), volumeId: Buffer.from(volumeId, 'hex'), kind: 'volume', index: 0, generation: 0 };
-}
-
-function keyCheckPlace(vaultId: string): ObjectPlace {
-  return { vaultId: Buffer.from(vaultId, 'hex'), volumeId: Buffer.alloc(16), kind: 'volume', index: 1, generation: 0 };
 }

@@ -4,7 +4,8 @@
 // - `vault` is public JSON (format, vault id, suites) plus a key check sealed with the master
 //   key, so a wrong master key is reported as such, not as corrupt data.
 // - `volumes/<id>/meta` is sealed with the master key (kind 'volume'): the volume's random key
-//   and its name. Deleting it is crypto-erase; re-keying the master key reseals only these.
+//   and its name (volume-metadata.ts). Deleting it is crypto-erase; re-keying the master key
+//   reseals only these.
 // - The root's sequence number is checked against local state (rollback detection).
 // Not here: clone and the deletions (vault-lifecycle.ts), what roots reference
 // (volume-references.ts), the leases and the writer sessions behind them (vault-writers.ts),
@@ -12,9 +13,8 @@
 import { randomBytes } from 'node:crypto';
 import { VaultError, describeError, isVaultError } from '../errors';
 import type { Codec } from '../codec/codec';
-import type { ObjectPlace } from '../codec/object-place';
 import { SecretKey } from '../keys/secret-key';
-import { deriveSubkey, generateVolumeKey, unwrapVolumeKey, wrapVolumeKey, wrappingKeyId, type MasterKeyRing } from '../keys';
+import { deriveSubkey, generateVolumeKey, type MasterKeyRing } from '../keys';
 import type { ObjectStore } from '../store/object-store';
 import type { Logger } from '../util/log';
 import { closeAfter } from '../util/close-after';
@@ -31,17 +31,14 @@ import type { SnapshotRecord } from './snapshot-record';
 import { VaultLifecycle } from './vault-lifecycle';
 import { VaultWriters } from './vault-writers';
 import { ReaderMarks } from './snapshot-readers';
+import { VolumeMetadata, keyCheckPlace, type VolumeMeta } from './volume-metadata';
 import { loadManifestOf, volumeInfo, type LoadedManifest, type VolumeInfo } from './volume-info';
 import { checkVolumeName, listVolumeIds, snapshotAsRoot, vaultIdsOfVolumes, volumeIdCandidates } from './volume-references';
 
 export const VAULT_FORMAT = 1;
 export const KEY_CHECK_TEXT = Buffer.from('nbd-vault master key check v1');
 
-export interface VolumeMeta {
-  readonly id: string;
-  readonly name: string;
-  readonly createdAt: string;
-}
+export type { VolumeMeta } from './volume-metadata';
 
 export interface VaultOptions {
   readonly stateDir: string;
@@ -63,6 +60,8 @@ export class Vault {
   private readonly state: LocalState;
   /** this process's writer session, its watches of other writers' and the leases (vault-writers.ts) */
   private readonly writers: VaultWriters;
+  /** the volumes' metadata objects: names, keys (volume-metadata.ts) */
+  private readonly metadata: VolumeMetadata;
   /** the marks of the snapshots this process reads (snapshot-readers.ts) */
   private readonly readerMarks: ReaderMarks;
   /** work started for the caller that a close waits for (watchLeaseHolders) */
@@ -77,6 +76,7 @@ export class Vault {
   ) {
     this.vaultIdBytes = Buffer.from(vaultId, 'hex');
     this.state = new LocalState(opts.stateDir, vaultId);
+    this.metadata = new VolumeMetadata(store, codec, vaultId, master, opts.keyRing, opts.logger);
     this.writers = new VaultWriters({
       store,
       codec,
@@ -112,7 +112,7 @@ export class Vault {
     if (!/^[0-9a-f]{32}$/.test(vaultId)) throw new VaultError('ERR_INVALID_ARGUMENT', `a vault id is 32 hex digits (got "${vaultId}")`);
     const vault = new Vault(store, master, codec, vaultId, opts);
     if (opts.recoverVaultId !== undefined) await vault.checkRecovery(volumeIds);
-    const keyCheck = await codec.seal(master, KEY_CHECK_TEXT, vault.vaultPlace(1));
+    const keyCheck = await codec.seal(master, KEY_CHECK_TEXT, keyCheckPlace(vault.vaultIdBytes));
     const doc = {
       format: 'nbd-vault',
       version: VAULT_FORMAT,
@@ -155,7 +155,7 @@ export class Vault {
     const vault = new Vault(store, master, codec, doc.vaultId, opts);
     const opensCheck = async (key: SecretKey) => {
       try {
-        return (await codec.open(key, Buffer.from(String(doc.keyCheck), 'base64'), vault.vaultPlace(1))).equals(KEY_CHECK_TEXT);
+        return (await codec.open(key, Buffer.from(String(doc.keyCheck), 'base64'), keyCheckPlace(vault.vaultIdBytes))).equals(KEY_CHECK_TEXT);
       } catch {
         return false;
       }
@@ -183,87 +183,20 @@ export class Vault {
     this.opts.logger.warn({ vaultId: this.vaultId, volumes: opened }, 'rebuilding the vault object');
   }
 
-  private vaultPlace(index: number): ObjectPlace {
-    return { vaultId: this.vaultIdBytes, volumeId: Buffer.alloc(16), kind: 'volume', index, generation: 0 };
-  }
-
-  private metaPlace(volumeId: string): ObjectPlace {
-    return { vaultId: this.vaultIdBytes, volumeId: Buffer.from(volumeId, 'hex'), kind: 'volume', index: 0, generation: 0 };
-  }
-
   // --- volumes ----------------------------------------------------------------------------
 
-  /**
-   * Every volume whose metadata opens. A damaged or unreadable metadata object is logged and
-   * skipped — unless `strict`, for callers that would otherwise take a skipped volume for a
-   * deleted one (gc, and the clone checks before deleting anything): they fail instead.
-   */
-  /** `unreadable`: gets the volumes whose metadata cannot be read (else only logged). */
-  async listVolumes(opts: { strict?: boolean; unreadable?: Array<{ id: string; error: string }> } = {}): Promise<VolumeMeta[]> {
-    // (candidates: a leftover whose metadata is gone reads as NOT_FOUND below, and is no volume)
-    const ids = await volumeIdCandidates(this.store);
-    // One damaged metadata object must not hide every other volume: it is logged and skipped.
-    const results = await Promise.allSettled(ids.map((id) => this.readMeta(id)));
-    const metas: VolumeMeta[] = [];
-    results.forEach((r, k) => {
-      if (r.status === 'fulfilled') {
-        r.value.key.wipe();
-        metas.push({ id: r.value.id, name: r.value.name, createdAt: r.value.createdAt });
-      } else if (isVaultError(r.reason, 'ERR_STORE_NOT_FOUND')) {
-        // deleted since the listing (or a clone withdrawn): gone, not unreadable
-      } else if (opts.strict) {
-        throw new VaultError(isVaultError(r.reason) ? r.reason.code : 'ERR_IO', `the metadata of volume ${ids[k]} cannot be read, so nothing can be deleted safely: ${describeError(r.reason)}`, { cause: r.reason });
-      } else if (opts.unreadable) opts.unreadable.push({ id: ids[k], error: describeError(r.reason) });
-      else this.opts.logger.error({ volumeId: ids[k], err: describeError(r.reason) }, 'volume metadata cannot be read; volume skipped');
-    });
-    return metas.sort((a, b) => a.name.localeCompare(b.name));
+  /** Every volume whose metadata opens (VolumeMetadata.list). */
+  listVolumes(opts: { strict?: boolean; unreadable?: Array<{ id: string; error: string }> } = {}): Promise<VolumeMeta[]> {
+    return this.metadata.list(opts);
   }
 
-  /** The volume called `name`. Two volumes of one name (two creates racing) are refused by name:
-   *  acting on either could be the wrong one. */
-  async findVolume(name: string): Promise<VolumeMeta> {
-    const found = (await this.listVolumes()).filter((v) => v.name === name);
-    if (found.length === 0) throw new VaultError('ERR_NOT_FOUND', `no volume named "${name}"`);
-    if (found.length > 1) throw new VaultError('ERR_EXISTS', `${found.length} volumes are named "${name}" (ids ${found.map((v) => v.id).join(', ')}); created at once on two machines? delete the unwanted one with "volume delete ${name} --id ID"`);
-    return found[0];
+  /** The volume called `name`; two of one name are refused (VolumeMetadata.find). */
+  findVolume(name: string): Promise<VolumeMeta> {
+    return this.metadata.find(name);
   }
 
-  private async readMeta(volumeId: string): Promise<VolumeMeta & { key: SecretKey }> {
-    const { body } = await this.store.get(metaKey(volumeId));
-    let doc: any;
-    try {
-      doc = JSON.parse(body.toString('utf8'));
-    } catch {
-      doc = null;
-    }
-    if (doc?.v !== 1 || typeof doc.wrappedKey !== 'string' || typeof doc.info !== 'string') {
-      throw new VaultError('ERR_CORRUPT', `metadata of volume ${volumeId} is malformed`);
-    }
-    const place = this.metaPlace(volumeId);
-    const wrapped = Buffer.from(doc.wrappedKey, 'base64');
-    const key = unwrapVolumeKey((await this.opts.keyRing?.findOrReload(wrappingKeyId(wrapped))) ?? this.master, wrapped, place);
-    let info: any;
-    try {
-      const meta = deriveSubkey(key, 'meta');
-      info = JSON.parse((await this.codec.open(meta, Buffer.from(doc.info, 'base64'), place)).toString('utf8'));
-      meta.wipe();
-    } catch (err) {
-      throw new VaultError(isVaultError(err) ? err.code : 'ERR_CORRUPT', `metadata of volume ${volumeId} cannot be opened: ${(err as Error).message}`, { cause: err });
-    }
-    if (typeof info?.name !== 'string') throw new VaultError('ERR_CORRUPT', `metadata of volume ${volumeId} is malformed`);
-    return { id: volumeId, name: info.name, createdAt: String(info.createdAt), key };
-  }
-
-  /** The sealed metadata object of a volume: its key wrapped by the master key, and its
-   *  name sealed with the volume's own meta subkey. */
-  private async encodeMeta(id: string, key: SecretKey, info: { name: string; createdAt: string }): Promise<Buffer> {
-    const place = this.metaPlace(id);
-    const meta = deriveSubkey(key, 'meta');
-    const sealedInfo = await this.codec.seal(meta, Buffer.from(JSON.stringify(info)), place);
-    meta.wipe();
-    // vaultId in clear (it is public): what `init --recover` needs if the `vault` object is lost
-    const doc = { v: 1, vaultId: this.vaultId, wrappedKey: wrapVolumeKey(this.opts.keyRing?.current ?? this.master, key, place).toString('base64'), info: sealedInfo!.toString('base64') };
-    return Buffer.from(JSON.stringify(doc));
+  private readMeta(volumeId: string): Promise<VolumeMeta & { key: SecretKey }> {
+    return this.metadata.read(volumeId);
   }
 
   async createVolume(name: string, size: number): Promise<VolumeMeta> {
@@ -289,7 +222,7 @@ export class Vault {
     // The root first: a volume exists from its metadata on, so one killed in between leaves an
     // unreferenced root for gc, not a volume without a root that every listing fails on.
     await objects.writeRoot(root, null);
-    await this.store.put(metaKey(id), await this.encodeMeta(id, key, { name, createdAt }), create);
+    await this.store.put(metaKey(id), await this.metadata.encode(id, key, { name, createdAt }), create);
     await this.state.recordSeq(id, 1);
     this.opts.logger.info({ volume: name, volumeId: id, size }, 'volume created');
     return { id, name, createdAt };
@@ -521,7 +454,7 @@ export class Vault {
     return new VaultLifecycle(this, {
       logger: this.opts.logger,
       readMeta: (id) => this.readMeta(id),
-      encodeMeta: (id, key, info) => this.encodeMeta(id, key, info),
+      encodeMeta: (id, key, info) => this.metadata.encode(id, key, info),
       volumeObjects: (meta, key) => this.volumeObjects(meta, key),
       findSnapshot: (objects, volumeName, snapName) => this.findSnapshot(objects, volumeName, snapName),
       acquireLease: (found, purpose) => this.acquireLease(found, purpose),
