@@ -5,6 +5,7 @@ import type { Command } from 'commander';
 import { VaultError } from '../errors';
 import { BUCKET_RULES, describePolicy, isEmptyPolicy, parseCalendarDuration, parseKeepCount, type BucketRule, type RetentionPolicy } from '../volume/retention';
 import { pruneSnapshots, type PruneResult } from '../volume/snapshot-prune';
+import { removeAbandonedSnapshots } from './temporary-snapshots';
 import { addSettings } from './settings';
 import { snapshotArgs } from './snapshot-commands';
 import { out, VAULT_SETTINGS, withVault } from './vault-context';
@@ -55,6 +56,8 @@ export function registerRetentionCommands(program: Command): void {
       const names = volume ? [volume] : (await ctx.vault.listVolumes()).map((v) => v.name);
       const results: PruneResult[] = [];
       for (const name of names) {
+        // (the snapshots of exports killed here: kept from the policy, they would stay for good)
+        if (!opts.dryRun) await removeAbandonedSnapshots(ctx.vault, ctx.logger, name);
         const r = await pruneSnapshots(ctx.vault, name, { policy, dryRun: Boolean(opts.dryRun) }, ctx.logger);
         results.push(r);
         if (!opts.json) printPlan(r);

@@ -8,6 +8,7 @@ import { VaultError, describeError } from '../errors';
 import type { Logger } from '../util/log';
 import { describePolicy, type RetentionPolicy } from '../volume/retention';
 import { pruneSnapshots } from '../volume/snapshot-prune';
+import { removeAbandonedSnapshots } from './temporary-snapshots';
 import type { Vault } from '../volume/vault';
 import type { VaultExportProvider } from './vault-export-provider';
 
@@ -85,7 +86,10 @@ export class SnapshotSchedule {
       try {
         const snap = await provider.snapshot(volume, autoSnapshotName(now));
         logger.info({ volume, snapshot: snap.name }, 'scheduled snapshot taken');
-        if (policy) await pruneSnapshots(vault, volume, { policy, dryRun: false, now, match: (n) => n.startsWith(AUTO_PREFIX) }, logger);
+        if (policy) {
+          await removeAbandonedSnapshots(vault, logger, volume); // (kept: no policy removes them)
+          await pruneSnapshots(vault, volume, { policy, dryRun: false, now, match: (n) => n.startsWith(AUTO_PREFIX) }, logger);
+        }
       } catch (err) {
         provider.stillUnsnapshotted(volume);
         logger.error({ volume, err: describeError(err) }, 'scheduled snapshot or prune failed; next period tries again');

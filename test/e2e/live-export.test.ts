@@ -148,5 +148,23 @@ test('export of a served volume under writes: one point in time, with every ackn
     ['export-2026-01-01T00-00-00Z-0badc0de-1', `export-2026-01-01T00-00-00Z-${/-([0-9a-f]{8})-\d+$/.exec(left[0].name)![1]}-${process.pid}`],
     'only the killed export\'s snapshot was deleted',
   );
+
+  // so does a prune of the volume on this machine (the volume may never be exported again)
+  const foreign = (await listed()).map((x) => x.name).sort();
+  const killed2 = spawn(process.execPath, [CLI, 'export', 'vm', '-'], { env: v.env, cwd: v.dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  t.after(() => {
+    if (killed2.exitCode === null) killed2.kill('SIGKILL');
+  });
+  const killed2Exit = new Promise<unknown>((r) => killed2.once('exit', r));
+  const until3 = Date.now() + 60_000;
+  let left2: string[] = [];
+  while ((left2 = (await listed()).map((x) => x.name).filter((n) => !foreign.includes(n))).length === 0) assert.ok(killed2.exitCode === null && Date.now() < until3, 'the export takes its snapshot');
+  killed2.kill('SIGKILL');
+  await killed2Exit;
+  const dry = await v.cli('snapshot', 'prune', 'vm', '--keep-last', '1', '--dry-run');
+  assert.ok((await listed()).some((x) => x.name === left2[0]), `a dry run deletes nothing: ${dry.stderr}`);
+  const pruned = await v.cli('snapshot', 'prune', 'vm', '--keep-last', '1');
+  assert.ok(pruned.stderr.includes(left2[0]), `the prune says what it deleted: ${pruned.stderr}`);
+  assert.deepEqual((await listed()).map((x) => x.name).sort(), foreign, 'the prune deleted the killed export\'s snapshot, and kept the others (kept, or not abandoned here)');
   assert.equal(await srv.stop(), 0);
 });
