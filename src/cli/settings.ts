@@ -154,7 +154,7 @@ function readConfigFile(path: string): Record<string, unknown> {
   }
   if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw new VaultError('ERR_INVALID_ARGUMENT', `config file ${path} must hold a JSON object`);
   for (const key of Object.keys(doc)) {
-    if (!(key in SETTINGS) && !CONFIG_SECTIONS.includes(key)) throw new VaultError('ERR_INVALID_ARGUMENT', `config file ${path}: unknown setting "${key}" (known: ${Object.keys(SETTINGS).join(', ')})`);
+    if (!Object.hasOwn(SETTINGS, key) && !CONFIG_SECTIONS.includes(key)) throw new VaultError('ERR_INVALID_ARGUMENT', `config file ${path}: unknown setting "${key}" (known: ${Object.keys(SETTINGS).join(', ')})`);
   }
   return doc as Record<string, unknown>;
 }

@@ -73,7 +73,11 @@ export function parsePskFile(text: string, path: string): Map<string, Buffer> {
     if (colon <= 0) throw bad(`${at}: expected identity:hexkey`);
     const identity = line.slice(0, colon);
     const hex = line.slice(colon + 1);
-    if (!/^(?:[0-9a-fA-F]{2})+$/.test(hex)) throw bad(`${at}: the key of "${identity}" is not an even number of hex digits`);
+    if (!/^(?:[0-9a-fA-F]{2})+$/.test(hex)) {
+      // a line written key first (hexkey:identity) would put the key in this message: not named then
+      const named = /^[0-9a-fA-F]{32,}$/.test(identity) ? 'the key after the first colon' : `the key of "${identity}"`;
+      throw bad(`${at}: ${named} is not an even number of hex digits (the format is identity:hexkey)`);
+    }
     if (hex.length < 32) throw bad(`${at}: the key of "${identity}" is shorter than 16 bytes`);
     if (keys.has(identity)) throw bad(`${at}: identity "${identity}" appears twice`);
     keys.set(identity, Buffer.from(hex, 'hex'));

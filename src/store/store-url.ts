@@ -111,7 +111,8 @@ export function parseStoreUrl(url: string): StoreUrl {
       if (prefix !== '' && !prefix.endsWith('/')) prefix += '/';
       if (prefix.includes('//')) throw bad('empty segment in prefix');
       for (const k of u.searchParams.keys()) {
-        if (!S3_PARAMS.has(k)) throw bad(`unknown parameter ${JSON.stringify(k)} (known: endpoint, region, path_style)`);
+        // (a parameter without a value may be a pasted secret: not echoed)
+        if (!S3_PARAMS.has(k)) throw bad(`unknown parameter ${u.searchParams.get(k) !== '' ? JSON.stringify(k) : '(one without a value)'} (known: endpoint, region, path_style)`);
         if (u.searchParams.getAll(k).length > 1) throw bad(`${k} is given more than once`);
       }
       const endpoint = u.searchParams.get('endpoint') ?? undefined;
@@ -150,7 +151,7 @@ function redactUrl(url: string): string {
     .split('&')
     .map((kv) => {
       const eq = kv.indexOf('=');
-      if (eq < 0) return kv;
+      if (eq < 0) return S3_PARAMS.has(kv) || kv === 'endpoint' ? kv : '[redacted]'; // (a bare secret pasted after the ?)
       const name = kv.slice(0, eq);
       if (name === 'endpoint') return `${name}=${redactEndpoint(kv.slice(eq + 1))}`;
       return S3_PARAMS.has(name) ? kv : `${name}=[redacted]`;
@@ -172,12 +173,14 @@ function redactEndpoint(value: string): string {
   return `${m[1]}${m[2]}${m[3] === '' || m[3] === '/' ? m[3] : '/[redacted]'}`;
 }
 
-/** `scheme://` up to the last `@` before the query: user info, whatever it holds (a secret key
- *  may contain `/`, which ends no user info here). */
+/** After `scheme:` (and its slashes, however many: `s3:/AK:pw@b` is no URL but echoes the same)
+ *  up to the last `@` before the query: user info, whatever it holds (a secret key may contain
+ *  `/`, which ends no user info here). A path without a scheme is left alone. */
 function redactUserInfo(text: string): string {
-  const start = text.indexOf('://');
-  if (start < 0) return text;
+  const scheme = /^[a-zA-Z][a-zA-Z0-9+.-]*:\/*/.exec(text);
+  if (!scheme) return text;
+  const start = scheme[0].length;
   const q = text.indexOf('?', start);
   const at = text.lastIndexOf('@', q < 0 ? text.length : q);
-  return at < start ? text : `${text.slice(0, start + 3)}[redacted]${text.slice(at)}`;
+  return at < start ? text : `${text.slice(0, start)}[redacted]${text.slice(at)}`;
 }

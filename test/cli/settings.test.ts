@@ -28,6 +28,10 @@ test('flag > environment > config file > default', () => {
 test('malformed configuration fails with a message naming the culprit', () => {
   const fails = (fn: () => unknown, re: RegExp) => assert.throws(fn, (e: VaultError) => e.code === 'ERR_INVALID_ARGUMENT' && re.test(e.message));
   fails(() => resolveSettings({ config: config({ stroe: 'x' }) }, ['store'], {}), /unknown setting "stroe"/);
+  // names every object inherits are no settings either
+  for (const key of ['constructor', 'toString', 'hasOwnProperty', '__proto__']) {
+    fails(() => resolveSettings({ config: config(`{"${key}": 1}`) }, ['store'], {}), new RegExp(`unknown setting "${key}"`));
+  }
   fails(() => resolveSettings({ config: config('{not json') }, ['store'], {}), /cannot read config file/);
   fails(() => resolveSettings({ config: config([1, 2]) }, ['store'], {}), /must hold a JSON object/);
   fails(() => resolveSettings({ config: join(dir, 'missing.json') }, ['store'], {}), /no such file/);

@@ -35,6 +35,8 @@ test('PSK file: identity:hexkey lines; errors name the line, never the key', () 
   bad(`alice:${KEY}:\n`, /k\.psk line 1: the key of "alice" is not an even number of hex digits/);
   bad(`alice:${KEY}\nalice:${KEY}\n`, /line 2: identity "alice" appears twice/);
   bad(`${KEY}\n`, /line 1: expected identity:hexkey/);
+  // written key first (hexkey:identity): the "identity" is the key, and must not be printed
+  bad(`${KEY}:alice\n`, /k\.psk line 1: the key after the first colon is not an even number of hex digits \(the format is identity:hexkey\)/);
   bad('alice:abcd\n', /shorter than 16 bytes/);
   bad('# nothing\n', /holds no identity:hexkey line/);
 });

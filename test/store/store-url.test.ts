@@ -78,6 +78,10 @@ describe('openStore', () => {
       // a secret key with a "/" in it (AWS's often have one), in the endpoint or the URL itself
       ['s3://bkt/x?endpoint=' + encodeURIComponent('https://AKIAEXAMPLE:ab/SECRETcd@127.0.0.1:7480'), /endpoint=https:\/\/\[redacted\]@127\.0\.0\.1:7480"/],
       ['s3://AKIAEXAMPLE:ab/SECRETcd@bkt/x', /"s3:\/\/\[redacted\]@bkt\/x"/],
+      // no URL at all, but a credential in it all the same: not echoed
+      ['s3:/AKIAEXAMPLE:SECRETkey@bkt/x', /"s3:\/\[redacted\]@bkt\/x"/],
+      ['s3:AKIAEXAMPLE:SECRETkey@bkt', /"s3:\[redacted\]@bkt"/],
+      ['s3://bkt/x?SECRETkey123', /"s3:\/\/bkt\/x\?\[redacted\]"/],
     ];
     for (const [url, re] of cases) {
       assert.throws(() => openStore(url), (err: Error & { code?: string }) => {
