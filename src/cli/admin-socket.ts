@@ -101,7 +101,8 @@ export function parseAdminRequest(line: string): AdminRequest {
   const bad = (what: string) => new VaultError('ERR_INVALID_ARGUMENT', `malformed admin request: ${what}`);
   if (typeof req !== 'object' || req === null || Array.isArray(req)) throw bad('not an object');
   const text = (field: string) => {
-    if (typeof req[field] !== 'string') throw bad(`"${field}" must be a string`);
+    // ("" is no name: the server would take it for the default export)
+    if (typeof req[field] !== 'string' || req[field] === '') throw bad(`"${field}" must be a non-empty string`);
     return req[field] as string;
   };
   const flag = (field: string) => {

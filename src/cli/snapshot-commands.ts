@@ -28,6 +28,9 @@ export function defaultSnapshotName(now = new Date()): string {
 }
 
 async function createSnapshot(volume: string, name: string | undefined, opts: Record<string, unknown>): Promise<void> {
+  // ("" would be the default export to a running server, and no volume to the store)
+  if (volume === '') throw new VaultError('ERR_INVALID_ARGUMENT', 'which volume? usage: nbd-vault snapshot create VOLUME [NAME]');
+  if (name === '') throw new VaultError('ERR_INVALID_ARGUMENT', 'a snapshot name cannot be empty (leave it out for one made of the time)');
   const snapName = name ?? defaultSnapshotName();
   await withVault(opts, async (ctx, s) => {
     const started = process.hrtime.bigint();

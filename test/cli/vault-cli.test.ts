@@ -228,10 +228,13 @@ test('a malformed admin request gets an error and stores nothing (a snapshot nam
       sock.on('error', reject);
     });
   for (const [line, said] of [
-    ['{"op":"snapshot","volume":"live"}', /"name" must be a string/],
-    ['{"op":"snapshot","volume":"live","name":12345}', /"name" must be a string/],
+    ['{"op":"snapshot","volume":"live"}', /"name" must be a non-empty string/],
+    ['{"op":"snapshot","volume":"live","name":12345}', /"name" must be a non-empty string/],
+    // "" named the default export (live, here): a snapshot of it, reported as "@x"
+    ['{"op":"snapshot","volume":"","name":"x"}', /"volume" must be a non-empty string/],
+    ['{"op":"snapshot","volume":"live","name":""}', /"name" must be a non-empty string/],
     ['{"op":"snapshot","volume":"live","name":"x","keep":"yes"}', /"keep" must be true or false/],
-    ['{"op":"cacheWarm"}', /"volume" must be a string/],
+    ['{"op":"cacheWarm"}', /"volume" must be a non-empty string/],
     ['{"op":"format"}', /unknown op "format"/],
     ['[1]', /not an object/],
     ['nonsense', /one line of JSON/],
@@ -240,6 +243,10 @@ test('a malformed admin request gets an error and stores nothing (a snapshot nam
     assert.equal(reply.ok, false, line);
     assert.equal(reply.code, 'ERR_INVALID_ARGUMENT', line);
     assert.match(reply.message, said, line);
+  }
+  for (const args of [['snapshot', 'create', '', 'y'], ['snapshot', 'create', 'live', '']]) {
+    const r = await v.cliResult(...args);
+    assert.equal(r.code, 2, `${JSON.stringify(args)}: a usage error: ${r.stderr}`);
   }
   const listed = await v.cli('snapshot', 'list', 'live');
   assert.match(listed.stdout, /volume live has no snapshots/);
