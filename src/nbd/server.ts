@@ -148,7 +148,7 @@ export async function startNbdServer(opts: NbdServerOptions): Promise<NbdServerH
       await listenOn(tcp, { host: opts.listen.host, port: opts.listen.port });
     }
     if (opts.socket) {
-      removeStaleSocket(opts.socket);
+      await removeStaleSocket(opts.socket);
       const unix = net.createServer({ allowHalfOpen: true }, onConnection);
       servers.push(unix);
       await listenOn(unix, { path: opts.socket });
@@ -208,11 +208,33 @@ export async function startNbdServer(opts: NbdServerOptions): Promise<NbdServerH
   };
 }
 
-function removeStaleSocket(path: string): void {
+/** A socket file left by a server that is gone is removed; one a live server listens on is not
+ *  (taking its path silently orphaned that server's socket, and its stop then deleted ours). */
+async function removeStaleSocket(path: string): Promise<void> {
   try {
-    if (!lstatSync(path).isSocket()) throw new Error(`${path} exists and is not a socket`);
+    if (!lstatSync(path).isSocket()) throw new VaultError('ERR_EXISTS', `cannot listen on the Unix socket ${path}: it exists and is not a socket`);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw err;
+  }
+  if (await someoneListens(path)) throw new VaultError('ERR_EXISTS', `cannot listen on the Unix socket ${path}: a running server listens there (another nbd-vault serve?)`);
+  try {
     unlinkSync(path);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }
+}
+
+/** A connect succeeds: something accepts on `path` (refused, or gone: nothing does). */
+function someoneListens(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = net.createConnection(path);
+    const done = (alive: boolean) => {
+      probe.destroy();
+      resolve(alive);
+    };
+    probe.once('connect', () => done(true));
+    probe.once('error', (err: NodeJS.ErrnoException) => done(err.code !== 'ECONNREFUSED' && err.code !== 'ENOENT'));
+    probe.setTimeout(2000, () => done(true)); // a listener too busy to accept is still a listener
+  });
 }

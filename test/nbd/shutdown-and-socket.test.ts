@@ -2,7 +2,7 @@
 // flushed, exit 0) and serving over a Unix socket.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runTool, startNbdServerProcess } from '../helpers/nbd-server';
@@ -58,8 +58,22 @@ test('Unix socket: qemu-io writes and reads back over nbd+unix', async () => {
     assert.doesNotMatch(r.stdout, /verification failed/);
     const info = await runTool('nbdinfo', ['--size', uri]);
     assert.equal(info.stdout.trim(), String(8 * 1024 * 1024));
+    // A second server on the same path is refused: taking it orphaned this one's socket, and this
+    // one's stop then deleted the second's.
+    await assert.rejects(startNbdServerProcess({ memory: ['other=4M'], socketPath: sock }), /a running server listens there/);
+    assert.equal((await runTool('nbdinfo', ['--size', uri])).stdout.trim(), String(8 * 1024 * 1024), 'the first server still answers on its path');
   } finally {
     assert.equal(await srv.stop(), 0);
+  }
+  try {
+    // its socket file, left as by a kill -9 (bound, never unlinked): a new server takes the path
+    const bound = await runTool('/usr/bin/python3', ['-c', 'import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])', sock]);
+    assert.equal(bound.code, 0, bound.stderr);
+    assert.ok(existsSync(sock), 'a stale socket file is there');
+    const next = await startNbdServerProcess({ memory: ['disk=8M'], socketPath: sock });
+    assert.equal((await runTool('nbdinfo', ['--size', `nbd+unix:///disk?socket=${sock}`])).stdout.trim(), String(8 * 1024 * 1024));
+    assert.equal(await next.stop(), 0);
+  } finally {
     rmSync(dir, { recursive: true, force: true });
   }
 });
