@@ -13,6 +13,7 @@ import type { EngineOptions, EngineStats, VolumeEngine } from '../volume/volume-
 import { type Vault } from '../volume/vault';
 import { splitExportName } from '../volume/volume-references';
 import type { SnapshotRecord } from '../volume/snapshot-record';
+import { LiveReadView } from './live-read-view';
 
 /** how long a volume nobody uses stays open (its caches warm, its lease held) */
 export const DEFAULT_IDLE_CLOSE_MS = 60_000;
@@ -38,6 +39,9 @@ export class VaultExportProvider implements ExportProvider {
   private closing = false;
   /** volumes opened to be looked at (inspect), each with its read-only engine */
   private readonly inspecting = new Map<Export, VolumeEngine>();
+  /** volumes served to clients that may only read them, while none is written here
+   *  (live-read-view.ts), with their connection count */
+  private readonly readViews = new Map<string, { view: Promise<LiveReadView>; refs: number }>();
 
   constructor(
     private readonly vault: Vault,
@@ -73,6 +77,8 @@ export class VaultExportProvider implements ExportProvider {
     if (this.closing) return null;
     const wanted = name === '' ? this.defaultName : name;
     if (purpose === 'inspect' && !this.engines.has(wanted)) return this.inspect(wanted);
+    // (no writer's lease for a reader: a writer on another server may hold it, or want it)
+    if (purpose === 'read' && splitExportName(wanted)[1] === null && !this.engines.has(wanted)) return this.openReadView(wanted);
     await this.closingIdle.get(wanted);
     let p = this.engines.get(wanted);
     const lost = await p?.then(async (e) => (e.leaseLost && !(await e.regainLease()) ? e : null), () => null);
@@ -131,18 +137,13 @@ export class VaultExportProvider implements ExportProvider {
    * `nbdinfo --list` asks about).
    */
   private async inspect(name: string): Promise<Export | null> {
-    const [volume, snap] = splitExportName(name);
-    let engine: VolumeEngine | null = null;
-    for (let attempt = 1; engine === null; attempt++) {
-      try {
-        const options = { ...this.engineOptions, readOnly: true, readaheadChunks: 0 };
-        engine = snap === null ? await this.vault.openEngine(volume, options) : await this.vault.openSnapshotEngine(volume, snap, options, 'inspect');
-      } catch (err) {
-        if (isVaultError(err, 'ERR_NOT_FOUND')) return null;
-        // a writer elsewhere committed while the root's journals were read, and deleted one: the
-        // new root names what is there now
-        if (!isVaultError(err, 'ERR_IO') || attempt === INSPECT_ATTEMPTS) throw err;
-      }
+    const [, snap] = splitExportName(name);
+    let engine: VolumeEngine;
+    try {
+      engine = await this.openWithoutLease(name, { readaheadChunks: 0 });
+    } catch (err) {
+      if (isVaultError(err, 'ERR_NOT_FOUND')) return null;
+      throw err;
     }
     const refuse = async (): Promise<never> => {
       throw new VaultError('ERR_NOT_SUPPORTED', 'an export opened to be looked at serves no request');
@@ -163,6 +164,53 @@ export class VaultExportProvider implements ExportProvider {
       metaContextStatus: refuse,
     };
     this.inspecting.set(view, engine);
+    return view;
+  }
+
+  /** A read-only engine on `name` (a volume's newest root, or a snapshot without a reader mark:
+   *  to be looked at only), without the writer's lease. */
+  private async openWithoutLease(name: string, options: Partial<EngineOptions> = {}): Promise<VolumeEngine> {
+    const [volume, snap] = splitExportName(name);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const opts = { ...this.engineOptions, ...options, readOnly: true };
+        return snap === null ? await this.vault.openEngine(volume, opts) : await this.vault.openSnapshotEngine(volume, snap, opts, 'inspect');
+      } catch (err) {
+        // a writer elsewhere committed while the root's journals were read, and deleted one: the
+        // new root names what is there now
+        if (!isVaultError(err, 'ERR_IO') || attempt === INSPECT_ATTEMPTS) throw err;
+      }
+    }
+  }
+
+  /** The volume for a client that may only read it (live-read-view.ts): one view per volume,
+   *  shared by such clients, closed when the last one leaves. */
+  private async openReadView(name: string): Promise<Export | null> {
+    let entry = this.readViews.get(name);
+    if (!entry) {
+      const view = LiveReadView.open(() => this.openWithoutLease(name), this.logger);
+      const created = { view, refs: 0 };
+      view.then(
+        (v) => this.logger.info({ volume: name, seq: v.currentSeq }, 'volume opened read-only for readers'),
+        () => {
+          if (this.readViews.get(name) === created) this.readViews.delete(name);
+        },
+      );
+      this.readViews.set(name, created);
+      entry = created;
+    }
+    entry.refs++;
+    let view: LiveReadView;
+    try {
+      view = await entry.view;
+    } catch (err) {
+      entry.refs--;
+      if (isVaultError(err, 'ERR_NOT_FOUND')) return null;
+      this.logger.error({ volume: name, err: describeError(err) }, 'cannot open volume');
+      throw err;
+    }
+    // a view opened a while ago: this client reads what was committed when it connected
+    await view.freshen().catch((err) => this.logger.warn({ volume: name, err: describeError(err) }, 'read-only view not moved to the newest root; it reads an older one'));
     return view;
   }
 
@@ -211,6 +259,12 @@ export class VaultExportProvider implements ExportProvider {
     if (inspected) {
       this.inspecting.delete(exp);
       return inspected.close();
+    }
+    if (exp instanceof LiveReadView) {
+      const entry = this.readViews.get(exp.name);
+      if (!entry || --entry.refs > 0) return;
+      this.readViews.delete(exp.name);
+      return exp.close();
     }
     const refs = this.refs.get(exp.name);
     if (refs === undefined) return;
@@ -274,6 +328,10 @@ export class VaultExportProvider implements ExportProvider {
     for (const [view, engine] of this.inspecting) {
       this.inspecting.delete(view);
       await engine.close().catch(() => {}); // read-only: nothing of it to store
+    }
+    for (const [name, entry] of this.readViews) {
+      this.readViews.delete(name);
+      await (await entry.view.catch(() => null))?.close().catch(() => {}); // read-only: nothing to store
     }
     for (const t of this.idleTimers.values()) clearTimeout(t);
     this.idleTimers.clear();

@@ -11,7 +11,8 @@ export interface ExportAccessPolicy {
   accessTo(identity: string | null, exportName: string): ExportAccess;
 }
 
-/** An export opened read-only for this client: the flags say READ_ONLY, writes get EPERM. */
+/** An export opened read-only for this client: the flags say READ_ONLY, writes get EPERM; no
+ *  FLUSH either (it would make the export store what other clients wrote), as on a snapshot. */
 export function capsFor(caps: ExportCaps, access: ExportAccess): ExportCaps {
-  return access === 'ro' && !caps.readOnly ? { ...caps, readOnly: true } : caps;
+  return access === 'ro' && !caps.readOnly ? { ...caps, readOnly: true, canFlush: false, canFua: false, canTrim: false, canZero: false, canFastZero: false } : caps;
 }

@@ -39,7 +39,8 @@ export class ClientExports {
       return { exp: null, failure: `no export named "${name}"` };
     }
     try {
-      const exp = await this.provider.open(resolved, purpose);
+      // (a client that may only read needs no more of the export than reading: 'read')
+      const exp = await this.provider.open(resolved, access === 'ro' && purpose === 'serve' ? 'read' : purpose);
       if (!exp) return { exp: null, failure: `no export named "${name}"` };
       return { exp, caps: capsFor(exp.caps, access) };
     } catch (err) {
