@@ -99,6 +99,10 @@ export class VaultSync {
 
   async run(): Promise<SyncResult> {
     await this.copyVaultObject();
+    // First too: the replica opens with the source's key from here on, so its volumes' names can
+    // be read for the check below (a rotation finished since the last run made it fail, and the
+    // run copied without it). The end of the run follows a rotation that finished meanwhile.
+    await this.followKeyRotation();
     const planned = await this.planJobs();
     const { bare } = planned;
     const withoutSnapshots = bare.map((j) => j.meta.name);
@@ -153,9 +157,8 @@ export class VaultSync {
     try {
       theirs = await (await this.replicaSnapshots.replica()).listVolumes();
     } catch (err) {
-      // (a replica still on a rotated-away key: the run follows the rotation at its end)
-      this.logger.warn({ err: describeError(err) }, "could not list the replica's volumes to look for a name taken twice");
-      return { jobs, nameTaken };
+      // copying a new volume unchecked could put a second volume of its name there
+      throw new VaultError(isVaultError(err) ? err.code : 'ERR_IO', `cannot list the replica's volumes to check that none has the name of a volume new to it, so no snapshot was copied: ${describeError(err)}`, { cause: err });
     }
     const clashing = new Map<string, string>(); // source volume id → the replica's volume of its name
     for (const job of fresh) {

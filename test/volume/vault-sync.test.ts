@@ -317,6 +317,51 @@ test('a replica follows a master key rotation of its source: after the next sync
   assert.equal(again.copied, 0, 'nothing more to copy');
 });
 
+test('the first sync after a rotation checks the replica for names taken twice (it follows the rotation first); a replica it cannot list gets no snapshot', async (t) => {
+  const w = await world(t);
+  const { vault } = w.f;
+  await vault.createVolume('vol', SIZE);
+  const e = await vault.openEngine('vol', { autoCommitMs: 0 });
+  await e.write(0, randomBytes(CHUNK_SIZE));
+  await e.snapshot('s1');
+  await e.close();
+  await w.sync();
+  const next = new SecretKey(randomBytes(32), 'master');
+  const target = { store: w.f.store, codec: createInlineCodec(), vaultId: vault.vaultId, logger };
+  await rewrapVolumeKeys(target, w.f.master, next);
+  await rewriteKeyCheck(target, w.f.master, next);
+  const rotated = await Vault.open(w.f.store, next, createInlineCodec(), { stateDir: mkdtempSync(join(w.dir, 'rotated-state-')), logger });
+  await rotated.createVolume('late', SIZE);
+  const late = await rotated.openEngine('late', { autoCommitMs: 0 });
+  await late.write(0, randomBytes(4096));
+  await late.snapshot('s1');
+  await late.close();
+  // the replica as only the new key opens it: before, it could not be listed (the replica's key
+  // check still named the old key), and the run copied 'late' unchecked
+  let listed = 0;
+  const opener = async () => {
+    listed++;
+    return Vault.open(w.dest, next, createInlineCodec(), { stateDir: mkdtempSync(join(w.dir, 'r-')), logger });
+  };
+  const r = await new VaultSync(rotated, w.dest, opener, {}, logger).run();
+  assert.ok(listed >= 1, 'the replica was opened for the check');
+  assert.deepEqual(r.nameTaken, []);
+  assert.ok(r.snapshots.some((x) => x.export === 'late@s1' && x.status === 'copied'), JSON.stringify(r.snapshots));
+
+  // a replica that cannot be listed: no new volume is copied unchecked
+  await rotated.createVolume('later', SIZE);
+  const later = await rotated.openEngine('later', { autoCommitMs: 0 });
+  await later.write(0, randomBytes(4096));
+  await later.snapshot('s1');
+  await later.close();
+  const broken = async (): Promise<Vault> => {
+    throw new VaultError('ERR_STORE_TRANSIENT', 'the replica store does not answer');
+  };
+  await assert.rejects(new VaultSync(rotated, w.dest, broken, {}, logger).run(), /cannot list the replica's volumes to check that none has the name of a volume new to it, so no snapshot was copied: the replica store does not answer/);
+  const replica = await opener();
+  assert.deepEqual((await replica.listVolumes({ strict: true })).map((v) => v.name), ['late', 'vol'], 'later was not copied');
+});
+
 test('sync to the source store under another name (a symlink) changes nothing: the live root is not rolled back to the newest snapshot', async (t) => {
   const w = await world(t);
   const { vault } = w.f;
