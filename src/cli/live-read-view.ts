@@ -1,37 +1,51 @@
-// A volume served to clients that may only read it (a read-only grant of the access policy),
-// when no client writes it through this server: read-only engines over the volume's committed
-// root, without its writer's lease. Taking the lease for them (as a writer does) kept a writer on
-// another server out for as long as they stayed, and 60 s after; and a reader was refused while
-// another server wrote the volume.
+// A volume served to clients that may only read it (a read-only grant of the access policy):
+// read-only engines over the volume's committed root, without its writer's lease. Taking the
+// lease for them (as a writer does) kept a writer on another server out for as long as they
+// stayed, and 60 s after; and a reader was refused while another server wrote the volume.
 //
 // What a reader sees: the volume as last committed when its connection opened the view, and newer
-// commits after that where the writer elsewhere deleted what the view read (its compaction folds
-// journals into new objects and deletes the old ones): a read that finds an object gone moves the
-// view to the store's newest root and reads again. A reader that needs one point in time for the
-// whole read reads a snapshot (VOL@SNAP). The engine a view leaves is closed once no read is under
-// way on it.
+// commits after that where the writer deleted what the view read (its compaction folds journals
+// into new objects and deletes the old ones): a read that finds an object gone moves the view to
+// the store's newest root and reads again. A reader that needs one point in time for the whole
+// read reads a snapshot (VOL@SNAP). The view stays on the volume it opened, at the size its
+// clients were told: a newest root of another size, or of a volume made again under the name,
+// fails the read (VolumeChanged) instead of answering from it. An engine the view leaves is
+// closed once no read is under way on it.
 import { VaultError, describeError, isVaultError } from '../errors';
 import type { ContextExtent, Export, Extent, ReadOptions } from '../nbd/export';
 import type { Logger } from '../util/log';
 import type { VolumeEngine } from '../volume/volume-engine';
 
-/** reads of one request, each after moving to a newer root */
-const READ_ATTEMPTS = 3;
-/** a view older than this is moved to the newest root when a new connection opens it */
-export const VIEW_FRESH_MS = 1000;
+/** how many newer roots one request may move through (a writer replacing roots faster than a
+ *  read can finish would otherwise keep it going) */
+const MAX_MOVES_PER_READ = 3;
 
-/** An object the view's root named is gone: the writer elsewhere replaced that root. */
+/** The volume the view reads was resized, or deleted and made again, since it opened. */
+export class VolumeChanged extends VaultError {
+  constructor(name: string, why: string) {
+    super('ERR_IO', `volume "${name}" ${why} since this read-only client connected: reconnect to read it as it is now`);
+  }
+}
+
+/** An object the view's root named is gone: the writer elsewhere may have replaced that root. */
 function missingObject(err: unknown): boolean {
   return isVaultError(err, 'ERR_IO') && /is missing from the store/.test((err as Error).message);
 }
 
 export class LiveReadView implements Export {
   private engine: VolumeEngine;
-  private openedAt = performance.now();
+  private readonly volumeId: string;
+  /** what its clients were told: fixed per connection */
+  readonly size: number;
   private moving: Promise<void> | null = null;
   /** reads under way per engine: an engine the view left is closed when its count is 0 */
   private readonly busy = new Map<VolumeEngine, number>();
+  /** the engine each read's result came from (its memory goes back there: readDone) */
+  private readonly lenders = new WeakMap<Buffer, VolumeEngine>();
+  private readonly retired = new WeakSet<VolumeEngine>();
   private closed = false;
+  /** set once the volume changed under the view: its reads that miss fail at once with it */
+  private outdated: VolumeChanged | null = null;
 
   private constructor(
     first: VolumeEngine,
@@ -39,6 +53,8 @@ export class LiveReadView implements Export {
     private readonly logger: Logger,
   ) {
     this.engine = first;
+    this.volumeId = first.volumeId;
+    this.size = first.size;
   }
 
   /** `openEngine` opens a read-only engine on the volume's newest root. */
@@ -54,10 +70,6 @@ export class LiveReadView implements Export {
     return `${this.engine.description}, read-only`;
   }
 
-  get size(): number {
-    return this.engine.size;
-  }
-
   get caps() {
     return this.engine.caps; // a read-only engine's: READ_ONLY, no flush, trim or zeroes
   }
@@ -67,13 +79,31 @@ export class LiveReadView implements Export {
     return this.engine.currentSeq;
   }
 
-  /** A new connection: a view opened a while ago moves to the newest root first. */
-  async freshen(): Promise<void> {
-    if (performance.now() - this.openedAt >= VIEW_FRESH_MS) await this.moveOn(this.engine);
+  get isClosed(): boolean {
+    return this.closed;
   }
 
-  read(offset: number, length: number, opts?: ReadOptions): Promise<Buffer> {
-    return this.withEngine((e) => e.read(offset, length, opts));
+  /** A new connection: the view moves to a newer root, if the store has one (one read of the
+   *  root), so the client reads what was committed when it connected. Throws VolumeChanged when
+   *  that root is of another size or volume. */
+  async freshen(): Promise<void> {
+    if (this.outdated) throw this.outdated;
+    const e = this.engine;
+    if ((await e.storeRootSeq()) !== e.currentSeq) await this.moveOn(e);
+  }
+
+  async read(offset: number, length: number, opts?: ReadOptions): Promise<Buffer> {
+    return this.withEngine(async (e) => {
+      const data = await e.read(offset, length, opts);
+      this.lenders.set(data, e);
+      return data;
+    });
+  }
+
+  readDone(data: Buffer): void {
+    const e = this.lenders.get(data);
+    this.lenders.delete(data);
+    if (e && !this.retired.has(e)) e.readDone(data);
   }
 
   blockStatus(offset: number, length: number): Promise<Extent[]> {
@@ -113,27 +143,37 @@ export class LiveReadView implements Export {
     throw new VaultError('ERR_READ_ONLY', `export "${this.name}" is read-only`);
   }
 
-  /** Closes the engine it reads (and one it left whose reads are still under way, once they end). */
+  /** Closes the engine it reads (one it left closes when its last read ends). */
   async close(): Promise<void> {
     this.closed = true;
     await this.moving?.catch(() => {});
+    this.retired.add(this.engine);
     await this.engine.close();
   }
 
-  private async withEngine<T>(op: (e: VolumeEngine) => Promise<T>): Promise<T> {
-    for (let attempt = 1; ; attempt++) {
-      const e = this.engine;
-      this.busy.set(e, (this.busy.get(e) ?? 0) + 1);
+  /** `op` on the view's engine; again on a newer root when it found an object gone and the
+   *  store has a newer root (the same root missing an object is damage: the error stands). */
+  private async withEngine<T>(op: (e: VolumeEngine) => Promise<T>, movesLeft = MAX_MOVES_PER_READ): Promise<T> {
+    const e = this.engine;
+    this.busy.set(e, (this.busy.get(e) ?? 0) + 1);
+    try {
+      return await op(e);
+    } catch (err) {
+      if (this.closed || !missingObject(err) || movesLeft === 0) throw err;
+      if (this.outdated) throw this.outdated;
       try {
-        return await op(e);
-      } catch (err) {
-        if (attempt >= READ_ATTEMPTS || this.closed || !missingObject(err)) throw err;
-        this.logger.info({ volume: this.name, seq: e.currentSeq, err: describeError(err) }, 'read-only view: the writer elsewhere replaced the root it reads; moving to the newest');
+        // (the root gone too: the volume was deleted, as the move finds out)
+        if (this.engine === e && (await e.storeRootSeq().catch(() => -1)) === e.currentSeq) throw err;
+        this.logger.info({ volume: this.name, seq: e.currentSeq, err: describeError(err) }, 'read-only view: the writer replaced the root it reads; moving to the newest');
         await this.moveOn(e);
-      } finally {
-        this.settle(e);
+      } catch (moveErr) {
+        if (moveErr !== err && !(moveErr instanceof VolumeChanged)) this.logger.warn({ volume: this.name, err: describeError(moveErr) }, 'read-only view could not move to the newest root');
+        throw moveErr instanceof VolumeChanged ? moveErr : err;
       }
+    } finally {
+      this.settle(e);
     }
+    return this.withEngine(op, movesLeft - 1); // (a later miss needs a newer root again)
   }
 
   /** One move at a time; a caller that found `from` stale waits for the move past it. */
@@ -141,13 +181,20 @@ export class LiveReadView implements Export {
     if (this.engine !== from) return Promise.resolve();
     this.moving ??= (async () => {
       try {
-        const next = await this.openEngine();
-        if (this.closed) {
+        let next: VolumeEngine;
+        try {
+          next = await this.openEngine();
+        } catch (err) {
+          if (isVaultError(err, 'ERR_NOT_FOUND')) throw (this.outdated = new VolumeChanged(this.name, 'was deleted'));
+          throw err;
+        }
+        const changed = next.volumeId !== this.volumeId ? 'was deleted and made again' : next.size !== this.size ? `was resized (${this.size} to ${next.size} bytes)` : null;
+        if (changed || this.closed) {
           await next.close();
+          if (changed) throw (this.outdated = new VolumeChanged(this.name, changed));
           return;
         }
         this.engine = next;
-        this.openedAt = performance.now();
         if (!this.busy.has(from)) this.retire(from); // (else the last read on it does)
       } finally {
         this.moving = null;
@@ -168,6 +215,7 @@ export class LiveReadView implements Export {
   }
 
   private retire(e: VolumeEngine): void {
+    this.retired.add(e);
     void e.close().catch((err) => this.logger.warn({ volume: this.name, err: describeError(err) }, 'closing an engine a read-only view left failed'));
   }
 }

@@ -13,7 +13,7 @@ import type { EngineOptions, EngineStats, VolumeEngine } from '../volume/volume-
 import { type Vault } from '../volume/vault';
 import { splitExportName } from '../volume/volume-references';
 import type { SnapshotRecord } from '../volume/snapshot-record';
-import { LiveReadView } from './live-read-view';
+import { LiveReadView, VolumeChanged } from './live-read-view';
 
 /** how long a volume nobody uses stays open (its caches warm, its lease held) */
 export const DEFAULT_IDLE_CLOSE_MS = 60_000;
@@ -39,9 +39,10 @@ export class VaultExportProvider implements ExportProvider {
   private closing = false;
   /** volumes opened to be looked at (inspect), each with its read-only engine */
   private readonly inspecting = new Map<Export, VolumeEngine>();
-  /** volumes served to clients that may only read them, while none is written here
-   *  (live-read-view.ts), with their connection count */
-  private readonly readViews = new Map<string, { view: Promise<LiveReadView>; refs: number }>();
+  /** the view of each volume new clients that may only read it get (live-read-view.ts) */
+  private readonly readViews = new Map<string, Promise<LiveReadView>>();
+  /** every open view, with its connection count (a view replaced in readViews serves on) */
+  private readonly viewRefs = new Map<LiveReadView, number>();
 
   constructor(
     private readonly vault: Vault,
@@ -77,8 +78,8 @@ export class VaultExportProvider implements ExportProvider {
     if (this.closing) return null;
     const wanted = name === '' ? this.defaultName : name;
     if (purpose === 'inspect' && !this.engines.has(wanted)) return this.inspect(wanted);
-    // (no writer's lease for a reader: a writer on another server may hold it, or want it)
-    if (purpose === 'read' && splitExportName(wanted)[1] === null && !this.engines.has(wanted)) return this.openReadView(wanted);
+    // (no writer's lease for a reader, whoever writes the volume: here, or on another server)
+    if (purpose === 'read' && splitExportName(wanted)[1] === null) return this.openReadView(wanted);
     await this.closingIdle.get(wanted);
     let p = this.engines.get(wanted);
     const lost = await p?.then(async (e) => (e.leaseLost && !(await e.regainLease()) ? e : null), () => null);
@@ -183,35 +184,59 @@ export class VaultExportProvider implements ExportProvider {
     }
   }
 
-  /** The volume for a client that may only read it (live-read-view.ts): one view per volume,
-   *  shared by such clients, closed when the last one leaves. */
+  /** The volume for a client that may only read it (live-read-view.ts): one view per volume for
+   *  new clients, closed when its last client leaves; a new one once the volume changed size or
+   *  identity (its old clients keep theirs, and fail their reads). */
   private async openReadView(name: string): Promise<Export | null> {
-    let entry = this.readViews.get(name);
-    if (!entry) {
-      const view = LiveReadView.open(() => this.openWithoutLease(name), this.logger);
-      const created = { view, refs: 0 };
-      view.then(
+    let p = this.readViews.get(name);
+    if (!p) {
+      const opening = LiveReadView.open(() => this.openWithoutLease(name), this.logger);
+      opening.then(
         (v) => this.logger.info({ volume: name, seq: v.currentSeq }, 'volume opened read-only for readers'),
         () => {
-          if (this.readViews.get(name) === created) this.readViews.delete(name);
+          if (this.readViews.get(name) === opening) this.readViews.delete(name);
         },
       );
-      this.readViews.set(name, created);
-      entry = created;
+      this.readViews.set(name, opening);
+      p = opening;
     }
-    entry.refs++;
     let view: LiveReadView;
     try {
-      view = await entry.view;
+      view = await p;
     } catch (err) {
-      entry.refs--;
       if (isVaultError(err, 'ERR_NOT_FOUND')) return null;
       this.logger.error({ volume: name, err: describeError(err) }, 'cannot open volume');
       throw err;
     }
-    // a view opened a while ago: this client reads what was committed when it connected
-    await view.freshen().catch((err) => this.logger.warn({ volume: name, err: describeError(err) }, 'read-only view not moved to the newest root; it reads an older one'));
+    if (view.isClosed) {
+      // its last client left meanwhile
+      if (this.readViews.get(name) === p) this.readViews.delete(name);
+      return this.openReadView(name);
+    }
+    this.viewRefs.set(view, (this.viewRefs.get(view) ?? 0) + 1);
+    try {
+      // this client reads what was committed when it connected
+      await view.freshen();
+    } catch (err) {
+      if (!(err instanceof VolumeChanged)) {
+        this.logger.warn({ volume: name, err: describeError(err) }, 'read-only view not moved to a newer root; it reads an older one');
+        return view;
+      }
+      await this.releaseView(view);
+      if (this.readViews.get(name) === p) this.readViews.delete(name);
+      return this.openReadView(name);
+    }
     return view;
+  }
+
+  private async releaseView(view: LiveReadView): Promise<void> {
+    const refs = (this.viewRefs.get(view) ?? 1) - 1;
+    if (refs > 0) {
+      this.viewRefs.set(view, refs);
+      return;
+    }
+    this.viewRefs.delete(view);
+    await view.close();
   }
 
   /** Snapshot a served volume at one consistent point while its clients keep writing. */
@@ -260,12 +285,7 @@ export class VaultExportProvider implements ExportProvider {
       this.inspecting.delete(exp);
       return inspected.close();
     }
-    if (exp instanceof LiveReadView) {
-      const entry = this.readViews.get(exp.name);
-      if (!entry || --entry.refs > 0) return;
-      this.readViews.delete(exp.name);
-      return exp.close();
-    }
+    if (exp instanceof LiveReadView) return this.releaseView(exp);
     const refs = this.refs.get(exp.name);
     if (refs === undefined) return;
     if (refs > 1) {
@@ -329,10 +349,10 @@ export class VaultExportProvider implements ExportProvider {
       this.inspecting.delete(view);
       await engine.close().catch(() => {}); // read-only: nothing of it to store
     }
-    for (const [name, entry] of this.readViews) {
-      this.readViews.delete(name);
-      await (await entry.view.catch(() => null))?.close().catch(() => {}); // read-only: nothing to store
-    }
+    const views = await Promise.all([...this.readViews.values()].map((p) => p.catch(() => null)));
+    this.readViews.clear();
+    for (const view of new Set([...this.viewRefs.keys(), ...views])) await view?.close().catch(() => {}); // read-only: nothing to store
+    this.viewRefs.clear();
     for (const t of this.idleTimers.values()) clearTimeout(t);
     this.idleTimers.clear();
     await Promise.all(this.idleWork.values());

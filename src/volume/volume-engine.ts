@@ -195,6 +195,17 @@ export class VolumeEngine {
     return this.state.seq;
   }
 
+  /** The volume's id: a view that follows the volume's newest root checks it is still this one. */
+  get volumeId(): string {
+    return this.objects.volumeId;
+  }
+
+  /** The sequence number of the root in the store now (one read): whether a read-only engine
+   *  reads an older one. */
+  async storeRootSeq(): Promise<number> {
+    return (await this.objects.readRoot()).root.seq;
+  }
+
   get currentEpoch(): number {
     return this.state.epoch;
   }

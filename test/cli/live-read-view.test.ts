@@ -1,99 +1,160 @@
-// LiveReadView: a read that finds an object gone moves the view to the newest root and reads
-// again; an engine the view left is closed once no read is under way on it; other errors pass.
+// LiveReadView: a read that finds an object gone moves the view to the store's newer root and
+// reads again; the same root missing an object is damage; a volume resized or made again under
+// the name fails the read instead of answering from it; an engine the view left is closed once
+// no read is under way on it, and gets no memory back after.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { LiveReadView, VIEW_FRESH_MS } from '../../src/cli/live-read-view';
+import { LiveReadView, VolumeChanged } from '../../src/cli/live-read-view';
 import { VaultError } from '../../src/errors';
 import { createLogger } from '../../src/util/log';
 import type { VolumeEngine } from '../../src/volume/volume-engine';
 
 const logger = createLogger('silent');
+const MIB = 1 << 20;
 
-/** A stand-in engine: reads answer with `answer` (or what `next` says), close is counted. */
-function fakeEngine(seq: number, read: () => Promise<Buffer>) {
+/** The store's root now, as every fake engine sees it. */
+const store = { seq: 1 };
+
+interface Fake {
+  closes: number;
+  given: Buffer[];
+  readonly currentSeq: number;
+}
+
+/** A stand-in read-only engine on root `seq` of volume `id`. */
+function fakeEngine(seq: number, read: () => Promise<Buffer>, id = 'v1', size = 8 * MIB): Fake & VolumeEngine {
   const e = {
     name: 'vol',
     description: 'volume vol',
-    size: 1 << 20,
+    size,
+    volumeId: id,
     caps: { readOnly: true, canFlush: false, canFua: false, canTrim: false, canZero: false, canFastZero: false, canCache: true, canMultiConn: true },
     currentSeq: seq,
-    closed: 0,
+    closes: 0,
+    given: [] as Buffer[],
     read,
+    readDone(b: Buffer) {
+      e.given.push(b);
+    },
+    async storeRootSeq() {
+      return store.seq;
+    },
     async close() {
-      e.closed++;
+      e.closes++;
     },
   };
-  return e;
+  return e as unknown as Fake & VolumeEngine;
 }
 
 const missing = () => new VaultError('ERR_IO', 'chunk 0 of vol is missing from the store (object volumes/x/chunks/0)');
+const gone = async (): Promise<Buffer> => {
+  throw missing();
+};
 
-test('a read that finds an object gone moves to the newest root and reads again; the engine left is closed', async () => {
-  const old = fakeEngine(1, async () => {
-    throw missing();
-  });
+/** A view whose engines come from `engines`, in order; `opened()` counts the opens. */
+async function viewOf(engines: Array<Fake & VolumeEngine>) {
+  let n = 0;
+  const view = await LiveReadView.open(async () => {
+    if (n >= engines.length) throw new Error('no more engines');
+    return engines[n++];
+  }, logger);
+  return { view, opened: () => n };
+}
+
+test('a read that finds an object gone moves to the newer root and reads again; the engine left is closed', async () => {
+  store.seq = 1;
+  const old = fakeEngine(1, gone);
   const fresh = fakeEngine(2, async () => Buffer.from('new'));
-  const engines = [old, fresh];
-  let opened = 0;
-  const view = await LiveReadView.open(async () => engines[opened++] as unknown as VolumeEngine, logger);
-  assert.equal((await view.read(0, 3)).toString(), 'new');
-  assert.equal(opened, 2);
+  const { view, opened } = await viewOf([old, fresh]);
+  store.seq = 2; // the writer elsewhere committed, and deleted what root 1 named
+  const data = await view.read(0, 3);
+  assert.equal(data.toString(), 'new');
+  assert.equal(opened(), 2);
   assert.equal(view.currentSeq, 2);
-  assert.equal(old.closed, 1, 'the engine left behind is closed');
-  assert.equal(fresh.closed, 0);
+  assert.equal(old.closes, 1, 'the engine left behind is closed');
+  view.readDone(data);
+  assert.deepEqual(fresh.given, [data], 'the memory goes back to the engine that lent it');
   await view.close();
-  assert.equal(fresh.closed, 1);
+  assert.equal(fresh.closes, 1);
 });
 
-test('an engine the view left stays open while a read on it is under way', async () => {
+test('the same root missing an object is damage: the error stands, and the view does not reopen', async () => {
+  store.seq = 1;
+  const { view, opened } = await viewOf([fakeEngine(1, gone)]);
+  await assert.rejects(view.read(0, 3), /missing from the store/);
+  assert.equal(opened(), 1);
+  await view.close();
+});
+
+test('an engine the view left stays open while a read on it is under way, and gets no memory back after', async () => {
+  store.seq = 1;
   let finishSlow!: (b: Buffer) => void;
   let calls = 0;
-  const old = fakeEngine(1, () => {
-    calls++;
-    if (calls === 1) return new Promise<Buffer>((r) => (finishSlow = r)); // slow, still fine
-    return Promise.reject(missing());
-  });
+  const old = fakeEngine(1, () => (++calls === 1 ? new Promise<Buffer>((r) => (finishSlow = r)) : gone()));
   const fresh = fakeEngine(2, async () => Buffer.from('new'));
-  const engines = [old, fresh];
-  let opened = 0;
-  const view = await LiveReadView.open(async () => engines[opened++] as unknown as VolumeEngine, logger);
+  const { view } = await viewOf([old, fresh]);
   const slow = view.read(0, 3);
+  store.seq = 2;
   assert.equal((await view.read(0, 3)).toString(), 'new', 'the second read moved the view');
-  assert.equal(old.closed, 0, 'not closed under the slow read');
+  assert.equal(old.closes, 0, 'not closed under the slow read');
   finishSlow(Buffer.from('old'));
-  assert.equal((await slow).toString(), 'old');
-  assert.equal(old.closed, 1, 'closed once its last read ended');
+  const late = await slow;
+  assert.equal(late.toString(), 'old');
+  assert.equal(old.closes, 1, 'closed once its last read ended');
+  view.readDone(late);
+  assert.deepEqual(old.given, [], 'a closed engine is given no memory back');
   await view.close();
 });
 
-test('other errors pass through without a move; a root that keeps vanishing ends in the error', async () => {
-  const failing = fakeEngine(1, async () => {
-    throw new VaultError('ERR_AUTH_FAILED', 'chunk 0 failed authentication');
-  });
-  let opened = 0;
-  const view = await LiveReadView.open(async () => (opened++, failing as unknown as VolumeEngine), logger);
-  await assert.rejects(view.read(0, 3), /failed authentication/);
-  assert.equal(opened, 1, 'no move for damage');
+test('a volume resized, or deleted and made again under its name, fails the read; later misses fail at once; freshen says so', async () => {
+  for (const [next, said] of [
+    [fakeEngine(2, async () => Buffer.from('other volume'), 'v2'), /was deleted and made again since this read-only client connected: reconnect/],
+    [fakeEngine(2, async () => Buffer.from('smaller'), 'v1', 4 * MIB), /was resized \(8388608 to 4194304 bytes\)/],
+  ] as const) {
+    store.seq = 1;
+    const { view, opened } = await viewOf([fakeEngine(1, gone), next]);
+    store.seq = 2;
+    await assert.rejects(view.read(0, 3), (err: Error) => err instanceof VolumeChanged && said.test(err.message));
+    assert.equal(next.closes, 1, 'the engine of the changed volume is closed, not read');
+    await assert.rejects(view.read(0, 3), VolumeChanged);
+    assert.equal(opened(), 2, 'no further opens');
+    await assert.rejects(view.freshen(), VolumeChanged);
+    await view.close();
+  }
+});
 
-  const gone = () =>
+test('other errors pass through without a move; a root that keeps being replaced ends in the error', async () => {
+  store.seq = 1;
+  const { view, opened } = await viewOf([
     fakeEngine(1, async () => {
-      throw missing();
-    });
+      throw new VaultError('ERR_AUTH_FAILED', 'chunk 0 failed authentication');
+    }),
+  ]);
+  store.seq = 2;
+  await assert.rejects(view.read(0, 3), /failed authentication/);
+  assert.equal(opened(), 1, 'no move for damage');
+  await view.close();
+
+  store.seq = 10;
+  let seq = 0;
   let moves = 0;
-  const restless = await LiveReadView.open(async () => (moves++, gone() as unknown as VolumeEngine), logger);
+  const restless = await LiveReadView.open(async () => {
+    moves++;
+    return fakeEngine(++seq, gone); // every root is behind the store's
+  }, logger);
   await assert.rejects(restless.read(0, 3), /missing from the store/);
-  assert.equal(moves, 3, 'the first engine and two moves, then the error');
+  assert.equal(moves, 4, 'the first engine and three moves, then the error');
   await restless.close();
 });
 
-test('freshen moves a view older than VIEW_FRESH_MS to the newest root, and leaves a young one', async () => {
-  let opened = 0;
-  const view = await LiveReadView.open(async () => fakeEngine(++opened, async () => Buffer.alloc(0)) as unknown as VolumeEngine, logger);
+test('freshen (a new connection) moves the view only when the store has a newer root', async () => {
+  store.seq = 1;
+  const { view, opened } = await viewOf([fakeEngine(1, gone), fakeEngine(2, gone)]);
   await view.freshen();
-  assert.equal(opened, 1, 'young: not moved');
-  await new Promise((r) => setTimeout(r, VIEW_FRESH_MS + 50));
+  assert.equal(opened(), 1, 'no newer root: not moved');
+  store.seq = 2;
   await view.freshen();
-  assert.equal(opened, 2);
+  assert.equal(opened(), 2);
   assert.equal(view.currentSeq, 2);
   await view.close();
 });

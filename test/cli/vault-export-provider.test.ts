@@ -193,3 +193,54 @@ test('NBD_OPT_INFO on a volume another server writes answers at once, without it
   await p.release(seen);
   assert.equal(await p.open('nope', 'inspect'), null);
 });
+
+test('a client that may only read takes no lease, also beside an idle engine here; a volume resized or made again under it fails its reads, never answers from the other volume', async (t) => {
+  const f = await makeVault();
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('vol', 8 * MiB);
+  const p = new VaultExportProvider(f.vault, 'vol', {}, logger);
+  t.after(() => p.closeAll());
+  // a writer here came and went: its engine stays open, idle, for a reconnecting client
+  const rw = (await p.open('vol'))!;
+  const before = Buffer.alloc(8 * MiB, 0xaa);
+  await rw.write(0, before);
+  await rw.flush();
+  await p.release(rw);
+  const ro = (await p.open('vol', 'read'))!;
+  assert.notEqual(ro, rw, 'not the writable engine');
+  assert.equal(ro.caps.readOnly, true);
+  assert.ok((await ro.read(0, 4096)).equals(before.subarray(0, 4096)));
+  // the writer's engine closes (idle): another server now writes the volume, the reader stays
+  await p.closeAll().catch(() => {});
+  const p2 = new VaultExportProvider(f.vault, 'vol', {}, logger);
+  t.after(() => p2.closeAll());
+  const reader = (await p2.open('vol', 'read'))!;
+  const otherState = mkdtempSync(join(tmpdir(), 'nbd-vault-other-'));
+  t.after(() => rmSync(otherState, { recursive: true, force: true }));
+  const other = await f.reopen({ stateDir: otherState }); // "server B"
+  const writer = await other.openEngine('vol'); // the lease is free: the reader took none
+  await writer.write(0, Buffer.alloc(8 * MiB, 0xbb));
+  await writer.close();
+  const moved = await reader.read(0, 4096);
+  assert.ok(moved.equals(Buffer.alloc(4096, 0xaa)) || moved.equals(Buffer.alloc(4096, 0xbb)), 'one state of the volume');
+
+  // made again under its name: the reader's next read that misses fails, never reads the new one
+  await other.deleteVolume('vol');
+  await other.createVolume('vol', 8 * MiB);
+  const again = await other.openEngine('vol');
+  await again.write(0, Buffer.alloc(8 * MiB, 0xcc));
+  await again.close();
+  await assert.rejects(reader.read(4 * MiB, 4096), /was deleted and made again since this read-only client connected/);
+  // a new reader reads the new volume
+  const fresh = (await p2.open('vol', 'read'))!;
+  assert.notEqual(fresh, reader);
+  assert.ok((await fresh.read(4 * MiB, 4096)).equals(Buffer.alloc(4096, 0xcc)));
+
+  // shrunk under a reader: its read past the new end fails (before: the read path spun forever)
+  const shrink = await other.openEngine('vol');
+  await shrink.resize(4 * MiB);
+  await shrink.close();
+  await assert.rejects(fresh.read(6 * MiB, 4096), /was resized \(8388608 to 4194304 bytes\)/);
+  await p2.release(reader);
+  await p2.release(fresh);
+});
