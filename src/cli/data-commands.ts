@@ -244,7 +244,7 @@ export function registerDataCommands(program: Command): void {
   addSettings(
     program
       .command('diff <a> [b]')
-      .description('Changed byte ranges between VOL@A and VOL@B (or the live VOL), from the manifests alone')
+      .description('Changed byte ranges between VOL@A and VOL@B (or the live VOL), or between a clone\'s origin snapshot and the clone (or a snapshot of it), from the manifests alone')
       .option('--json', 'print JSON: {changedBytes, ranges: [{offset, length}]}')
       .option('--format <shape>', 'text (offset<TAB>length lines), json, or nbdinfo (the JSON `nbdinfo --map --json` prints for qemu:dirty-bitmap:A on B)', 'text'),
     VAULT_SETTINGS,
@@ -254,9 +254,14 @@ export function registerDataCommands(program: Command): void {
     await withVault(opts, async (ctx) => {
       const [volA] = splitExportName(a);
       const other = b ?? volA;
-      if (splitExportName(other)[0] !== volA) throw new VaultError('ERR_INVALID_ARGUMENT', 'diff compares two states of one volume');
       const A = await ctx.vault.loadManifestOf(a);
       const B = await ctx.vault.loadManifestOf(other);
+      // two states of one volume, or a clone's origin snapshot and a state of the clone (what
+      // the clone's qemu:dirty-bitmap:ORIGIN@SNAP context shows: they share the origin's chunks)
+      const fromOrigin = B.root.origin !== undefined && A.snapshotId !== undefined && B.root.origin.volumeId === A.objects.volumeId && B.root.origin.snapshotId === A.snapshotId;
+      if (splitExportName(other)[0] !== volA && !fromOrigin) {
+        throw new VaultError('ERR_INVALID_ARGUMENT', `diff compares two states of one volume, or a clone's origin snapshot with a state of the clone (${other} is no clone of ${a})`);
+      }
       // chunks with journal blocks (a live side) count as changed, as the dirty-bitmap contexts do
       const pending = new Map([...A.journalChunks, ...B.journalChunks].map((i) => [i, true] as const));
       if (format === 'nbdinfo') {

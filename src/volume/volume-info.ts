@@ -16,6 +16,8 @@ export interface LoadedManifest {
   readonly objects: VolumeObjects;
   /** chunks a live root's write journals hold blocks of (snapshots never name journals) */
   readonly journalChunks: Set<number>;
+  /** the snapshot's id, when `spec` named one */
+  readonly snapshotId?: string;
 }
 
 /**
@@ -29,15 +31,17 @@ export async function loadManifestOf(vault: Vault, spec: string, found?: VolumeM
   for (let attempt = 1; ; attempt++) {
     const { objects, root, snapshots } = await vault.loadVolume(volumeName, found);
     let r = root;
+    let snapshotId: string | undefined;
     if (snapName !== null) {
       const snap = snapshots.find((s) => s.name === snapName);
       if (!snap) throw new VaultError('ERR_NOT_FOUND', `volume "${volumeName}" has no snapshot named "${snapName}"`);
-      r = snapshotAsRoot(snap);
+      r = { ...snapshotAsRoot(snap), origin: root.origin }; // a clone's snapshot shares its origin
+      snapshotId = snap.id;
     }
     try {
       const journalChunks = new Set<number>();
       for (const ref of journalsOf(r)) for (const e of await objects.readJournalIndex(ref)) journalChunks.add(e.chunkIndex);
-      return { manifest: await VolumeEngine.loadManifest(objects, r), root: r, objects, journalChunks };
+      return { manifest: await VolumeEngine.loadManifest(objects, r), root: r, objects, journalChunks, snapshotId };
     } catch (err) {
       if (snapName !== null || attempt === LIVE_READ_ATTEMPTS || (await vault.rootSeqOf(volumeName)) === root.seq) throw err;
     }

@@ -140,6 +140,13 @@ test('qemu:dirty-bitmap and allocation-depth contexts through nbdinfo, qemu-img,
   assert.deepEqual(chunksOf(depth, 2), [1, 4, 5, 15]);
   const cloneDirty = JSON.parse((await runCommand('nbdinfo', ['--json', '--map=qemu:dirty-bitmap:vm@s2', srv.uri('vm-clone')])).stdout);
   assert.deepEqual(chunksOf(cloneDirty, 1), [0], 'a clone: changed since its origin snapshot');
+  // diff says the same for the clone and for a snapshot of it; another volume's snapshot is refused
+  assert.deepEqual(JSON.parse((await v.cli('diff', 'vm@s2', 'vm-clone', '--format', 'nbdinfo')).stdout), cloneDirty.map((e: Record<string, unknown>) => ({ offset: e.offset, length: e.length, type: e.type, description: e.description })));
+  await v.cli('snapshot', 'vm-clone', 'c1');
+  assert.deepEqual(JSON.parse((await v.cli('diff', 'vm@s2', 'vm-clone@c1', '--json')).stdout).ranges, [{ offset: 0, length: 4 * M }]);
+  const refused = await v.cliResult('diff', 'vm@s1', 'vm-clone');
+  assert.equal(refused.code, 2, refused.stderr);
+  assert.match(refused.stderr, /vm-clone is no clone of vm@s1/);
   assert.equal(await srv.stop(), 0);
 });
 
