@@ -89,6 +89,7 @@ export class LiveReadView implements Export {
   async freshen(): Promise<void> {
     if (this.outdated) throw this.outdated;
     const e = this.engine;
+    // (gone, or going: the move finds the volume of that name now, or none)
     if ((await e.storeRootSeq()) !== e.currentSeq) await this.moveOn(e);
   }
 
@@ -163,7 +164,7 @@ export class LiveReadView implements Export {
       if (this.outdated) throw this.outdated;
       try {
         // (the root gone too: the volume was deleted, as the move finds out)
-        if (this.engine === e && (await e.storeRootSeq().catch(() => -1)) === e.currentSeq) throw err;
+        if (this.engine === e && (await e.storeRootSeq().catch(() => null)) === e.currentSeq) throw err;
         this.logger.info({ volume: this.name, seq: e.currentSeq, err: describeError(err) }, 'read-only view: the writer replaced the root it reads; moving to the newest');
         await this.moveOn(e);
       } catch (moveErr) {

@@ -188,6 +188,7 @@ export class VaultExportProvider implements ExportProvider {
    *  new clients, closed when its last client leaves; a new one once the volume changed size or
    *  identity (its old clients keep theirs, and fail their reads). */
   private async openReadView(name: string): Promise<Export | null> {
+    if (this.closing) return null;
     let p = this.readViews.get(name);
     if (!p) {
       const opening = LiveReadView.open(() => this.openWithoutLease(name), this.logger);
@@ -219,7 +220,7 @@ export class VaultExportProvider implements ExportProvider {
       await view.freshen();
     } catch (err) {
       if (!(err instanceof VolumeChanged)) {
-        this.logger.warn({ volume: name, err: describeError(err) }, 'read-only view not moved to a newer root; it reads an older one');
+        this.logger.warn({ volume: name, err: describeError(err) }, 'read-only view could not look for a newer root: it reads the one it has');
         return view;
       }
       await this.releaseView(view);
@@ -236,6 +237,9 @@ export class VaultExportProvider implements ExportProvider {
       return;
     }
     this.viewRefs.delete(view);
+    // (new clients get a new view: the closed one must not keep its manifest for them)
+    const p = this.readViews.get(view.name);
+    if (p) void p.then((current) => current === view && this.readViews.get(view.name) === p && this.readViews.delete(view.name), () => {});
     await view.close();
   }
 

@@ -13,7 +13,7 @@
 //   volume-state.ts the state they share (manifest, overlay, dirty batches, epoch, seq)
 // FLUSH = a seal cycle of everything written before it, then a root naming it (durable).
 import { formatSize } from '../util/size';
-import { VaultError } from '../errors';
+import { VaultError, isVaultError } from '../errors';
 import type { Logger } from '../util/log';
 import type { MemoryBudget } from '../util/memory-budget';
 import { SealMemory } from './seal-memory';
@@ -200,10 +200,17 @@ export class VolumeEngine {
     return this.objects.volumeId;
   }
 
-  /** The sequence number of the root in the store now (one read): whether a read-only engine
-   *  reads an older one. */
-  async storeRootSeq(): Promise<number> {
-    return (await this.objects.readRoot()).root.seq;
+  /** The sequence number of the root in the store now, or null when the volume's metadata or
+   *  root is gone (deleted, or being deleted): whether a read-only engine reads an older root,
+   *  or a volume no longer there. */
+  async storeRootSeq(): Promise<number | null> {
+    if (!(await this.objects.metaExists())) return null;
+    try {
+      return (await this.objects.readRoot()).root.seq;
+    } catch (err) {
+      if (isVaultError(err, 'ERR_IO') && /is missing from the store/.test((err as Error).message)) return null;
+      throw err;
+    }
   }
 
   get currentEpoch(): number {

@@ -224,17 +224,19 @@ test('a client that may only read takes no lease, also beside an idle engine her
   const moved = await reader.read(0, 4096);
   assert.ok(moved.equals(Buffer.alloc(4096, 0xaa)) || moved.equals(Buffer.alloc(4096, 0xbb)), 'one state of the volume');
 
-  // made again under its name: the reader's next read that misses fails, never reads the new one
+  // deleted: a new reader finds no volume (not the old one's view, nor its cached data)
   await other.deleteVolume('vol');
+  assert.equal(await p2.open('vol', 'read'), null, 'a deleted volume is no export');
+  // made again under its name: a new reader reads the new volume; the old reader's next read that
+  // misses fails, never reads the new one
   await other.createVolume('vol', 8 * MiB);
   const again = await other.openEngine('vol');
   await again.write(0, Buffer.alloc(8 * MiB, 0xcc));
   await again.close();
-  await assert.rejects(reader.read(4 * MiB, 4096), /was deleted and made again since this read-only client connected/);
-  // a new reader reads the new volume
   const fresh = (await p2.open('vol', 'read'))!;
   assert.notEqual(fresh, reader);
-  assert.ok((await fresh.read(4 * MiB, 4096)).equals(Buffer.alloc(4096, 0xcc)));
+  assert.ok((await fresh.read(0, 4096)).equals(Buffer.alloc(4096, 0xcc)), 'the new volume, not the cached old one');
+  await assert.rejects(reader.read(4 * MiB, 4096), /was deleted( and made again)? since this read-only client connected/);
 
   // shrunk under a reader: its read past the new end fails (before: the read path spun forever)
   const shrink = await other.openEngine('vol');
