@@ -44,6 +44,10 @@ export function registerKeysCommands(program: Command): void {
     .action(async (opts: { keys?: string; remove?: boolean }) => {
       const dir = resolveKeysDir(opts.keys);
       const current = await describeMasterKey(dir);
+      if (opts.remove && !current.passphraseProtected) {
+        process.stdout.write(`master key ${current.keyId} at ${current.path} has no passphrase: nothing to remove\n`);
+        return;
+      }
       const oldPassphrase = current.passphraseProtected
         ? await readPassphrase({ envVar: PASSPHRASE_ENV, prompt: 'Current passphrase: ' })
         : undefined;

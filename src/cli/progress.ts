@@ -12,7 +12,7 @@ export class Progress {
 
   constructor(label: string, total: number, private readonly unit: 'bytes' | 'objects' = 'bytes', stream: NodeJS.WriteStream = process.stderr) {
     this.total = total;
-    const tty = Boolean(stream.isTTY) && process.env.NBD_VAULT_NO_PROGRESS === undefined;
+    const tty = Boolean(stream.isTTY) && !progressTurnedOff(process.env.NBD_VAULT_NO_PROGRESS);
     this.bar = tty
       ? new SingleBar({
           stream,
@@ -53,4 +53,9 @@ export class Progress {
     const secs = Math.max(0.001, (Date.now() - this.started) / 1000);
     return this.unit === 'bytes' ? `${formatSize(done / secs)}/s` : `${Math.round(done / secs)}/s`;
   }
+}
+
+/** NBD_VAULT_NO_PROGRESS set to anything but "", 0, false or no. */
+export function progressTurnedOff(value: string | undefined): boolean {
+  return value !== undefined && !['', '0', 'false', 'no'].includes(value.trim().toLowerCase());
 }

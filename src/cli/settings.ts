@@ -10,7 +10,7 @@ import { VaultError } from '../errors';
 import { parseSize } from '../util/size';
 
 /** int: a whole number; count: a whole number of at least 1 (a concurrency, a thread count) */
-type Kind = 'string' | 'size' | 'int' | 'count' | 'bool';
+type Kind = 'string' | 'size' | 'int' | 'signed' | 'count' | 'bool';
 
 interface SettingSpec {
   readonly flag: string;
@@ -43,7 +43,7 @@ export const SETTINGS = {
   memoryLimit: { flag: '--memory-limit <size>', kind: 'size', help: 'memory for the process (vault serving): up to a quarter (at most 512M) left to the runtime, a sixteenth held for sealing, the rest for the read caches, dirty data and in-flight NBD requests of all volumes and connections together (full: clients wait, never fail); --memory exports: their in-flight requests', def: '1G' },
   uploadConcurrency: { flag: '--upload-concurrency <n>', kind: 'count', help: 'parallel chunk uploads per volume', def: 16 },
   workers: { flag: '--workers <n>', kind: 'count', help: 'compression/encryption worker threads', def: availableParallelism() },
-  zstdLevel: { flag: '--zstd-level <n>', kind: 'int', help: 'zstd compression level (poorly compressible frames: the fastest level, or stored uncompressed when a sample shows they would not shrink by 1/8)', def: 3 },
+  zstdLevel: { flag: '--zstd-level <n>', kind: 'signed', help: 'zstd compression level (poorly compressible frames: the fastest level, or stored uncompressed when a sample shows they would not shrink by 1/8)', def: 3 },
   leaseTtl: { flag: '--lease-ttl <seconds>', kind: 'int', help: "a dead writer's volumes are taken over once its heartbeat stood still this long (heartbeat every ttl/2, at most every 5 s)", def: 10 },
   acceptRollback: { flag: '--accept-rollback', kind: 'bool', help: 'open a volume whose root is older than this machine has seen', def: false },
   snapshotEvery: { flag: '--snapshot-every <duration>', kind: 'string', help: 'snapshot the volumes this server writes on a schedule, e.g. 1h, 30m, 1d', def: undefined },
@@ -172,6 +172,12 @@ function coerce(kind: Kind, raw: unknown, from: string): string | number | boole
       if (raw === '1' || raw === 'true' || raw === 'yes') return true;
       if (raw === '0' || raw === 'false' || raw === 'no') return false;
       throw bad(`expected true or false, got ${JSON.stringify(raw)}`);
+    case 'signed': {
+      // (zstd's fast levels are negative: the codec checks the range)
+      const v = typeof raw === 'number' ? raw : /^-?\d+$/.test(String(raw)) ? Number(raw) : NaN;
+      if (!Number.isSafeInteger(v)) throw bad(`expected a whole number, got ${JSON.stringify(raw)}`);
+      return v;
+    }
     case 'int':
     case 'count': {
       const v = typeof raw === 'number' ? raw : /^\d+$/.test(String(raw)) ? Number(raw) : NaN;

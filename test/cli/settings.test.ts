@@ -56,8 +56,20 @@ test('sizes: parse binary units, print the largest unit that fits', async () => 
   assert.equal(parseSize('10G'), 10 * 2 ** 30);
   assert.equal(parseSize('1TiB'), 2 ** 40);
   assert.throws(() => parseSize('ten'), (e: VaultError) => e.code === 'ERR_INVALID_ARGUMENT');
+  assert.equal(parseSize('10B'), 10);
+  assert.equal(parseSize('2kib'), 2048);
+  for (const bad of ['10ib', '10i', '10BB', '5MiBB', '-1', '1.5G']) assert.throws(() => parseSize(bad), (e: VaultError) => e.code === 'ERR_INVALID_ARGUMENT', bad);
   assert.throws(() => parseSize('99999999P'), (e: VaultError) => e.code === 'ERR_INVALID_ARGUMENT');
   assert.equal(formatSize(2 ** 30), '1 GiB');
   assert.equal(formatSize(50_000_000), '47.7 MiB');
   assert.equal(formatSize(0), '0 B');
+});
+
+test('zstd level: negative (fast) levels are whole numbers too; progress: NBD_VAULT_NO_PROGRESS=0 does not turn it off', async () => {
+  assert.equal(resolveSettings({ zstdLevel: '-5' }, ['zstdLevel'], {}).zstdLevel, -5);
+  assert.equal(resolveSettings({}, ['zstdLevel'], { NBD_VAULT_ZSTD_LEVEL: '-1' }).zstdLevel, -1);
+  assert.throws(() => resolveSettings({ zstdLevel: '-x' }, ['zstdLevel'], {}), /expected a whole number/);
+  const { progressTurnedOff } = await import('../../src/cli/progress');
+  for (const off of ['1', 'yes', 'true', 'anything']) assert.equal(progressTurnedOff(off), true, off);
+  for (const on of [undefined, '', '0', 'false', 'no', ' NO ']) assert.equal(progressTurnedOff(on), false, String(on));
 });

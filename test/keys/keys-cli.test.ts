@@ -64,6 +64,9 @@ test('keys init, passwd and their errors', (t) => {
   const remove = run(['keys', 'passwd', '--keys', dir, '--remove'], { NBD_VAULT_PASSPHRASE: NEW });
   assert.equal(remove.status, 0, remove.output);
   assert.equal(JSON.parse(readFileSync(file, 'utf8')).key, keyHex, 'the master key is unchanged');
+  const removeAgain = run(['keys', 'passwd', '--keys', dir, '--remove']);
+  assert.equal(removeAgain.status, 0, removeAgain.output);
+  assert.match(removeAgain.output, /has no passphrase: nothing to remove/, 'not "passphrase removed" for a key that had none');
 
   const withPass = run(['keys', 'init', '--keys', path.join(root, 'k2'), '--passphrase'], { NBD_VAULT_PASSPHRASE: OLD });
   assert.equal(withPass.status, 0, withPass.output);
