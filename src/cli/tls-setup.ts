@@ -3,11 +3,15 @@
 // told to (--insecure-no-tls), and refuses combinations that would not do what they say (an
 // access section nobody can be identified for).
 import { statSync } from 'node:fs';
+import { join } from 'node:path';
 import { VaultError } from '../errors';
 import { loadTlsConfig, type ExportAccessPolicy, type TlsServerConfig } from '../nbd';
 import type { Logger } from '../util/log';
 import { ConfigAccessPolicy } from './access-policy';
 import { readConfigSection, type Settings } from './settings';
+
+/** how long before its end a server certificate's expiry is worth a warning */
+const CERTIFICATE_EXPIRY_WARNING_MS = 14 * 24 * 3600_000;
 
 export interface ServerSecurity {
   readonly tls?: TlsServerConfig;
@@ -64,7 +68,20 @@ export function resolveServerSecurity(s: TlsSettings, listen: { host: string; po
     access = policy;
   }
   if (s.tlsPsk) warnIfOthersCanRead(s.tlsPsk, logger);
+  const certWarning = tls.certificateValidity && certificateWarning(tls.certificateValidity, new Date());
+  if (certWarning) logger.warn({ certificate: join(s.tlsCertificates!, 'server-cert.pem'), validFrom: tls.certificateValidity!.from.toISOString(), validTo: tls.certificateValidity!.to.toISOString() }, certWarning);
   if (mode === 'on' && listen && !isLoopbackHost(listen.host)) logger.warn({ host: listen.host, port: listen.port }, '--tls on also serves plaintext clients on a non-loopback address; --tls require refuses them');
   logger.info({ tls: mode, kind: tls.pskKeys ? 'psk' : 'x509', identities: tls.pskKeys?.size, verifyPeer: tls.verifyPeer === true, accessControl: access !== undefined }, 'TLS enabled');
   return { tls, access };
+}
+
+/** What is wrong with a server certificate valid `validity` at `now`: expired, not valid yet, or
+ *  ending within 14 days; null when nothing is. Clients refuse one outside its period, and the
+ *  server starts anyway (a renewed one is loaded by a SIGHUP): the log must say it. */
+export function certificateWarning(validity: { readonly from: Date; readonly to: Date }, now: Date): string | null {
+  const t = now.getTime();
+  if (t > validity.to.getTime()) return 'the server certificate has expired: clients that check it (qemu, libnbd) refuse to connect';
+  if (t < validity.from.getTime()) return 'the server certificate is not valid yet (is the clock right?): clients that check it refuse to connect';
+  if (validity.to.getTime() - t < CERTIFICATE_EXPIRY_WARNING_MS) return 'the server certificate expires within 14 days: renew it (a SIGHUP reloads it)';
+  return null;
 }

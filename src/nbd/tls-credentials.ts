@@ -57,7 +57,14 @@ export function loadTlsConfig(o: TlsCredentialOptions): TlsServerConfig {
     // OpenSSL's reason only ("key values mismatch", "bad end line"): never the PEM text
     throw bad(`bad certificate or key in ${dir}: ${(err as Error).message.split('\n')[0].slice(0, 200)}`);
   }
-  return { mode: o.mode, secureContext, verifyPeer: o.verifyPeer === true };
+  let certificateValidity: TlsServerConfig['certificateValidity'];
+  try {
+    const c = new X509Certificate(cert);
+    certificateValidity = { from: new Date(c.validFrom), to: new Date(c.validTo) };
+  } catch {
+    // (OpenSSL took it above: a form X509Certificate does not parse; its dates go unchecked)
+  }
+  return { mode: o.mode, secureContext, verifyPeer: o.verifyPeer === true, certificateValidity };
 }
 
 /** `identity:hexkey` lines (blank lines and # comments allowed); identities must be unique. */

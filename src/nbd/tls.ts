@@ -21,6 +21,8 @@ export interface TlsServerConfig {
   readonly pskKeys?: ReadonlyMap<string, Buffer>;
   /** X.509 mode: ask for a client certificate and refuse one the CA did not sign. */
   readonly verifyPeer?: boolean;
+  /** X.509 mode: the server certificate's validity period (clients refuse it outside). */
+  readonly certificateValidity?: { readonly from: Date; readonly to: Date };
 }
 
 export interface TlsUpgrade {

@@ -6,11 +6,11 @@ import assert from 'node:assert/strict';
 import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parsePskFile } from '../../src/nbd/tls-credentials';
+import { loadTlsConfig, parsePskFile } from '../../src/nbd/tls-credentials';
 import { Admission, type Admitted } from '../../src/nbd/admission';
 import { RateLimitedLog } from '../../src/nbd/rate-limited-log';
 import { ConfigAccessPolicy } from '../../src/cli/access-policy';
-import { isLoopbackHost, resolveServerSecurity } from '../../src/cli/tls-setup';
+import { certificateWarning, isLoopbackHost, resolveServerSecurity } from '../../src/cli/tls-setup';
 import { createLogger, type Logger } from '../../src/util/log';
 import { VaultError } from '../../src/errors';
 import { startNbdServerProcess } from '../helpers/nbd-server';
@@ -180,5 +180,28 @@ test('serve on an address it cannot take says which one and why', async () => {
     );
   } finally {
     assert.equal(await first.stop(), 0);
+  }
+});
+
+test('a server certificate that expired, is not valid yet or ends within 14 days is named in a warning', () => {
+  const day = 24 * 3600_000;
+  const now = new Date('2026-12-06T12:00:00Z');
+  const period = (fromDays: number, toDays: number) => ({ from: new Date(now.getTime() + fromDays * day), to: new Date(now.getTime() + toDays * day) });
+  assert.match(certificateWarning(period(-400, -1), now)!, /has expired/);
+  assert.match(certificateWarning(period(2, 400), now)!, /not valid yet/);
+  assert.match(certificateWarning(period(-10, 13), now)!, /expires within 14 days/);
+  assert.equal(certificateWarning(period(-10, 15), now), null);
+});
+
+test('the validity of a loaded X.509 server certificate is read (the fixtures: valid for 2 days from now)', () => {
+  const fx = makeTlsFixtures();
+  try {
+    const config = loadTlsConfig({ mode: 'require', certificatesDir: fx.serverCertDir });
+    assert.ok(config.certificateValidity, 'read');
+    assert.ok(config.certificateValidity!.from.getTime() <= Date.now() && Date.now() < config.certificateValidity!.to.getTime());
+    assert.match(certificateWarning(config.certificateValidity!, new Date())!, /expires within 14 days/);
+    assert.match(certificateWarning(config.certificateValidity!, new Date(config.certificateValidity!.to.getTime() + 1000))!, /has expired/);
+  } finally {
+    rmSync(fx.dir, { recursive: true, force: true });
   }
 });
