@@ -11,7 +11,7 @@ import type { MetricsSink } from '../util/metrics';
 import { MemoryBudget } from '../util/memory-budget';
 import type { ExportProvider } from '../nbd/export';
 import { MemoryExportProvider, parseMemoryExportSpec, type MemoryExportSpec } from '../nbd/memory-export';
-import { addSettings, resolveSettings, SERVE_VAULT_SETTINGS, TLS_SETTINGS } from './settings';
+import { addSettings, resolveSettings, SERVE_VAULT_SETTINGS, SETTINGS, TLS_SETTINGS } from './settings';
 import { resolveServerSecurity, securitySummary, type ServerSecurity } from './tls-setup';
 
 export interface ServeOptions {
@@ -152,7 +152,13 @@ export function registerServeCommand(program: Command): void {
       const { serveVault } = await import('./serve-vault'); // (serve-vault imports runServer from here)
       return serveVault(o, o.handshakeTimeout * 1000);
     }
-    const s = resolveSettings(o, ['listen', 'socket', 'maxConnections', 'logLevel', 'logFormat', 'metrics', 'memoryLimit', ...TLS_SETTINGS] as const);
+    const used = ['listen', 'socket', 'maxConnections', 'logLevel', 'logFormat', 'metrics', 'memoryLimit', ...TLS_SETTINGS] as const;
+    // a vault flag beside --memory would be silently ignored: the user meant one or the other
+    const vaultOnly = SERVE_VAULT_SETTINGS.filter((n) => !(used as readonly string[]).includes(n) && o[n] !== undefined);
+    if (vaultOnly.length > 0) {
+      throw new VaultError('ERR_INVALID_ARGUMENT', `--memory serves in-memory exports, not a vault: ${vaultOnly.map((n) => SETTINGS[n].flag.split(' ')[0]).join(', ')} ${vaultOnly.length > 1 ? 'do' : 'does'} not apply (drop --memory to serve the vault)`);
+    }
+    const s = resolveSettings(o, used);
     const logger = createLogger(s.logLevel, parseLogFormat(s.logFormat));
     setLogger(logger);
     guardSighup();

@@ -422,3 +422,11 @@ test('export of a volume a server elsewhere writes (another state directory): it
   const here = await v.cliResult('export', 'live', join(v.dir, 'here.img'));
   assert.doesNotMatch(here.stderr, /a server elsewhere/);
 });
+
+test('serve --memory refuses vault flags beside it (they were silently ignored)', async (t) => {
+  const v = await makeTestVault();
+  t.after(() => v.cleanup());
+  const r = await v.cliResult('serve', '--memory', 'm=1M', '--listen', '127.0.0.1:0', '--store', join(v.dir, 'elsewhere'), '--default-volume', 'x');
+  assert.equal(r.code, 2, r.stderr);
+  assert.match(r.stderr, /--memory serves in-memory exports, not a vault: --store, --default-volume do not apply/);
+});
