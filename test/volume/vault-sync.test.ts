@@ -317,25 +317,26 @@ test('a replica follows a master key rotation of its source: after the next sync
   assert.equal(again.copied, 0, 'nothing more to copy');
 });
 
+/** A new volume `name` holding `data` at 0, snapshotted as s1. */
+async function withSnapshot(vault: Vault, name: string, data: Buffer): Promise<void> {
+  await vault.createVolume(name, SIZE);
+  const e = await vault.openEngine(name, { autoCommitMs: 0 });
+  await e.write(0, data);
+  await e.snapshot('s1');
+  await e.close();
+}
+
 test('the first sync after a rotation checks the replica for names taken twice (it follows the rotation first); a replica it cannot list gets no snapshot', async (t) => {
   const w = await world(t);
   const { vault } = w.f;
-  await vault.createVolume('vol', SIZE);
-  const e = await vault.openEngine('vol', { autoCommitMs: 0 });
-  await e.write(0, randomBytes(CHUNK_SIZE));
-  await e.snapshot('s1');
-  await e.close();
+  await withSnapshot(vault, 'vol', randomBytes(CHUNK_SIZE));
   await w.sync();
   const next = new SecretKey(randomBytes(32), 'master');
   const target = { store: w.f.store, codec: createInlineCodec(), vaultId: vault.vaultId, logger };
   await rewrapVolumeKeys(target, w.f.master, next);
   await rewriteKeyCheck(target, w.f.master, next);
   const rotated = await Vault.open(w.f.store, next, createInlineCodec(), { stateDir: mkdtempSync(join(w.dir, 'rotated-state-')), logger });
-  await rotated.createVolume('late', SIZE);
-  const late = await rotated.openEngine('late', { autoCommitMs: 0 });
-  await late.write(0, randomBytes(4096));
-  await late.snapshot('s1');
-  await late.close();
+  await withSnapshot(rotated, 'late', randomBytes(4096));
   // the replica as only the new key opens it: before, it could not be listed (the replica's key
   // check still named the old key), and the run copied 'late' unchecked
   let listed = 0;
@@ -349,11 +350,7 @@ test('the first sync after a rotation checks the replica for names taken twice (
   assert.ok(r.snapshots.some((x) => x.export === 'late@s1' && x.status === 'copied'), JSON.stringify(r.snapshots));
 
   // a replica that cannot be listed: no new volume is copied unchecked
-  await rotated.createVolume('later', SIZE);
-  const later = await rotated.openEngine('later', { autoCommitMs: 0 });
-  await later.write(0, randomBytes(4096));
-  await later.snapshot('s1');
-  await later.close();
+  await withSnapshot(rotated, 'later', randomBytes(4096));
   const broken = async (): Promise<Vault> => {
     throw new VaultError('ERR_STORE_TRANSIENT', 'the replica store does not answer');
   };
