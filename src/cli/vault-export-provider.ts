@@ -191,7 +191,7 @@ export class VaultExportProvider implements ExportProvider {
     if (this.closing) return null;
     let p = this.readViews.get(name);
     if (!p) {
-      const opening = LiveReadView.open(() => this.openWithoutLease(name), this.logger);
+      const opening = LiveReadView.open(() => this.openWithoutLease(name, { followsWriter: true }), this.logger);
       opening.then(
         (v) => this.logger.info({ volume: name, seq: v.currentSeq }, 'volume opened read-only for readers'),
         () => {

@@ -5,7 +5,7 @@
 // object id and frame: objects never change, so a cached frame is never stale), and concurrent
 // misses of one frame share one fetch. Not here: writing (write-path.ts), sealing (sealer.ts).
 import { LRUCache } from 'lru-cache';
-import { VaultError, describeError } from '../errors';
+import { VaultError, describeError, isVaultError } from '../errors';
 import type { Logger } from '../util/log';
 import { CHUNK_SIZE, chunkCount, splitRange, type ChunkSpan } from './chunk-math';
 import type { Entry } from './manifest';
@@ -66,6 +66,8 @@ export class ReadPath {
     readonly frames: ReadCache,
     private readonly readaheadChunks: number,
     private readonly logger: Logger,
+    /** EngineOptions.followsWriter: a missing object is routine (debug), not an error */
+    private readonly followsWriter = false,
   ) {
     this.fetchSlots = new FetchLimiter(FETCHES_IN_FLIGHT);
     this.buffers = new ReadBuffers((key, buf) => frames.holds(key, buf), frames.budget);
@@ -345,7 +347,7 @@ export class ReadPath {
     if (memo) return Promise.resolve(memo);
     const fetched = this.singleFlight(key, requester, () => this.objects.readJournalFrame(journal.ref, f), (err) => {
       // (compaction's reads fail together in an outage, one line per frame: its own failure line says it)
-      if (keep !== false) this.logger.error({ volume: this.name, journal: journal.ref.id, frame: f, err: describeError(err) }, 'journal read failed');
+      if (keep !== false) this.logger[this.routine(err) ? 'debug' : 'error']({ volume: this.name, journal: journal.ref.id, frame: f, err: describeError(err) }, 'journal read failed');
       return new VaultError('ERR_IO', `volume "${this.name}": cannot read journal ${journal.ref.id} frame ${f}: ${describeError(err)}`, { cause: err });
     }, false, keep);
     if (!keep) fetched.then((frame) => this.foldMemo.set(key, frame), () => {}); // the caller sees the error
@@ -377,9 +379,14 @@ export class ReadPath {
     return p;
   }
 
+  /** An object gone under a read-only view of a root another writer replaces: no error to log. */
+  private routine(err: unknown): boolean {
+    return this.followsWriter && isVaultError(err, 'ERR_IO') && /is missing from the store/.test((err as Error).message);
+  }
+
   private readError(i: number, err: unknown, inChunk = 0): VaultError {
     const offset = i * CHUNK_SIZE + inChunk;
-    this.logger.error({ volume: this.name, chunk: i, offset, err: describeError(err) }, 'chunk read failed');
+    this.logger[this.routine(err) ? 'debug' : 'error']({ volume: this.name, chunk: i, offset, err: describeError(err) }, 'chunk read failed');
     return new VaultError('ERR_IO', `volume "${this.name}": cannot read chunk ${i} (byte offset ${offset}): ${describeError(err)}`, { cause: err });
   }
 

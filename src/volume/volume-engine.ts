@@ -44,6 +44,9 @@ export interface EngineOptions {
   readonly autoCommitMs: number;
   readonly readaheadChunks: number;
   readonly readOnly: boolean;
+  /** a read-only engine on a root another writer replaces (a read-only view): an object gone
+   *  is routine there (the view moves to the newer root), logged at debug, not as an error */
+  readonly followsWriter?: boolean;
   /** called after every durable root, e.g. to record the sequence in local state */
   readonly onRootCommitted?: (seq: number) => Promise<void>;
   /** the writer's lease (writable engines): writes stop if it is lost; released on close */
@@ -115,7 +118,7 @@ export class VolumeEngine {
     if (root.chunkSize !== CHUNK_SIZE) throw new VaultError('ERR_CORRUPT', `volume "${name}" uses chunk size ${root.chunkSize}, this build supports ${CHUNK_SIZE}`);
     const state = new VolumeState(manifest, root, rootEtag);
     this.state = state;
-    this.reads = new ReadPath(name, state, objects, new ReadCache(opts.readCacheBytes, opts.memoryBudget), opts.readaheadChunks, logger);
+    this.reads = new ReadPath(name, state, objects, new ReadCache(opts.readCacheBytes, opts.memoryBudget), opts.readaheadChunks, logger, opts.followsWriter === true);
     this.writes = new WritePath(state, this.reads, opts.dirtyLimitBytes, () => this.writeBack.sealSome(), opts.memoryBudget);
     const sealMemory = opts.sealMemory ?? new SealMemory(3 * opts.uploadConcurrency * CHUNK_SIZE);
     this.sealer = new Sealer(name, state, objects, this.reads, opts.uploadConcurrency, () => this.writes.roomFreed(), logger, sealMemory, () => this.writeBack.sealSome());
