@@ -113,6 +113,8 @@ export class VaultLifecycle {
     // deletion mark (each writes before it reads).
     try {
       await this.assertClonable(objects, snap, source);
+      // (a create or clone of this name racing ours: see VolumeMetadata.nameTakenBesides)
+      if (await this.vault.nameTakenBesides(newName, id)) throw new VaultError('ERR_EXISTS', `a volume named "${newName}" was created elsewhere at the same moment; this clone was withdrawn (try again, or pick another name)`);
     } catch (err) {
       await this.eraseVolume(newName, { id, name: newName, createdAt });
       throw err;

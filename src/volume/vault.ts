@@ -22,7 +22,7 @@ import { InFlight } from '../util/in-flight';
 import { CHUNK_SIZE, checkVolumeSize } from './chunk-math';
 import { LocalState } from './local-state';
 import { PAGE_ENTRIES } from './manifest';
-import { VAULT_KEY, metaKey } from './object-keys';
+import { VAULT_KEY, metaKey, rootKey } from './object-keys';
 import type { VolumeLease } from './volume-lease';
 import { ROOT_FORMAT, type RootRecord } from './root-record';
 import { VolumeEngine, DEFAULT_ENGINE_OPTIONS, type EngineOptions } from './volume-engine';
@@ -195,6 +195,11 @@ export class Vault {
     return this.metadata.find(name);
   }
 
+  /** Another volume than `id` is called `name` (VolumeMetadata.nameTakenBesides). */
+  nameTakenBesides(name: string, id: string): Promise<boolean> {
+    return this.metadata.nameTakenBesides(name, id);
+  }
+
   private readMeta(volumeId: string): Promise<VolumeMeta & { key: SecretKey }> {
     return this.metadata.read(volumeId);
   }
@@ -223,6 +228,11 @@ export class Vault {
     // unreferenced root for gc, not a volume without a root that every listing fails on.
     await objects.writeRoot(root, null);
     await this.store.put(metaKey(id), await this.metadata.encode(id, key, { name, createdAt }), create);
+    if (await this.metadata.nameTakenBesides(name, id)) {
+      await this.store.delete(metaKey(id));
+      await this.store.delete(rootKey(id));
+      throw new VaultError('ERR_EXISTS', `a volume named "${name}" was created elsewhere at the same moment; this create was withdrawn (try again, or pick another name)`);
+    }
     await this.state.recordSeq(id, 1);
     this.opts.logger.info({ volume: name, volumeId: id, size }, 'volume created');
     return { id, name, createdAt };

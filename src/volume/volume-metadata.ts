@@ -119,6 +119,16 @@ export class VolumeMetadata {
     return metas.sort((a, b) => a.name.localeCompare(b.name));
   }
 
+  /**
+   * After a create or clone put its metadata: whether another volume has that name now (a
+   * create of it racing ours, elsewhere). The caller then withdraws its own. Each side writes
+   * its metadata before it lists, so of two racing creates at least one sees the other: both
+   * may withdraw, never both stay.
+   */
+  async nameTakenBesides(name: string, id: string): Promise<boolean> {
+    return (await this.list()).some((v) => v.name === name && v.id !== id);
+  }
+
   /** The volume called `name`. Two volumes of one name (two creates racing) are refused by name:
    *  acting on either could be the wrong one. */
   async find(name: string): Promise<VolumeMeta> {

@@ -94,11 +94,16 @@ test('two volumes of one name (created at once on two machines): the export list
   t.after(() => f.cleanup());
   await f.vault.createVolume('other', 4 * 2 ** 20);
   await f.vault.createVolume('dup', 4 * 2 ** 20);
-  // the second machine's name check ran before the first one's create landed
+  // the second machine's name check ran before the first one's create landed, and it was killed
+  // before its look after the create (or it ran a build from before that look)
   const list = f.vault.listVolumes.bind(f.vault);
+  const metadata = (f.vault as any).metadata;
+  const taken = metadata.nameTakenBesides.bind(metadata);
   (f.vault as any).listVolumes = async () => [];
+  metadata.nameTakenBesides = async () => false;
   await f.vault.createVolume('dup', 8 * 2 ** 20);
   (f.vault as any).listVolumes = list;
+  metadata.nameTakenBesides = taken;
   const twins = (await f.vault.listVolumes()).filter((v) => v.name === 'dup');
   assert.equal(twins.length, 2);
   const p = new VaultExportProvider(f.vault, 'other', {}, logger);
@@ -254,4 +259,39 @@ test('a client that may only read takes no lease, also beside an idle engine her
   await assert.rejects(fresh.read(6 * MiB, 4096), /was resized \(8388608 to 4194304 bytes\)/);
   await p2.release(reader);
   await p2.release(fresh);
+});
+
+test('two creates (or a clone) of one name racing on two machines: never both stay; the one that sees the other withdraws', async (t) => {
+  const f = await makeVault();
+  t.after(() => f.cleanup());
+  /** Runs `race` once, just before the next put of a volume's metadata lands. */
+  class Racing extends PassThroughStore {
+    race: (() => Promise<unknown>) | null = null;
+    override async put(key: string, body: Buffer, opts?: PutOptions) {
+      const race = key.endsWith('/meta') ? this.race : null;
+      if (race) {
+        this.race = null;
+        await race();
+      }
+      return super.put(key, body, opts);
+    }
+  }
+  const racing = new Racing(f.store);
+  const mine = await f.reopen({}, racing);
+  // the other machine creates "dup" from start to end between our name check and our metadata
+  let theirs: unknown;
+  racing.race = async () => (theirs = await f.vault.createVolume('dup', 4 * MiB));
+  await assert.rejects(mine.createVolume('dup', 8 * MiB), /a volume named "dup" was created elsewhere at the same moment; this create was withdrawn/);
+  const dups = (await f.vault.listVolumes()).filter((v) => v.name === 'dup');
+  assert.deepEqual(dups.map((v) => v.id), [(theirs as { id: string }).id], 'one volume of the name: theirs');
+  assert.equal((await f.vault.volumeInfo('dup')).size, 4 * MiB);
+  for await (const o of f.store.list('volumes/')) assert.ok(o.key.startsWith(`volumes/${dups[0].id}/`), `nothing of the withdrawn create is left: ${o.key}`);
+
+  // a clone racing a create of its name likewise
+  await f.vault.createVolume('src', 4 * MiB);
+  await f.vault.createSnapshot('src', 's1');
+  racing.race = async () => f.vault.createVolume('copy', 4 * MiB);
+  await assert.rejects(mine.cloneVolume('src@s1', 'copy'), /this clone was withdrawn/);
+  assert.equal((await f.vault.listVolumes()).filter((v) => v.name === 'copy').length, 1);
+  assert.equal((await f.vault.volumeInfo('copy')).origin, null, 'the one left is the created volume, not the clone');
 });
