@@ -5,6 +5,7 @@
 // old ones at once, so a reader of a root it has replaced can find an object gone). A volume at
 // rest is read from its root.
 import { VaultError, isVaultError } from '../errors';
+import { isMissingObject } from '../volume/framed-reads';
 import type { VolumeEngine } from '../volume/volume-engine';
 import { splitExportName } from '../volume/volume-references';
 import { adminRequest, servesThis } from './admin-socket';
@@ -37,7 +38,7 @@ export async function openExportSource(ctx: VaultContext, s: VaultSettings, spec
   const seq = await ctx.vault.rootSeqOf(volume);
   // a writer elsewhere (another machine's server) replaced the root and deleted what it named
   const explain = async (err: unknown) => {
-    if (!isVaultError(err, 'ERR_IO') || !/is missing from the store/.test((err as Error).message)) return err;
+    if (!isMissingObject(err)) return err;
     if ((await ctx.vault.rootSeqOf(volume).catch(() => seq)) === seq) return err;
     return new VaultError('ERR_IO', `volume "${volume}" changed while it was exported (a server elsewhere is writing it): snapshot it (nbd-vault snapshot ${volume} NAME) and export ${volume}@NAME`);
   };

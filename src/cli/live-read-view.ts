@@ -12,6 +12,7 @@
 // fails the read (VolumeChanged) instead of answering from it. An engine the view leaves is
 // closed once no read is under way on it.
 import { VaultError, describeError, isVaultError } from '../errors';
+import { isMissingObject } from '../volume/framed-reads';
 import type { ContextExtent, Export, Extent, ReadOptions } from '../nbd/export';
 import type { Logger } from '../util/log';
 import type { VolumeEngine } from '../volume/volume-engine';
@@ -25,11 +26,6 @@ export class VolumeChanged extends VaultError {
   constructor(name: string, why: string) {
     super('ERR_IO', `volume "${name}" ${why} since this read-only client connected: reconnect to read it as it is now`);
   }
-}
-
-/** An object the view's root named is gone: the writer elsewhere may have replaced that root. */
-function missingObject(err: unknown): boolean {
-  return isVaultError(err, 'ERR_IO') && /is missing from the store/.test((err as Error).message);
 }
 
 export class LiveReadView implements Export {
@@ -160,7 +156,7 @@ export class LiveReadView implements Export {
     try {
       return await op(e);
     } catch (err) {
-      if (this.closed || !missingObject(err) || movesLeft === 0) throw err;
+      if (this.closed || !isMissingObject(err) || movesLeft === 0) throw err;
       if (this.outdated) throw this.outdated;
       try {
         // (the root gone too: the volume was deleted, as the move finds out)

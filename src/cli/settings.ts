@@ -9,7 +9,8 @@ import { Option, type Command } from 'commander';
 import { VaultError } from '../errors';
 import { parseSize } from '../util/size';
 
-/** int: a whole number; count: a whole number of at least 1 (a concurrency, a thread count) */
+/** int: a whole number; signed: one that may be negative (zstd's fast levels); count: a whole
+ *  number of at least 1 (a concurrency, a thread count) */
 type Kind = 'string' | 'size' | 'int' | 'signed' | 'count' | 'bool';
 
 interface SettingSpec {

@@ -49,13 +49,13 @@ export interface Export {
   metaContextStatus?(name: string, offset: number, length: number): Promise<ContextExtent[]>;
 }
 
-/** What the NBD server asks for exports by name. Implemented by the memory exports (tests) and
- *  by the vault's provider in cli/ (volumes and `VOL@SNAP` snapshot exports). */
 /** Why an export is opened: to serve a client that may write it ('serve'), one that may only
  *  read it ('read': a provider may serve it without what writing needs, e.g. a writer's lease),
  *  or only to look at its size and flags (NBD_OPT_INFO: 'inspect'). */
 export type OpenPurpose = 'serve' | 'read' | 'inspect';
 
+/** What the NBD server asks for exports by name. Implemented by the memory exports (tests) and
+ *  by the vault's provider in cli/ (volumes and `VOL@SNAP` snapshot exports). */
 export interface ExportProvider {
   /** The name a client gets when it asks for the empty export name "". */
   readonly defaultName: string;

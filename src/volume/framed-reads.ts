@@ -109,11 +109,22 @@ export class FramedReads {
       return await this.store.getRange(key, offset, length);
     } catch (err) {
       if (isVaultError(err, 'ERR_STORE_NOT_FOUND')) {
-        throw new VaultError('ERR_IO', `${what} is missing from the store (object ${key})`, { cause: err });
+        throw missingObject(what, key, err);
       }
       throw annotate(err, what);
     }
   }
+}
+
+/** `what` (an object's role) is not in the store: ERR_IO, saying so in one recognisable form. */
+export function missingObject(what: string, key: string, cause: unknown): VaultError {
+  return new VaultError('ERR_IO', `${what} is missing from the store (object ${key})`, { cause });
+}
+
+/** The error says an object was missing (missingObject, possibly wrapped by annotate or a read's
+ *  own message): under a root another writer replaced, a newer root may not name it any more. */
+export function isMissingObject(err: unknown): boolean {
+  return isVaultError(err, 'ERR_IO') && /is missing from the store/.test((err as Error).message);
 }
 
 export function annotate(err: unknown, what: string): VaultError {

@@ -5,7 +5,8 @@
 // object id and frame: objects never change, so a cached frame is never stale), and concurrent
 // misses of one frame share one fetch. Not here: writing (write-path.ts), sealing (sealer.ts).
 import { LRUCache } from 'lru-cache';
-import { VaultError, describeError, isVaultError } from '../errors';
+import { VaultError, describeError } from '../errors';
+import { isMissingObject } from './framed-reads';
 import type { Logger } from '../util/log';
 import { CHUNK_SIZE, chunkCount, splitRange, type ChunkSpan } from './chunk-math';
 import type { Entry } from './manifest';
@@ -381,7 +382,7 @@ export class ReadPath {
 
   /** An object gone under a read-only view of a root another writer replaces: no error to log. */
   private routine(err: unknown): boolean {
-    return this.followsWriter && isVaultError(err, 'ERR_IO') && /is missing from the store/.test((err as Error).message);
+    return this.followsWriter && isMissingObject(err);
   }
 
   private readError(i: number, err: unknown, inChunk = 0): VaultError {

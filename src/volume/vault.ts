@@ -33,7 +33,7 @@ import { VaultWriters } from './vault-writers';
 import { ReaderMarks } from './snapshot-readers';
 import { VolumeMetadata, keyCheckPlace, type VolumeMeta } from './volume-metadata';
 import { loadManifestOf, volumeInfo, type LoadedManifest, type VolumeInfo } from './volume-info';
-import { checkVolumeName, listVolumeIds, snapshotAsRoot, vaultIdsOfVolumes, volumeIdCandidates } from './volume-references';
+import { checkVolumeName, listVolumeIds, snapshotAsRoot, vaultIdsOfVolumes } from './volume-references';
 
 export const VAULT_FORMAT = 1;
 export const KEY_CHECK_TEXT = Buffer.from('nbd-vault master key check v1');
@@ -69,7 +69,7 @@ export class Vault {
 
   private constructor(
     readonly store: ObjectStore,
-    private readonly master: SecretKey,
+    master: SecretKey,
     readonly codec: Codec,
     readonly vaultId: string,
     private readonly opts: VaultOptions,

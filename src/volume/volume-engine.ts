@@ -13,7 +13,8 @@
 //   volume-state.ts the state they share (manifest, overlay, dirty batches, epoch, seq)
 // FLUSH = a seal cycle of everything written before it, then a root naming it (durable).
 import { formatSize } from '../util/size';
-import { VaultError, isVaultError } from '../errors';
+import { VaultError } from '../errors';
+import { isMissingObject } from './framed-reads';
 import type { Logger } from '../util/log';
 import type { MemoryBudget } from '../util/memory-budget';
 import { SealMemory } from './seal-memory';
@@ -211,7 +212,7 @@ export class VolumeEngine {
     try {
       return (await this.objects.readRoot()).root.seq;
     } catch (err) {
-      if (isVaultError(err, 'ERR_IO') && /is missing from the store/.test((err as Error).message)) return null;
+      if (isMissingObject(err)) return null;
       throw err;
     }
   }

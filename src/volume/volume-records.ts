@@ -7,7 +7,7 @@ import type { Codec } from '../codec/codec';
 import type { ObjectPlace, ObjectKind } from '../codec/object-place';
 import type { SecretKey } from '../keys/secret-key';
 import type { ObjectStore } from '../store/object-store';
-import { annotate } from './framed-reads';
+import { annotate, missingObject } from './framed-reads';
 import { metaKey, rootKey, snapshotDeletingKey, snapshotKey, snapshotPrefix, snapshotReaderKey, snapshotReaderPrefix, volumeDeletingKey } from './object-keys';
 import { decodeSnapshot, encodeSnapshot, type SnapshotRecord } from './snapshot-record';
 import { generationOfId } from './manifest';
@@ -262,7 +262,7 @@ export class VolumeRecords {
       return await this.store.get(key, into);
     } catch (err) {
       if (isVaultError(err, 'ERR_STORE_NOT_FOUND')) {
-        throw new VaultError('ERR_IO', `${what} is missing from the store (object ${key})`, { cause: err });
+        throw missingObject(what, key, err);
       }
       throw annotate(err, what);
     }

@@ -1,7 +1,8 @@
 // What roots and snapshots reference, and the names around them: `VOL@SNAP` export names, a
 // snapshot read as a root, every object key a root names (gc, snapshot delete, sync, cache warm),
 // and the volume ids a store holds.
-import { VaultError, isVaultError } from '../errors';
+import { VaultError } from '../errors';
+import { isMissingObject } from './framed-reads';
 import { childSegments, type ObjectStore } from '../store/object-store';
 import { VOLUMES_PREFIX, metaKey } from './object-keys';
 import { ROOT_FORMAT, journalsOf, type RootRecord } from './root-record';
@@ -94,7 +95,7 @@ export async function liveRootKeys(objects: VolumeObjects, first: RootRecord): P
     try {
       return await referencedKeys(objects, root);
     } catch (err) {
-      if (attempt >= LIVE_READ_ATTEMPTS || !isVaultError(err, 'ERR_IO') || !/is missing from the store/.test((err as Error).message)) throw err;
+      if (attempt >= LIVE_READ_ATTEMPTS || !isMissingObject(err)) throw err;
       const fresh = (await objects.readRoot()).root;
       if (fresh.seq === root.seq) throw err; // the same root names a missing object: real damage
       root = fresh;
