@@ -15,15 +15,8 @@ import { buildDiskImage, readChunks } from './disk-image';
 import { rawAead, zstdBench } from './physical-limits';
 import { bestCpuSeconds, framesOf } from './bench-util';
 
-const CHUNK_BYTES = 4 * 1024 * 1024;
 const MB = 1e6; // rates in MB/s (10^6), like zstd -b
 const imageMiB = Number(process.env.BENCH_IMAGE_MB ?? 1024);
-
-function timeIt(work: () => void): number {
-  const start = process.hrtime.bigint();
-  work();
-  return Number(process.hrtime.bigint() - start) / 1e9;
-}
 
 async function timeAsync(work: () => Promise<void>): Promise<number> {
   const start = process.hrtime.bigint();

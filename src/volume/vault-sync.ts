@@ -84,7 +84,7 @@ export class VaultSync {
     private readonly source: Vault,
     private readonly dest: ObjectStore,
     /** opens the replica as a vault (same keys; a private state directory): --prune needs it */
-    private readonly openReplica: () => Promise<Vault>,
+    openReplica: () => Promise<Vault>,
     private readonly opts: SyncOptions,
     private readonly logger: Logger,
   ) {

@@ -9,6 +9,7 @@
 //   sealer.ts      seal cycles (chunk objects + one journal), compaction, exclusive sections
 //                  (seal-layout.ts: how dirty blocks are laid out for them)
 //   commit.ts      the only root writer: pages, then root, then deletes
+//   snapshot-and-resize.ts  a snapshot (a new epoch) and a resize, inside the sealer's exclusive section
 //   write-back.ts  what is sealed, folded and committed without being asked (a 100 ms tick)
 //   volume-state.ts the state they share (manifest, overlay, dirty batches, epoch, seq)
 // FLUSH = a seal cycle of everything written before it, then a root naming it (durable).
@@ -19,14 +20,14 @@ import type { Logger } from '../util/log';
 import type { MemoryBudget } from '../util/memory-budget';
 import { SealMemory } from './seal-memory';
 import { writeDataLength, type BlockCaps, type ContextExtent, type Extent, type ReadOptions, type WriteData, type WriteOptions, type ZeroOptions } from '../block-io';
-import { CHUNK_SIZE, chunkCount, chunkLength } from './chunk-math';
-import { Manifest, PAGE_ENTRIES, newObjectId, type PageRef } from './manifest';
+import { CHUNK_SIZE, chunkCount } from './chunk-math';
+import { Manifest, PAGE_ENTRIES, type PageRef } from './manifest';
 import type { JournalRef, RootRecord } from './root-record';
 import type { VolumeLease } from './volume-lease';
 import { ReadCache } from './read-cache';
 import type { VolumeObjects } from './volume-objects';
-import { chunkKey } from './object-keys';
-import { SNAPSHOT_FORMAT, checkSnapshotName, type SnapshotRecord } from './snapshot-record';
+import type { SnapshotRecord } from './snapshot-record';
+import { resizeVolume, takeSnapshot, type EngineParts } from './snapshot-and-resize';
 import { VolumeContexts } from './volume-contexts';
 import { VolumeState } from './volume-state';
 import { ReadPath } from './read-path';
@@ -105,6 +106,8 @@ export class VolumeEngine {
   private closing: Promise<void> | null = null;
   /** qemu:dirty-bitmap:* and qemu:allocation-depth (volume-contexts.ts) */
   private readonly contexts: VolumeContexts;
+  /** what snapshot-and-resize.ts works on */
+  private readonly parts: EngineParts;
 
   constructor(
     readonly name: string,
@@ -114,7 +117,7 @@ export class VolumeEngine {
     rootEtag: string | null,
     manifest: Manifest,
     private readonly opts: EngineOptions,
-    private readonly logger: Logger,
+    logger: Logger,
   ) {
     if (root.chunkSize !== CHUNK_SIZE) throw new VaultError('ERR_CORRUPT', `volume "${name}" uses chunk size ${root.chunkSize}, this build supports ${CHUNK_SIZE}`);
     const state = new VolumeState(manifest, root, rootEtag);
@@ -134,6 +137,7 @@ export class VolumeEngine {
       pending: () => this.pendingChunks(),
       loadManifest: (o, r) => VolumeEngine.loadManifest(o, r),
     });
+    this.parts = { name, state, objects, reads: this.reads, writes: this.writes, sealer: this.sealer, committer: this.committer, contexts: this.contexts, logger };
     const rw = !opts.readOnly;
     this.caps = { readOnly: !rw, canFlush: rw, canFua: rw, canTrim: rw, canZero: rw, canFastZero: rw, canCache: true, canMultiConn: true };
   }
@@ -343,85 +347,27 @@ export class VolumeEngine {
     return this.committer.commit(snapshot);
   }
 
-  /**
-   * Freeze the volume at one consistent point: seal what is dirty, fold every journal (snapshot
-   * records never name journals), commit a root that bumps the epoch, then record that root's page
-   * list. Writes go on meanwhile; those that land after the capture belong to the next epoch. A
-   * crash between the root and the record only costs an epoch, never data. No chunk is copied:
-   * the cost is O(pages) plus the journal blocks not yet folded.
-   */
+  /** Freeze the volume at one consistent point (snapshot-and-resize.ts); one at a time. */
   snapshot(name: string, opts: { keep?: boolean } = {}): Promise<SnapshotRecord> {
     try {
       this.assertNotClosing(); // asked before a close began: taken before the close flushes
     } catch (err) {
       return Promise.reject(err);
     }
-    // One at a time: the name check below must see the previous snapshot's record.
-    const run = this.snapshotChain.then(() => this.snapshotNow(name, opts.keep === true));
+    const run = this.snapshotChain.then(() => {
+      this.assertWritable();
+      this.opts.lease?.check(); // a lost lease: not a fold of every journal first, only to fail at the commit
+      return takeSnapshot(this.parts, name, opts.keep === true);
+    });
     this.snapshotChain = run.catch(() => {});
     return run;
   }
 
-  private async snapshotNow(name: string, keep: boolean): Promise<SnapshotRecord> {
-    this.assertWritable();
-    this.opts.lease?.check(); // a lost lease: not a fold of every journal first, only to fail at the commit
-    checkSnapshotName(name);
-    if ((await this.objects.listSnapshots()).some((x) => x.name === name)) {
-      throw new VaultError('ERR_EXISTS', `volume "${this.name}" has a snapshot named "${name}" already`);
-    }
-    const root = await this.sealer.exclusive(() => this.committer.commit(true));
-    const record: SnapshotRecord = {
-      v: SNAPSHOT_FORMAT,
-      id: newObjectId(),
-      volumeId: this.objects.volumeId,
-      name,
-      createdAt: new Date().toISOString(),
-      epoch: root.epoch - 1,
-      rootSeq: root.seq,
-      size: root.size,
-      chunkSize: root.chunkSize,
-      pageEntries: root.pageEntries,
-      pages: root.pages,
-      ...(keep ? { keep: true } : {}),
-    };
-    await this.objects.writeSnapshot(record);
-    this.contexts.forget(name);
-    this.logger.info({ volume: this.name, snapshot: name, epoch: record.epoch, seq: root.seq }, 'snapshot created');
-    return record;
-  }
-
-  /**
-   * Change the volume's size (no client may be connected: sizes are fixed per connection).
-   * A short last chunk that grows is rewritten at full length; bytes cut off by a shrink are
-   * zeroed first, so a later grow shows zeros there, never old data.
-   */
+  /** Change the volume's size (snapshot-and-resize.ts), then flush. */
   async resize(newSize: number): Promise<void> {
     this.assertNotClosing();
-    const s = this.state;
-    if (newSize === s.sizeBytes) return;
-    await this.sealer.exclusive(async () => {
-      const oldSize = s.sizeBytes;
-      // The chunk that holds the smaller end changes length: carry its bytes over (truncated or
-      // zero-padded), since a stored chunk must have exactly its chunk's length.
-      const edge = chunkCount(Math.min(oldSize, newSize)) - 1;
-      let carried: Buffer | null = null;
-      if (edge >= 0 && chunkLength(oldSize, edge) !== chunkLength(newSize, edge)) carried = await this.reads.chunkContent(edge);
-      const newCount = chunkCount(newSize);
-      s.active.dropFrom(newCount);
-      s.overlay.dropFrom(newCount);
-      for (const { entry } of s.manifest.resize(newCount)) {
-        if (entry.id !== null && entry.epoch === s.epoch) s.pendingDeletes.push(chunkKey(this.objects.volumeId, entry.id));
-      }
-      s.sizeBytes = newSize;
-      s.manifestChangedSinceCommit = true;
-      if (carried !== null) {
-        const resized = Buffer.alloc(chunkLength(newSize, edge));
-        carried.copy(resized, 0, 0, Math.min(carried.length, resized.length));
-        const now = Date.now();
-        s.active.zeroChunk(edge, now);
-        await this.writes.write(edge * CHUNK_SIZE, resized.length, resized);
-      }
-    });
+    if (newSize === this.state.sizeBytes) return;
+    await resizeVolume(this.parts, newSize);
     await this.flush();
   }
 

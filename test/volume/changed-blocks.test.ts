@@ -9,8 +9,6 @@ import { Manifest, PAGE_ENTRIES, newObjectId } from '../../src/volume/manifest';
 import { chunkRuns, diffManifests, dirtyState, allocationDepthState } from '../../src/volume/changed-blocks';
 import { makeVault } from './vault-fixture';
 
-const MiB = 2 ** 20;
-
 function entry(): { id: string; epoch: number; storedSize: number } {
   return { id: newObjectId(), epoch: 1, storedSize: 100 };
 }

@@ -70,7 +70,7 @@ async function setup() {
 const frameOf = (data: Buffer, f: number) => data.subarray(f * FRAME_BYTES, (f + 1) * FRAME_BYTES);
 
 test('a frame the store returned wrong once (and the cache kept): dropped, read again from the store, cached right', async () => {
-  const { store, cached, data, entries, reader, keyOf } = await setup();
+  const { store, cached, data, entries, reader } = await setup();
   const r = reader();
   assert.deepEqual(await r.chunkLayout(0, entries[0], CHUNK), { framed: true, frameBytes: FRAME_BYTES, frameCount: 32 });
   await cached.cache.settle();

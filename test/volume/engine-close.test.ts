@@ -90,7 +90,7 @@ test('a close stops a compaction step in flight at its next chunk, waits for it,
 });
 
 test('no compaction step starts while a close flushes, so none runs on after it', async (t) => {
-  const { f, e, store, inner, prefix, check } = await journaled();
+  const { f, e, store, inner, prefix } = await journaled();
   t.after(() => f.cleanup());
   await e.write(0, Buffer.alloc(4096, 0xee)); // a change, so the close's flush commits a root
   store.holdRootPuts = true;

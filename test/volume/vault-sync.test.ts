@@ -423,7 +423,6 @@ test('a source volume deleted and made again under its name is not copied beside
 
 test('a replica volume written since sync set its root keeps its writes at the next sync (a later snapshot no longer wipes them)', async (t) => {
   const w = await world(t);
-  const { vault } = w.f;
   const e = await syncedVolume(w, 's1');
   // a VM booted from the replica's VOL writes there
   const replica = await w.replica();
