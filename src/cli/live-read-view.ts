@@ -15,7 +15,7 @@ import { VaultError, describeError, isVaultError } from '../errors';
 import { isMissingObject } from '../volume/framed-reads';
 import type { ContextExtent, Export, Extent, ReadOptions } from '../nbd/export';
 import type { Logger } from '../util/log';
-import type { VolumeEngine } from '../volume/volume-engine';
+import type { EngineStats, VolumeEngine } from '../volume/volume-engine';
 
 /** how many newer roots one request may move through (a writer replacing roots faster than a
  *  read can finish would otherwise keep it going) */
@@ -39,6 +39,8 @@ export class LiveReadView implements Export {
   /** the engine each read's result came from (its memory goes back there: readDone) */
   private readonly lenders = new WeakMap<Buffer, VolumeEngine>();
   private readonly retired = new WeakSet<VolumeEngine>();
+  /** closes of engines the view left, still running (close() waits for them) */
+  private readonly closings = new Set<Promise<void>>();
   private closed = false;
   /** set once the volume changed under the view: its reads that miss fail at once with it */
   private outdated: VolumeChanged | null = null;
@@ -68,6 +70,11 @@ export class LiveReadView implements Export {
 
   get caps() {
     return this.engine.caps; // a read-only engine's: READ_ONLY, no flush, trim or zeroes
+  }
+
+  /** The engine it reads now (metrics, at scrape time; counters restart when the view moves). */
+  stats(): EngineStats {
+    return this.engine.stats();
   }
 
   /** The root the view reads now. */
@@ -140,12 +147,14 @@ export class LiveReadView implements Export {
     throw new VaultError('ERR_READ_ONLY', `export "${this.name}" is read-only`);
   }
 
-  /** Closes the engine it reads (one it left closes when its last read ends). */
+  /** Closes the engine it reads, and those it left (also one a read is still on: the view is
+   *  closing), once their closes settle. */
   async close(): Promise<void> {
     this.closed = true;
     await this.moving?.catch(() => {});
+    for (const e of this.busy.keys()) if (e !== this.engine) this.retire(e);
     this.retired.add(this.engine);
-    await this.engine.close();
+    await Promise.all([this.engine.close(), ...this.closings]);
   }
 
   /** `op` on the view's engine; again on a newer root when it found an object gone and the
@@ -212,7 +221,10 @@ export class LiveReadView implements Export {
   }
 
   private retire(e: VolumeEngine): void {
+    if (this.retired.has(e)) return;
     this.retired.add(e);
-    void e.close().catch((err) => this.logger.warn({ volume: this.name, err: describeError(err) }, 'closing an engine a read-only view left failed'));
+    const closing = e.close().catch((err) => this.logger.warn({ volume: this.name, err: describeError(err) }, 'closing an engine a read-only view left failed'));
+    this.closings.add(closing);
+    void closing.then(() => this.closings.delete(closing));
   }
 }

@@ -50,11 +50,8 @@ export class PromMetrics implements MetricsSink {
         registers,
         collect(this: client.Counter<'volume'> | client.Gauge<'volume'>) {
           this.reset();
-          for (const e of engines()) {
-            const v = pick(e.stats);
-            if (this instanceof client.Gauge) this.set({ volume: e.name }, v);
-            else (this as client.Counter<'volume'>).inc({ volume: e.name }, v);
-          }
+          // (inc for both kinds: a volume a writer and a read-only view both serve is their sum)
+          for (const e of engines()) (this as client.Counter<'volume'>).inc({ volume: e.name }, pick(e.stats));
         },
       });
     };

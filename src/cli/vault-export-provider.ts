@@ -255,9 +255,12 @@ export class VaultExportProvider implements ExportProvider {
     }
   }
 
-  /** Cache, upload and lease state of every open engine (metrics, at scrape time). */
+  /** Cache, upload and lease state of every open engine, read-only views' included (metrics, at
+   *  scrape time; a volume served both ways is listed twice, and the metrics add them up). */
   engineStats(): Array<{ name: string; readOnly: boolean; stats: EngineStats }> {
-    return [...this.opened].map(([name, e]) => ({ name, readOnly: e.caps.readOnly, stats: e.stats() }));
+    const engines = [...this.opened].map(([name, e]) => ({ name, readOnly: e.caps.readOnly, stats: e.stats() }));
+    const views = [...this.viewRefs.keys()].filter((v) => !v.isClosed).map((v) => ({ name: v.name, readOnly: true, stats: v.stats() }));
+    return [...engines, ...views];
   }
 
   /** Names of the exports with an open engine (volumes being written through this server). */

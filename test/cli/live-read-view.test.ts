@@ -106,6 +106,32 @@ test('an engine the view left stays open while a read on it is under way, and ge
   await view.close();
 });
 
+test('closing the view closes the engines it left, also one a read is still on, and waits for their closes', async () => {
+  store.seq = 1;
+  let calls = 0;
+  const old = fakeEngine(1, () => (++calls === 1 ? new Promise<Buffer>(() => {}) : gone())); // the first read never ends
+  let finishClose!: () => void;
+  old.close = () => {
+    old.closes++;
+    return new Promise<void>((r) => (finishClose = r));
+  };
+  const fresh = fakeEngine(2, async () => Buffer.from('new'));
+  const { view } = await viewOf([old, fresh]);
+  void view.read(0, 3);
+  store.seq = 2;
+  assert.equal((await view.read(0, 3)).toString(), 'new', 'the second read moved the view');
+  assert.equal(old.closes, 0, 'not closed under the read still on it');
+  let closed = false;
+  const closing = view.close().then(() => (closed = true));
+  await new Promise((r) => setImmediate(r));
+  assert.equal(old.closes, 1, 'the view closing closes the engine it left');
+  assert.equal(fresh.closes, 1);
+  assert.equal(closed, false, 'not closed before the left engine finished closing');
+  finishClose();
+  await closing;
+  assert.equal(closed, true);
+});
+
 test('a volume resized, or deleted and made again under its name, fails the read; later misses fail at once; freshen says so', async () => {
   for (const [next, said] of [
     [fakeEngine(2, async () => Buffer.from('other volume'), 'v2'), /was deleted and made again since this read-only client connected: reconnect/],

@@ -7,6 +7,7 @@ import { Writable } from 'node:stream';
 import pino from 'pino';
 import { join } from 'node:path';
 import { VaultExportProvider } from '../../src/cli/vault-export-provider';
+import { PromMetrics } from '../../src/cli/metrics';
 import { makeVault, logger, eventually, SettlingStore } from '../volume/vault-fixture';
 import { PassThroughStore } from '../helpers/pass-through-store';
 import { VaultError } from '../../src/errors';
@@ -212,11 +213,20 @@ test('a client that may only read takes no lease, also beside an idle engine her
   const before = Buffer.alloc(8 * MiB, 0xaa);
   await rw.write(0, before);
   await rw.flush();
+  assert.ok((await rw.read(4 * MiB, 4096)).equals(before.subarray(0, 4096))); // (something in its read cache)
   await p.release(rw);
   const ro = (await p.open('vol', 'read'))!;
   assert.notEqual(ro, rw, 'not the writable engine');
   assert.equal(ro.caps.readOnly, true);
   assert.ok((await ro.read(0, 4096)).equals(before.subarray(0, 4096)));
+  // metrics see the view beside the writer's engine, and add the two up per volume
+  const stats = p.engineStats().filter((e) => e.name === 'vol');
+  assert.deepEqual(stats.map((e) => e.readOnly).sort(), [false, true], 'the view is listed beside the engine');
+  for (const e of stats) assert.ok(e.stats.readCacheMisses >= 1 && e.stats.readCacheBytes > 0, 'each counts its own reads');
+  const text = await new PromMetrics(() => p.engineStats()).registry.metrics();
+  const metric = (name: string) => Number(new RegExp(`^${name}\\{volume="vol"\\} (\\S+)$`, 'm').exec(text)?.[1]);
+  assert.equal(metric('nbd_vault_read_cache_bytes'), stats[0].stats.readCacheBytes + stats[1].stats.readCacheBytes);
+  assert.equal(metric('nbd_vault_read_cache_misses_total'), stats[0].stats.readCacheMisses + stats[1].stats.readCacheMisses);
   // the writer's engine closes (idle): another server now writes the volume, the reader stays
   await p.closeAll().catch(() => {});
   // (its log, to see that an object gone under the reader is routine, not an error)
