@@ -9,6 +9,7 @@ import { changeMap, diffManifests } from '../volume/changed-blocks';
 import { verifySource, type Damage, type JournalDamage } from '../volume/verify';
 import { collectGarbage } from '../volume/garbage-collector';
 import { splitExportName } from '../volume/volume-references';
+import { VOLUMES_PREFIX } from '../volume/object-keys';
 import type { VolumeEngine } from '../volume/volume-engine';
 import { formatSize } from '../util/size';
 import { adminRequest, servesThis } from './admin-socket';
@@ -296,10 +297,14 @@ export function registerDataCommands(program: Command): void {
       const fs = findLayer(ctx.store, FsStore);
       const temporary = fs ? await fs.sweepTemporaryFiles(TEMPORARY_FILE_AGE_MS, Boolean(opts.dryRun)) : { files: 0, bytes: 0 };
       if (temporary.files > 0) ctx.logger.info({ files: temporary.files, bytes: temporary.bytes, dryRun: Boolean(opts.dryRun) }, 'temporary files of interrupted writes swept');
+      // ...and the empty directories of deleted volumes (every export open would look at them)
+      const emptyVolumeDirs = fs ? await fs.removeEmptyTrees(VOLUMES_PREFIX, TEMPORARY_FILE_AGE_MS, Boolean(opts.dryRun)) : 0;
+      if (emptyVolumeDirs > 0) ctx.logger.info({ volumes: emptyVolumeDirs, dryRun: Boolean(opts.dryRun) }, 'empty directories of deleted volumes removed');
       bar.done();
-      if (opts.json) return out(JSON.stringify({ ...r, keys: undefined, temporaryFiles: temporary.files, temporaryBytes: temporary.bytes, dryRun: Boolean(opts.dryRun) }));
+      if (opts.json) return out(JSON.stringify({ ...r, keys: undefined, temporaryFiles: temporary.files, temporaryBytes: temporary.bytes, emptyVolumeDirs, dryRun: Boolean(opts.dryRun) }));
       out(`${opts.dryRun ? 'would remove' : 'removed'} ${r.garbageObjects} unreferenced objects (${formatSize(r.garbageBytes)}) of ${r.scannedObjects}; ${r.tooYoung} unreferenced objects younger than ${grace} min kept`);
       if (temporary.files > 0) out(`${opts.dryRun ? 'would remove' : 'removed'} ${temporary.files} temporary files (${formatSize(temporary.bytes)}) of writes cut off more than a day ago`);
+      if (emptyVolumeDirs > 0) out(`${opts.dryRun ? 'would remove' : 'removed'} the empty directories of ${emptyVolumeDirs} volumes deleted more than a day ago`);
       if (r.heldByWriters > 0) {
         out(`kept ${r.heldByWriters} unreferenced objects that writers of ${r.writingVolumes.join(', ')} may still commit (they hold leases); a later gc takes what they leave`);
       }

@@ -310,6 +310,48 @@ export class FsStore implements ObjectStore {
     return { files, bytes };
   }
 
+  /**
+   * Remove the directories below `prefix` (each child, e.g. a deleted volume's under `volumes/`)
+   * whose whole tree holds no file and was not changed for `olderThanMs`: deleting every object
+   * of a volume leaves its directories, and listChildren would name the volume for good. Only
+   * rmdir, deepest first: a file that appears meanwhile stops the removal of its directories.
+   * Returns how many trees were (or, dry, would be) removed.
+   */
+  async removeEmptyTrees(prefix: string, olderThanMs: number, dryRun: boolean, now = Date.now()): Promise<number> {
+    checkPrefix(prefix);
+    const base = path.join(this.root, ...prefix.split('/').filter((seg) => seg !== '').map(escapeSegment));
+    /** the tree's directories, deepest first, or null when it holds a file or changed lately */
+    const emptyTree = async (dir: string): Promise<string[] | null> => {
+      const st = await fsp.stat(dir).catch(() => null);
+      if (!st || now - st.mtimeMs < olderThanMs) return null;
+      const entries = await fsp.readdir(dir, { withFileTypes: true }).catch(() => null);
+      if (!entries) return null;
+      const dirs: string[] = [];
+      for (const e of entries) {
+        if (!e.isDirectory()) return null;
+        const sub = await emptyTree(path.join(dir, e.name));
+        if (!sub) return null;
+        dirs.push(...sub);
+      }
+      return [...dirs, dir];
+    };
+    let removed = 0;
+    const children = await fsp.readdir(base, { withFileTypes: true }).catch(() => []);
+    for (const child of children) {
+      if (!child.isDirectory()) continue;
+      const dirs = await emptyTree(path.join(base, child.name));
+      if (!dirs) continue;
+      if (!dryRun) {
+        let all = true;
+        for (const d of dirs) if (!(await fsp.rmdir(d).then(() => true, () => false))) all = false;
+        if (!all) continue;
+        await this.syncDir(base).catch(() => undefined);
+      }
+      removed++;
+    }
+    return removed;
+  }
+
   async close(): Promise<void> {
     await this.openFiles.closeAll();
   }

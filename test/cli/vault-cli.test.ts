@@ -384,6 +384,39 @@ test('gc sweeps the temporary files of puts cut off by a kill (older than a day)
   assert.equal(again.temporaryFiles, 0);
 });
 
+test('gc removes the empty directories a deleted volume left once they are a day old, never a live volume\'s or a fresh one', async (t) => {
+  const v = await makeTestVault();
+  t.after(() => v.cleanup());
+  const volumes = join(v.dir, 'data', 'volumes');
+  const ids = () => readdirSync(volumes).sort();
+  await v.cli('volume', 'create', 'live', '--size', '8M');
+  const [live] = ids();
+  await v.cli('volume', 'create', 'old', '--size', '8M');
+  const old = ids().find((d) => d !== live)!;
+  await v.cli('volume', 'delete', 'old', '--yes');
+  await v.cli('volume', 'create', 'fresh', '--size', '8M');
+  const fresh = ids().find((d) => d !== live && d !== old)!;
+  await v.cli('volume', 'delete', 'fresh', '--yes');
+  assert.deepEqual(files(join(volumes, old)), [], 'the deleted volume left directories only');
+  // every directory of the deleted volume, and an empty one inside the live volume, two days old
+  const twoDaysAgo = new Date(Date.now() - 2 * 86_400_000);
+  const age = (dir: string) => {
+    for (const e of readdirSync(dir, { withFileTypes: true })) if (e.isDirectory()) age(join(dir, e.name));
+    utimesSync(dir, twoDaysAgo, twoDaysAgo);
+  };
+  age(join(volumes, old));
+  mkdirSync(join(volumes, live, 'idle~'));
+  age(join(volumes, live));
+  const dry = JSON.parse((await v.cli('gc', '--dry-run', '--json')).stdout);
+  assert.equal(dry.emptyVolumeDirs, 1);
+  assert.ok(existsSync(join(volumes, old)), 'a dry run removes nothing');
+  const run = await v.cli('gc');
+  assert.match(run.stdout, /removed the empty directories of 1 volumes deleted more than a day ago/);
+  assert.deepEqual(ids(), [live, fresh].sort(), 'the old deleted volume\'s tree is gone; the fresh one and the live one stay');
+  assert.ok(existsSync(join(volumes, live, 'idle~')), 'nothing inside a live volume is touched');
+  assert.match((await v.cli('volume', 'list')).stdout, /live/);
+});
+
 test('a volume whose metadata another tool overwrote: verify --all and volume list say so and exit 1, the other volumes still listed', async (t) => {
   const v = await makeTestVault();
   t.after(() => v.cleanup());
