@@ -284,6 +284,7 @@ export function registerDataCommands(program: Command): void {
       .description('Remove objects that no root or snapshot references (never younger than --grace)')
       .option('--dry-run', 'only report what would be removed')
       .option('--grace <minutes>', 'keep unreferenced objects younger than this', '60')
+      .option('--orphans', 'also remove the data of volumes with neither metadata nor deletion mark (kept by default: their metadata may have been lost)')
       .option('--json', 'print JSON'),
     VAULT_SETTINGS,
   ).action(async (opts) => {
@@ -292,7 +293,7 @@ export function registerDataCommands(program: Command): void {
     if (!Number.isFinite(grace)) throw new VaultError('ERR_INVALID_ARGUMENT', `--grace wants a number of minutes (got ${JSON.stringify(String(opts.grace))})`);
     await withVault(opts, async (ctx) => {
       const bar = new Progress('gc', 0, 'objects');
-      const r = await collectGarbage(ctx.vault, { dryRun: Boolean(opts.dryRun), graceMs: grace * 60_000, onProgress: (d, t) => bar.update(d, t) }, ctx.logger);
+      const r = await collectGarbage(ctx.vault, { dryRun: Boolean(opts.dryRun), graceMs: grace * 60_000, orphans: Boolean(opts.orphans), onProgress: (d, t) => bar.update(d, t) }, ctx.logger);
       // a directory store also keeps the temporary files of puts cut off by a kill
       const fs = findLayer(ctx.store, FsStore);
       const temporary = fs ? await fs.sweepTemporaryFiles(TEMPORARY_FILE_AGE_MS, Boolean(opts.dryRun)) : { files: 0, bytes: 0 };
@@ -309,6 +310,9 @@ export function registerDataCommands(program: Command): void {
         out(`kept ${r.heldByWriters} unreferenced objects that writers of ${r.writingVolumes.join(', ')} may still commit (they hold leases); a later gc takes what they leave`);
       }
       if (r.newVolumeObjects > 0) out(`kept ${r.newVolumeObjects} objects of volumes created while gc ran`);
+      if (r.orphanObjects > 0) {
+        out(`kept ${r.orphanObjects} objects of ${r.orphanVolumes.length} volumes that hold data but have neither metadata nor a deletion mark (ids ${r.orphanVolumes.join(', ')}): their metadata was lost; restore volumes/ID/meta from a backup or replica, or remove them with gc --orphans`);
+      }
     });
   });
 }

@@ -4,10 +4,15 @@
 // that no durable root names yet (writerHorizon, volume-lease.ts), and keeps every object of that
 // volume from there on. The grace period on
 // top absorbs clock skew between writers, the store and this machine.
-// Objects of a volume whose metadata is gone (a crypto-erased, half-deleted volume) are garbage
-// too — unless the metadata appeared while gc ran (a volume created meanwhile).
+// Objects of a volume whose metadata is gone are garbage too when the volume carries a deletion
+// mark (a crypto-erased, half-deleted volume), holds nothing but a root (a create or clone
+// killed before its metadata), or has no root (objects nothing can name) — unless the metadata
+// appeared while gc ran (a volume created meanwhile). A volume with a root and data but neither
+// metadata nor mark lost its metadata (a store that lost or withholds one object): its objects
+// are what restoring the metadata needs, so they are kept and reported, unless the caller says
+// `orphans` (a delete of an older build, cut off).
 import type { Logger } from '../util/log';
-import { VOLUMES_PREFIX, leaseKey, metaKey, rootKey, snapshotKey, snapshotPrefix, volumeDeletingKey, volumeIdOfKey } from './object-keys';
+import { VOLUMES_PREFIX, chunkPrefix, journalPrefix, leaseKey, metaKey, pagePrefix, rootKey, snapshotKey, snapshotPrefix, volumeDeletingKey, volumeIdOfKey } from './object-keys';
 import type { Vault } from './vault';
 import { liveRootKeys, referencedKeys, snapshotAsRoot } from './volume-references';
 
@@ -23,6 +28,8 @@ export interface GcOptions {
   readonly graceMs: number;
   readonly now?: number;
   readonly onProgress?: (done: number, total: number) => void;
+  /** also take the data of volumes with neither metadata nor deletion mark (see above) */
+  readonly orphans?: boolean;
 }
 
 export interface GcResult {
@@ -37,6 +44,10 @@ export interface GcResult {
   readonly writingVolumes: string[];
   /** objects of volumes created while gc ran */
   readonly newVolumeObjects: number;
+  /** objects kept of volumes with data but neither metadata nor deletion mark (orphans not asked for) */
+  readonly orphanObjects: number;
+  /** those volumes' ids */
+  readonly orphanVolumes: string[];
   readonly deleted: number;
   readonly keys: string[];
 }
@@ -50,6 +61,8 @@ export async function collectGarbage(vault: Vault, opts: GcOptions, logger: Logg
   /** per volume: objects modified at or after this are kept (a live writer's uploads) */
   const keepFrom = new Map<string, number>();
   const writingVolumes: string[] = [];
+  /** listed, but their metadata gone by the time they were read */
+  const vanished = new Set<string>();
   for (const v of volumes) {
     try {
       // The lease first: every upload its writer starts later is newer than what it says.
@@ -67,6 +80,7 @@ export async function collectGarbage(vault: Vault, opts: GcOptions, logger: Logg
       // deleted while gc ran: its objects are garbage like any erased volume's
       if ((await vault.store.head(metaKey(v.id))) !== null) throw err;
       keepFrom.delete(v.id);
+      vanished.add(v.id);
     }
   }
   const candidates: Array<{ key: string; size: number; volumeId: string; newRoot: boolean }> = [];
@@ -77,10 +91,16 @@ export async function collectGarbage(vault: Vault, opts: GcOptions, logger: Logg
   let scanned = 0;
   let tooYoung = 0;
   let heldByWriters = 0;
+  /** volumes holding data (chunks, pages, journals, snapshots), and those with a root */
+  const holdsData = new Set<string>();
+  const rooted = new Set<string>();
   for await (const info of vault.store.list(VOLUMES_PREFIX)) {
     scanned++;
     const id = volumeIdOfKey(info.key);
     if (id === null) continue;
+    if (info.key === volumeDeletingKey(id)) marked.add(id);
+    if ([chunkPrefix(id), pagePrefix(id), journalPrefix(id), snapshotPrefix(id)].some((p) => info.key.startsWith(p))) holdsData.add(id);
+    if (info.key === rootKey(id)) rooted.add(id);
     if (live.has(id)) {
       // a volume's own records are never garbage while the volume exists
       if (info.key.startsWith(snapshotPrefix(id))) {
@@ -100,7 +120,6 @@ export async function collectGarbage(vault: Vault, opts: GcOptions, logger: Logg
     // (the root of a volume being created or cloned comes moments before its metadata: never
     // taken before NEW_VOLUME_ROOT_MS, whatever the grace, or a gc --grace 0 racing a create
     // could leave a volume without its root)
-    if (info.key === volumeDeletingKey(id)) marked.add(id);
     if (now - info.lastModified.getTime() < opts.graceMs) {
       tooYoung++;
       continue;
@@ -117,11 +136,20 @@ export async function collectGarbage(vault: Vault, opts: GcOptions, logger: Logg
     }
   }
   // A volume created after the listing above: its metadata is seen here (its root was kept above).
-  const unknown = [...new Set(candidates.filter((c) => !live.has(c.volumeId)).map((c) => c.volumeId))];
+  const unknown = [...new Set(candidates.filter((c) => !live.has(c.volumeId) || vanished.has(c.volumeId)).map((c) => c.volumeId))];
   const created = new Set<string>();
   for (const id of unknown) if (await vault.store.head(metaKey(id))) created.add(id);
-  const garbage = candidates.filter((c) => !created.has(c.volumeId));
-  const newVolumeObjects = candidates.length - garbage.length;
+  // ...and, among those still without metadata, a volume with data and no deletion mark lost its
+  // metadata: kept (re-read here: a volume deleted while gc ran was marked first)
+  const orphans = new Set<string>();
+  for (const id of unknown) {
+    if (created.has(id) || opts.orphans || !holdsData.has(id) || !rooted.has(id) || marked.has(id)) continue;
+    if ((await vault.store.head(volumeDeletingKey(id))) === null) orphans.add(id);
+  }
+  const garbage = candidates.filter((c) => !created.has(c.volumeId) && !orphans.has(c.volumeId));
+  const orphanObjects = candidates.filter((c) => orphans.has(c.volumeId)).length;
+  const newVolumeObjects = candidates.length - garbage.length - orphanObjects;
+  if (orphans.size > 0) logger.warn({ volumeIds: [...orphans], objects: orphanObjects }, 'kept the objects of volumes that have data but neither metadata nor a deletion mark: their metadata was lost (restore it from a backup or replica); gc --orphans takes them');
   const bytes = garbage.reduce((n, c) => n + c.size, 0);
   const keys = garbage.map((c) => c.key);
   let deleted = 0;
@@ -133,6 +161,6 @@ export async function collectGarbage(vault: Vault, opts: GcOptions, logger: Logg
       opts.onProgress?.(deleted, keys.length);
     }
   }
-  logger.info({ scanned, garbage: keys.length, bytes, tooYoung, heldByWriters, writingVolumes, newVolumeObjects, deleted, dryRun: opts.dryRun }, 'gc finished');
-  return { scannedObjects: scanned, garbageObjects: keys.length, garbageBytes: bytes, tooYoung, heldByWriters, writingVolumes, newVolumeObjects, deleted, keys };
+  logger.info({ scanned, garbage: keys.length, bytes, tooYoung, heldByWriters, writingVolumes, newVolumeObjects, orphanObjects, deleted, dryRun: opts.dryRun }, 'gc finished');
+  return { scannedObjects: scanned, garbageObjects: keys.length, garbageBytes: bytes, tooYoung, heldByWriters, writingVolumes, newVolumeObjects, orphanObjects, orphanVolumes: [...orphans], deleted, keys };
 }

@@ -261,6 +261,41 @@ test('gc refuses to run while a volume\'s metadata cannot be read (it would look
   await again.close();
 });
 
+test('gc keeps the data of a volume whose metadata is missing without a deletion mark (lost, not deleted); orphans takes it; a deletion mark makes it garbage', async (t) => {
+  const store = new MemoryStore();
+  const f = await makeVault(store);
+  t.after(() => f.cleanup());
+  const meta = await f.vault.createVolume('lost', 8 * MiB);
+  const data = randomBytes(CHUNK_SIZE);
+  const e = await f.vault.openEngine('lost');
+  await e.write(0, data);
+  await e.snapshot('s');
+  await e.close();
+  const prefix = `volumes/${meta.id}/`;
+  const keysOf = async () => { const keys: string[] = []; for await (const o of store.list(prefix)) keys.push(o.key); return keys.sort(); };
+  const before = await keysOf();
+  const metaBody = (await store.get(`${prefix}meta`)).body;
+  await store.delete(`${prefix}meta`); // the store lost (or withholds) one object
+  const r = await collectGarbage(f.vault, { dryRun: false, graceMs: 0 }, logger);
+  assert.equal(r.deleted, 0, 'nothing of the volume is deleted');
+  assert.deepEqual(r.orphanVolumes, [meta.id]);
+  assert.equal(r.orphanObjects, before.length - 2, 'reported kept: every object but the meta and the root (a young root is kept anyway)');
+  assert.deepEqual(await keysOf(), before.filter((k) => k !== `${prefix}meta`));
+  await store.put(`${prefix}meta`, metaBody); // restored from a backup: the volume is whole
+  const back = await f.vault.openEngine('lost', { readOnly: true });
+  assert.ok((await back.read(0, CHUNK_SIZE)).equals(data), 'the volume reads back whole');
+  await back.close();
+
+  await store.delete(`${prefix}meta`);
+  const dry = await collectGarbage(f.vault, { dryRun: true, graceMs: 0, orphans: true }, logger);
+  assert.equal(dry.garbageObjects, before.length - 2, 'orphans: the data is garbage (the young root waits its 10 minutes)');
+  // a delete cut off after its mark and the metadata: garbage without asking
+  await store.put(`${prefix}deleting`, Buffer.from('mark'));
+  const marked = await collectGarbage(f.vault, { dryRun: false, graceMs: 0 }, logger);
+  assert.equal(marked.orphanObjects, 0);
+  assert.deepEqual(await keysOf(), [], 'a marked volume without metadata is erased');
+});
+
 test('two snapshots with one name at the same moment: exactly one is created', async (t) => {
   const f = await makeVault();
   t.after(() => f.cleanup());
