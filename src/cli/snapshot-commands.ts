@@ -4,7 +4,7 @@
 // the CLI works on the store directly.
 import type { Command } from 'commander';
 import { VaultError } from '../errors';
-import type { SnapshotRecord } from '../volume/snapshot-record';
+import { reservedSnapshotName, type SnapshotRecord } from '../volume/snapshot-record';
 import { formatSize } from '../util/size';
 import { splitExportName } from '../volume/volume-references';
 import { adminRequest, servesThis } from './admin-socket';
@@ -31,6 +31,8 @@ async function createSnapshot(volume: string, name: string | undefined, opts: Re
   // ("" would be the default export to a running server, and no volume to the store)
   if (volume === '') throw new VaultError('ERR_INVALID_ARGUMENT', 'which volume? usage: nbd-vault snapshot create VOLUME [NAME]');
   if (name === '') throw new VaultError('ERR_INVALID_ARGUMENT', 'a snapshot name cannot be empty (leave it out for one made of the time)');
+  const reserved = name === undefined ? null : reservedSnapshotName(name);
+  if (reserved) throw new VaultError('ERR_INVALID_ARGUMENT', reserved);
   const snapName = name ?? defaultSnapshotName();
   await withVault(opts, async (ctx, s) => {
     const started = process.hrtime.bigint();

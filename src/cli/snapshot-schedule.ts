@@ -1,13 +1,15 @@
 // `serve --snapshot-every DURATION [--prune POLICY]`: scheduled snapshots without cron. Every
 // period, each volume this server has open for writing is snapshotted through the same path as
 // the admin socket's `snapshot` (one consistent point while clients keep writing), named
-// `auto-<UTC time>`; then, with a policy, the volume's `auto-` snapshots are pruned (snapshots
-// taken by hand are never touched by the schedule). One run at a time; failures are logged and
+// `auto-<UTC time>`; then, with a policy, the volume's snapshots of exactly that form are pruned
+// (snapshots taken by hand are never touched by the schedule: `auto-before-upgrade` was, and
+// `snapshot create` refuses a name of the schedule's form). One run at a time; failures are logged and
 // the next period tries again.
 import { VaultError, describeError } from '../errors';
 import type { Logger } from '../util/log';
 import { describePolicy, type RetentionPolicy } from '../volume/retention';
 import { pruneSnapshots } from '../volume/snapshot-prune';
+import { SCHEDULED_SNAPSHOT } from '../volume/snapshot-record';
 import { removeAbandonedSnapshots } from './temporary-snapshots';
 import type { Vault } from '../volume/vault';
 import type { VaultExportProvider } from './vault-export-provider';
@@ -88,7 +90,7 @@ export class SnapshotSchedule {
         logger.info({ volume, snapshot: snap.name }, 'scheduled snapshot taken');
         if (policy) {
           await removeAbandonedSnapshots(vault, logger, volume); // (kept: no policy removes them)
-          await pruneSnapshots(vault, volume, { policy, dryRun: false, now, match: (n) => n.startsWith(AUTO_PREFIX) }, logger);
+          await pruneSnapshots(vault, volume, { policy, dryRun: false, now, match: (n) => SCHEDULED_SNAPSHOT.test(n) }, logger);
         }
       } catch (err) {
         provider.stillUnsnapshotted(volume);

@@ -28,6 +28,18 @@ export interface SnapshotRecord {
  *  keep flag, deleted afterwards): `export-<UTC time>-<host tag>-<pid>`. */
 export const TEMPORARY_EXPORT_SNAPSHOT = /^export-\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ-([0-9a-f]{8})-(\d+)$/;
 
+/** The name a server's schedule (`serve --snapshot-every`) gives its snapshots: `auto-<UTC
+ *  time>`. Its `--prune` takes only these. */
+export const SCHEDULED_SNAPSHOT = /^auto-\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ$/;
+
+/** A name a snapshot taken by hand may not have: the schedule's prune, and the cleanup of killed
+ *  exports, would delete it as their own. Null when the name is free. */
+export function reservedSnapshotName(name: string): string | null {
+  if (SCHEDULED_SNAPSHOT.test(name)) return `"${name}" is the form of the names the server's snapshot schedule gives (auto-<UTC time>), and its --prune would delete it: choose another name`;
+  if (TEMPORARY_EXPORT_SNAPSHOT.test(name)) return `"${name}" is the form of the names \`nbd-vault export\` gives its temporary snapshots, which are deleted as left over: choose another name`;
+  return null;
+}
+
 export function checkSnapshotName(name: unknown): asserts name is string {
   // (a test of a non-string passes when its String() does: `undefined`, 12345)
   if (typeof name !== 'string' || !SNAPSHOT_NAME.test(name)) {

@@ -79,6 +79,13 @@ test('snapshot prune and keep flags from the command line; serve --snapshot-ever
   assert.equal(badPolicy.code, 2);
   assert.match(badPolicy.stderr, /unknown rule "fortnightly"/);
 
+  // a name of the schedule's form is refused by hand; one that only starts like it is the user's
+  const reserved = await v.cliResult('snapshot', 'create', 'vol', 'auto-2026-01-01T00-00-00Z');
+  assert.equal(reserved.code, 2);
+  assert.match(reserved.stderr, /the form of the names the server's snapshot schedule gives/);
+  await v.cli('snapshot', 'create', 'vol', 'auto-before-upgrade');
+  const scheduled = (n: string) => /^auto-\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ$/.test(n);
+
   // the schedule: every second, the volume a client wrote since the last round is snapshotted;
   // `auto-` ones pruned to 2
   const srv = await v.serve(['--snapshot-every', '1s', '--prune', 'last=2']);
@@ -87,7 +94,7 @@ test('snapshot prune and keep flags from the command line; serve --snapshot-ever
   await write();
   const seen = new Set<string>();
   await until('3 scheduled snapshots, pruned to 2', async () => {
-    const names: string[] = (await list()).filter((n: string) => n.startsWith('auto-'));
+    const names: string[] = (await list()).filter(scheduled);
     names.forEach((n) => seen.add(n));
     if (seen.size >= 3 && names.length === 2) return true;
     await write();
@@ -96,14 +103,14 @@ test('snapshot prune and keep flags from the command line; serve --snapshot-ever
   // unchanged, the volume gets no more (it did, every period, while it was open). The loop's
   // last write may still be waiting for its round (or for one still running): let it pass first
   await new Promise((r) => setTimeout(r, 3_000));
-  const before = (await list()).filter((n: string) => n.startsWith('auto-'));
+  const before = (await list()).filter(scheduled);
   await new Promise((r) => setTimeout(r, 2_500));
-  assert.deepEqual((await list()).filter((n: string) => n.startsWith('auto-')), before, 'no snapshot of an unchanged volume');
-  assert.deepEqual((await list()).filter((n: string) => !n.startsWith('auto-')), ['a', 'c'], 'snapshots taken by hand are left alone');
+  assert.deepEqual((await list()).filter(scheduled), before, 'no snapshot of an unchanged volume');
+  assert.deepEqual((await list()).filter((n: string) => !scheduled(n)), ['a', 'c', 'auto-before-upgrade'], 'snapshots taken by hand are left alone');
   assert.equal(await srv.stop(), 0);
   assert.match(srv.log(), /"msg":"scheduled snapshot taken"/);
   // (read once the server stopped: a running schedule may prune a snapshot while it is read)
-  const auto = (await list()).filter((n: string) => n.startsWith('auto-')).at(-1)!;
+  const auto = (await list()).filter(scheduled).at(-1)!;
   const out = join(v.dir, 'auto.img');
   await v.cli('export', `vol@${auto}`, out);
   const img = readFileSync(out);
