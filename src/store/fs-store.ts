@@ -27,7 +27,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { promises as fsp, constants as fsc, type Dirent } from 'node:fs';
 import * as path from 'node:path';
 import { VaultError, isVaultError } from '../errors';
-import { childSegmentsFromList, readTarget, type ObjectInfo, type ObjectStore, type PutOptions, type StoredObject, type StoreProps } from './object-store';
+import { MAX_OBJECT_BYTES, childSegmentsFromList, readTarget, type ObjectInfo, type ObjectStore, type PutOptions, type StoredObject, type StoreProps } from './object-store';
 import { checkKey, checkPrefix, checkRange } from './keys';
 import { KeyedMutex } from '../util/keyed-mutex';
 import { compareKeys } from './memory-store';
@@ -107,9 +107,10 @@ export class FsStore implements ObjectStore {
    * reads in 512 KiB pieces, a thread-pool request each, and always into fresh memory).
    */
   private async readWhole(file: string, key: string, into?: Buffer): Promise<Buffer> {
-    const fh = await fsp.open(file, 'r');
+    const fh = await this.openObjectFile(file, key);
     try {
       const { size } = await fh.stat();
+      if (size > MAX_OBJECT_BYTES + HEADER_BYTES) throw new VaultError('ERR_STORE_IO', `${this.name}: ${key}: ${size} bytes, larger than any object nbd-vault writes (at most ${MAX_OBJECT_BYTES}): not read`);
       const out = readTarget(into, size);
       // objects are replaced by rename, never rewritten in place: the open file keeps its size
       if ((await readAt(fh, out, 0)) < size) throw new VaultError('ERR_STORE_IO', `${this.name}: ${key}: file shorter than its size while reading`);
@@ -150,9 +151,25 @@ export class FsStore implements ObjectStore {
     }
   }
 
+  /** Opens an object's file to read it: nonblocking, so that a FIFO put where an object was
+   *  (the open of one waits for a writer, holding a thread-pool thread for good) is refused as
+   *  what it is, as is anything but a regular file. */
+  private async openObjectFile(file: string, key: string): Promise<fsp.FileHandle> {
+    const fh = await fsp.open(file, fsc.O_RDONLY | fsc.O_NONBLOCK);
+    const st = await fh.stat().catch(async (err) => {
+      await fh.close().catch(() => undefined);
+      throw err;
+    });
+    if (!st.isFile()) {
+      await fh.close().catch(() => undefined);
+      throw new VaultError('ERR_STORE_IO', `${this.name}: ${key}: not a regular file (${file}): not read`);
+    }
+    return fh;
+  }
+
   /** Opens an object file for ranged reads: its header checked, its identity and size noted. */
   private async openForRanges(key: string): Promise<OpenObjectFile> {
-    const handle = await fsp.open(this.pathOf(key), 'r');
+    const handle = await this.openObjectFile(this.pathOf(key), key);
     try {
       const hdr = Buffer.alloc(HEADER_BYTES);
       const { bytesRead } = await handle.read(hdr, 0, HEADER_BYTES, 0);
@@ -417,7 +434,7 @@ export class FsStore implements ObjectStore {
   private async readInfo(file: string, key: string): Promise<ObjectInfo> {
     let fh: fsp.FileHandle | null = null;
     try {
-      fh = await fsp.open(file, 'r');
+      fh = await this.openObjectFile(file, key);
       const st = await fh.stat();
       const hdr = Buffer.alloc(HEADER_BYTES);
       const { bytesRead } = await fh.read(hdr, 0, HEADER_BYTES, 0);

@@ -74,6 +74,12 @@ export interface ObjectStore {
 
 export type StoreLayer = (inner: ObjectStore) => ObjectStore;
 
+/** No object nbd-vault writes comes near this (a chunk container is ~4 MiB, a journal at most
+ *  ~17 MiB, a root or page a few KiB): a store that answers a bigger one lies, and reading it
+ *  whole would let one object exhaust the process's memory (a 1 GiB "root" read again by every
+ *  connecting client). Stores refuse to read such an object. */
+export const MAX_OBJECT_BYTES = 64 * 2 ** 20;
+
 /** Where a get reads `bytes` (see the contract): the caller's `into` when they fit, else fresh memory. */
 export function readTarget(into: Buffer | undefined, bytes: number): Buffer {
   return into && bytes <= into.length ? into.subarray(0, bytes) : Buffer.allocUnsafe(bytes);

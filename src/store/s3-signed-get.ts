@@ -15,15 +15,15 @@ import * as https from 'node:https';
 import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { getEndpointFromInstructions } from '@smithy/core/endpoints';
 import { SignatureV4 } from '@smithy/signature-v4';
+import { MAX_OBJECT_BYTES } from './object-store';
 
 /** SHA-256 of the empty body a GET sends: signed as the payload hash (S3 requires the header). */
 const EMPTY_PAYLOAD_SHA256 = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';
 /** at most this much of an error response is read (its XML names the error code) */
 const MAX_ERROR_BODY = 64 * 1024;
-/** no object nbd-vault writes comes near this (a chunk container is ~4 MiB, a journal ≤ 17 MiB):
- *  a whole body declared or streamed beyond it is a store that lies, not something to buffer (a
- *  ranged one may not exceed its range) */
-const MAX_BODY_BYTES = 64 * 2 ** 20;
+/** a whole body declared or streamed beyond MAX_OBJECT_BYTES is a store that lies, not
+ *  something to buffer (a ranged one may not exceed its range) */
+const MAX_BODY_BYTES = MAX_OBJECT_BYTES;
 /** a clock this far from the server's is corrected before S3 refuses it (it allows 15 min) */
 const CLOCK_SKEW_MS = 5 * 60_000;
 /** names these requests in the server's logs (the SDK's say aws-sdk-js) */

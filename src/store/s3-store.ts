@@ -31,7 +31,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { VaultError, type VaultErrorCode } from '../errors';
-import type { ObjectInfo, ObjectStore, PutOptions, StoredObject, StoreProps } from './object-store';
+import { MAX_OBJECT_BYTES, type ObjectInfo, type ObjectStore, type PutOptions, type StoredObject, type StoreProps } from './object-store';
 import { checkKey, checkPrefix, checkRange } from './keys';
 import { SignedGet, headerOf, notS3Error } from './s3-signed-get';
 
@@ -163,6 +163,11 @@ export class S3Store implements ObjectStore {
       new GetObjectCommand({ Bucket: this.bucket, Key: this.prefix + key, Range: range && `bytes=${range.offset}-${range.offset + range.length - 1}` }),
     );
     if (!res.Body) throw new VaultError('ERR_STORE_IO', `${this.name}: ${op} ${key}: response without a body`);
+    const most = range ? range.length : MAX_OBJECT_BYTES;
+    if ((res.ContentLength ?? 0) > most) {
+      (res.Body as { destroy?: () => void }).destroy?.();
+      throw new VaultError('ERR_STORE_IO', `${this.name}: ${op} ${key}: a body of ${res.ContentLength} bytes, at most ${most} expected (no object nbd-vault writes is larger): not read`);
+    }
     const bytes = await res.Body.transformToByteArray();
     return { body: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), etag: unquote(res.ETag), contentRange: res.ContentRange };
   }

@@ -98,6 +98,25 @@ describe('FsStore', () => {
     await expectCode(store.get('x/y'), 'ERR_STORE_IO');
   });
 
+  it('an object file larger than any object is refused unread; a FIFO where an object was is refused at once, not waited on', async () => {
+    const store = new FsStore(path.join(tmp, 'lying'));
+    await store.put('v/root', Buffer.from('small'));
+    const file = store.pathOf('v/root');
+    const header = (await fsp.readFile(file)).subarray(0, (await fsp.readFile(file)).length - 5);
+    await fsp.writeFile(file, header);
+    await fsp.truncate(file, 2 * 2 ** 30); // a sparse 2 GiB "root" with a valid header
+    const before = process.memoryUsage().rss;
+    const big = await expectCode(store.get('v/root'), 'ERR_STORE_IO');
+    assert.match(big.message, /larger than any object nbd-vault writes .*not read/);
+    assert.ok(process.memoryUsage().rss - before < 256 * 2 ** 20, 'not read into memory');
+    await fsp.rm(file);
+    assert.equal(spawnSync('mkfifo', [file]).status, 0);
+    for (const read of [() => store.get('v/root'), () => store.getRange('v/root', 0, 10), () => store.head('v/root')]) {
+      const err = await expectCode(Promise.race([read(), new Promise((_, reject) => setTimeout(() => reject(new Error('still waiting after 5 s')), 5000))]), 'ERR_STORE_IO');
+      assert.match(err.message, /not a regular file/);
+    }
+  });
+
   it('a full filesystem: a put that does not fit fails, and leaves neither a truncated object nor a temp file', async (t) => {
     // A put larger than the free space: write(2) writes what fits and returns that count without
     // an error. Unchecked, the fs store renamed the truncated file into place and reported success.
