@@ -24,7 +24,8 @@ import type { RootRecord } from './root-record';
 import type { SnapshotRecord } from './snapshot-record';
 import { type Vault, type VolumeMeta } from './vault';
 import { TEMPORARY_EXPORT_SNAPSHOT } from './snapshot-record';
-import { listVolumeIds, referencedKeys, snapshotAsRoot } from './volume-references';
+import { listVolumeIds, snapshotObjects } from './volume-references';
+import { isMissingObject } from './framed-reads';
 import { wrappingKeyId } from '../keys';
 import { ReplicaSnapshots, isSyncedRoot, replicaRootOf, sameState, type SyncJob as Job } from './replica-snapshots';
 
@@ -67,6 +68,9 @@ export interface SyncResult {
    *  deleted and made again); the run fails (exit 1) until that one is deleted or renamed there */
   readonly nameTaken: Array<{ volume: string; sourceId: string; replicaId: string; origin?: string }>;
 }
+
+/** An object a snapshot names, and a read of its stored bytes that opens them first. */
+type SourceObject = { readonly key: string; readonly read: () => Promise<Buffer> };
 
 export class VaultSync {
   private readonly concurrency: number;
@@ -112,18 +116,18 @@ export class VaultSync {
       for await (const info of this.dest.list(volumePrefix(job.meta.id))) this.present.add(info.key);
       for await (const info of this.source.store.list(volumePrefix(job.meta.id))) this.sizes.set(info.key, info.size);
     }
-    const plans: Array<{ job: Job; snap: SnapshotRecord; keys: string[] }> = [];
+    const plans: Array<{ job: Job; snap: SnapshotRecord; objects: SourceObject[] }> = [];
     const plannedKeys = new Set<string>();
     for (const job of jobs) {
       for (const snap of job.snapshots) {
-        const keys = await this.namedKeys(job, snap);
-        if (keys === null) continue; // deleted meanwhile
-        for (const k of keys) {
+        const objects = await this.namedObjects(job, snap);
+        if (objects === null) continue; // deleted meanwhile
+        for (const { key: k } of objects) {
           if (this.present.has(k) || plannedKeys.has(k)) continue;
           plannedKeys.add(k);
           this.totalBytes += this.sizes.get(k) ?? 0;
         }
-        plans.push({ job, snap, keys });
+        plans.push({ job, snap, objects });
       }
     }
     this.opts.onProgress?.(0, this.totalBytes);
@@ -131,7 +135,7 @@ export class VaultSync {
     for (const job of jobs) {
       const isNew = !this.present.has(metaKey(job.meta.id));
       const results: SyncedSnapshot[] = [];
-      for (const p of plans.filter((x) => x.job === job)) results.push(await this.copySnapshot(job, p.snap, p.keys));
+      for (const p of plans.filter((x) => x.job === job)) results.push(await this.copySnapshot(job, p.snap, p.objects));
       snapshots.push(...results);
       // A new volume becomes visible only once a snapshot and its root are there.
       if (!isNew || results.some((r) => r.status !== 'vanished' && r.status !== 'held')) await this.copyMeta(job);
@@ -292,16 +296,16 @@ export class VaultSync {
 
   /** Everything a snapshot names (its pages and chunks, a clone's origin ones too); null if the
    *  snapshot was deleted from the source meanwhile. */
-  private async namedKeys(job: Job, snap: SnapshotRecord): Promise<string[] | null> {
+  private async namedObjects(job: Job, snap: SnapshotRecord): Promise<SourceObject[] | null> {
     try {
-      return await referencedKeys(job.objects, snapshotAsRoot(snap));
+      return await snapshotObjects(job.objects, snap);
     } catch (err) {
       if (await this.source.store.head(snapshotKey(job.meta.id, snap.id))) throw err;
       return null;
     }
   }
 
-  private async copySnapshot(job: Job, snap: SnapshotRecord, keys: string[]): Promise<SyncedSnapshot> {
+  private async copySnapshot(job: Job, snap: SnapshotRecord, objects: SourceObject[]): Promise<SyncedSnapshot> {
     const name = `${job.meta.name}@${snap.name}`;
     const recordKey = snapshotKey(job.meta.id, snap.id);
     // Another snapshot of this name in the replica (the name was taken again in the source): two
@@ -315,13 +319,16 @@ export class VaultSync {
         return { export: name, id: snap.id, status: 'name-taken', reason: kept };
       }
     }
-    const todo = keys.filter((k) => !this.present.has(k));
-    this.skipped += keys.length - todo.length;
+    const todo = objects.filter((o) => !this.present.has(o.key));
+    this.skipped += objects.length - todo.length;
     try {
       await this.copyAll(todo);
     } catch (err) {
       // An object gone from the source: fine if its snapshot was deleted meanwhile, else damage.
-      if (isVaultError(err, 'ERR_STORE_NOT_FOUND') && !(await this.source.store.head(recordKey))) return { export: name, id: snap.id, status: 'vanished' };
+      if ((isVaultError(err, 'ERR_STORE_NOT_FOUND') || isMissingObject(err)) && !(await this.source.store.head(recordKey))) return { export: name, id: snap.id, status: 'vanished' };
+      if (isVaultError(err) && (err.code === 'ERR_AUTH_FAILED' || err.code === 'ERR_CORRUPT' || err.code === 'ERR_IO')) {
+        throw new VaultError(err.code, `snapshot ${name} is damaged in the source, so it is not copied (what it shares with copied snapshots is; \`nbd-vault verify ${name}\` names the damage): ${err.message}`, { cause: err });
+      }
       throw err;
     }
     const record = await this.getOrNull(this.source.store, recordKey);
@@ -374,15 +381,16 @@ export class VaultSync {
     return (await objects.readSnapshot(id)).keep === true;
   }
 
-  /** Copy objects source → destination, `concurrency` at a time, bytes untouched. */
-  private async copyAll(keys: string[]): Promise<void> {
+  /** Copy objects source → destination, `concurrency` at a time, bytes untouched (each opened
+   *  at its place first: SourceObject.read). */
+  private async copyAll(objects: SourceObject[]): Promise<void> {
     let next = 0;
     let failed: unknown = null;
     const worker = async () => {
-      while (next < keys.length && failed === null) {
-        const key = keys[next++];
+      while (next < objects.length && failed === null) {
+        const { key, read } = objects[next++];
         try {
-          const { body } = await this.source.store.get(key);
+          const body = await read();
           await this.dest.put(key, body);
           this.present.add(key);
           this.count(body.length);
@@ -393,7 +401,7 @@ export class VaultSync {
         }
       }
     };
-    await Promise.all(Array.from({ length: Math.min(this.concurrency, keys.length) }, worker));
+    await Promise.all(Array.from({ length: Math.min(this.concurrency, objects.length) }, worker));
     if (failed !== null) throw failed;
   }
 

@@ -125,12 +125,22 @@ export class VolumeObjects extends VolumeRecords {
   }
 
   private async readChunkVia(memory: Buffer, chunkIndex: number, id: string, key: string, expectedLength: number, into?: Buffer): Promise<Buffer> {
-    const what = `chunk ${chunkIndex} of volume "${this.volumeName}"`;
-    const { body } = await this.fetch(key, what, memory);
+    const { body } = await this.fetch(key, this.chunkWhat(chunkIndex), memory);
+    return this.openChunkBody(chunkIndex, id, key, body, expectedLength, memory, into);
+  }
+
+  private chunkWhat(chunkIndex: number): string {
+    return `chunk ${chunkIndex} of volume "${this.volumeName}"`;
+  }
+
+  /** A chunk object's stored bytes → the chunk. `memory`: lent memory the body is in (or is
+   *  copied to for a worker), if any. */
+  private async openChunkBody(chunkIndex: number, id: string, key: string, body: Buffer, expectedLength: number, memory?: Buffer, into?: Buffer): Promise<Buffer> {
+    const what = this.chunkWhat(chunkIndex);
     let plain: Buffer;
     try {
       const format = objectFormatOf(body);
-      if (format === 'chunk') plain = await this.openChunkContainer(chunkIndex, id, inLentMemory(body, memory), expectedLength, key, into);
+      if (format === 'chunk') plain = await this.openChunkContainer(chunkIndex, id, memory ? inLentMemory(body, memory) : body, expectedLength, key, into);
       else if (format === 'v1' || format === null) plain = await this.codec.open(this.keys.data, body, this.place('chunk', chunkIndex, generationOfId(id)));
       else throw new VaultError('ERR_CORRUPT', `a ${format} container where a chunk belongs`);
     } catch (err) {
@@ -140,6 +150,22 @@ export class VolumeObjects extends VolumeRecords {
       throw new VaultError('ERR_CORRUPT', `${what} has ${plain.length} bytes, expected ${expectedLength}`);
     }
     return plain;
+  }
+
+  /**
+   * The stored bytes of a chunk object, as the store has them, once they open at their place (a
+   * clone's origin chunk: from the origin). What `sync` copies: damage in the source never
+   * reaches a replica as if it were good.
+   */
+  async storedChunk(chunkIndex: number, entry: Entry, expectedLength: number): Promise<{ key: string; body: Buffer }> {
+    if (entry.id === null) throw new BugError(`chunk ${chunkIndex}: no object to read`);
+    if (entry.epoch === 0 && this.origin) return this.origin.storedChunk(chunkIndex, entry, expectedLength);
+    const key = chunkKey(this.volumeId, entry.id);
+    return this.authenticated(key, async () => {
+      const { body } = await this.fetch(key, this.chunkWhat(chunkIndex));
+      await this.openChunkBody(chunkIndex, entry.id!, key, body, expectedLength);
+      return { key, body };
+    });
   }
 
   private async openChunkContainer(chunkIndex: number, id: string, body: Buffer, chunkLength: number, key: string, into?: Buffer): Promise<Buffer> {
@@ -308,13 +334,23 @@ export class VolumeObjects extends VolumeRecords {
   }
 
   async readPage(pageIndex: number, ref: PageRef): Promise<Buffer> {
-    if (ref.epoch === 0 && this.origin) return this.origin.readPage(pageIndex, ref);
+    return (await this.readPageStored(pageIndex, ref)).plain;
+  }
+
+  /** A page object's stored bytes once they open (what `sync` copies: see storedChunk). */
+  async storedPage(pageIndex: number, ref: PageRef): Promise<{ key: string; body: Buffer }> {
+    const { key, body } = await this.readPageStored(pageIndex, ref);
+    return { key, body };
+  }
+
+  private async readPageStored(pageIndex: number, ref: PageRef): Promise<{ key: string; body: Buffer; plain: Buffer }> {
+    if (ref.epoch === 0 && this.origin) return this.origin.readPageStored(pageIndex, ref);
     const what = `manifest page ${pageIndex} of volume "${this.volumeName}"`;
     const key = pageKey(this.volumeId, ref.id);
     return this.authenticated(key, async () => {
       const { body } = await this.fetch(key, what);
       try {
-        return await this.codec.open(this.keys.manifest, body, this.place('page', pageIndex, generationOfId(ref.id)));
+        return { key, body, plain: await this.codec.open(this.keys.manifest, body, this.place('page', pageIndex, generationOfId(ref.id))) };
       } catch (err) {
         throw annotate(err, what);
       }

@@ -5,6 +5,7 @@ import { VaultError } from '../errors';
 import { isMissingObject } from './framed-reads';
 import { childSegments, type ObjectStore } from '../store/object-store';
 import { VOLUMES_PREFIX, metaKey } from './object-keys';
+import { chunkLength } from './chunk-math';
 import { ROOT_FORMAT, journalsOf, type RootRecord } from './root-record';
 import type { SnapshotRecord } from './snapshot-record';
 import { VolumeEngine } from './volume-engine';
@@ -53,6 +54,23 @@ export async function referencedKeys(objects: VolumeObjects, root: RootRecord): 
     if (e.id !== null) keys.push(objects.chunkKeyOf(e));
   }
   return keys;
+}
+
+/** The objects a snapshot names (referencedKeys of it), each with a read of its stored bytes
+ *  that opens them at their place first: what `sync` copies, so that an object damaged in the
+ *  source fails the copy instead of reaching the replica as good. */
+export async function snapshotObjects(objects: VolumeObjects, snap: SnapshotRecord): Promise<Array<{ key: string; read: () => Promise<Buffer> }>> {
+  const root = snapshotAsRoot(snap);
+  const manifest = await VolumeEngine.loadManifest(objects, root);
+  const out: Array<{ key: string; read: () => Promise<Buffer> }> = [];
+  root.pages.forEach((p, index) => {
+    if (p) out.push({ key: objects.pageKeyOf(p), read: async () => (await objects.storedPage(index, p)).body });
+  });
+  for (let i = 0; i < manifest.chunkCount; i++) {
+    const e = manifest.get(i);
+    if (e.id !== null) out.push({ key: objects.chunkKeyOf(e), read: async () => (await objects.storedChunk(i, e, chunkLength(root.size, i))).body });
+  }
+  return out;
 }
 
 /** Ids of the volumes in a store (those with a metadata object). */

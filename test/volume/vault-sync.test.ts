@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VaultError } from '../../src/errors';
@@ -254,6 +254,31 @@ test('an interrupted sync leaves a consistent replica at every point; rerun, it 
     if ((await verifyManifest(objects, manifest, root)).damaged.length > 0) damaged.push(spec);
   }
   assert.ok(damaged.length >= 1, 'the tampered chunk is reported');
+});
+
+test('an object damaged in the source fails the sync of its snapshot: never copied to the replica as good; once repaired, the next sync copies it', async (t) => {
+  const w = await world(t);
+  const { vault } = w.f;
+  await vault.createVolume('vol', SIZE);
+  const e = await vault.openEngine('vol', { autoCommitMs: 0 });
+  await e.write(0, randomBytes(2 * CHUNK_SIZE));
+  await e.snapshot('s1');
+  await e.close();
+  const chunk = files(join(w.dir, 'src')).find((p) => p.includes('/chunks/'))!;
+  const good = readFileSync(chunk);
+  const bad = Buffer.from(good);
+  bad[bad.length - 20] ^= 1; // a flipped byte: the object no longer opens at its place
+  writeFileSync(chunk, bad);
+  await assert.rejects(w.sync(), /snapshot vol@s1 is damaged in the source, so it is not copied .*verify vol@s1/);
+  const rel = chunk.slice(join(w.dir, 'src').length);
+  assert.ok(!existsSync(join(w.destDir, rel)), 'the damaged object is not in the replica');
+  if (await w.dest.head('vault')) assert.deepEqual((await (await w.replica()).listVolumes()).map((v) => v.name), [], 'no snapshot (nor volume) shown there');
+  writeFileSync(chunk, good); // repaired (from a backup)
+  const r = await w.sync();
+  assert.deepEqual(r.snapshots.map((x) => [x.export, x.status]), [['vol@s1', 'copied']]);
+  const key = rel.split('/').filter((seg) => seg !== '' && !seg.endsWith('~')).join('/');
+  assert.ok((await w.dest.get(key)).body.equals((await new FsStore(join(w.dir, 'src')).get(key)).body), 'the good bytes, as stored');
+  await verifyVault(await w.replica());
 });
 
 test('sync while a writer changes the source and takes snapshots: every copied snapshot is identical', async (t) => {
