@@ -58,6 +58,32 @@ async function imageSize(file: string): Promise<number> {
   throw new VaultError('ERR_INVALID_ARGUMENT', `${file} is not a regular file or a block device (a pipe's length is unknown until it ends): save it to a file first, or copy it in through a running server with nbdcopy`);
 }
 
+/** Disk image containers whose first bytes say what they are: imported as raw, a VM would see
+ *  their metadata as its disk. */
+const IMAGE_CONTAINERS: Array<[string, Buffer]> = [
+  ['qcow2 (or qcow)', Buffer.from('QFI\xfb', 'latin1')],
+  ['QED', Buffer.from('QED\0', 'latin1')],
+  ['VMDK', Buffer.from('KDMV', 'latin1')],
+  ['VHDX', Buffer.from('vhdxfile', 'latin1')],
+  ['VDI', Buffer.from('<<< ', 'latin1')],
+];
+
+/** The container format FILE starts with, or null (raw, as far as its first bytes tell). */
+async function containerFormatOf(file: string): Promise<string | null> {
+  const fh = await openFile(file, 'r');
+  try {
+    const head = Buffer.alloc(64);
+    const { bytesRead } = await fh.read(head, 0, head.length, 0);
+    const start = head.subarray(0, bytesRead);
+    for (const [name, magic] of IMAGE_CONTAINERS) {
+      if (start.subarray(0, magic.length).equals(magic) && (name !== 'VDI' || /VirtualBox Disk Image/.test(start.toString('latin1')))) return name;
+    }
+    return null;
+  } finally {
+    await fh.close().catch(() => {});
+  }
+}
+
 /** Run `work(i)` for i in [0, n) with at most `limit` in flight, in order of start. */
 async function forEachLimited(n: number, limit: number, work: (i: number) => Promise<void>): Promise<void> {
   let next = 0;
@@ -141,14 +167,24 @@ export function registerDataCommands(program: Command): void {
     });
   });
 
-  addSettings(program.command('import <file> <volume>').description('Copy a raw image FILE into an existing VOLUME (zero-aware); refused while a server serves the vault from the same --state (import through it with nbdcopy)'), VAULT_SETTINGS).action(
+  addSettings(
+    program
+      .command('import <file> <volume>')
+      .description('Copy a raw image FILE into an existing VOLUME (zero-aware); refused while a server serves the vault from the same --state (import through it with nbdcopy)')
+      .option('--raw', 'import FILE as it is even when it starts like a qcow2, VMDK, VHDX, QED or VDI image'),
+    VAULT_SETTINGS,
+  ).action(
     async (file: string, volume: string, opts) => {
+      const size = await imageSize(file);
+      const format = opts.raw ? null : await containerFormatOf(file);
+      if (format) {
+        throw new VaultError('ERR_INVALID_ARGUMENT', `${file} is a ${format} image, not a raw disk: imported as it is, the volume would hold its metadata. Convert it first (qemu-img convert -O raw ${file} disk.raw), or copy it in through a running server (qemu-img convert -n -O raw ${file} nbd://…/${volume}); --raw imports it as it is`);
+      }
       await withVault(opts, async (ctx, s) => {
         const ping = await adminRequest(s.state, { op: 'ping' });
         if (servesThis(ping, ctx)) {
           throw new VaultError('ERR_LEASE', `a server is serving this vault (state ${s.state}); import through it with nbdcopy or qemu-img convert, or stop it`);
         }
-        const size = await imageSize(file);
         const engine = await ctx.vault.openEngine(volume, { autoCommitMs: 0 });
         const bar = new Progress(`import ${volume}`, size);
         const fh = await openFile(file, 'r');
@@ -191,7 +227,7 @@ export function registerDataCommands(program: Command): void {
       .option('--json', 'print JSON'),
     VAULT_SETTINGS,
   ).action(async (source: string | undefined, opts) => {
-    if (!source === !opts.all) throw new VaultError('ERR_INVALID_ARGUMENT', 'name a volume (VOL or VOL@SNAP) or use --all, not both');
+    if (!source === !opts.all) throw new VaultError('ERR_INVALID_ARGUMENT', source ? 'name a volume (VOL or VOL@SNAP) or use --all, not both' : 'verify what? name a volume (VOL or VOL@SNAP), or use --all');
     await withVault(opts, async (ctx) => {
       const specs: string[] = [];
       const report: Array<{ source: string; chunks: number; journals: number; damaged: Damage[]; damagedJournals: JournalDamage[]; error?: string }> = [];

@@ -67,16 +67,19 @@ export function registerRetentionCommands(program: Command): void {
   });
 
   addSettings(
-    snap.command('keep <volume> [name]').description('Set the keep flag of a snapshot (VOLUME NAME or VOLUME@NAME; prune never removes it); --clear clears it').option('--clear', 'clear the flag'),
+    snap.command('keep <volume> [name]').description('Set the keep flag of a snapshot (VOLUME NAME or VOLUME@NAME; prune never removes it); --clear clears it').option('--clear', 'clear the flag').option('--json', 'print JSON'),
     VAULT_SETTINGS,
-  ).action(async (volumeArg: string, nameArg: string | undefined, opts, cmd: Command) =>
-    withVault(cmd.optsWithGlobals(), async (ctx) => {
+  ).action(async (volumeArg: string, nameArg: string | undefined, _opts, cmd: Command) => {
+    // (options after the arguments may land on the parent `snapshot` command: see both)
+    const opts = cmd.optsWithGlobals();
+    return withVault(opts, async (ctx) => {
       const [volume, name] = snapshotArgs('keep', volumeArg, nameArg);
       const { objects } = await ctx.vault.loadVolume(volume);
       const found = (await objects.listSnapshots()).find((s) => s.name === name);
       if (!found) throw new VaultError('ERR_NOT_FOUND', `volume "${volume}" has no snapshot named "${name}"`);
       await objects.setSnapshotKeep(found.id, !opts.clear);
-      out(`${opts.clear ? 'cleared' : 'set'} the keep flag of ${volume}@${name}`);
-    }),
-  );
+      if (opts.json) out(JSON.stringify({ volume, snapshot: name, keep: !opts.clear }));
+      else out(`${opts.clear ? 'cleared' : 'set'} the keep flag of ${volume}@${name}`);
+    });
+  });
 }

@@ -87,12 +87,15 @@ export function registerSnapshotCommands(program: Command): void {
     },
   );
 
-  addSettings(snap.command('delete <volume> [name]').description('Delete a snapshot (VOLUME NAME or VOLUME@NAME) and the objects only it referenced'), VAULT_SETTINGS).action(
-    async (volumeArg: string, nameArg: string | undefined, _opts, cmd: Command) =>
-      withVault(cmd.optsWithGlobals(), async (ctx) => {
+  addSettings(snap.command('delete <volume> [name]').description('Delete a snapshot (VOLUME NAME or VOLUME@NAME) and the objects only it referenced').option('--json', 'print JSON'), VAULT_SETTINGS).action(
+    async (volumeArg: string, nameArg: string | undefined, _opts, cmd: Command) => {
+      const opts = cmd.optsWithGlobals();
+      return withVault(opts, async (ctx) => {
         const [volume, name] = snapshotArgs('delete', volumeArg, nameArg);
         const r = await ctx.vault.deleteSnapshot(volume, name);
-        out(`deleted snapshot ${volume}@${name} (freed ${r.freedObjects} objects)`);
-      }),
+        if (opts.json) out(JSON.stringify({ volume, snapshot: name, freedObjects: r.freedObjects }));
+        else out(`deleted snapshot ${volume}@${name} (freed ${r.freedObjects} objects)`);
+      });
+    },
   );
 }

@@ -47,7 +47,8 @@ export function parseRecoveryKey(text: string): SecretKey {
       headerKeyId = m ? m[2].toLowerCase() : null;
       continue;
     }
-    const m = /^(\d+)\s*[:.)]?\s+(.*)$/.exec(line);
+    // "1: ABCD", "1. ABCD", "1) ABCD", "1 ABCD", and without the space, "1:ABCD"
+    const m = /^(\d+)\s*(?:[:.)]\s*|\s+)(.*)$/.exec(line);
     if (!m) throw bad('every line must start with its number (1 to 4), e.g. "1: ABCD EFGH …"');
     const n = Number(m[1]);
     if (n < 1 || n > LINES) throw bad(`there is no line ${n} (lines are numbered 1 to ${LINES})`);

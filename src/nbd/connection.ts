@@ -118,7 +118,7 @@ export class NbdConnection {
   ) {
     this.socket = rawSocket;
     this.remote = rawSocket.remoteAddress ?? 'unix socket';
-    this.fsm = new ConnStateMachine(opts.logger);
+    this.fsm = new ConnStateMachine(opts.logger.child({ conn: id }));
     this.done = new Promise((r) => (this.resolveDone = r));
     this.writer = new ReplyWriter(rawSocket, () => this.die('client stopped reading replies', 'warn'));
     this.queue = new ByteQueue(HANDSHAKE_HIGH_WATER, () => this.socket.pause(), () => this.socket.resume());

@@ -66,6 +66,12 @@ test('import, export, verify, diff and gc from the command line; quiet in pipes'
   const noImage = await v.cliResult('import', join(v.dir, 'no-such.img'), 'd');
   assert.equal(noImage.code, 1);
   assert.equal(noImage.stderr.trim(), `nbd-vault: cannot read ${join(v.dir, 'no-such.img')}: no such file [ERR_NOT_FOUND]`);
+  // a qcow2 image is no raw disk: refused, unless --raw says to take its bytes as they are
+  await runCommand('qemu-img', ['create', '-q', '-f', 'qcow2', join(v.dir, 'vm.qcow2'), '16M']);
+  const qcow = await v.cliResult('import', join(v.dir, 'vm.qcow2'), 'd');
+  assert.equal(qcow.code, 2);
+  assert.match(qcow.stderr, /is a qcow2 \(or qcow\) image, not a raw disk: .*qemu-img convert -O raw/);
+  assert.match((await v.cli('import', join(v.dir, 'vm.qcow2'), 'd', '--raw')).stdout, /imported 192(\.0)? KiB from .*vm.qcow2 into d/);
   const imp = await v.cli('import', join(v.dir, 'in.img'), 'd');
   assert.match(imp.stdout, /imported 20 MiB .* into d \(\d+ zero chunks skipped\)/);
   assert.doesNotMatch(imp.stderr, /\[#|%/, 'no progress bar when stderr is not a terminal');
@@ -200,8 +206,9 @@ test('snapshot keep and delete take VOLUME NAME or the export name VOLUME@NAME t
   await v.cli('snapshot', 'keep', 's@one');
   const kept = JSON.parse((await v.cli('snapshot', 'list', 's', '--json')).stdout);
   assert.deepEqual(kept.map((x: any) => [x.name, x.keep]), [['one', true], ['two', false]]);
-  await v.cli('snapshot', 'keep', 's', 'one', '--clear');
-  await v.cli('snapshot', 'delete', 's@two');
+  assert.deepEqual(JSON.parse((await v.cli('snapshot', 'keep', 's', 'one', '--clear', '--json')).stdout), { volume: 's', snapshot: 'one', keep: false });
+  const deleted = JSON.parse((await v.cli('snapshot', 'delete', 's@two', '--json')).stdout);
+  assert.deepEqual([deleted.volume, deleted.snapshot, typeof deleted.freedObjects], ['s', 'two', 'number']);
   await v.cli('snapshot', 'delete', 's', 'one');
   assert.match((await v.cli('snapshot', 'list', 's')).stdout, /volume s has no snapshots/);
   for (const args of [['s'], ['s@one', 'one'], ['s@'], ['@one']]) {

@@ -24,6 +24,9 @@ test('a recovery key round-trips, survives case, dashes, O/I/L and a missing hea
     // typed sloppily: lower case, dashes, 0 as o and 1 as l, no header, lines shuffled, CRLF
     const sloppy = [3, 1, 4, 2].map((n) => lines[n].slice(0, 3) + lines[n].slice(3).toLowerCase().replace(/ /g, '-').replace(/0/g, 'o').replace(/1/g, 'l'));
     assert.ok(parseRecoveryKey(sloppy.join('\r\n')).bytes.equals(master.bytes));
+    // no space after the number's separator, or none at all between the groups; or "2." and "3)"
+    const tight = [1, 2, 3, 4].map((n) => `${n}${[':', '.', ')', ':'][n - 1]}${lines[n].slice(3).replace(/ /g, '')}`);
+    assert.ok(parseRecoveryKey(tight.join('\n')).bytes.equals(master.bytes), tight.join(' | '));
   }
 });
 
