@@ -234,10 +234,18 @@ export function registerDataCommands(program: Command): void {
       if (opts.all) {
         // a volume whose metadata cannot be read is damage too: its data opens no more
         const unreadable: Array<{ id: string; error: string }> = [];
+        const unlisted: Array<{ source: string; error: string }> = [];
         for (const v of await ctx.vault.listVolumes({ unreadable })) {
           specs.push(v.name);
-          for (const sn of await ctx.vault.listSnapshots(v.name)) specs.push(`${v.name}@${sn.name}`);
+          // (a damaged root or snapshot record is this volume's damage: the others are verified)
+          try {
+            for (const sn of await ctx.vault.listSnapshots(v.name)) specs.push(`${v.name}@${sn.name}`);
+          } catch (err) {
+            if (isVaultError(err, 'ERR_NOT_FOUND')) continue; // deleted meanwhile
+            unlisted.push({ source: `${v.name}@*`, error: `its snapshots cannot be listed: ${describeError(err)}` });
+          }
         }
+        for (const u of unlisted) report.push({ ...u, chunks: 0, journals: 0, damaged: [], damagedJournals: [] });
         for (const u of unreadable) report.push({ source: `volume id ${u.id}`, chunks: 0, journals: 0, damaged: [], damagedJournals: [], error: `its metadata cannot be read: ${u.error}` });
       } else specs.push(source!);
       const checked = new Map<string, string | null>();

@@ -445,6 +445,27 @@ test('a volume whose metadata another tool overwrote: verify --all and volume li
   assert.match(list.stdout, /^good +8 MiB/m);
 });
 
+test('verify --all goes on past a volume whose root is damaged: that volume is reported, the others are verified; --json too', async (t) => {
+  const v = await makeTestVault();
+  t.after(() => v.cleanup());
+  await v.cli('volume', 'create', 'good', '--size', '8M');
+  await v.cli('snapshot', 'good', 's');
+  await v.cli('volume', 'create', 'broken', '--size', '8M');
+  const id = JSON.parse((await v.cli('volume', 'info', 'broken', '--json')).stdout).id;
+  const rootFile = files(join(v.dir, 'data')).find((p) => p.includes(id) && p.endsWith('/root'))!;
+  const bytes = readFileSync(rootFile);
+  bytes[bytes.length - 5] ^= 1;
+  writeFileSync(rootFile, bytes);
+  const verify = await v.cliResult('verify', '--all');
+  assert.equal(verify.code, 1, verify.stderr);
+  assert.match(verify.stdout, /^broken(@\*)?: DAMAGED manifest: /m);
+  assert.match(verify.stdout, /^good: ok/m);
+  assert.match(verify.stdout, /^good@s: ok/m);
+  const json = JSON.parse((await v.cliResult('verify', '--all', '--json')).stdout);
+  assert.equal(json.ok, false);
+  assert.deepEqual(json.results.filter((r: { error?: string }) => !r.error).map((r: { source: string }) => r.source).sort(), ['good', 'good@s']);
+});
+
 test('export of a volume a server elsewhere writes (another state directory): it says the copy holds what that server has stored', async (t) => {
   const v = await makeTestVault();
   t.after(() => v.cleanup());
