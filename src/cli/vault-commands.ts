@@ -61,7 +61,7 @@ export function registerVaultCommands(program: Command): void {
     },
   );
 
-  const deletingNote = (name: string) => `volume "${name}" is being deleted (a \`volume delete\` runs, or was cut off: \`nbd-vault volume delete ${name}\` finishes it); it opens read-only only`;
+  const deletingNote = (i: { name: string; deletingAdvice: string | null }) => `volume "${i.name}" is being deleted (${i.deletingAdvice ?? 'a `volume delete` runs'}); it opens read-only only`;
 
   addSettings(volume.command('list').description('List volumes: name, size, allocated, snapshots'), VAULT_SETTINGS)
     .option('--json', 'print JSON')
@@ -85,7 +85,7 @@ export function registerVaultCommands(program: Command): void {
         const rows = [['NAME', 'SIZE', 'ALLOCATED', 'STORED', 'SNAPSHOTS'], ...infos.map((i) => [i.name, formatSize(i.size), formatSize(i.allocated), formatSize(i.storedBytes), String(i.snapshots)])];
         const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
         out(rows.map((r) => r.map((cell, c) => cell.padEnd(widths[c])).join('  ').trimEnd()).join('\n'));
-        for (const i of infos.filter((i) => i.deleting)) out(deletingNote(i.name));
+        for (const i of infos.filter((i) => i.deleting)) out(deletingNote(i));
         for (const name of new Set(infos.map((i) => i.name))) {
           const twins = infos.filter((i) => i.name === name);
           if (twins.length > 1) out(`${twins.length} volumes are named "${name}" (ids ${twins.map((i) => i.id).join(', ')}): not served; delete the unwanted one with "volume delete ${name} --id ID"`);
@@ -109,7 +109,7 @@ export function registerVaultCommands(program: Command): void {
             ...(i.journals.count > 0 ? [`journals:   ${i.journals.count} (${formatSize(i.journals.storedBytes)} of recent writes, not yet folded into chunks)`] : []),
             `snapshots:  ${i.snapshots}`,
             ...(i.origin ? [`clone of:   ${i.origin}`] : []),
-            ...(i.deleting ? [`deleting:   ${deletingNote(i.name)}`] : []),
+            ...(i.deleting ? [`deleting:   ${deletingNote(i)}`] : []),
             `root:       sequence ${i.rootSeq}, epoch ${i.epoch}, updated ${i.updatedAt}`,
             `created:    ${i.createdAt}`,
           ].join('\n'),

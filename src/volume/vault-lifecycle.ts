@@ -130,18 +130,21 @@ export class VaultLifecycle {
    *  followed by a read that sees the deletion. Read together, the existence check could come
    *  before the deletion and the mark check after the mark's removal, and both pass. */
   private async assertClonable(objects: VolumeObjects, snap: SnapshotRecord, source: string): Promise<void> {
-    const [volumeDeleting, snapDeleting] = await Promise.all([objects.isMarkedDeleting(null), objects.isMarkedDeleting(snap.id)]);
+    const [volumeName, snapName] = splitExportName(source);
+    const [volumeDeleting, snapDeleting] = await Promise.all([
+      objects.deletionMarkAdvice(null, `nbd-vault volume delete ${volumeName}`),
+      objects.deletionMarkAdvice(snap.id, `nbd-vault snapshot delete ${volumeName} ${snapName}`),
+    ]);
     const [volumeGone, snapGone] = await Promise.all([
       this.store.head(metaKey(objects.volumeId)).then((h) => h === null),
       objects.snapshotExists(snap.id).then((e) => !e),
     ]);
     // A mark outlives a deletion that was killed: say how to finish it (marks never expire: a
     // deletion under way cannot be told from a dead one here)
-    const [volumeName, snapName] = splitExportName(source);
     if (volumeGone) throw new VaultError('ERR_NOT_FOUND', `cannot clone ${source}: its volume was deleted`);
-    if (volumeDeleting) throw new VaultError('ERR_NOT_FOUND', `cannot clone ${source}: its volume is being deleted (if no deletion is running, one was interrupted: \`nbd-vault volume delete ${volumeName}\` finishes it)`);
+    if (volumeDeleting !== null) throw new VaultError('ERR_NOT_FOUND', `cannot clone ${source}: its volume is being deleted (${volumeDeleting})`);
     if (snapGone) throw new VaultError('ERR_NOT_FOUND', `cannot clone ${source}: the snapshot was deleted`);
-    if (snapDeleting) throw new VaultError('ERR_NOT_FOUND', `cannot clone ${source}: the snapshot is being deleted (if no deletion is running, one was interrupted: \`nbd-vault snapshot delete ${volumeName} ${snapName}\` finishes it)`);
+    if (snapDeleting !== null) throw new VaultError('ERR_NOT_FOUND', `cannot clone ${source}: the snapshot is being deleted (${snapDeleting})`);
   }
 
   /**

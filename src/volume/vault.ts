@@ -299,7 +299,8 @@ export class Vault {
       const { meta, objects, root, etag } = await this.loadVolume(name, found);
       // a `volume delete` under way or cut off: writes would be lost with it (reads are whole
       // until its metadata goes, and can rescue what it holds)
-      if (!readOnly && (await objects.isMarkedDeleting(null))) throw new VaultError('ERR_EXISTS', `volume "${name}" is being deleted (if no deletion is running, one was interrupted: \`nbd-vault volume delete ${name}\` finishes it)`);
+      const deleting = readOnly ? null : await objects.deletionMarkAdvice(null, `nbd-vault volume delete ${name}`);
+      if (deleting !== null) throw new VaultError('ERR_EXISTS', `volume "${name}" is being deleted (${deleting})`);
       const manifest = await VolumeEngine.loadManifest(objects, root);
       const opts: EngineOptions = {
         ...DEFAULT_ENGINE_OPTIONS,

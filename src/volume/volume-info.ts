@@ -74,8 +74,9 @@ export async function volumeInfo(vault: Vault, name: string, found?: VolumeMeta)
     allocatedChunks,
     journals: { count: journals.length, storedBytes: journalBytes },
     snapshots: (await objects.listSnapshots()).length,
-    /** a `volume delete` has begun (runs now, or was cut off): writers are refused */
+    /** a `volume delete` has begun (runs now, or was cut off): writers are refused; what to do */
     deleting: await objects.isMarkedDeleting(null),
+    deletingAdvice: await objects.deletionMarkAdvice(null, `nbd-vault volume delete ${meta.name}`),
     origin: root.origin ? await vault.describeOrigin(root.origin) : null,
     rootSeq: root.seq,
     epoch: root.epoch,

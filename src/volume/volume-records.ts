@@ -210,6 +210,16 @@ export class VolumeRecords {
     return (await this.store.head(this.deletionMark(snapshotId).key)) !== null;
   }
 
+  /** What a refusal for a deletion mark tells the user to do: a mark that does not open was not
+   *  written by a delete of ours as it is (damage, or an object put there by another hand), and
+   *  finishing "its" delete is not the advice to give then. Null when there is no mark. */
+  async deletionMarkAdvice(snapshotId: string | null, finish: string): Promise<string | null> {
+    const mark = await this.deletionMarkOf(snapshotId);
+    if (mark === null) return null;
+    if (!mark.unreadable) return `if no deletion is running, one was interrupted: \`${finish}\` finishes it`;
+    return `its deletion mark ${this.deletionMark(snapshotId).key} does not open (damaged, or not written by nbd-vault): if you started no \`${finish}\`, remove that object from the store; \`nbd-vault verify\` reads the data meanwhile`;
+  }
+
   // --- reader marks (snapshot-readers.ts) --------------------------------------------------
   // "Session S reads this snapshot": a snapshot delete refuses while a live session reads it. One
   // mark per reader (an engine), `<session id>-<random>`: two engines of one snapshot in one

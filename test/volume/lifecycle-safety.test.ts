@@ -430,6 +430,24 @@ test('a snapshot delete killed after its mark: a clone says how to finish it, an
   await assert.rejects(vault.cloneVolume('v@s', 'c'), /has no snapshot named "s"/);
 });
 
+test('a deletion mark that does not open (not written by a delete of ours): refusals say so and do not advise finishing "its" delete', async (t) => {
+  const store = new MemoryStore();
+  const f = await makeVault(store);
+  t.after(() => f.cleanup());
+  const meta = await f.vault.createVolume('v', 2 * CHUNK_SIZE);
+  const e = await f.vault.openEngine('v');
+  await e.snapshot('s');
+  await e.close();
+  await store.put(`volumes/${meta.id}/deleting`, Buffer.from('{"v":1,"deleting":"volume"}')); // put there by another hand
+  const forged = /deletion mark volumes\/[0-9a-f]{32}\/deleting does not open \(damaged, or not written by nbd-vault\): if you started no `nbd-vault volume delete v`, remove that object/;
+  await assert.rejects(f.vault.openEngine('v'), (err: VaultError) => err.code === 'ERR_EXISTS' && forged.test(err.message) && !/finishes it/.test(err.message));
+  await assert.rejects(f.vault.cloneVolume('v@s', 'c'), (err: Error) => forged.test(err.message));
+  assert.match((await f.vault.volumeInfo('v')).deletingAdvice ?? '', forged);
+  await store.delete(`volumes/${meta.id}/deleting`);
+  const again = await f.vault.openEngine('v');
+  await again.close();
+});
+
 test('a volume delete killed after its mark: the volume is not opened for writing again (writes would go with it), and a rerun finishes it', async (t) => {
   const base = new MemoryStore();
   const f = await makeVault(base);
