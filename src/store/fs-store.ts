@@ -107,9 +107,8 @@ export class FsStore implements ObjectStore {
    * reads in 512 KiB pieces, a thread-pool request each, and always into fresh memory).
    */
   private async readWhole(file: string, key: string, into?: Buffer): Promise<Buffer> {
-    const fh = await this.openObjectFile(file, key);
+    const { fh, size } = await this.openObjectFile(file, key);
     try {
-      const { size } = await fh.stat();
       if (size > MAX_OBJECT_BYTES + HEADER_BYTES) throw new VaultError('ERR_STORE_IO', `${this.name}: ${key}: ${size} bytes, larger than any object nbd-vault writes (at most ${MAX_OBJECT_BYTES}): not read`);
       const out = readTarget(into, size);
       // objects are replaced by rename, never rewritten in place: the open file keeps its size
@@ -154,9 +153,9 @@ export class FsStore implements ObjectStore {
   /** Opens an object's file to read it: nonblocking, so that a FIFO put where an object was
    *  (the open of one waits for a writer, holding a thread-pool thread for good) is refused as
    *  what it is, as is anything but a regular file. */
-  private async openObjectFile(file: string, key: string): Promise<fsp.FileHandle> {
+  private async openObjectFile(file: string, key: string): Promise<{ fh: fsp.FileHandle; size: number; mtime: Date; ino: bigint; dev: bigint }> {
     const fh = await fsp.open(file, fsc.O_RDONLY | fsc.O_NONBLOCK);
-    const st = await fh.stat().catch(async (err) => {
+    const st = await fh.stat({ bigint: true }).catch(async (err) => {
       await fh.close().catch(() => undefined);
       throw err;
     });
@@ -164,18 +163,17 @@ export class FsStore implements ObjectStore {
       await fh.close().catch(() => undefined);
       throw new VaultError('ERR_STORE_IO', `${this.name}: ${key}: not a regular file (${file}): not read`);
     }
-    return fh;
+    return { fh, size: Number(st.size), mtime: st.mtime, ino: st.ino, dev: st.dev };
   }
 
   /** Opens an object file for ranged reads: its header checked, its identity and size noted. */
   private async openForRanges(key: string): Promise<OpenObjectFile> {
-    const handle = await this.openObjectFile(this.pathOf(key), key);
+    const { fh: handle, size, ino, dev } = await this.openObjectFile(this.pathOf(key), key);
     try {
       const hdr = Buffer.alloc(HEADER_BYTES);
       const { bytesRead } = await handle.read(hdr, 0, HEADER_BYTES, 0);
       this.parseHeader(hdr.subarray(0, bytesRead), key);
-      const st = await handle.stat({ bigint: true });
-      return { handle, ino: st.ino, dev: st.dev, fileSize: st.size, bodySize: Number(st.size) - HEADER_BYTES, close: () => handle.close() };
+      return { handle, ino, dev, fileSize: BigInt(size), bodySize: size - HEADER_BYTES, close: () => handle.close() };
     } catch (err) {
       await handle.close().catch(() => undefined);
       throw err;
@@ -434,12 +432,12 @@ export class FsStore implements ObjectStore {
   private async readInfo(file: string, key: string): Promise<ObjectInfo> {
     let fh: fsp.FileHandle | null = null;
     try {
-      fh = await this.openObjectFile(file, key);
-      const st = await fh.stat();
+      const opened = await this.openObjectFile(file, key);
+      fh = opened.fh;
       const hdr = Buffer.alloc(HEADER_BYTES);
       const { bytesRead } = await fh.read(hdr, 0, HEADER_BYTES, 0);
       const etag = this.parseHeader(hdr.subarray(0, bytesRead), key);
-      return { key, size: st.size - HEADER_BYTES, etag, lastModified: st.mtime };
+      return { key, size: opened.size - HEADER_BYTES, etag, lastModified: opened.mtime };
     } catch (err) {
       throw this.fsError(err, 'head', key);
     } finally {
