@@ -355,7 +355,7 @@ export function registerDataCommands(program: Command): void {
       }
       if (r.newVolumeObjects > 0) out(`kept ${r.newVolumeObjects} objects of volumes created while gc ran`);
       if (r.orphanObjects > 0) {
-        out(`kept ${r.orphanObjects} objects of ${r.orphanVolumes.length} volumes that hold data but have neither metadata nor a deletion mark (ids ${r.orphanVolumes.join(', ')}): their metadata was lost; restore volumes/ID/meta from a backup or replica, or remove them with gc --orphans`);
+        out(`kept ${r.orphanObjects} objects of ${r.orphanVolumes.length} volumes that hold data but have neither metadata nor a deletion mark (ids ${r.orphanVolumes.join(', ')}): their metadata was lost (restore volumes/ID/meta from a backup or replica) or, in a replica, a sync was cut off before it copied it (sync again); gc --orphans removes them`);
       }
     });
   });

@@ -49,13 +49,13 @@ export function registerSyncCommand(program: Command): void {
         const r = await sync.run();
         bar.done();
         // a snapshot not copied is a backup that did not happen: cron must hear of it
-        const notCopied = r.snapshots.filter((s) => s.status === 'name-taken' || s.status === 'held');
+        const notCopied = r.snapshots.filter((s) => s.status === 'name-taken' || s.status === 'held' || s.status === 'damaged');
         if (r.nameTaken.length > 0 || notCopied.length > 0) process.exitCode = 1;
         if (opts.json) return out(JSON.stringify(r, null, 2));
         const fresh = r.snapshots.filter((s) => s.status === 'copied').length;
         out(`synced to ${destName}: ${fresh} new snapshot(s) of ${r.snapshots.length}, ${r.copied} objects copied (${formatSize(r.bytes)}), ${r.skipped} already in the replica (from an earlier sync, or shared with a snapshot copied before)`);
         for (const s of r.snapshots) {
-          if (s.status === 'name-taken' || s.status === 'held') out(`  FAILED   ${s.export} (${s.status}): ${s.reason}`);
+          if (s.status === 'name-taken' || s.status === 'held' || s.status === 'damaged') out(`  FAILED   ${s.export} (${s.status}): ${s.reason}`);
           else if (s.status !== 'present') out(`  ${s.status.padEnd(8)} ${s.export}`);
         }
         for (const p of r.pruned) out(`  pruned   ${p}`);

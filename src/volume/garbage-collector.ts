@@ -8,9 +8,10 @@
 // mark (a crypto-erased, half-deleted volume), holds nothing but a root (a create or clone
 // killed before its metadata), or has no root (objects nothing can name) — unless the metadata
 // appeared while gc ran (a volume created meanwhile). A volume with a root and data but neither
-// metadata nor mark lost its metadata (a store that lost or withholds one object): its objects
-// are what restoring the metadata needs, so they are kept and reported, unless the caller says
-// `orphans` (a delete of an older build, cut off).
+// metadata nor mark lost its metadata (a store that lost or withholds one object), or is a
+// replica's volume whose first sync was cut off before its metadata (copied last): its objects
+// are what restoring the metadata (or the next sync) needs, so they are kept and reported,
+// unless the caller says `orphans` (a delete of an older build, cut off).
 import type { Logger } from '../util/log';
 import { VOLUMES_PREFIX, chunkPrefix, journalPrefix, leaseKey, metaKey, pagePrefix, rootKey, snapshotKey, snapshotPrefix, volumeDeletingKey, volumeIdOfKey } from './object-keys';
 import type { Vault } from './vault';
@@ -149,7 +150,7 @@ export async function collectGarbage(vault: Vault, opts: GcOptions, logger: Logg
   const garbage = candidates.filter((c) => !created.has(c.volumeId) && !orphans.has(c.volumeId));
   const orphanObjects = candidates.filter((c) => orphans.has(c.volumeId)).length;
   const newVolumeObjects = candidates.length - garbage.length - orphanObjects;
-  if (orphans.size > 0) logger.warn({ volumeIds: [...orphans], objects: orphanObjects }, 'kept the objects of volumes that have data but neither metadata nor a deletion mark: their metadata was lost (restore it from a backup or replica); gc --orphans takes them');
+  if (orphans.size > 0) logger.warn({ volumeIds: [...orphans], objects: orphanObjects }, 'kept the objects of volumes that have data but neither metadata nor a deletion mark: their metadata was lost (restore it from a backup or replica), or, in a replica, a sync was cut off before it copied it (sync again); gc --orphans takes them');
   const bytes = garbage.reduce((n, c) => n + c.size, 0);
   const keys = garbage.map((c) => c.key);
   let deleted = 0;

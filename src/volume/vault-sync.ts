@@ -47,9 +47,11 @@ export interface SyncedSnapshot {
    *  what a writer on the replica made of its volume, or a server holds it there (not copied:
    *  it would read as a rollback); the run fails (exit 1);
    *  name-taken: the replica has another snapshot of this name (deleted and taken again in the
-   *  source), kept there (no --prune, or its keep flag): not copied, the run fails (exit 1) */
-  readonly status: 'copied' | 'updated' | 'present' | 'vanished' | 'held' | 'name-taken';
-  /** held, name-taken: why, and what to do */
+   *  source), kept there (no --prune, or its keep flag): not copied, the run fails (exit 1);
+   *  damaged: an object it names does not open in the source (or is missing there): not copied
+   *  (what it shares with other snapshots is, once it opens), the run goes on and fails (exit 1) */
+  readonly status: 'copied' | 'updated' | 'present' | 'vanished' | 'held' | 'name-taken' | 'damaged';
+  /** held, name-taken, damaged: why, and what to do */
   readonly reason?: string;
 }
 
@@ -138,7 +140,7 @@ export class VaultSync {
       for (const p of plans.filter((x) => x.job === job)) results.push(await this.copySnapshot(job, p.snap, p.objects));
       snapshots.push(...results);
       // A new volume becomes visible only once a snapshot and its root are there.
-      if (!isNew || results.some((r) => r.status !== 'vanished' && r.status !== 'held')) await this.copyMeta(job);
+      if (!isNew || results.some((r) => r.status !== 'vanished' && r.status !== 'held' && r.status !== 'damaged')) await this.copyMeta(job);
     }
     await this.followKeyRotation();
     if (this.opts.prune) await this.replicaSnapshots.pruneVolumes([...jobs.filter((j) => j.full), ...bare]);
@@ -326,8 +328,12 @@ export class VaultSync {
     } catch (err) {
       // An object gone from the source: fine if its snapshot was deleted meanwhile, else damage.
       if ((isVaultError(err, 'ERR_STORE_NOT_FOUND') || isMissingObject(err)) && !(await this.source.store.head(recordKey))) return { export: name, id: snap.id, status: 'vanished' };
-      if (isVaultError(err) && (err.code === 'ERR_AUTH_FAILED' || err.code === 'ERR_CORRUPT' || err.code === 'ERR_IO')) {
-        throw new VaultError(err.code, `snapshot ${name} is damaged in the source, so it is not copied (what it shares with copied snapshots is; \`nbd-vault verify ${name}\` names the damage): ${err.message}`, { cause: err });
+      // damage in the source (not a failure here, nor of the replica): this snapshot is not
+      // copied, the others are
+      if (isVaultError(err, 'ERR_AUTH_FAILED') || isVaultError(err, 'ERR_CORRUPT') || isMissingObject(err)) {
+        const reason = `damaged in the source, so not copied (\`nbd-vault verify ${name}\` names the damage; repair it from a backup, or delete the snapshot): ${(err as Error).message}`;
+        this.logger.error({ snapshot: name, err: describeError(err) }, 'snapshot not copied: damaged in the source');
+        return { export: name, id: snap.id, status: 'damaged', reason };
       }
       throw err;
     }
