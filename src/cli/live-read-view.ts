@@ -39,6 +39,8 @@ export class LiveReadView implements Export {
   /** the engine each read's result came from (its memory goes back there: readDone) */
   private readonly lenders = new WeakMap<Buffer, VolumeEngine>();
   private readonly retired = new WeakSet<VolumeEngine>();
+  /** the final counters of the engines the view left (stats) */
+  private readonly leftCounters = { hits: 0, misses: 0, reused: 0 };
   /** closes of engines the view left, still running (close() waits for them) */
   private readonly closings = new Set<Promise<void>>();
   private closed = false;
@@ -72,9 +74,13 @@ export class LiveReadView implements Export {
     return this.engine.caps; // a read-only engine's: READ_ONLY, no flush, trim or zeroes
   }
 
-  /** The engine it reads now (metrics, at scrape time; counters restart when the view moves). */
+  /** Its read figures (metrics, at scrape time): the engine it reads now, plus the counters of
+   *  those it left (a counter that fell back at each move read as a reset: a spike in rate()).
+   *  No journals: the ones it replays are the writer's, counted where it writes. */
   stats(): EngineStats {
-    return this.engine.stats();
+    const now = this.engine.stats();
+    const left = this.leftCounters;
+    return { ...now, readCacheHits: now.readCacheHits + left.hits, readCacheMisses: now.readCacheMisses + left.misses, decodeBuffersReused: now.decodeBuffersReused + left.reused, journals: 0, journalBlocks: 0 };
   }
 
   /** The root the view reads now. */
@@ -200,6 +206,11 @@ export class LiveReadView implements Export {
           if (changed) throw (this.outdated = new VolumeChanged(this.name, changed));
           return;
         }
+        // (its counters from here on go on in the ones it left: a read still on it adds little)
+        const last = from.stats();
+        this.leftCounters.hits += last.readCacheHits;
+        this.leftCounters.misses += last.readCacheMisses;
+        this.leftCounters.reused += last.decodeBuffersReused;
         this.engine = next;
         if (!this.busy.has(from)) this.retire(from); // (else the last read on it does)
       } finally {

@@ -17,6 +17,7 @@ const store = { seq: 1 };
 
 interface Fake {
   closes: number;
+  hits: number;
   given: Buffer[];
   readonly currentSeq: number;
 }
@@ -42,6 +43,10 @@ function fakeEngine(seq: number, read: () => Promise<Buffer>, id = 'v1', size = 
     async close() {
       e.closes++;
     },
+    hits: 0,
+    stats() {
+      return { readCacheHits: e.hits, readCacheMisses: 1, readCacheBytes: 100, decodeBuffersReused: 0, decodeBuffersFreeBytes: 0, dirtyBytes: 0, dirtyChunks: 0, uploadsInFlight: 0, journals: 2, journalBlocks: 5, leaseHeld: false, leaseLost: false };
+    },
   };
   return e as unknown as Fake & VolumeEngine;
 }
@@ -64,6 +69,7 @@ async function viewOf(engines: Array<Fake & VolumeEngine>) {
 test('a read that finds an object gone moves to the newer root and reads again; the engine left is closed', async () => {
   store.seq = 1;
   const old = fakeEngine(1, gone);
+  old.hits = 7;
   const fresh = fakeEngine(2, async () => Buffer.from('new'));
   const { view, opened } = await viewOf([old, fresh]);
   store.seq = 2; // the writer elsewhere committed, and deleted what root 1 named
@@ -74,6 +80,11 @@ test('a read that finds an object gone moves to the newer root and reads again; 
   assert.equal(old.closes, 1, 'the engine left behind is closed');
   view.readDone(data);
   assert.deepEqual(fresh.given, [data], 'the memory goes back to the engine that lent it');
+  // its counters go on from the engine it left (a counter falling back reads as a reset); the
+  // journals it replays are the writer's, not counted again
+  fresh.hits = 3;
+  const stats = view.stats();
+  assert.deepEqual([stats.readCacheHits, stats.readCacheMisses, stats.readCacheBytes, stats.journals, stats.journalBlocks], [7 + 3, 1 + 1, 100, 0, 0]);
   await view.close();
   assert.equal(fresh.closes, 1);
 });
