@@ -2,6 +2,7 @@
 // volume, then serve every volume as an NBD export until SIGINT/SIGTERM, flushing all on the way
 // out. The server part is runServer() from serve-command.ts; this file only builds the provider.
 import { VaultError } from '../errors';
+import { SCHEDULED_SNAPSHOT, reservedSnapshotName } from '../volume/snapshot-record';
 import { formatSize } from '../util/size';
 import { createLogger } from '../util/log';
 import { VaultExportProvider } from './vault-export-provider';
@@ -89,7 +90,11 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
       baseStoreName(ctx.store),
       async (req: AdminRequest) => {
         if (req.op === 'ping') return { pid: process.pid, open: provider.openNames() };
-        if (req.op === 'snapshot') return provider.snapshot(req.volume, req.name, { keep: req.keep === true });
+        if (req.op === 'snapshot') {
+          // (the schedule's names are its own: its --prune would delete one taken this way)
+          if (SCHEDULED_SNAPSHOT.test(req.name)) throw new VaultError('ERR_INVALID_ARGUMENT', reservedSnapshotName(req.name)!);
+          return provider.snapshot(req.volume, req.name, { keep: req.keep === true });
+        }
         if (req.op === 'cacheWarm') return req.report ? warmJobs.report(req.volume) : warmJobs.startOrReport(req.volume);
         throw new Error(`unknown admin request ${JSON.stringify((req as { op: unknown }).op)}`);
       },

@@ -199,7 +199,12 @@ export class FsStore implements ObjectStore {
       let tmp: string | null = null;
       try {
         await this.ensureDir(dir);
-        tmp = await this.writeTemp(dir, etagRaw, body);
+        tmp = await this.writeTemp(dir, etagRaw, body).catch(async (err: NodeJS.ErrnoException) => {
+          if (err.code !== 'ENOENT') throw err;
+          // the directory went between the two (gc removes a deleted volume's empty tree): again
+          await this.ensureDir(dir);
+          return this.writeTemp(dir, etagRaw, body);
+        });
         if (opts.ifNoneMatch === '*') {
           try {
             await fsp.link(tmp, file);

@@ -2,6 +2,7 @@
 // serve --snapshot-every --prune, sync to a replica (fs→fs, RGW→fs, fs→RGW), then serving the
 // replica to nbdcopy and qemu-img and restoring from it as the README describes.
 import { test } from 'node:test';
+import { adminRequest } from '../../src/cli/admin-socket';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
@@ -90,6 +91,10 @@ test('snapshot prune and keep flags from the command line; serve --snapshot-ever
   // `auto-` ones pruned to 2
   const srv = await v.serve(['--snapshot-every', '1s', '--prune', 'last=2']);
   t.after(() => srv.kill());
+  // (a client of the admin socket other than this build's CLI is refused the schedule's names too)
+  const asked = await adminRequest(join(v.dir, 'state'), { op: 'snapshot', volume: 'vol', name: 'auto-2026-01-01T00-00-00Z' });
+  assert.equal(asked?.ok, false);
+  assert.match(asked?.ok === false ? asked.message : '', /the form of the names the server's snapshot schedule gives/);
   const write = () => runCommand('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5a 0 1M', srv.uri('vol')]);
   await write();
   const seen = new Set<string>();
