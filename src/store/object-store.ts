@@ -74,10 +74,11 @@ export interface ObjectStore {
 
 export type StoreLayer = (inner: ObjectStore) => ObjectStore;
 
-/** No object nbd-vault writes comes near this (a chunk container is ~4 MiB, a journal at most
- *  ~17 MiB, a root or page a few KiB): a store that answers a bigger one lies, and reading it
- *  whole would let one object exhaust the process's memory (a 1 GiB "root" read again by every
- *  connecting client). Stores refuse to read such an object. */
+/** No object nbd-vault reads whole comes near this (a chunk container is ~4 MiB, a journal ~4
+ *  MiB, a page tens of KiB, the root of a 256 TiB volume ~3 MiB): a store that answers a bigger
+ *  one lies, and reading it whole would let one object exhaust the process's memory (a 1 GiB
+ *  "root" read again by every connecting client). Stores refuse to read such an object whole;
+ *  a bigger journal (the format allows 4,095 frames) is read by ranges (volume-objects.ts). */
 export const MAX_OBJECT_BYTES = 64 * 2 ** 20;
 
 /** Where a get reads `bytes` (see the contract): the caller's `into` when they fit, else fresh memory. */

@@ -8,11 +8,11 @@ import { BugError, VaultError, isVaultError } from '../errors';
 import { FRAME_BYTES, MAX_CHUNK_FRAMES, chunkFrameLength, isAllZero, objectFormatOf, parseFramedHeader, type FramesPlace } from '../codec';
 import type { Codec } from '../codec/codec';
 import type { ObjectPlace } from '../codec/object-place';
-import type { ObjectStore } from '../store/object-store';
+import { MAX_OBJECT_BYTES, type ObjectStore } from '../store/object-store';
 import { findLayer } from '../store/compose';
 import { DiskCacheStore } from '../store/disk-cache-store';
 import type { ContainerHeaderCache } from './container-header-cache';
-import { FramedReads, annotate } from './framed-reads';
+import { FramedReads, annotate, missingObject } from './framed-reads';
 import { BLOCK_BYTES, decodeJournalIndex, encodeJournalIndex, journalFrameBytesNeeded, type JournalExtent } from './journal-record';
 import { chunkKey, journalKey, pageKey } from './object-keys';
 import { generationOfId, newObjectId, type Entry, type PageRef } from './manifest';
@@ -28,6 +28,9 @@ export interface ChunkLayout {
 }
 
 export class VolumeObjects extends VolumeRecords {
+  /** a journal bigger than this is read by ranges (stores refuse to read more whole); tests lower it */
+  static wholeReadLimit = MAX_OBJECT_BYTES;
+
   /** For a clone: the origin volume's objects, where entries and page refs of epoch 0 live. */
   origin: VolumeObjects | null = null;
   /** ranged reads of framed containers, with their header cache */
@@ -303,7 +306,7 @@ export class VolumeObjects extends VolumeRecords {
   }
 
   private async readJournalOnce(ref: JournalRef, key: string, what: string): Promise<{ extents: JournalExtent[]; frames: Buffer[] }> {
-    const { body } = await this.fetch(key, what);
+    const body = ref.storedSize > VolumeObjects.wholeReadLimit ? await this.fetchInPieces(key, what, ref.storedSize) : (await this.fetch(key, what)).body;
     try {
       if (body.length !== ref.storedSize) throw new VaultError('ERR_CORRUPT', `object ${key} is ${body.length} bytes, the root says ${ref.storedSize}`);
       const header = parseFramedHeader(body, 'journal', `object ${key}`, body.length);
@@ -331,6 +334,26 @@ export class VolumeObjects extends VolumeRecords {
     if (sealed === null) throw new VaultError('ERR_BUG', 'codec returned no object for a manifest page');
     await this.store.put(pageKey(this.volumeId, id), sealed);
     return { id, epoch };
+  }
+
+  /** An object bigger than a store reads whole (MAX_OBJECT_BYTES): a journal of up to 4,095
+   *  frames, as the format allows (early format-2 builds wrote ~500 MiB ones), read by ranges
+   *  into one buffer of the size its root names. */
+  private async fetchInPieces(key: string, what: string, size: number): Promise<Buffer> {
+    const out = Buffer.allocUnsafe(size);
+    const PIECE = 16 * 2 ** 20;
+    for (let at = 0; at < size; at += PIECE) {
+      let piece: Buffer;
+      try {
+        piece = await this.store.getRange(key, at, Math.min(PIECE, size - at));
+      } catch (err) {
+        if (isVaultError(err, 'ERR_STORE_NOT_FOUND')) throw missingObject(what, key, err);
+        throw annotate(err, what);
+      }
+      if (piece.length !== Math.min(PIECE, size - at)) throw new VaultError('ERR_CORRUPT', `${what}: object ${key} is shorter than the ${size} bytes its root names`);
+      piece.copy(out, at);
+    }
+    return out;
   }
 
   async readPage(pageIndex: number, ref: PageRef): Promise<Buffer> {

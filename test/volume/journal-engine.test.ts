@@ -8,6 +8,8 @@ import { CHUNK_SIZE } from '../../src/volume/chunk-math';
 import { makeVault, countKeys, eventually, SettlingStore } from './vault-fixture';
 import { generationOfId, newObjectId } from '../../src/volume/manifest';
 import { chunkKey } from '../../src/volume/object-keys';
+import { VolumeObjects } from '../../src/volume/volume-objects';
+import { verifyManifest } from '../../src/volume/verify';
 
 const MiB = 2 ** 20;
 const KiB = 1024;
@@ -43,6 +45,42 @@ test('partial writes are journal blocks; a reopen replays them; compaction folds
   const r2 = await reopened(f, 'v');
   assert.ok((await r2.read(0, 16 * MiB)).equals(model), 'after compaction and reopen');
   await r2.close();
+});
+
+test('a journal bigger than a store reads whole (early builds wrote ~500 MiB ones) is verified by ranged reads', async (t) => {
+  const f = await makeVault();
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 16 * MiB);
+  const e = await f.vault.openEngine('v');
+  await e.write(512, randomBytes(300 * KiB)); // partial: journal blocks
+  await e.flush();
+  await e.close();
+  const store = f.store as SettlingStore;
+  const wholeGets: string[] = [];
+  const get = store.get.bind(store);
+  store.get = async (key: string, into?: Buffer) => {
+    if (key.includes('/journals/')) wholeGets.push(key);
+    return get(key, into);
+  };
+  const limit = VolumeObjects.wholeReadLimit;
+  t.after(() => {
+    VolumeObjects.wholeReadLimit = limit;
+    store.get = get;
+  });
+  VolumeObjects.wholeReadLimit = 64 * KiB; // the journal is bigger: read by ranges
+  const { manifest, root, objects } = await f.vault.loadManifestOf('v');
+  assert.equal(root.journals?.length, 1);
+  assert.ok(root.journals![0].storedSize > 64 * KiB);
+  const r = await verifyManifest(objects, manifest, root);
+  assert.deepEqual(r.damagedJournals, [], 'the journal verifies');
+  assert.deepEqual(wholeGets, [], 'never read whole');
+  // and damage in it is still found
+  const key = objects.journalKeyOf(root.journals![0]);
+  const body = Buffer.from((await get(key)).body);
+  body[body.length - 30] ^= 1;
+  await store.put(key, body);
+  const bad = await verifyManifest(objects, manifest, root);
+  assert.equal(bad.damagedJournals.length, 1);
 });
 
 test('an older journal block never shows over a newer whole-chunk rewrite after a reopen', async (t) => {
