@@ -2,12 +2,13 @@
 // the server's user only). CLI commands that must go through the server — a snapshot of a volume
 // it is writing — send one JSON line and read one JSON line back. Nothing secret crosses it.
 import { createServer, createConnection } from 'node:net';
-import { chmod, mkdir, unlink } from 'node:fs/promises';
+import { chmod, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { VaultError, describeError, isVaultError, type VaultErrorCode } from '../errors';
 import type { Logger } from '../util/log';
 import { InFlight } from '../util/in-flight';
 import { baseStoreName, type ObjectStore } from '../store';
+import { makeDirs } from '../util/make-dirs';
 
 export type AdminRequest =
   | { op: 'ping' }
@@ -38,7 +39,7 @@ export interface AdminServer {
 
 export async function startAdminServer(stateDir: string, vaultId: string, store: string, handle: (req: AdminRequest) => Promise<unknown>, logger: Logger): Promise<AdminServer> {
   const path = adminSocketPath(stateDir);
-  await mkdir(stateDir, { recursive: true, mode: 0o700 });
+  await makeDirs(stateDir, 0o700);
   if ((await adminRequest(stateDir, { op: 'ping' }).catch(() => null)) !== null) {
     throw new VaultError('ERR_EXISTS', `another nbd-vault server is running with state directory ${stateDir}`);
   }

@@ -12,6 +12,7 @@ import { KDF_ALGORITHM_NAME, KEY_FILE_FORMAT, KEY_FILE_VERSION, MAX_KDF_MEMLIMIT
 import { masterKeyPath, pendingMasterKeyPath } from './keys-dir';
 import { unwrapWithPassphrase, wrapWithPassphrase, type PassphraseWrapped } from './passphrase-wrap';
 import { SecretKey, SECRET_KEY_BYTES } from './secret-key';
+import { makeDirs } from '../util/make-dirs';
 
 export interface MasterKeyInfo {
   path: string;
@@ -41,7 +42,7 @@ export async function createMasterKey(dir: string, options: CreateMasterKeyOptio
   sodium.randombytes_buf(bytes);
   const master = new SecretKey(bytes, 'master');
   bytes.fill(0);
-  await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+  await makeDirs(dir, 0o700);
   try {
     return await writeKeyFile(dir, master, options, 'create', options.slot ?? 'current');
   } catch (err) {
@@ -123,7 +124,7 @@ export async function hasPendingMasterKey(dir: string): Promise<boolean> {
  * never overwrites a key file.
  */
 export async function saveMasterKey(dir: string, master: SecretKey, options: CreateMasterKeyOptions): Promise<MasterKeyInfo> {
-  await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+  await makeDirs(dir, 0o700);
   return writeKeyFile(dir, master, options, 'create', options.slot ?? 'current');
 }
 

@@ -31,6 +31,7 @@ import { readTarget } from './object-store';
 import { SlruPolicy } from './slru-policy';
 import { writeAll } from '../util/write-all';
 import { InFlight } from '../util/in-flight';
+import { makeDirs } from '../util/make-dirs';
 
 const FS_BLOCK = 4096;
 /** A 40-character name in an ext4/xfs directory, rounded up. */
@@ -103,7 +104,7 @@ export class DiskCache {
     if (!Number.isSafeInteger(maxBytes) || maxBytes < DISK_CACHE_MIN_BYTES) {
       throw new VaultError('ERR_INVALID_ARGUMENT', `disk cache size must be at least ${DISK_CACHE_MIN_BYTES} bytes (16 MiB + directories), got ${maxBytes}`);
     }
-    await fsp.mkdir(path.join(abs, 'entries'), { recursive: true, mode: 0o700 }).catch((err: NodeJS.ErrnoException) => {
+    await makeDirs(path.join(abs, 'entries'), 0o700).catch((err: NodeJS.ErrnoException) => {
       throw new VaultError('ERR_IO', `disk cache ${abs}: cannot create the directory (${err.code ?? err.message})`);
     });
     const lock = await takeLock(abs);

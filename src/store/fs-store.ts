@@ -33,6 +33,7 @@ import { KeyedMutex } from '../util/keyed-mutex';
 import { compareKeys } from './memory-store';
 import { OpenFileCache, readAt } from './open-file-cache';
 import { writevAll } from '../util/write-all';
+import { makeDirs } from '../util/make-dirs';
 
 const MAGIC = Buffer.from('NBDVOBJ1', 'ascii');
 const ETAG_BYTES = 16;
@@ -477,7 +478,7 @@ export class FsStore implements ObjectStore {
   }
 
   private async ensureDir(dir: string): Promise<void> {
-    const first = await fsp.mkdir(dir, { recursive: true }).catch(async (err: NodeJS.ErrnoException) => {
+    const first = await makeDirs(dir).catch(async (err: NodeJS.ErrnoException) => {
       // Node's recursive mkdir says ENOENT where a directory could not be made on a read-only
       // filesystem: a plain mkdir of the first missing one tells the real cause (EROFS).
       for (let d = dir; err.code === 'ENOENT' && d !== path.dirname(d); d = path.dirname(d)) {

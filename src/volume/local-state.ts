@@ -3,12 +3,13 @@
 // <stateDir>/<vaultId>/, written atomically (temp file, fsync, rename, directory fsync). Losing
 // it loses only the local half of rollback detection; the store's snapshot records still catch a
 // root older than a snapshot (vault.ts, loadVolume).
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { KeyedMutex } from '../util/keyed-mutex';
 import { writePrivateFileAtomic } from '../keys/atomic-file';
 import { VaultError } from '../errors';
+import { makeDirs } from '../util/make-dirs';
 
 export class LocalState {
   private instance: string | null = null;
@@ -26,7 +27,7 @@ export class LocalState {
     } catch (err: any) {
       if (err?.code !== 'ENOENT') throw new VaultError('ERR_IO', `cannot read ${path}: ${err?.message ?? err}`);
     }
-    await mkdir(this.dir, { recursive: true, mode: 0o700 });
+    await makeDirs(this.dir, 0o700);
     const id = randomBytes(16).toString('hex');
     try {
       await writeFile(path, id + '\n', { flag: 'wx', mode: 0o600 });
@@ -67,7 +68,7 @@ export class LocalState {
 
   private async writeSeq(volumeId: string, seq: number): Promise<void> {
     const path = this.file(volumeId);
-    await mkdir(join(this.dir, this.vaultId), { recursive: true, mode: 0o700 });
+    await makeDirs(join(this.dir, this.vaultId), 0o700);
     await writePrivateFileAtomic(path, Buffer.from(JSON.stringify({ highestSeq: seq, updatedAt: new Date().toISOString() })), 'replace');
   }
 }
