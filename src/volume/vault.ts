@@ -138,7 +138,12 @@ export class Vault {
     try {
       body = (await store.get(VAULT_KEY)).body;
     } catch (err) {
-      if (isVaultError(err, 'ERR_STORE_NOT_FOUND')) throw new VaultError('ERR_NOT_FOUND', `${store.name} holds no vault (run \`nbd-vault init\`)`);
+      if (isVaultError(err, 'ERR_STORE_NOT_FOUND')) {
+        // volumes without the `vault` object: it was lost, and `init` alone would refuse
+        const volumes = (await listVolumeIds(store).catch(() => [])).length;
+        if (volumes > 0) throw new VaultError('ERR_NOT_FOUND', `${store.name} holds ${volumes} volume(s) but no \`vault\` object: it was deleted or cannot be read; restore it from a backup, or rebuild it with \`nbd-vault init --recover\``);
+        throw new VaultError('ERR_NOT_FOUND', `${store.name} holds no vault (run \`nbd-vault init\`)`);
+      }
       throw err;
     }
     let doc: any;

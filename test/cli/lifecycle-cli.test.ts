@@ -43,6 +43,10 @@ test('a lost vault object: serve stops and says how to recover; init --recover r
   assert.match(output, /init --recover/);
   assert.ok(!existsSync(vaultFile), 'no vault object was created');
 
+  // any other command says the same, not "run nbd-vault init" (which refuses)
+  const list = await v.cliResult('volume', 'list');
+  assert.equal(list.code, 1);
+  assert.match(list.stderr, /holds 1 volume\(s\) but no `vault` object: .*nbd-vault init --recover/);
   const plain = await v.cliResult('init');
   assert.equal(plain.code, 1);
   assert.match(plain.stderr, /no `vault` object/);
