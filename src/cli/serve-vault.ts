@@ -22,6 +22,9 @@ import { parseMetricsAddress, PromMetrics, startMetricsServer } from './metrics'
 import { baseStoreName, findLayer } from '../store';
 import { DiskCacheStore } from '../store/disk-cache-store';
 import { WarmJobs } from './cache-command';
+import type { ObjectStore } from '../store/object-store';
+import { metaKey, volumePrefix } from '../volume/object-keys';
+import { volumeIdCandidates } from '../volume/volume-references';
 
 export { SERVE_VAULT_SETTINGS };
 
@@ -58,6 +61,12 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
   try {
     let volumes = await ctx.vault.listVolumes();
     if (volumes.length === 0) {
+      // A store with volume objects but no volume (a replica whose first sync was cut off before
+      // the metadata, which it copies last; metadata lost) is no empty vault to make one in.
+      const orphans = await volumesWithoutMetadata(ctx.store);
+      if (orphans.length > 0) {
+        throw new VaultError('ERR_NOT_FOUND', `the vault holds no volume, but objects of ${orphans.length} volume(s) without metadata (ids ${orphans.join(', ')}): a replica whose sync was cut off (run it again), or volumes whose metadata was lost (restore it from a backup); create a volume with \`nbd-vault volume create\` to serve this store anyway`);
+      }
       // (named as --default-volume asks, if it does: that is the volume the user means)
       const first = s.defaultVolume ?? FIRST_VOLUME.name;
       await ctx.vault.createVolume(first, FIRST_VOLUME.size);
@@ -163,4 +172,17 @@ function reloadSettings(opts: Record<string, unknown>, running: Settings, listen
   }
   logger.info({ logLevel: logger.level, tls: securitySummary(security), needRestart }, needRestart.length ? 'configuration reloaded; some changes need a restart' : 'configuration reloaded');
   return security;
+}
+
+/** Ids under volumes/ that hold objects but no metadata (empty directories a delete left aside). */
+async function volumesWithoutMetadata(store: ObjectStore): Promise<string[]> {
+  const ids: string[] = [];
+  for (const id of await volumeIdCandidates(store)) {
+    if (await store.head(metaKey(id))) continue;
+    for await (const _ of store.list(volumePrefix(id))) {
+      ids.push(id);
+      break;
+    }
+  }
+  return ids;
 }

@@ -16,6 +16,22 @@ function files(dir: string): string[] {
 }
 // (CLI from the helper)
 
+test('a vault with volume objects but no volume (a replica whose first sync was cut off, lost metadata): serve makes no default volume in it, and says why', async (t) => {
+  const v = await makeTestVault();
+  t.after(() => v.cleanup());
+  await v.cli('volume', 'create', 'disk', '--size', '16M');
+  const id = JSON.parse((await v.cli('volume', 'info', 'disk', '--json')).stdout).id as string;
+  rmSync(files(v.storeUrl).find((f) => f.includes(id) && basename(f) === 'meta')!);
+  const serve = spawn(process.execPath, [CLI, 'serve', '--listen', '127.0.0.1:0'], { env: v.env, cwd: v.dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  serve.stdout.on('data', (b) => (output += b));
+  serve.stderr.on('data', (b) => (output += b));
+  const code = await new Promise<number | null>((resolve) => serve.on('exit', resolve));
+  assert.notEqual(code, 0, `serve must fail: ${output}`);
+  assert.match(output, new RegExp(`objects of 1 volume\\(s\\) without metadata \\(ids ${id}\\): a replica whose sync was cut off`));
+  assert.match((await v.cli('volume', 'list')).stdout, /No volumes|no volumes/i, 'no default volume was made');
+});
+
 test('a lost vault object: serve stops and says how to recover; init --recover rebuilds it', async (t) => {
   const v = await makeTestVault();
   t.after(() => v.cleanup());
