@@ -26,7 +26,11 @@ test('a vault with volume objects but no volume (a replica whose first sync was 
   let output = '';
   serve.stdout.on('data', (b) => (output += b));
   serve.stderr.on('data', (b) => (output += b));
+  // (a server that made a default volume serves on: stopped after 30 s, it fails the test)
+  const stop = setTimeout(() => serve.kill('SIGKILL'), 30_000);
   const code = await new Promise<number | null>((resolve) => serve.on('exit', resolve));
+  clearTimeout(stop);
+  assert.notEqual(code, null, `serve must stop by itself: ${output}`);
   assert.notEqual(code, 0, `serve must fail: ${output}`);
   assert.match(output, new RegExp(`objects of 1 volume\\(s\\) without metadata \\(ids ${id}\\): a replica whose sync was cut off`));
   assert.match((await v.cli('volume', 'list')).stdout, /No volumes|no volumes/i, 'no default volume was made');
