@@ -23,7 +23,7 @@ import { baseStoreName, findLayer } from '../store';
 import { DiskCacheStore } from '../store/disk-cache-store';
 import { WarmJobs } from './cache-command';
 import type { ObjectStore } from '../store/object-store';
-import { metaKey, volumePrefix } from '../volume/object-keys';
+import { chunkPrefix, journalPrefix, metaKey, pagePrefix, snapshotPrefix, volumeDeletingKey, volumePrefix } from '../volume/object-keys';
 import { volumeIdCandidates } from '../volume/volume-references';
 
 export { SERVE_VAULT_SETTINGS };
@@ -174,12 +174,16 @@ function reloadSettings(opts: Record<string, unknown>, running: Settings, listen
   return security;
 }
 
-/** Ids under volumes/ that hold objects but no metadata (empty directories a delete left aside). */
+/** Ids under volumes/ that hold data (chunks, pages, journals, snapshot records) but neither
+ *  metadata nor a deletion mark: gc's orphans. (The leftovers of a delete cut off, a lone root of
+ *  a create cut off, a lease: garbage, no reason to refuse.) */
 async function volumesWithoutMetadata(store: ObjectStore): Promise<string[]> {
   const ids: string[] = [];
   for (const id of await volumeIdCandidates(store)) {
-    if (await store.head(metaKey(id))) continue;
-    for await (const _ of store.list(volumePrefix(id))) {
+    if ((await store.head(metaKey(id))) || (await store.head(volumeDeletingKey(id)))) continue;
+    const data = [chunkPrefix(id), pagePrefix(id), journalPrefix(id), snapshotPrefix(id)];
+    for await (const info of store.list(volumePrefix(id))) {
+      if (!data.some((p) => info.key.startsWith(p))) continue;
       ids.push(id);
       break;
     }

@@ -478,7 +478,8 @@ export class FsStore implements ObjectStore {
   }
 
   private async ensureDir(dir: string): Promise<void> {
-    const first = await makeDirs(dir).catch(async (err: NodeJS.ErrnoException) => {
+    const first = await makeDirs(dir).catch(async (err: NodeJS.ErrnoException & { pseudoFilesystem?: string }) => {
+      if (err.pseudoFilesystem) throw err; // (it says why already)
       // Node's recursive mkdir says ENOENT where a directory could not be made on a read-only
       // filesystem: a plain mkdir of the first missing one tells the real cause (EROFS).
       for (let d = dir; err.code === 'ENOENT' && d !== path.dirname(d); d = path.dirname(d)) {

@@ -14,6 +14,8 @@ const PSEUDO_FILESYSTEMS = new Map([
  *  made under. Resolves to the first directory made, as fs.mkdir does. */
 export async function makeDirs(dir: string, mode?: number): Promise<string | undefined> {
   let existing = path.resolve(dir);
+  const there = await fsp.stat(existing).catch(() => null);
+  if (there?.isDirectory()) return undefined; // (the usual case: one call, as mkdir -p would)
   for (;;) {
     const st = await fsp.stat(existing).catch(() => null);
     if (st) break;
@@ -24,7 +26,7 @@ export async function makeDirs(dir: string, mode?: number): Promise<string | und
   const fs = await fsp.statfs(existing).catch(() => null);
   const pseudo = fs ? PSEUDO_FILESYSTEMS.get(Number(fs.type)) : undefined;
   if (pseudo && existing !== path.resolve(dir)) {
-    throw Object.assign(new Error(`ENOENT: cannot make ${dir}: ${existing} is on the kernel's ${pseudo} filesystem`), { code: 'ENOENT', path: dir });
+    throw Object.assign(new Error(`ENOENT: cannot make ${dir}: ${existing} is on the kernel's ${pseudo} filesystem`), { code: 'ENOENT', path: dir, pseudoFilesystem: pseudo });
   }
   return fsp.mkdir(dir, { recursive: true, ...(mode === undefined ? {} : { mode }) });
 }

@@ -19,7 +19,7 @@ import { VaultError, describeError, isVaultError } from '../errors';
 import { baseStoreName } from '../store/compose';
 import type { ObjectStore } from '../store/object-store';
 import type { Logger } from '../util/log';
-import { VAULT_KEY, leaseKey, metaKey, rootKey, snapshotKey, volumePrefix } from './object-keys';
+import { VAULT_KEY, leaseKey, metaKey, rootKey, snapshotKey, volumeDeletingKey, volumePrefix } from './object-keys';
 import type { RootRecord } from './root-record';
 import type { SnapshotRecord } from './snapshot-record';
 import { type Vault, type VolumeMeta } from './vault';
@@ -73,11 +73,20 @@ export interface SyncResult {
 
 /** An object a snapshot names, and a read of its stored bytes that opens them first. */
 type SourceObject = { readonly key: string; readonly read: () => Promise<Buffer> };
+/** A snapshot whose manifest (a page) does not open in the source. */
+type Damaged = { readonly damage: Error };
+
+/** Damage in the source (an object that does not open, or is missing): not a failure here. */
+function isSourceDamage(err: unknown): boolean {
+  return isVaultError(err, 'ERR_AUTH_FAILED') || isVaultError(err, 'ERR_CORRUPT') || isMissingObject(err);
+}
 
 export class VaultSync {
   private readonly concurrency: number;
   /** keys the destination holds (listed once per volume, then kept up to date) */
   private readonly present = new Set<string>();
+  /** ids of the snapshots this run copied (or found) in the replica: a clone's origin must be one */
+  private readonly copiedSnapshots = new Set<string>();
   private readonly sizes = new Map<string, number>();
   private copied = 0;
   private bytes = 0;
@@ -118,13 +127,13 @@ export class VaultSync {
       for await (const info of this.dest.list(volumePrefix(job.meta.id))) this.present.add(info.key);
       for await (const info of this.source.store.list(volumePrefix(job.meta.id))) this.sizes.set(info.key, info.size);
     }
-    const plans: Array<{ job: Job; snap: SnapshotRecord; objects: SourceObject[] }> = [];
+    const plans: Array<{ job: Job; snap: SnapshotRecord; objects: SourceObject[] | Damaged }> = [];
     const plannedKeys = new Set<string>();
     for (const job of jobs) {
       for (const snap of job.snapshots) {
         const objects = await this.namedObjects(job, snap);
         if (objects === null) continue; // deleted meanwhile
-        for (const { key: k } of objects) {
+        for (const { key: k } of Array.isArray(objects) ? objects : []) {
           if (this.present.has(k) || plannedKeys.has(k)) continue;
           plannedKeys.add(k);
           this.totalBytes += this.sizes.get(k) ?? 0;
@@ -298,18 +307,46 @@ export class VaultSync {
 
   /** Everything a snapshot names (its pages and chunks, a clone's origin ones too); null if the
    *  snapshot was deleted from the source meanwhile. */
-  private async namedObjects(job: Job, snap: SnapshotRecord): Promise<SourceObject[] | null> {
+  private async namedObjects(job: Job, snap: SnapshotRecord): Promise<SourceObject[] | Damaged | null> {
     try {
       return await snapshotObjects(job.objects, snap);
     } catch (err) {
-      if (await this.source.store.head(snapshotKey(job.meta.id, snap.id))) throw err;
-      return null;
+      if (!(await this.sourceHas(job, snap))) return null;
+      if (isSourceDamage(err)) return { damage: err as Error }; // a page: this snapshot only
+      throw err;
     }
   }
 
-  private async copySnapshot(job: Job, snap: SnapshotRecord, objects: SourceObject[]): Promise<SyncedSnapshot> {
+  /** The snapshot is still in the source: its record, its volume's metadata and no deletion mark
+   *  (a volume delete removes the metadata first and the records after the objects). */
+  private async sourceHas(job: Job, snap: SnapshotRecord): Promise<boolean> {
+    const [record, meta, deleting] = await Promise.all([
+      this.source.store.head(snapshotKey(job.meta.id, snap.id)),
+      this.source.store.head(metaKey(job.meta.id)),
+      this.source.store.head(volumeDeletingKey(job.meta.id)),
+    ]);
+    return record !== null && meta !== null && deleting === null;
+  }
+
+  private damaged(name: string, snap: SnapshotRecord, err: Error): SyncedSnapshot {
+    const reason = `damaged in the source, so not copied (\`nbd-vault verify ${name}\` names the damage; repair it from a backup, or delete the snapshot): ${err.message}`;
+    this.logger.error({ snapshot: name, err: describeError(err) }, 'snapshot not copied: damaged in the source');
+    return { export: name, id: snap.id, status: 'damaged', reason };
+  }
+
+  private async copySnapshot(job: Job, snap: SnapshotRecord, objects: SourceObject[] | Damaged): Promise<SyncedSnapshot> {
     const name = `${job.meta.name}@${snap.name}`;
     const recordKey = snapshotKey(job.meta.id, snap.id);
+    if (!Array.isArray(objects)) return this.damaged(name, snap, objects.damage);
+    // A clone's snapshots name its origin's chunks, and the clone its origin: not copied while
+    // the origin's snapshot is not in the replica (it was damaged, say), or the replica would show
+    // a clone that opens on no origin.
+    const origin = job.root.origin;
+    if (origin && !this.present.has(snapshotKey(origin.volumeId, origin.snapshotId)) && !this.copiedSnapshots.has(origin.snapshotId)) {
+      const reason = 'its origin snapshot is not in the replica (not copied: see above), and a clone opens only with it: sync again once the origin is copied';
+      this.logger.error({ snapshot: name }, `snapshot not copied: ${reason}`);
+      return { export: name, id: snap.id, status: 'held', reason };
+    }
     // Another snapshot of this name in the replica (the name was taken again in the source): two
     // of one name there would leave VOL@NAME reading the old one. --prune replaces it, once the
     // new record is written (below); otherwise it stays and this one waits.
@@ -326,15 +363,11 @@ export class VaultSync {
     try {
       await this.copyAll(todo);
     } catch (err) {
-      // An object gone from the source: fine if its snapshot was deleted meanwhile, else damage.
-      if ((isVaultError(err, 'ERR_STORE_NOT_FOUND') || isMissingObject(err)) && !(await this.source.store.head(recordKey))) return { export: name, id: snap.id, status: 'vanished' };
+      // An object gone from the source: fine if its snapshot (or volume) was deleted meanwhile.
+      if ((isVaultError(err, 'ERR_STORE_NOT_FOUND') || isMissingObject(err)) && !(await this.sourceHas(job, snap))) return { export: name, id: snap.id, status: 'vanished' };
       // damage in the source (not a failure here, nor of the replica): this snapshot is not
       // copied, the others are
-      if (isVaultError(err, 'ERR_AUTH_FAILED') || isVaultError(err, 'ERR_CORRUPT') || isMissingObject(err)) {
-        const reason = `damaged in the source, so not copied (\`nbd-vault verify ${name}\` names the damage; repair it from a backup, or delete the snapshot): ${(err as Error).message}`;
-        this.logger.error({ snapshot: name, err: describeError(err) }, 'snapshot not copied: damaged in the source');
-        return { export: name, id: snap.id, status: 'damaged', reason };
-      }
+      if (isSourceDamage(err)) return this.damaged(name, snap, err as Error);
       throw err;
     }
     const record = await this.getOrNull(this.source.store, recordKey);
@@ -371,6 +404,7 @@ export class VaultSync {
       if (!pruned) return { export: name, id: snap.id, status: 'name-taken', reason: 'copied, but the replica\'s older snapshot of this name could not be deleted (see the log): sync --prune again' };
     }
     if (status !== 'present') this.logger.info({ snapshot: name, status }, 'snapshot synced');
+    this.copiedSnapshots.add(snap.id);
     return { export: name, id: snap.id, status };
   }
 

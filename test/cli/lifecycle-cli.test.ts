@@ -20,6 +20,8 @@ test('a vault with volume objects but no volume (a replica whose first sync was 
   const v = await makeTestVault();
   t.after(() => v.cleanup());
   await v.cli('volume', 'create', 'disk', '--size', '16M');
+  writeFileSync(join(v.dir, 'some.img'), randomBytes(MiB));
+  await v.cli('import', join(v.dir, 'some.img'), 'disk');
   const id = JSON.parse((await v.cli('volume', 'info', 'disk', '--json')).stdout).id as string;
   rmSync(files(v.storeUrl).find((f) => f.includes(id) && basename(f) === 'meta')!);
   const serve = spawn(process.execPath, [CLI, 'serve', '--listen', '127.0.0.1:0'], { env: v.env, cwd: v.dir, stdio: ['ignore', 'pipe', 'pipe'] });

@@ -297,6 +297,64 @@ test('an object damaged in the source: its snapshot is not copied (never reaches
   await verifyVault(await w.replica());
 });
 
+test('a damaged manifest page fails only its snapshot; a clone whose origin snapshot is damaged is held (the replica never shows a clone without its origin); a volume deleted during the sync is vanished, not damaged', async (t) => {
+  const w = await world(t);
+  const { vault } = w.f;
+  const src = join(w.dir, 'src');
+  const flip = (file: string) => {
+    const bytes = readFileSync(file);
+    bytes[bytes.length - 20] ^= 1;
+    writeFileSync(file, bytes);
+    return () => writeFileSync(file, (bytes[bytes.length - 20] ^= 1, bytes));
+  };
+  const make = async (name: string, snap: string) => {
+    await vault.createVolume(name, SIZE);
+    const e = await vault.openEngine(name, { autoCommitMs: 0 });
+    await e.write(0, randomBytes(CHUNK_SIZE));
+    await e.snapshot(snap);
+    await e.close();
+    return (await vault.findVolume(name)).id;
+  };
+  const vid = await make('vol', 's1');
+  await vault.cloneVolume('vol@s1', 'kid');
+  const kid = await vault.openEngine('kid', { autoCommitMs: 0 });
+  await kid.write(CHUNK_SIZE, randomBytes(4096));
+  await kid.snapshot('ks');
+  await kid.close();
+  const pid = await make('pg', 'p');
+  await make('other', 'o');
+  const repairChunk = flip(files(src).find((f) => f.includes(vid) && f.includes('/chunks/'))!);
+  const repairPage = flip(files(src).find((f) => f.includes(pid) && f.includes('/pages/'))!);
+  const r = await w.sync();
+  const status = (x: SyncResult) => Object.fromEntries(x.snapshots.map((s) => [s.export, s.status]));
+  assert.deepEqual(status(r), { 'vol@s1': 'damaged', 'kid@ks': 'held', 'pg@p': 'damaged', 'other@o': 'copied' });
+  assert.match(r.snapshots.find((s) => s.export === 'kid@ks')!.reason!, /its origin snapshot is not in the replica/);
+  assert.match(r.snapshots.find((s) => s.export === 'pg@p')!.reason!, /manifest page/);
+  const replica = await w.replica();
+  assert.deepEqual((await replica.listVolumes()).map((v) => v.name), ['other'], 'no clone without its origin, nothing damaged');
+  await verifyVault(replica);
+  repairChunk();
+  repairPage();
+  assert.deepEqual(status(await w.sync()), { 'vol@s1': 'copied', 'kid@ks': 'copied', 'pg@p': 'copied', 'other@o': 'present' });
+  await verifyVault(await w.replica());
+
+  // a volume deleted while its objects are copied (its metadata goes first, its snapshot
+  // records after its objects): vanished (exit 0), not "damaged"
+  const gone = await make('gone', 'g');
+  const store = vault.store;
+  const get = store.get.bind(store);
+  t.after(() => (store.get = get));
+  store.get = async (key: string, into?: Buffer) => {
+    if (key.includes(`${gone}/chunks/`)) {
+      await store.delete(`volumes/${gone}/meta`);
+      await store.delete(key);
+    }
+    return get(key, into);
+  };
+  const during = await w.sync({ volumes: ['gone'] });
+  assert.deepEqual(status(during), { 'gone@g': 'vanished' });
+});
+
 test('sync while a writer changes the source and takes snapshots: every copied snapshot is identical', async (t) => {
   const w = await world(t, 'memory');
   const { vault } = w.f;
