@@ -23,7 +23,7 @@ import { baseStoreName, findLayer } from '../store';
 import { DiskCacheStore } from '../store/disk-cache-store';
 import { WarmJobs } from './cache-command';
 import type { ObjectStore } from '../store/object-store';
-import { chunkPrefix, journalPrefix, metaKey, pagePrefix, snapshotPrefix, volumeDeletingKey, volumePrefix } from '../volume/object-keys';
+import { isVolumeDataKey, metaKey, volumeDeletingKey, volumePrefix } from '../volume/object-keys';
 import { volumeIdCandidates } from '../volume/volume-references';
 
 export { SERVE_VAULT_SETTINGS };
@@ -181,9 +181,8 @@ async function volumesWithoutMetadata(store: ObjectStore): Promise<string[]> {
   const ids: string[] = [];
   for (const id of await volumeIdCandidates(store)) {
     if ((await store.head(metaKey(id))) || (await store.head(volumeDeletingKey(id)))) continue;
-    const data = [chunkPrefix(id), pagePrefix(id), journalPrefix(id), snapshotPrefix(id)];
     for await (const info of store.list(volumePrefix(id))) {
-      if (!data.some((p) => info.key.startsWith(p))) continue;
+      if (!isVolumeDataKey(id, info.key)) continue;
       ids.push(id);
       break;
     }

@@ -13,7 +13,7 @@
 // are what restoring the metadata (or the next sync) needs, so they are kept and reported,
 // unless the caller says `orphans` (a delete of an older build, cut off).
 import type { Logger } from '../util/log';
-import { VOLUMES_PREFIX, chunkPrefix, journalPrefix, leaseKey, metaKey, pagePrefix, rootKey, snapshotKey, snapshotPrefix, volumeDeletingKey, volumeIdOfKey } from './object-keys';
+import { VOLUMES_PREFIX, isVolumeDataKey, leaseKey, metaKey, rootKey, snapshotKey, snapshotPrefix, volumeDeletingKey, volumeIdOfKey } from './object-keys';
 import type { Vault } from './vault';
 import { liveRootKeys, referencedKeys, snapshotAsRoot } from './volume-references';
 
@@ -100,7 +100,7 @@ export async function collectGarbage(vault: Vault, opts: GcOptions, logger: Logg
     const id = volumeIdOfKey(info.key);
     if (id === null) continue;
     if (info.key === volumeDeletingKey(id)) marked.add(id);
-    if ([chunkPrefix(id), pagePrefix(id), journalPrefix(id), snapshotPrefix(id)].some((p) => info.key.startsWith(p))) holdsData.add(id);
+    if (isVolumeDataKey(id, info.key)) holdsData.add(id);
     if (info.key === rootKey(id)) rooted.add(id);
     if (live.has(id)) {
       // a volume's own records are never garbage while the volume exists

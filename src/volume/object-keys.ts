@@ -24,6 +24,13 @@ export const snapshotReaderPrefix = (volumeIdHex: string, snapshotIdHex: string)
 export const snapshotReaderKey = (volumeIdHex: string, snapshotIdHex: string, markId: string) => `${snapshotReaderPrefix(volumeIdHex, snapshotIdHex)}${markId}`;
 export const volumeDeletingKey = (volumeIdHex: string) => `${volumePrefix(volumeIdHex)}deleting`;
 
+/** A key of a volume's data (chunks, pages, journals, snapshot records and marks), as opposed to
+ *  its metadata, root, lease or deletion mark: what a volume without metadata still holds when
+ *  its metadata was lost rather than erased (gc's orphans). */
+export function isVolumeDataKey(volumeIdHex: string, key: string): boolean {
+  return [chunkPrefix(volumeIdHex), pagePrefix(volumeIdHex), journalPrefix(volumeIdHex), snapshotPrefix(volumeIdHex)].some((p) => key.startsWith(p));
+}
+
 /** The volume id of a key under volumes/, or null. */
 export function volumeIdOfKey(key: string): string | null {
   const m = /^volumes\/([0-9a-f]{32})\//.exec(key);
