@@ -56,6 +56,8 @@ export async function volumeInfo(vault: Vault, name: string, found?: VolumeMeta)
   const meta = found ?? (await vault.findVolume(name));
   const { manifest, root, objects, journalChunks } = await loadManifestOf(vault, meta.name, meta);
   const usage = manifest.usage();
+  // (one read of the deletion mark: whether it is there, and what to do about it)
+  const deletingAdvice = await objects.deletionMarkAdvice(null, `nbd-vault volume delete ${meta.name}`);
   let allocatedChunks = usage.allocatedChunks;
   for (const i of journalChunks) if (i < manifest.chunkCount && manifest.isZero(i)) allocatedChunks++;
   const journals = journalsOf(root);
@@ -75,8 +77,8 @@ export async function volumeInfo(vault: Vault, name: string, found?: VolumeMeta)
     journals: { count: journals.length, storedBytes: journalBytes },
     snapshots: (await objects.listSnapshots()).length,
     /** a `volume delete` has begun (runs now, or was cut off): writers are refused; what to do */
-    deleting: await objects.isMarkedDeleting(null),
-    deletingAdvice: await objects.deletionMarkAdvice(null, `nbd-vault volume delete ${meta.name}`),
+    deleting: deletingAdvice !== null,
+    deletingAdvice,
     origin: root.origin ? await vault.describeOrigin(root.origin) : null,
     rootSeq: root.seq,
     epoch: root.epoch,

@@ -160,14 +160,14 @@ export class VolumeObjects extends VolumeRecords {
    * clone's origin chunk: from the origin). What `sync` copies: damage in the source never
    * reaches a replica as if it were good.
    */
-  async storedChunk(chunkIndex: number, entry: Entry, expectedLength: number): Promise<{ key: string; body: Buffer }> {
+  async storedChunk(chunkIndex: number, entry: Entry, expectedLength: number): Promise<Buffer> {
     if (entry.id === null) throw new BugError(`chunk ${chunkIndex}: no object to read`);
     if (entry.epoch === 0 && this.origin) return this.origin.storedChunk(chunkIndex, entry, expectedLength);
     const key = chunkKey(this.volumeId, entry.id);
     return this.authenticated(key, async () => {
       const { body } = await this.fetch(key, this.chunkWhat(chunkIndex));
       await this.openChunkBody(chunkIndex, entry.id!, key, body, expectedLength);
-      return { key, body };
+      return body;
     });
   }
 
@@ -361,19 +361,18 @@ export class VolumeObjects extends VolumeRecords {
   }
 
   /** A page object's stored bytes once they open (what `sync` copies: see storedChunk). */
-  async storedPage(pageIndex: number, ref: PageRef): Promise<{ key: string; body: Buffer }> {
-    const { key, body } = await this.readPageStored(pageIndex, ref);
-    return { key, body };
+  async storedPage(pageIndex: number, ref: PageRef): Promise<Buffer> {
+    return (await this.readPageStored(pageIndex, ref)).body;
   }
 
-  private async readPageStored(pageIndex: number, ref: PageRef): Promise<{ key: string; body: Buffer; plain: Buffer }> {
+  private async readPageStored(pageIndex: number, ref: PageRef): Promise<{ body: Buffer; plain: Buffer }> {
     if (ref.epoch === 0 && this.origin) return this.origin.readPageStored(pageIndex, ref);
     const what = `manifest page ${pageIndex} of volume "${this.volumeName}"`;
     const key = pageKey(this.volumeId, ref.id);
     return this.authenticated(key, async () => {
       const { body } = await this.fetch(key, what);
       try {
-        return { key, body, plain: await this.codec.open(this.keys.manifest, body, this.place('page', pageIndex, generationOfId(ref.id))) };
+        return { body, plain: await this.codec.open(this.keys.manifest, body, this.place('page', pageIndex, generationOfId(ref.id))) };
       } catch (err) {
         throw annotate(err, what);
       }

@@ -64,11 +64,11 @@ export async function snapshotObjects(objects: VolumeObjects, snap: SnapshotReco
   const manifest = await VolumeEngine.loadManifest(objects, root);
   const out: Array<{ key: string; read: () => Promise<Buffer> }> = [];
   root.pages.forEach((p, index) => {
-    if (p) out.push({ key: objects.pageKeyOf(p), read: async () => (await objects.storedPage(index, p)).body });
+    if (p) out.push({ key: objects.pageKeyOf(p), read: () => objects.storedPage(index, p) });
   });
   for (let i = 0; i < manifest.chunkCount; i++) {
     const e = manifest.get(i);
-    if (e.id !== null) out.push({ key: objects.chunkKeyOf(e), read: async () => (await objects.storedChunk(i, e, chunkLength(root.size, i))).body });
+    if (e.id !== null) out.push({ key: objects.chunkKeyOf(e), read: () => objects.storedChunk(i, e, chunkLength(root.size, i)) });
   }
   return out;
 }
