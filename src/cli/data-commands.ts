@@ -1,7 +1,7 @@
-// Commands that move or check data without an NBD client: export, import, verify, diff, gc.
+// Commands that move or check data without an NBD client: export, verify, diff, gc (import: import-command.ts).
 // Long work shows a progress bar on a terminal and stays quiet in pipes.
 import type { Command } from 'commander';
-import { open as openFile, readFile, rm, stat, type FileHandle } from 'node:fs/promises';
+import { open as openFile, rm, stat, type FileHandle } from 'node:fs/promises';
 import { VaultError, describeError, isVaultError } from '../errors';
 import { isAllZero } from '../codec';
 import { CHUNK_SIZE, chunkCount, chunkLength } from '../volume/chunk-math';
@@ -10,9 +10,7 @@ import { verifySource, type Damage, type JournalDamage } from '../volume/verify'
 import { collectGarbage } from '../volume/garbage-collector';
 import { splitExportName } from '../volume/volume-references';
 import { VOLUMES_PREFIX } from '../volume/object-keys';
-import type { VolumeEngine } from '../volume/volume-engine';
 import { formatSize } from '../util/size';
-import { adminRequest, servesThis } from './admin-socket';
 import { FsStore, findLayer } from '../store';
 import { openExportSource } from './export-source';
 import { Progress } from './progress';
@@ -21,77 +19,10 @@ import { VAULT_SETTINGS, withVault } from './vault-context';
 import { out, writeStdout } from './stdout';
 import { writeAll } from '../util/write-all';
 import { closeAfter } from '../util/close-after';
+import { forEachLimited, zeroChunks } from './chunk-walk';
 
 /** a temporary file of a put this old is one whose process died (a put takes seconds) */
 const TEMPORARY_FILE_AGE_MS = 24 * 3600_000;
-
-/** 1 for each chunk the volume knows to be all zeros (from block status: no chunk is read). */
-async function zeroChunks(engine: VolumeEngine): Promise<Uint8Array> {
-  const zero = new Uint8Array(chunkCount(engine.size));
-  // blockStatus may answer for less than the range asked: ask again from where it stopped
-  for (let pos = 0; pos < engine.size; ) {
-    for (const e of await engine.blockStatus(pos, engine.size - pos)) {
-      if (e.zero) for (let i = pos / CHUNK_SIZE; i < (pos + e.length) / CHUNK_SIZE; i++) zero[i] = 1;
-      pos += e.length;
-    }
-  }
-  return zero;
-}
-
-/**
- * The length of an image to import: a regular file's, or a block device's (from sysfs: stat says
- * 0 for one). Anything else is refused: a pipe's length is known only once it is read, and a
- * length of 0 would import nothing and zero the whole volume (it did, exiting 0).
- */
-async function imageSize(file: string): Promise<number> {
-  const st = await stat(file).catch((err: NodeJS.ErrnoException) => {
-    throw new VaultError(err.code === 'ENOENT' ? 'ERR_NOT_FOUND' : 'ERR_IO', `cannot read ${file}: ${err.code === 'ENOENT' ? 'no such file' : err.message}`);
-  });
-  if (st.isFile()) return st.size;
-  if (st.isBlockDevice()) {
-    const major = Math.floor(st.rdev / 256) & 0xfff;
-    const minor = (st.rdev & 0xff) | (Math.floor(st.rdev / 4096) & 0xfff00);
-    const sectors = Number((await readFile(`/sys/dev/block/${major}:${minor}/size`, 'utf8').catch(() => '')).trim());
-    if (Number.isSafeInteger(sectors) && sectors > 0) return sectors * 512;
-    throw new VaultError('ERR_INVALID_ARGUMENT', `cannot tell the size of block device ${file}`);
-  }
-  throw new VaultError('ERR_INVALID_ARGUMENT', `${file} is not a regular file or a block device (a pipe's length is unknown until it ends): save it to a file first, or copy it in through a running server with nbdcopy`);
-}
-
-/** Disk image containers whose first bytes say what they are: imported as raw, a VM would see
- *  their metadata as its disk. */
-const IMAGE_CONTAINERS: Array<[string, Buffer]> = [
-  ['qcow2 (or qcow)', Buffer.from('QFI\xfb', 'latin1')],
-  ['QED', Buffer.from('QED\0', 'latin1')],
-  ['VMDK', Buffer.from('KDMV', 'latin1')],
-  ['VHDX', Buffer.from('vhdxfile', 'latin1')],
-  ['VDI', Buffer.from('<<< ', 'latin1')],
-];
-
-/** The container format FILE starts with, or null (raw, as far as its first bytes tell). */
-async function containerFormatOf(file: string): Promise<string | null> {
-  const fh = await openFile(file, 'r');
-  try {
-    const head = Buffer.alloc(64);
-    const { bytesRead } = await fh.read(head, 0, head.length, 0);
-    const start = head.subarray(0, bytesRead);
-    for (const [name, magic] of IMAGE_CONTAINERS) {
-      if (start.subarray(0, magic.length).equals(magic) && (name !== 'VDI' || /VirtualBox Disk Image/.test(start.toString('latin1')))) return name;
-    }
-    return null;
-  } finally {
-    await fh.close().catch(() => {});
-  }
-}
-
-/** Run `work(i)` for i in [0, n) with at most `limit` in flight, in order of start. */
-async function forEachLimited(n: number, limit: number, work: (i: number) => Promise<void>): Promise<void> {
-  let next = 0;
-  const worker = async () => {
-    while (next < n) await work(next++);
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, n) }, worker));
-}
 
 export function registerDataCommands(program: Command): void {
   addSettings(
@@ -169,58 +100,6 @@ export function registerDataCommands(program: Command): void {
 
   addSettings(
     program
-      .command('import <file> <volume>')
-      .description('Copy a raw image FILE into an existing VOLUME (zero-aware); refused while a server serves the vault from the same --state (import through it with nbdcopy)')
-      .option('--raw', 'import FILE as it is even when it starts like a qcow2, VMDK, VHDX, QED or VDI image'),
-    VAULT_SETTINGS,
-  ).action(
-    async (file: string, volume: string, opts) => {
-      const size = await imageSize(file);
-      const format = opts.raw ? null : await containerFormatOf(file);
-      if (format) {
-        throw new VaultError('ERR_INVALID_ARGUMENT', `${file} is a ${format} image, not a raw disk: imported as it is, the volume would hold its metadata. Convert it first (qemu-img convert -O raw ${file} disk.raw), or copy it in through a running server (qemu-img convert -n -O raw ${file} nbd://…/${volume}); --raw imports it as it is`);
-      }
-      await withVault(opts, async (ctx, s) => {
-        const ping = await adminRequest(s.state, { op: 'ping' });
-        if (servesThis(ping, ctx)) {
-          throw new VaultError('ERR_LEASE', `a server is serving this vault (state ${s.state}); import through it with nbdcopy or qemu-img convert, or stop it`);
-        }
-        const engine = await ctx.vault.openEngine(volume, { autoCommitMs: 0 });
-        const bar = new Progress(`import ${volume}`, size);
-        const fh = await openFile(file, 'r');
-        let done = 0;
-        let skipped = 0;
-        const copy = async () => {
-          if (size > engine.size) throw new VaultError('ERR_NO_SPACE', `${file} (${size} bytes) is larger than volume "${volume}" (${engine.size} bytes)`);
-          const volumeZero = await zeroChunks(engine);
-          await forEachLimited(chunkCount(size), 4, async (i) => {
-            const len = Math.min(CHUNK_SIZE, size - i * CHUNK_SIZE);
-            const buf = Buffer.allocUnsafe(len);
-            const { bytesRead } = await fh.read(buf, 0, len, i * CHUNK_SIZE);
-            if (bytesRead !== len) throw new VaultError('ERR_IO', `short read from ${file} at ${i * CHUNK_SIZE}`);
-            if (isAllZero(buf) && volumeZero[i]) skipped++;
-            else await engine.write(i * CHUNK_SIZE, buf);
-            bar.update((done += len));
-          });
-          // The volume now holds the image: whatever an earlier content left past its end is
-          // not part of it (a restore of a smaller image must not keep old bytes there).
-          if (size < engine.size) await engine.trim(size, engine.size - size);
-          await engine.flush();
-        };
-        const close = async () => {
-          bar.done();
-          await fh.close().catch(() => {}); // (read-only: nothing to lose)
-          await engine.close();
-        };
-        await closeAfter(copy, close, (err) => ctx.logger.warn({ volume, err: describeError(err) }, 'closing the volume after the failure failed too'));
-        const rest = size < engine.size ? `; the ${formatSize(engine.size - size)} past its end now read as zeros` : '';
-        out(`imported ${formatSize(size)} from ${file} into ${volume} (${skipped} zero chunks skipped)${rest}`);
-      });
-    },
-  );
-
-  addSettings(
-    program
       .command('verify [source]')
       .description('Download and authenticate every object of VOL, VOL@SNAP or --all; exit 1 on damage')
       .option('--all', 'every volume and every snapshot')
@@ -293,7 +172,11 @@ export function registerDataCommands(program: Command): void {
       .option('--json', 'print JSON: {changedBytes, ranges: [{offset, length}]}')
       .option('--format <shape>', 'text (offset<TAB>length lines), json, or nbdinfo (the JSON `nbdinfo --map --json` prints for qemu:dirty-bitmap:A on B)', 'text'),
     VAULT_SETTINGS,
-  ).action(async (a: string, b: string | undefined, opts) => {
+  ).action(async (a: string, b: string | undefined, opts, cmd: Command) => {
+    // --json is --format json: with another --format given, the user asked for two things
+    if (opts.json && cmd.getOptionValueSource('format') === 'cli' && opts.format !== 'json') {
+      throw new VaultError('ERR_INVALID_ARGUMENT', `--json and --format ${opts.format} ask for two shapes: --json is --format json`);
+    }
     const format = opts.json ? 'json' : String(opts.format);
     if (!['text', 'json', 'nbdinfo'].includes(format)) throw new VaultError('ERR_INVALID_ARGUMENT', `--format wants text, json or nbdinfo (got "${format}")`);
     await withVault(opts, async (ctx) => {
@@ -346,7 +229,7 @@ export function registerDataCommands(program: Command): void {
       const emptyVolumeDirs = fs ? await fs.removeEmptyTrees(VOLUMES_PREFIX, TEMPORARY_FILE_AGE_MS, Boolean(opts.dryRun)) : 0;
       if (emptyVolumeDirs > 0) ctx.logger.info({ volumes: emptyVolumeDirs, dryRun: Boolean(opts.dryRun) }, 'empty directories of deleted volumes removed');
       bar.done();
-      if (opts.json) return out(JSON.stringify({ ...r, keys: undefined, temporaryFiles: temporary.files, temporaryBytes: temporary.bytes, emptyVolumeDirs, dryRun: Boolean(opts.dryRun) }));
+      if (opts.json) return out(JSON.stringify({ ...r, keys: undefined, temporaryFiles: temporary.files, temporaryBytes: temporary.bytes, emptyVolumeDirs, dryRun: Boolean(opts.dryRun) }, null, 2));
       out(`${opts.dryRun ? 'would remove' : 'removed'} ${r.garbageObjects} unreferenced objects (${formatSize(r.garbageBytes)}) of ${r.scannedObjects}; ${r.tooYoung} unreferenced objects younger than ${grace} min kept`);
       if (temporary.files > 0) out(`${opts.dryRun ? 'would remove' : 'removed'} ${temporary.files} temporary files (${formatSize(temporary.bytes)}) of writes cut off more than a day ago`);
       if (emptyVolumeDirs > 0) out(`${opts.dryRun ? 'would remove' : 'removed'} the empty directories of ${emptyVolumeDirs} volumes deleted more than a day ago`);

@@ -7,6 +7,7 @@ import { registerKeysCommands } from './keys-command';
 import { registerVaultCommands } from './vault-commands';
 import { registerSnapshotCommands } from './snapshot-commands';
 import { registerDataCommands } from './data-commands';
+import { registerImportCommand } from './import-command';
 import { registerRetentionCommands } from './retention-commands';
 import { registerSyncCommand } from './sync-command';
 import { registerCacheCommands } from './cache-command';
@@ -24,6 +25,7 @@ export function buildProgram(): Command {
   registerSnapshotCommands(program);
   registerRetentionCommands(program);
   registerDataCommands(program);
+  registerImportCommand(program);
   registerSyncCommand(program);
   registerCacheCommands(program);
   return program;

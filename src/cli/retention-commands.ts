@@ -78,7 +78,7 @@ export function registerRetentionCommands(program: Command): void {
       const found = (await objects.listSnapshots()).find((s) => s.name === name);
       if (!found) throw new VaultError('ERR_NOT_FOUND', `volume "${volume}" has no snapshot named "${name}"`);
       await objects.setSnapshotKeep(found.id, !opts.clear);
-      if (opts.json) out(JSON.stringify({ volume, snapshot: name, keep: !opts.clear }));
+      if (opts.json) out(JSON.stringify({ volume, snapshot: name, keep: !opts.clear }, null, 2));
       else out(`${opts.clear ? 'cleared' : 'set'} the keep flag of ${volume}@${name}`);
     });
   });

@@ -6,6 +6,7 @@ import type { Command } from 'commander';
 import { VaultError } from '../errors';
 import { reservedSnapshotName, type SnapshotRecord } from '../volume/snapshot-record';
 import { formatSize } from '../util/size';
+import { formatTable } from '../util/text-table';
 import { splitExportName } from '../volume/volume-references';
 import { adminRequest, servesThis } from './admin-socket';
 import { addSettings } from './settings';
@@ -49,7 +50,7 @@ async function createSnapshot(volume: string, name: string | undefined, opts: Re
       via = 'on the store';
     }
     const ms = Number(process.hrtime.bigint() - started) / 1e6;
-    if (opts.json) out(JSON.stringify({ volume, name: record.name, createdAt: record.createdAt, size: record.size, keep: Boolean(record.keep), ms: Math.round(ms) }));
+    if (opts.json) out(JSON.stringify({ volume, name: record.name, createdAt: record.createdAt, size: record.size, keep: Boolean(record.keep), ms: Math.round(ms) }, null, 2));
     else out(`created snapshot ${volume}@${record.name} (${formatSize(record.size)})${record.keep ? ' with the keep flag' : ''} ${via} in ${ms.toFixed(0)} ms`);
   });
 }
@@ -82,7 +83,7 @@ export function registerSnapshotCommands(program: Command): void {
         const snaps = await ctx.vault.listSnapshots(volume);
         if (opts.json) return out(JSON.stringify(snaps.map((x) => ({ name: x.name, export: `${volume}@${x.name}`, createdAt: x.createdAt, size: x.size, keep: Boolean(x.keep) })), null, 2));
         if (snaps.length === 0) return out(`volume ${volume} has no snapshots`);
-        for (const x of snaps) out(`${volume}@${x.name}  ${x.createdAt}  ${formatSize(x.size)}${x.keep ? '  keep' : ''}`);
+        out(formatTable([['EXPORT', 'CREATED', 'SIZE', 'KEEP'], ...snaps.map((x) => [`${volume}@${x.name}`, x.createdAt, formatSize(x.size), x.keep ? 'keep' : ''])]));
       });
     },
   );
@@ -93,7 +94,7 @@ export function registerSnapshotCommands(program: Command): void {
       return withVault(opts, async (ctx) => {
         const [volume, name] = snapshotArgs('delete', volumeArg, nameArg);
         const r = await ctx.vault.deleteSnapshot(volume, name);
-        if (opts.json) out(JSON.stringify({ volume, snapshot: name, freedObjects: r.freedObjects }));
+        if (opts.json) out(JSON.stringify({ volume, snapshot: name, freedObjects: r.freedObjects }, null, 2));
         else out(`deleted snapshot ${volume}@${name} (freed ${r.freedObjects} objects)`);
       });
     },

@@ -3,6 +3,7 @@
 import type { Command } from 'commander';
 import { VaultError } from '../errors';
 import { formatSize, parseSize } from '../util/size';
+import { formatTable } from '../util/text-table';
 import { Progress } from './progress';
 import { adminRequest, servesThis } from './admin-socket';
 import { addSettings } from './settings';
@@ -48,7 +49,7 @@ export function registerVaultCommands(program: Command): void {
       const size = sizeArg(opts.size);
       await withVault(opts, async (ctx) => {
         const meta = await ctx.vault.createVolume(name, size);
-        out(opts.json ? JSON.stringify({ name: meta.name, id: meta.id, size }) : `created volume ${meta.name} (${formatSize(size)})`);
+        out(opts.json ? JSON.stringify({ name: meta.name, id: meta.id, size }, null, 2) : `created volume ${meta.name} (${formatSize(size)})`);
       });
     });
 
@@ -83,8 +84,7 @@ export function registerVaultCommands(program: Command): void {
         for (const u of unreadable) out(`volume id ${u.id}: UNREADABLE metadata (${u.error}): restore its meta object from a replica or a backup`);
         if (infos.length === 0) return out(unreadable.length > 0 ? 'no readable volumes' : 'no volumes');
         const rows = [['NAME', 'SIZE', 'ALLOCATED', 'STORED', 'SNAPSHOTS'], ...infos.map((i) => [i.name, formatSize(i.size), formatSize(i.allocated), formatSize(i.storedBytes), String(i.snapshots)])];
-        const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
-        out(rows.map((r) => r.map((cell, c) => cell.padEnd(widths[c])).join('  ').trimEnd()).join('\n'));
+        out(formatTable(rows));
         for (const i of infos.filter((i) => i.deleting)) out(deletingNote(i));
         for (const name of new Set(infos.map((i) => i.name))) {
           const twins = infos.filter((i) => i.name === name);

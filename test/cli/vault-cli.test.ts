@@ -169,7 +169,7 @@ test('a second server refused at startup says why, and nothing else: no volume i
   assert.equal(await srv.stop(), 0);
 });
 
-test('import reads a block device whole, and refuses a pipe (its length is unknown) without touching the volume', async (t) => {
+test('import reads a block device whole, and a pipe or standard input to its end (an image whose length is known only then)', async (t) => {
   const v = await makeTestVault();
   t.after(() => v.cleanup());
   await v.cli('volume', 'create', 'v', '--size', '16M');
@@ -177,22 +177,72 @@ test('import reads a block device whole, and refuses a pipe (its length is unkno
   writeFileSync(join(v.dir, 'img'), img);
   const loop = (await runCommand('losetup', ['-f', '--show', join(v.dir, 'img')])).stdout.trim();
   t.after(() => runCommand('losetup', ['-d', loop]).catch(() => {}));
+  const exported = async () => {
+    await v.cli('export', 'v', join(v.dir, 'out.img'));
+    return readFileSync(join(v.dir, 'out.img'));
+  };
   // stat says 0 bytes for a block device: this imported nothing and zeroed the volume, exit 0
   const r = await v.cli('import', loop, 'v');
   assert.match(r.stdout, /^imported 12 MiB from \/dev\/loop\d+ into v/);
-  await v.cli('export', 'v', join(v.dir, 'out.img'));
-  assert.ok(readFileSync(join(v.dir, 'out.img')).subarray(0, img.length).equals(img), 'the device\'s bytes');
-  const fifo = join(v.dir, 'fifo');
-  await runCommand('mkfifo', [fifo]);
-  const refused = await v.cliResult('import', fifo, 'v');
-  assert.equal(refused.code, 2);
-  assert.match(refused.stderr, /is not a regular file or a block device/);
-  await v.cli('export', 'v', join(v.dir, 'out2.img'));
-  assert.ok(readFileSync(join(v.dir, 'out2.img')).subarray(0, img.length).equals(img), 'the volume is untouched');
+  assert.ok((await exported()).subarray(0, img.length).equals(img), 'the device\'s bytes');
+  const shell = (line: string) => runCommand('bash', ['-c', line], { env: { ...v.env, CLI, NODE: process.execPath }, cwd: v.dir, okCodes: [0, 1, 2] });
+  // standard input, in pieces of a pipe's size, 6 MiB + 100 bytes: the rest of the volume reads as zeros
+  const small = randomBytes(6 * 2 ** 20 + 100);
+  writeFileSync(join(v.dir, 'small'), small);
+  const piped = await shell('cat small | "$NODE" "$CLI" import - v');
+  assert.equal(piped.code, 0, piped.stderr);
+  assert.match(piped.stdout, /^imported 6(\.0)? MiB from standard input into v \(0 zero chunks skipped\); the 10(\.0)? MiB past its end now read as zeros/);
+  const afterPipe = await exported();
+  assert.ok(afterPipe.subarray(0, small.length).equals(small), 'the piped bytes');
+  assert.ok(afterPipe.subarray(small.length).every((b) => b === 0), 'zeros after them: the device\'s bytes are gone');
+  // a named pipe, the same
+  await runCommand('mkfifo', [join(v.dir, 'fifo')]);
+  const fromFifo = await shell('cat img > fifo & "$NODE" "$CLI" import fifo v; wait');
+  assert.equal(fromFifo.code, 0, fromFifo.stderr);
+  assert.ok((await exported()).subarray(0, img.length).equals(img), 'the bytes of the named pipe');
+  // a qcow2 image on standard input is refused before anything is written
+  await runCommand('qemu-img', ['create', '-q', '-f', 'qcow2', join(v.dir, 'vm.qcow2'), '16M']);
+  const qcow = await shell('"$NODE" "$CLI" import - v < vm.qcow2');
+  assert.equal(qcow.code, 2);
+  assert.match(qcow.stderr, /standard input is a qcow2 \(or qcow\) image, not a raw disk/);
+  assert.ok((await exported()).subarray(0, img.length).equals(img), 'the volume is untouched');
+  // more than the volume holds: a clear error, exit 1, and the volume holds the stream's first 16 MiB
+  const big = randomBytes(20 * 2 ** 20);
+  writeFileSync(join(v.dir, 'big'), big);
+  const tooBig = await shell('cat big | "$NODE" "$CLI" import - v');
+  assert.equal(tooBig.code, 1, tooBig.stderr);
+  assert.match(tooBig.stderr, /standard input holds more than volume "v" \(16777216 bytes\): the volume now holds its first 16(\.0)? MiB, the rest is not imported/);
+  assert.doesNotMatch(tooBig.stderr, /\n\s+at /, 'no stack trace');
+  assert.ok((await exported()).equals(big.subarray(0, 16 * 2 ** 20)), 'what the message says');
   // export writes sparse files: a device is refused with the way to do it (it failed with EINVAL on ftruncate)
   const toDevice = await v.cliResult('export', 'v', loop);
   assert.equal(toDevice.code, 2);
   assert.match(toDevice.stderr, /is not a regular file: export writes a sparse file/);
+});
+
+test('import refuses VHD (dynamic and fixed), VMDK and VDI images unless --raw', async (t) => {
+  const v = await makeTestVault();
+  t.after(() => v.cleanup());
+  await v.cli('volume', 'create', 'v', '--size', '16M');
+  const cases: Array<[string, string[], RegExp]> = [
+    ['dyn.vhd', ['-f', 'vpc'], /is a VHD \(dynamic\) image/],
+    ['fixed.vhd', ['-f', 'vpc', '-o', 'subformat=fixed'], /is a VHD \(fixed\) image/],
+    ['d.vmdk', ['-f', 'vmdk'], /is a VMDK image/],
+    ['flat.vmdk', ['-f', 'vmdk', '-o', 'subformat=monolithicFlat'], /is a VMDK descriptor image/],
+    ['d.vdi', ['-f', 'vdi'], /is a VDI image/],
+  ];
+  for (const [name, args, message] of cases) {
+    await runCommand('qemu-img', ['create', '-q', ...args, join(v.dir, name), '8M']);
+    const r = await v.cliResult('import', join(v.dir, name), 'v');
+    assert.equal(r.code, 2, `${name}: ${r.stderr}`);
+    assert.match(r.stderr, message, name);
+  }
+  // a raw image that merely holds such bytes further in is raw
+  const raw = Buffer.alloc(8 * 2 ** 20);
+  raw.write('conectix', 4096, 'latin1');
+  writeFileSync(join(v.dir, 'raw.img'), raw);
+  assert.match((await v.cli('import', join(v.dir, 'raw.img'), 'v')).stdout, /^imported 8(\.0)? MiB/);
+  assert.match((await v.cli('import', join(v.dir, 'fixed.vhd'), 'v', '--raw')).stdout, /^imported 8(\.0)? MiB/);
 });
 
 test('snapshot keep and delete take VOLUME NAME or the export name VOLUME@NAME that snapshot list prints', async (t) => {
@@ -201,8 +251,20 @@ test('snapshot keep and delete take VOLUME NAME or the export name VOLUME@NAME t
   await v.cli('volume', 'create', 's', '--size', '8M');
   await v.cli('snapshot', 's', 'one');
   await v.cli('snapshot', 's', 'two');
+  await v.cli('snapshot', 's', 'a-much-longer-name', '--keep');
   const listed = (await v.cli('snapshot', 'list', 's')).stdout;
   assert.match(listed, /^s@one /m);
+  // a table: a header, and every column starts at the same place on every line
+  const lines = listed.trimEnd().split('\n');
+  assert.match(lines[0], /^EXPORT +CREATED +SIZE +KEEP$/);
+  assert.equal(lines.length, 4);
+  for (const col of ['CREATED', 'SIZE']) {
+    const at = lines[0].indexOf(col);
+    for (const l of lines.slice(1)) assert.match(l.slice(at - 2, at + 1), /^  \S$/, `column ${col} aligned in ${JSON.stringify(l)}`);
+  }
+  assert.match(lines.find((l) => l.startsWith('s@a-much-longer-name'))!, / keep$/);
+  await v.cli('snapshot', 'keep', 's@a-much-longer-name', '--clear');
+  await v.cli('snapshot', 'delete', 's@a-much-longer-name');
   await v.cli('snapshot', 'keep', 's@one');
   const kept = JSON.parse((await v.cli('snapshot', 'list', 's', '--json')).stdout);
   assert.deepEqual(kept.map((x: any) => [x.name, x.keep]), [['one', true], ['two', false]]);
@@ -286,8 +348,8 @@ test('export of a served volume that fails leaves no temporary snapshot; a reade
   assert.doesNotMatch(cut.stderr, /\n\s+at /, 'no stack trace');
   assert.deepEqual(await snapshots(), ['a', 'b', 'c'], 'no export-… snapshot left behind, with its keep flag');
   // a listing cut short by head: exit 0, no stack trace
-  const head = await shell('"$NODE" "$CLI" snapshot list live | head -1; echo "exit ${PIPESTATUS[0]}" >&2');
-  assert.match(head.stdout, /^live@a /);
+  const head = await shell('"$NODE" "$CLI" snapshot list live | head -2; echo "exit ${PIPESTATUS[0]}" >&2');
+  assert.match(head.stdout, /^EXPORT .*\nlive@a /);
   assert.match(head.stderr, /exit 0/);
   assert.doesNotMatch(head.stderr, /EPIPE|\n\s+at /);
 });
