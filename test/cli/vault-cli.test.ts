@@ -81,6 +81,11 @@ test('import, export, verify, diff and gc from the command line; quiet in pipes'
   assert.equal(out.length, 32 * 2 ** 20);
   assert.ok(out.subarray(0, img.length).equals(img) && out.subarray(img.length).every((b) => b === 0));
   const diff0 = JSON.parse((await v.cli('diff', 'd@one', 'd', '--json')).stdout);
+  // --json beside another --format asked for two shapes: it printed JSON and said nothing
+  const twoShapes = await v.cliResult('diff', 'd@one', 'd', '--json', '--format', 'text');
+  assert.equal(twoShapes.code, 2);
+  assert.match(twoShapes.stderr, /--json and --format text ask for two shapes/);
+  assert.deepEqual(JSON.parse((await v.cli('diff', 'd@one', 'd', '--json', '--format', 'json')).stdout), diff0);
   assert.equal(diff0.changedBytes, 0);
 
   const ok = JSON.parse((await v.cli('verify', '--all', '--json')).stdout);
