@@ -23,7 +23,7 @@ test("the runtime's share: a quarter, at most 512 MiB, never leaving the rest be
   }
 });
 
-test('serve replaces itself with a 16 MiB semi-space and two malloc arenas, same pid; what the user chose wins', async (t) => {
+test('serve replaces itself with a 16 MiB semi-space, two malloc arenas and huge pages for malloc, same pid; what the user chose wins', async (t) => {
   if (typeof (process as { execve?: unknown }).execve !== 'function') return t.skip('this Node has no process.execve: serve keeps the defaults');
   const cmdline = (pid: number) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
   const environ = (pid: number) => readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0');
@@ -32,6 +32,7 @@ test('serve replaces itself with a 16 MiB semi-space and two malloc arenas, same
     t.after(() => v.cleanup());
     delete v.env.MALLOC_ARENA_MAX;
     delete v.env.NODE_OPTIONS;
+    delete v.env.GLIBC_TUNABLES;
     Object.assign(v.env, env);
     const srv = await v.serve();
     const pid = srv.process.pid!;
@@ -43,11 +44,13 @@ test('serve replaces itself with a 16 MiB semi-space and two malloc arenas, same
   const plain = await serveWith({});
   assert.ok(plain.args.includes('--max-semi-space-size=16'), `runs with the flag: ${plain.args.join(' ')}`);
   assert.ok(plain.env.includes('MALLOC_ARENA_MAX=2'), 'and two arenas');
+  assert.ok(plain.env.includes('GLIBC_TUNABLES=glibc.malloc.hugetlb=1'), 'and transparent huge pages for malloc');
 
-  const own = await serveWith({ NODE_OPTIONS: '--max_semi_space_size=32', MALLOC_ARENA_MAX: '4' });
+  const own = await serveWith({ NODE_OPTIONS: '--max_semi_space_size=32', MALLOC_ARENA_MAX: '4', GLIBC_TUNABLES: 'glibc.malloc.tcache_count=0' });
   assert.ok(!own.args.includes('--max-semi-space-size=16'), "NODE_OPTIONS' semi-space (either spelling) is kept");
   assert.ok(own.env.includes('MALLOC_ARENA_MAX=4'), "the user's arena count is kept");
+  assert.ok(own.env.includes('GLIBC_TUNABLES=glibc.malloc.tcache_count=0'), "the user's glibc tunables are kept");
 
   const off = await serveWith({ NBD_VAULT_REEXEC: '0' });
-  assert.ok(!off.args.includes('--max-semi-space-size=16') && !off.env.includes('MALLOC_ARENA_MAX=2'), 'NBD_VAULT_REEXEC=0: as started');
+  assert.ok(!off.args.includes('--max-semi-space-size=16') && !off.env.includes('MALLOC_ARENA_MAX=2') && !off.env.some((e) => e.startsWith('GLIBC_TUNABLES=')), 'NBD_VAULT_REEXEC=0: as started');
 });
