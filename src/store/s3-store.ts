@@ -4,9 +4,10 @@
 // Assumes: the bucket exists; credentials come from the standard AWS chain (env, shared profile,
 // SSO, instance role), or from options.credentials (tests). They are never logged or put in errors.
 // Guarantees:
-// - GETs (whole and ranged) are signed here and sent on the same agents (s3-signed-get.ts): the
-//   SDK's per-request work was half a cold random read's CPU. Where the endpoint needs more than
-//   plain SigV4 (S3 Express, SigV4a) they go through the SDK like everything else.
+// - GETs (whole and ranged) and PUTs are signed here and sent on the same agents
+//   (s3-signed-requests.ts): the SDK's per-request work was half a cold random read's CPU and a
+//   quarter of an import's main thread. Where the endpoint needs more than plain SigV4 (S3
+//   Express, SigV4a) they go through the SDK like everything else.
 // - Exactly one retry layer: the SDK client runs with maxAttempts 1; RetryStore above decides.
 // - NodeHttpHandler with keep-alive agents sized to maxConcurrency, a connection timeout and a
 //   request timeout that THROWS (throwOnRequestTimeout), so a hung endpoint becomes TRANSIENT.
@@ -33,7 +34,7 @@ import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { VaultError, type VaultErrorCode } from '../errors';
 import { MAX_OBJECT_BYTES, type ObjectInfo, type ObjectStore, type PutOptions, type StoredObject, type StoreProps } from './object-store';
 import { checkKey, checkPrefix, checkRange } from './keys';
-import { SignedGet, headerOf, notS3Error } from './s3-signed-get';
+import { SignedRequests, headerOf, notS3Error } from './s3-signed-requests';
 
 export interface S3StoreOptions {
   readonly bucket: string;
@@ -65,8 +66,8 @@ export class S3Store implements ObjectStore {
   readonly prefix: string;
   private readonly client: S3Client;
   private readonly agents: { http: http.Agent; https: https.Agent };
-  /** GETs signed and sent without the SDK's middleware (s3-signed-get.ts) */
-  private readonly signedGet: SignedGet;
+  /** GETs and PUTs signed and sent without the SDK's middleware (s3-signed-requests.ts) */
+  private readonly signed: SignedRequests;
 
   constructor(opts: S3StoreOptions) {
     if (!opts.bucket) throw new VaultError('ERR_INVALID_ARGUMENT', 's3 store: bucket is required');
@@ -108,7 +109,7 @@ export class S3Store implements ObjectStore {
         socketTimeout: idleTimeout,
       }),
     });
-    this.signedGet = new SignedGet(this.client, this.bucket, this.agents, { requestTimeoutMs: requestTimeout, connectionTimeoutMs: connectionTimeout, idleTimeoutMs: idleTimeout });
+    this.signed = new SignedRequests(this.client, this.bucket, this.agents, { requestTimeoutMs: requestTimeout, connectionTimeoutMs: connectionTimeout, idleTimeoutMs: idleTimeout });
   }
 
   async get(key: string): Promise<StoredObject> {
@@ -149,11 +150,11 @@ export class S3Store implements ObjectStore {
     }
   }
 
-  /** One GET, signed here where the endpoint allows it (s3-signed-get.ts), else through the SDK:
+  /** One GET, signed here where the endpoint allows it (s3-signed-requests.ts), else through the SDK:
    *  the body, its etag and Content-Range (undefined: the whole object; a 206 without one says
    *  "(none)"), or null for HTTP 416 from the signed path (the SDK throws it). */
   private async getObject(key: string, op: string, range?: { offset: number; length: number }): Promise<{ body: Buffer; etag: string; contentRange?: string } | null> {
-    const direct = await this.signedGet.get(this.prefix + key, range);
+    const direct = await this.signed.get(this.prefix + key, range);
     if (direct) {
       if (direct.status === 416) return null;
       const contentRange = direct.status === 206 ? (headerOf(direct.headers['content-range']) ?? '(none)') : undefined;
@@ -187,6 +188,9 @@ export class S3Store implements ObjectStore {
   async put(key: string, body: Buffer, opts: PutOptions = {}): Promise<{ etag: string }> {
     checkKey(key);
     try {
+      const ifMatch = opts.ifMatch === undefined ? undefined : unquote(opts.ifMatch);
+      const direct = await this.signed.put(this.prefix + key, body, { ifNoneMatch: opts.ifNoneMatch, ifMatch });
+      if (direct) return { etag: unquote(headerOf(direct.headers.etag)) };
       const res = await this.client.send(
         new PutObjectCommand({
           Bucket: this.bucket,
@@ -195,7 +199,7 @@ export class S3Store implements ObjectStore {
           ContentLength: body.length,
           ContentType: 'application/octet-stream',
           IfNoneMatch: opts.ifNoneMatch,
-          IfMatch: opts.ifMatch === undefined ? undefined : unquote(opts.ifMatch),
+          IfMatch: ifMatch,
         }),
       );
       return { etag: unquote(res.ETag) };

@@ -1,15 +1,18 @@
-// Object GETs signed here and sent with node's http client, beside the SDK client: a random read
-// on S3 is one ranged GET of a 128 KiB frame, and the SDK's per-request work (middleware stack,
-// response deserialization, a body stream concatenated at the end) was half of the server's main
-// thread in a cold random read (BENCHMARKS.md, "What bounds a cold random read on S3"); this path
-// costs about half the CPU per GET.
+// Object GETs and PUTs signed here and sent with node's http client, beside the SDK client: a
+// random read on S3 is one ranged GET of a 128 KiB frame, and an import is one PUT per sealed
+// chunk; the SDK's per-request work (middleware stack, request serialization, response
+// deserialization, a body stream concatenated at the end) was half of the server's main thread in
+// a cold random read (BENCHMARKS.md, "What bounds a cold random read on S3") and a quarter of it in
+// an S3 import; this path costs about half the CPU per request.
 //
 // What stays the SDK's: where the bucket is (its endpoint rules, resolved once per store: path or
 // virtual-host style, FIPS, dual-stack, custom endpoints), the credentials (its provider chain and
 // refresh), the hash, and the clock-skew offset it learnt. Only plain SigV4 endpoints take this
 // path; anything else (S3 Express session auth, SigV4a access points) returns null from target()
 // and the caller uses the SDK. Errors come out shaped like the SDK's (name = the S3 error code,
-// $metadata.httpStatusCode), so classifyS3Error treats both paths alike.
+// $metadata.httpStatusCode), so classifyS3Error treats both paths alike. A PUT signs its body's
+// SHA-256 as the SDK does: S3 refuses a body that does not match it.
+import { createHash } from 'node:crypto';
 import * as http from 'node:http';
 import * as https from 'node:https';
 import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
@@ -29,7 +32,7 @@ const CLOCK_SKEW_MS = 5 * 60_000;
 /** names these requests in the server's logs (the SDK's say aws-sdk-js) */
 const USER_AGENT = 'nbd-vault';
 
-export interface SignedGetResult {
+export interface SignedResult {
   status: number;
   headers: http.IncomingHttpHeaders;
   body: Buffer;
@@ -41,7 +44,7 @@ interface Target {
   headers: Record<string, string>;
 }
 
-export class SignedGet {
+export class SignedRequests {
   private target: Promise<Target | null> | null = null;
 
   constructor(
@@ -56,25 +59,45 @@ export class SignedGet {
    * Null: this endpoint needs the SDK. Throws on a network failure, a timeout or a status of 300
    * or more other than 416 (the caller decides about 416), as the SDK would.
    */
-  async get(key: string, range?: { offset: number; length: number }): Promise<SignedGetResult | null> {
+  async get(key: string, range?: { offset: number; length: number }): Promise<SignedResult | null> {
+    const headers: Record<string, string> = { 'x-amz-content-sha256': EMPTY_PAYLOAD_SHA256 };
+    if (range) headers.range = `bytes=${range.offset}-${range.offset + range.length - 1}`;
+    return this.request('GET', key, headers, null, range ? range.length : MAX_BODY_BYTES);
+  }
+
+  /**
+   * PUT `body` at `key` (the full key), with `If-None-Match` / `If-Match` when given (sent as they
+   * are). Null: this endpoint needs the SDK. Throws like get() for any status of 300 or more.
+   */
+  async put(key: string, body: Buffer, conditions: { ifNoneMatch?: string; ifMatch?: string } = {}): Promise<SignedResult | null> {
+    const headers: Record<string, string> = {
+      'content-type': 'application/octet-stream',
+      'content-length': String(body.length),
+      'x-amz-content-sha256': createHash('sha256').update(body).digest('hex'),
+    };
+    if (conditions.ifNoneMatch !== undefined) headers['if-none-match'] = conditions.ifNoneMatch;
+    if (conditions.ifMatch !== undefined) headers['if-match'] = conditions.ifMatch;
+    return this.request('PUT', key, headers, body, MAX_ERROR_BODY);
+  }
+
+  /** `limit`: the most bytes a successful answer may carry. */
+  private async request(method: 'GET' | 'PUT', key: string, own: Record<string, string>, body: Buffer | null, limit: number): Promise<SignedResult | null> {
     const target = await this.resolveTarget();
     if (!target) return null;
     const { url } = target;
     const path = `${url.pathname.replace(/\/$/, '')}/${key.split('/').map(escapeSegment).join('/')}`;
-    const headers: Record<string, string> = { ...target.headers, host: url.host, 'user-agent': USER_AGENT, 'x-amz-content-sha256': EMPTY_PAYLOAD_SHA256 };
-    if (range) headers.range = `bytes=${range.offset}-${range.offset + range.length - 1}`;
-    const limit = range ? range.length : MAX_BODY_BYTES;
+    const headers: Record<string, string> = { ...target.headers, host: url.host, 'user-agent': USER_AGENT, ...own };
     for (let attempt = 0; ; attempt++) {
       const signed = await target.signer.sign(
-        { method: 'GET', protocol: url.protocol, hostname: url.hostname, port: url.port ? Number(url.port) : undefined, path, query: {}, headers: { ...headers } },
+        { method, protocol: url.protocol, hostname: url.hostname, port: url.port ? Number(url.port) : undefined, path, query: {}, headers: { ...headers } },
         { signingDate: new Date(Date.now() + this.clockOffset) },
       );
-      const res = await this.send(url, path, signed.headers, limit);
+      const res = await this.send(method, url, path, signed.headers, body, limit);
       const skewed = this.learnClock(res.headers.date);
       // S3 (and every S3-compatible server) names an object's version in its ETag, and explains
       // a missing key in XML: a web server or proxy at the endpoint does neither
-      if (res.status === 200 && res.headers.etag === undefined) throw notS3(res, 'an object without an ETag');
-      if (res.status < 300 || res.status === 416) return res;
+      if (res.status === 200 && res.headers.etag === undefined) throw notS3(res, method === 'GET' ? 'an object without an ETag' : 'a stored object without an ETag');
+      if (res.status < 300 || (method === 'GET' && res.status === 416)) return res;
       const err = s3ErrorOf(res);
       if (res.status === 404 && !/<Code>/.test(res.body.toString('utf8'))) throw notS3(res, 'a 404 without an S3 error');
       // a clock S3 refused, now corrected: once more (the SDK does the same)
@@ -125,13 +148,13 @@ export class SignedGet {
   }
 
   /** `limit`: the most bytes a successful answer may carry (a ranged GET: its range). */
-  private send(url: URL, path: string, headers: Record<string, string>, limit: number): Promise<SignedGetResult> {
+  private send(method: 'GET' | 'PUT', url: URL, path: string, headers: Record<string, string>, body: Buffer | null, limit: number): Promise<SignedResult> {
     const secure = url.protocol === 'https:';
     const request = secure ? https.request : http.request;
     return new Promise((resolve, reject) => {
       const req = request({
         agent: secure ? this.agents.https : this.agents.http,
-        method: 'GET',
+        method,
         protocol: url.protocol,
         hostname: url.hostname.replace(/^\[(.*)\]$/, '$1'),
         port: url.port || undefined,
@@ -156,17 +179,17 @@ export class SignedGet {
         const status = res.statusCode ?? 0;
         const declared = Number(res.headers['content-length']);
         // a server that ignores Range answers 200 with the whole object
-        const most = status === 206 ? limit : MAX_BODY_BYTES;
+        const most = status === 206 || method === 'PUT' ? limit : MAX_BODY_BYTES;
         if (status < 300 && declared > most) return req.destroy(oversizeError(`${path}: a body of ${declared} bytes declared, at most ${most} expected`));
         const sized = status < 300 && Number.isSafeInteger(declared) && declared >= 0;
         const keep = status < 300 ? most : MAX_ERROR_BODY;
-        let body = sized ? Buffer.allocUnsafe(declared) : null;
+        let received = sized ? Buffer.allocUnsafe(declared) : null;
         const parts: Buffer[] = [];
         let at = 0;
         res.on('data', (chunk: Buffer) => {
-          if (body) {
-            if (at + chunk.length > body.length) return req.destroy(lyingError(`${path}: more than the ${declared} bytes Content-Length declared`));
-            chunk.copy(body, at);
+          if (received) {
+            if (at + chunk.length > received.length) return req.destroy(lyingError(`${path}: more than the ${declared} bytes Content-Length declared`));
+            chunk.copy(received, at);
           } else if (at + chunk.length <= keep) parts.push(chunk);
           else if (status < 300) return req.destroy(oversizeError(`${path}: a body of more than ${most} bytes`));
           at += chunk.length;
@@ -174,12 +197,12 @@ export class SignedGet {
         res.on('error', fail);
         res.on('end', () => {
           clearTimeout(deadline);
-          if (body && at !== body.length) return reject(lyingError(`${path}: ${at} of the ${declared} bytes Content-Length declared`));
-          body ??= Buffer.concat(parts);
-          resolve({ status, headers: res.headers, body });
+          if (received && at !== received.length) return reject(lyingError(`${path}: ${at} of the ${declared} bytes Content-Length declared`));
+          received ??= Buffer.concat(parts);
+          resolve({ status, headers: res.headers, body: received });
         });
       });
-      req.end();
+      req.end(body ?? undefined);
     });
   }
 }
@@ -190,7 +213,7 @@ function escapeSegment(s: string): string {
 }
 
 /** An error response as the SDK would throw it: the S3 error code as name, the HTTP status. */
-function s3ErrorOf(res: SignedGetResult): Error {
+function s3ErrorOf(res: SignedResult): Error {
   const text = res.body.subarray(0, MAX_ERROR_BODY).toString('utf8');
   const code = /<Code>([^<]{1,100})<\/Code>/.exec(text)?.[1];
   const message = /<Message>([^<]{0,300})<\/Message>/.exec(text)?.[1];
@@ -204,7 +227,7 @@ export function notS3Error(what: string): Error {
   return Object.assign(new Error(`the endpoint does not answer like S3 (${what}); check ?endpoint= and path_style in the store URL`), { name: 'NotS3' });
 }
 
-function notS3(res: SignedGetResult, what: string): Error {
+function notS3(res: SignedResult, what: string): Error {
   const type = headerOf(res.headers['content-type']) ?? 'no content type';
   return notS3Error(`${what}: HTTP ${res.status}, ${type.slice(0, 60)}`);
 }
