@@ -49,6 +49,7 @@ import {
   NBD_REP_INFO,
   NBD_REP_META_CONTEXT,
   NBD_REP_SERVER,
+  NBD_MAX_STRING,
 } from './constants';
 import { HANDSHAKE_LISTED_EXPORTS_MAX, HANDSHAKE_MS_PER_LISTED_EXPORT, HANDSHAKE_OPEN_WAIT_MAX_MS, HANDSHAKE_OPEN_WAIT_SLACK_MS, MAX_OPTIONS, OPTIONS_PER_LISTED_EXPORT, MAX_OPTION_DRAIN, MAX_OPTION_LENGTH, MAX_PAYLOAD, MIN_BLOCK_SIZE, PREFERRED_BLOCK_SIZE } from './limits';
 import type { ByteQueue } from './byte-queue';
@@ -61,6 +62,7 @@ import {
   encodeInfoString,
   encodeMetaContext,
   encodeOptionReply,
+  encodeProtocolString,
   encodeServerEntry,
 } from './reply-framing';
 import { transmissionFlags } from './transmission-flags';
@@ -151,6 +153,8 @@ class OptionHaggler {
       if (count > this.optionAllowance) throw new ProtocolViolation(`more than ${this.optionAllowance} options`);
       if (length > MAX_OPTION_LENGTH) {
         if (length > MAX_OPTION_DRAIN) throw new ProtocolViolation(`option ${option} length ${length} is absurd`);
+        // EXPORT_NAME has no error reply: one the client would read as the export's size (spec)
+        if (option === NBD_OPT_EXPORT_NAME) throw new ProtocolViolation(`EXPORT_NAME of ${length} bytes names no export (at most ${NBD_MAX_STRING})`);
         await queue.skip(length);
         this.reply(option, NBD_REP_ERR_TOO_BIG, `option payload of ${length} bytes is too big`);
         continue;
@@ -369,7 +373,7 @@ class OptionHaggler {
   }
 
   private reply(option: number, type: number, message?: string): void {
-    this.ctx.write(encodeOptionReply(option, type, message ? Buffer.from(message, 'utf8') : undefined));
+    this.ctx.write(encodeOptionReply(option, type, message ? encodeProtocolString(message) : undefined));
   }
 }
 

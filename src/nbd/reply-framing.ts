@@ -3,6 +3,7 @@
 // so the unit tests check the exact bytes. Data payloads are never copied here: an OFFSET_DATA
 // reply is a header Buffer followed by the caller's data Buffer (written with writev).
 import {
+  NBD_MAX_STRING,
   NBD_OPT_REPLY_MAGIC,
   NBD_REPLY_FLAG_DONE,
   NBD_REPLY_TYPE_BLOCK_STATUS,
@@ -19,6 +20,19 @@ import {
 
 /** Longest error message we put in an error chunk (the spec allows 4096). */
 const MAX_ERROR_MESSAGE = 1024;
+
+/**
+ * TEXT as a string the spec allows on the wire: UTF-8 without NUL, at most `max` bytes (the spec's
+ * 4096 for option replies). A message may quote what a client sent (a name with a NUL, 4096 bytes
+ * of it): a NUL becomes "\0", and a longer text is cut at a character boundary.
+ */
+export function encodeProtocolString(text: string, max = NBD_MAX_STRING): Buffer {
+  const bytes = Buffer.from(text.replace(/\0/g, '\\0'), 'utf8');
+  if (bytes.length <= max) return bytes;
+  let end = max;
+  while (end > 0 && (bytes[end] & 0xc0) === 0x80) end--; // not inside a character
+  return bytes.subarray(0, end);
+}
 
 function writeU64(buf: Buffer, value: number, at: number): void {
   buf.writeUInt32BE(Math.floor(value / 0x1_0000_0000), at);
@@ -84,7 +98,7 @@ export function encodeBlockStatus(flags: number, handle: Buffer, contextId: numb
 }
 
 function errorChunk(type: number, flags: number, handle: Buffer, errno: number, message: string, offset?: number): Buffer {
-  const msg = Buffer.from(message, 'utf8').subarray(0, MAX_ERROR_MESSAGE);
+  const msg = encodeProtocolString(message, MAX_ERROR_MESSAGE);
   const tail = offset === undefined ? 0 : 8;
   const payload = 6 + msg.length + tail;
   const buf = structuredHeader(flags, type, handle, payload, payload);
@@ -126,7 +140,7 @@ export function encodeInfoExport(infoType: number, size: number, transmissionFla
 }
 
 export function encodeInfoString(infoType: number, text: string): Buffer {
-  const s = Buffer.from(text, 'utf8');
+  const s = encodeProtocolString(text);
   const buf = Buffer.allocUnsafe(2 + s.length);
   buf.writeUInt16BE(infoType, 0);
   s.copy(buf, 2);

@@ -76,9 +76,10 @@ export function validateRequest(req: NbdRequest, s: SessionFacts): number {
   if (type === NBD_CMD_CACHE && !s.caps.canCache) return NBD_EINVAL;
   if (type === NBD_CMD_BLOCK_STATUS && !s.hasMetaContexts) return NBD_EINVAL;
 
-  // Payload sizes: a read we will not hold is too large to answer; a write whose payload was
+  // Payload sizes: a read we will not hold is too large to answer (EOVERFLOW, where the client
+  // may send DF: structured replies; the spec wants EINVAL otherwise); a write whose payload was
   // drained is simply invalid.
-  if (type === NBD_CMD_READ && length > s.maxPayload) return NBD_EOVERFLOW;
+  if (type === NBD_CMD_READ && length > s.maxPayload) return s.structuredReplies ? NBD_EOVERFLOW : NBD_EINVAL;
   if (type === NBD_CMD_WRITE && req.payloadDropped) return NBD_EINVAL;
   if (type === NBD_CMD_BLOCK_STATUS && length === 0) return NBD_EINVAL;
 

@@ -192,6 +192,27 @@ export function hostileClientSuite(backend: HostileBackend): void {
     await assertHealthy();
   });
 
+  test('an EXPORT_NAME over 64 KiB closes the connection (it has no error reply); error messages quoting a name stay a legal string', async () => {
+    const w = new Wire(srv.port);
+    await greet(w);
+    // an error reply here was read by the client as the export's size and flags
+    await w.write(option(1, Buffer.alloc(70_000, 0x61)));
+    assert.ok(await w.closedWithin(3000), 'closed, no option reply');
+    const w2 = new Wire(srv.port);
+    await greet(w2);
+    // INFO of a 4096-byte unknown name, and of a name with a NUL: the spec's strings are at most
+    // 4096 bytes with no NUL, error messages included (the first was 4114 bytes)
+    for (const name of ['x'.repeat(4096), 'a\0b']) {
+      await w2.write(option(6, infoPayload(name)));
+      const r = await readOptionReply(w2);
+      assert.equal(r.type, NBD_REP_ERR_UNKNOWN);
+      assert.ok(r.data.length <= 4096, `a message of ${r.data.length} bytes`);
+      assert.ok(!r.data.includes(0), 'no NUL in the message');
+    }
+    w2.destroy();
+    await assertHealthy();
+  });
+
   test('too many options: disconnected after 32', async () => {
     const w = new Wire(srv.port);
     await greet(w);

@@ -13,6 +13,7 @@ import {
   encodeOffsetDataHeader,
   encodeOffsetHole,
   encodeOptionReply,
+  encodeProtocolString,
   encodeSimpleReply,
 } from '../../src/nbd/reply-framing';
 import { validateRequest, type SessionFacts } from '../../src/nbd/request-validation';
@@ -134,6 +135,8 @@ test('request validation: ranges, flags, read-only, sizes', () => {
   assert.equal(validateRequest(req(C.NBD_CMD_READ, C.NBD_CMD_FLAG_DF, 0, 1), facts({ structuredReplies: false })), C.NBD_EINVAL);
   assert.equal(validateRequest(req(C.NBD_CMD_WRITE, C.NBD_CMD_FLAG_NO_HOLE, 0, 1), s), C.NBD_EINVAL);
   assert.equal(validateRequest(req(C.NBD_CMD_READ, 0, 0, 33 << 20), facts({ size: 2 ** 40 })), C.NBD_EOVERFLOW);
+  // EOVERFLOW only where DF is supported (structured replies): EINVAL in simple replies (spec)
+  assert.equal(validateRequest(req(C.NBD_CMD_READ, 0, 0, 33 << 20), facts({ size: 2 ** 40, structuredReplies: false })), C.NBD_EINVAL);
   assert.equal(validateRequest(req(C.NBD_CMD_WRITE, 0, 0, 1, { payloadDropped: true }), s), C.NBD_EINVAL);
   assert.equal(validateRequest(req(99, 0, 0, 0), s), C.NBD_EINVAL);
   assert.equal(validateRequest(req(C.NBD_CMD_BLOCK_STATUS, 0, 0, 1), facts({ hasMetaContexts: false })), C.NBD_EINVAL);
@@ -254,4 +257,15 @@ test('request reader: a large payload that spans socket chunks comes as their pi
   assert.equal(got.length, 2);
   assert.ok(Array.isArray(got[0].payload), 'pieces, not a copy');
   assert.ok(Buffer.concat(got[0].payload as Buffer[]).equals(payload));
+});
+
+test('strings on the wire: no NUL, at most 4096 bytes, never cut inside a character', () => {
+  assert.equal(encodeProtocolString('no export named "a\0b"').toString(), 'no export named "a\\0b"');
+  const long = encodeProtocolString('é'.repeat(3000)); // 6000 bytes of two-byte characters
+  assert.equal(long.length, 4096);
+  assert.equal(long.toString('utf8'), 'é'.repeat(2048));
+  const odd = encodeProtocolString(`x${'é'.repeat(3000)}`); // a character would straddle byte 4096
+  assert.equal(odd.length, 4095);
+  assert.ok(!odd.toString('utf8').includes('\ufffd'), 'no broken character');
+  assert.equal(encodeProtocolString('abc', 2).toString(), 'ab');
 });
