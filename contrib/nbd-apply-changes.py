@@ -8,7 +8,8 @@ script asks the server for the context qemu:dirty-bitmap:S1 on VOL@S2 (NBD BLOCK
 copies every dirty extent from VOL@S2 into IMAGE; afterwards IMAGE equals VOL@S2. A volume
 resized between the two snapshots: IMAGE, as large as VOL@S1, is first cut or extended (with
 zeros, which the bitmap does not mark) to the size of VOL@S2. Needs python3-libnbd (Debian:
-python3-libnbd). Prints how much it copied.
+python3-libnbd). Prints how much it copied. For a clone, S1 may be its origin snapshot
+ORIGIN@SNAP (the context qemu:dirty-bitmap:ORIGIN@SNAP): IMAGE then holds ORIGIN@SNAP.
 """
 import sys
 import nbd
@@ -18,11 +19,12 @@ MAX_STATUS = 2**32 - 2**22  # one BLOCK_STATUS request at most (4 MiB aligned)
 
 
 def base_uri(uri, base):
-    """nbd://HOST:PORT/VOL@S2 -> nbd://HOST:PORT/VOL@S1 (the export name is after the last '/')."""
+    """nbd://HOST:PORT/VOL@S2 -> nbd://HOST:PORT/VOL@S1 (the export name is after the last '/');
+    a base that names its volume (ORIGIN@SNAP, a clone's origin snapshot) is that export."""
     head, _, export = uri.rpartition("/")
     volume = export.split("?")[0].rsplit("@", 1)[0]
     query = export[len(export.split("?")[0]):]
-    return f"{head}/{volume}@{base}{query}"
+    return f"{head}/{base if '@' in base else f'{volume}@{base}'}{query}"
 
 
 def size_of(uri):

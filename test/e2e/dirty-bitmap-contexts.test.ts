@@ -170,6 +170,12 @@ test('nbd-apply-changes.py across resizes (grown, then shrunk) restores each sna
   await v.cli('snapshot', 'create', 'b', 'r2');
   await v.cli('volume', 'resize', 'b', '--size', `${7 * M + 4096}`, '--force');
   await v.cli('snapshot', 'create', 'b', 'r3');
+  // a clone of b@r1, grown and written: its base is its origin snapshot, named ORIGIN@SNAP
+  await v.cli('clone', 'b@r1', 'bc');
+  await v.cli('volume', 'resize', 'bc', '--size', '24M');
+  writeFileSync(join(v.dir, 'c1.img'), img(24 * M));
+  await v.cli('import', join(v.dir, 'c1.img'), 'bc');
+  await v.cli('snapshot', 'create', 'bc', 'q1');
   const srv = await v.serve();
   t.after(() => srv.kill());
   const restore = join(v.dir, 'restore.img');
@@ -180,6 +186,10 @@ test('nbd-apply-changes.py across resizes (grown, then shrunk) restores each sna
     await runCommand('nbdcopy', [srv.uri(`b@${snap}`), join(v.dir, `${snap}.out`)], { timeoutMs: 60_000 });
     assert.equal(await fileSha256(restore), await fileSha256(join(v.dir, `${snap}.out`)), `restore + dirty extents = b@${snap}`);
   }
+  await runCommand('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', srv.uri('b@r1'), restore], { timeoutMs: 60_000 });
+  const fromOrigin = await runCommand(SYSTEM_PYTHON, [join(REPO_ROOT, 'contrib/nbd-apply-changes.py'), srv.uri('bc@q1'), 'b@r1', restore], { timeoutMs: 120_000, okCodes: [0, 1] });
+  assert.equal(fromOrigin.code, 0, fromOrigin.stderr); // (it asked for the export "bc@b@r1")
+  assert.equal(await fileSha256(restore), await fileSha256(join(v.dir, 'c1.img')), 'b@r1 + dirty extents of bc@q1 = bc@q1');
   // an image that is neither the base nor the export's size: refused, left alone
   const wrong = join(v.dir, 'wrong.img');
   writeFileSync(wrong, Buffer.alloc(3 * M));
