@@ -179,8 +179,12 @@ export function registerDataCommands(program: Command): void {
     }
     const format = opts.json ? 'json' : String(opts.format);
     if (!['text', 'json', 'nbdinfo'].includes(format)) throw new VaultError('ERR_INVALID_ARGUMENT', `--format wants text, json or nbdinfo (got "${format}")`);
+    const [volA, snapA] = splitExportName(a);
+    // a live volume against itself: always nothing (it printed "0 ranges" and exit 0)
+    if (snapA === null && b === undefined) {
+      throw new VaultError('ERR_INVALID_ARGUMENT', `diff compares two states: a snapshot and a later state (diff ${a}@SNAP [${a}@SNAP2]), or a clone's origin snapshot and the clone (diff ORIGIN@SNAP ${a})`);
+    }
     await withVault(opts, async (ctx) => {
-      const [volA] = splitExportName(a);
       const other = b ?? volA;
       const A = await ctx.vault.loadManifestOf(a);
       const B = await ctx.vault.loadManifestOf(other);

@@ -12,7 +12,7 @@ import type { Export, ExportProvider, OpenPurpose } from '../nbd/export';
 import type { EngineOptions, EngineStats, VolumeEngine } from '../volume/volume-engine';
 import { type Vault } from '../volume/vault';
 import { splitExportName } from '../volume/volume-references';
-import type { SnapshotRecord } from '../volume/snapshot-record';
+import { snapshotExportDescription, type SnapshotRecord } from '../volume/snapshot-record';
 import { LiveReadView, VolumeChanged } from './live-read-view';
 
 /** how long a volume nobody uses stays open (its caches warm, its lease held) */
@@ -68,7 +68,7 @@ export class VaultExportProvider implements ExportProvider {
       }
       out.push({ name: v.name, description: `nbd-vault volume ${v.name}` });
       for (const s of await this.vault.listSnapshots(v.name, v)) {
-        out.push({ name: `${v.name}@${s.name}`, description: `snapshot ${s.name} of ${v.name} (${s.createdAt}), read-only` });
+        out.push({ name: `${v.name}@${s.name}`, description: snapshotExportDescription(v.name, s) });
       }
     }
     return out;

@@ -61,6 +61,8 @@ export async function pruneSnapshots(vault: Vault, volumeName: string, opts: Pru
   for (const d of plan) {
     const reasons = [...d.reasons];
     if (cloned.has(d.snapshot.id)) reasons.push('has clones');
+    // a dry run says what the run would do: a snapshot a client reads is kept by it
+    if (opts.dryRun && reasons.length === 0 && (await vault.snapshotBeingRead(volumeName, d.snapshot.id))) reasons.push('being read');
     let keep = reasons.length > 0;
     let freed = 0;
     if (!keep && !opts.dryRun) {

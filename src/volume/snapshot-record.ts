@@ -47,6 +47,11 @@ export function checkSnapshotName(name: unknown): asserts name is string {
   }
 }
 
+/** What NBD clients read of a snapshot export, in a listing and when they open it alike. */
+export function snapshotExportDescription(volumeName: string, s: Pick<SnapshotRecord, 'name' | 'createdAt'>): string {
+  return `snapshot ${s.name} of volume ${volumeName} (${s.createdAt}), read-only`;
+}
+
 export function encodeSnapshot(s: SnapshotRecord): Buffer {
   // `keep` is written only when set: a record without the flag is byte-for-byte the format-1 record.
   const { keep, ...rest } = s;

@@ -45,6 +45,12 @@ export class VaultLifecycle {
     this.store = vault.store;
   }
 
+  /** The live readers of a snapshot (exports of it open in some server): what keeps a delete out. */
+  async readersOf(volumeName: string, snapshotId: string): Promise<SnapshotReader[]> {
+    const { objects } = await this.vault.loadVolume(volumeName);
+    return liveReaders(objects, snapshotId, (s) => this.parts.observeReader(s), this.parts.logger);
+  }
+
   /** Names of the volumes cloned from `volumeId` (from any snapshot, or from `snapshotId`). */
   async clonesOf(volumeId: string, snapshotId?: string): Promise<string[]> {
     const names: string[] = [];

@@ -27,7 +27,7 @@ import type { VolumeLease } from './volume-lease';
 import { ROOT_FORMAT, type RootRecord } from './root-record';
 import { VolumeEngine, DEFAULT_ENGINE_OPTIONS, type EngineOptions } from './volume-engine';
 import { VolumeObjects } from './volume-objects';
-import type { SnapshotRecord } from './snapshot-record';
+import { snapshotExportDescription, type SnapshotRecord } from './snapshot-record';
 import { VaultLifecycle } from './vault-lifecycle';
 import { VaultWriters } from './vault-writers';
 import { ReaderMarks } from './snapshot-readers';
@@ -420,7 +420,7 @@ export class Vault {
       const root = { ...snapshotAsRoot(snap), origin: live.origin }; // a clone's snapshot shares its origin
       const manifest = await VolumeEngine.loadManifest(objects, root);
       const opts: EngineOptions = { ...DEFAULT_ENGINE_OPTIONS, ...options, readOnly: true, onClosed: unmark };
-      return await VolumeEngine.open(exportName, `snapshot ${snap.name} of volume ${meta.name} (${snap.createdAt})`, objects, root, null, manifest, opts, this.opts.logger);
+      return await VolumeEngine.open(exportName, snapshotExportDescription(meta.name, snap), objects, root, null, manifest, opts, this.opts.logger);
     } catch (err) {
       await unmark();
       throw err;
@@ -448,6 +448,11 @@ export class Vault {
   /** Names of the volumes cloned from `volumeId` (from any snapshot, or from `snapshotId`). */
   clonesOf(volumeId: string, snapshotId?: string): Promise<string[]> {
     return this.lifecycle().clonesOf(volumeId, snapshotId);
+  }
+
+  /** Whether some server reads the snapshot now (a delete would be refused). */
+  async snapshotBeingRead(volumeName: string, snapshotId: string): Promise<boolean> {
+    return (await this.lifecycle().readersOf(volumeName, snapshotId)).length > 0;
   }
 
   /** `clone VOL@SNAP NEW`: a writable volume sharing the snapshot's chunks (vault-lifecycle.ts). */

@@ -81,6 +81,10 @@ test('import, export, verify, diff and gc from the command line; quiet in pipes'
   assert.equal(out.length, 32 * 2 ** 20);
   assert.ok(out.subarray(0, img.length).equals(img) && out.subarray(img.length).every((b) => b === 0));
   const diff0 = JSON.parse((await v.cli('diff', 'd@one', 'd', '--json')).stdout);
+  // one live volume alone is no diff (it compared the volume with itself: "0 ranges", exit 0)
+  const alone = await v.cliResult('diff', 'd');
+  assert.equal(alone.code, 2);
+  assert.match(alone.stderr, /diff compares two states: .*diff d@SNAP/);
   // --json beside another --format asked for two shapes: it printed JSON and said nothing
   const twoShapes = await v.cliResult('diff', 'd@one', 'd', '--json', '--format', 'text');
   assert.equal(twoShapes.code, 2);

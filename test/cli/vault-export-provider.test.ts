@@ -30,6 +30,10 @@ test('export provider: volumes and VOL@SNAP listed; shared engines; a snapshot e
   assert.deepEqual((await p.list()).map((e) => e.name), ['vol', 'vol@s']);
   const s1 = (await p.open('vol@s'))!;
   assert.equal(s1.caps.readOnly, true);
+  // a client reads one description of it, listed (NBD_OPT_LIST) or opened (INFO/GO)
+  const listed = (await p.list()).find((e) => e.name === 'vol@s')!.description;
+  assert.match(listed, /^snapshot s of volume vol \(.+\), read-only$/);
+  assert.equal(s1.description, listed);
   assert.ok((await s1.read(0, 4096)).equals(first));
   await p.release(s1); // last connection: the snapshot engine closes
   await f.vault.deleteSnapshot('vol', 's');

@@ -159,6 +159,10 @@ test('a snapshot a client is restoring from is not deleted under it: snapshot de
   const refused = await v.cliResult('snapshot', 'delete', 'vol', 's1');
   assert.equal(refused.code, 1, refused.stdout + refused.stderr);
   assert.match(refused.stderr, /snapshot vol@s1 is being read by nbd-vault \(serve\) \(pid \d+ on .*\): delete it once the reader is done/);
+  // a dry run says what the run does (it listed vol@s1 as removed)
+  const dry = await v.cliResult('snapshot', 'prune', 'vol', '--keep-last', '1', '--json', '--dry-run');
+  assert.equal(dry.code, 0, dry.stderr);
+  assert.deepEqual(JSON.parse(dry.stdout).volumes[0].snapshots.map((d: { name: string; keep: boolean; reasons: string[] }) => [d.name, d.keep, d.reasons]), [['s2', true, ['keep flag', 'last snapshot']], ['s1', true, ['being read']]]);
   const pruned = await v.cliResult('snapshot', 'prune', 'vol', '--keep-last', '1', '--json');
   assert.equal(pruned.code, 0, pruned.stderr);
   assert.deepEqual(JSON.parse(pruned.stdout).volumes[0].snapshots.map((d: { name: string; keep: boolean; reasons: string[] }) => [d.name, d.keep, d.reasons]), [['s2', true, ['keep flag', 'last snapshot']], ['s1', true, ['being read']]]);
