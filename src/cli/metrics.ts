@@ -10,6 +10,7 @@ import type { Logger } from '../util/log';
 import type { MetricsSink } from '../util/metrics';
 import type { EngineStats } from '../volume/volume-engine';
 import type { MemoryBudgetStats } from '../util/memory-budget';
+import { nudgedCollections } from '../util/collector-nudge';
 import type { DiskCacheStats } from '../store/disk-cache-store';
 import { parseListen } from './serve-command';
 
@@ -100,6 +101,15 @@ export class PromMetrics implements MetricsSink {
         },
       });
     }
+    new client.Counter({
+      name: 'nbd_vault_collections_nudged_total',
+      help: 'Major collections started for shared memory V8 does not weigh (decoded chunks and frames dropped)',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(nudgedCollections());
+      },
+    });
     total('nbd_vault_leases_held', 'Writer leases held by this server', (s) => s.leaseHeld);
     total('nbd_vault_leases_lost', 'Writer leases this server lost (its volumes refuse writes)', (s) => s.leaseLost);
   }

@@ -7,6 +7,8 @@
 // copying out of it in the current microtask checkpoint, a given buffer becomes reusable only on
 // the next macrotask (giveNow() is for buffers no reader can be copying from).
 
+import { allocatedUnweighed } from '../util/collector-nudge';
+
 export class ChunkBufferPool {
   private readonly free: Buffer[] = [];
 
@@ -16,6 +18,7 @@ export class ChunkBufferPool {
    *  it is because the caller fills every byte. */
   take(length: number, from?: Buffer | 'overwrite'): Buffer {
     const pooled = length === this.chunkSize ? this.free.pop() : undefined;
+    if (!pooled) allocatedUnweighed(length);
     const buf = pooled ?? Buffer.from(new SharedArrayBuffer(length));
     if (Buffer.isBuffer(from)) from.copy(buf, 0, 0, length);
     else if (pooled && from !== 'overwrite') buf.fill(0);

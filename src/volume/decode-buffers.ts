@@ -18,6 +18,7 @@
 //   the fetch or cache hit, so a buffer waits for the next macrotask (setImmediate) before reuse.
 // Buffers are per volume, so even a mistake here could not show one volume's data to another.
 import { FRAME_BYTES } from '../codec';
+import { allocatedUnweighed } from '../util/collector-nudge';
 import { IdleTimer } from '../util/idle-timer';
 import type { MemoryBudget } from '../util/memory-budget';
 import { CHUNK_SIZE } from './chunk-math';
@@ -71,6 +72,7 @@ export class DecodeBuffers {
       return f.buf;
     }
     const buf = Buffer.from(new SharedArrayBuffer(this.bufferBytes));
+    allocatedUnweighed(this.bufferBytes); // (dropped later, the collector would not see it)
     this.states.set(buf.buffer, { lent: 0, droppedKey: null });
     return buf;
   }
