@@ -75,7 +75,7 @@ export class Vault {
     private readonly opts: VaultOptions,
   ) {
     this.vaultIdBytes = Buffer.from(vaultId, 'hex');
-    this.state = new LocalState(opts.stateDir, vaultId);
+    this.state = new LocalState(opts.stateDir, vaultId, opts.logger);
     this.metadata = new VolumeMetadata(store, codec, vaultId, master, opts.keyRing, opts.logger);
     this.writers = new VaultWriters({
       store,
