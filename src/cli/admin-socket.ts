@@ -26,6 +26,8 @@ export function servesThis(reply: AdminReply | null, ctx: { readonly vault: { re
 
 export const adminSocketPath = (stateDir: string) => join(stateDir, 'admin.sock');
 const MAX_REQUEST_BYTES = 64 * 1024;
+/** a connection that has not sent its request line within this is dropped */
+const REQUEST_TIMEOUT_MS = 10_000;
 
 /** The admin socket of a running server. */
 export interface AdminServer {
@@ -50,6 +52,12 @@ export async function startAdminServer(stateDir: string, vaultId: string, store:
     let buf = '';
     sock.setEncoding('utf8');
     sock.on('error', () => {});
+    // a request comes at once from our own CLI: one that does not is dropped (300 half-written
+    // ones held 300 descriptors for good)
+    sock.setTimeout(REQUEST_TIMEOUT_MS, () => {
+      if (!answering) sock.destroy();
+    });
+    let answering = false;
     sock.on('data', (d: string) => {
       buf += d;
       if (buf.length > MAX_REQUEST_BYTES) return sock.destroy();
@@ -57,6 +65,7 @@ export async function startAdminServer(stateDir: string, vaultId: string, store:
       if (nl < 0) return;
       const line = buf.slice(0, nl);
       sock.removeAllListeners('data');
+      answering = true; // (a snapshot may take longer than the timeout: its reply is awaited)
       void handling.track((async () => {
         let reply: AdminReply;
         try {
@@ -65,8 +74,10 @@ export async function startAdminServer(stateDir: string, vaultId: string, store:
           logger.info({ op: req.op }, 'admin request');
           reply = { ok: true, vaultId, store, result: await handle(req) };
         } catch (err) {
-          // the code travels on its own: the caller's VaultError prints it once, after the message
-          reply = { ok: false, vaultId, store, code: isVaultError(err) ? err.code : 'ERR_INVALID_ARGUMENT', message: isVaultError(err) ? err.message : describeError(err) };
+          // the code travels on its own: the caller's VaultError prints it once, after the message;
+          // anything else failed in the server (a full disk under it), not in the request
+          if (!isVaultError(err)) logger.error({ err: describeError(err) }, 'admin request failed');
+          reply = { ok: false, vaultId, store, code: isVaultError(err) ? err.code : 'ERR_IO', message: isVaultError(err) ? err.message : `the server failed: ${describeError(err)}` };
         }
         sock.end(JSON.stringify(reply) + '\n');
       })());

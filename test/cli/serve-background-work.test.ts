@@ -53,6 +53,35 @@ test('the admin socket: a stop answers the requests being handled, refuses new o
   assert.equal(await adminRequest(dir, { op: 'ping' }), null, 'nobody listens after the close');
 });
 
+test('the admin socket: a failure in the server is ERR_IO and logged (it came back as ERR_INVALID_ARGUMENT, a usage error); a half-sent request is dropped after 10 s', async (t) => {
+  const dir = tempDir(t, 'nbd-vault-admin-');
+  const errors: string[] = [];
+  const quiet = () => {};
+  const seen = { info: quiet, debug: quiet, warn: quiet, error: (obj: Record<string, unknown>, msg: string) => errors.push(`${msg}: ${String(obj.err)}`) } as unknown as typeof logger;
+  const admin = await startAdminServer(dir, 'vault-id', 'memory', async () => {
+    throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+  }, seen);
+  t.after(() => admin.close());
+  const reply = await adminRequest(dir, { op: 'ping' });
+  assert.equal(reply?.ok, false);
+  assert.equal(reply?.ok === false && reply.code, 'ERR_IO');
+  assert.match(reply?.ok === false ? reply.message : '', /the server failed: .*ENOSPC/);
+  assert.equal(errors.length, 1);
+  assert.match(errors[0], /admin request failed: .*ENOSPC/);
+  // half a request line, then nothing: the server lets the connection go
+  const { createConnection } = await import('node:net');
+  const sock = createConnection(adminSocketPath(dir));
+  sock.on('error', () => {});
+  await new Promise<void>((r) => sock.once('connect', () => r()));
+  sock.write('{"op":"pi');
+  const t0 = Date.now();
+  await new Promise<void>((resolve, reject) => {
+    sock.once('close', () => resolve());
+    setTimeout(() => reject(new Error('still open after 15 s')), 15_000).unref();
+  });
+  assert.ok(Date.now() - t0 >= 9_000, 'given its 10 s');
+});
+
 test('cache warming: a stop ends the jobs, and no job reads the store once it settled', async (t) => {
   let gets = 0;
   const slow = new (class extends PassThroughStore {
