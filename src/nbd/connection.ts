@@ -20,7 +20,7 @@ import type { Export, ExportProvider } from './export';
 import type { ExportAccessPolicy } from './access';
 import { ClientExports } from './client-exports';
 import type { RateLimitedLog } from './rate-limited-log';
-import { ReplyWriter } from './reply-writer';
+import { CONTENDED_STALL_MS, ReplyWriter } from './reply-writer';
 import { safeTlsReason, upgradeSocket, type TlsServerConfig } from './tls';
 import { revokedBecause, type SessionGrant } from './session-grant';
 import type { Logger } from '../util/log';
@@ -98,6 +98,9 @@ export class NbdConnection {
   private shuttingDown = false;
   private readPaused = false;
   private readonly writer: ReplyWriter;
+  /** requests parsed whole so far (a payload watch tells a new payload from a stuck one) */
+  private requestsParsed = 0;
+  private payloadTimer: NodeJS.Timeout | null = null;
   /** requests and their bytes started in this turn; reset by the scheduled next turn */
   private readonly turns = new FairTurns();
   private readonly answering: AnswerContext;
@@ -120,7 +123,7 @@ export class NbdConnection {
     this.remote = rawSocket.remoteAddress ?? 'unix socket';
     this.fsm = new ConnStateMachine(opts.logger.child({ conn: id }));
     this.done = new Promise((r) => (this.resolveDone = r));
-    this.writer = new ReplyWriter(rawSocket, () => this.die('client stopped reading replies', 'warn'));
+    this.writer = new ReplyWriter(rawSocket, () => this.die('client stopped reading replies', 'warn'), () => this.othersWaitForMemory());
     this.queue = new ByteQueue(HANDSHAKE_HIGH_WATER, () => this.socket.pause(), () => this.socket.resume());
     this.budget = new BudgetShare(opts.memoryBudget, () => this.pump());
     this.answering = {
@@ -337,6 +340,32 @@ export class NbdConnection {
     return this.inFlightBytes + this.replyMemory.heldBytes + (this.reader?.payloadInProgress ?? 0);
   }
 
+  /** Other holders of the process memory budget wait for room (this connection's among it). */
+  private othersWaitForMemory(): boolean {
+    return (this.opts.memoryBudget?.stats().waiting ?? 0) > 0;
+  }
+
+  /** A WRITE payload being read holds its whole length of the budget until it is in: one that
+   *  stops coming (a client sending 1 KiB every 2 s) is given CONTENDED_STALL_MS while others
+   *  wait for that memory, as unread replies are (it locked every client out, for good). */
+  private watchPayload(): void {
+    const reading = (this.reader?.payloadInProgress ?? 0) > 0;
+    if (!reading) {
+      if (this.payloadTimer) clearTimeout(this.payloadTimer);
+      this.payloadTimer = null;
+      return;
+    }
+    if (this.payloadTimer) return;
+    const parsed = this.requestsParsed;
+    const check = () => {
+      this.payloadTimer = null;
+      if ((this.reader?.payloadInProgress ?? 0) === 0 || isTerminal(this.state)) return;
+      if (this.requestsParsed === parsed && this.othersWaitForMemory()) return this.die("client stopped sending a request's payload", 'warn');
+      this.watchPayload(); // another payload since, or nobody waits: watch on
+    };
+    this.payloadTimer = setTimeout(check, CONTENDED_STALL_MS).unref();
+  }
+
   /** Something was given back: return what the budget share no longer needs. */
   private trimBudget(): void {
     this.budget.trim(this.memoryHeld());
@@ -376,10 +405,12 @@ export class NbdConnection {
       this.readPaused = false;
       this.socket.resume();
     }
+    this.watchPayload();
   }
 
   private onRequest(req: NbdRequest): void {
     const session = this.session!;
+    this.requestsParsed++;
     if (req.type === NBD_CMD_DISC) {
       this.discReceived = true; // no reply; in-flight requests finish first
       this.maybeCloseAfterDrain('client sent DISC');

@@ -8,6 +8,9 @@ import type { Socket } from 'node:net';
 
 /** drop a client whose socket has not drained our replies for this long */
 const WRITE_STALL_MS = 60_000;
+/** ...or for this long while other connections wait for room in the memory budget it holds: a
+ *  dozen clients that sent reads and read no reply froze every other client for a minute */
+export const CONTENDED_STALL_MS = 15_000;
 
 export class ReplyWriter {
   /** the socket corked until the end of this tick */
@@ -16,8 +19,10 @@ export class ReplyWriter {
 
   constructor(
     private socket: Socket,
-    /** called once the client has not read its replies for WRITE_STALL_MS */
+    /** called once the client has not read its replies for WRITE_STALL_MS (CONTENDED_STALL_MS
+     *  while `contended()`) */
     private readonly onStall: () => void,
+    private readonly contended: () => boolean = () => false,
   ) {}
 
   /** `onWritten`: called once the socket has handed the last buffer to the kernel, or with the
@@ -38,8 +43,13 @@ export class ReplyWriter {
     // A client that stops reading its replies is dropped once nothing has drained for a while:
     // its unread replies and the requests parked behind them are memory held on its behalf.
     if (s.writableNeedDrain && !this.stallTimer) {
-      this.stallTimer = setTimeout(this.onStall, WRITE_STALL_MS);
-      this.stallTimer.unref();
+      const since = Date.now();
+      const check = () => {
+        const stalled = Date.now() - since;
+        if (stalled >= WRITE_STALL_MS || this.contended()) return this.onStall();
+        this.stallTimer = setTimeout(check, Math.min(CONTENDED_STALL_MS, WRITE_STALL_MS - stalled)).unref();
+      };
+      this.stallTimer = setTimeout(check, CONTENDED_STALL_MS).unref();
       s.once('drain', () => this.stopStallTimer());
     }
   }
