@@ -17,11 +17,18 @@ trap 'kill -TERM $P 2>/dev/null; wait $P 2>/dev/null || true; rm -rf "$D"' EXIT
 until grep -q listening "$D/serve.log"; do sleep 0.2; done
 for i in 0 1 2 3; do nbdcopy "$D/img" nbd://127.0.0.1:$PORT/v$i; done
 hwm() { awk '/VmHWM/ {print int($2/1024)}' /proc/$P/status; }
+# mid-round: what the budget holds beside what the process holds
+sample() {
+  curl -s 127.0.0.1:$((PORT + 1))/metrics | awk '/^nbd_vault_memory_used_bytes / {u=$2} /^nbd_vault_read_cache_bytes/ {c+=$2} /^nbd_vault_decode_buffers_free_bytes/ {f+=$2}
+    END {printf "budget used %d MiB (read caches %d, free decode buffers %d)", u/2^20, c/2^20, f/2^20}'
+  echo ", VmRSS $(awk '/VmRSS/ {print int($2/1024)}' /proc/$P/status) MiB"
+}
 echo "limit $LIMIT: after writing 4 x 256 MiB, VmHWM $(hwm) MiB"
 for round in 1 2; do
   t0=$(date +%s.%N); R=""
   for i in 0 1 2 3; do nbdcopy nbd://127.0.0.1:$PORT/v$i null: & R="$R $!"; nbdcopy nbd://127.0.0.1:$PORT/v$i null: & R="$R $!"; done
+  sleep 2; echo "round $round, 2 s in: $(sample)"
   wait $R
   echo "round $round: 8 readers x 256 MiB in $(echo "$(date +%s.%N) - $t0" | bc | cut -c1-5) s, VmHWM $(hwm) MiB"
 done
-curl -s 127.0.0.1:$((PORT + 1))/metrics | grep -E '^nbd_vault_(memory_used_bytes|collections_nudged_total)' || true
+curl -s 127.0.0.1:$((PORT + 1))/metrics | grep -E '^nbd_vault_collections_nudged_total' || true
