@@ -15,11 +15,23 @@ export async function zeroChunks(engine: VolumeEngine): Promise<Uint8Array> {
   return zero;
 }
 
-/** Run `work(i)` for i in [0, n) with at most `limit` in flight, in order of start. */
+/** Run `work(i)` for i in [0, n) with at most `limit` in flight, in order of start. After a
+ *  failure no new work starts, and the first failure is thrown once the running ones settled
+ *  (the caller then closes what they use: an engine, a file). */
 export async function forEachLimited(n: number, limit: number, work: (i: number) => Promise<void>): Promise<void> {
   let next = 0;
+  let failed = false;
   const worker = async () => {
-    while (next < n) await work(next++);
+    while (next < n && !failed) {
+      try {
+        await work(next++);
+      } catch (err) {
+        failed = true;
+        throw err;
+      }
+    }
   };
-  await Promise.all(Array.from({ length: Math.min(limit, n) }, worker));
+  const results = await Promise.allSettled(Array.from({ length: Math.min(limit, n) }, worker));
+  const failure = results.find((r) => r.status === 'rejected');
+  if (failure) throw failure.reason;
 }

@@ -9,7 +9,7 @@ import { VaultError, describeError } from '../errors';
 import { isAllZero } from '../codec';
 import { CHUNK_SIZE, chunkCount } from '../volume/chunk-math';
 import type { VolumeEngine } from '../volume/volume-engine';
-import { formatSize } from '../util/size';
+import { formatSize, parseSize } from '../util/size';
 import { closeAfter } from '../util/close-after';
 import { adminRequest, servesThis } from './admin-socket';
 import { forEachLimited, zeroChunks } from './chunk-walk';
@@ -137,9 +137,14 @@ async function copyFile(fh: FileHandle, file: string, size: number, engine: Volu
   return size;
 }
 
-/** A stream's chunks in order, CHUNKS_IN_FLIGHT written at once; its length once it ends. */
-async function copyStream(stream: Readable, what: string, volume: string, raw: boolean, engine: VolumeEngine, volumeZero: Uint8Array, counters: CopyCounters, bar: Progress): Promise<number> {
+/**
+ * A stream's chunks in order, CHUNKS_IN_FLIGHT written at once; its length once it ends. A pipe's
+ * end does not tell a whole image from a producer that failed (an ssh that did not log in sends
+ * nothing): an empty stream is refused, and with `expected` (--size) a stream of any other length.
+ */
+async function copyStream(stream: Readable, what: string, volume: string, raw: boolean, expected: number | undefined, engine: VolumeEngine, volumeZero: Uint8Array, counters: CopyCounters, bar: Progress): Promise<number> {
   const inFlight: Promise<void>[] = [];
+  const limit = expected ?? engine.size;
   let size = 0;
   try {
     for await (const buf of chunksOf(stream)) {
@@ -147,8 +152,9 @@ async function copyStream(stream: Readable, what: string, volume: string, raw: b
         const format = containerFormatIn(buf);
         if (format) refuseContainer(what, format, volume);
       }
-      if (size + buf.length > engine.size) {
-        throw new VaultError('ERR_NO_SPACE', `${what} holds more than volume "${volume}" (${engine.size} bytes): the volume now holds its first ${formatSize(size)}, the rest is not imported`);
+      if (size + buf.length > limit) {
+        const bound = expected === undefined ? `volume "${volume}" (${engine.size} bytes)` : `--size (${expected} bytes)`;
+        throw new VaultError('ERR_NO_SPACE', `${what} holds more than ${bound}: the volume now holds its first ${formatSize(size)} over its earlier content, the rest is not imported`);
       }
       const write = putChunk(engine, volumeZero, size / CHUNK_SIZE, buf, counters).then(() => bar.update(counters.done, counters.done));
       write.catch(() => {}); // (awaited below: this only keeps a failure while earlier ones run)
@@ -160,6 +166,10 @@ async function copyStream(stream: Readable, what: string, volume: string, raw: b
     await Promise.allSettled(inFlight); // no write left running on an engine about to close
   }
   await Promise.all(inFlight);
+  if (size === 0) throw new VaultError('ERR_INVALID_ARGUMENT', `${what} ended before its first byte: nothing imported, volume "${volume}" is unchanged (a producer that failed sends nothing)`);
+  if (expected !== undefined && size !== expected) {
+    throw new VaultError('ERR_IO', `${what} ended after ${size} of the ${expected} bytes --size announced: the volume now holds them over its earlier content (the producer failed?); import it again`);
+  }
   return size;
 }
 
@@ -168,13 +178,19 @@ export function registerImportCommand(program: Command): void {
     program
       .command('import <file> <volume>')
       .description('Copy a raw image FILE (a file, a block device, a pipe, or - for standard input) into an existing VOLUME (zero-aware); refused while a server serves the vault from the same --state (import through it with nbdcopy)')
-      .option('--raw', 'import FILE as it is even when it looks like a qcow2, VMDK, VHD(X), QED or VDI image'),
+      .option('--raw', 'import FILE as it is even when it looks like a qcow2, VMDK, VHD(X), QED or VDI image')
+      .option('--size <size>', "a stream's length (- or a pipe), checked at its end: then the volume past it reads as zeros, as after a file's import (without it, a stream leaves the rest of the volume as it was)"),
     VAULT_SETTINGS,
   ).action(async (file: string, volume: string, opts) => {
     const source = await imageSource(file);
     const what = file === '-' ? 'standard input' : file;
+    const expected = opts.size === undefined ? undefined : parseSize(String(opts.size));
+    if (expected !== undefined && source.kind === 'file') throw new VaultError('ERR_INVALID_ARGUMENT', `--size is for a stream (- or a pipe): ${file} has a size of its own`);
+    if (expected === 0) throw new VaultError('ERR_INVALID_ARGUMENT', '--size 0 imports nothing');
     const fh = source.kind === 'file' ? await openFile(file, 'r') : null;
-    const stream = source.kind === 'stream' ? (file === '-' ? process.stdin : createReadStream(file, { highWaterMark: 1 << 20 })) : null;
+    // opened when the copy starts: a pipe nobody writes to blocks its open, and an open that
+    // fails must not be an unhandled 'error' event while the vault opens
+    let stream: Readable | null = null;
     await closeAfter(
       async () => {
         if (fh && source.kind === 'file' && !opts.raw) {
@@ -185,9 +201,12 @@ export function registerImportCommand(program: Command): void {
           if (fh && source.kind === 'file') {
             if (source.size > engine.size) throw new VaultError('ERR_NO_SPACE', `${file} (${source.size} bytes) is larger than volume "${volume}" (${engine.size} bytes)`);
             bar.update(0, source.size);
-            return copyFile(fh, file, source.size, engine, volumeZero, counters, bar);
+            return { size: await copyFile(fh, file, source.size, engine, volumeZero, counters, bar), zeroRest: true };
           }
-          return copyStream(stream!, what, volume, Boolean(opts.raw), engine, volumeZero, counters, bar);
+          if (expected !== undefined && expected > engine.size) throw new VaultError('ERR_NO_SPACE', `--size ${expected} is larger than volume "${volume}" (${engine.size} bytes)`);
+          if (expected !== undefined) bar.update(0, expected);
+          stream = file === '-' ? process.stdin : createReadStream(file, { highWaterMark: 1 << 20 });
+          return { size: await copyStream(stream, what, volume, Boolean(opts.raw), expected, engine, volumeZero, counters, bar), zeroRest: expected !== undefined };
         }, what);
       },
       async () => {
@@ -199,7 +218,8 @@ export function registerImportCommand(program: Command): void {
   });
 }
 
-type CopyInto = (engine: VolumeEngine, volumeZero: Uint8Array, counters: CopyCounters, bar: Progress) => Promise<number>;
+/** The copy: the image's length, and whether the volume past it is to read as zeros. */
+type CopyInto = (engine: VolumeEngine, volumeZero: Uint8Array, counters: CopyCounters, bar: Progress) => Promise<{ size: number; zeroRest: boolean }>;
 
 /** Open VOLUME, COPY the image into it, trim what lies past the image's end, flush, report. */
 async function importInto(volume: string, opts: Record<string, unknown>, copy: CopyInto, what: string): Promise<void> {
@@ -212,12 +232,13 @@ async function importInto(volume: string, opts: Record<string, unknown>, copy: C
     const bar = new Progress(`import ${volume}`, 0);
     const counters: CopyCounters = { done: 0, skipped: 0 };
     let size = 0;
+    let zeroRest = false;
     const run = async () => {
       const volumeZero = await zeroChunks(engine);
-      size = await copy(engine, volumeZero, counters, bar);
+      ({ size, zeroRest } = await copy(engine, volumeZero, counters, bar));
       // The volume now holds the image: whatever an earlier content left past its end is
       // not part of it (a restore of a smaller image must not keep old bytes there).
-      if (size < engine.size) await engine.trim(size, engine.size - size);
+      if (zeroRest && size < engine.size) await engine.trim(size, engine.size - size);
       await engine.flush();
     };
     const close = async () => {
@@ -225,7 +246,7 @@ async function importInto(volume: string, opts: Record<string, unknown>, copy: C
       await engine.close();
     };
     await closeAfter(run, close, (err) => ctx.logger.warn({ volume, err: describeError(err) }, 'closing the volume after the failure failed too'));
-    const rest = size < engine.size ? `; the ${formatSize(engine.size - size)} past its end now read as zeros` : '';
+    const rest = size >= engine.size ? '' : zeroRest ? `; the ${formatSize(engine.size - size)} past its end now read as zeros` : `; the ${formatSize(engine.size - size)} past its end are as they were (--size makes them zeros)`;
     out(`imported ${formatSize(size)} from ${what} into ${volume} (${counters.skipped} zero chunks skipped)${rest}`);
   });
 }

@@ -195,34 +195,53 @@ test('import reads a block device whole, and a pipe or standard input to its end
   assert.match(r.stdout, /^imported 12 MiB from \/dev\/loop\d+ into v/);
   assert.ok((await exported()).subarray(0, img.length).equals(img), 'the device\'s bytes');
   const shell = (line: string) => runCommand('bash', ['-c', line], { env: { ...v.env, CLI, NODE: process.execPath }, cwd: v.dir, okCodes: [0, 1, 2] });
-  // standard input, in pieces of a pipe's size, 6 MiB + 100 bytes: the rest of the volume reads as zeros
+  // standard input, in pieces of a pipe's size, 6 MiB + 100 bytes, with --size: the rest of the volume reads as zeros
   const small = randomBytes(6 * 2 ** 20 + 100);
   writeFileSync(join(v.dir, 'small'), small);
-  const piped = await shell('cat small | "$NODE" "$CLI" import - v');
+  const piped = await shell(`cat small | "$NODE" "$CLI" import - v --size ${small.length}`);
   assert.equal(piped.code, 0, piped.stderr);
   assert.match(piped.stdout, /^imported 6(\.0)? MiB from standard input into v \(0 zero chunks skipped\); the 10(\.0)? MiB past its end now read as zeros/);
   const afterPipe = await exported();
   assert.ok(afterPipe.subarray(0, small.length).equals(small), 'the piped bytes');
   assert.ok(afterPipe.subarray(small.length).every((b) => b === 0), 'zeros after them: the device\'s bytes are gone');
-  // a named pipe, the same
+  // a named pipe, without --size: the volume past the stream keeps what it held
   await runCommand('mkfifo', [join(v.dir, 'fifo')]);
-  const fromFifo = await shell('cat img > fifo & "$NODE" "$CLI" import fifo v; wait');
+  const head = randomBytes(4 * 2 ** 20);
+  writeFileSync(join(v.dir, 'head'), head);
+  const fromFifo = await shell('cat head > fifo & "$NODE" "$CLI" import fifo v; wait');
   assert.equal(fromFifo.code, 0, fromFifo.stderr);
-  assert.ok((await exported()).subarray(0, img.length).equals(img), 'the bytes of the named pipe');
+  assert.match(fromFifo.stdout, /the 12(\.0)? MiB past its end are as they were \(--size makes them zeros\)/);
+  const afterFifo = await exported();
+  assert.ok(afterFifo.subarray(0, head.length).equals(head), 'the bytes of the named pipe');
+  assert.ok(afterFifo.subarray(head.length, small.length).equals(small.subarray(head.length)), 'and what was there after them');
+  // a producer that failed: nothing came (an ssh that did not log in), or less than --size said
+  const empty = await shell('true | "$NODE" "$CLI" import - v');
+  assert.equal(empty.code, 2, empty.stderr);
+  assert.match(empty.stderr, /standard input ended before its first byte: nothing imported, volume "v" is unchanged/);
+  const cut = await shell(`head -c 1048576 small | "$NODE" "$CLI" import - v --size ${small.length}`);
+  assert.equal(cut.code, 1, cut.stderr);
+  assert.match(cut.stderr, /standard input ended after 1048576 of the 6291556 bytes --size announced/);
+  const afterCut = await exported();
+  assert.ok(afterCut.subarray(head.length, small.length).equals(small.subarray(head.length)), 'nothing past what came was zeroed');
+  assert.equal((await v.cliResult('import', join(v.dir, 'small'), 'v', '--size', '1M')).code, 2, '--size is for streams');
   // a qcow2 image on standard input is refused before anything is written
   await runCommand('qemu-img', ['create', '-q', '-f', 'qcow2', join(v.dir, 'vm.qcow2'), '16M']);
   const qcow = await shell('"$NODE" "$CLI" import - v < vm.qcow2');
   assert.equal(qcow.code, 2);
   assert.match(qcow.stderr, /standard input is a qcow2 \(or qcow\) image, not a raw disk/);
-  assert.ok((await exported()).subarray(0, img.length).equals(img), 'the volume is untouched');
+  assert.ok((await exported()).equals(afterCut), 'the volume is untouched');
   // more than the volume holds: a clear error, exit 1, and the volume holds the stream's first 16 MiB
   const big = randomBytes(20 * 2 ** 20);
   writeFileSync(join(v.dir, 'big'), big);
   const tooBig = await shell('cat big | "$NODE" "$CLI" import - v');
   assert.equal(tooBig.code, 1, tooBig.stderr);
-  assert.match(tooBig.stderr, /standard input holds more than volume "v" \(16777216 bytes\): the volume now holds its first 16(\.0)? MiB, the rest is not imported/);
+  assert.match(tooBig.stderr, /standard input holds more than volume "v" \(16777216 bytes\): the volume now holds its first 16(\.0)? MiB over its earlier content, the rest is not imported/);
   assert.doesNotMatch(tooBig.stderr, /\n\s+at /, 'no stack trace');
   assert.ok((await exported()).equals(big.subarray(0, 16 * 2 ** 20)), 'what the message says');
+  // a pipe nobody writes to, and a volume that does not exist: the error, and the command ends
+  const noVolume = await shell('timeout 20 "$NODE" "$CLI" import fifo nope; echo "exit $?" >&2');
+  assert.match(noVolume.stderr, /no volume named "nope"|volume "nope"/);
+  assert.doesNotMatch(noVolume.stderr, /exit 124/, 'it did not hang on the open of the pipe');
   // export writes sparse files: a device is refused with the way to do it (it failed with EINVAL on ftruncate)
   const toDevice = await v.cliResult('export', 'v', loop);
   assert.equal(toDevice.code, 2);
