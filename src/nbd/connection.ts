@@ -20,7 +20,7 @@ import type { Export, ExportProvider } from './export';
 import type { ExportAccessPolicy } from './access';
 import { ClientExports } from './client-exports';
 import type { RateLimitedLog } from './rate-limited-log';
-import { CONTENDED_STALL_MS, ReplyWriter } from './reply-writer';
+import { CONTENDED_MIN_PROGRESS_BYTES, CONTENDED_STALL_MS, ReplyWriter } from './reply-writer';
 import { safeTlsReason, upgradeSocket, type TlsServerConfig } from './tls';
 import { revokedBecause, type SessionGrant } from './session-grant';
 import type { Logger } from '../util/log';
@@ -346,24 +346,31 @@ export class NbdConnection {
   }
 
   /** A WRITE payload being read holds its whole length of the budget until it is in: one that
-   *  stops coming (a client sending 1 KiB every 2 s) is given CONTENDED_STALL_MS while others
-   *  wait for that memory, as unread replies are (it locked every client out, for good). */
+   *  stops coming (a client sending 1 KiB every 2 s) is given CONTENDED_STALL_MS to move
+   *  CONTENDED_MIN_PROGRESS_BYTES while others wait for that memory, as unread replies are (it
+   *  locked every client out, for good). A slow payload that moves goes on. */
   private watchPayload(): void {
     const reading = (this.reader?.payloadInProgress ?? 0) > 0;
     if (!reading) {
-      if (this.payloadTimer) clearTimeout(this.payloadTimer);
-      this.payloadTimer = null;
+      this.stopPayloadWatch();
       return;
     }
     if (this.payloadTimer) return;
     const parsed = this.requestsParsed;
+    const received = this.reader!.payloadReceived;
     const check = () => {
       this.payloadTimer = null;
       if ((this.reader?.payloadInProgress ?? 0) === 0 || isTerminal(this.state)) return;
-      if (this.requestsParsed === parsed && this.othersWaitForMemory()) return this.die("client stopped sending a request's payload", 'warn');
-      this.watchPayload(); // another payload since, or nobody waits: watch on
+      const stuck = this.requestsParsed === parsed && this.reader!.payloadReceived - received < CONTENDED_MIN_PROGRESS_BYTES;
+      if (stuck && this.othersWaitForMemory()) return this.die("client stopped sending a request's payload", 'warn');
+      this.watchPayload(); // it moved, or nobody waits: watch on from here
     };
     this.payloadTimer = setTimeout(check, CONTENDED_STALL_MS).unref();
+  }
+
+  private stopPayloadWatch(): void {
+    if (this.payloadTimer) clearTimeout(this.payloadTimer);
+    this.payloadTimer = null;
   }
 
   /** Something was given back: return what the budget share no longer needs. */
@@ -534,6 +541,7 @@ export class NbdConnection {
 
   private teardown(): void {
     this.writer.stopStallTimer();
+    this.stopPayloadWatch();
     this.turns.cancel();
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
     this.handshakeTimer = null;

@@ -6,16 +6,21 @@
 // throughput (measured with nbdcopy). Output for a closed socket is dropped.
 import type { Socket } from 'node:net';
 
-/** drop a client whose socket has not drained our replies for this long */
+/** drop a client that has not taken CONTENDED_MIN_PROGRESS_BYTES of our replies for this long */
 const WRITE_STALL_MS = 60_000;
 /** ...or for this long while other connections wait for room in the memory budget it holds: a
  *  dozen clients that sent reads and read no reply froze every other client for a minute */
 export const CONTENDED_STALL_MS = 15_000;
+/** what a client must move in CONTENDED_STALL_MS to count as moving (~0.5 Mbit/s): one that
+ *  reads or sends a 32 MiB request slowly is slow, not stalled */
+export const CONTENDED_MIN_PROGRESS_BYTES = 2 ** 20;
 
 export class ReplyWriter {
   /** the socket corked until the end of this tick */
   private corkedSocket: Socket | null = null;
   private stallTimer: NodeJS.Timeout | null = null;
+  /** bytes given to the socket so far (what it has not sent yet is its writableLength) */
+  private given = 0;
 
   constructor(
     private socket: Socket,
@@ -39,19 +44,29 @@ export class ReplyWriter {
       });
     }
     const last = bufs.length - 1;
-    bufs.forEach((b, i) => (i === last && onWritten ? s.write(b, onWritten) : s.write(b)));
-    // A client that stops reading its replies is dropped once nothing has drained for a while:
-    // its unread replies and the requests parked behind them are memory held on its behalf.
-    if (s.writableNeedDrain && !this.stallTimer) {
-      const since = Date.now();
-      const check = () => {
-        const stalled = Date.now() - since;
-        if (stalled >= WRITE_STALL_MS || this.contended()) return this.onStall();
-        this.stallTimer = setTimeout(check, Math.min(CONTENDED_STALL_MS, WRITE_STALL_MS - stalled)).unref();
-      };
+    bufs.forEach((b, i) => {
+      this.given += b.length;
+      if (i === last && onWritten) s.write(b, onWritten);
+      else s.write(b);
+    });
+    // A client that stops reading its replies is dropped once it has taken next to nothing for a
+    // while: its unread replies and the requests parked behind them are memory held on its behalf.
+    if (s.writableNeedDrain && !this.stallTimer) this.watchStall(s);
+  }
+
+  private watchStall(s: Socket): void {
+    const sent = () => this.given - this.socket.writableLength;
+    let mark = sent();
+    let idleSince = Date.now();
+    const check = () => {
+      const now = Date.now();
+      if (sent() - mark >= CONTENDED_MIN_PROGRESS_BYTES) idleSince = now; // slow, not stalled
+      mark = sent();
+      if (now - idleSince >= WRITE_STALL_MS || (now - idleSince >= CONTENDED_STALL_MS && this.contended())) return this.onStall();
       this.stallTimer = setTimeout(check, CONTENDED_STALL_MS).unref();
-      s.once('drain', () => this.stopStallTimer());
-    }
+    };
+    this.stallTimer = setTimeout(check, CONTENDED_STALL_MS).unref();
+    s.once('drain', () => this.stopStallTimer());
   }
 
   /** Sends `last` at once, not at the end of the tick (STARTTLS: the ACK must be on its way in

@@ -65,6 +65,11 @@ export class RequestReader {
     return this.state === 'payload' ? this.payloadLength : 0;
   }
 
+  /** Bytes of the WRITE payload being collected that have arrived (0 between requests). */
+  get payloadReceived(): number {
+    return this.state === 'payload' ? this.payloadFill : 0;
+  }
+
   /** The READ/WRITE length of the next request once its whole header is here (null before, or
    *  for other commands): what the caller must budget before parsing it. Lengths over
    *  maxPayload are refused or dropped, never held: they count 0. */

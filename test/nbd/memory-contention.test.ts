@@ -10,7 +10,7 @@ import { MIB, Wire, go, greet, readSimpleReply, request } from './raw-client';
 const CMD_WRITE = 1;
 
 async function serve(t: { after(fn: () => Promise<unknown>): void }) {
-  // 128 MiB: what connections may hold is ~90 MiB (three 32 MiB payloads)
+  // 128 MiB, the least: all of it for connections (four 32 MiB payloads)
   const srv = await startNbdServerProcess({ memory: ['disk=64M'], extraArgs: ['--memory-limit', '128M'] });
   t.after(() => srv.stop());
   return srv;
@@ -23,12 +23,25 @@ async function client(port: number): Promise<Wire> {
   return w;
 }
 
-test('WRITE payloads that stop coming are dropped once others wait for their memory; the others go on', async (t) => {
+test('WRITE payloads that stop coming are dropped once others wait for their memory; a slow one that moves, and the others, go on', async (t) => {
   const srv = await serve(t);
+  // first a slow client that moves (1.5 MiB every 5 s of a 32 MiB payload): slow, not stalled
+  const slow = await client(srv.port);
+  t.after(() => slow.destroy());
+  const slowData = Buffer.alloc(32 * MIB, 0x5c);
+  await slow.write(request(CMD_WRITE, 0, 3, 0, 32 * MIB));
+  const step = 1.5 * MIB;
+  let sentSlow = step;
+  await slow.write(slowData.subarray(0, step));
+  const slowly = setInterval(() => {
+    if (sentSlow < 12 * MIB) void slow.write(slowData.subarray(sentSlow, (sentSlow += step)));
+  }, 5_000);
+  t.after(() => clearInterval(slowly));
+  // then three that send 1 KiB of 32 MiB and nothing more: with the slow one, the whole budget
   const tricklers: Wire[] = [];
-  for (let i = 0; i < 6; i++) {
+  for (let i = 0; i < 3; i++) {
     const w = await client(srv.port);
-    await w.write(request(CMD_WRITE, 0, 1, 0, 32 * MIB, Buffer.alloc(1024, 0xee))); // 1 KiB of 32 MiB, then nothing
+    await w.write(request(CMD_WRITE, 0, 1, 0, 32 * MIB, Buffer.alloc(1024, 0xee)));
     tricklers.push(w);
   }
   t.after(() => tricklers.forEach((w) => w.destroy()));
@@ -44,4 +57,8 @@ test('WRITE payloads that stop coming are dropped once others wait for their mem
   assert.ok(waited < 40_000, `answered after ${waited} ms`);
   assert.match(srv.log(), /client stopped sending a request's payload/);
   assert.ok(await tricklers[0].closedWithin(5_000), 'the first trickler was dropped');
+  clearInterval(slowly);
+  await slow.write(slowData.subarray(sentSlow)); // the rest at once
+  const slowReply = await readSimpleReply(slow, 0, 30_000);
+  assert.deepEqual([slowReply.error, slowReply.handle], [0, 3], 'the slow writer was served');
 });
