@@ -52,12 +52,10 @@ export async function startAdminServer(stateDir: string, vaultId: string, store:
     let buf = '';
     sock.setEncoding('utf8');
     sock.on('error', () => {});
-    // a request comes at once from our own CLI: one that does not is dropped (300 half-written
-    // ones held 300 descriptors for good)
-    sock.setTimeout(REQUEST_TIMEOUT_MS, () => {
-      if (!answering) sock.destroy();
-    });
-    let answering = false;
+    // a request comes at once from our own CLI: one whose line is not in within the deadline is
+    // dropped (300 half-written ones held 300 descriptors for good; a byte now and then is no line)
+    const deadline = setTimeout(() => sock.destroy(), REQUEST_TIMEOUT_MS).unref();
+    sock.on('close', () => clearTimeout(deadline));
     sock.on('data', (d: string) => {
       buf += d;
       if (buf.length > MAX_REQUEST_BYTES) return sock.destroy();
@@ -65,7 +63,7 @@ export async function startAdminServer(stateDir: string, vaultId: string, store:
       if (nl < 0) return;
       const line = buf.slice(0, nl);
       sock.removeAllListeners('data');
-      answering = true; // (a snapshot may take longer than the timeout: its reply is awaited)
+      clearTimeout(deadline); // (a snapshot may take longer: its reply is awaited)
       void handling.track((async () => {
         let reply: AdminReply;
         try {

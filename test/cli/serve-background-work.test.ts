@@ -75,10 +75,12 @@ test('the admin socket: a failure in the server is ERR_IO and logged (it came ba
   await new Promise<void>((r) => sock.once('connect', () => r()));
   sock.write('{"op":"pi');
   const t0 = Date.now();
+  // a byte every 3 s is no request line either (an idle timeout would never fire)
+  const dribble = setInterval(() => sock.write('n'), 3_000);
   await new Promise<void>((resolve, reject) => {
     sock.once('close', () => resolve());
     setTimeout(() => reject(new Error('still open after 15 s')), 15_000).unref();
-  });
+  }).finally(() => clearInterval(dribble));
   assert.ok(Date.now() - t0 >= 9_000, 'given its 10 s');
 });
 
