@@ -190,10 +190,10 @@ export class ReaderMarks {
 
 /**
  * The readers of snapshot `snapshotId` still alive. Marks of sessions that stopped are deleted on
- * the way; a session still beating counts (`observe` may wait up to its ttl to tell; sessions are
- * watched at once, each once).
+ * the way, unless `tidy` is false (a dry run writes nothing); a session still beating counts
+ * (`observe` may wait up to its ttl to tell; sessions are watched at once, each once).
  */
-export async function liveReaders(objects: VolumeObjects, snapshotId: string, observe: (sessionId: string) => Promise<SessionState>, logger: Logger): Promise<SnapshotReader[]> {
+export async function liveReaders(objects: VolumeObjects, snapshotId: string, observe: (sessionId: string) => Promise<SessionState>, logger: Logger, tidy = true): Promise<SnapshotReader[]> {
   const marks = await objects.listReaderMarks(snapshotId);
   if (marks.length === 0) return [];
   const sessions = [...new Set(marks.map((m) => m.slice(0, 32)))];
@@ -208,6 +208,7 @@ export async function liveReaders(objects: VolumeObjects, snapshotId: string, ob
       if (!live.some((l) => l.describe === describe)) live.push({ session, describe });
       continue;
     }
+    if (!tidy) continue;
     logger.info({ snapshotId, session, state: states.get(session) }, 'removing the reader mark of a reader that stopped');
     await objects.deleteReaderMark(snapshotId, mark);
   }

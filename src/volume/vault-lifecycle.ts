@@ -45,10 +45,11 @@ export class VaultLifecycle {
     this.store = vault.store;
   }
 
-  /** The live readers of a snapshot (exports of it open in some server): what keeps a delete out. */
+  /** The live readers of a snapshot (exports of it open in some server): what keeps a delete
+   *  out. Writes nothing (the marks of stopped readers stay for the delete to remove). */
   async readersOf(volumeName: string, snapshotId: string): Promise<SnapshotReader[]> {
     const { objects } = await this.vault.loadVolume(volumeName);
-    return liveReaders(objects, snapshotId, (s) => this.parts.observeReader(s), this.parts.logger);
+    return liveReaders(objects, snapshotId, (s) => this.parts.observeReader(s), this.parts.logger, false);
   }
 
   /** Names of the volumes cloned from `volumeId` (from any snapshot, or from `snapshotId`). */

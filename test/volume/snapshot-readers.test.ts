@@ -106,6 +106,16 @@ test('the mark of a reader that was killed (its heartbeat stands still) is remov
   assert.equal(await countKeys(store, 'volumes/', '.reader.'), 0, 'both stale marks removed');
 });
 
+test('a look that writes nothing (snapshot prune --dry-run): a stopped reader is not live, and its mark stays for the delete', async (t) => {
+  const { store, f, objects, snap } = await oneSnapshot(t);
+  const gone = randomBytes(16).toString('hex');
+  await objects.putReaderMark(snap.id, `${gone}-0123456789abcdef`, { v: 1, session: gone, purpose: 'nbd-vault serve', host: 'elsewhere', pid: 2, since: new Date().toISOString() });
+  assert.equal(await f.vault.snapshotBeingRead('v', snap.id), false);
+  assert.equal(await countKeys(store, 'volumes/', '.reader.'), 1, 'the dry look deleted no mark');
+  await f.vault.deleteSnapshot('v', 's1');
+  assert.equal(await countKeys(store, 'volumes/', '.reader.'), 0, 'the delete did');
+});
+
 test('a reader that comes while a delete is under way is refused and leaves no mark; one whose snapshot is gone likewise; a delete that was cut off does not keep it from being read', async (t) => {
   const { store, f, objects, snap } = await oneSnapshot(t);
   const deleter = await WriterSession.start(store, logger, { ttlMs: 60_000, renewMs: 1000 });
