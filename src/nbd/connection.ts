@@ -361,7 +361,8 @@ export class NbdConnection {
     const check = () => {
       this.payloadTimer = null;
       if ((this.reader?.payloadInProgress ?? 0) === 0 || isTerminal(this.state)) return;
-      const stuck = this.requestsParsed === parsed && this.reader!.payloadReceived - received < CONTENDED_MIN_PROGRESS_BYTES;
+      // (not while we hold its socket paused: its requests in flight waiting on the store, say)
+      const stuck = !this.readPaused && this.requestsParsed === parsed && this.reader!.payloadReceived - received < CONTENDED_MIN_PROGRESS_BYTES;
       if (stuck && this.othersWaitForMemory()) return this.die("client stopped sending a request's payload", 'warn');
       this.watchPayload(); // it moved, or nobody waits: watch on from here
     };
