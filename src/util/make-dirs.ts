@@ -14,14 +14,12 @@ const PSEUDO_FILESYSTEMS = new Map([
  *  made under. Resolves to the first directory made, as fs.mkdir does. */
 export async function makeDirs(dir: string, mode?: number): Promise<string | undefined> {
   let existing = path.resolve(dir);
-  const there = await fsp.stat(existing).catch(() => null);
-  if (there?.isDirectory()) return undefined; // (the usual case: one call, as mkdir -p would)
-  for (;;) {
-    const st = await fsp.stat(existing).catch(() => null);
-    if (st) break;
-    const up = path.dirname(existing);
-    if (up === existing) break;
+  let st = await fsp.stat(existing).catch(() => null);
+  if (st?.isDirectory()) return undefined; // (the usual case: one call, as mkdir -p would)
+  // the nearest ancestor that exists
+  for (let up = path.dirname(existing); !st && up !== existing; up = path.dirname(existing)) {
     existing = up;
+    st = await fsp.stat(existing).catch(() => null);
   }
   const fs = await fsp.statfs(existing).catch(() => null);
   const pseudo = fs ? PSEUDO_FILESYSTEMS.get(Number(fs.type)) : undefined;
