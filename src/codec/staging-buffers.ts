@@ -4,8 +4,10 @@
 // more buffers are ever made than tasks were in flight at once.
 // - A worker's staging (inputs copied for it): at most one per task in flight in the pool.
 // - Container memory (Codec.withContainerMemory): one per chunk object being read or sealed and
-//   stored; the callers bound those (fetches, uploads, the memory budget). Kept while in use,
-//   let go after IDLE_RELEASE_MS in which none was taken or given back.
+//   stored; the callers bound those (fetches, uploads, the memory budget). At most
+//   CONTAINERS_KEPT are kept free (a burst of fetches left 64 of them, 268 MiB, outside the
+//   budget), and none after IDLE_RELEASE_MS in which none was taken or given back.
+import { allocatedUnweighed } from '../util/collector-nudge';
 import { IdleTimer } from '../util/idle-timer';
 import { MAX_CHUNK_CONTAINER_BYTES } from './format';
 
@@ -16,19 +18,24 @@ export const CONTAINER_MEMORY_BYTES = MAX_CHUNK_CONTAINER_BYTES + 64 * 1024;
 /** Free buffers are let go after this long unused (an idle server holds none). */
 export const IDLE_RELEASE_MS = 5_000;
 
+/** Free containers kept at most: two fetches and the seals of a few volumes at once. */
+export const CONTAINERS_KEPT = 8;
+
 /** The memory Codec.withContainerMemory lends. */
 export function containerMemory(): StagingBuffers {
-  return new StagingBuffers(CONTAINER_MEMORY_BYTES, IDLE_RELEASE_MS);
+  return new StagingBuffers(CONTAINER_MEMORY_BYTES, IDLE_RELEASE_MS, CONTAINERS_KEPT);
 }
 
 export class StagingBuffers {
   private readonly free: Buffer[] = [];
   private readonly idle: IdleTimer;
 
-  /** `idleReleaseMs`: free buffers are dropped after this long unused (default: kept) */
+  /** `idleReleaseMs`: free buffers are dropped after this long unused (default: kept);
+   *  `maxFree`: more free buffers than this are dropped at once */
   constructor(
     readonly bytes: number,
     idleReleaseMs = Infinity,
+    private readonly maxFree = Infinity,
   ) {
     this.idle = new IdleTimer(idleReleaseMs, () => (this.free.length = 0));
   }
@@ -40,11 +47,14 @@ export class StagingBuffers {
 
   take(): Buffer {
     this.idle.touch();
-    return this.free.pop() ?? Buffer.from(new SharedArrayBuffer(this.bytes));
+    const kept = this.free.pop();
+    if (kept) return kept;
+    allocatedUnweighed(this.bytes); // (dropped later, the collector would not see it)
+    return Buffer.from(new SharedArrayBuffer(this.bytes));
   }
 
   give(buf: Buffer): void {
-    this.free.push(buf);
+    if (this.free.length < this.maxFree) this.free.push(buf);
     this.idle.touch();
   }
 

@@ -12,6 +12,7 @@ import { CHUNK_SIZE, chunkCount, splitRange, type ChunkSpan } from './chunk-math
 import type { Entry } from './manifest';
 import { ReadBuffers } from './decode-buffers';
 import { FetchLimiter } from './fetch-limiter';
+import { FetchMemory, fetchBytes } from './fetch-memory';
 import { FRAME_BYTES } from '../codec';
 import { BLOCK_BYTES } from './journal-record';
 import { isZeroBlock, type BlockLocation, type JournalHandle } from './journal-overlay';
@@ -46,6 +47,8 @@ export class ReadPath {
   private readonly fetches = new Map<string, Promise<Buffer>>();
   private readonly fetchSlots: FetchLimiter;
   private readonly wholeSlots = new FetchLimiter(WHOLE_FETCHES_IN_FLIGHT);
+  /** what fetches hold while they run, across every volume of the process (fetch-memory.ts) */
+  private readonly fetchMemory: FetchMemory;
   /** journal frames compaction read last (outside the read cache and its budget: at most
    *  FOLD_MEMO_FRAMES × 128 KiB per volume, and only while a compaction step runs) */
   private readonly foldMemo = new LRUCache<string, Buffer>({ max: FOLD_MEMO_FRAMES });
@@ -71,6 +74,7 @@ export class ReadPath {
     private readonly followsWriter = false,
   ) {
     this.fetchSlots = new FetchLimiter(FETCHES_IN_FLIGHT);
+    this.fetchMemory = FetchMemory.of(frames.budget);
     this.buffers = new ReadBuffers((key, buf) => frames.holds(key, buf), frames.budget);
     frames.onDrop = (key, buf) => this.buffers.dropped(buf, key);
   }
@@ -330,7 +334,7 @@ export class ReadPath {
     if (whole) return this.used(`${entry.id}/*`, whole).then(frameOf);
     // a version-1 chunk is one frame of the whole chunk: not a 128 KiB frame to decode into reused memory
     const fetch = frameBytes === FRAME_BYTES ? () => this.readFrameInto(i, entry, f) : () => this.objects.readChunkFrame(i, entry, this.state.chunkLength(i), f);
-    return this.singleFlight(key, requester, fetch, (err) => this.readError(i, err, f * frameBytes), false, keep);
+    return this.singleFlight(key, requester, fetch, (err) => this.readError(i, err, f * frameBytes), { keep, decodedBytes: frameBytes });
   }
 
   /** A chunk frame decoded into a buffer a dropped frame left. Only chunk frames: journal frames
@@ -350,19 +354,21 @@ export class ReadPath {
       // (compaction's reads fail together in an outage, one line per frame: its own failure line says it)
       if (keep !== false) this.logger[this.routine(err) ? 'debug' : 'error']({ volume: this.name, journal: journal.ref.id, frame: f, err: describeError(err) }, 'journal read failed');
       return new VaultError('ERR_IO', `volume "${this.name}": cannot read journal ${journal.ref.id} frame ${f}: ${describeError(err)}`, { cause: err });
-    }, false, keep);
+    }, { keep, decodedBytes: FRAME_BYTES });
     if (!keep) fetched.then((frame) => this.foldMemo.set(key, frame), () => {}); // the caller sees the error
     return fetched;
   }
 
-  /** One fetch per key at a time, shared by everyone who asks meanwhile; `keep`: the fetch that
+  /** One fetch per key at a time, shared by everyone who asks meanwhile. `keep`: the fetch that
    *  starts puts its result in the read cache, or its stream area (a fetch already running keeps
-   *  its own choice). */
-  private singleFlight(key: string, requester: object | undefined, fetch: () => Promise<Buffer>, wrap: (err: unknown) => Error, whole = false, keep: Keep = true): Promise<Buffer> {
+   *  its own choice); `decodedBytes`: what it decodes (it holds twice that while it runs);
+   *  `whole`: a whole chunk's; `held`: its memory is held already (readahead's). */
+  private singleFlight(key: string, requester: object | undefined, fetch: () => Promise<Buffer>, wrap: (err: unknown) => Error, o: { keep: Keep; decodedBytes: number; whole?: boolean; held?: () => void }): Promise<Buffer> {
+    const keep = o.keep;
     let p = this.fetches.get(key);
     if (!p) {
-      const slotted = () => this.fetchSlots.run(fetch, requester);
-      p = (whole ? this.wholeSlots.run(slotted, requester) : slotted())
+      const slotted = () => this.fetchSlots.run(() => this.fetchMemory.run(fetchBytes(o.decodedBytes), fetch, o.held), requester);
+      p = (o.whole ? this.wholeSlots.run(slotted, requester) : slotted())
         .then((data) => {
           if (keep === 'streamed' || keep === 'ahead') this.frames.setStreamed(key, data, keep === 'streamed');
           else if (keep) this.frames.set(key, data);
@@ -376,7 +382,7 @@ export class ReadPath {
         })
         .finally(() => this.fetches.delete(key));
       this.fetches.set(key, p);
-    }
+    } else o.held?.(); // (readahead checks first: a fetch running already holds its own)
     return p;
   }
 
@@ -440,19 +446,21 @@ export class ReadPath {
     if (entry.id === null) return;
     const key = `${entry.id}/*`;
     if (this.fetches.has(key) || this.frames.has(key) || this.frames.has(`${entry.id}/0`)) return;
-    this.wholeChunk(i, entry, undefined, 'ahead').catch(() => {}); // a real read of it reports the error
+    const held = this.fetchMemory.tryHold(fetchBytes(this.state.chunkLength(i)));
+    if (!held) return; // no memory to spare for a guess
+    this.wholeChunk(i, entry, undefined, 'ahead', held).catch(() => {}); // a real read of it reports the error
   }
 
   /** One GET of the whole chunk object (single flight), kept in the read cache as one entry
    *  (`id/*`): frames cut from it are views, and the cache counts the buffer they keep alive. A
    *  stream's (and readahead's) goes to the cache's stream area, NBD_CMD_CACHE's stays. */
-  private wholeChunk(i: number, entry: Entry, requester?: object, keep: Keep = 'streamed'): Promise<Buffer> {
+  private wholeChunk(i: number, entry: Entry, requester?: object, keep: Keep = 'streamed', held?: () => void): Promise<Buffer> {
     const len = this.state.chunkLength(i);
     // a stream's chunk (or readahead's) goes to the stream area and is dropped soon: decoded into
     // a buffer a dropped one left (decode-buffers.ts); NBD_CMD_CACHE's and partial chunks' are kept
     const reuse = (keep === 'streamed' || keep === 'ahead') && len === CHUNK_SIZE;
     const fetch = reuse ? () => this.readChunkInto(i, entry, len) : () => this.objects.readChunk(i, entry, len);
-    return this.singleFlight(`${entry.id}/*`, requester, fetch, (err) => this.readError(i, err), true, keep);
+    return this.singleFlight(`${entry.id}/*`, requester, fetch, (err) => this.readError(i, err), { keep, decodedBytes: len, whole: true, held });
   }
 
   private readChunkInto(i: number, entry: Entry, len: number): Promise<Buffer> {

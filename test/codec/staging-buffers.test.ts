@@ -1,7 +1,7 @@
 // StagingBuffers: one buffer per task in flight, reused; container memory let go when idle.
 import assert from 'node:assert/strict';
 import { mock, test } from 'node:test';
-import { StagingBuffers } from '../../src/codec/staging-buffers';
+import { CONTAINERS_KEPT, StagingBuffers, containerMemory } from '../../src/codec/staging-buffers';
 
 test('buffers are reused, as many are made as were in flight at once, and an idle pool lets them go', async () => {
   mock.timers.enable({ apis: ['setTimeout', 'Date'] });
@@ -33,4 +33,12 @@ test('buffers are reused, as many are made as were in flight at once, and an idl
   } finally {
     mock.timers.reset();
   }
+});
+
+test('container memory keeps at most CONTAINERS_KEPT free buffers after a burst', () => {
+  const pool = containerMemory();
+  const burst = Array.from({ length: CONTAINERS_KEPT + 5 }, () => pool.take());
+  for (const b of burst) pool.give(b);
+  assert.equal(pool.freeCount, CONTAINERS_KEPT, 'the rest is left to the collector');
+  assert.equal(pool.take().buffer, burst[CONTAINERS_KEPT - 1].buffer, 'the kept ones are reused');
 });
