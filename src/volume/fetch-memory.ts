@@ -5,16 +5,19 @@
 // 8 readers of 4 volumes at --memory-limit 256M held 64 whole fetches: 268 MiB of lent memory and
 // as much decoded, outside the budget (peak RSS 1.2 GiB; BENCHMARKS.md, stop 41).
 //
-// A fetch takes its bytes from the budget when it has room (tryReserve: caches may evict, and a
-// connection waiting for memory goes first), else from a small floor of its own (FLOOR_BYTES,
-// outside the budget), else it waits, first come first served. The floor is what keeps reads
-// moving when the budget is full of the requests that wait on these very fetches: they could
-// never get room from it. So fetches add at most FLOOR_BYTES to the limit.
+// A fetch takes its bytes from room the budget has free (tryReserveFree: a connection waiting for
+// memory goes first, and no cache is asked to evict: a fetch that evicted 8 MiB of the read cache
+// to land 4 MiB in it threw out the readahead a stream was about to read, and a second export ran
+// at 0.6-0.7x), else from a small floor of its own (FLOOR_BYTES, outside the budget), else it
+// waits, first come first served. The floor keeps reads moving when the budget is full of cached
+// frames, or of the requests that wait on these very fetches: they could never get room from it.
+// So fetches add at most FLOOR_BYTES to the limit.
 import type { MemoryBudget } from '../util/memory-budget';
 import { CHUNK_SIZE } from './chunk-math';
 
-/** two whole-chunk fetches (one per core of a small machine), or 64 frames, always */
-export const FLOOR_BYTES = 2 * 2 * CHUNK_SIZE;
+/** four whole-chunk fetches (two per core of a small machine, or a few GETs in flight on S3), or
+ *  128 frames, always */
+export const FLOOR_BYTES = 4 * 2 * CHUNK_SIZE;
 
 /** What a fetch of `decodedBytes` (a whole chunk, or a frame) holds while it runs. */
 export function fetchBytes(decodedBytes: number): number {
@@ -68,7 +71,7 @@ export class FetchMemory {
   }
 
   private take(bytes: number): (() => void) | null {
-    const fromBudget = this.budget!.tryReserve(bytes);
+    const fromBudget = this.budget!.tryReserveFree(bytes);
     if (fromBudget) return this.releasing(fromBudget);
     // (a fetch larger than the floor still runs alone on it: progress before the bound)
     if (this.floorUsed + bytes > this.floorBytes && this.floorUsed > 0) return null;

@@ -15,16 +15,21 @@ import { SettlingStore, makeVault } from './vault-fixture';
 const MiB = 2 ** 20;
 const tick = () => new Promise<void>((r) => setImmediate(r));
 
-test('fetches take room the budget has, then the floor, then wait in order', async () => {
-  const budget = new MemoryBudget(8 * MiB);
-  const m = FetchMemory.of(budget);
-  assert.equal(FetchMemory.of(budget), m, 'one per budget');
+test('fetches take room the budget has free, then the floor, then wait in order; they never evict a cache', async () => {
+  const budget = new MemoryBudget(16 * MiB);
+  assert.equal(FetchMemory.of(budget), FetchMemory.of(budget), 'one per budget');
+  assert.equal(FetchMemory.of(budget).floorBytes, FLOOR_BYTES);
+  const m = new FetchMemory(budget, 16 * MiB);
+  // a cache holding half the budget, which a fetch must not push out
+  let evicted = 0;
+  const cached = budget.tryReserve(8 * MiB)!;
+  budget.registerCache({ evict: (n) => ((evicted += n), 0) });
   const a = m.tryHold(8 * MiB)!;
-  assert.equal(budget.usedBytes, 8 * MiB, 'from the budget while it has room');
+  assert.equal(budget.usedBytes, 16 * MiB, 'from the budget while it has room');
   assert.equal(m.floorHeld, 0);
   const b = m.tryHold(8 * MiB)!;
   const c = m.tryHold(8 * MiB)!;
-  assert.equal(m.floorHeld, FLOOR_BYTES, 'then from the floor');
+  assert.equal(m.floorHeld, 16 * MiB, 'then from the floor');
   assert.equal(m.tryHold(1), null, 'a guess (readahead) never waits');
   const order: string[] = [];
   const first = m.run(8 * MiB, async () => void order.push('first'));
@@ -40,8 +45,10 @@ test('fetches take room the budget has, then the floor, then wait in order', asy
   assert.equal(m.floorHeld, 8 * MiB, 'only c holds the floor now');
   a();
   c();
-  assert.equal(budget.usedBytes, 0);
+  assert.equal(budget.usedBytes, 8 * MiB, 'the cache alone');
   assert.equal(m.floorHeld, 0);
+  assert.equal(evicted, 0, 'no cache was asked to evict');
+  cached();
 });
 
 test('a fetch larger than the floor runs alone on it; without a budget nothing is held', async () => {
@@ -74,7 +81,7 @@ class CountingStore extends PassThroughStore {
   }
 }
 
-test('with the budget full of requests, two volumes streaming at once hold two whole fetches, and every read finishes', async (t) => {
+test('with the budget full of requests, two volumes streaming at once hold at most the floor, and every read finishes', async (t) => {
   const store = new CountingStore(new SettlingStore());
   const f = await makeVault(store);
   t.after(() => f.cleanup());
