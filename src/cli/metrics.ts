@@ -19,6 +19,9 @@ export type EngineStatsSource = () => Array<{ name: string; readOnly: boolean; s
 /** Seconds: from a cached read (~0.1 ms) to a slow S3 commit (10 s). */
 const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
+/** The memory budget, and what chunk fetches hold beside it (volume/fetch-memory.ts). */
+export type ProcessMemoryStats = MemoryBudgetStats & { fetchFloorBytes?: number; fetchesWaiting?: number };
+
 export class PromMetrics implements MetricsSink {
   readonly registry = new client.Registry();
   private readonly nbdRequests: client.Counter<'volume' | 'command' | 'result'>;
@@ -29,7 +32,7 @@ export class PromMetrics implements MetricsSink {
   private readonly storeRetries: client.Counter<'op'>;
   private readonly storeBytesTotal: client.Counter<'op'>;
 
-  constructor(engines: EngineStatsSource, memory?: () => MemoryBudgetStats) {
+  constructor(engines: EngineStatsSource, memory?: () => ProcessMemoryStats) {
     const registers = [this.registry];
     client.collectDefaultMetrics({ register: this.registry, prefix: 'nbd_vault_' });
     this.nbdRequests = new client.Counter({ name: 'nbd_vault_nbd_requests_total', help: 'NBD requests answered, by volume (export), command and result (ok or the NBD errno)', labelNames: ['volume', 'command', 'result'], registers });
@@ -78,7 +81,7 @@ export class PromMetrics implements MetricsSink {
         },
       });
     if (memory) {
-      const budget = (name: string, help: string, pick: (m: MemoryBudgetStats) => number) =>
+      const budget = (name: string, help: string, pick: (m: ProcessMemoryStats) => number) =>
         new client.Gauge({
           name,
           help,
@@ -91,6 +94,8 @@ export class PromMetrics implements MetricsSink {
       budget('nbd_vault_memory_used_bytes', 'Bytes of the memory budget held by caches, dirty data, in-flight requests and unsent replies', (m) => m.usedBytes);
       budget('nbd_vault_memory_waiting', 'Reservations waiting for room in the memory budget (backpressure)', (m) => m.waiting);
       budget('nbd_vault_memory_waiting_bytes', 'Bytes the waiting reservations ask for', (m) => m.waitingBytes);
+      budget('nbd_vault_fetch_floor_bytes', 'Bytes chunk fetches hold of their own floor, outside the budget (it had no free room)', (m) => m.fetchFloorBytes ?? 0);
+      budget('nbd_vault_fetches_waiting', 'Chunk fetches waiting for memory (the budget and the fetch floor are full)', (m) => m.fetchesWaiting ?? 0);
       new client.Counter({
         name: 'nbd_vault_memory_waits_total',
         help: 'Reservations that had to wait for room in the memory budget',

@@ -13,6 +13,7 @@ import { openVaultContext, type VaultSettings } from './vault-context';
 import { checkMemoryLimit, guardSighup, parseListen, runServer, runtimeShareOf } from './serve-command';
 import { MemoryBudget } from '../util/memory-budget';
 import { SealMemory, sealShareOf } from '../volume/seal-memory';
+import { FetchMemory } from '../volume/fetch-memory';
 import { startAdminServer, type AdminRequest } from './admin-socket';
 import { resolveServerSecurity, securitySummary, type ServerSecurity } from './tls-setup';
 import { resolve } from 'node:path';
@@ -51,7 +52,9 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
   memoryBudget.tryReserve(runtimeShareOf(memoryBudget.limitBytes, sealMemory.bytes));
   // The engines are known once the provider exists; the store stack needs the sink before that.
   let exportsForMetrics: VaultExportProvider | null = null;
-  const metrics = s.metrics ? new PromMetrics(() => exportsForMetrics?.engineStats() ?? [], () => memoryBudget.stats()) : undefined;
+  const fetchMemory = FetchMemory.of(memoryBudget);
+  const memoryStats = () => ({ ...memoryBudget.stats(), fetchFloorBytes: fetchMemory.floorHeld, fetchesWaiting: fetchMemory.waiting });
+  const metrics = s.metrics ? new PromMetrics(() => exportsForMetrics?.engineStats() ?? [], memoryStats) : undefined;
   const metricsAddress = s.metrics ? parseMetricsAddress(s.metrics) : undefined;
   const diskCache = s.diskCache ? { dir: s.diskCache, bytes: s.diskCacheSize! } : undefined;
   const ctx = await openVaultContext(s as VaultSettings, { firstRun: true, metrics, diskCache });

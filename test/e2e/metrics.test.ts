@@ -59,6 +59,8 @@ test('serve --metrics: counters move by what qemu-io, nbdcopy and nbdsh did', as
     'only the read cache, decode buffers kept for reuse and the two shares hold the budget',
   );
   assert.equal(s1.get('nbd_vault_memory_waiting'), 0);
+  assert.equal(s1.get('nbd_vault_fetch_floor_bytes'), 0, 'the fetches are over: none holds the floor');
+  assert.equal(s1.get('nbd_vault_fetches_waiting'), 0);
 
   // The same read again comes from the read cache: one chunk lookup per chunk, all hits.
   await runCommand('qemu-io', ['-f', 'raw', '-c', 'read -P 0x11 0 3M', srv.uri('m')]);
