@@ -81,7 +81,7 @@ export class PromMetrics implements MetricsSink {
         },
       });
     if (memory) {
-      const budget = (name: string, help: string, pick: (m: ProcessMemoryStats) => number) =>
+      const gauge = (name: string, help: string, pick: (m: ProcessMemoryStats) => number) =>
         new client.Gauge({
           name,
           help,
@@ -90,12 +90,12 @@ export class PromMetrics implements MetricsSink {
             this.set(pick(memory()));
           },
         });
-      budget('nbd_vault_memory_limit_bytes', 'The process memory budget (serve --memory-limit)', (m) => m.limitBytes);
-      budget('nbd_vault_memory_used_bytes', 'Bytes of the memory budget held by caches, dirty data, in-flight requests and unsent replies', (m) => m.usedBytes);
-      budget('nbd_vault_memory_waiting', 'Reservations waiting for room in the memory budget (backpressure)', (m) => m.waiting);
-      budget('nbd_vault_memory_waiting_bytes', 'Bytes the waiting reservations ask for', (m) => m.waitingBytes);
-      budget('nbd_vault_fetch_floor_bytes', 'Bytes chunk fetches hold of their own floor, outside the budget (it had no free room)', (m) => m.fetchFloorBytes ?? 0);
-      budget('nbd_vault_fetches_waiting', 'Chunk fetches waiting for memory (the budget and the fetch floor are full)', (m) => m.fetchesWaiting ?? 0);
+      gauge('nbd_vault_memory_limit_bytes', 'The process memory budget (serve --memory-limit)', (m) => m.limitBytes);
+      gauge('nbd_vault_memory_used_bytes', 'Bytes of the memory budget held by caches, dirty data, in-flight requests, unsent replies and chunk fetches', (m) => m.usedBytes);
+      gauge('nbd_vault_memory_waiting', 'Reservations waiting for room in the memory budget (backpressure)', (m) => m.waiting);
+      gauge('nbd_vault_memory_waiting_bytes', 'Bytes the waiting reservations ask for', (m) => m.waitingBytes);
+      gauge('nbd_vault_fetch_floor_bytes', 'Bytes chunk fetches hold of their own floor, outside the budget (it had no free room)', (m) => m.fetchFloorBytes ?? 0);
+      gauge('nbd_vault_fetches_waiting', 'Chunk fetches waiting for memory (the budget and the fetch floor are full)', (m) => m.fetchesWaiting ?? 0);
       new client.Counter({
         name: 'nbd_vault_memory_waits_total',
         help: 'Reservations that had to wait for room in the memory budget',

@@ -18,7 +18,8 @@ export const CONTAINER_MEMORY_BYTES = MAX_CHUNK_CONTAINER_BYTES + 64 * 1024;
 /** Free buffers are let go after this long unused (an idle server holds none). */
 export const IDLE_RELEASE_MS = 5_000;
 
-/** Free containers kept at most: two fetches and the seals of a few volumes at once. */
+/** Free containers kept at most: the reads the fetch floor lets run at once (4, fetch-memory.ts)
+ *  and as many seals or compaction steps. */
 export const CONTAINERS_KEPT = 8;
 
 /** The memory Codec.withContainerMemory lends. */
@@ -49,7 +50,7 @@ export class StagingBuffers {
     this.idle.touch();
     const kept = this.free.pop();
     if (kept) return kept;
-    allocatedUnweighed(this.bytes); // (dropped later, the collector would not see it)
+    allocatedUnweighed(this.bytes); // (one dropped later, past maxFree or idle, the collector would not see)
     return Buffer.from(new SharedArrayBuffer(this.bytes));
   }
 

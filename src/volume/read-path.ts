@@ -361,13 +361,16 @@ export class ReadPath {
 
   /** One fetch per key at a time, shared by everyone who asks meanwhile. `keep`: the fetch that
    *  starts puts its result in the read cache, or its stream area (a fetch already running keeps
-   *  its own choice); `decodedBytes`: what it decodes (it holds twice that while it runs);
-   *  `whole`: a whole chunk's; `held`: its memory is held already (readahead's). */
+   *  its own choice); `decodedBytes`: what it decodes (it holds twice that while it runs, from
+   *  fetch-memory.ts, except `keep` false: compaction's reads, which the sealing share covers, and
+   *  a resize's one chunk); `whole`: a whole chunk's; `held`: its memory is held already
+   *  (readahead's). */
   private singleFlight(key: string, requester: object | undefined, fetch: () => Promise<Buffer>, wrap: (err: unknown) => Error, o: { keep: Keep; decodedBytes: number; whole?: boolean; held?: () => void }): Promise<Buffer> {
     const keep = o.keep;
     let p = this.fetches.get(key);
     if (!p) {
-      const slotted = () => this.fetchSlots.run(() => this.fetchMemory.run(fetchBytes(o.decodedBytes), fetch, o.held), requester);
+      const gated = keep === false ? fetch : () => this.fetchMemory.run(fetchBytes(o.decodedBytes), fetch, o.held);
+      const slotted = () => this.fetchSlots.run(gated, requester);
       p = (o.whole ? this.wholeSlots.run(slotted, requester) : slotted())
         .then((data) => {
           if (keep === 'streamed' || keep === 'ahead') this.frames.setStreamed(key, data, keep === 'streamed');
@@ -446,7 +449,7 @@ export class ReadPath {
     if (entry.id === null) return;
     const key = `${entry.id}/*`;
     if (this.fetches.has(key) || this.frames.has(key) || this.frames.has(`${entry.id}/0`)) return;
-    const held = this.fetchMemory.tryHold(fetchBytes(this.state.chunkLength(i)));
+    const held = this.fetchMemory.tryHoldAhead(fetchBytes(this.state.chunkLength(i)));
     if (!held) return; // no memory to spare for a guess
     this.wholeChunk(i, entry, undefined, 'ahead', held).catch(() => {}); // a real read of it reports the error
   }

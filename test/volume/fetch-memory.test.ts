@@ -51,6 +51,47 @@ test('fetches take room the budget has free, then the floor, then wait in order;
   cached();
 });
 
+test('a waiting fetch is never overtaken, even by one the floor has room for; a failed fetch gives its memory back', async () => {
+  const budget = new MemoryBudget(MiB);
+  const full = budget.tryReserve(MiB)!;
+  const m = new FetchMemory(budget, 16 * MiB);
+  const c = m.tryHold(8 * MiB)!;
+  const d = m.tryHold(4 * MiB)!; // the floor: 12 of 16 MiB held
+  const order: string[] = [];
+  let endBig!: () => void;
+  const big = m.run(12 * MiB, () => new Promise<void>((r) => (order.push('big'), (endBig = r))));
+  await tick();
+  assert.equal(m.tryHold(1), null, 'the floor has 4 MiB free, but a fetch waits');
+  const small = m.run(MiB, async () => void order.push('small'));
+  d(); // 8 MiB free: room for the small one, not for the first in line
+  await tick();
+  assert.deepEqual(order, [], 'nobody overtakes the first in line');
+  c();
+  await tick();
+  assert.deepEqual(order, ['big', 'small'], 'the first in line, then the next (room for both)');
+  endBig();
+  await Promise.all([big, small]);
+  assert.equal(m.floorHeld, 0);
+  await assert.rejects(m.run(MiB, async () => Promise.reject(new Error('boom'))), /boom/);
+  assert.equal(m.floorHeld, 0, 'a failed fetch gave its memory back');
+  assert.equal(m.waiting, 0);
+  full();
+});
+
+test('readahead takes the floor only while nobody waits for the budget', async () => {
+  const budget = new MemoryBudget(MiB);
+  const full = budget.tryReserve(MiB)!;
+  const m = new FetchMemory(budget, 16 * MiB);
+  const ahead = m.tryHoldAhead(8 * MiB);
+  assert.ok(ahead, 'nobody waits: the floor');
+  ahead();
+  const waiter = budget.reserve(MiB); // a connection waits for room
+  assert.equal(m.tryHoldAhead(8 * MiB), null, 'what it fetched could not be kept: no guess');
+  assert.ok(m.tryHold(8 * MiB), 'a read that needs it still gets the floor');
+  full();
+  (await waiter)();
+});
+
 test('a fetch larger than the floor runs alone on it; without a budget nothing is held', async () => {
   const budget = new MemoryBudget(MiB);
   budget.tryReserve(MiB); // full
@@ -81,7 +122,7 @@ class CountingStore extends PassThroughStore {
   }
 }
 
-test('with the budget full of requests, two volumes streaming at once hold at most the floor, and every read finishes', async (t) => {
+test('with the budget full of requests, two volumes streaming at once hold at most the floor, and every read finishes', { timeout: 60_000 }, async (t) => {
   const store = new CountingStore(new SettlingStore());
   const f = await makeVault(store);
   t.after(() => f.cleanup());
@@ -119,4 +160,31 @@ test('with the budget full of requests, two volumes streaming at once hold at mo
   assert.ok(store.most >= 1 && store.most <= FLOOR_BYTES / (2 * CHUNK_SIZE), `whole fetches at once: ${store.most}`);
   assert.equal(FetchMemory.of(budget).floorHeld, 0, 'all given back');
   assert.equal(budget.usedBytes, 64 * MiB, 'the requests alone hold the budget');
+});
+
+test('compaction reads outside the gate (the sealing share covers them): it finishes while reads hold the whole floor', { timeout: 60_000 }, async (t) => {
+  const f = await makeVault();
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 8 * MiB);
+  const budget = new MemoryBudget(64 * MiB);
+  const e = await f.vault.openEngine('v', { memoryBudget: budget });
+  t.after(() => e.close());
+  const model = randomBytes(8 * MiB);
+  await e.write(0, model);
+  await e.flush();
+  const blocks = randomBytes(64 * 1024); // scattered small writes: a journal
+  for (let k = 0; k < 16; k++) {
+    blocks.copy(model, k * 512 * 1024, k * 4096, (k + 1) * 4096);
+    await e.write(k * 512 * 1024, blocks.subarray(k * 4096, (k + 1) * 4096));
+  }
+  await e.flush();
+  assert.ok(e.stats().journals > 0, 'the flush wrote a journal');
+  const requests = budget.tryReserve(budget.limitBytes - budget.usedBytes); // the budget full
+  const reads = FetchMemory.of(budget).tryHold(FLOOR_BYTES); // and the floor
+  assert.ok(requests !== null && reads !== null);
+  await e.compact();
+  assert.equal(e.stats().journals, 0, 'folded');
+  reads();
+  requests();
+  assert.ok((await e.read(0, 8 * MiB)).equals(model));
 });
