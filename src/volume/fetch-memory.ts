@@ -71,14 +71,37 @@ export class FetchMemory {
     return this.tryHold(bytes);
   }
 
-  /** Runs `work` holding `bytes` (waiting for them first, in order); `held`: already held. */
-  async run<T>(bytes: number, work: () => Promise<T>, held?: () => void): Promise<T> {
-    const release = held ?? this.tryHold(bytes) ?? (await new Promise<() => void>((grant) => this.waiters.push({ bytes, grant })));
+  /** Runs `work` holding `bytes` (waiting for them first, in order); `held`: already held;
+   *  `abort`: stops the wait (its volume closes), rejecting with the signal's reason. */
+  async run<T>(bytes: number, work: () => Promise<T>, held?: () => void, abort?: AbortSignal): Promise<T> {
+    const release = held ?? this.tryHold(bytes) ?? (await this.wait(bytes, abort));
     try {
       return await work();
     } finally {
       release();
     }
+  }
+
+  private wait(bytes: number, abort?: AbortSignal): Promise<() => void> {
+    return new Promise((grant, fail) => {
+      if (abort?.aborted) return fail(abort.reason);
+      const onAbort = () => {
+        const at = this.waiters.indexOf(waiter);
+        if (at < 0) return;
+        this.waiters.splice(at, 1);
+        fail(abort!.reason);
+        this.wake(); // (it may have been first in line)
+      };
+      const waiter = {
+        bytes,
+        grant: (release: () => void) => {
+          abort?.removeEventListener('abort', onAbort);
+          grant(release);
+        },
+      };
+      abort?.addEventListener('abort', onAbort, { once: true });
+      this.waiters.push(waiter);
+    });
   }
 
   private take(budget: MemoryBudget, bytes: number): (() => void) | null {
@@ -97,11 +120,16 @@ export class FetchMemory {
       if (released) return;
       released = true;
       free();
-      while (this.waiters.length > 0) {
-        const release = this.take(this.budget!, this.waiters[0].bytes);
-        if (!release) return;
-        this.waiters.shift()!.grant(release);
-      }
+      this.wake();
     };
+  }
+
+  /** Grants waiters in order while the first one fits. */
+  private wake(): void {
+    while (this.waiters.length > 0) {
+      const release = this.take(this.budget!, this.waiters[0].bytes);
+      if (!release) return;
+      this.waiters.shift()!.grant(release);
+    }
   }
 }

@@ -5,7 +5,7 @@
 // object id and frame: objects never change, so a cached frame is never stale), and concurrent
 // misses of one frame share one fetch. Not here: writing (write-path.ts), sealing (sealer.ts).
 import { LRUCache } from 'lru-cache';
-import { VaultError, describeError } from '../errors';
+import { VaultError, describeError, isVaultError } from '../errors';
 import { isMissingObject } from './framed-reads';
 import type { Logger } from '../util/log';
 import { CHUNK_SIZE, chunkCount, splitRange, type ChunkSpan } from './chunk-math';
@@ -45,6 +45,8 @@ type Keep = boolean | 'streamed' | 'ahead';
 
 export class ReadPath {
   private readonly fetches = new Map<string, Promise<Buffer>>();
+  /** close() began: a fetch waiting for memory (other volumes may hold it) gives up, and none starts */
+  private readonly closing = new AbortController();
   private readonly fetchSlots: FetchLimiter;
   private readonly wholeSlots = new FetchLimiter(WHOLE_FETCHES_IN_FLIGHT);
   /** what fetches hold while they run, across every volume of the process (fetch-memory.ts) */
@@ -89,6 +91,7 @@ export class ReadPath {
    *  flight (readahead's included: one that landed later held budget in a cache nobody clears,
    *  or failed loudly once the process had closed its codec). */
   async close(): Promise<void> {
+    this.closing.abort(new VaultError('ERR_SHUTDOWN', `volume "${this.name}" closed while a read waited for memory`));
     this.frames.onDrop = null;
     this.frames.close();
     await Promise.allSettled([...this.fetches.values()]);
@@ -369,7 +372,8 @@ export class ReadPath {
     const keep = o.keep;
     let p = this.fetches.get(key);
     if (!p) {
-      const gated = keep === false ? fetch : () => this.fetchMemory.run(fetchBytes(o.decodedBytes), fetch, o.held);
+      const start = () => (this.closing.signal.aborted ? Promise.reject(this.closing.signal.reason) : fetch());
+      const gated = keep === false ? fetch : () => this.fetchMemory.run(fetchBytes(o.decodedBytes), start, o.held, this.closing.signal);
       const slotted = () => this.fetchSlots.run(gated, requester);
       p = (o.whole ? this.wholeSlots.run(slotted, requester) : slotted())
         .then((data) => {
@@ -389,9 +393,10 @@ export class ReadPath {
     return p;
   }
 
-  /** An object gone under a read-only view of a root another writer replaces: no error to log. */
+  /** An object gone under a read-only view of a root another writer replaces, or a read the
+   *  volume's close stopped: no error to log. */
   private routine(err: unknown): boolean {
-    return this.followsWriter && isMissingObject(err);
+    return (this.followsWriter && isMissingObject(err)) || isVaultError(err, 'ERR_SHUTDOWN');
   }
 
   private readError(i: number, err: unknown, inChunk = 0): VaultError {

@@ -10,7 +10,7 @@ import { FLOOR_BYTES, FetchMemory } from '../../src/volume/fetch-memory';
 import { MemoryBudget } from '../../src/util/memory-budget';
 import type { StoredObject } from '../../src/store/object-store';
 import { PassThroughStore } from '../helpers/pass-through-store';
-import { SettlingStore, makeVault } from './vault-fixture';
+import { SettlingStore, eventually, makeVault } from './vault-fixture';
 
 const MiB = 2 ** 20;
 const tick = () => new Promise<void>((r) => setImmediate(r));
@@ -187,4 +187,47 @@ test('compaction reads outside the gate (the sealing share covers them): it fini
   reads();
   requests();
   assert.ok((await e.read(0, 8 * MiB)).equals(model));
+});
+
+test('a wait is given up when its volume closes: the close settles while other volumes hold the floor, and the next in line goes on', { timeout: 60_000 }, async (t) => {
+  const budget = new MemoryBudget(MiB);
+  const full = budget.tryReserve(MiB)!;
+  const m = new FetchMemory(budget, 16 * MiB);
+  const others = m.tryHold(12 * MiB)!;
+  const closing = new AbortController();
+  const first = m.run(8 * MiB, async () => 'first', undefined, closing.signal);
+  let secondRan = false;
+  const second = m.run(2 * MiB, async () => void (secondRan = true));
+  await tick();
+  assert.equal(m.waiting, 2);
+  closing.abort(new Error('closed'));
+  await assert.rejects(first, /closed/);
+  await second;
+  assert.ok(secondRan, 'the next in line fit once the first gave up');
+  assert.equal(m.waiting, 0);
+  others();
+  assert.equal(m.floorHeld, 0);
+  full();
+
+  // an engine's close, while another volume's reads hold the whole floor and the budget is full
+  const f = await makeVault();
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 8 * MiB);
+  const w = await f.vault.openEngine('v');
+  await w.write(0, randomBytes(8 * MiB));
+  await w.flush();
+  await w.close();
+  const shared = new MemoryBudget(64 * MiB);
+  const e = await f.vault.openEngine('v', { memoryBudget: shared, readaheadChunks: 0 });
+  const requests = shared.tryReserve(shared.limitBytes - shared.usedBytes);
+  const elsewhere = FetchMemory.of(shared).tryHold(FLOOR_BYTES);
+  assert.ok(requests !== null && elsewhere !== null);
+  const read = e.read(0, 4096);
+  read.catch(() => {}); // (asserted below)
+  await eventually(() => FetchMemory.of(shared).waiting === 1, 'the read waits for memory');
+  await e.close();
+  await assert.rejects(read, (err: Error) => /closed while a read waited for memory/.test(String((err as { cause?: Error }).cause?.message)));
+  assert.equal(FetchMemory.of(shared).waiting, 0);
+  elsewhere();
+  requests();
 });
