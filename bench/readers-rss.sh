@@ -14,7 +14,7 @@ for i in 0 1 2 3; do node "$CLI" volume create v$i --size 256M >/dev/null; done
 head -c 256M /dev/urandom > "$D/img"
 node "$CLI" serve --listen 127.0.0.1:$PORT --memory-limit "$LIMIT" --metrics 127.0.0.1:$((PORT + 1)) --log-format json > "$D/serve.log" 2>&1 & P=$!
 trap 'kill -TERM $P 2>/dev/null; wait $P 2>/dev/null || true; rm -rf "$D"' EXIT
-until grep -q listening "$D/serve.log"; do sleep 0.2; done
+until grep -q '"msg":"listening"' "$D/serve.log"; do sleep 0.2; done
 for i in 0 1 2 3; do nbdcopy "$D/img" nbd://127.0.0.1:$PORT/v$i; done
 hwm() { awk '/VmHWM/ {print int($2/1024)}' /proc/$P/status; }
 # mid-round: what the budget holds beside what the process holds
