@@ -39,6 +39,7 @@ import { RequestReader, type NbdRequest } from './request-reader';
 import type { SessionFacts } from './request-validation';
 import { FairTurns } from './fair-turns';
 import { answerRequest, type AnswerContext } from './request-answer';
+import type { PayloadBuffers } from './payload-buffers';
 
 /** Requests in flight plus unsent replies per connection, whatever their size (bounds floods
  *  of tiny requests and of replies that share one buffer). */
@@ -72,6 +73,8 @@ export interface ConnectionOptions {
   readonly metrics?: MetricsSink;
   /** the process memory budget this connection's requests and replies also draw from */
   readonly memoryBudget?: MemoryBudget;
+  /** recycled memory for WRITE payloads (the server's; absent: a fresh allocation each) */
+  readonly payloads?: PayloadBuffers;
 }
 
 export class NbdConnection {
@@ -291,7 +294,8 @@ export class NbdConnection {
     };
     this.fsm.enter('transmission');
     this.opts.logger.debug({ conn: this.id, exportName: n.exp.name, structured: n.structuredReplies }, 'transmission');
-    this.reader = new RequestReader(MAX_PAYLOAD, (req) => this.onRequest(req));
+    const payloads = this.opts.payloads;
+    this.reader = new RequestReader(MAX_PAYLOAD, (req) => this.onRequest(req), payloads && ((n) => payloads.take(n)));
     for (const chunk of this.queue.takeAll()) this.reader.push(chunk);
     if (this.shuttingDown) this.finish('closed', 'server shutting down');
     else this.pump();
@@ -305,6 +309,17 @@ export class NbdConnection {
       this.pump();
     } else if (!isTerminal(this.state)) {
       this.queue.push(chunk);
+    }
+  }
+
+  /** A read into the server's shared buffer (socket-reads.ts): nothing may keep a view of it. */
+  onTransientData(view: Buffer): void {
+    if (this.reader) {
+      this.reader.push(view);
+      this.pump();
+      this.reader?.detach(view.buffer);
+    } else if (!isTerminal(this.state)) {
+      this.queue.push(Buffer.from(view));
     }
   }
 
@@ -436,6 +451,7 @@ export class NbdConnection {
         this.die('internal error', 'error');
       })
       .finally(() => {
+        this.opts.payloads?.give(req.payload); // answered: the export keeps nothing of it
         this.inFlightBytes -= bytes;
         this.inFlightRequests--;
         this.trimBudget();

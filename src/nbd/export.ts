@@ -27,7 +27,8 @@ export interface Export {
    *  only after the socket took it): the export may reuse the memory under it. Never called for
    *  a reply that was not written; an export must not rely on being called at all. */
   readDone?(data: Buffer): void;
-  /** The export may not change `data`; it may keep references to it (nbd/ never reuses it). */
+  /** The export may not change `data`, and keeps nothing of it once the returned promise settles:
+   *  nbd/ reuses that memory for a later request's payload (payload-buffers.ts). */
   write(offset: number, data: WriteData, opts?: WriteOptions): Promise<void>;
   /** Discard: the range may read back as anything afterwards; we make it read as zeros. */
   trim(offset: number, length: number, opts?: WriteOptions): Promise<void>;

@@ -70,14 +70,7 @@ export class MemoryExport implements Export {
       const index = Math.floor(pos / MEMORY_PAGE_SIZE);
       const inPage = pos - index * MEMORY_PAGE_SIZE;
       const n = Math.min(MEMORY_PAGE_SIZE - inPage, length - at);
-      if (n === MEMORY_PAGE_SIZE && Buffer.isBuffer(input)) {
-        // A whole page: adopt the slice instead of copying it (nbd/ hands over a payload
-        // Buffer it never touches again). Saves one copy on sequential writes.
-        this.pages.set(index, input.subarray(at, at + n));
-        at += n;
-        continue;
-      }
-      // a payload in socket-chunk pieces is copied page by page (never joined into one first)
+      // copied: the payload is recycled once this returns (export.ts)
       let page = this.pages.get(index);
       if (!page) {
         page = n === MEMORY_PAGE_SIZE ? Buffer.allocUnsafe(MEMORY_PAGE_SIZE) : Buffer.alloc(MEMORY_PAGE_SIZE);

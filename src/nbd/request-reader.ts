@@ -6,6 +6,10 @@
 // Guarantees: at most one payload (<= maxPayload bytes) is buffered by the reader itself; the
 // caller can stop parsing between requests (backpressure, DISC) and resume later without losing
 // bytes; a bad request magic means synchronisation is lost, and the reader stops for good.
+//
+// Payloads are copied into memory from `takePayload` (payload-buffers.ts), never kept as views
+// of the input: input may be a socket's recycled read buffer (socket-reads.ts), overwritten by the
+// next read. What stays unparsed of such input is copied by detach() before it is reused.
 import { NBD_CMD_READ, NBD_CMD_WRITE, NBD_REQUEST_MAGIC, NBD_REQUEST_SIZE } from './constants';
 
 export interface NbdRequest {
@@ -16,16 +20,12 @@ export interface NbdRequest {
   /** Byte offset; above 2^53 it is approximate but still larger than any export. */
   readonly offset: number;
   readonly length: number;
-  /** The WRITE payload (exactly `length` bytes): one Buffer, or for a large payload that spans
-   *  socket chunks, the pieces of those chunks in order (no copy); null for other commands and
+  /** The WRITE payload (exactly `length` bytes, from `takePayload`); null for other commands and
    *  dropped payloads. */
-  readonly payload: Buffer | readonly Buffer[] | null;
+  readonly payload: Buffer | null;
   /** A WRITE whose payload exceeded maxPayload: the bytes were read and thrown away. */
   readonly payloadDropped: boolean;
 }
-
-/** Payloads at least this large are handed over as socket-chunk pieces rather than copied. */
-export const ZERO_COPY_PAYLOAD_BYTES = 128 * 1024;
 
 export type ReaderState = 'header' | 'payload' | 'discard' | 'desync';
 
@@ -37,8 +37,6 @@ export class RequestReader {
   private headerFill = 0;
   private current: Omit<NbdRequest, 'payload' | 'payloadDropped'> | null = null;
   private payload: Buffer | null = null;
-  /** a large payload collected as pieces of socket chunks instead of copied */
-  private parts: Buffer[] | null = null;
   private payloadLength = 0;
   private payloadFill = 0;
   private discardLeft = 0;
@@ -48,6 +46,8 @@ export class RequestReader {
   constructor(
     private readonly maxPayload: number,
     private readonly onRequest: (req: NbdRequest) => void,
+    /** memory for a payload of n bytes (filled whole before the request is emitted) */
+    private readonly takePayload: (length: number) => Buffer = (n) => Buffer.allocUnsafe(n),
   ) {}
 
   get readerState(): ReaderState {
@@ -101,6 +101,11 @@ export class RequestReader {
     }
   }
 
+  /** Input in `backing` is about to be overwritten: copy what of it is still unparsed. */
+  detach(backing: ArrayBufferLike): void {
+    for (let k = 0; k < this.pending.length; k++) if (this.pending[k].buffer === backing) this.pending[k] = Buffer.from(this.pending[k]);
+  }
+
   /** Parses pending bytes, emitting requests, until they run out ('need-more'), `stop()` says
    *  stop after a request ('stopped'), or a bad magic arrives ('desync'). */
   run(stop: () => boolean): ReaderResult {
@@ -124,10 +129,9 @@ export class RequestReader {
         return this.consumeHeader(chunk);
       case 'payload': {
         const n = Math.min(chunk.length, this.payloadLength - this.payloadFill);
-        if (this.parts) this.parts.push(n === chunk.length ? chunk : chunk.subarray(0, n));
-        else chunk.copy(this.payload!, this.payloadFill, 0, n);
+        chunk.copy(this.payload!, this.payloadFill, 0, n);
         this.payloadFill += n;
-        if (this.payloadFill === this.payloadLength) this.finish(this.parts ?? this.payload, false);
+        if (this.payloadFill === this.payloadLength) this.finish(this.payload, false);
         return n;
       }
       case 'discard': {
@@ -177,32 +181,24 @@ export class RequestReader {
       this.discardLeft = length;
       return used;
     }
-    // Zero-copy when the whole payload already sits in this chunk (socket chunks are never reused).
+    const payload = this.takePayload(length);
     const rest = chunk.length - used;
     if (rest >= length) {
-      this.finish(chunk.subarray(used, used + length), false);
+      chunk.copy(payload, 0, used, used + length); // the whole payload is in this chunk
+      this.finish(payload, false);
       return used + length;
     }
     this.state = 'payload';
     this.payloadLength = length;
     this.payloadFill = 0;
-    // Large payloads keep the socket's chunks (Node never reuses them): no allocation, no copy.
-    // Small ones are copied, so a 4 KiB write does not pin two 64 KiB socket chunks.
-    if (length >= ZERO_COPY_PAYLOAD_BYTES) {
-      this.parts = [];
-      this.payload = null;
-    } else {
-      this.parts = null;
-      this.payload = Buffer.allocUnsafe(length);
-    }
+    this.payload = payload;
     return used;
   }
 
-  private finish(payload: Buffer | readonly Buffer[] | null, payloadDropped: boolean): void {
+  private finish(payload: Buffer | null, payloadDropped: boolean): void {
     const req: NbdRequest = { ...this.current!, payload, payloadDropped };
     this.current = null;
     this.payload = null;
-    this.parts = null;
     this.state = 'header';
     this.onRequest(req);
   }

@@ -17,6 +17,8 @@ import type { MemoryBudget } from '../util/memory-budget';
 import { VaultError, describeError } from '../errors';
 import { NbdConnection, type ConnectionOptions } from './connection';
 import { Admission } from './admission';
+import { PayloadBuffers } from './payload-buffers';
+import { withRecycledReads } from './socket-reads';
 import type { ExportAccessPolicy } from './access';
 import type { TlsServerConfig } from './tls';
 import {
@@ -102,18 +104,27 @@ export async function startNbdServer(opts: NbdServerOptions): Promise<NbdServerH
     negotiationLog: admission.log,
     metrics: opts.metrics,
     memoryBudget: opts.memoryBudget,
+    payloads: new PayloadBuffers(),
   };
+  // Without TLS, sockets read into one recycled buffer (socket-reads.ts): accepted paused, then
+  // wrapped again before anything is read. (TLS is on or off for the server's life.)
+  const recycledReads = opts.tls === undefined;
   const connections = new Set<NbdConnection>();
   let nextId = 1;
   let closing: Promise<void> | null = null;
 
-  const onConnection = (socket: net.Socket) => {
-    socket.on('error', () => {}); // per-connection handlers below log; never let one crash us
+  const onConnection = (accepted: net.Socket) => {
+    accepted.on('error', () => {}); // per-connection handlers below log; never let one crash us
     if (closing) {
-      socket.destroy();
+      accepted.destroy();
       return;
     }
+    let reads: ((view: Buffer) => void) | null = null; // (nothing is read before the connection is made)
+    const socket = (recycledReads && withRecycledReads(accepted, (view) => reads?.(view))) || accepted;
+    if (socket !== accepted) socket.on('error', () => {});
+    else if (recycledReads) socket.resume(); // (accepted paused, and this Node cannot wrap it)
     const conn = new NbdConnection(socket, connOpts, nextId++);
+    reads = (view) => conn.onTransientData(view);
     if (!admission.admit(conn)) {
       socket.destroy();
       return;
@@ -143,13 +154,13 @@ export async function startNbdServer(opts: NbdServerOptions): Promise<NbdServerH
   try {
     if (opts.listen) {
       // allowHalfOpen: a client that shuts down its sending side still gets every reply it asked for
-      const tcp = net.createServer({ allowHalfOpen: true }, onConnection);
+      const tcp = net.createServer({ allowHalfOpen: true, pauseOnConnect: recycledReads }, onConnection);
       servers.push(tcp);
       await listenOn(tcp, { host: opts.listen.host, port: opts.listen.port });
     }
     if (opts.socket) {
       await removeStaleSocket(opts.socket);
-      const unix = net.createServer({ allowHalfOpen: true }, onConnection);
+      const unix = net.createServer({ allowHalfOpen: true, pauseOnConnect: recycledReads }, onConnection);
       servers.push(unix);
       await listenOn(unix, { path: opts.socket });
     }

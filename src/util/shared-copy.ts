@@ -1,8 +1,8 @@
 // Copies into or out of shared memory at memcpy speed. V8's own copy (TypedArray#set) where
 // either side is a SharedArrayBuffer goes with relaxed atomics: a word at a time where source and
-// target are equally aligned (mod 8), else a byte at a time (2.8 against 17.6 GiB/s here). NBD
-// write payloads are views of socket chunks at any offset (28-byte request headers), so their
-// copies into shared chunk buffers would go a byte at a time. Node's Buffer#copy of a *range* of
+// target are equally aligned (mod 8), else a byte at a time (2.8 against 17.6 GiB/s here). Bytes
+// on their way from a client sit at any offset (28-byte request headers, a write's own offset),
+// so their copies into shared chunk buffers would go a byte at a time. Node's Buffer#copy of a *range* of
 // its source is a plain memmove (its native copy; only a copy of the whole source is handed to
 // TypedArray#set), so copyBytes copies all but the last byte as a range, then that byte. No one
 // else touches the shared bytes meanwhile (the codec's protocol), which is all memmove needs.

@@ -22,9 +22,17 @@ import { BLOCK_BYTES } from './journal-record';
  *  of growing the heap (1 MiB slabs did not fit the 128 KiB holes: no gain once the cache was full). */
 export const SLAB_BYTES = FRAME_BYTES;
 const SLOTS = SLAB_BYTES / BLOCK_BYTES;
-/** empty slabs kept for the next writes (1 MiB; a new slab mostly takes a hole a cached frame left,
- *  the same size); more are left to the collector */
-export const MAX_EMPTY_SLABS = 8;
+/** empty slabs a volume keeps for its next writes (8 MiB): every write's bytes are copied into
+ *  blocks (write-path.ts), so a stream seals and refills a few whole chunks' worth of slabs over
+ *  and over; with 8 kept, an import of the corpus allocated most of its 1 GiB afresh (22 full
+ *  collections instead of 7–10: V8 counts such memory and marks every ~30 MB of it). A new slab
+ *  mostly takes a hole a cached frame left, the same size. */
+export const MAX_EMPTY_SLABS = 64;
+/** ...and all volumes of the process together (32 MiB; beyond it, emptied slabs go to the
+ *  collector): kept slabs lie outside the memory budget */
+export const MAX_EMPTY_SLABS_PROCESS = 256;
+/** empty slabs kept by every BlockSlabs of the process (each lets its own go when idle) */
+let emptyInProcess = 0;
 /** empty slabs are let go when no write has taken a block for this long */
 const IDLE_MS = 5_000;
 
@@ -51,7 +59,7 @@ export class BlockSlabs {
       slab = new Slab();
       this.slabs.set(slab.buf.buffer, slab);
       this.partial.add(slab);
-    } else if (slab.free.length === SLOTS) this.empty--;
+    } else if (slab.free.length === SLOTS) this.unkeep();
     const k = slab.free.pop()!;
     slab.isFree[k] = 0;
     if (slab.free.length === 0) this.partial.delete(slab);
@@ -68,8 +76,10 @@ export class BlockSlabs {
     slab.free.push(k);
     if (slab.free.length === 1) this.partial.add(slab);
     if (slab.free.length === SLOTS) {
-      if (this.empty < MAX_EMPTY_SLABS) this.empty++;
-      else this.drop(slab);
+      if (this.empty < MAX_EMPTY_SLABS && emptyInProcess < MAX_EMPTY_SLABS_PROCESS) {
+        this.empty++;
+        emptyInProcess++;
+      } else this.drop(slab);
     }
   }
 
@@ -90,8 +100,13 @@ export class BlockSlabs {
     for (const s of this.slabs.values()) {
       if (s.free.length !== SLOTS) continue;
       this.drop(s);
-      this.empty--;
+      this.unkeep();
     }
+  }
+
+  private unkeep(): void {
+    this.empty--;
+    emptyInProcess--;
   }
 
   private drop(s: Slab): void {

@@ -6,26 +6,12 @@
 // writes never fail for room. Not here: sealing and committing (sealer.ts, commit.ts).
 import { VaultError } from '../errors';
 import { KeyedMutex } from '../util/keyed-mutex';
-import { copyWriteData, writeDataLength, type WriteData } from '../block-io';
+import { copyWriteData, type WriteData } from '../block-io';
 import { splitRange, type ChunkSpan } from './chunk-math';
 import { BLOCK_BYTES } from './journal-record';
 import type { ReadPath } from './read-path';
 import type { VolumeState } from './volume-state';
 import type { MemoryBudget } from '../util/memory-budget';
-
-/** writes at least this long keep their payload as block views */
-const LARGE_WRITE_BYTES = 64 * 1024;
-
-/** The 4 KiB at `from` of the write's payload as a view, when one payload piece holds it all. */
-function viewOf(data: WriteData, from: number): Buffer | null {
-  if (Buffer.isBuffer(data)) return data.subarray(from, from + BLOCK_BYTES);
-  let at = 0;
-  for (const part of data as readonly Buffer[]) {
-    if (from < at + part.length) return from + BLOCK_BYTES <= at + part.length ? part.subarray(from - at, from - at + BLOCK_BYTES) : null;
-    at += part.length;
-  }
-  return null;
-}
 
 export class WritePath {
   private readonly chunkLocks = new KeyedMutex<number>();
@@ -211,10 +197,9 @@ export class WritePath {
     const batch = this.state.active;
     const now = Date.now();
     const end = s.chunkOffset + s.length;
-    // A large write's blocks are views of its payload, not copies (the payload is the request's
-    // own memory, never changed after it arrives); a small write's blocks are copied, so that a
-    // 4 KiB block does not keep a whole socket read alive.
-    const large = data !== null && writeDataLength(data) >= LARGE_WRITE_BYTES;
+    // Every block is copied into slab memory: the payload is nbd/'s, recycled for the next
+    // request once this write returns (nbd/export.ts), and a block kept as a view of it would
+    // also keep a whole payload alive for 4 KiB.
     for (let pos = s.chunkOffset; pos < end; ) {
       const b = Math.floor(pos / BLOCK_BYTES);
       const bStart = b * BLOCK_BYTES;
@@ -227,13 +212,9 @@ export class WritePath {
       } else if (data === null) batch.setBlock(i, b, null, now);
       else {
         const n = segEnd - pos;
-        const from = s.rangeOffset + pos - s.chunkOffset;
-        let blk = large && n === BLOCK_BYTES ? viewOf(data, from) : null;
-        if (!blk) {
-          blk = this.state.blocks.take();
-          copyWriteData(data, from, blk, 0, n);
-          if (n < BLOCK_BYTES) blk.fill(0, n); // the short last block of a volume
-        }
+        const blk = this.state.blocks.take();
+        copyWriteData(data, s.rangeOffset + pos - s.chunkOffset, blk, 0, n);
+        if (n < BLOCK_BYTES) blk.fill(0, n); // the short last block of a volume
         batch.setBlock(i, b, blk, now);
       }
       pos = segEnd;

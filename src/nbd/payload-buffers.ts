@@ -1,0 +1,69 @@
+// Memory for WRITE payloads, recycled. A payload used to be the socket's own reads: a fresh 64 KiB
+// allocation per read, which the kernel's copy faulted in page by page and V8 counted as external
+// memory, starting a full marking every ~30 MB (32 of them for one import of the 1 GiB corpus;
+// BENCHMARKS.md). Now the socket reads into one recycled buffer (socket-reads.ts), the request
+// reader copies each payload into a buffer from here, and the connection gives it back once its
+// request is answered: the Export contract (export.ts) lets an export keep nothing of `data`
+// after write() settles.
+//
+// Buffers come in power-of-two classes (a payload of n bytes takes the class >= n, a view of its
+// first n bytes). Free buffers are kept up to KEPT_BYTES in all and dropped after IDLE_MS without
+// use; payloads above MAX_CLASS_BYTES are plain allocations, never kept. give() takes back only a
+// buffer it lent and has not had back, so a mistake cannot lend one buffer to two requests (two
+// connections, possibly two volumes). A payload is always filled whole before anyone reads it:
+// what a buffer held before never shows.
+import { IdleTimer } from '../util/idle-timer';
+
+const MIN_CLASS_BYTES = 4096;
+/** payloads above this (2 MiB .. 32 MiB writes, rare) are allocated each time */
+export const MAX_CLASS_BYTES = 4 * 1024 * 1024;
+/** free payload memory kept for the next requests, all classes together */
+export const KEPT_BYTES = 16 * 1024 * 1024;
+const IDLE_MS = 5_000;
+
+function classBytes(length: number): number {
+  return Math.max(MIN_CLASS_BYTES, 2 ** Math.ceil(Math.log2(length)));
+}
+
+export class PayloadBuffers {
+  /** free whole buffers by class size */
+  private readonly free = new Map<number, Buffer[]>();
+  private keptBytes = 0;
+  /** backing stores lent and not given back */
+  private readonly lent = new WeakSet<ArrayBufferLike>();
+  private readonly idle = new IdleTimer(IDLE_MS, () => this.dropAll());
+
+  /** `length` bytes for a payload (content undefined: the caller fills it all). */
+  take(length: number): Buffer {
+    if (length > MAX_CLASS_BYTES) return Buffer.allocUnsafeSlow(length);
+    this.idle.touch();
+    const size = classBytes(length);
+    let whole = this.free.get(size)?.pop();
+    if (whole) this.keptBytes -= size;
+    else whole = Buffer.allocUnsafeSlow(size);
+    this.lent.add(whole.buffer);
+    return whole.subarray(0, length);
+  }
+
+  /** A payload from take() that nothing reads any more. Anything else: ignored. */
+  give(payload: Buffer | null | undefined): void {
+    if (!payload || payload.byteOffset !== 0 || !this.lent.has(payload.buffer)) return;
+    this.lent.delete(payload.buffer);
+    const size = payload.buffer.byteLength;
+    if (this.keptBytes + size > KEPT_BYTES) return; // left to the collector
+    const list = this.free.get(size) ?? [];
+    list.push(Buffer.from(payload.buffer, 0, size));
+    this.free.set(size, list);
+    this.keptBytes += size;
+  }
+
+  /** free bytes kept (tests, metrics) */
+  get kept(): number {
+    return this.keptBytes;
+  }
+
+  private dropAll(): void {
+    this.free.clear();
+    this.keptBytes = 0;
+  }
+}

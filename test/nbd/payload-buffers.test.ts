@@ -1,0 +1,45 @@
+// Recycled WRITE payload memory (payload-buffers.ts). What must hold: one owner at a time (a
+// payload given back twice, or memory the pool never lent, is never lent again); a payload is a
+// view of exactly the length asked; free memory kept stays under KEPT_BYTES and goes after an idle
+// spell; payloads above MAX_CLASS_BYTES are never kept.
+import { test, mock } from 'node:test';
+import assert from 'node:assert/strict';
+import { KEPT_BYTES, MAX_CLASS_BYTES, PayloadBuffers } from '../../src/nbd/payload-buffers';
+
+test('payload buffers: one owner at a time, reused by size class', () => {
+  const pool = new PayloadBuffers();
+  const a = pool.take(5000);
+  assert.equal(a.length, 5000);
+  pool.give(a);
+  pool.give(a); // twice: kept once
+  pool.give(Buffer.alloc(8192)); // never lent
+  pool.give(null);
+  assert.equal(pool.kept, 8192);
+  const b = pool.take(6000); // same class (8 KiB): a's memory
+  const c = pool.take(7000); // nothing kept any more: new memory
+  assert.equal(b.buffer, a.buffer);
+  assert.notEqual(c.buffer, a.buffer, 'a payload given back twice is lent once');
+  assert.equal(pool.kept, 0);
+  pool.give(b.subarray(1)); // not the payload as lent
+  assert.equal(pool.kept, 0);
+  const d = pool.take(100_000); // another class
+  assert.notEqual(d.buffer, b.buffer);
+  assert.equal(d.length, 100_000);
+});
+
+test('payload buffers: what is kept stays bounded, big payloads are not kept, idle ones go', () => {
+  mock.timers.enable({ apis: ['setTimeout', 'Date'] });
+  try {
+    const pool = new PayloadBuffers();
+    const big = pool.take(MAX_CLASS_BYTES + 1);
+    pool.give(big);
+    assert.equal(pool.kept, 0, 'a payload above the largest class is never kept');
+    const many = Array.from({ length: (2 * KEPT_BYTES) / MAX_CLASS_BYTES }, () => pool.take(MAX_CLASS_BYTES));
+    for (const p of many) pool.give(p);
+    assert.equal(pool.kept, KEPT_BYTES);
+    mock.timers.tick(6_000);
+    assert.equal(pool.kept, 0, 'an idle pool lets its memory go');
+  } finally {
+    mock.timers.reset();
+  }
+});
