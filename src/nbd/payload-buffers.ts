@@ -7,7 +7,9 @@
 // after write() settles.
 //
 // Buffers come in power-of-two classes (a payload of n bytes takes the class >= n, a view of its
-// first n bytes). Free buffers are kept up to KEPT_BYTES in all and dropped after IDLE_MS without
+// first n bytes). Free buffers are kept up to KEPT_BYTES in all, the class given back to longest
+// ago making room for the others (a random-write phase must not leave the pool full of 4 KiB
+// buffers that a stream of 1 MiB writes then cannot use), and all dropped after IDLE_MS without
 // use; payloads above MAX_CLASS_BYTES are plain allocations, never kept. give() takes back only a
 // buffer it lent and has not had back, so a mistake cannot lend one buffer to two requests (two
 // connections, possibly two volumes). A payload is always filled whole before anyone reads it:
@@ -26,7 +28,7 @@ function classBytes(length: number): number {
 }
 
 export class PayloadBuffers {
-  /** free whole buffers by class size */
+  /** free whole buffers by class size, the class given back to most recently last */
   private readonly free = new Map<number, Buffer[]>();
   private keptBytes = 0;
   /** backing stores lent and not given back */
@@ -50,10 +52,16 @@ export class PayloadBuffers {
     if (!payload || payload.byteOffset !== 0 || !this.lent.has(payload.buffer)) return;
     this.lent.delete(payload.buffer);
     const size = payload.buffer.byteLength;
-    if (this.keptBytes + size > KEPT_BYTES) return; // left to the collector
     const list = this.free.get(size) ?? [];
-    list.push(Buffer.from(payload.buffer, 0, size));
+    this.free.delete(size); // (re)inserted last: most recently given back
     this.free.set(size, list);
+    for (const [other, old] of this.free) {
+      if (this.keptBytes + size <= KEPT_BYTES || other === size) break;
+      this.keptBytes -= old.length * other; // the least recently given back class goes first
+      this.free.delete(other);
+    }
+    if (this.keptBytes + size > KEPT_BYTES) return; // its own class fills the pool: to the collector
+    list.push(Buffer.from(payload.buffer, 0, size));
     this.keptBytes += size;
   }
 

@@ -22,15 +22,16 @@ import { BLOCK_BYTES } from './journal-record';
  *  of growing the heap (1 MiB slabs did not fit the 128 KiB holes: no gain once the cache was full). */
 export const SLAB_BYTES = FRAME_BYTES;
 const SLOTS = SLAB_BYTES / BLOCK_BYTES;
-/** empty slabs a volume keeps for its next writes (8 MiB): every write's bytes are copied into
- *  blocks (write-path.ts), so a stream seals and refills a few whole chunks' worth of slabs over
- *  and over; with 8 kept, an import of the corpus allocated most of its 1 GiB afresh (22 full
- *  collections instead of 7–10: V8 counts such memory and marks every ~30 MB of it). A new slab
- *  mostly takes a hole a cached frame left, the same size. */
-export const MAX_EMPTY_SLABS = 64;
-/** ...and all volumes of the process together (32 MiB; beyond it, emptied slabs go to the
+/** empty slabs a volume keeps for its next writes (16 MiB): every write's bytes are copied into
+ *  blocks (write-path.ts), so a stream seals and refills several whole chunks' worth of slabs
+ *  over and over; with 8 kept, an import of the corpus allocated most of its 1 GiB afresh (22 full
+ *  collections instead of 7–10: V8 counts such memory and marks every ~30 MB of it), and with 64
+ *  a 1M sequential write still allocated a third of it. A new slab mostly takes a hole a cached
+ *  frame left, the same size. */
+export const MAX_EMPTY_SLABS = 128;
+/** ...and all volumes of the process together (48 MiB; beyond it, emptied slabs go to the
  *  collector): kept slabs lie outside the memory budget */
-export const MAX_EMPTY_SLABS_PROCESS = 256;
+export const MAX_EMPTY_SLABS_PROCESS = 384;
 /** empty slabs kept by every BlockSlabs of the process (each lets its own go when idle) */
 let emptyInProcess = 0;
 /** empty slabs are let go when no write has taken a block for this long */

@@ -27,6 +27,20 @@ test('payload buffers: one owner at a time, reused by size class', () => {
   assert.equal(d.length, 100_000);
 });
 
+test('payload buffers: a full pool makes room for the class given back now', () => {
+  const pool = new PayloadBuffers();
+  // a random-write phase fills the pool with 4 KiB buffers
+  const small = Array.from({ length: KEPT_BYTES / 4096 + 10 }, () => pool.take(4096));
+  for (const p of small) pool.give(p);
+  assert.equal(pool.kept, KEPT_BYTES);
+  // then a stream of 1 MiB writes: its buffers are kept, the 4 KiB ones make room
+  const big = Array.from({ length: 4 }, () => pool.take(1 << 20));
+  for (const p of big) pool.give(p);
+  const again = Array.from({ length: 4 }, () => pool.take(1 << 20));
+  assert.deepEqual(new Set(again.map((b) => b.buffer)), new Set(big.map((b) => b.buffer)), 'the 1 MiB buffers were kept and are reused');
+  assert.ok(pool.kept <= KEPT_BYTES - 4 * (1 << 20) + 4096, `4 KiB buffers gave way (${pool.kept} bytes kept)`);
+});
+
 test('payload buffers: what is kept stays bounded, big payloads are not kept, idle ones go', () => {
   mock.timers.enable({ apis: ['setTimeout', 'Date'] });
   try {

@@ -7,7 +7,7 @@ import { test, mock } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { seededRandom } from '../../src/store/seeded-random';
-import { BlockSlabs, MAX_EMPTY_SLABS, SLAB_BYTES } from '../../src/volume/block-slabs';
+import { BlockSlabs, MAX_EMPTY_SLABS, MAX_EMPTY_SLABS_PROCESS, SLAB_BYTES } from '../../src/volume/block-slabs';
 import { CHUNK_SIZE } from '../../src/volume/chunk-math';
 import { makeVault } from './vault-fixture';
 
@@ -54,6 +54,28 @@ test('empty slabs beyond a few are let go at once, the rest after an idle spell'
     const again = slabs.take();
     assert.equal(again.buffer, blocks[count * perSlab - 1].buffer, 'the partly used slab is taken from first');
     assert.equal(slabs.blocksInUse, 2);
+  } finally {
+    mock.timers.reset();
+  }
+});
+
+test('all volumes together keep at most MAX_EMPTY_SLABS_PROCESS empty slabs', () => {
+  mock.timers.enable({ apis: ['setTimeout', 'Date'] });
+  try {
+    const perSlab = SLAB_BYTES / 4096;
+    const volumes = Array.from({ length: Math.ceil(MAX_EMPTY_SLABS_PROCESS / MAX_EMPTY_SLABS) + 1 }, () => new BlockSlabs());
+    for (const slabs of volumes) {
+      const blocks = Array.from({ length: MAX_EMPTY_SLABS * perSlab }, () => slabs.take());
+      for (const x of blocks) slabs.give(x);
+    }
+    const held = volumes.reduce((n, s) => n + s.heldBytes, 0);
+    assert.equal(held, MAX_EMPTY_SLABS_PROCESS * SLAB_BYTES, 'the last volumes let theirs go at once');
+    mock.timers.tick(6_000);
+    assert.equal(volumes.reduce((n, s) => n + s.heldBytes, 0), 0, 'idle: none kept');
+    // the process allowance is back: a volume keeps its empty slabs again
+    const blocks = Array.from({ length: 2 * perSlab }, () => volumes[0].take());
+    for (const x of blocks) volumes[0].give(x);
+    assert.equal(volumes[0].heldBytes, 2 * SLAB_BYTES);
   } finally {
     mock.timers.reset();
   }
