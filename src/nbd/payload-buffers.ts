@@ -10,11 +10,22 @@
 // first n bytes). Free buffers are kept up to KEPT_BYTES in all, the class given back to longest
 // ago making room for the others (a random-write phase must not leave the pool full of 4 KiB
 // buffers that a stream of 1 MiB writes then cannot use), and all dropped after IDLE_MS without
-// use; payloads above MAX_CLASS_BYTES are plain allocations, never kept. give() takes back only a
+// use; payloads above MAX_CLASS_BYTES are plain allocations, never kept. A kept buffer holds its
+// bytes of the process memory budget, from free room only (never pushing cached data out); with
+// none free it is not kept. give() takes back only a
 // buffer it lent and has not had back, so a mistake cannot lend one buffer to two requests (two
 // connections, possibly two volumes). A payload is always filled whole before anyone reads it:
 // what a buffer held before never shows.
 import { IdleTimer } from '../util/idle-timer';
+import type { MemoryBudget } from '../util/memory-budget';
+
+interface Kept {
+  readonly whole: Buffer;
+  /** its hold on the memory budget */
+  readonly release: () => void;
+}
+
+const NO_HOLD = (): void => {};
 
 const MIN_CLASS_BYTES = 4096;
 /** payloads above this (2 MiB .. 32 MiB writes, rare) are allocated each time */
@@ -29,20 +40,26 @@ function classBytes(length: number): number {
 
 export class PayloadBuffers {
   /** free whole buffers by class size, the class given back to most recently last */
-  private readonly free = new Map<number, Buffer[]>();
+  private readonly free = new Map<number, Kept[]>();
   private keptBytes = 0;
   /** backing stores lent and not given back */
   private readonly lent = new WeakSet<ArrayBufferLike>();
   private readonly idle = new IdleTimer(IDLE_MS, () => this.dropAll());
+
+  constructor(private readonly budget?: MemoryBudget) {}
 
   /** `length` bytes for a payload (content undefined: the caller fills it all). */
   take(length: number): Buffer {
     if (length > MAX_CLASS_BYTES) return Buffer.allocUnsafeSlow(length);
     this.idle.touch();
     const size = classBytes(length);
-    let whole = this.free.get(size)?.pop();
-    if (whole) this.keptBytes -= size;
-    else whole = Buffer.allocUnsafeSlow(size);
+    const kept = this.free.get(size)?.pop();
+    let whole: Buffer;
+    if (kept) {
+      kept.release(); // in a request now: its connection's share of the budget counts it
+      this.keptBytes -= size;
+      whole = kept.whole;
+    } else whole = Buffer.allocUnsafeSlow(size);
     this.lent.add(whole.buffer);
     return whole.subarray(0, length);
   }
@@ -57,11 +74,12 @@ export class PayloadBuffers {
     this.free.set(size, list);
     for (const [other, old] of this.free) {
       if (this.keptBytes + size <= KEPT_BYTES || other === size) break;
-      this.keptBytes -= old.length * other; // the least recently given back class goes first
-      this.free.delete(other);
+      this.drop(other, old); // the least recently given back class goes first
     }
     if (this.keptBytes + size > KEPT_BYTES) return; // its own class fills the pool: to the collector
-    list.push(Buffer.from(payload.buffer, 0, size));
+    const release = this.budget ? this.budget.tryReserveFree(size) : NO_HOLD;
+    if (!release) return; // no free room in the budget: to the collector
+    list.push({ whole: Buffer.from(payload.buffer, 0, size), release });
     this.keptBytes += size;
   }
 
@@ -70,8 +88,13 @@ export class PayloadBuffers {
     return this.keptBytes;
   }
 
+  private drop(size: number, list: Kept[]): void {
+    for (const k of list) k.release();
+    this.keptBytes -= list.length * size;
+    this.free.delete(size);
+  }
+
   private dropAll(): void {
-    this.free.clear();
-    this.keptBytes = 0;
+    for (const [size, list] of this.free) this.drop(size, list);
   }
 }

@@ -104,7 +104,7 @@ export async function startNbdServer(opts: NbdServerOptions): Promise<NbdServerH
     negotiationLog: admission.log,
     metrics: opts.metrics,
     memoryBudget: opts.memoryBudget,
-    payloads: new PayloadBuffers(),
+    payloads: new PayloadBuffers(opts.memoryBudget),
   };
   // Without TLS, sockets read into one recycled buffer (socket-reads.ts): accepted paused, then
   // wrapped again before anything is read. (TLS is on or off for the server's life.)

@@ -16,6 +16,9 @@
 import { FRAME_BYTES } from '../codec';
 import { IdleTimer } from '../util/idle-timer';
 import { BLOCK_BYTES } from './journal-record';
+import type { MemoryBudget } from '../util/memory-budget';
+
+const NO_HOLD = (): void => {};
 
 /** A decoded frame's size: memory the read cache gives up when dirty data grows (the budget makes
  *  it evict) is a free heap chunk of exactly a slab's size, so the slab takes that memory instead
@@ -30,7 +33,8 @@ const SLOTS = SLAB_BYTES / BLOCK_BYTES;
  *  frame left, the same size. */
 export const MAX_EMPTY_SLABS = 128;
 /** ...and all volumes of the process together (48 MiB; beyond it, emptied slabs go to the
- *  collector): kept slabs lie outside the memory budget */
+ *  collector). A kept slab also holds its bytes of the memory budget, from free room only (it
+ *  never pushes cached frames out); none free: it goes. */
 export const MAX_EMPTY_SLABS_PROCESS = 384;
 /** empty slabs kept by every BlockSlabs of the process (each lets its own go when idle) */
 let emptyInProcess = 0;
@@ -43,6 +47,8 @@ class Slab {
   readonly isFree = new Uint8Array(SLOTS).fill(1);
   /** free slot numbers, a stack */
   readonly free: number[] = Array.from({ length: SLOTS }, (_, k) => SLOTS - 1 - k);
+  /** kept empty: its hold on the memory budget (a no-op without one) */
+  kept: (() => void) | null = null;
 }
 
 export class BlockSlabs {
@@ -52,6 +58,8 @@ export class BlockSlabs {
   private empty = 0;
   private readonly idle = new IdleTimer(IDLE_MS, () => this.dropEmpty());
 
+  constructor(private readonly budget?: MemoryBudget) {}
+
   /** A 4 KiB block of slab memory, its content whatever it held before. */
   take(): Buffer {
     this.idle.touch();
@@ -60,7 +68,7 @@ export class BlockSlabs {
       slab = new Slab();
       this.slabs.set(slab.buf.buffer, slab);
       this.partial.add(slab);
-    } else if (slab.free.length === SLOTS) this.unkeep();
+    } else if (slab.free.length === SLOTS) this.unkeep(slab);
     const k = slab.free.pop()!;
     slab.isFree[k] = 0;
     if (slab.free.length === 0) this.partial.delete(slab);
@@ -77,7 +85,9 @@ export class BlockSlabs {
     slab.free.push(k);
     if (slab.free.length === 1) this.partial.add(slab);
     if (slab.free.length === SLOTS) {
-      if (this.empty < MAX_EMPTY_SLABS && emptyInProcess < MAX_EMPTY_SLABS_PROCESS) {
+      const hold = this.empty < MAX_EMPTY_SLABS && emptyInProcess < MAX_EMPTY_SLABS_PROCESS ? (this.budget ? this.budget.tryReserveFree(SLAB_BYTES) : NO_HOLD) : null;
+      if (hold) {
+        slab.kept = hold;
         this.empty++;
         emptyInProcess++;
       } else this.drop(slab);
@@ -96,16 +106,24 @@ export class BlockSlabs {
     return n;
   }
 
+  /** Let every empty slab go now (the volume closes). */
+  dropKept(): void {
+    this.idle.cancel();
+    this.dropEmpty();
+  }
+
   /** Let every empty slab go (idle). */
   private dropEmpty(): void {
     for (const s of this.slabs.values()) {
       if (s.free.length !== SLOTS) continue;
       this.drop(s);
-      this.unkeep();
+      this.unkeep(s);
     }
   }
 
-  private unkeep(): void {
+  private unkeep(s: Slab): void {
+    s.kept?.();
+    s.kept = null;
     this.empty--;
     emptyInProcess--;
   }

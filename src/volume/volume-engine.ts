@@ -120,7 +120,7 @@ export class VolumeEngine {
     logger: Logger,
   ) {
     if (root.chunkSize !== CHUNK_SIZE) throw new VaultError('ERR_CORRUPT', `volume "${name}" uses chunk size ${root.chunkSize}, this build supports ${CHUNK_SIZE}`);
-    const state = new VolumeState(manifest, root, rootEtag);
+    const state = new VolumeState(manifest, root, rootEtag, opts.memoryBudget);
     this.state = state;
     this.reads = new ReadPath(name, state, objects, new ReadCache(opts.readCacheBytes, opts.memoryBudget), opts.readaheadChunks, logger, opts.followsWriter === true);
     this.writes = new WritePath(state, this.reads, opts.dirtyLimitBytes, () => this.writeBack.sealSome(), opts.memoryBudget);
@@ -410,6 +410,7 @@ export class VolumeEngine {
       // Dirty data a flush could not store (a lost lease, a failing store) is given up with the
       // engine: its share of the process budget goes back to the other volumes.
       for (const batch of this.state.batchesNewestFirst()) for (const c of batch.chunks.values()) c.giveBudgetBack();
+      this.state.blocks.dropKept(); // and so do the empty slabs it kept for next writes
       await this.opts.lease?.release();
     }
   }

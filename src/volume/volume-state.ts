@@ -10,11 +10,12 @@ import { BLOCK_BYTES } from './journal-record';
 import { JournalOverlay } from './journal-overlay';
 import type { Manifest } from './manifest';
 import type { RootRecord } from './root-record';
+import type { MemoryBudget } from '../util/memory-budget';
 
 export class VolumeState {
   readonly overlay = new JournalOverlay();
-  /** memory of the dirty blocks small writes copy */
-  readonly blocks = new BlockSlabs();
+  /** memory of the dirty blocks writes copy */
+  readonly blocks: BlockSlabs;
   /** where writes go now */
   active: DirtyBatch;
   /** batches being sealed (or whose sealing failed and will be retried), oldest first */
@@ -38,7 +39,10 @@ export class VolumeState {
     readonly manifest: Manifest,
     root: RootRecord,
     etag: string | null,
+    /** the process memory budget: empty slabs kept for the next writes hold their bytes of it */
+    budget?: MemoryBudget,
   ) {
+    this.blocks = new BlockSlabs(budget);
     this.epoch = root.epoch;
     this.seq = root.seq;
     this.sizeBytes = root.size;

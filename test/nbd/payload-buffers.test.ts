@@ -5,6 +5,7 @@
 import { test, mock } from 'node:test';
 import assert from 'node:assert/strict';
 import { KEPT_BYTES, MAX_CLASS_BYTES, PayloadBuffers } from '../../src/nbd/payload-buffers';
+import { MemoryBudget } from '../../src/util/memory-budget';
 
 test('payload buffers: one owner at a time, reused by size class', () => {
   const pool = new PayloadBuffers();
@@ -53,6 +54,32 @@ test('payload buffers: what is kept stays bounded, big payloads are not kept, id
     assert.equal(pool.kept, KEPT_BYTES);
     mock.timers.tick(6_000);
     assert.equal(pool.kept, 0, 'an idle pool lets its memory go');
+  } finally {
+    mock.timers.reset();
+  }
+});
+
+test('payload buffers: kept memory holds its bytes of the memory budget, from free room only', () => {
+  mock.timers.enable({ apis: ['setTimeout', 'Date'] });
+  try {
+    const budget = new MemoryBudget(1 << 20);
+    const pool = new PayloadBuffers(budget);
+    const a = pool.take(256 * 1024);
+    const b = pool.take(256 * 1024);
+    assert.equal(budget.usedBytes, 0, 'a payload in a request is its connection’s to count');
+    pool.give(a);
+    assert.equal(budget.usedBytes, 256 * 1024, 'kept: held');
+    const others = budget.tryReserve(768 * 1024)!; // the rest of the budget goes to others
+    pool.give(b);
+    assert.equal(pool.kept, 256 * 1024, 'no free room: not kept');
+    assert.equal(budget.usedBytes, 1 << 20);
+    others();
+    assert.equal(pool.take(200_000).buffer, a.buffer, 'taken again');
+    assert.equal(budget.usedBytes, 0, 'taken: its hold goes');
+    pool.give(pool.take(4096));
+    assert.equal(budget.usedBytes, 4096);
+    mock.timers.tick(6_000);
+    assert.equal(budget.usedBytes, 0, 'idle: let go, hold and all');
   } finally {
     mock.timers.reset();
   }

@@ -10,6 +10,7 @@ import { seededRandom } from '../../src/store/seeded-random';
 import { BlockSlabs, MAX_EMPTY_SLABS, MAX_EMPTY_SLABS_PROCESS, SLAB_BYTES } from '../../src/volume/block-slabs';
 import { CHUNK_SIZE } from '../../src/volume/chunk-math';
 import { makeVault } from './vault-fixture';
+import { MemoryBudget } from '../../src/util/memory-budget';
 
 const MiB = 2 ** 20;
 
@@ -79,6 +80,24 @@ test('all volumes together keep at most MAX_EMPTY_SLABS_PROCESS empty slabs', ()
   } finally {
     mock.timers.reset();
   }
+});
+
+test('kept empty slabs hold their bytes of the memory budget, from free room only; a closing volume lets them go', () => {
+  const perSlab = SLAB_BYTES / 4096;
+  const budget = new MemoryBudget(4 * SLAB_BYTES);
+  const slabs = new BlockSlabs(budget);
+  const blocks = Array.from({ length: 3 * perSlab }, () => slabs.take());
+  assert.equal(budget.usedBytes, 0, 'blocks in use are their writes’ to count');
+  const others = budget.tryReserve(2 * SLAB_BYTES)!;
+  for (const x of blocks) slabs.give(x);
+  assert.equal(slabs.heldBytes, 2 * SLAB_BYTES, 'two kept, the third let go: no free room for it');
+  assert.equal(budget.usedBytes, 4 * SLAB_BYTES);
+  slabs.take();
+  assert.equal(budget.usedBytes, 3 * SLAB_BYTES, 'a kept slab in use again: its hold goes');
+  others();
+  slabs.dropKept();
+  assert.equal(budget.usedBytes, 0);
+  assert.equal(slabs.heldBytes, SLAB_BYTES, 'only the slab in use');
 });
 
 test('a volume reuses block memory without mixing writes up, and gives every block back when sealed', async (t) => {
