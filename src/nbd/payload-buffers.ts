@@ -46,7 +46,10 @@ export class PayloadBuffers {
   private readonly lent = new WeakSet<ArrayBufferLike>();
   private readonly idle = new IdleTimer(IDLE_MS, () => this.dropAll());
 
-  constructor(private readonly budget?: MemoryBudget) {}
+  constructor(private readonly budget?: MemoryBudget) {
+    // kept buffers give way to anyone who needs the room
+    budget?.registerCache({ evict: (bytes) => this.evictKept(bytes) });
+  }
 
   /** `length` bytes for a payload (content undefined: the caller fills it all). */
   take(length: number): Buffer {
@@ -92,6 +95,16 @@ export class PayloadBuffers {
     for (const k of list) k.release();
     this.keptBytes -= list.length * size;
     this.free.delete(size);
+  }
+
+  /** The budget needs room: drop kept buffers, least recently given back class first. */
+  private evictKept(bytes: number): number {
+    const before = this.keptBytes;
+    for (const [size, list] of this.free) {
+      if (before - this.keptBytes >= bytes) break;
+      this.drop(size, list);
+    }
+    return before - this.keptBytes;
   }
 
   private dropAll(): void {

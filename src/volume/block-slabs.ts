@@ -58,7 +58,13 @@ export class BlockSlabs {
   private empty = 0;
   private readonly idle = new IdleTimer(IDLE_MS, () => this.dropEmpty());
 
-  constructor(private readonly budget?: MemoryBudget) {}
+  /** takes this pool off the budget's list of what gives memory back */
+  private readonly unregister: () => void;
+
+  constructor(private readonly budget?: MemoryBudget) {
+    // kept slabs give way to anyone who needs the room (a writer, a request, a cache filling)
+    this.unregister = budget?.registerCache({ evict: (bytes) => this.evictKept(bytes) }) ?? (() => {});
+  }
 
   /** A 4 KiB block of slab memory, its content whatever it held before. */
   take(): Buffer {
@@ -106,10 +112,29 @@ export class BlockSlabs {
     return n;
   }
 
-  /** Let every empty slab go now (the volume closes). */
+  /** Let every empty slab go now, for good (the volume closes). */
   dropKept(): void {
     this.idle.cancel();
     this.dropEmpty();
+    this.unregister();
+  }
+
+  /** bytes of empty slabs kept for the next writes (each holds its bytes of the budget) */
+  get keptBytes(): number {
+    return this.empty * SLAB_BYTES;
+  }
+
+  /** The budget needs room: let empty slabs go until `bytes` are freed; returns the bytes freed. */
+  private evictKept(bytes: number): number {
+    let freed = 0;
+    for (const s of this.slabs.values()) {
+      if (freed >= bytes) break;
+      if (s.free.length !== SLOTS || !s.kept) continue;
+      this.drop(s);
+      this.unkeep(s);
+      freed += SLAB_BYTES;
+    }
+    return freed;
   }
 
   /** Let every empty slab go (idle). */

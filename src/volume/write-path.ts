@@ -93,7 +93,10 @@ export class WritePath {
         if (release || this.state.dirtyBytes === 0) break;
         await this.waitForRoom();
       }
-      await Promise.all(spans.map((s) => this.writeSpan(s, data)));
+      // every span settles before the write does: the payload is nbd/'s again once it returns, and
+      // a span still waiting for its chunk's lock must not copy another request's bytes later
+      const settled = await Promise.allSettled(spans.map((s) => this.writeSpan(s, data)));
+      for (const r of settled) if (r.status === 'rejected') throw r.reason;
     } finally {
       admitted();
       if (release) this.holdUntilStored(spans, release);

@@ -78,6 +78,11 @@ test('payload buffers: kept memory holds its bytes of the memory budget, from fr
     assert.equal(budget.usedBytes, 0, 'taken: its hold goes');
     pool.give(pool.take(4096));
     assert.equal(budget.usedBytes, 4096);
+    const all = budget.tryReserve(1 << 20);
+    assert.ok(all, 'kept buffers give way to whoever needs the whole budget');
+    assert.equal(pool.kept, 0);
+    all();
+    pool.give(pool.take(4096));
     mock.timers.tick(6_000);
     assert.equal(budget.usedBytes, 0, 'idle: let go, hold and all');
   } finally {

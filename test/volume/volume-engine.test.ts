@@ -356,3 +356,32 @@ test('a damaged volume metadata object hides only that volume', async (t) => {
   assert.deepEqual((await f.vault.listVolumes()).map((v) => v.name), ['b']);
   await assert.rejects(f.vault.openEngine('a'), (err: VaultError) => err.code === 'ERR_NOT_FOUND');
 });
+
+test('a write that fails in one chunk reads nothing of its data after it returns (nbd/ reuses that memory)', async (t) => {
+  // a probe's finding: one span's failed block read rejected the write while another span still
+  // waited, and that span later copied whatever the recycled payload held by then
+  const f = await makeVault();
+  t.after(() => f.cleanup());
+  await f.vault.createVolume('v', 16 * MiB);
+  const e = await f.vault.openEngine('v', { readCacheBytes: 0 });
+  t.after(() => e.close());
+  await e.write(0, Buffer.alloc(8 * MiB, 0x11));
+  await e.flush();
+  const reads = (e as unknown as { reads: { block(i: number, b: number): Promise<Buffer> } }).reads;
+  const block = reads.block.bind(reads);
+  reads.block = async (i, b) => {
+    if (i === 0) {
+      await new Promise((r) => setTimeout(r, 1));
+      throw new VaultError('ERR_IO', 'store read failed (injected)');
+    }
+    await new Promise((r) => setTimeout(r, 100));
+    return block(i, b);
+  };
+  const payload = Buffer.alloc(64 * 1024, 0xaa); // partial blocks at both ends, across chunks 0 and 1
+  await assert.rejects(e.write(4 * MiB - 32 * 1024 + 100, payload), /injected/);
+  payload.fill(0xbb); // what nbd/ does with it next: another request's bytes
+  await new Promise((r) => setTimeout(r, 300));
+  reads.block = block;
+  const back = await e.read(4 * MiB, 32 * 1024);
+  assert.ok(!back.includes(0xbb), 'no byte of what the memory held after the write returned');
+});
