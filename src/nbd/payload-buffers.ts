@@ -46,9 +46,22 @@ export class PayloadBuffers {
   private readonly lent = new WeakSet<ArrayBufferLike>();
   private readonly idle = new IdleTimer(IDLE_MS, () => this.dropAll());
 
+  /** takes this pool off the budget's list of what gives memory back */
+  private readonly unregister: () => void;
+
   constructor(private readonly budget?: MemoryBudget) {
     // kept buffers give way to anyone who needs the room
-    budget?.registerCache({ evict: (bytes) => this.evictKept(bytes) });
+    this.unregister = budget?.registerCache({ evict: (bytes) => this.evictKept(bytes) }) ?? (() => {});
+  }
+
+  private closed = false;
+
+  /** The server stopped: let everything kept go, holds and all, and keep nothing from now on. */
+  close(): void {
+    this.closed = true;
+    this.idle.cancel();
+    this.dropAll();
+    this.unregister();
   }
 
   /** `length` bytes for a payload (content undefined: the caller fills it all). */
@@ -71,6 +84,7 @@ export class PayloadBuffers {
   give(payload: Buffer | null | undefined): void {
     if (!payload || payload.byteOffset !== 0 || !this.lent.has(payload.buffer)) return;
     this.lent.delete(payload.buffer);
+    if (this.closed) return;
     const size = payload.buffer.byteLength;
     const list = this.free.get(size) ?? [];
     this.free.delete(size); // (re)inserted last: most recently given back

@@ -93,6 +93,7 @@ export async function startNbdServer(opts: NbdServerOptions): Promise<NbdServerH
     },
     opts.logger,
   );
+  const payloads = new PayloadBuffers(opts.memoryBudget);
   const connOpts: ConnectionOptions = {
     provider: opts.provider,
     logger: opts.logger,
@@ -104,7 +105,7 @@ export async function startNbdServer(opts: NbdServerOptions): Promise<NbdServerH
     negotiationLog: admission.log,
     metrics: opts.metrics,
     memoryBudget: opts.memoryBudget,
-    payloads: new PayloadBuffers(opts.memoryBudget),
+    payloads,
   };
   // Without TLS, sockets read into one recycled buffer (socket-reads.ts): accepted paused, then
   // wrapped again before anything is read. (TLS is on or off for the server's life.)
@@ -197,6 +198,7 @@ export async function startNbdServer(opts: NbdServerOptions): Promise<NbdServerH
       await opts.provider.closeAll();
       opts.logger.info('all exports flushed and closed');
     } finally {
+      payloads.close();
       if (stragglers && !(await settledWithin(drained, SHUTDOWN_STRAGGLER_WAIT_MS))) {
         opts.logger.warn({ connections: connections.size }, 'requests still running after the exports closed: stopping without them');
       }

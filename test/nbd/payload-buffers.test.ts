@@ -89,3 +89,16 @@ test('payload buffers: kept memory holds its bytes of the memory budget, from fr
     mock.timers.reset();
   }
 });
+
+test('payload buffers: a closed pool lets its memory go and keeps nothing given back later', () => {
+  const budget = new MemoryBudget(1 << 20);
+  const pool = new PayloadBuffers(budget);
+  const late = pool.take(4096); // a request still running when the server stops
+  pool.give(pool.take(8192));
+  assert.equal(budget.usedBytes, 8192);
+  pool.close();
+  assert.equal(budget.usedBytes, 0);
+  pool.give(late);
+  assert.equal(pool.kept, 0);
+  assert.equal(budget.usedBytes, 0);
+});
