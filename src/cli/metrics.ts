@@ -20,7 +20,7 @@ export type EngineStatsSource = () => Array<{ name: string; readOnly: boolean; s
 const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
 /** The memory budget, and what chunk fetches hold beside it (volume/fetch-memory.ts). */
-export type ProcessMemoryStats = MemoryBudgetStats & { fetchFloorBytes?: number; fetchesWaiting?: number };
+export type ProcessMemoryStats = MemoryBudgetStats & { fetchFloorBytes?: number; fetchesWaiting?: number; payloadsKeptBytes?: number; slabsKeptBytes?: number };
 
 export class PromMetrics implements MetricsSink {
   readonly registry = new client.Registry();
@@ -95,6 +95,8 @@ export class PromMetrics implements MetricsSink {
       gauge('nbd_vault_memory_waiting', 'Reservations waiting for room in the memory budget (backpressure)', (m) => m.waiting);
       gauge('nbd_vault_memory_waiting_bytes', 'Bytes the waiting reservations ask for', (m) => m.waitingBytes);
       gauge('nbd_vault_fetch_floor_bytes', 'Bytes chunk fetches hold of their own floor, outside the budget (it had no free room)', (m) => m.fetchFloorBytes ?? 0);
+      gauge('nbd_vault_payload_buffers_kept_bytes', 'Bytes of WRITE payload memory kept for the next requests (they hold budget, and give way)', (m) => m.payloadsKeptBytes ?? 0);
+      gauge('nbd_vault_dirty_slabs_kept_bytes', 'Bytes of emptied dirty-block memory volumes keep for their next writes (they hold budget, and give way)', (m) => m.slabsKeptBytes ?? 0);
       gauge('nbd_vault_fetches_waiting', 'Chunk fetches waiting for memory (the budget and the fetch floor are full)', (m) => m.fetchesWaiting ?? 0);
       new client.Counter({
         name: 'nbd_vault_memory_waits_total',

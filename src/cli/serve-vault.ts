@@ -26,6 +26,8 @@ import { WarmJobs } from './cache-command';
 import type { ObjectStore } from '../store/object-store';
 import { isVolumeDataKey, metaKey, volumeDeletingKey, volumePrefix } from '../volume/object-keys';
 import { volumeIdCandidates } from '../volume/volume-references';
+import { keptPayloadBytesInProcess } from '../nbd/payload-buffers';
+import { keptSlabBytesInProcess } from '../volume/block-slabs';
 
 export { SERVE_VAULT_SETTINGS };
 
@@ -53,7 +55,13 @@ export async function serveVault(opts: Record<string, unknown>, handshakeTimeout
   // The engines are known once the provider exists; the store stack needs the sink before that.
   let exportsForMetrics: VaultExportProvider | null = null;
   const fetchMemory = FetchMemory.of(memoryBudget);
-  const memoryStats = () => ({ ...memoryBudget.stats(), fetchFloorBytes: fetchMemory.floorHeld, fetchesWaiting: fetchMemory.waiting });
+  const memoryStats = () => ({
+    ...memoryBudget.stats(),
+    fetchFloorBytes: fetchMemory.floorHeld,
+    fetchesWaiting: fetchMemory.waiting,
+    payloadsKeptBytes: keptPayloadBytesInProcess(),
+    slabsKeptBytes: keptSlabBytesInProcess(),
+  });
   const metrics = s.metrics ? new PromMetrics(() => exportsForMetrics?.engineStats() ?? [], memoryStats) : undefined;
   const metricsAddress = s.metrics ? parseMetricsAddress(s.metrics) : undefined;
   const diskCache = s.diskCache ? { dir: s.diskCache, bytes: s.diskCacheSize! } : undefined;

@@ -304,23 +304,21 @@ export class NbdConnection {
   // ---- transmission ----
 
   private onData(chunk: Buffer): void {
+    if (isTerminal(this.state)) return; // closed or dropped: nothing more is parsed
     if (this.reader) {
       this.reader.push(chunk);
       this.pump();
-    } else if (!isTerminal(this.state)) {
-      this.queue.push(chunk);
-    }
+    } else this.queue.push(chunk);
   }
 
   /** A read into the server's shared buffer (socket-reads.ts): nothing may keep a view of it. */
   onTransientData(view: Buffer): void {
+    if (isTerminal(this.state)) return;
     if (this.reader) {
       this.reader.push(view);
       this.pump();
       this.reader?.detach(view.buffer);
-    } else if (!isTerminal(this.state)) {
-      this.queue.push(Buffer.from(view));
-    }
+    } else this.queue.push(Buffer.from(view));
   }
 
   private mustStopParsing(): boolean {
@@ -414,6 +412,7 @@ export class NbdConnection {
       this.die('bad request magic: lost synchronisation', 'warn', true);
       return;
     }
+    if (isTerminal(this.state)) return; // a DISC parsed just now closed it: finish() reads on to the FIN
     let stop = result === 'stopped' || this.mustStopParsing();
     if (this.turnUsedUp()) {
       this.yieldTurn();
@@ -532,6 +531,10 @@ export class NbdConnection {
     this.opts.logger.debug({ conn: this.id, why }, 'connection closed');
     this.teardown();
     this.socket.end();
+    // Read on (and drop what comes): the client's FIN is what closes the socket, and a socket
+    // reading into our own buffer (socket-reads.ts) stops reading the moment it is paused.
+    this.readPaused = false;
+    this.socket.resume();
     // A client that never reads what we still have to send must not hold the socket forever.
     setTimeout(() => this.socket.destroy(), CLOSE_LINGER_MS).unref();
   }

@@ -27,6 +27,12 @@ interface Kept {
 
 const NO_HOLD = (): void => {};
 
+/** free payload bytes every pool of the process keeps (metrics) */
+let keptInProcess = 0;
+export function keptPayloadBytesInProcess(): number {
+  return keptInProcess;
+}
+
 const MIN_CLASS_BYTES = 4096;
 /** payloads above this (2 MiB .. 32 MiB writes, rare) are allocated each time */
 export const MAX_CLASS_BYTES = 4 * 1024 * 1024;
@@ -74,6 +80,7 @@ export class PayloadBuffers {
     if (kept) {
       kept.release(); // in a request now: its connection's share of the budget counts it
       this.keptBytes -= size;
+      keptInProcess -= size;
       whole = kept.whole;
     } else whole = Buffer.allocUnsafeSlow(size);
     this.lent.add(whole.buffer);
@@ -98,6 +105,7 @@ export class PayloadBuffers {
     if (!release) return; // no free room in the budget: to the collector
     list.push({ whole: Buffer.from(payload.buffer, 0, size), release });
     this.keptBytes += size;
+    keptInProcess += size;
   }
 
   /** free bytes kept (tests, metrics) */
@@ -108,6 +116,7 @@ export class PayloadBuffers {
   private drop(size: number, list: Kept[]): void {
     for (const k of list) k.release();
     this.keptBytes -= list.length * size;
+    keptInProcess -= list.length * size;
     this.free.delete(size);
   }
 

@@ -38,6 +38,10 @@ export const MAX_EMPTY_SLABS = 128;
 export const MAX_EMPTY_SLABS_PROCESS = 384;
 /** empty slabs kept by every BlockSlabs of the process (each lets its own go when idle) */
 let emptyInProcess = 0;
+/** bytes of empty slabs every volume of the process keeps for its next writes (metrics) */
+export function keptSlabBytesInProcess(): number {
+  return emptyInProcess * SLAB_BYTES;
+}
 /** empty slabs are let go when no write has taken a block for this long */
 const IDLE_MS = 5_000;
 

@@ -55,8 +55,13 @@ test('serve --metrics: counters move by what qemu-io, nbdcopy and nbdsh did', as
   // runtime's (a quarter: 256 MiB)
   assert.equal(
     s1.get('nbd_vault_memory_used_bytes'),
-    s1.get('nbd_vault_read_cache_bytes{volume="m"}')! + s1.get('nbd_vault_decode_buffers_free_bytes{volume="m"}')! + 64 * MiB + 256 * MiB,
-    'only the read cache, decode buffers kept for reuse and the two shares hold the budget',
+    s1.get('nbd_vault_read_cache_bytes{volume="m"}')! +
+      s1.get('nbd_vault_decode_buffers_free_bytes{volume="m"}')! +
+      s1.get('nbd_vault_payload_buffers_kept_bytes')! +
+      s1.get('nbd_vault_dirty_slabs_kept_bytes')! +
+      64 * MiB +
+      256 * MiB,
+    'only the read cache, memory kept for reuse (decode buffers, payloads, dirty-block slabs) and the two shares hold the budget',
   );
   assert.equal(s1.get('nbd_vault_memory_waiting'), 0);
   assert.equal(s1.get('nbd_vault_fetch_floor_bytes'), 0, 'the fetches are over: none holds the floor');

@@ -6,6 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import net from 'node:net';
 import { startNbdServer } from '../../src/nbd';
 import { MemoryExport } from '../../src/nbd/memory-export';
 import type { Export, ExportProvider } from '../../src/nbd/export';
@@ -16,6 +17,7 @@ import { Wire, greet, go, readSimpleReply, request, MIB } from './raw-client';
 
 const NBD_CMD_READ = 0;
 const NBD_CMD_WRITE = 1;
+const NBD_CMD_DISC = 2;
 
 function providerOf(exp: Export): ExportProvider {
   return { defaultName: exp.name, list: async () => [{ name: exp.name, description: '' }], open: async (n) => (n === exp.name ? exp : null), release: async () => {}, closeAll: async () => {} };
@@ -123,6 +125,36 @@ test('recycled reads: a payload in use is never lent again; one whose write retu
     assert.ok(backings.size < 8, `sequential writes reuse payload memory (${backings.size} distinct buffers for 8 writes)`);
     a.destroy();
     b.destroy();
+  } finally {
+    await server.close();
+  }
+});
+
+test('recycled reads: a client that sends DISC and closes is gone from the server at once', async () => {
+  // A socket reading into our buffer stops reading the moment it is paused: a DISC paused it,
+  // the client's FIN was never read, and the connection outlived its client until the shutdown
+  // grace period (a CI run of nbdcopy then SIGTERM).
+  const exp = new MemoryExport('a', 8 * MIB);
+  const { server, port } = await serve(exp);
+  try {
+    const sockets = await Promise.all(
+      [0, 1, 2].map(async () => {
+        const s = net.connect(port, '127.0.0.1');
+        const w = new Wire(s);
+        await greet(w);
+        await go(w, 'a');
+        await w.write(request(NBD_CMD_WRITE, 0, 1, 0, 4096, randomBytes(4096)));
+        assert.equal((await readSimpleReply(w)).error, 0);
+        return { s, w };
+      }),
+    );
+    assert.equal(server.connectionCount(), 3);
+    for (const { s, w } of sockets) {
+      await w.write(request(NBD_CMD_DISC, 0, 2, 0, 0));
+      s.end();
+    }
+    for (let i = 0; i < 200 && server.connectionCount() > 0; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(server.connectionCount(), 0, 'every connection ended with its client');
   } finally {
     await server.close();
   }
