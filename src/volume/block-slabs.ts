@@ -9,8 +9,8 @@
 // A block goes back to the pool only when nothing can read it any more: the batch that held it
 // was sealed (the sealer copied it into a chunk or a journal frame), a newer write replaced it in
 // the active batch, or a zero or shrink dropped it. Reads copy out of dirty blocks, never lend
-// them. give() ignores a buffer the pool did not hand out (large writes keep views of their own
-// payload) and a block already free, so a mistake cannot hand one slot to two owners.
+// them. give() ignores a buffer the pool did not hand out and a block already free, so a mistake
+// cannot hand one slot to two owners.
 // Per volume, like decode-buffers.ts: even a mistake here could not show one volume's data to
 // another.
 import { FRAME_BYTES } from '../codec';
