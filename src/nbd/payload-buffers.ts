@@ -17,15 +17,13 @@
 // connections, possibly two volumes). A payload is always filled whole before anyone reads it:
 // what a buffer held before never shows.
 import { IdleTimer } from '../util/idle-timer';
-import type { MemoryBudget } from '../util/memory-budget';
+import { holdKept, type MemoryBudget } from '../util/memory-budget';
 
 interface Kept {
   readonly whole: Buffer;
   /** its hold on the memory budget */
   readonly release: () => void;
 }
-
-const NO_HOLD = (): void => {};
 
 /** free payload bytes every pool of the process keeps (metrics) */
 let keptInProcess = 0;
@@ -101,7 +99,7 @@ export class PayloadBuffers {
       this.drop(other, old); // the least recently given back class goes first
     }
     if (this.keptBytes + size > KEPT_BYTES) return; // its own class fills the pool: to the collector
-    const release = this.budget ? this.budget.tryReserveFree(size) : NO_HOLD;
+    const release = holdKept(this.budget, size);
     if (!release) return; // no free room in the budget: to the collector
     list.push({ whole: Buffer.from(payload.buffer, 0, size), release });
     this.keptBytes += size;
@@ -131,6 +129,6 @@ export class PayloadBuffers {
   }
 
   private dropAll(): void {
-    for (const [size, list] of this.free) this.drop(size, list);
+    this.evictKept(Infinity);
   }
 }

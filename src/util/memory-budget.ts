@@ -154,6 +154,15 @@ export class MemoryBudget {
   }
 }
 
+/** A hold on `bytes` of free room for memory kept for reuse (tryReserveFree), null without any;
+ *  without a budget, a hold that holds nothing. The pools of such memory (decode, payload and
+ *  dirty-block buffers) keep a buffer only with one. */
+export function holdKept(budget: MemoryBudget | undefined, bytes: number): (() => void) | null {
+  return budget ? budget.tryReserveFree(bytes) : NO_HOLD;
+}
+
+const NO_HOLD = (): void => {};
+
 function checkBytes(bytes: number): void {
   if (!Number.isSafeInteger(bytes) || bytes < 0) throw new RangeError(`memory budget: bytes must be a non-negative whole number, got ${bytes}`);
 }

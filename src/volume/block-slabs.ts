@@ -16,9 +16,7 @@
 import { FRAME_BYTES } from '../codec';
 import { IdleTimer } from '../util/idle-timer';
 import { BLOCK_BYTES } from './journal-record';
-import type { MemoryBudget } from '../util/memory-budget';
-
-const NO_HOLD = (): void => {};
+import { holdKept, type MemoryBudget } from '../util/memory-budget';
 
 /** A decoded frame's size: memory the read cache gives up when dirty data grows (the budget makes
  *  it evict) is a free heap chunk of exactly a slab's size, so the slab takes that memory instead
@@ -60,7 +58,7 @@ export class BlockSlabs {
   /** slabs with a free slot, taken from in insertion order */
   private readonly partial = new Set<Slab>();
   private empty = 0;
-  private readonly idle = new IdleTimer(IDLE_MS, () => this.dropEmpty());
+  private readonly idle = new IdleTimer(IDLE_MS, () => this.evictKept());
 
   /** takes this pool off the budget's list of what gives memory back */
   private readonly unregister: () => void;
@@ -95,7 +93,7 @@ export class BlockSlabs {
     slab.free.push(k);
     if (slab.free.length === 1) this.partial.add(slab);
     if (slab.free.length === SLOTS) {
-      const hold = this.empty < MAX_EMPTY_SLABS && emptyInProcess < MAX_EMPTY_SLABS_PROCESS ? (this.budget ? this.budget.tryReserveFree(SLAB_BYTES) : NO_HOLD) : null;
+      const hold = this.empty < MAX_EMPTY_SLABS && emptyInProcess < MAX_EMPTY_SLABS_PROCESS ? holdKept(this.budget, SLAB_BYTES) : null;
       if (hold) {
         slab.kept = hold;
         this.empty++;
@@ -119,7 +117,7 @@ export class BlockSlabs {
   /** Let every empty slab go now, for good (the volume closes). */
   dropKept(): void {
     this.idle.cancel();
-    this.dropEmpty();
+    this.evictKept();
     this.unregister();
   }
 
@@ -128,26 +126,18 @@ export class BlockSlabs {
     return this.empty * SLAB_BYTES;
   }
 
-  /** The budget needs room: let empty slabs go until `bytes` are freed; returns the bytes freed. */
-  private evictKept(bytes: number): number {
+  /** Let empty slabs (every one is kept) go until `bytes` are freed, all of them by default (idle,
+   *  close); returns the bytes freed. What the budget calls when it needs room. */
+  private evictKept(bytes = Infinity): number {
     let freed = 0;
     for (const s of this.slabs.values()) {
       if (freed >= bytes) break;
-      if (s.free.length !== SLOTS || !s.kept) continue;
+      if (s.free.length !== SLOTS) continue;
       this.drop(s);
       this.unkeep(s);
       freed += SLAB_BYTES;
     }
     return freed;
-  }
-
-  /** Let every empty slab go (idle). */
-  private dropEmpty(): void {
-    for (const s of this.slabs.values()) {
-      if (s.free.length !== SLOTS) continue;
-      this.drop(s);
-      this.unkeep(s);
-    }
   }
 
   private unkeep(s: Slab): void {

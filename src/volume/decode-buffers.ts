@@ -20,7 +20,7 @@
 import { FRAME_BYTES } from '../codec';
 import { allocatedUnweighed } from '../util/collector-nudge';
 import { IdleTimer } from '../util/idle-timer';
-import type { MemoryBudget } from '../util/memory-budget';
+import { holdKept, type MemoryBudget } from '../util/memory-budget';
 import { CHUNK_SIZE } from './chunk-math';
 
 /** free bytes kept at most (per pool, per volume): 8 whole chunks, 256 frames; more are left to
@@ -110,7 +110,7 @@ export class DecodeBuffers {
       if ((this.free.length + 1) * this.bufferBytes > MAX_FREE_BYTES) return;
       // kept in room the budget has free; without any, a few by evicting cached entries
       const mayEvict = (this.free.length + 1) * this.bufferBytes <= MAX_FREE_EVICTING_BYTES;
-      const release = this.budget ? (this.budget.tryReserveFree(this.bufferBytes) ?? (mayEvict ? this.budget.tryReserve(this.bufferBytes) : null)) : () => {};
+      const release = holdKept(this.budget, this.bufferBytes) ?? (mayEvict ? this.budget!.tryReserve(this.bufferBytes) : null);
       if (!release) return; // no room: let the collector have it
       this.free.push({ buf: whole, release });
       this.idle.touch(); // kept from now: let go 5 s after, unless a decode takes it first
