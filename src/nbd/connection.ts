@@ -295,7 +295,7 @@ export class NbdConnection {
     this.fsm.enter('transmission');
     this.opts.logger.debug({ conn: this.id, exportName: n.exp.name, structured: n.structuredReplies }, 'transmission');
     const payloads = this.opts.payloads;
-    this.reader = new RequestReader(MAX_PAYLOAD, (req) => this.onRequest(req), payloads && ((n) => payloads.take(n)));
+    this.reader = new RequestReader(MAX_PAYLOAD, (req) => this.onRequest(req), payloads);
     for (const chunk of this.queue.takeAll()) this.reader.push(chunk);
     if (this.shuttingDown) this.finish('closed', 'server shutting down');
     else this.pump();
@@ -520,6 +520,7 @@ export class NbdConnection {
 
   private onClose(): void {
     this.socketClosed = true;
+    this.reader?.close(); // what it holds unparsed will never be parsed
     if (!isTerminal(this.state)) this.die('socket closed', 'debug');
     this.maybeCloseAfterDrain('socket closed');
   }

@@ -7,9 +7,12 @@
 // caller can stop parsing between requests (backpressure, DISC) and resume later without losing
 // bytes; a bad request magic means synchronisation is lost, and the reader stops for good.
 //
-// Payloads are copied into memory from `takePayload` (payload-buffers.ts), never kept as views
+// Payloads are copied into memory from `memory.take` (payload-buffers.ts), never kept as views
 // of the input: input may be a socket's recycled read buffer (socket-reads.ts), overwritten by the
-// next read. What stays unparsed of such input is copied by detach() before it is reused.
+// next read. What stays unparsed of such input is copied by detach() before it is reused, into
+// memory from the same place, given back once parsed: a reader stopped for its turn or for
+// backpressure leaves whole reads unparsed (a 1M sequential write: every read), and fresh memory
+// for each was 1 GiB of allocations per GiB written, a full marking every ~20 MB (BENCHMARKS.md).
 import { NBD_CMD_READ, NBD_CMD_WRITE, NBD_REQUEST_MAGIC, NBD_REQUEST_SIZE } from './constants';
 
 export interface NbdRequest {
@@ -31,6 +34,16 @@ export type ReaderState = 'header' | 'payload' | 'discard' | 'desync';
 
 export type ReaderResult = 'need-more' | 'stopped' | 'desync';
 
+/** Where the reader's memory comes from: payloads, and copies of unparsed input (detach). */
+export interface ReaderMemory {
+  /** `length` bytes, content undefined (the reader fills them all before reading them) */
+  take(length: number): Buffer;
+  /** a buffer from take() the reader no longer reads (payloads are the caller's to give back) */
+  give(buf: Buffer): void;
+}
+
+const freshMemory: ReaderMemory = { take: (n) => Buffer.allocUnsafe(n), give: () => {} };
+
 export class RequestReader {
   private state: ReaderState = 'header';
   private readonly header = Buffer.alloc(NBD_REQUEST_SIZE);
@@ -42,12 +55,14 @@ export class RequestReader {
   private discardLeft = 0;
   private pending: Buffer[] = [];
   private pendingTotal = 0;
+  /** copies detach() made, by backing store: each goes back once no pending input views it */
+  private readonly detached = new Map<ArrayBufferLike, Buffer>();
 
   constructor(
     private readonly maxPayload: number,
     private readonly onRequest: (req: NbdRequest) => void,
-    /** memory for a payload of n bytes (filled whole before the request is emitted) */
-    private readonly takePayload: (length: number) => Buffer = (n) => Buffer.allocUnsafe(n),
+    /** payloads (filled whole before their request is emitted) and detached input */
+    private readonly memory: ReaderMemory = freshMemory,
   ) {}
 
   get readerState(): ReaderState {
@@ -95,7 +110,7 @@ export class RequestReader {
   }
 
   push(chunk: Buffer): void {
-    if (chunk.length > 0 && this.state !== 'desync') {
+    if (chunk.length > 0 && this.state !== 'desync' && !this.closed) {
       this.pending.push(chunk);
       this.pendingTotal += chunk.length;
     }
@@ -103,7 +118,38 @@ export class RequestReader {
 
   /** Input in `backing` is about to be overwritten: copy what of it is still unparsed. */
   detach(backing: ArrayBufferLike): void {
-    for (let k = 0; k < this.pending.length; k++) if (this.pending[k].buffer === backing) this.pending[k] = Buffer.from(this.pending[k]);
+    for (let k = 0; k < this.pending.length; k++) {
+      const view = this.pending[k];
+      if (view.buffer !== backing) continue;
+      const copy = this.memory.take(view.length);
+      view.copy(copy);
+      this.detached.set(copy.buffer, copy);
+      this.pending[k] = copy;
+    }
+  }
+
+  private closed = false;
+
+  /** The reader is done (its connection closed): detached copies go back, and input from now on
+   *  is dropped. */
+  close(): void {
+    this.closed = true;
+    this.dropPending();
+  }
+
+  /** `chunk` left the pending input: its detached copy goes back unless a later view shares it. */
+  private parsed(chunk: Buffer): void {
+    const copy = this.detached.get(chunk.buffer);
+    if (!copy || this.pending.some((c) => c.buffer === chunk.buffer)) return;
+    this.detached.delete(chunk.buffer);
+    this.memory.give(copy);
+  }
+
+  private dropPending(): void {
+    this.pending = [];
+    this.pendingTotal = 0;
+    for (const copy of this.detached.values()) this.memory.give(copy);
+    this.detached.clear();
   }
 
   /** Parses pending bytes, emitting requests, until they run out ('need-more'), `stop()` says
@@ -111,15 +157,18 @@ export class RequestReader {
   run(stop: () => boolean): ReaderResult {
     while (this.pending.length > 0) {
       if (this.state === 'desync') return 'desync';
-      if (stop()) return 'stopped';
+      if (this.closed || stop()) return 'stopped';
       const chunk = this.pending[0];
       const used = this.consume(chunk);
       if ((this.state as ReaderState) === 'desync') return 'desync';
+      if (this.closed) return 'stopped'; // closed by the request just emitted
       this.pendingTotal -= Math.min(used, chunk.length);
-      if (used >= chunk.length) this.pending.shift();
-      else this.pending[0] = chunk.subarray(used);
+      if (used >= chunk.length) {
+        this.pending.shift();
+        this.parsed(chunk);
+      } else this.pending[0] = chunk.subarray(used);
     }
-    return this.state === 'desync' ? 'desync' : 'need-more';
+    return this.state === 'desync' ? 'desync' : this.closed ? 'stopped' : 'need-more';
   }
 
   /** Consumes a prefix of `chunk`; returns how many bytes it used (emitting at most one request). */
@@ -162,8 +211,7 @@ export class RequestReader {
     }
     if (src.readUInt32BE(0) !== NBD_REQUEST_MAGIC) {
       this.state = 'desync';
-      this.pending = [];
-      this.pendingTotal = 0;
+      this.dropPending();
       return chunk.length;
     }
     const flags = src.readUInt16BE(4);
@@ -181,7 +229,7 @@ export class RequestReader {
       this.discardLeft = length;
       return used;
     }
-    const payload = this.takePayload(length);
+    const payload = this.memory.take(length);
     const rest = chunk.length - used;
     if (rest >= length) {
       chunk.copy(payload, 0, used, used + length); // the whole payload is in this chunk

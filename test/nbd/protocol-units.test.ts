@@ -250,17 +250,30 @@ test('memory export: a payload in pieces lands byte for byte, across pages and o
 test('request reader: input in one reused read buffer (socket-reads.ts) yields whole, right requests', () => {
   // What the server's recycled reads do: every read lands in one buffer, overwritten by the next.
   // A reader that kept a view of it (an unparsed rest, a payload) would hand out later bytes.
-  const lent: Buffer[] = [];
+  // Its copies of unparsed input come from the reader's memory and go back once parsed: each
+  // is poisoned when given back, so a reader that read one afterwards would hand out poison.
+  const taken: Buffer[] = [];
+  const given: Buffer[] = [];
   const got: NbdRequest[] = [];
-  const reader = new RequestReader(32 * 1024 * 1024, (r) => got.push(r), (n) => {
-    const b = Buffer.alloc(n, 0xee);
-    lent.push(b);
-    return b;
-  });
+  const memory = {
+    take: (n: number) => {
+      const b = Buffer.alloc(n, 0xee);
+      taken.push(b);
+      return b;
+    },
+    give: (b: Buffer) => {
+      assert.ok(taken.includes(b), 'gives back only what it took');
+      assert.ok(!given.includes(b), 'gives back once');
+      given.push(b);
+      b.fill(0x66);
+    },
+  };
+  const reader = new RequestReader(32 * 1024 * 1024, (r) => got.push(r), memory);
   const rnd = (n: number) => randomBytes(n);
   const payloads = [rnd(300 * 1024), rnd(4096), rnd(10), rnd(70_000), rnd(1 << 20)];
   const stream = Buffer.concat(payloads.flatMap((p, k) => [request(1, 0, k, k * 4096, p.length, p), request(0, 0, 100 + k, 0, 512)]));
   const shared = Buffer.alloc(65536);
+  const gotPayloads: Buffer[] = [];
   for (let at = 0, step = 1; at < stream.length; step = (step * 7 + 3) % 65536 || 1) {
     const n = stream.copy(shared, 0, at, Math.min(at + step, stream.length));
     at += n;
@@ -270,17 +283,43 @@ test('request reader: input in one reused read buffer (socket-reads.ts) yields w
     reader.run(() => got.length > before);
     reader.detach(shared.buffer);
     shared.fill(0x55); // the next read overwrites it
+    // a payload is compared the moment it is emitted (the caller owns it from then on)
+    for (const r of got.slice(gotPayloads.length)) gotPayloads.push(Buffer.from(r.payload ?? Buffer.alloc(0)));
   }
   assert.equal(reader.run(() => false), 'need-more');
+  for (const r of got.slice(gotPayloads.length)) gotPayloads.push(Buffer.from(r.payload ?? Buffer.alloc(0)));
   assert.equal(got.length, 2 * payloads.length);
   payloads.forEach((p, k) => {
     const w = got[2 * k];
     assert.equal(w.type, 1);
     assert.equal(w.offset, k * 4096);
-    assert.ok(w.payload!.equals(p), `payload ${k} intact`);
-    assert.equal(w.payload, lent[k], 'the payload is the memory takePayload gave');
+    assert.ok(gotPayloads[2 * k].equals(p), `payload ${k} intact`);
+    assert.ok(taken.includes(w.payload!) && !given.includes(w.payload!), "the payload is the reader's memory, and the caller's to give back");
     assert.equal(got[2 * k + 1].handle.readUInt32BE(4), 100 + k, 'handles copied, not views');
   });
+  const copies = taken.filter((b) => !got.some((r) => r.payload === b));
+  assert.ok(copies.length >= 5, `unparsed input was copied (${copies.length} copies)`);
+  assert.deepEqual(new Set(given), new Set(copies), 'every copy of unparsed input went back once parsed');
+  assert.equal(reader.pendingBytes, 0);
+});
+
+test('request reader: closed, it gives back the unparsed input it copied and takes no more', () => {
+  const given: Buffer[] = [];
+  const got: NbdRequest[] = [];
+  const reader = new RequestReader(1 << 20, (r) => got.push(r), { take: (n) => Buffer.alloc(n), give: (b) => given.push(b) });
+  const shared = Buffer.alloc(4096);
+  const n = request(1, 0, 1, 0, 100, randomBytes(100)).copy(shared);
+  reader.push(shared.subarray(0, n));
+  assert.equal(reader.run(() => true), 'stopped');
+  reader.detach(shared.buffer);
+  assert.equal(given.length, 0);
+  reader.close();
+  assert.equal(given.length, 1, 'the copy went back');
+  assert.equal(given[0].length, n);
+  reader.push(shared.subarray(0, n));
+  assert.equal(reader.pendingBytes, 0, 'input after close is dropped');
+  assert.equal(reader.run(() => false), 'stopped', 'a closed reader parses nothing');
+  assert.equal(got.length, 0);
 });
 
 test('strings on the wire: no NUL, at most 4096 bytes, never cut inside a character', () => {
