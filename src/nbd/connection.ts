@@ -409,7 +409,7 @@ export class NbdConnection {
     if (!this.reader || isTerminal(this.state)) return;
     const result = this.reader.run(() => this.mustStopParsing());
     if (result === 'desync') {
-      this.die('bad request magic: lost synchronisation', 'warn', true);
+      this.lostSync();
       return;
     }
     if (isTerminal(this.state)) return; // a DISC parsed just now closed it: finish() reads on to the FIN
@@ -428,6 +428,17 @@ export class NbdConnection {
       this.socket.resume();
     }
     this.watchPayload();
+  }
+
+  /** A bad request magic: nothing after it can be parsed, so the connection ends. Requests
+   *  parsed before it still get their replies first (a WRITE just before it may be applied: its
+   *  client must hear so). Each of them comes back through pump() once answered. */
+  private lostSync(): void {
+    if (!this.readPaused) {
+      this.readPaused = true;
+      this.socket.pause();
+    }
+    if (this.inFlightRequests === 0) this.die('bad request magic: lost synchronisation', 'warn', true);
   }
 
   private onRequest(req: NbdRequest): void {

@@ -21,6 +21,7 @@ const NBD_REP_ERR_TOO_BIG = 2 ** 31 + 9;
 const EINVAL = 22;
 const CMD_READ = 0;
 const CMD_WRITE = 1;
+const CMD_FLUSH = 3;
 export const MAX_CONNECTIONS = 40;
 /** the server's per-connection in-flight budget (DEFAULT_MAX_IN_FLIGHT_BYTES) and chunk size */
 const BUDGET = 64 * MIB;
@@ -249,6 +250,23 @@ export function hostileClientSuite(backend: HostileBackend): void {
     await go(w, 'disk');
     await w.write(Buffer.alloc(28, 0x41));
     assert.ok(await w.closedWithin(3000));
+    await assertHealthy();
+  });
+
+  test('bad request magic after requests: their replies still come, then the connection drops', async () => {
+    // The WRITE before the garbage is applied: its client must hear so, not guess from a close.
+    const w = new Wire(srv.port);
+    await greet(w);
+    await go(w, 'disk');
+    const at = 9 * MIB; // unseeded (assertHealthy reads 0-8 MiB and the spread chunks)
+    await w.write(Buffer.concat([request(CMD_WRITE, 0, 7, at, 64 * 1024, Buffer.alloc(64 * 1024, 0x77)), request(CMD_FLUSH, 0, 8, 0, 0), Buffer.alloc(28, 0x41)]));
+    const replies = [await readSimpleReply(w), await readSimpleReply(w)];
+    assert.deepEqual(replies.map((r) => r.handle).sort(), [7, 8]);
+    assert.deepEqual(replies.map((r) => r.error), [0, 0]);
+    assert.ok(await w.closedWithin(3000), 'then the connection drops');
+    const r = await runTool('qemu-io', ['-f', 'raw', '-c', `read -P 0x77 ${at} 64k`, srv.uri('disk')], { timeoutMs: 30_000 });
+    assert.equal(r.code, 0, r.stderr);
+    assert.doesNotMatch(r.stdout, /verification failed/);
     await assertHealthy();
   });
 
