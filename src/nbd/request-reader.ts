@@ -130,11 +130,14 @@ export class RequestReader {
 
   private closed = false;
 
-  /** The reader is done (its connection closed): detached copies go back, and input from now on
-   *  is dropped. */
+  /** The reader is done (its connection closed): detached copies and a payload half read go
+   *  back, and input from now on is dropped. */
   close(): void {
     this.closed = true;
     this.dropPending();
+    // a payload half read is nobody's request: its memory goes back too
+    if (this.state === 'payload' && this.payload) this.memory.give(this.payload);
+    this.payload = null;
   }
 
   /** `chunk` left the pending input: its detached copy goes back unless a later view shares it. */

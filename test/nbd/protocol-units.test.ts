@@ -303,7 +303,7 @@ test('request reader: input in one reused read buffer (socket-reads.ts) yields w
   assert.equal(reader.pendingBytes, 0);
 });
 
-test('request reader: closed, it gives back the unparsed input it copied and takes no more', () => {
+test('request reader: closed, it gives back the unparsed input it copied and a payload half read, and takes no more', () => {
   const given: Buffer[] = [];
   const got: NbdRequest[] = [];
   const reader = new RequestReader(1 << 20, (r) => got.push(r), { take: (n) => Buffer.alloc(n), give: (b) => given.push(b) });
@@ -319,6 +319,17 @@ test('request reader: closed, it gives back the unparsed input it copied and tak
   reader.push(shared.subarray(0, n));
   assert.equal(reader.pendingBytes, 0, 'input after close is dropped');
   assert.equal(reader.run(() => false), 'stopped', 'a closed reader parses nothing');
+  assert.equal(got.length, 0);
+
+  // a WRITE whose payload is half here when the connection closes: its memory goes back as well
+  const gave: Buffer[] = [];
+  const half = new RequestReader(1 << 20, (r) => got.push(r), { take: (k) => Buffer.alloc(k), give: (b) => gave.push(b) });
+  half.push(request(1, 0, 2, 0, 8192, randomBytes(8192)).subarray(0, 28 + 4096));
+  assert.equal(half.run(() => false), 'need-more');
+  assert.equal(half.payloadReceived, 4096);
+  half.close();
+  assert.equal(gave.length, 1);
+  assert.equal(gave[0].length, 8192, 'the payload went back');
   assert.equal(got.length, 0);
 });
 
