@@ -23,17 +23,19 @@ import { holdKept, type MemoryBudget } from '../util/memory-budget';
  *  of growing the heap (1 MiB slabs did not fit the 128 KiB holes: no gain once the cache was full). */
 export const SLAB_BYTES = FRAME_BYTES;
 const SLOTS = SLAB_BYTES / BLOCK_BYTES;
-/** empty slabs a volume keeps for its next writes (16 MiB): every write's bytes are copied into
- *  blocks (write-path.ts), so a stream seals and refills several whole chunks' worth of slabs
- *  over and over; with 8 kept, an import of the corpus allocated most of its 1 GiB afresh (22 full
- *  collections instead of 7–10: V8 counts such memory and marks every ~30 MB of it), and with 64
- *  a 1M sequential write still allocated a third of it. A new slab mostly takes a hole a cached
- *  frame left, the same size. */
-export const MAX_EMPTY_SLABS = 128;
-/** ...and all volumes of the process together (48 MiB; beyond it, emptied slabs go to the
+/** empty slabs a volume keeps for its next writes, by default (64 MiB, the default dirty limit:
+ *  a volume passes its own, see VolumeState). Every write's bytes are copied into blocks
+ *  (write-path.ts), so a stream fills and empties up to its dirty limit of slabs over and over:
+ *  with 8 kept, an import of the corpus allocated most of its 1 GiB afresh (22 full collections
+ *  instead of 7–10: V8 counts such memory and marks every ~30 MB of it); with 128 (16 MiB), a 1M
+ *  sequential write over a volume that compaction was folding, its sealing behind, allocated
+ *  6,900 slabs (BENCHMARKS.md, stop 43). A new slab mostly takes a hole a cached frame left, the
+ *  same size. */
+export const MAX_EMPTY_SLABS = 512;
+/** ...and all volumes of the process together (128 MiB; beyond it, emptied slabs go to the
  *  collector). A kept slab also holds its bytes of the memory budget, from free room only (it
  *  never pushes cached frames out); none free: it goes. */
-export const MAX_EMPTY_SLABS_PROCESS = 384;
+export const MAX_EMPTY_SLABS_PROCESS = 1024;
 /** empty slabs kept by every BlockSlabs of the process (each lets its own go when idle) */
 let emptyInProcess = 0;
 /** bytes of empty slabs every volume of the process keeps for its next writes (metrics) */
@@ -63,7 +65,11 @@ export class BlockSlabs {
   /** takes this pool off the budget's list of what gives memory back */
   private readonly unregister: () => void;
 
-  constructor(private readonly budget?: MemoryBudget) {
+  constructor(
+    private readonly budget?: MemoryBudget,
+    /** empty slabs kept at most (the volume's dirty limit's worth) */
+    private readonly maxEmpty = MAX_EMPTY_SLABS,
+  ) {
     // kept slabs give way to anyone who needs the room (a writer, a request, a cache filling)
     this.unregister = budget?.registerCache({ evict: (bytes) => this.evictKept(bytes) }) ?? (() => {});
   }
@@ -93,7 +99,7 @@ export class BlockSlabs {
     slab.free.push(k);
     if (slab.free.length === 1) this.partial.add(slab);
     if (slab.free.length === SLOTS) {
-      const hold = this.empty < MAX_EMPTY_SLABS && emptyInProcess < MAX_EMPTY_SLABS_PROCESS ? holdKept(this.budget, SLAB_BYTES) : null;
+      const hold = this.empty < this.maxEmpty && emptyInProcess < MAX_EMPTY_SLABS_PROCESS ? holdKept(this.budget, SLAB_BYTES) : null;
       if (hold) {
         slab.kept = hold;
         this.empty++;

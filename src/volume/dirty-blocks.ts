@@ -107,9 +107,11 @@ export class DirtyBatch {
   /** The batch is sealed (its blocks were copied into what was stored) or gone: give its blocks
    *  back to the slabs and its share of the process budget back. */
   release(): void {
+    // budget first: the slabs that empty may then keep their memory in the room it frees (a
+    // full budget, a read cache's steady state, left them none: every write took new slabs)
     for (const c of this.chunks.values()) {
-      this.dropBlocks(c);
       c.giveBudgetBack();
+      this.dropBlocks(c);
     }
     this.bytes = 0;
   }
@@ -119,8 +121,8 @@ export class DirtyBatch {
     for (const [i, c] of this.chunks) {
       if (i >= chunkCount) {
         this.bytes -= c.bytes;
-        this.dropBlocks(c);
         c.giveBudgetBack();
+        this.dropBlocks(c);
         this.chunks.delete(i);
       }
     }

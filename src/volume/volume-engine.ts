@@ -120,7 +120,7 @@ export class VolumeEngine {
     logger: Logger,
   ) {
     if (root.chunkSize !== CHUNK_SIZE) throw new VaultError('ERR_CORRUPT', `volume "${name}" uses chunk size ${root.chunkSize}, this build supports ${CHUNK_SIZE}`);
-    const state = new VolumeState(manifest, root, rootEtag, opts.memoryBudget);
+    const state = new VolumeState(manifest, root, rootEtag, opts.memoryBudget, opts.dirtyLimitBytes);
     this.state = state;
     this.reads = new ReadPath(name, state, objects, new ReadCache(opts.readCacheBytes, opts.memoryBudget), opts.readaheadChunks, logger, opts.followsWriter === true);
     this.writes = new WritePath(state, this.reads, opts.dirtyLimitBytes, () => this.writeBack.sealSome(), opts.memoryBudget);

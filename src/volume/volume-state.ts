@@ -3,7 +3,7 @@
 // durable root lets the writer delete. Plain data, no I/O: read-path.ts reads it, write-path.ts
 // adds dirty blocks, sealer.ts (flush cycles, compaction) applies edits to it synchronously, and
 // commit.ts captures it synchronously — so a commit always sees a consistent state.
-import { BlockSlabs } from './block-slabs';
+import { BlockSlabs, SLAB_BYTES } from './block-slabs';
 import { chunkCount, chunkLength } from './chunk-math';
 import { DirtyBatch } from './dirty-blocks';
 import { BLOCK_BYTES } from './journal-record';
@@ -41,8 +41,10 @@ export class VolumeState {
     etag: string | null,
     /** the process memory budget: empty slabs kept for the next writes hold their bytes of it */
     budget?: MemoryBudget,
+    /** the volume's dirty limit: it keeps as many bytes of empty slabs at most */
+    dirtyLimitBytes?: number,
   ) {
-    this.blocks = new BlockSlabs(budget);
+    this.blocks = new BlockSlabs(budget, dirtyLimitBytes === undefined ? undefined : Math.ceil(dirtyLimitBytes / SLAB_BYTES));
     this.epoch = root.epoch;
     this.seq = root.seq;
     this.sizeBytes = root.size;

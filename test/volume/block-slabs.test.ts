@@ -9,6 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { seededRandom } from '../../src/store/seeded-random';
 import { BlockSlabs, MAX_EMPTY_SLABS, MAX_EMPTY_SLABS_PROCESS, SLAB_BYTES } from '../../src/volume/block-slabs';
 import { CHUNK_SIZE } from '../../src/volume/chunk-math';
+import { DirtyBatch } from '../../src/volume/dirty-blocks';
 import { makeVault } from './vault-fixture';
 import { MemoryBudget } from '../../src/util/memory-budget';
 
@@ -55,6 +56,27 @@ test('empty slabs beyond a few are let go at once, the rest after an idle spell'
     const again = slabs.take();
     assert.equal(again.buffer, blocks[count * perSlab - 1].buffer, 'the partly used slab is taken from first');
     assert.equal(slabs.blocksInUse, 2);
+  } finally {
+    mock.timers.reset();
+  }
+});
+
+test('a volume keeps as many empty slabs as its own bound (its dirty limit), no more', () => {
+  mock.timers.enable({ apis: ['setTimeout', 'Date'] });
+  try {
+    const perSlab = SLAB_BYTES / 4096;
+    const slabs = new BlockSlabs(undefined, 3);
+    const blocks = Array.from({ length: 5 * perSlab }, () => slabs.take());
+    for (const x of blocks) slabs.give(x);
+    assert.equal(slabs.keptBytes, 3 * SLAB_BYTES);
+    assert.equal(slabs.heldBytes, 3 * SLAB_BYTES, 'the two past the bound let go at once');
+    // taken again: the kept slabs serve first, nothing new is allocated for them
+    const again = Array.from({ length: 3 * perSlab }, () => slabs.take());
+    assert.equal(slabs.heldBytes, 3 * SLAB_BYTES);
+    const before = new Set(blocks.map((x) => x.buffer));
+    assert.ok(again.every((x) => before.has(x.buffer)), 'the same slabs again');
+    for (const x of again) slabs.give(x);
+    slabs.dropKept(); // (the process-wide count starts from zero in the next test)
   } finally {
     mock.timers.reset();
   }
@@ -150,4 +172,23 @@ test('a volume reuses block memory without mixing writes up, and gives every blo
   const again = await f.vault.openEngine('disk');
   t.after(() => again.close());
   assert.ok((await again.read(0, size)).equals(model), 'stored as written');
+});
+
+test('a sealed batch gives its budget back before its blocks: under a full budget its slabs are kept in that room', () => {
+  // A full budget is a read cache's steady state. The slabs a sealed batch empties can only be
+  // kept in free room, and the room the batch itself held is what frees at that moment.
+  const perSlab = SLAB_BYTES / 4096;
+  const budget = new MemoryBudget(16 * SLAB_BYTES);
+  const slabs = new BlockSlabs(budget, 8);
+  const batch = new DirtyBatch(() => CHUNK_SIZE / 4096, slabs);
+  for (let b = 0; b < 2 * perSlab; b++) batch.setBlock(0, b, slabs.take(), 0);
+  batch.chunk(0).budgetHolds.push(budget.tryReserveFree(2 * SLAB_BYTES)!); // what the write path holds for them
+  const rest = budget.tryReserveFree(budget.limitBytes - budget.stats().usedBytes)!; // the rest: a full cache
+  assert.equal(budget.stats().usedBytes, budget.limitBytes);
+  batch.release();
+  assert.equal(slabs.keptBytes, 2 * SLAB_BYTES, 'both emptied slabs kept, in the room the batch gave back');
+  assert.equal(budget.stats().usedBytes, budget.limitBytes, 'and they hold it');
+  rest();
+  slabs.dropKept();
+  assert.equal(budget.stats().usedBytes, 0);
 });
