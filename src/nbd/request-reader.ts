@@ -57,6 +57,8 @@ export class RequestReader {
   private pendingTotal = 0;
   /** copies detach() made, by backing store: each goes back once no pending input views it */
   private readonly detached = new Map<ArrayBufferLike, Buffer>();
+  /** the connection closed: nothing more is parsed */
+  private closed = false;
 
   constructor(
     private readonly maxPayload: number,
@@ -127,8 +129,6 @@ export class RequestReader {
       this.pending[k] = copy;
     }
   }
-
-  private closed = false;
 
   /** The reader is done (its connection closed): detached copies and a payload half read go
    *  back, and input from now on is dropped. */

@@ -107,8 +107,8 @@ export class DirtyBatch {
   /** The batch is sealed (its blocks were copied into what was stored) or gone: give its blocks
    *  back to the slabs and its share of the process budget back. */
   release(): void {
-    // budget first: the slabs that empty may then keep their memory in the room it frees (a
-    // full budget, a read cache's steady state, left them none: every write took new slabs)
+    // budget first: the slabs that empty may then keep their memory in the room it frees (under
+    // a full budget, a read cache's steady state, there is no other room for them)
     for (const c of this.chunks.values()) {
       c.giveBudgetBack();
       this.dropBlocks(c);
