@@ -49,6 +49,8 @@ export class PayloadBuffers {
   /** backing stores lent and not given back */
   private readonly lent = new WeakSet<ArrayBufferLike>();
   private readonly idle = new IdleTimer(IDLE_MS, () => this.dropAll());
+  /** the server stopped: nothing is kept from now on */
+  private closed = false;
 
   /** takes this pool off the budget's list of what gives memory back */
   private readonly unregister: () => void;
@@ -57,8 +59,6 @@ export class PayloadBuffers {
     // kept buffers give way to anyone who needs the room
     this.unregister = budget?.registerCache({ evict: (bytes) => this.evictKept(bytes) }) ?? (() => {});
   }
-
-  private closed = false;
 
   /** The server stopped: let everything kept go, holds and all, and keep nothing from now on. */
   close(): void {

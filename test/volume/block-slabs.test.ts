@@ -62,24 +62,19 @@ test('empty slabs beyond a few are let go at once, the rest after an idle spell'
 });
 
 test('a volume keeps as many empty slabs as its own bound (its dirty limit), no more', () => {
-  mock.timers.enable({ apis: ['setTimeout', 'Date'] });
-  try {
-    const perSlab = SLAB_BYTES / 4096;
-    const slabs = new BlockSlabs(undefined, 3);
-    const blocks = Array.from({ length: 5 * perSlab }, () => slabs.take());
-    for (const x of blocks) slabs.give(x);
-    assert.equal(slabs.keptBytes, 3 * SLAB_BYTES);
-    assert.equal(slabs.heldBytes, 3 * SLAB_BYTES, 'the two past the bound let go at once');
-    // taken again: the kept slabs serve first, nothing new is allocated for them
-    const again = Array.from({ length: 3 * perSlab }, () => slabs.take());
-    assert.equal(slabs.heldBytes, 3 * SLAB_BYTES);
-    const before = new Set(blocks.map((x) => x.buffer));
-    assert.ok(again.every((x) => before.has(x.buffer)), 'the same slabs again');
-    for (const x of again) slabs.give(x);
-    slabs.dropKept(); // (the process-wide count starts from zero in the next test)
-  } finally {
-    mock.timers.reset();
-  }
+  const perSlab = SLAB_BYTES / 4096;
+  const slabs = new BlockSlabs(undefined, 3);
+  const blocks = Array.from({ length: 5 * perSlab }, () => slabs.take());
+  for (const x of blocks) slabs.give(x);
+  assert.equal(slabs.keptBytes, 3 * SLAB_BYTES);
+  assert.equal(slabs.heldBytes, 3 * SLAB_BYTES, 'the two past the bound let go at once');
+  // taken again: the kept slabs serve first, nothing new is allocated for them
+  const again = Array.from({ length: 3 * perSlab }, () => slabs.take());
+  assert.equal(slabs.heldBytes, 3 * SLAB_BYTES);
+  const before = new Set(blocks.map((x) => x.buffer));
+  assert.ok(again.every((x) => before.has(x.buffer)), 'the same slabs again');
+  for (const x of again) slabs.give(x);
+  slabs.dropKept(); // its idle timer too; the process-wide count starts from zero in the next test
 });
 
 test('all volumes together keep at most MAX_EMPTY_SLABS_PROCESS empty slabs', () => {
