@@ -21,6 +21,8 @@
 // - ifMatch compares the current etag and renames under a per-key in-process lock (KeyedMutex): atomic
 //   within one process; two processes doing ifMatch on one key are NOT serialised (use s3 for that).
 // - delete is idempotent; empty directories are left in place (removing them would race with puts).
+// - A full filesystem: `~reserve` at the root holds room that only puts of metadata spend
+//   (space-reserve.ts), so the commands that free room still run.
 // - Errors: ENOENT on read → ERR_STORE_NOT_FOUND; EACCES/EPERM/EROFS → ERR_STORE_DENIED; a file with a
 //   bad header → ERR_STORE_IO; EMFILE/ENFILE/EAGAIN/EBUSY → ERR_STORE_TRANSIENT; others → ERR_STORE_IO.
 import { createHash, randomBytes } from 'node:crypto';
@@ -34,6 +36,7 @@ import { compareKeys } from './memory-store';
 import { OpenFileCache, readAt } from './open-file-cache';
 import { writevAll } from '../util/write-all';
 import { makeDirs } from '../util/make-dirs';
+import { RESERVE_BYTES, SpaceReserve, isSpaceExhausted } from './space-reserve';
 
 const MAGIC = Buffer.from('NBDVOBJ1', 'ascii');
 const ETAG_BYTES = 16;
@@ -62,6 +65,9 @@ export interface FsStoreOptions {
   /** fsync files and directories (default true). Tests may turn it off for speed. */
   readonly fsync?: boolean;
   readonly maxConcurrency?: number;
+  /** bytes kept in `~reserve` for the puts that free space when the filesystem is full
+   *  (space-reserve.ts; default RESERVE_BYTES, 0: none) */
+  readonly reserveBytes?: number;
 }
 
 export class FsStore implements ObjectStore {
@@ -70,6 +76,7 @@ export class FsStore implements ObjectStore {
   readonly root: string;
   private readonly fsync: boolean;
   private readonly locks = new KeyedMutex<string>();
+  private readonly reserve: SpaceReserve;
   /** object files kept open for getRange, by key; put and delete retire theirs */
   private readonly openFiles = new OpenFileCache<string, OpenObjectFile>((key) => this.openForRanges(key));
 
@@ -81,6 +88,7 @@ export class FsStore implements ObjectStore {
     this.name = `fs(${this.root})`;
     this.fsync = opts.fsync ?? true;
     this.props = { atomicReplace: true, conditionalPut: true, maxConcurrency: opts.maxConcurrency ?? 16 };
+    this.reserve = new SpaceReserve(this.root, opts.reserveBytes ?? RESERVE_BYTES, this.fsync);
   }
 
   /** The file that holds `key` (tests and tools). */
@@ -192,6 +200,18 @@ export class FsStore implements ObjectStore {
   }
 
   async put(key: string, body: Buffer, opts: PutOptions = {}): Promise<{ etag: string }> {
+    checkKey(key);
+    await this.reserve.ensure();
+    try {
+      return await this.putOnce(key, body, opts);
+    } catch (err) {
+      // a full filesystem: what is not volume data may have the reserve's room, once
+      if (opts.data || !isSpaceExhausted((err as { cause?: unknown }).cause) || !(await this.reserve.spend())) throw err;
+      return this.putOnce(key, body, opts);
+    }
+  }
+
+  private async putOnce(key: string, body: Buffer, opts: PutOptions): Promise<{ etag: string }> {
     const file = this.pathOf(key);
     const etagRaw = randomBytes(ETAG_BYTES);
     const etag = etagRaw.toString('hex');
@@ -247,6 +267,7 @@ export class FsStore implements ObjectStore {
       try {
         await fsp.unlink(file);
         this.openFiles.retire(key);
+        this.reserve.remakeSoon();
         await this.syncDir(path.dirname(file));
         crashPoint('unlinked');
       } catch (err) {
@@ -375,6 +396,7 @@ export class FsStore implements ObjectStore {
 
   async close(): Promise<void> {
     await this.openFiles.closeAll();
+    await this.reserve.close();
   }
 
   unwrap(): ObjectStore | null {
@@ -522,6 +544,9 @@ export class FsStore implements ObjectStore {
       case 'EPERM':
       case 'EROFS':
         return new VaultError('ERR_STORE_DENIED', `${what} (permission denied on ${this.root})`, { cause: err });
+      case 'ENOSPC':
+      case 'EDQUOT':
+        return new VaultError('ERR_STORE_IO', `${what} (the filesystem of ${this.root} is full: \`nbd-vault snapshot delete\`, \`prune\` or \`volume delete\` and \`gc\` free room)`, { cause: err });
       case 'EMFILE':
       case 'ENFILE':
       case 'EAGAIN':

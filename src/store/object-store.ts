@@ -37,6 +37,9 @@ export interface PutOptions {
   readonly ifNoneMatch?: '*';
   /** Replace only the version with this etag (If-Match). */
   readonly ifMatch?: string;
+  /** Volume data (chunk and journal objects, and copies of them): on a full store it fails as it
+   *  is. Anything else may spend a store's reserve for metadata (fs: space-reserve.ts). */
+  readonly data?: true;
 }
 
 export interface StoreProps {

@@ -431,7 +431,7 @@ export class VaultSync {
         const { key, read } = objects[next++];
         try {
           const body = await read();
-          await this.dest.put(key, body);
+          await this.dest.put(key, body, { data: true });
           this.present.add(key);
           this.count(body.length);
           this.doneBytes += body.length;

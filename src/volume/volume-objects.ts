@@ -102,7 +102,7 @@ export class VolumeObjects extends VolumeRecords {
     return this.codec.withContainerMemory(async (memory) => {
       const container = await this.codec.sealFrames(this.keys.data, 'chunk-frame', frames, this.framesPlace(chunkIndex, id), data.length, memory);
       const key = chunkKey(this.volumeId, id);
-      await this.store.put(key, container);
+      await this.store.put(key, container, { data: true });
       this.headers.set(key, { framed: true, ...parseFramedHeader(container, 'chunk', key, container.length) });
       return { id, epoch, storedSize: container.length };
     });
@@ -258,7 +258,7 @@ export class VolumeObjects extends VolumeRecords {
     const logical = frames.reduce((n, f) => n + f.length, 0);
     const key = journalKey(this.volumeId, id);
     const store = async (container: Buffer): Promise<JournalRef> => {
-      await this.store.put(key, container);
+      await this.store.put(key, container, { data: true });
       this.headers.set(key, { framed: true, ...parseFramedHeader(container, 'journal', key, container.length) });
       return { id, storedSize: container.length };
     };

@@ -5,6 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync, readdirSync, statSync, utimesSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { createConnection } from 'node:net';
+import { execFileSync } from 'node:child_process';
 import { CLI, makeTestVault } from '../helpers/vault-server';
 import { smallTmpfs } from '../helpers/small-tmpfs';
 import { runCommand } from '../helpers/fuse-disk';
@@ -161,6 +162,54 @@ test('export to a filesystem too small for the data fails (exit 1), never a file
   const r = await v.cliResult('export', 'e', join(small, 'out.img'));
   assert.equal(r.code, 1, `exit code (stdout: ${r.stdout.trim()})`);
   assert.match(r.stderr, /ENOSPC|no space|short write/i);
+});
+
+test('a full directory store is relieved with the tool: a read, then a snapshot delete, free room', async (t) => {
+  // Each command puts a session (and the delete records) before it can read or delete anything:
+  // without the store's reserve (space-reserve.ts) both failed with ENOSPC, and only gc ran.
+  const v = await makeTestVault({ init: false });
+  t.after(() => v.cleanup());
+  const data = smallTmpfs(t, '24m', join(v.dir, 'data'));
+  if (!data) return;
+  await v.cli('keys', 'init');
+  await v.cli('init');
+  await v.cli('volume', 'create', 'a', '--size', '16M');
+  const first = randomBytes(8 * 2 ** 20);
+  const second = randomBytes(8 * 2 ** 20);
+  writeFileSync(join(v.dir, 'first.img'), first);
+  writeFileSync(join(v.dir, 'second.img'), second);
+  await v.cli('import', join(v.dir, 'first.img'), 'a');
+  await v.cli('snapshot', 'a', 'old');
+  await v.cli('import', join(v.dir, 'second.img'), 'a'); // the snapshot alone holds the first 8 MiB
+  for (let k = 0; ; k++) {
+    try {
+      writeFileSync(join(data, `filler-${k}`), Buffer.alloc(64 << 10)); // (list() never shows these)
+    } catch {
+      break;
+    }
+  }
+  for (let k = 0; ; k++) {
+    try {
+      writeFileSync(join(data, `filler-small-${k}`), Buffer.alloc(4096));
+    } catch {
+      break;
+    }
+  }
+  const free = () => Number(/\s(\d+)\s+\d+%/.exec(execFileSync('df', ['-k', data], { encoding: 'utf8' }))![1]) * 1024;
+  assert.equal(free(), 0, 'the store\'s filesystem is full');
+
+  const exported = await v.cliResult('export', 'a', join(v.dir, 'out.img'));
+  assert.equal(exported.code, 0, exported.stderr);
+  assert.ok(readFileSync(join(v.dir, 'out.img')).subarray(0, second.length).equals(second), 'a full store still reads back');
+
+  const deleted = await v.cliResult('snapshot', 'delete', 'a', 'old', '--json');
+  assert.equal(deleted.code, 0, deleted.stderr);
+  assert.ok(JSON.parse(deleted.stdout).freedObjects >= 2, 'the snapshot\'s two chunks went (and its own objects)');
+  assert.ok(free() >= 6 * 2 ** 20, `room came back (${free()} bytes)`);
+  assert.equal(statSync(join(data, '~reserve')).size, 2 ** 20, 'and the reserve with it');
+  await v.cli('volume', 'create', 'b', '--size', '8M');
+  writeFileSync(join(v.dir, 'third.img'), first.subarray(0, 4 * 2 ** 20));
+  await v.cli('import', join(v.dir, 'third.img'), 'b'); // writes fit again
 });
 
 test('a second server refused at startup says why, and nothing else: no volume is reported unreadable', async (t) => {
