@@ -25,7 +25,7 @@
 //   (space-reserve.ts), so the commands that free room still run.
 // - Errors: ENOENT on read → ERR_STORE_NOT_FOUND; EACCES/EPERM/EROFS → ERR_STORE_DENIED; a file with a
 //   bad header → ERR_STORE_IO; EMFILE/ENFILE/EAGAIN/EBUSY → ERR_STORE_TRANSIENT; others → ERR_STORE_IO.
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { promises as fsp, constants as fsc, type Dirent } from 'node:fs';
 import * as path from 'node:path';
 import { VaultError, isVaultError } from '../errors';
@@ -37,6 +37,8 @@ import { OpenFileCache, readAt } from './open-file-cache';
 import { writevAll } from '../util/write-all';
 import { makeDirs } from '../util/make-dirs';
 import { RESERVE_BYTES, SpaceReserve, isSpaceExhausted } from './space-reserve';
+import { escapeSegment, fanoutDir, unescapeSegment } from './fs-layout';
+import { removeEmptyTrees, sweepTemporaryFiles } from './fs-tidy';
 
 const MAGIC = Buffer.from('NBDVOBJ1', 'ascii');
 const ETAG_BYTES = 16;
@@ -320,78 +322,18 @@ export class FsStore implements ObjectStore {
     return segs.sort();
   }
 
-  /**
-   * Remove the temporary files of puts that never finished (`~tmp-*`: the process was killed
-   * while it wrote) once they are older than `olderThanMs`, far longer than any put takes. list()
-   * never shows them, so nothing else ever would.
-   */
-  async sweepTemporaryFiles(olderThanMs: number, dryRun: boolean, now = Date.now()): Promise<{ files: number; bytes: number }> {
-    let files = 0;
-    let bytes = 0;
-    const visit = async (dir: string): Promise<void> => {
-      let entries: import('node:fs').Dirent[];
-      try {
-        entries = await fsp.readdir(dir, { withFileTypes: true });
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
-        throw this.fsError(err, 'list', '');
-      }
-      for (const e of entries) {
-        const full = path.join(dir, e.name);
-        if (e.isDirectory()) await visit(full);
-        else if (e.isFile() && e.name.startsWith('~tmp-')) {
-          const st = await fsp.stat(full).catch(() => null);
-          if (!st || now - st.mtimeMs < olderThanMs) continue;
-          if (!dryRun && !(await fsp.unlink(full).then(() => true, () => false))) continue;
-          files++;
-          bytes += st.size;
-        }
-      }
-    };
-    await visit(this.root);
-    return { files, bytes };
+  /** Remove the `~tmp-*` files of puts cut off by a kill, once older than `olderThanMs` (fs-tidy.ts). */
+  sweepTemporaryFiles(olderThanMs: number, dryRun: boolean, now = Date.now()): Promise<{ files: number; bytes: number }> {
+    return sweepTemporaryFiles(this.root, olderThanMs, dryRun, now).catch((err) => {
+      throw this.fsError(err, 'list', '');
+    });
   }
 
-  /**
-   * Remove the directories below `prefix` (each child, e.g. a deleted volume's under `volumes/`)
-   * whose whole tree holds no file and was not changed for `olderThanMs`: deleting every object
-   * of a volume leaves its directories, and listChildren would name the volume for good. Only
-   * rmdir, deepest first: a file that appears meanwhile stops the removal of its directories.
-   * Returns how many trees were (or, dry, would be) removed.
-   */
-  async removeEmptyTrees(prefix: string, olderThanMs: number, dryRun: boolean, now = Date.now()): Promise<number> {
+  /** Remove the empty directory trees below `prefix`, once unchanged for `olderThanMs` (fs-tidy.ts). */
+  removeEmptyTrees(prefix: string, olderThanMs: number, dryRun: boolean, now = Date.now()): Promise<number> {
     checkPrefix(prefix);
     const base = path.join(this.root, ...prefix.split('/').filter((seg) => seg !== '').map(escapeSegment));
-    /** the tree's directories, deepest first, or null when it holds a file or changed lately */
-    const emptyTree = async (dir: string): Promise<string[] | null> => {
-      const st = await fsp.stat(dir).catch(() => null);
-      if (!st || now - st.mtimeMs < olderThanMs) return null;
-      const entries = await fsp.readdir(dir, { withFileTypes: true }).catch(() => null);
-      if (!entries) return null;
-      const dirs: string[] = [];
-      for (const e of entries) {
-        if (!e.isDirectory()) return null;
-        const sub = await emptyTree(path.join(dir, e.name));
-        if (!sub) return null;
-        dirs.push(...sub);
-      }
-      return [...dirs, dir];
-    };
-    let removed = 0;
-    const children = await fsp.readdir(base, { withFileTypes: true }).catch(() => []);
-    for (const child of children) {
-      if (!child.isDirectory()) continue;
-      const dirs = await emptyTree(path.join(base, child.name));
-      if (!dirs) continue;
-      if (!dryRun) {
-        let all = true;
-        for (const d of dirs) if (!(await fsp.rmdir(d).then(() => true, () => false))) all = false;
-        if (!all) continue;
-        await this.syncDir(base).catch(() => undefined);
-      }
-      removed++;
-    }
-    return removed;
+    return removeEmptyTrees(base, olderThanMs, dryRun, now, (dir) => this.syncDir(dir));
   }
 
   async close(): Promise<void> {
@@ -557,22 +499,4 @@ export class FsStore implements ObjectStore {
         return new VaultError('ERR_STORE_IO', what, { cause: err });
     }
   }
-}
-
-function fanoutDir(lastSegment: string): string {
-  return `${createHash('sha256').update(lastSegment).digest('hex').slice(0, 2)}~`;
-}
-
-function escapeSegment(seg: string): string {
-  let out = '';
-  for (const b of Buffer.from(seg, 'utf8')) {
-    const c = String.fromCharCode(b);
-    out += /[A-Za-z0-9._-]/.test(c) ? c : `%${b.toString(16).toUpperCase().padStart(2, '0')}`;
-  }
-  return out;
-}
-
-function unescapeSegment(name: string): string | null {
-  if (!/^(?:[A-Za-z0-9._-]|%[0-9A-F]{2})+$/.test(name)) return null; // not ours: ignore
-  return Buffer.from(name.replace(/%([0-9A-F]{2})/g, (_m, h: string) => String.fromCharCode(parseInt(h, 16))), 'latin1').toString('utf8');
 }
