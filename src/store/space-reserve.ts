@@ -52,18 +52,18 @@ export class SpaceReserve {
     if (this.bytes === 0) return Promise.resolve();
     this.checked ??= (async () => {
       const there = await fsp.stat(this.file).then((st) => st.size >= this.bytes, () => false);
-      if (!there && !(await this.make()) && !this.spent) this.checked = null; // (no root yet: again next put)
+      if (!there && (await this.make()) === 'no-root') this.checked = null; // (again at the next put)
     })();
     return this.checked;
   }
 
-  /** A put found the filesystem full: give the reserve's room back, for one more try. Whether
-   *  there was a reserve to give (this process's or another's). */
+  /** A put found the filesystem full: give the reserve's room back. Whether to try once more:
+   *  the reserve was there, or this process spent it and it is not back (puts that failed side
+   *  by side share its room). */
   async spend(): Promise<boolean> {
     if (this.bytes === 0) return false;
-    const removed = await fsp.unlink(this.file).then(() => true, () => false);
-    if (removed) this.spent = true;
-    return removed;
+    if (await fsp.unlink(this.file).then(() => true, () => false)) this.spent = true;
+    return this.spent;
   }
 
   /** After a delete: remake a spent reserve if there is room (not awaited). */
@@ -78,9 +78,9 @@ export class SpaceReserve {
     if (this.spent) await this.make();
   }
 
-  /** Writes the reserve beside it and renames it into place; false when there was no room (it is
-   *  then spent, and deletes try again) or no root. */
-  private async make(): Promise<boolean> {
+  /** Writes the reserve beside it and renames it into place. 'full': no room (it is then spent,
+   *  and deletes try again); 'failed': a read-only or foreign directory, not tried again. */
+  private async make(): Promise<'made' | 'full' | 'no-root' | 'failed'> {
     const tmp = path.join(this.root, `~tmp-reserve-${process.pid}-${randomBytes(6).toString('hex')}`);
     let fh: fsp.FileHandle | null = null;
     try {
@@ -93,12 +93,13 @@ export class SpaceReserve {
       fh = null;
       await fsp.rename(tmp, this.file);
       this.spent = false;
-      return true;
+      return 'made';
     } catch (err) {
-      if (isSpaceExhausted(err)) this.spent = true;
       await fh?.close().catch(() => undefined);
       await fsp.unlink(tmp).catch(() => undefined);
-      return false;
+      if (!isSpaceExhausted(err)) return (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no-root' : 'failed';
+      this.spent = true;
+      return 'full';
     }
   }
 }

@@ -50,9 +50,9 @@ test('a full fs store takes a metadata put on its reserve, never volume data, an
   await assert.rejects(store.put('volumes/v/journal/j1', Buffer.alloc(8192), { data: true }), /ENOSPC/);
   assert.ok(existsSync(reserve));
 
-  // a session and a record, as a delete writes them first
-  await store.put('sessions/s1', Buffer.from('session'));
-  await store.put('volumes/v/snapshots/x', randomBytes(20_000));
+  // a session and records, as a delete writes them first, side by side: each fails on the full
+  // disk, and each has the room the first of them freed
+  await Promise.all([store.put('sessions/s1', Buffer.from('session')), store.put('volumes/v/snapshots/x', randomBytes(20_000)), store.put('volumes/v/snapshots/y', randomBytes(20_000))]);
   assert.ok(!existsSync(reserve), 'the metadata put spent the reserve');
   assert.equal((await store.get('volumes/v/snapshots/x')).body.length, 20_000);
   assert.equal((await store.get('sessions/s1')).body.toString(), 'session');
