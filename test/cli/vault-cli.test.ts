@@ -7,7 +7,7 @@ import { dirname, join } from 'node:path';
 import { createConnection } from 'node:net';
 import { execFileSync } from 'node:child_process';
 import { CLI, makeTestVault } from '../helpers/vault-server';
-import { smallTmpfs } from '../helpers/small-tmpfs';
+import { fillFilesystem, smallTmpfs } from '../helpers/small-tmpfs';
 import { runCommand } from '../helpers/fuse-disk';
 
 function files(dir: string): string[] {
@@ -174,27 +174,12 @@ test('a full directory store is relieved with the tool: a read, then a snapshot 
   await v.cli('keys', 'init');
   await v.cli('init');
   await v.cli('volume', 'create', 'a', '--size', '16M');
-  const first = randomBytes(8 * 2 ** 20);
-  const second = randomBytes(8 * 2 ** 20);
-  writeFileSync(join(v.dir, 'first.img'), first);
-  writeFileSync(join(v.dir, 'second.img'), second);
+  const [first, second] = [randomBytes(8 * 2 ** 20), randomBytes(8 * 2 ** 20)];
+  for (const [name, bytes] of [['first.img', first], ['second.img', second]] as const) writeFileSync(join(v.dir, name), bytes);
   await v.cli('import', join(v.dir, 'first.img'), 'a');
   await v.cli('snapshot', 'a', 'old');
   await v.cli('import', join(v.dir, 'second.img'), 'a'); // the snapshot alone holds the first 8 MiB
-  for (let k = 0; ; k++) {
-    try {
-      writeFileSync(join(data, `filler-${k}`), Buffer.alloc(64 << 10)); // (list() never shows these)
-    } catch {
-      break;
-    }
-  }
-  for (let k = 0; ; k++) {
-    try {
-      writeFileSync(join(data, `filler-small-${k}`), Buffer.alloc(4096));
-    } catch {
-      break;
-    }
-  }
+  fillFilesystem(data);
   const free = () => Number(/\s(\d+)\s+\d+%/.exec(execFileSync('df', ['-k', data], { encoding: 'utf8' }))![1]) * 1024;
   assert.equal(free(), 0, 'the store\'s filesystem is full');
 

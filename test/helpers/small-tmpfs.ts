@@ -2,7 +2,7 @@
 // devices and FUSE do).
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -31,4 +31,18 @@ export function smallTmpfs(t: TestLike, size: string, dir?: string): string | nu
   }
   t.after(cleanup);
   return where;
+}
+
+/** Fill the filesystem of `dir` to its last block with files named `filler-*` (which no store
+ *  listing shows): big ones first, then single blocks. */
+export function fillFilesystem(dir: string): void {
+  for (const size of [64 << 10, 4096]) {
+    for (let k = 0; ; k++) {
+      try {
+        writeFileSync(join(dir, `filler-${size}-${k}`), Buffer.alloc(size));
+      } catch {
+        break;
+      }
+    }
+  }
 }

@@ -2,12 +2,12 @@
 // tmpfs (root; skipped otherwise, failed under NBD_VAULT_REQUIRE_ALL=1).
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
-import { existsSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import * as path from 'node:path';
 import { FsStore } from '../../src/store';
 import { RESERVE_BYTES, RESERVE_NAME } from '../../src/store/space-reserve';
-import { smallTmpfs } from '../helpers/small-tmpfs';
+import { fillFilesystem, smallTmpfs } from '../helpers/small-tmpfs';
 
 /** Fill the filesystem: volume data until a put fails, then a file for whatever room is left. */
 async function fill(store: FsStore, dir: string): Promise<string[]> {
@@ -22,14 +22,7 @@ async function fill(store: FsStore, dir: string): Promise<string[]> {
       break;
     }
   }
-  // the rest, to the last block (the failed put removed its temp file)
-  for (let k = 0; ; k++) {
-    try {
-      writeFileSync(path.join(dir, `filler-${k}`), Buffer.alloc(4096));
-    } catch {
-      break;
-    }
-  }
+  fillFilesystem(dir); // the rest, to the last block (the failed put removed its temp file)
   return stored;
 }
 
