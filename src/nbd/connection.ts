@@ -4,23 +4,14 @@
 //
 // Transmission: requests run concurrently as they are parsed; each reply is written whole in one
 // synchronous burst (so replies never interleave), batched per tick with cork/uncork
-// (one writev). Backpressure: parsing stops and the socket is paused while this connection's
-// requests in flight plus what its unsent replies keep alive (reply-memory.ts) reach
-// maxInFlightBytes (its budget), or its unsent replies alone reach MAX_UNSENT_REPLY_BYTES (a
-// client that does not read its replies costs at most that, plus the kernel's buffers), or
-// its requests in flight plus unsent replies reach MAX_IN_FLIGHT_REQUESTS; it resumes as
-// requests finish and replies reach the kernel. With a process memory budget (serve
-// --memory-limit), what the connection holds (requests in flight, unsent replies, the WRITE
-// payload being read) plus the next request must also be covered by its share of that budget
-// (budget-share.ts), checked between requests: while the budget has no room the connection
-// waits its turn (FIFO with every other holder) without reading. Fairness between connections:
-// fair-turns.ts.
+// (one writev). When parsing stops and the socket is paused (backpressure, the memory budget,
+// fair turns): connection-flow.ts.
 import type { Socket } from 'node:net';
 import type { Export, ExportProvider } from './export';
 import type { ExportAccessPolicy } from './access';
 import { ClientExports } from './client-exports';
 import type { RateLimitedLog } from './rate-limited-log';
-import { CONTENDED_MIN_PROGRESS_BYTES, CONTENDED_STALL_MS, ReplyWriter } from './reply-writer';
+import { ReplyWriter } from './reply-writer';
 import { safeTlsReason, upgradeSocket, type TlsServerConfig } from './tls';
 import { revokedBecause, type SessionGrant } from './session-grant';
 import type { Logger } from '../util/log';
@@ -33,29 +24,16 @@ import type { MetricsSink } from '../util/metrics';
 import { encodeGreeting, negotiateOptions, ProtocolViolation, readClientFlags, type Negotiated } from './negotiation';
 import { MAX_PAYLOAD } from './limits';
 import type { MemoryBudget } from '../util/memory-budget';
-import { BudgetShare } from './budget-share';
-import { ReplyMemory } from './reply-memory';
 import { RequestReader, type NbdRequest } from './request-reader';
 import type { SessionFacts } from './request-validation';
-import { FairTurns } from './fair-turns';
+import { ConnectionFlow } from './connection-flow';
 import { answerRequest, type AnswerContext } from './request-answer';
 import type { PayloadBuffers } from './payload-buffers';
 
-/** Requests in flight plus unsent replies per connection, whatever their size (bounds floods
- *  of tiny requests and of replies that share one buffer). */
-const MAX_IN_FLIGHT_REQUESTS = 1024;
-/** Parsing stops while the replies waiting for the socket (beyond what the kernel took) hold
- *  this much: a client that does not read its replies costs this, not its whole in-flight
- *  budget, and a client that floods and reconnects makes us do that much work per round, not
- *  64 MiB of it. A client that reads keeps its pipeline: the kernel buffers and the requests
- *  in flight still hold up to maxInFlightBytes. */
-const MAX_UNSENT_REPLY_BYTES = 8 * 1024 * 1024;
 /** after a clean close, how long a client may take to read what we still send */
 const CLOSE_LINGER_MS = 30_000;
 /** Handshake input buffered before the socket is paused. */
 const HANDSHAKE_HIGH_WATER = 256 * 1024;
-/** Input left unparsed at the end of a turn above which the socket is paused until the next. */
-const TURN_PAUSE_BYTES = 1024 * 1024;
 
 export interface ConnectionOptions {
   readonly provider: ExportProvider;
@@ -91,21 +69,12 @@ export class NbdConnection {
   private handshakeTimer: NodeJS.Timeout | null = null;
   /** when the handshake timer fires (performance.now() time): negotiation answers before it */
   private handshakeDeadline = Infinity;
-  private inFlightBytes = 0;
-  private inFlightRequests = 0;
-  private readonly replyMemory = new ReplyMemory();
-  private readonly budget: BudgetShare;
+  private readonly flow: ConnectionFlow;
   private discReceived = false;
   /** the client shut down its sending side (FIN) during transmission */
   private clientEnded = false;
   private shuttingDown = false;
-  private readPaused = false;
   private readonly writer: ReplyWriter;
-  /** requests parsed whole so far (a payload watch tells a new payload from a stuck one) */
-  private requestsParsed = 0;
-  private payloadTimer: NodeJS.Timeout | null = null;
-  /** requests and their bytes started in this turn; reset by the scheduled next turn */
-  private readonly turns = new FairTurns();
   private readonly answering: AnswerContext;
   private socketClosed = false;
   private detachRaw: (() => void) | null = null;
@@ -126,9 +95,18 @@ export class NbdConnection {
     this.remote = rawSocket.remoteAddress ?? 'unix socket';
     this.fsm = new ConnStateMachine(opts.logger.child({ conn: id }));
     this.done = new Promise((r) => (this.resolveDone = r));
-    this.writer = new ReplyWriter(rawSocket, () => this.die('client stopped reading replies', 'warn'), () => this.othersWaitForMemory());
+    this.writer = new ReplyWriter(rawSocket, () => this.die('client stopped reading replies', 'warn'), () => this.flow.othersWaitForMemory());
     this.queue = new ByteQueue(HANDSHAKE_HIGH_WATER, () => this.socket.pause(), () => this.socket.resume());
-    this.budget = new BudgetShare(opts.memoryBudget, () => this.pump());
+    const host = {
+      socket: () => this.socket,
+      reader: () => this.reader,
+      ended: () => isTerminal(this.state),
+      discReceived: () => this.discReceived,
+      pump: () => this.pump(),
+      nextTurn: () => this.parseOn(),
+      drop: (why: string) => this.die(why, 'warn'),
+    };
+    this.flow = new ConnectionFlow(host, opts.maxInFlightBytes, opts.memoryBudget);
     this.answering = {
       connId: id,
       logger: opts.logger,
@@ -168,7 +146,7 @@ export class NbdConnection {
   beginShutdown(): void {
     this.shuttingDown = true;
     if (this.state === 'greeting' || this.state === 'options') this.finish('closed', 'server shutting down');
-    else if (this.state === 'transmission' && this.inFlightRequests === 0) this.finish('closed', 'server shutting down');
+    else if (this.state === 'transmission' && this.flow.requestsInFlight === 0) this.finish('closed', 'server shutting down');
   }
 
   /** The server reloaded its PSK file or access policy: a session they no longer allow ends. */
@@ -321,129 +299,36 @@ export class NbdConnection {
     } else this.queue.push(Buffer.from(view));
   }
 
-  private mustStopParsing(): boolean {
-    return this.mustPause() || this.turnUsedUp();
-  }
-
-  /** Stop reading from the socket: done, or over the budget. */
-  private mustPause(): boolean {
-    return (
-      this.discReceived ||
-      isTerminal(this.state) ||
-      this.inFlightBytes + this.replyMemory.heldBytes >= this.opts.maxInFlightBytes ||
-      this.replyMemory.heldBytes >= MAX_UNSENT_REPLY_BYTES ||
-      this.inFlightRequests + this.replyMemory.unsentReplies >= MAX_IN_FLIGHT_REQUESTS ||
-      !this.budgetCoversNext()
-    );
-  }
-
-  /** The process budget covers what this connection holds plus the next request (checked
-   *  between requests only: a WRITE payload was covered whole when its header was peeked, so a
-   *  connection never waits for budget holding half a payload that only more reading frees). */
-  private budgetCoversNext(): boolean {
-    if (!this.reader || this.reader.payloadInProgress > 0) return true;
-    return this.budget.cover(this.memoryHeld() + (this.reader.peekLength() ?? 0));
-  }
-
-  /** What this connection's budget share covers: requests in flight, what its unsent replies
-   *  keep alive, and the WRITE payload being read. (Input not yet parsed is socket buffering,
-   *  bounded apart: a connection waiting for the budget must hold nothing it cannot give back
-   *  by itself, or waiters could deadlock.) */
-  private memoryHeld(): number {
-    return this.inFlightBytes + this.replyMemory.heldBytes + (this.reader?.payloadInProgress ?? 0);
-  }
-
-  /** Other holders of the process memory budget wait for room (this connection's among it). */
-  private othersWaitForMemory(): boolean {
-    return (this.opts.memoryBudget?.stats().waiting ?? 0) > 0;
-  }
-
-  /** A WRITE payload being read holds its whole length of the budget until it is in: one that
-   *  stops coming (a client sending 1 KiB every 2 s) is given CONTENDED_STALL_MS to move
-   *  CONTENDED_MIN_PROGRESS_BYTES while others wait for that memory, as unread replies are (it
-   *  locked every client out, for good). A slow payload that moves goes on. */
-  private watchPayload(): void {
-    const reading = (this.reader?.payloadInProgress ?? 0) > 0;
-    if (!reading) {
-      this.stopPayloadWatch();
-      return;
-    }
-    if (this.payloadTimer) return;
-    const parsed = this.requestsParsed;
-    const received = this.reader!.payloadReceived;
-    const check = () => {
-      this.payloadTimer = null;
-      if ((this.reader?.payloadInProgress ?? 0) === 0 || isTerminal(this.state)) return;
-      // (not while we hold its socket paused: its requests in flight waiting on the store, say)
-      const stuck = !this.readPaused && this.requestsParsed === parsed && this.reader!.payloadReceived - received < CONTENDED_MIN_PROGRESS_BYTES;
-      if (stuck && this.othersWaitForMemory()) return this.die("client stopped sending a request's payload", 'warn');
-      this.watchPayload(); // it moved, or nobody waits: watch on from here
-    };
-    this.payloadTimer = setTimeout(check, CONTENDED_STALL_MS).unref();
-  }
-
-  private stopPayloadWatch(): void {
-    if (this.payloadTimer) clearTimeout(this.payloadTimer);
-    this.payloadTimer = null;
-  }
-
-  /** Something was given back: return what the budget share no longer needs. */
-  private trimBudget(): void {
-    this.budget.trim(this.memoryHeld());
-  }
-
-  private turnUsedUp(): boolean {
-    return this.turns.usedUp;
-  }
-
-  /** This turn's share is used up: go on in a later turn, after other connections and I/O. */
-  private yieldTurn(): void {
-    this.turns.yield(() => {
-      this.pump();
-      if (this.clientEnded) this.maybeCloseAfterDrain('client closed, requests drained');
-    });
-  }
-
-  /** Parses what it can; pauses the socket when it must stop, resumes it when it may go on. */
+  /** Parses what it can; the flow control then yields the turn, pauses or resumes the socket. */
   private pump(): void {
     if (!this.reader || isTerminal(this.state)) return;
-    const result = this.reader.run(() => this.mustStopParsing());
+    const result = this.reader.run(() => this.flow.mustStopParsing());
     if (result === 'desync') {
       this.lostSync();
       return;
     }
     if (isTerminal(this.state)) return; // a DISC parsed just now closed it: finish() reads on to the FIN
-    let stop = result === 'stopped' || this.mustStopParsing();
-    if (this.turnUsedUp()) {
-      this.yieldTurn();
-      // Stopped only for the turn: the socket keeps flowing (no pause/resume per turn) while
-      // what waits unparsed stays small.
-      if (!this.mustPause() && this.reader.pendingBytes < TURN_PAUSE_BYTES) stop = false;
-    }
-    if (stop && !this.readPaused) {
-      this.readPaused = true;
-      this.socket.pause();
-    } else if (!stop && this.readPaused) {
-      this.readPaused = false;
-      this.socket.resume();
-    }
-    this.watchPayload();
+    this.flow.afterParsing(result === 'stopped');
+  }
+
+  /** Parsing may go on (a reply or a request is done, or a new turn came): after the client's
+   *  FIN, the connection closes once nothing is left to parse. */
+  private parseOn(): void {
+    this.pump();
+    if (this.clientEnded) this.maybeCloseAfterDrain('client closed, requests drained');
   }
 
   /** A bad request magic: nothing after it can be parsed, so the connection ends. Requests
    *  parsed before it still get their replies first (a WRITE just before it may be applied: its
    *  client must hear so). Each of them comes back through pump() once answered. */
   private lostSync(): void {
-    if (!this.readPaused) {
-      this.readPaused = true;
-      this.socket.pause();
-    }
-    if (this.inFlightRequests === 0) this.die('bad request magic: lost synchronisation', 'warn', true);
+    this.flow.pause();
+    if (this.flow.requestsInFlight === 0) this.die('bad request magic: lost synchronisation', 'warn', true);
   }
 
   private onRequest(req: NbdRequest): void {
     const session = this.session!;
-    this.requestsParsed++;
+    this.flow.requestParsed();
     if (req.type === NBD_CMD_DISC) {
       this.discReceived = true; // no reply; in-flight requests finish first
       this.maybeCloseAfterDrain('client sent DISC');
@@ -451,9 +336,7 @@ export class NbdConnection {
     }
     // a length over MAX_PAYLOAD is refused (READ) or was dropped (WRITE): it holds nothing
     const bytes = (req.type === NBD_CMD_READ || req.type === NBD_CMD_WRITE) && req.length <= MAX_PAYLOAD ? req.length : 0;
-    this.inFlightBytes += bytes;
-    this.inFlightRequests++;
-    this.turns.count(bytes);
+    this.flow.requestStarted(bytes);
     answerRequest(req, session, this.answering)
       .catch((err) => {
         // executeRequest turns export errors into replies; only a bug of ours lands here.
@@ -462,24 +345,18 @@ export class NbdConnection {
       })
       .finally(() => {
         this.opts.payloads?.give(req.payload); // answered: the export keeps nothing of it
-        this.inFlightBytes -= bytes;
-        this.inFlightRequests--;
-        this.trimBudget();
+        this.flow.requestDone(bytes);
         if (this.discReceived || this.shuttingDown || isTerminal(this.state)) this.maybeCloseAfterDrain('requests drained');
-        else {
-          this.pump();
-          if (this.clientEnded) this.maybeCloseAfterDrain('client closed, requests drained');
-        }
+        else this.parseOn();
       });
   }
 
   private maybeCloseAfterDrain(why: string): void {
-    if (this.inFlightRequests > 0) return;
+    if (this.flow.requestsInFlight > 0) return;
     if (!isTerminal(this.state)) {
       // After the client's FIN, requests may still wait behind backpressure (unsent replies) or
       // for their turn: pump() parses them later, and their completion comes back here.
-      const waiting = this.readPaused || this.turns.waiting;
-      if (this.clientEnded && !this.discReceived && !this.shuttingDown && waiting && (this.reader?.pendingBytes ?? 0) > 0) return;
+      if (this.clientEnded && !this.discReceived && !this.shuttingDown && this.flow.waiting && (this.reader?.pendingBytes ?? 0) > 0) return;
       // Otherwise, with nothing in flight, every whole request has been parsed: what is left is
       // an incomplete request that can never finish.
       if (this.discReceived || this.shuttingDown || this.clientEnded) this.finish('closed', why);
@@ -498,17 +375,15 @@ export class NbdConnection {
   private writeReply(bufs: Buffer[]): void {
     const s = this.socket;
     if (s.destroyed || s.writableEnded) return;
-    const release = this.replyMemory.hold(bufs);
+    const release = this.flow.holdReply(bufs);
     const exp = this.exp;
     this.write(bufs, (err) => {
       release();
       // the export may reuse what a read reply carried (not after an error: the socket may have
       // dropped it unsent, but nothing says it let go of it)
       if (!err && exp?.readDone) for (const b of bufs) exp.readDone(b);
-      this.trimBudget();
-      if (!this.readPaused) return;
-      this.pump();
-      if (this.clientEnded) this.maybeCloseAfterDrain('client closed, requests drained');
+      this.flow.trimBudget();
+      if (this.flow.paused) this.parseOn();
     });
   }
 
@@ -545,8 +420,7 @@ export class NbdConnection {
     this.socket.end();
     // Read on (and drop what comes): the client's FIN is what closes the socket, and a socket
     // reading into our own buffer (socket-reads.ts) stops reading the moment it is paused.
-    this.readPaused = false;
-    this.socket.resume();
+    this.flow.readOn();
     // A client that never reads what we still have to send must not hold the socket forever.
     setTimeout(() => this.socket.destroy(), CLOSE_LINGER_MS).unref();
   }
@@ -573,8 +447,7 @@ export class NbdConnection {
 
   private teardown(): void {
     this.writer.stopStallTimer();
-    this.stopPayloadWatch();
-    this.turns.cancel();
+    this.flow.stopTimers();
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
     this.handshakeTimer = null;
     this.queue.fail(new Error('connection ended'));
@@ -584,7 +457,7 @@ export class NbdConnection {
   private async releaseExport(): Promise<void> {
     if (this.exportReleased) return;
     this.exportReleased = true;
-    this.budget.close();
+    this.flow.closeBudget();
     if (this.exp) {
       try {
         await this.opts.provider.release(this.exp);
