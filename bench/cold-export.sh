@@ -49,7 +49,7 @@ if [ -n "${IMPORT:-}${SEQWRITE:-}" ]; then
         line="round $round $label: import $k $(mbps "$t0") MB/s"
       fi
       ticks > "$ROOT/after"
-      echo "$line | CPU s:$(cpu) | page faults $(( $(faults) - f0 )) | VmHWM $(awk '/VmHWM/ {print int($2/1024)}' /proc/$pid/status) MiB | stored $(du -sm "$ROOT/store" | cut -f1) MB"
+      echo "$line | CPU s:$(cpu) | page faults $(( $(faults) - f0 )) | VmHWM $(awk '/VmHWM/ {print int($2/1024)}' /proc/$pid/status) MiB | stored $(du -sm --exclude="~reserve" "$ROOT/store" | cut -f1) MB"
       [ -z "${SEQWRITE:-}" ] || break
       done
       kill $pid; wait $pid || true
