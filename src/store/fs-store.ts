@@ -488,7 +488,7 @@ export class FsStore implements ObjectStore {
         return new VaultError('ERR_STORE_DENIED', `${what} (permission denied on ${this.root})`, { cause: err });
       case 'ENOSPC':
       case 'EDQUOT':
-        return new VaultError('ERR_STORE_IO', `${what} (the filesystem of ${this.root} is full: \`nbd-vault snapshot delete\`, \`prune\` or \`volume delete\` and \`gc\` free room)`, { cause: err });
+        return new VaultError('ERR_STORE_IO', `${what} (the filesystem of ${this.root} is full: \`nbd-vault snapshot delete\`, \`snapshot prune\` or \`volume delete\` and \`gc\` free room)`, { cause: err });
       case 'EMFILE':
       case 'ENFILE':
       case 'EAGAIN':
