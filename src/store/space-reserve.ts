@@ -36,6 +36,7 @@ export class SpaceReserve {
   private checked: Promise<void> | null = null;
   /** spent (or found missing where the disk had no room for it): deletes try to remake it */
   private spent = false;
+  private spending: Promise<void> | null = null;
   private remaking: Promise<void> | null = null;
   private lastRemakeMs = 0;
 
@@ -62,7 +63,13 @@ export class SpaceReserve {
    *  by side share its room). */
   async spend(): Promise<boolean> {
     if (this.bytes === 0) return false;
-    if (await fsp.unlink(this.file).then(() => true, () => false)) this.spent = true;
+    // one unlink for puts that fail at once: the one that lost the race must not answer before
+    // the winner has marked the reserve spent
+    this.spending ??= fsp
+      .unlink(this.file)
+      .then(() => void (this.spent = true), () => undefined)
+      .finally(() => (this.spending = null));
+    await this.spending;
     return this.spent;
   }
 
